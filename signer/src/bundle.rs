@@ -1,0 +1,882 @@
+//! Signed bundles: writing ([`BundleBuilder`], [`pack_dir`]) and verifying ([`verify_bytes`],
+//! [`verify_file`]). The format is specified in `docs/bundle-format.md`.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::fsutil::{self, FileError};
+use crate::keys::{Fingerprint, KeyPair, PublicKey, validate_key_name};
+use crate::manifest::{FORMAT_VERSION, MAX_MANIFEST_BYTES, Manifest, ManifestError};
+use crate::paths::{self, MANIFEST, PathError, SIGNATURE};
+use crate::zipfmt::{self, EntryMeta, Method};
+use crate::zipread::{self, EntryKind, ZipError};
+
+/// The domain-separation prefix of the signed statement: a bundle signature can never be
+/// taken for any other kind of RJS signature (requests, answers, announcements).
+pub const BUNDLE_DOMAIN: &str = "RJS-BUNDLE-SIGNATURE-V1";
+/// The only signature algorithm.
+pub const ALGORITHM: &str = "ed25519";
+/// Largest signature entry accepted.
+pub const MAX_SIGNATURE_ENTRY: u64 = 512 * 1024;
+/// The WebAssembly module header: magic `\0asm` and version 1 (core modules only).
+pub const WASM_HEADER: [u8; 8] = [0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00];
+
+/// Limits applied while verifying. Reading stops as soon as one is crossed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VerifyLimits {
+    /// Size of the bundle file.
+    pub max_bundle_bytes: u64,
+    /// Entries, the signature entry included.
+    pub max_entries: usize,
+    /// Uncompressed bytes of all entries together.
+    pub max_total_bytes: u64,
+    /// Uncompressed size / stored size of any deflated entry.
+    pub max_ratio: u64,
+}
+
+impl Default for VerifyLimits {
+    fn default() -> Self {
+        VerifyLimits {
+            max_bundle_bytes: 256 * 1024 * 1024,
+            max_entries: paths::MAX_ENTRIES,
+            max_total_bytes: 256 * 1024 * 1024,
+            max_ratio: 100,
+        }
+    }
+}
+
+/// Why a bundle was refused. Each rule of `docs/bundle-format.md` has its own variant; see
+/// [`VerifyError::rule`] for a stable short name and [`VerifyError::entry`] for the entry.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error("bundle is {size} bytes, more than the limit of {limit}")]
+    BundleTooLarge { size: u64, limit: u64 },
+    #[error("not a valid bundle archive: {0}")]
+    Zip(#[source] ZipError),
+    #[error("entry name is not UTF-8: {name:?}")]
+    NameNotUtf8 { name: String },
+    #[error("entry {name:?}: {reason}")]
+    BadName {
+        name: String,
+        #[source]
+        reason: PathError,
+    },
+    #[error("entry {name:?} is a {kind}, only regular files are allowed")]
+    NotRegular { name: String, kind: &'static str },
+    #[error("entry {name:?} appears more than once (names are compared case-insensitively)")]
+    Duplicate { name: String },
+    #[error("entry {name:?} is encrypted")]
+    Encrypted { name: String },
+    #[error(
+        "entry {name:?} uses compression method {method}; only stored (0) and deflate (8) are allowed"
+    )]
+    Compression { name: String, method: u16 },
+    #[error(
+        "entry {name:?} is {size} bytes uncompressed: entries total more than the limit of {limit}"
+    )]
+    TooManyBytes { name: String, size: u64, limit: u64 },
+    #[error(
+        "entry {name:?} compresses {ratio}:1, beyond the limit of {limit}:1 (compression bomb?)"
+    )]
+    Ratio {
+        name: String,
+        ratio: u64,
+        limit: u64,
+    },
+    #[error("the signature entry {SIGNATURE:?} is missing: the bundle is unsigned")]
+    Unsigned,
+    #[error("entries are not in canonical order: {0}")]
+    Order(String),
+    #[error("archive layout: {0}")]
+    Layout(#[source] zipfmt::LayoutError),
+    #[error("signature entry is malformed: {0}")]
+    SignatureEntry(String),
+    #[error("signature entry: unsupported format {0} or algorithm")]
+    SignatureAlgorithm(String),
+    #[error("signer public key is invalid: {0}")]
+    BadKey(String),
+    #[error("signature is {0} bytes, an ed25519 signature is 64")]
+    SignatureLength(usize),
+    #[error("signature entry names fingerprint {claimed} but the key's is {actual}")]
+    FingerprintMismatch {
+        claimed: String,
+        actual: Fingerprint,
+    },
+    #[error("entry {name:?} is not covered by the signature")]
+    Uncovered { name: String },
+    #[error("entry {name:?} is covered by the signature but missing from the archive")]
+    Missing { name: String },
+    #[error("entry {name:?}: its {field} differs from the signed value")]
+    Mismatch { name: String, field: &'static str },
+    #[error("entry {name:?} was changed after signing (SHA-256 differs)")]
+    Changed { name: String },
+    #[error("the signature does not verify with the signer's key {fingerprint}")]
+    BadSignature { fingerprint: Fingerprint },
+    #[error("entry {name:?} is corrupt: {why}")]
+    Corrupt { name: String, why: String },
+    #[error("{MANIFEST} is missing")]
+    NoManifest,
+    #[error("{0}")]
+    Manifest(#[source] ManifestError),
+    #[error("the manifest names module {name:?}, which is not in the bundle")]
+    NoModule { name: String },
+    #[error("the manifest names input {name:?}, which is not in the bundle")]
+    NoInput { name: String },
+    #[error("entry {name:?} is not named by the manifest (neither module nor input)")]
+    Undeclared { name: String },
+    #[error("module {name:?} is not a WebAssembly core module (bad header)")]
+    NotWasm { name: String },
+}
+
+impl VerifyError {
+    /// A stable, short name of the rule that was broken (for scripts and `--json`).
+    pub fn rule(&self) -> &'static str {
+        use VerifyError::*;
+        match self {
+            BundleTooLarge { .. } => "bundle-too-large",
+            Zip(ZipError::TooManyEntries { .. }) => "too-many-entries",
+            Zip(_) => "not-a-bundle-zip",
+            NameNotUtf8 { .. } => "name-not-utf8",
+            BadName { reason, .. } => match reason {
+                PathError::Absolute => "absolute-path",
+                PathError::Backslash => "backslash-path",
+                PathError::DriveLetter => "drive-letter-path",
+                PathError::ParentDir => "parent-dir-path",
+                _ => "bad-name",
+            },
+            NotRegular { .. } => "not-regular-file",
+            Duplicate { .. } => "duplicate-name",
+            Encrypted { .. } => "encrypted-entry",
+            Compression { .. } => "compression-method",
+            TooManyBytes { .. } => "too-many-bytes",
+            Ratio { .. } => "compression-ratio",
+            Unsigned => "unsigned",
+            Order(_) => "entry-order",
+            Layout(_) => "non-canonical-layout",
+            SignatureEntry(_) => "malformed-signature-entry",
+            SignatureAlgorithm(_) => "signature-algorithm",
+            BadKey(_) => "bad-key",
+            SignatureLength(_) => "signature-length",
+            FingerprintMismatch { .. } => "fingerprint-mismatch",
+            Uncovered { .. } => "uncovered-entry",
+            Missing { .. } => "missing-entry",
+            Mismatch { .. } => "entry-metadata-mismatch",
+            Changed { .. } => "changed-entry",
+            BadSignature { .. } => "bad-signature",
+            Corrupt { .. } => "corrupt-entry",
+            NoManifest => "no-manifest",
+            Manifest(ManifestError::UnknownVersion(_)) => "unknown-format-version",
+            Manifest(ManifestError::Json(_)) => "invalid-manifest-json",
+            Manifest(_) => "invalid-manifest",
+            NoModule { .. } => "missing-module",
+            NoInput { .. } => "missing-input",
+            Undeclared { .. } => "undeclared-entry",
+            NotWasm { .. } => "not-wasm",
+        }
+    }
+
+    /// The entry the error is about, if it is about one.
+    pub fn entry(&self) -> Option<&str> {
+        use VerifyError::*;
+        match self {
+            NameNotUtf8 { name }
+            | BadName { name, .. }
+            | NotRegular { name, .. }
+            | Duplicate { name }
+            | Encrypted { name }
+            | Compression { name, .. }
+            | TooManyBytes { name, .. }
+            | Ratio { name, .. }
+            | Uncovered { name }
+            | Missing { name }
+            | Mismatch { name, .. }
+            | Changed { name }
+            | Corrupt { name, .. }
+            | NoModule { name }
+            | NoInput { name }
+            | Undeclared { name }
+            | NotWasm { name } => Some(name),
+            NoManifest | Manifest(_) => Some(MANIFEST),
+            SignatureEntry(_)
+            | SignatureAlgorithm(_)
+            | BadKey(_)
+            | SignatureLength(_)
+            | FingerprintMismatch { .. }
+            | BadSignature { .. }
+            | Unsigned => Some(SIGNATURE),
+            _ => None,
+        }
+    }
+}
+
+/// One signed entry as listed in the signature entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignedEntry {
+    pub name: String,
+    /// `stored` or `deflate`.
+    pub method: String,
+    /// CRC-32 of the uncompressed bytes, 8 lowercase hex digits.
+    pub crc32: String,
+    /// Uncompressed size.
+    pub size: u64,
+    /// Size of the bytes as stored in the zip.
+    pub stored_size: u64,
+    /// SHA-256 of the stored bytes, 64 lowercase hex digits.
+    pub sha256: String,
+}
+
+/// The signature entry (`rjs-signature.json`), in its canonical JSON form.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignatureDoc {
+    pub format: u32,
+    pub algorithm: String,
+    /// Standard base64 of the 32-byte ed25519 public key.
+    pub public_key: String,
+    pub fingerprint: String,
+    /// The signer's self-declared label (the key name); informational, but signed.
+    pub signer_name: String,
+    /// Unix seconds.
+    pub signed_at: u64,
+    pub entries: Vec<SignedEntry>,
+    /// Standard base64 of the 64-byte signature over [`SignatureDoc::statement`].
+    pub signature: String,
+}
+
+impl SignatureDoc {
+    /// The exact bytes that are signed (see `docs/bundle-format.md`, "Signed statement").
+    pub fn statement(&self) -> Vec<u8> {
+        let mut s = String::with_capacity(256 + self.entries.len() * 128);
+        let _ = write!(
+            s,
+            "{BUNDLE_DOMAIN}\nformat {}\nalgorithm {}\npublic-key {}\nsigner-name {}\nsigned-at {}\nentries {}\n",
+            self.format,
+            self.algorithm,
+            self.public_key,
+            self.signer_name,
+            self.signed_at,
+            self.entries.len()
+        );
+        for e in &self.entries {
+            let _ = writeln!(
+                s,
+                "{} {} {} {} {} {}",
+                e.name, e.method, e.crc32, e.size, e.stored_size, e.sha256
+            );
+        }
+        s.into_bytes()
+    }
+}
+
+/// Who signed a verified bundle, and when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Signer {
+    pub public_key: PublicKey,
+    pub fingerprint: Fingerprint,
+    /// The label the signer gave their key (self-declared: identify authors by key).
+    pub name: String,
+    /// Unix seconds, as claimed by the signer.
+    pub signed_at: u64,
+}
+
+/// Facts about one verified entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryInfo {
+    pub name: String,
+    pub method: Method,
+    pub size: u64,
+    pub stored_size: u64,
+    pub crc32: u32,
+    /// SHA-256 of the stored bytes (what the signature covers).
+    pub stored_sha256: [u8; 32],
+}
+
+/// A bundle that passed every check. It can only be made by [`verify_bytes`], so holding one
+/// means its manifest, module and inputs are exactly what its signer signed.
+#[derive(Debug, Clone)]
+pub struct VerifiedBundle {
+    manifest: Manifest,
+    manifest_bytes: Vec<u8>,
+    signer: Signer,
+    module: Vec<u8>,
+    module_sha256: [u8; 32],
+    inputs: Vec<(String, Vec<u8>)>,
+    entries: Vec<EntryInfo>,
+}
+
+impl VerifiedBundle {
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+    /// The manifest exactly as signed.
+    pub fn manifest_bytes(&self) -> &[u8] {
+        &self.manifest_bytes
+    }
+    pub fn signer(&self) -> &Signer {
+        &self.signer
+    }
+    /// The WebAssembly module named by the manifest's `entry`.
+    pub fn module(&self) -> &[u8] {
+        &self.module
+    }
+    /// SHA-256 of the module's bytes (the key for compiled-module caches).
+    pub fn module_sha256(&self) -> &[u8; 32] {
+        &self.module_sha256
+    }
+    /// The input files (bundle path, bytes), in bundle order.
+    pub fn inputs(&self) -> &[(String, Vec<u8>)] {
+        &self.inputs
+    }
+    /// Every entry except the signature entry, in bundle order.
+    pub fn entries(&self) -> &[EntryInfo] {
+        &self.entries
+    }
+}
+
+/// The SHA-256 of a bundle file: its content address (the bundle id).
+pub fn bundle_id(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+/// Reads a bundle file (refusing one over `limits.max_bundle_bytes` before reading it) and
+/// verifies it.
+pub fn verify_file(path: &Path, limits: &VerifyLimits) -> Result<VerifiedBundle, VerifyFileError> {
+    let bytes = fsutil::read_bounded(path, limits.max_bundle_bytes).map_err(|e| match e {
+        FileError::TooLarge { limit, .. } => VerifyFileError::Verify(VerifyError::BundleTooLarge {
+            size: std::fs::metadata(path)
+                .map(|m| m.len())
+                .unwrap_or(limit + 1),
+            limit,
+        }),
+        e => VerifyFileError::Read(e),
+    })?;
+    verify_bytes(&bytes, limits).map_err(VerifyFileError::Verify)
+}
+
+/// [`verify_file`]'s error: the file could not be read, or it was read and refused.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyFileError {
+    #[error(transparent)]
+    Read(FileError),
+    #[error(transparent)]
+    Verify(VerifyError),
+}
+
+/// Verifies a bundle held in memory. Nothing is inflated before the central directory has
+/// passed the entry-count, size and ratio limits, and nothing is handed out before the
+/// signature has been checked.
+pub fn verify_bytes(bytes: &[u8], limits: &VerifyLimits) -> Result<VerifiedBundle, VerifyError> {
+    if bytes.len() as u64 > limits.max_bundle_bytes {
+        return Err(VerifyError::BundleTooLarge {
+            size: bytes.len() as u64,
+            limit: limits.max_bundle_bytes,
+        });
+    }
+    let cd =
+        zipread::read_central_directory(bytes, limits.max_entries).map_err(VerifyError::Zip)?;
+
+    // 1. Every entry on its own: name, kind, uniqueness, encryption, method, sizes.
+    let mut names: Vec<&str> = Vec::with_capacity(cd.len());
+    let mut seen = HashSet::with_capacity(cd.len());
+    let mut total = 0u64;
+    for e in &cd {
+        let Ok(name) = std::str::from_utf8(e.name) else {
+            return Err(VerifyError::NameNotUtf8 {
+                name: String::from_utf8_lossy(e.name).into_owned(),
+            });
+        };
+        match e.kind() {
+            EntryKind::File => {}
+            kind => {
+                return Err(VerifyError::NotRegular {
+                    name: name.to_owned(),
+                    kind: match kind {
+                        EntryKind::Directory => "directory",
+                        EntryKind::Symlink => "symbolic link",
+                        _ => "special file",
+                    },
+                });
+            }
+        }
+        paths::check_entry_name(name).map_err(|reason| VerifyError::BadName {
+            name: name.to_owned(),
+            reason,
+        })?;
+        if !seen.insert(name.to_ascii_lowercase()) {
+            return Err(VerifyError::Duplicate {
+                name: name.to_owned(),
+            });
+        }
+        if e.encrypted() {
+            return Err(VerifyError::Encrypted {
+                name: name.to_owned(),
+            });
+        }
+        let Some(method) = Method::from_code(e.method) else {
+            return Err(VerifyError::Compression {
+                name: name.to_owned(),
+                method: e.method,
+            });
+        };
+        total = total.saturating_add(e.size);
+        if total > limits.max_total_bytes {
+            return Err(VerifyError::TooManyBytes {
+                name: name.to_owned(),
+                size: e.size,
+                limit: limits.max_total_bytes,
+            });
+        }
+        if method == Method::Deflate {
+            let ratio = e.size / e.stored_size.max(1);
+            if ratio > limits.max_ratio {
+                return Err(VerifyError::Ratio {
+                    name: name.to_owned(),
+                    ratio,
+                    limit: limits.max_ratio,
+                });
+            }
+        } else if e.size != e.stored_size {
+            return Err(VerifyError::Corrupt {
+                name: name.to_owned(),
+                why: "stored entry whose sizes differ".into(),
+            });
+        }
+        names.push(name);
+    }
+
+    // 2. Order and layout: covered entries sorted by name, the signature entry last, and the
+    //    whole file exactly the canonical layout.
+    let Some(sig_index) = names.iter().position(|n| *n == SIGNATURE) else {
+        return Err(VerifyError::Unsigned);
+    };
+    if sig_index != names.len() - 1 {
+        return Err(VerifyError::Order(format!(
+            "{SIGNATURE} must be the last entry"
+        )));
+    }
+    if let Some(w) = names[..sig_index].windows(2).find(|w| w[0] >= w[1]) {
+        return Err(VerifyError::Order(format!(
+            "{:?} comes before {:?}",
+            w[0], w[1]
+        )));
+    }
+    let metas: Vec<EntryMeta<'_>> = cd
+        .iter()
+        .zip(&names)
+        .map(|(e, name)| EntryMeta {
+            name,
+            method: Method::from_code(e.method).unwrap_or(Method::Stored),
+            crc32: e.crc32,
+            size: e.size,
+            stored_size: e.stored_size,
+        })
+        .collect();
+    let ranges = zipfmt::check_layout(bytes, &metas).map_err(VerifyError::Layout)?;
+
+    // 3. The signature entry.
+    let sig_meta = &metas[sig_index];
+    if sig_meta.method != Method::Stored || sig_meta.size > MAX_SIGNATURE_ENTRY {
+        return Err(VerifyError::SignatureEntry(format!(
+            "must be stored uncompressed and at most {MAX_SIGNATURE_ENTRY} bytes"
+        )));
+    }
+    let sig_bytes = &bytes[ranges[sig_index].clone()];
+    if crc32fast::hash(sig_bytes) != sig_meta.crc32 {
+        return Err(VerifyError::Corrupt {
+            name: SIGNATURE.to_owned(),
+            why: "CRC-32 mismatch".into(),
+        });
+    }
+    let doc: SignatureDoc = serde_json::from_slice(sig_bytes)
+        .map_err(|e| VerifyError::SignatureEntry(format!("invalid JSON: {e}")))?;
+    if serde_json::to_vec(&doc).ok().as_deref() != Some(sig_bytes) {
+        return Err(VerifyError::SignatureEntry(
+            "not in canonical form (compact JSON, fields in the specified order)".into(),
+        ));
+    }
+    if doc.format != FORMAT_VERSION || doc.algorithm != ALGORITHM {
+        return Err(VerifyError::SignatureAlgorithm(format!(
+            "format {} / {}",
+            doc.format, doc.algorithm
+        )));
+    }
+    let key_raw = B64
+        .decode(&doc.public_key)
+        .map_err(|e| VerifyError::BadKey(format!("bad base64 ({e})")))?;
+    let public_key =
+        PublicKey::from_bytes(&key_raw).map_err(|e| VerifyError::BadKey(e.to_string()))?;
+    let sig_raw = B64
+        .decode(&doc.signature)
+        .map_err(|e| VerifyError::SignatureEntry(format!("signature is not base64 ({e})")))?;
+    if sig_raw.len() != 64 {
+        return Err(VerifyError::SignatureLength(sig_raw.len()));
+    }
+    let fingerprint = public_key.fingerprint();
+    if doc.fingerprint != fingerprint.to_string() {
+        return Err(VerifyError::FingerprintMismatch {
+            claimed: doc.fingerprint.clone(),
+            actual: fingerprint,
+        });
+    }
+    if validate_key_name(&doc.signer_name).is_err() {
+        return Err(VerifyError::SignatureEntry(format!(
+            "signer name {:?} is not a valid key name",
+            doc.signer_name
+        )));
+    }
+
+    // 4. Coverage: the listing names exactly the other entries, with the same metadata.
+    let listed: BTreeMap<&str, &SignedEntry> =
+        doc.entries.iter().map(|e| (e.name.as_str(), e)).collect();
+    if listed.len() != doc.entries.len() {
+        return Err(VerifyError::SignatureEntry(
+            "an entry is listed twice".into(),
+        ));
+    }
+    for name in &names[..sig_index] {
+        if !listed.contains_key(name) {
+            return Err(VerifyError::Uncovered {
+                name: (*name).to_owned(),
+            });
+        }
+    }
+    let present: HashSet<&str> = names[..sig_index].iter().copied().collect();
+    for e in &doc.entries {
+        if !present.contains(e.name.as_str()) {
+            return Err(VerifyError::Missing {
+                name: e.name.clone(),
+            });
+        }
+    }
+    let mut entries = Vec::with_capacity(sig_index);
+    for (i, meta) in metas[..sig_index].iter().enumerate() {
+        let signed = listed[meta.name];
+        let mismatch = |field| VerifyError::Mismatch {
+            name: meta.name.to_owned(),
+            field,
+        };
+        if doc.entries[i].name != meta.name {
+            return Err(VerifyError::SignatureEntry(
+                "entries are not listed in bundle order".into(),
+            ));
+        }
+        if Method::parse(&signed.method) != Some(meta.method) {
+            return Err(mismatch("compression method"));
+        }
+        if signed.size != meta.size {
+            return Err(mismatch("size"));
+        }
+        if signed.stored_size != meta.stored_size {
+            return Err(mismatch("stored size"));
+        }
+        if signed.crc32 != format!("{:08x}", meta.crc32) {
+            return Err(mismatch("CRC-32"));
+        }
+        let digest: [u8; 32] = Sha256::digest(&bytes[ranges[i].clone()]).into();
+        if signed.sha256 != hex(&digest) {
+            return Err(VerifyError::Changed {
+                name: meta.name.to_owned(),
+            });
+        }
+        entries.push(EntryInfo {
+            name: meta.name.to_owned(),
+            method: meta.method,
+            size: meta.size,
+            stored_size: meta.stored_size,
+            crc32: meta.crc32,
+            stored_sha256: digest,
+        });
+    }
+
+    // 5. The signature itself.
+    if !public_key.verify(&doc.statement(), &sig_raw) {
+        return Err(VerifyError::BadSignature { fingerprint });
+    }
+
+    // 6. Contents: inflate within the declared (already bounded) sizes, check CRCs.
+    let mut contents: BTreeMap<&str, Vec<u8>> = BTreeMap::new();
+    for (i, meta) in metas[..sig_index].iter().enumerate() {
+        let stored = &bytes[ranges[i].clone()];
+        let data = match meta.method {
+            Method::Stored => stored.to_vec(),
+            Method::Deflate => {
+                zipfmt::inflate(stored, meta.size).map_err(|e| VerifyError::Corrupt {
+                    name: meta.name.to_owned(),
+                    why: e.to_string(),
+                })?
+            }
+        };
+        if crc32fast::hash(&data) != meta.crc32 {
+            return Err(VerifyError::Corrupt {
+                name: meta.name.to_owned(),
+                why: "CRC-32 mismatch".into(),
+            });
+        }
+        contents.insert(meta.name, data);
+    }
+
+    // 7. The manifest and what it names.
+    let manifest_bytes = contents.remove(MANIFEST).ok_or(VerifyError::NoManifest)?;
+    if manifest_bytes.len() as u64 > MAX_MANIFEST_BYTES {
+        return Err(VerifyError::Manifest(ManifestError::TooLarge));
+    }
+    let manifest = Manifest::parse(&manifest_bytes).map_err(VerifyError::Manifest)?;
+    let module = contents
+        .remove(manifest.entry.as_str())
+        .ok_or_else(|| VerifyError::NoModule {
+            name: manifest.entry.clone(),
+        })?;
+    if !module.starts_with(&WASM_HEADER) {
+        return Err(VerifyError::NotWasm {
+            name: manifest.entry.clone(),
+        });
+    }
+    let mut inputs = Vec::with_capacity(manifest.inputs.len());
+    for input in &manifest.inputs {
+        let data = contents
+            .remove(input.as_str())
+            .ok_or_else(|| VerifyError::NoInput {
+                name: input.clone(),
+            })?;
+        inputs.push((input.clone(), data));
+    }
+    if let Some(name) = contents.keys().next() {
+        return Err(VerifyError::Undeclared {
+            name: (*name).to_owned(),
+        });
+    }
+    inputs.sort_by(|a, b| a.0.cmp(&b.0));
+    let module_sha256 = Sha256::digest(&module).into();
+    Ok(VerifiedBundle {
+        manifest,
+        manifest_bytes,
+        signer: Signer {
+            public_key,
+            fingerprint,
+            name: doc.signer_name,
+            signed_at: doc.signed_at,
+        },
+        module,
+        module_sha256,
+        inputs,
+        entries,
+    })
+}
+
+/// Errors while building a bundle.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("entry {name:?}: {reason}")]
+    BadName {
+        name: String,
+        #[source]
+        reason: PathError,
+    },
+    #[error("entry {0:?} is a reserved name")]
+    Reserved(String),
+    #[error("entry {0:?} added twice (names are compared case-insensitively)")]
+    Duplicate(String),
+    #[error("more than {0} entries")]
+    TooManyEntries(usize),
+    #[error("entries total more than {0} bytes")]
+    TooManyBytes(u64),
+    #[error("invalid signer name: {0}")]
+    SignerName(#[source] crate::keys::KeyError),
+}
+
+/// Builds a signed bundle from entries. It checks entry names and the size limits but not
+/// the manifest: [`pack_dir`] does that. (Tests use it to craft bundles that are signed but
+/// wrong in some other way.)
+#[derive(Debug, Default)]
+pub struct BundleBuilder {
+    entries: BTreeMap<String, Vec<u8>>,
+    lower: HashSet<String>,
+    total: u64,
+    limits: VerifyLimits,
+}
+
+impl BundleBuilder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds an entry. Entries are written sorted by name whatever the order of the calls.
+    pub fn add(&mut self, name: &str, data: Vec<u8>) -> Result<&mut Self, BuildError> {
+        paths::check_entry_name(name).map_err(|reason| BuildError::BadName {
+            name: name.to_owned(),
+            reason,
+        })?;
+        if name == SIGNATURE {
+            return Err(BuildError::Reserved(name.to_owned()));
+        }
+        if !self.lower.insert(name.to_ascii_lowercase()) {
+            return Err(BuildError::Duplicate(name.to_owned()));
+        }
+        if self.entries.len() + 1 >= self.limits.max_entries {
+            return Err(BuildError::TooManyEntries(self.limits.max_entries));
+        }
+        self.total += data.len() as u64;
+        if self.total > self.limits.max_total_bytes {
+            return Err(BuildError::TooManyBytes(self.limits.max_total_bytes));
+        }
+        self.entries.insert(name.to_owned(), data);
+        Ok(self)
+    }
+
+    /// Compresses, lists, signs and lays out the bundle; returns the file's bytes.
+    pub fn sign(
+        &self,
+        key: &KeyPair,
+        signer_name: &str,
+        signed_at: u64,
+    ) -> Result<Vec<u8>, BuildError> {
+        validate_key_name(signer_name).map_err(BuildError::SignerName)?;
+        let mut stored: Vec<(Method, Vec<u8>)> = Vec::with_capacity(self.entries.len());
+        for data in self.entries.values() {
+            let deflated = zipfmt::deflate(data);
+            // Store when deflate does not help, or when the ratio would look like a bomb.
+            let ratio_ok =
+                (data.len() as u64) / (deflated.len() as u64).max(1) <= self.limits.max_ratio;
+            if deflated.len() < data.len() && ratio_ok {
+                stored.push((Method::Deflate, deflated));
+            } else {
+                stored.push((Method::Stored, Vec::new()));
+            }
+        }
+        let mut listing = Vec::with_capacity(self.entries.len());
+        for ((name, data), (method, packed)) in self.entries.iter().zip(&stored) {
+            let packed: &[u8] = if *method == Method::Stored {
+                data
+            } else {
+                packed
+            };
+            listing.push(SignedEntry {
+                name: name.clone(),
+                method: method.as_str().to_owned(),
+                crc32: format!("{:08x}", crc32fast::hash(data)),
+                size: data.len() as u64,
+                stored_size: packed.len() as u64,
+                sha256: hex(&Sha256::digest(packed)),
+            });
+        }
+        let public = key.public();
+        let mut doc = SignatureDoc {
+            format: FORMAT_VERSION,
+            algorithm: ALGORITHM.to_owned(),
+            public_key: public.to_base64(),
+            fingerprint: public.fingerprint().to_string(),
+            signer_name: signer_name.to_owned(),
+            signed_at,
+            entries: listing,
+            signature: String::new(),
+        };
+        doc.signature = B64.encode(key.sign(&doc.statement()));
+        let sig_json = serde_json::to_vec(&doc).unwrap_or_default();
+
+        let mut parts: Vec<(EntryMeta<'_>, &[u8])> = Vec::with_capacity(self.entries.len() + 1);
+        for (((name, data), (method, packed)), signed) in
+            self.entries.iter().zip(&stored).zip(&doc.entries)
+        {
+            let packed: &[u8] = if *method == Method::Stored {
+                data
+            } else {
+                packed
+            };
+            parts.push((
+                EntryMeta {
+                    name,
+                    method: *method,
+                    crc32: crc32fast::hash(data),
+                    size: signed.size,
+                    stored_size: signed.stored_size,
+                },
+                packed,
+            ));
+        }
+        parts.push((
+            EntryMeta {
+                name: SIGNATURE,
+                method: Method::Stored,
+                crc32: crc32fast::hash(&sig_json),
+                size: sig_json.len() as u64,
+                stored_size: sig_json.len() as u64,
+            },
+            &sig_json,
+        ));
+        let total: usize = parts
+            .iter()
+            .map(|(m, d)| 100 + 2 * m.name.len() + d.len())
+            .sum();
+        let mut out = Vec::with_capacity(total);
+        // Writing into a Vec cannot fail.
+        let _ = zipfmt::write_zip(&mut out, &parts);
+        Ok(out)
+    }
+}
+
+/// Errors of [`pack_dir`].
+#[derive(Debug, thiserror::Error)]
+pub enum PackError {
+    #[error("reading the job folder")]
+    Read(#[from] FileError),
+    #[error("{0}")]
+    Manifest(#[from] ManifestError),
+    #[error("{path} is not a regular file (symbolic links and folders are not packed)")]
+    NotRegular { path: PathBuf },
+    #[error("{path} is not a WebAssembly core module (bad header)")]
+    NotWasm { path: PathBuf },
+    #[error("building the bundle")]
+    Build(#[from] BuildError),
+}
+
+/// Reads `JOB_DIR/manifest.json` and the files it names, checks them, and returns the signed
+/// bundle's bytes with the parsed manifest. Files not named by the manifest are not packed.
+pub fn pack_dir(
+    job_dir: &Path,
+    key: &KeyPair,
+    signer_name: &str,
+    signed_at: u64,
+) -> Result<(Vec<u8>, Manifest), PackError> {
+    let limits = VerifyLimits::default();
+    let read_regular = |name: &str, limit: u64| -> Result<Vec<u8>, PackError> {
+        let path = job_dir.join(name);
+        let meta =
+            std::fs::symlink_metadata(&path).map_err(|e| FileError::io("reading", &path, e))?;
+        if !meta.file_type().is_file() {
+            return Err(PackError::NotRegular { path });
+        }
+        Ok(fsutil::read_bounded(&path, limit)?)
+    };
+    let manifest_bytes = read_regular(MANIFEST, MAX_MANIFEST_BYTES)?;
+    let manifest = Manifest::parse(&manifest_bytes)?;
+    let mut builder = BundleBuilder::new();
+    let module = read_regular(&manifest.entry, limits.max_total_bytes)?;
+    if !module.starts_with(&WASM_HEADER) {
+        return Err(PackError::NotWasm {
+            path: job_dir.join(&manifest.entry),
+        });
+    }
+    builder.add(MANIFEST, manifest_bytes)?;
+    builder.add(&manifest.entry, module)?;
+    for input in &manifest.inputs {
+        let data = read_regular(input, limits.max_total_bytes)?;
+        builder.add(input, data)?;
+    }
+    let bytes = builder.sign(key, signer_name, signed_at)?;
+    Ok((bytes, manifest))
+}

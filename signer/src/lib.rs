@@ -1,0 +1,53 @@
+//! # rjs-signer
+//!
+//! The security-critical core of the RJS grid: the signed job bundle.
+//!
+//! * [`keys`]: ed25519 author keys, their files (private key 0600) and fingerprints.
+//! * [`manifest`]: the bundle's `manifest.json` and its bounds.
+//! * [`bundle`]: building ([`BundleBuilder`], [`pack_dir`]) and verifying
+//!   ([`verify_bytes`], [`verify_file`]) bundles under explicit [`VerifyLimits`]. Only a
+//!   successful verification yields a [`VerifiedBundle`], the one way to get at a bundle's
+//!   manifest, module and inputs.
+//! * [`zipfmt`] / [`zipread`]: the one canonical zip layout bundles use, and a strict reader
+//!   of its central directory.
+//! * [`fsutil`]: bounded reads and atomic writes.
+//!
+//! The format is specified in `docs/bundle-format.md`.
+
+pub mod bundle;
+pub mod fsutil;
+pub mod keys;
+pub mod manifest;
+pub mod paths;
+pub mod zipfmt;
+pub mod zipread;
+
+pub use bundle::{
+    BundleBuilder, EntryInfo, PackError, Signer, VerifiedBundle, VerifyError, VerifyFileError,
+    VerifyLimits, bundle_id, pack_dir, verify_bytes, verify_file,
+};
+pub use keys::{Fingerprint, KeyPair, PublicKey};
+pub use manifest::{Limits, Manifest};
+
+/// Renders an error with its whole cause chain: `outer: middle: root`.
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = err.to_string();
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        let msg = e.to_string();
+        if !s.ends_with(&msg) {
+            s.push_str(": ");
+            s.push_str(&msg);
+        }
+        cur = e.source();
+    }
+    s
+}
+
+/// Seconds since the Unix epoch (0 if the clock is before it).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

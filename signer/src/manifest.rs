@@ -1,0 +1,442 @@
+//! `manifest.json`: what a bundle runs and under which limits. See `docs/bundle-format.md`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::paths;
+
+/// The only manifest and bundle format version this library reads and writes.
+pub const FORMAT_VERSION: u32 = 1;
+/// Largest `manifest.json` accepted.
+pub const MAX_MANIFEST_BYTES: u64 = 64 * 1024;
+pub const MAX_NAME: usize = 64;
+pub const MAX_DESCRIPTION: usize = 1024;
+pub const MAX_ARGS: usize = 256;
+pub const MAX_ARG_BYTES: usize = 4096;
+pub const MAX_ENV: usize = 64;
+pub const MAX_ENV_KEY: usize = 128;
+pub const MAX_ENV_VALUE: usize = 4096;
+/// Total bytes of all args and env keys and values together.
+pub const MAX_ARGS_ENV_TOTAL: usize = 64 * 1024;
+pub const MAX_TASKS: u32 = 100_000;
+pub const MAX_GROUP: usize = 128;
+pub const MAX_OUTPUTS: usize = 64;
+pub const MAX_OUTPUT_PATTERN: usize = 128;
+pub const DEFAULT_GROUP: &str = "/compute";
+
+/// A job's limits; every field has a default and bounds (see [`Limits::check`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Time one task may run, milliseconds (1 ms ..= 24 h; default 60 s).
+    #[serde(default = "Limits::default_time_ms")]
+    pub time_ms: u64,
+    /// Linear memory one task may use, bytes (64 KiB ..= 4 GiB; default 256 MiB).
+    #[serde(default = "Limits::default_memory_bytes")]
+    pub memory_bytes: u64,
+    /// Total bytes a task may write under `out/` (0 ..= 1 GiB; default 64 MiB).
+    #[serde(default = "Limits::default_output_bytes")]
+    pub output_bytes: u64,
+    /// Bytes kept of stdout and, separately, of stderr (0 ..= 64 MiB; default 1 MiB).
+    #[serde(default = "Limits::default_stdout_bytes")]
+    pub stdout_bytes: u64,
+}
+
+impl Limits {
+    pub const MAX_TIME_MS: u64 = 24 * 3600 * 1000;
+    pub const MIN_MEMORY: u64 = 64 * 1024;
+    pub const MAX_MEMORY: u64 = 4 * 1024 * 1024 * 1024;
+    pub const MAX_OUTPUT: u64 = 1024 * 1024 * 1024;
+    pub const MAX_STDOUT: u64 = 64 * 1024 * 1024;
+
+    fn default_time_ms() -> u64 {
+        60_000
+    }
+    fn default_memory_bytes() -> u64 {
+        256 * 1024 * 1024
+    }
+    fn default_output_bytes() -> u64 {
+        64 * 1024 * 1024
+    }
+    fn default_stdout_bytes() -> u64 {
+        1024 * 1024
+    }
+
+    pub fn check(&self) -> Result<(), ManifestError> {
+        let bad = |field: &'static str, why: String| Err(ManifestError::Field { field, why });
+        if !(1..=Self::MAX_TIME_MS).contains(&self.time_ms) {
+            return bad(
+                "limits.time_ms",
+                format!("must be 1..={}", Self::MAX_TIME_MS),
+            );
+        }
+        if !(Self::MIN_MEMORY..=Self::MAX_MEMORY).contains(&self.memory_bytes) {
+            return bad(
+                "limits.memory_bytes",
+                format!("must be {}..={}", Self::MIN_MEMORY, Self::MAX_MEMORY),
+            );
+        }
+        if self.output_bytes > Self::MAX_OUTPUT {
+            return bad(
+                "limits.output_bytes",
+                format!("must be at most {}", Self::MAX_OUTPUT),
+            );
+        }
+        if self.stdout_bytes > Self::MAX_STDOUT {
+            return bad(
+                "limits.stdout_bytes",
+                format!("must be at most {}", Self::MAX_STDOUT),
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            time_ms: Self::default_time_ms(),
+            memory_bytes: Self::default_memory_bytes(),
+            output_bytes: Self::default_output_bytes(),
+            stdout_bytes: Self::default_stdout_bytes(),
+        }
+    }
+}
+
+/// The parsed and validated `manifest.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Must be [`FORMAT_VERSION`].
+    pub format: u32,
+    /// Job name: `[A-Za-z0-9][A-Za-z0-9._-]{0,63}`.
+    pub name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    /// Bundle path of the WebAssembly module to run.
+    pub entry: String,
+    /// Bundle paths of input files, visible read-only to the job at the same paths.
+    #[serde(default)]
+    pub inputs: Vec<String>,
+    /// Arguments after argv\[0\] (which is the job name).
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Environment; keys `[A-Za-z_][A-Za-z0-9_]*`, not starting with `RJS_` (reserved).
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// How many tasks the bundle fans out into; task `i` sees `RJS_TASK_INDEX=i`.
+    #[serde(default = "default_tasks")]
+    pub tasks: u32,
+    /// Which nodes may run it: `/seg/seg`, segments `[a-z0-9_-]+`.
+    #[serde(default = "default_group")]
+    pub group: String,
+    /// Glob patterns (relative to `out/`) of the files the job promises to write.
+    #[serde(default)]
+    pub outputs: Vec<String>,
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+fn default_tasks() -> u32 {
+    1
+}
+fn default_group() -> String {
+    DEFAULT_GROUP.to_owned()
+}
+
+/// A manifest that cannot be used, and why.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("manifest.json is larger than {MAX_MANIFEST_BYTES} bytes")]
+    TooLarge,
+    #[error("manifest.json is not valid: {0}")]
+    Json(#[source] serde_json::Error),
+    #[error("unknown manifest format version {0} (this build reads version {FORMAT_VERSION})")]
+    UnknownVersion(u32),
+    #[error("manifest field `{field}` {why}")]
+    Field { field: &'static str, why: String },
+}
+
+impl Manifest {
+    /// Parses and validates manifest bytes. Unknown fields, a wrong version and any value out
+    /// of bounds are errors.
+    pub fn parse(bytes: &[u8]) -> Result<Self, ManifestError> {
+        if bytes.len() as u64 > MAX_MANIFEST_BYTES {
+            return Err(ManifestError::TooLarge);
+        }
+        // Read the version first so that a future format gets a clear error rather than an
+        // "unknown field" one.
+        #[derive(Deserialize)]
+        struct Version {
+            format: Option<serde_json::Value>,
+        }
+        if let Ok(Version {
+            format: Some(serde_json::Value::Number(n)),
+        }) = serde_json::from_slice::<Version>(bytes)
+            && n.as_u64() != Some(u64::from(FORMAT_VERSION))
+        {
+            return Err(ManifestError::UnknownVersion(
+                n.as_u64()
+                    .map_or(u32::MAX, |v| v.min(u64::from(u32::MAX)) as u32),
+            ));
+        }
+        let m: Manifest = serde_json::from_slice(bytes).map_err(ManifestError::Json)?;
+        m.validate()?;
+        Ok(m)
+    }
+
+    /// Checks every field's bounds (not whether the named files exist: the bundle does that).
+    pub fn validate(&self) -> Result<(), ManifestError> {
+        let bad = |field: &'static str, why: String| Err(ManifestError::Field { field, why });
+        if self.format != FORMAT_VERSION {
+            return Err(ManifestError::UnknownVersion(self.format));
+        }
+        if !valid_job_name(&self.name) {
+            return bad(
+                "name",
+                format!(
+                    "{:?} must match [A-Za-z0-9][A-Za-z0-9._-]{{0,63}}",
+                    self.name
+                ),
+            );
+        }
+        if self.description.len() > MAX_DESCRIPTION
+            || self
+                .description
+                .chars()
+                .any(|c| c.is_control() && c != '\n' && c != '\t')
+        {
+            return bad(
+                "description",
+                format!("must be at most {MAX_DESCRIPTION} bytes of text"),
+            );
+        }
+        if let Err(e) = paths::check_entry_name(&self.entry) {
+            return bad("entry", e.to_string());
+        }
+        if self.entry == paths::MANIFEST || self.entry == paths::SIGNATURE {
+            return bad("entry", format!("{:?} is a reserved name", self.entry));
+        }
+        if self.inputs.len() > paths::MAX_ENTRIES {
+            return bad(
+                "inputs",
+                format!("has more than {} items", paths::MAX_ENTRIES),
+            );
+        }
+        let mut seen = std::collections::HashSet::new();
+        seen.insert(self.entry.to_ascii_lowercase());
+        for input in &self.inputs {
+            if let Err(e) = paths::check_entry_name(input) {
+                return bad("inputs", e.to_string());
+            }
+            if input == paths::MANIFEST || input == paths::SIGNATURE {
+                return bad("inputs", format!("{input:?} is a reserved name"));
+            }
+            if !seen.insert(input.to_ascii_lowercase()) {
+                return bad(
+                    "inputs",
+                    format!("{input:?} is named twice (or is the entry module)"),
+                );
+            }
+        }
+        if self.args.len() > MAX_ARGS {
+            return bad("args", format!("has more than {MAX_ARGS} items"));
+        }
+        let mut total = 0usize;
+        for a in &self.args {
+            if a.len() > MAX_ARG_BYTES || a.contains('\0') {
+                return bad(
+                    "args",
+                    format!("items must be at most {MAX_ARG_BYTES} bytes without NUL"),
+                );
+            }
+            total += a.len();
+        }
+        if self.env.len() > MAX_ENV {
+            return bad("env", format!("has more than {MAX_ENV} variables"));
+        }
+        for (k, v) in &self.env {
+            let key_ok = k.len() <= MAX_ENV_KEY
+                && k.chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !key_ok {
+                return bad(
+                    "env",
+                    format!("key {k:?} must match [A-Za-z_][A-Za-z0-9_]*"),
+                );
+            }
+            if k.starts_with("RJS_") {
+                return bad(
+                    "env",
+                    format!("key {k:?}: the RJS_ prefix is reserved for the grid"),
+                );
+            }
+            if v.len() > MAX_ENV_VALUE || v.contains('\0') {
+                return bad(
+                    "env",
+                    format!("value of {k} must be at most {MAX_ENV_VALUE} bytes without NUL"),
+                );
+            }
+            total += k.len() + v.len();
+        }
+        if total > MAX_ARGS_ENV_TOTAL {
+            return bad(
+                "args",
+                format!("args and env together exceed {MAX_ARGS_ENV_TOTAL} bytes"),
+            );
+        }
+        if !(1..=MAX_TASKS).contains(&self.tasks) {
+            return bad("tasks", format!("must be 1..={MAX_TASKS}"));
+        }
+        if !valid_group(&self.group) {
+            return bad(
+                "group",
+                format!(
+                    "{:?} must look like /seg or /seg/seg with segments [a-z0-9_-]",
+                    self.group
+                ),
+            );
+        }
+        if self.outputs.len() > MAX_OUTPUTS {
+            return bad("outputs", format!("has more than {MAX_OUTPUTS} patterns"));
+        }
+        for o in &self.outputs {
+            let pattern_ok = !o.is_empty()
+                && o.len() <= MAX_OUTPUT_PATTERN
+                && paths::check_entry_name(&o.replace(['*', '?'], "x")).is_ok();
+            if !pattern_ok {
+                return bad(
+                    "outputs",
+                    format!("{o:?} must be a relative path pattern (letters, digits, . _ - / * ?)"),
+                );
+            }
+        }
+        self.limits.check()
+    }
+
+    /// Whether a node serving `node_group` may run this job: the job's group equals the
+    /// node's group or lies below it (`/compute/light` runs on a `/compute` node, and on a
+    /// `/compute/light` node, but not on a `/compute/heavy` node).
+    pub fn group_matches(&self, node_group: &str) -> bool {
+        group_within(&self.group, node_group)
+    }
+}
+
+/// `job_group` is `node_group` or below it.
+pub fn group_within(job_group: &str, node_group: &str) -> bool {
+    let node = node_group.trim_end_matches('/');
+    job_group == node
+        || node.is_empty()
+        || job_group
+            .strip_prefix(node)
+            .is_some_and(|rest| rest.starts_with('/'))
+}
+
+pub fn valid_job_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NAME
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+pub fn valid_group(group: &str) -> bool {
+    group.len() <= MAX_GROUP
+        && group.starts_with('/')
+        && group[1..].split('/').all(|seg| {
+            !seg.is_empty()
+                && seg
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-'))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn minimal() -> serde_json::Value {
+        serde_json::json!({"format": 1, "name": "job", "entry": "job.wasm"})
+    }
+
+    fn parse(v: &serde_json::Value) -> Result<Manifest, ManifestError> {
+        Manifest::parse(v.to_string().as_bytes())
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let m = parse(&minimal()).unwrap();
+        assert_eq!(m.tasks, 1);
+        assert_eq!(m.group, "/compute");
+        assert_eq!(m.limits, Limits::default());
+    }
+
+    #[test]
+    fn refusals() {
+        let cases: Vec<(&str, serde_json::Value)> = vec![
+            (
+                "unknown field",
+                serde_json::json!({"format":1,"name":"j","entry":"j.wasm","extra":1}),
+            ),
+            (
+                "version",
+                serde_json::json!({"format":2,"name":"j","entry":"j.wasm"}),
+            ),
+            (
+                "name",
+                serde_json::json!({"format":1,"name":"../j","entry":"j.wasm"}),
+            ),
+            (
+                "entry",
+                serde_json::json!({"format":1,"name":"j","entry":"/j.wasm"}),
+            ),
+            (
+                "tasks",
+                serde_json::json!({"format":1,"name":"j","entry":"j.wasm","tasks":0}),
+            ),
+            (
+                "group",
+                serde_json::json!({"format":1,"name":"j","entry":"j.wasm","group":"compute"}),
+            ),
+            (
+                "env",
+                serde_json::json!({"format":1,"name":"j","entry":"j.wasm","env":{"RJS_TASK_INDEX":"3"}}),
+            ),
+            (
+                "limits",
+                serde_json::json!({"format":1,"name":"j","entry":"j.wasm","limits":{"time_ms":0}}),
+            ),
+            (
+                "inputs",
+                serde_json::json!({"format":1,"name":"j","entry":"j.wasm","inputs":["j.wasm"]}),
+            ),
+            (
+                "outputs",
+                serde_json::json!({"format":1,"name":"j","entry":"j.wasm","outputs":["../x"]}),
+            ),
+        ];
+        for (what, v) in cases {
+            assert!(parse(&v).is_err(), "{what} should be refused");
+        }
+        assert!(matches!(
+            parse(&serde_json::json!({"format":7,"name":"j","entry":"j.wasm","new":true})),
+            Err(ManifestError::UnknownVersion(7))
+        ));
+    }
+
+    #[test]
+    fn groups_nest() {
+        assert!(group_within("/compute/light", "/compute"));
+        assert!(group_within("/compute", "/compute"));
+        assert!(!group_within("/compute", "/compute/light"));
+        assert!(!group_within("/computex", "/compute"));
+        assert!(group_within("/a/b", "/"));
+    }
+}
