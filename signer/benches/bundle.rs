@@ -1,1 +1,221 @@
-fn main() {}
+//! Bundle benchmarks: `cargo bench -p rjs-signer --bench bundle`.
+//!
+//! 1. Verifying a 10 MiB bundle versus `sha256sum` of the same file (target: at most 2x).
+//!    Two bundles: one of incompressible data (stored), one of compressible data (deflated).
+//! 2. Packing the Mandelbrot sample (target: under 50 ms), in-process and through the CLI.
+//!
+//! Prints the medians and exits non-zero if a target is missed.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use rjs_signer::{BundleBuilder, KeyPair, VerifyLimits, verify_bytes, verify_signed};
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn time<F: FnMut()>(runs: usize, mut f: F) -> Duration {
+    f(); // warm-up
+    median(
+        (0..runs)
+            .map(|_| {
+                let t = Instant::now();
+                f();
+                t.elapsed()
+            })
+            .collect(),
+    )
+}
+
+/// xorshift bytes: incompressible, reproducible.
+fn random_bytes(n: usize, mut seed: u64) -> Vec<u8> {
+    let mut v = Vec::with_capacity(n + 8);
+    while v.len() < n {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        v.extend_from_slice(&seed.to_le_bytes());
+    }
+    v.truncate(n);
+    v
+}
+
+/// Real WebAssembly code (the sample modules, cycled): deflates about 2.4x, like modules do.
+fn wasm_like_bytes(n: usize) -> Vec<u8> {
+    let mut pool = Vec::new();
+    for job in [
+        "mandelbrot",
+        "hello",
+        "evil-loop",
+        "evil-escape",
+        "evil-output",
+    ] {
+        let dir = workspace_root().join("target/rjs-samples").join(job);
+        if let Ok(rd) = std::fs::read_dir(&dir) {
+            for e in rd.flatten() {
+                if e.path().extension().is_some_and(|x| x == "wasm") {
+                    pool.extend(std::fs::read(e.path()).unwrap());
+                }
+            }
+        }
+    }
+    assert!(!pool.is_empty(), "run samples/build.sh first");
+    pool.iter().copied().cycle().take(n).collect()
+}
+
+fn make_bundle(key: &KeyPair, input: Vec<u8>) -> Vec<u8> {
+    let mut module = rjs_signer::bundle::WASM_HEADER.to_vec();
+    module.extend(random_bytes(512 * 1024, 1));
+    let manifest =
+        br#"{"format":1,"name":"bench","entry":"bench.wasm","inputs":["data.bin"]}"#.to_vec();
+    let mut b = BundleBuilder::new();
+    b.add("manifest.json", manifest).unwrap();
+    b.add("bench.wasm", module).unwrap();
+    b.add("data.bin", input).unwrap();
+    b.sign(key, "bench", 1_700_000_000).unwrap()
+}
+
+fn sha256sum_time(path: &Path, runs: usize) -> Option<Duration> {
+    let run = || {
+        Command::new("sha256sum")
+            .arg(path)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+    };
+    run()?;
+    Some(median(
+        (0..runs)
+            .map(|_| {
+                let t = Instant::now();
+                let _ = run();
+                t.elapsed()
+            })
+            .collect(),
+    ))
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
+}
+
+fn main() {
+    // `cargo bench` passes --bench; ignore arguments.
+    let key = KeyPair::from_secret([3; 32]);
+    let limits = VerifyLimits::default();
+    let dir = tempfile::tempdir().unwrap();
+    let mut failed = false;
+    const TEN_MIB: usize = 10 * 1024 * 1024;
+
+    println!("== verify a 10 MiB bundle vs sha256sum of the same file (median of 21) ==");
+    let stored = make_bundle(&key, random_bytes(TEN_MIB - 512 * 1024 - 2048, 9));
+    // Compressible content (real wasm code) sized so that the bundle file is ~10 MiB.
+    let mut compressible = make_bundle(&key, wasm_like_bytes(TEN_MIB));
+    let ratio = TEN_MIB as f64 / compressible.len() as f64;
+    compressible = make_bundle(&key, wasm_like_bytes((TEN_MIB as f64 * ratio) as usize));
+    for (label, bundle) in [
+        ("incompressible (stored)", &stored),
+        ("wasm code (deflated ~2.4x)", &compressible),
+    ] {
+        let path = dir.path().join("b.rjs");
+        std::fs::write(&path, bundle).unwrap();
+        let verify_mem = time(21, || {
+            verify_bytes(bundle, &limits).unwrap();
+        });
+        let verify_file = time(21, || {
+            rjs_signer::verify_file(&path, &limits).unwrap();
+        });
+        // What the web server does on upload: read + verify_signed (no extraction).
+        let signed_file = time(21, || {
+            let bytes = std::fs::read(&path).unwrap();
+            verify_signed(&bytes, &limits).unwrap();
+        });
+        let hash_mem = time(21, || {
+            std::hint::black_box(rjs_signer::bundle_id(bundle));
+        });
+        let sum = sha256sum_time(&path, 21);
+        let bundle_mib = bundle.len() as f64 / 1048576.0;
+        println!("{label}: bundle {bundle_mib:.2} MiB");
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        println!(
+            "  read + verify_signed          {:>8.2} ms",
+            ms(signed_file)
+        );
+        println!(
+            "  verify_file (+ inflate all)   {:>8.2} ms",
+            ms(verify_file)
+        );
+        println!("  verify_bytes (in memory)      {:>8.2} ms", ms(verify_mem));
+        println!("  SHA-256 in process (sha2)     {:>8.2} ms", ms(hash_mem));
+        match sum {
+            Some(s) => {
+                let r = signed_file.as_secs_f64() / s.as_secs_f64();
+                let full = verify_file.as_secs_f64() / s.as_secs_f64();
+                println!("  sha256sum (process)           {:>8.2} ms", ms(s));
+                println!("  verify_signed / sha256sum     {r:>8.2}x  (target <= 2x)");
+                println!("  full verify / sha256sum       {full:>8.2}x  (adds inflating)");
+                if r > 2.0 {
+                    failed = true;
+                }
+            }
+            None => println!("  sha256sum not available: ratio not measured"),
+        }
+    }
+
+    println!("\n== pack the Mandelbrot sample (median of 21) ==");
+    let job = workspace_root().join("target/rjs-samples/mandelbrot");
+    if !job.join("manifest.json").is_file() {
+        eprintln!("{} is missing: run samples/build.sh first", job.display());
+        std::process::exit(2);
+    }
+    let pack = time(21, || {
+        rjs_signer::pack_dir(&job, &key, "bench", 1_700_000_000).unwrap();
+    });
+    println!(
+        "  pack_dir (read, deflate, sign) {:>8.2} ms (target < 50 ms)",
+        pack.as_secs_f64() * 1e3
+    );
+    if pack > Duration::from_millis(50) {
+        failed = true;
+    }
+    // The CLI, end to end (process start, key load, pack, atomic write).
+    let exe = workspace_root().join("target/release/rjs-sign");
+    if exe.is_file() {
+        let keyfile = dir.path().join("k");
+        let st = Command::new(&exe)
+            .args(["keygen", "--name", "k", "--dir"])
+            .arg(&keyfile)
+            .output()
+            .unwrap();
+        assert!(st.status.success());
+        let out = dir.path().join("m.rjs");
+        let cli = time(11, || {
+            let o = Command::new(&exe)
+                .arg("pack")
+                .arg(&job)
+                .arg("--key")
+                .arg(keyfile.join("k.key"))
+                .arg("-o")
+                .arg(&out)
+                .output()
+                .unwrap();
+            assert!(o.status.success());
+        });
+        println!(
+            "  rjs-sign pack (whole process)  {:>8.2} ms",
+            cli.as_secs_f64() * 1e3
+        );
+    } else {
+        println!("  (build target/release/rjs-sign to also time the CLI)");
+    }
+    if failed {
+        eprintln!("a target was missed");
+        std::process::exit(1);
+    }
+}

@@ -377,10 +377,21 @@ pub enum VerifyFileError {
     Verify(VerifyError),
 }
 
-/// Verifies a bundle held in memory. Nothing is inflated before the central directory has
-/// passed the entry-count, size and ratio limits, and nothing is handed out before the
-/// signature has been checked.
+/// Verifies a bundle held in memory completely: [`verify_signed`], then
+/// [`SignedBundle::extract`] (every entry inflated and checked).
 pub fn verify_bytes(bytes: &[u8], limits: &VerifyLimits) -> Result<VerifiedBundle, VerifyError> {
+    verify_signed(bytes, limits)?.extract()
+}
+
+/// Verifies everything but the inflation of the module and inputs: the archive's structure
+/// and limits, the canonical layout, coverage, every stored byte's SHA-256, the signature, the
+/// manifest and what it names, the module's header. Nothing but the manifest and the module's
+/// first 8 bytes is inflated, and only after the central directory has passed the
+/// entry-count, size and ratio limits and the signature has verified.
+pub fn verify_signed<'a>(
+    bytes: &'a [u8],
+    limits: &VerifyLimits,
+) -> Result<SignedBundle<'a>, VerifyError> {
     if bytes.len() as u64 > limits.max_bundle_bytes {
         return Err(VerifyError::BundleTooLarge {
             size: bytes.len() as u64,
@@ -563,7 +574,6 @@ pub fn verify_bytes(bytes: &[u8], limits: &VerifyLimits) -> Result<VerifiedBundl
             });
         }
     }
-    let mut entries = Vec::with_capacity(sig_index);
     for (i, meta) in metas[..sig_index].iter().enumerate() {
         let signed = listed[meta.name];
         let mismatch = |field| VerifyError::Mismatch {
@@ -587,7 +597,170 @@ pub fn verify_bytes(bytes: &[u8], limits: &VerifyLimits) -> Result<VerifiedBundl
         if signed.crc32 != format!("{:08x}", meta.crc32) {
             return Err(mismatch("CRC-32"));
         }
-        let digest: [u8; 32] = Sha256::digest(&bytes[ranges[i].clone()]).into();
+    }
+
+    // 5. Every stored byte against its signed SHA-256, then the signature itself.
+    let covered = &metas[..sig_index];
+    let entries = hash_entries(bytes, covered, &ranges, &doc, &public_key, &sig_raw)?;
+
+    // 6. The manifest (inflated and checked now) and what it names.
+    let find = |name: &str| entries.iter().position(|e| e.name == name);
+    let mi = find(MANIFEST).ok_or(VerifyError::NoManifest)?;
+    if entries[mi].size > MAX_MANIFEST_BYTES {
+        return Err(VerifyError::Manifest(ManifestError::TooLarge));
+    }
+    let manifest_bytes = inflate_entry(bytes, &entries[mi], &ranges[mi])?;
+    let manifest = Manifest::parse(&manifest_bytes).map_err(VerifyError::Manifest)?;
+    let module_index = find(&manifest.entry).ok_or_else(|| VerifyError::NoModule {
+        name: manifest.entry.clone(),
+    })?;
+    let head = entry_prefix(
+        bytes,
+        &entries[module_index],
+        &ranges[module_index],
+        WASM_HEADER.len(),
+    );
+    if head.as_deref() != Some(&WASM_HEADER[..]) {
+        return Err(VerifyError::NotWasm {
+            name: manifest.entry.clone(),
+        });
+    }
+    let mut input_indices = Vec::with_capacity(manifest.inputs.len());
+    for input in &manifest.inputs {
+        input_indices.push(find(input).ok_or_else(|| VerifyError::NoInput {
+            name: input.clone(),
+        })?);
+    }
+    input_indices.sort_unstable();
+    if let Some(e) = entries.iter().enumerate().find_map(|(i, e)| {
+        (i != mi && i != module_index && input_indices.binary_search(&i).is_err()).then_some(e)
+    }) {
+        return Err(VerifyError::Undeclared {
+            name: e.name.clone(),
+        });
+    }
+    Ok(SignedBundle {
+        bytes,
+        ranges: ranges[..sig_index].to_vec(),
+        entries,
+        manifest,
+        manifest_bytes,
+        signer: Signer {
+            public_key,
+            fingerprint,
+            name: doc.signer_name,
+            signed_at: doc.signed_at,
+        },
+        module_index,
+        input_indices,
+    })
+}
+
+/// A bundle whose signature, structure and manifest have been verified: every stored byte is
+/// exactly what the signer signed. The module and inputs are not inflated yet:
+/// [`SignedBundle::extract`] inflates them within their (bounded, signed) sizes and checks
+/// their CRC-32s. The web server stops here; a compute node extracts.
+#[derive(Debug, Clone)]
+pub struct SignedBundle<'a> {
+    bytes: &'a [u8],
+    ranges: Vec<std::ops::Range<usize>>,
+    entries: Vec<EntryInfo>,
+    manifest: Manifest,
+    manifest_bytes: Vec<u8>,
+    signer: Signer,
+    module_index: usize,
+    input_indices: Vec<usize>,
+}
+
+impl SignedBundle<'_> {
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+    /// The manifest exactly as signed.
+    pub fn manifest_bytes(&self) -> &[u8] {
+        &self.manifest_bytes
+    }
+    pub fn signer(&self) -> &Signer {
+        &self.signer
+    }
+    /// Every entry except the signature entry, in bundle order.
+    pub fn entries(&self) -> &[EntryInfo] {
+        &self.entries
+    }
+
+    /// Inflates and checks the module and the inputs.
+    pub fn extract(self) -> Result<VerifiedBundle, VerifyError> {
+        let i = self.module_index;
+        let module = inflate_entry(self.bytes, &self.entries[i], &self.ranges[i])?;
+        let mut inputs = Vec::with_capacity(self.input_indices.len());
+        for &i in &self.input_indices {
+            let data = inflate_entry(self.bytes, &self.entries[i], &self.ranges[i])?;
+            inputs.push((self.entries[i].name.clone(), data));
+        }
+        let module_sha256 = Sha256::digest(&module).into();
+        Ok(VerifiedBundle {
+            manifest: self.manifest,
+            manifest_bytes: self.manifest_bytes,
+            signer: self.signer,
+            module,
+            module_sha256,
+            inputs,
+            entries: self.entries,
+        })
+    }
+}
+
+/// Inflates one entry within its declared size and checks its CRC-32.
+fn inflate_entry(
+    bytes: &[u8],
+    entry: &EntryInfo,
+    range: &std::ops::Range<usize>,
+) -> Result<Vec<u8>, VerifyError> {
+    let stored = &bytes[range.clone()];
+    let corrupt = |why: String| VerifyError::Corrupt {
+        name: entry.name.clone(),
+        why,
+    };
+    let data = match entry.method {
+        Method::Stored => stored.to_vec(),
+        Method::Deflate => {
+            zipfmt::inflate(stored, entry.size).map_err(|e| corrupt(e.to_string()))?
+        }
+    };
+    if crc32fast::hash(&data) != entry.crc32 {
+        return Err(corrupt("CRC-32 mismatch".into()));
+    }
+    Ok(data)
+}
+
+/// The first `n` bytes of an entry's content (None if it is shorter or does not inflate).
+fn entry_prefix(
+    bytes: &[u8],
+    entry: &EntryInfo,
+    range: &std::ops::Range<usize>,
+    n: usize,
+) -> Option<Vec<u8>> {
+    let stored = &bytes[range.clone()];
+    match entry.method {
+        Method::Stored => stored.get(..n).map(<[u8]>::to_vec),
+        Method::Deflate => zipfmt::inflate_prefix(stored, n)
+            .ok()
+            .filter(|p| p.len() == n),
+    }
+}
+
+/// Step 5: every stored byte against its signed SHA-256, then the signature itself.
+fn hash_entries(
+    bytes: &[u8],
+    covered: &[EntryMeta<'_>],
+    ranges: &[std::ops::Range<usize>],
+    doc: &SignatureDoc,
+    public_key: &PublicKey,
+    signature: &[u8],
+) -> Result<Vec<EntryInfo>, VerifyError> {
+    let mut entries = Vec::with_capacity(covered.len());
+    for ((meta, range), signed) in covered.iter().zip(ranges).zip(&doc.entries) {
+        let digest: [u8; 32] = Sha256::digest(&bytes[range.clone()]).into();
         if signed.sha256 != hex(&digest) {
             return Err(VerifyError::Changed {
                 name: meta.name.to_owned(),
@@ -602,80 +775,12 @@ pub fn verify_bytes(bytes: &[u8], limits: &VerifyLimits) -> Result<VerifiedBundl
             stored_sha256: digest,
         });
     }
-
-    // 5. The signature itself.
-    if !public_key.verify(&doc.statement(), &sig_raw) {
-        return Err(VerifyError::BadSignature { fingerprint });
-    }
-
-    // 6. Contents: inflate within the declared (already bounded) sizes, check CRCs.
-    let mut contents: BTreeMap<&str, Vec<u8>> = BTreeMap::new();
-    for (i, meta) in metas[..sig_index].iter().enumerate() {
-        let stored = &bytes[ranges[i].clone()];
-        let data = match meta.method {
-            Method::Stored => stored.to_vec(),
-            Method::Deflate => {
-                zipfmt::inflate(stored, meta.size).map_err(|e| VerifyError::Corrupt {
-                    name: meta.name.to_owned(),
-                    why: e.to_string(),
-                })?
-            }
-        };
-        if crc32fast::hash(&data) != meta.crc32 {
-            return Err(VerifyError::Corrupt {
-                name: meta.name.to_owned(),
-                why: "CRC-32 mismatch".into(),
-            });
-        }
-        contents.insert(meta.name, data);
-    }
-
-    // 7. The manifest and what it names.
-    let manifest_bytes = contents.remove(MANIFEST).ok_or(VerifyError::NoManifest)?;
-    if manifest_bytes.len() as u64 > MAX_MANIFEST_BYTES {
-        return Err(VerifyError::Manifest(ManifestError::TooLarge));
-    }
-    let manifest = Manifest::parse(&manifest_bytes).map_err(VerifyError::Manifest)?;
-    let module = contents
-        .remove(manifest.entry.as_str())
-        .ok_or_else(|| VerifyError::NoModule {
-            name: manifest.entry.clone(),
-        })?;
-    if !module.starts_with(&WASM_HEADER) {
-        return Err(VerifyError::NotWasm {
-            name: manifest.entry.clone(),
+    if !public_key.verify(&doc.statement(), signature) {
+        return Err(VerifyError::BadSignature {
+            fingerprint: public_key.fingerprint(),
         });
     }
-    let mut inputs = Vec::with_capacity(manifest.inputs.len());
-    for input in &manifest.inputs {
-        let data = contents
-            .remove(input.as_str())
-            .ok_or_else(|| VerifyError::NoInput {
-                name: input.clone(),
-            })?;
-        inputs.push((input.clone(), data));
-    }
-    if let Some(name) = contents.keys().next() {
-        return Err(VerifyError::Undeclared {
-            name: (*name).to_owned(),
-        });
-    }
-    inputs.sort_by(|a, b| a.0.cmp(&b.0));
-    let module_sha256 = Sha256::digest(&module).into();
-    Ok(VerifiedBundle {
-        manifest,
-        manifest_bytes,
-        signer: Signer {
-            public_key,
-            fingerprint,
-            name: doc.signer_name,
-            signed_at: doc.signed_at,
-        },
-        module,
-        module_sha256,
-        inputs,
-        entries,
-    })
+    Ok(entries)
 }
 
 /// Errors while building a bundle.

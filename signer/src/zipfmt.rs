@@ -9,11 +9,11 @@
 //! followed by its stored bytes; then the central directory in the same order; then the
 //! end-of-central-directory record without comment. No zip64, no encryption, no gaps.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 
 use flate2::Compression;
-use flate2::read::DeflateDecoder;
 use flate2::write::DeflateEncoder;
+use flate2::{Decompress, FlushDecompress, Status};
 
 const LOCAL_SIG: u32 = 0x0403_4b50;
 const CENTRAL_SIG: u32 = 0x0201_4b50;
@@ -249,32 +249,70 @@ pub fn deflate(data: &[u8]) -> Vec<u8> {
 }
 
 /// Inflates exactly `size` bytes from `stored`; more or fewer is an error. Never produces
-/// more than `size + 1` bytes, whatever the input claims.
+/// more than `size + 1` bytes, whatever the input claims, and inflates in one call (no
+/// intermediate buffering).
 pub fn inflate(stored: &[u8], size: u64) -> io::Result<Vec<u8>> {
-    let mut out = Vec::with_capacity(size as usize);
-    DeflateDecoder::new(stored)
-        .take(size + 1)
-        .read_to_end(&mut out)?;
-    if out.len() as u64 != size {
+    let size = usize::try_from(size)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "entry too large"))?;
+    let mut out = Vec::with_capacity(size + 1);
+    let mut z = Decompress::new(false);
+    let status = loop {
+        let before = (z.total_in(), z.total_out());
+        let input = &stored[z.total_in() as usize..];
+        let status = z
+            .decompress_vec(input, &mut out, FlushDecompress::Finish)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        if status == Status::StreamEnd
+            || out.len() > size
+            || (z.total_in(), z.total_out()) == before
+        {
+            break status;
+        }
+        if out.len() == out.capacity() {
+            // Only reached if the allocator gave exactly size+1 and the stream still goes on.
+            break status;
+        }
+    };
+    if out.len() > size {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
-            format!(
-                "inflates to {}{} bytes, header says {size}",
-                if out.len() as u64 > size {
-                    "more than "
-                } else {
-                    ""
-                },
-                out.len().min(size as usize)
-            ),
+            format!("inflates to more than the {size} bytes its header says"),
         ));
     }
+    if status != Status::StreamEnd || out.len() != size {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("deflate stream ends early ({} of {size} bytes)", out.len()),
+        ));
+    }
+    Ok(out)
+}
+
+/// Inflates at most the first `n` bytes of a deflate stream.
+pub fn inflate_prefix(stored: &[u8], n: usize) -> io::Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(n);
+    let mut z = Decompress::new(false);
+    while out.len() < n {
+        let before = (z.total_in(), z.total_out());
+        let status = z
+            .decompress_vec(
+                &stored[z.total_in() as usize..],
+                &mut out,
+                FlushDecompress::None,
+            )
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        if status == Status::StreamEnd || (z.total_in(), z.total_out()) == before {
+            break;
+        }
+    }
+    out.truncate(n);
     Ok(out)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Read;
 
     #[test]
     fn zip_crate_reads_the_canonical_layout() {
