@@ -800,6 +800,8 @@ pub enum BuildError {
     TooManyEntries(usize),
     #[error("entries total more than {0} bytes")]
     TooManyBytes(u64),
+    #[error("the bundle would be larger than {0} bytes")]
+    BundleTooLarge(u64),
     #[error("invalid signer name: {0}")]
     SignerName(#[source] crate::keys::KeyError),
 }
@@ -923,11 +925,26 @@ impl BundleBuilder {
             },
             &sig_json,
         ));
-        let total: usize = parts
+        // The verifier counts the signature entry in the uncompressed total and limits the
+        // whole file: refuse here what it would refuse, rather than write a bundle that no one
+        // can verify (content just under the total limit, or incompressible content).
+        if self.total + sig_json.len() as u64 > self.limits.max_total_bytes {
+            return Err(BuildError::TooManyBytes(self.limits.max_total_bytes));
+        }
+        let file_len: u64 = parts
             .iter()
-            .map(|(m, d)| 100 + 2 * m.name.len() + d.len())
-            .sum();
-        let mut out = Vec::with_capacity(total);
+            .map(|(m, d)| {
+                zipfmt::LOCAL_HEADER_LEN
+                    + zipfmt::CENTRAL_HEADER_LEN
+                    + 2 * m.name.len() as u64
+                    + d.len() as u64
+            })
+            .sum::<u64>()
+            + zipfmt::EOCD_LEN;
+        if file_len > self.limits.max_bundle_bytes {
+            return Err(BuildError::BundleTooLarge(self.limits.max_bundle_bytes));
+        }
+        let mut out = Vec::with_capacity(file_len as usize);
         // Writing into a Vec cannot fail.
         let _ = zipfmt::write_zip(&mut out, &parts);
         Ok(out)

@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use rjs_signer::bundle::{self, SignatureDoc, hex};
 use rjs_signer::keys::{self, KeyPair, PublicKey};
-use rjs_signer::{VerifyError, VerifyFileError, VerifyLimits, error_chain, fsutil, zipread};
+use rjs_signer::{VerifyError, VerifyLimits, error_chain, fsutil, zipread};
 use serde_json::json;
 
 /// Exit status of a bundle that was read and refused (other failures exit 2).
@@ -76,7 +76,10 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("rjs-sign: error: {e:#}");
+            // Not `{e:#}`: anyhow prints every cause in full, and an error that displays its
+            // source (`"{0}"`, `"manifest.json is not valid: {0}"`) would be said 2-3 times.
+            let err: &(dyn std::error::Error + 'static) = e.as_ref();
+            eprintln!("rjs-sign: error: {}", error_chain(err));
             ExitCode::from(EXIT_ERROR)
         }
     }
@@ -174,15 +177,20 @@ enum Verdict {
 
 fn check(path: &Path) -> Result<Verdict> {
     let limits = VerifyLimits::default();
-    match rjs_signer::verify_file(path, &limits) {
-        Ok(b) => {
-            let bytes = fsutil::read_bounded(path, limits.max_bundle_bytes)?;
-            Ok(Verdict::Valid(Box::new(b), bytes))
+    let bytes = match fsutil::read_bounded(path, limits.max_bundle_bytes) {
+        Ok(b) => b,
+        Err(fsutil::FileError::TooLarge { limit, .. }) => {
+            let size = std::fs::metadata(path).map_or(limit + 1, |m| m.len());
+            return Ok(Verdict::Refused(VerifyError::BundleTooLarge {
+                size,
+                limit,
+            }));
         }
-        Err(VerifyFileError::Verify(e)) => Ok(Verdict::Refused(e)),
-        Err(VerifyFileError::Read(e)) => {
-            Err(e).with_context(|| format!("reading the bundle {}", path.display()))
-        }
+        Err(e) => return Err(e).with_context(|| format!("reading the bundle {}", path.display())),
+    };
+    match rjs_signer::verify_bytes(&bytes, &limits) {
+        Ok(b) => Ok(Verdict::Valid(Box::new(b), bytes)),
+        Err(e) => Ok(Verdict::Refused(e)),
     }
 }
 

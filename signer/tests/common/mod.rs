@@ -1,0 +1,342 @@
+//! Helpers shared by the signer's integration tests: deterministic keys, a small valid
+//! bundle, and tools to take a bundle apart and lay it out again (so tests can craft
+//! bundles that break exactly one rule).
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use rjs_signer::bundle::{ALGORITHM, SignatureDoc, SignedEntry, WASM_HEADER, hex};
+use rjs_signer::manifest::FORMAT_VERSION;
+use rjs_signer::paths::SIGNATURE;
+use rjs_signer::zipfmt::{self, EntryMeta, LOCAL_HEADER_LEN, Method};
+use rjs_signer::zipread;
+use rjs_signer::{
+    BundleBuilder, KeyPair, VerifiedBundle, VerifyError, VerifyLimits, verify_bytes, verify_signed,
+};
+use sha2::{Digest, Sha256};
+
+pub const SIGNER: &str = "alice";
+pub const SIGNED_AT: u64 = 1_700_000_000;
+
+/// A deterministic key; different `n`, different key.
+pub fn key(n: u8) -> KeyPair {
+    KeyPair::from_secret([n; 32])
+}
+
+/// A tiny but well-formed WebAssembly core module: the header plus one custom section.
+pub fn wasm_module() -> Vec<u8> {
+    let mut m = WASM_HEADER.to_vec();
+    let payload = b"\x04noteRJS test module";
+    m.push(0); // custom section id
+    m.push(payload.len() as u8);
+    m.extend_from_slice(payload);
+    m
+}
+
+pub fn manifest_json(entry: &str, inputs: &[&str]) -> Vec<u8> {
+    serde_json::to_vec_pretty(&serde_json::json!({
+        "format": 1,
+        "name": "test-job",
+        "entry": entry,
+        "inputs": inputs,
+        "args": ["world"],
+        "tasks": 3,
+    }))
+    .unwrap()
+}
+
+/// A compressible input (so the small bundle has a deflated entry as well as stored ones).
+pub fn input_data() -> Vec<u8> {
+    b"line of input data, repeated so that it deflates\n".repeat(8)
+}
+
+/// A small signed bundle that verifies: manifest.json, job.wasm (stored) and
+/// data/input.txt (deflated).
+pub fn valid_bundle() -> Vec<u8> {
+    let mut b = BundleBuilder::new();
+    b.add(
+        "manifest.json",
+        manifest_json("job.wasm", &["data/input.txt"]),
+    )
+    .unwrap();
+    b.add("job.wasm", wasm_module()).unwrap();
+    b.add("data/input.txt", input_data()).unwrap();
+    b.sign(&key(1), SIGNER, SIGNED_AT).unwrap()
+}
+
+/// Builds and signs a bundle from (name, bytes) pairs with the library's builder.
+pub fn build(entries: &[(&str, Vec<u8>)]) -> Vec<u8> {
+    let mut b = BundleBuilder::new();
+    for (name, data) in entries {
+        b.add(name, data.clone()).unwrap();
+    }
+    b.sign(&key(1), SIGNER, SIGNED_AT).unwrap()
+}
+
+pub fn verify(bytes: &[u8]) -> Result<VerifiedBundle, VerifyError> {
+    verify_bytes(bytes, &VerifyLimits::default())
+}
+
+/// The error a bundle is refused with (panics if it verifies).
+pub fn refusal(bytes: &[u8]) -> VerifyError {
+    refusal_with(bytes, &VerifyLimits::default())
+}
+
+/// The error a bundle is refused with under `limits` (panics if it verifies). Also checks
+/// that [`verify_signed`] (steps 1-10) agrees: it refuses with the same rule, or, if it
+/// accepts, the refusal came from extraction (a module or input that does not inflate to its
+/// signed size and CRC-32).
+pub fn refusal_with(bytes: &[u8], limits: &VerifyLimits) -> VerifyError {
+    let full = match verify_bytes(bytes, limits) {
+        Ok(b) => panic!(
+            "bundle was accepted but should have been refused (manifest {:?})",
+            b.manifest().name
+        ),
+        Err(e) => e,
+    };
+    match verify_signed(bytes, limits) {
+        Err(e) => assert_eq!(
+            (e.rule(), e.entry()),
+            (full.rule(), full.entry()),
+            "verify_signed and verify_bytes disagree: {e} / {full}"
+        ),
+        Ok(signed) => {
+            assert!(
+                matches!(full, VerifyError::Corrupt { .. }),
+                "verify_signed accepted what verify_bytes refused as {}: {full}",
+                full.rule()
+            );
+            let name = full.entry().unwrap();
+            assert!(
+                name == signed.manifest().entry
+                    || signed.manifest().inputs.iter().any(|i| i == name),
+                "only the module and inputs are left to extraction, not {name:?}"
+            );
+        }
+    }
+    full
+}
+
+/// Asserts the refusal's rule (and entry, if given), returning the error.
+#[track_caller]
+pub fn assert_refused(bytes: &[u8], rule: &str, entry: Option<&str>) -> VerifyError {
+    let e = refusal(bytes);
+    assert_eq!(e.rule(), rule, "wrong rule; error was: {e}");
+    if let Some(entry) = entry {
+        assert_eq!(e.entry(), Some(entry), "wrong entry; error was: {e}");
+    }
+    e
+}
+
+/// One entry of a bundle, as it sits in the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Part {
+    pub name: String,
+    pub method: Method,
+    pub crc32: u32,
+    pub size: u64,
+    /// The bytes as stored (compressed for deflate).
+    pub stored: Vec<u8>,
+}
+
+impl Part {
+    /// A stored entry with correct CRC and sizes.
+    pub fn stored(name: &str, data: &[u8]) -> Part {
+        Part {
+            name: name.to_owned(),
+            method: Method::Stored,
+            crc32: crc32fast::hash(data),
+            size: data.len() as u64,
+            stored: data.to_vec(),
+        }
+    }
+
+    /// A deflated entry with correct CRC and sizes.
+    pub fn deflated(name: &str, data: &[u8]) -> Part {
+        Part {
+            name: name.to_owned(),
+            method: Method::Deflate,
+            crc32: crc32fast::hash(data),
+            size: data.len() as u64,
+            stored: zipfmt::deflate(data),
+        }
+    }
+
+    pub fn meta(&self) -> EntryMeta<'_> {
+        EntryMeta {
+            name: &self.name,
+            method: self.method,
+            crc32: self.crc32,
+            size: self.size,
+            stored_size: self.stored.len() as u64,
+        }
+    }
+}
+
+/// Takes a canonical bundle apart (panics on anything else).
+pub fn explode(bytes: &[u8]) -> Vec<Part> {
+    let cd = zipread::read_central_directory(bytes, 10_000).expect("a readable zip");
+    cd.iter()
+        .map(|e| {
+            let start = e.local_offset as usize + LOCAL_HEADER_LEN as usize + e.name.len();
+            Part {
+                name: String::from_utf8(e.name.to_vec()).unwrap(),
+                method: Method::from_code(e.method).unwrap(),
+                crc32: e.crc32,
+                size: e.size,
+                stored: bytes[start..start + e.stored_size as usize].to_vec(),
+            }
+        })
+        .collect()
+}
+
+/// Lays entries out in the canonical layout, in the given order, without checking anything.
+pub fn relayout(parts: &[Part]) -> Vec<u8> {
+    let entries: Vec<(EntryMeta<'_>, &[u8])> =
+        parts.iter().map(|p| (p.meta(), &p.stored[..])).collect();
+    let mut out = Vec::new();
+    zipfmt::write_zip(&mut out, &entries).unwrap();
+    out
+}
+
+/// The parsed signature entry of exploded parts (the last part).
+pub fn signature_doc(parts: &[Part]) -> SignatureDoc {
+    let last = parts.last().unwrap();
+    assert_eq!(last.name, SIGNATURE);
+    serde_json::from_slice(&last.stored).unwrap()
+}
+
+/// Replaces the signature entry's bytes (fixing its header's CRC and sizes).
+pub fn set_signature_bytes(parts: &mut [Part], json: Vec<u8>) {
+    let last = parts.last_mut().unwrap();
+    assert_eq!(last.name, SIGNATURE);
+    *last = Part::stored(SIGNATURE, &json);
+}
+
+/// Replaces the signature entry with `doc` in canonical (compact) form.
+pub fn set_signature_doc(parts: &mut [Part], doc: &SignatureDoc) {
+    set_signature_bytes(parts, serde_json::to_vec(doc).unwrap());
+}
+
+/// Applies `edit` to the signature document of `bundle` and lays the bundle out again.
+pub fn edit_signature(bundle: &[u8], edit: impl FnOnce(&mut SignatureDoc)) -> Vec<u8> {
+    let mut parts = explode(bundle);
+    let mut doc = signature_doc(&parts);
+    edit(&mut doc);
+    set_signature_doc(&mut parts, &doc);
+    relayout(&parts)
+}
+
+/// The listing entry the library would write for a part.
+pub fn signed_entry(p: &Part) -> SignedEntry {
+    SignedEntry {
+        name: p.name.clone(),
+        method: p.method.as_str().to_owned(),
+        crc32: format!("{:08x}", p.crc32),
+        size: p.size,
+        stored_size: p.stored.len() as u64,
+        sha256: hex(&Sha256::digest(&p.stored)),
+    }
+}
+
+/// Signs arbitrary parts exactly as the library does, without any of its checks (so a test
+/// can make a correctly signed bundle that is wrong in another way), and lays it out.
+pub fn sign_parts(parts: &[Part], key: &KeyPair) -> Vec<u8> {
+    let public = key.public();
+    let mut doc = SignatureDoc {
+        format: FORMAT_VERSION,
+        algorithm: ALGORITHM.to_owned(),
+        public_key: public.to_base64(),
+        fingerprint: public.fingerprint().to_string(),
+        signer_name: SIGNER.to_owned(),
+        signed_at: SIGNED_AT,
+        entries: parts.iter().map(signed_entry).collect(),
+        signature: String::new(),
+    };
+    doc.signature = B64.encode(key.sign(&doc.statement()));
+    let mut all = parts.to_vec();
+    all.push(Part::stored(SIGNATURE, &serde_json::to_vec(&doc).unwrap()));
+    relayout(&all)
+}
+
+/// Offset of the `index`th central directory header.
+pub fn central_header_offset(bytes: &[u8], index: usize) -> usize {
+    let eocd = bytes.len() - zipfmt::EOCD_LEN as usize;
+    let mut at = u32::from_le_bytes(bytes[eocd + 16..eocd + 20].try_into().unwrap()) as usize;
+    for _ in 0..index {
+        let u16_at = |o: usize| u16::from_le_bytes([bytes[at + o], bytes[at + o + 1]]) as usize;
+        at += zipfmt::CENTRAL_HEADER_LEN as usize + u16_at(28) + u16_at(30) + u16_at(32);
+    }
+    assert_eq!(&bytes[at..at + 4], b"PK\x01\x02");
+    at
+}
+
+/// Overwrites a little-endian field of the `index`th central directory header.
+pub fn patch_central(bytes: &mut [u8], index: usize, field_offset: usize, value: &[u8]) {
+    let at = central_header_offset(bytes, index) + field_offset;
+    bytes[at..at + value.len()].copy_from_slice(value);
+}
+
+/// Where the sample job folders are: `samples/build.sh`'s default output folder,
+/// `<repo>/target/rjs-samples` (whatever `CARGO_TARGET_DIR` is), or `$RJS_SAMPLES`.
+pub fn samples_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("RJS_SAMPLES") {
+        return PathBuf::from(d);
+    }
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("target")
+        .join("rjs-samples")
+}
+
+/// Every sample job the repository builds.
+pub const SAMPLE_JOBS: [&str; 7] = [
+    "mandelbrot",
+    "hello",
+    "evil-loop",
+    "evil-membomb",
+    "evil-escape",
+    "evil-output",
+    "evil-recurse",
+];
+
+/// The sample job folders, all of them present (panics with instructions otherwise).
+pub fn sample_job_dirs() -> Vec<(String, PathBuf)> {
+    let dir = samples_dir();
+    let mut jobs = Vec::new();
+    for job in SAMPLE_JOBS {
+        let d = dir.join(job);
+        assert!(
+            d.join("manifest.json").is_file(),
+            "sample job folder {} is missing: run samples/build.sh first",
+            d.display()
+        );
+        jobs.push((job.to_owned(), d));
+    }
+    // Any further folder someone adds is packed too.
+    let mut extra: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().join("manifest.json").is_file())
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
+        .filter(|(n, _)| !SAMPLE_JOBS.contains(&n.as_str()))
+        .collect();
+    extra.sort();
+    jobs.extend(extra);
+    jobs
+}
+
+/// `n` bytes of deterministic noise: does not deflate to a bomb-like ratio.
+pub fn noise(n: usize, seed: u32) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            (x >> 24) as u8
+        })
+        .collect()
+}
