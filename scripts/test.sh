@@ -14,4 +14,5 @@ rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup comp
 samples/build.sh
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo build --workspace --bins --locked
 cargo test --workspace --locked

@@ -19,6 +19,7 @@ pub mod fsutil;
 pub mod keys;
 pub mod manifest;
 pub mod paths;
+pub mod request;
 pub mod zipfmt;
 pub mod zipread;
 

@@ -1,4 +1,7 @@
-//! `rjs-sign`: the job author's command line. A thin layer over the `rjs_signer` library.
+//! `rjs-sign`: the job author's command line. A thin layer over the `rjs_signer` library;
+//! the network commands live in [`cli`].
+
+mod cli;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -6,9 +9,10 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use cli::local::{Verdict, check};
 use rjs_signer::bundle::{self, SignatureDoc, hex};
 use rjs_signer::keys::{self, KeyPair, PublicKey};
-use rjs_signer::{VerifyError, VerifyLimits, error_chain, fsutil, zipread};
+use rjs_signer::{VerifyLimits, error_chain, fsutil, zipread};
 use serde_json::json;
 
 /// Exit status of a bundle that was read and refused (other failures exit 2).
@@ -19,7 +23,7 @@ const EXIT_ERROR: u8 = 2;
 #[command(
     name = "rjs-sign",
     version,
-    about = "Sign, verify and inspect RJS job bundles"
+    about = "Sign, verify and inspect RJS job bundles; upload them and fetch their answers"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -69,6 +73,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Verify a bundle here, then upload it to the web server (which queues one job per task).
+    Upload(cli::upload::Args),
+    /// Show your jobs on the web server: state, attempts, outcome, node.
+    Status(cli::status::Args),
+    /// Download the answers of your finished jobs (optionally waiting for the rest).
+    Answers(cli::answers::Args),
+    /// Check the settings: who the web server takes you for.
+    Whoami(cli::WhoamiArgs),
+    /// Show or change the settings file (server, ca, key) the network commands read.
+    Config(cli::ConfigArgs),
 }
 
 fn main() -> ExitCode {
@@ -100,6 +114,11 @@ fn run(cli: Cli) -> Result<u8> {
             json,
         } => verify(&bundle, &trust, json),
         Command::Inspect { bundle, json } => inspect(&bundle, json),
+        Command::Upload(args) => cli::upload::run(&args),
+        Command::Status(args) => cli::status::run(&args),
+        Command::Answers(args) => cli::answers::run(&args),
+        Command::Whoami(args) => cli::whoami(&args),
+        Command::Config(args) => cli::config(&args),
     }
 }
 
@@ -167,31 +186,6 @@ fn pack(job_dir: &Path, key_path: &Path, out: &Path, signer_name: Option<String>
 fn format_time(secs: u64) -> String {
     humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
         .to_string()
-}
-
-/// Outcome of verifying: the bundle and its bytes, or the rule it broke.
-enum Verdict {
-    Valid(Box<rjs_signer::VerifiedBundle>, Vec<u8>),
-    Refused(VerifyError),
-}
-
-fn check(path: &Path) -> Result<Verdict> {
-    let limits = VerifyLimits::default();
-    let bytes = match fsutil::read_bounded(path, limits.max_bundle_bytes) {
-        Ok(b) => b,
-        Err(fsutil::FileError::TooLarge { limit, .. }) => {
-            let size = std::fs::metadata(path).map_or(limit + 1, |m| m.len());
-            return Ok(Verdict::Refused(VerifyError::BundleTooLarge {
-                size,
-                limit,
-            }));
-        }
-        Err(e) => return Err(e).with_context(|| format!("reading the bundle {}", path.display())),
-    };
-    match rjs_signer::verify_bytes(&bytes, &limits) {
-        Ok(b) => Ok(Verdict::Valid(Box::new(b), bytes)),
-        Err(e) => Ok(Verdict::Refused(e)),
-    }
 }
 
 fn verify(path: &Path, trust: &[String], as_json: bool) -> Result<u8> {

@@ -1,0 +1,256 @@
+//! The author API (`/api/v1/…`): every request signed by an enrolled author.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, web};
+use rjs_signer::VerifyLimits;
+use rjs_wire::api::{JobList, JobRef, UploadResponse, WhoAmI};
+use serde::Deserialize;
+
+use super::AppState;
+use super::auth::{Authed, authenticate, finish};
+use super::body::{
+    blocking, check_declared_length, drained, file_body, read_limited, sha256_hex, stream_to_blob,
+};
+use super::error::ApiError;
+use super::validate;
+use crate::store::{NewSubmission, StoreError};
+
+/// Largest body of an author request other than an upload (they have none).
+pub const MAX_SMALL_BODY: usize = 64 * 1024;
+
+fn now() -> i64 {
+    i64::try_from(rjs_signer::unix_now()).unwrap_or(i64::MAX)
+}
+
+fn query<T: serde::de::DeserializeOwned>(req: &HttpRequest) -> Result<T, ApiError> {
+    web::Query::<T>::from_query(req.query_string())
+        .map(web::Query::into_inner)
+        .map_err(|e| ApiError::bad_request(format!("query parameters: {e}")))
+}
+
+/// Authenticates a request without a meaningful body: reads the (small) body for its hash.
+async fn authenticate_small(
+    req: &HttpRequest,
+    payload: &mut web::Payload,
+    state: &AppState,
+) -> Result<Authed, ApiError> {
+    let authed = authenticate(req, state).await?;
+    let body = read_limited(payload, "the request body", MAX_SMALL_BODY).await?;
+    finish(state, &authed, &sha256_hex(&body)).await?;
+    Ok(authed)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UploadQuery {
+    #[serde(default)]
+    resubmit: bool,
+}
+
+/// `POST /api/v1/bundles[?resubmit=true]`.
+pub async fn upload(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    drained(payload, async |payload| {
+        let authed = authenticate(&req, &state).await?;
+        let UploadQuery { resubmit } = query(&req)?;
+        let max = state.limits.max_bundle;
+        check_declared_length(&req, "the bundle", max)?;
+        let blobs = state.blobs.clone();
+        let writer = blocking(move || {
+            blobs
+                .writer(max)
+                .map_err(|e| ApiError::internal("starting an upload", &e))
+        })
+        .await?;
+        let writer = stream_to_blob(payload, writer, "the bundle", max).await?;
+        let bundle_id = writer.sha256_hex();
+        finish(&state, &authed, &bundle_id).await?;
+
+        let store = state.store.clone();
+        let author = authed.author.clone();
+        let uploader = authed.auth.key;
+        let limits = VerifyLimits {
+            max_bundle_bytes: max,
+            ..VerifyLimits::default()
+        };
+        let (response, created, queued) = blocking(move || {
+            let mut writer = writer;
+            let bytes = writer
+                .read_back()
+                .map_err(|e| ApiError::internal("reading back the upload", &e))?;
+            let signed = rjs_signer::verify_signed(&bytes, &limits).map_err(|e| {
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid-bundle",
+                    format!(
+                        "the bundle fails verification ({}): {}",
+                        e.rule(),
+                        rjs_signer::error_chain(&e)
+                    ),
+                )
+            })?;
+            let signer = signed.signer();
+            if signer.public_key != uploader {
+                return Err(ApiError::forbidden(
+                    "signer-mismatch",
+                    format!(
+                        "the bundle is signed by {}, not by the uploader {}",
+                        signer.fingerprint, author.fingerprint
+                    ),
+                ));
+            }
+            let manifest = signed.manifest();
+            let name = manifest.name.clone();
+            let tasks = manifest.tasks;
+            let group = manifest.group.clone();
+            drop(signed);
+            drop(bytes);
+            // Every check passed: now, and only now, the blob becomes visible.
+            let (sha, size) = writer
+                .commit()
+                .map_err(|e| ApiError::internal("storing the bundle", &e))?;
+            let submission = store
+                .submit(&NewSubmission {
+                    author_id: author.id,
+                    bundle_id: &sha,
+                    name: &name,
+                    tasks,
+                    group: &group,
+                    size,
+                    resubmit,
+                    now: now(),
+                })
+                .map_err(ApiError::store("recording the bundle"))?;
+            let queued = if submission.created {
+                match store.queued_count() {
+                    Ok(n) => Some(n),
+                    Err(e) => {
+                        tracing::warn!(error = %rjs_signer::error_chain(&e), "counting queued jobs");
+                        None
+                    }
+                }
+            } else {
+                None
+            };
+            let response = UploadResponse {
+                bundle_id: sha,
+                name,
+                tasks,
+                created: submission.created,
+                jobs: submission
+                    .jobs
+                    .into_iter()
+                    .map(|(id, task)| JobRef { id, task })
+                    .collect(),
+            };
+            Ok((response, submission.created, queued))
+        })
+        .await?;
+        if let Some(n) = queued {
+            state.events.notify(n);
+        }
+        tracing::info!(
+            author = %authed.author.name,
+            bundle = %response.bundle_id,
+            tasks = response.tasks,
+            created,
+            "bundle uploaded"
+        );
+        let status = if created {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        };
+        Ok(HttpResponse::build(status).json(response))
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JobsQuery {
+    bundle: Option<String>,
+}
+
+/// `GET /api/v1/jobs[?bundle=<id>]`.
+pub async fn jobs(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    drained(payload, async |payload| {
+        let authed = authenticate(&req, &state).await?;
+        let JobsQuery { bundle } = query(&req)?;
+        if let Some(b) = &bundle {
+            validate::bundle_id(b)?;
+        }
+        let body = read_limited(payload, "the request body", MAX_SMALL_BODY).await?;
+        finish(&state, &authed, &sha256_hex(&body)).await?;
+        let store = state.store.clone();
+        let author_id = authed.author.id;
+        let jobs = blocking(move || {
+            store
+                .jobs_of_author(author_id, bundle.as_deref())
+                .map_err(ApiError::store("listing jobs"))
+        })
+        .await?;
+        Ok(HttpResponse::Ok().json(JobList { jobs }))
+    })
+    .await
+}
+
+/// `GET /api/v1/jobs/{id}/answer`.
+pub async fn answer(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    drained(payload, async |payload| {
+        let authed = authenticate(&req, &state).await?;
+        let job_id = validate::job_id(req.match_info().get("id"))?;
+        let body = read_limited(payload, "the request body", MAX_SMALL_BODY).await?;
+        finish(&state, &authed, &sha256_hex(&body)).await?;
+        let store = state.store.clone();
+        let blobs = state.blobs.clone();
+        let author_id = authed.author.id;
+        let (file, size) = blocking(move || {
+            let answer = store.answer_of(author_id, job_id).map_err(|e| match e {
+                StoreError::NotFound(_) => {
+                    ApiError::not_found(format!("job {job_id} has no answer you may see"))
+                }
+                e => ApiError::internal("looking up the answer", &e),
+            })?;
+            blobs
+                .open_blob(&answer.sha256)
+                .map_err(|e| ApiError::internal("opening the answer", &e))
+        })
+        .await?;
+        Ok(HttpResponse::Ok()
+            .content_type("application/zip")
+            .insert_header((
+                actix_web::http::header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"job-{job_id}-answer.zip\""),
+            ))
+            .body(file_body(file, size)))
+    })
+    .await
+}
+
+/// `GET /api/v1/whoami`.
+pub async fn whoami(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    drained(payload, async |payload| {
+        let authed = authenticate_small(&req, payload, &state).await?;
+        Ok(HttpResponse::Ok().json(WhoAmI {
+            name: authed.author.name,
+            fingerprint: authed.author.fingerprint,
+        }))
+    })
+    .await
+}

@@ -1,0 +1,371 @@
+//! `rjs-webserver serve`: the HTTPS server (actix-web over rustls) for the author API, the
+//! lookup API and `/healthz` (`docs/webserver-api.md`).
+//!
+//! * TLS 1.3/1.2 only, HTTP/1.1 and HTTP/2; client certificates optional at the TLS layer
+//!   (verified against the web server's CA when presented) and required by the lookup
+//!   routes, which read the certificate's SHA-256 that [`on_connect`] stored in the
+//!   connection's extensions and check it against the store on every request.
+//! * The store is synchronous: every call runs on actix's blocking pool (`web::block`).
+//! * A background task requeues expired leases every second and tells the event stream.
+//! * SIGTERM/SIGINT: event streams end, in-flight requests get [`SHUTDOWN_GRACE`] to finish,
+//!   then [`run`] returns `Ok`.
+
+mod auth;
+mod author;
+mod body;
+mod error;
+mod events;
+mod lookup;
+mod validate;
+
+use std::any::Any;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_web::dev::{Extensions, Service as _};
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use tokio::sync::watch;
+
+pub use error::ApiError;
+pub use events::Events;
+pub use lookup::PeerCert;
+
+use crate::admin::{self, AdminError};
+use crate::store::Store;
+use crate::store::blobs::{BlobError, BlobStore};
+
+/// Default listen address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
+/// Default largest bundle and answer, bytes.
+pub const DEFAULT_MAX_BODY: u64 = 64 * 1024 * 1024;
+/// Default attempts before a job fails.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+/// Time to receive a request's head.
+pub const CLIENT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Idle keep-alive connections are closed after this.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(75);
+/// Time a client gets to close its side after the response.
+pub const CLIENT_DISCONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time a client gets for the TLS handshake.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// In-flight requests get this long to finish after a stop signal, seconds.
+pub const SHUTDOWN_GRACE: u64 = 10;
+/// Interval of the lease-expiry task.
+pub const EXPIRY_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Settings of `serve`.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub data: PathBuf,
+    /// `host:port`; port 0 picks a free port (printed on start).
+    pub listen: String,
+    pub max_bundle: u64,
+    pub max_answer: u64,
+    pub max_attempts: u32,
+    /// HTTP workers; None: one per available core.
+    pub workers: Option<usize>,
+}
+
+impl ServeConfig {
+    pub fn new(data: impl Into<PathBuf>) -> Self {
+        ServeConfig {
+            data: data.into(),
+            listen: DEFAULT_LISTEN.to_owned(),
+            max_bundle: DEFAULT_MAX_BODY,
+            max_answer: DEFAULT_MAX_BODY,
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+            workers: None,
+        }
+    }
+}
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("invalid setting: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Admin(#[from] AdminError),
+    #[error("loading the TLS certificate and key")]
+    Tls(#[from] rjs_wire::tls::TlsError),
+    #[error("opening the blob store")]
+    Blobs(#[source] BlobError),
+    #[error("listening on {addr}")]
+    Bind {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("running the server")]
+    Run(#[source] std::io::Error),
+}
+
+/// Limits the handlers apply.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_bundle: u64,
+    pub max_answer: u64,
+    pub max_attempts: u32,
+}
+
+/// What every handler shares.
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub blobs: BlobStore,
+    pub events: Events,
+    pub limits: Limits,
+}
+
+/// Stores the SHA-256 of the client certificate (if one was presented and verified) in the
+/// connection's extensions, where the lookup routes find it as [`PeerCert`].
+pub fn on_connect(io: &dyn Any, ext: &mut Extensions) {
+    use actix_tls::accept::rustls_0_23::TlsStream;
+    use actix_web::rt::net::TcpStream;
+    let Some(tls) = io.downcast_ref::<TlsStream<TcpStream>>() else {
+        return;
+    };
+    let (_, conn) = tls.get_ref();
+    if let Some(leaf) = conn.peer_certificates().and_then(|c| c.first()) {
+        ext.insert(PeerCert(rjs_wire::tls::cert_sha256(leaf)));
+    }
+}
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().content_type("text/plain").body("ok")
+}
+
+async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::not_found(format!(
+        "no such resource: {}",
+        req.path().chars().take(200).collect::<String>()
+    )))
+}
+
+async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::method_not_allowed())
+}
+
+/// The routes (under whatever app data holds a `web::Data<AppState>`).
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    use rjs_wire::api::{AUTHOR_PREFIX, LOOKUP_PREFIX};
+    let resource = |path: &str| web::resource(path).default_service(web::to(method_not_allowed));
+    cfg.service(resource("/healthz").route(web::get().to(healthz)))
+        .service(
+            web::scope(AUTHOR_PREFIX)
+                .service(resource("/bundles").route(web::post().to(author::upload)))
+                .service(resource("/jobs").route(web::get().to(author::jobs)))
+                .service(resource("/jobs/{id}/answer").route(web::get().to(author::answer)))
+                .service(resource("/whoami").route(web::get().to(author::whoami))),
+        )
+        .service(
+            web::scope(LOOKUP_PREFIX)
+                .service(resource("/lease").route(web::post().to(lookup::lease)))
+                .service(resource("/renew").route(web::post().to(lookup::renew)))
+                .service(resource("/release").route(web::post().to(lookup::release)))
+                .service(resource("/jobs/{id}/failure").route(web::post().to(lookup::failure)))
+                .service(resource("/jobs/{id}/answer").route(web::put().to(lookup::answer)))
+                .service(resource("/bundles/{bundle_id}").route(web::get().to(lookup::bundle)))
+                .service(resource("/events").route(web::get().to(lookup::events))),
+        );
+}
+
+/// The application: state, request log, routes, JSON 404.
+pub fn app(
+    state: web::Data<AppState>,
+) -> App<
+    impl actix_web::dev::ServiceFactory<
+        actix_web::dev::ServiceRequest,
+        Config = (),
+        Response = actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    App::new()
+        .app_data(state)
+        .wrap_fn(|req, srv| {
+            let start = Instant::now();
+            let method = req.method().clone();
+            let path = req.path().chars().take(200).collect::<String>();
+            let fut = srv.call(req);
+            async move {
+                let res = fut.await?;
+                let status = res.status().as_u16();
+                let ms = start.elapsed().as_secs_f64() * 1000.0;
+                if status >= 500 {
+                    tracing::warn!(%method, %path, status, ms, "request");
+                } else if status >= 400 {
+                    tracing::info!(%method, %path, status, ms, "request");
+                } else {
+                    tracing::debug!(%method, %path, status, ms, "request");
+                }
+                Ok(res)
+            }
+        })
+        .configure(routes)
+        .default_service(web::to(not_found))
+}
+
+/// Requeues expired leases every [`EXPIRY_INTERVAL`] until `stop` turns true.
+async fn expiry_task(state: web::Data<AppState>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(EXPIRY_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            r = stop.changed() => if r.is_err() || *stop.borrow() { return },
+        }
+        let store = state.store.clone();
+        let max_attempts = state.limits.max_attempts;
+        let result = web::block(move || {
+            let now = i64::try_from(rjs_signer::unix_now()).unwrap_or(i64::MAX);
+            let requeued = store.expire_leases(now, max_attempts)?;
+            if requeued == 0 {
+                return Ok(None);
+            }
+            store.queued_count().map(|q| Some((requeued, q)))
+        })
+        .await;
+        match result {
+            Ok(Ok(Some((requeued, queued)))) => {
+                tracing::info!(requeued, queued, "expired leases requeued");
+                state.events.notify(queued);
+            }
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => {
+                tracing::error!(error = %rjs_signer::error_chain(&e), "expiring leases")
+            }
+            Err(e) => tracing::error!(error = %e, "expiring leases"),
+        }
+    }
+}
+
+/// Waits for SIGTERM or SIGINT.
+pub async fn os_stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+                return;
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot watch SIGTERM; stopping on SIGINT only"),
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// Opens the data directory's store, blob store and TLS material.
+fn open(
+    config: &ServeConfig,
+) -> Result<(AppState, rustls::ServerConfig, watch::Sender<bool>), ServeError> {
+    if config.max_attempts == 0 {
+        return Err(ServeError::Config(
+            "--max-attempts must be at least 1".into(),
+        ));
+    }
+    if config.max_bundle == 0 || config.max_answer == 0 {
+        return Err(ServeError::Config(
+            "body limits must be at least 1 byte".into(),
+        ));
+    }
+    if config.workers == Some(0) {
+        return Err(ServeError::Config("--workers must be at least 1".into()));
+    }
+    let data = admin::existing(&config.data)?;
+    let ca = rjs_wire::tls::load_certs(&data.ca_cert())?;
+    let chain = rjs_wire::tls::load_certs(&data.server_cert())?;
+    let key = rjs_wire::tls::load_key(&data.server_key())?;
+    let mut tls =
+        rjs_wire::tls::server_config(chain, key, rjs_wire::tls::ClientAuth::Optional(&ca))?;
+    // actix adds the ALPN protocols (h2, http/1.1) itself.
+    tls.alpn_protocols.clear();
+    let store = admin::open_store(&data)?;
+    let blobs = BlobStore::open(&data.blobs()).map_err(ServeError::Blobs)?;
+    let cleaned = blobs.clean_tmp().map_err(ServeError::Blobs)?;
+    if cleaned > 0 {
+        tracing::info!(removed = cleaned, "removed interrupted uploads");
+    }
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let state = AppState {
+        store: Arc::new(store),
+        blobs,
+        events: Events::new(stop_rx),
+        limits: Limits {
+            max_bundle: config.max_bundle,
+            max_answer: config.max_answer,
+            max_attempts: config.max_attempts,
+        },
+    };
+    Ok((state, tls, stop_tx))
+}
+
+/// Serves until `stop` completes; calls `ready` with the bound addresses once listening.
+/// Must run inside an actix system (see [`run`]).
+pub async fn serve(
+    config: ServeConfig,
+    ready: impl FnOnce(&[SocketAddr]),
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let (state, tls, stop_tx) = open(&config)?;
+    let state = web::Data::new(state);
+    let workers = config.workers.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
+    let app_state = state.clone();
+    let stop_rx = stop_tx.subscribe();
+    let server = HttpServer::new(move || app(app_state.clone()))
+        .workers(workers)
+        .client_request_timeout(CLIENT_REQUEST_TIMEOUT)
+        .keep_alive(KEEP_ALIVE)
+        .client_disconnect_timeout(CLIENT_DISCONNECT_TIMEOUT)
+        .tls_handshake_timeout(TLS_HANDSHAKE_TIMEOUT)
+        .h2_initial_window_size(1024 * 1024)
+        .h2_initial_connection_window_size(4 * 1024 * 1024)
+        .shutdown_timeout(SHUTDOWN_GRACE)
+        .shutdown_signal(async move {
+            stop.await;
+            tracing::info!("stopping");
+            // Event streams never end by themselves: end them first.
+            let _ = stop_tx.send(true);
+        })
+        .on_connect(on_connect)
+        .bind_rustls_0_23(config.listen.as_str(), tls)
+        .map_err(|source| ServeError::Bind {
+            addr: config.listen.clone(),
+            source,
+        })?;
+    let addrs = server.addrs();
+    let running = server.run();
+    actix_web::rt::spawn(expiry_task(state.clone(), stop_rx));
+    ready(&addrs);
+    running.await.map_err(ServeError::Run)?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// `rjs-webserver serve`: prints `listening on https://ADDR` once ready, serves until SIGTERM
+/// or SIGINT, then returns `Ok`.
+pub fn run(config: ServeConfig) -> Result<(), ServeError> {
+    actix_web::rt::System::new().block_on(serve(
+        config,
+        |addrs| {
+            use std::io::Write as _;
+            let mut out = std::io::stdout().lock();
+            for a in addrs {
+                let _ = writeln!(out, "listening on https://{a}");
+            }
+            let _ = out.flush();
+        },
+        os_stop_signal(),
+    ))
+}

@@ -1,0 +1,204 @@
+//! The web server's store: metadata behind the [`Store`] trait (SQLite now; PostgreSQL can be
+//! added as another implementation without touching the handlers) and file contents in the
+//! content-addressed [`blobs::BlobStore`].
+//!
+//! Every method commits before it returns `Ok`: a handler acknowledges only what is durable.
+//! Times are Unix seconds passed in by the caller (so tests can drive the clock).
+
+pub mod blobs;
+pub mod sqlite;
+
+use rjs_wire::api::{JobState, JobView, Lease};
+
+/// An enrolled author.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Author {
+    pub id: i64,
+    pub name: String,
+    /// Standard base64 of the ed25519 public key.
+    pub public_key: String,
+    pub fingerprint: String,
+    pub created_at: i64,
+    /// Removed authors keep their row (their jobs stay) but can no longer authenticate.
+    pub removed: bool,
+}
+
+/// An enrolled lookup server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LookupServer {
+    pub id: i64,
+    pub name: String,
+    /// SHA-256 (hex) of the DER client certificate issued to it.
+    pub cert_sha256: String,
+    pub created_at: i64,
+    pub revoked: bool,
+}
+
+/// A verified bundle to record, with the jobs it fans out into.
+#[derive(Debug, Clone)]
+pub struct NewSubmission<'a> {
+    pub author_id: i64,
+    /// SHA-256 of the bundle file, hex (its blob is already stored).
+    pub bundle_id: &'a str,
+    pub name: &'a str,
+    pub tasks: u32,
+    pub group: &'a str,
+    pub size: u64,
+    /// Queue new jobs even if this author already submitted this bundle.
+    pub resubmit: bool,
+    pub now: i64,
+}
+
+/// What [`Store::submit`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Submission {
+    /// False when the bundle was already submitted by this author and `resubmit` was not
+    /// asked: `jobs` are then that earlier submission's.
+    pub created: bool,
+    /// (job id, task index), task order.
+    pub jobs: Vec<(i64, u32)>,
+}
+
+/// Where an answer's archive is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AnswerRef {
+    /// SHA-256 of the archive, hex: its blob name.
+    pub sha256: String,
+    pub size: u64,
+}
+
+/// What [`Store::record_answer`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnswerOutcome {
+    Stored,
+    /// The job already had an answer: this one was discarded.
+    Duplicate,
+}
+
+/// An answer to record.
+#[derive(Debug, Clone)]
+pub struct NewAnswer<'a> {
+    pub lookup_id: i64,
+    pub job_id: i64,
+    pub sha256: &'a str,
+    pub size: u64,
+    pub outcome: &'a str,
+    pub node: &'a str,
+    pub now: i64,
+}
+
+/// Store failures.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0} already exists")]
+    Exists(String),
+    /// The request conflicts with the job's state (e.g. failure report for a job this
+    /// lookup does not hold).
+    #[error("{0}")]
+    Conflict(String),
+    #[error("database error")]
+    Db(#[from] rusqlite::Error),
+    #[error("database schema: {0}")]
+    Schema(String),
+}
+
+/// Metadata store. Implementations are safe to share between threads; every mutating call is
+/// one transaction, committed before it returns.
+pub trait Store: Send + Sync + 'static {
+    // -------- authors
+    fn add_author(
+        &self,
+        name: &str,
+        public_key: &str,
+        fingerprint: &str,
+        now: i64,
+    ) -> Result<Author, StoreError>;
+    /// Marks the author removed; NotFound if no active author has that name.
+    fn remove_author(&self, name: &str) -> Result<(), StoreError>;
+    fn list_authors(&self) -> Result<Vec<Author>, StoreError>;
+    /// The active (not removed) author with this key.
+    fn author_by_key(&self, public_key: &str) -> Result<Option<Author>, StoreError>;
+    /// Records a request nonce. False if this author used it before (a replay). Nonces whose
+    /// `expires_at` is before `now` may be pruned.
+    fn use_nonce(
+        &self,
+        author_id: i64,
+        nonce: &str,
+        expires_at: i64,
+        now: i64,
+    ) -> Result<bool, StoreError>;
+
+    // -------- lookup servers
+    fn add_lookup(
+        &self,
+        name: &str,
+        cert_sha256: &str,
+        now: i64,
+    ) -> Result<LookupServer, StoreError>;
+    fn revoke_lookup(&self, name: &str) -> Result<(), StoreError>;
+    fn list_lookups(&self) -> Result<Vec<LookupServer>, StoreError>;
+    /// The active (not revoked) lookup whose certificate has this SHA-256.
+    fn lookup_by_cert(&self, cert_sha256: &str) -> Result<Option<LookupServer>, StoreError>;
+
+    // -------- bundles and jobs (author side)
+    /// Records the bundle (once) and queues one job per task, unless this author already
+    /// submitted it and `resubmit` is false.
+    fn submit(&self, s: &NewSubmission<'_>) -> Result<Submission, StoreError>;
+    /// Whether a bundle with this id is recorded (its blob exists).
+    fn bundle_exists(&self, bundle_id: &str) -> Result<bool, StoreError>;
+    /// The author's jobs, newest submission first, tasks in order; only one bundle's if given.
+    fn jobs_of_author(
+        &self,
+        author_id: i64,
+        bundle_id: Option<&str>,
+    ) -> Result<Vec<JobView>, StoreError>;
+    /// The answer of one of the author's jobs. NotFound if the job is not theirs or has none.
+    fn answer_of(&self, author_id: i64, job_id: i64) -> Result<AnswerRef, StoreError>;
+
+    // -------- lookup side
+    /// Leases up to `max` queued jobs (oldest first) whose group is within one of `groups`
+    /// (any if empty) to this lookup until `until`. Expired leases are requeued first. Two
+    /// lookups never hold the same job.
+    fn lease(
+        &self,
+        lookup_id: i64,
+        max: u32,
+        groups: &[String],
+        until: i64,
+        now: i64,
+        max_attempts: u32,
+    ) -> Result<Vec<Lease>, StoreError>;
+    /// Extends this lookup's unexpired leases of these jobs; returns (renewed, lost).
+    fn renew(
+        &self,
+        lookup_id: i64,
+        job_ids: &[i64],
+        until: i64,
+        now: i64,
+    ) -> Result<(Vec<i64>, Vec<i64>), StoreError>;
+    /// Gives leases back: queued again, attempt not counted. Returns those released.
+    fn release(&self, lookup_id: i64, job_ids: &[i64], now: i64) -> Result<Vec<i64>, StoreError>;
+    /// No answer could be had for a job this lookup holds: attempts + 1, queued again, or
+    /// failed with `reason` once attempts reach `max_attempts`. Returns (state, attempts).
+    fn fail(
+        &self,
+        lookup_id: i64,
+        job_id: i64,
+        reason: &str,
+        max_attempts: u32,
+        now: i64,
+    ) -> Result<(JobState, u32), StoreError>;
+    /// Records an answer (its blob already stored). The first answer for a job wins, whatever
+    /// the job's state (leased by this or another lookup, queued again after expiry, even
+    /// failed); later ones are `Duplicate`. NotFound if the job does not exist.
+    fn record_answer(&self, a: &NewAnswer<'_>) -> Result<AnswerOutcome, StoreError>;
+    /// Requeues (attempts + 1, reason "lease expired") or fails every job whose lease ended
+    /// before `now`. Returns how many were requeued.
+    fn expire_leases(&self, now: i64, max_attempts: u32) -> Result<u64, StoreError>;
+    /// Jobs currently queued.
+    fn queued_count(&self) -> Result<u64, StoreError>;
+    /// Jobs by state (for tests and the admin CLI).
+    fn count_by_state(&self) -> Result<Vec<(JobState, u64)>, StoreError>;
+}

@@ -1,0 +1,901 @@
+//! [`Store`] on SQLite: one database file in WAL mode, shared by the server and the admin CLI
+//! (which writes it from another process while the server runs).
+//!
+//! - Every read-modify-write is one `BEGIN IMMEDIATE` transaction: the write lock is taken at
+//!   the start, so two connections (threads, processes, lookups) never act on the same snapshot
+//!   and two lookups can never lease the same job.
+//! - `synchronous = FULL`: a commit is on disk before the method returns.
+//! - Waiting writers block up to [`BUSY_TIMEOUT`] for the lock instead of failing.
+//! - The schema is versioned with `PRAGMA user_version`; [`MIGRATIONS`] are applied in order,
+//!   one transaction each; a database newer than this code is refused.
+//!
+//! A job is leased while `state = 'leased'`; its lease is live while `now <= lease_until` and
+//! expired once `lease_until < now` (then `expire_leases`, or the next `lease`, requeues it).
+
+use std::collections::HashSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use rjs_signer::manifest::group_within;
+use rjs_wire::api::{JobState, JobView, Lease};
+use rusqlite::types::Type;
+use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params};
+
+use super::{
+    AnswerOutcome, AnswerRef, Author, LookupServer, NewAnswer, NewSubmission, Store, StoreError,
+    Submission,
+};
+
+/// How long a writer waits for another connection's write lock before giving up.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Reason recorded when a lease ran out without renewal.
+pub const LEASE_EXPIRED: &str = "lease expired";
+
+/// Schema steps: step `i` takes `user_version` from `i` to `i + 1`. Append only; never edit a
+/// step that has shipped.
+const MIGRATIONS: &[&str] = &[
+    // 1: initial schema.
+    r#"
+CREATE TABLE authors (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    name        TEXT    NOT NULL,
+    public_key  TEXT    NOT NULL,
+    fingerprint TEXT    NOT NULL,
+    created_at  INTEGER NOT NULL,
+    removed     INTEGER NOT NULL DEFAULT 0 CHECK (removed IN (0, 1))
+);
+-- A removed author keeps its row (its jobs stay); name and key are unique among active ones,
+-- so a removed author can be enrolled again.
+CREATE UNIQUE INDEX authors_active_name ON authors (name) WHERE removed = 0;
+CREATE UNIQUE INDEX authors_active_key ON authors (public_key) WHERE removed = 0;
+
+CREATE TABLE lookups (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    name        TEXT    NOT NULL,
+    cert_sha256 TEXT    NOT NULL UNIQUE,
+    created_at  INTEGER NOT NULL,
+    revoked     INTEGER NOT NULL DEFAULT 0 CHECK (revoked IN (0, 1))
+);
+-- A revoked lookup keeps its row; its name may be enrolled again with a new certificate.
+CREATE UNIQUE INDEX lookups_active_name ON lookups (name) WHERE revoked = 0;
+
+CREATE TABLE nonces (
+    author_id  INTEGER NOT NULL REFERENCES authors (id),
+    nonce      TEXT    NOT NULL,
+    expires_at INTEGER NOT NULL,
+    PRIMARY KEY (author_id, nonce)
+) WITHOUT ROWID;
+CREATE INDEX nonces_expiry ON nonces (expires_at);
+
+-- One row per bundle file (id = SHA-256 of the file, hex), recorded by its first submission.
+CREATE TABLE bundles (
+    id         TEXT    PRIMARY KEY NOT NULL,
+    author_id  INTEGER NOT NULL REFERENCES authors (id),
+    name       TEXT    NOT NULL,
+    tasks      INTEGER NOT NULL CHECK (tasks >= 0),
+    grp        TEXT    NOT NULL,
+    size       INTEGER NOT NULL CHECK (size >= 0),
+    created_at INTEGER NOT NULL
+) WITHOUT ROWID;
+
+-- One row per run of a bundle by an author: a resubmission is a new row with new jobs.
+CREATE TABLE submissions (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    bundle_id  TEXT    NOT NULL REFERENCES bundles (id),
+    author_id  INTEGER NOT NULL REFERENCES authors (id),
+    created_at INTEGER NOT NULL
+);
+CREATE INDEX submissions_author_bundle ON submissions (author_id, bundle_id, id);
+
+CREATE TABLE jobs (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    submission_id INTEGER NOT NULL REFERENCES submissions (id),
+    bundle_id     TEXT    NOT NULL REFERENCES bundles (id),
+    author_id     INTEGER NOT NULL REFERENCES authors (id),
+    task          INTEGER NOT NULL CHECK (task >= 0),
+    tasks         INTEGER NOT NULL CHECK (tasks > task),
+    grp           TEXT    NOT NULL,
+    state         TEXT    NOT NULL CHECK (state IN ('queued', 'leased', 'done', 'failed')),
+    attempts      INTEGER NOT NULL DEFAULT 0 CHECK (attempts >= 0),
+    reason        TEXT,
+    lease_lookup  INTEGER REFERENCES lookups (id),
+    lease_until   INTEGER,
+    outcome       TEXT,
+    node          TEXT,
+    answer_sha256 TEXT,
+    answer_bytes  INTEGER CHECK (answer_bytes >= 0),
+    answer_lookup INTEGER REFERENCES lookups (id),
+    created_at    INTEGER NOT NULL,
+    updated_at    INTEGER NOT NULL,
+    UNIQUE (submission_id, task),
+    CHECK ((state = 'leased') = (lease_lookup IS NOT NULL AND lease_until IS NOT NULL)),
+    CHECK (state <> 'done' OR answer_sha256 IS NOT NULL)
+);
+CREATE INDEX jobs_state ON jobs (state, id);
+CREATE INDEX jobs_author ON jobs (author_id, submission_id DESC, task);
+CREATE INDEX jobs_lease_until ON jobs (state, lease_until);
+"#,
+];
+
+/// The metadata store on one SQLite file. Each handle owns one connection; open several
+/// handles (or processes) on the same file and they coordinate through SQLite's locks.
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+    path: PathBuf,
+}
+
+impl fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path`, sets it up (WAL, `synchronous =
+    /// FULL`, foreign keys, busy timeout) and brings its schema up to date.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let mut conn = Connection::open(path)?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        let mode: String =
+            conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Schema(format!(
+                "{}: could not switch to WAL journal mode (got {mode:?})",
+                path.display()
+            )));
+        }
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        let fk: bool = conn.pragma_query_value(None, "foreign_keys", |r| r.get(0))?;
+        if !fk {
+            return Err(StoreError::Schema(
+                "this SQLite build does not enforce foreign keys".into(),
+            ));
+        }
+        migrate(&mut conn)?;
+        Ok(SqliteStore {
+            conn: Mutex::new(conn),
+            path: path.to_owned(),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Schema version this code creates and understands.
+    pub fn schema_version() -> i64 {
+        MIGRATIONS.len() as i64
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        // A panic while the lock was held rolled its transaction back (Transaction's drop):
+        // the connection is still usable.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` in one `BEGIN IMMEDIATE` transaction, committed if `f` succeeds.
+    fn write<T>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let value = f(&tx)?;
+        tx.commit()?;
+        Ok(value)
+    }
+
+    /// Runs `f` in one read transaction (a consistent snapshot).
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
+        let value = f(&tx)?;
+        tx.commit()?;
+        Ok(value)
+    }
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let known = MIGRATIONS.len();
+    loop {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        let version = usize::try_from(version).map_err(|_| {
+            StoreError::Schema(format!("invalid schema version {version} in the database"))
+        })?;
+        if version > known {
+            return Err(StoreError::Schema(format!(
+                "the database has schema version {version}, newer than this program knows \
+                 ({known}): use a newer rjs-webserver"
+            )));
+        }
+        let Some(step) = MIGRATIONS.get(version) else {
+            return Ok(()); // up to date (the transaction just rolls back: nothing was written)
+        };
+        tx.execute_batch(step).map_err(|e| {
+            StoreError::Schema(format!(
+                "migration to schema version {} failed: {e}",
+                version + 1
+            ))
+        })?;
+        tx.pragma_update(None, "user_version", (version + 1) as i64)?;
+        tx.commit()?;
+    }
+}
+
+// ------------------------------------------------------------------ row helpers
+
+fn conversion_error(idx: usize, ty: Type, msg: String) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(idx, ty, msg.into())
+}
+
+fn get_u64(row: &Row<'_>, idx: usize) -> rusqlite::Result<u64> {
+    let v: i64 = row.get(idx)?;
+    u64::try_from(v).map_err(|_| rusqlite::Error::IntegralValueOutOfRange(idx, v))
+}
+
+fn get_opt_u64(row: &Row<'_>, idx: usize) -> rusqlite::Result<Option<u64>> {
+    let v: Option<i64> = row.get(idx)?;
+    v.map(|v| u64::try_from(v).map_err(|_| rusqlite::Error::IntegralValueOutOfRange(idx, v)))
+        .transpose()
+}
+
+fn get_state(row: &Row<'_>, idx: usize) -> rusqlite::Result<JobState> {
+    let s: String = row.get(idx)?;
+    JobState::parse(&s)
+        .ok_or_else(|| conversion_error(idx, Type::Text, format!("unknown job state {s:?}")))
+}
+
+fn to_i64(v: u64, what: &str) -> Result<i64, StoreError> {
+    i64::try_from(v).map_err(|e| {
+        StoreError::Db(rusqlite::Error::ToSqlConversionFailure(
+            format!("{what} {v} does not fit in a database integer: {e}").into(),
+        ))
+    })
+}
+
+fn is_unique_violation(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_extended_error_code(),
+        Some(rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE | rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY)
+    )
+}
+
+const AUTHOR_COLS: &str = "id, name, public_key, fingerprint, created_at, removed";
+
+fn author_from_row(row: &Row<'_>) -> rusqlite::Result<Author> {
+    Ok(Author {
+        id: row.get(0)?,
+        name: row.get(1)?,
+        public_key: row.get(2)?,
+        fingerprint: row.get(3)?,
+        created_at: row.get(4)?,
+        removed: row.get(5)?,
+    })
+}
+
+const LOOKUP_COLS: &str = "id, name, cert_sha256, created_at, revoked";
+
+fn lookup_from_row(row: &Row<'_>) -> rusqlite::Result<LookupServer> {
+    Ok(LookupServer {
+        id: row.get(0)?,
+        name: row.get(1)?,
+        cert_sha256: row.get(2)?,
+        created_at: row.get(3)?,
+        revoked: row.get(4)?,
+    })
+}
+
+const VIEW_COLS: &str = "j.id, j.bundle_id, b.name, j.task, j.tasks, j.state, j.attempts, \
+                         j.reason, j.outcome, j.node, j.answer_bytes, j.created_at, j.updated_at";
+
+fn view_from_row(row: &Row<'_>) -> rusqlite::Result<JobView> {
+    Ok(JobView {
+        id: row.get(0)?,
+        bundle_id: row.get(1)?,
+        name: row.get(2)?,
+        task: row.get(3)?,
+        tasks: row.get(4)?,
+        state: get_state(row, 5)?,
+        attempts: row.get(6)?,
+        reason: row.get(7)?,
+        outcome: row.get(8)?,
+        node: row.get(9)?,
+        answer_bytes: get_opt_u64(row, 10)?,
+        created_at: row.get(11)?,
+        updated_at: row.get(12)?,
+    })
+}
+
+/// Ids in first-seen order, without repeats.
+fn dedup(ids: &[i64]) -> Vec<i64> {
+    let mut seen = HashSet::with_capacity(ids.len());
+    ids.iter().copied().filter(|id| seen.insert(*id)).collect()
+}
+
+/// The node groups a lease asks for, normalised as [`group_within`] reads them; `None` means
+/// any group (no groups given, or one of them is the root).
+fn group_filter(groups: &[String]) -> Option<Vec<&str>> {
+    if groups.is_empty() {
+        return None;
+    }
+    let mut out: Vec<&str> = Vec::with_capacity(groups.len());
+    for g in groups {
+        let g = g.trim_end_matches('/');
+        if g.is_empty() {
+            return None;
+        }
+        if !out.contains(&g) {
+            out.push(g);
+        }
+    }
+    Some(out)
+}
+
+/// Requeues (attempts + 1, reason "lease expired") or fails the jobs whose lease ended before
+/// `now`; returns how many were requeued.
+fn expire_in(tx: &Transaction<'_>, now: i64, max_attempts: u32) -> Result<u64, StoreError> {
+    tx.prepare_cached(
+        "UPDATE jobs SET state = 'failed', attempts = attempts + 1, reason = ?3,
+                lease_lookup = NULL, lease_until = NULL, updated_at = ?1
+         WHERE state = 'leased' AND lease_until < ?1 AND attempts + 1 >= ?2",
+    )?
+    .execute(params![now, max_attempts, LEASE_EXPIRED])?;
+    let requeued = tx
+        .prepare_cached(
+            "UPDATE jobs SET state = 'queued', attempts = attempts + 1, reason = ?2,
+                    lease_lookup = NULL, lease_until = NULL, updated_at = ?1
+             WHERE state = 'leased' AND lease_until < ?1",
+        )?
+        .execute(params![now, LEASE_EXPIRED])?;
+    Ok(requeued as u64)
+}
+
+fn jobs_of_submission(
+    tx: &Transaction<'_>,
+    submission_id: i64,
+) -> Result<Vec<(i64, u32)>, StoreError> {
+    let mut stmt =
+        tx.prepare_cached("SELECT id, task FROM jobs WHERE submission_id = ?1 ORDER BY task")?;
+    let rows = stmt.query_map([submission_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+impl Store for SqliteStore {
+    // ---------------------------------------------------------------- authors
+
+    fn add_author(
+        &self,
+        name: &str,
+        public_key: &str,
+        fingerprint: &str,
+        now: i64,
+    ) -> Result<Author, StoreError> {
+        self.write(|tx| {
+            let name_taken: bool = tx.query_row(
+                "SELECT EXISTS (SELECT 1 FROM authors WHERE name = ?1 AND removed = 0)",
+                [name],
+                |r| r.get(0),
+            )?;
+            if name_taken {
+                return Err(StoreError::Exists(format!("author {name:?}")));
+            }
+            let key_taken: bool = tx.query_row(
+                "SELECT EXISTS (SELECT 1 FROM authors WHERE public_key = ?1 AND removed = 0)",
+                [public_key],
+                |r| r.get(0),
+            )?;
+            if key_taken {
+                return Err(StoreError::Exists(format!(
+                    "an author with key {public_key}"
+                )));
+            }
+            tx.execute(
+                "INSERT INTO authors (name, public_key, fingerprint, created_at)
+                 VALUES (?1, ?2, ?3, ?4)",
+                params![name, public_key, fingerprint, now],
+            )
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    StoreError::Exists(format!("author {name:?}"))
+                } else {
+                    e.into()
+                }
+            })?;
+            Ok(Author {
+                id: tx.last_insert_rowid(),
+                name: name.to_owned(),
+                public_key: public_key.to_owned(),
+                fingerprint: fingerprint.to_owned(),
+                created_at: now,
+                removed: false,
+            })
+        })
+    }
+
+    fn remove_author(&self, name: &str) -> Result<(), StoreError> {
+        self.write(|tx| {
+            let n = tx.execute(
+                "UPDATE authors SET removed = 1 WHERE name = ?1 AND removed = 0",
+                [name],
+            )?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("author {name:?}")));
+            }
+            Ok(())
+        })
+    }
+
+    fn list_authors(&self) -> Result<Vec<Author>, StoreError> {
+        self.read(|tx| {
+            let mut stmt = tx.prepare(&format!("SELECT {AUTHOR_COLS} FROM authors ORDER BY id"))?;
+            let rows = stmt.query_map([], author_from_row)?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+
+    fn author_by_key(&self, public_key: &str) -> Result<Option<Author>, StoreError> {
+        self.read(|tx| {
+            Ok(tx
+                .prepare_cached(&format!(
+                    "SELECT {AUTHOR_COLS} FROM authors WHERE public_key = ?1 AND removed = 0"
+                ))?
+                .query_row([public_key], author_from_row)
+                .optional()?)
+        })
+    }
+
+    fn use_nonce(
+        &self,
+        author_id: i64,
+        nonce: &str,
+        expires_at: i64,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        self.write(|tx| {
+            tx.prepare_cached("DELETE FROM nonces WHERE expires_at < ?1")?
+                .execute([now])?;
+            let n = tx
+                .prepare_cached(
+                    "INSERT INTO nonces (author_id, nonce, expires_at) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (author_id, nonce) DO NOTHING",
+                )?
+                .execute(params![author_id, nonce, expires_at])?;
+            Ok(n == 1)
+        })
+    }
+
+    // ---------------------------------------------------------------- lookup servers
+
+    fn add_lookup(
+        &self,
+        name: &str,
+        cert_sha256: &str,
+        now: i64,
+    ) -> Result<LookupServer, StoreError> {
+        self.write(|tx| {
+            let name_taken: bool = tx.query_row(
+                "SELECT EXISTS (SELECT 1 FROM lookups WHERE name = ?1 AND revoked = 0)",
+                [name],
+                |r| r.get(0),
+            )?;
+            if name_taken {
+                return Err(StoreError::Exists(format!("lookup server {name:?}")));
+            }
+            let cert_taken: bool = tx.query_row(
+                "SELECT EXISTS (SELECT 1 FROM lookups WHERE cert_sha256 = ?1)",
+                [cert_sha256],
+                |r| r.get(0),
+            )?;
+            if cert_taken {
+                return Err(StoreError::Exists(format!(
+                    "a lookup server with certificate {cert_sha256}"
+                )));
+            }
+            tx.execute(
+                "INSERT INTO lookups (name, cert_sha256, created_at) VALUES (?1, ?2, ?3)",
+                params![name, cert_sha256, now],
+            )
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    StoreError::Exists(format!("lookup server {name:?}"))
+                } else {
+                    e.into()
+                }
+            })?;
+            Ok(LookupServer {
+                id: tx.last_insert_rowid(),
+                name: name.to_owned(),
+                cert_sha256: cert_sha256.to_owned(),
+                created_at: now,
+                revoked: false,
+            })
+        })
+    }
+
+    fn revoke_lookup(&self, name: &str) -> Result<(), StoreError> {
+        self.write(|tx| {
+            let n = tx.execute(
+                "UPDATE lookups SET revoked = 1 WHERE name = ?1 AND revoked = 0",
+                [name],
+            )?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("lookup server {name:?}")));
+            }
+            Ok(())
+        })
+    }
+
+    fn list_lookups(&self) -> Result<Vec<LookupServer>, StoreError> {
+        self.read(|tx| {
+            let mut stmt = tx.prepare(&format!("SELECT {LOOKUP_COLS} FROM lookups ORDER BY id"))?;
+            let rows = stmt.query_map([], lookup_from_row)?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+
+    fn lookup_by_cert(&self, cert_sha256: &str) -> Result<Option<LookupServer>, StoreError> {
+        self.read(|tx| {
+            Ok(tx
+                .prepare_cached(&format!(
+                    "SELECT {LOOKUP_COLS} FROM lookups WHERE cert_sha256 = ?1 AND revoked = 0"
+                ))?
+                .query_row([cert_sha256], lookup_from_row)
+                .optional()?)
+        })
+    }
+
+    // ---------------------------------------------------------------- author side
+
+    fn submit(&self, s: &NewSubmission<'_>) -> Result<Submission, StoreError> {
+        let size = to_i64(s.size, "bundle size")?;
+        self.write(|tx| {
+            if !s.resubmit {
+                let earlier: Option<i64> = tx
+                    .prepare_cached(
+                        "SELECT id FROM submissions WHERE author_id = ?1 AND bundle_id = ?2
+                         ORDER BY id DESC LIMIT 1",
+                    )?
+                    .query_row(params![s.author_id, s.bundle_id], |r| r.get(0))
+                    .optional()?;
+                if let Some(submission_id) = earlier {
+                    return Ok(Submission {
+                        created: false,
+                        jobs: jobs_of_submission(tx, submission_id)?,
+                    });
+                }
+            }
+            tx.prepare_cached(
+                "INSERT INTO bundles (id, author_id, name, tasks, grp, size, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (id) DO NOTHING",
+            )?
+            .execute(params![
+                s.bundle_id,
+                s.author_id,
+                s.name,
+                s.tasks,
+                s.group,
+                size,
+                s.now
+            ])?;
+            tx.prepare_cached(
+                "INSERT INTO submissions (bundle_id, author_id, created_at) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![s.bundle_id, s.author_id, s.now])?;
+            let submission_id = tx.last_insert_rowid();
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO jobs (submission_id, bundle_id, author_id, task, tasks, grp, state,
+                                   created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'queued', ?7, ?7)",
+            )?;
+            let mut jobs = Vec::with_capacity(s.tasks.min(100_000) as usize);
+            for task in 0..s.tasks {
+                insert.execute(params![
+                    submission_id,
+                    s.bundle_id,
+                    s.author_id,
+                    task,
+                    s.tasks,
+                    s.group,
+                    s.now
+                ])?;
+                jobs.push((tx.last_insert_rowid(), task));
+            }
+            Ok(Submission {
+                created: true,
+                jobs,
+            })
+        })
+    }
+
+    fn bundle_exists(&self, bundle_id: &str) -> Result<bool, StoreError> {
+        self.read(|tx| {
+            Ok(tx
+                .prepare_cached("SELECT EXISTS (SELECT 1 FROM bundles WHERE id = ?1)")?
+                .query_row([bundle_id], |r| r.get(0))?)
+        })
+    }
+
+    fn jobs_of_author(
+        &self,
+        author_id: i64,
+        bundle_id: Option<&str>,
+    ) -> Result<Vec<JobView>, StoreError> {
+        self.read(|tx| {
+            let mut stmt = tx.prepare_cached(&format!(
+                "SELECT {VIEW_COLS} FROM jobs j JOIN bundles b ON b.id = j.bundle_id
+                 WHERE j.author_id = ?1 AND (?2 IS NULL OR j.bundle_id = ?2)
+                 ORDER BY j.submission_id DESC, j.task"
+            ))?;
+            let rows = stmt.query_map(params![author_id, bundle_id], view_from_row)?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+
+    fn answer_of(&self, author_id: i64, job_id: i64) -> Result<AnswerRef, StoreError> {
+        self.read(|tx| {
+            let found: Option<(Option<String>, Option<i64>)> = tx
+                .prepare_cached(
+                    "SELECT answer_sha256, answer_bytes FROM jobs WHERE id = ?1 AND author_id = ?2",
+                )?
+                .query_row(params![job_id, author_id], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            match found {
+                Some((Some(sha256), Some(size))) => Ok(AnswerRef {
+                    sha256,
+                    size: u64::try_from(size).map_err(|_| {
+                        StoreError::Db(rusqlite::Error::IntegralValueOutOfRange(1, size))
+                    })?,
+                }),
+                Some((Some(_), None)) => Err(StoreError::Db(conversion_error(
+                    1,
+                    Type::Null,
+                    format!("job {job_id} has an answer without a size"),
+                ))),
+                _ => Err(StoreError::NotFound(format!("answer of job {job_id}"))),
+            }
+        })
+    }
+
+    // ---------------------------------------------------------------- lookup side
+
+    fn lease(
+        &self,
+        lookup_id: i64,
+        max: u32,
+        groups: &[String],
+        until: i64,
+        now: i64,
+        max_attempts: u32,
+    ) -> Result<Vec<Lease>, StoreError> {
+        let filter = group_filter(groups);
+        let filter_json =
+            match &filter {
+                None => None,
+                Some(g) => Some(serde_json::to_string(g).map_err(|e| {
+                    StoreError::Db(rusqlite::Error::ToSqlConversionFailure(e.into()))
+                })?),
+            };
+        self.write(|tx| {
+            let revoked: Option<bool> = tx
+                .prepare_cached("SELECT revoked FROM lookups WHERE id = ?1")?
+                .query_row([lookup_id], |r| r.get(0))
+                .optional()?;
+            match revoked {
+                None => return Err(StoreError::NotFound(format!("lookup server {lookup_id}"))),
+                Some(true) => {
+                    return Err(StoreError::Conflict(format!(
+                        "lookup server {lookup_id} is revoked"
+                    )));
+                }
+                Some(false) => {}
+            }
+            expire_in(tx, now, max_attempts)?;
+            if max == 0 {
+                return Ok(Vec::new());
+            }
+            // The group test in SQL is the same as `group_within` (equal, or below after a
+            // '/'), so LIMIT stops at the right row; it is checked again in Rust below.
+            let mut select = tx.prepare_cached(
+                "SELECT j.id, j.bundle_id, j.task, j.tasks, j.grp, j.attempts, a.fingerprint
+                 FROM jobs j JOIN authors a ON a.id = j.author_id
+                 WHERE j.state = 'queued'
+                   AND (?1 IS NULL OR EXISTS (
+                        SELECT 1 FROM json_each(?1) g
+                        WHERE j.grp = g.value
+                           OR substr(j.grp, 1, length(g.value) + 1) = g.value || '/'))
+                 ORDER BY j.id LIMIT ?2",
+            )?;
+            let candidates = select
+                .query_map(params![filter_json, max], |r| {
+                    Ok(Lease {
+                        job_id: r.get(0)?,
+                        bundle_id: r.get(1)?,
+                        task: r.get(2)?,
+                        tasks: r.get(3)?,
+                        group: r.get(4)?,
+                        attempt: r.get::<_, u32>(5)?.saturating_add(1),
+                        author_fingerprint: r.get(6)?,
+                        lease_until: until,
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut update = tx.prepare_cached(
+                "UPDATE jobs SET state = 'leased', lease_lookup = ?1, lease_until = ?2,
+                        updated_at = ?3
+                 WHERE id = ?4 AND state = 'queued'",
+            )?;
+            let mut leases = Vec::with_capacity(candidates.len());
+            for lease in candidates {
+                if let Some(g) = &filter
+                    && !g.iter().any(|node| group_within(&lease.group, node))
+                {
+                    continue;
+                }
+                if update.execute(params![lookup_id, until, now, lease.job_id])? != 1 {
+                    return Err(StoreError::Conflict(format!(
+                        "job {} changed while being leased",
+                        lease.job_id
+                    )));
+                }
+                leases.push(lease);
+            }
+            Ok(leases)
+        })
+    }
+
+    fn renew(
+        &self,
+        lookup_id: i64,
+        job_ids: &[i64],
+        until: i64,
+        now: i64,
+    ) -> Result<(Vec<i64>, Vec<i64>), StoreError> {
+        self.write(|tx| {
+            let mut update = tx.prepare_cached(
+                "UPDATE jobs SET lease_until = ?1, updated_at = ?2
+                 WHERE id = ?3 AND state = 'leased' AND lease_lookup = ?4 AND lease_until >= ?2",
+            )?;
+            let (mut renewed, mut lost) = (Vec::new(), Vec::new());
+            for id in dedup(job_ids) {
+                if update.execute(params![until, now, id, lookup_id])? == 1 {
+                    renewed.push(id);
+                } else {
+                    lost.push(id);
+                }
+            }
+            Ok((renewed, lost))
+        })
+    }
+
+    fn release(&self, lookup_id: i64, job_ids: &[i64], now: i64) -> Result<Vec<i64>, StoreError> {
+        self.write(|tx| {
+            let mut update = tx.prepare_cached(
+                "UPDATE jobs SET state = 'queued', lease_lookup = NULL, lease_until = NULL,
+                        updated_at = ?1
+                 WHERE id = ?2 AND state = 'leased' AND lease_lookup = ?3",
+            )?;
+            let mut released = Vec::new();
+            for id in dedup(job_ids) {
+                if update.execute(params![now, id, lookup_id])? == 1 {
+                    released.push(id);
+                }
+            }
+            Ok(released)
+        })
+    }
+
+    fn fail(
+        &self,
+        lookup_id: i64,
+        job_id: i64,
+        reason: &str,
+        max_attempts: u32,
+        now: i64,
+    ) -> Result<(JobState, u32), StoreError> {
+        self.write(|tx| {
+            let row: Option<(JobState, Option<i64>, u32)> = tx
+                .prepare_cached("SELECT state, lease_lookup, attempts FROM jobs WHERE id = ?1")?
+                .query_row([job_id], |r| Ok((get_state(r, 0)?, r.get(1)?, r.get(2)?)))
+                .optional()?;
+            let Some((state, holder, attempts)) = row else {
+                return Err(StoreError::NotFound(format!("job {job_id}")));
+            };
+            // A lease past its end still counts as held until it is requeued or re-leased.
+            if state != JobState::Leased || holder != Some(lookup_id) {
+                return Err(StoreError::Conflict(format!(
+                    "job {job_id} is not leased by this lookup server (it is {})",
+                    state.as_str()
+                )));
+            }
+            let attempts = attempts.saturating_add(1);
+            let new_state = if attempts >= max_attempts {
+                JobState::Failed
+            } else {
+                JobState::Queued
+            };
+            tx.prepare_cached(
+                "UPDATE jobs SET state = ?1, attempts = ?2, reason = ?3, lease_lookup = NULL,
+                        lease_until = NULL, updated_at = ?4
+                 WHERE id = ?5",
+            )?
+            .execute(params![new_state.as_str(), attempts, reason, now, job_id])?;
+            Ok((new_state, attempts))
+        })
+    }
+
+    fn record_answer(&self, a: &NewAnswer<'_>) -> Result<AnswerOutcome, StoreError> {
+        let size = to_i64(a.size, "answer size")?;
+        self.write(|tx| {
+            let n = tx
+                .prepare_cached(
+                    "UPDATE jobs SET state = 'done', outcome = ?1, node = ?2, answer_sha256 = ?3,
+                            answer_bytes = ?4, answer_lookup = ?5, lease_lookup = NULL,
+                            lease_until = NULL, updated_at = ?6
+                     WHERE id = ?7 AND answer_sha256 IS NULL",
+                )?
+                .execute(params![
+                    a.outcome,
+                    a.node,
+                    a.sha256,
+                    size,
+                    a.lookup_id,
+                    a.now,
+                    a.job_id
+                ])?;
+            if n == 1 {
+                return Ok(AnswerOutcome::Stored);
+            }
+            let exists: bool = tx
+                .prepare_cached("SELECT EXISTS (SELECT 1 FROM jobs WHERE id = ?1)")?
+                .query_row([a.job_id], |r| r.get(0))?;
+            if exists {
+                Ok(AnswerOutcome::Duplicate)
+            } else {
+                Err(StoreError::NotFound(format!("job {}", a.job_id)))
+            }
+        })
+    }
+
+    fn expire_leases(&self, now: i64, max_attempts: u32) -> Result<u64, StoreError> {
+        self.write(|tx| expire_in(tx, now, max_attempts))
+    }
+
+    fn queued_count(&self) -> Result<u64, StoreError> {
+        self.read(|tx| {
+            Ok(tx
+                .prepare_cached("SELECT count(*) FROM jobs WHERE state = 'queued'")?
+                .query_row([], |r| get_u64(r, 0))?)
+        })
+    }
+
+    fn count_by_state(&self) -> Result<Vec<(JobState, u64)>, StoreError> {
+        let counted: Vec<(JobState, u64)> = self.read(|tx| {
+            let mut stmt = tx.prepare_cached("SELECT state, count(*) FROM jobs GROUP BY state")?;
+            let rows = stmt.query_map([], |r| Ok((get_state(r, 0)?, get_u64(r, 1)?)))?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })?;
+        Ok([
+            JobState::Queued,
+            JobState::Leased,
+            JobState::Done,
+            JobState::Failed,
+        ]
+        .into_iter()
+        .map(|s| {
+            let n = counted.iter().find(|(c, _)| *c == s).map_or(0, |(_, n)| *n);
+            (s, n)
+        })
+        .collect())
+    }
+}

@@ -1,0 +1,732 @@
+//! The web server's HTTP API over real TLS, in process: `server::serve` on a free loopback
+//! port, reqwest clients (an author signing requests, lookups with client certificates).
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use reqwest::Method;
+use reqwest::blocking::{Client, Response};
+use rjs_signer::request::RequestAuth;
+use rjs_signer::{BundleBuilder, KeyPair};
+use rjs_webserver::{admin, pki, server};
+use rustls_pki_types::CertificateDer;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+struct Server {
+    addr: SocketAddr,
+    data: PathBuf,
+    ca: Vec<CertificateDer<'static>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<Result<(), server::ServeError>>>,
+    _tmp: tempfile::TempDir,
+}
+
+impl Server {
+    fn start(max_bundle: u64, max_attempts: u32) -> Server {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("ws");
+        admin::init(&data, &[]).unwrap();
+        let mut config = server::ServeConfig::new(&data);
+        config.listen = "127.0.0.1:0".into();
+        config.max_bundle = max_bundle;
+        config.max_answer = max_bundle;
+        config.max_attempts = max_attempts;
+        config.workers = Some(2);
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            actix_web::rt::System::new().block_on(server::serve(
+                config,
+                move |addrs| addr_tx.send(addrs[0]).unwrap(),
+                async move {
+                    let _ = stop_rx.await;
+                },
+            ))
+        });
+        let addr = addr_rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("server did not start");
+        let ca = rjs_wire::tls::load_certs(&data.join("ca.pem")).unwrap();
+        Server {
+            addr,
+            data,
+            ca,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+            _tmp: tmp,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("https://localhost:{}{path}", self.addr.port())
+    }
+
+    fn client(&self, identity: Option<pki::Creds>) -> Client {
+        let mut tls =
+            rjs_wire::tls::client_config(&self.ca, identity.map(|c| (vec![c.cert], c.key)))
+                .unwrap();
+        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Client::builder()
+            .tls_backend_preconfigured(tls)
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap()
+    }
+
+    fn lookup(&self, name: &str) -> Client {
+        let out = self.data.join(format!("{name}.creds"));
+        admin::lookup_add(&self.data, name, &out).unwrap();
+        self.client(Some(
+            pki::parse_creds(&std::fs::read(&out).unwrap()).unwrap(),
+        ))
+    }
+
+    fn blob_files(&self) -> usize {
+        count_files(&self.data.join("blobs"))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let r = t.join().unwrap();
+            if !std::thread::panicking() {
+                r.unwrap();
+            }
+        }
+    }
+}
+
+fn count_files(dir: &Path) -> usize {
+    let mut n = 0;
+    for e in std::fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            n += count_files(&e.path());
+        } else {
+            n += 1;
+        }
+    }
+    n
+}
+
+fn sha_hex(b: &[u8]) -> String {
+    rjs_signer::bundle::hex(&Sha256::digest(b))
+}
+
+fn now() -> u64 {
+    rjs_signer::unix_now()
+}
+
+struct Author<'a> {
+    srv: &'a Server,
+    http: Client,
+    key: KeyPair,
+}
+
+impl Author<'_> {
+    fn auth(&self, method: &str, path: &str, body: &[u8], ts: u64) -> RequestAuth {
+        RequestAuth::sign(&self.key, method, path, &sha_hex(body), ts)
+    }
+
+    fn send_with(&self, method: &str, path: &str, body: Vec<u8>, auth: &RequestAuth) -> Response {
+        let mut req = self.http.request(
+            Method::from_bytes(method.as_bytes()).unwrap(),
+            self.srv.url(path),
+        );
+        for (k, v) in auth.headers() {
+            req = req.header(k, v);
+        }
+        req.body(body).send().unwrap()
+    }
+
+    fn send(&self, method: &str, path: &str, body: Vec<u8>) -> Response {
+        let auth = self.auth(method, path, &body, now());
+        self.send_with(method, path, body, &auth)
+    }
+}
+
+fn check_error(resp: Response, status: u16, code: &str) {
+    let got = resp.status().as_u16();
+    let body: Value = resp.json().unwrap_or(Value::Null);
+    assert_eq!((got, body["code"].as_str()), (status, Some(code)), "{body}");
+    assert!(body["error"].as_str().is_some_and(|e| !e.is_empty()));
+}
+
+fn wasm() -> Vec<u8> {
+    let mut m = rjs_signer::bundle::WASM_HEADER.to_vec();
+    m.extend_from_slice(&[0, 5, 4, b'n', b'o', b't', b'e']);
+    m
+}
+
+fn bundle(key: &KeyPair, tasks: u32, filler: usize) -> Vec<u8> {
+    let mut b = BundleBuilder::new();
+    b.add(
+        "manifest.json",
+        serde_json::to_vec(&json!({"format": 1, "name": "job", "entry": "job.wasm",
+                                    "inputs": ["data.bin"], "tasks": tasks}))
+        .unwrap(),
+    )
+    .unwrap();
+    b.add("job.wasm", wasm()).unwrap();
+    // Incompressible filler so the bundle's size is about `filler`.
+    let mut data = Vec::with_capacity(filler);
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15 ^ u64::from(tasks);
+    while data.len() < filler {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        data.extend_from_slice(&x.to_le_bytes());
+    }
+    b.add("data.bin", data).unwrap();
+    b.sign(key, "alice", now()).unwrap()
+}
+
+#[test]
+fn author_api() {
+    let srv = Server::start(256 * 1024, 3);
+    const SECRET: [u8; 32] = [1; 32];
+    let key = KeyPair::from_secret(SECRET);
+    let alice = Author {
+        srv: &srv,
+        http: srv.client(None),
+        key: KeyPair::from_secret(SECRET),
+    };
+
+    // Health, unknown routes and methods.
+    let r = alice.http.get(srv.url("/healthz")).send().unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.text().unwrap(), "ok");
+    check_error(
+        alice.http.get(srv.url("/nope")).send().unwrap(),
+        404,
+        "not-found",
+    );
+    check_error(
+        alice.http.delete(srv.url("/api/v1/whoami")).send().unwrap(),
+        405,
+        "method-not-allowed",
+    );
+
+    // Not enrolled yet.
+    check_error(
+        alice.http.get(srv.url("/api/v1/whoami")).send().unwrap(),
+        401,
+        "missing-auth",
+    );
+    check_error(
+        alice.send("GET", "/api/v1/whoami", vec![]),
+        401,
+        "unknown-author",
+    );
+    admin::author_add(&srv.data, "alice", &key.public().to_base64()).unwrap();
+    let r = alice.send("GET", "/api/v1/whoami", vec![]);
+    assert_eq!(r.status().as_u16(), 200);
+    let who: Value = r.json().unwrap();
+    assert_eq!(who["name"], "alice");
+    assert_eq!(who["fingerprint"], key.public().fingerprint().to_string());
+
+    // Timestamp, signature, body hash, nonce.
+    let old = alice.auth("GET", "/api/v1/whoami", b"", now() - 301);
+    check_error(
+        alice.send_with("GET", "/api/v1/whoami", vec![], &old),
+        401,
+        "stale-timestamp",
+    );
+    let other_path = alice.auth("GET", "/api/v1/jobs", b"", now());
+    check_error(
+        alice.send_with("GET", "/api/v1/whoami", vec![], &other_path),
+        401,
+        "bad-signature",
+    );
+    let auth = alice.auth("GET", "/api/v1/whoami", b"", now());
+    check_error(
+        alice.send_with("GET", "/api/v1/whoami", b"x".to_vec(), &auth),
+        401,
+        "body-mismatch",
+    );
+    // The refused request did not use up the nonce; the good one does.
+    assert_eq!(
+        alice
+            .send_with("GET", "/api/v1/whoami", vec![], &auth)
+            .status()
+            .as_u16(),
+        200
+    );
+    check_error(
+        alice.send_with("GET", "/api/v1/whoami", vec![], &auth),
+        401,
+        "replayed-nonce",
+    );
+
+    // Uploads.
+    let b = bundle(&key, 3, 1000);
+    let id = sha_hex(&b);
+    let r = alice.send("POST", "/api/v1/bundles", b.clone());
+    assert_eq!(r.status().as_u16(), 201);
+    let up: Value = r.json().unwrap();
+    assert_eq!(up["bundle_id"], id.as_str());
+    assert_eq!(up["created"], true);
+    assert_eq!(up["tasks"], 3);
+    assert_eq!(up["jobs"].as_array().unwrap().len(), 3);
+    assert_eq!(srv.blob_files(), 1);
+    let r = alice.send("POST", "/api/v1/bundles", b.clone());
+    assert_eq!(r.status().as_u16(), 200);
+    let again: Value = r.json().unwrap();
+    assert_eq!(again["created"], false);
+    assert_eq!(again["jobs"], up["jobs"]);
+    let r = alice.send("POST", "/api/v1/bundles?resubmit=true", b.clone());
+    assert_eq!(r.status().as_u16(), 201);
+    check_error(
+        alice.send("POST", "/api/v1/bundles?resubmit=maybe", b.clone()),
+        400,
+        "bad-request",
+    );
+
+    // Refusals leave no blob.
+    let mallory = KeyPair::from_secret([2; 32]);
+    check_error(
+        alice.send("POST", "/api/v1/bundles", bundle(&mallory, 1, 1000)),
+        403,
+        "signer-mismatch",
+    );
+    check_error(
+        alice.send("POST", "/api/v1/bundles", b"not a zip".to_vec()),
+        422,
+        "invalid-bundle",
+    );
+    check_error(
+        alice.send("POST", "/api/v1/bundles", bundle(&key, 1, 300 * 1024)),
+        413,
+        "too-large",
+    );
+    let mut flipped = b.clone();
+    let mid = flipped.len() / 2;
+    flipped[mid] ^= 1;
+    check_error(
+        alice.send("POST", "/api/v1/bundles", flipped),
+        422,
+        "invalid-bundle",
+    );
+    assert_eq!(srv.blob_files(), 1);
+    assert_eq!(count_files(&srv.data.join("blobs/tmp")), 0);
+
+    // Jobs.
+    let r = alice.send("GET", &format!("/api/v1/jobs?bundle={id}"), vec![]);
+    assert_eq!(r.status().as_u16(), 200);
+    let jobs: Value = r.json().unwrap();
+    assert_eq!(jobs["jobs"].as_array().unwrap().len(), 6);
+    assert_eq!(jobs["jobs"][0]["state"], "queued");
+    check_error(
+        alice.send("GET", "/api/v1/jobs?bundle=xyz", vec![]),
+        400,
+        "bad-request",
+    );
+    check_error(
+        alice.send("GET", "/api/v1/jobs/1/answer", vec![]),
+        404,
+        "not-found",
+    );
+    check_error(
+        alice.send("GET", "/api/v1/jobs/abc/answer", vec![]),
+        400,
+        "bad-request",
+    );
+
+    // A removed author can no longer authenticate.
+    admin::author_remove(&srv.data, "alice").unwrap();
+    check_error(
+        alice.send("GET", "/api/v1/whoami", vec![]),
+        401,
+        "unknown-author",
+    );
+}
+
+fn post(c: &Client, srv: &Server, path: &str, body: Value) -> Response {
+    c.post(srv.url(path)).json(&body).send().unwrap()
+}
+
+#[test]
+fn lookup_api() {
+    let srv = Server::start(1024 * 1024, 2);
+    const SECRET: [u8; 32] = [3; 32];
+    let key = KeyPair::from_secret(SECRET);
+    admin::author_add(&srv.data, "bob", &key.public().to_base64()).unwrap();
+    let bob = Author {
+        srv: &srv,
+        http: srv.client(None),
+        key: KeyPair::from_secret(SECRET),
+    };
+    let b = bundle(&key, 4, 500);
+    let id = sha_hex(&b);
+    assert_eq!(
+        bob.send("POST", "/api/v1/bundles", b.clone())
+            .status()
+            .as_u16(),
+        201
+    );
+
+    // Identity.
+    check_error(
+        post(
+            &bob.http,
+            &srv,
+            "/lookup/v1/lease",
+            json!({"max": 1, "lease_secs": 60}),
+        ),
+        401,
+        "no-client-certificate",
+    );
+    // Issued by the right CA but never enrolled.
+    let ca = pki::Ca {
+        cert_pem: std::fs::read_to_string(srv.data.join("ca.pem")).unwrap(),
+        key_pem: std::fs::read_to_string(srv.data.join("ca-key.pem")).unwrap(),
+    };
+    let stray = pki::issue_lookup(&ca, "stray").unwrap();
+    let creds =
+        pki::parse_creds(pki::creds_file("stray", &stray, &ca.cert_pem).as_bytes()).unwrap();
+    check_error(
+        post(
+            &srv.client(Some(creds)),
+            &srv,
+            "/lookup/v1/lease",
+            json!({"max": 1, "lease_secs": 60}),
+        ),
+        403,
+        "not-a-lookup",
+    );
+    // Issued by another CA: the handshake (or the first read) fails.
+    let other = pki::new_ca().unwrap();
+    let foreign = pki::issue_lookup(&other, "lab").unwrap();
+    let creds =
+        pki::parse_creds(pki::creds_file("lab", &foreign, &other.cert_pem).as_bytes()).unwrap();
+    let r = srv
+        .client(Some(creds))
+        .post(srv.url("/lookup/v1/lease"))
+        .json(&json!({"max": 1, "lease_secs": 60}))
+        .send();
+    assert!(r.is_err(), "{r:?}");
+
+    let lab = srv.lookup("lab");
+    let lab2 = srv.lookup("lab2");
+
+    // Events: the first event says how many are queued.
+    let events = lab
+        .get(srv.url("/lookup/v1/events"))
+        .timeout(Duration::from_secs(60))
+        .send()
+        .unwrap();
+    assert_eq!(events.status().as_u16(), 200);
+    let mut events = BufReader::new(events);
+    let mut next_event = move || -> String {
+        loop {
+            let mut line = String::new();
+            events.read_line(&mut line).unwrap();
+            if let Some(data) = line.strip_prefix("data: ") {
+                return data.trim().to_owned();
+            }
+        }
+    };
+    assert_eq!(next_event(), r#"{"queued":4}"#);
+
+    // Lease validation.
+    for bad in [
+        json!({"max": 0, "lease_secs": 60}),
+        json!({"max": 501, "lease_secs": 60}),
+        json!({"max": 1, "lease_secs": 4}),
+        json!({"max": 1, "lease_secs": 60, "groups": ["compute"]}),
+        json!({"max": 1, "lease_secs": 60, "extra": 1}),
+    ] {
+        check_error(
+            post(&lab, &srv, "/lookup/v1/lease", bad),
+            400,
+            "bad-request",
+        );
+    }
+    check_error(
+        lab.post(srv.url("/lookup/v1/lease"))
+            .body("{")
+            .send()
+            .unwrap(),
+        400,
+        "bad-request",
+    );
+
+    // Lease 3 of 4; the other lookup gets the last one only.
+    let r: Value = post(
+        &lab,
+        &srv,
+        "/lookup/v1/lease",
+        json!({"max": 3, "groups": ["/compute"], "lease_secs": 60}),
+    )
+    .json()
+    .unwrap();
+    let leases = r["leases"].as_array().unwrap().clone();
+    assert_eq!(leases.len(), 3);
+    assert_eq!(leases[0]["bundle_id"], id.as_str());
+    assert_eq!(leases[0]["attempt"], 1);
+    assert_eq!(
+        leases[0]["author_fingerprint"],
+        key.public().fingerprint().to_string()
+    );
+    let j: Vec<i64> = leases
+        .iter()
+        .map(|l| l["job_id"].as_i64().unwrap())
+        .collect();
+    let r: Value = post(
+        &lab2,
+        &srv,
+        "/lookup/v1/lease",
+        json!({"max": 10, "lease_secs": 60}),
+    )
+    .json()
+    .unwrap();
+    assert_eq!(r["leases"].as_array().unwrap().len(), 1);
+    let j4 = r["leases"][0]["job_id"].as_i64().unwrap();
+    let r: Value = post(
+        &lab2,
+        &srv,
+        "/lookup/v1/lease",
+        json!({"max": 10, "lease_secs": 60}),
+    )
+    .json()
+    .unwrap();
+    assert!(r["leases"].as_array().unwrap().is_empty());
+
+    // Renew: ours renewed, others lost.
+    let r: Value = post(
+        &lab,
+        &srv,
+        "/lookup/v1/renew",
+        json!({"job_ids": [j[0], j4], "lease_secs": 60}),
+    )
+    .json()
+    .unwrap();
+    assert_eq!(r["renewed"], json!([j[0]]));
+    assert_eq!(r["lost"], json!([j4]));
+
+    // Release one: queued again, event.
+    let r: Value = post(&lab, &srv, "/lookup/v1/release", json!({"job_ids": [j[2]]}))
+        .json()
+        .unwrap();
+    assert_eq!(r["released"], json!([j[2]]));
+    assert_eq!(next_event(), r#"{"queued":1}"#);
+
+    // Failure: of a job we hold (queued again, attempts 1), of one we do not (409).
+    let r: Value = post(
+        &lab,
+        &srv,
+        &format!("/lookup/v1/jobs/{}/failure", j[1]),
+        json!({"reason": "node lost"}),
+    )
+    .json()
+    .unwrap();
+    assert_eq!(r, json!({"state": "queued", "attempts": 1}));
+    assert_eq!(next_event(), r#"{"queued":2}"#);
+    check_error(
+        post(
+            &lab,
+            &srv,
+            &format!("/lookup/v1/jobs/{}/failure", j[1]),
+            json!({"reason": "again"}),
+        ),
+        409,
+        "not-leased",
+    );
+    check_error(
+        post(
+            &lab,
+            &srv,
+            &format!("/lookup/v1/jobs/{j4}/failure"),
+            json!({"reason": "x\ny"}),
+        ),
+        400,
+        "bad-request",
+    );
+
+    // Answers: first one wins, later ones are duplicates; unknown jobs leave nothing.
+    let blobs_before = srv.blob_files();
+    let put = |job: i64, body: &[u8], outcome: &str, node: &str| {
+        lab.put(srv.url(&format!("/lookup/v1/jobs/{job}/answer")))
+            .header("rjs-outcome", outcome)
+            .header("rjs-node", node)
+            .body(body.to_vec())
+            .send()
+            .unwrap()
+    };
+    let r = put(j[0], b"PK answer one", "exit 0", "node-1");
+    assert_eq!(r.status().as_u16(), 201);
+    assert_eq!(r.json::<Value>().unwrap(), json!({"status": "stored"}));
+    let r = put(j[0], b"PK answer two", "exit 1", "node-2");
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.json::<Value>().unwrap(), json!({"status": "duplicate"}));
+    check_error(
+        put(999_999, b"PK stray answer", "exit 0", "n"),
+        404,
+        "not-found",
+    );
+    check_error(put(j[0], b"x", "exit 0", "bad node"), 400, "bad-request");
+    check_error(put(j[0], b"x", "", "n"), 400, "bad-request");
+    check_error(
+        put(j[0], &vec![7u8; 1024 * 1024 + 1], "exit 0", "n"),
+        413,
+        "too-large",
+    );
+    // Far over the declared limit: refused at once, the client sees why.
+    check_error(
+        put(j[0], &vec![7u8; 8 * 1024 * 1024], "exit 0", "n"),
+        413,
+        "too-large",
+    );
+    // Streamed without a length: refused at the limit; the server drains up to 1 MiB more
+    // so the client can read the answer (beyond that the stream is reset).
+    let chunked = reqwest::blocking::Body::new(std::io::Cursor::new(vec![7u8; 1536 * 1024]));
+    let r = lab
+        .put(srv.url(&format!("/lookup/v1/jobs/{}/answer", j[0])))
+        .header("rjs-outcome", "exit 0")
+        .header("rjs-node", "n")
+        .body(chunked)
+        .send()
+        .unwrap();
+    check_error(r, 413, "too-large");
+    assert_eq!(count_files(&srv.data.join("blobs/tmp")), 0);
+    // One new blob (the first answer); the duplicate may stay as an orphan, the stray not.
+    let after = srv.blob_files();
+    assert!(
+        after == blobs_before + 1 || after == blobs_before + 2,
+        "{blobs_before} -> {after}"
+    );
+    assert!(
+        !srv.data
+            .join("blobs/blobs")
+            .join(&sha_hex(b"PK stray answer")[..2])
+            .join(sha_hex(b"PK stray answer"))
+            .exists()
+    );
+
+    // The author sees the answer.
+    let r = bob.send("GET", &format!("/api/v1/jobs/{}/answer", j[0]), vec![]);
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.headers()["content-type"], "application/zip");
+    assert_eq!(r.bytes().unwrap().as_ref(), b"PK answer one");
+    let jobs: Value = bob.send("GET", "/api/v1/jobs", vec![]).json().unwrap();
+    let done = jobs["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["id"] == j[0])
+        .unwrap()
+        .clone();
+    assert_eq!(done["state"], "done");
+    assert_eq!(done["outcome"], "exit 0");
+    assert_eq!(done["node"], "node-1");
+    assert_eq!(done["answer_bytes"], 13);
+    // Another author does not.
+    let eve_key = KeyPair::from_secret([4; 32]);
+    admin::author_add(&srv.data, "eve", &eve_key.public().to_base64()).unwrap();
+    let eve = Author {
+        srv: &srv,
+        http: srv.client(None),
+        key: eve_key,
+    };
+    check_error(
+        eve.send("GET", &format!("/api/v1/jobs/{}/answer", j[0]), vec![]),
+        404,
+        "not-found",
+    );
+    let eve_jobs: Value = eve.send("GET", "/api/v1/jobs", vec![]).json().unwrap();
+    assert_eq!(eve_jobs["jobs"], json!([]));
+
+    // Bundles, with ETag.
+    let r = lab
+        .get(srv.url(&format!("/lookup/v1/bundles/{id}")))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let etag = r.headers()["etag"].to_str().unwrap().to_owned();
+    assert_eq!(etag, format!("\"{id}\""));
+    assert_eq!(r.bytes().unwrap().as_ref(), b.as_slice());
+    let r = lab
+        .get(srv.url(&format!("/lookup/v1/bundles/{id}")))
+        .header("if-none-match", &etag)
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 304);
+    check_error(
+        lab.get(srv.url(&format!("/lookup/v1/bundles/{}", "0".repeat(64))))
+            .send()
+            .unwrap(),
+        404,
+        "not-found",
+    );
+    check_error(
+        lab.get(srv.url("/lookup/v1/bundles/xyz")).send().unwrap(),
+        400,
+        "bad-request",
+    );
+    // An answer's blob is not a bundle.
+    check_error(
+        lab.get(srv.url(&format!("/lookup/v1/bundles/{}", sha_hex(b"PK answer one"))))
+            .send()
+            .unwrap(),
+        404,
+        "not-found",
+    );
+
+    // Lease expiry: lab2's lease on j4, cut to 5 s, runs out; the job is queued again with
+    // attempt 2, and listeners are told.
+    let r: Value = post(
+        &lab2,
+        &srv,
+        "/lookup/v1/renew",
+        json!({"job_ids": [j4], "lease_secs": 5}),
+    )
+    .json()
+    .unwrap();
+    assert_eq!(r["renewed"], json!([j4]));
+    assert_eq!(next_event(), r#"{"queued":3}"#);
+    let r: Value = post(
+        &lab2,
+        &srv,
+        "/lookup/v1/lease",
+        json!({"max": 10, "lease_secs": 60}),
+    )
+    .json()
+    .unwrap();
+    let again = r["leases"].as_array().unwrap();
+    let j4_again = again
+        .iter()
+        .find(|l| l["job_id"] == j4)
+        .expect("j4 requeued");
+    assert_eq!(j4_again["attempt"], 2);
+
+    // Revocation takes effect at once.
+    admin::lookup_revoke(&srv.data, "lab2").unwrap();
+    check_error(
+        post(
+            &lab2,
+            &srv,
+            "/lookup/v1/lease",
+            json!({"max": 1, "lease_secs": 60}),
+        ),
+        403,
+        "revoked-lookup",
+    );
+    assert_eq!(
+        post(
+            &lab,
+            &srv,
+            "/lookup/v1/lease",
+            json!({"max": 1, "lease_secs": 60})
+        )
+        .status()
+        .as_u16(),
+        200
+    );
+}

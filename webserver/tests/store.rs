@@ -1,0 +1,862 @@
+//! The SQLite store against the `Store` trait's contract: every job state transition,
+//! submissions, accounts, nonces, and concurrent leasing from separate connections.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::{Arc, Barrier};
+use std::time::Duration;
+
+use rjs_webserver::store::sqlite::SqliteStore;
+use rjs_webserver::store::{AnswerOutcome, NewAnswer, NewSubmission, Store, StoreError};
+use rjs_wire::api::JobState;
+
+const T0: i64 = 1_800_000_000;
+const MAX_ATTEMPTS: u32 = 3;
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    store: SqliteStore,
+    author: i64,
+    lookup: i64,
+}
+
+fn db_path(dir: &tempfile::TempDir) -> std::path::PathBuf {
+    dir.path().join("rjs.db")
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&db_path(&dir)).unwrap();
+    let author = store.add_author("alice", "a-key", "a-fp", T0).unwrap().id;
+    let lookup = store.add_lookup("lab", "lab-cert", T0).unwrap().id;
+    Fixture {
+        _dir: dir,
+        store,
+        author,
+        lookup,
+    }
+}
+
+fn bundle_id(n: u32) -> String {
+    format!("{n:064x}")
+}
+
+fn submit(
+    store: &SqliteStore,
+    author: i64,
+    bundle: &str,
+    tasks: u32,
+    group: &str,
+    resubmit: bool,
+    now: i64,
+) -> rjs_webserver::store::Submission {
+    store
+        .submit(&NewSubmission {
+            author_id: author,
+            bundle_id: bundle,
+            name: "mandelbrot",
+            tasks,
+            group,
+            size: 1234,
+            resubmit,
+            now,
+        })
+        .unwrap()
+}
+
+fn answer<'a>(lookup: i64, job: i64, sha: &'a str, now: i64) -> NewAnswer<'a> {
+    NewAnswer {
+        lookup_id: lookup,
+        job_id: job,
+        sha256: sha,
+        size: 99,
+        outcome: "exit 0",
+        node: "node-1",
+        now,
+    }
+}
+
+fn view(store: &SqliteStore, author: i64, job: i64) -> rjs_wire::api::JobView {
+    store
+        .jobs_of_author(author, None)
+        .unwrap()
+        .into_iter()
+        .find(|j| j.id == job)
+        .unwrap()
+}
+
+fn counts(store: &SqliteStore) -> [u64; 4] {
+    let c = store.count_by_state().unwrap();
+    let get = |s| c.iter().find(|(st, _)| *st == s).map_or(0, |(_, n)| *n);
+    [
+        get(JobState::Queued),
+        get(JobState::Leased),
+        get(JobState::Done),
+        get(JobState::Failed),
+    ]
+}
+
+fn raw(path: &Path) -> rusqlite::Connection {
+    let c = rusqlite::Connection::open(path).unwrap();
+    c.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+    c
+}
+
+// ------------------------------------------------------------------ opening and schema
+
+#[test]
+fn open_sets_up_wal_and_schema_and_refuses_newer_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db_path(&dir);
+    {
+        let s = SqliteStore::open(&path).unwrap();
+        s.add_author("alice", "k", "f", T0).unwrap();
+    }
+    let c = raw(&path);
+    let mode: String = c
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+    let v: i64 = c
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(v, SqliteStore::schema_version());
+
+    // Reopening keeps the data and does not migrate again.
+    let s = SqliteStore::open(&path).unwrap();
+    assert_eq!(s.list_authors().unwrap().len(), 1);
+    drop(s);
+
+    c.pragma_update(None, "user_version", SqliteStore::schema_version() + 1)
+        .unwrap();
+    drop(c);
+    match SqliteStore::open(&path) {
+        Err(StoreError::Schema(msg)) => assert!(msg.contains("newer"), "{msg}"),
+        other => panic!("expected a schema error, got {other:?}"),
+    }
+}
+
+#[test]
+fn concurrent_first_opens_migrate_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db_path(&dir);
+    let barrier = Arc::new(Barrier::new(4));
+    let handles: Vec<_> = (0..4)
+        .map(|i| {
+            let (path, barrier) = (path.clone(), Arc::clone(&barrier));
+            std::thread::spawn(move || {
+                barrier.wait();
+                let s = SqliteStore::open(&path).unwrap();
+                s.add_author(&format!("a{i}"), &format!("k{i}"), "f", T0)
+                    .unwrap();
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    let s = SqliteStore::open(&path).unwrap();
+    assert_eq!(s.list_authors().unwrap().len(), 4);
+}
+
+#[test]
+fn data_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db_path(&dir);
+    let (author, lookup, jobs) = {
+        let s = SqliteStore::open(&path).unwrap();
+        let a = s.add_author("alice", "k", "f", T0).unwrap().id;
+        let l = s.add_lookup("lab", "c", T0).unwrap().id;
+        let sub = submit(&s, a, &bundle_id(1), 3, "/compute", false, T0);
+        s.lease(l, 1, &[], T0 + 60, T0, MAX_ATTEMPTS).unwrap();
+        (a, l, sub.jobs)
+    };
+    let s = SqliteStore::open(&path).unwrap();
+    assert_eq!(counts(&s), [2, 1, 0, 0]);
+    let (renewed, _) = s.renew(lookup, &[jobs[0].0], T0 + 120, T0 + 1).unwrap();
+    assert_eq!(renewed, vec![jobs[0].0]);
+    assert_eq!(s.jobs_of_author(author, None).unwrap().len(), 3);
+}
+
+// ------------------------------------------------------------------ accounts
+
+#[test]
+fn authors_unique_remove_and_reenrol() {
+    let f = fixture();
+    let s = &f.store;
+    assert!(matches!(
+        s.add_author("alice", "other-key", "x", T0),
+        Err(StoreError::Exists(_))
+    ));
+    assert!(matches!(
+        s.add_author("bob", "a-key", "x", T0),
+        Err(StoreError::Exists(_))
+    ));
+    let bob = s.add_author("bob", "b-key", "b-fp", T0 + 1).unwrap();
+    assert_eq!(bob.name, "bob");
+    assert!(!bob.removed);
+    assert_eq!(s.author_by_key("b-key").unwrap(), Some(bob.clone()));
+    assert_eq!(s.author_by_key("nobody").unwrap(), None);
+
+    s.remove_author("bob").unwrap();
+    assert_eq!(s.author_by_key("b-key").unwrap(), None);
+    assert!(matches!(
+        s.remove_author("bob"),
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(matches!(
+        s.remove_author("carol"),
+        Err(StoreError::NotFound(_))
+    ));
+    let all = s.list_authors().unwrap();
+    assert_eq!(all.len(), 2);
+    assert!(all.iter().any(|a| a.name == "bob" && a.removed));
+
+    // A removed author's name and key may be enrolled again (a new account).
+    let bob2 = s.add_author("bob", "b-key", "b-fp", T0 + 2).unwrap();
+    assert_ne!(bob2.id, bob.id);
+    assert_eq!(
+        s.author_by_key("b-key").unwrap().map(|a| a.id),
+        Some(bob2.id)
+    );
+}
+
+#[test]
+fn lookups_unique_and_revoke() {
+    let f = fixture();
+    let s = &f.store;
+    assert!(matches!(
+        s.add_lookup("lab", "new-cert", T0),
+        Err(StoreError::Exists(_))
+    ));
+    assert!(matches!(
+        s.add_lookup("lab2", "lab-cert", T0),
+        Err(StoreError::Exists(_))
+    ));
+    let found = s.lookup_by_cert("lab-cert").unwrap().unwrap();
+    assert_eq!((found.id, found.name.as_str()), (f.lookup, "lab"));
+    assert_eq!(s.lookup_by_cert("nope").unwrap(), None);
+
+    submit(s, f.author, &bundle_id(1), 2, "/compute", false, T0);
+    s.revoke_lookup("lab").unwrap();
+    assert_eq!(s.lookup_by_cert("lab-cert").unwrap(), None);
+    assert!(matches!(
+        s.revoke_lookup("lab"),
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(matches!(
+        s.lease(f.lookup, 10, &[], T0 + 60, T0, MAX_ATTEMPTS),
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(matches!(
+        s.lease(9999, 10, &[], T0 + 60, T0, MAX_ATTEMPTS),
+        Err(StoreError::NotFound(_))
+    ));
+    assert_eq!(s.queued_count().unwrap(), 2);
+    // Its certificate stays refused; the name can get a new certificate.
+    assert!(matches!(
+        s.add_lookup("lab", "lab-cert", T0),
+        Err(StoreError::Exists(_))
+    ));
+    let lab2 = s.add_lookup("lab", "lab-cert-2", T0).unwrap();
+    assert_eq!(s.lookup_by_cert("lab-cert-2").unwrap(), Some(lab2));
+    let all = s.list_lookups().unwrap();
+    assert_eq!(all.len(), 2);
+    assert!(all[0].revoked && !all[1].revoked);
+}
+
+#[test]
+fn nonce_replay_is_caught_and_expired_nonces_pruned() {
+    let f = fixture();
+    let s = &f.store;
+    let bob = s.add_author("bob", "b-key", "b-fp", T0).unwrap().id;
+    assert!(s.use_nonce(f.author, "n1", T0 + 600, T0).unwrap());
+    assert!(!s.use_nonce(f.author, "n1", T0 + 600, T0 + 1).unwrap());
+    assert!(!s.use_nonce(f.author, "n1", T0 + 600, T0 + 600).unwrap());
+    // Per author.
+    assert!(s.use_nonce(bob, "n1", T0 + 600, T0).unwrap());
+    assert!(s.use_nonce(f.author, "n2", T0 + 600, T0).unwrap());
+    // Past its expiry a nonce is pruned (the timestamp window refuses such a request anyway).
+    assert!(s.use_nonce(f.author, "n1", T0 + 2000, T0 + 601).unwrap());
+    let c = raw(s.path());
+    let left: i64 = c
+        .query_row("SELECT count(*) FROM nonces", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(left, 1, "only the fresh n1 is kept");
+}
+
+// ------------------------------------------------------------------ submissions
+
+#[test]
+fn submit_dedupes_and_resubmit_queues_a_new_set() {
+    let f = fixture();
+    let s = &f.store;
+    let b = bundle_id(7);
+    assert!(!s.bundle_exists(&b).unwrap());
+    let first = submit(s, f.author, &b, 3, "/compute", false, T0);
+    assert!(first.created);
+    assert_eq!(
+        first.jobs.iter().map(|j| j.1).collect::<Vec<_>>(),
+        vec![0, 1, 2]
+    );
+    assert!(s.bundle_exists(&b).unwrap());
+
+    let again = submit(s, f.author, &b, 3, "/compute", false, T0 + 1);
+    assert!(!again.created);
+    assert_eq!(again.jobs, first.jobs);
+    assert_eq!(s.queued_count().unwrap(), 3);
+
+    let rerun = submit(s, f.author, &b, 3, "/compute", true, T0 + 2);
+    assert!(rerun.created);
+    assert_eq!(rerun.jobs.len(), 3);
+    assert!(rerun.jobs.iter().all(|j| !first.jobs.contains(j)));
+    assert_eq!(s.queued_count().unwrap(), 6);
+    // Without resubmit, the newest run is returned.
+    let third = submit(s, f.author, &b, 3, "/compute", false, T0 + 3);
+    assert_eq!(third.jobs, rerun.jobs);
+
+    // Newest submission first, tasks in order; the name is the bundle's.
+    let other = bundle_id(8);
+    let later = submit(s, f.author, &other, 2, "/gpu", false, T0 + 4);
+    let views = s.jobs_of_author(f.author, None).unwrap();
+    let ids: Vec<i64> = views.iter().map(|v| v.id).collect();
+    let expected: Vec<i64> = later
+        .jobs
+        .iter()
+        .chain(&rerun.jobs)
+        .chain(&first.jobs)
+        .map(|j| j.0)
+        .collect();
+    assert_eq!(ids, expected);
+    let v = &views[0];
+    assert_eq!(v.name, "mandelbrot");
+    assert_eq!((v.task, v.tasks, v.state), (0, 2, JobState::Queued));
+    assert_eq!((v.attempts, v.reason.as_deref()), (0, None));
+    assert_eq!((v.created_at, v.updated_at), (T0 + 4, T0 + 4));
+    assert_eq!(v.bundle_id, other);
+
+    let only = s.jobs_of_author(f.author, Some(&b)).unwrap();
+    assert_eq!(only.len(), 6);
+    assert!(only.iter().all(|v| v.bundle_id == b));
+
+    // Another author sees none of them; submitting the same bundle is their own run.
+    let bob = s.add_author("bob", "b-key", "b-fp", T0).unwrap().id;
+    assert!(s.jobs_of_author(bob, None).unwrap().is_empty());
+    let bobs = submit(s, bob, &b, 3, "/compute", false, T0 + 5);
+    assert!(bobs.created);
+    assert_eq!(s.jobs_of_author(bob, None).unwrap().len(), 3);
+    assert_eq!(s.jobs_of_author(f.author, None).unwrap().len(), 8);
+}
+
+// ------------------------------------------------------------------ job lifecycle
+
+#[test]
+fn lease_renew_release_fail_answer() {
+    let f = fixture();
+    let s = &f.store;
+    let other = s.add_lookup("other", "other-cert", T0).unwrap().id;
+    let sub = submit(s, f.author, &bundle_id(1), 3, "/compute/light", false, T0);
+    let [j0, j1, j2] = [sub.jobs[0].0, sub.jobs[1].0, sub.jobs[2].0];
+
+    // queued -> leased
+    let leases = s
+        .lease(f.lookup, 2, &[], T0 + 60, T0, MAX_ATTEMPTS)
+        .unwrap();
+    assert_eq!(leases.len(), 2);
+    let l = &leases[0];
+    assert_eq!((l.job_id, l.task, l.tasks), (j0, 0, 3));
+    assert_eq!(l.bundle_id, bundle_id(1));
+    assert_eq!(l.group, "/compute/light");
+    assert_eq!(l.author_fingerprint, "a-fp");
+    assert_eq!((l.attempt, l.lease_until), (1, T0 + 60));
+    assert_eq!(leases[1].job_id, j1);
+    assert_eq!(view(s, f.author, j0).state, JobState::Leased);
+    assert_eq!(counts(s), [1, 2, 0, 0]);
+
+    // Another lookup gets only what is left.
+    let rest = s.lease(other, 10, &[], T0 + 60, T0, MAX_ATTEMPTS).unwrap();
+    assert_eq!(rest.iter().map(|l| l.job_id).collect::<Vec<_>>(), vec![j2]);
+    assert!(
+        s.lease(other, 10, &[], T0 + 60, T0, MAX_ATTEMPTS)
+            .unwrap()
+            .is_empty()
+    );
+
+    // renew: only this lookup's leases; repeats counted once.
+    let (renewed, lost) = s
+        .renew(f.lookup, &[j0, j1, j2, j0, 424242], T0 + 90, T0 + 30)
+        .unwrap();
+    assert_eq!(renewed, vec![j0, j1]);
+    assert_eq!(lost, vec![j2, 424242]);
+
+    // release: leased -> queued, attempt not counted; only what this lookup holds.
+    assert_eq!(s.release(f.lookup, &[j1, j2], T0 + 31).unwrap(), vec![j1]);
+    let v1 = view(s, f.author, j1);
+    assert_eq!((v1.state, v1.attempts), (JobState::Queued, 0));
+    assert_eq!(v1.updated_at, T0 + 31);
+    assert_eq!(
+        s.release(f.lookup, &[j1], T0 + 31).unwrap(),
+        Vec::<i64>::new()
+    );
+    let again = s
+        .lease(f.lookup, 10, &[], T0 + 90, T0 + 32, MAX_ATTEMPTS)
+        .unwrap();
+    assert_eq!((again.len(), again[0].job_id, again[0].attempt), (1, j1, 1));
+
+    // fail: only for a job this lookup holds.
+    assert!(matches!(
+        s.fail(other, j0, "nope", MAX_ATTEMPTS, T0 + 33),
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(matches!(
+        s.fail(f.lookup, 999_999, "nope", MAX_ATTEMPTS, T0 + 33),
+        Err(StoreError::NotFound(_))
+    ));
+    assert_eq!(
+        s.fail(f.lookup, j0, "node lost", MAX_ATTEMPTS, T0 + 33)
+            .unwrap(),
+        (JobState::Queued, 1)
+    );
+    let v0 = view(s, f.author, j0);
+    assert_eq!((v0.state, v0.attempts), (JobState::Queued, 1));
+    assert_eq!(v0.reason.as_deref(), Some("node lost"));
+    // A failure report for a job no longer held (it was requeued).
+    assert!(matches!(
+        s.fail(f.lookup, j0, "again", MAX_ATTEMPTS, T0 + 34),
+        Err(StoreError::Conflict(_))
+    ));
+    let l0 = s
+        .lease(f.lookup, 1, &[], T0 + 95, T0 + 35, MAX_ATTEMPTS)
+        .unwrap();
+    assert_eq!((l0[0].job_id, l0[0].attempt), (j0, 2));
+
+    // leased -> done
+    assert!(matches!(
+        s.answer_of(f.author, j0),
+        Err(StoreError::NotFound(_))
+    ));
+    let sha = "ab".repeat(32);
+    assert_eq!(
+        s.record_answer(&answer(f.lookup, j0, &sha, T0 + 40))
+            .unwrap(),
+        AnswerOutcome::Stored
+    );
+    let v0 = view(s, f.author, j0);
+    assert_eq!(v0.state, JobState::Done);
+    assert_eq!(v0.outcome.as_deref(), Some("exit 0"));
+    assert_eq!(v0.node.as_deref(), Some("node-1"));
+    assert_eq!(v0.answer_bytes, Some(99));
+    assert_eq!(v0.attempts, 1);
+    assert_eq!(v0.updated_at, T0 + 40);
+    let a = s.answer_of(f.author, j0).unwrap();
+    assert_eq!((a.sha256.as_str(), a.size), (sha.as_str(), 99));
+    // The lease is gone with the answer.
+    assert_eq!(
+        s.renew(f.lookup, &[j0], T0 + 99, T0 + 41).unwrap(),
+        (vec![], vec![j0])
+    );
+    assert!(s.release(f.lookup, &[j0], T0 + 41).unwrap().is_empty());
+    assert!(matches!(
+        s.fail(f.lookup, j0, "late", MAX_ATTEMPTS, T0 + 41),
+        Err(StoreError::Conflict(_))
+    ));
+
+    // Not the author's job: not found.
+    let bob = s.add_author("bob", "b-key", "b-fp", T0).unwrap().id;
+    assert!(matches!(s.answer_of(bob, j0), Err(StoreError::NotFound(_))));
+    assert!(matches!(
+        s.answer_of(f.author, 999_999),
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(matches!(
+        s.record_answer(&answer(f.lookup, 999_999, &sha, T0)),
+        Err(StoreError::NotFound(_))
+    ));
+    assert_eq!(counts(s), [0, 2, 1, 0]);
+}
+
+#[test]
+fn answer_recorded_twice_is_stored_once() {
+    let f = fixture();
+    let s = &f.store;
+    let other = s.add_lookup("other", "other-cert", T0).unwrap().id;
+    let sub = submit(s, f.author, &bundle_id(1), 1, "/compute", false, T0);
+    let j = sub.jobs[0].0;
+    s.lease(f.lookup, 1, &[], T0 + 60, T0, MAX_ATTEMPTS)
+        .unwrap();
+    let first = "11".repeat(32);
+    let second = "22".repeat(32);
+    assert_eq!(
+        s.record_answer(&answer(f.lookup, j, &first, T0 + 1))
+            .unwrap(),
+        AnswerOutcome::Stored
+    );
+    for (lookup, now) in [(f.lookup, T0 + 2), (other, T0 + 3)] {
+        let mut a = answer(lookup, j, &second, now);
+        a.outcome = "trap: unreachable";
+        a.node = "node-2";
+        assert_eq!(s.record_answer(&a).unwrap(), AnswerOutcome::Duplicate);
+    }
+    let r = s.answer_of(f.author, j).unwrap();
+    assert_eq!(r.sha256, first);
+    let v = view(s, f.author, j);
+    assert_eq!(v.outcome.as_deref(), Some("exit 0"));
+    assert_eq!(v.node.as_deref(), Some("node-1"));
+    assert_eq!(v.updated_at, T0 + 1);
+    assert_eq!(counts(s), [0, 0, 1, 0]);
+}
+
+#[test]
+fn first_answer_wins_in_any_state() {
+    let f = fixture();
+    let s = &f.store;
+    let other = s.add_lookup("other", "other-cert", T0).unwrap().id;
+    let sub = submit(s, f.author, &bundle_id(1), 3, "/compute", false, T0);
+    let [queued, leased_by_other, failed] = [sub.jobs[0].0, sub.jobs[1].0, sub.jobs[2].0];
+    let sha = "cd".repeat(32);
+
+    // Leased by another lookup, answered by this one (e.g. a lease that expired and moved).
+    let l = s.lease(other, 3, &[], T0 + 60, T0, 1).unwrap();
+    assert_eq!(l.len(), 3);
+    s.release(other, &[queued], T0).unwrap();
+    // Failed: out of attempts.
+    assert_eq!(
+        s.fail(other, failed, "oom", 1, T0 + 1).unwrap(),
+        (JobState::Failed, 1)
+    );
+    for j in [queued, leased_by_other, failed] {
+        assert_eq!(
+            s.record_answer(&answer(f.lookup, j, &sha, T0 + 2)).unwrap(),
+            AnswerOutcome::Stored
+        );
+        let v = view(s, f.author, j);
+        assert_eq!(v.state, JobState::Done);
+    }
+    assert_eq!(
+        s.renew(other, &[leased_by_other], T0 + 90, T0 + 3)
+            .unwrap()
+            .1,
+        vec![leased_by_other]
+    );
+    assert_eq!(counts(s), [0, 0, 3, 0]);
+    // The failed job keeps its last reason next to its answer.
+    assert_eq!(view(s, f.author, failed).reason.as_deref(), Some("oom"));
+}
+
+#[test]
+fn attempts_reach_max_then_failed_with_last_reason() {
+    let f = fixture();
+    let s = &f.store;
+    let sub = submit(s, f.author, &bundle_id(1), 1, "/compute", false, T0);
+    let j = sub.jobs[0].0;
+    let reasons = ["node lost", "refused by every node", "worker crashed"];
+    for (i, reason) in reasons.iter().enumerate() {
+        let now = T0 + 10 * i as i64;
+        let l = s
+            .lease(f.lookup, 5, &[], now + 60, now, MAX_ATTEMPTS)
+            .unwrap();
+        assert_eq!(l.len(), 1);
+        assert_eq!(l[0].attempt, i as u32 + 1);
+        let (state, attempts) = s.fail(f.lookup, j, reason, MAX_ATTEMPTS, now + 1).unwrap();
+        assert_eq!(attempts, i as u32 + 1);
+        let expected = if i + 1 < reasons.len() {
+            JobState::Queued
+        } else {
+            JobState::Failed
+        };
+        assert_eq!(state, expected);
+    }
+    let v = view(s, f.author, j);
+    assert_eq!((v.state, v.attempts), (JobState::Failed, 3));
+    assert_eq!(v.reason.as_deref(), Some("worker crashed"));
+    // A failed job is never leased again.
+    assert!(
+        s.lease(f.lookup, 5, &[], T0 + 200, T0 + 100, MAX_ATTEMPTS)
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(counts(s), [0, 0, 0, 1]);
+}
+
+#[test]
+fn expired_leases_come_back() {
+    let f = fixture();
+    let s = &f.store;
+    let other = s.add_lookup("other", "other-cert", T0).unwrap().id;
+    let sub = submit(s, f.author, &bundle_id(1), 2, "/compute", false, T0);
+    let [j0, j1] = [sub.jobs[0].0, sub.jobs[1].0];
+    s.lease(f.lookup, 2, &[], T0 + 10, T0, MAX_ATTEMPTS)
+        .unwrap();
+    // Renewed one stays; the lease is live through its last second.
+    assert_eq!(
+        s.renew(f.lookup, &[j1], T0 + 100, T0 + 10).unwrap(),
+        (vec![j1], vec![])
+    );
+    assert_eq!(s.expire_leases(T0 + 10, MAX_ATTEMPTS).unwrap(), 0);
+    assert_eq!(s.expire_leases(T0 + 11, MAX_ATTEMPTS).unwrap(), 1);
+    let v0 = view(s, f.author, j0);
+    assert_eq!((v0.state, v0.attempts), (JobState::Queued, 1));
+    assert_eq!(v0.reason.as_deref(), Some("lease expired"));
+    assert_eq!(view(s, f.author, j1).state, JobState::Leased);
+    // Too late to renew.
+    assert_eq!(
+        s.renew(f.lookup, &[j0], T0 + 100, T0 + 12).unwrap(),
+        (vec![], vec![j0])
+    );
+
+    // lease() requeues expired leases itself before choosing.
+    let l = s
+        .lease(other, 5, &[], T0 + 200, T0 + 101, MAX_ATTEMPTS)
+        .unwrap();
+    let mut got: Vec<(i64, u32)> = l.iter().map(|l| (l.job_id, l.attempt)).collect();
+    got.sort();
+    assert_eq!(got, vec![(j0, 2), (j1, 2)]);
+    // The first lookup lost both: its failure report and release are refused…
+    assert!(matches!(
+        s.fail(f.lookup, j0, "late", MAX_ATTEMPTS, T0 + 102),
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(s.release(f.lookup, &[j0, j1], T0 + 102).unwrap().is_empty());
+    // …but its answer still wins if it comes first.
+    let sha = "ef".repeat(32);
+    assert_eq!(
+        s.record_answer(&answer(f.lookup, j0, &sha, T0 + 103))
+            .unwrap(),
+        AnswerOutcome::Stored
+    );
+    assert_eq!(
+        s.record_answer(&answer(other, j0, &sha, T0 + 104)).unwrap(),
+        AnswerOutcome::Duplicate
+    );
+    assert_eq!(
+        s.renew(other, &[j0, j1], T0 + 300, T0 + 105).unwrap(),
+        (vec![j1], vec![j0])
+    );
+
+    // Expiry at the last attempt fails the job with "lease expired".
+    assert_eq!(s.expire_leases(T0 + 301, 2).unwrap(), 0);
+    let v1 = view(s, f.author, j1);
+    assert_eq!((v1.state, v1.attempts), (JobState::Failed, 2));
+    assert_eq!(v1.reason.as_deref(), Some("lease expired"));
+    assert_eq!(counts(s), [0, 0, 1, 1]);
+}
+
+#[test]
+fn an_expired_lease_can_still_be_failed_or_released_until_requeued() {
+    let f = fixture();
+    let s = &f.store;
+    let sub = submit(s, f.author, &bundle_id(1), 2, "/compute", false, T0);
+    s.lease(f.lookup, 2, &[], T0 + 10, T0, MAX_ATTEMPTS)
+        .unwrap();
+    assert_eq!(
+        s.fail(f.lookup, sub.jobs[0].0, "node lost", MAX_ATTEMPTS, T0 + 50)
+            .unwrap(),
+        (JobState::Queued, 1)
+    );
+    assert_eq!(
+        s.release(f.lookup, &[sub.jobs[1].0], T0 + 50).unwrap(),
+        vec![sub.jobs[1].0]
+    );
+    assert_eq!(counts(s), [2, 0, 0, 0]);
+}
+
+#[test]
+fn groups_filter_by_path_prefix() {
+    let f = fixture();
+    let s = &f.store;
+    let groups = [
+        "/compute",
+        "/compute/light",
+        "/gpu",
+        "/computex",
+        "/compute/light/tiny",
+    ];
+    let mut job_of = std::collections::HashMap::new();
+    for (i, g) in groups.iter().enumerate() {
+        let sub = submit(s, f.author, &bundle_id(i as u32), 1, g, false, T0);
+        job_of.insert(*g, sub.jobs[0].0);
+    }
+    let ids = |gs: &[&str]| -> Vec<i64> { gs.iter().map(|g| job_of[g]).collect() };
+    let lease = |gs: &[&str], max: u32| -> Vec<i64> {
+        let gs: Vec<String> = gs.iter().map(|g| g.to_string()).collect();
+        let got: Vec<i64> = s
+            .lease(f.lookup, max, &gs, T0 + 60, T0, MAX_ATTEMPTS)
+            .unwrap()
+            .iter()
+            .map(|l| l.job_id)
+            .collect();
+        s.release(f.lookup, &got, T0).unwrap();
+        got
+    };
+    assert_eq!(
+        lease(&["/compute"], 10),
+        ids(&["/compute", "/compute/light", "/compute/light/tiny"])
+    );
+    assert_eq!(
+        lease(&["/compute/"], 10),
+        ids(&["/compute", "/compute/light", "/compute/light/tiny"])
+    );
+    assert_eq!(
+        lease(&["/compute/light"], 10),
+        ids(&["/compute/light", "/compute/light/tiny"])
+    );
+    assert_eq!(
+        lease(&["/gpu", "/computex"], 10),
+        ids(&["/gpu", "/computex"])
+    );
+    assert_eq!(lease(&["/comp"], 10), Vec::<i64>::new());
+    assert_eq!(
+        lease(&["/nothing", "/compute/light/tiny"], 10),
+        ids(&["/compute/light/tiny"])
+    );
+    assert_eq!(lease(&[], 10), ids(&groups));
+    assert_eq!(lease(&["/"], 10), ids(&groups));
+    assert_eq!(lease(&["/gpu", "/"], 10), ids(&groups));
+    // Oldest first, and max is respected after filtering.
+    assert_eq!(
+        lease(&["/compute"], 2),
+        ids(&["/compute", "/compute/light"])
+    );
+    assert_eq!(lease(&[], 0), Vec::<i64>::new());
+    // Group names with LIKE wildcards are matched literally.
+    let sub = submit(s, f.author, &bundle_id(100), 1, "/a_b/c%d", false, T0);
+    assert_eq!(lease(&["/a_b"], 10), vec![sub.jobs[0].0]);
+    assert_eq!(lease(&["/aXb"], 10), Vec::<i64>::new());
+    assert_eq!(lease(&["/a_b/c%"], 10), Vec::<i64>::new());
+}
+
+// ------------------------------------------------------------------ concurrency
+
+/// Four "lookup processes", each with its own connection to the same file, race to lease
+/// 2,000 queued jobs: every job is leased exactly once.
+/// `pause` between a lookup's batches lets the others in (SQLite's busy handler is not fair:
+/// without it one connection can take every batch in a row).
+fn race(
+    batch: impl Fn(usize, usize) -> u32 + Send + Sync + 'static,
+    pause: Duration,
+    min_winners: usize,
+) {
+    const JOBS: u32 = 2_000;
+    const THREADS: usize = 4;
+    let dir = tempfile::tempdir().unwrap();
+    let path = db_path(&dir);
+    let setup = SqliteStore::open(&path).unwrap();
+    let author = setup.add_author("alice", "k", "f", T0).unwrap().id;
+    let mut lookups = Vec::new();
+    for i in 0..THREADS {
+        lookups.push(
+            setup
+                .add_lookup(&format!("lab{i}"), &format!("cert{i}"), T0)
+                .unwrap()
+                .id,
+        );
+    }
+    submit(&setup, author, &bundle_id(1), JOBS, "/compute", false, T0);
+    assert_eq!(setup.queued_count().unwrap(), JOBS as u64);
+
+    let barrier = Arc::new(Barrier::new(THREADS));
+    let batch = Arc::new(batch);
+    let handles: Vec<_> = lookups
+        .iter()
+        .enumerate()
+        .map(|(t, &lookup)| {
+            let path = path.clone();
+            let barrier = Arc::clone(&barrier);
+            let batch = Arc::clone(&batch);
+            std::thread::spawn(move || {
+                let store = SqliteStore::open(&path).unwrap();
+                barrier.wait();
+                let mut mine = Vec::new();
+                for round in 0.. {
+                    let got = store
+                        .lease(lookup, batch(t, round), &[], T0 + 600, T0, MAX_ATTEMPTS)
+                        .unwrap();
+                    if got.is_empty() {
+                        break;
+                    }
+                    assert!(
+                        got.iter()
+                            .all(|l| l.attempt == 1 && l.lease_until == T0 + 600)
+                    );
+                    mine.extend(got.iter().map(|l| l.job_id));
+                    std::thread::sleep(pause);
+                }
+                (lookup, mine)
+            })
+        })
+        .collect();
+    let mut all = HashSet::new();
+    let mut total = 0;
+    let mut winners = 0;
+    for h in handles {
+        let (lookup, mine) = h.join().unwrap();
+        total += mine.len();
+        winners += usize::from(!mine.is_empty());
+        // What each lookup was told it holds, it holds.
+        let (renewed, lost) = setup.renew(lookup, &mine, T0 + 700, T0 + 1).unwrap();
+        assert_eq!(renewed.len(), mine.len());
+        assert!(lost.is_empty());
+        all.extend(mine);
+    }
+    assert_eq!(total, JOBS as usize, "no job leased twice");
+    assert_eq!(all.len(), JOBS as usize, "every job leased");
+    assert_eq!(counts(&setup), [0, JOBS as u64, 0, 0]);
+    assert!(winners >= min_winners, "only {winners} lookups got jobs");
+}
+
+#[test]
+fn concurrent_leasing_in_small_batches_leases_each_job_once() {
+    race(
+        |t, round| 1 + ((t * 7 + round * 13) % 64) as u32,
+        Duration::from_millis(2),
+        2,
+    );
+}
+
+#[test]
+fn concurrent_leasing_of_the_whole_queue_at_once_leases_each_job_once() {
+    race(|_, _| 2_000, Duration::ZERO, 1);
+}
+
+// ------------------------------------------------------------------ corrupt data
+
+#[test]
+fn corrupt_rows_give_errors_not_panics() {
+    let f = fixture();
+    let s = &f.store;
+    let sub = submit(s, f.author, &bundle_id(1), 2, "/compute", false, T0);
+    let j = sub.jobs[0].0;
+    let c = raw(s.path());
+    c.execute_batch("PRAGMA ignore_check_constraints = ON")
+        .unwrap();
+    c.execute("UPDATE jobs SET state = 'bogus' WHERE id = ?1", [j])
+        .unwrap();
+    c.execute(
+        "UPDATE jobs SET attempts = -5 WHERE id = ?1",
+        [sub.jobs[1].0],
+    )
+    .unwrap();
+    assert!(matches!(
+        s.jobs_of_author(f.author, None),
+        Err(StoreError::Db(_))
+    ));
+    assert!(matches!(s.count_by_state(), Err(StoreError::Db(_))));
+    assert!(matches!(
+        s.fail(f.lookup, j, "x", MAX_ATTEMPTS, T0),
+        Err(StoreError::Db(_))
+    ));
+    // The queued job with a negative attempt count cannot be leased, but it does not panic.
+    assert!(matches!(
+        s.lease(f.lookup, 10, &[], T0 + 60, T0, MAX_ATTEMPTS),
+        Err(StoreError::Db(_))
+    ));
+    let err = s.count_by_state().unwrap_err();
+    let mut chain = err.to_string();
+    let mut src = std::error::Error::source(&err);
+    while let Some(e) = src {
+        chain.push_str(" <- ");
+        chain.push_str(&e.to_string());
+        src = e.source();
+    }
+    assert!(chain.contains("bogus"), "{chain}");
+}

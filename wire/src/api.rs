@@ -1,0 +1,223 @@
+//! JSON bodies of the web server's HTTP API. `docs/webserver-api.md` is the authority; every
+//! type here is `deny_unknown_fields` on input so that a typo is an error, not a silent
+//! default.
+
+use serde::{Deserialize, Serialize};
+
+/// API path prefixes.
+pub const AUTHOR_PREFIX: &str = "/api/v1";
+pub const LOOKUP_PREFIX: &str = "/lookup/v1";
+
+/// Header a lookup server sets on an answer upload: a one-line summary of how the job ended
+/// (e.g. `exit 0`, `exit 10`, `trap: unreachable`, `limit: time`), at most
+/// [`MAX_OUTCOME`] bytes.
+pub const H_OUTCOME: &str = "rjs-outcome";
+/// Header a lookup server sets on an answer upload: the id of the node that computed it.
+pub const H_NODE: &str = "rjs-node";
+pub const MAX_OUTCOME: usize = 200;
+pub const MAX_NODE_ID: usize = 64;
+pub const MAX_REASON: usize = 500;
+/// Most jobs one lease request may take, and most ids in one renew/release request.
+pub const MAX_BATCH: u32 = 500;
+
+/// Every error response: `{"error": "...", "code": "..."}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// A sentence for people, with the cause.
+    pub error: String,
+    /// A stable short code for programs (e.g. `stale-timestamp`).
+    pub code: String,
+}
+
+/// Lifecycle state of a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    Queued,
+    Leased,
+    Done,
+    Failed,
+}
+
+impl JobState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Leased => "leased",
+            JobState::Done => "done",
+            JobState::Failed => "failed",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "queued" => Some(JobState::Queued),
+            "leased" => Some(JobState::Leased),
+            "done" => Some(JobState::Done),
+            "failed" => Some(JobState::Failed),
+            _ => None,
+        }
+    }
+    /// Done or failed: nothing more will happen to it.
+    pub fn is_final(self) -> bool {
+        matches!(self, JobState::Done | JobState::Failed)
+    }
+}
+
+// ---------------------------------------------------------------- author API
+
+/// `GET /api/v1/whoami`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WhoAmI {
+    pub name: String,
+    pub fingerprint: String,
+}
+
+/// One job of a submission.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobRef {
+    pub id: i64,
+    pub task: u32,
+}
+
+/// `POST /api/v1/bundles` response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadResponse {
+    /// SHA-256 of the bundle file, lowercase hex.
+    pub bundle_id: String,
+    pub name: String,
+    pub tasks: u32,
+    /// True if this upload queued new jobs; false if the bundle was already there and its
+    /// existing jobs are returned (upload again with `?resubmit=true` to run it again).
+    pub created: bool,
+    pub jobs: Vec<JobRef>,
+}
+
+/// A job as its author sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobView {
+    pub id: i64,
+    pub bundle_id: String,
+    /// The bundle's manifest name.
+    pub name: String,
+    pub task: u32,
+    pub tasks: u32,
+    pub state: JobState,
+    /// How many leases of this job ended without an answer.
+    pub attempts: u32,
+    /// Why the last attempt failed (or why the job failed), if it did.
+    pub reason: Option<String>,
+    /// How the job ended, from its answer (`exit 0`, `trap: …`, `limit: time`).
+    pub outcome: Option<String>,
+    /// Node that computed the answer.
+    pub node: Option<String>,
+    /// Size of the answer archive, if there is one.
+    pub answer_bytes: Option<u64>,
+    /// Unix seconds.
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// `GET /api/v1/jobs` response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobList {
+    pub jobs: Vec<JobView>,
+}
+
+// ---------------------------------------------------------------- lookup API
+
+/// `POST /lookup/v1/lease` request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseRequest {
+    /// At most this many jobs (1 ..= [`MAX_BATCH`]).
+    pub max: u32,
+    /// Only jobs that a node of one of these groups may run (job group equal to or below
+    /// one of them). Empty: any group.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// Lease duration, seconds (5 ..= 3600).
+    pub lease_secs: u32,
+}
+
+/// One leased job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    pub job_id: i64,
+    pub bundle_id: String,
+    pub task: u32,
+    pub tasks: u32,
+    pub group: String,
+    /// The author's key fingerprint (so a lookup can explain refusals by trust).
+    pub author_fingerprint: String,
+    /// Which attempt this lease is (1 for the first).
+    pub attempt: u32,
+    /// Unix seconds.
+    pub lease_until: i64,
+}
+
+/// `POST /lookup/v1/lease` response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseResponse {
+    pub leases: Vec<Lease>,
+}
+
+/// `POST /lookup/v1/renew` request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenewRequest {
+    pub job_ids: Vec<i64>,
+    pub lease_secs: u32,
+}
+
+/// `POST /lookup/v1/renew` response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RenewResponse {
+    /// Leases extended, with their new end.
+    pub renewed: Vec<i64>,
+    pub lease_until: i64,
+    /// Jobs this lookup no longer holds (expired and re-leased, answered, failed).
+    pub lost: Vec<i64>,
+}
+
+/// `POST /lookup/v1/release` request: give leases back without counting an attempt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseRequest {
+    pub job_ids: Vec<i64>,
+}
+
+/// `POST /lookup/v1/release` response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseResponse {
+    pub released: Vec<i64>,
+}
+
+/// `POST /lookup/v1/jobs/{id}/failure` request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailureRequest {
+    /// Why no answer could be had (at most [`MAX_REASON`] bytes).
+    pub reason: String,
+}
+
+/// `POST /lookup/v1/jobs/{id}/failure` response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailureResponse {
+    /// `queued` (will be tried again) or `failed` (out of attempts).
+    pub state: JobState,
+    pub attempts: u32,
+}
+
+/// `PUT /lookup/v1/jobs/{id}/answer` response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AnswerResponse {
+    /// `stored`, or `duplicate` when the job already had an answer (this one is discarded).
+    pub status: String,
+}
+
+/// The data of a `jobs` event on `GET /lookup/v1/events`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobsEvent {
+    /// Jobs queued now (all groups).
+    pub queued: u64,
+}

@@ -1,0 +1,11 @@
+//! # rjs-wire
+//!
+//! The one place where the grid's wire types live:
+//!
+//! * [`api`]: the JSON bodies of the web server's author and lookup APIs
+//!   (`docs/webserver-api.md`).
+//! * [`tls`]: loading PEM certificates and keys, and building rustls client and server
+//!   configurations that trust only the grid's own CAs.
+
+pub mod api;
+pub mod tls;
