@@ -246,7 +246,7 @@ fn lookups_unique_and_revoke() {
     ));
     assert!(matches!(
         s.lease(f.lookup, 10, &[], T0 + 60, T0, MAX_ATTEMPTS),
-        Err(StoreError::Conflict(_))
+        Err(StoreError::Revoked(_))
     ));
     assert!(matches!(
         s.lease(9999, 10, &[], T0 + 60, T0, MAX_ATTEMPTS),

@@ -147,7 +147,7 @@ pub async fn lease(
             store
                 .lease(lookup.id, r.max, &r.groups, until, now, max_attempts)
                 .map_err(|e| match e {
-                    StoreError::Conflict(m) if m.contains("revoked") => ApiError::forbidden(
+                    StoreError::Revoked(_) => ApiError::forbidden(
                         "revoked-lookup",
                         format!("the lookup server {:?} was revoked", lookup.name),
                     ),

@@ -98,6 +98,9 @@ pub enum StoreError {
     /// lookup does not hold).
     #[error("{0}")]
     Conflict(String),
+    /// The lookup server is revoked.
+    #[error("{0} is revoked")]
+    Revoked(String),
     #[error("database error")]
     Db(#[from] rusqlite::Error),
     #[error("database schema: {0}")]

@@ -694,9 +694,7 @@ impl Store for SqliteStore {
             match revoked {
                 None => return Err(StoreError::NotFound(format!("lookup server {lookup_id}"))),
                 Some(true) => {
-                    return Err(StoreError::Conflict(format!(
-                        "lookup server {lookup_id} is revoked"
-                    )));
+                    return Err(StoreError::Revoked(format!("lookup server {lookup_id}")));
                 }
                 Some(false) => {}
             }
