@@ -27,6 +27,27 @@ pub const MAX_SIGNATURE_ENTRY: u64 = 512 * 1024;
 /// The WebAssembly module header: magic `\0asm` and version 1 (core modules only).
 pub const WASM_HEADER: [u8; 8] = [0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00];
 
+/// What tells one kind of signed archive from another (bundles here, answer archives in
+/// [`crate::answer`]): the first line of the signed statement, and what the signature entry's
+/// `signer_name` must be.
+pub(crate) struct Domain {
+    pub(crate) prefix: &'static str,
+    pub(crate) signer_name_ok: fn(&str) -> bool,
+    /// What a valid signer name is, for the error message ("a valid key name").
+    pub(crate) signer_name_is: &'static str,
+}
+
+fn valid_signer_key_name(name: &str) -> bool {
+    validate_key_name(name).is_ok()
+}
+
+/// Bundles: signed by an author, whose signer name is a key name.
+pub(crate) const BUNDLE: Domain = Domain {
+    prefix: BUNDLE_DOMAIN,
+    signer_name_ok: valid_signer_key_name,
+    signer_name_is: "a valid key name",
+};
+
 /// Limits applied while verifying. Reading stops as soon as one is crossed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct VerifyLimits {
@@ -143,13 +164,7 @@ impl VerifyError {
             Zip(ZipError::TooManyEntries { .. }) => "too-many-entries",
             Zip(_) => "not-a-bundle-zip",
             NameNotUtf8 { .. } => "name-not-utf8",
-            BadName { reason, .. } => match reason {
-                PathError::Absolute => "absolute-path",
-                PathError::Backslash => "backslash-path",
-                PathError::DriveLetter => "drive-letter-path",
-                PathError::ParentDir => "parent-dir-path",
-                _ => "bad-name",
-            },
+            BadName { reason, .. } => path_rule(reason),
             NotRegular { .. } => "not-regular-file",
             Duplicate { .. } => "duplicate-name",
             Encrypted { .. } => "encrypted-entry",
@@ -215,6 +230,17 @@ impl VerifyError {
     }
 }
 
+/// The rule name of an entry name that breaks the name rules.
+pub(crate) fn path_rule(reason: &PathError) -> &'static str {
+    match reason {
+        PathError::Absolute => "absolute-path",
+        PathError::Backslash => "backslash-path",
+        PathError::DriveLetter => "drive-letter-path",
+        PathError::ParentDir => "parent-dir-path",
+        _ => "bad-name",
+    }
+}
+
 /// One signed entry as listed in the signature entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -253,10 +279,16 @@ pub struct SignatureDoc {
 impl SignatureDoc {
     /// The exact bytes that are signed (see `docs/bundle-format.md`, "Signed statement").
     pub fn statement(&self) -> Vec<u8> {
+        self.statement_in(BUNDLE_DOMAIN)
+    }
+
+    /// The statement with another domain-separation prefix as its first line (answer
+    /// archives use `RJS-ANSWER-SIGNATURE-V1`, see `docs/answer-format.md`).
+    pub fn statement_in(&self, domain: &str) -> Vec<u8> {
         let mut s = String::with_capacity(256 + self.entries.len() * 128);
         let _ = write!(
             s,
-            "{BUNDLE_DOMAIN}\nformat {}\nalgorithm {}\npublic-key {}\nsigner-name {}\nsigned-at {}\nentries {}\n",
+            "{domain}\nformat {}\nalgorithm {}\npublic-key {}\nsigner-name {}\nsigned-at {}\nentries {}\n",
             self.format,
             self.algorithm,
             self.public_key,
@@ -398,6 +430,81 @@ pub fn verify_signed<'a>(
             limit: limits.max_bundle_bytes,
         });
     }
+    let SignedArchive {
+        entries,
+        ranges,
+        signer,
+    } = verify_archive(bytes, limits, &BUNDLE)?;
+
+    // 6. The manifest (inflated and checked now) and what it names.
+    let find = |name: &str| entries.iter().position(|e| e.name == name);
+    let mi = find(MANIFEST).ok_or(VerifyError::NoManifest)?;
+    if entries[mi].size > MAX_MANIFEST_BYTES {
+        return Err(VerifyError::Manifest(ManifestError::TooLarge));
+    }
+    let manifest_bytes = inflate_entry(bytes, &entries[mi], &ranges[mi])?;
+    let manifest = Manifest::parse(&manifest_bytes).map_err(VerifyError::Manifest)?;
+    let module_index = find(&manifest.entry).ok_or_else(|| VerifyError::NoModule {
+        name: manifest.entry.clone(),
+    })?;
+    let head = entry_prefix(
+        bytes,
+        &entries[module_index],
+        &ranges[module_index],
+        WASM_HEADER.len(),
+    );
+    if head.as_deref() != Some(&WASM_HEADER[..]) {
+        return Err(VerifyError::NotWasm {
+            name: manifest.entry.clone(),
+        });
+    }
+    let mut input_indices = Vec::with_capacity(manifest.inputs.len());
+    for input in &manifest.inputs {
+        input_indices.push(find(input).ok_or_else(|| VerifyError::NoInput {
+            name: input.clone(),
+        })?);
+    }
+    input_indices.sort_unstable();
+    if let Some(e) = entries.iter().enumerate().find_map(|(i, e)| {
+        (i != mi && i != module_index && input_indices.binary_search(&i).is_err()).then_some(e)
+    }) {
+        return Err(VerifyError::Undeclared {
+            name: e.name.clone(),
+        });
+    }
+    Ok(SignedBundle {
+        bytes,
+        ranges,
+        entries,
+        manifest,
+        manifest_bytes,
+        signer,
+        module_index,
+        input_indices,
+    })
+}
+
+/// A signed archive whose structure, limits, layout, signature entry, coverage, stored bytes
+/// and signature have been verified under some [`Domain`] (steps 2-9 of
+/// `docs/bundle-format.md`, "Verification"). What its entries must be is the caller's rule.
+pub(crate) struct SignedArchive {
+    /// Every entry but the signature entry, in archive order.
+    pub(crate) entries: Vec<EntryInfo>,
+    /// Where each entry's stored bytes are in the file.
+    pub(crate) ranges: Vec<std::ops::Range<usize>>,
+    /// The signature entry's key, signer name and time.
+    pub(crate) signer: Signer,
+}
+
+/// Verifies everything that does not depend on what the archive is for: the central
+/// directory against `limits` (nothing is inflated), canonical order and layout, the signature
+/// entry, coverage, every stored byte's SHA-256 and the signature over `domain`'s statement.
+/// The caller has checked the file's size.
+pub(crate) fn verify_archive(
+    bytes: &[u8],
+    limits: &VerifyLimits,
+    domain: &Domain,
+) -> Result<SignedArchive, VerifyError> {
     let cd =
         zipread::read_central_directory(bytes, limits.max_entries).map_err(VerifyError::Zip)?;
 
@@ -544,10 +651,10 @@ pub fn verify_signed<'a>(
             actual: fingerprint,
         });
     }
-    if validate_key_name(&doc.signer_name).is_err() {
+    if !(domain.signer_name_ok)(&doc.signer_name) {
         return Err(VerifyError::SignatureEntry(format!(
-            "signer name {:?} is not a valid key name",
-            doc.signer_name
+            "signer name {:?} is not {}",
+            doc.signer_name, domain.signer_name_is
         )));
     }
 
@@ -601,58 +708,26 @@ pub fn verify_signed<'a>(
 
     // 5. Every stored byte against its signed SHA-256, then the signature itself.
     let covered = &metas[..sig_index];
-    let entries = hash_entries(bytes, covered, &ranges, &doc, &public_key, &sig_raw)?;
-
-    // 6. The manifest (inflated and checked now) and what it names.
-    let find = |name: &str| entries.iter().position(|e| e.name == name);
-    let mi = find(MANIFEST).ok_or(VerifyError::NoManifest)?;
-    if entries[mi].size > MAX_MANIFEST_BYTES {
-        return Err(VerifyError::Manifest(ManifestError::TooLarge));
-    }
-    let manifest_bytes = inflate_entry(bytes, &entries[mi], &ranges[mi])?;
-    let manifest = Manifest::parse(&manifest_bytes).map_err(VerifyError::Manifest)?;
-    let module_index = find(&manifest.entry).ok_or_else(|| VerifyError::NoModule {
-        name: manifest.entry.clone(),
-    })?;
-    let head = entry_prefix(
+    let entries = hash_entries(
         bytes,
-        &entries[module_index],
-        &ranges[module_index],
-        WASM_HEADER.len(),
-    );
-    if head.as_deref() != Some(&WASM_HEADER[..]) {
-        return Err(VerifyError::NotWasm {
-            name: manifest.entry.clone(),
-        });
-    }
-    let mut input_indices = Vec::with_capacity(manifest.inputs.len());
-    for input in &manifest.inputs {
-        input_indices.push(find(input).ok_or_else(|| VerifyError::NoInput {
-            name: input.clone(),
-        })?);
-    }
-    input_indices.sort_unstable();
-    if let Some(e) = entries.iter().enumerate().find_map(|(i, e)| {
-        (i != mi && i != module_index && input_indices.binary_search(&i).is_err()).then_some(e)
-    }) {
-        return Err(VerifyError::Undeclared {
-            name: e.name.clone(),
-        });
-    }
-    Ok(SignedBundle {
-        bytes,
-        ranges: ranges[..sig_index].to_vec(),
+        covered,
+        &ranges,
+        &doc,
+        domain.prefix,
+        &public_key,
+        &sig_raw,
+    )?;
+    let mut ranges = ranges;
+    ranges.truncate(sig_index);
+    Ok(SignedArchive {
         entries,
-        manifest,
-        manifest_bytes,
+        ranges,
         signer: Signer {
             public_key,
             fingerprint,
             name: doc.signer_name,
             signed_at: doc.signed_at,
         },
-        module_index,
-        input_indices,
     })
 }
 
@@ -711,7 +786,7 @@ impl SignedBundle<'_> {
 }
 
 /// Inflates one entry within its declared size and checks its CRC-32.
-fn inflate_entry(
+pub(crate) fn inflate_entry(
     bytes: &[u8],
     entry: &EntryInfo,
     range: &std::ops::Range<usize>,
@@ -755,6 +830,7 @@ fn hash_entries(
     covered: &[EntryMeta<'_>],
     ranges: &[std::ops::Range<usize>],
     doc: &SignatureDoc,
+    domain: &str,
     public_key: &PublicKey,
     signature: &[u8],
 ) -> Result<Vec<EntryInfo>, VerifyError> {
@@ -775,7 +851,7 @@ fn hash_entries(
             stored_sha256: digest,
         });
     }
-    if !public_key.verify(&doc.statement(), signature) {
+    if !public_key.verify(&doc.statement_in(domain), signature) {
         return Err(VerifyError::BadSignature {
             fingerprint: public_key.fingerprint(),
         });
@@ -812,9 +888,7 @@ pub enum BuildError {
 #[derive(Debug, Default)]
 pub struct BundleBuilder {
     entries: BTreeMap<String, Vec<u8>>,
-    lower: HashSet<String>,
-    total: u64,
-    limits: VerifyLimits,
+    admitted: Admitted,
 }
 
 impl BundleBuilder {
@@ -824,23 +898,7 @@ impl BundleBuilder {
 
     /// Adds an entry. Entries are written sorted by name whatever the order of the calls.
     pub fn add(&mut self, name: &str, data: Vec<u8>) -> Result<&mut Self, BuildError> {
-        paths::check_entry_name(name).map_err(|reason| BuildError::BadName {
-            name: name.to_owned(),
-            reason,
-        })?;
-        if name == SIGNATURE {
-            return Err(BuildError::Reserved(name.to_owned()));
-        }
-        if !self.lower.insert(name.to_ascii_lowercase()) {
-            return Err(BuildError::Duplicate(name.to_owned()));
-        }
-        if self.entries.len() + 1 >= self.limits.max_entries {
-            return Err(BuildError::TooManyEntries(self.limits.max_entries));
-        }
-        self.total += data.len() as u64;
-        if self.total > self.limits.max_total_bytes {
-            return Err(BuildError::TooManyBytes(self.limits.max_total_bytes));
-        }
+        self.admitted.admit(name, data.len() as u64)?;
         self.entries.insert(name.to_owned(), data);
         Ok(self)
     }
@@ -853,102 +911,152 @@ impl BundleBuilder {
         signed_at: u64,
     ) -> Result<Vec<u8>, BuildError> {
         validate_key_name(signer_name).map_err(BuildError::SignerName)?;
-        let mut stored: Vec<(Method, Vec<u8>)> = Vec::with_capacity(self.entries.len());
-        for data in self.entries.values() {
-            let deflated = zipfmt::deflate(data);
-            // Store when deflate does not help, or when the ratio would look like a bomb.
-            let ratio_ok =
-                (data.len() as u64) / (deflated.len() as u64).max(1) <= self.limits.max_ratio;
-            if deflated.len() < data.len() && ratio_ok {
-                stored.push((Method::Deflate, deflated));
-            } else {
-                stored.push((Method::Stored, Vec::new()));
-            }
-        }
-        let mut listing = Vec::with_capacity(self.entries.len());
-        for ((name, data), (method, packed)) in self.entries.iter().zip(&stored) {
-            let packed: &[u8] = if *method == Method::Stored {
-                data
-            } else {
-                packed
-            };
-            listing.push(SignedEntry {
-                name: name.clone(),
-                method: method.as_str().to_owned(),
-                crc32: format!("{:08x}", crc32fast::hash(data)),
-                size: data.len() as u64,
-                stored_size: packed.len() as u64,
-                sha256: hex(&Sha256::digest(packed)),
-            });
-        }
-        let public = key.public();
-        let mut doc = SignatureDoc {
-            format: FORMAT_VERSION,
-            algorithm: ALGORITHM.to_owned(),
-            public_key: public.to_base64(),
-            fingerprint: public.fingerprint().to_string(),
-            signer_name: signer_name.to_owned(),
+        let entries: Vec<(&str, &[u8])> = self
+            .entries
+            .iter()
+            .map(|(name, data)| (name.as_str(), data.as_slice()))
+            .collect();
+        sign_entries(
+            &entries,
+            &self.admitted,
+            &BUNDLE,
+            key,
+            signer_name,
             signed_at,
-            entries: listing,
-            signature: String::new(),
-        };
-        doc.signature = B64.encode(key.sign(&doc.statement()));
-        let sig_json = serde_json::to_vec(&doc).unwrap_or_default();
+        )
+    }
+}
 
-        let mut parts: Vec<(EntryMeta<'_>, &[u8])> = Vec::with_capacity(self.entries.len() + 1);
-        for (((name, data), (method, packed)), signed) in
-            self.entries.iter().zip(&stored).zip(&doc.entries)
-        {
-            let packed: &[u8] = if *method == Method::Stored {
-                data
-            } else {
-                packed
-            };
-            parts.push((
-                EntryMeta {
-                    name,
-                    method: *method,
-                    crc32: crc32fast::hash(data),
-                    size: signed.size,
-                    stored_size: signed.stored_size,
-                },
-                packed,
-            ));
+/// The names and sizes of the entries of an archive being built, checked as they come
+/// against the entry-name rules and the verifier's limits.
+#[derive(Debug, Default)]
+pub(crate) struct Admitted {
+    lower: HashSet<String>,
+    total: u64,
+    limits: VerifyLimits,
+}
+
+impl Admitted {
+    pub(crate) fn new(limits: VerifyLimits) -> Self {
+        Admitted {
+            limits,
+            ..Admitted::default()
         }
-        parts.push((
-            EntryMeta {
-                name: SIGNATURE,
-                method: Method::Stored,
-                crc32: crc32fast::hash(&sig_json),
-                size: sig_json.len() as u64,
-                stored_size: sig_json.len() as u64,
-            },
-            &sig_json,
-        ));
-        // The verifier counts the signature entry in the uncompressed total and limits the
-        // whole file: refuse here what it would refuse, rather than write a bundle that no one
-        // can verify (content just under the total limit, or incompressible content).
-        if self.total + sig_json.len() as u64 > self.limits.max_total_bytes {
+    }
+
+    /// Admits one more entry (not the signature entry, whose name is reserved).
+    pub(crate) fn admit(&mut self, name: &str, size: u64) -> Result<(), BuildError> {
+        paths::check_entry_name(name).map_err(|reason| BuildError::BadName {
+            name: name.to_owned(),
+            reason,
+        })?;
+        if name == SIGNATURE {
+            return Err(BuildError::Reserved(name.to_owned()));
+        }
+        if !self.lower.insert(name.to_ascii_lowercase()) {
+            return Err(BuildError::Duplicate(name.to_owned()));
+        }
+        // The signature entry counts too.
+        if self.lower.len() >= self.limits.max_entries {
+            return Err(BuildError::TooManyEntries(self.limits.max_entries));
+        }
+        self.total += size;
+        if self.total > self.limits.max_total_bytes {
             return Err(BuildError::TooManyBytes(self.limits.max_total_bytes));
         }
-        let file_len: u64 = parts
-            .iter()
-            .map(|(m, d)| {
-                zipfmt::LOCAL_HEADER_LEN
-                    + zipfmt::CENTRAL_HEADER_LEN
-                    + 2 * m.name.len() as u64
-                    + d.len() as u64
-            })
-            .sum::<u64>()
-            + zipfmt::EOCD_LEN;
-        if file_len > self.limits.max_bundle_bytes {
-            return Err(BuildError::BundleTooLarge(self.limits.max_bundle_bytes));
-        }
-        let mut out = Vec::with_capacity(file_len as usize);
-        // Writing into a Vec cannot fail.
-        let _ = zipfmt::write_zip(&mut out, &parts);
-        Ok(out)
+        Ok(())
     }
+}
+
+/// Compresses, lists, signs (with `domain`'s statement) and lays out `entries`, which are
+/// sorted by name and were all admitted by `admitted`; returns the file's bytes.
+pub(crate) fn sign_entries(
+    entries: &[(&str, &[u8])],
+    admitted: &Admitted,
+    domain: &Domain,
+    key: &KeyPair,
+    signer_name: &str,
+    signed_at: u64,
+) -> Result<Vec<u8>, BuildError> {
+    let limits = &admitted.limits;
+    let mut deflated: Vec<Option<Vec<u8>>> = Vec::with_capacity(entries.len());
+    for (_, data) in entries {
+        let packed = zipfmt::deflate(data);
+        // Store when deflate does not help, or when the ratio would look like a bomb.
+        let ratio_ok = (data.len() as u64) / (packed.len() as u64).max(1) <= limits.max_ratio;
+        deflated.push((packed.len() < data.len() && ratio_ok).then_some(packed));
+    }
+    let mut parts: Vec<(EntryMeta<'_>, &[u8])> = Vec::with_capacity(entries.len() + 1);
+    for ((name, data), packed) in entries.iter().zip(&deflated) {
+        let (method, stored) = match packed {
+            Some(p) => (Method::Deflate, p.as_slice()),
+            None => (Method::Stored, *data),
+        };
+        let meta = EntryMeta {
+            name,
+            method,
+            crc32: crc32fast::hash(data),
+            size: data.len() as u64,
+            stored_size: stored.len() as u64,
+        };
+        parts.push((meta, stored));
+    }
+    let public = key.public();
+    let mut doc = SignatureDoc {
+        format: FORMAT_VERSION,
+        algorithm: ALGORITHM.to_owned(),
+        public_key: public.to_base64(),
+        fingerprint: public.fingerprint().to_string(),
+        signer_name: signer_name.to_owned(),
+        signed_at,
+        entries: parts
+            .iter()
+            .map(|(m, stored)| SignedEntry {
+                name: m.name.to_owned(),
+                method: m.method.as_str().to_owned(),
+                crc32: format!("{:08x}", m.crc32),
+                size: m.size,
+                stored_size: m.stored_size,
+                sha256: hex(&Sha256::digest(stored)),
+            })
+            .collect(),
+        signature: String::new(),
+    };
+    doc.signature = B64.encode(key.sign(&doc.statement_in(domain.prefix)));
+    let sig_json = serde_json::to_vec(&doc).unwrap_or_default();
+    parts.push((
+        EntryMeta {
+            name: SIGNATURE,
+            method: Method::Stored,
+            crc32: crc32fast::hash(&sig_json),
+            size: sig_json.len() as u64,
+            stored_size: sig_json.len() as u64,
+        },
+        &sig_json,
+    ));
+    // The verifier counts the signature entry in the uncompressed total and limits the
+    // whole file: refuse here what it would refuse, rather than write an archive that no one
+    // can verify (content just under the total limit, or incompressible content).
+    if admitted.total + sig_json.len() as u64 > limits.max_total_bytes {
+        return Err(BuildError::TooManyBytes(limits.max_total_bytes));
+    }
+    let file_len: u64 = parts
+        .iter()
+        .map(|(m, d)| {
+            zipfmt::LOCAL_HEADER_LEN
+                + zipfmt::CENTRAL_HEADER_LEN
+                + 2 * m.name.len() as u64
+                + d.len() as u64
+        })
+        .sum::<u64>()
+        + zipfmt::EOCD_LEN;
+    if file_len > limits.max_bundle_bytes {
+        return Err(BuildError::BundleTooLarge(limits.max_bundle_bytes));
+    }
+    let mut out = Vec::with_capacity(file_len as usize);
+    // Writing into a Vec cannot fail.
+    let _ = zipfmt::write_zip(&mut out, &parts);
+    Ok(out)
 }
 
 /// Errors of [`pack_dir`].

@@ -14,6 +14,7 @@
 //!
 //! The format is specified in `docs/bundle-format.md`.
 
+pub mod answer;
 pub mod bundle;
 pub mod fsutil;
 pub mod keys;

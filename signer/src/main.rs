@@ -9,14 +9,13 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use cli::local::{Verdict, check};
+use cli::local::{self, EXIT_REFUSED, Verdict, check};
 use rjs_signer::bundle::{self, SignatureDoc, hex};
-use rjs_signer::keys::{self, KeyPair, PublicKey};
+use rjs_signer::keys::{self, KeyPair};
 use rjs_signer::{VerifyLimits, error_chain, fsutil, zipread};
 use serde_json::json;
 
-/// Exit status of a bundle that was read and refused (other failures exit 2).
-const EXIT_REFUSED: u8 = 1;
+/// Exit status of a failure other than a refusal (a refused file exits 1).
 const EXIT_ERROR: u8 = 2;
 
 #[derive(Parser)]
@@ -67,6 +66,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Verify an answer archive from a compute node; exit 0 if valid (and signed by a --node
+    /// key, if given), 1 if refused.
+    VerifyAnswer(cli::verify_answer::Args),
     /// Show a bundle's manifest, entries, signer and verdict.
     Inspect {
         bundle: PathBuf,
@@ -113,6 +115,7 @@ fn run(cli: Cli) -> Result<u8> {
             trust,
             json,
         } => verify(&bundle, &trust, json),
+        Command::VerifyAnswer(args) => cli::verify_answer::run(&args),
         Command::Inspect { bundle, json } => inspect(&bundle, json),
         Command::Upload(args) => cli::upload::run(&args),
         Command::Status(args) => cli::status::run(&args),
@@ -189,12 +192,7 @@ fn format_time(secs: u64) -> String {
 }
 
 fn verify(path: &Path, trust: &[String], as_json: bool) -> Result<u8> {
-    let mut trusted = Vec::with_capacity(trust.len());
-    for t in trust {
-        let (key, _) =
-            PublicKey::load_or_parse(t).with_context(|| format!("reading trusted key {t:?}"))?;
-        trusted.push(key);
-    }
+    let trusted = local::load_keys(trust, "trusted key")?;
     let verdict = check(path)?;
     let mut out = std::io::stdout().lock();
     match verdict {
@@ -207,16 +205,7 @@ fn verify(path: &Path, trust: &[String], as_json: bool) -> Result<u8> {
                     s.fingerprint,
                     trusted.len()
                 );
-                if as_json {
-                    writeln!(
-                        out,
-                        "{}",
-                        json!({"valid": false, "rule": "untrusted-signer", "entry": null, "error": msg})
-                    )?;
-                } else {
-                    writeln!(out, "REFUSED untrusted-signer: {msg}")?;
-                }
-                return Ok(EXIT_REFUSED);
+                return local::refused(&mut out, as_json, "untrusted-signer", None, &msg);
             }
             if as_json {
                 writeln!(
@@ -243,16 +232,7 @@ fn verify(path: &Path, trust: &[String], as_json: bool) -> Result<u8> {
             Ok(0)
         }
         Verdict::Refused(e) => {
-            if as_json {
-                writeln!(
-                    out,
-                    "{}",
-                    json!({"valid": false, "rule": e.rule(), "entry": e.entry(), "error": error_chain(&e)})
-                )?;
-            } else {
-                writeln!(out, "REFUSED {}: {}", e.rule(), error_chain(&e))?;
-            }
-            Ok(EXIT_REFUSED)
+            local::refused(&mut out, as_json, e.rule(), e.entry(), &error_chain(&e))
         }
     }
 }

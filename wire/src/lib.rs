@@ -4,8 +4,11 @@
 //!
 //! * [`api`]: the JSON bodies of the web server's author and lookup APIs
 //!   (`docs/webserver-api.md`).
+//! * [`node`]: the framed job protocol between a lookup server and a compute node
+//!   (`docs/compute-protocol.md`).
 //! * [`tls`]: loading PEM certificates and keys, and building rustls client and server
 //!   configurations that trust only the grid's own CAs.
 
 pub mod api;
+pub mod node;
 pub mod tls;

@@ -1,10 +1,15 @@
-//! Reading and verifying a bundle file on this computer.
+//! Reading and verifying a bundle or answer file on this computer, and reporting a refusal.
 
+use std::io::Write;
 use std::path::Path;
 
 use anyhow::{Context, Result};
+use serde_json::json;
 
 use rjs_signer::{VerifyError, VerifyLimits, fsutil};
+
+/// Exit status of a file that was read and refused (other failures exit 2).
+pub const EXIT_REFUSED: u8 = 1;
 
 /// Outcome of verifying: the bundle and its bytes, or the rule it broke.
 pub enum Verdict {
@@ -12,22 +17,76 @@ pub enum Verdict {
     Refused(VerifyError),
 }
 
+/// A file read up to a size limit.
+pub enum Bounded {
+    Bytes(Vec<u8>),
+    /// Larger than the limit (its size as the file system says); not read.
+    TooLarge {
+        size: u64,
+        limit: u64,
+    },
+}
+
+/// Reads `path` unless it is larger than `limit`; `what` names it in errors ("the bundle").
+pub fn read_bounded(path: &Path, limit: u64, what: &str) -> Result<Bounded> {
+    match fsutil::read_bounded(path, limit) {
+        Ok(b) => Ok(Bounded::Bytes(b)),
+        Err(fsutil::FileError::TooLarge { limit, .. }) => {
+            let size = std::fs::metadata(path).map_or(limit + 1, |m| m.len());
+            Ok(Bounded::TooLarge { size, limit })
+        }
+        Err(e) => Err(e).with_context(|| format!("reading {what} {}", path.display())),
+    }
+}
+
 /// Reads `path` (bounded by the verifier's size limit) and verifies it.
 pub fn check(path: &Path) -> Result<Verdict> {
     let limits = VerifyLimits::default();
-    let bytes = match fsutil::read_bounded(path, limits.max_bundle_bytes) {
-        Ok(b) => b,
-        Err(fsutil::FileError::TooLarge { limit, .. }) => {
-            let size = std::fs::metadata(path).map_or(limit + 1, |m| m.len());
+    let bytes = match read_bounded(path, limits.max_bundle_bytes, "the bundle")? {
+        Bounded::Bytes(b) => b,
+        Bounded::TooLarge { size, limit } => {
             return Ok(Verdict::Refused(VerifyError::BundleTooLarge {
                 size,
                 limit,
             }));
         }
-        Err(e) => return Err(e).with_context(|| format!("reading the bundle {}", path.display())),
     };
     match rjs_signer::verify_bytes(&bytes, &limits) {
         Ok(b) => Ok(Verdict::Valid(Box::new(b), bytes)),
         Err(e) => Ok(Verdict::Refused(e)),
     }
+}
+
+/// Prints a refusal, `REFUSED <rule>: <message>` or a JSON object with `valid: false`, and
+/// returns [`EXIT_REFUSED`].
+pub fn refused(
+    out: &mut impl Write,
+    as_json: bool,
+    rule: &str,
+    entry: Option<&str>,
+    message: &str,
+) -> Result<u8> {
+    if as_json {
+        writeln!(
+            out,
+            "{}",
+            json!({"valid": false, "rule": rule, "entry": entry, "error": message})
+        )?;
+    } else {
+        writeln!(out, "REFUSED {rule}: {message}")?;
+    }
+    Ok(EXIT_REFUSED)
+}
+
+/// Parses public keys given on the command line (file, `rjs-ed25519 …` line or base64 key);
+/// `what` names them in errors ("trusted key").
+pub fn load_keys(specs: &[String], what: &str) -> Result<Vec<rjs_signer::PublicKey>> {
+    specs
+        .iter()
+        .map(|s| {
+            rjs_signer::PublicKey::load_or_parse(s)
+                .map(|(key, _)| key)
+                .with_context(|| format!("reading {what} {s:?}"))
+        })
+        .collect()
 }

@@ -1,5 +1,5 @@
 //! The author's network commands of `rjs-sign` (upload, status, answers, whoami, config),
-//! and the local bundle check they share with `verify` and `inspect`.
+//! the local bundle check they share with `verify` and `inspect`, and `verify-answer`.
 
 pub mod answers;
 pub mod client;
@@ -8,6 +8,7 @@ pub mod local;
 pub mod output;
 pub mod status;
 pub mod upload;
+pub mod verify_answer;
 
 #[cfg(test)]
 mod tests;

@@ -1,0 +1,873 @@
+//! The node's configuration: a TOML file (`--config FILE`, default `<data>/node.toml`) and
+//! command-line overrides. Precedence: flag, then file, then built-in default. See
+//! `docs/compute-node.md` ("Configuration").
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rjs_signer::Limits;
+use rjs_signer::manifest::valid_group;
+use serde::{Deserialize, Deserializer};
+
+use crate::idle::IdlePolicy;
+
+/// Name of the configuration file inside the data directory.
+pub const CONFIG_FILE: &str = "node.toml";
+/// Largest configuration file read.
+const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+/// Most slots a node may declare.
+pub const MAX_SLOTS: usize = 1024;
+/// Longest prompt timeout, seconds.
+pub const MAX_PROMPT_TIMEOUT_SECS: u64 = 3600;
+/// Most groups a node may serve.
+pub const MAX_GROUPS: usize = 64;
+
+/// What to do with a job whose author is neither trusted nor blocked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum UnknownAuthorPolicy {
+    /// Ask the owner on the node's terminal, if one is attached (stdin is a terminal and
+    /// `/dev/tty` opens); with no terminal the job is refused.
+    #[default]
+    Ask,
+    /// Never ask: refuse every job from an author not in the trust store.
+    Refuse,
+}
+
+impl UnknownAuthorPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UnknownAuthorPolicy::Ask => "ask",
+            UnknownAuthorPolicy::Refuse => "refuse",
+        }
+    }
+}
+
+/// The most a job may ask for on this node (`[limits]`). A job whose manifest limits exceed
+/// any of these is refused (`over-limits`) before its author is even looked up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MaxLimits {
+    pub max_time_ms: u64,
+    pub max_memory_bytes: u64,
+    pub max_output_bytes: u64,
+    pub max_stdout_bytes: u64,
+}
+
+impl Default for MaxLimits {
+    fn default() -> Self {
+        MaxLimits {
+            max_time_ms: 3_600_000,
+            max_memory_bytes: 1024 * 1024 * 1024,
+            max_output_bytes: 256 * 1024 * 1024,
+            max_stdout_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
+/// Where the node's TLS material lives (written by `rjs-compute join`, used by the job
+/// server). Relative paths in the file are relative to the data directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsPaths {
+    /// The node's certificate (PEM), issued by the cluster CA.
+    pub cert: PathBuf,
+    /// Its private key (PEM, 0600).
+    pub key: PathBuf,
+    /// The cluster CA certificate (PEM): the only root the node trusts for lookup servers.
+    pub ca: PathBuf,
+}
+
+/// The node's resolved configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeConfig {
+    /// The file that was read, if any (none when the default file does not exist).
+    pub config_file: Option<PathBuf>,
+    /// Holds `node.toml`, `trust.json`, `bench.json`, keys and certificates.
+    pub data_dir: PathBuf,
+    /// Jobs run at the same time (default: the number of available cores).
+    pub slots: usize,
+    /// Groups this node serves (default `["/compute"]`).
+    pub groups: Vec<String>,
+    pub limits: MaxLimits,
+    pub unknown_authors: UnknownAuthorPolicy,
+    /// How long the owner has to answer the trust prompt (default 60 s).
+    pub prompt_timeout: Duration,
+    pub idle: IdlePolicy,
+    /// Address of the job server (default `0.0.0.0:7443`).
+    pub listen: SocketAddr,
+    pub tls: TlsPaths,
+}
+
+/// Command-line overrides; every `Some` (or non-empty list) wins over the file.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Overrides {
+    pub data_dir: Option<PathBuf>,
+    /// Read this file instead of `<data>/node.toml` (it must exist).
+    pub config: Option<PathBuf>,
+    pub slots: Option<usize>,
+    pub groups: Vec<String>,
+    pub listen: Option<SocketAddr>,
+    pub unknown_authors: Option<UnknownAuthorPolicy>,
+    pub prompt_timeout_secs: Option<u64>,
+    pub only_when_idle: Option<bool>,
+    pub idle_load_per_core: Option<f64>,
+}
+
+/// The configuration flags, ready to `#[command(flatten)]` into a clap command.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ConfigArgs {
+    /// Data directory [default: $RJS_HOME/compute or ~/.local/share/rjs/compute].
+    #[arg(long, value_name = "DIR", env = "RJS_COMPUTE_DATA")]
+    pub data: Option<PathBuf>,
+    /// Configuration file [default: <data>/node.toml].
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Jobs run at the same time [default: number of cores].
+    #[arg(long)]
+    pub slots: Option<usize>,
+    /// A group this node serves (repeatable) [default: /compute].
+    #[arg(long = "group", value_name = "GROUP")]
+    pub groups: Vec<String>,
+    /// Address of the job server [default: 0.0.0.0:7443].
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Jobs from unknown authors: ask on the terminal, or refuse [default: ask].
+    #[arg(long, value_name = "POLICY")]
+    pub unknown_authors: Option<UnknownAuthorPolicy>,
+    /// Seconds the owner has to answer the trust prompt [default: 60].
+    #[arg(long, value_name = "SECS")]
+    pub prompt_timeout: Option<u64>,
+    /// Take jobs only while the PC is idle.
+    #[arg(long)]
+    pub only_when_idle: bool,
+    /// Load per core under which the PC counts as idle [default: 0.5].
+    #[arg(long, value_name = "LOAD")]
+    pub idle_load_per_core: Option<f64>,
+}
+
+impl ConfigArgs {
+    pub fn overrides(&self) -> Overrides {
+        Overrides {
+            data_dir: self.data.clone(),
+            config: self.config.clone(),
+            slots: self.slots,
+            groups: self.groups.clone(),
+            listen: self.listen,
+            unknown_authors: self.unknown_authors,
+            prompt_timeout_secs: self.prompt_timeout,
+            only_when_idle: self.only_when_idle.then_some(true),
+            idle_load_per_core: self.idle_load_per_core,
+        }
+    }
+}
+
+/// A configuration that cannot be used. Every message names where the value came from (the
+/// file, or "command line") and the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading the configuration file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: rjs_signer::fsutil::FileError,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{origin}: {key}: {reason}")]
+    Invalid {
+        /// The file's path, or `command line`.
+        origin: String,
+        key: &'static str,
+        reason: String,
+    },
+    #[error("no data directory: pass --data DIR or set RJS_HOME or HOME")]
+    NoDataDir,
+}
+
+/// The file's shape: every key optional, unknown keys refused.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    slots: Option<usize>,
+    groups: Option<Vec<String>>,
+    listen: Option<SocketAddr>,
+    unknown_authors: Option<UnknownAuthorPolicy>,
+    prompt_timeout_secs: Option<u64>,
+    #[serde(default)]
+    limits: FileLimits,
+    idle: Option<IdlePolicy>,
+    #[serde(default)]
+    tls: FileTls,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileLimits {
+    max_time_ms: Option<u64>,
+    #[serde(default, deserialize_with = "de_size")]
+    max_memory_bytes: Option<u64>,
+    #[serde(default, deserialize_with = "de_size")]
+    max_output_bytes: Option<u64>,
+    #[serde(default, deserialize_with = "de_size")]
+    max_stdout_bytes: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileTls {
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    ca: Option<PathBuf>,
+}
+
+/// A size: an integer number of bytes, or a string with a `K`, `M` or `G` suffix (powers of
+/// 1024), e.g. `"256M"`.
+fn de_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Size {
+        Int(u64),
+        Text(String),
+    }
+    match Size::deserialize(d)? {
+        Size::Int(n) => Ok(Some(n)),
+        Size::Text(s) => parse_size(&s).map(Some).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "invalid size {s:?}: use bytes or a number with K, M or G"
+            ))
+        }),
+    }
+}
+
+/// Parses `123`, `64K`, `256M`, `1G` (powers of 1024).
+pub fn parse_size(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let (digits, mult) = match t.char_indices().last()? {
+        (i, 'K' | 'k') => (&t[..i], 1u64 << 10),
+        (i, 'M' | 'm') => (&t[..i], 1 << 20),
+        (i, 'G' | 'g') => (&t[..i], 1 << 30),
+        _ => (t, 1),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse::<u64>().ok()?.checked_mul(mult)
+}
+
+/// The default data directory: `$RJS_HOME/compute`, else `$XDG_DATA_HOME/rjs/compute`, else
+/// `~/.local/share/rjs/compute`.
+pub fn default_data_dir() -> Option<PathBuf> {
+    default_data_dir_from(|k| std::env::var_os(k).filter(|v| !v.is_empty()))
+}
+
+fn default_data_dir_from(get: impl Fn(&str) -> Option<std::ffi::OsString>) -> Option<PathBuf> {
+    if let Some(home) = get("RJS_HOME") {
+        return Some(PathBuf::from(home).join("compute"));
+    }
+    if let Some(data) = get("XDG_DATA_HOME") {
+        return Some(PathBuf::from(data).join("rjs").join("compute"));
+    }
+    get("HOME").map(|h| PathBuf::from(h).join(".local/share/rjs/compute"))
+}
+
+fn default_slots() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+impl NodeConfig {
+    /// Resolves the configuration: reads `overrides.config`, else `<data>/node.toml` if it
+    /// exists, then applies the overrides and checks every value.
+    pub fn load(overrides: &Overrides) -> Result<NodeConfig, ConfigError> {
+        let data_flag = overrides.data_dir.clone();
+        let (path, must_exist) = match &overrides.config {
+            Some(p) => (p.clone(), true),
+            None => {
+                let data = data_flag
+                    .clone()
+                    .or_else(default_data_dir)
+                    .ok_or(ConfigError::NoDataDir)?;
+                (data.join(CONFIG_FILE), false)
+            }
+        };
+        let text = match rjs_signer::fsutil::read_bounded(&path, MAX_CONFIG_BYTES) {
+            Ok(bytes) => Some(String::from_utf8(bytes).map_err(|_| ConfigError::Parse {
+                path: path.clone(),
+                message: "not UTF-8 text".into(),
+            })?),
+            Err(rjs_signer::fsutil::FileError::Io { source, .. })
+                if !must_exist && source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                None
+            }
+            Err(source) => return Err(ConfigError::Read { path, source }),
+        };
+        match text {
+            Some(text) => Self::from_toml(&text, Some(&path), overrides),
+            None => Self::from_toml("", None, overrides),
+        }
+    }
+
+    /// Resolves a configuration from TOML text (`path`: the file it came from, for messages
+    /// and for resolving a relative `data_dir`).
+    pub fn from_toml(
+        text: &str,
+        path: Option<&Path>,
+        overrides: &Overrides,
+    ) -> Result<NodeConfig, ConfigError> {
+        let shown = path.map_or_else(|| PathBuf::from("(defaults)"), Path::to_path_buf);
+        let file: FileConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: shown.clone(),
+            message: e.to_string().trim_end().replace('\n', "\n  "),
+        })?;
+        let origin_file = shown.display().to_string();
+        let cli = "command line";
+        let invalid = |from_cli: bool, key: &'static str, reason: String| ConfigError::Invalid {
+            origin: if from_cli {
+                cli.into()
+            } else {
+                origin_file.clone()
+            },
+            key,
+            reason,
+        };
+
+        let data_dir = match (&overrides.data_dir, &file.data_dir) {
+            (Some(d), _) => d.clone(),
+            (None, Some(d)) => {
+                let base = path.and_then(Path::parent).unwrap_or(Path::new("."));
+                base.join(d)
+            }
+            (None, None) => default_data_dir().ok_or(ConfigError::NoDataDir)?,
+        };
+
+        let (slots, from_cli) = match overrides.slots {
+            Some(s) => (s, true),
+            None => (file.slots.unwrap_or_else(default_slots), false),
+        };
+        if !(1..=MAX_SLOTS).contains(&slots) {
+            let key = if from_cli { "--slots" } else { "slots" };
+            return Err(invalid(
+                from_cli,
+                key,
+                format!("{slots} is not between 1 and {MAX_SLOTS}"),
+            ));
+        }
+
+        let (groups, from_cli) = if !overrides.groups.is_empty() {
+            (overrides.groups.clone(), true)
+        } else {
+            (
+                file.groups.unwrap_or_else(|| vec!["/compute".to_string()]),
+                false,
+            )
+        };
+        let key = if from_cli { "--group" } else { "groups" };
+        if groups.is_empty() || groups.len() > MAX_GROUPS {
+            return Err(invalid(
+                from_cli,
+                key,
+                format!("give 1 to {MAX_GROUPS} groups"),
+            ));
+        }
+        for g in &groups {
+            if !valid_group(g) {
+                return Err(invalid(
+                    from_cli,
+                    key,
+                    format!(
+                        "invalid group {g:?}: a path like /compute/light (lowercase letters, digits, _ and -)"
+                    ),
+                ));
+            }
+        }
+        let mut groups_dedup: Vec<String> = Vec::with_capacity(groups.len());
+        for g in groups {
+            if !groups_dedup.contains(&g) {
+                groups_dedup.push(g);
+            }
+        }
+
+        let d = MaxLimits::default();
+        let limits = MaxLimits {
+            max_time_ms: file.limits.max_time_ms.unwrap_or(d.max_time_ms),
+            max_memory_bytes: file.limits.max_memory_bytes.unwrap_or(d.max_memory_bytes),
+            max_output_bytes: file.limits.max_output_bytes.unwrap_or(d.max_output_bytes),
+            max_stdout_bytes: file.limits.max_stdout_bytes.unwrap_or(d.max_stdout_bytes),
+        };
+        let checks: [(&'static str, u64, u64, u64); 4] = [
+            (
+                "limits.max_time_ms",
+                limits.max_time_ms,
+                1,
+                Limits::MAX_TIME_MS,
+            ),
+            (
+                "limits.max_memory_bytes",
+                limits.max_memory_bytes,
+                Limits::MIN_MEMORY,
+                Limits::MAX_MEMORY,
+            ),
+            (
+                "limits.max_output_bytes",
+                limits.max_output_bytes,
+                0,
+                Limits::MAX_OUTPUT,
+            ),
+            (
+                "limits.max_stdout_bytes",
+                limits.max_stdout_bytes,
+                0,
+                Limits::MAX_STDOUT,
+            ),
+        ];
+        for (key, v, lo, hi) in checks {
+            if !(lo..=hi).contains(&v) {
+                return Err(invalid(
+                    false,
+                    key,
+                    format!("{v} is not between {lo} and {hi}"),
+                ));
+            }
+        }
+
+        let unknown_authors = overrides
+            .unknown_authors
+            .or(file.unknown_authors)
+            .unwrap_or_default();
+
+        let (secs, from_cli) = match overrides.prompt_timeout_secs {
+            Some(s) => (s, true),
+            None => (file.prompt_timeout_secs.unwrap_or(60), false),
+        };
+        if !(1..=MAX_PROMPT_TIMEOUT_SECS).contains(&secs) {
+            let key = if from_cli {
+                "--prompt-timeout"
+            } else {
+                "prompt_timeout_secs"
+            };
+            return Err(invalid(
+                from_cli,
+                key,
+                format!("{secs} is not between 1 and {MAX_PROMPT_TIMEOUT_SECS} seconds"),
+            ));
+        }
+
+        let mut idle = file.idle.unwrap_or_default();
+        if let Some(on) = overrides.only_when_idle {
+            idle.only_when_idle = on;
+        }
+        let from_cli = overrides.idle_load_per_core.is_some();
+        if let Some(l) = overrides.idle_load_per_core {
+            idle.load_per_core = l;
+        }
+        if !(idle.load_per_core.is_finite()
+            && idle.load_per_core > 0.0
+            && idle.load_per_core <= 64.0)
+        {
+            let key = if from_cli {
+                "--idle-load-per-core"
+            } else {
+                "idle.load_per_core"
+            };
+            return Err(invalid(
+                from_cli,
+                key,
+                format!("{} is not a load per core in (0, 64]", idle.load_per_core),
+            ));
+        }
+
+        let listen = overrides
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 7443)));
+
+        let tls = TlsPaths {
+            cert: data_dir.join(file.tls.cert.unwrap_or_else(|| "node.pem".into())),
+            key: data_dir.join(file.tls.key.unwrap_or_else(|| "node-key.pem".into())),
+            ca: data_dir.join(file.tls.ca.unwrap_or_else(|| "cluster-ca.pem".into())),
+        };
+
+        Ok(NodeConfig {
+            config_file: path.map(Path::to_path_buf),
+            data_dir,
+            slots,
+            groups: groups_dedup,
+            limits,
+            unknown_authors,
+            prompt_timeout: Duration::from_secs(secs),
+            idle,
+            listen,
+            tls,
+        })
+    }
+
+    /// Whether a job's limits fit this node's maximums; `Err` lists every one that does not,
+    /// e.g. `asks for 2 h of time, this node allows at most 1 h`.
+    pub fn accepts(&self, limits: &Limits) -> Result<(), String> {
+        let m = &self.limits;
+        let mut over = Vec::new();
+        if limits.time_ms > m.max_time_ms {
+            over.push(format!(
+                "asks for {} of time, this node allows at most {}",
+                fmt_ms(limits.time_ms),
+                fmt_ms(m.max_time_ms)
+            ));
+        }
+        for (what, asked, max) in [
+            ("memory", limits.memory_bytes, m.max_memory_bytes),
+            ("output", limits.output_bytes, m.max_output_bytes),
+            ("stdout/stderr", limits.stdout_bytes, m.max_stdout_bytes),
+        ] {
+            if asked > max {
+                over.push(format!(
+                    "asks for {} of {what}, this node allows at most {}",
+                    ByteSize(asked),
+                    ByteSize(max)
+                ));
+            }
+        }
+        if over.is_empty() {
+            Ok(())
+        } else {
+            Err(over.join("; "))
+        }
+    }
+
+    /// Whether this node runs jobs of `group`: a node in `/compute/light` accepts jobs for
+    /// `/compute/light` and for its ancestors (`/compute`), not for `/compute/heavy`.
+    pub fn accepts_group(&self, group: &str) -> bool {
+        self.groups.iter().any(|g| {
+            g == group || (g.starts_with(group) && g.as_bytes().get(group.len()) == Some(&b'/'))
+        })
+    }
+
+    /// `<data>/trust.json`.
+    pub fn trust_file(&self) -> PathBuf {
+        self.data_dir.join(crate::trust::TRUST_FILE)
+    }
+
+    /// `<data>/bench.json`.
+    pub fn bench_file(&self) -> PathBuf {
+        self.data_dir.join(crate::bench::BENCH_FILE)
+    }
+}
+
+/// A byte count for people: `256 MiB`, `1.5 GiB`, `100 bytes`.
+#[derive(Debug, Clone, Copy)]
+pub struct ByteSize(pub u64);
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0;
+        for (unit, size) in [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
+            if n >= size {
+                return if n.is_multiple_of(size) {
+                    write!(f, "{} {unit}", n / size)
+                } else {
+                    write!(f, "{:.1} {unit}", n as f64 / size as f64)
+                };
+            }
+        }
+        write!(f, "{n} bytes")
+    }
+}
+
+/// Milliseconds for people: `500 ms`, `60 s`, `1.5 min`, `2 h`.
+pub fn fmt_ms(ms: u64) -> String {
+    if ms < 1000 {
+        format!("{ms} ms")
+    } else if ms.is_multiple_of(3_600_000) {
+        format!("{} h", ms / 3_600_000)
+    } else if ms.is_multiple_of(60_000) && ms >= 120_000 {
+        format!("{} min", ms / 60_000)
+    } else if ms < 120_000 {
+        trim(ms as f64 / 1000.0, "s")
+    } else if ms < 7_200_000 {
+        trim(ms as f64 / 60_000.0, "min")
+    } else {
+        trim(ms as f64 / 3_600_000.0, "h")
+    }
+}
+
+fn trim(v: f64, unit: &str) -> String {
+    if v.fract() == 0.0 {
+        format!("{v:.0} {unit}")
+    } else {
+        format!("{v:.1} {unit}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_data(dir: &Path) -> Overrides {
+        Overrides {
+            data_dir: Some(dir.to_path_buf()),
+            ..Overrides::default()
+        }
+    }
+
+    fn parse(text: &str, o: &Overrides) -> Result<NodeConfig, ConfigError> {
+        NodeConfig::from_toml(text, Some(Path::new("/etc/rjs/node.toml")), o)
+    }
+
+    #[test]
+    fn defaults() {
+        let c = parse("", &with_data(Path::new("/d"))).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/d"));
+        assert_eq!(c.slots, default_slots());
+        assert_eq!(c.groups, vec!["/compute"]);
+        assert_eq!(c.limits, MaxLimits::default());
+        assert_eq!(c.unknown_authors, UnknownAuthorPolicy::Ask);
+        assert_eq!(c.prompt_timeout, Duration::from_secs(60));
+        assert_eq!(c.idle, IdlePolicy::default());
+        assert_eq!(c.listen, "0.0.0.0:7443".parse().unwrap());
+        assert_eq!(c.tls.cert, PathBuf::from("/d/node.pem"));
+        assert_eq!(c.tls.ca, PathBuf::from("/d/cluster-ca.pem"));
+    }
+
+    #[test]
+    fn file_values_and_flag_precedence() {
+        let text = r#"
+            data_dir = "nodedata"
+            slots = 3
+            groups = ["/compute/light"]
+            listen = "127.0.0.1:9000"
+            unknown_authors = "refuse"
+            prompt_timeout_secs = 30
+            [limits]
+            max_time_ms = 5000
+            max_memory_bytes = "512M"
+            max_output_bytes = 1048576
+            [idle]
+            only_when_idle = true
+            load_per_core = 0.25
+            [tls]
+            cert = "/abs/cert.pem"
+        "#;
+        let c = parse(text, &Overrides::default()).unwrap();
+        // A relative data_dir in the file is relative to the file's folder.
+        assert_eq!(c.data_dir, PathBuf::from("/etc/rjs/nodedata"));
+        assert_eq!(c.slots, 3);
+        assert_eq!(c.groups, vec!["/compute/light"]);
+        assert_eq!(c.listen, "127.0.0.1:9000".parse().unwrap());
+        assert_eq!(c.unknown_authors, UnknownAuthorPolicy::Refuse);
+        assert_eq!(c.prompt_timeout, Duration::from_secs(30));
+        assert_eq!(c.limits.max_time_ms, 5000);
+        assert_eq!(c.limits.max_memory_bytes, 512 << 20);
+        assert_eq!(c.limits.max_output_bytes, 1 << 20);
+        assert_eq!(
+            c.limits.max_stdout_bytes,
+            MaxLimits::default().max_stdout_bytes
+        );
+        assert!(c.idle.only_when_idle);
+        assert_eq!(c.idle.load_per_core, 0.25);
+        assert_eq!(c.tls.cert, PathBuf::from("/abs/cert.pem"));
+        assert_eq!(c.tls.key, PathBuf::from("/etc/rjs/nodedata/node-key.pem"));
+
+        let o = Overrides {
+            data_dir: Some("/flag".into()),
+            slots: Some(7),
+            groups: vec!["/compute".into(), "/gpu".into()],
+            listen: Some("127.0.0.1:1".parse().unwrap()),
+            unknown_authors: Some(UnknownAuthorPolicy::Ask),
+            prompt_timeout_secs: Some(5),
+            only_when_idle: Some(false),
+            idle_load_per_core: Some(1.0),
+            config: None,
+        };
+        let c = parse(text, &o).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/flag"));
+        assert_eq!(c.slots, 7);
+        assert_eq!(c.groups, vec!["/compute", "/gpu"]);
+        assert_eq!(c.listen, "127.0.0.1:1".parse().unwrap());
+        assert_eq!(c.unknown_authors, UnknownAuthorPolicy::Ask);
+        assert_eq!(c.prompt_timeout, Duration::from_secs(5));
+        assert!(!c.idle.only_when_idle);
+        assert_eq!(c.idle.load_per_core, 1.0);
+        assert_eq!(c.tls.cert, PathBuf::from("/abs/cert.pem"));
+        assert_eq!(c.tls.ca, PathBuf::from("/flag/cluster-ca.pem"));
+    }
+
+    #[test]
+    fn errors_name_file_and_key() {
+        let o = with_data(Path::new("/d"));
+        let e = parse("slotz = 3", &o).unwrap_err().to_string();
+        assert!(e.starts_with("/etc/rjs/node.toml: "), "{e}");
+        assert!(e.contains("unknown field `slotz`"), "{e}");
+
+        let e = parse("[limits]\nmax_cpu = 1", &o).unwrap_err().to_string();
+        assert!(e.contains("unknown field `max_cpu`"), "{e}");
+
+        let e = parse("slots = 0", &o).unwrap_err().to_string();
+        assert_eq!(e, "/etc/rjs/node.toml: slots: 0 is not between 1 and 1024");
+
+        let e = parse("groups = [\"compute\"]", &o).unwrap_err().to_string();
+        assert!(
+            e.starts_with("/etc/rjs/node.toml: groups: invalid group \"compute\""),
+            "{e}"
+        );
+
+        let e = parse("groups = []", &o).unwrap_err().to_string();
+        assert!(e.contains("groups: give 1 to"), "{e}");
+
+        let e = parse("[limits]\nmax_memory_bytes = \"lots\"", &o)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("invalid size \"lots\""), "{e}");
+
+        let e = parse("[limits]\nmax_memory_bytes = 8G", &o).unwrap_err();
+        assert!(matches!(e, ConfigError::Parse { .. }), "{e}");
+        let e = parse("[limits]\nmax_memory_bytes = \"8G\"", &o)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("limits.max_memory_bytes: 8589934592 is not between"),
+            "{e}"
+        );
+
+        let e = parse("unknown_authors = \"run\"", &o)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown variant `run`"), "{e}");
+
+        let e = parse("prompt_timeout_secs = 0", &o)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("prompt_timeout_secs: 0 is not between 1 and"),
+            "{e}"
+        );
+
+        let e = parse("[idle]\nload_per_core = -1.0", &o)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("idle.load_per_core"), "{e}");
+
+        let bad_flag = Overrides {
+            slots: Some(0),
+            ..o.clone()
+        };
+        let e = parse("", &bad_flag).unwrap_err().to_string();
+        assert_eq!(e, "command line: --slots: 0 is not between 1 and 1024");
+        let bad_flag = Overrides {
+            groups: vec!["/Compute".into()],
+            ..o
+        };
+        let e = parse("", &bad_flag).unwrap_err().to_string();
+        assert!(e.starts_with("command line: --group: invalid group"), "{e}");
+    }
+
+    #[test]
+    fn load_reads_default_file_and_requires_explicit_one() {
+        let dir = tempfile::tempdir().unwrap();
+        // No node.toml: defaults.
+        let c = NodeConfig::load(&with_data(dir.path())).unwrap();
+        assert_eq!(c.config_file, None);
+        assert_eq!(c.data_dir, dir.path());
+        std::fs::write(dir.path().join(CONFIG_FILE), "slots = 2\n").unwrap();
+        let c = NodeConfig::load(&with_data(dir.path())).unwrap();
+        assert_eq!(c.slots, 2);
+        assert_eq!(c.config_file, Some(dir.path().join(CONFIG_FILE)));
+        // Without data_dir in the file and without --data, an explicit file still needs a
+        // data dir; with --data it is used.
+        let other = dir.path().join("other.toml");
+        std::fs::write(&other, "slots = 4\n").unwrap();
+        let c = NodeConfig::load(&Overrides {
+            config: Some(other.clone()),
+            ..with_data(dir.path())
+        })
+        .unwrap();
+        assert_eq!(c.slots, 4);
+        let e = NodeConfig::load(&Overrides {
+            config: Some(dir.path().join("missing.toml")),
+            ..with_data(dir.path())
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("missing.toml"), "{e}");
+    }
+
+    #[test]
+    fn default_data_dir_order() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| std::ffi::OsString::from(v))
+            }
+        };
+        assert_eq!(
+            default_data_dir_from(env(&[("RJS_HOME", "/r"), ("HOME", "/h")])),
+            Some(PathBuf::from("/r/compute"))
+        );
+        assert_eq!(
+            default_data_dir_from(env(&[("HOME", "/h")])),
+            Some(PathBuf::from("/h/.local/share/rjs/compute"))
+        );
+        assert_eq!(
+            default_data_dir_from(env(&[("XDG_DATA_HOME", "/x"), ("HOME", "/h")])),
+            Some(PathBuf::from("/x/rjs/compute"))
+        );
+        assert_eq!(default_data_dir_from(env(&[])), None);
+    }
+
+    #[test]
+    fn accepts_limits() {
+        let c = parse(
+            "[limits]\nmax_time_ms = 60000\nmax_memory_bytes = \"256M\"",
+            &with_data(Path::new("/d")),
+        )
+        .unwrap();
+        let mut l = Limits {
+            time_ms: 60_000,
+            memory_bytes: 256 << 20,
+            output_bytes: 1 << 20,
+            stdout_bytes: 1 << 20,
+        };
+        assert_eq!(c.accepts(&l), Ok(()));
+        l.time_ms = 7_200_000;
+        l.memory_bytes = 512 << 20;
+        assert_eq!(
+            c.accepts(&l).unwrap_err(),
+            "asks for 2 h of time, this node allows at most 60 s; \
+             asks for 512 MiB of memory, this node allows at most 256 MiB"
+        );
+    }
+
+    #[test]
+    fn groups_match_ancestors() {
+        let c = parse("groups = [\"/compute/light\"]", &with_data(Path::new("/d"))).unwrap();
+        assert!(c.accepts_group("/compute/light"));
+        assert!(c.accepts_group("/compute"));
+        assert!(!c.accepts_group("/compute/heavy"));
+        assert!(!c.accepts_group("/compute/lig"));
+        assert!(!c.accepts_group("/compute/light/x"));
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("123"), Some(123));
+        assert_eq!(parse_size("64K"), Some(64 << 10));
+        assert_eq!(parse_size("256M"), Some(256 << 20));
+        assert_eq!(parse_size("1g"), Some(1 << 30));
+        assert_eq!(parse_size("M"), None);
+        assert_eq!(parse_size("1.5M"), None);
+        assert_eq!(parse_size("-1"), None);
+        assert_eq!(parse_size("99999999999999G"), None);
+        assert_eq!(ByteSize(256 << 20).to_string(), "256 MiB");
+        assert_eq!(ByteSize(1536).to_string(), "1.5 KiB");
+        assert_eq!(ByteSize(10).to_string(), "10 bytes");
+        assert_eq!(fmt_ms(500), "500 ms");
+        assert_eq!(fmt_ms(60_000), "60 s");
+        assert_eq!(fmt_ms(90_000), "90 s");
+        assert_eq!(fmt_ms(600_000), "10 min");
+        assert_eq!(fmt_ms(3_600_000), "1 h");
+        assert_eq!(fmt_ms(150_000), "2.5 min");
+        assert_eq!(fmt_ms(7_200_000), "2 h");
+    }
+}

@@ -1,0 +1,505 @@
+//! `rjs-compute`: the compute node's command line. A thin layer over the `rjs_compute`
+//! library; see `docs/compute-node.md`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use rjs_compute::bench;
+use rjs_compute::config::{ConfigArgs, NodeConfig, Overrides};
+use rjs_compute::node::{Node, StartOptions};
+use rjs_compute::trust::{
+    AuthorRef, Change, Decision, EntryStatus, Gatekeeper, JobRequest, TrustEntry, TrustStore,
+};
+use rjs_signer::{Limits, PublicKey};
+
+#[derive(Parser)]
+#[command(
+    name = "rjs-compute",
+    version,
+    about = "RJS compute node: lend this PC to the grid, on the owner's terms"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Where the node keeps its files (for commands that need nothing else).
+#[derive(Args, Clone, Debug)]
+struct DataArgs {
+    /// Data directory [default: $RJS_HOME/compute or ~/.local/share/rjs/compute].
+    #[arg(long, value_name = "DIR", env = "RJS_COMPUTE_DATA", global = true)]
+    data: Option<PathBuf>,
+    /// Configuration file [default: <data>/node.toml].
+    #[arg(long, value_name = "FILE", global = true)]
+    config: Option<PathBuf>,
+}
+
+impl DataArgs {
+    fn load(&self) -> Result<NodeConfig> {
+        Ok(NodeConfig::load(&Overrides {
+            data_dir: self.data.clone(),
+            config: self.config.clone(),
+            ..Overrides::default()
+        })?)
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show this node's speed (MFLOPS), measuring it first if it was never measured.
+    Bench {
+        #[command(flatten)]
+        data: DataArgs,
+        /// Measure again even if a result is stored.
+        #[arg(long)]
+        rebench: bool,
+        /// Print the stored result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run one task of a local bundle the way a job from the grid runs (verify, trust,
+    /// sandbox, signed answer) and write its answer archive.
+    Run {
+        /// The bundle (.rjs).
+        bundle: PathBuf,
+        /// Task index.
+        #[arg(long, default_value_t = 0)]
+        task: u32,
+        /// Answer archive to write (atomically).
+        #[arg(short, long, value_name = "ANSWER.zip")]
+        out: PathBuf,
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+    /// Serve jobs from lookup servers over mutual TLS until SIGTERM/SIGINT.
+    Serve {
+        #[command(flatten)]
+        node: NodeArgs,
+        /// This node's certificate [default: <data>/node.pem].
+        #[arg(long, value_name = "PEM")]
+        cert: Option<PathBuf>,
+        /// Its key [default: <data>/node-key.pem].
+        #[arg(long, value_name = "PEM")]
+        key: Option<PathBuf>,
+        /// The cluster CA that issues lookup and node certificates [default: <data>/cluster-ca.pem].
+        #[arg(long, value_name = "PEM")]
+        ca: Option<PathBuf>,
+    },
+    /// List, trust, block or forget job authors.
+    Trust {
+        #[command(flatten)]
+        data: DataArgs,
+        #[command(subcommand)]
+        command: TrustCommand,
+    },
+    /// Test aid: one gatekeeper decision (per --jobs) through the real prompt.
+    #[command(hide = true)]
+    TrustPromptDemo {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// The job author's public key (file, `rjs-ed25519 …` line or base64).
+        #[arg(long, value_name = "PUBKEY")]
+        author_key: String,
+        #[arg(long, value_name = "NAME")]
+        bundle_name: String,
+        /// Self-declared signer name [default: the name on the key line, else "author"].
+        #[arg(long, value_name = "NAME")]
+        signer_name: Option<String>,
+        /// Concurrent decisions for the same author.
+        #[arg(long, default_value_t = 1)]
+        jobs: usize,
+    },
+}
+
+/// Options of the commands that run jobs.
+#[derive(Args, Clone, Debug)]
+struct NodeArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Node id [default: `node-` and the node key's fingerprint prefix].
+    #[arg(long, value_name = "ID")]
+    node_id: Option<String>,
+    /// Measure the speed again at start-up.
+    #[arg(long)]
+    rebench: bool,
+}
+
+#[derive(Subcommand)]
+enum TrustCommand {
+    /// List trusted and blocked authors.
+    List,
+    /// Trust an author's key: their jobs run without asking.
+    Add {
+        /// Public key: a .pub file, an `rjs-ed25519 <base64> [name]` line, or base64.
+        pubkey: String,
+        /// Label [default: the name on the key line, else "unnamed"].
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Forget an author (trusted or blocked): they become unknown again.
+    Remove {
+        /// Fingerprint (xxxx-xxxx-…) or public key.
+        author: String,
+    },
+    /// Block an author: their jobs are refused without asking.
+    Block {
+        /// Fingerprint (xxxx-xxxx-…) or public key.
+        author: String,
+        /// Label (kept from an existing entry if not given).
+        #[arg(long)]
+        name: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    // The sandbox's worker processes are this executable: dispatch before anything else
+    // (no clap, no logging, no runtime) so the worker starts clean and fast.
+    if std::env::args_os().nth(1).as_deref()
+        == Some(std::ffi::OsStr::new(
+            rjs_compute::sandbox::WORKER_SUBCOMMAND,
+        ))
+    {
+        return rjs_compute::sandbox::worker_main();
+    }
+    let cli = Cli::parse();
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .try_init();
+    let result = match cli.command {
+        Command::Bench {
+            data,
+            rebench,
+            json,
+        } => cmd_bench(&data, rebench, json).map(|()| ExitCode::SUCCESS),
+        Command::Trust { data, command } => cmd_trust(&data, command).map(|()| ExitCode::SUCCESS),
+        Command::Run {
+            bundle,
+            task,
+            out,
+            node,
+        } => cmd_run(&bundle, task, &out, &node),
+        Command::Serve {
+            node,
+            cert,
+            key,
+            ca,
+        } => cmd_serve(&node, cert, key, ca),
+        Command::TrustPromptDemo {
+            config,
+            author_key,
+            bundle_name,
+            signer_name,
+            jobs,
+        } => cmd_prompt_demo(&config, &author_key, &bundle_name, signer_name, jobs)
+            .map(|()| ExitCode::SUCCESS),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+            eprintln!("rjs-compute: error: {}", join_chain(&chain));
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `outer: middle: root`, skipping a cause already contained in the text before it.
+fn join_chain(parts: &[String]) -> String {
+    let mut s = String::new();
+    for p in parts {
+        if s.ends_with(p.as_str()) {
+            continue;
+        }
+        if !s.is_empty() {
+            s.push_str(": ");
+        }
+        s.push_str(p);
+    }
+    s
+}
+
+fn cmd_bench(data: &DataArgs, rebench: bool, json: bool) -> Result<()> {
+    let config = data.load()?;
+    if rebench || bench::load(&config.bench_file()).is_none() {
+        eprintln!("measuring this node's speed (about a second)…");
+    }
+    let out = bench::load_or_run(&config.data_dir, rebench).context("benchmark")?;
+    let r = &out.result;
+    if json {
+        println!("{}", serde_json::to_string_pretty(r)?);
+        return Ok(());
+    }
+    let when = if out.fresh {
+        format!("measured now, saved to {}", out.path.display())
+    } else {
+        format!(
+            "measured {}, from {}; --rebench to measure again",
+            date(r.measured_at),
+            out.path.display()
+        )
+    };
+    println!(
+        "{:.1} MFLOPS (LU n={}, median of {} runs, {:.2} s measured, residual {:.2}; {when})",
+        r.mflops, r.n, r.runs, r.seconds, r.residual
+    );
+    Ok(())
+}
+
+fn date(unix: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(unix)).to_string()
+}
+
+fn who(e: &TrustEntry) -> String {
+    let name = if e.name.is_empty() { "-" } else { &e.name };
+    format!("{name} ({})", e.fingerprint)
+}
+
+fn cmd_trust(data: &DataArgs, command: TrustCommand) -> Result<()> {
+    let config = data.load()?;
+    let store = TrustStore::open(&config.data_dir)?;
+    match command {
+        TrustCommand::List => {
+            let list = store.list()?;
+            if list.is_empty() {
+                println!("no authors in {}", store.path().display());
+                return Ok(());
+            }
+            let width = list.iter().map(|e| e.name.len()).max().unwrap_or(0).max(4);
+            println!(
+                "{:<8} {:<width$} {:<39} SINCE",
+                "STATUS", "NAME", "FINGERPRINT"
+            );
+            for e in &list {
+                let name = if e.name.is_empty() { "-" } else { &e.name };
+                println!(
+                    "{:<8} {:<width$} {:<39} {}",
+                    e.status.as_str(),
+                    name,
+                    e.fingerprint.to_string(),
+                    date(e.added_at)
+                );
+            }
+        }
+        TrustCommand::Add { pubkey, name } => {
+            let (key, key_name) = PublicKey::load_or_parse(&pubkey)
+                .with_context(|| format!("reading the public key {pubkey:?}"))?;
+            let name = name.or(key_name).unwrap_or_else(|| "unnamed".into());
+            let change = store.add(&key, &name)?;
+            let fp = key.fingerprint();
+            match change {
+                Change::Added => println!("trusted {name} ({fp})"),
+                Change::Changed { from } => {
+                    println!("trusted {name} ({fp}), was {}", from.as_str())
+                }
+                Change::Unchanged => println!("{name} ({fp}) was already trusted"),
+            }
+        }
+        TrustCommand::Remove { author } => {
+            let (target, _) = AuthorRef::parse(&author)
+                .with_context(|| format!("{author:?} is neither a fingerprint nor a public key"))?;
+            let removed = store.remove(&target.fingerprint())?;
+            println!("removed {}, was {}", who(&removed), removed.status.as_str());
+        }
+        TrustCommand::Block { author, name } => {
+            let (target, key_name) = AuthorRef::parse(&author)
+                .with_context(|| format!("{author:?} is neither a fingerprint nor a public key"))?;
+            let name = name.or(key_name);
+            let change = store.block(&target, name.as_deref())?;
+            let entry = store
+                .get(&target.fingerprint())?
+                .context("the entry vanished")?;
+            match change {
+                Change::Added => println!("blocked {}", who(&entry)),
+                Change::Changed { from } => {
+                    println!("blocked {}, was {}", who(&entry), from.as_str())
+                }
+                Change::Unchanged => println!("{} was already blocked", who(&entry)),
+            }
+            debug_assert_eq!(entry.status, EntryStatus::Blocked);
+        }
+    }
+    Ok(())
+}
+
+fn cmd_prompt_demo(
+    args: &ConfigArgs,
+    author_key: &str,
+    bundle_name: &str,
+    signer_name: Option<String>,
+    jobs: usize,
+) -> Result<()> {
+    let config = NodeConfig::load(&args.overrides())?;
+    let (key, key_name) = PublicKey::load_or_parse(author_key)
+        .with_context(|| format!("reading the public key {author_key:?}"))?;
+    let gatekeeper = Gatekeeper::for_node(&config)?;
+    let request = JobRequest {
+        key,
+        signer_name: signer_name.or(key_name).unwrap_or_else(|| "author".into()),
+        bundle_name: bundle_name.to_string(),
+        limits: Limits::default(),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let decisions = runtime.block_on(async {
+        let request = Arc::new(request);
+        let handles: Vec<_> = (0..jobs.max(1))
+            .map(|_| {
+                let g = gatekeeper.clone();
+                let r = request.clone();
+                tokio::spawn(async move { g.decide(&r).await })
+            })
+            .collect();
+        let mut out = Vec::new();
+        for h in handles {
+            out.push(h.await.context("a decision task failed")?);
+        }
+        anyhow::Ok(out)
+    })?;
+    for d in decisions {
+        match d {
+            Decision::Run => println!("decision: run"),
+            Decision::Refuse { code, reason } => {
+                println!("decision: refuse {}: {reason}", code.as_str())
+            }
+        }
+    }
+    println!("prompts shown: {}", gatekeeper.prompts_shown());
+    Ok(())
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn start_node(
+    args: &NodeArgs,
+    slots: Option<usize>,
+) -> Result<(tokio::runtime::Runtime, Arc<Node>)> {
+    let mut overrides = args.config.overrides();
+    if slots.is_some() {
+        overrides.slots = slots;
+    }
+    let config = NodeConfig::load(&overrides)?;
+    let rt = runtime()?;
+    let node = rt
+        .block_on(Node::start(
+            config,
+            StartOptions {
+                node_id: args.node_id.clone(),
+                rebench: args.rebench,
+                worker_exe: None,
+            },
+        ))
+        .context("starting the node")?;
+    Ok((rt, Arc::new(node)))
+}
+
+/// Exit status of `run` when the node refuses the job (1 is an error, 2 a usage error).
+const EXIT_REFUSED: u8 = 3;
+
+fn cmd_run(
+    bundle: &std::path::Path,
+    task: u32,
+    out: &std::path::Path,
+    args: &NodeArgs,
+) -> Result<ExitCode> {
+    let bytes = rjs_signer::fsutil::read_bounded(
+        bundle,
+        rjs_signer::VerifyLimits::default().max_bundle_bytes,
+    )
+    .with_context(|| format!("reading the bundle {}", bundle.display()))?;
+    let (rt, node) = start_node(args, Some(1))?;
+    let result = rt.block_on(async {
+        let admitted = match node.admit(Arc::new(bytes), None, task).await {
+            Ok(a) => a,
+            Err(refusal) => return Ok(Err(refusal)),
+        };
+        let answer = node
+            .execute(admitted)
+            .await
+            .context("building the answer archive")?;
+        anyhow::Ok(Ok(answer))
+    });
+    let outcome = match result? {
+        Ok(answer) => {
+            rjs_signer::fsutil::write_atomic(out, &answer.bytes, 0o644)
+                .with_context(|| format!("writing the answer {}", out.display()))?;
+            println!(
+                "task {task}: {} in {} ms; answer {} ({} bytes, signed by node {})",
+                answer.outcome,
+                answer.result.wall_ms,
+                out.display(),
+                answer.bytes.len(),
+                node.identity.id
+            );
+            ExitCode::SUCCESS
+        }
+        Err(refusal) => {
+            println!("{refusal}");
+            ExitCode::from(EXIT_REFUSED)
+        }
+    };
+    if let Ok(node) = Arc::try_unwrap(node) {
+        rt.block_on(node.sandbox.shutdown());
+    }
+    Ok(outcome)
+}
+
+fn cmd_serve(
+    args: &NodeArgs,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    ca: Option<PathBuf>,
+) -> Result<ExitCode> {
+    let (rt, node) = start_node(args, None)?;
+    let tls_paths = &node.config.tls;
+    let cert = cert.unwrap_or_else(|| tls_paths.cert.clone());
+    let key = key.unwrap_or_else(|| tls_paths.key.clone());
+    let ca = ca.unwrap_or_else(|| tls_paths.ca.clone());
+    let chain = rjs_wire::tls::load_certs(&cert).context("loading the node certificate")?;
+    let key = rjs_wire::tls::load_key(&key).context("loading the node key")?;
+    let ca = rjs_wire::tls::load_certs(&ca).context("loading the cluster CA")?;
+    let tls = rjs_wire::tls::server_config(chain, key, rjs_wire::tls::ClientAuth::Required(&ca))
+        .context("building the TLS configuration")?;
+    let listen = node.config.listen;
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("listening on {listen}"))?;
+        let addr = listener.local_addr()?;
+        println!(
+            "node {} ({} MFLOPS, {} slots) listening on {addr}",
+            node.identity.id,
+            node.mflops,
+            node.sandbox.slots()
+        );
+        let shutdown = async {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
+            }
+        };
+        rjs_compute::server::serve(node.clone(), listener, Arc::new(tls), shutdown)
+            .await
+            .context("serving jobs")
+    })?;
+    if let Ok(node) = Arc::try_unwrap(node) {
+        rt.block_on(node.sandbox.shutdown());
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,134 @@
+//! The WebAssembly sandbox (see `docs/sandbox.md`).
+//!
+//! The parallel-KDC model: a supervisor ([`Sandbox`]) owns one worker process per slot. A
+//! worker is this same executable started as `rjs-compute worker` ([`worker_main`]); it runs
+//! one task at a time in an uninstrumented wasmtime engine (no fuel, no epochs: native speed)
+//! with WASI preview 1. The supervisor enforces the time limit from outside: at the deadline it
+//! kills the worker's whole process and starts a fresh one. A worker that dies for any other
+//! reason is replaced too, so whatever a task does it ends in a [`TaskResult`] whose
+//! [`Ending`](rjs_signer::answer::Ending) says how, and the node keeps serving.
+//!
+//! ```no_run
+//! # async fn demo(task: rjs_compute::job::TaskSpec) -> Result<(), rjs_compute::sandbox::SandboxError> {
+//! use rjs_compute::sandbox::{Sandbox, SandboxConfig};
+//! let sandbox = Sandbox::start(SandboxConfig::new("/var/lib/rjs-compute")).await?;
+//! match sandbox.try_acquire() {
+//!     Some(slot) => {
+//!         let result = sandbox.run(slot, task).await; // never fails: see result.ending
+//!         println!("{}", result.ending.summary());
+//!     }
+//!     None => println!("no free slot"),
+//! }
+//! sandbox.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+mod protocol;
+mod scratch;
+mod supervisor;
+mod worker;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use protocol::ModuleSource;
+pub use supervisor::{Sandbox, SandboxStats, Slot, TaskTimings};
+pub use worker::worker_main;
+
+/// The subcommand (argv\[1\]) that makes the `rjs-compute` binary a sandbox worker.
+pub const WORKER_SUBCOMMAND: &str = "worker";
+
+/// How to start a [`Sandbox`].
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    /// Worker processes, i.e. tasks that can run at once (1..=256).
+    pub slots: usize,
+    /// The node's own directory; the sandbox uses `cache/` and `scratch/` under it. Created
+    /// 0700 if missing; refused if another user owns it, tightened to 0700 if it is looser.
+    pub work_dir: PathBuf,
+    /// The executable started as `<exe> worker`; `None`: this process's own executable
+    /// (`std::env::current_exe()`), which must dispatch `worker` to [`worker_main`].
+    pub worker_exe: Option<PathBuf>,
+    /// Most linear memory any task may have, bytes (at most 4 GiB). The pooling allocator is
+    /// sized for it; a task asking for more is held to this (the job server should refuse
+    /// such a task beforehand: see [`Sandbox::max_memory_bytes`]).
+    pub max_memory_bytes: u64,
+    /// Most files a task may leave under `out/`; beyond it the task is stopped
+    /// (`Limit{Output}`). The default leaves room in an answer archive's 1000 entries.
+    pub max_out_files: usize,
+    /// How often a running task's `out/` is measured.
+    pub poll_interval: Duration,
+    /// How long compiling (or loading) a module may take before the worker is killed and the
+    /// task ends with `Limit{Time}`; not counted in the task's own time limit.
+    pub compile_timeout: Duration,
+    /// How long a new worker may take to say hello.
+    pub worker_start_timeout: Duration,
+    /// Compiled modules each worker keeps in memory (least recently used dropped first); the
+    /// disk cache keeps all of them.
+    pub module_cache_entries: usize,
+}
+
+impl SandboxConfig {
+    /// Defaults: one slot per CPU, 1 GiB max memory, 900 out files, 50 ms polling, 120 s to
+    /// compile, 30 s to start a worker, 32 modules in each worker's memory.
+    pub fn new(work_dir: impl Into<PathBuf>) -> SandboxConfig {
+        SandboxConfig {
+            slots: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            work_dir: work_dir.into(),
+            worker_exe: None,
+            max_memory_bytes: 1 << 30,
+            max_out_files: 900,
+            poll_interval: Duration::from_millis(50),
+            compile_timeout: Duration::from_secs(120),
+            worker_start_timeout: Duration::from_secs(30),
+            module_cache_entries: 32,
+        }
+    }
+}
+
+/// Why the sandbox could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("invalid sandbox configuration: {0}")]
+    Config(String),
+    #[error("{what} {}", path.display())]
+    Dir {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{} is not a private directory: {why}", path.display())]
+    Insecure { path: PathBuf, why: String },
+    #[error("locating the worker executable")]
+    WorkerExe(#[source] std::io::Error),
+    #[error("starting the worker for slot {slot}")]
+    Worker {
+        slot: usize,
+        #[source]
+        source: WorkerError,
+    },
+}
+
+/// Why a worker process could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("spawning {}", path.display())]
+    Spawn {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("talking to the worker")]
+    Io(#[source] std::io::Error),
+    #[error("the worker did not say hello within {0:?}")]
+    Timeout(Duration),
+    #[error("the worker refused to start: {0}")]
+    Fatal(String),
+    #[error("the worker broke the protocol: {0}")]
+    Protocol(String),
+    #[error("the worker exited before saying hello{0}")]
+    Exited(String),
+}

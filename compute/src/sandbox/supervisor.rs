@@ -1,0 +1,1176 @@
+//! The supervisor: worker processes, slots, deadlines, output polling, results.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::io;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::{Duration, Instant};
+
+use rjs_signer::Limits;
+use rjs_signer::answer::{Ending, LimitKind};
+use tokio::io::AsyncReadExt;
+use tokio::process::{Child, ChildStdin, Command};
+use tokio::sync::{Mutex, OwnedMutexGuard, OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::task::JoinHandle;
+
+use super::protocol::{
+    self, DoneReply, Frame, FromWorker, KIND_BLOB, MAX_BLOB_FROM_WORKER, ModuleSource,
+    PROTOCOL_VERSION, RunRequest, ToWorker, WorkerInit,
+};
+use super::scratch::{self, Scratch};
+use super::{SandboxConfig, SandboxError, WORKER_SUBCOMMAND, WorkerError};
+use crate::job::{TaskResult, TaskSpec};
+
+/// Bytes of a worker's stderr kept for a crash report.
+const STDERR_TAIL: usize = 4096;
+/// How long the supervisor waits for the rest of a reply, for a killed worker to be reaped,
+/// or for a worker to exit on `Shutdown`.
+const REPLY_GRACE: Duration = Duration::from_secs(10);
+const REAP_GRACE: Duration = Duration::from_secs(5);
+const EXIT_GRACE: Duration = Duration::from_secs(2);
+/// How long a worker about to be killed gets to send the task's stdout and stderr so far.
+const SALVAGE_GRACE: Duration = Duration::from_millis(300);
+
+/// The sandbox: a supervisor and one worker process per slot. Cheap to clone (all clones
+/// share the same workers); the job server can hold one in each connection handler.
+#[derive(Clone)]
+pub struct Sandbox {
+    inner: Arc<Inner>,
+}
+
+/// A reserved slot, from [`Sandbox::try_acquire`] or [`Sandbox::acquire`]. Dropping it
+/// without running a task frees it again; [`Sandbox::run`] consumes it and frees it when the
+/// slot's worker is ready for the next task.
+pub struct Slot {
+    index: usize,
+    owner: Arc<Inner>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Slot {
+    /// Which slot (0-based): the same index always maps to the same worker position.
+    pub fn index(&self) -> usize {
+        self.index
+    }
+}
+
+impl std::fmt::Debug for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Slot").field("index", &self.index).finish()
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        // Mark the index free before the permit (a field) is released.
+        self.owner.free.lock().unwrap_or_else(|e| e.into_inner())[self.index] = true;
+    }
+}
+
+/// Counters since the sandbox started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SandboxStats {
+    /// Tasks given to [`Sandbox::run`].
+    pub tasks: u64,
+    /// Modules compiled (cache misses).
+    pub modules_compiled: u64,
+    /// Modules loaded from the disk cache.
+    pub disk_cache_hits: u64,
+    /// Modules found already compiled in the worker's memory.
+    pub memory_cache_hits: u64,
+    /// Worker processes started (including the first ones).
+    pub workers_started: u64,
+    /// Workers killed by the supervisor (time limit, output limit, protocol breach).
+    pub workers_killed: u64,
+    /// Tasks that ended in `Ending::Crash`.
+    pub crashes: u64,
+}
+
+/// Where the time of one task went, as seen by the worker and the supervisor.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TaskTimings {
+    /// Where the compiled module came from (`None`: the task never got that far).
+    pub module: Option<ModuleSource>,
+    /// Compiling or loading the module, µs (0 on a memory hit).
+    pub load_us: u64,
+    /// Instantiation, µs.
+    pub instantiate_us: u64,
+    /// `_start` until it returned, exited or trapped, µs (0 if the worker was killed).
+    pub run_us: u64,
+    /// The whole [`Sandbox::run`] call: scratch directory, inputs, module, run, collecting
+    /// `out/`, removing the scratch directory, µs.
+    pub total_us: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    tasks: AtomicU64,
+    compiled: AtomicU64,
+    disk: AtomicU64,
+    memory: AtomicU64,
+    started: AtomicU64,
+    killed: AtomicU64,
+    crashes: AtomicU64,
+}
+
+struct Inner {
+    slots: usize,
+    exe: PathBuf,
+    work_dir: PathBuf,
+    scratch_dir: PathBuf,
+    cache_root: PathBuf,
+    max_memory_bytes: u64,
+    max_out_files: usize,
+    poll_interval: Duration,
+    compile_timeout: Duration,
+    start_timeout: Duration,
+    module_cache_entries: usize,
+    permits: Arc<Semaphore>,
+    free: StdMutex<Vec<bool>>,
+    workers: Vec<Mutex<Option<WorkerProc>>>,
+    closing: watch::Sender<bool>,
+    cache_dir: StdMutex<Option<PathBuf>>,
+    counters: Counters,
+    /// Modules some worker has compiled (so they are in the disk cache).
+    compiled: StdMutex<HashSet<[u8; 32]>>,
+    /// One lock per module not yet compiled: the first task of a module holds it until its
+    /// worker has the module, so that other slots load it from disk instead of compiling it
+    /// again at the same time.
+    first_use: StdMutex<HashMap<[u8; 32], Arc<Mutex<()>>>>,
+}
+
+struct WorkerProc {
+    child: Child,
+    pid: u32,
+    stdin: ChildStdin,
+    frames: mpsc::Receiver<Result<Frame, String>>,
+    stderr_tail: Arc<StdMutex<VecDeque<u8>>>,
+    stderr_task: JoinHandle<()>,
+}
+
+/// What a worker about to be killed sent of the task's output.
+#[derive(Default)]
+struct Salvaged {
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+    limits_hit: Vec<LimitKind>,
+}
+
+/// How the exchange with the worker ended.
+enum Outcome {
+    /// The worker reported an ending; it is ready for the next task.
+    Done {
+        reply: Box<DoneReply>,
+        stdout: Vec<u8>,
+        stderr: Vec<u8>,
+        wall: Duration,
+    },
+    /// The supervisor stopped the task by killing the worker.
+    Killed {
+        limit: LimitKind,
+        message: String,
+        wall: Duration,
+        cpu_ms: u64,
+        salvaged: Salvaged,
+    },
+    /// The worker died or broke the protocol.
+    Lost {
+        message: String,
+        wall: Duration,
+        cpu_ms: u64,
+    },
+}
+
+fn dir_error(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> SandboxError + use<> {
+    let path = path.to_owned();
+    move |source| SandboxError::Dir { what, path, source }
+}
+
+/// Creates `dir` (0700) if missing and makes sure it is ours and private.
+fn private_dir(dir: &Path) -> Result<(), SandboxError> {
+    rjs_signer::fsutil::create_private_dir(dir).map_err(|e| match e {
+        rjs_signer::fsutil::FileError::Io { source, .. } => {
+            dir_error("creating directory", dir)(source)
+        }
+        other => SandboxError::Insecure {
+            path: dir.to_owned(),
+            why: other.to_string(),
+        },
+    })?;
+    let meta = std::fs::symlink_metadata(dir).map_err(dir_error("reading", dir))?;
+    // SAFETY: geteuid cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    if !meta.is_dir() {
+        return Err(SandboxError::Insecure {
+            path: dir.to_owned(),
+            why: "not a directory (or a symlink)".into(),
+        });
+    }
+    if meta.uid() != euid {
+        return Err(SandboxError::Insecure {
+            path: dir.to_owned(),
+            why: format!("owned by uid {}, not {euid}", meta.uid()),
+        });
+    }
+    if meta.mode() & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(dir_error("restricting to 0700", dir))?;
+    }
+    Ok(())
+}
+
+impl Sandbox {
+    /// Checks the configuration, prepares `<work_dir>/{cache,scratch}` (removing scratch
+    /// directories a previous run left behind) and starts one worker per slot.
+    pub async fn start(config: SandboxConfig) -> Result<Sandbox, SandboxError> {
+        if !(1..=256).contains(&config.slots) {
+            return Err(SandboxError::Config("slots must be 1..=256".into()));
+        }
+        if !(Limits::MIN_MEMORY..=Limits::MAX_MEMORY).contains(&config.max_memory_bytes) {
+            return Err(SandboxError::Config(format!(
+                "max_memory_bytes must be {}..={}",
+                Limits::MIN_MEMORY,
+                Limits::MAX_MEMORY
+            )));
+        }
+        if config.poll_interval.is_zero() || config.compile_timeout.is_zero() {
+            return Err(SandboxError::Config(
+                "poll_interval and compile_timeout must not be zero".into(),
+            ));
+        }
+        let exe = match config.worker_exe {
+            Some(p) => p,
+            // The running executable's own image: still right if the file was replaced
+            // or removed since the node started (an upgrade in place).
+            None if Path::new("/proc/self/exe").exists() => PathBuf::from("/proc/self/exe"),
+            None => std::env::current_exe().map_err(SandboxError::WorkerExe)?,
+        };
+        let work_dir = config.work_dir;
+        let scratch_dir = work_dir.join("scratch");
+        let cache_root = work_dir.join("cache");
+        {
+            let (w, s, c) = (work_dir.clone(), scratch_dir.clone(), cache_root.clone());
+            tokio::task::spawn_blocking(move || -> Result<(), SandboxError> {
+                private_dir(&w)?;
+                private_dir(&s)?;
+                private_dir(&c)?;
+                // Leftovers of a node that died mid-task.
+                for entry in std::fs::read_dir(&s).map_err(dir_error("listing", &s))? {
+                    let entry = entry.map_err(dir_error("listing", &s))?;
+                    scratch::remove(&entry.path());
+                }
+                Ok(())
+            })
+            .await
+            .map_err(|e| SandboxError::Config(format!("preparing the work directory: {e}")))??;
+        }
+        let (closing, _) = watch::channel(false);
+        let inner = Arc::new(Inner {
+            slots: config.slots,
+            exe,
+            work_dir,
+            scratch_dir,
+            cache_root,
+            max_memory_bytes: config.max_memory_bytes,
+            max_out_files: config.max_out_files.max(1),
+            poll_interval: config.poll_interval,
+            compile_timeout: config.compile_timeout,
+            start_timeout: config.worker_start_timeout,
+            module_cache_entries: config.module_cache_entries.max(1),
+            permits: Arc::new(Semaphore::new(config.slots)),
+            free: StdMutex::new(vec![true; config.slots]),
+            workers: (0..config.slots).map(|_| Mutex::new(None)).collect(),
+            closing,
+            cache_dir: StdMutex::new(None),
+            counters: Counters::default(),
+            compiled: StdMutex::new(HashSet::new()),
+            first_use: StdMutex::new(HashMap::new()),
+        });
+        for slot in 0..inner.slots {
+            let worker = inner
+                .spawn_worker()
+                .await
+                .map_err(|source| SandboxError::Worker { slot, source })?;
+            *inner.workers[slot].lock().await = Some(worker);
+        }
+        Ok(Sandbox { inner })
+    }
+
+    /// A free slot, or `None` when all are busy (the job server then refuses with "no free
+    /// slot") or the sandbox is shutting down.
+    pub fn try_acquire(&self) -> Option<Slot> {
+        let permit = self.inner.permits.clone().try_acquire_owned().ok()?;
+        Some(self.inner.slot_for(permit))
+    }
+
+    /// Waits for a free slot; `None` once the sandbox is shutting down.
+    pub async fn acquire(&self) -> Option<Slot> {
+        let permit = self.inner.permits.clone().acquire_owned().await.ok()?;
+        Some(self.inner.slot_for(permit))
+    }
+
+    /// Runs one task in the slot's worker. Never fails: whatever happens (exit, trap, a limit,
+    /// a dead worker) is the result's `ending`. The slot is free again when this returns
+    /// (after a killed worker has been replaced). If the returned future is dropped, the
+    /// task still runs to its end (its deadline at most) and cleans up behind itself.
+    pub async fn run(&self, slot: Slot, task: TaskSpec) -> TaskResult {
+        self.run_timed(slot, task).await.0
+    }
+
+    /// [`run`](Self::run), also returning where the time went.
+    pub async fn run_timed(&self, slot: Slot, task: TaskSpec) -> (TaskResult, TaskTimings) {
+        if !Arc::ptr_eq(&slot.owner, &self.inner) {
+            return (
+                crash_result("the slot belongs to another sandbox".into()),
+                TaskTimings::default(),
+            );
+        }
+        let inner = self.inner.clone();
+        match tokio::spawn(inner.run_task(slot, task)).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.inner.counters.crashes.fetch_add(1, Ordering::Relaxed);
+                (
+                    crash_result(format!("the sandbox's task failed: {e}")),
+                    TaskTimings::default(),
+                )
+            }
+        }
+    }
+
+    /// Slots in use (acquired and not yet released).
+    pub fn busy(&self) -> usize {
+        self.inner
+            .free
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|f| !**f)
+            .count()
+    }
+
+    /// Number of slots (worker processes).
+    pub fn slots(&self) -> usize {
+        self.inner.slots
+    }
+
+    /// The most linear memory a task can get here: a task whose `limits.memory_bytes` is
+    /// larger still runs, held to this.
+    pub fn max_memory_bytes(&self) -> u64 {
+        self.inner.max_memory_bytes
+    }
+
+    /// The node's work directory.
+    pub fn work_dir(&self) -> &Path {
+        &self.inner.work_dir
+    }
+
+    /// The compiled-module cache directory the workers use
+    /// (`<work_dir>/cache/wasmtime-<version>-<engine hash>`).
+    pub fn cache_dir(&self) -> Option<PathBuf> {
+        self.inner
+            .cache_dir
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn stats(&self) -> SandboxStats {
+        let c = &self.inner.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        SandboxStats {
+            tasks: get(&c.tasks),
+            modules_compiled: get(&c.compiled),
+            disk_cache_hits: get(&c.disk),
+            memory_cache_hits: get(&c.memory),
+            workers_started: get(&c.started),
+            workers_killed: get(&c.killed),
+            crashes: get(&c.crashes),
+        }
+    }
+
+    /// Stops accepting tasks, ends running ones (they report `Crash`: "the node is shutting
+    /// down"), and stops every worker (asked to exit, killed after 2 s). Other clones of this
+    /// sandbox see no free slot afterwards.
+    pub async fn shutdown(self) {
+        let inner = &self.inner;
+        inner.permits.close();
+        inner.closing.send_replace(true);
+        for slot in &inner.workers {
+            let worker = slot.lock().await.take();
+            if let Some(mut w) = worker {
+                let _ = protocol::write_json_async(&mut w.stdin, &ToWorker::Shutdown).await;
+                if tokio::time::timeout(EXIT_GRACE, w.child.wait())
+                    .await
+                    .is_err()
+                {
+                    let _ = w.child.start_kill();
+                    let _ = tokio::time::timeout(REAP_GRACE, w.child.wait()).await;
+                }
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Inner {
+    fn slot_for(self: &Arc<Self>, permit: OwnedSemaphorePermit) -> Slot {
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        // A permit guarantees a free index.
+        let index = free.iter().position(|f| *f).unwrap_or(0);
+        free[index] = false;
+        Slot {
+            index,
+            owner: self.clone(),
+            _permit: permit,
+        }
+    }
+
+    fn closing(&self) -> bool {
+        *self.closing.borrow()
+    }
+
+    async fn spawn_worker(&self) -> Result<WorkerProc, WorkerError> {
+        let mut cmd = Command::new(&self.exe);
+        cmd.arg(WORKER_SUBCOMMAND)
+            .env_clear()
+            .current_dir(&self.work_dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            // Its own process group: a terminal's Ctrl-C reaches the node, which decides.
+            .process_group(0);
+        let mut child = cmd.spawn().map_err(|source| WorkerError::Spawn {
+            path: self.exe.clone(),
+            source,
+        })?;
+        self.counters.started.fetch_add(1, Ordering::Relaxed);
+        let pid = child.id().unwrap_or(0);
+        let (Some(stdin), Some(mut stdout), Some(mut stderr)) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        else {
+            return Err(WorkerError::Protocol("missing stdio pipes".into()));
+        };
+
+        let (tx, frames) = mpsc::channel(4);
+        tokio::spawn(async move {
+            loop {
+                match protocol::read_frame_async(&mut stdout, MAX_BLOB_FROM_WORKER).await {
+                    Ok(Some(frame)) => {
+                        if tx.send(Ok(frame)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(None) => return,
+                    Err(e) => {
+                        let _ = tx.send(Err(e.to_string())).await;
+                        return;
+                    }
+                }
+            }
+        });
+        let stderr_tail = Arc::new(StdMutex::new(VecDeque::with_capacity(STDERR_TAIL)));
+        let tail = stderr_tail.clone();
+        let stderr_task = tokio::spawn(async move {
+            let mut buf = [0u8; 4096];
+            let mut line = Vec::new();
+            while let Ok(n) = stderr.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                {
+                    let mut t = tail.lock().unwrap_or_else(|e| e.into_inner());
+                    t.extend(&buf[..n]);
+                    let excess = t.len().saturating_sub(STDERR_TAIL);
+                    t.drain(..excess);
+                }
+                for &b in &buf[..n] {
+                    if b == b'\n' {
+                        tracing::warn!(worker = pid, "{}", String::from_utf8_lossy(&line));
+                        line.clear();
+                    } else if line.len() < 1024 {
+                        line.push(b);
+                    }
+                }
+            }
+        });
+        let mut worker = WorkerProc {
+            child,
+            pid,
+            stdin,
+            frames,
+            stderr_tail,
+            stderr_task,
+        };
+
+        let init = ToWorker::Init(WorkerInit {
+            protocol: PROTOCOL_VERSION,
+            max_memory_bytes: self.max_memory_bytes,
+            cache_root: self.cache_root.clone(),
+            module_cache_entries: self.module_cache_entries,
+        });
+        protocol::write_json_async(&mut worker.stdin, &init)
+            .await
+            .map_err(WorkerError::Io)?;
+        let hello = match tokio::time::timeout(self.start_timeout, worker.frames.recv()).await {
+            Err(_) => return Err(WorkerError::Timeout(self.start_timeout)),
+            Ok(None) => {
+                let status = reap(&mut worker.child).await;
+                let tail = worker.last_words().await;
+                return Err(WorkerError::Exited(format!("{status}{tail}")));
+            }
+            Ok(Some(Err(e))) => return Err(WorkerError::Protocol(e)),
+            Ok(Some(Ok(Frame::Blob(_)))) => return Err(WorkerError::Protocol("blob".into())),
+            Ok(Some(Ok(Frame::Json(j)))) => serde_json::from_slice::<FromWorker>(&j)
+                .map_err(|e| WorkerError::Protocol(e.to_string()))?,
+        };
+        match hello {
+            FromWorker::Hello {
+                protocol,
+                cache_dir,
+                ..
+            } if protocol == PROTOCOL_VERSION => {
+                *self.cache_dir.lock().unwrap_or_else(|e| e.into_inner()) = Some(cache_dir);
+                Ok(worker)
+            }
+            FromWorker::Hello { protocol, .. } => Err(WorkerError::Protocol(format!(
+                "worker speaks protocol {protocol}, supervisor {PROTOCOL_VERSION}"
+            ))),
+            FromWorker::Fatal { message } => Err(WorkerError::Fatal(message)),
+            other => Err(WorkerError::Protocol(format!(
+                "expected hello, got {other:?}"
+            ))),
+        }
+    }
+
+    async fn run_task(self: Arc<Self>, slot: Slot, task: TaskSpec) -> (TaskResult, TaskTimings) {
+        let t0 = Instant::now();
+        self.counters.tasks.fetch_add(1, Ordering::Relaxed);
+        let mut limits = task.limits;
+        limits.memory_bytes = limits.memory_bytes.min(self.max_memory_bytes);
+
+        let base = self.scratch_dir.clone();
+        let inputs = task.inputs.clone();
+        let scratch = match tokio::task::spawn_blocking(move || scratch::create(&base, &inputs))
+            .await
+        {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return self.crash(format!("preparing the scratch directory: {e}"), t0),
+            Err(e) => return self.crash(format!("preparing the scratch directory: {e}"), t0),
+        };
+        // Removes the scratch directory even if this task is torn down half-way.
+        let mut scratch_guard = ScratchGuard(Some(scratch.root.clone()));
+
+        let mut slot_worker = self.workers[slot.index].lock().await;
+        let reusable = match slot_worker.take() {
+            Some(mut w) => {
+                if w.is_idle() {
+                    Some(w)
+                } else {
+                    self.retire(w).await;
+                    None
+                }
+            }
+            None => None,
+        };
+        let mut worker = match reusable {
+            Some(w) => w,
+            None if self.closing() => {
+                return self.crash("the node is shutting down".into(), t0);
+            }
+            None => match self.spawn_worker().await {
+                Ok(w) => w,
+                Err(e) => {
+                    return self.crash(
+                        format!("cannot start a worker: {}", rjs_signer::error_chain(&e)),
+                        t0,
+                    );
+                }
+            },
+        };
+
+        let sha = task.module_sha256;
+        let first_use = if lock(&self.compiled).contains(&sha) {
+            None
+        } else {
+            let m = lock(&self.first_use).entry(sha).or_default().clone();
+            Some(m.lock_owned().await)
+        };
+        let outcome = self
+            .exchange(&mut worker, &task, &limits, &scratch, first_use)
+            .await;
+        if let Outcome::Done { reply, .. } = &outcome
+            && reply.module_source.is_some()
+        {
+            let mut compiled = lock(&self.compiled);
+            if compiled.len() >= 100_000 {
+                compiled.clear();
+            }
+            compiled.insert(sha);
+            lock(&self.first_use).remove(&sha);
+        }
+
+        // Collect out/ and remove the scratch directory while a killed worker is replaced.
+        let out_dir = scratch.out_dir.clone();
+        let root = scratch.root.clone();
+        let (max_bytes, max_files) = (limits.output_bytes, self.max_out_files);
+        let collect = tokio::task::spawn_blocking(move || {
+            let usage = scratch::usage(&out_dir, max_files.saturating_mul(4));
+            let collected = scratch::collect(&out_dir, max_bytes, max_files);
+            scratch::remove(&root);
+            (usage, collected)
+        });
+        let keep = matches!(outcome, Outcome::Done { .. });
+        let replace = async {
+            if keep {
+                Some(worker)
+            } else {
+                self.retire(worker).await;
+                if self.closing() {
+                    None
+                } else {
+                    match self.spawn_worker().await {
+                        Ok(w) => Some(w),
+                        Err(e) => {
+                            tracing::error!(
+                                slot = slot.index,
+                                error = %rjs_signer::error_chain(&e),
+                                "cannot replace a worker; will retry at the next task"
+                            );
+                            None
+                        }
+                    }
+                }
+            }
+        };
+        let (collected, next_worker) = tokio::join!(collect, replace);
+        *slot_worker = next_worker;
+        drop(slot_worker);
+        let (usage, collected) = match collected {
+            Ok(c) => {
+                scratch_guard.0 = None;
+                c
+            }
+            Err(_) => Default::default(),
+        };
+        drop(scratch_guard);
+
+        let mut result = TaskResult {
+            ending: Ending::Exit { code: 0 },
+            limits_hit: Vec::new(),
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+            out_files: Vec::new(),
+            wall_ms: 0,
+            cpu_ms: 0,
+        };
+        let mut timings = TaskTimings::default();
+        match outcome {
+            Outcome::Done {
+                reply,
+                stdout,
+                stderr,
+                wall,
+            } => {
+                let counter = match reply.module_source {
+                    Some(ModuleSource::Compiled) => Some(&self.counters.compiled),
+                    Some(ModuleSource::Disk) => Some(&self.counters.disk),
+                    Some(ModuleSource::Memory) => Some(&self.counters.memory),
+                    None => None,
+                };
+                if let Some(c) = counter {
+                    c.fetch_add(1, Ordering::Relaxed);
+                }
+                timings.module = reply.module_source;
+                timings.load_us = reply.load_us;
+                timings.instantiate_us = reply.instantiate_us;
+                timings.run_us = reply.run_us;
+                result.ending = reply.ending;
+                result.limits_hit = reply.limits_hit;
+                result.stdout = stdout;
+                result.stderr = stderr;
+                result.wall_ms = millis(wall);
+                result.cpu_ms = reply.cpu_us.div_ceil(1000);
+            }
+            Outcome::Killed {
+                limit,
+                message,
+                wall,
+                cpu_ms,
+                salvaged,
+            } => {
+                result.ending = Ending::Limit { limit, message };
+                result.limits_hit.push(limit);
+                for hit in salvaged.limits_hit {
+                    if !result.limits_hit.contains(&hit) {
+                        result.limits_hit.push(hit);
+                    }
+                }
+                result.stdout = salvaged.stdout;
+                result.stderr = salvaged.stderr;
+                result.wall_ms = millis(wall);
+                result.cpu_ms = cpu_ms;
+            }
+            Outcome::Lost {
+                message,
+                wall,
+                cpu_ms,
+            } => {
+                self.counters.crashes.fetch_add(1, Ordering::Relaxed);
+                result.ending = Ending::Crash { message };
+                result.wall_ms = millis(wall);
+                result.cpu_ms = cpu_ms;
+            }
+        }
+
+        // The output limit, as found at the end.
+        let over = usage.bytes > limits.output_bytes
+            || usage.files > self.max_out_files
+            || usage.truncated;
+        if over || collected.over_budget {
+            if !result.limits_hit.contains(&LimitKind::Output) {
+                result.limits_hit.push(LimitKind::Output);
+            }
+            if over && matches!(result.ending, Ending::Exit { .. } | Ending::Trap { .. }) {
+                result.ending = Ending::Limit {
+                    limit: LimitKind::Output,
+                    message: format!(
+                        "out/ holds {} bytes in {} files (limit {} bytes, {} files); \
+                         the program had ended with {}; kept what fits",
+                        usage.bytes,
+                        usage.files,
+                        limits.output_bytes,
+                        self.max_out_files,
+                        result.ending.summary()
+                    ),
+                };
+            }
+        }
+        if !collected.skipped.is_empty() {
+            tracing::info!(
+                slot = slot.index,
+                skipped = ?collected.skipped.iter().take(10).collect::<Vec<_>>(),
+                "out/ entries not returned (over budget, not regular files, or names the \
+                 answer format cannot carry)"
+            );
+        }
+        result.out_files = collected.files;
+        timings.total_us = micros(t0.elapsed());
+        drop(slot);
+        (result, timings)
+    }
+
+    fn crash(&self, message: String, t0: Instant) -> (TaskResult, TaskTimings) {
+        self.counters.crashes.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(%message, "sandbox task crashed");
+        (
+            crash_result(message),
+            TaskTimings {
+                total_us: micros(t0.elapsed()),
+                ..Default::default()
+            },
+        )
+    }
+
+    /// Runs the task on the worker, enforcing the deadlines and the output limit.
+    async fn exchange(
+        &self,
+        worker: &mut WorkerProc,
+        task: &TaskSpec,
+        limits: &Limits,
+        scratch: &Scratch,
+        mut first_use: Option<OwnedMutexGuard<()>>,
+    ) -> Outcome {
+        let request = ToWorker::Run(Box::new(RunRequest {
+            module_sha256: protocol::hex(&task.module_sha256),
+            name: task.name.clone(),
+            args: task.args.clone(),
+            env: task.env.clone(),
+            task_index: task.task_index,
+            task_count: task.task_count,
+            limits: *limits,
+            input_dir: scratch.input_dir.clone(),
+            out_dir: scratch.out_dir.clone(),
+        }));
+        let lost = |message: String| Outcome::Lost {
+            message,
+            wall: Duration::ZERO,
+            cpu_ms: 0,
+        };
+        if let Err(e) = protocol::write_json_async(&mut worker.stdin, &request).await {
+            return lost(format!("sending the task to the worker: {e}"));
+        }
+
+        let mut closing = self.closing.subscribe();
+        let mut deadline = tokio::time::Instant::now() + self.compile_timeout;
+        let mut started: Option<(Instant, u64)> = None;
+        let mut poll = tokio::time::interval_at(
+            tokio::time::Instant::now() + self.poll_interval,
+            self.poll_interval,
+        );
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let max_entries = self.max_out_files.saturating_mul(4);
+
+        loop {
+            let elapsed = |s: &Option<(Instant, u64)>| s.map_or(Duration::ZERO, |s| s.0.elapsed());
+            tokio::select! {
+                biased;
+                _ = async { drop(closing.wait_for(|c| *c).await) } => {
+                    let (wall, cpu_ms) = (elapsed(&started), cpu_since(worker.pid, &started));
+                    self.kill(worker).await;
+                    return Outcome::Lost {
+                        message: "the node is shutting down".into(),
+                        wall,
+                        cpu_ms,
+                    };
+                }
+                frame = worker.frames.recv() => {
+                    let wall = elapsed(&started);
+                    let cpu_ms = cpu_since(worker.pid, &started);
+                    let json = match frame {
+                        None => {
+                            let status = reap(&mut worker.child).await;
+                            let tail = worker.last_words().await;
+                            return Outcome::Lost {
+                                message: format!(
+                                    "the worker process died during the task ({status}){tail}"
+                                ),
+                                wall,
+                                cpu_ms,
+                            };
+                        }
+                        Some(Err(e)) => {
+                            return Outcome::Lost {
+                                message: format!("the worker broke the protocol: {e}"),
+                                wall,
+                                cpu_ms,
+                            };
+                        }
+                        Some(Ok(Frame::Blob(_))) => {
+                            return Outcome::Lost {
+                                message: "the worker broke the protocol: unexpected blob".into(),
+                                wall,
+                                cpu_ms,
+                            };
+                        }
+                        Some(Ok(Frame::Json(j))) => j,
+                    };
+                    match serde_json::from_slice::<FromWorker>(&json) {
+                        Ok(FromWorker::NeedModule) if started.is_none() => {
+                            if let Err(e) =
+                                protocol::write_frame_async(&mut worker.stdin, KIND_BLOB, &task.module)
+                                    .await
+                            {
+                                return lost(format!("sending the module to the worker: {e}"));
+                            }
+                        }
+                        Ok(FromWorker::Started) if started.is_none() => {
+                            // The module is compiled and cached: other slots may go ahead.
+                            first_use.take();
+                            started = Some((Instant::now(), proc_cpu_ms(worker.pid).unwrap_or(0)));
+                            deadline = tokio::time::Instant::now()
+                                + Duration::from_millis(limits.time_ms);
+                        }
+                        Ok(FromWorker::Done(reply)) => {
+                            return self.finish(worker, reply, limits, wall).await;
+                        }
+                        other => {
+                            let what = match other {
+                                Ok(m) => format!("{m:?}"),
+                                Err(e) => e.to_string(),
+                            };
+                            return Outcome::Lost {
+                                message: format!("the worker broke the protocol: unexpected {what}"),
+                                wall,
+                                cpu_ms,
+                            };
+                        }
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline) => {
+                    let (wall, cpu_ms) = (elapsed(&started), cpu_since(worker.pid, &started));
+                    let salvaged = if started.is_some() {
+                        self.salvage(worker, limits).await
+                    } else {
+                        Salvaged::default()
+                    };
+                    self.kill(worker).await;
+                    let message = if started.is_some() {
+                        format!("stopped after {} ms (time limit)", limits.time_ms)
+                    } else {
+                        format!(
+                            "compiling the module took longer than {} s",
+                            self.compile_timeout.as_secs()
+                        )
+                    };
+                    return Outcome::Killed {
+                        limit: LimitKind::Time,
+                        message,
+                        wall,
+                        cpu_ms,
+                        salvaged,
+                    };
+                }
+                _ = poll.tick(), if started.is_some() => {
+                    let dir = scratch.out_dir.clone();
+                    let usage = tokio::task::spawn_blocking(move || scratch::usage(&dir, max_entries))
+                        .await
+                        .unwrap_or_default();
+                    if usage.bytes > limits.output_bytes
+                        || usage.files > self.max_out_files
+                        || usage.truncated
+                    {
+                        let (wall, cpu_ms) = (elapsed(&started), cpu_since(worker.pid, &started));
+                        let salvaged = self.salvage(worker, limits).await;
+                        self.kill(worker).await;
+                        return Outcome::Killed {
+                            salvaged,
+                            limit: LimitKind::Output,
+                            message: format!(
+                                "stopped: out/ reached {} bytes in {} files{} (limit {} bytes, {} files)",
+                                usage.bytes,
+                                usage.files,
+                                if usage.truncated { " or more" } else { "" },
+                                limits.output_bytes,
+                                self.max_out_files
+                            ),
+                            wall,
+                            cpu_ms,
+                        };
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads the two blobs that follow a `Done` reply and checks them against the limits.
+    async fn finish(
+        &self,
+        worker: &mut WorkerProc,
+        reply: Box<DoneReply>,
+        limits: &Limits,
+        wall: Duration,
+    ) -> Outcome {
+        let mut blobs = Vec::with_capacity(2);
+        for _ in 0..2 {
+            match tokio::time::timeout(REPLY_GRACE, worker.frames.recv()).await {
+                Ok(Some(Ok(Frame::Blob(b)))) if b.len() as u64 <= limits.stdout_bytes => {
+                    blobs.push(b)
+                }
+                _ => {
+                    return Outcome::Lost {
+                        message: "the worker broke the protocol: bad or missing output blobs"
+                            .into(),
+                        wall,
+                        cpu_ms: reply.cpu_us / 1000,
+                    };
+                }
+            }
+        }
+        let stderr = blobs.pop().unwrap_or_default();
+        let stdout = blobs.pop().unwrap_or_default();
+        if stdout.len() as u64 != reply.stdout_len || stderr.len() as u64 != reply.stderr_len {
+            return Outcome::Lost {
+                message: "the worker broke the protocol: output lengths disagree".into(),
+                wall,
+                cpu_ms: reply.cpu_us / 1000,
+            };
+        }
+        Outcome::Done {
+            reply,
+            stdout,
+            stderr,
+            wall,
+        }
+    }
+
+    /// Asks a running worker (SIGUSR1) for the task's stdout and stderr so far and waits
+    /// briefly for them; the worker is killed right after, whatever it answered.
+    async fn salvage(&self, worker: &mut WorkerProc, limits: &Limits) -> Salvaged {
+        if worker.pid == 0 {
+            return Salvaged::default();
+        }
+        // SAFETY: signals our own child, which is alive (not reaped) while we hold its Child.
+        unsafe { libc::kill(worker.pid as libc::pid_t, libc::SIGUSR1) };
+        let until = tokio::time::Instant::now() + SALVAGE_GRACE;
+        loop {
+            let frame = match tokio::time::timeout_at(until, worker.frames.recv()).await {
+                Ok(Some(Ok(Frame::Json(j)))) => j,
+                _ => return Salvaged::default(),
+            };
+            let (limits_hit, lens) = match serde_json::from_slice::<FromWorker>(&frame) {
+                Ok(FromWorker::Partial {
+                    limits_hit,
+                    stdout_len,
+                    stderr_len,
+                }) => (limits_hit, (stdout_len, stderr_len)),
+                // The task ended just as the deadline passed: take its output all the same.
+                Ok(FromWorker::Done(reply)) => {
+                    (reply.limits_hit, (reply.stdout_len, reply.stderr_len))
+                }
+                // Frames written before the signal arrived.
+                Ok(_) => continue,
+                Err(_) => return Salvaged::default(),
+            };
+            let mut blobs = Vec::with_capacity(2);
+            for want in [lens.0, lens.1] {
+                match tokio::time::timeout_at(until, worker.frames.recv()).await {
+                    Ok(Some(Ok(Frame::Blob(b))))
+                        if b.len() as u64 == want && want <= limits.stdout_bytes =>
+                    {
+                        blobs.push(b)
+                    }
+                    _ => return Salvaged::default(),
+                }
+            }
+            let stderr = blobs.pop().unwrap_or_default();
+            let stdout = blobs.pop().unwrap_or_default();
+            return Salvaged {
+                stdout,
+                stderr,
+                limits_hit,
+            };
+        }
+    }
+
+    async fn kill(&self, worker: &mut WorkerProc) {
+        let _ = worker.child.start_kill();
+        self.counters.killed.fetch_add(1, Ordering::Relaxed);
+        let _ = tokio::time::timeout(REAP_GRACE, worker.child.wait()).await;
+    }
+
+    /// Gets rid of a worker that will not be used again (killed if still running).
+    async fn retire(&self, mut worker: WorkerProc) {
+        if matches!(worker.child.try_wait(), Ok(None)) {
+            self.kill(&mut worker).await;
+        }
+        worker.stderr_task.abort();
+    }
+}
+
+impl WorkerProc {
+    /// A worker can take the next task only if it is alive and has nothing unread pending.
+    fn is_idle(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+            && matches!(
+                self.frames.try_recv(),
+                Err(mpsc::error::TryRecvError::Empty)
+            )
+    }
+
+    /// The end of the worker's stderr, for a crash report (waits briefly for it to drain).
+    async fn last_words(&mut self) -> String {
+        let _ = tokio::time::timeout(Duration::from_millis(500), &mut self.stderr_task).await;
+        let tail = self.stderr_tail.lock().unwrap_or_else(|e| e.into_inner());
+        let bytes: Vec<u8> = tail.iter().copied().collect();
+        drop(tail);
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        let text = text.trim();
+        if text.is_empty() {
+            String::new()
+        } else {
+            format!("; its stderr ended with: {text}")
+        }
+    }
+}
+
+/// Waits (briefly) for a dead worker's exit status and describes it.
+async fn reap(child: &mut Child) -> String {
+    match tokio::time::timeout(EXIT_GRACE, child.wait()).await {
+        Ok(Ok(status)) => describe_status(status),
+        Ok(Err(e)) => format!("exit status unknown: {e}"),
+        Err(_) => {
+            let _ = child.start_kill();
+            let _ = tokio::time::timeout(REAP_GRACE, child.wait()).await;
+            "it closed its pipe and was killed".into()
+        }
+    }
+}
+
+fn describe_status(status: ExitStatus) -> String {
+    if let Some(code) = status.code() {
+        return format!("exit code {code}");
+    }
+    match status.signal() {
+        Some(sig) => {
+            let name = match sig {
+                libc::SIGKILL => "SIGKILL",
+                libc::SIGSEGV => "SIGSEGV",
+                libc::SIGBUS => "SIGBUS",
+                libc::SIGABRT => "SIGABRT",
+                libc::SIGILL => "SIGILL",
+                libc::SIGFPE => "SIGFPE",
+                libc::SIGTERM => "SIGTERM",
+                libc::SIGXCPU => "SIGXCPU",
+                libc::SIGXFSZ => "SIGXFSZ",
+                _ => "",
+            };
+            format!("killed by signal {sig} {name}")
+                .trim_end()
+                .to_string()
+        }
+        None => format!("{status}"),
+    }
+}
+
+/// Removes a scratch directory on drop unless disarmed (the normal path removes it on a
+/// blocking thread instead).
+struct ScratchGuard(Option<PathBuf>);
+
+impl Drop for ScratchGuard {
+    fn drop(&mut self) {
+        if let Some(root) = self.0.take() {
+            scratch::remove(&root);
+        }
+    }
+}
+
+fn crash_result(message: String) -> TaskResult {
+    TaskResult {
+        ending: Ending::Crash { message },
+        limits_hit: Vec::new(),
+        stdout: Vec::new(),
+        stderr: Vec::new(),
+        out_files: Vec::new(),
+        wall_ms: 0,
+        cpu_ms: 0,
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// User + system CPU time of a process (all its threads) from `/proc/<pid>/stat`, ms.
+fn proc_cpu_ms(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces: count fields after its closing paren.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // Field 3 (state) is fields[0]; utime is field 14, stime field 15.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    // SAFETY: sysconf cannot fail for this name.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let ticks = u64::try_from(ticks).ok().filter(|t| *t > 0)?;
+    Some((utime + stime) * 1000 / ticks)
+}
+
+fn cpu_since(pid: u32, started: &Option<(Instant, u64)>) -> u64 {
+    match started {
+        Some((_, before)) => proc_cpu_ms(pid).unwrap_or(*before).saturating_sub(*before),
+        None => 0,
+    }
+}

@@ -1,0 +1,773 @@
+//! The sandbox through the real worker binary (`target/debug/rjs-compute worker`) and the
+//! real sample jobs (`target/rjs-samples`, built by `samples/build.sh`): every misbehaving job
+//! ends in an answer naming its limit or trap and the node keeps serving; Mandelbrot tiles are
+//! byte-identical to the native build's; the module cache; slots and concurrency.
+//!
+//! Timings are printed (`cargo test -p rjs-compute --test sandbox -- --nocapture`).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rjs_compute::job::{TaskResult, TaskSpec};
+use rjs_compute::sandbox::{ModuleSource, Sandbox, SandboxConfig, SandboxError};
+use rjs_signer::answer::{Ending, LimitKind};
+use rjs_signer::{Limits, Manifest};
+use sha2::{Digest, Sha256};
+
+const BIN: &str = env!("CARGO_BIN_EXE_rjs-compute");
+
+fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"),
+    }
+}
+
+fn samples_dir() -> PathBuf {
+    let dir = target_dir().join("rjs-samples");
+    assert!(
+        dir.join("hello/hello.wasm").is_file(),
+        "sample jobs missing in {}: run samples/build.sh first",
+        dir.display()
+    );
+    dir
+}
+
+/// Task `index` of a sample job, as the job server would build it from the verified bundle.
+fn sample_task(job: &str, index: u32) -> TaskSpec {
+    let dir = samples_dir().join(job);
+    let manifest = Manifest::parse(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+    let module = std::fs::read(dir.join(&manifest.entry)).unwrap();
+    TaskSpec {
+        name: manifest.name.clone(),
+        bundle_sha256: [7; 32],
+        module_sha256: Sha256::digest(&module).into(),
+        module: Arc::new(module),
+        inputs: Arc::new(Vec::new()),
+        args: manifest.args.clone(),
+        env: manifest.env.into_iter().collect(),
+        task_index: index,
+        task_count: manifest.tasks,
+        limits: manifest.limits,
+    }
+}
+
+struct Node {
+    sandbox: Sandbox,
+    dir: tempfile::TempDir,
+}
+
+impl Node {
+    fn work_dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+fn config(work_dir: &Path, slots: usize) -> SandboxConfig {
+    let mut c = SandboxConfig::new(work_dir);
+    c.slots = slots;
+    c.worker_exe = Some(PathBuf::from(BIN));
+    c.max_memory_bytes = 1 << 30;
+    c
+}
+
+async fn node(slots: usize) -> Node {
+    let dir = tempfile::tempdir().unwrap();
+    let sandbox = Sandbox::start(config(dir.path(), slots)).await.unwrap();
+    Node { sandbox, dir }
+}
+
+async fn run(sandbox: &Sandbox, task: TaskSpec) -> TaskResult {
+    let slot = sandbox.acquire().await.expect("a slot");
+    sandbox.run(slot, task).await
+}
+
+fn assert_scratch_empty(work_dir: &Path) {
+    let left: Vec<_> = std::fs::read_dir(work_dir.join("scratch"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(left.is_empty(), "scratch directories left behind: {left:?}");
+}
+
+/// The node still serves a normal task after whatever came before.
+async fn assert_hello_works(node: &Node) {
+    let r = run(&node.sandbox, sample_task("hello", 0)).await;
+    assert_eq!(r.ending, Ending::Exit { code: 0 }, "{r:?}");
+    assert_eq!(r.stdout, b"hello, world from task 0/1\n");
+    assert_eq!(
+        r.out_files,
+        vec![(
+            "hello-0.txt".to_string(),
+            b"hello, world from task 0/1\n".to_vec()
+        )]
+    );
+    assert!(r.limits_hit.is_empty());
+    assert_scratch_empty(node.work_dir());
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hello_runs_and_reports_timings() {
+    let node = node(1).await;
+    assert_eq!(node.sandbox.slots(), 1);
+    assert_eq!(node.sandbox.busy(), 0);
+    let mut runs = Vec::new();
+    for _ in 0..20 {
+        let slot = node.sandbox.acquire().await.unwrap();
+        let (r, t) = node.sandbox.run_timed(slot, sample_task("hello", 0)).await;
+        assert_eq!(r.ending, Ending::Exit { code: 0 }, "{r:?}");
+        runs.push(t);
+    }
+    assert_hello_works(&node).await;
+    assert_eq!(runs[0].module, Some(ModuleSource::Compiled));
+    assert!(
+        runs[1..]
+            .iter()
+            .all(|t| t.module == Some(ModuleSource::Memory))
+    );
+    let mut warm: Vec<_> = runs[1..].iter().collect();
+    warm.sort_by_key(|t| t.instantiate_us + t.run_us);
+    let median = warm[warm.len() / 2];
+    let mut totals: Vec<_> = runs[1..].iter().map(|t| t.total_us).collect();
+    totals.sort();
+    println!(
+        "hello: first run compile {} µs, instantiate {} µs, run {} µs, total {} µs; \
+         warm median instantiate {} µs + run {} µs, run() total median {} µs",
+        runs[0].load_us,
+        runs[0].instantiate_us,
+        runs[0].run_us,
+        runs[0].total_us,
+        median.instantiate_us,
+        median.run_us,
+        totals[totals.len() / 2]
+    );
+    node.sandbox.shutdown().await;
+}
+
+/// `tests/fixtures/probe.rs` compiled for wasm32-wasip1 (needs that rustup target, which
+/// `samples/build.sh` installs).
+fn probe_module() -> Vec<u8> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/probe.rs");
+    let dir = target_dir().join("rjs-sandbox-probe");
+    std::fs::create_dir_all(&dir).unwrap();
+    let wasm = dir.join("probe.wasm");
+    let status = Command::new("rustc")
+        .args([
+            "--edition",
+            "2024",
+            "--target",
+            "wasm32-wasip1",
+            "-C",
+            "opt-level=1",
+        ])
+        .arg("-o")
+        .arg(&wasm)
+        .arg(&src)
+        .status()
+        .expect("running rustc");
+    assert!(status.success(), "compiling {}", src.display());
+    std::fs::read(&wasm).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_job_sees_only_its_inputs_args_env_and_out() {
+    let node = node(1).await;
+    let module = probe_module();
+    let task = TaskSpec {
+        name: "probe".into(),
+        bundle_sha256: [9; 32],
+        module_sha256: Sha256::digest(&module).into(),
+        module: Arc::new(module),
+        inputs: Arc::new(vec![("data/in.txt".into(), b"input bytes".to_vec())]),
+        args: vec!["a".into(), "b c".into()],
+        env: vec![("FOO".into(), "bar".into())],
+        task_index: 2,
+        task_count: 5,
+        limits: Limits::default(),
+    };
+    let r = run(&node.sandbox, task).await;
+    let stdout = text(&r.stdout);
+    println!("probe: {:?}\n{stdout}", r.ending);
+    assert_eq!(
+        r.ending,
+        Ending::Exit { code: 0 },
+        "{stdout}{}",
+        text(&r.stderr)
+    );
+    assert!(!stdout.contains("FAIL"));
+    assert_eq!(r.stderr, b"probe: done\n");
+    assert_eq!(
+        r.out_files,
+        vec![
+            ("result.txt".to_string(), b"result".to_vec()),
+            ("sub/deeper/x.bin".to_string(), vec![1, 2, 3]),
+        ]
+    );
+    assert!(r.limits_hit.is_empty());
+    assert_scratch_empty(node.work_dir());
+    assert_hello_works(&node).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evil_loop_is_stopped_at_its_deadline() {
+    let node = node(1).await;
+    let task = sample_task("evil-loop", 0);
+    let limit = task.limits.time_ms;
+    let t0 = Instant::now();
+    let r = run(&node.sandbox, task).await;
+    let elapsed = t0.elapsed();
+    println!("evil-loop: {r:?} after {elapsed:?}");
+    assert!(
+        matches!(
+            &r.ending,
+            Ending::Limit {
+                limit: LimitKind::Time,
+                ..
+            }
+        ),
+        "{r:?}"
+    );
+    assert_eq!(r.limits_hit, [LimitKind::Time]);
+    // What it wrote before it was stopped is kept.
+    assert_eq!(text(&r.stderr), "evil-loop: spinning forever\n");
+    assert!(
+        (limit..limit + 1000).contains(&r.wall_ms),
+        "stopped after {} ms, limit {limit} ms",
+        r.wall_ms
+    );
+    // It spun: nearly all of its wall time was CPU time.
+    assert!(r.cpu_ms >= limit / 2, "cpu {} ms", r.cpu_ms);
+    assert!(elapsed < Duration::from_millis(limit + 3000), "{elapsed:?}");
+    let stats = node.sandbox.stats();
+    assert_eq!(stats.workers_killed, 1);
+    assert_eq!(stats.workers_started, 2, "the killed worker was replaced");
+    assert_hello_works(&node).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evil_membomb_hits_the_memory_limit() {
+    let node = node(1).await;
+    let r = run(&node.sandbox, sample_task("evil-membomb", 0)).await;
+    println!("evil-membomb: {:?} {:?}", r.ending, r.limits_hit);
+    match &r.ending {
+        Ending::Limit {
+            limit: LimitKind::Memory,
+            message,
+        } => assert!(message.contains("67108864"), "{message}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(r.limits_hit.contains(&LimitKind::Memory));
+    assert!(r.wall_ms < 2000, "stopped by memory, not by time");
+    assert_hello_works(&node).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evil_recurse_traps() {
+    let node = node(1).await;
+    let r = run(&node.sandbox, sample_task("evil-recurse", 0)).await;
+    println!("evil-recurse: {:?}", r.ending);
+    match &r.ending {
+        Ending::Trap { message } => assert!(
+            message.contains("stack") || message.contains("out of bounds"),
+            "{message}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert!(text(&r.stderr).contains("recursing forever"));
+    assert_hello_works(&node).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evil_output_is_held_to_its_limits() {
+    let node = node(1).await;
+    let task = sample_task("evil-output", 0);
+    let limits = task.limits;
+    let r = run(&node.sandbox, task).await;
+    println!(
+        "evil-output: {:?} {:?}, stdout {} bytes, stderr {:?}, out {:?}",
+        r.ending,
+        r.limits_hit,
+        r.stdout.len(),
+        text(&r.stderr),
+        r.out_files
+            .iter()
+            .map(|(n, b)| (n, b.len()))
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        r.limits_hit.contains(&LimitKind::Output) || r.limits_hit.contains(&LimitKind::Stdout),
+        "{r:?}"
+    );
+    assert!(
+        matches!(
+            &r.ending,
+            Ending::Exit { code: 3 }
+                | Ending::Limit {
+                    limit: LimitKind::Output | LimitKind::Stdout,
+                    ..
+                }
+        ),
+        "{:?}",
+        r.ending
+    );
+    let out: u64 = r.out_files.iter().map(|(_, b)| b.len() as u64).sum();
+    assert!(out <= limits.output_bytes, "{out} bytes returned");
+    assert!(r.stdout.len() as u64 <= limits.stdout_bytes);
+    assert!(r.stderr.len() as u64 <= limits.stdout_bytes);
+    assert_hello_works(&node).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evil_escape_is_blocked() {
+    let node = node(1).await;
+    let r = run(&node.sandbox, sample_task("evil-escape", 0)).await;
+    let stdout = text(&r.stdout);
+    println!("evil-escape: {:?}\n{stdout}", r.ending);
+    assert_eq!(r.ending, Ending::Exit { code: 0 }, "{stdout}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 5, "{stdout}");
+    for what in [
+        "read /etc/passwd",
+        "read ../../etc/passwd",
+        "write /tmp/rjs-evil-escaped",
+        "connect tcp 127.0.0.1:80",
+        "bind udp 0.0.0.0:0",
+    ] {
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with(&format!("BLOCKED: {what}: "))),
+            "{what} not blocked:\n{stdout}"
+        );
+    }
+    assert!(!stdout.contains("ESCAPED"));
+    assert!(!Path::new("/tmp/rjs-evil-escaped").exists());
+    assert!(r.out_files.is_empty());
+    assert_hello_works(&node).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_worker_is_a_crash_and_is_replaced() {
+    let node = node(1).await;
+    let sandbox = node.sandbox.clone();
+    let mut task = sample_task("evil-loop", 0);
+    task.limits.time_ms = 30_000;
+    let running = tokio::spawn(async move { run(&sandbox, task).await });
+    // Find this node's worker (its cwd is the work dir) and kill it as the kernel's OOM
+    // killer would.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pid = worker_pids(node.work_dir());
+    assert_eq!(pid.len(), 1, "{pid:?}");
+    unsafe { libc::kill(pid[0], libc::SIGKILL) };
+    let r = running.await.unwrap();
+    println!("killed worker: {:?}", r.ending);
+    match &r.ending {
+        Ending::Crash { message } => assert!(message.contains("SIGKILL"), "{message}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(node.sandbox.stats().crashes, 1);
+    assert_hello_works(&node).await;
+}
+
+/// Worker processes whose working directory is `work_dir`.
+fn worker_pids(work_dir: &Path) -> Vec<i32> {
+    let want = work_dir.canonicalize().unwrap();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_link(format!("/proc/{pid}/cwd"))
+                .ok()
+                .as_deref()
+                == Some(&want)
+                && std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .map(|c| c.ends_with(b"\0worker\0"))
+                    .unwrap_or(false)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mandelbrot_tiles_are_identical_to_native() {
+    // The native build of the same program.
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "--quiet", "-p", "rjs-sample-mandelbrot"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let native = target_dir().join("debug/mandelbrot");
+
+    let node = node(2).await;
+    let tasks: Vec<_> = (0..8).map(|i| sample_task("mandelbrot", i)).collect();
+    let t0 = Instant::now();
+    let handles: Vec<_> = tasks
+        .into_iter()
+        .map(|task| {
+            let sandbox = node.sandbox.clone();
+            tokio::spawn(async move {
+                let slot = sandbox.acquire().await.unwrap();
+                sandbox.run_timed(slot, task).await
+            })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for h in handles {
+        results.push(h.await.unwrap());
+    }
+    let sandbox_wall = t0.elapsed();
+    assert_scratch_empty(node.work_dir());
+
+    let mut native_total = Duration::ZERO;
+    let mut sandbox_run = Duration::ZERO;
+    for (i, (r, t)) in results.iter().enumerate() {
+        assert_eq!(r.ending, Ending::Exit { code: 0 }, "tile {i}: {r:?}");
+        let name = format!("tile-{i}.png");
+        assert_eq!(r.out_files.len(), 1);
+        assert_eq!(r.out_files[0].0, name);
+
+        let dir = tempfile::tempdir().unwrap();
+        let t = (Instant::now(), t);
+        let out = Command::new(&native)
+            .args(["1024", "1024", "1000"])
+            .env("RJS_TASK_INDEX", i.to_string())
+            .env("RJS_TASK_COUNT", "8")
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        native_total += t.0.elapsed();
+        sandbox_run += Duration::from_micros(t.1.run_us);
+        assert!(out.status.success());
+        assert_eq!(out.stdout, r.stdout, "tile {i} stdout");
+        let native_png = std::fs::read(dir.path().join("out").join(&name)).unwrap();
+        assert!(
+            native_png == r.out_files[0].1,
+            "tile {i} differs from the native build's"
+        );
+    }
+    println!(
+        "mandelbrot 8 tiles: sandbox run time (sum of _start) {:?}, 2 slots wall {:?}; \
+         native debug build (sum, sequential) {:?}",
+        sandbox_run, sandbox_wall, native_total
+    );
+    let stats = node.sandbox.stats();
+    assert_eq!(stats.tasks, 8);
+    // Two workers, one compile: the other slot waited for it and loaded it from disk.
+    assert_eq!(stats.modules_compiled, 1, "{stats:?}");
+    assert_eq!(stats.disk_cache_hits, 1, "{stats:?}");
+    assert_eq!(
+        stats.modules_compiled + stats.disk_cache_hits + stats.memory_cache_hits,
+        8
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compiled_modules_are_cached_in_memory_and_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let sandbox = Sandbox::start(config(dir.path(), 1)).await.unwrap();
+    let slot = sandbox.acquire().await.unwrap();
+    let (r1, t1) = sandbox.run_timed(slot, sample_task("mandelbrot", 0)).await;
+    let slot = sandbox.acquire().await.unwrap();
+    let (r2, t2) = sandbox.run_timed(slot, sample_task("mandelbrot", 1)).await;
+    assert_eq!(r1.ending, Ending::Exit { code: 0 });
+    assert_eq!(r2.ending, Ending::Exit { code: 0 });
+    assert_eq!(t1.module, Some(ModuleSource::Compiled));
+    assert_eq!(t2.module, Some(ModuleSource::Memory));
+    let stats = sandbox.stats();
+    assert_eq!((stats.modules_compiled, stats.memory_cache_hits), (1, 1));
+
+    // The compiled module is on disk, in the node's private cache directory.
+    let cache = sandbox.cache_dir().unwrap();
+    assert!(cache.starts_with(dir.path().join("cache")));
+    let name = cache.file_name().unwrap().to_str().unwrap().to_string();
+    assert!(name.starts_with("wasmtime-48.0.8-"), "{name}");
+    let sha: String = sample_task("mandelbrot", 0)
+        .module_sha256
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let file = cache.join(format!("{sha}.cwasm"));
+    assert!(file.is_file());
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&file), 0o600);
+    assert_eq!(mode(&cache), 0o700);
+    assert_eq!(mode(dir.path()), 0o700);
+    sandbox.shutdown().await;
+
+    // A new node (fresh workers) on the same work dir loads it instead of compiling.
+    let sandbox = Sandbox::start(config(dir.path(), 1)).await.unwrap();
+    let slot = sandbox.acquire().await.unwrap();
+    let (r3, t3) = sandbox.run_timed(slot, sample_task("mandelbrot", 2)).await;
+    assert_eq!(r3.ending, Ending::Exit { code: 0 });
+    assert_eq!(t3.module, Some(ModuleSource::Disk));
+    assert_eq!(sandbox.stats().modules_compiled, 0);
+    println!(
+        "mandelbrot module: compile {} µs, disk load {} µs, memory hit {} µs \
+         (instantiate {} / {} / {} µs)",
+        t1.load_us, t3.load_us, t2.load_us, t1.instantiate_us, t3.instantiate_us, t2.instantiate_us
+    );
+    // A corrupt cache file is dropped and the module compiled again.
+    sandbox.shutdown().await;
+    std::fs::write(&file, b"garbage").unwrap();
+    let sandbox = Sandbox::start(config(dir.path(), 1)).await.unwrap();
+    let slot = sandbox.acquire().await.unwrap();
+    let (r4, t4) = sandbox.run_timed(slot, sample_task("hello", 0)).await;
+    assert_eq!(r4.ending, Ending::Exit { code: 0 });
+    assert_eq!(t4.module, Some(ModuleSource::Compiled));
+    let slot = sandbox.acquire().await.unwrap();
+    let (r5, t5) = sandbox.run_timed(slot, sample_task("mandelbrot", 3)).await;
+    assert_eq!(r5.ending, Ending::Exit { code: 0 });
+    assert_eq!(t5.module, Some(ModuleSource::Compiled));
+    sandbox.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_slots_run_two_tasks_at_once() {
+    let node = node(2).await;
+    let a = node.sandbox.try_acquire().unwrap();
+    let b = node.sandbox.try_acquire().unwrap();
+    assert_ne!(a.index(), b.index());
+    assert!(node.sandbox.try_acquire().is_none(), "no free slot");
+    assert_eq!(node.sandbox.busy(), 2);
+    let mut task = sample_task("evil-loop", 0);
+    task.limits.time_ms = 1500;
+    let t0 = Instant::now();
+    let (ra, rb) = tokio::join!(node.sandbox.run(a, task.clone()), node.sandbox.run(b, task));
+    let elapsed = t0.elapsed();
+    println!("two 1.5 s tasks on two slots: {elapsed:?}");
+    for r in [&ra, &rb] {
+        assert!(
+            matches!(
+                &r.ending,
+                Ending::Limit {
+                    limit: LimitKind::Time,
+                    ..
+                }
+            ),
+            "{r:?}"
+        );
+    }
+    assert!(
+        elapsed < Duration::from_millis(2700),
+        "ran one after the other: {elapsed:?}"
+    );
+    assert_eq!(node.sandbox.busy(), 0);
+    assert!(node.sandbox.try_acquire().is_some());
+    assert_hello_works(&node).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_run_still_ends_and_cleans_up() {
+    let node = node(1).await;
+    let mut task = sample_task("evil-loop", 0);
+    task.limits.time_ms = 800;
+    let slot = node.sandbox.try_acquire().unwrap();
+    let t0 = Instant::now();
+    let gave_up = tokio::time::timeout(Duration::from_millis(200), node.sandbox.run(slot, task))
+        .await
+        .is_err();
+    assert!(gave_up);
+    // The slot is still busy until the task hits its deadline and its worker is replaced.
+    assert_eq!(node.sandbox.busy(), 1);
+    let slot = node.sandbox.acquire().await.unwrap();
+    assert!(t0.elapsed() >= Duration::from_millis(800));
+    drop(slot);
+    assert_hello_works(&node).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stdout_over_its_limit_is_cut_and_reported() {
+    let node = node(1).await;
+    let mut task = sample_task("hello", 0);
+    task.limits.stdout_bytes = 5;
+    let r = run(&node.sandbox, task).await;
+    println!(
+        "hello with 5 bytes of stdout: {:?} {:?}",
+        r.ending, r.limits_hit
+    );
+    assert_eq!(r.stdout, b"hello");
+    assert!(r.limits_hit.contains(&LimitKind::Stdout));
+    // Rust's println! panics on the write error: the program aborts (a trap).
+    assert!(matches!(r.ending, Ending::Trap { .. }), "{:?}", r.ending);
+    assert_hello_works(&node).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_modules_and_small_limits_end_cleanly() {
+    let node = node(1).await;
+    // Not WebAssembly.
+    let mut task = sample_task("hello", 0);
+    let junk = b"\0asm\x01\0\0\0garbage".to_vec();
+    task.module_sha256 = Sha256::digest(&junk).into();
+    task.module = Arc::new(junk);
+    let r = run(&node.sandbox, task).await;
+    match &r.ending {
+        Ending::Trap { message } => assert!(message.starts_with("module rejected"), "{message}"),
+        other => panic!("{other:?}"),
+    }
+    // Bytes that do not match the declared hash are refused, never cached under it.
+    let mut task = sample_task("hello", 0);
+    task.module_sha256 = [1; 32];
+    let r = run(&node.sandbox, task).await;
+    assert!(
+        matches!(&r.ending, Ending::Trap { message } if message.contains("SHA-256")),
+        "{r:?}"
+    );
+    // Less memory than the module's initial memory.
+    let mut task = sample_task("hello", 0);
+    task.limits.memory_bytes = Limits::MIN_MEMORY;
+    let r = run(&node.sandbox, task).await;
+    assert!(
+        matches!(
+            &r.ending,
+            Ending::Limit {
+                limit: LimitKind::Memory,
+                ..
+            }
+        ),
+        "{r:?}"
+    );
+    // No output allowed: the write fails inside the job.
+    let mut task = sample_task("hello", 0);
+    task.limits.output_bytes = 0;
+    let r = run(&node.sandbox, task).await;
+    println!(
+        "hello with output_bytes 0: {:?} {:?}",
+        r.ending, r.limits_hit
+    );
+    assert!(r.limits_hit.contains(&LimitKind::Output), "{r:?}");
+    assert!(r.out_files.iter().all(|(_, b)| b.is_empty()));
+    assert_hello_works(&node).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_running_tasks_and_refuses_new_ones() {
+    let node = node(1).await;
+    let mut task = sample_task("evil-loop", 0);
+    task.limits.time_ms = 30_000;
+    let sandbox = node.sandbox.clone();
+    let running = tokio::spawn(async move { run(&sandbox, task).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let other = node.sandbox.clone();
+    let t0 = Instant::now();
+    node.sandbox.shutdown().await;
+    let r = running.await.unwrap();
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    assert!(
+        matches!(&r.ending, Ending::Crash { message } if message.contains("shutting down")),
+        "{r:?}"
+    );
+    assert!(other.try_acquire().is_none());
+    assert!(other.acquire().await.is_none());
+    assert!(
+        worker_pids(node.dir.path()).is_empty(),
+        "workers left running"
+    );
+    assert_scratch_empty(node.dir.path());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_refuses_bad_configurations() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path(), 0);
+    assert!(matches!(
+        Sandbox::start(c.clone()).await,
+        Err(SandboxError::Config(_))
+    ));
+    c.slots = 1;
+    c.worker_exe = Some(PathBuf::from("/bin/true"));
+    assert!(matches!(
+        Sandbox::start(c.clone()).await,
+        Err(SandboxError::Worker { .. })
+    ));
+    c.worker_exe = Some(PathBuf::from("/nonexistent/rjs-compute"));
+    assert!(matches!(
+        Sandbox::start(c).await,
+        Err(SandboxError::Worker { .. })
+    ));
+    // A work directory others may write to is tightened to 0700.
+    use std::os::unix::fs::PermissionsExt;
+    let loose = dir.path().join("loose");
+    std::fs::create_dir(&loose).unwrap();
+    std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let sandbox = Sandbox::start(config(&loose, 1)).await.unwrap();
+    let mode = std::fs::metadata(&loose).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700);
+    sandbox.shutdown().await;
+}
+
+/// Not a check, a measurement: `cargo test -p rjs-compute --test sandbox -- --ignored
+/// --nocapture`. Each Mandelbrot tile natively (release build, spawn to exit) and in the
+/// sandbox (`_start` only, and the whole `run()`), one at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn bench_mandelbrot_native_vs_sandbox() {
+    let status = Command::new(env!("CARGO"))
+        .args([
+            "build",
+            "--quiet",
+            "--release",
+            "-p",
+            "rjs-sample-mandelbrot",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let native = target_dir().join("release/mandelbrot");
+    let node = node(1).await;
+    // Compile once outside the measurement.
+    assert_eq!(
+        run(&node.sandbox, sample_task("mandelbrot", 0))
+            .await
+            .ending,
+        Ending::Exit { code: 0 }
+    );
+    let (mut n_sum, mut s_sum, mut t_sum) = (0u128, 0u128, 0u128);
+    for i in 0..8u32 {
+        let mut best_native = u128::MAX;
+        let mut best_sandbox = (u128::MAX, u128::MAX);
+        for _ in 0..3 {
+            let dir = tempfile::tempdir().unwrap();
+            let t = Instant::now();
+            let out = Command::new(&native)
+                .args(["1024", "1024", "1000"])
+                .env("RJS_TASK_INDEX", i.to_string())
+                .env("RJS_TASK_COUNT", "8")
+                .current_dir(dir.path())
+                .output()
+                .unwrap();
+            assert!(out.status.success());
+            best_native = best_native.min(t.elapsed().as_micros());
+            let slot = node.sandbox.acquire().await.unwrap();
+            let (r, timings) = node
+                .sandbox
+                .run_timed(slot, sample_task("mandelbrot", i))
+                .await;
+            assert_eq!(r.ending, Ending::Exit { code: 0 });
+            best_sandbox = best_sandbox.min((timings.run_us as u128, timings.total_us as u128));
+        }
+        println!(
+            "tile {i}: native {:>7} µs   sandbox _start {:>7} µs   sandbox run() {:>7} µs   ratio {:.3}",
+            best_native,
+            best_sandbox.0,
+            best_sandbox.1,
+            best_sandbox.0 as f64 / best_native as f64
+        );
+        n_sum += best_native;
+        s_sum += best_sandbox.0;
+        t_sum += best_sandbox.1;
+    }
+    println!(
+        "all 8 tiles: native {n_sum} µs, sandbox _start {s_sum} µs, sandbox run() {t_sum} µs, \
+         ratio {:.3}",
+        s_sum as f64 / n_sum as f64
+    );
+}
