@@ -538,9 +538,9 @@ impl NodeConfig {
     /// Whether this node runs jobs of `group`: a node in `/compute/light` accepts jobs for
     /// `/compute/light` and for its ancestors (`/compute`), not for `/compute/heavy`.
     pub fn accepts_group(&self, group: &str) -> bool {
-        self.groups.iter().any(|g| {
-            g == group || (g.starts_with(group) && g.as_bytes().get(group.len()) == Some(&b'/'))
-        })
+        self.groups
+            .iter()
+            .any(|g| rjs_signer::manifest::node_serves(g, group))
     }
 
     /// `<data>/trust.json`.

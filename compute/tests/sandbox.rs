@@ -114,7 +114,12 @@ fn text(b: &[u8]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hello_runs_and_reports_timings() {
+    let t0 = Instant::now();
     let node = node(1).await;
+    println!(
+        "Sandbox::start with one slot (spawn + engine + hello): {:?}",
+        t0.elapsed()
+    );
     assert_eq!(node.sandbox.slots(), 1);
     assert_eq!(node.sandbox.busy(), 0);
     let mut runs = Vec::new();
@@ -211,6 +216,73 @@ async fn the_job_sees_only_its_inputs_args_env_and_out() {
     );
     assert!(r.limits_hit.is_empty());
     assert_scratch_empty(node.work_dir());
+    assert_hello_works(&node).await;
+}
+
+fn probe_task(args: &[&str]) -> TaskSpec {
+    let module = probe_module();
+    TaskSpec {
+        name: "probe".into(),
+        bundle_sha256: [9; 32],
+        module_sha256: Sha256::digest(&module).into(),
+        module: Arc::new(module),
+        inputs: Arc::new(Vec::new()),
+        args: args.iter().map(|a| a.to_string()).collect(),
+        env: Vec::new(),
+        task_index: 0,
+        task_count: 1,
+        limits: Limits {
+            time_ms: 20_000,
+            output_bytes: 1 << 20,
+            ..Limits::default()
+        },
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_files_are_stopped_by_the_output_poll() {
+    let node = node(1).await;
+    // Each file within RLIMIT_FSIZE, their total over output_bytes.
+    let r = run(&node.sandbox, probe_task(&["flood"])).await;
+    let total: usize = r.out_files.iter().map(|(_, b)| b.len()).sum();
+    println!(
+        "flood: {:?} after {} ms, {} files ({total} bytes) returned",
+        r.ending,
+        r.wall_ms,
+        r.out_files.len()
+    );
+    assert!(
+        matches!(
+            &r.ending,
+            Ending::Limit {
+                limit: LimitKind::Output,
+                ..
+            }
+        ),
+        "{r:?}"
+    );
+    assert!(total <= 1 << 20);
+    assert!(r.wall_ms < 5_000);
+    assert_scratch_empty(node.work_dir());
+    // More files than the node allows.
+    let r = run(&node.sandbox, probe_task(&["files"])).await;
+    println!(
+        "files: {:?} after {} ms, {} files returned",
+        r.ending,
+        r.wall_ms,
+        r.out_files.len()
+    );
+    assert!(
+        matches!(
+            &r.ending,
+            Ending::Limit {
+                limit: LimitKind::Output,
+                ..
+            }
+        ),
+        "{r:?}"
+    );
+    assert!(r.out_files.len() <= SandboxConfig::new("/").max_out_files);
     assert_hello_works(&node).await;
 }
 

@@ -317,21 +317,24 @@ impl Manifest {
         self.limits.check()
     }
 
-    /// Whether a node serving `node_group` may run this job: the job's group equals the
-    /// node's group or lies below it (`/compute/light` runs on a `/compute` node, and on a
-    /// `/compute/light` node, but not on a `/compute/heavy` node).
+    /// Whether a node serving `node_group` may run this job (see [`node_serves`]).
     pub fn group_matches(&self, node_group: &str) -> bool {
-        group_within(&self.group, node_group)
+        node_serves(node_group, &self.group)
     }
 }
 
-/// `job_group` is `node_group` or below it.
-pub fn group_within(job_group: &str, node_group: &str) -> bool {
+/// Whether a node serving `node_group` may run a job of `job_group`: the job's group is the
+/// node's group or lies above it. A job asks for *at least* a kind of node: a `/compute` job
+/// runs on every compute node, `/compute/light` ones included; a `/compute/light` job runs
+/// only on `/compute/light` nodes (and nodes below, like `/compute/light/tiny`), never on a
+/// plain `/compute` or a `/compute/heavy` node.
+pub fn node_serves(node_group: &str, job_group: &str) -> bool {
+    let job = job_group.trim_end_matches('/');
     let node = node_group.trim_end_matches('/');
-    job_group == node
-        || node.is_empty()
-        || job_group
-            .strip_prefix(node)
+    job.is_empty()
+        || node == job
+        || node
+            .strip_prefix(job)
             .is_some_and(|rest| rest.starts_with('/'))
 }
 
@@ -433,10 +436,12 @@ mod tests {
 
     #[test]
     fn groups_nest() {
-        assert!(group_within("/compute/light", "/compute"));
-        assert!(group_within("/compute", "/compute"));
-        assert!(!group_within("/compute", "/compute/light"));
-        assert!(!group_within("/computex", "/compute"));
-        assert!(group_within("/a/b", "/"));
+        // A node in /compute/light accepts /compute/light and /compute jobs.
+        assert!(node_serves("/compute/light", "/compute/light"));
+        assert!(node_serves("/compute/light", "/compute"));
+        assert!(!node_serves("/compute", "/compute/light"));
+        assert!(!node_serves("/compute/heavy", "/compute/light"));
+        assert!(!node_serves("/computex", "/compute"));
+        assert!(node_serves("/compute/light/tiny", "/compute"));
     }
 }

@@ -131,8 +131,8 @@ pub struct JobList {
 pub struct LeaseRequest {
     /// At most this many jobs (1 ..= [`MAX_BATCH`]).
     pub max: u32,
-    /// Only jobs that a node of one of these groups may run (job group equal to or below
-    /// one of them). Empty: any group.
+    /// Only jobs that a node of one of these groups may run (the job's group equal to one of
+    /// them or above it, see `rjs_signer::manifest::node_serves`). Empty: any group.
     #[serde(default)]
     pub groups: Vec<String>,
     /// Lease duration, seconds (5 ..= 3600).

@@ -604,6 +604,7 @@ impl Inner {
             let m = lock(&self.first_use).entry(sha).or_default().clone();
             Some(m.lock_owned().await)
         };
+        let was_first_use = first_use.is_some();
         let outcome = self
             .exchange(&mut worker, &task, &limits, &scratch, first_use)
             .await;
@@ -615,6 +616,9 @@ impl Inner {
                 compiled.clear();
             }
             compiled.insert(sha);
+        }
+        if was_first_use {
+            // Tasks already waiting hold their own handle to the lock.
             lock(&self.first_use).remove(&sha);
         }
 

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use rjs_signer::manifest::group_within;
+use rjs_signer::manifest::node_serves;
 use rjs_wire::api::{JobState, JobView, Lease};
 use rusqlite::types::Type;
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params};
@@ -323,7 +323,7 @@ fn dedup(ids: &[i64]) -> Vec<i64> {
     ids.iter().copied().filter(|id| seen.insert(*id)).collect()
 }
 
-/// The node groups a lease asks for, normalised as [`group_within`] reads them; `None` means
+/// The node groups a lease asks for, normalised as [`node_serves`] reads them; `None` means
 /// any group (no groups given, or one of them is the root).
 fn group_filter(groups: &[String]) -> Option<Vec<&str>> {
     if groups.is_empty() {
@@ -702,8 +702,9 @@ impl Store for SqliteStore {
             if max == 0 {
                 return Ok(Vec::new());
             }
-            // The group test in SQL is the same as `group_within` (equal, or below after a
-            // '/'), so LIMIT stops at the right row; it is checked again in Rust below.
+            // The group test in SQL is the same as `node_serves` (the job's group equals the
+            // node's or lies above it, at a '/'), so LIMIT stops at the right row; it is
+            // checked again in Rust below.
             let mut select = tx.prepare_cached(
                 "SELECT j.id, j.bundle_id, j.task, j.tasks, j.grp, j.attempts, a.fingerprint
                  FROM jobs j JOIN authors a ON a.id = j.author_id
@@ -711,7 +712,7 @@ impl Store for SqliteStore {
                    AND (?1 IS NULL OR EXISTS (
                         SELECT 1 FROM json_each(?1) g
                         WHERE j.grp = g.value
-                           OR substr(j.grp, 1, length(g.value) + 1) = g.value || '/'))
+                           OR substr(g.value, 1, length(j.grp) + 1) = j.grp || '/'))
                  ORDER BY j.id LIMIT ?2",
             )?;
             let candidates = select
@@ -736,7 +737,7 @@ impl Store for SqliteStore {
             let mut leases = Vec::with_capacity(candidates.len());
             for lease in candidates {
                 if let Some(g) = &filter
-                    && !g.iter().any(|node| group_within(&lease.group, node))
+                    && !g.iter().any(|node| node_serves(node, &lease.group))
                 {
                     continue;
                 }
