@@ -95,7 +95,11 @@ pub(crate) enum FromWorker {
     /// Send the module bytes as the next frame (a blob).
     NeedModule,
     /// The module is ready; instantiation and `_start` follow: the time limit starts now.
-    Started,
+    Started {
+        module_source: ModuleSource,
+        /// Compiling or loading the module, µs (0 on a memory hit).
+        load_us: u64,
+    },
     /// The task ended inside the worker. Two blobs follow: stdout, then stderr.
     Done(Box<DoneReply>),
     /// Answer to SIGUSR1 (sent by the supervisor just before it kills the worker): what the

@@ -597,6 +597,7 @@ impl Inner {
             },
         };
 
+        let mut timings = TaskTimings::default();
         let sha = task.module_sha256;
         let first_use = if lock(&self.compiled).contains(&sha) {
             None
@@ -605,12 +606,26 @@ impl Inner {
             Some(m.lock_owned().await)
         };
         let was_first_use = first_use.is_some();
+        let mut loaded = None;
         let outcome = self
-            .exchange(&mut worker, &task, &limits, &scratch, first_use)
+            .exchange(
+                &mut worker,
+                &task,
+                &limits,
+                &scratch,
+                first_use,
+                &mut loaded,
+            )
             .await;
-        if let Outcome::Done { reply, .. } = &outcome
-            && reply.module_source.is_some()
-        {
+        if let Some((source, load_us)) = loaded {
+            let counter = match source {
+                ModuleSource::Compiled => &self.counters.compiled,
+                ModuleSource::Disk => &self.counters.disk,
+                ModuleSource::Memory => &self.counters.memory,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+            timings.module = Some(source);
+            timings.load_us = load_us;
             let mut compiled = lock(&self.compiled);
             if compiled.len() >= 100_000 {
                 compiled.clear();
@@ -676,7 +691,6 @@ impl Inner {
             wall_ms: 0,
             cpu_ms: 0,
         };
-        let mut timings = TaskTimings::default();
         match outcome {
             Outcome::Done {
                 reply,
@@ -684,17 +698,6 @@ impl Inner {
                 stderr,
                 wall,
             } => {
-                let counter = match reply.module_source {
-                    Some(ModuleSource::Compiled) => Some(&self.counters.compiled),
-                    Some(ModuleSource::Disk) => Some(&self.counters.disk),
-                    Some(ModuleSource::Memory) => Some(&self.counters.memory),
-                    None => None,
-                };
-                if let Some(c) = counter {
-                    c.fetch_add(1, Ordering::Relaxed);
-                }
-                timings.module = reply.module_source;
-                timings.load_us = reply.load_us;
                 timings.instantiate_us = reply.instantiate_us;
                 timings.run_us = reply.run_us;
                 result.ending = reply.ending;
@@ -792,6 +795,7 @@ impl Inner {
         limits: &Limits,
         scratch: &Scratch,
         mut first_use: Option<OwnedMutexGuard<()>>,
+        loaded: &mut Option<(ModuleSource, u64)>,
     ) -> Outcome {
         let request = ToWorker::Run(Box::new(RunRequest {
             module_sha256: protocol::hex(&task.module_sha256),
@@ -876,9 +880,10 @@ impl Inner {
                                 return lost(format!("sending the module to the worker: {e}"));
                             }
                         }
-                        Ok(FromWorker::Started) if started.is_none() => {
+                        Ok(FromWorker::Started { module_source, load_us }) if started.is_none() => {
                             // The module is compiled and cached: other slots may go ahead.
                             first_use.take();
+                            *loaded = Some((module_source, load_us));
                             started = Some((Instant::now(), proc_cpu_ms(worker.pid).unwrap_or(0)));
                             deadline = tokio::time::Instant::now()
                                 + Duration::from_millis(limits.time_ms);

@@ -541,7 +541,13 @@ impl Worker {
         };
         let load_us = micros(load_start.elapsed());
 
-        send(output, &FromWorker::Started)?;
+        send(
+            output,
+            &FromWorker::Started {
+                module_source: source,
+                load_us,
+            },
+        )?;
 
         let limits = &req.limits;
         let cap = |n: u64| usize::try_from(n).unwrap_or(usize::MAX).saturating_add(1);

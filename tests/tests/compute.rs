@@ -1,0 +1,973 @@
+//! The compute node's job server through its real binary (`rjs-compute serve`): mutual TLS on
+//! loopback with a cluster CA made here, the framed protocol of `docs/compute-protocol.md`,
+//! sample bundles (`target/rjs-samples/<job>`, built by `samples/build.sh`) signed by test
+//! authors.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, KeyUsagePurpose,
+};
+use rjs_e2e::*;
+use rjs_signer::KeyPair;
+use rjs_signer::answer::{AnswerLimits, Ending, LimitKind, VerifiedAnswer, verify_answer};
+use rjs_wire::node::{FrameError, FromNode, RefusalCode, ToNode};
+use rjs_wire::node::{read_frame, read_msg, write_frame, write_msg};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+/// Bound on every single protocol step of these tests (the protocol's own deadlines are
+/// longer; a healthy node answers in well under this).
+const STEP: Duration = Duration::from_secs(20);
+
+// ---------------------------------------------------------------------------------------
+// PKI
+
+/// A cluster CA and the certificates it issues (PEM).
+struct Ca {
+    issuer: CertifiedIssuer<'static, rcgen::KeyPair>,
+}
+
+/// A certificate and its key, PEM.
+struct Leaf {
+    cert_pem: String,
+    key_pem: String,
+}
+
+impl Ca {
+    fn new(name: &str) -> Ca {
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, name);
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let key = rcgen::KeyPair::generate().expect("CA key");
+        Ca {
+            issuer: CertifiedIssuer::self_signed(params, key).expect("CA certificate"),
+        }
+    }
+
+    fn pem(&self) -> String {
+        self.issuer.pem()
+    }
+
+    fn der(&self) -> CertificateDer<'static> {
+        self.issuer.der().clone()
+    }
+
+    fn issue(&self, cn: &str, sans: &[&str], eku: Vec<ExtendedKeyUsagePurpose>) -> Leaf {
+        let mut params =
+            CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .expect("SANs");
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, cn);
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = eku;
+        params.use_authority_key_identifier_extension = true;
+        let key = rcgen::KeyPair::generate().expect("leaf key");
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .expect("leaf certificate");
+        Leaf {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        }
+    }
+
+    /// A node certificate for 127.0.0.1 / localhost.
+    fn node_cert(&self) -> Leaf {
+        self.issue(
+            "rjs-node",
+            &["127.0.0.1", "localhost"],
+            vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+        )
+    }
+
+    /// A lookup server's client certificate.
+    fn client_cert(&self, cn: &str) -> Leaf {
+        self.issue(cn, &[], vec![ExtendedKeyUsagePurpose::ClientAuth])
+    }
+}
+
+impl Leaf {
+    fn identity(&self) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+        (
+            rjs_wire::tls::certs_from_pem(self.cert_pem.as_bytes(), "client certificate")
+                .expect("client certificate"),
+            rjs_wire::tls::key_from_pem(self.key_pem.as_bytes(), "client key").expect("key"),
+        )
+    }
+}
+
+/// A TLS client configuration trusting `ca`, presenting `identity` if given.
+fn client_tls(ca: &Ca, identity: Option<&Leaf>) -> Arc<rustls::ClientConfig> {
+    Arc::new(
+        rjs_wire::tls::client_config(&[ca.der()], identity.map(Leaf::identity))
+            .expect("client TLS configuration"),
+    )
+}
+
+// ---------------------------------------------------------------------------------------
+// The node process
+
+/// `rjs-compute serve` in a fresh temporary directory, with its data directory at `data`.
+struct Node {
+    _dir: tempfile::TempDir,
+    data: PathBuf,
+    addr: SocketAddr,
+    proc: Proc,
+    ca: Ca,
+    lookup: Leaf,
+}
+
+/// How to start a node.
+#[derive(Default)]
+struct NodeSetup<'a> {
+    /// `<data>/node.toml`.
+    toml: Option<&'a str>,
+    /// Authors trusted (`trust add`) before the start.
+    trusted: &'a [&'a KeyPair],
+    /// `--slots` (default 1).
+    slots: Option<usize>,
+}
+
+fn compute(data: &Path, args: &[&str]) -> Result<String> {
+    run_ok(
+        Command::new(bin("rjs-compute"))
+            .args(args)
+            .arg("--data")
+            .arg(data)
+            .stdin(Stdio::null()),
+    )
+}
+
+impl Node {
+    fn start(setup: NodeSetup<'_>) -> Result<Node> {
+        let dir = tempfile::tempdir()?;
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data)?;
+        let ca = Ca::new("RJS test cluster CA");
+        let node_cert = ca.node_cert();
+        let lookup = ca.client_cert("lookup-1");
+        let (ca_pem, cert_pem, key_pem) = (
+            dir.path().join("ca.pem"),
+            dir.path().join("node.pem"),
+            dir.path().join("node-key.pem"),
+        );
+        std::fs::write(&ca_pem, ca.pem())?;
+        std::fs::write(&cert_pem, &node_cert.cert_pem)?;
+        std::fs::write(&key_pem, &node_cert.key_pem)?;
+        if let Some(toml) = setup.toml {
+            std::fs::write(data.join("node.toml"), toml)?;
+        }
+        // A stored benchmark result, so that the node does not spend a second of CPU
+        // measuring (tests run in parallel on few cores); `rjs-compute bench` covers it.
+        std::fs::write(
+            data.join("bench.json"),
+            serde_json::json!({
+                "mflops": 1000.0, "n": 500, "runs": 3, "seconds": 1.0, "residual": 0.5,
+                "measured_at": now(), "program_version": env!("CARGO_PKG_VERSION"),
+            })
+            .to_string(),
+        )?;
+        for (i, author) in setup.trusted.iter().enumerate() {
+            let out = compute(
+                &data,
+                &[
+                    "trust",
+                    "add",
+                    &author.public().to_base64(),
+                    "--name",
+                    &format!("author{i}"),
+                ],
+            )?;
+            assert!(out.starts_with("trusted "), "{out}");
+        }
+        let slots = setup.slots.unwrap_or(1).to_string();
+        let mut child = Command::new(bin("rjs-compute"))
+            .arg("serve")
+            .arg("--data")
+            .arg(&data)
+            .args(["--listen", "127.0.0.1:0", "--slots", &slots])
+            .arg("--cert")
+            .arg(&cert_pem)
+            .arg("--key")
+            .arg(&key_pem)
+            .arg("--ca")
+            .arg(&ca_pem)
+            // No terminal: unknown authors are refused, never asked about.
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting rjs-compute serve")?;
+        let stdout = child.stdout.take().context("serve stdout")?;
+        let proc = Proc { child };
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if let Some(rest) = line.split(" listening on ").nth(1) {
+                    let _ = tx.send(rest.trim().to_owned());
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(30))
+            .map_err(|_| anyhow!("rjs-compute did not report listening within 30 s"))?;
+        let addr: SocketAddr = addr.parse().with_context(|| format!("address {addr:?}"))?;
+        assert!(addr.ip().is_loopback() && addr.port() != 0, "{addr}");
+        Ok(Node {
+            _dir: dir,
+            data,
+            addr,
+            proc,
+            ca,
+            lookup,
+        })
+    }
+
+    /// A connection presenting the node's cluster's lookup certificate.
+    async fn connect(&self) -> Result<Conn> {
+        Conn::connect(self.addr, client_tls(&self.ca, Some(&self.lookup))).await
+    }
+
+    fn trust(&self, args: &[&str]) -> Result<String> {
+        compute(&self.data, &[&["trust"], args].concat())
+    }
+
+    /// The node's answer-signing key (`<data>/node.pub`).
+    fn public_key(&self) -> rjs_signer::PublicKey {
+        let path = self.data.join("node.pub");
+        rjs_signer::PublicKey::load_or_parse(path.to_str().expect("utf-8 path"))
+            .expect("node.pub")
+            .0
+    }
+
+    /// Entries left in the sandbox's scratch directory.
+    fn scratch_entries(&self) -> Vec<String> {
+        std::fs::read_dir(self.data.join("scratch"))
+            .expect("scratch directory")
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    }
+
+    /// Modules the sandbox has compiled (`<data>/cache/wasmtime-*/<module sha>.cwasm`): a job
+    /// that never reached the sandbox leaves none.
+    fn compiled_modules(&self) -> usize {
+        let Ok(dirs) = std::fs::read_dir(self.data.join("cache")) else {
+            return 0;
+        };
+        dirs.flatten()
+            .filter_map(|d| std::fs::read_dir(d.path()).ok())
+            .flat_map(|files| files.flatten())
+            .filter(|f| f.file_name().to_string_lossy().ends_with(".cwasm"))
+            .count()
+    }
+
+    fn cached(&self, sha: &str) -> bool {
+        self.data
+            .join("bundles")
+            .join(format!("{sha}.rjs"))
+            .is_file()
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Bundles
+
+fn samples_dir() -> PathBuf {
+    // tests/ -> the workspace root.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_owned();
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|p| if p.is_absolute() { p } else { root.join(p) })
+        .unwrap_or_else(|| root.join("target"));
+    target.join("rjs-samples")
+}
+
+/// The sample job folder `target/rjs-samples/<job>`.
+fn sample(job: &str) -> PathBuf {
+    let dir = samples_dir().join(job);
+    assert!(
+        dir.join("manifest.json").is_file(),
+        "{} is missing: build the samples first (samples/build.sh)",
+        dir.display()
+    );
+    dir
+}
+
+/// The sample `job`, packed and signed by `key`.
+fn pack(job: &str, key: &KeyPair) -> Vec<u8> {
+    rjs_signer::pack_dir(&sample(job), key, "tester", now())
+        .unwrap_or_else(|e| panic!("packing {job}: {}", rjs_signer::error_chain(&e)))
+        .0
+}
+
+// ---------------------------------------------------------------------------------------
+// The lookup side of the protocol
+
+struct Conn {
+    s: TlsStream<TcpStream>,
+}
+
+/// What became of an offer.
+#[derive(Debug)]
+struct Offered {
+    /// The node asked for the bundle (`send-bundle`).
+    asked: bool,
+    /// `accepted` or `refused`.
+    decision: FromNode,
+}
+
+impl Offered {
+    fn accepted(&self) -> bool {
+        self.decision == FromNode::Accepted
+    }
+
+    /// The refusal code and reason; panics on anything else.
+    fn refused(&self) -> (RefusalCode, &str) {
+        match &self.decision {
+            FromNode::Refused { code, reason } => (*code, reason),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+}
+
+/// The answer message and its archive.
+struct Answered {
+    outcome: String,
+    archive: Vec<u8>,
+}
+
+impl Conn {
+    async fn connect(addr: SocketAddr, tls: Arc<rustls::ClientConfig>) -> Result<Conn> {
+        let tcp = tokio::time::timeout(STEP, TcpStream::connect(addr))
+            .await
+            .context("connect timed out")??;
+        tcp.set_nodelay(true)?;
+        let name = ServerName::try_from("127.0.0.1")?;
+        let s = tokio::time::timeout(STEP, TlsConnector::from(tls).connect(name, tcp))
+            .await
+            .context("TLS handshake timed out")??;
+        Ok(Conn { s })
+    }
+
+    async fn send(&mut self, msg: &ToNode) -> Result<(), FrameError> {
+        write_msg(&mut self.s, msg, STEP).await
+    }
+
+    async fn recv(&mut self) -> Result<FromNode, FrameError> {
+        read_msg(&mut self.s, STEP).await
+    }
+
+    /// Offers task `task` of `bundle` announced as `sha`/`size`; sends `bundle` if asked.
+    async fn offer_as(
+        &mut self,
+        bundle: &[u8],
+        sha: &str,
+        size: u64,
+        task: u32,
+        job_id: i64,
+    ) -> Result<Offered> {
+        self.send(&ToNode::Offer {
+            bundle_sha256: sha.to_owned(),
+            bundle_size: size,
+            task,
+            job_id,
+        })
+        .await?;
+        let mut asked = false;
+        let mut msg = self.recv().await.context("waiting for the node's reply")?;
+        if msg == FromNode::SendBundle {
+            asked = true;
+            write_frame(&mut self.s, bundle, STEP)
+                .await
+                .context("sending the bundle")?;
+            msg = self.recv().await.context("waiting for the decision")?;
+        }
+        match msg {
+            FromNode::Accepted | FromNode::Refused { .. } => Ok(Offered {
+                asked,
+                decision: msg,
+            }),
+            other => bail!("expected a decision, got {other:?}"),
+        }
+    }
+
+    async fn offer(&mut self, bundle: &[u8], task: u32, job_id: i64) -> Result<Offered> {
+        self.offer_as(
+            bundle,
+            &sha256_hex(bundle),
+            bundle.len() as u64,
+            task,
+            job_id,
+        )
+        .await
+    }
+
+    /// Reads the answer message and the archive that follows it.
+    async fn answer(&mut self) -> Result<Answered> {
+        match self.recv().await.context("waiting for the answer")? {
+            FromNode::Answer { outcome, size } => {
+                let archive = read_frame(&mut self.s, size, STEP)
+                    .await
+                    .context("reading the answer archive")?;
+                assert_eq!(archive.len() as u64, size, "announced answer size");
+                Ok(Answered { outcome, archive })
+            }
+            other => bail!("expected an answer, got {other:?}"),
+        }
+    }
+
+    /// Offer, expect `accepted`, read the answer.
+    async fn run(&mut self, bundle: &[u8], task: u32, job_id: i64) -> Result<(Offered, Answered)> {
+        let offered = self.offer(bundle, task, job_id).await?;
+        if !offered.accepted() {
+            bail!("job {job_id} not accepted: {:?}", offered.decision);
+        }
+        Ok((offered, self.answer().await?))
+    }
+
+    async fn ping(&mut self) -> Result<()> {
+        self.send(&ToNode::Ping).await?;
+        match self.recv().await? {
+            FromNode::Pong => Ok(()),
+            other => bail!("expected pong, got {other:?}"),
+        }
+    }
+
+    /// Expects the node to end the connection (after anything it still sends).
+    async fn expect_closed(&mut self) {
+        match read_frame(&mut self.s, 1 << 20, STEP).await {
+            Err(FrameError::Closed) | Err(FrameError::Io(_)) => {}
+            other => panic!("expected the node to close the connection, got {other:?}"),
+        }
+    }
+}
+
+/// Verifies an answer and checks it is signed by `node` for (`bundle`, `task`).
+fn verified(node: &Node, answer: &Answered, bundle: &[u8], task: u32) -> VerifiedAnswer {
+    let v = verify_answer(&answer.archive, &AnswerLimits::default())
+        .unwrap_or_else(|e| panic!("answer refused: {}: {}", e.rule(), e));
+    assert_eq!(
+        v.public_key().to_base64(),
+        node.public_key().to_base64(),
+        "the answer is signed by the node's key"
+    );
+    let r = v.result();
+    assert_eq!(r.bundle_sha256, sha256_hex(bundle));
+    assert_eq!(r.task_index, task);
+    assert_eq!(r.node_mflops, 1000, "the node's stored benchmark");
+    assert_eq!(r.ending.summary(), answer.outcome, "outcome line = ending");
+    v
+}
+
+fn out_file<'a>(v: &'a VerifiedAnswer, path: &str) -> &'a [u8] {
+    v.out_files()
+        .iter()
+        .find(|(p, _)| p == path)
+        .map(|(_, d)| d.as_slice())
+        .unwrap_or_else(|| {
+            let have: Vec<_> = v.out_files().iter().map(|(p, _)| p).collect();
+            panic!("no out/{path} in the answer; it holds {have:?}")
+        })
+}
+
+/// The native build of the Mandelbrot sample renders task `task` of 8.
+fn native_tile(task: u32) -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    run_ok(
+        Command::new(bin("mandelbrot"))
+            .args(["1024", "1024", "1000"])
+            .env("RJS_TASK_INDEX", task.to_string())
+            .env("RJS_TASK_COUNT", "8")
+            .current_dir(dir.path()),
+    )
+    .expect("native mandelbrot");
+    std::fs::read(dir.path().join(format!("out/tile-{task}.png"))).unwrap()
+}
+
+/// Runs `f` under a deadline: no test waits unboundedly.
+async fn bounded<T>(what: &str, secs: u64, f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(secs), f)
+        .await
+        .unwrap_or_else(|_| panic!("{what} took longer than {secs} s"))
+}
+
+// ---------------------------------------------------------------------------------------
+// Tests
+
+/// (1) A trusted job runs and its answer is the node's signed, faithful result; (2) the next
+/// task of the same bundle is not sent again; the node stops cleanly on SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trusted_mandelbrot_runs_and_the_bundle_is_sent_once() {
+    let author = KeyPair::generate();
+    let mut node = Node::start(NodeSetup {
+        trusted: &[&author],
+        ..Default::default()
+    })
+    .unwrap();
+    let bundle = pack("mandelbrot", &author);
+    let sha = sha256_hex(&bundle);
+    let native = tokio::task::spawn_blocking(|| native_tile(5));
+
+    let mut c = node.connect().await.unwrap();
+    c.ping().await.unwrap();
+    let (offered, answer) = bounded("task 5", 45, c.run(&bundle, 5, 101)).await.unwrap();
+    assert!(offered.asked, "a new bundle is asked for");
+    assert_eq!(answer.outcome, "exit 0");
+    let v = verified(&node, &answer, &bundle, 5);
+    let r = v.result();
+    assert_eq!(r.ending, Ending::Exit { code: 0 });
+    assert_eq!((r.job_name.as_str(), r.task_count), ("mandelbrot", 8));
+    assert!(r.limits_hit.is_empty(), "{:?}", r.limits_hit);
+    let tile = out_file(&v, "tile-5.png");
+    assert!(tile.starts_with(b"\x89PNG\r\n\x1a\n"));
+    assert!(
+        tile == native.await.unwrap().as_slice(),
+        "the sandbox's tile 5 differs from the native render"
+    );
+    let stdout = String::from_utf8_lossy(v.stdout());
+    assert!(stdout.contains("tile 5/8"), "stdout: {stdout}");
+    assert!(node.cached(&sha), "the verified bundle is cached");
+
+    // (2) Another task of the same bundle on the same connection: no send-bundle.
+    let (offered, answer) = bounded("task 2", 45, c.run(&bundle, 2, 102)).await.unwrap();
+    assert!(!offered.asked, "the node asked again for a bundle it has");
+    assert_eq!(answer.outcome, "exit 0");
+    let v = verified(&node, &answer, &bundle, 2);
+    let tile2 = out_file(&v, "tile-2.png");
+    assert!(tile2.starts_with(b"\x89PNG") && tile2 != tile);
+    // Nothing of the tasks is left in the scratch directory.
+    assert_eq!(node.scratch_entries(), Vec::<String>::new());
+
+    // A new connection: the bundle is still not sent again.
+    let mut c2 = node.connect().await.unwrap();
+    let (offered, _) = bounded("task 7", 45, c2.run(&bundle, 7, 103))
+        .await
+        .unwrap();
+    assert!(!offered.asked);
+    drop((c, c2));
+    assert_eq!(
+        node.proc.terminate(Duration::from_secs(15)).unwrap(),
+        Some(0),
+        "the node exits 0 on SIGTERM"
+    );
+}
+
+/// (3) A tampered bundle, offered under its true SHA-256, is refused `invalid-bundle` and
+/// nothing runs; so is a good bundle offered under another hash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tampered_bundle_is_refused_and_nothing_runs() {
+    let author = KeyPair::generate();
+    let node = Node::start(NodeSetup {
+        trusted: &[&author],
+        ..Default::default()
+    })
+    .unwrap();
+    let good = pack("hello", &author);
+    let mut tampered = good.clone();
+    let mid = tampered.len() / 2;
+    tampered[mid] ^= 0x01;
+    let tampered_sha = sha256_hex(&tampered);
+
+    let mut c = node.connect().await.unwrap();
+    let offered = bounded("tampered offer", 30, c.offer(&tampered, 0, 1))
+        .await
+        .unwrap();
+    assert!(offered.asked);
+    let (code, reason) = offered.refused();
+    assert_eq!(code, RefusalCode::InvalidBundle, "{reason}");
+    // No answer follows: the next message on the connection is the reply to a ping.
+    c.ping().await.unwrap();
+    assert!(
+        !node.cached(&tampered_sha),
+        "a refused bundle is not cached"
+    );
+    assert_eq!(node.scratch_entries(), Vec::<String>::new(), "nothing ran");
+    assert_eq!(node.compiled_modules(), 0, "nothing was even compiled");
+
+    // The good bundle under a hash that is not its own.
+    let wrong = sha256_hex(b"some other bundle");
+    let offered = c
+        .offer_as(&good, &wrong, good.len() as u64, 0, 2)
+        .await
+        .unwrap();
+    let (code, reason) = offered.refused();
+    assert_eq!(code, RefusalCode::InvalidBundle);
+    assert!(reason.contains(&wrong), "{reason}");
+    assert!(!node.cached(&wrong) && !node.cached(&sha256_hex(&good)));
+    c.ping().await.unwrap();
+
+    // The same connection still runs the genuine bundle.
+    let (_, answer) = bounded("hello", 30, c.run(&good, 0, 3)).await.unwrap();
+    assert_eq!(answer.outcome, "exit 0");
+    let v = verified(&node, &answer, &good, 0);
+    assert_eq!(out_file(&v, "hello-0.txt"), b"hello, world from task 0/1\n");
+    assert_eq!(node.scratch_entries(), Vec::<String>::new());
+    assert_eq!(
+        node.compiled_modules(),
+        1,
+        "the genuine job's module was compiled"
+    );
+}
+
+/// (4) With no terminal attached an unknown author is refused `untrusted`; a blocked author
+/// `blocked`, including one blocked while the node runs whose bundle is already cached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_and_blocked_authors_are_refused() {
+    let trusted = KeyPair::generate();
+    let node = Node::start(NodeSetup {
+        trusted: &[&trusted],
+        ..Default::default()
+    })
+    .unwrap();
+    let mut c = node.connect().await.unwrap();
+
+    let stranger = KeyPair::generate();
+    let theirs = pack("hello", &stranger);
+    let offered = bounded("stranger", 30, c.offer(&theirs, 0, 1))
+        .await
+        .unwrap();
+    let (code, reason) = offered.refused();
+    assert_eq!(code, RefusalCode::Untrusted, "{reason}");
+    assert!(reason.contains("no terminal"), "{reason}");
+
+    let blocked = KeyPair::generate();
+    let fp = blocked.public().fingerprint().to_string();
+    let out = node.trust(&["block", &fp]).unwrap();
+    assert!(out.starts_with("blocked "), "{out}");
+    let offered = bounded("blocked", 30, c.offer(&pack("hello", &blocked), 0, 2))
+        .await
+        .unwrap();
+    let (code, reason) = offered.refused();
+    assert_eq!(code, RefusalCode::Blocked, "{reason}");
+
+    // A trusted author runs; blocked while the node runs, their cached bundle is refused.
+    let mine = pack("hello", &trusted);
+    let (_, answer) = bounded("trusted", 30, c.run(&mine, 0, 3)).await.unwrap();
+    assert_eq!(answer.outcome, "exit 0");
+    let tfp = trusted.public().fingerprint().to_string();
+    node.trust(&["block", &tfp]).unwrap();
+    let offered = bounded("now blocked", 30, c.offer(&mine, 0, 4))
+        .await
+        .unwrap();
+    assert!(!offered.asked, "the bundle was cached");
+    assert_eq!(offered.refused().0, RefusalCode::Blocked);
+    assert_eq!(node.scratch_entries(), Vec::<String>::new());
+    c.ping().await.unwrap();
+}
+
+/// (5) A job asking for more memory than the node allows is refused `over-limits`, before
+/// the author is considered; a job within the limits runs on the same node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_limits_is_refused() {
+    let author = KeyPair::generate();
+    let node = Node::start(NodeSetup {
+        toml: Some("[limits]\nmax_memory_bytes = \"32M\"\n"),
+        trusted: &[&author],
+        ..Default::default()
+    })
+    .unwrap();
+    let mut c = node.connect().await.unwrap();
+    // mandelbrot asks for 64 MiB.
+    let big = pack("mandelbrot", &author);
+    let offered = bounded("mandelbrot", 30, c.offer(&big, 0, 1))
+        .await
+        .unwrap();
+    let (code, reason) = offered.refused();
+    assert_eq!(code, RefusalCode::OverLimits, "{reason}");
+    assert!(reason.contains("memory"), "{reason}");
+    // Limits are checked before trust: an unknown author gets over-limits, not untrusted.
+    let unknown = pack("mandelbrot", &KeyPair::generate());
+    let offered = bounded("unknown", 30, c.offer(&unknown, 0, 2))
+        .await
+        .unwrap();
+    assert_eq!(offered.refused().0, RefusalCode::OverLimits);
+    assert_eq!(node.scratch_entries(), Vec::<String>::new());
+    // hello asks for 16 MiB.
+    let small = pack("hello", &author);
+    let (_, answer) = bounded("hello", 30, c.run(&small, 0, 3)).await.unwrap();
+    assert_eq!(answer.outcome, "exit 0");
+    verified(&node, &answer, &small, 0);
+}
+
+/// (6) One slot, two concurrent offers: one runs, the other is refused `no-free-slot`; the
+/// endless loop ends at its time limit with a signed answer, and the node then serves the
+/// next job normally.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_slot_refuses_a_second_job_until_the_first_ends() {
+    let author = KeyPair::generate();
+    let node = Node::start(NodeSetup {
+        trusted: &[&author],
+        slots: Some(1),
+        ..Default::default()
+    })
+    .unwrap();
+    let looping = pack("evil-loop", &author); // 2 s time limit
+    let mut a = node.connect().await.unwrap();
+    let mut b = node.connect().await.unwrap();
+    let (ra, rb) = bounded("two offers", 30, async {
+        tokio::join!(a.offer(&looping, 0, 1), b.offer(&looping, 0, 2))
+    })
+    .await;
+    let (ra, rb) = (ra.unwrap(), rb.unwrap());
+    let (mut winner, loser) = match (ra.accepted(), rb.accepted()) {
+        (true, false) => (a, (b, rb)),
+        (false, true) => (b, (a, ra)),
+        _ => panic!("exactly one offer must be accepted: {ra:?} / {rb:?}"),
+    };
+    let (mut loser, refused) = loser;
+    let (code, reason) = refused.refused();
+    assert_eq!(code, RefusalCode::NoFreeSlot, "{reason}");
+
+    // While the loop runs, the other connection stays usable.
+    loser.ping().await.unwrap();
+    let t0 = std::time::Instant::now();
+    let answer = bounded("the loop's answer", 30, winner.answer())
+        .await
+        .unwrap();
+    assert_eq!(answer.outcome, "limit: time");
+    let v = verified(&node, &answer, &looping, 0);
+    let r = v.result();
+    assert!(
+        matches!(
+            r.ending,
+            Ending::Limit {
+                limit: LimitKind::Time,
+                ..
+            }
+        ),
+        "{:?}",
+        r.ending
+    );
+    assert!(r.limits_hit.contains(&LimitKind::Time));
+    assert!(r.wall_ms >= 2000, "stopped after {} ms", r.wall_ms);
+    assert!(t0.elapsed() < Duration::from_secs(20));
+
+    // The slot is free again: the refused connection runs a job.
+    let hello = pack("hello", &author);
+    let (_, answer) = bounded("hello", 30, loser.run(&hello, 0, 3)).await.unwrap();
+    assert_eq!(answer.outcome, "exit 0");
+    verified(&node, &answer, &hello, 0);
+    // And the loop's connection takes the next job too.
+    let (_, answer) = bounded("hello again", 30, winner.run(&hello, 0, 4))
+        .await
+        .unwrap();
+    assert_eq!(answer.outcome, "exit 0");
+    assert_eq!(node.scratch_entries(), Vec::<String>::new());
+}
+
+/// Connects with `tls`, offers a job and reads the node's first reply: for a client the node
+/// does not accept, some step of this fails (no reply of the protocol ever arrives).
+async fn first_reply(
+    addr: SocketAddr,
+    tls: Arc<rustls::ClientConfig>,
+    bundle: &[u8],
+) -> Result<FromNode> {
+    let mut c = Conn::connect(addr, tls).await?;
+    c.send(&ToNode::Offer {
+        bundle_sha256: sha256_hex(bundle),
+        bundle_size: bundle.len() as u64,
+        task: 0,
+        job_id: 1,
+    })
+    .await?;
+    Ok(c.recv().await?)
+}
+
+/// (7) Mutual TLS: a client without a certificate, or with one from another CA, cannot get
+/// a job run; a client that does not trust the node's CA does not talk to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_outside_the_cluster_are_refused() {
+    let author = KeyPair::generate();
+    let node = Node::start(NodeSetup {
+        trusted: &[&author],
+        ..Default::default()
+    })
+    .unwrap();
+    let hello = pack("hello", &author);
+
+    let anonymous = client_tls(&node.ca, None);
+    let e = bounded(
+        "no certificate",
+        30,
+        first_reply(node.addr, anonymous, &hello),
+    )
+    .await
+    .expect_err("a client without a certificate got a reply");
+    eprintln!("no certificate: {e:#}");
+
+    let other = Ca::new("Some other CA");
+    let outsider = other.client_cert("lookup-x");
+    let e = bounded(
+        "foreign certificate",
+        30,
+        first_reply(node.addr, client_tls(&node.ca, Some(&outsider)), &hello),
+    )
+    .await
+    .expect_err("a client with another CA's certificate got a reply");
+    eprintln!("foreign certificate: {e:#}");
+
+    // The client side: a node whose certificate is not from the CA the client trusts.
+    let e = bounded(
+        "untrusted node",
+        30,
+        Conn::connect(node.addr, client_tls(&other, Some(&outsider))),
+    )
+    .await
+    .err()
+    .expect("connected to a node the client does not trust");
+    eprintln!("untrusted node: {e:#}");
+
+    assert_eq!(node.scratch_entries(), Vec::<String>::new());
+    // A cluster member still gets its job run.
+    let mut c = node.connect().await.unwrap();
+    let (_, answer) = bounded("hello", 30, c.run(&hello, 0, 2)).await.unwrap();
+    assert_eq!(answer.outcome, "exit 0");
+}
+
+/// (8) Bad requests: each is refused or ends its connection, and the node keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_are_refused_and_the_node_keeps_serving() {
+    let author = KeyPair::generate();
+    let node = Node::start(NodeSetup {
+        trusted: &[&author],
+        ..Default::default()
+    })
+    .unwrap();
+    let hello = pack("hello", &author);
+    let sha = sha256_hex(&hello);
+    // An idle connection held open through all of this is still served at the end.
+    let mut idle = node.connect().await.unwrap();
+    idle.ping().await.unwrap();
+
+    let mut c = node.connect().await.unwrap();
+    // An announced size over the node's limit (256 MiB): refused before any byte is sent.
+    let offered = c
+        .offer_as(&hello, &sha, 300 << 20, 0, 1)
+        .await
+        .expect("an oversized offer is answered");
+    assert!(!offered.asked, "the node asked for a bundle over its limit");
+    let (code, reason) = offered.refused();
+    assert!(
+        matches!(code, RefusalCode::InvalidBundle | RefusalCode::BadRequest),
+        "{code:?}: {reason}"
+    );
+    c.ping().await.unwrap();
+    // A hash that is not 64 lowercase hex digits.
+    let offered = c
+        .offer_as(&hello, &sha.to_uppercase(), hello.len() as u64, 0, 2)
+        .await
+        .unwrap();
+    assert_eq!(offered.refused().0, RefusalCode::BadRequest);
+    // A task the bundle does not have (hello has 1).
+    let offered = c.offer(&hello, 1, 3).await.unwrap();
+    let (code, reason) = offered.refused();
+    assert_eq!(code, RefusalCode::BadRequest, "{reason}");
+    // A data frame shorter than announced.
+    let offered = c
+        .offer_as(&hello[..100], &sha, hello.len() as u64, 0, 4)
+        .await
+        .unwrap();
+    assert_eq!(offered.refused().0, RefusalCode::BadRequest);
+    c.ping().await.unwrap();
+    // An unknown message type: bad-request, then the connection ends.
+    write_frame(&mut c.s, br#"{"type":"launch","now":true}"#, STEP)
+        .await
+        .unwrap();
+    let msg = c.recv().await.unwrap();
+    assert!(
+        matches!(
+            msg,
+            FromNode::Refused {
+                code: RefusalCode::BadRequest,
+                ..
+            }
+        ),
+        "{msg:?}"
+    );
+    c.expect_closed().await;
+
+    // Not JSON at all.
+    let mut c = node.connect().await.unwrap();
+    write_frame(&mut c.s, b"\x00\x01garbage", STEP)
+        .await
+        .unwrap();
+    let msg = c.recv().await.unwrap();
+    assert!(
+        matches!(
+            msg,
+            FromNode::Refused {
+                code: RefusalCode::BadRequest,
+                ..
+            }
+        ),
+        "{msg:?}"
+    );
+    c.expect_closed().await;
+
+    // A control frame over 64 KiB: the connection ends.
+    let mut c = node.connect().await.unwrap();
+    c.s.write_all(&(1u32 << 30).to_be_bytes()).await.unwrap();
+    c.s.flush().await.unwrap();
+    c.expect_closed().await;
+
+    // A data frame longer than announced: the connection ends.
+    let mut c = node.connect().await.unwrap();
+    let mut longer = hello.clone();
+    longer.extend_from_slice(b"trailing");
+    let r = c.offer_as(&longer, &sha, hello.len() as u64, 0, 5).await;
+    match r {
+        Err(_) => {}
+        Ok(o) => panic!("a data frame over its announced size was answered: {o:?}"),
+    }
+
+    // A client that connects and says nothing does not hold the node up; nor does one that
+    // sends half a frame and disappears.
+    let _silent = node.connect().await.unwrap();
+    {
+        let mut c = node.connect().await.unwrap();
+        c.s.write_all(&[0, 0]).await.unwrap();
+        c.s.flush().await.unwrap();
+    }
+
+    assert_eq!(node.scratch_entries(), Vec::<String>::new());
+    // Nothing of the bad offers was cached.
+    assert!(!node.cached(&sha));
+    // The node still serves: the idle connection and a new one.
+    idle.ping().await.unwrap();
+    let (offered, answer) = bounded("hello", 30, idle.run(&hello, 0, 6)).await.unwrap();
+    assert!(offered.asked);
+    assert_eq!(answer.outcome, "exit 0");
+    let mut fresh = node.connect().await.unwrap();
+    let (offered, answer) = bounded("hello", 30, fresh.run(&hello, 0, 7)).await.unwrap();
+    assert!(!offered.asked);
+    assert_eq!(answer.outcome, "exit 0");
+}
