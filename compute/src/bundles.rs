@@ -41,6 +41,11 @@ impl BundleCache {
     pub fn get(&self, sha: &str, limit: u64) -> Option<Vec<u8>> {
         let path = self.path(sha)?;
         let bytes = fsutil::read_bounded(&path, limit).ok()?;
+        if hex(&rjs_signer::bundle_id(&bytes)) != sha {
+            // Damaged on disk: forget it, so the node asks for the bundle again.
+            let _ = fs::remove_file(&path);
+            return None;
+        }
         // Touch so eviction keeps recently used bundles.
         let _ = fs::File::open(&path).and_then(|f| f.set_modified(std::time::SystemTime::now()));
         Some(bytes)
@@ -99,6 +104,11 @@ mod tests {
         assert_eq!(c.get(&a, 100).unwrap(), b"aaa");
         assert_eq!(c.get(&a, 2), None, "over the limit");
         assert_eq!(c.get("../../etc/passwd", 100), None);
+        // A damaged file is dropped, not served.
+        let damaged = c.put(b"ccc").unwrap();
+        fs::write(dir.path().join("b").join(format!("{damaged}.rjs")), b"cc!").unwrap();
+        assert_eq!(c.get(&damaged, 100), None);
+        assert!(!c.contains(&damaged));
         std::thread::sleep(std::time::Duration::from_millis(20));
         let b = c.put(b"bbb").unwrap();
         std::thread::sleep(std::time::Duration::from_millis(20));

@@ -20,7 +20,7 @@ const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
 /// Most slots a node may declare.
 pub const MAX_SLOTS: usize = 1024;
 /// Longest prompt timeout, seconds.
-pub const MAX_PROMPT_TIMEOUT_SECS: u64 = 3600;
+pub const MAX_PROMPT_TIMEOUT_SECS: u64 = 110;
 /// Most groups a node may serve.
 pub const MAX_GROUPS: usize = 64;
 

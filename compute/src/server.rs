@@ -9,7 +9,7 @@ use std::time::Duration;
 use rjs_signer::error_chain;
 use rjs_wire::node::{
     self, CONTROL_TIMEOUT, FrameError, FromNode, IDLE_TIMEOUT, RefusalCode, ToNode, read_frame,
-    read_msg, write_frame, write_msg,
+    read_msg_idle, write_frame, write_msg,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
@@ -93,7 +93,7 @@ pub async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> Result<(), FrameError> {
     let max_bundle = node.verify_limits.max_bundle_bytes;
     loop {
-        let msg: ToNode = match read_msg(&mut s, IDLE_TIMEOUT).await {
+        let msg: ToNode = match read_msg_idle(&mut s, IDLE_TIMEOUT).await {
             Ok(m) => m,
             Err(FrameError::Closed) => return Ok(()),
             Err(FrameError::Malformed(why)) => {

@@ -172,6 +172,52 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(
     .map_err(FrameError::Io)
 }
 
+/// Reads one control message that may be a long time coming (the next job on an idle
+/// connection): the frame may start within `idle`, and must then be complete within
+/// [`CONTROL_TIMEOUT`].
+pub async fn read_msg_idle<R: AsyncRead + Unpin, T: for<'de> Deserialize<'de>>(
+    r: &mut R,
+    idle: Duration,
+) -> Result<T, FrameError> {
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(idle, r.read(&mut first)).await {
+        Err(_) => return Err(FrameError::Timeout(idle)),
+        Ok(Ok(0)) => return Err(FrameError::Closed),
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => return Err(FrameError::Io(e)),
+    }
+    let mut rest = [0u8; 3];
+    tokio::time::timeout(CONTROL_TIMEOUT, r.read_exact(&mut rest))
+        .await
+        .map_err(|_| FrameError::Timeout(CONTROL_TIMEOUT))?
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                FrameError::Closed
+            } else {
+                FrameError::Io(e)
+            }
+        })?;
+    let size = u32::from_be_bytes([first[0], rest[0], rest[1], rest[2]]);
+    if size > MAX_CONTROL {
+        return Err(FrameError::TooLarge {
+            size: u64::from(size),
+            limit: u64::from(MAX_CONTROL),
+        });
+    }
+    let mut buf = vec![0u8; size as usize];
+    tokio::time::timeout(CONTROL_TIMEOUT, r.read_exact(&mut buf))
+        .await
+        .map_err(|_| FrameError::Timeout(CONTROL_TIMEOUT))?
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                FrameError::Closed
+            } else {
+                FrameError::Io(e)
+            }
+        })?;
+    serde_json::from_slice(&buf).map_err(|e| FrameError::Malformed(e.to_string()))
+}
+
 /// Reads one control message.
 pub async fn read_msg<R: AsyncRead + Unpin, T: for<'de> Deserialize<'de>>(
     r: &mut R,
