@@ -7,6 +7,9 @@ use rjs_signer::keys::{self, KeyError, KeyPair};
 
 /// File name stem of the node key in the data directory (`node.key`, `node.pub`).
 pub const NODE_KEY_NAME: &str = "node";
+/// File in the data directory holding the id the lookup assigned at enrolment
+/// (`rjs-compute join`); used when no id is given.
+pub const NODE_ID_FILE: &str = "node-id";
 
 /// The node's key and id.
 #[derive(Debug)]
@@ -26,17 +29,12 @@ pub enum IdentityError {
 }
 
 /// Whether `id` is a valid node id (`[A-Za-z0-9._-]{1,64}`).
-pub fn valid_node_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 64
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-}
+pub use rjs_signer::answer::valid_node_id;
 
 impl NodeIdentity {
     /// Loads `<data>/node.key`, creating it (0600) on first start. The id is `id` if given,
-    /// else `node-` and the first 8 hex digits of the key's fingerprint.
+    /// else the one in `<data>/node-id` (written at enrolment), else `node-` and the first 8
+    /// hex digits of the key's fingerprint.
     pub fn load_or_create(data_dir: &Path, id: Option<&str>) -> Result<Self, IdentityError> {
         let key_path = data_dir.join(format!("{NODE_KEY_NAME}.key"));
         let key = if key_path.exists() {
@@ -46,7 +44,10 @@ impl NodeIdentity {
             keys::write_key_pair(&key, NODE_KEY_NAME, data_dir, false)?;
             key
         };
-        let id = match id {
+        let enrolled = std::fs::read_to_string(data_dir.join(NODE_ID_FILE))
+            .ok()
+            .map(|s| s.trim().to_owned());
+        let id = match id.or(enrolled.as_deref()) {
             Some(id) if valid_node_id(id) => id.to_owned(),
             Some(id) => return Err(IdentityError::BadId(id.to_owned())),
             None => {
@@ -82,6 +83,17 @@ mod tests {
                 .unwrap()
                 .id,
             "pc-7"
+        );
+        std::fs::write(dir.path().join(NODE_ID_FILE), "node-3\n").unwrap();
+        assert_eq!(
+            NodeIdentity::load_or_create(dir.path(), None).unwrap().id,
+            "node-3"
+        );
+        assert_eq!(
+            NodeIdentity::load_or_create(dir.path(), Some("pc-8"))
+                .unwrap()
+                .id,
+            "pc-8"
         );
     }
 }

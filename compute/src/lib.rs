@@ -4,6 +4,7 @@
 //! (nothing runs unless they trust the author) and no job may harm the machine, starve it or
 //! take the node down. See `docs/compute-node.md`.
 //!
+//! * [`announce`]: the signed mDNS announcer (lease renewals for the lookup server).
 //! * [`config`]: `node.toml` and command-line overrides ([`config::NodeConfig`]).
 //! * [`bench`]: the Linpack-style speed benchmark announced to lookup servers.
 //! * [`trust`]: the owner's trust store and the [`trust::Gatekeeper`] deciding per job.
@@ -13,13 +14,16 @@
 //! * [`identity`]: the node's key (signs answers) and id; [`bundles`]: its bundle cache.
 //! * [`node`]: the job pipeline (verify, trust, limits, sandbox, signed answer).
 //! * [`server`]: the mutual-TLS job server (`docs/compute-protocol.md`).
+//! * [`join`]: enrolment with a lookup server (`rjs-compute join TOKEN`).
 
+pub mod announce;
 pub mod bench;
 pub mod bundles;
 pub mod config;
 pub mod identity;
 pub mod idle;
 pub mod job;
+pub mod join;
 pub mod node;
 pub mod prompt;
 pub mod sandbox;

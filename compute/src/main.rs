@@ -89,6 +89,20 @@ enum Command {
         #[arg(long, value_name = "PEM")]
         ca: Option<PathBuf>,
     },
+    /// Enrol this node with a lookup server using a one-time token from `rjs-lookup token`:
+    /// writes the node certificate, its key, the cluster CA and the assigned node id.
+    Join {
+        /// The join token (`rjs1-…`).
+        token: String,
+        #[command(flatten)]
+        data: DataArgs,
+        /// Node id to ask for [default: the lookup assigns `node-<n>`].
+        #[arg(long, value_name = "ID")]
+        id: Option<String>,
+        /// DNS name or IP address lookups reach this node at, for its certificate (repeatable).
+        #[arg(long = "host", value_name = "HOST")]
+        hosts: Vec<String>,
+    },
     /// List, trust, block or forget job authors.
     Trust {
         #[command(flatten)]
@@ -179,6 +193,12 @@ fn main() -> ExitCode {
             rebench,
             json,
         } => cmd_bench(&data, rebench, json).map(|()| ExitCode::SUCCESS),
+        Command::Join {
+            token,
+            data,
+            id,
+            hosts,
+        } => cmd_join(&token, &data, id, hosts).map(|()| ExitCode::SUCCESS),
         Command::Trust { data, command } => cmd_trust(&data, command).map(|()| ExitCode::SUCCESS),
         Command::Run {
             bundle,
@@ -224,6 +244,26 @@ fn join_chain(parts: &[String]) -> String {
         s.push_str(p);
     }
     s
+}
+
+fn cmd_join(token: &str, data: &DataArgs, id: Option<String>, hosts: Vec<String>) -> Result<()> {
+    let token = rjs_wire::enrol::Token::parse(token)?;
+    let config = data.load()?;
+    let opts = rjs_compute::join::JoinOptions { node_id: id, hosts };
+    let joined = runtime()?.block_on(rjs_compute::join::join(
+        &token,
+        &config.data_dir,
+        &config.tls,
+        &opts,
+    ))?;
+    println!(
+        "enrolled as {}; certificate {}, key {}, cluster CA {}",
+        joined.node_id,
+        joined.cert.display(),
+        joined.key.display(),
+        joined.ca.display()
+    );
+    Ok(())
 }
 
 fn cmd_bench(data: &DataArgs, rebench: bool, json: bool) -> Result<()> {

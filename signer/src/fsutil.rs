@@ -76,6 +76,33 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), FileErro
     write_atomic_with(path, mode, |f| f.write_all(bytes))
 }
 
+/// Creates a new, uniquely named file `DIR/<prefix><pid>-<random>` with the given
+/// permission bits from the start (never briefly more open), refusing to reuse a name.
+pub fn create_temp_in(dir: &Path, prefix: &str, mode: u32) -> Result<(PathBuf, File), FileError> {
+    let mut opts = OpenOptions::new();
+    opts.write(true).read(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(mode);
+    }
+    #[cfg(not(unix))]
+    let _ = mode;
+    let mut attempt = 0u32;
+    loop {
+        let tmp = dir.join(format!(
+            "{prefix}{}-{:016x}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        match opts.open(&tmp) {
+            Ok(f) => return Ok((tmp, f)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempt < 8 => attempt += 1,
+            Err(e) => return Err(FileError::io("creating a temporary file in", dir, e)),
+        }
+    }
+}
+
 /// Like [`write_atomic`], with the contents produced by a callback writing into the file.
 pub fn write_atomic_with(
     path: &Path,
@@ -97,30 +124,7 @@ pub fn write_atomic_with(
         })?
         .to_string_lossy()
         .into_owned();
-    let mut opts = OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(mode);
-    }
-    #[cfg(not(unix))]
-    let _ = mode;
-    let (tmp, mut file) = {
-        let mut attempt = 0u32;
-        loop {
-            let tmp = dir.join(format!(
-                ".{file_name}.tmp-{}-{}",
-                std::process::id(),
-                rand::random::<u32>()
-            ));
-            match opts.open(&tmp) {
-                Ok(f) => break (tmp, f),
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempt < 8 => attempt += 1,
-                Err(e) => return Err(FileError::io("creating a temporary file in", &dir, e)),
-            }
-        }
-    };
+    let (tmp, mut file) = create_temp_in(&dir, &format!(".{file_name}.tmp-"), mode)?;
     let result = fill(&mut file)
         .and_then(|()| file.sync_all())
         .map_err(|e| FileError::io("writing", &tmp, e))

@@ -237,15 +237,7 @@ impl KeyPair {
 
 /// Checks a key label (`keygen --name`, public key lines).
 pub fn validate_key_name(name: &str) -> Result<(), KeyError> {
-    let ok = !name.is_empty()
-        && name.len() <= MAX_KEY_NAME
-        && name
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphanumeric())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '@' | '-'));
+    let ok = crate::paths::is_label(name, MAX_KEY_NAME, &['.', '_', '@', '-']);
     if ok {
         Ok(())
     } else {

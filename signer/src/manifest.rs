@@ -339,15 +339,7 @@ pub fn node_serves(node_group: &str, job_group: &str) -> bool {
 }
 
 pub fn valid_job_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= MAX_NAME
-        && name
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphanumeric())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    crate::paths::is_label(name, MAX_NAME, &['.', '_', '-'])
 }
 
 pub fn valid_group(group: &str) -> bool {

@@ -36,6 +36,17 @@ pub enum PathError {
     BadChar(char),
 }
 
+/// Whether `name` is a label of 1 to `max` ASCII letters, digits and the `extra` characters,
+/// starting with a letter or digit (job names, key names, node ids).
+pub fn is_label(name: &str, max: usize, extra: &[char]) -> bool {
+    !name.is_empty()
+        && name.len() <= max
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || extra.contains(&c))
+}
+
 /// Checks one entry name against the rules above.
 pub fn check_entry_name(name: &str) -> Result<(), PathError> {
     if name.is_empty() {

@@ -20,76 +20,17 @@
 //! most clients (`curl --cert FILE --key FILE`, reqwest's `Identity::from_pem`); the CA then
 //! merely travels as a chain element. [`parse_creds`] splits such a file back.
 
-use std::net::IpAddr;
-
-use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, SanType, SerialNumber,
-};
+use rcgen::ExtendedKeyUsagePurpose;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use x509_parser::prelude::{FromDer, X509Certificate};
+
+pub use rjs_wire::pki::{
+    CA_YEARS, Ca, Issued, LEAF_YEARS, MAX_HOST, PkiError, check_host, civil_from_unix, common_name,
+};
 
 /// Common name of the web server's CA.
 pub const CA_COMMON_NAME: &str = "RJS web server CA";
 /// Common name of the web server's own certificate.
 pub const SERVER_COMMON_NAME: &str = "rjs-webserver";
-/// Validity of the CA, years.
-pub const CA_YEARS: i32 = 20;
-/// Validity of server and lookup certificates, years.
-pub const LEAF_YEARS: i32 = 10;
-/// Longest DNS name accepted for the server certificate.
-pub const MAX_HOST: usize = 253;
-
-/// Certificate issuance and parsing failures.
-#[derive(Debug, thiserror::Error)]
-pub enum PkiError {
-    #[error("generating a certificate")]
-    Rcgen(#[from] rcgen::Error),
-    #[error("invalid host name {0:?} (a DNS name or an IP address)")]
-    BadHost(String),
-    #[error("the CA key does not match the CA certificate")]
-    KeyMismatch,
-    #[error("{0}")]
-    Creds(String),
-    #[error(transparent)]
-    Tls(#[from] rjs_wire::tls::TlsError),
-}
-
-/// The CA: certificate (public) and key (secret).
-pub struct Ca {
-    pub cert_pem: String,
-    /// PKCS#8 PEM. Secret.
-    pub key_pem: String,
-}
-
-impl std::fmt::Debug for Ca {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Ca").finish_non_exhaustive()
-    }
-}
-
-/// A certificate issued by the CA, with its new key.
-pub struct Issued {
-    pub cert_pem: String,
-    pub cert_der: Vec<u8>,
-    /// PKCS#8 PEM. Secret.
-    pub key_pem: String,
-}
-
-impl Issued {
-    /// SHA-256 (hex) of the DER certificate: how the store names it.
-    pub fn sha256(&self) -> String {
-        rjs_wire::tls::cert_sha256(&self.cert_der)
-    }
-}
-
-impl std::fmt::Debug for Issued {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Issued")
-            .field("sha256", &self.sha256())
-            .finish_non_exhaustive()
-    }
-}
 
 /// The parts of a lookup credentials file.
 #[derive(Debug)]
@@ -101,154 +42,29 @@ pub struct Creds {
     pub key: PrivateKeyDer<'static>,
 }
 
-/// (year, month, day) of a Unix time, UTC (proleptic Gregorian; H. Hinnant's algorithm).
-pub fn civil_from_unix(secs: i64) -> (i32, u8, u8) {
-    let z = secs.div_euclid(86_400) + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = if m <= 2 { y + 1 } else { y };
-    (y as i32, m as u8, d as u8)
-}
-
-/// Sets the validity: from yesterday (UTC) for `years` years.
-fn set_validity(params: &mut CertificateParams, years: i32) {
-    let now = rjs_signer::unix_now() as i64;
-    let (y, m, d) = civil_from_unix(now - 86_400);
-    params.not_before = rcgen::date_time_ymd(y, m, d);
-    // Day 28 at most: every month has it.
-    params.not_after = rcgen::date_time_ymd(y + years, m, d.min(28));
-}
-
-fn random_serial() -> SerialNumber {
-    let mut bytes: [u8; 16] = rand::random();
-    // Positive and exactly 16 bytes long in DER.
-    bytes[0] = (bytes[0] & 0x7f) | 0x40;
-    SerialNumber::from_slice(&bytes)
-}
-
-fn new_key() -> Result<KeyPair, PkiError> {
-    Ok(KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?)
-}
-
-/// A DNS name as certificates take it: labels of letters, digits and `-`, dot-separated.
-fn valid_dns_name(host: &str) -> bool {
-    !host.is_empty()
-        && host.len() <= MAX_HOST
-        && host.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        })
-}
-
-/// Checks a host for the server certificate: an IP address or a DNS name.
-pub fn check_host(host: &str) -> Result<(), PkiError> {
-    if host.parse::<IpAddr>().is_ok() || valid_dns_name(host) {
-        Ok(())
-    } else {
-        Err(PkiError::BadHost(host.to_owned()))
-    }
-}
-
 /// Creates a new self-signed CA.
 pub fn new_ca() -> Result<Ca, PkiError> {
-    let key = new_key()?;
-    let mut params = CertificateParams::default();
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, CA_COMMON_NAME);
-    params.distinguished_name = dn;
-    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    params.serial_number = Some(random_serial());
-    set_validity(&mut params, CA_YEARS);
-    let cert = params.self_signed(&key)?;
-    Ok(Ca {
-        cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
-    })
-}
-
-fn issuer(ca: &Ca) -> Result<Issuer<'static, KeyPair>, PkiError> {
-    let key = KeyPair::from_pem(&ca.key_pem)?;
-    // The key must be the one the certificate names, or every issued certificate is junk.
-    let der = rjs_wire::tls::certs_from_pem(ca.cert_pem.as_bytes(), "CA certificate")?;
-    let first = der
-        .first()
-        .ok_or_else(|| PkiError::Creds("no CA certificate".into()))?;
-    let (_, parsed) = X509Certificate::from_der(first)
-        .map_err(|e| PkiError::Creds(format!("CA certificate: {e}")))?;
-    if parsed.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
-        return Err(PkiError::KeyMismatch);
-    }
-    Ok(Issuer::from_ca_cert_pem(&ca.cert_pem, key)?)
-}
-
-fn issue(
-    ca: &Ca,
-    common_name: &str,
-    sans: Vec<SanType>,
-    eku: ExtendedKeyUsagePurpose,
-) -> Result<Issued, PkiError> {
-    let issuer = issuer(ca)?;
-    let key = new_key()?;
-    let mut params = CertificateParams::default();
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, common_name);
-    params.distinguished_name = dn;
-    params.subject_alt_names = sans;
-    params.is_ca = IsCa::ExplicitNoCa;
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![eku];
-    params.use_authority_key_identifier_extension = true;
-    params.serial_number = Some(random_serial());
-    set_validity(&mut params, LEAF_YEARS);
-    let cert = params.signed_by(&key, &issuer)?;
-    Ok(Issued {
-        cert_pem: cert.pem(),
-        cert_der: cert.der().to_vec(),
-        key_pem: key.serialize_pem(),
-    })
+    rjs_wire::pki::new_ca(CA_COMMON_NAME)
 }
 
 /// Issues the server certificate for `hosts` (DNS names and IP addresses, as SANs).
 pub fn issue_server(ca: &Ca, hosts: &[String]) -> Result<Issued, PkiError> {
-    let mut sans = Vec::with_capacity(hosts.len());
-    for host in hosts {
-        check_host(host)?;
-        sans.push(match host.parse::<IpAddr>() {
-            Ok(ip) => SanType::IpAddress(ip),
-            Err(_) => SanType::DnsName(
-                host.as_str()
-                    .try_into()
-                    .map_err(|_| PkiError::BadHost(host.clone()))?,
-            ),
-        });
-    }
-    issue(
+    rjs_wire::pki::issue(
         ca,
         SERVER_COMMON_NAME,
-        sans,
-        ExtendedKeyUsagePurpose::ServerAuth,
+        rjs_wire::pki::host_sans(hosts)?,
+        vec![ExtendedKeyUsagePurpose::ServerAuth],
     )
 }
 
 /// Issues a lookup server's client certificate (CN = `name`, clientAuth).
 pub fn issue_lookup(ca: &Ca, name: &str) -> Result<Issued, PkiError> {
-    issue(ca, name, Vec::new(), ExtendedKeyUsagePurpose::ClientAuth)
+    rjs_wire::pki::issue(
+        ca,
+        name,
+        Vec::new(),
+        vec![ExtendedKeyUsagePurpose::ClientAuth],
+    )
 }
 
 /// The text of a lookup credentials file (see the module documentation).
@@ -288,26 +104,11 @@ pub fn parse_creds(pem: &[u8]) -> Result<Creds, PkiError> {
     Ok(Creds { ca, cert, key })
 }
 
-/// The subject's common name of a DER certificate.
-pub fn common_name(der: &[u8]) -> Option<String> {
-    let (_, cert) = X509Certificate::from_der(der).ok()?;
-    let cn = cert.subject().iter_common_name().next()?;
-    cn.as_str().ok().map(str::to_owned)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use rustls::server::WebPkiClientVerifier;
     use rustls_pki_types::UnixTime;
-
-    #[test]
-    fn civil_dates() {
-        assert_eq!(civil_from_unix(0), (1970, 1, 1));
-        assert_eq!(civil_from_unix(951_782_400), (2000, 2, 29));
-        assert_eq!(civil_from_unix(1_795_569_960), (2026, 11, 25));
-        assert_eq!(civil_from_unix(-86_400), (1969, 12, 31));
-    }
 
     #[test]
     fn hosts() {

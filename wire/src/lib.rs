@@ -2,6 +2,7 @@
 //!
 //! The one place where the grid's wire types live:
 //!
+//! * [`announce`]: signed compute-node announcements as mDNS TXT fields.
 //! * [`api`]: the JSON bodies of the web server's author and lookup APIs
 //!   (`docs/webserver-api.md`).
 //! * [`node`]: the framed job protocol between a lookup server and a compute node
@@ -9,6 +10,10 @@
 //! * [`tls`]: loading PEM certificates and keys, and building rustls client and server
 //!   configurations that trust only the grid's own CAs.
 
+pub mod announce;
 pub mod api;
+pub mod enrol;
 pub mod node;
+#[cfg(feature = "pki")]
+pub mod pki;
 pub mod tls;

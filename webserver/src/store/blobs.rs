@@ -12,7 +12,7 @@
 //! file in `tmp/`, which [`BlobStore::clean_tmp`] removes at start-up. Blob names are always
 //! validated before a path is built from them.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
@@ -191,26 +191,17 @@ impl BlobStore {
 
     /// Starts an upload of at most `max_bytes` bytes into a new temporary file.
     pub fn writer(&self, max_bytes: u64) -> Result<BlobWriter, BlobError> {
-        let mut opts = OpenOptions::new();
-        opts.write(true).create_new(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            opts.mode(0o600);
-        }
-        let mut attempt = 0u32;
-        let (path, file) = loop {
-            let path = self.tmp.join(format!(
-                "up-{}-{:016x}",
-                std::process::id(),
-                rand::random::<u64>()
-            ));
-            match opts.open(&path) {
-                Ok(f) => break (path, f),
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempt < 8 => attempt += 1,
-                Err(e) => return Err(io_err("creating a temporary file", &path)(e)),
-            }
-        };
+        let (path, file) =
+            rjs_signer::fsutil::create_temp_in(&self.tmp, "up-", 0o600).map_err(|e| match e {
+                rjs_signer::fsutil::FileError::Io { what, path, source } => {
+                    BlobError::Io { what, path, source }
+                }
+                other => BlobError::Io {
+                    what: "creating a temporary file in",
+                    path: self.tmp.clone(),
+                    source: io::Error::other(other.to_string()),
+                },
+            })?;
         Ok(BlobWriter {
             store: self.clone(),
             file: Some(BufWriter::with_capacity(WRITE_BUFFER, file)),

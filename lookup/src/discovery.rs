@@ -1,0 +1,512 @@
+//! Discovery of compute nodes: an mDNS browser of `_rjs-compute._tcp.local.` feeding a
+//! [`NodeTable`] of leases (`docs/discovery.md`).
+//!
+//! An announcement is accepted only if it is signed by a key the caller vouches for
+//! ([`KeyDirectory`]: the enrolment registry; revoked nodes give `None`), its timestamp is
+//! within the clock window of now, and its `(timestamp, seq)` is strictly newer than the last
+//! one accepted for that node. Each accepted announcement renews the node's lease; a node not
+//! renewed within the TTL is dropped. mDNS record expiry is NOT used (a killed node's records
+//! linger about two minutes).
+//!
+//! WARNING: `mdns_sd::ServiceDaemon::new()` joins the mDNS multicast groups on every interface
+//! as soon as it is created. Tests and demos must create a [`Browser`] only inside a private
+//! network namespace.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use mdns_sd::{IfKind, ServiceDaemon, ServiceEvent};
+use rjs_signer::keys::PublicKey;
+use rjs_wire::announce::{AnnounceError, Announcement, SERVICE_TYPE};
+use serde::Serialize;
+
+/// Default announcement interval the TTL is based on.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(2);
+/// Default clock window (accepted |announcement time - now|).
+pub const DEFAULT_CLOCK_WINDOW: Duration = Duration::from_secs(30);
+
+/// Gives the public key of an enrolled, non-revoked node.
+pub trait KeyDirectory: Send + Sync {
+    fn key_of(&self, node_id: &str) -> Option<PublicKey>;
+}
+
+impl<F: Fn(&str) -> Option<PublicKey> + Send + Sync> KeyDirectory for F {
+    fn key_of(&self, node_id: &str) -> Option<PublicKey> {
+        self(node_id)
+    }
+}
+
+/// Lease and acceptance policy.
+#[derive(Debug, Clone)]
+pub struct DiscoveryConfig {
+    /// Announcement interval of the nodes.
+    pub interval: Duration,
+    /// Lease TTL (default 3 intervals).
+    pub ttl: Duration,
+    /// Accepted clock skew either way (default 30 s).
+    pub clock_window: Duration,
+    /// Interfaces mDNS may use; `None` keeps the daemon's default (all).
+    pub interfaces: Option<Vec<IfKind>>,
+}
+
+impl DiscoveryConfig {
+    /// TTL of 3 intervals, clock window 30 s, all interfaces.
+    pub fn with_interval(interval: Duration) -> Self {
+        DiscoveryConfig {
+            interval,
+            ttl: interval * 3,
+            clock_window: DEFAULT_CLOCK_WINDOW,
+            interfaces: None,
+        }
+    }
+}
+
+impl Default for DiscoveryConfig {
+    fn default() -> Self {
+        Self::with_interval(DEFAULT_INTERVAL)
+    }
+}
+
+/// Why an announcement was dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DropReason {
+    /// No signature field.
+    Unsigned,
+    /// Missing, unknown, duplicate, over-long or malformed fields.
+    Malformed,
+    /// Signed, but the node id has no enrolled (or a revoked) key.
+    UnknownKey,
+    /// The signature does not verify with the node's key.
+    BadSignature,
+    /// Timestamp outside the clock window.
+    Stale,
+    /// Not newer than the last accepted announcement of that node.
+    Replay,
+}
+
+/// Counters of dropped announcements, by reason (for the node panel).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct DropCounters {
+    pub unsigned: u64,
+    pub malformed: u64,
+    pub unknown_key: u64,
+    pub bad_signature: u64,
+    pub stale: u64,
+    pub replay: u64,
+}
+
+impl DropCounters {
+    fn count(&mut self, r: DropReason) {
+        let c = match r {
+            DropReason::Unsigned => &mut self.unsigned,
+            DropReason::Malformed => &mut self.malformed,
+            DropReason::UnknownKey => &mut self.unknown_key,
+            DropReason::BadSignature => &mut self.bad_signature,
+            DropReason::Stale => &mut self.stale,
+            DropReason::Replay => &mut self.replay,
+        };
+        *c += 1;
+    }
+}
+
+/// What happened to one offered announcement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offer {
+    /// A new node.
+    Joined,
+    /// A known node's lease renewed.
+    Renewed,
+    /// The very announcement last accepted, seen again (mDNS re-delivery); not counted.
+    Duplicate,
+    /// Dropped and counted.
+    Dropped(DropReason),
+}
+
+/// One node as the panel shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NodeView {
+    pub node_id: String,
+    pub addresses: Vec<IpAddr>,
+    pub port: u16,
+    pub mflops: u64,
+    pub free_slots: u32,
+    pub total_slots: u32,
+    pub groups: Vec<String>,
+    /// Time since the last renewal.
+    pub age_ms: u64,
+}
+
+#[derive(Debug)]
+struct Lease {
+    ann: Announcement,
+    sig: [u8; 64],
+    addresses: Vec<IpAddr>,
+    renewed: Instant,
+}
+
+/// The leases of discovered nodes. Pure (no network): the [`Browser`] feeds it, tests may too.
+#[derive(Debug)]
+pub struct NodeTable {
+    ttl: Duration,
+    clock_window: Duration,
+    nodes: HashMap<String, Lease>,
+    /// Last accepted `(timestamp, seq)` per node, kept after a lease expires so that an old
+    /// announcement cannot bring a dropped node back.
+    last: HashMap<String, (u64, u64)>,
+    drops: DropCounters,
+}
+
+fn unix_ms_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl NodeTable {
+    pub fn new(ttl: Duration, clock_window: Duration) -> Self {
+        NodeTable {
+            ttl,
+            clock_window,
+            nodes: HashMap::new(),
+            last: HashMap::new(),
+            drops: DropCounters::default(),
+        }
+    }
+
+    /// Offers the TXT fields of a resolved service, with its addresses, at wall-clock
+    /// `now_unix_ms` and monotonic `now`.
+    pub fn offer<K: AsRef<str>, V: AsRef<str>>(
+        &mut self,
+        props: impl IntoIterator<Item = (K, V)>,
+        addresses: Vec<IpAddr>,
+        keys: &dyn KeyDirectory,
+        now_unix_ms: u64,
+        now: Instant,
+    ) -> Offer {
+        let r = self.check(props, keys, now_unix_ms);
+        let (ann, sig) = match r {
+            Ok(x) => x,
+            Err(Offer::Dropped(reason)) => {
+                self.drops.count(reason);
+                return Offer::Dropped(reason);
+            }
+            Err(other) => return other,
+        };
+        let id = ann.node_id.clone();
+        self.last.insert(id.clone(), (ann.timestamp_ms, ann.seq));
+        let lease = Lease {
+            ann,
+            sig,
+            addresses,
+            renewed: now,
+        };
+        match self.nodes.insert(id, lease) {
+            Some(_) => Offer::Renewed,
+            None => Offer::Joined,
+        }
+    }
+
+    fn check<K: AsRef<str>, V: AsRef<str>>(
+        &self,
+        props: impl IntoIterator<Item = (K, V)>,
+        keys: &dyn KeyDirectory,
+        now_unix_ms: u64,
+    ) -> Result<(Announcement, [u8; 64]), Offer> {
+        let (ann, sig) = Announcement::from_txt(props).map_err(|e| {
+            Offer::Dropped(match e {
+                AnnounceError::Unsigned => DropReason::Unsigned,
+                _ => DropReason::Malformed,
+            })
+        })?;
+        let key = keys
+            .key_of(&ann.node_id)
+            .ok_or(Offer::Dropped(DropReason::UnknownKey))?;
+        ann.verify(&sig, |m, s| key.verify(m, s))
+            .map_err(|_| Offer::Dropped(DropReason::BadSignature))?;
+        let window = self.clock_window.as_millis() as u64;
+        if ann.timestamp_ms.abs_diff(now_unix_ms) > window {
+            return Err(Offer::Dropped(DropReason::Stale));
+        }
+        if let Some(&last) = self.last.get(&ann.node_id) {
+            let this = (ann.timestamp_ms, ann.seq);
+            if this <= last {
+                let same =
+                    this == last && self.nodes.get(&ann.node_id).is_some_and(|l| l.sig == sig);
+                return Err(if same {
+                    Offer::Duplicate
+                } else {
+                    Offer::Dropped(DropReason::Replay)
+                });
+            }
+        }
+        Ok((ann, sig))
+    }
+
+    /// Drops the leases not renewed within the TTL; returns the dropped node ids.
+    pub fn expire(&mut self, now: Instant) -> Vec<String> {
+        let ttl = self.ttl;
+        let gone: Vec<String> = self
+            .nodes
+            .iter()
+            .filter(|(_, l)| now.saturating_duration_since(l.renewed) > ttl)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &gone {
+            self.nodes.remove(id);
+        }
+        gone
+    }
+
+    /// The live nodes, sorted by id.
+    pub fn nodes(&self, now: Instant) -> Vec<NodeView> {
+        let mut v: Vec<NodeView> = self
+            .nodes
+            .values()
+            .filter(|l| now.saturating_duration_since(l.renewed) <= self.ttl)
+            .map(|l| NodeView {
+                node_id: l.ann.node_id.clone(),
+                addresses: l.addresses.clone(),
+                port: l.ann.port,
+                mflops: l.ann.mflops,
+                free_slots: l.ann.free_slots,
+                total_slots: l.ann.total_slots,
+                groups: l.ann.groups.clone(),
+                age_ms: now.saturating_duration_since(l.renewed).as_millis() as u64,
+            })
+            .collect();
+        v.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+        v
+    }
+
+    pub fn drops(&self) -> DropCounters {
+        self.drops
+    }
+}
+
+/// Why the browser could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoveryError {
+    #[error("mDNS: {0}")]
+    Mdns(#[from] mdns_sd::Error),
+}
+
+/// A running mDNS browser feeding a shared [`NodeTable`]; stops on drop or
+/// [`Browser::shutdown`].
+pub struct Browser {
+    table: Arc<Mutex<NodeTable>>,
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Browser {
+    /// Creates a daemon (restricted to `config.interfaces`) and browses for compute nodes.
+    pub fn start(
+        config: DiscoveryConfig,
+        keys: Arc<dyn KeyDirectory>,
+    ) -> Result<Self, DiscoveryError> {
+        let daemon = ServiceDaemon::new()?;
+        if let Some(ifs) = &config.interfaces {
+            daemon.disable_interface(IfKind::All)?;
+            daemon.enable_interface(ifs.clone())?;
+        }
+        let events = daemon.browse(SERVICE_TYPE)?;
+        let table = Arc::new(Mutex::new(NodeTable::new(config.ttl, config.clock_window)));
+        let (tx, stop_rx) = mpsc::channel::<()>();
+        let t = table.clone();
+        // Wake often enough to expire leases promptly.
+        let tick = (config.ttl / 10).clamp(Duration::from_millis(10), Duration::from_millis(500));
+        let thread = std::thread::Builder::new()
+            .name("rjs-discovery".into())
+            .spawn(move || {
+                while let Err(mpsc::TryRecvError::Empty) = stop_rx.try_recv() {
+                    match events.recv_timeout(tick) {
+                        Ok(ServiceEvent::ServiceResolved(info)) => {
+                            let props: Vec<(String, String)> = info
+                                .get_properties()
+                                .iter()
+                                .map(|p| (p.key().to_owned(), p.val_str().to_owned()))
+                                .collect();
+                            let mut addrs: Vec<IpAddr> = info
+                                .get_addresses()
+                                .iter()
+                                .map(|a| a.to_ip_addr())
+                                .collect();
+                            addrs.sort();
+                            let mut tbl = t.lock().unwrap_or_else(|e| e.into_inner());
+                            let r = tbl.offer(props, addrs, &*keys, unix_ms_now(), Instant::now());
+                            tracing::debug!("announcement from {}: {r:?}", info.get_fullname());
+                        }
+                        Ok(_) => {}
+                        Err(mdns_sd::RecvTimeoutError::Timeout) => {}
+                        Err(mdns_sd::RecvTimeoutError::Disconnected) => break,
+                    }
+                    let gone = t
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .expire(Instant::now());
+                    for id in gone {
+                        tracing::info!("node {id}: lease expired");
+                    }
+                }
+                let _ = daemon.stop_browse(SERVICE_TYPE);
+                if let Ok(done) = daemon.shutdown() {
+                    let _ = done.recv_timeout(Duration::from_secs(1));
+                }
+            })
+            .expect("spawning the discovery thread");
+        Ok(Browser {
+            table,
+            stop: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// The shared lease table.
+    pub fn table(&self) -> Arc<Mutex<NodeTable>> {
+        self.table.clone()
+    }
+
+    /// The live nodes now.
+    pub fn nodes(&self) -> Vec<NodeView> {
+        self.lock().nodes(Instant::now())
+    }
+
+    /// Dropped-announcement counters.
+    pub fn drops(&self) -> DropCounters {
+        self.lock().drops()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, NodeTable> {
+        self.table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Stops browsing and shuts the daemon down.
+    pub fn shutdown(mut self) {
+        self.stop_now();
+    }
+
+    fn stop_now(&mut self) {
+        self.stop.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        self.stop_now();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rjs_signer::keys::KeyPair;
+
+    fn ann(id: &str, ts: u64, seq: u64) -> Announcement {
+        Announcement {
+            node_id: id.into(),
+            port: 7000,
+            mflops: 500,
+            free_slots: 1,
+            total_slots: 2,
+            groups: vec!["default".into()],
+            timestamp_ms: ts,
+            seq,
+        }
+    }
+
+    #[test]
+    fn table_policy() {
+        let good = KeyPair::from_secret([1; 32]);
+        let other = KeyPair::from_secret([2; 32]);
+        let pk = good.public();
+        let keys = move |id: &str| (id == "a").then_some(pk);
+        let mut t = NodeTable::new(Duration::from_millis(600), DEFAULT_CLOCK_WINDOW);
+        let now_ms = 1_000_000_000;
+        let t0 = Instant::now();
+        let s = |a: &Announcement, k: &KeyPair| a.to_txt(|m| k.sign(m)).unwrap();
+        let a1 = s(&ann("a", now_ms, 1), &good);
+        assert_eq!(
+            t.offer(a1.clone(), vec![], &keys, now_ms, t0),
+            Offer::Joined
+        );
+        assert_eq!(
+            t.offer(a1.clone(), vec![], &keys, now_ms, t0),
+            Offer::Duplicate
+        );
+        let a2 = s(&ann("a", now_ms, 2), &good);
+        assert_eq!(t.offer(a2, vec![], &keys, now_ms, t0), Offer::Renewed);
+        // Replay of the older one.
+        assert_eq!(
+            t.offer(a1, vec![], &keys, now_ms, t0),
+            Offer::Dropped(DropReason::Replay)
+        );
+        // Unknown node, wrong key, stale, unsigned, malformed.
+        let b = s(&ann("b", now_ms, 1), &good);
+        assert_eq!(
+            t.offer(b, vec![], &keys, now_ms, t0),
+            Offer::Dropped(DropReason::UnknownKey)
+        );
+        let forged = s(&ann("a", now_ms + 1, 1), &other);
+        assert_eq!(
+            t.offer(forged, vec![], &keys, now_ms, t0),
+            Offer::Dropped(DropReason::BadSignature)
+        );
+        let stale = s(&ann("a", now_ms - 31_000, 9), &good);
+        assert_eq!(
+            t.offer(stale, vec![], &keys, now_ms, t0),
+            Offer::Dropped(DropReason::Stale)
+        );
+        let future = s(&ann("a", now_ms + 31_000, 9), &good);
+        assert_eq!(
+            t.offer(future, vec![], &keys, now_ms, t0),
+            Offer::Dropped(DropReason::Stale)
+        );
+        let mut unsigned = s(&ann("a", now_ms + 2, 1), &good);
+        unsigned.pop();
+        assert_eq!(
+            t.offer(unsigned, vec![], &keys, now_ms, t0),
+            Offer::Dropped(DropReason::Unsigned)
+        );
+        assert_eq!(
+            t.offer(vec![("id", "a")], vec![], &keys, now_ms, t0),
+            Offer::Dropped(DropReason::Unsigned)
+        );
+        assert_eq!(
+            t.offer(vec![("sig", "x")], vec![], &keys, now_ms, t0),
+            Offer::Dropped(DropReason::Malformed)
+        );
+        let d = t.drops();
+        assert_eq!(
+            (
+                d.replay,
+                d.unknown_key,
+                d.bad_signature,
+                d.stale,
+                d.unsigned,
+                d.malformed
+            ),
+            (1, 1, 1, 2, 2, 1)
+        );
+        assert_eq!(t.nodes(t0).len(), 1);
+        // Lease expiry, and an old announcement cannot revive the node.
+        let later = t0 + Duration::from_millis(700);
+        assert!(t.nodes(later).is_empty());
+        assert_eq!(t.expire(later), vec!["a".to_owned()]);
+        let a2_again = s(&ann("a", now_ms, 2), &good);
+        assert_eq!(
+            t.offer(a2_again, vec![], &keys, now_ms, later),
+            Offer::Dropped(DropReason::Replay)
+        );
+        let a3 = s(&ann("a", now_ms + 100, 1), &good);
+        assert_eq!(t.offer(a3, vec![], &keys, now_ms, later), Offer::Joined);
+    }
+}
