@@ -5,4 +5,7 @@
 //! (coming next) pulls jobs from the web server and dispatches them fastest-first.
 
 pub mod discovery;
+pub mod dispatch;
 pub mod enrol;
+pub mod spool;
+pub mod upstream;

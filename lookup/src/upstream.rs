@@ -1,0 +1,747 @@
+//! The lookup server's side of the web server's lookup API (`docs/webserver-api.md`, "Lookup
+//! API"): one mutual-TLS HTTPS client, reused so that TLS sessions and HTTP/2 connections are
+//! kept; the `jobs` event stream with reconnection; a content-addressed bundle cache; and the
+//! [`Poller`] that wakes the dispatcher on an event or on a jittered timer, backing off while
+//! the web server is down.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rjs_wire::api::{
+    AnswerResponse, ErrorBody, FailureRequest, FailureResponse, H_NODE, H_OUTCOME, JobsEvent,
+    LOOKUP_PREFIX, LeaseRequest, LeaseResponse, ReleaseRequest, ReleaseResponse, RenewRequest,
+    RenewResponse,
+};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+
+/// Errors talking to the web server. `Display` names the operation and URL; the cause is in
+/// `source()` (print with `{:#}` through anyhow, or walk the chain).
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("loading lookup credentials from {path}: {why}")]
+    Credentials { path: PathBuf, why: String },
+    #[error("building the HTTPS client")]
+    Client(#[source] reqwest::Error),
+    #[error("{what} {url}")]
+    Transport {
+        what: &'static str,
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("{what} {url}: {status} {code}: {message}")]
+    Status {
+        what: &'static str,
+        url: String,
+        status: u16,
+        code: String,
+        message: String,
+    },
+    #[error("{what} {url}: unexpected response")]
+    Decode {
+        what: &'static str,
+        url: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("bundle {expected} from {url} hashes to {got}")]
+    Digest {
+        url: String,
+        expected: String,
+        got: String,
+    },
+    #[error("{0:?} is not a bundle id (64 lowercase hex digits)")]
+    BadBundleId(String),
+    #[error("bundle cache")]
+    Cache(#[source] rjs_signer::fsutil::FileError),
+}
+
+impl UpstreamError {
+    /// Worth retrying later: the web server was unreachable, timed out, or failed on its side
+    /// (5xx, 408, 429). Other errors will not go away by themselves.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            UpstreamError::Transport { .. } => true,
+            UpstreamError::Status { status, .. } => {
+                *status >= 500 || *status == 408 || *status == 429
+            }
+            _ => false,
+        }
+    }
+
+    /// The HTTP status, if the web server answered with an error.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            UpstreamError::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// The error and all its causes on one line: `a: b: c`.
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// Identity and trust read from a `rjs-webserver lookup add` credentials file.
+pub struct Credentials {
+    /// The web server's CA: the only root trusted.
+    pub ca: Vec<CertificateDer<'static>>,
+    /// The lookup's client certificate chain (the certificates that are not the CA).
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+}
+
+impl Credentials {
+    /// Reads the credentials file: first certificate the leaf, second the CA, then the key
+    /// (`docs/webserver-admin.md`, "Lookup credentials file").
+    pub fn load(path: &Path) -> Result<Self, UpstreamError> {
+        let bad = |why: String| UpstreamError::Credentials {
+            path: path.to_owned(),
+            why,
+        };
+        let pem =
+            rjs_signer::fsutil::read_bounded(path, 1024 * 1024).map_err(|e| bad(chain(&e)))?;
+        let certs =
+            rjs_wire::tls::certs_from_pem(&pem, "credentials").map_err(|e| bad(chain(&e)))?;
+        if certs.len() < 2 {
+            return Err(bad(
+                "expected the client certificate then the CA certificate".into(),
+            ));
+        }
+        let ca = certs[1].clone();
+        let leaf: Vec<_> = certs.into_iter().filter(|c| *c != ca).collect();
+        if leaf.is_empty() {
+            return Err(bad("no client certificate besides the CA".into()));
+        }
+        let key = rjs_wire::tls::key_from_pem(&pem, "credentials").map_err(|e| bad(chain(&e)))?;
+        Ok(Credentials {
+            ca: vec![ca],
+            chain: leaf,
+            key,
+        })
+    }
+}
+
+/// Timeouts of a [`WebServerClient`].
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub connect: Duration,
+    /// Whole request (not the event stream).
+    pub request: Duration,
+    /// Longest silence on the event stream before it is reconnected (the server sends a
+    /// comment every 15 s).
+    pub events_idle: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(5),
+            request: Duration::from_secs(60),
+            events_idle: Duration::from_secs(45),
+        }
+    }
+}
+
+/// How a bundle was obtained.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CachedBundle {
+    /// `<cache>/<bundle_id>`, its SHA-256 verified.
+    pub path: PathBuf,
+    /// True if the web server answered 304 (the cached copy was used).
+    pub from_cache: bool,
+}
+
+/// Whether an answer upload stored the answer or found one already there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnswerAck {
+    Stored,
+    Duplicate,
+}
+
+/// The lookup API client. Cheap to clone (one shared connection pool).
+#[derive(Clone)]
+pub struct WebServerClient {
+    http: reqwest::Client,
+    base: String,
+    cache_dir: PathBuf,
+    timeouts: Timeouts,
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn valid_id(s: &str) -> bool {
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+impl WebServerClient {
+    /// `base`: `https://host:port`; `creds`: the `lookup add` file; `cache_dir`: where bundles
+    /// are kept under their SHA-256 (created if missing).
+    pub fn new(
+        base: &str,
+        creds: &Path,
+        cache_dir: &Path,
+        timeouts: Timeouts,
+    ) -> Result<Self, UpstreamError> {
+        let c = Credentials::load(creds)?;
+        let mut tls = rjs_wire::tls::client_config(&c.ca, Some((c.chain, c.key))).map_err(|e| {
+            UpstreamError::Credentials {
+                path: creds.to_owned(),
+                why: chain(&e),
+            }
+        })?;
+        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let http = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .connect_timeout(timeouts.connect)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build()
+            .map_err(UpstreamError::Client)?;
+        rjs_signer::fsutil::create_private_dir(cache_dir).map_err(UpstreamError::Cache)?;
+        Ok(WebServerClient {
+            http,
+            base: base.trim_end_matches('/').to_owned(),
+            cache_dir: cache_dir.to_owned(),
+            timeouts,
+        })
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{LOOKUP_PREFIX}{path}", self.base)
+    }
+
+    async fn send(
+        &self,
+        what: &'static str,
+        url: &str,
+        rb: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        let resp = rb
+            .timeout(self.timeouts.request)
+            .send()
+            .await
+            .map_err(|source| UpstreamError::Transport {
+                what,
+                url: url.to_owned(),
+                source,
+            })?;
+        let status = resp.status();
+        if status.is_success() || status == reqwest::StatusCode::NOT_MODIFIED {
+            return Ok(resp);
+        }
+        let body = resp.bytes().await.unwrap_or_default();
+        let (code, message) = match serde_json::from_slice::<ErrorBody>(&body) {
+            Ok(e) => (e.code, e.error),
+            Err(_) => (
+                "?".to_owned(),
+                String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned(),
+            ),
+        };
+        Err(UpstreamError::Status {
+            what,
+            url: url.to_owned(),
+            status: status.as_u16(),
+            code,
+            message,
+        })
+    }
+
+    async fn post_json<Req: serde::Serialize, Resp: serde::de::DeserializeOwned>(
+        &self,
+        what: &'static str,
+        path: &str,
+        body: &Req,
+    ) -> Result<Resp, UpstreamError> {
+        let url = self.url(path);
+        let resp = self
+            .send(what, &url, self.http.post(&url).json(body))
+            .await?;
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|source| UpstreamError::Transport {
+                what,
+                url: url.clone(),
+                source,
+            })?;
+        serde_json::from_slice(&bytes).map_err(|source| UpstreamError::Decode { what, url, source })
+    }
+
+    /// `GET /healthz`: checks that the web server answers; returns the HTTP version the
+    /// (kept) connection speaks.
+    pub async fn ping(&self) -> Result<reqwest::Version, UpstreamError> {
+        let url = format!("{}/healthz", self.base);
+        let resp = self
+            .send("checking the web server at", &url, self.http.get(&url))
+            .await?;
+        Ok(resp.version())
+    }
+
+    /// Leases up to `max` queued jobs for nodes of `groups` (all if empty).
+    pub async fn lease(
+        &self,
+        max: u32,
+        groups: &[String],
+        lease_secs: u32,
+    ) -> Result<LeaseResponse, UpstreamError> {
+        let req = LeaseRequest {
+            max,
+            groups: groups.to_vec(),
+            lease_secs,
+        };
+        self.post_json("leasing jobs from", "/lease", &req).await
+    }
+
+    pub async fn renew(&self, ids: &[i64], secs: u32) -> Result<RenewResponse, UpstreamError> {
+        let req = RenewRequest {
+            job_ids: ids.to_vec(),
+            lease_secs: secs,
+        };
+        self.post_json("renewing leases at", "/renew", &req).await
+    }
+
+    pub async fn release(&self, ids: &[i64]) -> Result<ReleaseResponse, UpstreamError> {
+        let req = ReleaseRequest {
+            job_ids: ids.to_vec(),
+        };
+        self.post_json("releasing leases at", "/release", &req)
+            .await
+    }
+
+    pub async fn fail(&self, job_id: i64, reason: &str) -> Result<FailureResponse, UpstreamError> {
+        let req = FailureRequest {
+            reason: reason.to_owned(),
+        };
+        self.post_json(
+            "reporting a failure to",
+            &format!("/jobs/{job_id}/failure"),
+            &req,
+        )
+        .await
+    }
+
+    /// Uploads an answer; `201 stored` and `200 duplicate` are both success.
+    pub async fn post_answer(
+        &self,
+        job_id: i64,
+        outcome: &str,
+        node: &str,
+        bytes: Vec<u8>,
+    ) -> Result<AnswerAck, UpstreamError> {
+        let what = "uploading an answer to";
+        let url = self.url(&format!("/jobs/{job_id}/answer"));
+        let rb = self
+            .http
+            .put(&url)
+            .header(H_OUTCOME, outcome)
+            .header(H_NODE, node)
+            .header(reqwest::header::CONTENT_TYPE, "application/zip")
+            .body(bytes);
+        let resp = self.send(what, &url, rb).await?;
+        let status = resp.status();
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|source| UpstreamError::Transport {
+                what,
+                url: url.clone(),
+                source,
+            })?;
+        let body: AnswerResponse =
+            serde_json::from_slice(&bytes).map_err(|source| UpstreamError::Decode {
+                what,
+                url: url.clone(),
+                source,
+            })?;
+        Ok(match (status.as_u16(), body.status.as_str()) {
+            (201, _) | (_, "stored") => AnswerAck::Stored,
+            _ => AnswerAck::Duplicate,
+        })
+    }
+
+    /// Path a bundle has (or will have) in the cache.
+    pub fn cache_path(&self, bundle_id: &str) -> PathBuf {
+        self.cache_dir.join(bundle_id)
+    }
+
+    /// The bundle `bundle_id`, from the cache if the web server says it is current (304), else
+    /// downloaded, its SHA-256 checked, and stored atomically in the cache.
+    pub async fn fetch_bundle(&self, bundle_id: &str) -> Result<CachedBundle, UpstreamError> {
+        if !valid_id(bundle_id) {
+            return Err(UpstreamError::BadBundleId(bundle_id.to_owned()));
+        }
+        let what = "fetching a bundle from";
+        let url = self.url(&format!("/bundles/{bundle_id}"));
+        let path = self.cache_path(bundle_id);
+        let cached = {
+            let p = path.clone();
+            let id = bundle_id.to_owned();
+            tokio::task::spawn_blocking(move || match std::fs::read(&p) {
+                Ok(b) if hex(&Sha256::digest(&b)) == id => true,
+                Ok(_) => {
+                    let _ = std::fs::remove_file(&p);
+                    false
+                }
+                Err(_) => false,
+            })
+            .await
+            .unwrap_or(false)
+        };
+        let mut rb = self.http.get(&url);
+        if cached {
+            rb = rb.header(reqwest::header::IF_NONE_MATCH, format!("\"{bundle_id}\""));
+        }
+        let resp = self.send(what, &url, rb).await?;
+        if resp.status() == reqwest::StatusCode::NOT_MODIFIED && cached {
+            return Ok(CachedBundle {
+                path,
+                from_cache: true,
+            });
+        }
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|source| UpstreamError::Transport {
+                what,
+                url: url.clone(),
+                source,
+            })?;
+        let got = hex(&Sha256::digest(&bytes));
+        if got != bundle_id {
+            return Err(UpstreamError::Digest {
+                url,
+                expected: bundle_id.to_owned(),
+                got,
+            });
+        }
+        let p = path.clone();
+        tokio::task::spawn_blocking(move || rjs_signer::fsutil::write_atomic(&p, &bytes, 0o600))
+            .await
+            .expect("cache write task")
+            .map_err(UpstreamError::Cache)?;
+        Ok(CachedBundle {
+            path,
+            from_cache: false,
+        })
+    }
+
+    /// Opens the `jobs` event stream once and forwards its events to `tx` until it ends or
+    /// fails. Returns Ok when the stream ended cleanly, or when `tx` was closed.
+    pub async fn stream_events_once(
+        &self,
+        tx: &mpsc::Sender<JobsEvent>,
+    ) -> Result<(), UpstreamError> {
+        let what = "reading the job events from";
+        let url = self.url("/events");
+        // No total timeout: idle detection is below.
+        let mut resp = self
+            .http
+            .get(&url)
+            .header(reqwest::header::ACCEPT, "text/event-stream")
+            .send()
+            .await
+            .map_err(|source| UpstreamError::Transport {
+                what,
+                url: url.clone(),
+                source,
+            })?;
+        if !resp.status().is_success() {
+            let status = resp.status().as_u16();
+            return Err(UpstreamError::Status {
+                what,
+                url,
+                status,
+                code: "?".into(),
+                message: "event stream refused".into(),
+            });
+        }
+        let mut parser = SseParser::default();
+        loop {
+            let chunk = match tokio::time::timeout(self.timeouts.events_idle, resp.chunk()).await {
+                Err(_) => return Ok(()), // silent too long: reconnect
+                Ok(Ok(Some(c))) => c,
+                Ok(Ok(None)) => return Ok(()),
+                Ok(Err(source)) => {
+                    return Err(UpstreamError::Transport { what, url, source });
+                }
+            };
+            for (event, data) in parser.push(&chunk) {
+                if event != "jobs" {
+                    continue;
+                }
+                match serde_json::from_str::<JobsEvent>(&data) {
+                    Ok(ev) => {
+                        if tx.send(ev).await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, data, "bad jobs event"),
+                }
+            }
+        }
+    }
+
+    /// The `jobs` events, forever: a background task reconnects with jittered, capped
+    /// exponential backoff (reset after a stream that delivered). Drop the receiver (or abort
+    /// the returned handle) to stop it.
+    pub fn events(&self) -> (mpsc::Receiver<JobsEvent>, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(16);
+        let me = self.clone();
+        let task = tokio::spawn(async move {
+            let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
+            while !tx.is_closed() {
+                let started = std::time::Instant::now();
+                match me.stream_events_once(&tx).await {
+                    Ok(()) => {}
+                    Err(e) => tracing::debug!(error = %chain(&e), "event stream"),
+                }
+                if started.elapsed() > Duration::from_secs(10) {
+                    backoff.reset();
+                }
+                if tx.is_closed() {
+                    break;
+                }
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+        });
+        (rx, task)
+    }
+}
+
+/// Incremental Server-Sent Events parser: bytes in, complete `(event, data)` pairs out.
+/// Comment lines (`:`) are ignored; `data` lines are joined with `\n`; the event type
+/// defaults to `message`.
+#[derive(Default)]
+pub struct SseParser {
+    buf: Vec<u8>,
+    event: String,
+    data: Option<String>,
+}
+
+impl SseParser {
+    pub fn push(&mut self, bytes: &[u8]) -> Vec<(String, String)> {
+        self.buf.extend_from_slice(bytes);
+        let mut out = Vec::new();
+        while let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {
+            let mut line: Vec<u8> = self.buf.drain(..=pos).collect();
+            line.pop();
+            if line.last() == Some(&b'\r') {
+                line.pop();
+            }
+            let line = String::from_utf8_lossy(&line);
+            if line.is_empty() {
+                if let Some(data) = self.data.take() {
+                    let ev = std::mem::take(&mut self.event);
+                    out.push((if ev.is_empty() { "message".into() } else { ev }, data));
+                } else {
+                    self.event.clear();
+                }
+                continue;
+            }
+            if line.starts_with(':') {
+                continue;
+            }
+            let (field, value) = match line.split_once(':') {
+                Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
+                None => (&*line, ""),
+            };
+            match field {
+                "event" => self.event = value.to_owned(),
+                "data" => match &mut self.data {
+                    Some(d) => {
+                        d.push('\n');
+                        d.push_str(value);
+                    }
+                    None => self.data = Some(value.to_owned()),
+                },
+                _ => {}
+            }
+        }
+        out
+    }
+}
+
+/// `d` scaled by a random factor in `[1 - frac, 1 + frac)`.
+pub fn jitter(d: Duration, frac: f64) -> Duration {
+    let r: f64 = rand::random::<f64>();
+    d.mul_f64((1.0 - frac + 2.0 * frac * r).max(0.0))
+}
+
+/// Capped exponential backoff with ±50% jitter.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    base: Duration,
+    cap: Duration,
+    attempt: u32,
+}
+
+impl Backoff {
+    pub fn new(base: Duration, cap: Duration) -> Self {
+        Backoff {
+            base,
+            cap,
+            attempt: 0,
+        }
+    }
+    /// The next delay (and one more step up).
+    pub fn next_delay(&mut self) -> Duration {
+        let d = self
+            .base
+            .saturating_mul(1u32 << self.attempt.min(20))
+            .min(self.cap);
+        self.attempt = self.attempt.saturating_add(1);
+        jitter(d, 0.5)
+    }
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+    pub fn attempts(&self) -> u32 {
+        self.attempt
+    }
+}
+
+/// Why the [`Poller`] woke.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Wake {
+    /// A `jobs` event arrived.
+    Event(JobsEvent),
+    /// The polling (or backoff) timer fired.
+    Timer,
+}
+
+/// Wakes the dispatcher when a `jobs` event arrives or a jittered timer fires (alerts can be
+/// lost; polling cannot). While the web server is down ([`Poller::report_down`]), the timer
+/// follows a capped exponential backoff instead; [`Poller::report_ok`] returns to the interval.
+pub struct Poller {
+    events: Option<mpsc::Receiver<JobsEvent>>,
+    interval: Duration,
+    backoff: Backoff,
+    down: bool,
+}
+
+impl Poller {
+    /// `events`: e.g. from [`WebServerClient::events`] (None: timer only). `interval`: the
+    /// polling interval, jittered ±50% (e.g. 2 s).
+    pub fn new(events: Option<mpsc::Receiver<JobsEvent>>, interval: Duration) -> Self {
+        Poller {
+            events,
+            interval,
+            backoff: Backoff::new(interval, Duration::from_secs(60)),
+            down: false,
+        }
+    }
+
+    /// Sets the backoff bounds used while the web server is down.
+    pub fn with_backoff(mut self, base: Duration, cap: Duration) -> Self {
+        self.backoff = Backoff::new(base, cap);
+        self
+    }
+
+    pub fn report_ok(&mut self) {
+        self.down = false;
+        self.backoff.reset();
+    }
+
+    pub fn report_down(&mut self) {
+        self.down = true;
+    }
+
+    pub fn is_down(&self) -> bool {
+        self.down
+    }
+
+    /// Waits for the next reason to lease.
+    pub async fn next_wake(&mut self) -> Wake {
+        let delay = if self.down {
+            self.backoff.next_delay()
+        } else {
+            jitter(self.interval, 0.5)
+        };
+        let sleep = tokio::time::sleep(delay);
+        tokio::pin!(sleep);
+        match &mut self.events {
+            Some(rx) => {
+                tokio::select! {
+                    ev = rx.recv() => match ev {
+                        Some(ev) => Wake::Event(ev),
+                        None => {
+                            self.events = None;
+                            (&mut sleep).await;
+                            Wake::Timer
+                        }
+                    },
+                    _ = &mut sleep => Wake::Timer,
+                }
+            }
+            None => {
+                sleep.await;
+                Wake::Timer
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sse_parses_split_chunks_and_comments() {
+        let mut p = SseParser::default();
+        assert!(p.push(b": keepalive\n\nevent: jo").is_empty());
+        assert!(p.push(b"bs\r\ndata: {\"queued\": 3}\r\n").is_empty());
+        let out = p.push(b"\r\nevent: jobs\ndata: a\ndata: b\n\n");
+        assert_eq!(
+            out,
+            vec![
+                ("jobs".to_owned(), "{\"queued\": 3}".to_owned()),
+                ("jobs".to_owned(), "a\nb".to_owned())
+            ]
+        );
+    }
+
+    #[test]
+    fn backoff_is_capped_and_jittered() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
+        for _ in 0..30 {
+            let d = b.next_delay();
+            assert!(d <= Duration::from_millis(1500), "{d:?}");
+        }
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(150));
+    }
+
+    #[tokio::test]
+    async fn poller_wakes_on_event_or_timer() {
+        let (tx, rx) = mpsc::channel(4);
+        let mut p = Poller::new(Some(rx), Duration::from_millis(50));
+        tx.send(JobsEvent { queued: 2 }).await.unwrap();
+        assert_eq!(p.next_wake().await, Wake::Event(JobsEvent { queued: 2 }));
+        assert_eq!(p.next_wake().await, Wake::Timer);
+        drop(tx);
+        assert_eq!(p.next_wake().await, Wake::Timer);
+        p.report_down();
+        assert!(p.is_down());
+        assert_eq!(p.next_wake().await, Wake::Timer);
+        p.report_ok();
+        assert!(!p.is_down());
+    }
+}

@@ -1,0 +1,576 @@
+//! Dispatch: the scheduler's order and explanations (pure), then real `rjs-compute serve`
+//! nodes on loopback with one cluster CA made here: refusals go to the next node, a job no
+//! node will take is unplaced with the reason, a node killed mid-job is reported lost.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, KeyUsagePurpose,
+};
+use rjs_lookup::discovery::NodeView;
+use rjs_lookup::dispatch::{
+    DispatchError, JobOffer, NodeClient, NodePool, Placement, Scheduler, Why, dispatch_job,
+};
+use rjs_signer::KeyPair;
+use rjs_signer::answer::{AnswerLimits, verify_answer};
+use rjs_wire::node::RefusalCode;
+use sha2::{Digest, Sha256};
+
+// ---------------------------------------------------------------------------------------
+// Scheduler (pure)
+
+fn view(id: &str, mflops: u64, free: u32, groups: &[&str]) -> NodeView {
+    NodeView {
+        node_id: id.to_owned(),
+        addresses: vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
+        port: 1,
+        mflops,
+        free_slots: free,
+        total_slots: free.max(1),
+        groups: groups.iter().map(|s| s.to_string()).collect(),
+        age_ms: 0,
+    }
+}
+
+fn set(ids: &[&str]) -> HashSet<String> {
+    ids.iter().map(|s| s.to_string()).collect()
+}
+
+#[test]
+fn fastest_serving_free_node_first() {
+    let s = Scheduler;
+    let nodes = vec![
+        view("slow", 100, 1, &["/compute"]),
+        view("fast", 900, 2, &["/compute"]),
+        view("mid", 500, 1, &["/compute/gpu"]),
+        view("other", 5000, 1, &["/render"]),
+        view("busy", 9000, 0, &["/compute"]),
+    ];
+    // A node serves jobs of its group and of the groups above it.
+    assert_eq!(
+        s.order("/compute", &nodes, &set(&[])),
+        vec!["fast", "mid", "slow"]
+    );
+    assert_eq!(s.order("/compute/gpu", &nodes, &set(&[])), vec!["mid"]);
+    assert_eq!(
+        s.order("/", &nodes, &set(&[])),
+        vec!["other", "fast", "mid", "slow"]
+    );
+    assert_eq!(
+        s.pick("/compute", &nodes, &set(&[])).as_deref(),
+        Some("fast")
+    );
+    // Refused nodes are skipped.
+    assert_eq!(
+        s.pick("/compute", &nodes, &set(&["fast"])).as_deref(),
+        Some("mid")
+    );
+    assert_eq!(
+        s.pick("/compute", &nodes, &set(&["fast", "mid", "slow"])),
+        None
+    );
+    assert_eq!(s.pick("/nothing", &nodes, &set(&[])), None);
+    assert_eq!(s.why("/compute", &nodes, &HashMap::new()), None);
+}
+
+#[test]
+fn why_a_job_is_not_running() {
+    let s = Scheduler;
+    let nodes = vec![
+        view("a", 100, 0, &["/compute"]),
+        view("b", 200, 0, &["/compute"]),
+        view("c", 300, 1, &["/render"]),
+    ];
+    let why = s.why("/nothing", &nodes, &HashMap::new()).unwrap();
+    assert_eq!(why, Why::NoNodeInGroup);
+    assert_eq!(why.sentence(), "No node serves this job's group.");
+
+    let why = s.why("/compute", &nodes, &HashMap::new()).unwrap();
+    assert_eq!(why, Why::AllBusy { n: 2 });
+    assert_eq!(
+        why.to_string(),
+        "All 2 nodes serving this job's group are busy: it waits for a free slot."
+    );
+    // One refused, the other busy: busy.
+    let refusals = HashMap::from([("a".to_owned(), RefusalCode::Untrusted)]);
+    assert_eq!(
+        s.why("/compute", &nodes, &refusals),
+        Some(Why::AllBusy { n: 1 })
+    );
+    assert!(
+        Why::AllBusy { n: 1 }
+            .sentence()
+            .starts_with("All 1 node serving this job's group is busy")
+    );
+
+    let refusals = HashMap::from([
+        ("a".to_owned(), RefusalCode::Untrusted),
+        ("b".to_owned(), RefusalCode::Untrusted),
+    ]);
+    let why = s.why("/compute", &nodes, &refusals).unwrap();
+    assert_eq!(
+        why,
+        Why::RefusedBy {
+            untrusted: 2,
+            blocked: 0,
+            over_limits: 0,
+            other: 0
+        }
+    );
+    assert_eq!(
+        why.sentence(),
+        "Refused by 2 nodes: 2 nodes because the author is untrusted."
+    );
+    let mixed = Why::RefusedBy {
+        untrusted: 1,
+        blocked: 1,
+        over_limits: 1,
+        other: 2,
+    };
+    assert_eq!(
+        mixed.sentence(),
+        "Refused by 5 nodes: 1 node because the author is untrusted, 1 node because the owner \
+         blocked the author, 1 node because the job exceeds their limits, 2 nodes for other \
+         reasons."
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Real nodes
+
+/// Path of a workspace binary built next to the running test executable.
+fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let p = dir.join(name);
+    assert!(
+        p.is_file(),
+        "{} is missing: build the binaries first (cargo build --workspace --bins)",
+        p.display()
+    );
+    p
+}
+
+fn now() -> u64 {
+    rjs_signer::unix_now()
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn sample(job: &str) -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_owned();
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|p| if p.is_absolute() { p } else { root.join(p) })
+        .unwrap_or_else(|| root.join("target"));
+    let dir = target.join("rjs-samples").join(job);
+    assert!(
+        dir.join("manifest.json").is_file(),
+        "{} is missing: build the samples first (samples/build.sh)",
+        dir.display()
+    );
+    dir
+}
+
+fn offer(job: &str, key: &KeyPair, job_id: i64) -> JobOffer {
+    let bundle = rjs_signer::pack_dir(&sample(job), key, "tester", now())
+        .unwrap_or_else(|e| panic!("packing {job}: {}", rjs_signer::error_chain(&e)))
+        .0;
+    JobOffer {
+        job_id,
+        bundle_sha256: sha256_hex(&bundle),
+        bundle: Arc::new(bundle),
+        task: 0,
+    }
+}
+
+struct Ca {
+    issuer: CertifiedIssuer<'static, rcgen::KeyPair>,
+}
+
+struct Leaf {
+    cert_pem: String,
+    key_pem: String,
+}
+
+impl Ca {
+    fn new() -> Ca {
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, "RJS dispatch test CA");
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let key = rcgen::KeyPair::generate().expect("CA key");
+        Ca {
+            issuer: CertifiedIssuer::self_signed(params, key).expect("CA certificate"),
+        }
+    }
+
+    fn issue(&self, cn: &str, sans: &[&str], eku: Vec<ExtendedKeyUsagePurpose>) -> Leaf {
+        let mut params =
+            CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .expect("SANs");
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, cn);
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = eku;
+        params.use_authority_key_identifier_extension = true;
+        let key = rcgen::KeyPair::generate().expect("leaf key");
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .expect("leaf certificate");
+        Leaf {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        }
+    }
+
+    /// The lookup's client configuration: trusts the CA, presents a lookup certificate.
+    fn lookup_tls(&self) -> Arc<rustls::ClientConfig> {
+        let leaf = self.issue("lookup-1", &[], vec![ExtendedKeyUsagePurpose::ClientAuth]);
+        let identity = (
+            rjs_wire::tls::certs_from_pem(leaf.cert_pem.as_bytes(), "cert").unwrap(),
+            rjs_wire::tls::key_from_pem(leaf.key_pem.as_bytes(), "key").unwrap(),
+        );
+        Arc::new(
+            rjs_wire::tls::client_config(&[self.issuer.der().clone()], Some(identity)).unwrap(),
+        )
+    }
+}
+
+/// `rjs-compute serve` on 127.0.0.1, killed when dropped.
+struct Node {
+    _dir: tempfile::TempDir,
+    data: PathBuf,
+    id: String,
+    addr: SocketAddr,
+    mflops: u64,
+    child: Child,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Node {
+    fn start(ca: &Ca, id: &str, mflops: u64, trusted: Option<&KeyPair>) -> Node {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        let cert = ca.issue(
+            id,
+            &["127.0.0.1", "localhost"],
+            vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+        );
+        let (ca_pem, cert_pem, key_pem) = (
+            dir.path().join("ca.pem"),
+            dir.path().join("node.pem"),
+            dir.path().join("node-key.pem"),
+        );
+        std::fs::write(&ca_pem, ca.issuer.pem()).unwrap();
+        std::fs::write(&cert_pem, &cert.cert_pem).unwrap();
+        std::fs::write(&key_pem, &cert.key_pem).unwrap();
+        // The node's speed (compute/src/bench.rs), so it does not measure at start-up.
+        std::fs::write(
+            data.join("bench.json"),
+            serde_json::json!({
+                "mflops": mflops as f64, "n": 500, "runs": 3, "seconds": 1.0, "residual": 0.5,
+                "measured_at": now(), "program_version": env!("CARGO_PKG_VERSION"),
+            })
+            .to_string(),
+        )
+        .unwrap();
+        if let Some(author) = trusted {
+            let out = Command::new(bin("rjs-compute"))
+                .args([
+                    "trust",
+                    "add",
+                    &author.public().to_base64(),
+                    "--name",
+                    "author",
+                ])
+                .arg("--data")
+                .arg(&data)
+                .stdin(Stdio::null())
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "trust add: {out:?}");
+        }
+        let mut child = Command::new(bin("rjs-compute"))
+            .arg("serve")
+            .arg("--data")
+            .arg(&data)
+            .args(["--listen", "127.0.0.1:0", "--slots", "1", "--node-id", id])
+            .arg("--cert")
+            .arg(&cert_pem)
+            .arg("--key")
+            .arg(&key_pem)
+            .arg("--ca")
+            .arg(&ca_pem)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting rjs-compute serve");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if let Some(rest) = line.split(" listening on ").nth(1) {
+                    let _ = tx.send(rest.trim().to_owned());
+                }
+            }
+        });
+        let mut node = Node {
+            _dir: dir,
+            data,
+            id: id.to_owned(),
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            mflops,
+            child,
+        };
+        let addr = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("rjs-compute did not report listening within 30 s");
+        node.addr = addr.parse().unwrap();
+        node
+    }
+
+    fn view(&self) -> NodeView {
+        NodeView {
+            node_id: self.id.clone(),
+            addresses: vec![self.addr.ip()],
+            port: self.addr.port(),
+            mflops: self.mflops,
+            free_slots: 1,
+            total_slots: 1,
+            groups: vec!["/compute".into()],
+            age_ms: 0,
+        }
+    }
+
+    fn public_key(&self) -> String {
+        let path = self.data.join("node.pub");
+        rjs_signer::PublicKey::load_or_parse(path.to_str().unwrap())
+            .expect("node.pub")
+            .0
+            .to_base64()
+    }
+}
+
+async fn bounded<T>(what: &str, secs: u64, f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(secs), f)
+        .await
+        .unwrap_or_else(|_| panic!("{what} took longer than {secs} s"))
+}
+
+/// The faster node does not trust the author and refuses; the job runs on the slower one,
+/// which trusts them; its answer verifies. With neither trusting, the job is unplaced and the
+/// reason says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_by_the_fastest_then_runs_on_the_trusting_node() {
+    let author = KeyPair::generate();
+    let ca = Ca::new();
+    let fast = Node::start(&ca, "fast-untrusting", 5000, None);
+    let slow = Node::start(&ca, "slow-trusting", 1000, Some(&author));
+    let nodes = vec![slow.view(), fast.view()];
+    let s = Scheduler;
+    assert_eq!(
+        s.pick("/compute", &nodes, &HashSet::new()).as_deref(),
+        Some("fast-untrusting")
+    );
+    let mut pool = NodePool::new(ca.lookup_tls());
+    let job = offer("hello", &author, 1);
+    let mut refusals = HashMap::new();
+    let placed = bounded(
+        "dispatch",
+        60,
+        dispatch_job(
+            &s,
+            &mut pool,
+            &nodes,
+            &job,
+            "/compute",
+            Duration::from_secs(10),
+            &mut refusals,
+        ),
+    )
+    .await;
+    assert_eq!(
+        refusals,
+        HashMap::from([("fast-untrusting".to_owned(), RefusalCode::Untrusted)])
+    );
+    let Placement::Ran {
+        node,
+        outcome,
+        answer,
+    } = placed
+    else {
+        panic!("expected the job to run, got {placed:?}");
+    };
+    assert_eq!(node, "slow-trusting");
+    assert_eq!(outcome, "exit 0");
+    let v = verify_answer(&answer, &AnswerLimits::default())
+        .unwrap_or_else(|e| panic!("answer refused: {}: {e}", e.rule()));
+    assert_eq!(v.public_key().to_base64(), slow.public_key());
+    let out = v
+        .out_files()
+        .iter()
+        .find(|(p, _)| p == "hello-0.txt")
+        .map(|(_, d)| d.as_slice());
+    assert_eq!(out, Some(&b"hello, world from task 0/1\n"[..]));
+
+    // The connections are kept: the next job (cached bundle) reuses them.
+    let again = bounded(
+        "second dispatch",
+        60,
+        dispatch_job(
+            &s,
+            &mut pool,
+            &nodes,
+            &JobOffer {
+                job_id: 2,
+                ..job.clone()
+            },
+            "/compute",
+            Duration::from_secs(10),
+            &mut HashMap::from([("fast-untrusting".to_owned(), RefusalCode::Untrusted)]),
+        ),
+    )
+    .await;
+    assert!(
+        matches!(&again, Placement::Ran { node, .. } if node == "slow-trusting"),
+        "{again:?}"
+    );
+
+    // An author neither node trusts: unplaced, refused by both for that reason.
+    let stranger = KeyPair::generate();
+    let job = offer("hello", &stranger, 3);
+    let mut refusals = HashMap::new();
+    let placed = bounded(
+        "dispatch of an untrusted job",
+        60,
+        dispatch_job(
+            &s,
+            &mut pool,
+            &nodes,
+            &job,
+            "/compute",
+            Duration::from_secs(10),
+            &mut refusals,
+        ),
+    )
+    .await;
+    let Placement::Unplaced(why) = placed else {
+        panic!("expected the job to be unplaced, got {placed:?}");
+    };
+    assert_eq!(
+        why,
+        Why::RefusedBy {
+            untrusted: 2,
+            blocked: 0,
+            over_limits: 0,
+            other: 0
+        }
+    );
+    assert!(
+        why.sentence()
+            .contains("2 nodes because the author is untrusted"),
+        "{why}"
+    );
+    assert_eq!(refusals.len(), 2);
+}
+
+/// A node killed (SIGKILL) while running a job: the dispatcher reports it lost; then, the
+/// node being unreachable, the job is unplaced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_mid_job_is_lost() {
+    let author = KeyPair::generate();
+    let ca = Ca::new();
+    let mut node = Node::start(&ca, "doomed", 1000, Some(&author));
+    let job = offer("evil-loop", &author, 7); // 2 s time limit
+    let nodes = [node.view()];
+    let mut pool = NodePool::new(ca.lookup_tls());
+    let pid = node.child.id();
+    let killer = std::thread::spawn(move || {
+        // While the loop runs (it would end 2 s after it was accepted).
+        std::thread::sleep(Duration::from_millis(1200));
+        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+    });
+    let t0 = std::time::Instant::now();
+    let placed = bounded(
+        "the killed node's job",
+        30,
+        dispatch_job(
+            &Scheduler,
+            &mut pool,
+            &nodes,
+            &job,
+            "/compute",
+            Duration::from_secs(2),
+            &mut HashMap::new(),
+        ),
+    )
+    .await;
+    killer.join().unwrap();
+    let _ = node.child.wait();
+    assert_eq!(placed, Placement::NodeLost("doomed".into()));
+    assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+
+    // A client to the dead node: unreachable, not lost (nothing was offered).
+    let mut client = NodeClient::new(node.id.clone(), node.addr, ca.lookup_tls());
+    let r = bounded(
+        "connecting to a dead node",
+        30,
+        client.run_job(&job, Duration::from_secs(2)),
+    )
+    .await;
+    assert!(matches!(r, Err(DispatchError::Unreachable { .. })), "{r:?}");
+    assert!(!client.connected());
+    let placed = bounded(
+        "dispatch to a dead node",
+        30,
+        dispatch_job(
+            &Scheduler,
+            &mut pool,
+            &nodes,
+            &job,
+            "/compute",
+            Duration::from_secs(2),
+            &mut HashMap::new(),
+        ),
+    )
+    .await;
+    assert!(matches!(placed, Placement::Unplaced(_)), "{placed:?}");
+}

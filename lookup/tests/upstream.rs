@@ -1,0 +1,324 @@
+//! The lookup's web server client, poller and answer spool against the real web server
+//! (`target/<profile>/rjs-webserver serve` on loopback, through the e2e harness).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use rjs_e2e::{Author, LookupCreds, WebServer, make_bundle, now};
+use rjs_lookup::spool::{AnswerSpool, RelayOptions, SpoolMeta};
+use rjs_lookup::upstream::{AnswerAck, Poller, Timeouts, Wake, WebServerClient, chain};
+use rjs_wire::api::{JobState, UploadResponse};
+use sha2::{Digest, Sha256};
+
+struct Env {
+    ws: WebServer,
+    creds: LookupCreds,
+    author: Author,
+    tmp: tempfile::TempDir,
+}
+
+fn setup() -> Env {
+    let mut ws = WebServer::init().unwrap();
+    let creds = ws.add_lookup("lk1").unwrap();
+    let key = ws.add_author("alice").unwrap();
+    ws.start().unwrap();
+    let author = Author::new(&ws, key).unwrap();
+    Env {
+        ws,
+        creds,
+        author,
+        tmp: tempfile::tempdir().unwrap(),
+    }
+}
+
+fn timeouts() -> Timeouts {
+    Timeouts {
+        connect: Duration::from_secs(2),
+        request: Duration::from_secs(10),
+        events_idle: Duration::from_secs(45),
+    }
+}
+
+impl Env {
+    fn client(&self) -> WebServerClient {
+        WebServerClient::new(
+            &format!("https://{}", self.ws.addr),
+            &self.creds.path,
+            &self.tmp.path().join("cache"),
+            timeouts(),
+        )
+        .unwrap()
+    }
+
+    fn upload(&self, tasks: u32) -> UploadResponse {
+        let r = self
+            .author
+            .upload(&make_bundle(&self.author.key, "t", tasks))
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 201);
+        r.json().unwrap()
+    }
+
+    fn answer_bytes(&self, job_id: i64) -> Vec<u8> {
+        let (rb, _) = self.author.signed(
+            reqwest::Method::GET,
+            &format!("/api/v1/jobs/{job_id}/answer"),
+            Vec::new(),
+            now(),
+        );
+        let r = rb.send().unwrap();
+        assert!(r.status().is_success(), "{}", r.status());
+        r.bytes().unwrap().to_vec()
+    }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn lease_renew_release_fail_round_trip() {
+    let env = setup();
+    let up = env.upload(3);
+    let ids: Vec<i64> = up.jobs.iter().map(|j| j.id).collect();
+    let rt = rt();
+    let c = env.client();
+    rt.block_on(async {
+        assert_eq!(c.ping().await.unwrap(), reqwest::Version::HTTP_2);
+        let leased = c.lease(10, &[], 30).await.unwrap();
+        let mut got: Vec<i64> = leased.leases.iter().map(|l| l.job_id).collect();
+        got.sort_unstable();
+        assert_eq!(got, ids);
+        assert!(leased.leases.iter().all(|l| l.bundle_id == up.bundle_id));
+
+        let r = c.renew(&[ids[0], 999_999], 30).await.unwrap();
+        assert_eq!(r.renewed, vec![ids[0]]);
+        assert_eq!(r.lost, vec![999_999]);
+
+        let r = c.release(&[ids[1]]).await.unwrap();
+        assert_eq!(r.released, vec![ids[1]]);
+
+        let f = c.fail(ids[2], "node lost").await.unwrap();
+        assert_eq!(f.state, JobState::Queued);
+        assert_eq!(f.attempts, 1);
+        // No longer held: 409 not-leased, a permanent error.
+        let e = c.fail(ids[2], "node lost").await.unwrap_err();
+        assert_eq!(e.status(), Some(409));
+        assert!(!e.is_transient());
+        assert!(e.to_string().contains("not-leased"), "{e}");
+
+        // Released and failed jobs are queued again.
+        let again = c.lease(10, &[], 30).await.unwrap();
+        let mut got: Vec<i64> = again.leases.iter().map(|l| l.job_id).collect();
+        got.sort_unstable();
+        assert_eq!(got, vec![ids[1], ids[2]]);
+    });
+
+    // A web server that is not there: a transient error naming the URL and the cause.
+    let dead = WebServerClient::new(
+        "https://127.0.0.1:9",
+        &env.creds.path,
+        &env.tmp.path().join("cache2"),
+        timeouts(),
+    )
+    .unwrap();
+    rt.block_on(async {
+        let e = dead.lease(1, &[], 30).await.unwrap_err();
+        assert!(e.is_transient());
+        let msg = chain(&e);
+        assert!(
+            msg.starts_with("leasing jobs from https://127.0.0.1:9/lookup/v1/lease: "),
+            "{msg}"
+        );
+    });
+}
+
+#[test]
+fn fetch_bundle_is_cached_by_sha256_with_etag() {
+    let env = setup();
+    let up = env.upload(1);
+    let rt = rt();
+    let c = env.client();
+    rt.block_on(async {
+        let first = c.fetch_bundle(&up.bundle_id).await.unwrap();
+        assert!(!first.from_cache);
+        let bytes = std::fs::read(&first.path).unwrap();
+        assert_eq!(rjs_e2e::sha256_hex(&bytes), up.bundle_id);
+
+        let second = c.fetch_bundle(&up.bundle_id).await.unwrap();
+        assert!(second.from_cache, "second fetch should be a 304");
+        assert_eq!(second.path, first.path);
+
+        // A damaged cache entry is not trusted: downloaded again.
+        std::fs::write(&first.path, b"garbage").unwrap();
+        let third = c.fetch_bundle(&up.bundle_id).await.unwrap();
+        assert!(!third.from_cache);
+        assert_eq!(std::fs::read(&third.path).unwrap(), bytes);
+
+        assert!(c.fetch_bundle("../etc/passwd").await.is_err());
+        let unknown = hex_sha(b"nothing");
+        let e = c.fetch_bundle(&unknown).await.unwrap_err();
+        assert_eq!(e.status(), Some(404));
+    });
+}
+
+fn hex_sha(b: &[u8]) -> String {
+    Sha256::digest(b)
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect()
+}
+
+#[test]
+fn event_stream_wakes_the_poller_after_an_upload() {
+    let env = setup();
+    let rt = rt();
+    let c = env.client();
+    let (mut rx, task) = rt.block_on(async { c.events() });
+    // The stream opens with the current count.
+    let first = rt
+        .block_on(async { tokio::time::timeout(Duration::from_secs(10), rx.recv()).await })
+        .expect("first event within 10 s")
+        .expect("stream open");
+    assert_eq!(first.queued, 0);
+
+    // A long polling interval: only the event can wake it in time.
+    let mut poller = Poller::new(Some(rx), Duration::from_secs(60));
+    env.upload(2);
+    let wake = rt
+        .block_on(async { tokio::time::timeout(Duration::from_secs(10), poller.next_wake()).await })
+        .expect("woken within 10 s");
+    match wake {
+        Wake::Event(ev) => assert!(ev.queued >= 2, "{ev:?}"),
+        Wake::Timer => panic!("woken by the timer, not the event"),
+    }
+    task.abort();
+}
+
+#[test]
+fn spooled_answers_survive_a_web_server_outage_exactly_once() {
+    let mut env = setup();
+    let up = env.upload(2);
+    let ids: Vec<i64> = up.jobs.iter().map(|j| j.id).collect();
+    let rt = rt();
+    let c = env.client();
+    rt.block_on(async {
+        assert_eq!(c.lease(10, &[], 300).await.unwrap().leases.len(), 2);
+    });
+
+    env.ws.kill9();
+    let data = env.tmp.path().join("data");
+    let spool = AnswerSpool::open(&data).unwrap();
+    let answers: Vec<Vec<u8>> = ids
+        .iter()
+        .map(|id| format!("answer of job {id}").into_bytes())
+        .collect();
+    rt.block_on(async {
+        for (id, a) in ids.iter().zip(&answers) {
+            spool
+                .put(*id, "exit 0".into(), "node-a".into(), a.clone())
+                .await
+                .unwrap();
+        }
+    });
+    let relay = {
+        let _in_rt = rt.enter();
+        spool.spawn_relay(
+            c.clone(),
+            RelayOptions {
+                retry_base: Duration::from_millis(100),
+                retry_cap: Duration::from_millis(500),
+                rescan: Duration::from_secs(10),
+            },
+        )
+    };
+    // Down: nothing can be delivered, everything stays on disk.
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(spool.pending().unwrap(), ids);
+
+    env.ws.start().unwrap();
+    wait_until("the spool to drain", Duration::from_secs(20), || {
+        spool.pending().unwrap().is_empty()
+    });
+    relay.abort();
+
+    let jobs = env.author.jobs().unwrap().jobs;
+    for (id, a) in ids.iter().zip(&answers) {
+        let j = jobs.iter().find(|j| j.id == *id).unwrap();
+        assert_eq!(j.state, JobState::Done);
+        assert_eq!(j.node.as_deref(), Some("node-a"));
+        assert_eq!(j.outcome.as_deref(), Some("exit 0"));
+        assert_eq!(env.answer_bytes(*id), *a);
+    }
+    // Posting again is acknowledged as a duplicate, not a second answer.
+    rt.block_on(async {
+        let ack = c
+            .post_answer(ids[0], "exit 1", "node-b", b"other".to_vec())
+            .await
+            .unwrap();
+        assert_eq!(ack, AnswerAck::Duplicate);
+    });
+    assert_eq!(env.answer_bytes(ids[0]), answers[0]);
+    assert!(std::fs::read_dir(spool.dir()).unwrap().all(|e| {
+        let e = e.unwrap();
+        e.file_type().unwrap().is_dir()
+    }));
+}
+
+fn write_crashed_entry(spool_dir: &Path, job_id: i64, answer: &[u8]) {
+    std::fs::create_dir_all(spool_dir).unwrap();
+    std::fs::write(spool_dir.join(format!("{job_id}.zip")), answer).unwrap();
+    let meta = SpoolMeta {
+        job_id,
+        outcome: "exit 0".into(),
+        node: "node-z".into(),
+    };
+    std::fs::write(
+        spool_dir.join(format!("{job_id}.json")),
+        serde_json::to_vec(&meta).unwrap(),
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_spool_left_by_a_crashed_lookup_is_relayed_at_start() {
+    let env = setup();
+    let up = env.upload(1);
+    let id = up.jobs[0].id;
+    let data = env.tmp.path().join("data");
+    let spool_dir = data.join("spool");
+    write_crashed_entry(&spool_dir, id, b"left behind");
+    // A zip without its metadata (crash mid-put, never acknowledged): ignored, not sent.
+    std::fs::write(spool_dir.join("424242.zip"), b"half").unwrap();
+
+    let rt = rt();
+    let c = env.client();
+    let spool = AnswerSpool::open(&data).unwrap();
+    assert_eq!(spool.pending().unwrap(), vec![id]);
+    let relay = {
+        let _in_rt = rt.enter();
+        spool.spawn_relay(c, RelayOptions::default())
+    };
+    wait_until("the spool to drain", Duration::from_secs(20), || {
+        spool.pending().unwrap().is_empty()
+    });
+    relay.abort();
+    let jobs = env.author.jobs().unwrap().jobs;
+    let j = jobs.iter().find(|j| j.id == id).unwrap();
+    assert_eq!(j.state, JobState::Done);
+    assert_eq!(j.node.as_deref(), Some("node-z"));
+    assert_eq!(env.answer_bytes(id), b"left behind");
+    assert!(spool_dir.join("424242.zip").exists());
+}
