@@ -9,10 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, KeyUsagePurpose,
-};
+use rjs_e2e::pki::Ca;
 use rjs_lookup::discovery::NodeView;
 use rjs_lookup::dispatch::{
     DispatchError, JobOffer, NodeClient, NodePool, Placement, Scheduler, Why, dispatch_job,
@@ -198,67 +195,6 @@ fn offer(job: &str, key: &KeyPair, job_id: i64) -> JobOffer {
     }
 }
 
-struct Ca {
-    issuer: CertifiedIssuer<'static, rcgen::KeyPair>,
-}
-
-struct Leaf {
-    cert_pem: String,
-    key_pem: String,
-}
-
-impl Ca {
-    fn new() -> Ca {
-        let mut params = CertificateParams::default();
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, "RJS dispatch test CA");
-        params.distinguished_name = dn;
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let key = rcgen::KeyPair::generate().expect("CA key");
-        Ca {
-            issuer: CertifiedIssuer::self_signed(params, key).expect("CA certificate"),
-        }
-    }
-
-    fn issue(&self, cn: &str, sans: &[&str], eku: Vec<ExtendedKeyUsagePurpose>) -> Leaf {
-        let mut params =
-            CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-                .expect("SANs");
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, cn);
-        params.distinguished_name = dn;
-        params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = eku;
-        params.use_authority_key_identifier_extension = true;
-        let key = rcgen::KeyPair::generate().expect("leaf key");
-        let cert = params
-            .signed_by(&key, &self.issuer)
-            .expect("leaf certificate");
-        Leaf {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-        }
-    }
-
-    /// The lookup's client configuration: trusts the CA, presents a lookup certificate.
-    fn lookup_tls(&self) -> Arc<rustls::ClientConfig> {
-        let leaf = self.issue("lookup-1", &[], vec![ExtendedKeyUsagePurpose::ClientAuth]);
-        let identity = (
-            rjs_wire::tls::certs_from_pem(leaf.cert_pem.as_bytes(), "cert").unwrap(),
-            rjs_wire::tls::key_from_pem(leaf.key_pem.as_bytes(), "key").unwrap(),
-        );
-        Arc::new(
-            rjs_wire::tls::client_config(&[self.issuer.der().clone()], Some(identity)).unwrap(),
-        )
-    }
-}
-
 /// `rjs-compute serve` on 127.0.0.1, killed when dropped.
 struct Node {
     _dir: tempfile::TempDir,
@@ -281,20 +217,13 @@ impl Node {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         std::fs::create_dir(&data).unwrap();
-        let cert = ca.issue(
-            id,
-            &["127.0.0.1", "localhost"],
-            vec![
-                ExtendedKeyUsagePurpose::ServerAuth,
-                ExtendedKeyUsagePurpose::ClientAuth,
-            ],
-        );
+        let cert = ca.node_cert_for(id);
         let (ca_pem, cert_pem, key_pem) = (
             dir.path().join("ca.pem"),
             dir.path().join("node.pem"),
             dir.path().join("node-key.pem"),
         );
-        std::fs::write(&ca_pem, ca.issuer.pem()).unwrap();
+        std::fs::write(&ca_pem, ca.pem()).unwrap();
         std::fs::write(&cert_pem, &cert.cert_pem).unwrap();
         std::fs::write(&key_pem, &cert.key_pem).unwrap();
         // The node's speed (compute/src/bench.rs), so it does not measure at start-up.
@@ -401,7 +330,7 @@ async fn bounded<T>(what: &str, secs: u64, f: impl std::future::Future<Output = 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_by_the_fastest_then_runs_on_the_trusting_node() {
     let author = KeyPair::generate();
-    let ca = Ca::new();
+    let ca = Ca::new("RJS dispatch test CA");
     let fast = Node::start(&ca, "fast-untrusting", 5000, None);
     let slow = Node::start(&ca, "slow-trusting", 1000, Some(&author));
     let nodes = vec![slow.view(), fast.view()];
@@ -517,7 +446,7 @@ async fn refused_by_the_fastest_then_runs_on_the_trusting_node() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_killed_mid_job_is_lost() {
     let author = KeyPair::generate();
-    let ca = Ca::new();
+    let ca = Ca::new("RJS dispatch test CA");
     let mut node = Node::start(&ca, "doomed", 1000, Some(&author));
     let job = offer("evil-loop", &author, 7); // 2 s time limit
     let nodes = [node.view()];

@@ -10,16 +10,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, KeyUsagePurpose,
-};
+use rjs_e2e::pki::{Ca, Leaf, client_tls};
 use rjs_e2e::*;
 use rjs_signer::KeyPair;
 use rjs_signer::answer::{AnswerLimits, Ending, LimitKind, VerifiedAnswer, verify_answer};
 use rjs_wire::node::{FrameError, FromNode, RefusalCode, ToNode};
 use rjs_wire::node::{read_frame, read_msg, write_frame, write_msg};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::ServerName;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -28,103 +25,6 @@ use tokio_rustls::client::TlsStream;
 /// Bound on every single protocol step of these tests (the protocol's own deadlines are
 /// longer; a healthy node answers in well under this).
 const STEP: Duration = Duration::from_secs(20);
-
-// ---------------------------------------------------------------------------------------
-// PKI
-
-/// A cluster CA and the certificates it issues (PEM).
-struct Ca {
-    issuer: CertifiedIssuer<'static, rcgen::KeyPair>,
-}
-
-/// A certificate and its key, PEM.
-struct Leaf {
-    cert_pem: String,
-    key_pem: String,
-}
-
-impl Ca {
-    fn new(name: &str) -> Ca {
-        let mut params = CertificateParams::default();
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, name);
-        params.distinguished_name = dn;
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let key = rcgen::KeyPair::generate().expect("CA key");
-        Ca {
-            issuer: CertifiedIssuer::self_signed(params, key).expect("CA certificate"),
-        }
-    }
-
-    fn pem(&self) -> String {
-        self.issuer.pem()
-    }
-
-    fn der(&self) -> CertificateDer<'static> {
-        self.issuer.der().clone()
-    }
-
-    fn issue(&self, cn: &str, sans: &[&str], eku: Vec<ExtendedKeyUsagePurpose>) -> Leaf {
-        let mut params =
-            CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-                .expect("SANs");
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, cn);
-        params.distinguished_name = dn;
-        params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = eku;
-        params.use_authority_key_identifier_extension = true;
-        let key = rcgen::KeyPair::generate().expect("leaf key");
-        let cert = params
-            .signed_by(&key, &self.issuer)
-            .expect("leaf certificate");
-        Leaf {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-        }
-    }
-
-    /// A node certificate for 127.0.0.1 / localhost.
-    fn node_cert(&self) -> Leaf {
-        self.issue(
-            "rjs-node",
-            &["127.0.0.1", "localhost"],
-            vec![
-                ExtendedKeyUsagePurpose::ServerAuth,
-                ExtendedKeyUsagePurpose::ClientAuth,
-            ],
-        )
-    }
-
-    /// A lookup server's client certificate.
-    fn client_cert(&self, cn: &str) -> Leaf {
-        self.issue(cn, &[], vec![ExtendedKeyUsagePurpose::ClientAuth])
-    }
-}
-
-impl Leaf {
-    fn identity(&self) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
-        (
-            rjs_wire::tls::certs_from_pem(self.cert_pem.as_bytes(), "client certificate")
-                .expect("client certificate"),
-            rjs_wire::tls::key_from_pem(self.key_pem.as_bytes(), "client key").expect("key"),
-        )
-    }
-}
-
-/// A TLS client configuration trusting `ca`, presenting `identity` if given.
-fn client_tls(ca: &Ca, identity: Option<&Leaf>) -> Arc<rustls::ClientConfig> {
-    Arc::new(
-        rjs_wire::tls::client_config(&[ca.der()], identity.map(Leaf::identity))
-            .expect("client TLS configuration"),
-    )
-}
 
 // ---------------------------------------------------------------------------------------
 // The node process
