@@ -55,17 +55,16 @@ impl BundleCache {
         self.path(sha).is_some_and(|p| p.is_file())
     }
 
-    /// Stores a verified bundle (atomically), then evicts the least recently used beyond the
-    /// bounds.
-    pub fn put(&self, bytes: &[u8]) -> Result<String, FileError> {
-        let sha = hex(&rjs_signer::bundle_id(bytes));
-        if let Some(path) = self.path(&sha)
+    /// Stores a verified bundle whose SHA-256 (hex) the caller computed (atomically), then
+    /// evicts the least recently used beyond the bounds.
+    pub fn put(&self, sha: &str, bytes: &[u8]) -> Result<(), FileError> {
+        if let Some(path) = self.path(sha)
             && !path.exists()
         {
             fsutil::write_atomic(&path, bytes, 0o600)?;
         }
         self.evict();
-        Ok(sha)
+        Ok(())
     }
 
     fn evict(&self) {
@@ -95,24 +94,30 @@ impl BundleCache {
 mod tests {
     use super::*;
 
+    fn put(c: &BundleCache, bytes: &[u8]) -> String {
+        let sha = hex(&rjs_signer::bundle_id(bytes));
+        c.put(&sha, bytes).unwrap();
+        sha
+    }
+
     #[test]
     fn stores_bounded_and_validates_names() {
         let dir = tempfile::tempdir().unwrap();
         let c = BundleCache::open(&dir.path().join("b"), 2, 1 << 20).unwrap();
-        let a = c.put(b"aaa").unwrap();
+        let a = put(&c, b"aaa");
         assert!(c.contains(&a));
         assert_eq!(c.get(&a, 100).unwrap(), b"aaa");
         assert_eq!(c.get(&a, 2), None, "over the limit");
         assert_eq!(c.get("../../etc/passwd", 100), None);
         // A damaged file is dropped, not served.
-        let damaged = c.put(b"ccc").unwrap();
+        let damaged = put(&c, b"ccc");
         fs::write(dir.path().join("b").join(format!("{damaged}.rjs")), b"cc!").unwrap();
         assert_eq!(c.get(&damaged, 100), None);
         assert!(!c.contains(&damaged));
         std::thread::sleep(std::time::Duration::from_millis(20));
-        let b = c.put(b"bbb").unwrap();
+        let b = put(&c, b"bbb");
         std::thread::sleep(std::time::Duration::from_millis(20));
-        let d = c.put(b"ddd").unwrap();
+        let d = put(&c, b"ddd");
         assert!(!c.contains(&a), "oldest evicted");
         assert!(c.contains(&b) && c.contains(&d));
     }

@@ -2,7 +2,9 @@
 //! the data directory with mode 0600, and a node id.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use rjs_signer::fsutil::{self, FileError};
 use rjs_signer::keys::{self, KeyError, KeyPair};
 
 /// File name stem of the node key in the data directory (`node.key`, `node.pub`).
@@ -15,7 +17,8 @@ pub const NODE_ID_FILE: &str = "node-id";
 #[derive(Debug)]
 pub struct NodeIdentity {
     pub id: String,
-    pub key: KeyPair,
+    /// Shared with the tasks that sign answers and announcements.
+    pub key: Arc<KeyPair>,
     pub key_path: PathBuf,
 }
 
@@ -26,6 +29,8 @@ pub enum IdentityError {
     BadId(String),
     #[error("the node key")]
     Key(#[from] KeyError),
+    #[error("the enrolled node id")]
+    IdFile(#[from] FileError),
 }
 
 /// Whether `id` is a valid node id (`[A-Za-z0-9._-]{1,64}`).
@@ -44,9 +49,13 @@ impl NodeIdentity {
             keys::write_key_pair(&key, NODE_KEY_NAME, data_dir, false)?;
             key
         };
-        let enrolled = std::fs::read_to_string(data_dir.join(NODE_ID_FILE))
-            .ok()
-            .map(|s| s.trim().to_owned());
+        let id_file = data_dir.join(NODE_ID_FILE);
+        let enrolled = if id_file.exists() {
+            let raw = fsutil::read_bounded(&id_file, 1024)?;
+            Some(String::from_utf8_lossy(&raw).trim().to_owned())
+        } else {
+            None
+        };
         let id = match id.or(enrolled.as_deref()) {
             Some(id) if valid_node_id(id) => id.to_owned(),
             Some(id) => return Err(IdentityError::BadId(id.to_owned())),
@@ -55,7 +64,11 @@ impl NodeIdentity {
                 format!("node-{}", fp.replace('-', "").get(..8).unwrap_or("0"))
             }
         };
-        Ok(NodeIdentity { id, key, key_path })
+        Ok(NodeIdentity {
+            id,
+            key: Arc::new(key),
+            key_path,
+        })
     }
 }
 

@@ -468,10 +468,7 @@ fn cmd_run(
             Ok(a) => a,
             Err(refusal) => return Ok(Err(refusal)),
         };
-        let answer = node
-            .execute(admitted)
-            .await
-            .context("building the answer archive")?;
+        let answer = node.execute(admitted).await?;
         anyhow::Ok(Ok(answer))
     });
     let outcome = match result? {

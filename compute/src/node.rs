@@ -146,17 +146,18 @@ impl Node {
         let bytes = bundle.clone();
         let limits = self.verify_limits;
         let verified = tokio::task::spawn_blocking(move || {
-            let sha = hex(&rjs_signer::bundle_id(&bytes));
-            rjs_signer::verify_bytes(&bytes, &limits).map(|b| (sha, b))
+            let id = rjs_signer::bundle_id(&bytes);
+            rjs_signer::verify_bytes(&bytes, &limits).map(|b| (id, b))
         })
         .await
         .map_err(|e| Refusal::new(RefusalCode::Unavailable, format!("verifier failed: {e}")))?;
-        let (sha, verified) = verified.map_err(|e| {
+        let (bundle_sha256, verified) = verified.map_err(|e| {
             Refusal::new(
                 RefusalCode::InvalidBundle,
                 format!("{}: {}", e.rule(), error_chain(&e)),
             )
         })?;
+        let sha = hex(&bundle_sha256);
         if let Some(expected) = expected_sha
             && expected != sha
         {
@@ -222,14 +223,12 @@ impl Node {
             )
         })?;
         // Keep the bundle so the next task of it need not be sent again.
-        if let Err(e) = self.bundles.put(&bundle) {
+        if let Err(e) = self.bundles.put(&sha, &bundle) {
             tracing::warn!(error = %error_chain(&e), "could not cache the bundle");
         }
-        let mut env: Vec<(String, String)> =
+        // A BTreeMap: already in key order.
+        let env: Vec<(String, String)> =
             m.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        env.sort();
-        let mut bundle_sha256 = [0u8; 32];
-        bundle_sha256.copy_from_slice(&rjs_signer::bundle_id(&bundle));
         let task = TaskSpec {
             name: m.name.clone(),
             bundle_sha256,
@@ -251,10 +250,17 @@ impl Node {
 
     /// Runs an admitted job in the sandbox and signs its answer. Whatever the job does, the
     /// result is an answer; only a failure to build the archive itself is an error.
-    pub async fn execute(&self, admitted: Admitted) -> Result<Answer, answer::AnswerError> {
+    pub async fn execute(&self, admitted: Admitted) -> Result<Answer, ExecuteError> {
         let Admitted { slot, task, .. } = admitted;
+        let (bundle_sha256, job_name, task_index, task_count, limits) = (
+            hex(&task.bundle_sha256),
+            task.name.clone(),
+            task.task_index,
+            task.task_count,
+            task.limits,
+        );
         let started_at = rjs_signer::unix_now();
-        let mut result = self.sandbox.run(slot, task.clone()).await;
+        let mut result = self.sandbox.run(slot, task).await;
         let finished_at = rjs_signer::unix_now().max(started_at);
         // The answer format refuses messages beyond its bound and a limit ending that is not
         // listed among the limits hit: normalise here.
@@ -279,15 +285,15 @@ impl Node {
         let output_bytes: u64 = result.out_files.iter().map(|(_, d)| d.len() as u64).sum();
         let doc = ResultDoc {
             format: answer::RESULT_FORMAT,
-            bundle_sha256: hex(&task.bundle_sha256),
-            job_name: task.name.clone(),
-            task_index: task.task_index,
-            task_count: task.task_count,
+            bundle_sha256,
+            job_name,
+            task_index,
+            task_count,
             node_id: self.identity.id.clone(),
             node_mflops: self.mflops,
             ending: result.ending.clone(),
             limits_hit: dedup(&result.limits_hit),
-            limits: task.limits,
+            limits,
             started_at,
             finished_at,
             wall_ms: result.wall_ms,
@@ -296,22 +302,36 @@ impl Node {
             stderr_bytes: result.stderr.len() as u64,
             output_bytes,
         };
-        let key = &self.identity.key;
-        let (doc2, stdout, stderr, files) = (
-            doc,
-            result.stdout.clone(),
-            result.stderr.clone(),
-            result.out_files.clone(),
-        );
-        let bytes = tokio::task::block_in_place(|| {
-            answer::build_answer(&doc2, &stdout, &stderr, &files, key, finished_at)
-        })?;
+        // Deflating and signing can take a while for large outputs: off the async threads.
+        let key = self.identity.key.clone();
+        let (bytes, result) = tokio::task::spawn_blocking(move || {
+            let bytes = answer::build_answer(
+                &doc,
+                &result.stdout,
+                &result.stderr,
+                &result.out_files,
+                &key,
+                finished_at,
+            );
+            (bytes, result)
+        })
+        .await
+        .map_err(|e| ExecuteError::Join(e.to_string()))?;
         Ok(Answer {
-            bytes,
+            bytes: bytes?,
             outcome: result.ending.summary(),
             result,
         })
     }
+}
+
+/// Why an admitted job produced no answer archive (the job itself always ends in one).
+#[derive(Debug, thiserror::Error)]
+pub enum ExecuteError {
+    #[error("building the answer archive")]
+    Answer(#[from] answer::AnswerError),
+    #[error("the answer builder task failed: {0}")]
+    Join(String),
 }
 
 fn dedup(limits: &[LimitKind]) -> Vec<LimitKind> {

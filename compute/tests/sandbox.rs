@@ -108,6 +108,15 @@ async fn assert_hello_works(node: &Node) {
     assert_scratch_empty(node.work_dir());
 }
 
+/// The task ended by reaching `limit`.
+#[track_caller]
+fn assert_limit(r: &TaskResult, limit: LimitKind) {
+    assert!(
+        matches!(&r.ending, Ending::Limit { limit: l, .. } if *l == limit),
+        "{r:?}"
+    );
+}
+
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
@@ -251,16 +260,7 @@ async fn many_files_are_stopped_by_the_output_poll() {
         r.wall_ms,
         r.out_files.len()
     );
-    assert!(
-        matches!(
-            &r.ending,
-            Ending::Limit {
-                limit: LimitKind::Output,
-                ..
-            }
-        ),
-        "{r:?}"
-    );
+    assert_limit(&r, LimitKind::Output);
     assert!(total <= 1 << 20);
     assert!(r.wall_ms < 5_000);
     assert_scratch_empty(node.work_dir());
@@ -272,16 +272,7 @@ async fn many_files_are_stopped_by_the_output_poll() {
         r.wall_ms,
         r.out_files.len()
     );
-    assert!(
-        matches!(
-            &r.ending,
-            Ending::Limit {
-                limit: LimitKind::Output,
-                ..
-            }
-        ),
-        "{r:?}"
-    );
+    assert_limit(&r, LimitKind::Output);
     assert!(r.out_files.len() <= SandboxConfig::new("/").max_out_files);
     assert_hello_works(&node).await;
 }
@@ -295,16 +286,7 @@ async fn evil_loop_is_stopped_at_its_deadline() {
     let r = run(&node.sandbox, task).await;
     let elapsed = t0.elapsed();
     println!("evil-loop: {r:?} after {elapsed:?}");
-    assert!(
-        matches!(
-            &r.ending,
-            Ending::Limit {
-                limit: LimitKind::Time,
-                ..
-            }
-        ),
-        "{r:?}"
-    );
+    assert_limit(&r, LimitKind::Time);
     assert_eq!(r.limits_hit, [LimitKind::Time]);
     // What it wrote before it was stopped is kept.
     assert_eq!(text(&r.stderr), "evil-loop: spinning forever\n");
@@ -620,16 +602,7 @@ async fn two_slots_run_two_tasks_at_once() {
     let elapsed = t0.elapsed();
     println!("two 1.5 s tasks on two slots: {elapsed:?}");
     for r in [&ra, &rb] {
-        assert!(
-            matches!(
-                &r.ending,
-                Ending::Limit {
-                    limit: LimitKind::Time,
-                    ..
-                }
-            ),
-            "{r:?}"
-        );
+        assert_limit(r, LimitKind::Time);
     }
     assert!(
         elapsed < Duration::from_millis(2700),
@@ -701,16 +674,7 @@ async fn bad_modules_and_small_limits_end_cleanly() {
     let mut task = sample_task("hello", 0);
     task.limits.memory_bytes = Limits::MIN_MEMORY;
     let r = run(&node.sandbox, task).await;
-    assert!(
-        matches!(
-            &r.ending,
-            Ending::Limit {
-                limit: LimitKind::Memory,
-                ..
-            }
-        ),
-        "{r:?}"
-    );
+    assert_limit(&r, LimitKind::Memory);
     // No output allowed: the write fails inside the job.
     let mut task = sample_task("hello", 0);
     task.limits.output_bytes = 0;

@@ -46,6 +46,12 @@ pub enum UpstreamError {
         #[source]
         source: serde_json::Error,
     },
+    #[error("{what} {url}: response over {limit} bytes")]
+    TooLarge {
+        what: &'static str,
+        url: String,
+        limit: u64,
+    },
     #[error("bundle {expected} from {url} hashes to {got}")]
     Digest {
         url: String,
@@ -178,8 +184,59 @@ pub struct WebServerClient {
     timeouts: Timeouts,
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+use rjs_signer::bundle::hex;
+
+/// Largest JSON response body read from the web server.
+const MAX_JSON_BODY: u64 = 1024 * 1024;
+/// Largest error body read (only its start is shown anyway).
+const MAX_ERROR_BODY: u64 = 64 * 1024;
+
+/// Reads a response body of at most `limit` bytes (refused by its announced length when it
+/// has one, else as soon as it goes over).
+async fn read_body(
+    mut resp: reqwest::Response,
+    limit: u64,
+    what: &'static str,
+    url: &str,
+) -> Result<Vec<u8>, UpstreamError> {
+    let too_large = || UpstreamError::TooLarge {
+        what,
+        url: url.to_owned(),
+        limit,
+    };
+    if resp.content_length().is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|source| UpstreamError::Transport {
+            what,
+            url: url.to_owned(),
+            source,
+        })?
+    {
+        if (body.len() + chunk.len()) as u64 > limit {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// Reads and decodes a JSON response body (at most [`MAX_JSON_BODY`] bytes).
+async fn read_json<T: serde::de::DeserializeOwned>(
+    resp: reqwest::Response,
+    what: &'static str,
+    url: &str,
+) -> Result<T, UpstreamError> {
+    let bytes = read_body(resp, MAX_JSON_BODY, what, url).await?;
+    serde_json::from_slice(&bytes).map_err(|source| UpstreamError::Decode {
+        what,
+        url: url.to_owned(),
+        source,
+    })
 }
 
 fn valid_id(s: &str) -> bool {
@@ -247,7 +304,9 @@ impl WebServerClient {
         if status.is_success() || status == reqwest::StatusCode::NOT_MODIFIED {
             return Ok(resp);
         }
-        let body = resp.bytes().await.unwrap_or_default();
+        let body = read_body(resp, MAX_ERROR_BODY, what, url)
+            .await
+            .unwrap_or_default();
         let (code, message) = match serde_json::from_slice::<ErrorBody>(&body) {
             Ok(e) => (e.code, e.error),
             Err(_) => (
@@ -274,15 +333,7 @@ impl WebServerClient {
         let resp = self
             .send(what, &url, self.http.post(&url).json(body))
             .await?;
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|source| UpstreamError::Transport {
-                what,
-                url: url.clone(),
-                source,
-            })?;
-        serde_json::from_slice(&bytes).map_err(|source| UpstreamError::Decode { what, url, source })
+        read_json(resp, what, &url).await
     }
 
     /// `GET /healthz`: checks that the web server answers; returns the HTTP version the
@@ -357,20 +408,7 @@ impl WebServerClient {
             .body(bytes);
         let resp = self.send(what, &url, rb).await?;
         let status = resp.status();
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|source| UpstreamError::Transport {
-                what,
-                url: url.clone(),
-                source,
-            })?;
-        let body: AnswerResponse =
-            serde_json::from_slice(&bytes).map_err(|source| UpstreamError::Decode {
-                what,
-                url: url.clone(),
-                source,
-            })?;
+        let body: AnswerResponse = read_json(resp, what, &url).await?;
         Ok(match (status.as_u16(), body.status.as_str()) {
             (201, _) | (_, "stored") => AnswerAck::Stored,
             _ => AnswerAck::Duplicate,
@@ -416,14 +454,8 @@ impl WebServerClient {
                 from_cache: true,
             });
         }
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|source| UpstreamError::Transport {
-                what,
-                url: url.clone(),
-                source,
-            })?;
+        let limit = rjs_signer::VerifyLimits::default().max_bundle_bytes;
+        let bytes = read_body(resp, limit, what, &url).await?;
         let got = hex(&Sha256::digest(&bytes));
         if got != bundle_id {
             return Err(UpstreamError::Digest {
@@ -483,7 +515,15 @@ impl WebServerClient {
                     return Err(UpstreamError::Transport { what, url, source });
                 }
             };
-            for (event, data) in parser.push(&chunk) {
+            let events = parser.push(&chunk);
+            if parser.overflowed() {
+                return Err(UpstreamError::TooLarge {
+                    what,
+                    url,
+                    limit: MAX_SSE_EVENT as u64,
+                });
+            }
+            for (event, data) in events {
                 if event != "jobs" {
                     continue;
                 }
@@ -528,16 +568,29 @@ impl WebServerClient {
 
 /// Incremental Server-Sent Events parser: bytes in, complete `(event, data)` pairs out.
 /// Comment lines (`:`) are ignored; `data` lines are joined with `\n`; the event type
-/// defaults to `message`.
+/// defaults to `message`. A line or an event over [`MAX_SSE_EVENT`] bytes is dropped and
+/// [`SseParser::overflowed`] becomes true (the stream should then be abandoned).
 #[derive(Default)]
 pub struct SseParser {
     buf: Vec<u8>,
     event: String,
     data: Option<String>,
+    overflowed: bool,
 }
 
+/// Largest line, and largest event data, the [`SseParser`] keeps.
+pub const MAX_SSE_EVENT: usize = 64 * 1024;
+
 impl SseParser {
+    /// True once a line or an event went over [`MAX_SSE_EVENT`] bytes.
+    pub fn overflowed(&self) -> bool {
+        self.overflowed
+    }
+
     pub fn push(&mut self, bytes: &[u8]) -> Vec<(String, String)> {
+        if self.overflowed {
+            return Vec::new();
+        }
         self.buf.extend_from_slice(bytes);
         let mut out = Vec::new();
         while let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {
@@ -574,8 +627,22 @@ impl SseParser {
                 },
                 _ => {}
             }
+            if self.data.as_ref().is_some_and(|d| d.len() > MAX_SSE_EVENT) {
+                self.overflow();
+                return out;
+            }
+        }
+        if self.buf.len() > MAX_SSE_EVENT {
+            self.overflow();
         }
         out
+    }
+
+    fn overflow(&mut self) {
+        self.overflowed = true;
+        self.buf = Vec::new();
+        self.data = None;
+        self.event.clear();
     }
 }
 
@@ -716,6 +783,14 @@ mod tests {
                 ("jobs".to_owned(), "a\nb".to_owned())
             ]
         );
+    }
+
+    #[test]
+    fn sse_overflow_is_reported() {
+        let mut p = SseParser::default();
+        assert!(p.push(&vec![b'x'; MAX_SSE_EVENT + 1]).is_empty());
+        assert!(p.overflowed());
+        assert!(p.push(b"event: jobs\ndata: 1\n\n").is_empty());
     }
 
     #[test]

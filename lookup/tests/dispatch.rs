@@ -3,13 +3,14 @@
 //! node will take is unplaced with the reason, a node killed mid-job is reported lost.
 
 use std::collections::{HashMap, HashSet};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::net::{IpAddr, Ipv4Addr};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rjs_e2e::node::{ComputeNode, NodeSetup};
 use rjs_e2e::pki::Ca;
+use rjs_e2e::{bounded, pack, sha256_hex};
 use rjs_lookup::discovery::NodeView;
 use rjs_lookup::dispatch::{
     DispatchError, JobOffer, NodeClient, NodePool, Placement, Scheduler, Why, dispatch_job,
@@ -17,7 +18,6 @@ use rjs_lookup::dispatch::{
 use rjs_signer::KeyPair;
 use rjs_signer::answer::{AnswerLimits, verify_answer};
 use rjs_wire::node::RefusalCode;
-use sha2::{Digest, Sha256};
 
 // ---------------------------------------------------------------------------------------
 // Scheduler (pure)
@@ -141,52 +141,8 @@ fn why_a_job_is_not_running() {
 // ---------------------------------------------------------------------------------------
 // Real nodes
 
-/// Path of a workspace binary built next to the running test executable.
-fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let p = dir.join(name);
-    assert!(
-        p.is_file(),
-        "{} is missing: build the binaries first (cargo build --workspace --bins)",
-        p.display()
-    );
-    p
-}
-
-fn now() -> u64 {
-    rjs_signer::unix_now()
-}
-
-fn sha256_hex(data: &[u8]) -> String {
-    Sha256::digest(data)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-fn sample(job: &str) -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_owned();
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .map(|p| if p.is_absolute() { p } else { root.join(p) })
-        .unwrap_or_else(|| root.join("target"));
-    let dir = target.join("rjs-samples").join(job);
-    assert!(
-        dir.join("manifest.json").is_file(),
-        "{} is missing: build the samples first (samples/build.sh)",
-        dir.display()
-    );
-    dir
-}
-
 fn offer(job: &str, key: &KeyPair, job_id: i64) -> JobOffer {
-    let bundle = rjs_signer::pack_dir(&sample(job), key, "tester", now())
-        .unwrap_or_else(|e| panic!("packing {job}: {}", rjs_signer::error_chain(&e)))
-        .0;
+    let bundle = pack(job, key);
     JobOffer {
         job_id,
         bundle_sha256: sha256_hex(&bundle),
@@ -195,105 +151,44 @@ fn offer(job: &str, key: &KeyPair, job_id: i64) -> JobOffer {
     }
 }
 
-/// `rjs-compute serve` on 127.0.0.1, killed when dropped.
+/// `rjs-compute serve` on 127.0.0.1 named `id`, killed when dropped.
 struct Node {
-    _dir: tempfile::TempDir,
-    data: PathBuf,
+    node: ComputeNode,
     id: String,
-    addr: SocketAddr,
     mflops: u64,
-    child: Child,
 }
 
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+impl std::ops::Deref for Node {
+    type Target = ComputeNode;
+    fn deref(&self) -> &ComputeNode {
+        &self.node
+    }
+}
+
+impl std::ops::DerefMut for Node {
+    fn deref_mut(&mut self) -> &mut ComputeNode {
+        &mut self.node
     }
 }
 
 impl Node {
     fn start(ca: &Ca, id: &str, mflops: u64, trusted: Option<&KeyPair>) -> Node {
-        let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().join("data");
-        std::fs::create_dir(&data).unwrap();
-        let cert = ca.node_cert_for(id);
-        let (ca_pem, cert_pem, key_pem) = (
-            dir.path().join("ca.pem"),
-            dir.path().join("node.pem"),
-            dir.path().join("node-key.pem"),
-        );
-        std::fs::write(&ca_pem, ca.pem()).unwrap();
-        std::fs::write(&cert_pem, &cert.cert_pem).unwrap();
-        std::fs::write(&key_pem, &cert.key_pem).unwrap();
-        // The node's speed (compute/src/bench.rs), so it does not measure at start-up.
-        std::fs::write(
-            data.join("bench.json"),
-            serde_json::json!({
-                "mflops": mflops as f64, "n": 500, "runs": 3, "seconds": 1.0, "residual": 0.5,
-                "measured_at": now(), "program_version": env!("CARGO_PKG_VERSION"),
-            })
-            .to_string(),
+        let node = ComputeNode::start(
+            ca,
+            &ca.node_cert_for(id),
+            NodeSetup {
+                trusted: trusted.as_slice(),
+                node_id: Some(id),
+                mflops: Some(mflops),
+                ..Default::default()
+            },
         )
-        .unwrap();
-        if let Some(author) = trusted {
-            let out = Command::new(bin("rjs-compute"))
-                .args([
-                    "trust",
-                    "add",
-                    &author.public().to_base64(),
-                    "--name",
-                    "author",
-                ])
-                .arg("--data")
-                .arg(&data)
-                .stdin(Stdio::null())
-                .output()
-                .unwrap();
-            assert!(out.status.success(), "trust add: {out:?}");
-        }
-        let mut child = Command::new(bin("rjs-compute"))
-            .arg("serve")
-            .arg("--data")
-            .arg(&data)
-            .args(["--listen", "127.0.0.1:0", "--slots", "1", "--node-id", id])
-            .arg("--cert")
-            .arg(&cert_pem)
-            .arg("--key")
-            .arg(&key_pem)
-            .arg("--ca")
-            .arg(&ca_pem)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("starting rjs-compute serve");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            for line in std::io::BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-            {
-                if let Some(rest) = line.split(" listening on ").nth(1) {
-                    let _ = tx.send(rest.trim().to_owned());
-                }
-            }
-        });
-        let mut node = Node {
-            _dir: dir,
-            data,
+        .unwrap_or_else(|e| panic!("starting node {id}: {e:#}"));
+        Node {
+            node,
             id: id.to_owned(),
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             mflops,
-            child,
-        };
-        let addr = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("rjs-compute did not report listening within 30 s");
-        node.addr = addr.parse().unwrap();
-        node
+        }
     }
 
     fn view(&self) -> NodeView {
@@ -308,20 +203,30 @@ impl Node {
             age_ms: 0,
         }
     }
-
-    fn public_key(&self) -> String {
-        let path = self.data.join("node.pub");
-        rjs_signer::PublicKey::load_or_parse(path.to_str().unwrap())
-            .expect("node.pub")
-            .0
-            .to_base64()
-    }
 }
 
-async fn bounded<T>(what: &str, secs: u64, f: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(secs), f)
-        .await
-        .unwrap_or_else(|_| panic!("{what} took longer than {secs} s"))
+/// `dispatch_job` for group `/compute` with task limit `secs`, bounded by 60 s.
+async fn dispatch(
+    what: &str,
+    pool: &mut NodePool,
+    nodes: &[NodeView],
+    job: &JobOffer,
+    refusals: &mut HashMap<String, RefusalCode>,
+) -> Placement {
+    bounded(
+        what,
+        60,
+        dispatch_job(
+            &Scheduler,
+            pool,
+            nodes,
+            job,
+            "/compute",
+            Duration::from_secs(10),
+            refusals,
+        ),
+    )
+    .await
 }
 
 /// The faster node does not trust the author and refuses; the job runs on the slower one,
@@ -342,20 +247,7 @@ async fn refused_by_the_fastest_then_runs_on_the_trusting_node() {
     let mut pool = NodePool::new(ca.lookup_tls());
     let job = offer("hello", &author, 1);
     let mut refusals = HashMap::new();
-    let placed = bounded(
-        "dispatch",
-        60,
-        dispatch_job(
-            &s,
-            &mut pool,
-            &nodes,
-            &job,
-            "/compute",
-            Duration::from_secs(10),
-            &mut refusals,
-        ),
-    )
-    .await;
+    let placed = dispatch("dispatch", &mut pool, &nodes, &job, &mut refusals).await;
     assert_eq!(
         refusals,
         HashMap::from([("fast-untrusting".to_owned(), RefusalCode::Untrusted)])
@@ -372,7 +264,7 @@ async fn refused_by_the_fastest_then_runs_on_the_trusting_node() {
     assert_eq!(outcome, "exit 0");
     let v = verify_answer(&answer, &AnswerLimits::default())
         .unwrap_or_else(|e| panic!("answer refused: {}: {e}", e.rule()));
-    assert_eq!(v.public_key().to_base64(), slow.public_key());
+    assert_eq!(v.public_key().to_base64(), slow.public_key().to_base64());
     let out = v
         .out_files()
         .iter()
@@ -381,21 +273,15 @@ async fn refused_by_the_fastest_then_runs_on_the_trusting_node() {
     assert_eq!(out, Some(&b"hello, world from task 0/1\n"[..]));
 
     // The connections are kept: the next job (cached bundle) reuses them.
-    let again = bounded(
+    let again = dispatch(
         "second dispatch",
-        60,
-        dispatch_job(
-            &s,
-            &mut pool,
-            &nodes,
-            &JobOffer {
-                job_id: 2,
-                ..job.clone()
-            },
-            "/compute",
-            Duration::from_secs(10),
-            &mut HashMap::from([("fast-untrusting".to_owned(), RefusalCode::Untrusted)]),
-        ),
+        &mut pool,
+        &nodes,
+        &JobOffer {
+            job_id: 2,
+            ..job.clone()
+        },
+        &mut HashMap::from([("fast-untrusting".to_owned(), RefusalCode::Untrusted)]),
     )
     .await;
     assert!(
@@ -407,18 +293,12 @@ async fn refused_by_the_fastest_then_runs_on_the_trusting_node() {
     let stranger = KeyPair::generate();
     let job = offer("hello", &stranger, 3);
     let mut refusals = HashMap::new();
-    let placed = bounded(
+    let placed = dispatch(
         "dispatch of an untrusted job",
-        60,
-        dispatch_job(
-            &s,
-            &mut pool,
-            &nodes,
-            &job,
-            "/compute",
-            Duration::from_secs(10),
-            &mut refusals,
-        ),
+        &mut pool,
+        &nodes,
+        &job,
+        &mut refusals,
     )
     .await;
     let Placement::Unplaced(why) = placed else {
@@ -451,7 +331,7 @@ async fn a_node_killed_mid_job_is_lost() {
     let job = offer("evil-loop", &author, 7); // 2 s time limit
     let nodes = [node.view()];
     let mut pool = NodePool::new(ca.lookup_tls());
-    let pid = node.child.id();
+    let pid = node.proc.child.id();
     let killer = std::thread::spawn(move || {
         // While the loop runs (it would end 2 s after it was accepted).
         std::thread::sleep(Duration::from_millis(1200));
@@ -473,7 +353,7 @@ async fn a_node_killed_mid_job_is_lost() {
     )
     .await;
     killer.join().unwrap();
-    let _ = node.child.wait();
+    let _ = node.proc.child.wait();
     assert_eq!(placed, Placement::NodeLost("doomed".into()));
     assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
 

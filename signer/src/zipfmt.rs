@@ -97,19 +97,25 @@ fn u32_of(v: u64) -> u32 {
     u32::try_from(v).unwrap_or(u32::MAX)
 }
 
+/// The fields a local and a central header share, from "version needed" to the name's
+/// length.
+fn put_entry_fields(h: &mut Vec<u8>, e: &EntryMeta<'_>) {
+    put16(h, VERSION_NEEDED);
+    put16(h, 0); // flags: no encryption, no data descriptor, ASCII names
+    put16(h, e.method.code());
+    put16(h, DOS_TIME);
+    put16(h, DOS_DATE);
+    put32(h, e.crc32);
+    put32(h, u32_of(e.stored_size));
+    put32(h, u32_of(e.size));
+    put16(h, e.name.len() as u16);
+}
+
 /// The exact local file header of an entry.
 pub fn local_header(e: &EntryMeta<'_>) -> Vec<u8> {
     let mut h = Vec::with_capacity(LOCAL_HEADER_LEN as usize + e.name.len());
     put32(&mut h, LOCAL_SIG);
-    put16(&mut h, VERSION_NEEDED);
-    put16(&mut h, 0); // flags: no encryption, no data descriptor, ASCII names
-    put16(&mut h, e.method.code());
-    put16(&mut h, DOS_TIME);
-    put16(&mut h, DOS_DATE);
-    put32(&mut h, e.crc32);
-    put32(&mut h, u32_of(e.stored_size));
-    put32(&mut h, u32_of(e.size));
-    put16(&mut h, e.name.len() as u16);
+    put_entry_fields(&mut h, e);
     put16(&mut h, 0); // no extra field
     h.extend_from_slice(e.name.as_bytes());
     h
@@ -120,15 +126,7 @@ pub fn central_header(e: &EntryMeta<'_>, offset: u64) -> Vec<u8> {
     let mut h = Vec::with_capacity(CENTRAL_HEADER_LEN as usize + e.name.len());
     put32(&mut h, CENTRAL_SIG);
     put16(&mut h, VERSION_MADE_BY);
-    put16(&mut h, VERSION_NEEDED);
-    put16(&mut h, 0);
-    put16(&mut h, e.method.code());
-    put16(&mut h, DOS_TIME);
-    put16(&mut h, DOS_DATE);
-    put32(&mut h, e.crc32);
-    put32(&mut h, u32_of(e.stored_size));
-    put32(&mut h, u32_of(e.size));
-    put16(&mut h, e.name.len() as u16);
+    put_entry_fields(&mut h, e);
     put16(&mut h, 0); // extra
     put16(&mut h, 0); // comment
     put16(&mut h, 0); // disk number
@@ -254,25 +252,7 @@ pub fn deflate(data: &[u8]) -> Vec<u8> {
 pub fn inflate(stored: &[u8], size: u64) -> io::Result<Vec<u8>> {
     let size = usize::try_from(size)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "entry too large"))?;
-    let mut out = Vec::with_capacity(size + 1);
-    let mut z = Decompress::new(false);
-    let status = loop {
-        let before = (z.total_in(), z.total_out());
-        let input = &stored[z.total_in() as usize..];
-        let status = z
-            .decompress_vec(input, &mut out, FlushDecompress::Finish)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-        if status == Status::StreamEnd
-            || out.len() > size
-            || (z.total_in(), z.total_out()) == before
-        {
-            break status;
-        }
-        if out.len() == out.capacity() {
-            // Only reached if the allocator gave exactly size+1 and the stream still goes on.
-            break status;
-        }
-    };
+    let (out, status) = inflate_upto(stored, size + 1, FlushDecompress::Finish)?;
     if out.len() > size {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
@@ -290,23 +270,30 @@ pub fn inflate(stored: &[u8], size: u64) -> io::Result<Vec<u8>> {
 
 /// Inflates at most the first `n` bytes of a deflate stream.
 pub fn inflate_prefix(stored: &[u8], n: usize) -> io::Result<Vec<u8>> {
-    let mut out = Vec::with_capacity(n);
+    Ok(inflate_upto(stored, n, FlushDecompress::None)?.0)
+}
+
+/// Inflates `stored` until its stream ends, it stops making progress, or `limit` bytes are
+/// out; never returns more than `limit` bytes. Also returns the last status.
+fn inflate_upto(
+    stored: &[u8],
+    limit: usize,
+    flush: FlushDecompress,
+) -> io::Result<(Vec<u8>, Status)> {
+    let mut out = Vec::with_capacity(limit);
     let mut z = Decompress::new(false);
-    while out.len() < n {
+    let mut status = Status::Ok;
+    while out.len() < limit && status != Status::StreamEnd {
         let before = (z.total_in(), z.total_out());
-        let status = z
-            .decompress_vec(
-                &stored[z.total_in() as usize..],
-                &mut out,
-                FlushDecompress::None,
-            )
+        status = z
+            .decompress_vec(&stored[z.total_in() as usize..], &mut out, flush)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-        if status == Status::StreamEnd || (z.total_in(), z.total_out()) == before {
+        if (z.total_in(), z.total_out()) == before {
             break;
         }
     }
-    out.truncate(n);
-    Ok(out)
+    out.truncate(limit);
+    Ok((out, status))
 }
 
 #[cfg(test)]

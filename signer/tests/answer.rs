@@ -6,18 +6,19 @@ mod common;
 
 use std::fs;
 use std::path::Path;
-use std::process::{Command, Output};
 use std::sync::OnceLock;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use common::{Part, explode, key, noise, relayout, signed_entry, valid_bundle};
+use common::{
+    Part, assert_exit, explode, key, noise, relayout, rjs_sign, sign_parts_as, stdout, valid_bundle,
+};
 use proptest::prelude::*;
 use rjs_signer::answer::{
     ANSWER_DOMAIN, AnswerError, AnswerLimits, Ending, LimitKind, MAX_MESSAGE, MAX_OUT_FILES,
     RESULT, ResultDoc, STDERR, STDOUT, VerifiedAnswer, build_answer, clip_message, verify_answer,
 };
-use rjs_signer::bundle::{ALGORITHM, BUNDLE_DOMAIN, SignatureDoc, hex};
+use rjs_signer::bundle::{BUNDLE_DOMAIN, SignatureDoc, hex};
 use rjs_signer::paths::SIGNATURE;
 use rjs_signer::{BundleBuilder, KeyPair, Limits, VerifyLimits, bundle_id, verify_bytes};
 use serde_json::{Value, json};
@@ -143,29 +144,9 @@ fn assert_build_refused(i: &Inputs, rule: &str) -> AnswerError {
     e
 }
 
-/// Signs parts exactly as the library does, under any domain and signer name and without
-/// any of its checks, and lays them out with the signature entry last.
-fn sign_parts_as(parts: &[Part], key: &KeyPair, domain: &str, signer: &str) -> Vec<u8> {
-    let public = key.public();
-    let mut doc = SignatureDoc {
-        format: 1,
-        algorithm: ALGORITHM.to_owned(),
-        public_key: public.to_base64(),
-        fingerprint: public.fingerprint().to_string(),
-        signer_name: signer.to_owned(),
-        signed_at: SIGNED_AT,
-        entries: parts.iter().map(signed_entry).collect(),
-        signature: String::new(),
-    };
-    doc.signature = B64.encode(key.sign(&doc.statement_in(domain)));
-    let mut all = parts.to_vec();
-    all.push(Part::stored(SIGNATURE, &serde_json::to_vec(&doc).unwrap()));
-    relayout(&all)
-}
-
 /// Signs parts as the node of the small answer.
 fn sign_answer(parts: &[Part]) -> Vec<u8> {
-    sign_parts_as(parts, &node_key(), ANSWER_DOMAIN, NODE)
+    sign_parts_as(parts, &node_key(), ANSWER_DOMAIN, NODE, SIGNED_AT)
 }
 
 /// The entries of the small answer, without the signature entry.
@@ -397,11 +378,11 @@ fn an_answer_is_not_a_bundle() {
     // A bundle's entries signed by its author's key under the answer domain.
     let mut parts = explode(&valid_bundle());
     parts.pop();
-    let answer_signed = sign_parts_as(&parts, &key(1), ANSWER_DOMAIN, common::SIGNER);
+    let answer_signed = sign_parts_as(&parts, &key(1), ANSWER_DOMAIN, common::SIGNER, SIGNED_AT);
     let e = verify_bytes(&answer_signed, &limits).unwrap_err();
     assert_eq!(e.rule(), "bad-signature", "{e}");
     // Control: under the bundle domain it verifies.
-    let bundle_signed = sign_parts_as(&parts, &key(1), BUNDLE_DOMAIN, common::SIGNER);
+    let bundle_signed = sign_parts_as(&parts, &key(1), BUNDLE_DOMAIN, common::SIGNER, SIGNED_AT);
     assert!(verify_bytes(&bundle_signed, &limits).is_ok());
 }
 
@@ -413,7 +394,7 @@ fn a_signature_under_any_other_domain_is_refused() {
         "RJS-ANSWER-SIGNATURE-V1 ",
         "",
     ] {
-        let b = sign_parts_as(&answer_parts(), &node_key(), domain, NODE);
+        let b = sign_parts_as(&answer_parts(), &node_key(), domain, NODE, SIGNED_AT);
         assert_refused(&b, "bad-signature", Some(SIGNATURE));
     }
 }
@@ -469,6 +450,7 @@ fn a_key_other_than_the_signers_is_refused() {
         &key(8),
         ANSWER_DOMAIN,
         NODE,
+        SIGNED_AT,
     ));
     let mut doc: SignatureDoc = serde_json::from_slice(&parts.last().unwrap().stored).unwrap();
     doc.public_key = node_key().public().to_base64();
@@ -756,10 +738,22 @@ fn a_result_json_that_disagrees_with_the_archive_is_refused() {
         assert!(e.to_string().contains(field), "{e}");
     }
     // The result names the node that signed it: a node cannot sign in another's name.
-    let b = sign_parts_as(&answer_parts(), &node_key(), ANSWER_DOMAIN, "node-2");
+    let b = sign_parts_as(
+        &answer_parts(),
+        &node_key(),
+        ANSWER_DOMAIN,
+        "node-2",
+        SIGNED_AT,
+    );
     assert_refused(&b, "result-mismatch", Some(RESULT));
     // A signer name that is no node id at all.
-    let b = sign_parts_as(&answer_parts(), &node_key(), ANSWER_DOMAIN, "node 1");
+    let b = sign_parts_as(
+        &answer_parts(),
+        &node_key(),
+        ANSWER_DOMAIN,
+        "node 1",
+        SIGNED_AT,
+    );
     assert_refused(&b, "malformed-signature-entry", Some(SIGNATURE));
 }
 
@@ -899,34 +893,6 @@ proptest! {
 
 // ---------------------------------------------------------------------------------------
 // rjs-sign verify-answer
-
-const BIN: &str = env!("CARGO_BIN_EXE_rjs-sign");
-
-fn rjs_sign(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
-    let mut cmd = Command::new(BIN);
-    for a in args {
-        cmd.arg(a);
-    }
-    cmd.env_remove("RJS_HOME")
-        .env_remove("XDG_CONFIG_HOME")
-        .env("HOME", "/nonexistent-home-for-tests");
-    cmd.output().expect("running rjs-sign")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8(o.stdout.clone()).unwrap()
-}
-
-#[track_caller]
-fn assert_exit(o: &Output, code: i32) {
-    assert_eq!(
-        o.status.code(),
-        Some(code),
-        "expected exit {code}\nstdout: {}\nstderr: {}",
-        stdout(o),
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
 
 /// Writes the small answer (or `bytes`) into a fresh folder; returns the folder and path.
 fn answer_file(bytes: &[u8]) -> (tempfile::TempDir, std::path::PathBuf) {

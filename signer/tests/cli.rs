@@ -12,36 +12,16 @@ use rjs_signer::bundle::hex;
 use rjs_signer::{KeyPair, PublicKey, VerifyLimits};
 use sha2::{Digest, Sha256};
 
-const BIN: &str = env!("CARGO_BIN_EXE_rjs-sign");
-
-fn rjs_sign(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
-    let mut cmd = Command::new(BIN);
-    for a in args {
-        cmd.arg(a);
-    }
-    // Never touch the real user's key folder.
-    cmd.env_remove("RJS_HOME")
-        .env_remove("XDG_CONFIG_HOME")
-        .env("HOME", "/nonexistent-home-for-tests");
-    cmd.output().expect("running rjs-sign")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8(o.stdout.clone()).unwrap()
-}
-fn stderr(o: &Output) -> String {
-    String::from_utf8(o.stderr.clone()).unwrap()
-}
-
+/// Runs `rjs-sign` with `args`, expects exit 1 and a JSON refusal under `rule`, and
+/// returns the JSON.
 #[track_caller]
-fn assert_exit(o: &Output, code: i32) {
-    assert_eq!(
-        o.status.code(),
-        Some(code),
-        "expected exit {code}\nstdout: {}\nstderr: {}",
-        stdout(o),
-        stderr(o)
-    );
+fn json_refusal(args: &[&dyn AsRef<std::ffi::OsStr>], rule: &str) -> serde_json::Value {
+    let o = rjs_sign(args);
+    assert_exit(&o, 1);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["valid"], false);
+    assert_eq!(v["rule"], rule);
+    v
 }
 
 fn is_fingerprint(s: &str) -> bool {
@@ -333,11 +313,10 @@ fn verify_with_trust() {
     assert!(said.starts_with("REFUSED untrusted-signer: "), "{said}");
     assert!(said.contains(&alice.fingerprint), "{said}");
 
-    let o = rjs_sign(&[&"verify", &out, &"--trust", &bob.public, &"--json"]);
-    assert_exit(&o, 1);
-    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
-    assert_eq!(v["valid"], false);
-    assert_eq!(v["rule"], "untrusted-signer");
+    json_refusal(
+        &[&"verify", &out, &"--trust", &bob.public, &"--json"],
+        "untrusted-signer",
+    );
 
     // An unreadable trust argument is an error (2), not a verdict.
     let o = rjs_sign(&[&"verify", &out, &"--trust", &"not-a-key"]);
@@ -460,11 +439,7 @@ fn tampered_bundle_is_refused_naming_rule_and_entry() {
     assert!(said.starts_with("REFUSED changed-entry: "), "{said}");
     assert!(said.contains("\"hello.wasm\""), "{said}");
 
-    let o = rjs_sign(&[&"verify", &bad, &"--json"]);
-    assert_exit(&o, 1);
-    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
-    assert_eq!(v["valid"], false);
-    assert_eq!(v["rule"], "changed-entry");
+    let v = json_refusal(&[&"verify", &bad, &"--json"], "changed-entry");
     assert_eq!(v["entry"], "hello.wasm");
 
     // inspect reports the verdict and what the archive claims, marked unverified.
@@ -473,11 +448,7 @@ fn tampered_bundle_is_refused_naming_rule_and_entry() {
     let text = stdout(&o);
     assert!(text.contains("verdict   REFUSED changed-entry"), "{text}");
     assert!(text.contains("(unverified)"), "{text}");
-    let o = rjs_sign(&[&"inspect", &bad, &"--json"]);
-    assert_exit(&o, 1);
-    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
-    assert_eq!(v["valid"], false);
-    assert_eq!(v["rule"], "changed-entry");
+    let v = json_refusal(&[&"inspect", &bad, &"--json"], "changed-entry");
     assert_eq!(v["entry"], "hello.wasm");
     assert_eq!(v["unverified_entries"].as_array().unwrap().len(), 3);
 }

@@ -3,6 +3,7 @@
 //!
 //! The binaries must be built first (`cargo build --workspace --bins`; `scripts/test.sh` does).
 
+pub mod node;
 pub mod pki;
 
 use std::io::{BufRead, BufReader};
@@ -49,6 +50,69 @@ pub fn sha256_hex(data: &[u8]) -> String {
 
 pub fn now() -> u64 {
     rjs_signer::unix_now()
+}
+
+/// The built sample jobs, `<target>/rjs-samples` (`samples/build.sh`; honours
+/// `CARGO_TARGET_DIR`).
+pub fn samples_dir() -> PathBuf {
+    // tests/ -> the workspace root.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_owned();
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|p| if p.is_absolute() { p } else { root.join(p) })
+        .unwrap_or_else(|| root.join("target"));
+    target.join("rjs-samples")
+}
+
+/// The sample job folder `<target>/rjs-samples/<job>`.
+pub fn sample(job: &str) -> PathBuf {
+    let dir = samples_dir().join(job);
+    assert!(
+        dir.join("manifest.json").is_file(),
+        "{} is missing: build the samples first (samples/build.sh)",
+        dir.display()
+    );
+    dir
+}
+
+/// The sample `job`, packed and signed by `key`.
+pub fn pack(job: &str, key: &KeyPair) -> Vec<u8> {
+    rjs_signer::pack_dir(&sample(job), key, "tester", now())
+        .unwrap_or_else(|e| panic!("packing {job}: {}", rjs_signer::error_chain(&e)))
+        .0
+}
+
+/// Runs `f` under a deadline: no test waits unboundedly.
+pub async fn bounded<T>(what: &str, secs: u64, f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(secs), f)
+        .await
+        .unwrap_or_else(|_| panic!("{what} took longer than {secs} s"))
+}
+
+/// Spawns `cmd` with its standard output piped and waits up to 30 s for a line holding
+/// `marker`; returns the process and the rest of that line after the marker, trimmed.
+pub fn spawn_listening(cmd: &mut Command, marker: &'static str) -> Result<(Proc, String)> {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {cmd:?}"))?;
+    let stdout = child.stdout.take().context("child stdout")?;
+    let proc = Proc { child };
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split(marker).nth(1) {
+                let _ = tx.send(rest.trim().to_owned());
+            }
+        }
+    });
+    let rest = rx
+        .recv_timeout(Duration::from_secs(30))
+        .map_err(|_| anyhow!("{cmd:?} did not report {marker:?} within 30 s"))?;
+    Ok((proc, rest))
 }
 
 /// A child process killed (SIGKILL) when dropped unless stopped before.
@@ -165,30 +229,17 @@ impl WebServer {
         } else {
             self.addr.clone()
         };
-        let mut child = Command::new(bin("rjs-webserver"))
-            .arg("serve")
-            .arg("--data")
-            .arg(self.data())
-            .arg("--listen")
-            .arg(&listen)
-            .args(&self.extra_args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .context("starting rjs-webserver serve")?;
-        let stdout = child.stdout.take().context("serve stdout")?;
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(rest) = line.split("listening on https://").nth(1) {
-                    let _ = tx.send(rest.trim().to_owned());
-                }
-            }
-        });
-        let proc = Proc { child };
-        let addr = rx
-            .recv_timeout(Duration::from_secs(30))
-            .map_err(|_| anyhow!("rjs-webserver did not report listening within 30 s"))?;
+        let (proc, addr) = spawn_listening(
+            Command::new(bin("rjs-webserver"))
+                .arg("serve")
+                .arg("--data")
+                .arg(self.data())
+                .arg("--listen")
+                .arg(&listen)
+                .args(&self.extra_args)
+                .stderr(Stdio::inherit()),
+            "listening on https://",
+        )?;
         self.addr = addr;
         self.proc = Some(proc);
         Ok(())

@@ -193,8 +193,7 @@ fn path_str(p: &Path) -> &str {
 
 /// The sample job folders (`samples/build.sh`).
 fn samples() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let dir = root.join("target").join("rjs-samples");
+    let dir = rjs_e2e::samples_dir();
     assert!(
         dir.join("mandelbrot").join("manifest.json").is_file(),
         "{} is missing: build the samples first (samples/build.sh)",

@@ -4,12 +4,12 @@
 //! authors.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
+use rjs_e2e::node::{ComputeNode, NodeSetup, compute};
 use rjs_e2e::pki::{Ca, Leaf, client_tls};
 use rjs_e2e::*;
 use rjs_signer::KeyPair;
@@ -29,124 +29,32 @@ const STEP: Duration = Duration::from_secs(20);
 // ---------------------------------------------------------------------------------------
 // The node process
 
-/// `rjs-compute serve` in a fresh temporary directory, with its data directory at `data`.
+/// A node of its own cluster (a fresh CA) and that cluster's lookup certificate.
 struct Node {
-    _dir: tempfile::TempDir,
-    data: PathBuf,
-    addr: SocketAddr,
-    proc: Proc,
+    node: ComputeNode,
     ca: Ca,
     lookup: Leaf,
 }
 
-/// How to start a node.
-#[derive(Default)]
-struct NodeSetup<'a> {
-    /// `<data>/node.toml`.
-    toml: Option<&'a str>,
-    /// Authors trusted (`trust add`) before the start.
-    trusted: &'a [&'a KeyPair],
-    /// `--slots` (default 1).
-    slots: Option<usize>,
+impl std::ops::Deref for Node {
+    type Target = ComputeNode;
+    fn deref(&self) -> &ComputeNode {
+        &self.node
+    }
 }
 
-fn compute(data: &Path, args: &[&str]) -> Result<String> {
-    run_ok(
-        Command::new(bin("rjs-compute"))
-            .args(args)
-            .arg("--data")
-            .arg(data)
-            .stdin(Stdio::null()),
-    )
+impl std::ops::DerefMut for Node {
+    fn deref_mut(&mut self) -> &mut ComputeNode {
+        &mut self.node
+    }
 }
 
 impl Node {
     fn start(setup: NodeSetup<'_>) -> Result<Node> {
-        let dir = tempfile::tempdir()?;
-        let data = dir.path().join("data");
-        std::fs::create_dir(&data)?;
         let ca = Ca::new("RJS test cluster CA");
-        let node_cert = ca.node_cert();
         let lookup = ca.client_cert("lookup-1");
-        let (ca_pem, cert_pem, key_pem) = (
-            dir.path().join("ca.pem"),
-            dir.path().join("node.pem"),
-            dir.path().join("node-key.pem"),
-        );
-        std::fs::write(&ca_pem, ca.pem())?;
-        std::fs::write(&cert_pem, &node_cert.cert_pem)?;
-        std::fs::write(&key_pem, &node_cert.key_pem)?;
-        if let Some(toml) = setup.toml {
-            std::fs::write(data.join("node.toml"), toml)?;
-        }
-        // A stored benchmark result, so that the node does not spend a second of CPU
-        // measuring (tests run in parallel on few cores); `rjs-compute bench` covers it.
-        std::fs::write(
-            data.join("bench.json"),
-            serde_json::json!({
-                "mflops": 1000.0, "n": 500, "runs": 3, "seconds": 1.0, "residual": 0.5,
-                "measured_at": now(), "program_version": env!("CARGO_PKG_VERSION"),
-            })
-            .to_string(),
-        )?;
-        for (i, author) in setup.trusted.iter().enumerate() {
-            let out = compute(
-                &data,
-                &[
-                    "trust",
-                    "add",
-                    &author.public().to_base64(),
-                    "--name",
-                    &format!("author{i}"),
-                ],
-            )?;
-            assert!(out.starts_with("trusted "), "{out}");
-        }
-        let slots = setup.slots.unwrap_or(1).to_string();
-        let mut child = Command::new(bin("rjs-compute"))
-            .arg("serve")
-            .arg("--data")
-            .arg(&data)
-            .args(["--listen", "127.0.0.1:0", "--slots", &slots])
-            .arg("--cert")
-            .arg(&cert_pem)
-            .arg("--key")
-            .arg(&key_pem)
-            .arg("--ca")
-            .arg(&ca_pem)
-            // No terminal: unknown authors are refused, never asked about.
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .context("starting rjs-compute serve")?;
-        let stdout = child.stdout.take().context("serve stdout")?;
-        let proc = Proc { child };
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            for line in std::io::BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-            {
-                if let Some(rest) = line.split(" listening on ").nth(1) {
-                    let _ = tx.send(rest.trim().to_owned());
-                }
-            }
-        });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(30))
-            .map_err(|_| anyhow!("rjs-compute did not report listening within 30 s"))?;
-        let addr: SocketAddr = addr.parse().with_context(|| format!("address {addr:?}"))?;
-        assert!(addr.ip().is_loopback() && addr.port() != 0, "{addr}");
-        Ok(Node {
-            _dir: dir,
-            data,
-            addr,
-            proc,
-            ca,
-            lookup,
-        })
+        let node = ComputeNode::start(&ca, &ca.node_cert(), setup)?;
+        Ok(Node { node, ca, lookup })
     }
 
     /// A connection presenting the node's cluster's lookup certificate.
@@ -156,14 +64,6 @@ impl Node {
 
     fn trust(&self, args: &[&str]) -> Result<String> {
         compute(&self.data, &[&["trust"], args].concat())
-    }
-
-    /// The node's answer-signing key (`<data>/node.pub`).
-    fn public_key(&self) -> rjs_signer::PublicKey {
-        let path = self.data.join("node.pub");
-        rjs_signer::PublicKey::load_or_parse(path.to_str().expect("utf-8 path"))
-            .expect("node.pub")
-            .0
     }
 
     /// Entries left in the sandbox's scratch directory.
@@ -197,37 +97,6 @@ impl Node {
 
 // ---------------------------------------------------------------------------------------
 // Bundles
-
-fn samples_dir() -> PathBuf {
-    // tests/ -> the workspace root.
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_owned();
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .map(|p| if p.is_absolute() { p } else { root.join(p) })
-        .unwrap_or_else(|| root.join("target"));
-    target.join("rjs-samples")
-}
-
-/// The sample job folder `target/rjs-samples/<job>`.
-fn sample(job: &str) -> PathBuf {
-    let dir = samples_dir().join(job);
-    assert!(
-        dir.join("manifest.json").is_file(),
-        "{} is missing: build the samples first (samples/build.sh)",
-        dir.display()
-    );
-    dir
-}
-
-/// The sample `job`, packed and signed by `key`.
-fn pack(job: &str, key: &KeyPair) -> Vec<u8> {
-    rjs_signer::pack_dir(&sample(job), key, "tester", now())
-        .unwrap_or_else(|e| panic!("packing {job}: {}", rjs_signer::error_chain(&e)))
-        .0
-}
 
 // ---------------------------------------------------------------------------------------
 // The lookup side of the protocol
@@ -362,6 +231,24 @@ impl Conn {
         }
     }
 
+    /// Sends `frame` as a control frame; expects a `bad-request` refusal, then the end of the
+    /// connection.
+    async fn expect_bad_request_then_closed(&mut self, frame: &[u8]) {
+        write_frame(&mut self.s, frame, STEP).await.unwrap();
+        let msg = self.recv().await.unwrap();
+        assert!(
+            matches!(
+                msg,
+                FromNode::Refused {
+                    code: RefusalCode::BadRequest,
+                    ..
+                }
+            ),
+            "{msg:?}"
+        );
+        self.expect_closed().await;
+    }
+
     /// Expects the node to end the connection (after anything it still sends).
     async fn expect_closed(&mut self) {
         match read_frame(&mut self.s, 1 << 20, STEP).await {
@@ -411,13 +298,6 @@ fn native_tile(task: u32) -> Vec<u8> {
     )
     .expect("native mandelbrot");
     std::fs::read(dir.path().join(format!("out/tile-{task}.png"))).unwrap()
-}
-
-/// Runs `f` under a deadline: no test waits unboundedly.
-async fn bounded<T>(what: &str, secs: u64, f: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(secs), f)
-        .await
-        .unwrap_or_else(|_| panic!("{what} took longer than {secs} s"))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -799,39 +679,12 @@ async fn bad_requests_are_refused_and_the_node_keeps_serving() {
     assert_eq!(offered.refused().0, RefusalCode::BadRequest);
     c.ping().await.unwrap();
     // An unknown message type: bad-request, then the connection ends.
-    write_frame(&mut c.s, br#"{"type":"launch","now":true}"#, STEP)
-        .await
-        .unwrap();
-    let msg = c.recv().await.unwrap();
-    assert!(
-        matches!(
-            msg,
-            FromNode::Refused {
-                code: RefusalCode::BadRequest,
-                ..
-            }
-        ),
-        "{msg:?}"
-    );
-    c.expect_closed().await;
+    c.expect_bad_request_then_closed(br#"{"type":"launch","now":true}"#)
+        .await;
 
     // Not JSON at all.
     let mut c = node.connect().await.unwrap();
-    write_frame(&mut c.s, b"\x00\x01garbage", STEP)
-        .await
-        .unwrap();
-    let msg = c.recv().await.unwrap();
-    assert!(
-        matches!(
-            msg,
-            FromNode::Refused {
-                code: RefusalCode::BadRequest,
-                ..
-            }
-        ),
-        "{msg:?}"
-    );
-    c.expect_closed().await;
+    c.expect_bad_request_then_closed(b"\x00\x01garbage").await;
 
     // A control frame over 64 KiB: the connection ends.
     let mut c = node.connect().await.unwrap();

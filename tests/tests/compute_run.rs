@@ -7,7 +7,7 @@ use rjs_signer::KeyPair;
 use rjs_signer::answer::{AnswerLimits, Ending, verify_answer};
 
 fn samples() -> std::path::PathBuf {
-    let d = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/rjs-samples");
+    let d = rjs_e2e::samples_dir();
     assert!(
         d.join("hello/manifest.json").is_file(),
         "run samples/build.sh first"

@@ -10,7 +10,7 @@ use crate::datadir::DataDir;
 use crate::pki::{self, PkiError};
 use crate::store::blobs::{BlobError, BlobStore};
 use crate::store::sqlite::SqliteStore;
-use crate::store::{Author, LookupServer, Store, StoreError};
+use crate::store::{Author, LookupServer, Store, StoreError, now};
 
 /// Hosts the server certificate names when `init` is given none.
 pub const DEFAULT_HOSTS: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
@@ -60,10 +60,6 @@ pub enum AdminError {
     },
     #[error(transparent)]
     File(#[from] FileError),
-}
-
-fn now() -> i64 {
-    i64::try_from(rjs_signer::unix_now()).unwrap_or(i64::MAX)
 }
 
 /// Author and lookup names: the same rule as key names.

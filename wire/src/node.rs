@@ -119,37 +119,52 @@ pub enum FrameError {
     Io(#[from] std::io::Error),
 }
 
+/// Runs `fut`, failing with [`FrameError::Timeout`] if it takes longer than `timeout`.
+async fn within<T>(
+    timeout: Duration,
+    fut: impl std::future::Future<Output = Result<T, FrameError>>,
+) -> Result<T, FrameError> {
+    tokio::time::timeout(timeout, fut)
+        .await
+        .map_err(|_| FrameError::Timeout(timeout))?
+}
+
+/// An end of stream in the middle of a frame is the peer going away.
+fn eof_is_closed(e: std::io::Error) -> FrameError {
+    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+        FrameError::Closed
+    } else {
+        FrameError::Io(e)
+    }
+}
+
+/// Checks a frame's announced `size` against `limit` and reads its body.
+async fn read_body<R: AsyncRead + Unpin>(
+    r: &mut R,
+    size: u32,
+    limit: u64,
+) -> Result<Vec<u8>, FrameError> {
+    let size = u64::from(size);
+    if size > limit {
+        return Err(FrameError::TooLarge { size, limit });
+    }
+    let mut buf = vec![0u8; size as usize];
+    r.read_exact(&mut buf).await.map_err(eof_is_closed)?;
+    Ok(buf)
+}
+
 /// Reads one frame of at most `limit` bytes within `timeout`.
 pub async fn read_frame<R: AsyncRead + Unpin>(
     r: &mut R,
     limit: u64,
     timeout: Duration,
 ) -> Result<Vec<u8>, FrameError> {
-    tokio::time::timeout(timeout, async {
+    within(timeout, async {
         let mut len = [0u8; 4];
-        match r.read_exact(&mut len).await {
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                return Err(FrameError::Closed);
-            }
-            Err(e) => return Err(FrameError::Io(e)),
-        }
-        let size = u64::from(u32::from_be_bytes(len));
-        if size > limit {
-            return Err(FrameError::TooLarge { size, limit });
-        }
-        let mut buf = vec![0u8; size as usize];
-        r.read_exact(&mut buf).await.map_err(|e| {
-            if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                FrameError::Closed
-            } else {
-                FrameError::Io(e)
-            }
-        })?;
-        Ok(buf)
+        r.read_exact(&mut len).await.map_err(eof_is_closed)?;
+        read_body(r, u32::from_be_bytes(len), limit).await
     })
     .await
-    .map_err(|_| FrameError::Timeout(timeout))?
 }
 
 /// Writes one frame within `timeout`.
@@ -162,14 +177,13 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(
         size: data.len() as u64,
         limit: u64::from(u32::MAX),
     })?;
-    tokio::time::timeout(timeout, async {
+    within(timeout, async {
         w.write_all(&len.to_be_bytes()).await?;
         w.write_all(data).await?;
-        w.flush().await
+        w.flush().await?;
+        Ok(())
     })
     .await
-    .map_err(|_| FrameError::Timeout(timeout))?
-    .map_err(FrameError::Io)
 }
 
 /// Reads one control message that may be a long time coming (the next job on an idle
@@ -187,35 +201,18 @@ pub async fn read_msg_idle<R: AsyncRead + Unpin, T: for<'de> Deserialize<'de>>(
         Ok(Err(e)) => return Err(FrameError::Io(e)),
     }
     let mut rest = [0u8; 3];
-    tokio::time::timeout(CONTROL_TIMEOUT, r.read_exact(&mut rest))
-        .await
-        .map_err(|_| FrameError::Timeout(CONTROL_TIMEOUT))?
-        .map_err(|e| {
-            if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                FrameError::Closed
-            } else {
-                FrameError::Io(e)
-            }
-        })?;
+    within(CONTROL_TIMEOUT, async {
+        r.read_exact(&mut rest).await.map_err(eof_is_closed)
+    })
+    .await?;
     let size = u32::from_be_bytes([first[0], rest[0], rest[1], rest[2]]);
-    if size > MAX_CONTROL {
-        return Err(FrameError::TooLarge {
-            size: u64::from(size),
-            limit: u64::from(MAX_CONTROL),
-        });
-    }
-    let mut buf = vec![0u8; size as usize];
-    tokio::time::timeout(CONTROL_TIMEOUT, r.read_exact(&mut buf))
-        .await
-        .map_err(|_| FrameError::Timeout(CONTROL_TIMEOUT))?
-        .map_err(|e| {
-            if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                FrameError::Closed
-            } else {
-                FrameError::Io(e)
-            }
-        })?;
-    serde_json::from_slice(&buf).map_err(|e| FrameError::Malformed(e.to_string()))
+    let buf = within(CONTROL_TIMEOUT, read_body(r, size, u64::from(MAX_CONTROL))).await?;
+    parse_msg(&buf)
+}
+
+/// Decodes one control message.
+fn parse_msg<T: for<'de> Deserialize<'de>>(buf: &[u8]) -> Result<T, FrameError> {
+    serde_json::from_slice(buf).map_err(|e| FrameError::Malformed(e.to_string()))
 }
 
 /// Reads one control message.
@@ -224,7 +221,7 @@ pub async fn read_msg<R: AsyncRead + Unpin, T: for<'de> Deserialize<'de>>(
     timeout: Duration,
 ) -> Result<T, FrameError> {
     let buf = read_frame(r, u64::from(MAX_CONTROL), timeout).await?;
-    serde_json::from_slice(&buf).map_err(|e| FrameError::Malformed(e.to_string()))
+    parse_msg(&buf)
 }
 
 /// Writes one control message.

@@ -682,15 +682,7 @@ impl Inner {
         };
         drop(scratch_guard);
 
-        let mut result = TaskResult {
-            ending: Ending::Exit { code: 0 },
-            limits_hit: Vec::new(),
-            stdout: Vec::new(),
-            stderr: Vec::new(),
-            out_files: Vec::new(),
-            wall_ms: 0,
-            cpu_ms: 0,
-        };
+        let mut result = empty_result(Ending::Exit { code: 0 });
         match outcome {
             Outcome::Done {
                 reply,
@@ -1143,8 +1135,13 @@ impl Drop for ScratchGuard {
 }
 
 fn crash_result(message: String) -> TaskResult {
+    empty_result(Ending::Crash { message })
+}
+
+/// A result with `ending` and nothing else yet.
+fn empty_result(ending: Ending) -> TaskResult {
     TaskResult {
-        ending: Ending::Crash { message },
+        ending,
         limits_hit: Vec::new(),
         stdout: Vec::new(),
         stderr: Vec::new(),

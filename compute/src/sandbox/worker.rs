@@ -429,7 +429,8 @@ impl Worker {
         let cache_dir = init
             .cache_root
             .join(format!("wasmtime-{WASMTIME_VERSION}-{}", &digest[..16]));
-        rjs_signer::fsutil::create_private_dir(&cache_dir).map_err(|e| e.to_string())?;
+        rjs_signer::fsutil::create_private_dir(&cache_dir)
+            .map_err(|e| rjs_signer::error_chain(&e))?;
         check_private_dir(&cache_dir)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |s: &mut State| &mut s.wasi)
@@ -500,7 +501,11 @@ impl Worker {
                 match module.serialize() {
                     Ok(compiled) => {
                         if let Err(e) = rjs_signer::fsutil::write_atomic(&path, &compiled, 0o600) {
-                            eprintln!("rjs-compute worker: caching {}: {e}", path.display());
+                            eprintln!(
+                                "rjs-compute worker: caching {}: {}",
+                                path.display(),
+                                rjs_signer::error_chain(&e)
+                            );
                         }
                     }
                     Err(e) => eprintln!("rjs-compute worker: serializing a module: {e:#}"),

@@ -4,10 +4,11 @@
 #![allow(dead_code)]
 
 use std::path::PathBuf;
+use std::process::{Command, Output};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use rjs_signer::bundle::{ALGORITHM, SignatureDoc, SignedEntry, WASM_HEADER, hex};
+use rjs_signer::bundle::{ALGORITHM, BUNDLE_DOMAIN, SignatureDoc, SignedEntry, WASM_HEADER, hex};
 use rjs_signer::manifest::FORMAT_VERSION;
 use rjs_signer::paths::SIGNATURE;
 use rjs_signer::zipfmt::{self, EntryMeta, LOCAL_HEADER_LEN, Method};
@@ -244,18 +245,30 @@ pub fn signed_entry(p: &Part) -> SignedEntry {
 /// Signs arbitrary parts exactly as the library does, without any of its checks (so a test
 /// can make a correctly signed bundle that is wrong in another way), and lays it out.
 pub fn sign_parts(parts: &[Part], key: &KeyPair) -> Vec<u8> {
+    sign_parts_as(parts, key, BUNDLE_DOMAIN, SIGNER, SIGNED_AT)
+}
+
+/// [`sign_parts`] under any domain, signer name and signing time, with the signature entry
+/// last.
+pub fn sign_parts_as(
+    parts: &[Part],
+    key: &KeyPair,
+    domain: &str,
+    signer: &str,
+    signed_at: u64,
+) -> Vec<u8> {
     let public = key.public();
     let mut doc = SignatureDoc {
         format: FORMAT_VERSION,
         algorithm: ALGORITHM.to_owned(),
         public_key: public.to_base64(),
         fingerprint: public.fingerprint().to_string(),
-        signer_name: SIGNER.to_owned(),
-        signed_at: SIGNED_AT,
+        signer_name: signer.to_owned(),
+        signed_at,
         entries: parts.iter().map(signed_entry).collect(),
         signature: String::new(),
     };
-    doc.signature = B64.encode(key.sign(&doc.statement()));
+    doc.signature = B64.encode(key.sign(&doc.statement_in(domain)));
     let mut all = parts.to_vec();
     all.push(Part::stored(SIGNATURE, &serde_json::to_vec(&doc).unwrap()));
     relayout(&all)
@@ -339,4 +352,38 @@ pub fn noise(n: usize, seed: u32) -> Vec<u8> {
             (x >> 24) as u8
         })
         .collect()
+}
+
+/// The `rjs-sign` binary built for these tests.
+pub const BIN: &str = env!("CARGO_BIN_EXE_rjs-sign");
+
+/// Runs `rjs-sign` with `args`, never touching the real user's key folder.
+pub fn rjs_sign(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
+    let mut cmd = Command::new(BIN);
+    for a in args {
+        cmd.arg(a);
+    }
+    cmd.env_remove("RJS_HOME")
+        .env_remove("XDG_CONFIG_HOME")
+        .env("HOME", "/nonexistent-home-for-tests");
+    cmd.output().expect("running rjs-sign")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8(o.stdout.clone()).unwrap()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8(o.stderr.clone()).unwrap()
+}
+
+#[track_caller]
+pub fn assert_exit(o: &Output, code: i32) {
+    assert_eq!(
+        o.status.code(),
+        Some(code),
+        "expected exit {code}\nstdout: {}\nstderr: {}",
+        stdout(o),
+        String::from_utf8_lossy(&o.stderr)
+    );
 }

@@ -10,7 +10,6 @@ use rjs_signer::request::{
 };
 
 use super::AppState;
-use super::body::blocking;
 use super::error::ApiError;
 use crate::store::Author;
 
@@ -90,22 +89,18 @@ pub fn path_and_query(req: &HttpRequest) -> &str {
 pub async fn authenticate(req: &HttpRequest, state: &AppState) -> Result<Authed, ApiError> {
     let auth = parse_headers(req.headers())?;
     let key = auth.key.to_base64();
-    let store = state.store.clone();
-    let author = blocking(move || {
-        store
-            .author_by_key(&key)
-            .map_err(ApiError::store("looking up the author"))
-    })
-    .await?
-    .ok_or_else(|| {
-        ApiError::unauthorized(
-            "unknown-author",
-            format!(
-                "the key {} is not an enrolled author",
-                auth.key.fingerprint()
-            ),
-        )
-    })?;
+    let author = state
+        .store_call("looking up the author", move |s| s.author_by_key(&key))
+        .await?
+        .ok_or_else(|| {
+            ApiError::unauthorized(
+                "unknown-author",
+                format!(
+                    "the key {} is not an enrolled author",
+                    auth.key.fingerprint()
+                ),
+            )
+        })?;
     check_timestamp(auth.timestamp, rjs_signer::unix_now())?;
     auth.verify(req.method().as_str(), path_and_query(req))
         .map_err(map_auth_error)?;
@@ -123,18 +118,16 @@ pub async fn finish(state: &AppState, authed: &Authed, body_sha256: &str) -> Res
             ),
         ));
     }
-    let store = state.store.clone();
     let author_id = authed.author.id;
     let nonce = authed.auth.nonce.clone();
     let expires =
         i64::try_from(authed.auth.timestamp.saturating_add(NONCE_TTL)).unwrap_or(i64::MAX);
-    let now = i64::try_from(rjs_signer::unix_now()).unwrap_or(i64::MAX);
-    let fresh = blocking(move || {
-        store
-            .use_nonce(author_id, &nonce, expires, now)
-            .map_err(ApiError::store("recording the request nonce"))
-    })
-    .await?;
+    let now = crate::store::now();
+    let fresh = state
+        .store_call("recording the request nonce", move |s| {
+            s.use_nonce(author_id, &nonce, expires, now)
+        })
+        .await?;
     if !fresh {
         return Err(ApiError::unauthorized(
             "replayed-nonce",

@@ -13,14 +13,10 @@ use super::body::{
 };
 use super::error::ApiError;
 use super::validate;
-use crate::store::{NewSubmission, StoreError};
+use crate::store::{NewSubmission, StoreError, now};
 
 /// Largest body of an author request other than an upload (they have none).
 pub const MAX_SMALL_BODY: usize = 64 * 1024;
-
-fn now() -> i64 {
-    i64::try_from(rjs_signer::unix_now()).unwrap_or(i64::MAX)
-}
 
 fn query<T: serde::de::DeserializeOwned>(req: &HttpRequest) -> Result<T, ApiError> {
     web::Query::<T>::from_query(req.query_string())
@@ -28,16 +24,15 @@ fn query<T: serde::de::DeserializeOwned>(req: &HttpRequest) -> Result<T, ApiErro
         .map_err(|e| ApiError::bad_request(format!("query parameters: {e}")))
 }
 
-/// Authenticates a request without a meaningful body: reads the (small) body for its hash.
-async fn authenticate_small(
-    req: &HttpRequest,
+/// Finishes authenticating a request without a meaningful body: reads the (small) body for
+/// its hash.
+async fn finish_small(
     payload: &mut web::Payload,
     state: &AppState,
-) -> Result<Authed, ApiError> {
-    let authed = authenticate(req, state).await?;
+    authed: &Authed,
+) -> Result<(), ApiError> {
     let body = read_limited(payload, "the request body", MAX_SMALL_BODY).await?;
-    finish(state, &authed, &sha256_hex(&body)).await?;
-    Ok(authed)
+    finish(state, authed, &sha256_hex(&body)).await
 }
 
 #[derive(Deserialize)]
@@ -76,7 +71,7 @@ pub async fn upload(
             max_bundle_bytes: max,
             ..VerifyLimits::default()
         };
-        let (response, created, queued) = blocking(move || {
+        let (response, created) = blocking(move || {
             let mut writer = writer;
             let bytes = writer
                 .read_back()
@@ -124,17 +119,6 @@ pub async fn upload(
                     now: now(),
                 })
                 .map_err(ApiError::store("recording the bundle"))?;
-            let queued = if submission.created {
-                match store.queued_count() {
-                    Ok(n) => Some(n),
-                    Err(e) => {
-                        tracing::warn!(error = %rjs_signer::error_chain(&e), "counting queued jobs");
-                        None
-                    }
-                }
-            } else {
-                None
-            };
             let response = UploadResponse {
                 bundle_id: sha,
                 name,
@@ -146,11 +130,11 @@ pub async fn upload(
                     .map(|(id, task)| JobRef { id, task })
                     .collect(),
             };
-            Ok((response, submission.created, queued))
+            Ok((response, submission.created))
         })
         .await?;
-        if let Some(n) = queued {
-            state.events.notify(n);
+        if created {
+            state.notify_queued().await;
         }
         tracing::info!(
             author = %authed.author.name,
@@ -187,16 +171,13 @@ pub async fn jobs(
         if let Some(b) = &bundle {
             validate::bundle_id(b)?;
         }
-        let body = read_limited(payload, "the request body", MAX_SMALL_BODY).await?;
-        finish(&state, &authed, &sha256_hex(&body)).await?;
-        let store = state.store.clone();
+        finish_small(payload, &state, &authed).await?;
         let author_id = authed.author.id;
-        let jobs = blocking(move || {
-            store
-                .jobs_of_author(author_id, bundle.as_deref())
-                .map_err(ApiError::store("listing jobs"))
-        })
-        .await?;
+        let jobs = state
+            .store_call("listing jobs", move |s| {
+                s.jobs_of_author(author_id, bundle.as_deref())
+            })
+            .await?;
         Ok(HttpResponse::Ok().json(JobList { jobs }))
     })
     .await
@@ -211,8 +192,7 @@ pub async fn answer(
     drained(payload, async |payload| {
         let authed = authenticate(&req, &state).await?;
         let job_id = validate::job_id(req.match_info().get("id"))?;
-        let body = read_limited(payload, "the request body", MAX_SMALL_BODY).await?;
-        finish(&state, &authed, &sha256_hex(&body)).await?;
+        finish_small(payload, &state, &authed).await?;
         let store = state.store.clone();
         let blobs = state.blobs.clone();
         let author_id = authed.author.id;
@@ -246,7 +226,8 @@ pub async fn whoami(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     drained(payload, async |payload| {
-        let authed = authenticate_small(&req, payload, &state).await?;
+        let authed = authenticate(&req, &state).await?;
+        finish_small(payload, &state, &authed).await?;
         Ok(HttpResponse::Ok().json(WhoAmI {
             name: authed.author.name,
             fingerprint: authed.author.fingerprint,

@@ -16,7 +16,7 @@ use super::body::{
 };
 use super::error::ApiError;
 use super::validate;
-use crate::store::{AnswerOutcome, LookupServer, NewAnswer, StoreError};
+use crate::store::{AnswerOutcome, LookupServer, NewAnswer, StoreError, now};
 
 /// Largest JSON body of a lookup request.
 pub const MAX_JSON_BODY: usize = 256 * 1024;
@@ -29,10 +29,6 @@ pub const MAX_GROUPS: usize = 64;
 /// [`super::on_connect`].
 #[derive(Debug, Clone)]
 pub struct PeerCert(pub String);
-
-fn now() -> i64 {
-    i64::try_from(rjs_signer::unix_now()).unwrap_or(i64::MAX)
-}
 
 /// The lookup server this request comes from.
 pub async fn identify(req: &HttpRequest, state: &AppState) -> Result<LookupServer, ApiError> {
@@ -97,18 +93,6 @@ fn check_batch(ids: &[i64]) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Tells event listeners how many jobs are queued (after jobs were queued).
-async fn notify_queued(state: &AppState) {
-    let store = state.store.clone();
-    match web::block(move || store.queued_count()).await {
-        Ok(Ok(n)) => state.events.notify(n),
-        Ok(Err(e)) => {
-            tracing::warn!(error = %rjs_signer::error_chain(&e), "counting queued jobs")
-        }
-        Err(e) => tracing::warn!(error = %e, "counting queued jobs"),
-    }
-}
-
 /// `POST /lookup/v1/lease`.
 pub async fn lease(
     req: HttpRequest,
@@ -171,21 +155,18 @@ pub async fn renew(
         let r: RenewRequest = json_body(payload).await?;
         check_batch(&r.job_ids)?;
         check_lease_secs(r.lease_secs)?;
-        let store = state.store.clone();
-        let response = blocking(move || {
-            let now = now();
-            let until = now.saturating_add(i64::from(r.lease_secs));
-            let (renewed, lost) = store
-                .renew(lookup.id, &r.job_ids, until, now)
-                .map_err(ApiError::store("renewing leases"))?;
-            Ok(RenewResponse {
-                renewed,
-                lease_until: until,
-                lost,
+        let now = now();
+        let until = now.saturating_add(i64::from(r.lease_secs));
+        let (renewed, lost) = state
+            .store_call("renewing leases", move |s| {
+                s.renew(lookup.id, &r.job_ids, until, now)
             })
-        })
-        .await?;
-        Ok(HttpResponse::Ok().json(response))
+            .await?;
+        Ok(HttpResponse::Ok().json(RenewResponse {
+            renewed,
+            lease_until: until,
+            lost,
+        }))
     })
     .await
 }
@@ -200,15 +181,13 @@ pub async fn release(
         let lookup = identify(&req, &state).await?;
         let r: ReleaseRequest = json_body(payload).await?;
         check_batch(&r.job_ids)?;
-        let store = state.store.clone();
-        let released = blocking(move || {
-            store
-                .release(lookup.id, &r.job_ids, now())
-                .map_err(ApiError::store("releasing leases"))
-        })
-        .await?;
+        let released = state
+            .store_call("releasing leases", move |s| {
+                s.release(lookup.id, &r.job_ids, now())
+            })
+            .await?;
         if !released.is_empty() {
-            notify_queued(&state).await;
+            state.notify_queued().await;
         }
         Ok(HttpResponse::Ok().json(ReleaseResponse { released }))
     })
@@ -244,7 +223,7 @@ pub async fn failure(
         })
         .await?;
         if job_state == JobState::Queued {
-            notify_queued(&state).await;
+            state.notify_queued().await;
         }
         Ok(HttpResponse::Ok().json(FailureResponse {
             state: job_state,
@@ -405,13 +384,9 @@ pub async fn events(
         .conn_data::<PeerCert>()
         .map(|p| p.0.clone())
         .unwrap_or_default();
-    let store = state.store.clone();
-    let queued = blocking(move || {
-        store
-            .queued_count()
-            .map_err(ApiError::store("counting queued jobs"))
-    })
-    .await?;
+    let queued = state
+        .store_call("counting queued jobs", |s| s.queued_count())
+        .await?;
     Ok(HttpResponse::Ok()
         .content_type("text/event-stream")
         .insert_header((header::CACHE_CONTROL, "no-cache"))

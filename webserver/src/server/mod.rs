@@ -119,6 +119,34 @@ pub struct AppState {
     pub limits: Limits,
 }
 
+impl AppState {
+    /// Runs one store call on the blocking pool; a store error is answered as `internal`
+    /// while `what` (its cause logged).
+    pub async fn store_call<T, F>(&self, what: &str, f: F) -> Result<T, ApiError>
+    where
+        F: FnOnce(&dyn Store) -> Result<T, crate::store::StoreError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let store = self.store.clone();
+        body::blocking(move || Ok(f(store.as_ref())))
+            .await?
+            .map_err(ApiError::store(what))
+    }
+
+    /// Tells event listeners how many jobs are queued (after jobs were queued). A failure to
+    /// count is only logged.
+    pub async fn notify_queued(&self) {
+        let store = self.store.clone();
+        match web::block(move || store.queued_count()).await {
+            Ok(Ok(n)) => self.events.notify(n),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %rjs_signer::error_chain(&e), "counting queued jobs")
+            }
+            Err(e) => tracing::warn!(error = %e, "counting queued jobs"),
+        }
+    }
+}
+
 /// Stores the SHA-256 of the client certificate (if one was presented and verified) in the
 /// connection's extensions, where the lookup routes find it as [`PeerCert`].
 pub fn on_connect(io: &dyn Any, ext: &mut Extensions) {
@@ -221,7 +249,7 @@ async fn expiry_task(state: web::Data<AppState>, mut stop: watch::Receiver<bool>
         let store = state.store.clone();
         let max_attempts = state.limits.max_attempts;
         let result = web::block(move || {
-            let now = i64::try_from(rjs_signer::unix_now()).unwrap_or(i64::MAX);
+            let now = crate::store::now();
             let requeued = store.expire_leases(now, max_attempts)?;
             if requeued == 0 {
                 return Ok(None);

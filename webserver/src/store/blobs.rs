@@ -16,6 +16,8 @@ use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
+use rjs_signer::bundle::hex;
+use rjs_signer::fsutil::{self, FileError};
 use sha2::{Digest, Sha256};
 
 /// Buffer between upload chunks and the temporary file.
@@ -69,14 +71,13 @@ fn check_name(name: &str) -> Result<(), BlobError> {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(DIGITS[usize::from(b >> 4)] as char);
-        s.push(DIGITS[usize::from(b & 0xf)] as char);
+impl From<FileError> for BlobError {
+    fn from(e: FileError) -> Self {
+        match e {
+            FileError::Io { what, path, source } => BlobError::Io { what, path, source },
+            FileError::TooLarge { limit, .. } => BlobError::TooLarge { limit },
+        }
     }
-    s
 }
 
 /// Creates `dir` with mode 0700; Ok(true) if it was created, Ok(false) if it existed.
@@ -174,34 +175,21 @@ impl BlobStore {
 
     /// Reads a whole blob, refusing one larger than `limit` bytes (without reading past it).
     pub fn read(&self, sha256_hex: &str, limit: u64) -> Result<Vec<u8>, BlobError> {
-        let (file, size) = self.open_blob(sha256_hex)?;
-        if size > limit {
-            return Err(BlobError::TooLarge { limit });
-        }
         let path = self.path_of(sha256_hex)?;
-        let mut buf = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
-        file.take(limit.saturating_add(1))
-            .read_to_end(&mut buf)
-            .map_err(io_err("reading", &path))?;
-        if buf.len() as u64 > limit {
-            return Err(BlobError::TooLarge { limit });
-        }
-        Ok(buf)
+        fsutil::read_bounded(&path, limit).map_err(|e| match e {
+            FileError::Io { source, .. } if source.kind() == io::ErrorKind::NotFound => {
+                BlobError::NotFound {
+                    sha256: sha256_hex.to_owned(),
+                    path: path.clone(),
+                }
+            }
+            e => e.into(),
+        })
     }
 
     /// Starts an upload of at most `max_bytes` bytes into a new temporary file.
     pub fn writer(&self, max_bytes: u64) -> Result<BlobWriter, BlobError> {
-        let (path, file) =
-            rjs_signer::fsutil::create_temp_in(&self.tmp, "up-", 0o600).map_err(|e| match e {
-                rjs_signer::fsutil::FileError::Io { what, path, source } => {
-                    BlobError::Io { what, path, source }
-                }
-                other => BlobError::Io {
-                    what: "creating a temporary file in",
-                    path: self.tmp.clone(),
-                    source: io::Error::other(other.to_string()),
-                },
-            })?;
+        let (path, file) = fsutil::create_temp_in(&self.tmp, "up-", 0o600)?;
         Ok(BlobWriter {
             store: self.clone(),
             file: Some(BufWriter::with_capacity(WRITE_BUFFER, file)),

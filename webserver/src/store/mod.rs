@@ -10,6 +10,11 @@ pub mod sqlite;
 
 use rjs_wire::api::{JobState, JobView, Lease};
 
+/// The current time as the store takes it: Unix seconds.
+pub fn now() -> i64 {
+    i64::try_from(rjs_signer::unix_now()).unwrap_or(i64::MAX)
+}
+
 /// An enrolled author.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Author {
