@@ -11,7 +11,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use mdns_sd::{IfKind, ServiceDaemon, ServiceInfo};
 use rjs_signer::keys::KeyPair;
@@ -73,13 +73,6 @@ pub struct Announcer {
     fullname: String,
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 /// Builds the signed mDNS service for one announcement; with no `addresses`, the daemon
 /// fills in those of the enabled interfaces.
 pub fn service_info(
@@ -128,7 +121,7 @@ impl Announcer {
                 free_slots: free.min(config.total_slots),
                 total_slots: config.total_slots,
                 groups: config.groups.clone(),
-                timestamp_ms: now_ms(),
+                timestamp_ms: rjs_wire::announce::unix_ms_now(),
                 seq,
             }
         };

@@ -6,6 +6,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use rjs_signer::bundle::hex;
+use rjs_signer::bundle::is_sha256_hex as valid_sha;
 use rjs_signer::fsutil::{self, FileError};
 
 /// A bounded directory of bundle files named `<sha256>.rjs`.
@@ -14,12 +15,6 @@ pub struct BundleCache {
     dir: PathBuf,
     max_files: usize,
     max_bytes: u64,
-}
-
-fn valid_sha(s: &str) -> bool {
-    s.len() == 64
-        && s.bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 impl BundleCache {

@@ -524,13 +524,7 @@ fn cmd_serve(
             node.mflops,
             node.sandbox.slots()
         );
-        let shutdown = async {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
-            }
-        };
+        let shutdown = rjs_wire::shutdown::stop_signal();
         rjs_compute::server::serve(node.clone(), listener, Arc::new(tls), shutdown)
             .await
             .context("serving jobs")

@@ -166,7 +166,8 @@ impl Node {
                 format!("the bundle's SHA-256 is {sha}, not the offered {expected}"),
             ));
         }
-        let m = verified.manifest();
+        let parts = verified.into_parts();
+        let m = &parts.manifest;
         if task_index >= m.tasks {
             return Err(Refusal::new(
                 RefusalCode::BadRequest,
@@ -199,7 +200,7 @@ impl Node {
                 ),
             ));
         }
-        let signer = verified.signer().clone();
+        let signer = &parts.signer;
         let decision = self
             .gatekeeper
             .decide(&JobRequest {
@@ -229,23 +230,20 @@ impl Node {
         // A BTreeMap: already in key order.
         let env: Vec<(String, String)> =
             m.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let signer = format!("{} {}", signer.name, signer.fingerprint);
         let task = TaskSpec {
             name: m.name.clone(),
             bundle_sha256,
-            module_sha256: *verified.module_sha256(),
-            module: Arc::new(verified.module().to_vec()),
-            inputs: Arc::new(verified.inputs().to_vec()),
+            module_sha256: parts.module_sha256,
             args: m.args.clone(),
             env,
             task_index,
             task_count: m.tasks,
             limits: m.limits,
+            module: Arc::new(parts.module),
+            inputs: Arc::new(parts.inputs),
         };
-        Ok(Admitted {
-            slot,
-            task,
-            signer: format!("{} {}", signer.name, signer.fingerprint),
-        })
+        Ok(Admitted { slot, task, signer })
     }
 
     /// Runs an admitted job in the sandbox and signs its answer. Whatever the job does, the

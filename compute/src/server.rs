@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::node::Node;
+use rjs_signer::bundle::is_sha256_hex as valid_sha;
 
 /// Time a client has to complete the TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -69,12 +70,6 @@ pub async fn serve(
             }
         });
     }
-}
-
-fn valid_sha(s: &str) -> bool {
-    s.len() == 64
-        && s.bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 async fn refuse<S: AsyncWrite + Unpin>(

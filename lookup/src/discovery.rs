@@ -17,7 +17,7 @@ use std::net::IpAddr;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use mdns_sd::{IfKind, ServiceDaemon, ServiceEvent};
 use rjs_signer::keys::PublicKey;
@@ -159,13 +159,6 @@ pub struct NodeTable {
     /// announcement cannot bring a dropped node back.
     last: HashMap<String, (u64, u64)>,
     drops: DropCounters,
-}
-
-fn unix_ms_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 impl NodeTable {
@@ -339,7 +332,13 @@ impl Browser {
                                 .collect();
                             addrs.sort();
                             let mut tbl = t.lock().unwrap_or_else(|e| e.into_inner());
-                            let r = tbl.offer(props, addrs, &*keys, unix_ms_now(), Instant::now());
+                            let r = tbl.offer(
+                                props,
+                                addrs,
+                                &*keys,
+                                rjs_wire::announce::unix_ms_now(),
+                                Instant::now(),
+                            );
                             tracing::debug!("announcement from {}: {r:?}", info.get_fullname());
                         }
                         Ok(_) => {}

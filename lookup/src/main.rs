@@ -108,16 +108,7 @@ fn run(command: Command) -> Result<()> {
                     .await
                     .with_context(|| format!("listening on {listen}"))?;
                 println!("enrolment endpoint listening on {}", listener.local_addr()?);
-                let shutdown = async {
-                    let mut term = tokio::signal::unix::signal(
-                        tokio::signal::unix::SignalKind::terminate(),
-                    )
-                    .ok();
-                    tokio::select! {
-                        _ = tokio::signal::ctrl_c() => {}
-                        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
-                    }
-                };
+                let shutdown = rjs_wire::shutdown::stop_signal();
                 enrol::serve_enrolment(data, listener, shutdown).await
             })?;
         }

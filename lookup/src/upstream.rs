@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use rjs_signer::bundle::is_sha256_hex as valid_id;
 use rjs_wire::api::{
     AnswerResponse, ErrorBody, FailureRequest, FailureResponse, H_NODE, H_OUTCOME, JobsEvent,
     LOOKUP_PREFIX, LeaseRequest, LeaseResponse, ReleaseRequest, ReleaseResponse, RenewRequest,
@@ -237,12 +238,6 @@ async fn read_json<T: serde::de::DeserializeOwned>(
         url: url.to_owned(),
         source,
     })
-}
-
-fn valid_id(s: &str) -> bool {
-    s.len() == 64
-        && s.bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 impl WebServerClient {

@@ -10,7 +10,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use mdns_sd::{IfKind, ServiceDaemon, ServiceInfo};
 use rjs_compute::announce::{Announcer, AnnouncerConfig};
@@ -100,13 +100,6 @@ fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) 
 
 fn find(nodes: &[NodeView], id: &str) -> Option<NodeView> {
     nodes.iter().find(|n| n.node_id == id).cloned()
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
 }
 
 fn config(id: &str, port: u16) -> AnnouncerConfig {
@@ -216,7 +209,7 @@ fn inner_discovery() {
         .to_txt(|m| rep.sign(m))
         .unwrap()
     };
-    let t = now_ms();
+    let t = rjs_wire::announce::unix_ms_now();
     // An older announcement, captured before (e.g. on another link) and replayed after a
     // newer one was accepted. (Re-sending a TXT record the browser's mDNS cache still holds
     // produces no event at all, which is harmless; the exact-replay case is covered by the
@@ -231,7 +224,11 @@ fn inner_discovery() {
         (browser.drops().replay >= 1).then_some(())
     });
     std::thread::sleep(Duration::from_millis(1100));
-    publish_raw(&raw, "rep", &sign(now_ms() - 60_000, 99));
+    publish_raw(
+        &raw,
+        "rep",
+        &sign(rjs_wire::announce::unix_ms_now() - 60_000, 99),
+    );
     wait_for("stale drop", wait, || {
         (browser.drops().stale >= 1).then_some(())
     });

@@ -250,12 +250,7 @@ impl ResultDoc {
         if self.format != RESULT_FORMAT {
             return Err(ResultError::UnknownVersion(self.format.into()));
         }
-        if self.bundle_sha256.len() != 64
-            || !self
-                .bundle_sha256
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        {
+        if !crate::bundle::is_sha256_hex(&self.bundle_sha256) {
             return bad("bundle_sha256", "must be 64 lowercase hex digits".into());
         }
         if !valid_job_name(&self.job_name) {

@@ -343,7 +343,29 @@ pub struct VerifiedBundle {
     entries: Vec<EntryInfo>,
 }
 
+/// What a [`VerifiedBundle`] holds, taken out without copying (see
+/// [`VerifiedBundle::into_parts`]).
+#[derive(Debug, Clone)]
+pub struct BundleParts {
+    pub manifest: Manifest,
+    pub signer: Signer,
+    pub module: Vec<u8>,
+    pub module_sha256: [u8; 32],
+    pub inputs: Vec<(String, Vec<u8>)>,
+}
+
 impl VerifiedBundle {
+    /// The manifest, signer, module and inputs, moved out (a runner needs them owned).
+    pub fn into_parts(self) -> BundleParts {
+        BundleParts {
+            manifest: self.manifest,
+            signer: self.signer,
+            module: self.module,
+            module_sha256: self.module_sha256,
+            inputs: self.inputs,
+        }
+    }
+
     pub fn manifest(&self) -> &Manifest {
         &self.manifest
     }
@@ -375,6 +397,18 @@ impl VerifiedBundle {
 /// The SHA-256 of a bundle file: its content address (the bundle id).
 pub fn bundle_id(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
+}
+
+/// Whether `s` is `len` lowercase hex digits (the form [`hex`] writes).
+pub fn is_lower_hex(s: &str, len: usize) -> bool {
+    s.len() == len
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// Whether `s` is a SHA-256 in lowercase hex (a bundle id, a blob name).
+pub fn is_sha256_hex(s: &str) -> bool {
+    is_lower_hex(s, 64)
 }
 
 pub fn hex(bytes: &[u8]) -> String {

@@ -25,8 +25,9 @@ pub mod zipfmt;
 pub mod zipread;
 
 pub use bundle::{
-    BundleBuilder, EntryInfo, PackError, SignedBundle, Signer, VerifiedBundle, VerifyError,
-    VerifyFileError, VerifyLimits, bundle_id, pack_dir, verify_bytes, verify_file, verify_signed,
+    BundleBuilder, BundleParts, EntryInfo, PackError, SignedBundle, Signer, VerifiedBundle,
+    VerifyError, VerifyFileError, VerifyLimits, bundle_id, pack_dir, verify_bytes, verify_file,
+    verify_signed,
 };
 pub use keys::{Fingerprint, KeyPair, PublicKey};
 pub use manifest::{Limits, Manifest};

@@ -9,6 +9,7 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 
+use crate::bundle::is_lower_hex as is_hex;
 use crate::keys::{KeyPair, PublicKey};
 
 /// Domain-separation prefix: a request signature is never valid as any other RJS signature.
@@ -45,12 +46,6 @@ pub enum RequestAuthError {
     Malformed(&'static str, String),
     #[error("the request signature does not verify")]
     BadSignature,
-}
-
-fn is_hex(s: &str, len: usize) -> bool {
-    s.len() == len
-        && s.bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 impl RequestAuth {

@@ -25,6 +25,16 @@ use base64::engine::general_purpose::STANDARD as B64;
 
 /// The mDNS service type nodes announce.
 pub const SERVICE_TYPE: &str = "_rjs-compute._tcp.local.";
+
+/// Now, in Unix milliseconds: the clock of an announcement's `timestamp_ms` (0 if the clock
+/// is before 1970).
+pub fn unix_ms_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// Domain separation tag, the first line of the signed statement.
 pub const DOMAIN: &str = "RJS-ANNOUNCE-V1";
 /// Maximum bytes of one TXT `key=value` string (DNS character-string limit).

@@ -7,6 +7,7 @@
 //!   (`docs/webserver-api.md`).
 //! * [`node`]: the framed job protocol between a lookup server and a compute node
 //!   (`docs/compute-protocol.md`).
+//! * [`shutdown`]: the stop signal every RJS server obeys.
 //! * [`tls`]: loading PEM certificates and keys, and building rustls client and server
 //!   configurations that trust only the grid's own CAs.
 
@@ -16,4 +17,5 @@ pub mod enrol;
 pub mod node;
 #[cfg(feature = "pki")]
 pub mod pki;
+pub mod shutdown;
 pub mod tls;

@@ -301,9 +301,7 @@ fn transport(e: reqwest::Error, method: &Method, url: &str) -> anyhow::Error {
 
 /// Whether `s` is a full bundle id: 64 lowercase hex digits.
 pub fn is_bundle_id(s: &str) -> bool {
-    s.len() == 64
-        && s.bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    rjs_signer::bundle::is_sha256_hex(s)
 }
 
 #[cfg(test)]

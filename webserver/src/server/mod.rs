@@ -271,25 +271,6 @@ async fn expiry_task(state: web::Data<AppState>, mut stop: watch::Receiver<bool>
     }
 }
 
-/// Waits for SIGTERM or SIGINT.
-pub async fn os_stop_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-                return;
-            }
-            Err(e) => tracing::warn!(error = %e, "cannot watch SIGTERM; stopping on SIGINT only"),
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
-}
-
 /// Opens the data directory's store, blob store and TLS material.
 fn open(
     config: &ServeConfig,
@@ -394,6 +375,6 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
             }
             let _ = out.flush();
         },
-        os_stop_signal(),
+        rjs_wire::shutdown::stop_signal(),
     ))
 }

@@ -56,10 +56,7 @@ fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> B
 
 /// Whether `name` is a blob name: exactly 64 lowercase hex digits.
 pub fn valid_blob_name(name: &str) -> bool {
-    name.len() == 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    rjs_signer::bundle::is_sha256_hex(name)
 }
 
 fn check_name(name: &str) -> Result<(), BlobError> {
