@@ -45,7 +45,7 @@ impl AnnouncerConfig {
             port,
             mflops,
             total_slots,
-            groups: vec!["default".to_owned()],
+            groups: vec!["/compute".to_owned()],
             interval: DEFAULT_INTERVAL,
             interfaces: None,
             addresses: Vec::new(),
@@ -60,6 +60,143 @@ pub enum AnnouncerError {
     Mdns(#[from] mdns_sd::Error),
     #[error("announcement: {0}")]
     Announce(#[from] AnnounceError),
+}
+
+/// One IP address of a local network interface that mdns-sd would use (up, running, not
+/// point-to-point).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalAddr {
+    pub interface: String,
+    pub ip: IpAddr,
+    pub netmask: IpAddr,
+}
+
+impl LocalAddr {
+    /// Whether `ip` is on this address's subnet: mdns-sd sends an address record on an
+    /// interface only for the service addresses in that interface's subnet.
+    pub fn same_subnet(&self, ip: &IpAddr) -> bool {
+        match (self.ip, self.netmask, ip) {
+            (IpAddr::V4(a), IpAddr::V4(m), IpAddr::V4(b)) => {
+                let m = u32::from(m);
+                u32::from(a) & m == u32::from(*b) & m
+            }
+            (IpAddr::V6(a), IpAddr::V6(m), IpAddr::V6(b)) => {
+                let m = u128::from(m);
+                u128::from(a) & m == u128::from(*b) & m
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The addresses of this network namespace's interfaces that are up and running and not
+/// point-to-point (the interfaces mdns-sd uses).
+pub fn local_addrs() -> std::io::Result<Vec<LocalAddr>> {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+    fn ip_of(sa: *const libc::sockaddr) -> Option<IpAddr> {
+        if sa.is_null() {
+            return None;
+        }
+        // SAFETY: getifaddrs gives valid sockaddrs of the size their family implies.
+        unsafe {
+            match i32::from((*sa).sa_family) {
+                libc::AF_INET => {
+                    let sin = &*(sa as *const libc::sockaddr_in);
+                    Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(
+                        sin.sin_addr.s_addr,
+                    ))))
+                }
+                libc::AF_INET6 => {
+                    let sin6 = &*(sa as *const libc::sockaddr_in6);
+                    Some(IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr)))
+                }
+                _ => None,
+            }
+        }
+    }
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head` with a list freed below with freeifaddrs.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut out = Vec::new();
+    let mut cur = head;
+    while !cur.is_null() {
+        // SAFETY: `cur` is a node of the list getifaddrs returned, not yet freed.
+        let ifa = unsafe { &*cur };
+        cur = ifa.ifa_next;
+        let flags = ifa.ifa_flags;
+        let wanted = libc::IFF_UP as u32 | libc::IFF_RUNNING as u32;
+        if flags & wanted != wanted || flags & libc::IFF_POINTOPOINT as u32 != 0 {
+            continue;
+        }
+        let (Some(ip), Some(netmask)) = (ip_of(ifa.ifa_addr), ip_of(ifa.ifa_netmask)) else {
+            continue;
+        };
+        // SAFETY: ifa_name is a NUL-terminated string owned by the list.
+        let name = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) };
+        out.push(LocalAddr {
+            interface: name.to_string_lossy().into_owned(),
+            ip,
+            netmask,
+        });
+    }
+    // SAFETY: `head` came from getifaddrs and is freed once.
+    unsafe { libc::freeifaddrs(head) };
+    Ok(out)
+}
+
+/// Whether a network interface of this name exists (up or down).
+pub fn interface_exists(name: &str) -> bool {
+    let Ok(c) = std::ffi::CString::new(name) else {
+        return false;
+    };
+    // SAFETY: a valid NUL-terminated string.
+    unsafe { libc::if_nametoindex(c.as_ptr()) != 0 }
+}
+
+/// What would keep an announcement from going out, given the interfaces' addresses
+/// (`local`), the interfaces mDNS is restricted to (`interfaces`, empty: all) and the
+/// advertised addresses (`advertise`, empty: automatic). mdns-sd sends the service on an
+/// interface only with the advertised addresses inside that interface's subnet, and not at
+/// all on an interface where there is none. One message per problem; empty when all is well.
+pub fn reach_problems(
+    local: &[LocalAddr],
+    interfaces: &[String],
+    advertise: &[IpAddr],
+) -> Vec<String> {
+    let enabled: Vec<&LocalAddr> = local
+        .iter()
+        .filter(|a| interfaces.is_empty() || interfaces.contains(&a.interface))
+        .collect();
+    let mut problems = Vec::new();
+    for name in interfaces {
+        if !enabled.iter().any(|a| &a.interface == name) {
+            problems.push(format!(
+                "interface {name} has no address or is not up: nothing is announced on it"
+            ));
+        }
+    }
+    if enabled.is_empty() {
+        if interfaces.is_empty() {
+            problems.push("no network interface is up: nothing is announced".to_owned());
+        }
+        return problems;
+    }
+    for ip in advertise {
+        if !enabled.iter().any(|a| a.same_subnet(ip)) {
+            let on: Vec<String> = enabled
+                .iter()
+                .map(|a| format!("{} {}", a.interface, a.ip))
+                .collect();
+            problems.push(format!(
+                "the advertised address {ip} is on the subnet of none of the enabled interfaces \
+                 ({}): mDNS does not send it",
+                on.join(", ")
+            ));
+        }
+    }
+    problems
 }
 
 /// Source of the current number of free slots.
@@ -199,7 +336,7 @@ mod tests {
             mflops: 1000,
             free_slots: 1,
             total_slots: 1,
-            groups: vec!["default".into()],
+            groups: vec!["/compute".into()],
             timestamp_ms: 1,
             seq: 1,
         };
@@ -213,5 +350,45 @@ mod tests {
         assert_eq!(back, ann);
         back.verify(&sig, |m, s| key.public().verify(m, s)).unwrap();
         assert_eq!(info.get_fullname(), "n1._rjs-compute._tcp.local.");
+    }
+
+    #[test]
+    fn reach() {
+        let lo = LocalAddr {
+            interface: "lo".into(),
+            ip: "127.0.0.1".parse().unwrap(),
+            netmask: "255.0.0.0".parse().unwrap(),
+        };
+        let eth = LocalAddr {
+            interface: "eth0".into(),
+            ip: "192.168.1.20".parse().unwrap(),
+            netmask: "255.255.255.0".parse().unwrap(),
+        };
+        let local = [lo, eth];
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(reach_problems(&local, &[], &[]).is_empty());
+        assert!(reach_problems(&local, &["lo".into()], &[ip("127.0.0.1")]).is_empty());
+        assert!(reach_problems(&local, &[], &[ip("192.168.1.77")]).is_empty());
+        let p = reach_problems(&local, &["lo".into()], &[ip("192.168.1.20")]);
+        assert_eq!(p.len(), 1);
+        assert!(
+            p[0].contains("192.168.1.20 is on the subnet of none"),
+            "{p:?}"
+        );
+        let p = reach_problems(&local, &["wlan0".into(), "lo".into()], &[]);
+        assert_eq!(p.len(), 1);
+        assert!(p[0].starts_with("interface wlan0 "), "{p:?}");
+        assert!(!reach_problems(&[], &[], &[]).is_empty());
+    }
+
+    #[test]
+    fn this_machine_has_interfaces() {
+        // Read-only: getifaddrs and if_nametoindex, no socket.
+        let addrs = local_addrs().unwrap();
+        for a in addrs.iter().filter(|a| a.interface == "lo") {
+            assert!(a.ip.is_loopback(), "{a:?}");
+            assert!(interface_exists("lo"));
+        }
+        assert!(!interface_exists("no-such-if0"));
     }
 }

@@ -3,7 +3,7 @@
 //! `docs/compute-node.md` ("Configuration").
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -23,6 +23,12 @@ pub const MAX_SLOTS: usize = 1024;
 pub const MAX_PROMPT_TIMEOUT_SECS: u64 = 110;
 /// Most groups a node may serve.
 pub const MAX_GROUPS: usize = 64;
+/// Shortest mDNS re-announcement interval.
+pub const MIN_ANNOUNCE_INTERVAL: Duration = Duration::from_millis(100);
+/// Longest mDNS re-announcement interval.
+pub const MAX_ANNOUNCE_INTERVAL: Duration = Duration::from_secs(3600);
+/// Most `announce.interfaces` / `announce.advertise` entries.
+pub const MAX_ANNOUNCE_ENTRIES: usize = 32;
 
 /// What to do with a job whose author is neither trusted nor blocked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
@@ -78,6 +84,41 @@ pub struct TlsPaths {
     pub ca: PathBuf,
 }
 
+/// How `rjs-compute serve` announces the node on the LAN by mDNS (`[announce]`,
+/// `docs/discovery.md`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AnnounceSettings {
+    /// Announce at all (default true; `--no-announce` turns it off).
+    pub enabled: bool,
+    /// Re-announcement interval (default 2 s, 100 ms to 1 h).
+    pub interval: Duration,
+    /// Network interfaces mDNS may use, by name; empty: all of them.
+    pub interfaces: Vec<String>,
+    /// Addresses put in the announcement; empty: the job server's address if it listens on
+    /// a specific IP, else the addresses of the enabled interfaces.
+    pub advertise: Vec<IpAddr>,
+}
+
+impl Default for AnnounceSettings {
+    fn default() -> Self {
+        AnnounceSettings {
+            enabled: true,
+            interval: crate::announce::DEFAULT_INTERVAL,
+            interfaces: Vec::new(),
+            advertise: Vec::new(),
+        }
+    }
+}
+
+/// Whether `name` can be a network interface name (1-15 bytes, no `/`, blank or control
+/// character): what Linux accepts.
+pub fn valid_interface_name(name: &str) -> bool {
+    (1..=15).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| !c.is_whitespace() && !c.is_control() && c != '/' && c != ':')
+}
+
 /// The node's resolved configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NodeConfig {
@@ -97,6 +138,8 @@ pub struct NodeConfig {
     /// Address of the job server (default `0.0.0.0:7443`).
     pub listen: SocketAddr,
     pub tls: TlsPaths,
+    /// mDNS announcement (`serve` only).
+    pub announce: AnnounceSettings,
 }
 
 /// Command-line overrides; every `Some` (or non-empty list) wins over the file.
@@ -112,6 +155,11 @@ pub struct Overrides {
     pub prompt_timeout_secs: Option<u64>,
     pub only_when_idle: Option<bool>,
     pub idle_load_per_core: Option<f64>,
+    /// `Some(false)`: `--no-announce`.
+    pub announce: Option<bool>,
+    pub announce_interval: Option<Duration>,
+    pub interfaces: Vec<String>,
+    pub advertise: Vec<IpAddr>,
 }
 
 /// The configuration flags, ready to `#[command(flatten)]` into a clap command.
@@ -158,6 +206,7 @@ impl ConfigArgs {
             prompt_timeout_secs: self.prompt_timeout,
             only_when_idle: self.only_when_idle.then_some(true),
             idle_load_per_core: self.idle_load_per_core,
+            ..Overrides::default()
         }
     }
 }
@@ -200,6 +249,28 @@ struct FileConfig {
     idle: Option<IdlePolicy>,
     #[serde(default)]
     tls: FileTls,
+    #[serde(default)]
+    announce: FileAnnounce,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileAnnounce {
+    enabled: Option<bool>,
+    #[serde(default, deserialize_with = "de_duration")]
+    interval: Option<Duration>,
+    interfaces: Option<Vec<String>>,
+    advertise: Option<Vec<IpAddr>>,
+}
+
+/// A duration written for people (`"2s"`, `"500ms"`, `"1m 30s"`: humantime).
+fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let s = String::deserialize(d)?;
+    humantime::parse_duration(&s).map(Some).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "invalid duration {s:?}: {e} (e.g. \"2s\", \"500ms\")"
+        ))
+    })
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -489,6 +560,89 @@ impl NodeConfig {
             ca: data_dir.join(file.tls.ca.unwrap_or_else(|| "cluster-ca.pem".into())),
         };
 
+        let announce = {
+            let fa = file.announce;
+            let d = AnnounceSettings::default();
+            let (interval, from_cli) = match overrides.announce_interval {
+                Some(i) => (i, true),
+                None => (fa.interval.unwrap_or(d.interval), false),
+            };
+            if !(MIN_ANNOUNCE_INTERVAL..=MAX_ANNOUNCE_INTERVAL).contains(&interval) {
+                let key = if from_cli {
+                    "--announce-interval"
+                } else {
+                    "announce.interval"
+                };
+                return Err(invalid(
+                    from_cli,
+                    key,
+                    format!(
+                        "{} is not between {} and {}",
+                        humantime::format_duration(interval),
+                        humantime::format_duration(MIN_ANNOUNCE_INTERVAL),
+                        humantime::format_duration(MAX_ANNOUNCE_INTERVAL)
+                    ),
+                ));
+            }
+            let (interfaces, from_cli) = if !overrides.interfaces.is_empty() {
+                (overrides.interfaces.clone(), true)
+            } else {
+                (fa.interfaces.unwrap_or_default(), false)
+            };
+            let key = if from_cli {
+                "--interface"
+            } else {
+                "announce.interfaces"
+            };
+            if interfaces.len() > MAX_ANNOUNCE_ENTRIES {
+                return Err(invalid(
+                    from_cli,
+                    key,
+                    format!("give at most {MAX_ANNOUNCE_ENTRIES} interfaces"),
+                ));
+            }
+            if let Some(bad) = interfaces.iter().find(|n| !valid_interface_name(n)) {
+                return Err(invalid(
+                    from_cli,
+                    key,
+                    format!("{bad:?} is not a network interface name"),
+                ));
+            }
+            let (advertise, from_cli) = if !overrides.advertise.is_empty() {
+                (overrides.advertise.clone(), true)
+            } else {
+                (fa.advertise.unwrap_or_default(), false)
+            };
+            let key = if from_cli {
+                "--advertise"
+            } else {
+                "announce.advertise"
+            };
+            if advertise.len() > MAX_ANNOUNCE_ENTRIES {
+                return Err(invalid(
+                    from_cli,
+                    key,
+                    format!("give at most {MAX_ANNOUNCE_ENTRIES} addresses"),
+                ));
+            }
+            if let Some(bad) = advertise
+                .iter()
+                .find(|a| a.is_unspecified() || a.is_multicast())
+            {
+                return Err(invalid(
+                    from_cli,
+                    key,
+                    format!("{bad} is not an address the node can be reached at"),
+                ));
+            }
+            AnnounceSettings {
+                enabled: overrides.announce.or(fa.enabled).unwrap_or(d.enabled),
+                interval,
+                interfaces: dedup_list(interfaces),
+                advertise: dedup_list(advertise),
+            }
+        };
+
         Ok(NodeConfig {
             config_file: path.map(Path::to_path_buf),
             data_dir,
@@ -500,6 +654,7 @@ impl NodeConfig {
             idle,
             listen,
             tls,
+            announce,
         })
     }
 
@@ -552,6 +707,16 @@ impl NodeConfig {
     pub fn bench_file(&self) -> PathBuf {
         self.data_dir.join(crate::bench::BENCH_FILE)
     }
+}
+
+fn dedup_list<T: PartialEq>(items: Vec<T>) -> Vec<T> {
+    let mut out = Vec::with_capacity(items.len());
+    for i in items {
+        if !out.contains(&i) {
+            out.push(i);
+        }
+    }
+    out
 }
 
 /// A byte count for people: `256 MiB`, `1.5 GiB`, `100 bytes`.
@@ -627,6 +792,104 @@ mod tests {
         assert_eq!(c.listen, "0.0.0.0:7443".parse().unwrap());
         assert_eq!(c.tls.cert, PathBuf::from("/d/node.pem"));
         assert_eq!(c.tls.ca, PathBuf::from("/d/cluster-ca.pem"));
+        assert_eq!(c.announce, AnnounceSettings::default());
+        assert!(c.announce.enabled);
+        assert_eq!(c.announce.interval, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn announce_settings() {
+        let o = with_data(Path::new("/d"));
+        let text = r#"
+            [announce]
+            enabled = false
+            interval = "500ms"
+            interfaces = ["eth0", "lo", "eth0"]
+            advertise = ["192.168.1.20", "fe80::1"]
+        "#;
+        let c = parse(text, &o).unwrap();
+        assert_eq!(
+            c.announce,
+            AnnounceSettings {
+                enabled: false,
+                interval: Duration::from_millis(500),
+                interfaces: vec!["eth0".into(), "lo".into()],
+                advertise: vec!["192.168.1.20".parse().unwrap(), "fe80::1".parse().unwrap()],
+            }
+        );
+        // Flags win.
+        let flags = Overrides {
+            announce: Some(true),
+            announce_interval: Some(Duration::from_millis(200)),
+            interfaces: vec!["wlan0".into()],
+            advertise: vec!["10.0.0.7".parse().unwrap()],
+            ..o.clone()
+        };
+        let c = parse(text, &flags).unwrap();
+        assert!(c.announce.enabled);
+        assert_eq!(c.announce.interval, Duration::from_millis(200));
+        assert_eq!(c.announce.interfaces, vec!["wlan0"]);
+        assert_eq!(
+            c.announce.advertise,
+            vec!["10.0.0.7".parse::<IpAddr>().unwrap()]
+        );
+        // --no-announce.
+        let off = Overrides {
+            announce: Some(false),
+            ..o.clone()
+        };
+        assert!(!parse("", &off).unwrap().announce.enabled);
+
+        let e = parse("[announce]\ninterval = \"50ms\"", &o)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "/etc/rjs/node.toml: announce.interval: 50ms is not between 100ms and 1h"
+        );
+        let e = parse("[announce]\ninterval = \"soon\"", &o)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("invalid duration \"soon\""), "{e}");
+        let e = parse(
+            "",
+            &Overrides {
+                announce_interval: Some(Duration::from_millis(10)),
+                ..o.clone()
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            e,
+            "command line: --announce-interval: 10ms is not between 100ms and 1h"
+        );
+        let e = parse(
+            "",
+            &Overrides {
+                interfaces: vec!["a/b".into()],
+                ..o.clone()
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            e,
+            "command line: --interface: \"a/b\" is not a network interface name"
+        );
+        let e = parse("[announce]\nadvertise = [\"0.0.0.0\"]", &o)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("announce.advertise: 0.0.0.0 is not an address"),
+            "{e}"
+        );
+        let e = parse("[announce]\nadvertise = [\"nope\"]", &o)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("invalid IP address"), "{e}");
+        let e = parse("[announce]\nttl = 3", &o).unwrap_err().to_string();
+        assert!(e.contains("unknown field `ttl`"), "{e}");
     }
 
     #[test]
@@ -678,6 +941,7 @@ mod tests {
             only_when_idle: Some(false),
             idle_load_per_core: Some(1.0),
             config: None,
+            ..Overrides::default()
         };
         let c = parse(text, &o).unwrap();
         assert_eq!(c.data_dir, PathBuf::from("/flag"));

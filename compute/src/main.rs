@@ -1,13 +1,15 @@
 //! `rjs-compute`: the compute node's command line. A thin layer over the `rjs_compute`
 //! library; see `docs/compute-node.md`.
 
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, UNIX_EPOCH};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
+use rjs_compute::announce::{self, Announcer, AnnouncerConfig};
 use rjs_compute::bench;
 use rjs_compute::config::{ConfigArgs, NodeConfig, Overrides};
 use rjs_compute::node::{Node, StartOptions};
@@ -75,10 +77,13 @@ enum Command {
         #[command(flatten)]
         node: NodeArgs,
     },
-    /// Serve jobs from lookup servers over mutual TLS until SIGTERM/SIGINT.
+    /// Serve jobs from lookup servers over mutual TLS until SIGTERM/SIGINT, announcing the
+    /// node on the LAN by mDNS (signed, every --announce-interval) unless --no-announce.
     Serve {
         #[command(flatten)]
         node: NodeArgs,
+        #[command(flatten)]
+        announce: AnnounceArgs,
         /// This node's certificate [default: <data>/node.pem].
         #[arg(long, value_name = "PEM")]
         cert: Option<PathBuf>,
@@ -134,12 +139,43 @@ enum Command {
 struct NodeArgs {
     #[command(flatten)]
     config: ConfigArgs,
-    /// Node id [default: `node-` and the node key's fingerprint prefix].
+    /// Node id [default: the id assigned at `join` (<data>/node-id), else `node-` and the node
+    /// key's fingerprint prefix].
     #[arg(long, value_name = "ID")]
     node_id: Option<String>,
     /// Measure the speed again at start-up.
     #[arg(long)]
     rebench: bool,
+}
+
+/// mDNS announcement options of `serve` (override `[announce]` in node.toml).
+#[derive(Args, Clone, Debug)]
+struct AnnounceArgs {
+    /// Re-announce (renew the lease at lookup servers) this often, e.g. 2s, 500ms
+    /// [default: 2s; at least 100ms].
+    #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
+    announce_interval: Option<Duration>,
+    /// Announce only on this network interface, e.g. eth0 or lo (repeatable) [default: all].
+    #[arg(long = "interface", value_name = "NAME")]
+    interfaces: Vec<String>,
+    /// IP address to put in the announcement (repeatable) [default: the --listen IP if it is
+    /// a specific one, else the addresses of the interfaces announced on].
+    #[arg(long = "advertise", value_name = "IP")]
+    advertise: Vec<IpAddr>,
+    /// Do not announce on mDNS: serve jobs only (no lookup server discovers the node).
+    #[arg(long, conflicts_with_all = ["announce_interval", "interfaces", "advertise"])]
+    no_announce: bool,
+}
+
+impl AnnounceArgs {
+    fn apply(&self, o: &mut Overrides) {
+        if self.no_announce {
+            o.announce = Some(false);
+        }
+        o.announce_interval = self.announce_interval;
+        o.interfaces = self.interfaces.clone();
+        o.advertise = self.advertise.clone();
+    }
 }
 
 #[derive(Subcommand)]
@@ -208,10 +244,11 @@ fn main() -> ExitCode {
         } => cmd_run(&bundle, task, &out, &node),
         Command::Serve {
             node,
+            announce,
             cert,
             key,
             ca,
-        } => cmd_serve(&node, cert, key, ca),
+        } => cmd_serve(&node, &announce, cert, key, ca),
         Command::TrustPromptDemo {
             config,
             author_key,
@@ -428,10 +465,14 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 fn start_node(
     args: &NodeArgs,
     slots: Option<usize>,
+    announce: Option<&AnnounceArgs>,
 ) -> Result<(tokio::runtime::Runtime, Arc<Node>)> {
     let mut overrides = args.config.overrides();
     if slots.is_some() {
         overrides.slots = slots;
+    }
+    if let Some(a) = announce {
+        a.apply(&mut overrides);
     }
     let config = NodeConfig::load(&overrides)?;
     let rt = runtime()?;
@@ -462,7 +503,7 @@ fn cmd_run(
         rjs_signer::VerifyLimits::default().max_bundle_bytes,
     )
     .with_context(|| format!("reading the bundle {}", bundle.display()))?;
-    let (rt, node) = start_node(args, Some(1))?;
+    let (rt, node) = start_node(args, Some(1), None)?;
     let result = rt.block_on(async {
         let admitted = match node.admit(Arc::new(bytes), None, task).await {
             Ok(a) => a,
@@ -498,11 +539,12 @@ fn cmd_run(
 
 fn cmd_serve(
     args: &NodeArgs,
+    announce: &AnnounceArgs,
     cert: Option<PathBuf>,
     key: Option<PathBuf>,
     ca: Option<PathBuf>,
 ) -> Result<ExitCode> {
-    let (rt, node) = start_node(args, None)?;
+    let (rt, node) = start_node(args, None, Some(announce))?;
     let tls_paths = &node.config.tls;
     let cert = cert.unwrap_or_else(|| tls_paths.cert.clone());
     let key = key.unwrap_or_else(|| tls_paths.key.clone());
@@ -513,24 +555,105 @@ fn cmd_serve(
     let tls = rjs_wire::tls::server_config(chain, key, rjs_wire::tls::ClientAuth::Required(&ca))
         .context("building the TLS configuration")?;
     let listen = node.config.listen;
-    rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
-            .with_context(|| format!("listening on {listen}"))?;
-        let addr = listener.local_addr()?;
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind(listen))
+        .with_context(|| format!("listening on {listen}"))?;
+    let addr = listener.local_addr()?;
+    // Announced once the job server listens (connections wait in the backlog until the
+    // accept loop runs), before the ready line, so a failure to announce stops the start.
+    let settings = &node.config.announce;
+    let announcer = if settings.enabled {
+        Some(
+            start_announcer(&node, addr)
+                .context("announcing on mDNS (--no-announce to serve without)")?,
+        )
+    } else {
+        None
+    };
+    println!(
+        "node {} ({} MFLOPS, {} slots) listening on {addr}",
+        node.identity.id,
+        node.mflops,
+        node.sandbox.slots()
+    );
+    if announcer.is_some() {
         println!(
-            "node {} ({} MFLOPS, {} slots) listening on {addr}",
+            "announcing {} on mDNS every {}",
             node.identity.id,
-            node.mflops,
-            node.sandbox.slots()
+            humantime::format_duration(settings.interval)
         );
+    } else if announce.no_announce {
+        println!("not announcing (--no-announce)");
+    } else {
+        println!("not announcing (announce.enabled = false)");
+    }
+    let served = rt.block_on(async {
         let shutdown = rjs_wire::shutdown::stop_signal();
         rjs_compute::server::serve(node.clone(), listener, Arc::new(tls), shutdown)
             .await
             .context("serving jobs")
-    })?;
+    });
+    // SIGTERM/SIGINT (or a failure): unregister (mDNS goodbye) and stop the daemon first.
+    if let Some(a) = announcer {
+        a.shutdown();
+    }
+    served?;
     if let Ok(node) = Arc::try_unwrap(node) {
         rt.block_on(node.sandbox.shutdown());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Starts the signed mDNS announcer for a node whose job server listens on `addr`.
+fn start_announcer(node: &Arc<Node>, addr: SocketAddr) -> Result<Announcer> {
+    let settings = &node.config.announce;
+    for name in &settings.interfaces {
+        if !announce::interface_exists(name) {
+            bail!("there is no network interface {name:?}");
+        }
+    }
+    // The job server's own IP when it listens on a specific one; else the daemon fills in
+    // the addresses of the interfaces it announces on.
+    let advertise = if settings.advertise.is_empty() && !addr.ip().is_unspecified() {
+        vec![addr.ip()]
+    } else {
+        settings.advertise.clone()
+    };
+    match announce::local_addrs() {
+        Ok(local) => {
+            for p in announce::reach_problems(&local, &settings.interfaces, &advertise) {
+                eprintln!("rjs-compute: warning: {p}");
+            }
+        }
+        Err(e) => tracing::warn!("listing the network interfaces: {e}"),
+    }
+    let interfaces = (!settings.interfaces.is_empty()).then(|| {
+        settings
+            .interfaces
+            .iter()
+            .map(|n| mdns_sd::IfKind::Name(n.clone()))
+            .collect()
+    });
+    let config = AnnouncerConfig {
+        node_id: node.identity.id.clone(),
+        port: addr.port(),
+        mflops: node.mflops,
+        total_slots: u32::try_from(node.sandbox.slots()).unwrap_or(u32::MAX),
+        groups: node.config.groups.clone(),
+        interval: settings.interval,
+        interfaces,
+        addresses: advertise,
+    };
+    // A weak reference: the announcer does not keep the node alive.
+    let weak: Weak<Node> = Arc::downgrade(node);
+    let free_slots = Arc::new(move || {
+        weak.upgrade().map_or(0, |n| {
+            u32::try_from(n.sandbox.slots().saturating_sub(n.sandbox.busy())).unwrap_or(u32::MAX)
+        })
+    });
+    Ok(Announcer::start(
+        config,
+        node.identity.key.clone(),
+        free_slots,
+    )?)
 }

@@ -416,7 +416,7 @@ mod tests {
             mflops: 500,
             free_slots: 1,
             total_slots: 2,
-            groups: vec!["default".into()],
+            groups: vec!["/compute".into()],
             timestamp_ms: ts,
             seq,
         }

@@ -244,6 +244,10 @@ pub enum DispatchError {
     NodeLost { node: NodeId, reason: String },
 }
 
+/// Decides whether the certificate a node presented (its SHA-256, lowercase hex) may speak
+/// for node `node_id`: for the lookup server, enrolled under that id and not revoked.
+pub type PeerCheck = Arc<dyn Fn(&str, &str) -> bool + Send + Sync>;
+
 /// A persistent mutual-TLS connection to one node, reopened when broken.
 pub struct NodeClient {
     node_id: NodeId,
@@ -251,6 +255,7 @@ pub struct NodeClient {
     server_name: ServerName<'static>,
     tls: Arc<ClientConfig>,
     conn: Option<TlsStream<TcpStream>>,
+    peer_check: Option<PeerCheck>,
     /// Time added to the job's time limit while waiting for the answer.
     pub answer_margin: Duration,
     /// Largest answer archive accepted.
@@ -267,6 +272,7 @@ impl NodeClient {
             server_name: ServerName::IpAddress(addr.ip().into()),
             tls,
             conn: None,
+            peer_check: None,
             answer_margin: DEFAULT_ANSWER_MARGIN,
             max_answer: DEFAULT_MAX_ANSWER,
         }
@@ -275,6 +281,14 @@ impl NodeClient {
     /// Checks the node's certificate for `name` (a DNS name or an IP) instead.
     pub fn with_server_name(mut self, name: ServerName<'static>) -> Self {
         self.server_name = name;
+        self
+    }
+
+    /// After each handshake, also requires `check(node_id, certificate SHA-256)` to hold
+    /// (a certificate from the cluster CA alone is not enough: it must be this node's, and
+    /// not revoked).
+    pub fn with_peer_check(mut self, check: PeerCheck) -> Self {
+        self.peer_check = Some(check);
         self
     }
 
@@ -313,6 +327,24 @@ impl NodeClient {
         .await
         .map_err(|_| unreachable("TLS handshake timed out".into()))?
         .map_err(|e| unreachable(format!("TLS handshake: {e}")))?;
+        if let Some(check) = &self.peer_check {
+            let sha = s
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| rjs_wire::tls::cert_sha256(c));
+            match sha {
+                Some(sha) if check(&self.node_id, &sha) => {}
+                Some(sha) => {
+                    return Err(unreachable(format!(
+                        "its certificate (SHA-256 {sha}) is not the enrolled, unrevoked certificate of {}",
+                        self.node_id
+                    )));
+                }
+                None => return Err(unreachable("it presented no certificate".into())),
+            }
+        }
         self.conn = Some(s);
         Ok(())
     }

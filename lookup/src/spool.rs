@@ -56,6 +56,17 @@ pub struct RelayOptions {
     pub retry_cap: Duration,
     /// Rescan of the directory when nothing signalled a new answer.
     pub rescan: Duration,
+    /// Uploads in flight at once.
+    pub concurrency: usize,
+}
+
+/// How relaying one spooled answer ended.
+enum Relayed {
+    /// Nothing (left) to relay.
+    Gone,
+    Acked(AnswerAck),
+    Rejected,
+    Retry,
 }
 
 impl Default for RelayOptions {
@@ -64,6 +75,7 @@ impl Default for RelayOptions {
             retry_base: Duration::from_millis(250),
             retry_cap: Duration::from_secs(30),
             rescan: Duration::from_secs(10),
+            concurrency: 16,
         }
     }
 }
@@ -190,56 +202,80 @@ impl AnswerSpool {
         self.remove(job_id);
     }
 
-    /// Posts every spooled answer once; stops at the first transient failure (the web server
-    /// is likely down) and leaves the rest for the next pass.
+    /// Posts every spooled answer once, up to [`RelayOptions::concurrency`] at a time; stops
+    /// starting new uploads at the first transient failure (the web server is likely down)
+    /// and leaves the rest for the next pass.
     pub async fn relay_once(
         self: &Arc<Self>,
         client: &WebServerClient,
+        concurrency: usize,
     ) -> Result<RelayPass, SpoolError> {
         let me = self.clone();
         let ids = tokio::task::spawn_blocking(move || me.pending())
             .await
             .expect("spool list task")?;
         let mut pass = RelayPass::default();
-        for (i, id) in ids.iter().copied().enumerate() {
-            let me = self.clone();
-            let loaded = tokio::task::spawn_blocking(move || me.load(id))
-                .await
-                .expect("spool read task");
-            let (meta, bytes) = match loaded {
-                Ok(Some(x)) => x,
-                Ok(None) => continue,
-                Err(e) => {
-                    tracing::error!(job = id, error = %chain(&e), "unreadable spooled answer; moved aside");
-                    self.reject(id);
-                    pass.rejected.push(id);
-                    continue;
-                }
+        let mut next = ids.into_iter();
+        let mut running = tokio::task::JoinSet::new();
+        let mut failed = false;
+        loop {
+            while !failed && running.len() < concurrency.max(1) {
+                let Some(id) = next.next() else { break };
+                let (me, client) = (self.clone(), client.clone());
+                running.spawn(async move { (id, me.relay_one(id, &client).await) });
+            }
+            let Some(joined) = running.join_next().await else {
+                break;
             };
-            match client
-                .post_answer(id, &meta.outcome, &meta.node, bytes)
-                .await
-            {
-                Ok(ack) => {
-                    self.remove(id);
-                    match ack {
-                        AnswerAck::Stored => pass.stored.push(id),
-                        AnswerAck::Duplicate => pass.duplicates.push(id),
-                    }
-                }
-                Err(e) if e.is_transient() => {
-                    tracing::warn!(job = id, error = %chain(&e), "answer relay failed; will retry");
-                    pass.remaining = ids.len() - i;
-                    return Ok(pass);
-                }
-                Err(e) => {
-                    tracing::error!(job = id, error = %chain(&e), "web server refused the answer; moved aside");
-                    self.reject(id);
-                    pass.rejected.push(id);
+            let Ok((id, result)) = joined else { continue };
+            match result {
+                Relayed::Gone => {}
+                Relayed::Acked(AnswerAck::Stored) => pass.stored.push(id),
+                Relayed::Acked(AnswerAck::Duplicate) => pass.duplicates.push(id),
+                Relayed::Rejected => pass.rejected.push(id),
+                Relayed::Retry => {
+                    failed = true;
+                    pass.remaining += 1;
                 }
             }
         }
+        pass.remaining += next.len();
         Ok(pass)
+    }
+
+    /// Uploads one spooled answer and removes it once acknowledged.
+    async fn relay_one(self: Arc<Self>, id: i64, client: &WebServerClient) -> Relayed {
+        let me = self.clone();
+        let loaded = tokio::task::spawn_blocking(move || me.load(id))
+            .await
+            .expect("spool read task");
+        let (meta, bytes) = match loaded {
+            Ok(Some(x)) => x,
+            Ok(None) => return Relayed::Gone,
+            Err(e) => {
+                tracing::error!(job = id, error = %chain(&e), "unreadable spooled answer; moved aside");
+                self.reject(id);
+                return Relayed::Rejected;
+            }
+        };
+        match client
+            .post_answer(id, &meta.outcome, &meta.node, bytes)
+            .await
+        {
+            Ok(ack) => {
+                self.remove(id);
+                Relayed::Acked(ack)
+            }
+            Err(e) if e.is_transient() => {
+                tracing::warn!(job = id, error = %chain(&e), "answer relay failed; will retry");
+                Relayed::Retry
+            }
+            Err(e) => {
+                tracing::error!(job = id, error = %chain(&e), "web server refused the answer; moved aside");
+                self.reject(id);
+                Relayed::Rejected
+            }
+        }
     }
 
     /// The relay task: relays what is on disk at once (answers left by a previous run), then
@@ -254,7 +290,7 @@ impl AnswerSpool {
         tokio::spawn(async move {
             let mut backoff = Backoff::new(opts.retry_base, opts.retry_cap);
             loop {
-                match me.relay_once(&client).await {
+                match me.relay_once(&client, opts.concurrency).await {
                     Ok(pass) if pass.remaining > 0 => {
                         tokio::time::sleep(backoff.next_delay()).await;
                         continue;

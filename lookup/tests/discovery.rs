@@ -104,7 +104,7 @@ fn find(nodes: &[NodeView], id: &str) -> Option<NodeView> {
 
 fn config(id: &str, port: u16) -> AnnouncerConfig {
     AnnouncerConfig {
-        groups: vec!["default".into(), "fast".into()],
+        groups: vec!["/compute".into(), "/compute/fast".into()],
         interval: INTERVAL,
         interfaces: Some(vec![IfKind::LoopbackV4]),
         ..AnnouncerConfig::new(id, port, 1500, 2)
@@ -170,7 +170,10 @@ fn inner_discovery() {
         (n.port, n.mflops, n.free_slots, n.total_slots),
         (7001, 1500, 2, 2)
     );
-    assert_eq!(n.groups, vec!["default".to_owned(), "fast".to_owned()]);
+    assert_eq!(
+        n.groups,
+        vec!["/compute".to_owned(), "/compute/fast".to_owned()]
+    );
     assert!(
         n.addresses.contains(&IpAddr::V4(Ipv4Addr::LOCALHOST)),
         "addresses {:?}",

@@ -241,6 +241,7 @@ fn spooled_answers_survive_a_web_server_outage_exactly_once() {
                 retry_base: Duration::from_millis(100),
                 retry_cap: Duration::from_millis(500),
                 rescan: Duration::from_secs(10),
+                concurrency: 4,
             },
         )
     };

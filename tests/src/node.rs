@@ -93,6 +93,9 @@ impl ComputeNode {
             "127.0.0.1:0",
             "--slots",
             &slots,
+            // Never an mDNS daemon on the host's network (docs/discovery.md): tests that
+            // announce run in a private network namespace.
+            "--no-announce",
         ]);
         if let Some(id) = setup.node_id {
             cmd.args(["--node-id", id]);

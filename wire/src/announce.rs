@@ -101,6 +101,20 @@ pub fn valid_name(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
 }
 
+/// Whether `g` is a node group as manifests write them: `/seg[/seg…]`, each segment of
+/// `[a-z0-9_-]`, at most 64 bytes in all.
+pub fn valid_group(g: &str) -> bool {
+    g.len() <= MAX_NAME
+        && g.strip_prefix('/').is_some_and(|rest| {
+            rest.split('/').all(|seg| {
+                !seg.is_empty()
+                    && seg.bytes().all(|c| {
+                        c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'_' | b'-')
+                    })
+            })
+        })
+}
+
 fn bad(key: &'static str, reason: impl Into<String>) -> AnnounceError {
     AnnounceError::BadField {
         key,
@@ -118,7 +132,7 @@ impl Announcement {
             return Err(bad("groups", format!("more than {MAX_GROUPS} groups")));
         }
         for g in &self.groups {
-            if !valid_name(g) {
+            if !valid_group(g) {
                 return Err(bad("groups", format!("bad group name {g:?}")));
             }
         }
@@ -291,7 +305,7 @@ mod tests {
             mflops: 1234,
             free_slots: 1,
             total_slots: 2,
-            groups: vec!["default".into(), "gpu".into()],
+            groups: vec!["/compute".into(), "/compute/gpu".into()],
             timestamp_ms: 1_700_000_000_000,
             seq: 7,
         }
@@ -365,13 +379,13 @@ mod tests {
     #[test]
     fn limits_on_signing() {
         let too_many = Announcement {
-            groups: (0..17).map(|i| format!("g{i}")).collect(),
+            groups: (0..17).map(|i| format!("/g{i}")).collect(),
             ..sample()
         };
         assert!(too_many.to_txt(toy_sign).is_err());
         // 16 groups of 64 chars exceed 255 bytes in one TXT entry.
         let too_long = Announcement {
-            groups: (0..16).map(|i| format!("{i:0>64}")).collect(),
+            groups: (0..16).map(|i| format!("/{i:0>63}")).collect(),
             ..sample()
         };
         assert!(matches!(
@@ -399,7 +413,7 @@ mod tests {
             ("mflops", "99999"),
             ("free", "2"),
             ("total", "3"),
-            ("groups", "default"),
+            ("groups", "/compute"),
             ("ts", "1700000000001"),
             ("seq", "8"),
         ];

@@ -8,6 +8,7 @@
 //! * [`node`]: the framed job protocol between a lookup server and a compute node
 //!   (`docs/compute-protocol.md`).
 //! * [`shutdown`]: the stop signal every RJS server obeys.
+//! * [`status`]: the lookup server's local status socket (node panel, `why`).
 //! * [`tls`]: loading PEM certificates and keys, and building rustls client and server
 //!   configurations that trust only the grid's own CAs.
 
@@ -18,4 +19,5 @@ pub mod node;
 #[cfg(feature = "pki")]
 pub mod pki;
 pub mod shutdown;
+pub mod status;
 pub mod tls;

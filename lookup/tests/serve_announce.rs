@@ -1,0 +1,452 @@
+//! `rjs-compute serve` announces itself by mDNS: the real binaries (`rjs-lookup init`,
+//! `serve-enrol`, `token`, `nodes remove`; `rjs-compute join`, `serve`) and the lookup's
+//! [`Browser`] with the enrolment registry as its key directory, inside a private network
+//! namespace.
+//!
+//! The mdns-sd daemon joins its multicast groups on every interface as soon as it is created,
+//! so no daemon (and no announcing `rjs-compute serve`) may ever run on the host's network
+//! stack. The outer test re-executes this test binary inside `unshare --net` (loopback up,
+//! multicast routed to it) with `RJS_DISCOVERY_IN_NETNS` set; the inner test is `#[ignore]`d
+//! and refuses to start anything unless that variable is set AND the only interface it sees
+//! is `lo` (the pattern of `discovery.rs`).
+//!
+//! Needs the `rjs-compute` binary next to `rjs-lookup`
+//! (`cargo build -p rjs-compute --bins`, or `cargo test -p rjs-lookup -p rjs-compute`).
+
+use std::io::{BufRead, BufReader};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use mdns_sd::IfKind;
+use rjs_e2e::{Proc, bin, pack, run_ok, sha256_hex, spawn_listening};
+use rjs_lookup::discovery::{Browser, DiscoveryConfig, NodeView};
+use rjs_lookup::dispatch::{JobOffer, JobOutcome, NodeClient};
+use rjs_lookup::enrol::{self, Registry};
+use rjs_signer::keys::{KeyPair, PublicKey};
+
+const GUARD: &str = "RJS_DISCOVERY_IN_NETNS";
+const INTERVAL: Duration = Duration::from_millis(200);
+/// The browser's lease TTL: 3 intervals.
+const TTL: Duration = Duration::from_millis(600);
+const MFLOPS: u64 = 1234;
+
+/// Runs `inner` (an ignored test of this binary) inside a fresh network namespace, in its
+/// own process group so that a timeout kills whatever it started too.
+fn run_in_netns(inner: &str) {
+    let probe = Command::new("unshare")
+        .args(["--net", "true"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    if !matches!(probe, Ok(s) if s.success()) {
+        eprintln!("NOTE: skipping {inner}: `unshare --net` is not possible on this machine");
+        return;
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    let mut child = Command::new("unshare")
+        .args([
+            "--net",
+            "sh",
+            "-c",
+            "ip link set lo up && ip link set lo multicast on && ip route add 224.0.0.0/4 dev lo \
+             && exec \"$0\" --exact \"$1\" --nocapture --ignored --test-threads=1",
+        ])
+        .arg(&exe)
+        .arg(inner)
+        .env(GUARD, "1")
+        .process_group(0)
+        .spawn()
+        .expect("spawning unshare");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("waiting") {
+            break s;
+        }
+        if Instant::now() > deadline {
+            // The whole group: the test and the servers it started.
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{}", child.id())])
+                .status();
+            let _ = child.wait();
+            panic!("{inner} timed out in the network namespace");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        status.success(),
+        "{inner} failed inside the namespace: {status}"
+    );
+}
+
+/// True only when re-executed by [`run_in_netns`] in a namespace whose only link is `lo`.
+fn in_private_netns() -> bool {
+    if std::env::var_os(GUARD).is_none() {
+        eprintln!("NOTE: this test only runs inside a private netns (via its outer test)");
+        return false;
+    }
+    // /proc/self/net/dev lists the links of this process's network namespace.
+    let dev = std::fs::read_to_string("/proc/self/net/dev").unwrap_or_default();
+    let links: Vec<String> = dev
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split(':').next())
+        .map(|n| n.trim().to_owned())
+        .collect();
+    assert_eq!(
+        links,
+        vec!["lo".to_owned()],
+        "not a private netns: {links:?}"
+    );
+    true
+}
+
+fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn find(browser: &Browser, id: &str) -> Option<NodeView> {
+    browser.nodes().into_iter().find(|n| n.node_id == id)
+}
+
+/// A running `rjs-compute serve` and its standard output, line by line.
+struct Serving {
+    proc: Proc,
+    lines: Receiver<String>,
+    /// When the ready line was read.
+    ready_at: Instant,
+    addr: SocketAddr,
+}
+
+impl Serving {
+    /// The next line of standard output, within `timeout`.
+    fn line(&self, timeout: Duration) -> String {
+        match self.lines.recv_timeout(timeout) {
+            Ok(l) => l,
+            Err(RecvTimeoutError::Timeout) => panic!("no output within {timeout:?}"),
+            Err(RecvTimeoutError::Disconnected) => panic!("rjs-compute serve exited"),
+        }
+    }
+}
+
+/// `rjs-compute serve` on loopback, announcing on `lo` every 200 ms; waits for its ready line.
+fn serve(node: &Path, id: &str) -> Serving {
+    let mut child = Command::new(bin("rjs-compute"))
+        .arg("serve")
+        .arg("--data")
+        .arg(node)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--interface",
+            "lo",
+            "--announce-interval",
+            "200ms",
+            "--slots",
+            "2",
+            "--unknown-authors",
+            "refuse",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("starting rjs-compute serve");
+    let stdout = child.stdout.take().expect("stdout");
+    let proc = Proc { child };
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut serving = Serving {
+        proc,
+        lines,
+        ready_at: Instant::now(),
+        addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+    };
+    let ready = serving.line(Duration::from_secs(30));
+    serving.ready_at = Instant::now();
+    let prefix = format!("node {id} ({MFLOPS} MFLOPS, 2 slots) listening on ");
+    let addr = ready
+        .strip_prefix(&prefix)
+        .unwrap_or_else(|| panic!("ready line {ready:?}, expected {prefix:?}…"));
+    serving.addr = addr.parse().expect("listening address");
+    assert_eq!(serving.addr.ip(), IpAddr::V4(Ipv4Addr::LOCALHOST));
+    assert_ne!(serving.addr.port(), 0);
+    assert_eq!(
+        serving.line(Duration::from_secs(5)),
+        format!("announcing {id} on mDNS every 200ms")
+    );
+    serving
+}
+
+/// Asserts that the browser shows the node serving at `s.addr`, within 1 s of its ready line.
+fn appears(browser: &Browser, id: &str, s: &Serving) -> NodeView {
+    let n = wait_for(
+        &format!("{id} to be discovered"),
+        Duration::from_secs(5),
+        || find(browser, id).filter(|n| n.port == s.addr.port()),
+    );
+    let took = s.ready_at.elapsed();
+    assert!(
+        took <= Duration::from_secs(1),
+        "discovered {took:?} after the ready line"
+    );
+    assert_eq!(
+        (n.port, n.total_slots, n.free_slots, n.mflops),
+        (s.addr.port(), 2, 2, MFLOPS)
+    );
+    assert!(n.mflops > 0);
+    // The default group.
+    assert_eq!(n.groups, vec!["/compute".to_owned()]);
+    assert!(
+        n.addresses.contains(&IpAddr::V4(Ipv4Addr::LOCALHOST)),
+        "addresses {:?}",
+        n.addresses
+    );
+    n
+}
+
+/// Asserts that the node's lease ends within the TTL + 0.5 s of `since`.
+fn disappears(browser: &Browser, id: &str, since: Instant) {
+    wait_for(
+        &format!("{id}'s lease to expire"),
+        TTL + Duration::from_secs(3),
+        || find(browser, id).is_none().then_some(()),
+    );
+    let took = since.elapsed();
+    assert!(
+        took <= TTL + Duration::from_millis(500),
+        "{id} removed {took:?} after it stopped"
+    );
+}
+
+/// The lookup's mutual-TLS client configuration for nodes, from its data directory.
+fn lookup_client_tls(lookup: &Path) -> Arc<rustls::ClientConfig> {
+    let ca = rjs_wire::tls::load_certs(&lookup.join(enrol::CA_FILE)).unwrap();
+    let chain = rjs_wire::tls::load_certs(&lookup.join(enrol::CLIENT_CERT_FILE)).unwrap();
+    let leaf: Vec<_> = chain.into_iter().filter(|c| !ca.contains(c)).collect();
+    let key = rjs_wire::tls::load_key(&lookup.join(enrol::CLIENT_KEY_FILE)).unwrap();
+    Arc::new(rjs_wire::tls::client_config(&ca, Some((leaf, key))).unwrap())
+}
+
+/// Runs `evil-loop` (spins until its 2 s time limit) on the node over mutual TLS, on a
+/// thread of its own.
+fn run_loop_job(
+    lookup: &Path,
+    id: &str,
+    addr: SocketAddr,
+    author: &KeyPair,
+) -> std::thread::JoinHandle<JobOutcome> {
+    let tls = lookup_client_tls(lookup);
+    let bundle = pack("evil-loop", author);
+    let offer = JobOffer {
+        job_id: 1,
+        bundle_sha256: sha256_hex(&bundle),
+        bundle: Arc::new(bundle),
+        task: 0,
+    };
+    let id = id.to_owned();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut client = NodeClient::new(id, addr, tls);
+            tokio::time::timeout(
+                Duration::from_secs(30),
+                client.run_job(&offer, Duration::from_secs(2)),
+            )
+            .await
+            .expect("the job took longer than 30 s")
+            .expect("the job ran")
+        })
+    })
+}
+
+#[test]
+fn serve_announce_in_private_netns() {
+    run_in_netns("inner_serve_announce");
+}
+
+#[test]
+#[ignore = "runs only inside a private network namespace, via serve_announce_in_private_netns"]
+fn inner_serve_announce() {
+    if !in_private_netns() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let lookup: PathBuf = tmp.path().join("lookup");
+    let node: PathBuf = tmp.path().join("node");
+    let lookup_exe = PathBuf::from(env!("CARGO_BIN_EXE_rjs-lookup"));
+
+    // Enrolment: init, serve-enrol, token, join.
+    run_ok(
+        Command::new(&lookup_exe)
+            .arg("init")
+            .arg("--data")
+            .arg(&lookup),
+    )
+    .unwrap();
+    let (mut enrol_server, enrol_addr) = spawn_listening(
+        Command::new(&lookup_exe)
+            .args(["serve-enrol", "--listen", "127.0.0.1:0", "--data"])
+            .arg(&lookup)
+            .stdin(Stdio::null()),
+        "listening on ",
+    )
+    .unwrap();
+    let token = run_ok(
+        Command::new(&lookup_exe)
+            .args(["token", "--addr", &enrol_addr, "--data"])
+            .arg(&lookup),
+    )
+    .unwrap();
+    let joined = run_ok(
+        Command::new(bin("rjs-compute"))
+            .arg("join")
+            .arg(token.trim())
+            .arg("--data")
+            .arg(&node)
+            .args(["--host", "127.0.0.1"])
+            .stdin(Stdio::null()),
+    )
+    .unwrap();
+    enrol_server.kill9();
+    let id = std::fs::read_to_string(node.join("node-id"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    assert!(
+        joined.starts_with(&format!("enrolled as {id};")),
+        "{joined}"
+    );
+    // A stored benchmark result: the node does not spend a second measuring.
+    std::fs::write(
+        node.join("bench.json"),
+        serde_json::json!({
+            "mflops": MFLOPS as f64, "n": 500, "runs": 3, "seconds": 1.0, "residual": 0.5,
+            "measured_at": rjs_signer::unix_now(), "program_version": env!("CARGO_PKG_VERSION"),
+        })
+        .to_string(),
+    )
+    .unwrap();
+
+    let author = KeyPair::generate();
+    run_ok(
+        Command::new(bin("rjs-compute"))
+            .args([
+                "trust",
+                "add",
+                &author.public().to_base64(),
+                "--name",
+                "author",
+            ])
+            .arg("--data")
+            .arg(&node)
+            .stdin(Stdio::null()),
+    )
+    .unwrap();
+
+    // The lookup's browser; keys from the enrolment registry, read at every announcement
+    // (so `nodes remove` takes effect at once).
+    let registry = lookup.clone();
+    let keys = move |node_id: &str| -> Option<PublicKey> {
+        let reg = Registry::load(&registry).ok()?;
+        let rec = reg.get(node_id)?;
+        if rec.revoked_at.is_some() {
+            return None;
+        }
+        PublicKey::parse(&rec.node_key).ok().map(|(k, _)| k)
+    };
+    let browser = Browser::start(
+        DiscoveryConfig {
+            interfaces: Some(vec![IfKind::Name("lo".into())]),
+            ..DiscoveryConfig::with_interval(INTERVAL)
+        },
+        Arc::new(keys),
+    )
+    .unwrap();
+
+    // 1. Discovered with the bound port, slots and speed, within 1 s of the ready line; a
+    //    SIGTERM stops it cleanly and its lease ends within the TTL.
+    let mut s = serve(&node, &id);
+    let n = appears(&browser, &id, &s);
+    eprintln!("discovered: {n:?}");
+    // It keeps renewing.
+    std::thread::sleep(TTL * 2);
+    let n = find(&browser, &id).expect("a renewing node stays");
+    assert!(n.age_ms <= 3 * INTERVAL.as_millis() as u64, "{n:?}");
+    // The renewals carry the live free slots: 1 while a job holds a slot, then 2 again.
+    let job = run_loop_job(&lookup, &id, s.addr, &author);
+    wait_for(
+        "a busy slot in the announcements",
+        Duration::from_secs(10),
+        || find(&browser, &id).filter(|n| n.free_slots == 1),
+    );
+    match job.join().unwrap() {
+        JobOutcome::Answer { outcome, .. } => eprintln!("the job: {outcome}"),
+        JobOutcome::Refused { code, reason } => panic!("refused ({code:?}): {reason}"),
+    }
+    wait_for("the slot to be free again", Duration::from_secs(3), || {
+        find(&browser, &id).filter(|n| n.free_slots == 2)
+    });
+    let stopped = Instant::now();
+    assert_eq!(s.proc.terminate(Duration::from_secs(10)).unwrap(), Some(0));
+    disappears(&browser, &id, stopped);
+    // Records younger than 1 s survive an mDNS cache flush (RFC 6762 10.2): let them age
+    // so that the next start is seen as an update.
+    std::thread::sleep(Duration::from_millis(1100));
+
+    // 2. Restarted: discovered again; after SIGKILL (no goodbye) it is gone within the TTL.
+    let mut s = serve(&node, &id);
+    appears(&browser, &id, &s);
+    let killed = Instant::now();
+    s.proc.kill9();
+    disappears(&browser, &id, killed);
+    std::thread::sleep(Duration::from_millis(1100));
+
+    // 3. Revoked (`rjs-lookup nodes remove`): a freshly started node's announcements are
+    //    dropped as signed by an unknown key.
+    let removed = run_ok(
+        Command::new(&lookup_exe)
+            .args(["nodes", "remove", &id, "--data"])
+            .arg(&lookup),
+    )
+    .unwrap();
+    assert!(removed.contains(&id), "{removed}");
+    let before = browser.drops().unknown_key;
+    let s = serve(&node, &id);
+    wait_for("unknown-key drops", Duration::from_secs(5), || {
+        (browser.drops().unknown_key > before).then_some(())
+    });
+    // Several renewals later it is still not a node.
+    std::thread::sleep(INTERVAL * 4);
+    assert!(find(&browser, &id).is_none(), "a revoked node was accepted");
+    assert!(
+        browser.drops().unknown_key >= before + 2,
+        "drops {:?}",
+        browser.drops()
+    );
+    drop(s);
+    let d = browser.drops();
+    eprintln!("drops: {d:?}");
+    assert_eq!((d.bad_signature, d.malformed, d.unsigned), (0, 0, 0));
+    browser.shutdown();
+}

@@ -1,0 +1,508 @@
+//! `rjs demo`: the whole grid on this machine, computing the Mandelbrot sample's 8 tiles and
+//! stitching them into one image. See `docs/demo.md`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use indicatif::{ProgressBar, ProgressStyle};
+use rjs_signer::answer::{AnswerLimits, Ending, verify_answer};
+use rjs_wire::api::{JobState, JobView};
+
+use crate::grid::{self, GridOptions, LocalGrid, NodesResponse, netns};
+use crate::signals;
+
+/// Exit status when no private network namespace can be made (and `--lan` was not given).
+pub const EXIT_NO_NETNS: u8 = 2;
+/// Exit status after Ctrl-C / SIGTERM (128 + SIGINT).
+pub const EXIT_INTERRUPTED: u8 = 130;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct DemoArgs {
+    /// Lay the grid out in DIR (new or empty; kept afterwards) [default: a new temporary
+    /// folder, removed at the end unless --keep].
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Where to write the stitched image.
+    #[arg(long, short, value_name = "PNG", default_value = "mandelbrot.png")]
+    pub out: PathBuf,
+    /// Run on this machine's own network instead of a private network namespace (the mDNS
+    /// daemons then join multicast groups on every interface of this machine).
+    #[arg(long)]
+    pub lan: bool,
+    /// Keep the grid's folder (logs, data directories, answers) at the end.
+    #[arg(long)]
+    pub keep: bool,
+    /// Compute nodes to start.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=32))]
+    pub nodes: u16,
+    /// Slots (concurrent jobs) per node.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub slots: u32,
+    /// Give up if the tasks are not all done after this many seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 300)]
+    pub timeout: u64,
+    /// The job folder to run [default: <target>/rjs-samples/mandelbrot, built with
+    /// samples/build.sh if missing]. Its tasks must each write out/tile-<index>.png.
+    #[arg(long, value_name = "DIR")]
+    pub job: Option<PathBuf>,
+    /// Where rjs-webserver, rjs-lookup and rjs-compute are [default: next to rjs].
+    #[arg(long, value_name = "DIR")]
+    pub bin_dir: Option<PathBuf>,
+}
+
+/// One verified tile.
+#[derive(Debug, Clone)]
+struct TileRow {
+    task: u32,
+    node: String,
+    wall_ms: u64,
+    path: PathBuf,
+}
+
+/// Runs the demo; returns the process exit status.
+pub fn run(args: &DemoArgs) -> u8 {
+    // Everything that may need the network (building the samples fetches crates) happens
+    // before the namespace; nothing before it may start a thread.
+    let job = match job_folder(args) {
+        Ok(j) => j,
+        Err(e) => {
+            eprintln!("rjs demo: error: {e:#}");
+            return 1;
+        }
+    };
+    if args.lan {
+        println!(
+            "network: --lan: this machine's own network stack (no private namespace); nodes \
+             announce on lo, but the mDNS daemons join multicast groups on every interface"
+        );
+    } else {
+        match netns::enter_private() {
+            Ok(kind) => println!(
+                "network: {kind} with only lo (multicast routed to it): nothing leaves this \
+                 machine"
+            ),
+            Err(e) => {
+                eprintln!(
+                    "rjs demo: cannot run the grid in a private network namespace: {e:#}\n\
+                     The grid's mDNS must not reach this machine's networks, so the demo \
+                     stops here. Run it as root or where unprivileged user namespaces are \
+                     allowed, or pass --lan to run on this machine's own network."
+                );
+                return EXIT_NO_NETNS;
+            }
+        }
+    }
+    if let Err(e) = signals::install() {
+        eprintln!("rjs demo: error: installing the Ctrl-C handler: {e}");
+        return 1;
+    }
+
+    // The grid's folder.
+    let (dir, temp) = match &args.dir {
+        Some(d) => (d.clone(), None),
+        None => match tempfile::Builder::new().prefix("rjs-demo-").tempdir() {
+            Ok(t) => (t.path().to_owned(), Some(t)),
+            Err(e) => {
+                eprintln!("rjs demo: error: creating a temporary folder: {e}");
+                return 1;
+            }
+        },
+    };
+
+    let started = Instant::now();
+    let mut grid: Option<LocalGrid> = None;
+    let outcome = demo(args, &job, &dir, &mut grid, started);
+    let stopped = Instant::now();
+    let stop_result = grid.as_mut().map(LocalGrid::stop);
+    drop(grid);
+    let stop_ms = stopped.elapsed().as_millis();
+
+    let mut code = match &outcome {
+        Ok(true) => 0,
+        Ok(false) => 1,
+        Err(e) => {
+            eprintln!("rjs demo: error: {e:#}");
+            if signals::received().is_some() {
+                EXIT_INTERRUPTED
+            } else {
+                1
+            }
+        }
+    };
+    match stop_result {
+        None => {}
+        Some(Ok(())) => println!("grid stopped in {stop_ms} ms"),
+        Some(Err(e)) => {
+            eprintln!("rjs demo: {e:#}");
+            if code == 0 {
+                code = 1;
+            }
+        }
+    }
+    match temp {
+        Some(t) if args.keep || code != 0 => {
+            let kept = t.keep();
+            println!(
+                "the grid's folder is kept: {} (logs in logs/)",
+                kept.display()
+            );
+        }
+        Some(t) => {
+            if let Err(e) = t.close() {
+                eprintln!("rjs demo: could not remove {}: {e}", dir.display());
+            }
+        }
+        None => println!("the grid's folder: {} (logs in logs/)", dir.display()),
+    }
+    code
+}
+
+/// Starts the grid (into `slot`, so that the caller stops it whatever happens), runs the job,
+/// verifies and stitches. `Ok(false)`: it ran, but not every task gave a verified exit-0
+/// tile.
+fn demo(
+    args: &DemoArgs,
+    job: &Path,
+    dir: &Path,
+    slot: &mut Option<LocalGrid>,
+    started: Instant,
+) -> Result<bool> {
+    let mut opts = GridOptions::new(dir);
+    opts.nodes = usize::from(args.nodes);
+    opts.slots_per_node = args.slots;
+    opts.bin_dir = args.bin_dir.clone();
+    opts.require_private_netns = !args.lan;
+    opts.on_step = Some(Arc::new(|s: &str| println!("  {s}")));
+    println!("starting the grid in {}", dir.display());
+    let grid = slot.insert(LocalGrid::start(opts)?);
+    let grid_ms = started.elapsed().as_millis();
+    println!("grid up in {grid_ms} ms");
+
+    // Pack and upload.
+    let bundle = grid.pack(job)?;
+    let up = grid.upload(&bundle)?;
+    println!(
+        "uploaded {} ({}): bundle {}, {} tasks, jobs {}",
+        bundle
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        up.name,
+        &up.bundle_id[..12],
+        up.tasks,
+        up.jobs
+            .iter()
+            .map(|j| j.id.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let submitted = Instant::now();
+
+    // Wait for every task, showing progress.
+    let jobs = wait_all(
+        grid,
+        &up.bundle_id,
+        up.tasks,
+        Duration::from_secs(args.timeout),
+    )?;
+    let compute_ms = submitted.elapsed().as_millis();
+    println!("all {} tasks finished in {compute_ms} ms", up.tasks);
+
+    // Fetch and verify the answers, extract the tiles.
+    let fetch_start = Instant::now();
+    let answers_dir = dir.join("answers");
+    let fetched = grid.fetch_answers(&answers_dir)?;
+    let tiles_dir = dir.join("tiles");
+    std::fs::create_dir_all(&tiles_dir)
+        .with_context(|| format!("creating {}", tiles_dir.display()))?;
+    let mut tiles = Vec::new();
+    let mut all_ok = true;
+    for job in &jobs {
+        if job.state != JobState::Done {
+            println!(
+                "task {}: {} ({})",
+                job.task,
+                job.state.as_str(),
+                job.reason.as_deref().unwrap_or("no reason given")
+            );
+            all_ok = false;
+            continue;
+        }
+        let Some(answer) = fetched
+            .iter()
+            .find(|a| a.job.id == job.id)
+            .map(|a| a.path.clone())
+        else {
+            println!("task {}: the answer was not fetched", job.task);
+            all_ok = false;
+            continue;
+        };
+        match check_answer(grid, &up.bundle_id, job, &answer, &tiles_dir) {
+            Ok(row) => tiles.push(row),
+            Err(e) => {
+                println!("task {}: {e:#}", job.task);
+                all_ok = false;
+            }
+        }
+    }
+    let fetch_ms = fetch_start.elapsed().as_millis();
+    println!(
+        "{} of {} answers fetched and verified (node signature, bundle, task, node key) in \
+         {fetch_ms} ms",
+        tiles.len(),
+        up.tasks
+    );
+
+    // The panel, the table, the image.
+    let panel = grid.nodes_panel()?;
+    println!();
+    print_panel(&panel);
+    println!();
+    print_tiles(&tiles);
+    println!();
+    if !all_ok || tiles.len() != up.tasks as usize {
+        println!("not every task gave a verified tile: no image written");
+        return Ok(false);
+    }
+    tiles.sort_by_key(|t| t.task);
+    let stitch_start = Instant::now();
+    let paths: Vec<PathBuf> = tiles.iter().map(|t| t.path.clone()).collect();
+    let image = grid::stitch(&paths)?;
+    let png = image.encode_png()?;
+    write_out(&args.out, &png)?;
+    let shown = std::fs::canonicalize(&args.out).unwrap_or_else(|_| args.out.clone());
+    println!(
+        "image: {} ({}x{}, {} tiles stitched in {} ms)",
+        shown.display(),
+        image.width,
+        image.height,
+        tiles.len(),
+        stitch_start.elapsed().as_millis()
+    );
+    println!(
+        "timings: grid start {grid_ms} ms, compute {compute_ms} ms, fetch + verify {fetch_ms} \
+         ms, total {} ms",
+        started.elapsed().as_millis()
+    );
+    Ok(true)
+}
+
+/// Polls the job list until every job of `bundle` is done or failed; shows a progress bar
+/// and one line per finished task.
+fn wait_all(grid: &LocalGrid, bundle: &str, tasks: u32, timeout: Duration) -> Result<Vec<JobView>> {
+    let bar = ProgressBar::new(u64::from(tasks));
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] [{bar:32}] {pos}/{len} tasks  {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    bar.enable_steady_tick(Duration::from_millis(120));
+    let deadline = Instant::now() + timeout;
+    let mut reported = std::collections::HashSet::new();
+    let result = loop {
+        let jobs: Vec<JobView> = match grid.api().jobs(Some(bundle)) {
+            Ok(list) => list.jobs,
+            Err(e) => break Err(e.context("reading the job list")),
+        };
+        let mut counts = [0usize; 4];
+        for j in &jobs {
+            counts[j.state as usize] += 1;
+            if j.state.is_final() && reported.insert(j.id) {
+                let outcome = match j.state {
+                    JobState::Done => format!(
+                        "done on {}: {}",
+                        j.node.as_deref().unwrap_or("?"),
+                        j.outcome.as_deref().unwrap_or("?")
+                    ),
+                    _ => format!("FAILED: {}", j.reason.as_deref().unwrap_or("no reason")),
+                };
+                bar.println(format!("  task {} {outcome}", j.task));
+                bar.inc(1);
+            }
+        }
+        bar.set_message(format!(
+            "{} queued, {} running",
+            counts[JobState::Queued as usize],
+            counts[JobState::Leased as usize]
+        ));
+        if jobs.len() >= tasks as usize && jobs.iter().all(|j| j.state.is_final()) {
+            let mut jobs = jobs;
+            jobs.sort_by_key(|j| j.task);
+            break Ok(jobs);
+        }
+        if let Err(e) = signals::check() {
+            break Err(e.context("waiting for the tasks"));
+        }
+        if Instant::now() >= deadline {
+            break Err(anyhow::anyhow!(
+                "the tasks were not all done within {timeout:?} ({} done or failed of {tasks}); \
+                 see the logs in {}",
+                reported.len(),
+                grid.dir().join("logs").display()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    bar.finish_and_clear();
+    result
+}
+
+/// Verifies one answer completely and extracts its tile.
+fn check_answer(
+    grid: &LocalGrid,
+    bundle: &str,
+    job: &JobView,
+    answer: &Path,
+    tiles_dir: &Path,
+) -> Result<TileRow> {
+    let bytes = rjs_signer::fsutil::read_bounded(answer, AnswerLimits::default().max_answer_bytes)
+        .with_context(|| format!("reading {}", answer.display()))?;
+    let verified = verify_answer(&bytes, &AnswerLimits::default())
+        .map_err(|e| anyhow::anyhow!("{}: REFUSED {}: {}", answer.display(), e.rule(), e))?;
+    let r = verified.result();
+    ensure!(
+        r.bundle_sha256 == bundle && r.task_index == job.task,
+        "the answer is for task {} of bundle {}, not task {} of {}",
+        r.task_index,
+        r.bundle_sha256,
+        job.task,
+        bundle
+    );
+    ensure!(
+        job.node.as_deref() == Some(r.node_id.as_str()),
+        "the answer was signed by node {}, the web server says node {}",
+        r.node_id,
+        job.node.as_deref().unwrap_or("?")
+    );
+    let index = grid
+        .node_index(&r.node_id)
+        .with_context(|| format!("node {} is not a node of this grid", r.node_id))?;
+    ensure!(
+        *verified.public_key() == grid.node_public_key(index)?,
+        "the answer is signed by key {}, which is not {}'s node key",
+        verified.fingerprint(),
+        r.node_id
+    );
+    if r.ending != (Ending::Exit { code: 0 }) {
+        bail!(
+            "the task ended with {} (stderr: {})",
+            r.ending.summary(),
+            String::from_utf8_lossy(verified.stderr()).trim()
+        );
+    }
+    let name = format!("tile-{}.png", job.task);
+    let (_, png) = verified
+        .out_files()
+        .iter()
+        .find(|(p, _)| *p == name)
+        .with_context(|| format!("the answer holds no out/{name}"))?;
+    let path = tiles_dir.join(&name);
+    rjs_signer::fsutil::write_atomic(&path, png, 0o644)
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(TileRow {
+        task: job.task,
+        node: r.node_id.clone(),
+        wall_ms: r.wall_ms,
+        path,
+    })
+}
+
+fn write_out(out: &Path, png: &[u8]) -> Result<()> {
+    if let Some(parent) = out.parent()
+        && !parent.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    rjs_signer::fsutil::write_atomic(out, png, 0o644)
+        .with_context(|| format!("writing {}", out.display()))
+}
+
+/// The lookup's node panel as a table.
+pub fn print_panel(panel: &NodesResponse) {
+    println!(
+        "{:<10} {:<22} {:>7} {:>10} {:>5} {:>5} {:>6} {:>8}  GROUPS",
+        "NODE", "ADDRESS", "MFLOPS", "FREE/SLOTS", "BUSY", "DONE", "FAILED", "AGE"
+    );
+    for r in &panel.nodes {
+        let addr = match r.addresses.first() {
+            Some(a) if a.contains(':') => format!("[{a}]:{}", r.port),
+            Some(a) => format!("{a}:{}", r.port),
+            None => format!("?:{}", r.port),
+        };
+        println!(
+            "{:<10} {:<22} {:>7} {:>10} {:>5} {:>5} {:>6} {:>6}ms  {}",
+            r.node_id,
+            addr,
+            r.mflops,
+            format!("{}/{}", r.free_slots, r.total_slots),
+            r.busy,
+            r.done,
+            r.failed,
+            r.age_ms,
+            r.groups.join(",")
+        );
+    }
+}
+
+fn print_tiles(tiles: &[TileRow]) {
+    println!("{:<6} {:<10} {:>9}", "TILE", "NODE", "TIME");
+    for t in tiles {
+        println!("{:<6} {:<10} {:>6} ms", t.task, t.node, t.wall_ms);
+    }
+}
+
+/// The job folder: `--job`, else the built Mandelbrot sample (building it if missing).
+fn job_folder(args: &DemoArgs) -> Result<PathBuf> {
+    if let Some(j) = &args.job {
+        ensure!(
+            j.join("manifest.json").is_file(),
+            "{} is not a job folder (no manifest.json)",
+            j.display()
+        );
+        return Ok(j.clone());
+    }
+    let job = grid::workspace_target_dir()
+        .join("rjs-samples")
+        .join("mandelbrot");
+    if job.join("manifest.json").is_file() && job.join("mandelbrot.wasm").is_file() {
+        return Ok(job);
+    }
+    let script = grid::workspace_root().join("samples").join("build.sh");
+    ensure!(
+        script.is_file(),
+        "{} is missing and so is {} to build it: pass --job DIR",
+        job.display(),
+        script.display()
+    );
+    println!("building the sample jobs ({})…", script.display());
+    // Inherited output (cargo's progress); no thread is started (the namespace comes later).
+    let mut child = Command::new(&script)
+        .spawn()
+        .with_context(|| format!("running {}", script.display()))?;
+    let deadline = Instant::now() + Duration::from_secs(30 * 60);
+    let status = loop {
+        if let Some(s) = child.try_wait().context("waiting for samples/build.sh")? {
+            break s;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("{} did not finish within 30 minutes", script.display());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    ensure!(status.success(), "{} failed ({status})", script.display());
+    ensure!(
+        job.join("manifest.json").is_file(),
+        "{} did not produce {}",
+        script.display(),
+        job.display()
+    );
+    Ok(job)
+}

@@ -1,0 +1,939 @@
+//! A whole RJS grid on this machine: one web server, one lookup server and `n` compute nodes,
+//! each the real binary started as a child process, talking over loopback. Used by
+//! `rjs demo`, by end-to-end tests and by benchmarks.
+//!
+//! Run it inside a private network namespace ([`netns::enter_private`]): the lookup and the
+//! nodes create mDNS daemons, which join multicast groups on every interface of the network
+//! stack they start in.
+//!
+//! Layout of [`GridOptions::dir`] (see `docs/demo.md`):
+//!
+//! ```text
+//! webserver/      rjs-webserver's data (CA, TLS certificate, SQLite, blobs)
+//! lab.creds       the lookup's credentials for the web server (rjs-webserver lookup add)
+//! lookup/         rjs-lookup's data (cluster CA, node registry, spool)
+//! node-1 … node-n rjs-compute's data of each node (keys, certificate, trust store, bench.json)
+//! author/         the demo author's key pair (demo.key, demo.pub) and packed bundles
+//! logs/           one log per process (stderr, and stdout prefixed `[stdout]`) and setup.log
+//! ```
+//!
+//! Processes are started from the calling thread, in their own process group, with
+//! `PR_SET_PDEATHSIG` = SIGTERM: if the thread that started them dies (even by SIGKILL), they
+//! are told to stop. So start and restart processes from one long-lived thread.
+
+pub mod api;
+pub mod image;
+pub mod netns;
+mod process;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use rjs_signer::KeyPair;
+use rjs_signer::keys::{self, PublicKey};
+use rjs_wire::api::{JobList, JobView, UploadResponse};
+
+pub use api::AuthorApi;
+pub use rjs_wire::status::{Drops, NodeRow, NodesResponse};
+pub use image::{Image, stitch};
+use process::Managed;
+
+/// Names of the binaries the grid runs.
+pub const WEBSERVER_BIN: &str = "rjs-webserver";
+pub const LOOKUP_BIN: &str = "rjs-lookup";
+pub const COMPUTE_BIN: &str = "rjs-compute";
+
+/// A callback told of each start-up step (`"web server listening on https://…"`).
+pub type StepFn = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// What to start.
+#[derive(Clone)]
+pub struct GridOptions {
+    /// Where everything is laid out; created if missing, must be empty.
+    pub dir: PathBuf,
+    /// Compute nodes (`node-1` … `node-n`).
+    pub nodes: usize,
+    /// Slots (concurrent jobs) of each node.
+    pub slots_per_node: u32,
+    /// How often nodes re-announce themselves (and the lookup's lease clock).
+    pub announce_interval: Duration,
+    /// Where `rjs-webserver`, `rjs-lookup` and `rjs-compute` are [default: next to the
+    /// current executable (or its parent, for test executables in `deps/`), else the
+    /// workspace's `target/release`, then `target/debug`].
+    pub bin_dir: Option<PathBuf>,
+    /// The interface nodes announce on and the lookup browses.
+    pub interface: String,
+    /// Longest wait for one process to report that it is ready.
+    pub start_timeout: Duration,
+    /// Longest wait for every node to appear in the lookup's panel.
+    pub discovery_timeout: Duration,
+    /// Longest wait for one process to exit after SIGTERM before SIGKILL.
+    pub stop_timeout: Duration,
+    /// Told of each start-up step.
+    pub on_step: Option<StepFn>,
+    /// Refuse to start unless the calling thread is in a network namespace whose only link
+    /// is `lo` (see [`netns::enter_private`]). On by default: the lookup and the nodes create
+    /// mDNS daemons, which must not join multicast groups on the host's interfaces. Turn it
+    /// off only to run on a real LAN on purpose (`rjs demo --lan`).
+    pub require_private_netns: bool,
+}
+
+impl GridOptions {
+    /// Two nodes of one slot each, announcing every 200 ms on `lo`.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        GridOptions {
+            dir: dir.into(),
+            nodes: 2,
+            slots_per_node: 1,
+            announce_interval: Duration::from_millis(200),
+            bin_dir: None,
+            interface: "lo".to_owned(),
+            start_timeout: Duration::from_secs(60),
+            discovery_timeout: Duration::from_secs(30),
+            stop_timeout: Duration::from_secs(15),
+            on_step: None,
+            require_private_netns: true,
+        }
+    }
+}
+
+impl std::fmt::Debug for GridOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GridOptions")
+            .field("dir", &self.dir)
+            .field("nodes", &self.nodes)
+            .field("slots_per_node", &self.slots_per_node)
+            .field("announce_interval", &self.announce_interval)
+            .field("bin_dir", &self.bin_dir)
+            .field("interface", &self.interface)
+            .field("require_private_netns", &self.require_private_netns)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An answer fetched by [`LocalGrid::fetch_answers`].
+#[derive(Debug, Clone)]
+pub struct FetchedAnswer {
+    pub job: JobView,
+    pub path: PathBuf,
+}
+
+/// A compute node of the grid.
+#[derive(Debug)]
+struct NodeSlot {
+    /// `node-<i+1>`: its directory name and the id it enrols with.
+    id: String,
+    dir: PathBuf,
+    proc: Option<Managed>,
+    /// The job server's address, from its ready line.
+    listen: Option<String>,
+}
+
+/// The binaries.
+#[derive(Debug, Clone)]
+struct Bins {
+    webserver: PathBuf,
+    lookup: PathBuf,
+    compute: PathBuf,
+}
+
+/// A running grid. Dropping it stops everything it started ([`LocalGrid::stop`]).
+pub struct LocalGrid {
+    opts: GridOptions,
+    bins: Bins,
+    webserver: Option<Managed>,
+    webserver_url: String,
+    lookup: Option<Managed>,
+    enrol_addr: Option<String>,
+    status_socket: Option<PathBuf>,
+    nodes: Vec<NodeSlot>,
+    /// Holds the author's key.
+    api: AuthorApi,
+    stopped: bool,
+}
+
+impl std::fmt::Debug for LocalGrid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalGrid")
+            .field("dir", &self.opts.dir)
+            .field("webserver_url", &self.webserver_url)
+            .field("enrol_addr", &self.enrol_addr)
+            .field("nodes", &self.nodes)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Author name of the grid's fresh key (also the bundle signer name).
+pub const AUTHOR: &str = "demo";
+/// Name of the lookup server at the web server.
+pub const LOOKUP_NAME: &str = "lab";
+
+impl LocalGrid {
+    /// Lays out `opts.dir` and starts the web server, the lookup server and the nodes; returns
+    /// when the lookup's panel lists every node. On error everything started is stopped.
+    pub fn start(opts: GridOptions) -> Result<LocalGrid> {
+        if opts.nodes == 0 {
+            bail!("a grid needs at least one node");
+        }
+        if opts.require_private_netns && !netns::is_private() {
+            bail!(
+                "refusing to start a grid outside a private network namespace (its mDNS \
+                 daemons would join multicast groups on this machine's interfaces): call \
+                 rjs::grid::netns::enter_private() first, or set require_private_netns = false \
+                 to run on the real network on purpose"
+            );
+        }
+        let bins = find_bins(opts.bin_dir.as_deref())?;
+        prepare_dir(&opts.dir)?;
+        let logs = opts.dir.join("logs");
+        std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
+        let dir = &opts.dir;
+        let setup_log = logs.join("setup.log");
+        let t = opts.start_timeout;
+        let step = |s: &str| {
+            if let Some(f) = &opts.on_step {
+                f(s)
+            }
+        };
+
+        // 1. The web server, its author and its lookup.
+        let w = dir.join("webserver");
+        let run = |name: &str, args: &[&std::ffi::OsStr], bin: &Path| {
+            process::run(name, process::command(bin, args), &setup_log, t)
+        };
+        run(
+            "rjs-webserver init",
+            &[
+                "init".as_ref(),
+                "--data".as_ref(),
+                w.as_os_str(),
+                "--host".as_ref(),
+                "127.0.0.1".as_ref(),
+            ],
+            &bins.webserver,
+        )?;
+        let author_dir = dir.join("author");
+        let author = KeyPair::generate();
+        let files = keys::write_key_pair(&author, AUTHOR, &author_dir, false)
+            .context("writing the demo author's key pair")?;
+        run(
+            "rjs-webserver author add",
+            &[
+                "author".as_ref(),
+                "add".as_ref(),
+                AUTHOR.as_ref(),
+                "--key".as_ref(),
+                files.public.as_os_str(),
+                "--data".as_ref(),
+                w.as_os_str(),
+            ],
+            &bins.webserver,
+        )?;
+        let creds = dir.join(format!("{LOOKUP_NAME}.creds"));
+        run(
+            "rjs-webserver lookup add",
+            &[
+                "lookup".as_ref(),
+                "add".as_ref(),
+                LOOKUP_NAME.as_ref(),
+                "-o".as_ref(),
+                creds.as_os_str(),
+                "--data".as_ref(),
+                w.as_os_str(),
+            ],
+            &bins.webserver,
+        )?;
+        let (webserver, line) = process::spawn_ready(
+            "web server",
+            process::command(
+                &bins.webserver,
+                [
+                    "serve".as_ref(),
+                    "--data".as_ref(),
+                    w.as_os_str(),
+                    "--listen".as_ref(),
+                    "127.0.0.1:0".as_ref(),
+                ],
+            ),
+            &logs.join("webserver.log"),
+            "listening on ",
+            t,
+        )?;
+        let webserver_url = after(&line, "listening on ")
+            .with_context(|| format!("no URL in the web server's ready line {line:?}"))?
+            .to_owned();
+        step(&format!("web server listening on {webserver_url}"));
+        let api = AuthorApi::new(&webserver_url, &w.join("ca.pem"), author)?;
+
+        let mut grid = LocalGrid {
+            nodes: (1..=opts.nodes)
+                .map(|i| NodeSlot {
+                    id: format!("node-{i}"),
+                    dir: dir.join(format!("node-{i}")),
+                    proc: None,
+                    listen: None,
+                })
+                .collect(),
+            opts,
+            bins,
+            webserver: Some(webserver),
+            webserver_url,
+            lookup: None,
+            enrol_addr: None,
+            status_socket: None,
+            api,
+            stopped: false,
+        };
+        // From here on, an error drops `grid`, which stops what was started.
+
+        // 2. The lookup server.
+        let l = grid.lookup_dir();
+        process::run(
+            "rjs-lookup init",
+            process::command(
+                &grid.bins.lookup,
+                ["init".as_ref(), "--data".as_ref(), l.as_os_str()],
+            ),
+            &setup_log,
+            t,
+        )?;
+        grid.start_lookup()?;
+
+        // 3. The nodes: enrol, trust the author, serve.
+        for i in 0..grid.nodes.len() {
+            grid.enrol_node(i)?;
+            grid.start_node(i)?;
+        }
+
+        // 4. Discovered by the lookup.
+        let panel = grid.wait_for_nodes(grid.opts.discovery_timeout)?;
+        grid.step(&format!(
+            "lookup sees {} node{}: {}",
+            panel.nodes.len(),
+            if panel.nodes.len() == 1 { "" } else { "s" },
+            panel
+                .nodes
+                .iter()
+                .map(|r| format!("{} ({} MFLOPS)", r.node_id, r.mflops))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        Ok(grid)
+    }
+
+    fn step(&self, s: &str) {
+        if let Some(f) = &self.opts.on_step {
+            f(s)
+        }
+    }
+
+    fn logs(&self) -> PathBuf {
+        self.opts.dir.join("logs")
+    }
+
+    /// The grid's directory.
+    pub fn dir(&self) -> &Path {
+        &self.opts.dir
+    }
+
+    /// `https://127.0.0.1:PORT`.
+    pub fn webserver_url(&self) -> &str {
+        &self.webserver_url
+    }
+
+    /// The web server's CA certificate.
+    pub fn webserver_ca(&self) -> PathBuf {
+        self.opts.dir.join("webserver").join("ca.pem")
+    }
+
+    pub fn lookup_dir(&self) -> PathBuf {
+        self.opts.dir.join("lookup")
+    }
+
+    /// The lookup's enrolment endpoint, while it runs.
+    pub fn enrol_addr(&self) -> Option<&str> {
+        self.enrol_addr.as_deref()
+    }
+
+    /// The lookup's status socket, as its ready line named it.
+    pub fn status_socket(&self) -> Option<&Path> {
+        self.status_socket.as_deref()
+    }
+
+    /// The demo author's key pair (trusted by every node, enrolled at the web server).
+    pub fn author_key(&self) -> &KeyPair {
+        self.api.key()
+    }
+
+    /// `author/demo.key`.
+    pub fn author_key_path(&self) -> PathBuf {
+        self.opts.dir.join("author").join(format!("{AUTHOR}.key"))
+    }
+
+    /// The author API client.
+    pub fn api(&self) -> &AuthorApi {
+        &self.api
+    }
+
+    /// Number of nodes.
+    pub fn node_count(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// The id of node `i` (0-based: node `i` is `node-<i+1>`).
+    pub fn node_id(&self, i: usize) -> Result<&str> {
+        Ok(&self.node(i)?.id)
+    }
+
+    /// The data directory of node `i`.
+    pub fn node_dir(&self, i: usize) -> Result<&Path> {
+        Ok(&self.node(i)?.dir)
+    }
+
+    /// The address node `i`'s job server listens on, once started.
+    pub fn node_addr(&self, i: usize) -> Result<Option<&str>> {
+        Ok(self.node(i)?.listen.as_deref())
+    }
+
+    /// The ed25519 key node `i` signs its answers with (`node.pub` in its directory).
+    pub fn node_public_key(&self, i: usize) -> Result<PublicKey> {
+        let path = self.node(i)?.dir.join("node.pub");
+        let (key, _) = PublicKey::load_or_parse(&path.to_string_lossy())
+            .with_context(|| format!("reading node key {}", path.display()))?;
+        Ok(key)
+    }
+
+    /// The index of the node with id `node_id`.
+    pub fn node_index(&self, node_id: &str) -> Option<usize> {
+        self.nodes.iter().position(|n| n.id == node_id)
+    }
+
+    fn node(&self, i: usize) -> Result<&NodeSlot> {
+        self.nodes
+            .get(i)
+            .with_context(|| format!("no node {i}: the grid has {} nodes", self.nodes.len()))
+    }
+
+    /// The process id of node `i`, if it runs.
+    pub fn node_pid(&self, i: usize) -> Result<Option<i32>> {
+        Ok(self.node(i)?.proc.as_ref().map(Managed::pid))
+    }
+
+    /// The lookup server's process id, if it runs.
+    pub fn lookup_pid(&self) -> Option<i32> {
+        self.lookup.as_ref().map(Managed::pid)
+    }
+
+    /// The web server's process id, if it runs.
+    pub fn webserver_pid(&self) -> Option<i32> {
+        self.webserver.as_ref().map(Managed::pid)
+    }
+
+    /// Starts `rjs-lookup serve` (again, after [`LocalGrid::kill_lookup`]) and waits for its
+    /// ready line.
+    pub fn start_lookup(&mut self) -> Result<()> {
+        if let Some(p) = &mut self.lookup
+            && p.try_exit()?.is_none()
+        {
+            bail!("the lookup server is already running (pid {})", p.pid());
+        }
+        let l = self.lookup_dir();
+        let interval = format!("{}ms", self.opts.announce_interval.as_millis());
+        let creds = self.opts.dir.join(format!("{LOOKUP_NAME}.creds"));
+        let cmd = process::command(
+            &self.bins.lookup,
+            [
+                "serve".as_ref(),
+                "--data".as_ref(),
+                l.as_os_str(),
+                "--webserver".as_ref(),
+                self.webserver_url.as_ref(),
+                "--creds".as_ref(),
+                creds.as_os_str(),
+                "--enrol-listen".as_ref(),
+                "127.0.0.1:0".as_ref(),
+                "--interface".as_ref(),
+                self.opts.interface.as_ref(),
+                "--announce-interval".as_ref(),
+                std::ffi::OsStr::new(&interval),
+            ],
+        );
+        self.lookup = None;
+        let (proc, line) = process::spawn_ready(
+            "lookup server",
+            cmd,
+            &self.logs().join("lookup.log"),
+            "lookup ready: ",
+            self.opts.start_timeout,
+        )?;
+        self.lookup = Some(proc);
+        // `lookup ready: enrolment on 127.0.0.1:PORT, status socket L/status.sock`
+        let rest = after(&line, "lookup ready: ")
+            .with_context(|| format!("unexpected ready line of the lookup: {line:?}"))?;
+        let enrol = after(rest, "enrolment on ")
+            .map(|s| s.split(',').next().unwrap_or(s).trim().to_owned())
+            .with_context(|| format!("no enrolment address in the lookup's ready line {line:?}"))?;
+        self.status_socket = after(rest, "status socket ").map(|s| PathBuf::from(s.trim()));
+        self.step(&format!("lookup server ready, enrolment on {enrol}"));
+        self.enrol_addr = Some(enrol);
+        Ok(())
+    }
+
+    /// Sends `signal` to the lookup server; for SIGTERM, SIGINT and SIGKILL also waits for
+    /// its exit (SIGKILL after the stop timeout) and returns the status.
+    pub fn kill_lookup(&mut self, signal: i32) -> Result<Option<ExitStatus>> {
+        let timeout = self.opts.stop_timeout;
+        let p = self
+            .lookup
+            .as_mut()
+            .context("the lookup server is not running")?;
+        signal_and_wait(p, signal, timeout)
+    }
+
+    /// Enrols node `i` (`rjs-lookup token` + `rjs-compute join`) and makes it trust the
+    /// grid's author. Needs the lookup server running.
+    fn enrol_node(&mut self, i: usize) -> Result<()> {
+        let t = self.opts.start_timeout;
+        let setup_log = self.logs().join("setup.log");
+        let enrol = self
+            .enrol_addr
+            .clone()
+            .context("the lookup server is not running: no enrolment endpoint")?;
+        let l = self.lookup_dir();
+        let token = process::run(
+            "rjs-lookup token",
+            process::command(
+                &self.bins.lookup,
+                [
+                    "token".as_ref(),
+                    "--data".as_ref(),
+                    l.as_os_str(),
+                    "--addr".as_ref(),
+                    std::ffi::OsStr::new(&enrol),
+                ],
+            ),
+            &setup_log,
+            t,
+        )?;
+        let token = token.trim();
+        let node = self.node(i)?;
+        let (id, dir) = (node.id.clone(), node.dir.clone());
+        process::run(
+            &format!("rjs-compute join ({id})"),
+            process::command(
+                &self.bins.compute,
+                [
+                    "join".as_ref(),
+                    std::ffi::OsStr::new(token),
+                    "--data".as_ref(),
+                    dir.as_os_str(),
+                    "--id".as_ref(),
+                    std::ffi::OsStr::new(&id),
+                    "--host".as_ref(),
+                    "127.0.0.1".as_ref(),
+                ],
+            ),
+            &setup_log,
+            t,
+        )?;
+        let public = self.opts.dir.join("author").join(format!("{AUTHOR}.pub"));
+        process::run(
+            &format!("rjs-compute trust add ({id})"),
+            process::command(
+                &self.bins.compute,
+                [
+                    "trust".as_ref(),
+                    "add".as_ref(),
+                    public.as_os_str(),
+                    "--data".as_ref(),
+                    dir.as_os_str(),
+                ],
+            ),
+            &setup_log,
+            t,
+        )?;
+        Ok(())
+    }
+
+    /// Starts node `i`'s `rjs-compute serve` (again, after [`LocalGrid::kill_node`]) and waits
+    /// for its ready line. (It does not wait for the lookup to see it: see
+    /// [`LocalGrid::wait_for_nodes`].)
+    pub fn start_node(&mut self, i: usize) -> Result<()> {
+        let interval = format!("{}ms", self.opts.announce_interval.as_millis());
+        let slots = self.opts.slots_per_node.to_string();
+        let interface = self.opts.interface.clone();
+        let timeout = self.opts.start_timeout;
+        let compute = self.bins.compute.clone();
+        let log = self.logs().join(format!("{}.log", self.node(i)?.id));
+        let node = self
+            .nodes
+            .get_mut(i)
+            .with_context(|| format!("no node {i}"))?;
+        if let Some(p) = &mut node.proc
+            && p.try_exit()?.is_none()
+        {
+            bail!("{} is already running (pid {})", node.id, p.pid());
+        }
+        node.proc = None;
+        let cmd = process::command(
+            &compute,
+            [
+                "serve".as_ref(),
+                "--data".as_ref(),
+                node.dir.as_os_str(),
+                "--slots".as_ref(),
+                std::ffi::OsStr::new(&slots),
+                "--listen".as_ref(),
+                "127.0.0.1:0".as_ref(),
+                "--interface".as_ref(),
+                std::ffi::OsStr::new(&interface),
+                "--announce-interval".as_ref(),
+                std::ffi::OsStr::new(&interval),
+            ],
+        );
+        let (proc, line) = process::spawn_ready(&node.id, cmd, &log, " listening on ", timeout)?;
+        node.listen = after(&line, " listening on ").map(|s| s.trim().to_owned());
+        node.proc = Some(proc);
+        let msg = format!("{}: {}", node.id, line.trim());
+        self.step(&msg);
+        Ok(())
+    }
+
+    /// Sends `signal` to node `i` (SIGSTOP and SIGCONT too); for SIGTERM, SIGINT and SIGKILL
+    /// also waits for its exit (SIGKILL after the stop timeout) and returns the status.
+    pub fn kill_node(&mut self, i: usize, signal: i32) -> Result<Option<ExitStatus>> {
+        let timeout = self.opts.stop_timeout;
+        let node = self
+            .nodes
+            .get_mut(i)
+            .with_context(|| format!("no node {i}"))?;
+        let id = node.id.clone();
+        let p = node
+            .proc
+            .as_mut()
+            .with_context(|| format!("{id} is not running"))?;
+        signal_and_wait(p, signal, timeout)
+    }
+
+    /// The lookup's node panel (`rjs-lookup nodes --data L --json`).
+    pub fn nodes_panel(&self) -> Result<NodesResponse> {
+        let l = self.lookup_dir();
+        let out = process::run(
+            "rjs-lookup nodes",
+            process::command(
+                &self.bins.lookup,
+                [
+                    "nodes".as_ref(),
+                    "--data".as_ref(),
+                    l.as_os_str(),
+                    "--json".as_ref(),
+                ],
+            ),
+            &self.logs().join("panel.log"),
+            Duration::from_secs(10),
+        )?;
+        serde_json::from_str(&out).with_context(|| {
+            format!("parsing the node panel printed by rjs-lookup nodes --json: {out:?}")
+        })
+    }
+
+    /// Waits until the panel lists every running node; returns the panel.
+    pub fn wait_for_nodes(&self, timeout: Duration) -> Result<NodesResponse> {
+        let want: Vec<&str> = self
+            .nodes
+            .iter()
+            .filter(|n| n.proc.is_some())
+            .map(|n| n.id.as_str())
+            .collect();
+        let deadline = Instant::now() + timeout;
+        loop {
+            let panel = self.nodes_panel();
+            if let Ok(p) = &panel
+                && want.iter().all(|id| p.nodes.iter().any(|r| r.node_id == *id))
+            {
+                return panel;
+            }
+            crate::signals::check().context("waiting for the lookup to discover the nodes")?;
+            if Instant::now() >= deadline {
+                let seen = match &panel {
+                    Ok(p) => format!(
+                        "it lists [{}]",
+                        p.nodes
+                            .iter()
+                            .map(|r| r.node_id.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                    Err(e) => format!("the last panel read failed: {e:#}"),
+                };
+                bail!(
+                    "the lookup did not list nodes [{}] within {timeout:?} ({seen}); {}",
+                    want.join(", "),
+                    process::tail_note(&self.logs().join("lookup.log"))
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Packs and signs the job folder `job_dir` with the author key; writes the bundle into
+    /// `author/` and returns its path.
+    pub fn pack(&self, job_dir: &Path) -> Result<PathBuf> {
+        let (bytes, manifest) =
+            rjs_signer::pack_dir(job_dir, self.api.key(), AUTHOR, rjs_signer::unix_now())
+                .with_context(|| format!("packing {}", job_dir.display()))?;
+        let id = rjs_signer::bundle::hex(&rjs_signer::bundle_id(&bytes));
+        let path =
+            self.opts
+                .dir
+                .join("author")
+                .join(format!("{}-{}.rjs", manifest.name, &id[..12]));
+        rjs_signer::fsutil::write_atomic(&path, &bytes, 0o644)
+            .with_context(|| format!("writing {}", path.display()))?;
+        Ok(path)
+    }
+
+    /// Uploads a bundle through the author API.
+    pub fn upload(&self, bundle: &Path) -> Result<UploadResponse> {
+        let limit = rjs_signer::VerifyLimits::default().max_bundle_bytes;
+        let bytes = rjs_signer::fsutil::read_bounded(bundle, limit)
+            .with_context(|| format!("reading {}", bundle.display()))?;
+        self.api
+            .upload(bytes, false)
+            .with_context(|| format!("uploading {}", bundle.display()))
+    }
+
+    /// The author's jobs (newest submission first).
+    pub fn status(&self) -> Result<JobList> {
+        self.api.jobs(None)
+    }
+
+    /// Downloads the answer of every done job into `out_dir/<name>-<bundle id prefix>/task-<N>.zip`
+    /// (for a bundle submitted more than once, the newest job of each task); answers already
+    /// there are not downloaded again. Returns them by bundle and task.
+    pub fn fetch_answers(&self, out_dir: &Path) -> Result<Vec<FetchedAnswer>> {
+        let jobs = self.status()?.jobs;
+        let mut seen = std::collections::HashSet::new();
+        let mut fetched = Vec::new();
+        // Newest submission first: the first job of each (bundle, task) is the current one.
+        for job in jobs {
+            if !seen.insert((job.bundle_id.clone(), job.task)) {
+                continue;
+            }
+            if job.state != rjs_wire::api::JobState::Done {
+                continue;
+            }
+            if !rjs_signer::bundle::is_sha256_hex(&job.bundle_id)
+                || !rjs_signer::manifest::valid_job_name(&job.name)
+            {
+                bail!("the web server sent a job with a bad bundle id or name: {job:?}");
+            }
+            let folder = out_dir.join(format!("{}-{}", job.name, &job.bundle_id[..12]));
+            let path = folder.join(format!("task-{}.zip", job.task));
+            if !path.is_file() {
+                let bytes = self
+                    .api
+                    .answer(job.id)
+                    .with_context(|| format!("fetching the answer of job {}", job.id))?;
+                std::fs::create_dir_all(&folder)
+                    .with_context(|| format!("creating {}", folder.display()))?;
+                rjs_signer::fsutil::write_atomic(&path, &bytes, 0o644)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            fetched.push(FetchedAnswer { job, path });
+        }
+        fetched.sort_by(|a, b| (&a.job.bundle_id, a.job.task).cmp(&(&b.job.bundle_id, b.job.task)));
+        Ok(fetched)
+    }
+
+    /// Stops everything: SIGTERM to the lookup, the nodes and the web server, waits up to the
+    /// stop timeout, SIGKILLs what is left. Fails (after stopping everything) if a process
+    /// had to be killed or exited with an error.
+    pub fn stop(&mut self) -> Result<()> {
+        if self.stopped {
+            return Ok(());
+        }
+        self.stopped = true;
+        let mut procs: Vec<&mut Managed> = Vec::new();
+        if let Some(p) = self.lookup.as_mut() {
+            procs.push(p);
+        }
+        for n in self.nodes.iter_mut() {
+            if let Some(p) = n.proc.as_mut() {
+                procs.push(p);
+            }
+        }
+        if let Some(p) = self.webserver.as_mut() {
+            procs.push(p);
+        }
+        let mut problems = Vec::new();
+        let mut signalled = Vec::new();
+        for p in procs.iter_mut() {
+            // A process stopped with SIGSTOP would not act on SIGTERM.
+            let _ = p.signal(libc::SIGCONT);
+            let before = p.exited;
+            match p.signal(libc::SIGTERM) {
+                Ok(()) => signalled.push(before.is_none()),
+                Err(e) => {
+                    problems.push(format!("{e:#}"));
+                    signalled.push(false);
+                }
+            }
+        }
+        let deadline = Instant::now() + self.opts.stop_timeout;
+        for (p, ours) in procs.iter_mut().zip(signalled) {
+            match p.wait_until(deadline) {
+                Ok(Some(status)) => {
+                    // Exits before our SIGTERM (kill_node, crashes) were seen by the caller.
+                    let clean = status.success() || status.code().is_none();
+                    if ours && !clean {
+                        problems.push(format!(
+                            "{} exited with {} after SIGTERM; {}",
+                            p.name,
+                            process::describe(status),
+                            process::tail_note(&p.log)
+                        ));
+                    }
+                }
+                Ok(None) => {
+                    p.kill_now();
+                    problems.push(format!(
+                        "{} did not exit within {:?} of SIGTERM and was killed; {}",
+                        p.name,
+                        self.opts.stop_timeout,
+                        process::tail_note(&p.log)
+                    ));
+                }
+                Err(e) => problems.push(format!("{e:#}")),
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            bail!("stopping the grid: {}", problems.join("\n"))
+        }
+    }
+}
+
+impl Drop for LocalGrid {
+    fn drop(&mut self) {
+        if let Err(e) = self.stop() {
+            eprintln!("rjs: {e:#}");
+        }
+    }
+}
+
+fn signal_and_wait(p: &mut Managed, signal: i32, timeout: Duration) -> Result<Option<ExitStatus>> {
+    p.signal(signal)?;
+    if ![libc::SIGTERM, libc::SIGINT, libc::SIGKILL].contains(&signal) {
+        return Ok(None);
+    }
+    if signal != libc::SIGKILL {
+        // A stopped process must run to act on the signal.
+        let _ = p.signal(libc::SIGCONT);
+    }
+    match p.wait_until(Instant::now() + timeout)? {
+        Some(s) => Ok(Some(s)),
+        None => {
+            p.kill_now();
+            bail!(
+                "{} did not exit within {timeout:?} of {} and was killed; {}",
+                p.name,
+                crate::signals::signal_name(signal),
+                process::tail_note(&p.log)
+            )
+        }
+    }
+}
+
+/// The text after `marker` in `line`.
+fn after<'a>(line: &'a str, marker: &str) -> Option<&'a str> {
+    line.split_once(marker).map(|(_, r)| r.trim())
+}
+
+/// Creates `dir` or checks that it is empty.
+fn prepare_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut entries =
+        std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
+    if entries.next().is_some() {
+        bail!(
+            "{} is not empty: a grid is laid out in a new or empty directory",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// Where the grid's binaries are: `explicit`, else the first of the candidate folders that
+/// holds all three.
+fn find_bins(explicit: Option<&Path>) -> Result<Bins> {
+    let in_dir = |d: &Path| -> Option<Bins> {
+        let b = Bins {
+            webserver: d.join(WEBSERVER_BIN),
+            lookup: d.join(LOOKUP_BIN),
+            compute: d.join(COMPUTE_BIN),
+        };
+        (b.webserver.is_file() && b.lookup.is_file() && b.compute.is_file()).then_some(b)
+    };
+    if let Some(d) = explicit {
+        return in_dir(d).with_context(|| {
+            format!(
+                "{} does not hold {WEBSERVER_BIN}, {LOOKUP_BIN} and {COMPUTE_BIN}",
+                d.display()
+            )
+        });
+    }
+    let candidates = bin_candidates();
+    for d in &candidates {
+        if let Some(b) = in_dir(d) {
+            return Ok(b);
+        }
+    }
+    bail!(
+        "cannot find {WEBSERVER_BIN}, {LOOKUP_BIN} and {COMPUTE_BIN} in {}: build them first \
+         (cargo build --release --workspace --bins)",
+        candidates
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
+fn bin_candidates() -> Vec<PathBuf> {
+    let mut v = Vec::new();
+    if let Ok(exe) = std::env::current_exe()
+        && let Some(d) = exe.parent()
+    {
+        v.push(d.to_owned());
+        // Test and bench executables live in target/<profile>/deps.
+        if d.file_name().is_some_and(|n| n == "deps")
+            && let Some(p) = d.parent()
+        {
+            v.push(p.to_owned());
+        }
+    }
+    let target = workspace_target_dir();
+    v.push(target.join("release"));
+    v.push(target.join("debug"));
+    v
+}
+
+/// The workspace root this crate was built from.
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `$CARGO_TARGET_DIR` (relative to the workspace root) or `<workspace>/target`.
+pub fn workspace_target_dir() -> PathBuf {
+    let root = workspace_root();
+    match std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from) {
+        Some(p) if p.is_absolute() => p,
+        Some(p) => root.join(p),
+        None => root.join("target"),
+    }
+}
