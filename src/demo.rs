@@ -321,7 +321,13 @@ fn wait_all(grid: &LocalGrid, bundle: &str, tasks: u32, timeout: Duration) -> Re
                     ),
                     _ => format!("FAILED: {}", j.reason.as_deref().unwrap_or("no reason")),
                 };
-                bar.println(format!("  task {} {outcome}", j.task));
+                let line = format!("  task {} {outcome}", j.task);
+                // A hidden bar (output not a terminal) prints nothing.
+                if bar.is_hidden() {
+                    println!("{line}");
+                } else {
+                    bar.println(line);
+                }
                 bar.inc(1);
             }
         }
@@ -505,4 +511,87 @@ fn job_folder(args: &DemoArgs) -> Result<PathBuf> {
         job.display()
     );
     Ok(job)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::Stdio;
+
+    use super::*;
+
+    /// `rjs demo` end to end, as a user runs it: the real `rjs` binary (built next to this
+    /// test executable's folder: `cargo build --workspace --bins` first). It enters its own
+    /// private network namespace, so nothing here starts on the host's network.
+    #[test]
+    fn the_demo_computes_verifies_and_stitches_the_mandelbrot_image() {
+        let exe = std::env::current_exe().unwrap();
+        let bin = exe.parent().and_then(Path::parent).unwrap().join("rjs");
+        assert!(
+            bin.is_file(),
+            "{} is missing: build the binaries first (cargo build --workspace --bins)",
+            bin.display()
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let grid_dir = dir.path().join("grid");
+        let out = dir.path().join("img").join("m.png");
+        let log = dir.path().join("demo.log");
+        let mut child = Command::new(&bin)
+            .arg("demo")
+            .arg("--dir")
+            .arg(&grid_dir)
+            .arg("--out")
+            .arg(&out)
+            .args(["--timeout", "120"])
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(240);
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("rjs demo took more than 240 s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut stderr = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut e, &mut stderr);
+        }
+        let stdout = std::fs::read_to_string(&log).unwrap_or_default();
+        if status.code() == Some(i32::from(EXIT_NO_NETNS)) {
+            eprintln!("NOTE: rjs demo cannot run here (no private network namespace): {stderr}");
+            return;
+        }
+        assert!(
+            status.success(),
+            "rjs demo failed ({status}):\n{stdout}\n{stderr}"
+        );
+        assert!(stdout.contains("private network namespace"), "{stdout}");
+        assert!(
+            stdout.contains("8 of 8 answers fetched and verified"),
+            "{stdout}"
+        );
+        for i in 0..8 {
+            assert!(
+                stdout.contains(&format!("task {i} done on node-")),
+                "{stdout}"
+            );
+        }
+        let image = grid::Image::decode_png(&std::fs::read(&out).unwrap()).unwrap();
+        assert_eq!((image.width, image.height), (1024, 1024));
+        // The tiles it stitched are the verified answers' files, in task order.
+        let tiles: Vec<PathBuf> = (0..8)
+            .map(|i| grid_dir.join("tiles").join(format!("tile-{i}.png")))
+            .collect();
+        assert_eq!(grid::stitch(&tiles).unwrap(), image);
+        for name in ["webserver.log", "lookup.log", "node-1.log", "node-2.log"] {
+            assert!(grid_dir.join("logs").join(name).is_file(), "{name}");
+        }
+    }
 }

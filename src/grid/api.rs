@@ -18,10 +18,23 @@ use sha2::{Digest, Sha256};
 /// Largest JSON or answer body read.
 const MAX_BODY: u64 = 256 * 1024 * 1024;
 
+fn client(tls: rustls::ClientConfig) -> Result<Client> {
+    Client::builder()
+        .tls_backend_preconfigured(tls)
+        .https_only(true)
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(120))
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("rjs/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .context("building the HTTPS client")
+}
+
 /// The signed author API of one web server.
 pub struct AuthorApi {
     base: String,
     http: Client,
+    tls: rustls::ClientConfig,
     key: KeyPair,
 }
 
@@ -34,20 +47,19 @@ impl AuthorApi {
         let mut tls = rjs_wire::tls::client_config(&ca, None)
             .context("building the TLS configuration from the web server CA")?;
         tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        let http = Client::builder()
-            .tls_backend_preconfigured(tls)
-            .https_only(true)
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(120))
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("rjs/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .context("building the HTTPS client")?;
         Ok(AuthorApi {
             base: base.trim_end_matches('/').to_owned(),
-            http,
+            http: client(tls.clone())?,
+            tls,
             key,
         })
+    }
+
+    /// Closes the kept-alive connections (a web server stopping waits for open connections
+    /// before it exits); the next request connects again.
+    pub fn disconnect(&mut self) -> Result<()> {
+        self.http = client(self.tls.clone())?;
+        Ok(())
     }
 
     /// The author key every request is signed with.

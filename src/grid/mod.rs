@@ -26,8 +26,9 @@ pub mod image;
 pub mod netns;
 mod process;
 
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::ExitStatus;
+use std::process::{Command, ExitStatus};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -37,9 +38,9 @@ use rjs_signer::keys::{self, PublicKey};
 use rjs_wire::api::{JobList, JobView, UploadResponse};
 
 pub use api::AuthorApi;
-pub use rjs_wire::status::{Drops, NodeRow, NodesResponse};
 pub use image::{Image, stitch};
 use process::Managed;
+pub use rjs_wire::status::{Drops, NodeRow, NodesResponse};
 
 /// Names of the binaries the grid runs.
 pub const WEBSERVER_BIN: &str = "rjs-webserver";
@@ -201,63 +202,44 @@ impl LocalGrid {
 
         // 1. The web server, its author and its lookup.
         let w = dir.join("webserver");
-        let run = |name: &str, args: &[&std::ffi::OsStr], bin: &Path| {
-            process::run(name, process::command(bin, args), &setup_log, t)
-        };
+        let run = |name: &str, cmd: &mut Command| process::run(name, cmd, Some(&setup_log), t);
         run(
             "rjs-webserver init",
-            &[
-                "init".as_ref(),
-                "--data".as_ref(),
-                w.as_os_str(),
-                "--host".as_ref(),
-                "127.0.0.1".as_ref(),
-            ],
-            &bins.webserver,
+            Command::new(&bins.webserver)
+                .arg("init")
+                .arg("--data")
+                .arg(&w)
+                .args(["--host", "127.0.0.1"]),
         )?;
-        let author_dir = dir.join("author");
         let author = KeyPair::generate();
-        let files = keys::write_key_pair(&author, AUTHOR, &author_dir, false)
+        let files = keys::write_key_pair(&author, AUTHOR, &dir.join("author"), false)
             .context("writing the demo author's key pair")?;
         run(
             "rjs-webserver author add",
-            &[
-                "author".as_ref(),
-                "add".as_ref(),
-                AUTHOR.as_ref(),
-                "--key".as_ref(),
-                files.public.as_os_str(),
-                "--data".as_ref(),
-                w.as_os_str(),
-            ],
-            &bins.webserver,
+            Command::new(&bins.webserver)
+                .args(["author", "add", AUTHOR, "--key"])
+                .arg(&files.public)
+                .arg("--data")
+                .arg(&w),
         )?;
         let creds = dir.join(format!("{LOOKUP_NAME}.creds"));
         run(
             "rjs-webserver lookup add",
-            &[
-                "lookup".as_ref(),
-                "add".as_ref(),
-                LOOKUP_NAME.as_ref(),
-                "-o".as_ref(),
-                creds.as_os_str(),
-                "--data".as_ref(),
-                w.as_os_str(),
-            ],
-            &bins.webserver,
+            Command::new(&bins.webserver)
+                .args(["lookup", "add", LOOKUP_NAME, "-o"])
+                .arg(&creds)
+                .arg("--data")
+                .arg(&w),
         )?;
+        let mut serve = Command::new(&bins.webserver);
+        serve
+            .arg("serve")
+            .arg("--data")
+            .arg(&w)
+            .args(["--listen", "127.0.0.1:0"]);
         let (webserver, line) = process::spawn_ready(
             "web server",
-            process::command(
-                &bins.webserver,
-                [
-                    "serve".as_ref(),
-                    "--data".as_ref(),
-                    w.as_os_str(),
-                    "--listen".as_ref(),
-                    "127.0.0.1:0".as_ref(),
-                ],
-            ),
+            serve,
             &logs.join("webserver.log"),
             "listening on ",
             t,
@@ -290,14 +272,13 @@ impl LocalGrid {
         // From here on, an error drops `grid`, which stops what was started.
 
         // 2. The lookup server.
-        let l = grid.lookup_dir();
         process::run(
             "rjs-lookup init",
-            process::command(
-                &grid.bins.lookup,
-                ["init".as_ref(), "--data".as_ref(), l.as_os_str()],
-            ),
-            &setup_log,
+            Command::new(&grid.bins.lookup)
+                .arg("init")
+                .arg("--data")
+                .arg(grid.lookup_dir()),
+            Some(&setup_log),
             t,
         )?;
         grid.start_lookup()?;
@@ -443,24 +424,18 @@ impl LocalGrid {
         let l = self.lookup_dir();
         let interval = format!("{}ms", self.opts.announce_interval.as_millis());
         let creds = self.opts.dir.join(format!("{LOOKUP_NAME}.creds"));
-        let cmd = process::command(
-            &self.bins.lookup,
-            [
-                "serve".as_ref(),
-                "--data".as_ref(),
-                l.as_os_str(),
-                "--webserver".as_ref(),
-                self.webserver_url.as_ref(),
-                "--creds".as_ref(),
-                creds.as_os_str(),
-                "--enrol-listen".as_ref(),
-                "127.0.0.1:0".as_ref(),
-                "--interface".as_ref(),
-                self.opts.interface.as_ref(),
-                "--announce-interval".as_ref(),
-                std::ffi::OsStr::new(&interval),
-            ],
-        );
+        let mut cmd = Command::new(&self.bins.lookup);
+        cmd.arg("serve")
+            .arg("--data")
+            .arg(&l)
+            .arg("--webserver")
+            .arg(&self.webserver_url)
+            .arg("--creds")
+            .arg(&creds)
+            .args(["--enrol-listen", "127.0.0.1:0", "--interface"])
+            .arg(&self.opts.interface)
+            .arg("--announce-interval")
+            .arg(&interval);
         self.lookup = None;
         let (proc, line) = process::spawn_ready(
             "lookup server",
@@ -505,17 +480,13 @@ impl LocalGrid {
         let l = self.lookup_dir();
         let token = process::run(
             "rjs-lookup token",
-            process::command(
-                &self.bins.lookup,
-                [
-                    "token".as_ref(),
-                    "--data".as_ref(),
-                    l.as_os_str(),
-                    "--addr".as_ref(),
-                    std::ffi::OsStr::new(&enrol),
-                ],
-            ),
-            &setup_log,
+            Command::new(&self.bins.lookup)
+                .arg("token")
+                .arg("--data")
+                .arg(&l)
+                .arg("--addr")
+                .arg(&enrol),
+            Some(&setup_log),
             t,
         )?;
         let token = token.trim();
@@ -523,36 +494,22 @@ impl LocalGrid {
         let (id, dir) = (node.id.clone(), node.dir.clone());
         process::run(
             &format!("rjs-compute join ({id})"),
-            process::command(
-                &self.bins.compute,
-                [
-                    "join".as_ref(),
-                    std::ffi::OsStr::new(token),
-                    "--data".as_ref(),
-                    dir.as_os_str(),
-                    "--id".as_ref(),
-                    std::ffi::OsStr::new(&id),
-                    "--host".as_ref(),
-                    "127.0.0.1".as_ref(),
-                ],
-            ),
-            &setup_log,
+            Command::new(&self.bins.compute)
+                .args(["join", token, "--data"])
+                .arg(&dir)
+                .args(["--id", &id, "--host", "127.0.0.1"]),
+            Some(&setup_log),
             t,
         )?;
         let public = self.opts.dir.join("author").join(format!("{AUTHOR}.pub"));
         process::run(
             &format!("rjs-compute trust add ({id})"),
-            process::command(
-                &self.bins.compute,
-                [
-                    "trust".as_ref(),
-                    "add".as_ref(),
-                    public.as_os_str(),
-                    "--data".as_ref(),
-                    dir.as_os_str(),
-                ],
-            ),
-            &setup_log,
+            Command::new(&self.bins.compute)
+                .args(["trust", "add"])
+                .arg(&public)
+                .arg("--data")
+                .arg(&dir),
+            Some(&setup_log),
             t,
         )?;
         Ok(())
@@ -578,22 +535,12 @@ impl LocalGrid {
             bail!("{} is already running (pid {})", node.id, p.pid());
         }
         node.proc = None;
-        let cmd = process::command(
-            &compute,
-            [
-                "serve".as_ref(),
-                "--data".as_ref(),
-                node.dir.as_os_str(),
-                "--slots".as_ref(),
-                std::ffi::OsStr::new(&slots),
-                "--listen".as_ref(),
-                "127.0.0.1:0".as_ref(),
-                "--interface".as_ref(),
-                std::ffi::OsStr::new(&interface),
-                "--announce-interval".as_ref(),
-                std::ffi::OsStr::new(&interval),
-            ],
-        );
+        let mut cmd = Command::new(&compute);
+        cmd.arg("serve")
+            .arg("--data")
+            .arg(&node.dir)
+            .args(["--slots", &slots, "--listen", "127.0.0.1:0"])
+            .args(["--interface", &interface, "--announce-interval", &interval]);
         let (proc, line) = process::spawn_ready(&node.id, cmd, &log, " listening on ", timeout)?;
         node.listen = after(&line, " listening on ").map(|s| s.trim().to_owned());
         node.proc = Some(proc);
@@ -620,19 +567,14 @@ impl LocalGrid {
 
     /// The lookup's node panel (`rjs-lookup nodes --data L --json`).
     pub fn nodes_panel(&self) -> Result<NodesResponse> {
-        let l = self.lookup_dir();
         let out = process::run(
             "rjs-lookup nodes",
-            process::command(
-                &self.bins.lookup,
-                [
-                    "nodes".as_ref(),
-                    "--data".as_ref(),
-                    l.as_os_str(),
-                    "--json".as_ref(),
-                ],
-            ),
-            &self.logs().join("panel.log"),
+            Command::new(&self.bins.lookup)
+                .arg("nodes")
+                .arg("--data")
+                .arg(self.lookup_dir())
+                .arg("--json"),
+            None,
             Duration::from_secs(10),
         )?;
         serde_json::from_str(&out).with_context(|| {
@@ -652,7 +594,9 @@ impl LocalGrid {
         loop {
             let panel = self.nodes_panel();
             if let Ok(p) = &panel
-                && want.iter().all(|id| p.nodes.iter().any(|r| r.node_id == *id))
+                && want
+                    .iter()
+                    .all(|id| p.nodes.iter().any(|r| r.node_id == *id))
             {
                 return panel;
             }
@@ -757,6 +701,11 @@ impl LocalGrid {
             return Ok(());
         }
         self.stopped = true;
+        let mut problems = Vec::new();
+        // Our own kept-alive connection would hold the web server's graceful stop for 10 s.
+        if let Err(e) = self.api.disconnect() {
+            problems.push(format!("{e:#}"));
+        }
         let mut procs: Vec<&mut Managed> = Vec::new();
         if let Some(p) = self.lookup.as_mut() {
             procs.push(p);
@@ -769,27 +718,38 @@ impl LocalGrid {
         if let Some(p) = self.webserver.as_mut() {
             procs.push(p);
         }
-        let mut problems = Vec::new();
-        let mut signalled = Vec::new();
-        for p in procs.iter_mut() {
-            // A process stopped with SIGSTOP would not act on SIGTERM.
-            let _ = p.signal(libc::SIGCONT);
-            let before = p.exited;
-            match p.signal(libc::SIGTERM) {
-                Ok(()) => signalled.push(before.is_none()),
-                Err(e) => {
-                    problems.push(format!("{e:#}"));
-                    signalled.push(false);
+        let mut signalled = vec![false; procs.len()];
+        for (p, signalled) in procs.iter_mut().zip(signalled.iter_mut()) {
+            match p.try_exit() {
+                Ok(Some(status)) if !p.asked_to_exit => problems.push(format!(
+                    "{} had exited ({}) before the grid was stopped; {}",
+                    p.name,
+                    process::describe(status),
+                    process::tail_note(&p.log)
+                )),
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    // A process stopped with SIGSTOP would not act on SIGTERM.
+                    let sent = p
+                        .signal(libc::SIGTERM)
+                        .and_then(|()| p.signal(libc::SIGCONT));
+                    match sent {
+                        Ok(()) => *signalled = true,
+                        Err(e) => problems.push(format!("{e:#}")),
+                    }
                 }
+                Err(e) => problems.push(format!("{e:#}")),
             }
         }
         let deadline = Instant::now() + self.opts.stop_timeout;
-        for (p, ours) in procs.iter_mut().zip(signalled) {
+        for (p, signalled) in procs.iter_mut().zip(signalled) {
+            if !signalled {
+                continue;
+            }
             match p.wait_until(deadline) {
                 Ok(Some(status)) => {
-                    // Exits before our SIGTERM (kill_node, crashes) were seen by the caller.
-                    let clean = status.success() || status.code().is_none();
-                    if ours && !clean {
+                    // Servers exit 0 on SIGTERM; one still starting may die of it.
+                    if !(status.success() || status.signal() == Some(libc::SIGTERM)) {
                         problems.push(format!(
                             "{} exited with {} after SIGTERM; {}",
                             p.name,
@@ -937,3 +897,6 @@ pub fn workspace_target_dir() -> PathBuf {
         None => root.join("target"),
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,7 +1,6 @@
 //! Child processes of the local grid: started with their stderr (and stdout) appended to a
 //! log file, waited for with timeouts, stopped by signal.
 
-use std::ffi::OsStr;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -27,6 +26,8 @@ pub(crate) struct Managed {
     pub log: PathBuf,
     /// Set once the exit was collected.
     pub exited: Option<ExitStatus>,
+    /// Whether we asked it to end (SIGTERM, SIGINT, SIGKILL): an exit is then expected.
+    pub asked_to_exit: bool,
 }
 
 /// Prepares `cmd` the way every process of the grid runs: its own process group (a Ctrl-C on
@@ -91,6 +92,7 @@ pub(crate) fn spawn_ready(
         child,
         log: log.to_owned(),
         exited: None,
+        asked_to_exit: false,
     };
     let Some(stdout) = stdout else {
         bail!("starting {name}: no stdout pipe");
@@ -156,6 +158,9 @@ impl Managed {
         if self.try_exit()?.is_some() {
             return Ok(());
         }
+        if [libc::SIGTERM, libc::SIGINT, libc::SIGKILL].contains(&sig) {
+            self.asked_to_exit = true;
+        }
         // SAFETY: kill(2) on our own child, which has not been reaped (so the pid is ours).
         if unsafe { libc::kill(self.pid(), sig) } != 0 {
             return Err(std::io::Error::last_os_error()).with_context(|| {
@@ -185,6 +190,7 @@ impl Managed {
 
     /// SIGKILL and reap, ignoring errors (the process may be gone already).
     pub fn kill_now(&mut self) {
+        self.asked_to_exit = true;
         if self.exited.is_none() {
             let _ = self.child.kill();
             self.exited = self.child.wait().ok();
@@ -207,14 +213,25 @@ pub(crate) fn describe(status: ExitStatus) -> String {
     }
 }
 
-/// Runs a short command to completion within `timeout`, appending its output to `log`;
-/// returns its stdout. Fails with its status and stderr if it fails.
-pub(crate) fn run(name: &str, mut cmd: Command, log: &Path, timeout: Duration) -> Result<String> {
-    let mut file = open_log(log)?;
-    let shown = show(&cmd);
-    writeln!(file, "--- {} {name}: {shown}", timestamp())
-        .with_context(|| format!("writing to {}", log.display()))?;
-    prepare(&mut cmd);
+/// Runs a short command to completion within `timeout`, appending the command line and its
+/// output to `log` if given; returns its stdout. Fails with its status and stderr if it fails.
+pub(crate) fn run(
+    name: &str,
+    cmd: &mut Command,
+    log: Option<&Path>,
+    timeout: Duration,
+) -> Result<String> {
+    let shown = show(cmd);
+    let mut file = match log {
+        Some(log) => {
+            let mut f = open_log(log)?;
+            writeln!(f, "--- {} {name}: {shown}", timestamp())
+                .with_context(|| format!("writing to {}", log.display()))?;
+            Some(f)
+        }
+        None => None,
+    };
+    prepare(cmd);
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = cmd.spawn().with_context(|| format!("running {shown}"))?;
     let read = |pipe: Option<Box<dyn Read + Send>>| {
@@ -246,8 +263,10 @@ pub(crate) fn run(name: &str, mut cmd: Command, log: &Path, timeout: Duration) -
     };
     let stdout = out.join().unwrap_or_default();
     let stderr = err.join().unwrap_or_default();
-    let _ = file.write_all(&stdout);
-    let _ = file.write_all(&stderr);
+    if let Some(f) = file.as_mut() {
+        let _ = f.write_all(&stdout);
+        let _ = f.write_all(&stderr);
+    }
     let stderr = String::from_utf8_lossy(&stderr);
     if !status.success() {
         bail!(
@@ -303,15 +322,4 @@ fn timestamp() -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
     format!("{}.{:03}", now.as_secs(), now.subsec_millis())
-}
-
-/// A command for `program` with `args`.
-pub(crate) fn command<I, S>(program: &Path, args: I) -> Command
-where
-    I: IntoIterator<Item = S>,
-    S: AsRef<OsStr>,
-{
-    let mut c = Command::new(program);
-    c.args(args);
-    c
 }
