@@ -1140,7 +1140,7 @@ fn why(shared: &Shared, job: i64) -> WhyResponse {
 }
 
 fn status(shared: &Shared) -> StatusResponse {
-    let spooled = shared.spool.pending().map_or(0, |p| p.len() as u64);
+    let spooled = shared.spool.pending_count() as u64;
     let st = shared.lock();
     StatusResponse {
         queued: st.count(|p| matches!(p, Place::Queued)),

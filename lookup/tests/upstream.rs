@@ -1,11 +1,10 @@
 //! The lookup's web server client, poller and answer spool against the real web server
 //! (`target/<profile>/rjs-webserver serve` on loopback, through the e2e harness).
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use rjs_e2e::{Author, LookupCreds, WebServer, make_bundle, now};
-use rjs_lookup::spool::{AnswerSpool, RelayOptions, SpoolMeta};
+use rjs_lookup::spool::{AnswerSpool, RelayOptions};
 use rjs_lookup::upstream::{AnswerAck, Poller, Timeouts, Wake, WebServerClient, chain};
 use rjs_wire::api::{JobState, UploadResponse};
 use sha2::{Digest, Sha256};
@@ -272,25 +271,15 @@ fn spooled_answers_survive_a_web_server_outage_exactly_once() {
         assert_eq!(ack, AnswerAck::Duplicate);
     });
     assert_eq!(env.answer_bytes(ids[0]), answers[0]);
-    assert!(std::fs::read_dir(spool.dir()).unwrap().all(|e| {
-        let e = e.unwrap();
-        e.file_type().unwrap().is_dir()
-    }));
-}
-
-fn write_crashed_entry(spool_dir: &Path, job_id: i64, answer: &[u8]) {
-    std::fs::create_dir_all(spool_dir).unwrap();
-    std::fs::write(spool_dir.join(format!("{job_id}.zip")), answer).unwrap();
-    let meta = SpoolMeta {
-        job_id,
-        outcome: "exit 0".into(),
-        node: "node-z".into(),
-    };
-    std::fs::write(
-        spool_dir.join(format!("{job_id}.json")),
-        serde_json::to_vec(&meta).unwrap(),
-    )
-    .unwrap();
+    // Reopened (as after a restart), nothing is left to relay.
+    drop(spool);
+    assert!(
+        AnswerSpool::open(&data)
+            .unwrap()
+            .pending()
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[test]
@@ -300,9 +289,31 @@ fn a_spool_left_by_a_crashed_lookup_is_relayed_at_start() {
     let id = up.jobs[0].id;
     let data = env.tmp.path().join("data");
     let spool_dir = data.join("spool");
-    write_crashed_entry(&spool_dir, id, b"left behind");
-    // A zip without its metadata (crash mid-put, never acknowledged): ignored, not sent.
-    std::fs::write(spool_dir.join("424242.zip"), b"half").unwrap();
+    {
+        // A lookup that spooled an answer and died before relaying it...
+        let crashed = AnswerSpool::open(&data).unwrap();
+        crashed
+            .put_blocking(id, "exit 0", "node-z", b"left behind".to_vec())
+            .unwrap();
+        crashed
+            .put_blocking(424242, "exit 0", "node-z", b"half written".to_vec())
+            .unwrap();
+    }
+    // ...in the middle of appending the second record: its tail never reached the disk.
+    let seg = std::fs::read_dir(&spool_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.extension().is_some_and(|e| e == "log") && std::fs::metadata(p).unwrap().len() > 0
+        })
+        .unwrap();
+    let len = std::fs::metadata(&seg).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&seg)
+        .unwrap()
+        .set_len(len - 3)
+        .unwrap();
 
     let rt = rt();
     let c = env.client();
@@ -321,5 +332,13 @@ fn a_spool_left_by_a_crashed_lookup_is_relayed_at_start() {
     assert_eq!(j.state, JobState::Done);
     assert_eq!(j.node.as_deref(), Some("node-z"));
     assert_eq!(env.answer_bytes(id), b"left behind");
-    assert!(spool_dir.join("424242.zip").exists());
+    // The torn record was never acknowledged to a node: it is not sent, and nothing is left.
+    drop(spool);
+    assert!(
+        AnswerSpool::open(&data)
+            .unwrap()
+            .pending()
+            .unwrap()
+            .is_empty()
+    );
 }
