@@ -131,6 +131,12 @@ impl LiveRegistry {
         Ok(f(&c.1))
     }
 
+    /// Whether `node_id` is enrolled and not revoked.
+    pub fn is_active(&self, node_id: &str) -> bool {
+        self.with(|r| r.get(node_id).is_some_and(|n| n.revoked_at.is_none()))
+            .unwrap_or(false)
+    }
+
     /// Whether `cert_sha256` is node `node_id`'s enrolled, unrevoked certificate.
     pub fn is_node_cert(&self, node_id: &str, cert_sha256: &str) -> bool {
         self.with(|r| {
@@ -248,6 +254,7 @@ struct Shared {
     table: Arc<Mutex<crate::discovery::NodeTable>>,
     node_tls: Arc<ClientConfig>,
     peer_check: PeerCheck,
+    registry: Arc<LiveRegistry>,
     scheduler: Scheduler,
     state: Mutex<State>,
     /// Something changed that may let the dispatcher place a job.
@@ -274,11 +281,16 @@ impl Shared {
         self.lanes.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The live nodes: leases not expired, and not revoked since (a revocation by
+    /// `rjs-lookup nodes remove` takes effect here at once, not at the lease's end).
     fn nodes(&self) -> Vec<NodeView> {
-        self.table
+        let mut nodes = self
+            .table
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .nodes(Instant::now())
+            .nodes(Instant::now());
+        nodes.retain(|n| self.registry.is_active(&n.node_id));
+        nodes
     }
 
     /// The bundle `id`, fetched (ETag cache on disk) and verified once.
@@ -385,6 +397,7 @@ impl Service {
             spool: spool.clone(),
             node_tls,
             peer_check,
+            registry,
             scheduler: Scheduler,
             state: Mutex::new(State::default()),
             dispatch: Notify::new(),
@@ -1036,10 +1049,12 @@ fn shared_status(shared: Arc<Shared>) -> crate::status::Handler {
 }
 
 fn nodes_panel(shared: &Shared) -> NodesResponse {
-    let (nodes, drops) = {
-        let t = shared.table.lock().unwrap_or_else(|e| e.into_inner());
-        (t.nodes(Instant::now()), t.drops())
-    };
+    let nodes = shared.nodes();
+    let drops = shared
+        .table
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .drops();
     let st = shared.lock();
     let rows = nodes
         .into_iter()
