@@ -140,6 +140,10 @@ pub struct NodeConfig {
     pub tls: TlsPaths,
     /// mDNS announcement (`serve` only).
     pub announce: AnnounceSettings,
+    /// Where the sandbox makes its scratch directory (tasks' `out/`): `None` for
+    /// `<data>/scratch`, else an existing directory (e.g. the RAM filesystem `/dev/shm`) in
+    /// which it makes its own private `rjs-scratch-<id>` (see `docs/sandbox.md`).
+    pub scratch_dir: Option<PathBuf>,
 }
 
 /// Command-line overrides; every `Some` (or non-empty list) wins over the file.
@@ -160,6 +164,7 @@ pub struct Overrides {
     pub announce_interval: Option<Duration>,
     pub interfaces: Vec<String>,
     pub advertise: Vec<IpAddr>,
+    pub scratch_dir: Option<PathBuf>,
 }
 
 /// The configuration flags, ready to `#[command(flatten)]` into a clap command.
@@ -192,6 +197,9 @@ pub struct ConfigArgs {
     /// Load per core under which the PC counts as idle [default: 0.5].
     #[arg(long, value_name = "LOAD")]
     pub idle_load_per_core: Option<f64>,
+    /// Make the tasks' scratch directory in DIR (e.g. /dev/shm) [default: <data>/scratch].
+    #[arg(long, value_name = "DIR")]
+    pub scratch_dir: Option<PathBuf>,
 }
 
 impl ConfigArgs {
@@ -206,6 +214,7 @@ impl ConfigArgs {
             prompt_timeout_secs: self.prompt_timeout,
             only_when_idle: self.only_when_idle.then_some(true),
             idle_load_per_core: self.idle_load_per_core,
+            scratch_dir: self.scratch_dir.clone(),
             ..Overrides::default()
         }
     }
@@ -251,6 +260,7 @@ struct FileConfig {
     tls: FileTls,
     #[serde(default)]
     announce: FileAnnounce,
+    scratch_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -560,6 +570,14 @@ impl NodeConfig {
             ca: data_dir.join(file.tls.ca.unwrap_or_else(|| "cluster-ca.pem".into())),
         };
 
+        // Relative to the working directory on the command line, to the data directory in
+        // the file (as the TLS paths).
+        let scratch_dir = match (&overrides.scratch_dir, &file.scratch_dir) {
+            (Some(d), _) => Some(d.clone()),
+            (None, Some(d)) => Some(data_dir.join(d)),
+            (None, None) => None,
+        };
+
         let announce = {
             let fa = file.announce;
             let d = AnnounceSettings::default();
@@ -655,6 +673,7 @@ impl NodeConfig {
             listen,
             tls,
             announce,
+            scratch_dir,
         })
     }
 
@@ -793,6 +812,7 @@ mod tests {
         assert_eq!(c.tls.cert, PathBuf::from("/d/node.pem"));
         assert_eq!(c.tls.ca, PathBuf::from("/d/cluster-ca.pem"));
         assert_eq!(c.announce, AnnounceSettings::default());
+        assert_eq!(c.scratch_dir, None);
         assert!(c.announce.enabled);
         assert_eq!(c.announce.interval, Duration::from_secs(2));
     }
@@ -901,6 +921,7 @@ mod tests {
             listen = "127.0.0.1:9000"
             unknown_authors = "refuse"
             prompt_timeout_secs = 30
+            scratch_dir = "tmp"
             [limits]
             max_time_ms = 5000
             max_memory_bytes = "512M"
@@ -930,6 +951,8 @@ mod tests {
         assert_eq!(c.idle.load_per_core, 0.25);
         assert_eq!(c.tls.cert, PathBuf::from("/abs/cert.pem"));
         assert_eq!(c.tls.key, PathBuf::from("/etc/rjs/nodedata/node-key.pem"));
+        // Relative to the data directory, as the TLS paths.
+        assert_eq!(c.scratch_dir, Some(PathBuf::from("/etc/rjs/nodedata/tmp")));
 
         let o = Overrides {
             data_dir: Some("/flag".into()),
@@ -941,9 +964,11 @@ mod tests {
             only_when_idle: Some(false),
             idle_load_per_core: Some(1.0),
             config: None,
+            scratch_dir: Some("/dev/shm".into()),
             ..Overrides::default()
         };
         let c = parse(text, &o).unwrap();
+        assert_eq!(c.scratch_dir, Some(PathBuf::from("/dev/shm")));
         assert_eq!(c.data_dir, PathBuf::from("/flag"));
         assert_eq!(c.slots, 7);
         assert_eq!(c.groups, vec!["/compute", "/gpu"]);

@@ -9,12 +9,16 @@ use rjs_signer::bundle::hex;
 use rjs_signer::{VerifyLimits, error_chain};
 use rjs_wire::node::RefusalCode;
 
-use crate::bundles::BundleCache;
+use crate::bundles::{BundleCache, ReadyBundle};
 use crate::config::NodeConfig;
 use crate::identity::NodeIdentity;
 use crate::job::{TaskResult, TaskSpec};
 use crate::sandbox::{Sandbox, Slot};
 use crate::trust::{Decision, Gatekeeper, JobRequest};
+
+/// Answers whose stdout, stderr and out/ files total at most this are built on the calling
+/// thread rather than on the blocking pool.
+const INLINE_ANSWER_BYTES: u64 = 16 << 10;
 
 /// A job the node will not run, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,6 +125,7 @@ impl Node {
         sc.slots = config.slots;
         sc.max_memory_bytes = config.limits.max_memory_bytes.min(4 << 30);
         sc.worker_exe = opts.worker_exe;
+        sc.scratch_in = config.scratch_dir.clone();
         let sandbox = Sandbox::start(sc).await?;
         let bundles = BundleCache::open(&config.data_dir.join("bundles"), 64, 1 << 30)?;
         Ok(Node {
@@ -136,7 +141,8 @@ impl Node {
 
     /// Checks a job, in order: the bundle verifies (and is `expected_sha` if given), the
     /// task exists, the group is served, the limits fit, the owner trusts the author, the PC
-    /// is idle (if asked), a slot is free. On success the verified bundle is cached.
+    /// is idle (if asked), a slot is free. On success the verified bundle is cached: on disk
+    /// (if it is not there yet) and ready in memory (see [`Node::admit_ready`]).
     pub async fn admit(
         &self,
         bundle: Arc<Vec<u8>>,
@@ -147,27 +153,45 @@ impl Node {
         let limits = self.verify_limits;
         let verified = tokio::task::spawn_blocking(move || {
             let id = rjs_signer::bundle_id(&bytes);
-            rjs_signer::verify_bytes(&bytes, &limits).map(|b| (id, b))
+            rjs_signer::verify_bytes(&bytes, &limits).map(|b| ReadyBundle::new(id, b))
         })
         .await
         .map_err(|e| Refusal::new(RefusalCode::Unavailable, format!("verifier failed: {e}")))?;
-        let (bundle_sha256, verified) = verified.map_err(|e| {
+        let ready = verified.map_err(|e| {
             Refusal::new(
                 RefusalCode::InvalidBundle,
                 format!("{}: {}", e.rule(), error_chain(&e)),
             )
         })?;
-        let sha = hex(&bundle_sha256);
         if let Some(expected) = expected_sha
-            && expected != sha
+            && expected != ready.sha_hex()
         {
             return Err(Refusal::new(
                 RefusalCode::InvalidBundle,
-                format!("the bundle's SHA-256 is {sha}, not the offered {expected}"),
+                format!(
+                    "the bundle's SHA-256 is {}, not the offered {expected}",
+                    ready.sha_hex()
+                ),
             ));
         }
-        let parts = verified.into_parts();
-        let m = &parts.manifest;
+        let ready = Arc::new(ready);
+        let admitted = self.admit_ready(&ready, task_index).await?;
+        // Keep the bundle so the next task of it need not be sent (nor verified) again.
+        if let Err(e) = self.bundles.put(ready.sha_hex(), &bundle) {
+            tracing::warn!(error = %error_chain(&e), "could not cache the bundle");
+        }
+        self.bundles.keep_ready(ready);
+        Ok(admitted)
+    }
+
+    /// [`admit`](Self::admit) for a bundle already verified (from
+    /// [`BundleCache::ready`]): every check but the verification, in the same order.
+    pub async fn admit_ready(
+        &self,
+        ready: &Arc<ReadyBundle>,
+        task_index: u32,
+    ) -> Result<Admitted, Refusal> {
+        let m = ready.manifest();
         if task_index >= m.tasks {
             return Err(Refusal::new(
                 RefusalCode::BadRequest,
@@ -200,7 +224,7 @@ impl Node {
                 ),
             ));
         }
-        let signer = &parts.signer;
+        let signer = ready.signer();
         let decision = self
             .gatekeeper
             .decide(&JobRequest {
@@ -223,25 +247,21 @@ impl Node {
                 format!("all {} slots are busy", self.sandbox.slots()),
             )
         })?;
-        // Keep the bundle so the next task of it need not be sent again.
-        if let Err(e) = self.bundles.put(&sha, &bundle) {
-            tracing::warn!(error = %error_chain(&e), "could not cache the bundle");
-        }
         // A BTreeMap: already in key order.
         let env: Vec<(String, String)> =
             m.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         let signer = format!("{} {}", signer.name, signer.fingerprint);
         let task = TaskSpec {
             name: m.name.clone(),
-            bundle_sha256,
-            module_sha256: parts.module_sha256,
+            bundle_sha256: *ready.sha256(),
+            module_sha256: *ready.module_sha256(),
             args: m.args.clone(),
             env,
             task_index,
             task_count: m.tasks,
             limits: m.limits,
-            module: Arc::new(parts.module),
-            inputs: Arc::new(parts.inputs),
+            module: ready.module().clone(),
+            inputs: ready.inputs().clone(),
         };
         Ok(Admitted { slot, task, signer })
     }
@@ -300,9 +320,9 @@ impl Node {
             stderr_bytes: result.stderr.len() as u64,
             output_bytes,
         };
-        // Deflating and signing can take a while for large outputs: off the async threads.
         let key = self.identity.key.clone();
-        let (bytes, result) = tokio::task::spawn_blocking(move || {
+        let payload = result.stdout.len() as u64 + result.stderr.len() as u64 + output_bytes;
+        let build = move || {
             let bytes = answer::build_answer(
                 &doc,
                 &result.stdout,
@@ -312,9 +332,16 @@ impl Node {
                 finished_at,
             );
             (bytes, result)
-        })
-        .await
-        .map_err(|e| ExecuteError::Join(e.to_string()))?;
+        };
+        // Deflating and signing can take a while for large outputs: off the async threads. A
+        // small answer is built here (tens of µs), which costs less than the hop.
+        let (bytes, result) = if payload <= INLINE_ANSWER_BYTES {
+            build()
+        } else {
+            tokio::task::spawn_blocking(build)
+                .await
+                .map_err(|e| ExecuteError::Join(e.to_string()))?
+        };
         Ok(Answer {
             bytes: bytes?,
             outcome: result.ending.summary(),

@@ -9,9 +9,9 @@ use std::time::Duration;
 use rjs_signer::error_chain;
 use rjs_wire::node::{
     self, CONTROL_TIMEOUT, FrameError, FromNode, IDLE_TIMEOUT, RefusalCode, ToNode, read_frame,
-    read_msg_idle, write_frame, write_msg,
+    read_msg_idle, write_msg,
 };
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
@@ -20,6 +20,8 @@ use rjs_signer::bundle::is_sha256_hex as valid_sha;
 
 /// Time a client has to complete the TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Answers up to this size are sent with their `answer` message in one write.
+const COALESCE_ANSWER_BYTES: usize = 256 << 10;
 /// Most connections served at once (each holds at most one job).
 pub const MAX_CONNECTIONS: usize = 256;
 
@@ -132,6 +134,14 @@ pub async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
             .await?;
             continue;
         }
+        // A bundle kept ready in memory was verified when it was first admitted: only the
+        // per-offer checks run (task, group, limits, trust, idle, slot).
+        if let Some(ready) = node.bundles.ready(&sha) {
+            tracing::info!(%peer, job = job_id, task, bundle = %&sha[..12], "job offered");
+            let admitted = node.admit_ready(&ready, task).await;
+            run_admitted(node, &mut s, peer, job_id, task, admitted).await?;
+            continue;
+        }
         let bundle = match node.bundles.get(&sha, max_bundle) {
             Some(b) => b,
             None => {
@@ -150,44 +160,84 @@ pub async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
             }
         };
         tracing::info!(%peer, job = job_id, task, bundle = %&sha[..12], "job offered");
-        let admitted = match node.admit(Arc::new(bundle), Some(&sha), task).await {
-            Ok(a) => a,
-            Err(r) => {
-                tracing::info!(%peer, job = job_id, code = r.code.as_str(), reason = %r.reason, "job refused");
-                refuse(&mut s, r.code, r.reason).await?;
-                continue;
-            }
-        };
-        write_msg(&mut s, &FromNode::Accepted, CONTROL_TIMEOUT).await?;
-        let signer = admitted.signer().to_owned();
-        match node.execute(admitted).await {
-            Ok(answer) => {
-                tracing::info!(%peer, job = job_id, task, outcome = %answer.outcome, %signer, "job done");
-                write_msg(
-                    &mut s,
-                    &FromNode::Answer {
-                        outcome: answer.outcome.clone(),
-                        size: answer.bytes.len() as u64,
-                    },
-                    CONTROL_TIMEOUT,
-                )
-                .await?;
-                write_frame(
-                    &mut s,
-                    &answer.bytes,
-                    node::data_timeout(answer.bytes.len() as u64),
-                )
-                .await?;
-            }
-            Err(e) => {
-                tracing::error!(%peer, job = job_id, error = %error_chain(&e), "could not build the answer");
-                refuse(
-                    &mut s,
-                    RefusalCode::Unavailable,
-                    format!("could not build the answer: {}", error_chain(&e)),
-                )
-                .await?;
-            }
+        let admitted = node.admit(Arc::new(bundle), Some(&sha), task).await;
+        run_admitted(node, &mut s, peer, job_id, task, admitted).await?;
+    }
+}
+
+/// Sends the node's decision and, for an admitted job, runs it and sends the answer.
+async fn run_admitted<S: AsyncWrite + Unpin>(
+    node: &Node,
+    s: &mut S,
+    peer: SocketAddr,
+    job_id: i64,
+    task: u32,
+    admitted: Result<crate::node::Admitted, crate::node::Refusal>,
+) -> Result<(), FrameError> {
+    let admitted = match admitted {
+        Ok(a) => a,
+        Err(r) => {
+            tracing::info!(%peer, job = job_id, code = r.code.as_str(), reason = %r.reason, "job refused");
+            return refuse(s, r.code, r.reason).await;
+        }
+    };
+    write_msg(s, &FromNode::Accepted, CONTROL_TIMEOUT).await?;
+    let signer = admitted.signer().to_owned();
+    match node.execute(admitted).await {
+        Ok(answer) => {
+            tracing::info!(%peer, job = job_id, task, outcome = %answer.outcome, %signer, "job done");
+            write_answer(s, &answer.outcome, &answer.bytes).await
+        }
+        Err(e) => {
+            tracing::error!(%peer, job = job_id, error = %error_chain(&e), "could not build the answer");
+            refuse(
+                s,
+                RefusalCode::Unavailable,
+                format!("could not build the answer: {}", error_chain(&e)),
+            )
+            .await
         }
     }
+}
+
+/// The `answer` control frame and the archive's data frame, written together and flushed once
+/// (one TLS flush rather than two for the usual small answer).
+async fn write_answer<S: AsyncWrite + Unpin>(
+    s: &mut S,
+    outcome: &str,
+    archive: &[u8],
+) -> Result<(), FrameError> {
+    let msg = serde_json::to_vec(&FromNode::Answer {
+        outcome: outcome.to_owned(),
+        size: archive.len() as u64,
+    })
+    .map_err(|e| FrameError::Malformed(e.to_string()))?;
+    let (Ok(msg_len), Ok(archive_len)) = (u32::try_from(msg.len()), u32::try_from(archive.len()))
+    else {
+        return Err(FrameError::TooLarge {
+            size: archive.len() as u64,
+            limit: u64::from(u32::MAX),
+        });
+    };
+    let timeout = CONTROL_TIMEOUT + node::data_timeout(archive.len() as u64);
+    let write = async {
+        if archive.len() <= COALESCE_ANSWER_BYTES {
+            let mut buf = Vec::with_capacity(8 + msg.len() + archive.len());
+            buf.extend_from_slice(&msg_len.to_be_bytes());
+            buf.extend_from_slice(&msg);
+            buf.extend_from_slice(&archive_len.to_be_bytes());
+            buf.extend_from_slice(archive);
+            s.write_all(&buf).await?;
+        } else {
+            s.write_all(&msg_len.to_be_bytes()).await?;
+            s.write_all(&msg).await?;
+            s.write_all(&archive_len.to_be_bytes()).await?;
+            s.write_all(archive).await?;
+        }
+        s.flush().await
+    };
+    tokio::time::timeout(timeout, write)
+        .await
+        .map_err(|_| FrameError::Timeout(timeout))?
+        .map_err(FrameError::Io)
 }

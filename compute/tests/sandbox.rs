@@ -228,6 +228,83 @@ async fn the_job_sees_only_its_inputs_args_env_and_out() {
     assert_hello_works(&node).await;
 }
 
+/// `scratch_in` (e.g. `/dev/shm`): the tasks' out/ directories go to a private
+/// `rjs-scratch-<id>` there, emptied after every task and removed with the sandbox; the
+/// inputs of a bundle are written once and shared, read-only, by its tasks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scratch_elsewhere_and_inputs_written_once() {
+    let dir = tempfile::tempdir().unwrap();
+    // A RAM filesystem if there is one (the fast path), else any directory.
+    let shm = Path::new("/dev/shm");
+    let parent_tmp = tempfile::tempdir().unwrap();
+    let parent = if shm.is_dir() { shm } else { parent_tmp.path() };
+    let mut cfg = config(dir.path(), 1);
+    cfg.scratch_in = Some(parent.to_path_buf());
+    let sandbox = Sandbox::start(cfg).await.unwrap();
+    let scratch = sandbox.scratch_dir().to_path_buf();
+    assert_eq!(
+        scratch.parent(),
+        Some(&*std::fs::canonicalize(parent).unwrap())
+    );
+    let name = scratch.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(
+        name.starts_with("rjs-scratch-") && name.len() == 12 + 16,
+        "{name}"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&scratch).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700);
+    let empty = |d: &Path| std::fs::read_dir(d).unwrap().count() == 0;
+
+    let inputs = Arc::new(vec![("data/in.txt".to_string(), b"input bytes".to_vec())]);
+    // As in the_job_sees_only_its_inputs_args_env_and_out.
+    let probe = |inputs: Arc<Vec<(String, Vec<u8>)>>| TaskSpec {
+        inputs,
+        args: vec!["a".into(), "b c".into()],
+        env: vec![("FOO".into(), "bar".into())],
+        task_index: 2,
+        task_count: 5,
+        limits: Limits::default(),
+        ..probe_task(&[])
+    };
+    for task in [
+        probe(inputs.clone()),
+        probe(inputs.clone()),
+        // Equal inputs, another allocation: the same directory.
+        probe(Arc::new((*inputs).clone())),
+    ] {
+        let r = run(&sandbox, task).await;
+        assert_eq!(r.ending, Ending::Exit { code: 0 }, "{}", text(&r.stdout));
+        assert!(!text(&r.stdout).contains("FAIL"), "{}", text(&r.stdout));
+        assert_eq!(r.out_files.len(), 2, "{:?}", r.out_files);
+        assert!(empty(&scratch), "out/ removed after the task");
+        // `empty/` and the one directory of these inputs.
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("inputs"))
+                .unwrap()
+                .count(),
+            2
+        );
+    }
+    // A tiny task (the inline path on a RAM filesystem).
+    for i in 0..3 {
+        let task = TaskSpec {
+            task_count: 3,
+            ..sample_task("hello", i)
+        };
+        let r = run(&sandbox, task).await;
+        assert_eq!(r.ending, Ending::Exit { code: 0 });
+        let line = format!("hello, world from task {i}/3\n");
+        assert_eq!(
+            r.out_files,
+            vec![(format!("hello-{i}.txt"), line.into_bytes())]
+        );
+        assert!(empty(&scratch));
+    }
+    sandbox.shutdown().await;
+    assert!(!scratch.exists(), "removed with the sandbox");
+}
+
 fn probe_task(args: &[&str]) -> TaskSpec {
     let module = probe_module();
     TaskSpec {

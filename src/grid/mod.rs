@@ -40,7 +40,7 @@ use rjs_wire::api::{JobList, JobView, UploadResponse};
 pub use api::AuthorApi;
 pub use image::{Image, stitch};
 use process::Managed;
-pub use rjs_wire::status::{Drops, NodeRow, NodesResponse};
+pub use rjs_wire::status::{Drops, JobWhere, NodeRow, NodesResponse, StatusResponse, WhyResponse};
 
 /// Names of the binaries the grid runs.
 pub const WEBSERVER_BIN: &str = "rjs-webserver";
@@ -80,6 +80,41 @@ pub struct GridOptions {
     /// mDNS daemons, which must not join multicast groups on the host's interfaces. Turn it
     /// off only to run on a real LAN on purpose (`rjs demo --lan`).
     pub require_private_netns: bool,
+    /// Settings of node `i` at index `i`; nodes beyond the vector get
+    /// [`NodeOptions::default`].
+    pub node_options: Vec<NodeOptions>,
+    /// Extra arguments of `rjs-lookup serve` (e.g. `--lease 5s`), also on each restart.
+    pub lookup_args: Vec<String>,
+}
+
+/// Settings of one compute node of the grid ([`GridOptions::node_options`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeOptions {
+    /// Whether the node trusts the grid's author (`rjs-compute trust add` at enrolment)
+    /// [default: true]. The nodes have no terminal to ask on, so a node that does not trust
+    /// the author refuses its jobs (`untrusted`).
+    pub trust_author: bool,
+    /// The node's speed: written to its `bench.json` at enrolment instead of letting it run
+    /// its ~1 s benchmark at first start [default: measured]. Makes the scheduler's order
+    /// (fastest first) predictable, and the grid start faster.
+    pub mflops: Option<f64>,
+    /// Extra arguments of `rjs-compute serve`.
+    pub serve_args: Vec<String>,
+    /// Whether [`LocalGrid::start`] starts the node [default: true]. A node not started is
+    /// enrolled all the same (and trusts the author as set): [`LocalGrid::start_node`] starts
+    /// it later, as a new node joining the running grid.
+    pub start: bool,
+}
+
+impl Default for NodeOptions {
+    fn default() -> Self {
+        NodeOptions {
+            trust_author: true,
+            mflops: None,
+            serve_args: Vec::new(),
+            start: true,
+        }
+    }
 }
 
 impl GridOptions {
@@ -97,7 +132,14 @@ impl GridOptions {
             stop_timeout: Duration::from_secs(15),
             on_step: None,
             require_private_netns: true,
+            node_options: Vec::new(),
+            lookup_args: Vec::new(),
         }
+    }
+
+    /// The settings of node `i` (0-based).
+    pub fn node(&self, i: usize) -> NodeOptions {
+        self.node_options.get(i).cloned().unwrap_or_default()
     }
 }
 
@@ -111,6 +153,8 @@ impl std::fmt::Debug for GridOptions {
             .field("bin_dir", &self.bin_dir)
             .field("interface", &self.interface)
             .field("require_private_netns", &self.require_private_netns)
+            .field("node_options", &self.node_options)
+            .field("lookup_args", &self.lookup_args)
             .finish_non_exhaustive()
     }
 }
@@ -286,7 +330,9 @@ impl LocalGrid {
         // 3. The nodes: enrol, trust the author, serve.
         for i in 0..grid.nodes.len() {
             grid.enrol_node(i)?;
-            grid.start_node(i)?;
+            if grid.opts.node(i).start {
+                grid.start_node(i)?;
+            }
         }
 
         // 4. Discovered by the lookup.
@@ -435,7 +481,8 @@ impl LocalGrid {
             .args(["--enrol-listen", "127.0.0.1:0", "--interface"])
             .arg(&self.opts.interface)
             .arg("--announce-interval")
-            .arg(&interval);
+            .arg(&interval)
+            .args(&self.opts.lookup_args);
         self.lookup = None;
         let (proc, line) = process::spawn_ready(
             "lookup server",
@@ -465,6 +512,18 @@ impl LocalGrid {
             .lookup
             .as_mut()
             .context("the lookup server is not running")?;
+        signal_and_wait(p, signal, timeout)
+    }
+
+    /// Sends `signal` to the web server (SIGSTOP and SIGCONT to pause it and let it go on);
+    /// for SIGTERM, SIGINT and SIGKILL also waits for its exit (SIGKILL after the stop
+    /// timeout) and returns the status. The grid has no way to start it again.
+    pub fn kill_webserver(&mut self, signal: i32) -> Result<Option<ExitStatus>> {
+        let timeout = self.opts.stop_timeout;
+        let p = self
+            .webserver
+            .as_mut()
+            .context("the web server is not running")?;
         signal_and_wait(p, signal, timeout)
     }
 
@@ -501,17 +560,23 @@ impl LocalGrid {
             Some(&setup_log),
             t,
         )?;
-        let public = self.opts.dir.join("author").join(format!("{AUTHOR}.pub"));
-        process::run(
-            &format!("rjs-compute trust add ({id})"),
-            Command::new(&self.bins.compute)
-                .args(["trust", "add"])
-                .arg(&public)
-                .arg("--data")
-                .arg(&dir),
-            Some(&setup_log),
-            t,
-        )?;
+        let settings = self.opts.node(i);
+        if settings.trust_author {
+            let public = self.opts.dir.join("author").join(format!("{AUTHOR}.pub"));
+            process::run(
+                &format!("rjs-compute trust add ({id})"),
+                Command::new(&self.bins.compute)
+                    .args(["trust", "add"])
+                    .arg(&public)
+                    .arg("--data")
+                    .arg(&dir),
+                Some(&setup_log),
+                t,
+            )?;
+        }
+        if let Some(mflops) = settings.mflops {
+            write_bench(&dir, mflops)?;
+        }
         Ok(())
     }
 
@@ -524,6 +589,7 @@ impl LocalGrid {
         let interface = self.opts.interface.clone();
         let timeout = self.opts.start_timeout;
         let compute = self.bins.compute.clone();
+        let settings = self.opts.node(i);
         let log = self.logs().join(format!("{}.log", self.node(i)?.id));
         let node = self
             .nodes
@@ -540,10 +606,25 @@ impl LocalGrid {
             .arg("--data")
             .arg(&node.dir)
             .args(["--slots", &slots, "--listen", "127.0.0.1:0"])
-            .args(["--interface", &interface, "--announce-interval", &interval]);
+            .args(["--interface", &interface, "--announce-interval", &interval])
+            .args(&settings.serve_args);
         let (proc, line) = process::spawn_ready(&node.id, cmd, &log, " listening on ", timeout)?;
         node.listen = after(&line, " listening on ").map(|s| s.trim().to_owned());
         node.proc = Some(proc);
+        // `node ID (N MFLOPS, S slots) listening on ADDR`
+        if let Some(want) = settings.mflops {
+            let said = line
+                .split_once(" (")
+                .and_then(|(_, r)| r.split_once(" MFLOPS"))
+                .and_then(|(n, _)| n.trim().parse::<u64>().ok());
+            if said != Some(want.round() as u64) {
+                bail!(
+                    "{} was to run at {want} MFLOPS (from its bench.json) but says {line:?}: \
+                     did the format of bench.json change?",
+                    node.id
+                );
+            }
+        }
         let msg = format!("{}: {}", node.id, line.trim());
         self.step(&msg);
         Ok(())
@@ -580,6 +661,40 @@ impl LocalGrid {
         serde_json::from_str(&out).with_context(|| {
             format!("parsing the node panel printed by rjs-lookup nodes --json: {out:?}")
         })
+    }
+
+    /// Why job `job` is (not) running, as the lookup sees it (`rjs-lookup why JOB --data L
+    /// --json`).
+    pub fn why(&self, job: i64) -> Result<WhyResponse> {
+        let out = process::run(
+            "rjs-lookup why",
+            Command::new(&self.bins.lookup)
+                .arg("why")
+                .arg(job.to_string())
+                .arg("--data")
+                .arg(self.lookup_dir())
+                .arg("--json"),
+            None,
+            Duration::from_secs(10),
+        )?;
+        serde_json::from_str(&out)
+            .with_context(|| format!("parsing what rjs-lookup why {job} --json printed: {out:?}"))
+    }
+
+    /// The lookup's counters (`rjs-lookup status --data L --json`).
+    pub fn lookup_status(&self) -> Result<StatusResponse> {
+        let out = process::run(
+            "rjs-lookup status",
+            Command::new(&self.bins.lookup)
+                .arg("status")
+                .arg("--data")
+                .arg(self.lookup_dir())
+                .arg("--json"),
+            None,
+            Duration::from_secs(10),
+        )?;
+        serde_json::from_str(&out)
+            .with_context(|| format!("parsing what rjs-lookup status --json printed: {out:?}"))
     }
 
     /// Waits until the panel lists every running node; returns the panel.
@@ -809,6 +924,29 @@ fn signal_and_wait(p: &mut Managed, signal: i32, timeout: Duration) -> Result<Op
     }
 }
 
+/// Writes `<node dir>/bench.json` as `rjs-compute` stores its benchmark result
+/// (`compute/src/bench.rs`), so that the node starts at once with this speed.
+fn write_bench(node_dir: &Path, mflops: f64) -> Result<()> {
+    if !(mflops.is_finite() && mflops >= 1.0) {
+        bail!("a node's speed must be at least 1 MFLOPS, not {mflops}");
+    }
+    let bench = serde_json::json!({
+        "mflops": mflops,
+        "n": 500,
+        "runs": 3,
+        "seconds": 1.0,
+        "residual": 1.0,
+        "measured_at": rjs_signer::unix_now(),
+        // rjs-compute re-measures a result of another version; the workspace shares one.
+        "program_version": env!("CARGO_PKG_VERSION"),
+    });
+    let path = node_dir.join("bench.json");
+    let mut json = serde_json::to_vec_pretty(&bench).context("serialising bench.json")?;
+    json.push(b'\n');
+    rjs_signer::fsutil::write_atomic(&path, &json, 0o644)
+        .with_context(|| format!("writing {}", path.display()))
+}
+
 /// The text after `marker` in `line`.
 fn after<'a>(line: &'a str, marker: &str) -> Option<&'a str> {
     line.split_once(marker).map(|(_, r)| r.trim())
@@ -898,5 +1036,7 @@ pub fn workspace_target_dir() -> PathBuf {
     }
 }
 
+#[cfg(test)]
+mod e2e;
 #[cfg(test)]
 mod tests;

@@ -13,9 +13,16 @@ use super::*;
 
 const CHILD: &str = "RJS_GRID_TEST_CHILD";
 
+/// Held while a grid runs in a child: the grid tests take turns (on a small machine, grids
+/// running side by side would make each other's timings meaningless).
+static ONE_GRID_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Runs `test` (a test of this executable) in a child process and checks its verdict: it
 /// prints `SKIP: …` when no private network namespace can be made here, `PASS` when done.
-fn run_in_child(test: &str, timeout: Duration) {
+/// One such child runs at a time.
+pub(super) fn run_in_child(test: &str, timeout: Duration) {
+    let _turn = ONE_GRID_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let started = Instant::now();
     let exe = std::env::current_exe().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("child.log");
@@ -44,6 +51,7 @@ fn run_in_child(test: &str, timeout: Duration) {
     };
     let out = std::fs::read_to_string(&log).unwrap_or_default();
     let err = std::fs::read_to_string(dir.path().join("child.err")).unwrap_or_default();
+    eprintln!("{test}: child ran {:.1?}", started.elapsed());
     assert!(status.success(), "{test} failed ({status}):\n{out}\n{err}");
     if let Some(line) = out.lines().find(|l| l.contains("SKIP:")) {
         eprintln!("NOTE: {test}: {line}");
@@ -52,11 +60,11 @@ fn run_in_child(test: &str, timeout: Duration) {
     assert!(out.contains("PASS"), "{test} did not finish:\n{out}\n{err}");
 }
 
-fn in_child(test: &str) -> bool {
+pub(super) fn in_child(test: &str) -> bool {
     std::env::var(CHILD).is_ok_and(|t| t == test)
 }
 
-fn wait_panel(
+pub(super) fn wait_panel(
     grid: &LocalGrid,
     what: &str,
     timeout: Duration,

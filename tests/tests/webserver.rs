@@ -655,3 +655,139 @@ fn sigkill_during_uploads_and_answers_loses_nothing_acknowledged() {
     // No job lost: each recorded bundle has its job, in a sane state.
     assert_eq!(jobs.len(), bundles.len());
 }
+
+#[test]
+fn sigkill_during_answer_batches_loses_nothing_acknowledged() {
+    let mut ws = WebServer::init().unwrap();
+    let alice = ws.add_author("alice").unwrap();
+    let creds = ws.add_lookup("lab").unwrap();
+    ws.start().unwrap();
+    let addr = ws.addr.clone();
+    let a = Author::new(&ws, alice).unwrap();
+    assert_eq!(
+        a.upload(&make_bundle(&a.key, "many", 20_000))
+            .unwrap()
+            .status(),
+        StatusCode::CREATED
+    );
+    let c = ws.lookup_client(&creds).unwrap();
+
+    type Acked = Arc<Mutex<Vec<(i64, Vec<u8>)>>>;
+    let acked: Acked = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let poster = {
+        let (stop, acked, url) = (stop.clone(), acked.clone(), format!("https://{addr}"));
+        std::thread::spawn(move || {
+            let mut n = 0usize;
+            while !stop.load(Ordering::SeqCst) {
+                let Ok(r) = c
+                    .post(format!("{url}/lookup/v1/lease"))
+                    .json(&json!({"max": 16, "lease_secs": 600}))
+                    .send()
+                else {
+                    return;
+                };
+                let Ok(leases) = r.json::<api::LeaseResponse>() else {
+                    return;
+                };
+                let mut body = Vec::new();
+                let mut answers = Vec::new();
+                for l in leases.leases {
+                    n += 1;
+                    // Mostly small answers (kept inline), now and then one for the blob store.
+                    let len = if n.is_multiple_of(16) {
+                        300 * 1024
+                    } else {
+                        4096
+                    };
+                    let mut bytes = format!("answer for {} ", l.job_id).into_bytes();
+                    bytes.resize(len, b'x');
+                    let h = api::AnswerBatchHeader {
+                        job_id: l.job_id,
+                        outcome: "exit 0".into(),
+                        node: "n".into(),
+                        size: bytes.len() as u64,
+                    };
+                    api::encode_answer_record(&mut body, &h, &bytes).unwrap();
+                    answers.push((l.job_id, bytes));
+                }
+                let r = match c
+                    .post(format!("{url}/lookup/v1/answers"))
+                    .header("content-type", api::ANSWERS_CONTENT_TYPE)
+                    .body(body)
+                    .send()
+                {
+                    Ok(r) => r,
+                    Err(_) => return,
+                };
+                assert_eq!(r.status(), StatusCode::OK);
+                let Ok(res) = r.json::<api::AnswerBatchResponse>() else {
+                    return; // killed while sending the response
+                };
+                assert!(
+                    res.results
+                        .iter()
+                        .all(|r| r.status == api::AnswerBatchStatus::Stored)
+                );
+                acked.lock().unwrap().extend(answers);
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(2500));
+    ws.kill9();
+    stop.store(true, Ordering::SeqCst);
+    poster.join().unwrap();
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() >= 32, "the load ran ({} answers)", acked.len());
+
+    ws.addr = addr;
+    ws.start().unwrap();
+    assert_eq!(
+        tmp_files(&ws),
+        0,
+        "half-written files are cleaned at start-up"
+    );
+    for name in blob_files(&ws) {
+        let p = ws
+            .data()
+            .join("blobs")
+            .join("blobs")
+            .join(&name[..2])
+            .join(&name);
+        assert_eq!(
+            sha256_hex(&std::fs::read(&p).unwrap()),
+            name,
+            "blob {name} is complete"
+        );
+    }
+    let done = a
+        .jobs()
+        .unwrap()
+        .jobs
+        .iter()
+        .filter(|j| j.state == JobState::Done)
+        .count();
+    assert!(
+        done >= acked.len(),
+        "{done} done, {} acknowledged",
+        acked.len()
+    );
+    for (job, body) in &acked {
+        let (rb, _) = a.signed(
+            Method::GET,
+            &format!("/api/v1/jobs/{job}/answer"),
+            Vec::new(),
+            now(),
+        );
+        let r = rb.send().unwrap();
+        assert_eq!(
+            r.status(),
+            StatusCode::OK,
+            "acknowledged answer for job {job} lost"
+        );
+        assert!(
+            r.bytes().unwrap()[..] == body[..],
+            "answer for job {job} intact"
+        );
+    }
+}

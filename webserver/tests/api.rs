@@ -26,13 +26,17 @@ struct Server {
 
 impl Server {
     fn start(max_bundle: u64, max_attempts: u32) -> Server {
+        Self::start_with(max_bundle, max_bundle, max_attempts)
+    }
+
+    fn start_with(max_bundle: u64, max_answer: u64, max_attempts: u32) -> Server {
         let tmp = tempfile::tempdir().unwrap();
         let data = tmp.path().join("ws");
         admin::init(&data, &[]).unwrap();
         let mut config = server::ServeConfig::new(&data);
         config.listen = "127.0.0.1:0".into();
         config.max_bundle = max_bundle;
-        config.max_answer = max_bundle;
+        config.max_answer = max_answer;
         config.max_attempts = max_attempts;
         config.workers = Some(2);
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
@@ -596,12 +600,8 @@ fn lookup_api() {
         .unwrap();
     check_error(r, 413, "too-large");
     assert_eq!(count_files(&srv.data.join("blobs/tmp")), 0);
-    // One new blob (the first answer); the duplicate may stay as an orphan, the stray not.
-    let after = srv.blob_files();
-    assert!(
-        after == blobs_before + 1 || after == blobs_before + 2,
-        "{blobs_before} -> {after}"
-    );
+    // Small answers are kept in the database: no blob at all.
+    assert_eq!(srv.blob_files(), blobs_before);
     assert!(
         !srv.data
             .join("blobs/blobs")
@@ -729,4 +729,517 @@ fn lookup_api() {
         .as_u16(),
         200
     );
+}
+
+// ------------------------------------------------------------------ answer batches
+
+use rjs_webserver::store::Store as _;
+use rjs_wire::api::{
+    ANSWERS_CONTENT_TYPE, AnswerBatchHeader, AnswerBatchResponse, AnswerBatchStatus,
+    MAX_ANSWER_BATCH, encode_answer_record,
+};
+
+/// An author with a submitted bundle of `tasks` jobs, and a lookup holding all of them.
+struct Leased<'a> {
+    author: Author<'a>,
+    lab: Client,
+    jobs: Vec<i64>,
+}
+
+fn leased(srv: &Server, tasks: u32) -> Leased<'_> {
+    let key = KeyPair::from_secret([9; 32]);
+    admin::author_add(&srv.data, "carol", &key.public().to_base64()).unwrap();
+    let author = Author {
+        srv,
+        http: srv.client(None),
+        key,
+    };
+    let b = bundle(&author.key, tasks, 100);
+    assert_eq!(
+        author.send("POST", "/api/v1/bundles", b).status().as_u16(),
+        201
+    );
+    let lab = srv.lookup("lab");
+    let mut jobs = Vec::new();
+    loop {
+        let r: Value = post(
+            &lab,
+            srv,
+            "/lookup/v1/lease",
+            json!({"max": 500, "lease_secs": 600}),
+        )
+        .json()
+        .unwrap();
+        let leases = r["leases"].as_array().unwrap();
+        if leases.is_empty() {
+            break;
+        }
+        jobs.extend(leases.iter().map(|l| l["job_id"].as_i64().unwrap()));
+    }
+    assert_eq!(jobs.len(), tasks as usize);
+    Leased { author, lab, jobs }
+}
+
+/// A distinct answer archive of `len` bytes for `job`.
+fn answer_bytes(job: i64, len: usize) -> Vec<u8> {
+    let mut out = b"PK".to_vec();
+    let mut x = (job as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.push(x as u8);
+    }
+    out.truncate(len);
+    out
+}
+
+fn batch(records: &[(i64, &[u8])]) -> Vec<u8> {
+    let mut body = Vec::new();
+    for (job, bytes) in records {
+        let h = AnswerBatchHeader {
+            job_id: *job,
+            outcome: "exit 0".into(),
+            node: "node-1".into(),
+            size: bytes.len() as u64,
+        };
+        encode_answer_record(&mut body, &h, bytes).unwrap();
+    }
+    body
+}
+
+/// One record with a raw JSON header.
+fn raw_record(body: &mut Vec<u8>, header: &[u8], bytes: &[u8]) {
+    body.extend_from_slice(&(header.len() as u32).to_be_bytes());
+    body.extend_from_slice(header);
+    body.extend_from_slice(bytes);
+}
+
+fn post_batch(c: &Client, srv: &Server, body: Vec<u8>) -> Response {
+    c.post(srv.url("/lookup/v1/answers"))
+        .header("content-type", ANSWERS_CONTENT_TYPE)
+        .body(body)
+        .send()
+        .unwrap()
+}
+
+fn batch_ok(c: &Client, srv: &Server, body: Vec<u8>) -> Vec<(i64, AnswerBatchStatus)> {
+    let r = post_batch(c, srv, body);
+    assert_eq!(r.status().as_u16(), 200);
+    r.json::<AnswerBatchResponse>()
+        .unwrap()
+        .results
+        .into_iter()
+        .map(|r| (r.job_id, r.status))
+        .collect()
+}
+
+fn store(srv: &Server) -> rjs_webserver::store::sqlite::SqliteStore {
+    rjs_webserver::store::sqlite::SqliteStore::open(&srv.data.join("rjs.db")).unwrap()
+}
+
+/// Jobs by state: [queued, leased, done, failed].
+fn states(srv: &Server) -> [u64; 4] {
+    let c = store(srv).count_by_state().unwrap();
+    let get = |s| c.iter().find(|(st, _)| *st == s).map_or(0, |(_, n)| *n);
+    use rjs_wire::api::JobState::*;
+    [get(Queued), get(Leased), get(Done), get(Failed)]
+}
+
+/// Answers kept inline in the database.
+fn inline_answers(srv: &Server) -> i64 {
+    rusqlite::Connection::open(srv.data.join("rjs.db"))
+        .unwrap()
+        .query_row("SELECT count(*) FROM answer_data", [], |r| r.get(0))
+        .unwrap()
+}
+
+/// The author downloads a job's answer: (content type, content disposition, bytes).
+fn download(author: &Author<'_>, job: i64) -> (String, String, Vec<u8>) {
+    let r = author.send("GET", &format!("/api/v1/jobs/{job}/answer"), vec![]);
+    assert_eq!(r.status().as_u16(), 200, "answer of job {job}");
+    let h = |n: &str| r.headers()[n].to_str().unwrap().to_owned();
+    let (ct, cd) = (h("content-type"), h("content-disposition"));
+    let len: usize = h("content-length").parse().unwrap();
+    let bytes = r.bytes().unwrap().to_vec();
+    assert_eq!(len, bytes.len());
+    (ct, cd, bytes)
+}
+
+#[test]
+fn answer_batch_of_100_is_stored_at_once_and_a_resent_batch_is_all_duplicates() {
+    let srv = Server::start(1024 * 1024, 3);
+    let l = leased(&srv, 100);
+    let blobs_before = srv.blob_files();
+    let answers: Vec<(i64, Vec<u8>)> = l.jobs.iter().map(|&j| (j, answer_bytes(j, 2000))).collect();
+    let records: Vec<(i64, &[u8])> = answers.iter().map(|(j, b)| (*j, &b[..])).collect();
+    let body = batch(&records);
+
+    let results = batch_ok(&l.lab, &srv, body.clone());
+    let expected: Vec<(i64, AnswerBatchStatus)> = l
+        .jobs
+        .iter()
+        .map(|&j| (j, AnswerBatchStatus::Stored))
+        .collect();
+    assert_eq!(results, expected, "every record stored, in request order");
+    assert_eq!(states(&srv), [0, 0, 100, 0]);
+    // Kept in the database: not one file was created for them.
+    assert_eq!(inline_answers(&srv), 100);
+    assert_eq!(srv.blob_files(), blobs_before);
+    // One transaction: every job was marked done at the same instant by the same lookup.
+    let jobs: Value = l.author.send("GET", "/api/v1/jobs", vec![]).json().unwrap();
+    let jobs = jobs["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 100);
+    assert!(
+        jobs.iter()
+            .all(|j| j["updated_at"] == jobs[0]["updated_at"])
+    );
+    assert!(jobs.iter().all(|j| j["state"] == "done"
+        && j["outcome"] == "exit 0"
+        && j["node"] == "node-1"
+        && j["answer_bytes"] == 2000));
+
+    // The author downloads them byte for byte, as any answer.
+    for (job, bytes) in answers.iter().step_by(17) {
+        let (ct, cd, got) = download(&l.author, *job);
+        assert_eq!(ct, "application/zip");
+        assert_eq!(cd, format!("attachment; filename=\"job-{job}-answer.zip\""));
+        assert_eq!(&got, bytes, "answer of job {job}");
+    }
+
+    // The same batch again: acknowledged, discarded.
+    let results = batch_ok(&l.lab, &srv, body);
+    assert!(
+        results
+            .iter()
+            .zip(&l.jobs)
+            .all(|((j, s), want)| j == want && *s == AnswerBatchStatus::Duplicate),
+        "{results:?}"
+    );
+    // Different bytes for an answered job: still the first answer.
+    let results = batch_ok(&l.lab, &srv, batch(&[(l.jobs[0], b"PK other")]));
+    assert_eq!(results, vec![(l.jobs[0], AnswerBatchStatus::Duplicate)]);
+    assert_eq!(download(&l.author, l.jobs[0]).2, answers[0].1);
+    assert_eq!(inline_answers(&srv), 100);
+    // An empty batch is a valid, empty request.
+    assert!(batch_ok(&l.lab, &srv, Vec::new()).is_empty());
+}
+
+#[test]
+fn answer_batch_with_an_unknown_job_stores_the_others() {
+    let srv = Server::start(1024 * 1024, 3);
+    let l = leased(&srv, 3);
+    let (a, b) = (l.jobs[0], l.jobs[1]);
+    let results = batch_ok(
+        &l.lab,
+        &srv,
+        batch(&[(a, b"PK a"), (999_999, b"PK stray"), (b, b"PK b")]),
+    );
+    assert_eq!(
+        results,
+        vec![
+            (a, AnswerBatchStatus::Stored),
+            (999_999, AnswerBatchStatus::NotFound),
+            (b, AnswerBatchStatus::Stored)
+        ]
+    );
+    assert_eq!(states(&srv), [0, 1, 2, 0]);
+    assert_eq!(inline_answers(&srv), 2);
+    assert_eq!(download(&l.author, a).2, b"PK a");
+    assert_eq!(download(&l.author, b).2, b"PK b");
+
+    // A job leased by another lookup (or not leased at all): the first answer wins, as with
+    // the single-answer upload.
+    let c = l.jobs[2];
+    let other = srv.lookup("other");
+    let results = batch_ok(&other, &srv, batch(&[(c, b"PK from the other lookup")]));
+    assert_eq!(results, vec![(c, AnswerBatchStatus::Stored)]);
+    assert_eq!(download(&l.author, c).2, b"PK from the other lookup");
+    assert_eq!(states(&srv), [0, 0, 3, 0]);
+}
+
+#[test]
+fn malformed_or_oversize_answer_batches_store_nothing() {
+    // Answers up to 1 MiB; a batch body up to 64 MiB.
+    let srv = Server::start_with(1024 * 1024, 1024 * 1024, 3);
+    let l = leased(&srv, 300);
+    let (j0, j1) = (l.jobs[0], l.jobs[1]);
+    let blobs_before = srv.blob_files();
+    let good = |j: i64| (j, answer_bytes(j, 100));
+    let ok_record = {
+        let (j, b) = good(j0);
+        batch(&[(j, &b)])
+    };
+    let header = |extra: &str| {
+        format!(r#"{{"job_id":{j1},"outcome":"exit 0","node":"n1","size":2{extra}}}"#)
+    };
+    let with_bad = |header: &str| {
+        let mut body = ok_record.clone();
+        raw_record(&mut body, header.as_bytes(), b"PK");
+        body
+    };
+    let mut cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
+        (
+            "truncated answer",
+            ok_record[..ok_record.len() - 1].to_vec(),
+            400,
+            "bad-request",
+        ),
+        (
+            "truncated length",
+            [&ok_record[..], &[0, 0]].concat(),
+            400,
+            "bad-request",
+        ),
+        (
+            "zero header length",
+            [&ok_record[..], &[0, 0, 0, 0]].concat(),
+            400,
+            "bad-request",
+        ),
+        (
+            "header over 4 KiB",
+            [&ok_record[..], &(4097u32).to_be_bytes(), &[b' '; 4097]].concat(),
+            400,
+            "bad-request",
+        ),
+        ("bad JSON", with_bad("{\"job_id\":"), 400, "bad-request"),
+        (
+            "unknown field",
+            with_bad(&header(r#","extra":true"#)),
+            400,
+            "bad-request",
+        ),
+        (
+            "missing field",
+            with_bad(&format!(r#"{{"job_id":{j1},"outcome":"exit 0","size":2}}"#)),
+            400,
+            "bad-request",
+        ),
+        (
+            "bad outcome",
+            with_bad(&format!(
+                r#"{{"job_id":{j1},"outcome":"exit 0\nx: y","node":"n1","size":2}}"#
+            )),
+            400,
+            "bad-request",
+        ),
+        (
+            "bad node",
+            with_bad(&format!(
+                r#"{{"job_id":{j1},"outcome":"exit 0","node":"n 1","size":2}}"#
+            )),
+            400,
+            "bad-request",
+        ),
+        (
+            "job id 0",
+            with_bad(r#"{"job_id":0,"outcome":"exit 0","node":"n1","size":2}"#),
+            400,
+            "bad-request",
+        ),
+        (
+            "duplicate job id",
+            batch(&[(j0, b"PK 1"), (j1, b"PK 2"), (j0, b"PK 3")]),
+            400,
+            "bad-request",
+        ),
+        (
+            "answer over --max-answer",
+            {
+                let big = vec![7u8; 1024 * 1024 + 1];
+                batch(&[(j0, b"PK"), (j1, &big)])
+            },
+            413,
+            "too-large",
+        ),
+    ];
+    // Too many records: MAX_ANSWER_BATCH + 1.
+    let many: Vec<(i64, Vec<u8>)> = l.jobs[..MAX_ANSWER_BATCH + 1]
+        .iter()
+        .map(|&j| good(j))
+        .collect();
+    let many_refs: Vec<(i64, &[u8])> = many.iter().map(|(j, b)| (*j, &b[..])).collect();
+    cases.push(("too many records", batch(&many_refs), 400, "bad-request"));
+    for (what, body, status, code) in cases {
+        let r = post_batch(&l.lab, &srv, body);
+        let got = r.status().as_u16();
+        let v: Value = r.json().unwrap_or(Value::Null);
+        assert_eq!(
+            (got, v["code"].as_str()),
+            (status, Some(code)),
+            "{what}: {v}"
+        );
+    }
+    // Not the batch content type.
+    let r = l
+        .lab
+        .post(srv.url("/lookup/v1/answers"))
+        .header("content-type", "application/octet-stream")
+        .body(ok_record.clone())
+        .send()
+        .unwrap();
+    check_error(r, 415, "unsupported-media-type");
+    // A declared length over the body limit: refused at once.
+    check_error(
+        post_batch(&l.lab, &srv, vec![0u8; 64 * 1024 * 1024 + 1]),
+        413,
+        "too-large",
+    );
+    // Streamed without a length: refused where the body crosses 64 MiB (here 65 large
+    // answers of 1 MiB each, in blob uploads until then).
+    let big: Vec<(i64, Vec<u8>)> = l.jobs[..65]
+        .iter()
+        .map(|&j| (j, answer_bytes(j, 1024 * 1024)))
+        .collect();
+    let big_refs: Vec<(i64, &[u8])> = big.iter().map(|(j, b)| (*j, &b[..])).collect();
+    let body = batch(&big_refs);
+    assert!(body.len() > 64 * 1024 * 1024);
+    let r = l
+        .lab
+        .post(srv.url("/lookup/v1/answers"))
+        .header("content-type", ANSWERS_CONTENT_TYPE)
+        .body(reqwest::blocking::Body::new(std::io::Cursor::new(body)))
+        .send();
+    match r {
+        Ok(r) => check_error(r, 413, "too-large"),
+        // Past the limit the server reads at most 1 MiB more: the client may instead see the
+        // stream reset.
+        Err(e) => eprintln!("streamed oversize batch: {e}"),
+    }
+    // Large answers uploaded within a refused batch were never committed.
+    let big_ok = batch(&big_refs[..2]);
+    let mut cut = big_ok.clone();
+    cut.truncate(big_ok.len() - 10);
+    check_error(post_batch(&l.lab, &srv, cut), 400, "bad-request");
+
+    // Nothing of any of them was stored.
+    assert_eq!(states(&srv), [0, 300, 0, 0]);
+    assert_eq!(inline_answers(&srv), 0);
+    assert_eq!(srv.blob_files(), blobs_before);
+    assert_eq!(count_files(&srv.data.join("blobs/tmp")), 0);
+    // The server is fine: a good batch goes through.
+    assert_eq!(
+        batch_ok(&l.lab, &srv, ok_record),
+        vec![(j0, AnswerBatchStatus::Stored)]
+    );
+}
+
+#[test]
+fn large_answers_go_to_the_blob_store_small_ones_inline() {
+    const INLINE: usize = rjs_webserver::store::INLINE_ANSWER_MAX as usize;
+    let srv = Server::start_with(1024 * 1024, 2 * 1024 * 1024, 3);
+    let l = leased(&srv, 6);
+    let blobs_before = srv.blob_files();
+    let j = &l.jobs;
+    let sizes = [INLINE, INLINE + 1, 1536 * 1024, 10, INLINE, INLINE + 1];
+    let answers: Vec<Vec<u8>> = j
+        .iter()
+        .zip(sizes)
+        .map(|(&j, n)| answer_bytes(j, n))
+        .collect();
+    // Batch: at the threshold inline, above it a blob.
+    let results = batch_ok(
+        &l.lab,
+        &srv,
+        batch(&[
+            (j[0], &answers[0]),
+            (j[1], &answers[1]),
+            (j[2], &answers[2]),
+            (j[3], &answers[3]),
+        ]),
+    );
+    assert!(results.iter().all(|(_, s)| *s == AnswerBatchStatus::Stored));
+    // Single uploads: the same rule.
+    for i in [4, 5] {
+        let r = l
+            .lab
+            .put(srv.url(&format!("/lookup/v1/jobs/{}/answer", j[i])))
+            .header("rjs-outcome", "exit 0")
+            .header("rjs-node", "n1")
+            .body(answers[i].clone())
+            .send()
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 201);
+    }
+    // A large single answer streamed without a length moves to a blob once past the threshold.
+    let r = l
+        .lab
+        .put(srv.url(&format!("/lookup/v1/jobs/{}/answer", j[5])))
+        .header("rjs-outcome", "exit 0")
+        .header("rjs-node", "n1")
+        .body(reqwest::blocking::Body::new(std::io::Cursor::new(
+            answer_bytes(1, INLINE + 5),
+        )))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200, "duplicate");
+
+    assert_eq!(states(&srv), [0, 0, 6, 0]);
+    assert_eq!(inline_answers(&srv), 3);
+    // Three answer blobs, named by their SHA-256 (plus, perhaps, the streamed duplicate's).
+    let after = srv.blob_files();
+    assert!(
+        after == blobs_before + 3 || after == blobs_before + 4,
+        "{blobs_before} -> {after}"
+    );
+    for i in [1, 2, 5] {
+        let sha = sha_hex(&answers[i]);
+        let path = srv.data.join("blobs/blobs").join(&sha[..2]).join(&sha);
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            answers[i],
+            "blob of job {}",
+            j[i]
+        );
+    }
+    for (i, bytes) in answers.iter().enumerate() {
+        let (ct, _, got) = download(&l.author, j[i]);
+        assert_eq!(ct, "application/zip");
+        assert!(
+            got == *bytes,
+            "answer of job {} ({} bytes) intact",
+            j[i],
+            bytes.len()
+        );
+    }
+    assert_eq!(count_files(&srv.data.join("blobs/tmp")), 0);
+}
+
+#[test]
+fn answer_batches_need_an_enrolled_unrevoked_lookup() {
+    let srv = Server::start(1024 * 1024, 3);
+    let l = leased(&srv, 2);
+    let body = batch(&[(l.jobs[0], b"PK")]);
+    check_error(
+        post_batch(&l.author.http, &srv, body.clone()),
+        401,
+        "no-client-certificate",
+    );
+    let ca = pki::Ca {
+        cert_pem: std::fs::read_to_string(srv.data.join("ca.pem")).unwrap(),
+        key_pem: std::fs::read_to_string(srv.data.join("ca-key.pem")).unwrap(),
+    };
+    let stray = pki::issue_lookup(&ca, "stray").unwrap();
+    let creds =
+        pki::parse_creds(pki::creds_file("stray", &stray, &ca.cert_pem).as_bytes()).unwrap();
+    check_error(
+        post_batch(&srv.client(Some(creds)), &srv, body.clone()),
+        403,
+        "not-a-lookup",
+    );
+    admin::lookup_revoke(&srv.data, "lab").unwrap();
+    check_error(
+        post_batch(&l.lab, &srv, body.clone()),
+        403,
+        "revoked-lookup",
+    );
+    // Wrong method on the route.
+    check_error(
+        l.lab.get(srv.url("/lookup/v1/answers")).send().unwrap(),
+        405,
+        "method-not-allowed",
+    );
+    assert_eq!(states(&srv), [0, 2, 0, 0]);
+    assert_eq!(inline_answers(&srv), 0);
 }

@@ -73,6 +73,7 @@ fn answer<'a>(lookup: i64, job: i64, sha: &'a str, now: i64) -> NewAnswer<'a> {
         outcome: "exit 0",
         node: "node-1",
         now,
+        inline: None,
     }
 }
 
@@ -854,4 +855,125 @@ fn corrupt_rows_give_errors_not_panics() {
         src = e.source();
     }
     assert!(chain.contains("bogus"), "{chain}");
+}
+
+// ------------------------------------------------------------------ inline answers, batches
+
+fn inline_answer<'a>(lookup: i64, job: i64, sha: &'a str, bytes: &'a [u8]) -> NewAnswer<'a> {
+    NewAnswer {
+        size: bytes.len() as u64,
+        inline: Some(bytes),
+        ..answer(lookup, job, sha, T0 + 5)
+    }
+}
+
+#[test]
+fn record_answers_records_each_in_one_transaction() {
+    let f = fixture();
+    let s = &f.store;
+    let sub = submit(s, f.author, &bundle_id(1), 4, "/compute", false, T0);
+    let j: Vec<i64> = sub.jobs.iter().map(|(id, _)| *id).collect();
+    s.lease(f.lookup, 4, &[], T0 + 60, T0, MAX_ATTEMPTS)
+        .unwrap();
+    let (sha_a, sha_b) = ("aa".repeat(32), "bb".repeat(32));
+    let results = s
+        .record_answers(&[
+            inline_answer(f.lookup, j[0], &sha_a, b"PK inline"),
+            inline_answer(f.lookup, 999_999, &sha_a, b"PK stray"),
+            answer(f.lookup, j[1], &sha_b, T0 + 5),
+            inline_answer(f.lookup, j[0], &sha_b, b"PK second"),
+        ])
+        .unwrap();
+    assert!(matches!(
+        results.as_slice(),
+        [
+            Ok(AnswerOutcome::Stored),
+            Err(StoreError::NotFound(_)),
+            Ok(AnswerOutcome::Stored),
+            Ok(AnswerOutcome::Duplicate)
+        ]
+    ));
+    let a = s.answer_of(f.author, j[0]).unwrap();
+    assert_eq!(
+        (a.sha256.as_str(), a.size, a.inline.as_deref()),
+        (sha_a.as_str(), 9, Some(&b"PK inline"[..]))
+    );
+    let b = s.answer_of(f.author, j[1]).unwrap();
+    assert_eq!(
+        (b.sha256.as_str(), b.size, b.inline),
+        (sha_b.as_str(), 99, None)
+    );
+    assert_eq!(view(s, f.author, j[0]).answer_bytes, Some(9));
+    assert_eq!(counts(s), [0, 2, 2, 0]);
+    assert!(s.record_answers(&[]).unwrap().is_empty());
+
+    // An inline archive that is not as long as announced, or too long to keep inline, is
+    // refused before anything is written.
+    let big = vec![0u8; rjs_webserver::store::INLINE_ANSWER_MAX as usize + 1];
+    for bad in [
+        NewAnswer {
+            size: 3,
+            ..inline_answer(f.lookup, j[3], &sha_a, b"PK")
+        },
+        inline_answer(f.lookup, j[3], &sha_a, &big),
+    ] {
+        assert!(matches!(
+            s.record_answers(&[inline_answer(f.lookup, j[2], &sha_a, b"PK"), bad]),
+            Err(StoreError::Conflict(_))
+        ));
+    }
+    assert_eq!(counts(s), [0, 2, 2, 0]);
+
+    // A failure in the middle of the transaction rolls all of it back: a (corrupt) leftover
+    // inline row makes the second answer's insert fail, the first is not kept either.
+    let c = raw(s.path());
+    c.execute(
+        "INSERT INTO answer_data (job_id, bytes) VALUES (?1, x'00')",
+        [j[3]],
+    )
+    .unwrap();
+    assert!(matches!(
+        s.record_answers(&[
+            inline_answer(f.lookup, j[2], &sha_a, b"PK"),
+            inline_answer(f.lookup, j[3], &sha_a, b"PK"),
+        ]),
+        Err(StoreError::Db(_))
+    ));
+    assert_eq!(counts(s), [0, 2, 2, 0]);
+    assert!(matches!(
+        s.answer_of(f.author, j[2]),
+        Err(StoreError::NotFound(_))
+    ));
+}
+
+#[test]
+fn schema_1_databases_are_migrated_keeping_their_answers() {
+    let f = fixture();
+    let s = &f.store;
+    let sub = submit(s, f.author, &bundle_id(1), 2, "/compute", false, T0);
+    let j = sub.jobs[0].0;
+    let sha = "ab".repeat(32);
+    s.record_answer(&answer(f.lookup, j, &sha, T0 + 1)).unwrap();
+    // Back to schema 1 (no inline answers yet).
+    let c = raw(s.path());
+    c.execute_batch("DROP TABLE answer_data; PRAGMA user_version = 1;")
+        .unwrap();
+    drop(c);
+    let s2 = SqliteStore::open(s.path()).unwrap();
+    let v: i64 = raw(s.path())
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(v, SqliteStore::schema_version());
+    let a = s2.answer_of(f.author, j).unwrap();
+    assert_eq!((a.sha256, a.size, a.inline), (sha.clone(), 99, None));
+    let j2 = sub.jobs[1].0;
+    assert_eq!(
+        s2.record_answer(&inline_answer(f.lookup, j2, &sha, b"PK new"))
+            .unwrap(),
+        AnswerOutcome::Stored
+    );
+    assert_eq!(
+        s2.answer_of(f.author, j2).unwrap().inline.as_deref(),
+        Some(&b"PK new"[..])
+    );
 }

@@ -43,9 +43,16 @@ pub const WORKER_SUBCOMMAND: &str = "worker";
 pub struct SandboxConfig {
     /// Worker processes, i.e. tasks that can run at once (1..=256).
     pub slots: usize,
-    /// The node's own directory; the sandbox uses `cache/` and `scratch/` under it. Created
-    /// 0700 if missing; refused if another user owns it, tightened to 0700 if it is looser.
+    /// The node's own directory; the sandbox uses `cache/`, `inputs/` and `scratch/` under it.
+    /// Created 0700 if missing; refused if another user owns it, tightened to 0700 if it is
+    /// looser.
     pub work_dir: PathBuf,
+    /// An existing directory in which to make the tasks' scratch directory instead of
+    /// `<work_dir>/scratch`: the sandbox makes (or takes over) its own private
+    /// `rjs-scratch-<16 hex digits>` in it, named after the work directory. Meant for a RAM
+    /// filesystem such as `/dev/shm`, where making and removing a task's `out/` costs
+    /// microseconds whatever the disk's filesystem does. `None`: `<work_dir>/scratch`.
+    pub scratch_in: Option<PathBuf>,
     /// The executable started as `<exe> worker`; `None`: this process's own executable
     /// (`std::env::current_exe()`), which must dispatch `worker` to [`worker_main`].
     pub worker_exe: Option<PathBuf>,
@@ -77,6 +84,7 @@ impl SandboxConfig {
                 .map(|n| n.get())
                 .unwrap_or(1),
             work_dir: work_dir.into(),
+            scratch_in: None,
             worker_exe: None,
             max_memory_bytes: 1 << 30,
             max_out_files: 900,

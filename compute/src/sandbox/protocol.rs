@@ -11,10 +11,12 @@ use std::path::PathBuf;
 use rjs_signer::Limits;
 use rjs_signer::answer::{Ending, LimitKind};
 use serde::{Deserialize, Serialize};
+use std::future::Future;
+
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Bumped whenever a message changes; the supervisor refuses a worker that speaks another one.
-pub(crate) const PROTOCOL_VERSION: u32 = 1;
+pub(crate) const PROTOCOL_VERSION: u32 = 2;
 
 pub(crate) const KIND_JSON: u8 = b'J';
 pub(crate) const KIND_BLOB: u8 = b'B';
@@ -28,6 +30,9 @@ pub(crate) const MAX_BLOB_FROM_WORKER: usize = Limits::MAX_STDOUT as usize;
 /// Largest blob a worker accepts from the supervisor: a module (bundles are at most 256 MiB
 /// uncompressed; this is a sanity bound, the supervisor is trusted).
 pub(crate) const MAX_BLOB_TO_WORKER: usize = 1 << 30;
+
+/// Frames up to this size are written with one write.
+const SMALL_FRAME: usize = 64 << 10;
 
 /// One frame.
 #[derive(Debug)]
@@ -99,6 +104,9 @@ pub(crate) enum FromWorker {
         module_source: ModuleSource,
         /// Compiling or loading the module, µs (0 on a memory hit).
         load_us: u64,
+        /// The worker's user + system CPU time so far (getrusage), µs: the base from which
+        /// the supervisor measures a task it stops (`/proc/<pid>/stat` at the kill).
+        cpu_us: u64,
     },
     /// The task ended inside the worker. Two blobs follow: stdout, then stderr.
     Done(Box<DoneReply>),
@@ -204,21 +212,110 @@ pub(crate) fn write_json(w: &mut impl Write, msg: &impl Serialize) -> io::Result
     write_frame(w, KIND_JSON, &bytes)
 }
 
-/// Async read of one frame (supervisor side). `Ok(None)` at a clean end of input.
-pub(crate) async fn read_frame_async(
-    r: &mut (impl AsyncRead + Unpin),
+/// Reads frames from a worker (supervisor side) into its own buffer, so that
+/// [`recv`](Self::recv) is cancel-safe (usable in `select!`: a frame is never half-read and
+/// lost), without a reader task in between. A reply (`Done` and its two blobs) written in one
+/// go is read with one syscall.
+pub(crate) struct FrameReader<R> {
+    reader: R,
+    buf: Vec<u8>,
     max_blob: usize,
-) -> io::Result<Option<Frame>> {
-    let mut h = [0u8; 5];
-    match r.read_exact(&mut h).await {
-        Ok(_) => {}
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e),
+    /// End of input or a broken frame: nothing more will be returned.
+    done: bool,
+}
+
+/// Bytes asked of the pipe at least per read.
+const READ_CHUNK: usize = 64 << 10;
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    pub(crate) fn new(reader: R, max_blob: usize) -> Self {
+        FrameReader {
+            reader,
+            buf: Vec::new(),
+            max_blob,
+            done: false,
+        }
     }
-    let (kind, len) = check_header(h, max_blob)?;
-    let mut payload = vec![0u8; len];
-    r.read_exact(&mut payload).await?;
-    Ok(Some(make_frame(kind, payload)))
+
+    /// A complete frame at the front of the buffer, taken out; `Ok(None)` if more bytes are
+    /// needed (then `need` is the buffer size that holds the frame, if known).
+    fn parse(&mut self, need: &mut usize) -> io::Result<Option<Frame>> {
+        if self.buf.len() < 5 {
+            *need = 5;
+            return Ok(None);
+        }
+        let h = [
+            self.buf[0],
+            self.buf[1],
+            self.buf[2],
+            self.buf[3],
+            self.buf[4],
+        ];
+        let (kind, len) = check_header(h, self.max_blob)?;
+        if self.buf.len() < 5 + len {
+            *need = 5 + len;
+            return Ok(None);
+        }
+        let rest = self.buf.split_off(5 + len);
+        let mut payload = std::mem::replace(&mut self.buf, rest);
+        payload.drain(..5);
+        Ok(Some(make_frame(kind, payload)))
+    }
+
+    /// The next frame; `None` once the input ended (or after the error that broke it).
+    /// Cancel-safe.
+    pub(crate) async fn recv(&mut self) -> Option<Result<Frame, String>> {
+        loop {
+            if self.done {
+                return None;
+            }
+            let mut need = 0;
+            match self.parse(&mut need) {
+                Ok(Some(frame)) => return Some(Ok(frame)),
+                Ok(None) => {}
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(e.to_string()));
+                }
+            }
+            let want = need.saturating_sub(self.buf.len()).max(READ_CHUNK);
+            self.buf.reserve(want);
+            // Cancel-safe: bytes read are in the buffer before this returns.
+            match self.reader.read_buf(&mut self.buf).await {
+                Ok(0) => {
+                    self.done = true;
+                    if self.buf.is_empty() {
+                        return None;
+                    }
+                    return Some(Err("the input ended in the middle of a frame".into()));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(e.to_string()));
+                }
+            }
+        }
+    }
+
+    /// Whether nothing is pending: no buffered bytes, the input still open and nothing to
+    /// read right now (checked without waiting).
+    pub(crate) fn is_quiet(&mut self) -> bool {
+        if self.done || !self.buf.is_empty() {
+            return false;
+        }
+        self.buf.reserve(READ_CHUNK);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let read = std::pin::pin!(self.reader.read_buf(&mut self.buf));
+        match read.poll(&mut cx) {
+            std::task::Poll::Pending => true,
+            std::task::Poll::Ready(Ok(0)) | std::task::Poll::Ready(Err(_)) => {
+                self.done = true;
+                false
+            }
+            std::task::Poll::Ready(Ok(_)) => false,
+        }
+    }
 }
 
 /// Async write of one frame (supervisor side), flushed.
@@ -227,8 +324,17 @@ pub(crate) async fn write_frame_async(
     kind: u8,
     payload: &[u8],
 ) -> io::Result<()> {
-    w.write_all(&frame_header(kind, payload.len())?).await?;
-    w.write_all(payload).await?;
+    let header = frame_header(kind, payload.len())?;
+    if payload.len() <= SMALL_FRAME {
+        // One write (one pipe syscall) for the usual small frame.
+        let mut frame = Vec::with_capacity(header.len() + payload.len());
+        frame.extend_from_slice(&header);
+        frame.extend_from_slice(payload);
+        w.write_all(&frame).await?;
+    } else {
+        w.write_all(&header).await?;
+        w.write_all(payload).await?;
+    }
     w.flush().await
 }
 
@@ -241,7 +347,13 @@ pub(crate) async fn write_json_async(
 }
 
 pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(DIGITS[usize::from(b >> 4)] as char);
+        s.push(DIGITS[usize::from(b & 15)] as char);
+    }
+    s
 }
 
 pub(crate) fn parse_sha256_hex(s: &str) -> Option<[u8; 32]> {
@@ -282,6 +394,44 @@ mod tests {
         assert!(read_frame(&mut &big[..], 9).is_err());
         let bad = [0, 0, 0, 1, b'X', 0];
         assert!(read_frame(&mut &bad[..], 9).is_err());
+    }
+
+    #[tokio::test]
+    async fn frame_reader_reads_split_and_joined_frames() {
+        let mut bytes = Vec::new();
+        write_json(&mut bytes, &ToWorker::Shutdown).unwrap();
+        write_frame(&mut bytes, KIND_BLOB, b"abc").unwrap();
+        write_frame(&mut bytes, KIND_BLOB, b"").unwrap();
+        let (mut tx, rx) = tokio::io::duplex(64);
+        let mut r = FrameReader::new(rx, 3);
+        assert!(r.is_quiet());
+        // Byte by byte: the reader waits for whole frames.
+        let writer = tokio::spawn(async move {
+            for b in bytes {
+                tx.write_all(&[b]).await.unwrap();
+                tokio::task::yield_now().await;
+            }
+            tx
+        });
+        assert!(matches!(r.recv().await, Some(Ok(Frame::Json(_)))));
+        assert!(matches!(r.recv().await, Some(Ok(Frame::Blob(b))) if b == b"abc"));
+        assert!(matches!(r.recv().await, Some(Ok(Frame::Blob(b))) if b.is_empty()));
+        let mut tx = writer.await.unwrap();
+        // A frame over the bound breaks the reader for good.
+        write_frame_async(&mut tx, KIND_BLOB, b"abcd")
+            .await
+            .unwrap();
+        assert!(matches!(r.recv().await, Some(Err(_))));
+        assert!(r.recv().await.is_none());
+        assert!(!r.is_quiet());
+
+        let (mut tx, rx) = tokio::io::duplex(64);
+        let mut r = FrameReader::new(rx, 3);
+        tx.write_all(&[0, 0, 0, 1]).await.unwrap();
+        assert!(!r.is_quiet(), "bytes pending");
+        drop(tx);
+        assert!(matches!(r.recv().await, Some(Err(_))), "cut in the middle");
+        assert!(r.recv().await.is_none());
     }
 
     #[test]

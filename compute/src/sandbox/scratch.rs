@@ -1,36 +1,45 @@
 //! Scratch directories: where a task's inputs and outputs live on the host.
 //!
 //! ```text
-//! <work_dir>/scratch/<unique>/      0700, removed after the task whatever happened
-//!     in/                           guest `.` (read-only): the inputs at their bundle paths
-//!     out/                          guest `out` (read-write)
+//! <work_dir>/scratch/<unique>/      0700: the task's `out/` (guest `out`, read-write), made
+//!                                   before the task, removed after it whatever happened
+//! <work_dir>/inputs/empty/          0700: guest `.` (read-only) of every task without inputs;
+//!     out/                          holds nothing but an empty `out` directory entry
+//! <work_dir>/inputs/<unique>/       0700: guest `.` (read-only) of the tasks of one set of
+//!     <bundle paths>                inputs (0400), written once and shared by those tasks;
+//!     out/                          removed once unused and beyond the bounds below
 //! ```
+//!
+//! One directory is made and removed per task: creating inodes is what a tiny task's
+//! set-up costs most on the host's filesystem (ext4 scans its recently deleted inodes on
+//! every allocation), so the read-only side is not rebuilt for every task.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// Deepest directory nesting walked under `out/`.
 const MAX_DEPTH: usize = 32;
+/// Input directories kept while no task uses them (most recently used first), at most this
+/// many and this many bytes of inputs in all.
+const KEEP_UNUSED_INPUTS: usize = 8;
+const KEEP_UNUSED_INPUT_BYTES: u64 = 256 << 20;
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
-pub(crate) struct Scratch {
-    pub root: PathBuf,
-    pub input_dir: PathBuf,
-    pub out_dir: PathBuf,
-}
+/// A task's input files, as a [`TaskSpec`](crate::job::TaskSpec) holds them.
+pub(crate) type Inputs = Arc<Vec<(String, Vec<u8>)>>;
 
 fn private_dir(path: &Path) -> io::Result<()> {
     fs::DirBuilder::new().mode(0o700).create(path)
 }
 
-/// Creates a fresh scratch directory under `base` holding `inputs` (names already checked by
-/// the bundle verifier; checked again here).
-pub(crate) fn create(base: &Path, inputs: &[(String, Vec<u8>)]) -> io::Result<Scratch> {
-    let root = loop {
+/// A fresh private directory under `base` with a unique name.
+fn unique_dir(base: &Path) -> io::Result<PathBuf> {
+    loop {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
@@ -40,53 +49,191 @@ pub(crate) fn create(base: &Path, inputs: &[(String, Vec<u8>)]) -> io::Result<Sc
             std::process::id(),
             COUNTER.fetch_add(1, Ordering::Relaxed)
         );
-        let root = base.join(name);
-        match private_dir(&root) {
-            Ok(()) => break root,
+        let dir = base.join(name);
+        match private_dir(&dir) {
+            Ok(()) => return Ok(dir),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
             Err(e) => return Err(e),
         }
-    };
-    let scratch = Scratch {
-        input_dir: root.join("in"),
-        out_dir: root.join("out"),
-        root,
-    };
-    let filled = (|| {
-        private_dir(&scratch.input_dir)?;
-        private_dir(&scratch.out_dir)?;
-        for (name, bytes) in inputs {
-            rjs_signer::paths::check_entry_name(name).map_err(|e| {
-                io::Error::new(io::ErrorKind::InvalidInput, format!("input {name:?}: {e}"))
-            })?;
-            let path = scratch.input_dir.join(name);
-            if let Some(parent) = path.parent() {
-                fs::DirBuilder::new()
-                    .recursive(true)
-                    .mode(0o700)
-                    .create(parent)?;
-            }
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o400)
-                .open(&path)?;
-            io::Write::write_all(&mut f, bytes)?;
-        }
-        // So that listing `.` shows `out` (the guest's `out` is the writable preopen, which
-        // shadows anything under `in/out`).
-        match private_dir(&scratch.input_dir.join("out")) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(e),
-        }
-        Ok(())
-    })();
-    if let Err(e) = filled {
-        remove(&scratch.root);
-        return Err(e);
     }
-    Ok(scratch)
+}
+
+/// Creates a task's fresh, empty `out/` directory under `base` (`<work_dir>/scratch`).
+pub(crate) fn create_out(base: &Path) -> io::Result<PathBuf> {
+    unique_dir(base)
+}
+
+/// Writes `inputs` (names already checked by the bundle verifier; checked again here) into
+/// the fresh directory `dir`, plus an empty `out` directory so that listing the guest's `.`
+/// shows `out` (the guest's `out` is the writable preopen, which shadows anything under
+/// `<dir>/out`).
+fn fill_inputs(dir: &Path, inputs: &[(String, Vec<u8>)]) -> io::Result<()> {
+    for (name, bytes) in inputs {
+        rjs_signer::paths::check_entry_name(name).map_err(|e| {
+            io::Error::new(io::ErrorKind::InvalidInput, format!("input {name:?}: {e}"))
+        })?;
+        let path = dir.join(name);
+        if let Some(parent) = path.parent() {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(parent)?;
+        }
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o400)
+            .open(&path)?;
+        io::Write::write_all(&mut f, bytes)?;
+    }
+    match private_dir(&dir.join("out")) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// The read-only input directories (the guest's `.`), shared by the tasks whose inputs are
+/// the same. The guest cannot change them: `.` is preopened read-only and the files are 0400.
+pub(crate) struct InputDirs {
+    base: PathBuf,
+    empty: PathBuf,
+    state: Mutex<InputState>,
+}
+
+#[derive(Default)]
+struct InputState {
+    entries: Vec<InputEntry>,
+    clock: u64,
+}
+
+struct InputEntry {
+    id: u64,
+    inputs: Inputs,
+    dir: PathBuf,
+    bytes: u64,
+    users: usize,
+    last_used: u64,
+}
+
+/// A task's directories on the host.
+pub(crate) struct Scratch {
+    /// Its guest `.`.
+    pub input: InputLease,
+    /// Its guest `out` (the only directory made for the task alone).
+    pub out_dir: PathBuf,
+}
+
+/// The input directory one task uses; give it back with [`InputDirs::release`].
+#[derive(Debug)]
+pub(crate) struct InputLease {
+    pub dir: PathBuf,
+    /// `None`: the shared empty directory.
+    id: Option<u64>,
+}
+
+fn same_inputs(a: &Inputs, b: &Inputs) -> bool {
+    Arc::ptr_eq(a, b) || **a == **b
+}
+
+impl InputDirs {
+    /// Takes over `base` (an existing private directory): removes what a previous run left
+    /// there and makes `base/empty`. Blocking.
+    pub(crate) fn open(base: &Path) -> io::Result<InputDirs> {
+        for entry in fs::read_dir(base)? {
+            remove(&entry?.path());
+        }
+        let empty = base.join("empty");
+        private_dir(&empty)?;
+        fill_inputs(&empty, &[])?;
+        Ok(InputDirs {
+            base: base.to_owned(),
+            empty,
+            state: Mutex::new(InputState::default()),
+        })
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, InputState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The directory already holding `inputs`, if any (no I/O).
+    pub(crate) fn lookup(&self, inputs: &Inputs) -> Option<InputLease> {
+        if inputs.is_empty() {
+            return Some(InputLease {
+                dir: self.empty.clone(),
+                id: None,
+            });
+        }
+        let mut st = self.state();
+        st.clock += 1;
+        let clock = st.clock;
+        let e = st
+            .entries
+            .iter_mut()
+            .find(|e| same_inputs(&e.inputs, inputs))?;
+        e.users += 1;
+        e.last_used = clock;
+        Some(InputLease {
+            dir: e.dir.clone(),
+            id: Some(e.id),
+        })
+    }
+
+    /// A directory holding `inputs`: [`lookup`](Self::lookup), else a new one written now.
+    /// Blocking.
+    pub(crate) fn acquire(&self, inputs: &Inputs) -> io::Result<InputLease> {
+        if let Some(lease) = self.lookup(inputs) {
+            return Ok(lease);
+        }
+        let dir = unique_dir(&self.base)?;
+        if let Err(e) = fill_inputs(&dir, inputs) {
+            remove(&dir);
+            return Err(e);
+        }
+        let id = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let mut st = self.state();
+        st.clock += 1;
+        let last_used = st.clock;
+        st.entries.push(InputEntry {
+            id,
+            inputs: inputs.clone(),
+            dir: dir.clone(),
+            bytes: inputs.iter().map(|(_, b)| b.len() as u64).sum(),
+            users: 1,
+            last_used,
+        });
+        Ok(InputLease { dir, id: Some(id) })
+    }
+
+    /// Gives a lease back; returns the directories no longer kept (unused, beyond the
+    /// bounds), for the caller to [`remove`] on a blocking thread.
+    pub(crate) fn release(&self, lease: InputLease) -> Vec<PathBuf> {
+        let Some(id) = lease.id else {
+            return Vec::new();
+        };
+        let mut st = self.state();
+        if let Some(e) = st.entries.iter_mut().find(|e| e.id == id) {
+            e.users = e.users.saturating_sub(1);
+        }
+        // Most recently used first; drop unused ones past the bounds.
+        st.entries.sort_by_key(|e| std::cmp::Reverse(e.last_used));
+        let (mut kept, mut bytes, mut gone) = (0usize, 0u64, Vec::new());
+        st.entries.retain(|e| {
+            if e.users > 0 {
+                return true;
+            }
+            kept += 1;
+            bytes = bytes.saturating_add(e.bytes);
+            if kept > KEEP_UNUSED_INPUTS || bytes > KEEP_UNUSED_INPUT_BYTES {
+                gone.push(e.dir.clone());
+                false
+            } else {
+                true
+            }
+        });
+        gone
+    }
 }
 
 /// Removes a scratch directory and everything in it (never following symlinks). Errors are
@@ -95,6 +242,13 @@ pub(crate) fn remove(root: &Path) {
     if let Err(e) = fs::remove_dir_all(root)
         && e.kind() != io::ErrorKind::NotFound
     {
+        if fs::symlink_metadata(root).is_ok_and(|m| !m.is_dir()) {
+            // Not a directory (a stray file left in a directory the node owns).
+            if let Err(e) = fs::remove_file(root) {
+                tracing::warn!(path = %root.display(), error = %e, "removing a scratch file");
+            }
+            return;
+        }
         // A directory without write permission cannot be emptied: open it up and retry.
         let _ = make_writable(root, 0);
         if let Err(e) = fs::remove_dir_all(root) {
@@ -173,49 +327,120 @@ pub(crate) struct Collected {
     pub over_budget: bool,
 }
 
-/// Collects the regular files under `out/` (no symlink is followed, names must pass
-/// `check_entry_name`), in name order, while they fit `max_bytes` and `max_files`.
-pub(crate) fn collect(out_dir: &Path, max_bytes: u64, max_files: usize) -> Collected {
-    let mut found: Vec<(String, PathBuf)> = Vec::new();
-    let mut c = Collected::default();
-    let mut stack = vec![(out_dir.to_path_buf(), String::new(), 0usize)];
+/// One walk of `out/` (no symlink followed): what [`usage`] and [`collect`] need, and what
+/// is there to remove.
+#[derive(Default)]
+struct Walk {
+    /// As [`usage`] with `4 × max_files` entries at most.
+    usage: Usage,
+    /// Regular files whose names the answer format can carry: (name, path).
+    found: Vec<(String, PathBuf)>,
+    skipped: Vec<String>,
+    over_budget: bool,
+    /// Every entry was seen: `dirs` and `others` are all there is.
+    complete: bool,
+    /// Directories under `out/`, parents before children.
+    dirs: Vec<PathBuf>,
+    /// Everything else (files, symlinks, special files).
+    others: Vec<PathBuf>,
+}
+
+fn walk(out_dir: &Path, max_files: usize) -> Walk {
+    let mut w = Walk {
+        complete: true,
+        ..Walk::default()
+    };
+    let max_entries = max_files.saturating_mul(4);
+    let walk_cap = max_entries.max(64);
+    let mut usage_done = false;
+    // (directory, name prefix, depth); prefix `None`: under a directory whose name is not
+    // UTF-8 (counted, not collected).
+    let mut stack = vec![(out_dir.to_path_buf(), Some(String::new()), 0usize)];
     let mut seen = 0usize;
-    let walk_cap = max_files.saturating_mul(4).max(64);
-    while let Some((dir, prefix, depth)) = stack.pop() {
+    'walk: while let Some((dir, prefix, depth)) = stack.pop() {
         let Ok(entries) = fs::read_dir(&dir) else {
+            w.complete = false;
             continue;
         };
-        for entry in entries.flatten() {
-            seen += 1;
-            if seen > walk_cap {
-                c.over_budget = true;
-                break;
-            }
-            let name = match entry.file_name().into_string() {
-                Ok(n) => format!("{prefix}{n}"),
-                Err(n) => {
-                    c.skipped.push(format!("{prefix}{}", n.to_string_lossy()));
-                    continue;
-                }
+        for entry in entries {
+            let Ok(entry) = entry else {
+                w.complete = false;
+                continue;
             };
-            let Ok(ft) = entry.file_type() else { continue };
+            seen += 1;
+            if !usage_done {
+                w.usage.entries += 1;
+                if w.usage.entries > max_entries {
+                    w.usage.truncated = true;
+                    usage_done = true;
+                }
+            }
+            if seen > walk_cap {
+                w.over_budget = true;
+                w.complete = false;
+                break 'walk;
+            }
+            let name = prefix
+                .as_ref()
+                .map(|p| match entry.file_name().into_string() {
+                    Ok(n) => Ok(format!("{p}{n}")),
+                    Err(n) => Err(format!("{p}{}", n.to_string_lossy())),
+                });
+            let Ok(ft) = entry.file_type() else {
+                w.complete = false;
+                continue;
+            };
             if ft.is_dir() {
                 if depth + 1 < MAX_DEPTH {
-                    stack.push((entry.path(), format!("{name}/"), depth + 1));
+                    let sub = match &name {
+                        Some(Ok(n)) => Some(format!("{n}/")),
+                        Some(Err(n)) => {
+                            w.skipped.push(n.clone());
+                            None
+                        }
+                        None => None,
+                    };
+                    w.dirs.push(entry.path());
+                    stack.push((entry.path(), sub, depth + 1));
                 } else {
-                    c.skipped.push(name);
+                    if !usage_done {
+                        w.usage.truncated = true;
+                    }
+                    w.complete = false;
+                    if let Some(n) = name {
+                        w.skipped.push(n.unwrap_or_else(|n| n));
+                    }
                 }
-            } else if ft.is_file() {
-                if rjs_signer::paths::check_entry_name(&name).is_ok() {
-                    found.push((name, entry.path()));
-                } else {
-                    c.skipped.push(name);
+                continue;
+            }
+            w.others.push(entry.path());
+            if ft.is_file() && !usage_done {
+                w.usage.files += 1;
+                if let Ok(m) = entry.metadata() {
+                    w.usage.bytes = w.usage.bytes.saturating_add(m.len());
                 }
-            } else {
-                c.skipped.push(name);
+            }
+            match name {
+                Some(Ok(n)) if ft.is_file() && rjs_signer::paths::check_entry_name(&n).is_ok() => {
+                    w.found.push((n, entry.path()))
+                }
+                Some(n) => w.skipped.push(n.unwrap_or_else(|n| n)),
+                None => {}
             }
         }
     }
+    w
+}
+
+/// Reads the files a walk found, in name order, while they fit `max_bytes` and
+/// `max_files`.
+fn read_found(w: &mut Walk, max_bytes: u64, max_files: usize) -> Collected {
+    let mut c = Collected {
+        skipped: std::mem::take(&mut w.skipped),
+        over_budget: w.over_budget,
+        ..Collected::default()
+    };
+    let mut found = std::mem::take(&mut w.found);
     found.sort();
     let mut budget = max_bytes;
     for (name, path) in found {
@@ -237,6 +462,102 @@ pub(crate) fn collect(out_dir: &Path, max_bytes: u64, max_files: usize) -> Colle
         }
     }
     c
+}
+
+/// Collects the regular files under `out/` (no symlink is followed, names must pass
+/// `check_entry_name`), in name order, while they fit `max_bytes` and `max_files`.
+#[cfg(test)]
+pub(crate) fn collect(out_dir: &Path, max_bytes: u64, max_files: usize) -> Collected {
+    read_found(&mut walk(out_dir, max_files), max_bytes, max_files)
+}
+
+/// After the task: measures `out/` (as [`usage`] with `4 × max_files` entries), collects
+/// it (as `collect`) and removes it, with one walk of the directory.
+pub(crate) fn finish(out_dir: &Path, max_bytes: u64, max_files: usize) -> (Usage, Collected) {
+    let mut w = walk(out_dir, max_files);
+    let collected = read_found(&mut w, max_bytes, max_files);
+    // Nothing writes here any more (the worker is done or dead): what the walk saw is all
+    // there is, unless it stopped early.
+    let removed = w.complete
+        && w.others.iter().all(|p| fs::remove_file(p).is_ok())
+        && w.dirs.iter().rev().all(|d| fs::remove_dir(d).is_ok())
+        && fs::remove_dir(out_dir).is_ok();
+    if !removed {
+        remove(out_dir);
+    }
+    (w.usage, collected)
+}
+
+/// Most files, and bytes, that [`finish_small`] handles.
+const SMALL_FILES: usize = 8;
+const SMALL_BYTES: u64 = 64 << 10;
+
+/// [`finish`] for the usual tiny `out/`: at most a few regular files, directly in `out/`,
+/// with names the answer can carry, a few KiB in all. `None` (and nothing done) for anything
+/// else: then call [`finish`]. Cheap enough to call on an async thread when `out/` is on a
+/// RAM filesystem.
+pub(crate) fn finish_small(
+    out_dir: &Path,
+    max_bytes: u64,
+    max_files: usize,
+) -> Option<(Usage, Collected)> {
+    let most = SMALL_FILES.min(max_files);
+    let mut names = Vec::new();
+    for entry in fs::read_dir(out_dir).ok()? {
+        let entry = entry.ok()?;
+        if names.len() >= most || !entry.file_type().ok()?.is_file() {
+            return None;
+        }
+        let name = entry.file_name().into_string().ok()?;
+        rjs_signer::paths::check_entry_name(&name).ok()?;
+        names.push((name, entry.path()));
+    }
+    names.sort();
+    let budget = max_bytes.min(SMALL_BYTES);
+    let mut files = Vec::with_capacity(names.len());
+    let mut total = 0u64;
+    for (name, path) in &names {
+        let bytes = read_regular(path, budget - total).ok()??;
+        total += bytes.len() as u64;
+        files.push((name.clone(), bytes));
+    }
+    let removed =
+        names.iter().all(|(_, p)| fs::remove_file(p).is_ok()) && fs::remove_dir(out_dir).is_ok();
+    if !removed {
+        remove(out_dir);
+    }
+    let usage = Usage {
+        bytes: total,
+        files: files.len(),
+        entries: files.len(),
+        truncated: false,
+    };
+    Some((
+        usage,
+        Collected {
+            files,
+            ..Collected::default()
+        },
+    ))
+}
+
+/// Whether `dir` is on a RAM filesystem (tmpfs, ramfs), where making, reading and removing a
+/// few small files costs microseconds and never waits for a disk.
+pub(crate) fn on_ram_fs(dir: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    const RAMFS_MAGIC: i64 = 0x8584_58f6;
+    let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs writes into the zeroed struct we pass; the path is NUL-terminated.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(path.as_ptr(), &mut st) } != 0 {
+        return false;
+    }
+    #[allow(clippy::unnecessary_cast)]
+    let kind = st.f_type as i64;
+    kind == TMPFS_MAGIC || kind == RAMFS_MAGIC
 }
 
 /// Reads a regular file without following a symlink; `Ok(None)` if it is larger than `max`.
@@ -265,51 +586,144 @@ mod tests {
     use super::*;
 
     #[test]
-    fn create_collect_remove() {
+    fn inputs_are_shared_and_bounded() {
         let base = tempfile::tempdir().unwrap();
-        let s = create(
-            base.path(),
-            &[
-                ("a.txt".into(), b"in".to_vec()),
-                ("d/b.bin".into(), vec![1, 2]),
-            ],
-        )
-        .unwrap();
-        assert_eq!(fs::read(s.input_dir.join("d/b.bin")).unwrap(), [1, 2]);
-        assert!(s.input_dir.join("out").is_dir());
-        let mode = fs::metadata(&s.root).unwrap().permissions().mode() & 0o777;
+        fs::write(base.path().join("leftover"), b"x").unwrap();
+        let dirs = InputDirs::open(base.path()).unwrap();
+        assert!(!base.path().join("leftover").exists());
+        let none: Inputs = Arc::new(Vec::new());
+        let empty = dirs.lookup(&none).unwrap();
+        assert!(empty.dir.join("out").is_dir());
+        assert_eq!(fs::read_dir(&empty.dir).unwrap().count(), 1);
+
+        let inputs: Inputs = Arc::new(vec![
+            ("a.txt".into(), b"in".to_vec()),
+            ("d/b.bin".into(), vec![1, 2]),
+        ]);
+        assert!(dirs.lookup(&inputs).is_none());
+        let a = dirs.acquire(&inputs).unwrap();
+        assert_eq!(fs::read(a.dir.join("d/b.bin")).unwrap(), [1, 2]);
+        assert!(a.dir.join("out").is_dir());
+        let mode = fs::metadata(&a.dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        let mode = fs::metadata(a.dir.join("a.txt"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o400);
+        // Equal inputs in another allocation share the directory.
+        let b = dirs.lookup(&Arc::new((*inputs).clone())).unwrap();
+        assert_eq!(a.dir, b.dir);
+        let dir = a.dir.clone();
+        assert!(dirs.release(a).is_empty());
+        assert!(dirs.release(b).is_empty());
+        assert!(dirs.release(empty).is_empty());
+
+        // Unused directories beyond the bound go, least recently used first.
+        let mut gone = Vec::new();
+        for i in 0..KEEP_UNUSED_INPUTS {
+            let other: Inputs = Arc::new(vec![(format!("f{i}"), vec![])]);
+            let lease = dirs.acquire(&other).unwrap();
+            gone.extend(dirs.release(lease));
+        }
+        assert_eq!(gone, [dir]);
+    }
+
+    #[test]
+    fn out_collect_remove() {
+        let base = tempfile::tempdir().unwrap();
+        let out = create_out(base.path()).unwrap();
+        let mode = fs::metadata(&out).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o700);
 
-        fs::write(s.out_dir.join("x.txt"), b"12345").unwrap();
-        fs::create_dir(s.out_dir.join("sub")).unwrap();
-        fs::write(s.out_dir.join("sub/y.txt"), b"678").unwrap();
-        fs::write(s.out_dir.join("bad name"), b"9").unwrap();
-        std::os::unix::fs::symlink("/etc/passwd", s.out_dir.join("link")).unwrap();
-        let u = usage(&s.out_dir, 100);
+        fs::write(out.join("x.txt"), b"12345").unwrap();
+        fs::create_dir(out.join("sub")).unwrap();
+        fs::write(out.join("sub/y.txt"), b"678").unwrap();
+        fs::write(out.join("bad name"), b"9").unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", out.join("link")).unwrap();
+        let u = usage(&out, 100);
         assert_eq!((u.bytes, u.files, u.entries), (9, 3, 5));
-        assert!(usage(&s.out_dir, 2).truncated);
+        assert!(usage(&out, 2).truncated);
 
-        let c = collect(&s.out_dir, 100, 10);
+        let c = collect(&out, 100, 10);
         let names: Vec<_> = c.files.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["sub/y.txt", "x.txt"]);
         assert!(!c.over_budget);
         assert_eq!(c.skipped.len(), 2);
 
-        let c = collect(&s.out_dir, 4, 10);
+        let c = collect(&out, 4, 10);
         assert_eq!(c.files.len(), 1);
         assert!(c.over_budget);
-        let c = collect(&s.out_dir, 100, 1);
+        let c = collect(&out, 100, 1);
         assert_eq!(c.files.len(), 1);
         assert!(c.over_budget);
 
-        remove(&s.root);
-        assert!(!s.root.exists());
+        let (u, c) = finish(&out, 100, 10);
+        assert_eq!((u.bytes, u.files, u.entries, u.truncated), (9, 3, 5, false));
+        let names: Vec<_> = c.files.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["sub/y.txt", "x.txt"]);
+        assert!(!out.exists());
+        assert_eq!(fs::read_dir(base.path()).unwrap().count(), 0);
+
+        // Deeper than the walk goes: still measured as truncated and removed.
+        let out = create_out(base.path()).unwrap();
+        let mut deep = out.clone();
+        for i in 0..MAX_DEPTH + 2 {
+            deep.push(format!("d{i}"));
+        }
+        fs::create_dir_all(&deep).unwrap();
+        fs::write(deep.join("f"), b"x").unwrap();
+        fs::write(out.join("top"), b"top").unwrap();
+        let (u, c) = finish(&out, 100, 10);
+        assert!(u.truncated);
+        assert_eq!(c.files, [("top".to_string(), b"top".to_vec())]);
+        assert!(!out.exists());
+    }
+
+    #[test]
+    fn finish_small_takes_only_the_simple_case() {
+        let base = tempfile::tempdir().unwrap();
+        let out = create_out(base.path()).unwrap();
+        fs::write(out.join("b.txt"), b"2").unwrap();
+        fs::write(out.join("a.txt"), b"1").unwrap();
+        let (u, c) = finish_small(&out, 100, 10).unwrap();
+        assert_eq!((u.bytes, u.files, u.entries, u.truncated), (2, 2, 2, false));
+        let names: Vec<_> = c.files.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["a.txt", "b.txt"]);
+        assert!(c.skipped.is_empty() && !c.over_budget);
+        assert!(!out.exists());
+
+        // Anything else is left alone for `finish`.
+        for setup in [
+            &(|o: &Path| fs::create_dir(o.join("sub")).unwrap()) as &dyn Fn(&Path),
+            &|o: &Path| fs::write(o.join("bad name"), b"x").unwrap(),
+            &|o: &Path| std::os::unix::fs::symlink("/etc/passwd", o.join("l")).unwrap(),
+            &|o: &Path| fs::write(o.join("big"), vec![0u8; 101]).unwrap(),
+            &|o: &Path| {
+                for i in 0..=SMALL_FILES {
+                    fs::write(o.join(format!("f{i}")), b"").unwrap();
+                }
+            },
+        ] {
+            let out = create_out(base.path()).unwrap();
+            setup(&out);
+            assert!(finish_small(&out, 100, 10).is_none());
+            assert!(out.exists());
+            remove(&out);
+        }
+        assert!(on_ram_fs(Path::new("/dev/shm")) || !Path::new("/dev/shm").exists());
     }
 
     #[test]
     fn refuses_bad_input_names() {
         let base = tempfile::tempdir().unwrap();
-        assert!(create(base.path(), &[("../x".into(), vec![])]).is_err());
-        assert_eq!(fs::read_dir(base.path()).unwrap().count(), 0);
+        let dirs = InputDirs::open(base.path()).unwrap();
+        assert!(
+            dirs.acquire(&Arc::new(vec![("../x".into(), vec![])]))
+                .is_err()
+        );
+        // Only the shared empty directory is left.
+        assert_eq!(fs::read_dir(base.path()).unwrap().count(), 1);
     }
 }

@@ -12,16 +12,17 @@ use std::time::{Duration, Instant};
 
 use rjs_signer::Limits;
 use rjs_signer::answer::{Ending, LimitKind};
+use sha2::Digest;
 use tokio::io::AsyncReadExt;
-use tokio::process::{Child, ChildStdin, Command};
-use tokio::sync::{Mutex, OwnedMutexGuard, OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio::sync::{Mutex, OwnedMutexGuard, OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinHandle;
 
 use super::protocol::{
     self, DoneReply, Frame, FromWorker, KIND_BLOB, MAX_BLOB_FROM_WORKER, ModuleSource,
     PROTOCOL_VERSION, RunRequest, ToWorker, WorkerInit,
 };
-use super::scratch::{self, Scratch};
+use super::scratch::{self, InputDirs, Scratch};
 use super::{SandboxConfig, SandboxError, WORKER_SUBCOMMAND, WorkerError};
 use crate::job::{TaskResult, TaskSpec};
 
@@ -61,6 +62,15 @@ impl Slot {
 impl std::fmt::Debug for Slot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Slot").field("index", &self.index).finish()
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if self.scratch_outside {
+            // Only if empty: what a task still cleaning up left is emptied at the next start.
+            let _ = std::fs::remove_dir(&self.scratch_dir);
+        }
     }
 }
 
@@ -122,6 +132,14 @@ struct Inner {
     exe: PathBuf,
     work_dir: PathBuf,
     scratch_dir: PathBuf,
+    /// The tasks' read-only input directories (`<work_dir>/inputs`).
+    inputs: InputDirs,
+    /// The scratch directory is on a RAM filesystem: a task's `out/` is made, and a small
+    /// one collected and removed, on the async thread instead of the blocking pool.
+    scratch_inline: bool,
+    /// The scratch directory was made outside the work directory (`scratch_in`): removed
+    /// (if empty) when the sandbox goes away, so that none pile up in, say, `/dev/shm`.
+    scratch_outside: bool,
     cache_root: PathBuf,
     max_memory_bytes: u64,
     max_out_files: usize,
@@ -147,7 +165,8 @@ struct WorkerProc {
     child: Child,
     pid: u32,
     stdin: ChildStdin,
-    frames: mpsc::Receiver<Result<Frame, String>>,
+    /// The worker's replies (cancel-safe: read in `select!`).
+    frames: protocol::FrameReader<ChildStdout>,
     stderr_tail: Arc<StdMutex<VecDeque<u8>>>,
     stderr_task: JoinHandle<()>,
 }
@@ -250,30 +269,54 @@ impl Sandbox {
             None => std::env::current_exe().map_err(SandboxError::WorkerExe)?,
         };
         let work_dir = config.work_dir;
-        let scratch_dir = work_dir.join("scratch");
         let cache_root = work_dir.join("cache");
-        {
-            let (w, s, c) = (work_dir.clone(), scratch_dir.clone(), cache_root.clone());
-            tokio::task::spawn_blocking(move || -> Result<(), SandboxError> {
+        let (scratch_dir, inputs) = {
+            let (w, c) = (work_dir.clone(), cache_root.clone());
+            let i = work_dir.join("inputs");
+            let scratch_in = config.scratch_in.clone();
+            tokio::task::spawn_blocking(move || -> Result<(PathBuf, InputDirs), SandboxError> {
                 private_dir(&w)?;
+                let s = match scratch_in {
+                    None => w.join("scratch"),
+                    Some(parent) => {
+                        let parent = std::fs::canonicalize(&parent)
+                            .map_err(dir_error("resolving the scratch location", &parent))?;
+                        if !parent.is_dir() {
+                            return Err(SandboxError::Config(format!(
+                                "the scratch location {} is not a directory",
+                                parent.display()
+                            )));
+                        }
+                        let w = std::fs::canonicalize(&w).map_err(dir_error("resolving", &w))?;
+                        let id = super::protocol::hex(&<[u8; 32]>::from(sha2::Sha256::digest(
+                            w.as_os_str().as_encoded_bytes(),
+                        )));
+                        parent.join(format!("rjs-scratch-{}", &id[..16]))
+                    }
+                };
                 private_dir(&s)?;
                 private_dir(&c)?;
+                private_dir(&i)?;
                 // Leftovers of a node that died mid-task.
                 for entry in std::fs::read_dir(&s).map_err(dir_error("listing", &s))? {
                     let entry = entry.map_err(dir_error("listing", &s))?;
                     scratch::remove(&entry.path());
                 }
-                Ok(())
+                let inputs = InputDirs::open(&i).map_err(dir_error("preparing", &i))?;
+                Ok((s, inputs))
             })
             .await
-            .map_err(|e| SandboxError::Config(format!("preparing the work directory: {e}")))??;
-        }
+            .map_err(|e| SandboxError::Config(format!("preparing the work directory: {e}")))??
+        };
         let (closing, _) = watch::channel(false);
         let inner = Arc::new(Inner {
             slots: config.slots,
             exe,
             work_dir,
+            scratch_inline: scratch::on_ram_fs(&scratch_dir),
+            scratch_outside: config.scratch_in.is_some(),
             scratch_dir,
+            inputs,
             cache_root,
             max_memory_bytes: config.max_memory_bytes,
             max_out_files: config.max_out_files.max(1),
@@ -369,6 +412,12 @@ impl Sandbox {
         &self.inner.work_dir
     }
 
+    /// The directory the tasks' `out/` directories are made in (`<work_dir>/scratch`, or
+    /// `rjs-scratch-<id>` in [`SandboxConfig::scratch_in`](super::SandboxConfig)).
+    pub fn scratch_dir(&self) -> &Path {
+        &self.inner.scratch_dir
+    }
+
     /// The compiled-module cache directory the workers use
     /// (`<work_dir>/cache/wasmtime-<version>-<engine hash>`).
     pub fn cache_dir(&self) -> Option<PathBuf> {
@@ -454,29 +503,13 @@ impl Inner {
         })?;
         self.counters.started.fetch_add(1, Ordering::Relaxed);
         let pid = child.id().unwrap_or(0);
-        let (Some(stdin), Some(mut stdout), Some(mut stderr)) =
+        let (Some(stdin), Some(stdout), Some(mut stderr)) =
             (child.stdin.take(), child.stdout.take(), child.stderr.take())
         else {
             return Err(WorkerError::Protocol("missing stdio pipes".into()));
         };
 
-        let (tx, frames) = mpsc::channel(4);
-        tokio::spawn(async move {
-            loop {
-                match protocol::read_frame_async(&mut stdout, MAX_BLOB_FROM_WORKER).await {
-                    Ok(Some(frame)) => {
-                        if tx.send(Ok(frame)).await.is_err() {
-                            return;
-                        }
-                    }
-                    Ok(None) => return,
-                    Err(e) => {
-                        let _ = tx.send(Err(e.to_string())).await;
-                        return;
-                    }
-                }
-            }
-        });
+        let frames = protocol::FrameReader::new(stdout, MAX_BLOB_FROM_WORKER);
         let stderr_tail = Arc::new(StdMutex::new(VecDeque::with_capacity(STDERR_TAIL)));
         let tail = stderr_tail.clone();
         let stderr_task = tokio::spawn(async move {
@@ -557,17 +590,51 @@ impl Inner {
         let mut limits = task.limits;
         limits.memory_bytes = limits.memory_bytes.min(self.max_memory_bytes);
 
-        let base = self.scratch_dir.clone();
-        let inputs = task.inputs.clone();
-        let scratch = match tokio::task::spawn_blocking(move || scratch::create(&base, &inputs))
-            .await
-        {
+        let prepare = {
+            let inner = self.clone();
+            let inputs = task.inputs.clone();
+            move || -> io::Result<Scratch> {
+                let input = inner.inputs.acquire(&inputs)?;
+                match scratch::create_out(&inner.scratch_dir) {
+                    Ok(out_dir) => Ok(Scratch { input, out_dir }),
+                    Err(e) => {
+                        for dir in inner.inputs.release(input) {
+                            scratch::remove(&dir);
+                        }
+                        Err(e)
+                    }
+                }
+            }
+        };
+        let inline = if self.scratch_inline {
+            self.inputs.lookup(&task.inputs).map(|input| {
+                match scratch::create_out(&self.scratch_dir) {
+                    Ok(out_dir) => Ok(Scratch { input, out_dir }),
+                    Err(e) => {
+                        let gone = self.inputs.release(input);
+                        if !gone.is_empty() {
+                            tokio::task::spawn_blocking(move || {
+                                gone.iter().for_each(|d| scratch::remove(d))
+                            });
+                        }
+                        Err(e)
+                    }
+                }
+            })
+        } else {
+            None
+        };
+        let prepared = match inline {
+            Some(r) => Ok(r),
+            None => tokio::task::spawn_blocking(prepare).await,
+        };
+        let scratch = match prepared {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => return self.crash(format!("preparing the scratch directory: {e}"), t0),
             Err(e) => return self.crash(format!("preparing the scratch directory: {e}"), t0),
         };
-        // Removes the scratch directory even if this task is torn down half-way.
-        let mut scratch_guard = ScratchGuard(Some(scratch.root.clone()));
+        // Removes the task's out/ even if this task is torn down half-way.
+        let mut scratch_guard = ScratchGuard(Some(scratch.out_dir.clone()));
 
         let mut slot_worker = self.workers[slot.index].lock().await;
         let reusable = match slot_worker.take() {
@@ -637,37 +704,54 @@ impl Inner {
             lock(&self.first_use).remove(&sha);
         }
 
-        // Collect out/ and remove the scratch directory while a killed worker is replaced.
-        let out_dir = scratch.out_dir.clone();
-        let root = scratch.root.clone();
+        // A worker that is not kept is dead before its out/ is read and removed, so nothing
+        // writes there any more.
+        let kept = if matches!(outcome, Outcome::Done { .. }) {
+            Some(worker)
+        } else {
+            self.retire(worker).await;
+            None
+        };
+        // Collect out/, remove it (and input directories no longer kept) while a killed
+        // worker is replaced.
+        let Scratch { input, out_dir } = scratch;
+        let gone = self.inputs.release(input);
         let (max_bytes, max_files) = (limits.output_bytes, self.max_out_files);
-        let collect = tokio::task::spawn_blocking(move || {
-            let usage = scratch::usage(&out_dir, max_files.saturating_mul(4));
-            let collected = scratch::collect(&out_dir, max_bytes, max_files);
-            scratch::remove(&root);
-            (usage, collected)
-        });
-        let keep = matches!(outcome, Outcome::Done { .. });
-        let replace = async {
-            if keep {
-                Some(worker)
-            } else {
-                self.retire(worker).await;
-                if self.closing() {
-                    None
-                } else {
-                    match self.spawn_worker().await {
-                        Ok(w) => Some(w),
-                        Err(e) => {
-                            tracing::error!(
-                                slot = slot.index,
-                                error = %rjs_signer::error_chain(&e),
-                                "cannot replace a worker; will retry at the next task"
-                            );
-                            None
+        let small = if self.scratch_inline && gone.is_empty() {
+            scratch::finish_small(&out_dir, max_bytes, max_files)
+        } else {
+            None
+        };
+        let collect = async move {
+            match small {
+                Some(done) => Ok(done),
+                None => {
+                    tokio::task::spawn_blocking(move || {
+                        let collected = scratch::finish(&out_dir, max_bytes, max_files);
+                        for dir in gone {
+                            scratch::remove(&dir);
                         }
-                    }
+                        collected
+                    })
+                    .await
                 }
+            }
+        };
+        let replace = async {
+            match kept {
+                Some(w) => Some(w),
+                None if self.closing() => None,
+                None => match self.spawn_worker().await {
+                    Ok(w) => Some(w),
+                    Err(e) => {
+                        tracing::error!(
+                            slot = slot.index,
+                            error = %rjs_signer::error_chain(&e),
+                            "cannot replace a worker; will retry at the next task"
+                        );
+                        None
+                    }
+                },
             }
         };
         let (collected, next_worker) = tokio::join!(collect, replace);
@@ -797,7 +881,7 @@ impl Inner {
             task_index: task.task_index,
             task_count: task.task_count,
             limits: *limits,
-            input_dir: scratch.input_dir.clone(),
+            input_dir: scratch.input.dir.clone(),
             out_dir: scratch.out_dir.clone(),
         }));
         let lost = |message: String| Outcome::Lost {
@@ -834,9 +918,12 @@ impl Inner {
                 }
                 frame = worker.frames.recv() => {
                     let wall = elapsed(&started);
-                    let cpu_ms = cpu_since(worker.pid, &started);
+                    // Read from /proc only when the task is lost (a normal ending carries the
+                    // worker's own measure).
                     let json = match frame {
                         None => {
+                            // Before the reap: /proc still has the dead worker's times.
+                            let cpu_ms = cpu_since(worker.pid, &started);
                             let status = reap(&mut worker.child).await;
                             let tail = worker.last_words().await;
                             return Outcome::Lost {
@@ -851,14 +938,14 @@ impl Inner {
                             return Outcome::Lost {
                                 message: format!("the worker broke the protocol: {e}"),
                                 wall,
-                                cpu_ms,
+                                cpu_ms: cpu_since(worker.pid, &started),
                             };
                         }
                         Some(Ok(Frame::Blob(_))) => {
                             return Outcome::Lost {
                                 message: "the worker broke the protocol: unexpected blob".into(),
                                 wall,
-                                cpu_ms,
+                                cpu_ms: cpu_since(worker.pid, &started),
                             };
                         }
                         Some(Ok(Frame::Json(j))) => j,
@@ -872,11 +959,11 @@ impl Inner {
                                 return lost(format!("sending the module to the worker: {e}"));
                             }
                         }
-                        Ok(FromWorker::Started { module_source, load_us }) if started.is_none() => {
+                        Ok(FromWorker::Started { module_source, load_us, cpu_us }) if started.is_none() => {
                             // The module is compiled and cached: other slots may go ahead.
                             first_use.take();
                             *loaded = Some((module_source, load_us));
-                            started = Some((Instant::now(), proc_cpu_ms(worker.pid).unwrap_or(0)));
+                            started = Some((Instant::now(), cpu_us));
                             deadline = tokio::time::Instant::now()
                                 + Duration::from_millis(limits.time_ms);
                         }
@@ -891,7 +978,7 @@ impl Inner {
                             return Outcome::Lost {
                                 message: format!("the worker broke the protocol: unexpected {what}"),
                                 wall,
-                                cpu_ms,
+                                cpu_ms: cpu_since(worker.pid, &started),
                             };
                         }
                     }
@@ -1060,11 +1147,7 @@ impl Inner {
 impl WorkerProc {
     /// A worker can take the next task only if it is alive and has nothing unread pending.
     fn is_idle(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-            && matches!(
-                self.frames.try_recv(),
-                Err(mpsc::error::TryRecvError::Empty)
-            )
+        matches!(self.child.try_wait(), Ok(None)) && self.frames.is_quiet()
     }
 
     /// The end of the worker's stderr, for a crash report (waits briefly for it to drain).
@@ -1159,8 +1242,9 @@ fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
-/// User + system CPU time of a process (all its threads) from `/proc/<pid>/stat`, ms.
-fn proc_cpu_ms(pid: u32) -> Option<u64> {
+/// User + system CPU time of a process (all its threads) from `/proc/<pid>/stat`, µs (clock
+/// tick resolution).
+fn proc_cpu_us(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may contain spaces: count fields after its closing paren.
     let rest = &stat[stat.rfind(')')? + 1..];
@@ -1171,12 +1255,14 @@ fn proc_cpu_ms(pid: u32) -> Option<u64> {
     // SAFETY: sysconf cannot fail for this name.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     let ticks = u64::try_from(ticks).ok().filter(|t| *t > 0)?;
-    Some((utime + stime) * 1000 / ticks)
+    Some((utime + stime) * 1_000_000 / ticks)
 }
 
+/// CPU time (ms) of a running task: the worker's CPU time now less what it reported at
+/// `Started` (µs).
 fn cpu_since(pid: u32, started: &Option<(Instant, u64)>) -> u64 {
     match started {
-        Some((_, before)) => proc_cpu_ms(pid).unwrap_or(*before).saturating_sub(*before),
+        Some((_, before)) => proc_cpu_us(pid).unwrap_or(*before).saturating_sub(*before) / 1000,
         None => 0,
     }
 }

@@ -551,6 +551,7 @@ impl Worker {
             &FromWorker::Started {
                 module_source: source,
                 load_us,
+                cpu_us: cpu_time_us(),
             },
         )?;
 

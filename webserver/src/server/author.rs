@@ -196,27 +196,41 @@ pub async fn answer(
         let store = state.store.clone();
         let blobs = state.blobs.clone();
         let author_id = authed.author.id;
-        let (file, size) = blocking(move || {
+        let body = blocking(move || {
             let answer = store.answer_of(author_id, job_id).map_err(|e| match e {
                 StoreError::NotFound(_) => {
                     ApiError::not_found(format!("job {job_id} has no answer you may see"))
                 }
                 e => ApiError::internal("looking up the answer", &e),
             })?;
-            blobs
-                .open_blob(&answer.sha256)
-                .map_err(|e| ApiError::internal("opening the answer", &e))
+            match answer.inline {
+                Some(bytes) => Ok(AnswerBody::Inline(bytes)),
+                None => blobs
+                    .open_blob(&answer.sha256)
+                    .map(|(file, size)| AnswerBody::File(file, size))
+                    .map_err(|e| ApiError::internal("opening the answer", &e)),
+            }
         })
         .await?;
-        Ok(HttpResponse::Ok()
-            .content_type("application/zip")
-            .insert_header((
-                actix_web::http::header::CONTENT_DISPOSITION,
-                format!("attachment; filename=\"job-{job_id}-answer.zip\""),
-            ))
-            .body(file_body(file, size)))
+        let mut response = HttpResponse::Ok();
+        response.content_type("application/zip").insert_header((
+            actix_web::http::header::CONTENT_DISPOSITION,
+            format!("attachment; filename=\"job-{job_id}-answer.zip\""),
+        ));
+        Ok(match body {
+            AnswerBody::Inline(bytes) => response.body(bytes),
+            AnswerBody::File(file, size) => response.body(file_body(file, size)),
+        })
     })
     .await
+}
+
+/// Where an answer's bytes come from.
+enum AnswerBody {
+    /// Kept in the metadata store.
+    Inline(Vec<u8>),
+    /// A blob file and its size.
+    File(std::fs::File, u64),
 }
 
 /// `GET /api/v1/whoami`.

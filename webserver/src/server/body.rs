@@ -11,12 +11,12 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt as _;
 
 use super::error::ApiError;
-use crate::store::blobs::{BlobError, BlobWriter};
+use crate::store::blobs::{BlobError, BlobStore, BlobWriter};
 
 /// Longest pause between two chunks of a request body before the request is refused.
 pub const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Chunks are collected up to this many bytes before one blocking write to the blob store.
-const WRITE_BATCH: usize = 256 * 1024;
+pub const WRITE_BATCH: usize = 256 * 1024;
 /// Chunk size when streaming a blob out.
 const READ_CHUNK: usize = 64 * 1024;
 
@@ -69,24 +69,34 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     rjs_signer::bundle::hex(&Sha256::digest(bytes))
 }
 
-/// The request's `Content-Length`, if it has one. Refuses one over `limit` at once.
-pub fn check_declared_length(req: &HttpRequest, what: &str, limit: u64) -> Result<(), ApiError> {
+/// The request's `Content-Length`, if it has one.
+pub fn declared_length(req: &HttpRequest) -> Result<Option<u64>, ApiError> {
     let Some(v) = req.headers().get(actix_web::http::header::CONTENT_LENGTH) else {
-        return Ok(());
+        return Ok(None);
     };
-    let len = v
-        .to_str()
+    v.to_str()
         .ok()
         .and_then(|s| s.trim().parse::<u64>().ok())
-        .ok_or_else(|| ApiError::bad_request("malformed Content-Length header"))?;
-    if len > limit {
-        return Err(ApiError::too_large(what, limit));
-    }
-    Ok(())
+        .map(Some)
+        .ok_or_else(|| ApiError::bad_request("malformed Content-Length header"))
 }
 
-/// The next chunk of the body, or None at its end.
-async fn next_chunk(payload: &mut web::Payload) -> Result<Option<Bytes>, ApiError> {
+/// The request's `Content-Length`, if it has one. Refuses one over `limit` at once.
+pub fn check_declared_length(
+    req: &HttpRequest,
+    what: &str,
+    limit: u64,
+) -> Result<Option<u64>, ApiError> {
+    let len = declared_length(req)?;
+    if len.is_some_and(|len| len > limit) {
+        return Err(ApiError::too_large(what, limit));
+    }
+    Ok(len)
+}
+
+/// The next chunk of the body, or None at its end; refused if it stalls for
+/// [`BODY_IDLE_TIMEOUT`].
+pub async fn next_chunk(payload: &mut web::Payload) -> Result<Option<Bytes>, ApiError> {
     match tokio::time::timeout(BODY_IDLE_TIMEOUT, payload.next()).await {
         Err(_) => Err(ApiError::bad_request(format!(
             "the request body stalled for more than {} s",
@@ -128,12 +138,33 @@ fn blob_write_error(what: &str) -> impl FnOnce(BlobError) -> ApiError + '_ {
 /// the upload is refused (`413`); the temporary file goes with the writer.
 pub async fn stream_to_blob(
     payload: &mut web::Payload,
-    mut writer: BlobWriter,
+    writer: BlobWriter,
     what: &'static str,
     limit: u64,
 ) -> Result<BlobWriter, ApiError> {
-    let mut batch: Vec<u8> = Vec::with_capacity(WRITE_BATCH);
-    let mut total: u64 = 0;
+    stream_to_blob_after(
+        payload,
+        writer,
+        Vec::with_capacity(WRITE_BATCH),
+        what,
+        limit,
+    )
+    .await
+}
+
+/// [`stream_to_blob`] for a body whose first bytes, `batch`, were already read (and are not
+/// in `writer` yet).
+async fn stream_to_blob_after(
+    payload: &mut web::Payload,
+    mut writer: BlobWriter,
+    mut batch: Vec<u8>,
+    what: &'static str,
+    limit: u64,
+) -> Result<BlobWriter, ApiError> {
+    let mut total: u64 = batch.len() as u64;
+    if total > limit {
+        return Err(ApiError::too_large(what, limit));
+    }
     loop {
         let chunk = next_chunk(payload).await?;
         let end = chunk.is_none();
@@ -145,19 +176,83 @@ pub async fn stream_to_blob(
             batch.extend_from_slice(&chunk);
         }
         if batch.len() >= WRITE_BATCH || (end && !batch.is_empty()) {
-            let (w, mut b) = blocking(move || {
-                writer.write(&batch).map_err(blob_write_error(what))?;
-                Ok((writer, batch))
-            })
-            .await?;
-            b.clear();
-            writer = w;
-            batch = b;
+            writer = write_to_blob(writer, &mut batch, what).await?;
         }
         if end {
             return Ok(writer);
         }
     }
+}
+
+/// Writes `batch` to `writer` on the blocking pool and empties it (keeping its buffer).
+pub async fn write_to_blob(
+    mut writer: BlobWriter,
+    batch: &mut Vec<u8>,
+    what: &'static str,
+) -> Result<BlobWriter, ApiError> {
+    let b = std::mem::take(batch);
+    let (w, mut b) = blocking(move || {
+        writer.write(&b).map_err(blob_write_error(what))?;
+        Ok((writer, b))
+    })
+    .await?;
+    b.clear();
+    *batch = b;
+    Ok(w)
+}
+
+/// Starts a blob upload of at most `limit` bytes (on the blocking pool: it creates a file).
+pub async fn start_blob(blobs: &BlobStore, limit: u64) -> Result<BlobWriter, ApiError> {
+    let blobs = blobs.clone();
+    blocking(move || {
+        blobs
+            .writer(limit)
+            .map_err(|e| ApiError::internal("starting an upload", &e))
+    })
+    .await
+}
+
+/// An answer body as received: small ones in memory, larger ones in an uncommitted blob.
+#[derive(Debug)]
+pub enum Received {
+    /// At most the `inline_max` given to [`receive_answer`].
+    Memory(Vec<u8>),
+    Blob(Box<BlobWriter>),
+}
+
+/// Reads a body of at most `limit` bytes, keeping it in memory while it is at most
+/// `inline_max` bytes (no file is created for it) and moving it into a new blob upload as
+/// soon as it grows past that (at once when `declared` says it will).
+pub async fn receive_answer(
+    payload: &mut web::Payload,
+    blobs: &BlobStore,
+    declared: Option<u64>,
+    what: &'static str,
+    limit: u64,
+    inline_max: u64,
+) -> Result<Received, ApiError> {
+    if declared.is_some_and(|d| d > inline_max) {
+        let writer = start_blob(blobs, limit).await?;
+        return Ok(Received::Blob(Box::new(
+            stream_to_blob(payload, writer, what, limit).await?,
+        )));
+    }
+    let cap = declared.map_or(8 * 1024, |d| d.min(inline_max)) as usize;
+    let mut buf: Vec<u8> = Vec::with_capacity(cap);
+    while let Some(chunk) = next_chunk(payload).await? {
+        let total = buf.len() as u64 + chunk.len() as u64;
+        if total > limit {
+            return Err(ApiError::too_large(what, limit));
+        }
+        buf.extend_from_slice(&chunk);
+        if total > inline_max {
+            let writer = start_blob(blobs, limit).await?;
+            return Ok(Received::Blob(Box::new(
+                stream_to_blob_after(payload, writer, buf, what, limit).await?,
+            )));
+        }
+    }
+    Ok(Received::Memory(buf))
 }
 
 /// A blob file as a response body of known length, read in chunks.

@@ -5,18 +5,25 @@
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, web};
+use std::collections::HashSet;
+
 use rjs_wire::api::{
-    AnswerResponse, FailureRequest, FailureResponse, JobState, LeaseRequest, LeaseResponse,
-    MAX_BATCH, ReleaseRequest, ReleaseResponse, RenewRequest, RenewResponse,
+    ANSWERS_CONTENT_TYPE, AnswerBatchHeader, AnswerBatchResponse, AnswerBatchResult,
+    AnswerBatchStatus, AnswerFrameError, AnswerRecordDecoder, AnswerRecordEvent, AnswerResponse,
+    FailureRequest, FailureResponse, JobState, LeaseRequest, LeaseResponse, MAX_BATCH,
+    MIN_ANSWER_BATCH_BODY, ReleaseRequest, ReleaseResponse, RenewRequest, RenewResponse,
 };
 
 use super::AppState;
 use super::body::{
-    blocking, check_declared_length, drained, file_body, read_limited, stream_to_blob,
+    Received, WRITE_BATCH, blocking, check_declared_length, drained, file_body, next_chunk,
+    read_limited, receive_answer, sha256_hex, start_blob, write_to_blob,
 };
+use super::commit::{Ready, Recorded};
 use super::error::ApiError;
 use super::validate;
-use crate::store::{AnswerOutcome, LookupServer, NewAnswer, StoreError, now};
+use crate::store::blobs::{BlobStore, BlobWriter};
+use crate::store::{AnswerOutcome, INLINE_ANSWER_MAX, LookupServer, Store, StoreError, now};
 
 /// Largest JSON body of a lookup request.
 pub const MAX_JSON_BODY: usize = 256 * 1024;
@@ -233,6 +240,120 @@ pub async fn failure(
     .await
 }
 
+/// An answer's archive, received and ready to record.
+enum Archive {
+    /// Kept in the metadata store (at most [`INLINE_ANSWER_MAX`] bytes).
+    Inline(Vec<u8>),
+    /// In an uncommitted blob upload.
+    Blob(Box<BlobWriter>),
+}
+
+impl From<Received> for Archive {
+    fn from(r: Received) -> Self {
+        match r {
+            Received::Memory(b) => Archive::Inline(b),
+            Received::Blob(w) => Archive::Blob(w),
+        }
+    }
+}
+
+/// One received answer: job, outcome, node, archive.
+struct Incoming {
+    job_id: i64,
+    outcome: String,
+    node: String,
+    archive: Archive,
+}
+
+/// Inline answers up to this many bytes in all are hashed on the request's own thread;
+/// more, or any blob, on the blocking pool.
+const HASH_INLINE: usize = 256 * 1024;
+
+/// Makes answers ready to record: hashes inline archives; commits (fsyncs) blobs of large
+/// answers, only for jobs that exist. None for an unknown job (nothing stored).
+fn prepare(store: &dyn Store, incoming: Vec<Incoming>) -> Result<Vec<Option<Ready>>, ApiError> {
+    // Jobs are never deleted: checking first means a blob is never committed for a job that
+    // does not exist, so none ever has to be removed again (it might be shared by content).
+    let blob_jobs: Vec<i64> = incoming
+        .iter()
+        .filter(|a| matches!(a.archive, Archive::Blob(_)))
+        .map(|a| a.job_id)
+        .collect();
+    let mut exists = if blob_jobs.is_empty() {
+        Vec::new()
+    } else {
+        store
+            .jobs_exist(&blob_jobs)
+            .map_err(ApiError::store("looking up jobs"))?
+    }
+    .into_iter();
+    let mut ready: Vec<Option<Ready>> = Vec::with_capacity(incoming.len());
+    for a in incoming {
+        let (sha256, size, inline) = match a.archive {
+            Archive::Inline(bytes) => (sha256_hex(&bytes), bytes.len() as u64, Some(bytes)),
+            Archive::Blob(writer) => {
+                if exists.next() != Some(true) {
+                    ready.push(None); // the writer's temporary file goes with it
+                    continue;
+                }
+                let (sha, size) = writer
+                    .commit()
+                    .map_err(|e| ApiError::internal("storing the answer", &e))?;
+                (sha, size, None)
+            }
+        };
+        ready.push(Some(Ready {
+            job_id: a.job_id,
+            outcome: a.outcome,
+            node: a.node,
+            sha256,
+            size,
+            inline,
+        }));
+    }
+    Ok(ready)
+}
+
+/// Stores answers: [`prepare`], then records them through the group committer. One result
+/// per answer, in order: the outcome, or None for an unknown job (nothing stored for it).
+async fn store_answers(
+    state: &AppState,
+    lookup_id: i64,
+    incoming: Vec<Incoming>,
+) -> Result<Vec<Recorded>, ApiError> {
+    let small = incoming
+        .iter()
+        .all(|a| matches!(a.archive, Archive::Inline(_)))
+        && incoming
+            .iter()
+            .map(|a| match &a.archive {
+                Archive::Inline(b) => b.len(),
+                Archive::Blob(_) => 0,
+            })
+            .sum::<usize>()
+            <= HASH_INLINE;
+    let ready = if small {
+        prepare(state.store.as_ref(), incoming)?
+    } else {
+        let store = state.store.clone();
+        blocking(move || prepare(store.as_ref(), incoming)).await?
+    };
+    let slots: Vec<bool> = ready.iter().map(Option::is_some).collect();
+    let answers: Vec<Ready> = ready.into_iter().flatten().collect();
+    let mut recorded = state.answers.record(lookup_id, answers).await?.into_iter();
+    slots
+        .into_iter()
+        .map(|known| {
+            if !known {
+                return Ok(None);
+            }
+            recorded.next().ok_or_else(|| {
+                ApiError::internal_msg("recording answers", "fewer results than answers")
+            })
+        })
+        .collect()
+}
+
 /// `PUT /lookup/v1/jobs/{id}/answer`.
 pub async fn answer(
     req: HttpRequest,
@@ -244,50 +365,29 @@ pub async fn answer(
         let job_id = validate::job_id(req.match_info().get("id"))?;
         let (outcome, node) = validate::answer_headers(req.headers())?;
         let max = state.limits.max_answer;
-        check_declared_length(&req, "the answer", max)?;
-        let blobs = state.blobs.clone();
-        let writer = blocking(move || {
-            blobs
-                .writer(max)
-                .map_err(|e| ApiError::internal("starting an upload", &e))
-        })
+        let declared = check_declared_length(&req, "the answer", max)?;
+        let received = receive_answer(
+            payload,
+            &state.blobs,
+            declared,
+            "the answer",
+            max,
+            INLINE_ANSWER_MAX,
+        )
         .await?;
-        let writer = stream_to_blob(payload, writer, "the answer", max).await?;
-        let store = state.store.clone();
-        let blobs = state.blobs.clone();
-        let lookup_name = lookup.name.clone();
-        let outcome_stored = blocking(move || {
-            let sha = writer.sha256_hex();
-            let existed = blobs
-                .exists(&sha)
-                .map_err(|e| ApiError::internal("storing the answer", &e))?;
-            let (sha, size) = writer
-                .commit()
-                .map_err(|e| ApiError::internal("storing the answer", &e))?;
-            let recorded = store.record_answer(&NewAnswer {
-                lookup_id: lookup.id,
-                job_id,
-                sha256: &sha,
-                size,
-                outcome: &outcome,
-                node: &node,
-                now: now(),
-            });
-            match recorded {
-                Ok(o) => Ok(o),
-                Err(StoreError::NotFound(_)) => {
-                    // A refused request leaves nothing: remove the blob if this request made it.
-                    if !existed && let Ok(path) = blobs.path_of(&sha) {
-                        let _ = std::fs::remove_file(path);
-                    }
-                    Err(ApiError::not_found(format!("no job {job_id}")))
-                }
-                Err(e) => Err(ApiError::internal("recording the answer", &e)),
-            }
-        })
-        .await?;
-        tracing::info!(lookup = %lookup_name, job = job_id, outcome = ?outcome_stored, "answer received");
-        Ok(match outcome_stored {
+        let incoming = Incoming {
+            job_id,
+            outcome,
+            node,
+            archive: received.into(),
+        };
+        let result = store_answers(&state, lookup.id, vec![incoming]).await?;
+        let stored = match result.first() {
+            Some(Some(o)) => *o,
+            _ => return Err(ApiError::not_found(format!("no job {job_id}"))),
+        };
+        tracing::debug!(lookup = %lookup.name, job = job_id, outcome = ?stored, "answer received");
+        Ok(match stored {
             AnswerOutcome::Stored => HttpResponse::Created().json(AnswerResponse {
                 status: "stored".into(),
             }),
@@ -295,6 +395,190 @@ pub async fn answer(
                 status: "duplicate".into(),
             }),
         })
+    })
+    .await
+}
+
+fn frame_error(e: AnswerFrameError) -> ApiError {
+    match e {
+        AnswerFrameError::AnswerTooLarge { .. } => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too-large",
+            format!("answer batch: {e}"),
+        ),
+        e => ApiError::bad_request(format!("answer batch: {e}")),
+    }
+}
+
+/// A record of a batch being received.
+struct Receiving {
+    header: AnswerBatchHeader,
+    archive: ReceivingArchive,
+}
+
+enum ReceivingArchive {
+    Memory(Vec<u8>),
+    /// The upload (None only while a write is in progress) and bytes not yet written to it.
+    Blob(Option<Box<BlobWriter>>, Vec<u8>),
+}
+
+/// Checks a record's header as the single-answer route checks its path and headers.
+fn check_record(h: &AnswerBatchHeader, record: usize) -> Result<(), ApiError> {
+    if h.job_id <= 0 {
+        return Err(ApiError::bad_request(format!(
+            "answer batch: record {record}: job_id must be a positive integer"
+        )));
+    }
+    if !validate::outcome(&h.outcome) {
+        return Err(ApiError::bad_request(format!(
+            "answer batch: record {record}: outcome must be one printable line of 1 to {} bytes",
+            rjs_wire::api::MAX_OUTCOME
+        )));
+    }
+    if !validate::node_id(&h.node) {
+        return Err(ApiError::bad_request(format!(
+            "answer batch: record {record}: node must match [A-Za-z0-9._-]{{1,{}}}",
+            rjs_wire::api::MAX_NODE_ID
+        )));
+    }
+    Ok(())
+}
+
+/// Reads a whole answer batch: small answers into memory, large ones into blob uploads (not
+/// committed). Refuses the batch (nothing kept) at the first framing, header or size problem.
+async fn receive_batch(
+    payload: &mut web::Payload,
+    blobs: &BlobStore,
+    max_answer: u64,
+    limit: u64,
+) -> Result<Vec<Receiving>, ApiError> {
+    const WHAT: &str = "the answer batch";
+    let mut decoder = AnswerRecordDecoder::new(max_answer);
+    let mut records: Vec<Receiving> = Vec::new();
+    let mut seen: HashSet<i64> = HashSet::new();
+    let mut total: u64 = 0;
+    while let Some(chunk) = next_chunk(payload).await? {
+        total = total.saturating_add(chunk.len() as u64);
+        if total > limit {
+            return Err(ApiError::too_large(WHAT, limit));
+        }
+        let mut input = &chunk[..];
+        while let Some(event) = decoder.next(&mut input).map_err(frame_error)? {
+            match event {
+                AnswerRecordEvent::Header(header) => {
+                    check_record(&header, records.len())?;
+                    if !seen.insert(header.job_id) {
+                        return Err(ApiError::bad_request(format!(
+                            "answer batch: job {} appears twice",
+                            header.job_id
+                        )));
+                    }
+                    let archive = if header.size <= INLINE_ANSWER_MAX {
+                        // Reserve no more than a little ahead of what has arrived.
+                        ReceivingArchive::Memory(Vec::with_capacity(
+                            header.size.min(64 * 1024) as usize
+                        ))
+                    } else {
+                        let writer = start_blob(blobs, header.size).await?;
+                        ReceivingArchive::Blob(Some(Box::new(writer)), Vec::new())
+                    };
+                    records.push(Receiving { header, archive });
+                }
+                AnswerRecordEvent::Data(piece) => {
+                    match records.last_mut().map(|r| &mut r.archive) {
+                        Some(ReceivingArchive::Memory(bytes)) => bytes.extend_from_slice(piece),
+                        Some(ReceivingArchive::Blob(writer, pending)) => {
+                            pending.extend_from_slice(piece);
+                            if pending.len() >= WRITE_BATCH
+                                && let Some(w) = writer.take()
+                            {
+                                *writer = Some(Box::new(write_to_blob(*w, pending, WHAT).await?));
+                            }
+                        }
+                        None => {
+                            return Err(ApiError::internal_msg(
+                                "reading an answer batch",
+                                "answer bytes before any record header",
+                            ));
+                        }
+                    }
+                }
+                AnswerRecordEvent::End => {
+                    if let Some(ReceivingArchive::Blob(writer, pending)) =
+                        records.last_mut().map(|r| &mut r.archive)
+                        && !pending.is_empty()
+                        && let Some(w) = writer.take()
+                    {
+                        *writer = Some(Box::new(write_to_blob(*w, pending, WHAT).await?));
+                    }
+                }
+            }
+        }
+    }
+    decoder.finish().map_err(frame_error)?;
+    Ok(records)
+}
+
+/// `POST /lookup/v1/answers`: several answers, stored in one transaction.
+pub async fn answers(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    drained(payload, async |payload| {
+        let lookup = identify(&req, &state).await?;
+        let content_type = validate::single_header(req.headers(), header::CONTENT_TYPE.as_str())?;
+        if content_type.map(str::trim) != Some(ANSWERS_CONTENT_TYPE) {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported-media-type",
+                format!("an answer batch is sent as Content-Type: {ANSWERS_CONTENT_TYPE}"),
+            ));
+        }
+        let max_answer = state.limits.max_answer;
+        let limit = max_answer.max(MIN_ANSWER_BATCH_BODY);
+        check_declared_length(&req, "the answer batch", limit)?;
+        let records = receive_batch(payload, &state.blobs, max_answer, limit).await?;
+        let mut incoming = Vec::with_capacity(records.len());
+        for r in records {
+            let archive = match r.archive {
+                ReceivingArchive::Memory(bytes) => Archive::Inline(bytes),
+                ReceivingArchive::Blob(Some(w), pending) if pending.is_empty() => Archive::Blob(w),
+                ReceivingArchive::Blob(..) => {
+                    return Err(ApiError::internal_msg(
+                        "reading an answer batch",
+                        "an answer upload was left incomplete",
+                    ));
+                }
+            };
+            incoming.push(Incoming {
+                job_id: r.header.job_id,
+                outcome: r.header.outcome,
+                node: r.header.node,
+                archive,
+            });
+        }
+        let job_ids: Vec<i64> = incoming.iter().map(|a| a.job_id).collect();
+        let outcomes = store_answers(&state, lookup.id, incoming).await?;
+        let results: Vec<AnswerBatchResult> = job_ids
+            .into_iter()
+            .zip(outcomes)
+            .map(|(job_id, o)| AnswerBatchResult {
+                job_id,
+                status: match o {
+                    Some(AnswerOutcome::Stored) => AnswerBatchStatus::Stored,
+                    Some(AnswerOutcome::Duplicate) => AnswerBatchStatus::Duplicate,
+                    None => AnswerBatchStatus::NotFound,
+                },
+            })
+            .collect();
+        tracing::debug!(
+            lookup = %lookup.name,
+            answers = results.len(),
+            stored = results.iter().filter(|r| r.status == AnswerBatchStatus::Stored).count(),
+            "answer batch received"
+        );
+        Ok(HttpResponse::Ok().json(AnswerBatchResponse { results }))
     })
     .await
 }

@@ -5,7 +5,8 @@
 //!   (verified against the web server's CA when presented) and required by the lookup
 //!   routes, which read the certificate's SHA-256 that [`on_connect`] stored in the
 //!   connection's extensions and check it against the store on every request.
-//! * The store is synchronous: every call runs on actix's blocking pool (`web::block`).
+//! * The store is synchronous: every call runs on actix's blocking pool (`web::block`), except
+//!   answers, which one committer thread records for many requests at a time (`commit`).
 //! * A background task requeues expired leases every second and tells the event stream.
 //! * SIGTERM/SIGINT: event streams end, in-flight requests get [`SHUTDOWN_GRACE`] to finish,
 //!   then [`run`] returns `Ok`.
@@ -13,6 +14,7 @@
 mod auth;
 mod author;
 mod body;
+mod commit;
 mod error;
 mod events;
 mod lookup;
@@ -115,6 +117,8 @@ pub struct Limits {
 pub struct AppState {
     pub store: Arc<dyn Store>,
     pub blobs: BlobStore,
+    /// Records answers, many requests' in one transaction.
+    pub answers: commit::AnswerCommitter,
     pub events: Events,
     pub limits: Limits,
 }
@@ -195,6 +199,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .service(resource("/release").route(web::post().to(lookup::release)))
                 .service(resource("/jobs/{id}/failure").route(web::post().to(lookup::failure)))
                 .service(resource("/jobs/{id}/answer").route(web::put().to(lookup::answer)))
+                .service(resource("/answers").route(web::post().to(lookup::answers)))
                 .service(resource("/bundles/{bundle_id}").route(web::get().to(lookup::bundle)))
                 .service(resource("/events").route(web::get().to(lookup::events))),
         );
@@ -303,9 +308,12 @@ fn open(
         tracing::info!(removed = cleaned, "removed interrupted uploads");
     }
     let (stop_tx, stop_rx) = watch::channel(false);
+    let store: Arc<dyn Store> = Arc::new(store);
+    let answers = commit::AnswerCommitter::start(store.clone()).map_err(ServeError::Run)?;
     let state = AppState {
-        store: Arc::new(store),
+        store,
         blobs,
+        answers,
         events: Events::new(stop_rx),
         limits: Limits {
             max_bundle: config.max_bundle,

@@ -4,11 +4,20 @@
 //!
 //! Every method commits before it returns `Ok`: a handler acknowledges only what is durable.
 //! Times are Unix seconds passed in by the caller (so tests can drive the clock).
+//!
+//! Answers of at most [`INLINE_ANSWER_MAX`] bytes are kept in the metadata store itself, written
+//! in the transaction that marks their job done (no file per answer: creating, syncing and
+//! renaming one file per answer was the web server's main cost under load); larger ones go to
+//! the blob store first and the metadata store records their SHA-256.
 
 pub mod blobs;
 pub mod sqlite;
 
 use rjs_wire::api::{JobState, JobView, Lease};
+
+/// Largest answer archive kept in the metadata store (inline) rather than in the blob store,
+/// bytes.
+pub const INLINE_ANSWER_MAX: u64 = 256 * 1024;
 
 /// The current time as the store takes it: Unix seconds.
 pub fn now() -> i64 {
@@ -67,9 +76,12 @@ pub struct Submission {
 /// Where an answer's archive is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AnswerRef {
-    /// SHA-256 of the archive, hex: its blob name.
+    /// SHA-256 of the archive, hex: its blob name when it is in the blob store.
     pub sha256: String,
     pub size: u64,
+    /// The archive itself when it is kept in the metadata store (`size` bytes, at most
+    /// [`INLINE_ANSWER_MAX`]); None: it is the blob `sha256`.
+    pub inline: Option<Vec<u8>>,
 }
 
 /// What [`Store::record_answer`] did.
@@ -85,11 +97,15 @@ pub enum AnswerOutcome {
 pub struct NewAnswer<'a> {
     pub lookup_id: i64,
     pub job_id: i64,
+    /// SHA-256 of the archive, hex.
     pub sha256: &'a str,
     pub size: u64,
     pub outcome: &'a str,
     pub node: &'a str,
     pub now: i64,
+    /// The archive, to keep in the metadata store with the job (`size` bytes, at most
+    /// [`INLINE_ANSWER_MAX`]); None: its blob `sha256` is already in the blob store.
+    pub inline: Option<&'a [u8]>,
 }
 
 /// Store failures.
@@ -162,7 +178,8 @@ pub trait Store: Send + Sync + 'static {
         author_id: i64,
         bundle_id: Option<&str>,
     ) -> Result<Vec<JobView>, StoreError>;
-    /// The answer of one of the author's jobs. NotFound if the job is not theirs or has none.
+    /// The answer of one of the author's jobs (with its bytes if it is kept inline). NotFound
+    /// if the job is not theirs or has none.
     fn answer_of(&self, author_id: i64, job_id: i64) -> Result<AnswerRef, StoreError>;
 
     // -------- lookup side
@@ -202,6 +219,18 @@ pub trait Store: Send + Sync + 'static {
     /// the job's state (leased by this or another lookup, queued again after expiry, even
     /// failed); later ones are `Duplicate`. NotFound if the job does not exist.
     fn record_answer(&self, a: &NewAnswer<'_>) -> Result<AnswerOutcome, StoreError>;
+    /// Which of these jobs exist: one bool per id, in order. (Jobs are never deleted, so a
+    /// job seen here is still there later.)
+    fn jobs_exist(&self, job_ids: &[i64]) -> Result<Vec<bool>, StoreError>;
+    /// Records several answers in ONE transaction, each as [`record_answer`](Self::record_answer)
+    /// would (in order: a job named twice gets the first, the second is `Duplicate`). Returns
+    /// one result per answer, in order: `Stored`, `Duplicate`, or `Err(NotFound)` for a job
+    /// that does not exist (nothing is recorded for it; the others still are). An outer `Err`
+    /// means nothing at all was recorded.
+    fn record_answers(
+        &self,
+        answers: &[NewAnswer<'_>],
+    ) -> Result<Vec<Result<AnswerOutcome, StoreError>>, StoreError>;
     /// Requeues (attempts + 1, reason "lease expired") or fails every job whose lease ended
     /// before `now`. Returns how many were requeued.
     fn expire_leases(&self, now: i64, max_attempts: u32) -> Result<u64, StoreError>;

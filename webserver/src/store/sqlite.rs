@@ -24,8 +24,8 @@ use rusqlite::types::Type;
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params};
 
 use super::{
-    AnswerOutcome, AnswerRef, Author, LookupServer, NewAnswer, NewSubmission, Store, StoreError,
-    Submission,
+    AnswerOutcome, AnswerRef, Author, INLINE_ANSWER_MAX, LookupServer, NewAnswer, NewSubmission,
+    Store, StoreError, Submission,
 };
 
 /// How long a writer waits for another connection's write lock before giving up.
@@ -118,12 +118,24 @@ CREATE INDEX jobs_state ON jobs (state, id);
 CREATE INDEX jobs_author ON jobs (author_id, submission_id DESC, task);
 CREATE INDEX jobs_lease_until ON jobs (state, lease_until);
 "#,
+    // 2: answers kept inline (at most `INLINE_ANSWER_MAX` bytes): the archive of a done job
+    // whose answer is not in the blob store. Written in the transaction that marks the job
+    // done; `jobs.answer_sha256` / `answer_bytes` still describe it.
+    r#"
+CREATE TABLE answer_data (
+    job_id INTEGER PRIMARY KEY NOT NULL REFERENCES jobs (id),
+    bytes  BLOB    NOT NULL
+);
+"#,
 ];
 
-/// The metadata store on one SQLite file. Each handle owns one connection; open several
-/// handles (or processes) on the same file and they coordinate through SQLite's locks.
+/// The metadata store on one SQLite file. Each handle owns two connections: one for writes
+/// and one (`query_only`) for reads, so that reads (e.g. the lookup identity check on every
+/// request) never wait for a write transaction's fsync. Open several handles (or processes)
+/// on the same file and they coordinate through SQLite's locks.
 pub struct SqliteStore {
     conn: Mutex<Connection>,
+    reader: Mutex<Connection>,
     path: PathBuf,
 }
 
@@ -158,8 +170,12 @@ impl SqliteStore {
             ));
         }
         migrate(&mut conn)?;
+        let reader = Connection::open(path)?;
+        reader.busy_timeout(BUSY_TIMEOUT)?;
+        reader.pragma_update(None, "query_only", "ON")?;
         Ok(SqliteStore {
             conn: Mutex::new(conn),
+            reader: Mutex::new(reader),
             path: path.to_owned(),
         })
     }
@@ -192,12 +208,13 @@ impl SqliteStore {
         Ok(value)
     }
 
-    /// Runs `f` in one read transaction (a consistent snapshot).
+    /// Runs `f` in one read transaction (a consistent snapshot that includes every committed
+    /// write), on the read connection.
     fn read<T>(
         &self,
         f: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let mut conn = self.conn();
+        let mut conn = self.reader.lock().unwrap_or_else(|p| p.into_inner());
         let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
         let value = f(&tx)?;
         tx.commit()?;
@@ -369,6 +386,62 @@ fn jobs_of_submission(
         tx.prepare_cached("SELECT id, task FROM jobs WHERE submission_id = ?1 ORDER BY task")?;
     let rows = stmt.query_map([submission_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
     Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Checks an answer before any write: sizes fit, an inline archive is as long as announced and
+/// small enough.
+fn check_answer(a: &NewAnswer<'_>) -> Result<i64, StoreError> {
+    let size = to_i64(a.size, "answer size")?;
+    if let Some(bytes) = a.inline
+        && (bytes.len() as u64 != a.size || a.size > INLINE_ANSWER_MAX)
+    {
+        return Err(StoreError::Conflict(format!(
+            "inline answer for job {}: {} bytes, announced {} (at most {INLINE_ANSWER_MAX})",
+            a.job_id,
+            bytes.len(),
+            a.size
+        )));
+    }
+    Ok(size)
+}
+
+/// Records one answer inside `tx` (see [`Store::record_answer`]); `size` from [`check_answer`].
+fn record_in(
+    tx: &Transaction<'_>,
+    a: &NewAnswer<'_>,
+    size: i64,
+) -> Result<AnswerOutcome, StoreError> {
+    let n = tx
+        .prepare_cached(
+            "UPDATE jobs SET state = 'done', outcome = ?1, node = ?2, answer_sha256 = ?3,
+                    answer_bytes = ?4, answer_lookup = ?5, lease_lookup = NULL,
+                    lease_until = NULL, updated_at = ?6
+             WHERE id = ?7 AND answer_sha256 IS NULL",
+        )?
+        .execute(params![
+            a.outcome,
+            a.node,
+            a.sha256,
+            size,
+            a.lookup_id,
+            a.now,
+            a.job_id
+        ])?;
+    if n == 1 {
+        if let Some(bytes) = a.inline {
+            tx.prepare_cached("INSERT INTO answer_data (job_id, bytes) VALUES (?1, ?2)")?
+                .execute(params![a.job_id, bytes])?;
+        }
+        return Ok(AnswerOutcome::Stored);
+    }
+    let exists: bool = tx
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM jobs WHERE id = ?1)")?
+        .query_row([a.job_id], |r| r.get(0))?;
+    if exists {
+        Ok(AnswerOutcome::Duplicate)
+    } else {
+        Err(StoreError::NotFound(format!("job {}", a.job_id)))
+    }
 }
 
 impl Store for SqliteStore {
@@ -644,20 +717,41 @@ impl Store for SqliteStore {
 
     fn answer_of(&self, author_id: i64, job_id: i64) -> Result<AnswerRef, StoreError> {
         self.read(|tx| {
-            let found: Option<(Option<String>, Option<i64>)> = tx
+            type Found = (Option<String>, Option<i64>, Option<Vec<u8>>);
+            let found: Option<Found> = tx
                 .prepare_cached(
-                    "SELECT answer_sha256, answer_bytes FROM jobs WHERE id = ?1 AND author_id = ?2",
+                    "SELECT j.answer_sha256, j.answer_bytes, d.bytes
+                     FROM jobs j LEFT JOIN answer_data d ON d.job_id = j.id
+                     WHERE j.id = ?1 AND j.author_id = ?2",
                 )?
-                .query_row(params![job_id, author_id], |r| Ok((r.get(0)?, r.get(1)?)))
+                .query_row(params![job_id, author_id], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })
                 .optional()?;
             match found {
-                Some((Some(sha256), Some(size))) => Ok(AnswerRef {
-                    sha256,
-                    size: u64::try_from(size).map_err(|_| {
+                Some((Some(sha256), Some(size), inline)) => {
+                    let size = u64::try_from(size).map_err(|_| {
                         StoreError::Db(rusqlite::Error::IntegralValueOutOfRange(1, size))
-                    })?,
-                }),
-                Some((Some(_), None)) => Err(StoreError::Db(conversion_error(
+                    })?;
+                    if let Some(bytes) = &inline
+                        && bytes.len() as u64 != size
+                    {
+                        return Err(StoreError::Db(conversion_error(
+                            2,
+                            Type::Blob,
+                            format!(
+                                "job {job_id}'s inline answer has {} bytes, recorded {size}",
+                                bytes.len()
+                            ),
+                        )));
+                    }
+                    Ok(AnswerRef {
+                        sha256,
+                        size,
+                        inline,
+                    })
+                }
+                Some((Some(_), None, _)) => Err(StoreError::Db(conversion_error(
                     1,
                     Type::Null,
                     format!("job {job_id} has an answer without a size"),
@@ -834,35 +928,38 @@ impl Store for SqliteStore {
     }
 
     fn record_answer(&self, a: &NewAnswer<'_>) -> Result<AnswerOutcome, StoreError> {
-        let size = to_i64(a.size, "answer size")?;
+        let size = check_answer(a)?;
+        self.write(|tx| record_in(tx, a, size))
+    }
+
+    fn jobs_exist(&self, job_ids: &[i64]) -> Result<Vec<bool>, StoreError> {
+        self.read(|tx| {
+            let mut stmt = tx.prepare_cached("SELECT EXISTS (SELECT 1 FROM jobs WHERE id = ?1)")?;
+            job_ids
+                .iter()
+                .map(|id| Ok(stmt.query_row([id], |r| r.get(0))?))
+                .collect()
+        })
+    }
+
+    fn record_answers(
+        &self,
+        answers: &[NewAnswer<'_>],
+    ) -> Result<Vec<Result<AnswerOutcome, StoreError>>, StoreError> {
+        let sizes = answers
+            .iter()
+            .map(check_answer)
+            .collect::<Result<Vec<_>, _>>()?;
         self.write(|tx| {
-            let n = tx
-                .prepare_cached(
-                    "UPDATE jobs SET state = 'done', outcome = ?1, node = ?2, answer_sha256 = ?3,
-                            answer_bytes = ?4, answer_lookup = ?5, lease_lookup = NULL,
-                            lease_until = NULL, updated_at = ?6
-                     WHERE id = ?7 AND answer_sha256 IS NULL",
-                )?
-                .execute(params![
-                    a.outcome,
-                    a.node,
-                    a.sha256,
-                    size,
-                    a.lookup_id,
-                    a.now,
-                    a.job_id
-                ])?;
-            if n == 1 {
-                return Ok(AnswerOutcome::Stored);
+            let mut out = Vec::with_capacity(answers.len());
+            for (a, size) in answers.iter().zip(sizes) {
+                match record_in(tx, a, size) {
+                    Err(StoreError::NotFound(m)) => out.push(Err(StoreError::NotFound(m))),
+                    Err(e) => return Err(e),
+                    Ok(o) => out.push(Ok(o)),
+                }
             }
-            let exists: bool = tx
-                .prepare_cached("SELECT EXISTS (SELECT 1 FROM jobs WHERE id = ?1)")?
-                .query_row([a.job_id], |r| r.get(0))?;
-            if exists {
-                Ok(AnswerOutcome::Duplicate)
-            } else {
-                Err(StoreError::NotFound(format!("job {}", a.job_id)))
-            }
+            Ok(out)
         })
     }
 

@@ -1,0 +1,438 @@
+//! Job-server benchmark: tiny `hello` tasks end to end through a real node.
+//!
+//! `samples/build.sh && cargo bench -p rjs-compute --bench node`
+//!
+//! Starts `rjs-compute serve --no-announce` (release build) on loopback with certificates
+//! from a throw-away cluster CA, trusts a throw-away author, packs the `hello` sample with
+//! `tasks = 100000`, then pushes `RJS_BENCH_TASKS` (default 4000) offers of that bundle
+//! through `RJS_BENCH_CONNS` (default: 2 and 4, one run each) concurrent mutual-TLS
+//! connections, as a lookup server would: offer → (send-bundle once) → accepted → answer.
+//! A `no-free-slot` refusal is retried after a short pause (and counted).
+//!
+//! Runs once with the scratch directory in the node's data directory (a temporary directory,
+//! under `$TMPDIR`) and once with `--scratch-dir /dev/shm` (`RJS_BENCH_SCRATCH`:
+//! comma-separated, `data` for the default).
+//!
+//! Reports tasks/s and the CPU time per task of the node process and of its worker
+//! processes (`utime + stime` from `/proc/<pid>/stat`, before and after the measured part),
+//! plus the client's own CPU per task.
+//!
+//! Environment: `RJS_BENCH_TASKS` (offers per run), `RJS_BENCH_CONNS` (comma-separated
+//! connection counts), `RJS_BENCH_SLOTS` (default 2), `RJS_BENCH_PERF=FILE` (record the node
+//! and its workers with `perf record` during the last run, into FILE; options from
+//! `RJS_BENCH_PERF_ARGS`, default `-F 4000 -g`; `--call-graph dwarf` gives usable stacks).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use rjs_signer::KeyPair;
+use rjs_wire::node::{
+    CONTROL_TIMEOUT, FromNode, ToNode, data_timeout, read_frame, read_msg, write_frame, write_msg,
+};
+use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The hello sample as a bundle of `tasks` tasks, signed by `key`.
+fn hello_bundle(key: &KeyPair, tasks: u32) -> Vec<u8> {
+    let dir = root().join("target/rjs-samples/hello");
+    let manifest = std::fs::read(dir.join("manifest.json")).expect("run samples/build.sh first");
+    let mut manifest: serde_json::Value = serde_json::from_slice(&manifest).expect("manifest");
+    manifest["tasks"] = tasks.into();
+    let module = std::fs::read(dir.join("hello.wasm")).expect("hello.wasm");
+    let mut b = rjs_signer::BundleBuilder::new();
+    b.add("manifest.json", manifest.to_string().into_bytes())
+        .expect("manifest entry");
+    b.add("hello.wasm", module).expect("module entry");
+    b.sign(key, "bench", rjs_signer::unix_now()).expect("sign")
+}
+
+/// User + system CPU of a process, in clock ticks (10 ms) — summed over a long run.
+fn proc_ticks(pid: u32) -> u64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0;
+    };
+    let rest = &stat[stat.rfind(')').map_or(0, |i| i + 1)..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let get = |i: usize| f.get(i).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
+    get(11) + get(12)
+}
+
+fn ticks_us(ticks: u64) -> f64 {
+    // SAFETY: sysconf cannot fail for this name.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    ticks as f64 * 1e6 / hz
+}
+
+/// The node's child processes (its sandbox workers).
+fn children(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in tasks.flatten() {
+            if let Ok(s) = std::fs::read_to_string(t.path().join("children")) {
+                out.extend(s.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+            }
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+fn self_cpu_us() -> u64 {
+    // SAFETY: getrusage writes into the zeroed struct we pass.
+    let ru = unsafe {
+        let mut ru: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut ru);
+        ru
+    };
+    let us = |t: libc::timeval| (t.tv_sec as u64) * 1_000_000 + t.tv_usec as u64;
+    us(ru.ru_utime) + us(ru.ru_stime)
+}
+
+struct Node {
+    child: Child,
+    addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        // SAFETY: signals our own child.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(5) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_node(
+    ca: &rjs_wire::pki::Ca,
+    author: &KeyPair,
+    slots: usize,
+    scratch: Option<&str>,
+) -> Node {
+    let exe = env!("CARGO_BIN_EXE_rjs-compute");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).expect("data dir");
+    let node_cert = rjs_wire::pki::issue(
+        ca,
+        "rjs-node",
+        rjs_wire::pki::host_sans(&["127.0.0.1".into()]).expect("sans"),
+        // No extended key usage extension: good for server and client authentication
+        // (and no need to name rcgen's types here).
+        Vec::new(),
+    )
+    .expect("node certificate");
+    let (ca_pem, cert_pem, key_pem) = (
+        dir.path().join("ca.pem"),
+        dir.path().join("node.pem"),
+        dir.path().join("node-key.pem"),
+    );
+    std::fs::write(&ca_pem, &ca.cert_pem).unwrap();
+    std::fs::write(&cert_pem, &node_cert.cert_pem).unwrap();
+    std::fs::write(&key_pem, &node_cert.key_pem).unwrap();
+    // A stored speed result: no second of benchmarking at start.
+    std::fs::write(
+        data.join("bench.json"),
+        serde_json::json!({
+            "mflops": 1000.0, "n": 500, "runs": 3, "seconds": 1.0, "residual": 0.5,
+            "measured_at": rjs_signer::unix_now(), "program_version": env!("CARGO_PKG_VERSION"),
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let out = Command::new(exe)
+        .args([
+            "trust",
+            "add",
+            &author.public().to_base64(),
+            "--name",
+            "bench",
+        ])
+        .arg("--data")
+        .arg(&data)
+        .stdin(Stdio::null())
+        .output()
+        .expect("trust add");
+    assert!(out.status.success(), "trust add: {out:?}");
+    let mut cmd = Command::new(exe);
+    cmd.arg("serve");
+    if let Some(dir) = scratch {
+        cmd.args(["--scratch-dir", dir]);
+    }
+    let mut child = cmd
+        .arg("--data")
+        .arg(&data)
+        .args(["--listen", "127.0.0.1:0", "--slots", &slots.to_string()])
+        // Never an mDNS announcer on the host's network.
+        .arg("--no-announce")
+        .arg("--cert")
+        .arg(&cert_pem)
+        .arg("--key")
+        .arg(&key_pem)
+        .arg("--ca")
+        .arg(&ca_pem)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("rjs-compute serve");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Some(rest) = line.split(" listening on ").nth(1) {
+                let _ = tx.send(rest.trim().to_owned());
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the node did not start")
+        .parse()
+        .expect("address");
+    Node {
+        child,
+        addr,
+        _dir: dir,
+    }
+}
+
+#[derive(Default)]
+struct Counts {
+    done: AtomicU64,
+    sent_bundle: AtomicU64,
+    busy: AtomicU64,
+    answer_bytes: AtomicU64,
+}
+
+async fn connection(
+    addr: SocketAddr,
+    tls: Arc<rustls::ClientConfig>,
+    bundle: Arc<Vec<u8>>,
+    sha: Arc<String>,
+    next: Arc<AtomicU64>,
+    total: u64,
+    counts: Arc<Counts>,
+) {
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    tcp.set_nodelay(true).unwrap();
+    let name = ServerName::try_from("127.0.0.1").unwrap();
+    let mut s = TlsConnector::from(tls)
+        .connect(name, tcp)
+        .await
+        .expect("TLS");
+    loop {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        if i >= total {
+            return;
+        }
+        let task = (i % 100_000) as u32;
+        loop {
+            let offer = ToNode::Offer {
+                bundle_sha256: (*sha).clone(),
+                bundle_size: bundle.len() as u64,
+                task,
+                job_id: 1,
+            };
+            write_msg(&mut s, &offer, CONTROL_TIMEOUT).await.unwrap();
+            let mut reply: FromNode = read_msg(&mut s, CONTROL_TIMEOUT).await.unwrap();
+            if reply == FromNode::SendBundle {
+                counts.sent_bundle.fetch_add(1, Ordering::Relaxed);
+                write_frame(&mut s, &bundle, data_timeout(bundle.len() as u64))
+                    .await
+                    .unwrap();
+                reply = read_msg(&mut s, CONTROL_TIMEOUT).await.unwrap();
+            }
+            match reply {
+                FromNode::Accepted => {}
+                FromNode::Refused {
+                    code: rjs_wire::node::RefusalCode::NoFreeSlot,
+                    ..
+                } => {
+                    counts.busy.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_micros(200)).await;
+                    continue;
+                }
+                other => panic!("task {task}: {other:?}"),
+            }
+            let size = match read_msg(&mut s, CONTROL_TIMEOUT).await.unwrap() {
+                FromNode::Answer { outcome, size } => {
+                    assert_eq!(outcome, "exit 0", "task {task}");
+                    size
+                }
+                other => panic!("task {task}: {other:?}"),
+            };
+            let answer = read_frame(&mut s, size, CONTROL_TIMEOUT).await.unwrap();
+            counts
+                .answer_bytes
+                .fetch_add(answer.len() as u64, Ordering::Relaxed);
+            counts.done.fetch_add(1, Ordering::Relaxed);
+            break;
+        }
+    }
+}
+
+fn main() {
+    let tasks: u64 = env_or("RJS_BENCH_TASKS", 4000);
+    let slots: usize = env_or("RJS_BENCH_SLOTS", 2);
+    let conns: Vec<usize> = std::env::var("RJS_BENCH_CONNS")
+        .unwrap_or_else(|_| "2,4".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    let perf = std::env::var_os("RJS_BENCH_PERF").map(PathBuf::from);
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let ca = rjs_wire::pki::new_ca("rjs-bench-ca").expect("CA");
+    let lookup =
+        rjs_wire::pki::issue(&ca, "lookup-bench", Vec::new(), Vec::new()).expect("lookup cert");
+    let ca_der = rjs_wire::tls::certs_from_pem(ca.cert_pem.as_bytes(), "CA").unwrap();
+    let identity = (
+        rjs_wire::tls::certs_from_pem(lookup.cert_pem.as_bytes(), "cert").unwrap(),
+        rjs_wire::tls::key_from_pem(lookup.key_pem.as_bytes(), "key").unwrap(),
+    );
+    let tls = Arc::new(rjs_wire::tls::client_config(&ca_der, Some(identity)).unwrap());
+    let author = KeyPair::generate();
+    let bundle = Arc::new(hello_bundle(&author, 100_000));
+    let sha = Arc::new(rjs_signer::bundle::hex(&rjs_signer::bundle_id(&bundle)));
+    println!(
+        "== node job server: hello tasks, bundle {} bytes, {slots} slots, {tasks} tasks per run ==",
+        bundle.len()
+    );
+
+    let scratches: Vec<String> = std::env::var("RJS_BENCH_SCRATCH")
+        .unwrap_or_else(|_| "data,/dev/shm".into())
+        .split(',')
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect();
+    for (si, scratch) in scratches.iter().enumerate() {
+        let scratch = (scratch != "data").then_some(scratch.as_str());
+        let node = start_node(&ca, &author, slots, scratch);
+        println!(
+            "-- scratch in {} --",
+            scratch.unwrap_or("the data directory (<data>/scratch)")
+        );
+        let pid = node.child.id();
+        let run = |n: u64, conns: usize| {
+            let next = Arc::new(AtomicU64::new(0));
+            let counts = Arc::new(Counts::default());
+            rt.block_on(async {
+                let handles: Vec<_> = (0..conns)
+                    .map(|_| {
+                        tokio::spawn(connection(
+                            node.addr,
+                            tls.clone(),
+                            bundle.clone(),
+                            sha.clone(),
+                            next.clone(),
+                            n,
+                            counts.clone(),
+                        ))
+                    })
+                    .collect();
+                for h in handles {
+                    h.await.expect("connection");
+                }
+            });
+            counts
+        };
+        // Warm-up: the bundle is sent and verified, the module compiled, connections made.
+        run(200, 2);
+
+        for (k, &c) in conns.iter().enumerate() {
+            let last = si + 1 == scratches.len() && k + 1 == conns.len();
+            let workers = children(pid);
+            let perf_child = match (&perf, last) {
+                (Some(file), true) => {
+                    let pids: Vec<String> = std::iter::once(pid)
+                        .chain(workers.iter().copied())
+                        .map(|p| p.to_string())
+                        .collect();
+                    let args = std::env::var("RJS_BENCH_PERF_ARGS")
+                        .unwrap_or_else(|_| "-F 4000 -g".into());
+                    let child = Command::new("perf")
+                        .arg("record")
+                        .args(args.split_whitespace())
+                        .arg("-o")
+                        .arg(file)
+                        .args(["-p", &pids.join(",")])
+                        .stdout(Stdio::null())
+                        .spawn()
+                        .expect("perf record");
+                    std::thread::sleep(Duration::from_millis(500));
+                    Some(child)
+                }
+                _ => None,
+            };
+            let node0 = proc_ticks(pid);
+            let workers0: u64 = workers.iter().map(|&w| proc_ticks(w)).sum();
+            let self0 = self_cpu_us();
+            let t = Instant::now();
+            let counts = run(tasks, c);
+            let wall = t.elapsed();
+            let self1 = self_cpu_us();
+            let node1 = proc_ticks(pid);
+            let workers_now = children(pid);
+            assert_eq!(workers_now, workers, "a worker was replaced during the run");
+            let workers1: u64 = workers.iter().map(|&w| proc_ticks(w)).sum();
+            if let Some(p) = perf_child {
+                // SAFETY: signals our own child.
+                unsafe { libc::kill(p.id() as libc::pid_t, libc::SIGINT) };
+                let _ = p.wait_with_output();
+            }
+            let done = counts.done.load(Ordering::Relaxed);
+            assert_eq!(done, tasks);
+            let per = |us: f64| us / done as f64;
+            let node_us = per(ticks_us(node1 - node0));
+            let workers_us = per(ticks_us(workers1 - workers0));
+            println!(
+                "{c} connections: {done} tasks in {:.2} s = {:.0} tasks/s; CPU per task: node \
+                 {:.0} µs + workers {:.0} µs = {:.0} µs; client {:.0} µs; no-free-slot retries \
+                 {}; answers {} bytes avg",
+                wall.as_secs_f64(),
+                done as f64 / wall.as_secs_f64(),
+                node_us,
+                workers_us,
+                node_us + workers_us,
+                per((self1 - self0) as f64),
+                counts.busy.load(Ordering::Relaxed),
+                counts.answer_bytes.load(Ordering::Relaxed) / done.max(1),
+            );
+            assert_eq!(counts.sent_bundle.load(Ordering::Relaxed), 0);
+        }
+        drop(node);
+    }
+}
