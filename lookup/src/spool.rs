@@ -44,6 +44,10 @@ use crate::upstream::{AnswerAck, Backoff, UpstreamError, WebServerClient, chain}
 pub const MAX_SPOOLED: u64 = 64 * 1024 * 1024;
 /// A segment is closed and a new one started beyond this size.
 pub const SEGMENT_BYTES: u64 = 32 * 1024 * 1024;
+/// Answers per upload request.
+pub const RELAY_BATCH: usize = 64;
+/// Answer bytes per upload request (a larger single answer goes alone).
+pub const RELAY_BATCH_BYTES: u64 = 16 * 1024 * 1024;
 /// Answer bytes kept in memory for the relay; beyond, they are read back from the log.
 const MEMORY_BYTES: u64 = 64 * 1024 * 1024;
 const MAGIC: &[u8; 4] = b"RJSP";
@@ -104,7 +108,7 @@ impl Default for RelayOptions {
             retry_base: Duration::from_millis(250),
             retry_cap: Duration::from_secs(30),
             rescan: Duration::from_secs(10),
-            concurrency: 16,
+            concurrency: 4,
         }
     }
 }
@@ -508,11 +512,19 @@ impl AnswerSpool {
         g.queue.len() + g.in_flight.len()
     }
 
-    /// Takes up to `max` entries for upload, with their bytes.
+    /// Takes up to `max` entries for upload, with their bytes: at least one, and no more
+    /// than [`RELAY_BATCH_BYTES`] in all after the first.
     fn take(&self, max: usize) -> Vec<(SpoolMeta, Arc<Vec<u8>>)> {
         let mut out = Vec::new();
+        let mut total = 0u64;
         let mut g = self.lock();
         while out.len() < max {
+            if let Some(next) = g.queue.front()
+                && !out.is_empty()
+                && total + u64::from(next.len) > RELAY_BATCH_BYTES
+            {
+                break;
+            }
             let Some(e) = g.queue.pop_front() else { break };
             let id = e.meta.job_id;
             let bytes = match &e.bytes {
@@ -530,6 +542,7 @@ impl AnswerSpool {
                 },
             };
             g.in_flight.insert(id, e.seg);
+            total += bytes.len() as u64;
             out.push((e.meta, bytes));
         }
         out
@@ -620,9 +633,10 @@ impl AnswerSpool {
         self.ack(meta.job_id);
     }
 
-    /// Uploads everything queued once, `concurrency` answers at a time; stops starting new
-    /// uploads at the first transient failure (the web server is likely down) and leaves the
-    /// rest for the next pass.
+    /// Uploads everything queued once, in batches of up to [`RELAY_BATCH`] answers
+    /// ([`WebServerClient::post_answers`]: one request, one transaction on the web server),
+    /// `concurrency` batches at a time; stops starting new uploads at the first transient
+    /// failure (the web server is likely down) and leaves the rest for the next pass.
     pub async fn relay_once(
         self: &Arc<Self>,
         client: &WebServerClient,
@@ -633,42 +647,67 @@ impl AnswerSpool {
         let mut failed = false;
         loop {
             while !failed && running.len() < concurrency.max(1) {
-                let mut batch = self.take(1);
-                let Some((meta, bytes)) = batch.pop() else {
+                let batch = self.take(RELAY_BATCH);
+                if batch.is_empty() {
                     break;
-                };
+                }
                 let client = client.clone();
                 running.spawn(async move {
-                    let r = client
-                        .post_answer(meta.job_id, &meta.outcome, &meta.node, bytes.to_vec())
-                        .await;
-                    (meta, bytes, r)
+                    let refs: Vec<(i64, &str, &str, &[u8])> = batch
+                        .iter()
+                        .map(|(m, b)| (m.job_id, m.outcome.as_str(), m.node.as_str(), b.as_slice()))
+                        .collect();
+                    let r = client.post_answers(&refs).await;
+                    (batch, r)
                 });
             }
             let Some(joined) = running.join_next().await else {
                 break;
             };
-            let Ok((meta, bytes, result)) = joined else {
+            let Ok((batch, result)) = joined else {
                 continue;
             };
-            let id = meta.job_id;
             match result {
-                Ok(ack) => {
-                    self.ack(id);
-                    match ack {
-                        AnswerAck::Stored => pass.stored.push(id),
-                        AnswerAck::Duplicate => pass.duplicates.push(id),
+                Ok(acks) => {
+                    let acks: HashMap<i64, Option<AnswerAck>> = acks.into_iter().collect();
+                    for (meta, bytes) in batch {
+                        let id = meta.job_id;
+                        match acks.get(&id) {
+                            Some(Some(AnswerAck::Stored)) => {
+                                self.ack(id);
+                                pass.stored.push(id);
+                            }
+                            Some(Some(AnswerAck::Duplicate)) => {
+                                self.ack(id);
+                                pass.duplicates.push(id);
+                            }
+                            Some(None) => {
+                                tracing::error!(
+                                    job = id,
+                                    "web server does not know the job; answer moved aside"
+                                );
+                                self.reject(&meta, &bytes);
+                                pass.rejected.push(id);
+                            }
+                            None => {
+                                // Not in the response: try again later.
+                                failed = true;
+                                self.put_back(vec![(meta, bytes)]);
+                            }
+                        }
                     }
                 }
                 Err(e) if e.is_transient() => {
-                    tracing::warn!(job = id, error = %chain(&e), "answer relay failed; will retry");
+                    tracing::warn!(answers = batch.len(), error = %chain(&e), "answer relay failed; will retry");
                     failed = true;
-                    self.put_back(vec![(meta, bytes)]);
+                    self.put_back(batch);
                 }
                 Err(e) => {
-                    refused(id, &e);
-                    self.reject(&meta, &bytes);
-                    pass.rejected.push(id);
+                    for (meta, bytes) in batch {
+                        refused(meta.job_id, &e);
+                        self.reject(&meta, &bytes);
+                        pass.rejected.push(meta.job_id);
+                    }
                 }
             }
         }

@@ -410,6 +410,57 @@ impl WebServerClient {
         })
     }
 
+    /// `POST /lookup/v1/answers`: uploads several answers in one request, recorded by the
+    /// web server in one transaction. Returns each job's acknowledgement in request order;
+    /// `None` for a job the web server does not know (refused for good).
+    pub async fn post_answers(
+        &self,
+        answers: &[(i64, &str, &str, &[u8])],
+    ) -> Result<Vec<(i64, Option<AnswerAck>)>, UpstreamError> {
+        let what = "uploading answers to";
+        let url = self.url("/answers");
+        let mut body = Vec::with_capacity(answers.iter().map(|a| a.3.len() + 128).sum());
+        for (job_id, outcome, node, bytes) in answers {
+            let header = rjs_wire::api::AnswerBatchHeader {
+                job_id: *job_id,
+                outcome: (*outcome).to_owned(),
+                node: (*node).to_owned(),
+                size: bytes.len() as u64,
+            };
+            rjs_wire::api::encode_answer_record(&mut body, &header, bytes).map_err(|e| {
+                UpstreamError::Status {
+                    what,
+                    url: url.clone(),
+                    status: 0,
+                    code: "encode".into(),
+                    message: e.to_string(),
+                }
+            })?;
+        }
+        let rb = self
+            .http
+            .post(&url)
+            .header(
+                reqwest::header::CONTENT_TYPE,
+                rjs_wire::api::ANSWERS_CONTENT_TYPE,
+            )
+            .body(body);
+        let resp = self.send(what, &url, rb).await?;
+        let r: rjs_wire::api::AnswerBatchResponse = read_json(resp, what, &url).await?;
+        use rjs_wire::api::AnswerBatchStatus as S;
+        Ok(r.results
+            .into_iter()
+            .map(|x| {
+                let ack = match x.status {
+                    S::Stored => Some(AnswerAck::Stored),
+                    S::Duplicate => Some(AnswerAck::Duplicate),
+                    S::NotFound => None,
+                };
+                (x.job_id, ack)
+            })
+            .collect())
+    }
+
     /// Path a bundle has (or will have) in the cache.
     pub fn cache_path(&self, bundle_id: &str) -> PathBuf {
         self.cache_dir.join(bundle_id)

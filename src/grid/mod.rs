@@ -606,8 +606,15 @@ impl LocalGrid {
             .arg("--data")
             .arg(&node.dir)
             .args(["--slots", &slots, "--listen", "127.0.0.1:0"])
-            .args(["--interface", &interface, "--announce-interval", &interval])
-            .args(&settings.serve_args);
+            .args(["--interface", &interface, "--announce-interval", &interval]);
+        // Task scratch directories on RAM when the machine has /dev/shm, as a PC owner may
+        // choose (`--scratch-dir`, docs/compute-node.md): a tiny task's files then cost no
+        // disk inode churn.
+        let shm = Path::new("/dev/shm");
+        if shm.is_dir() && !settings.serve_args.iter().any(|a| a == "--scratch-dir") {
+            cmd.arg("--scratch-dir").arg(shm);
+        }
+        cmd.args(&settings.serve_args);
         let (proc, line) = process::spawn_ready(&node.id, cmd, &log, " listening on ", timeout)?;
         node.listen = after(&line, " listening on ").map(|s| s.trim().to_owned());
         node.proc = Some(proc);
