@@ -67,6 +67,18 @@ pub async fn serve(
                     return;
                 }
             };
+            // The cluster CA also issues node certificates that can authenticate as a client;
+            // only the lookup (whose certificates name no node) may offer jobs.
+            let from_node = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(|c| rjs_wire::pki::node_id_of(c));
+            if let Some(other) = from_node {
+                tracing::warn!(%peer, node = %other, "refused: a node's certificate may not offer jobs");
+                return;
+            }
             if let Err(e) = handle(&node, tls, peer).await {
                 tracing::info!(%peer, error = %error_chain(&e), "connection ended");
             }

@@ -84,6 +84,36 @@ impl Ca {
         )
     }
 
+    /// A certificate as enrolment issues it to node `id` (with its `urn:rjs:node:ID` name):
+    /// good for serving and, as a client, for being refused jobs.
+    pub fn enrolled_node_cert(&self, id: &str) -> Leaf {
+        let mut params = CertificateParams::new(vec!["127.0.0.1".to_string()]).expect("SANs");
+        params.subject_alt_names.push(rcgen::SanType::URI(
+            format!("urn:rjs:node:{id}")
+                .as_str()
+                .try_into()
+                .expect("URI"),
+        ));
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, id);
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.use_authority_key_identifier_extension = true;
+        let key = rcgen::KeyPair::generate().expect("leaf key");
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .expect("leaf certificate");
+        Leaf {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        }
+    }
+
     /// A lookup server's client configuration: trusts this CA, presents a fresh lookup
     /// certificate.
     pub fn lookup_tls(&self) -> Arc<rustls::ClientConfig> {

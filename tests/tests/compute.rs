@@ -626,6 +626,18 @@ async fn clients_outside_the_cluster_are_refused() {
     .expect("connected to a node the client does not trust");
     eprintln!("untrusted node: {e:#}");
 
+    // Another node of the cluster: its certificate is from the right CA, but a node may not
+    // offer jobs (only the lookup, whose certificates name no node).
+    let peer_node = node.ca.enrolled_node_cert("node-7");
+    let e = bounded(
+        "another node as client",
+        30,
+        first_reply(node.addr, client_tls(&node.ca, Some(&peer_node)), &hello),
+    )
+    .await
+    .expect_err("a node's certificate got a reply");
+    eprintln!("node as client: {e:#}");
+
     assert_eq!(node.scratch_entries(), Vec::<String>::new());
     // A cluster member still gets its job run.
     let mut c = node.connect().await.unwrap();

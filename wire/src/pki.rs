@@ -269,9 +269,39 @@ pub fn common_name(der: &[u8]) -> Option<String> {
     cn.as_str().ok().map(str::to_owned)
 }
 
+/// The node id a certificate was issued for (its `urn:rjs:node:ID` URI name), if it is a
+/// node's certificate. The lookup's own certificates carry no such name.
+pub fn node_id_of(der: &[u8]) -> Option<String> {
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    let san = cert.subject_alternative_name().ok()??;
+    san.value.general_names.iter().find_map(|n| match n {
+        x509_parser::extensions::GeneralName::URI(u) => {
+            u.strip_prefix("urn:rjs:node:").map(str::to_owned)
+        }
+        _ => None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn node_certificates_name_their_node_and_others_do_not() {
+        let ca = new_ca("test CA").unwrap();
+        let (csr, _) = new_csr("x").unwrap();
+        let sans = vec![SanType::URI("urn:rjs:node:n1".try_into().unwrap())];
+        let node = issue_for_csr(&ca, &csr, "n1", sans, vec![]).unwrap();
+        let der = x509_der(&node.cert_pem);
+        assert_eq!(node_id_of(&der).as_deref(), Some("n1"));
+        let lookup = issue(&ca, "rjs-lookup", vec![], vec![]).unwrap();
+        assert_eq!(node_id_of(&x509_der(&lookup.cert_pem)), None);
+        assert_eq!(node_id_of(b"not a certificate"), None);
+    }
+
+    fn x509_der(pem: &str) -> Vec<u8> {
+        crate::tls::certs_from_pem(pem.as_bytes(), "test").unwrap()[0].to_vec()
+    }
 
     #[test]
     fn civil_dates() {
