@@ -181,6 +181,16 @@ struct Job {
     losses: u32,
 }
 
+impl Job {
+    /// Who refused it, and why.
+    fn refusal_codes(&self) -> HashMap<NodeId, RefusalCode> {
+        self.refusals
+            .iter()
+            .map(|(n, (c, _))| (n.clone(), *c))
+            .collect()
+    }
+}
+
 #[derive(Debug, Default)]
 struct NodeStats {
     busy: u32,
@@ -234,6 +244,29 @@ impl State {
                 }
             }
         }
+    }
+
+    /// `nodes` with their free slots as this lookup can use them: the total less the jobs it
+    /// runs there, and none while a node cools down (when `cooling_at` is given, which also
+    /// leaves out nodes without an address).
+    fn usable(&self, nodes: &[NodeView], cooling_at: Option<Instant>) -> Vec<NodeView> {
+        nodes
+            .iter()
+            .filter(|n| cooling_at.is_none() || !n.addresses.is_empty())
+            .cloned()
+            .map(|mut n| {
+                let s = self.stats.get(&n.node_id);
+                let busy = s.map_or(0, |s| s.busy);
+                let cooling = cooling_at
+                    .is_some_and(|now| s.and_then(|s| s.cool_until).is_some_and(|t| t > now));
+                n.free_slots = if cooling {
+                    0
+                } else {
+                    n.total_slots.saturating_sub(busy)
+                };
+                n
+            })
+            .collect()
     }
 
     fn count(&self, f: impl Fn(&Place) -> bool) -> u64 {
@@ -817,22 +850,7 @@ fn assign(shared: &Arc<Shared>, nodes: &[NodeView]) {
         }
     }
     // The nodes as this lookup can use them now.
-    let mut views: Vec<NodeView> = nodes
-        .iter()
-        .filter(|n| !n.addresses.is_empty())
-        .cloned()
-        .map(|mut n| {
-            let s = st.stats.get(&n.node_id);
-            let busy = s.map_or(0, |s| s.busy);
-            let cooling = s.and_then(|s| s.cool_until).is_some_and(|t| t > now);
-            n.free_slots = if cooling {
-                0
-            } else {
-                n.total_slots.saturating_sub(busy)
-            };
-            n
-        })
-        .collect();
+    let mut views = st.usable(nodes, Some(now));
     let mut free: u32 = views.iter().map(|n| n.free_slots).sum();
     let mut keep = VecDeque::new();
     while let Some(id) = st.queue.pop_front() {
@@ -868,11 +886,7 @@ fn assign(shared: &Arc<Shared>, nodes: &[NodeView]) {
                 }
             }
             None => {
-                let codes: HashMap<NodeId, RefusalCode> = job
-                    .refusals
-                    .iter()
-                    .map(|(n, (c, _))| (n.clone(), *c))
-                    .collect();
+                let codes = job.refusal_codes();
                 match shared.scheduler.why(&group, nodes, &codes) {
                     Some(why @ (Why::NoNodeInGroup | Why::RefusedBy { .. })) => {
                         tracing::info!(job = id, why = %why, "parked");
@@ -1110,19 +1124,8 @@ fn why(shared: &Shared, job: i64) -> WhyResponse {
             why: "This lookup does not hold the job: it may be queued on the web server, done, or leased by another lookup.".into(),
         };
     };
-    let codes: HashMap<NodeId, RefusalCode> = j
-        .refusals
-        .iter()
-        .map(|(n, (c, _))| (n.clone(), *c))
-        .collect();
-    let busy_views: Vec<NodeView> = nodes
-        .into_iter()
-        .map(|mut n| {
-            let busy = st.stats.get(&n.node_id).map_or(0, |s| s.busy);
-            n.free_slots = n.total_slots.saturating_sub(busy);
-            n
-        })
-        .collect();
+    let codes = j.refusal_codes();
+    let busy_views = st.usable(&nodes, None);
     match &j.place {
         Place::Running { node } => WhyResponse {
             job,

@@ -61,6 +61,12 @@ pub enum UpstreamError {
     },
     #[error("{0:?} is not a bundle id (64 lowercase hex digits)")]
     BadBundleId(String),
+    #[error("encoding the answer of job {job_id} for upload")]
+    Encode {
+        job_id: i64,
+        #[source]
+        source: rjs_wire::api::AnswerFrameError,
+    },
     #[error("bundle cache")]
     Cache(#[source] rjs_signer::fsutil::FileError),
 }
@@ -427,13 +433,10 @@ impl WebServerClient {
                 node: (*node).to_owned(),
                 size: bytes.len() as u64,
             };
-            rjs_wire::api::encode_answer_record(&mut body, &header, bytes).map_err(|e| {
-                UpstreamError::Status {
-                    what,
-                    url: url.clone(),
-                    status: 0,
-                    code: "encode".into(),
-                    message: e.to_string(),
+            rjs_wire::api::encode_answer_record(&mut body, &header, bytes).map_err(|source| {
+                UpstreamError::Encode {
+                    job_id: *job_id,
+                    source,
                 }
             })?;
         }
