@@ -18,16 +18,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt as _;
-use rjs_signer::request::RequestAuth;
-use rjs_signer::{BundleBuilder, KeyPair};
+use rjs_webserver::server;
 use rjs_webserver::store::Store as _;
 use rjs_webserver::store::sqlite::SqliteStore;
-use rjs_webserver::{admin, pki, server};
 use rjs_wire::api::{
-    self, ANSWERS_CONTENT_TYPE, AnswerBatchHeader, AnswerBatchResponse, AnswerBatchStatus,
-    JobState, LeaseResponse, UploadResponse,
+    self, ANSWERS_CONTENT_TYPE, AnswerBatchResponse, AnswerBatchStatus, JobState, LeaseResponse,
 };
-use sha2::{Digest, Sha256};
+
+mod common;
+use common::{Data, answer, answer_batch, bundle, client, upload};
 
 const ANSWER_BYTES: usize = 2048;
 const SINGLE_IN_FLIGHT: usize = 16;
@@ -83,60 +82,14 @@ impl Drop for Running {
     }
 }
 
-fn sha_hex(b: &[u8]) -> String {
-    rjs_signer::bundle::hex(&Sha256::digest(b))
-}
-
-fn bundle(key: &KeyPair, tasks: u32) -> Vec<u8> {
-    let mut b = BundleBuilder::new();
-    let manifest = serde_json::json!({"format": 1, "name": "bench", "entry": "job.wasm",
-                                      "tasks": tasks});
-    b.add("manifest.json", manifest.to_string().into_bytes())
-        .unwrap();
-    let mut wasm = rjs_signer::bundle::WASM_HEADER.to_vec();
-    wasm.extend_from_slice(&[0, 5, 4, b'n', b'o', b't', b'e']);
-    b.add("job.wasm", wasm).unwrap();
-    b.sign(key, "bench", rjs_signer::unix_now()).unwrap()
-}
-
-/// An answer of about [`ANSWER_BYTES`], different for every job.
-fn answer(job: i64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(ANSWER_BYTES);
-    let mut x = (job as u64) ^ 0x9e37_79b9_7f4a_7c15;
-    while out.len() < ANSWER_BYTES {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out
-}
-
-fn client(
-    ca: &[rustls_pki_types::CertificateDer<'static>],
-    identity: Option<pki::Creds>,
-) -> reqwest::Client {
-    let mut tls =
-        rjs_wire::tls::client_config(ca, identity.map(|c| (vec![c.cert], c.key))).unwrap();
-    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
-        .timeout(Duration::from_secs(120))
-        .build()
-        .unwrap()
-}
-
 /// Runs one mode; returns answers per second.
 fn run(mode: Mode, jobs: u32) -> f64 {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("ws");
-    admin::init(&data, &[]).unwrap();
-    let key = KeyPair::generate();
-    admin::author_add(&data, "bench", &key.public().to_base64()).unwrap();
-    let creds_path = data.join("lab.creds");
-    admin::lookup_add(&data, "lab", &creds_path).unwrap();
-    let creds = pki::parse_creds(&std::fs::read(&creds_path).unwrap()).unwrap();
-    let ca = rjs_wire::tls::load_certs(&data.join("ca.pem")).unwrap();
+    let Data {
+        key, ca, lookups, ..
+    } = Data::init(&data, 1);
+    let creds = lookups.into_iter().next().unwrap();
     let srv = Running::start(&data);
     let base = format!("https://localhost:{}", srv.addr.port());
 
@@ -148,18 +101,8 @@ fn run(mode: Mode, jobs: u32) -> f64 {
         let author = client(&ca, None);
         let lookup = client(&ca, Some(creds));
 
-        // Upload the bundle.
-        let b = bundle(&key, jobs);
-        let path = "/api/v1/bundles";
-        let auth = RequestAuth::sign(&key, "POST", path, &sha_hex(&b), rjs_signer::unix_now());
-        let mut rb = author.post(format!("{base}{path}")).body(b);
-        for (k, v) in auth.headers() {
-            rb = rb.header(k, v);
-        }
-        let r = rb.send().await.unwrap();
-        assert_eq!(r.status().as_u16(), 201, "upload");
-        let up: UploadResponse = r.json().await.unwrap();
-        assert_eq!(up.jobs.len(), jobs as usize);
+        let ids = upload(&author, &base, &key, bundle(&key, "bench", jobs)).await;
+        assert_eq!(ids.len(), jobs as usize);
 
         // Lease them all.
         let mut leased: Vec<i64> = Vec::with_capacity(jobs as usize);
@@ -178,7 +121,10 @@ fn run(mode: Mode, jobs: u32) -> f64 {
             leased.extend(l.leases.iter().map(|l| l.job_id));
         }
         assert_eq!(leased.len(), jobs as usize);
-        let answers: Vec<(i64, Vec<u8>)> = leased.iter().map(|&j| (j, answer(j))).collect();
+        let answers: Vec<(i64, Vec<u8>)> = leased
+            .iter()
+            .map(|&j| (j, answer(j, ANSWER_BYTES)))
+            .collect();
 
         let start = Instant::now();
         match mode {
@@ -206,19 +152,7 @@ fn run(mode: Mode, jobs: u32) -> f64 {
             Mode::Batch => {
                 let bodies: Vec<(usize, Vec<u8>)> = answers
                     .chunks(BATCH_SIZE)
-                    .map(|chunk| {
-                        let mut body = Vec::with_capacity(chunk.len() * (ANSWER_BYTES + 100));
-                        for (job, bytes) in chunk {
-                            let h = AnswerBatchHeader {
-                                job_id: *job,
-                                outcome: "exit 0".into(),
-                                node: "node-1".into(),
-                                size: bytes.len() as u64,
-                            };
-                            api::encode_answer_record(&mut body, &h, bytes).unwrap();
-                        }
-                        (chunk.len(), body)
-                    })
+                    .map(|chunk| (chunk.len(), answer_batch(chunk)))
                     .collect();
                 let lookup = &lookup;
                 let base = &base;

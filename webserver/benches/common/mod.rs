@@ -1,0 +1,117 @@
+//! What both web server benchmarks need: a data directory with one author and lookups, bundles
+//! of N tasks, TLS clients and framed answer batches.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rjs_signer::request::RequestAuth;
+use rjs_signer::{BundleBuilder, KeyPair};
+use rjs_webserver::{admin, pki};
+use rjs_wire::api::{self, AnswerBatchHeader, UploadResponse};
+use rustls_pki_types::CertificateDer;
+use sha2::{Digest, Sha256};
+
+/// A fresh data directory: the CA, one author (`bench`) and `lookups` lookup servers.
+pub struct Data {
+    pub dir: PathBuf,
+    pub key: KeyPair,
+    pub ca: Vec<CertificateDer<'static>>,
+    pub lookups: Vec<pki::Creds>,
+}
+
+impl Data {
+    pub fn init(dir: &Path, lookups: usize) -> Data {
+        admin::init(dir, &[]).unwrap();
+        let key = KeyPair::generate();
+        admin::author_add(dir, "bench", &key.public().to_base64()).unwrap();
+        let lookups = (0..lookups)
+            .map(|i| {
+                let path = dir.join(format!("lab-{i}.creds"));
+                admin::lookup_add(dir, &format!("lab-{i}"), &path).unwrap();
+                pki::parse_creds(&std::fs::read(&path).unwrap()).unwrap()
+            })
+            .collect();
+        let ca = rjs_wire::tls::load_certs(&dir.join("ca.pem")).unwrap();
+        Data {
+            dir: dir.to_path_buf(),
+            key,
+            ca,
+            lookups,
+        }
+    }
+}
+
+pub fn sha_hex(b: &[u8]) -> String {
+    rjs_signer::bundle::hex(&Sha256::digest(b))
+}
+
+/// A signed bundle of `tasks` tasks (a header-only module: the web server never runs it).
+/// `name` makes bundles differ.
+pub fn bundle(key: &KeyPair, name: &str, tasks: u32) -> Vec<u8> {
+    let mut b = BundleBuilder::new();
+    let manifest =
+        serde_json::json!({"format": 1, "name": name, "entry": "job.wasm", "tasks": tasks});
+    b.add("manifest.json", manifest.to_string().into_bytes())
+        .unwrap();
+    let mut wasm = rjs_signer::bundle::WASM_HEADER.to_vec();
+    wasm.extend_from_slice(&[0, 5, 4, b'n', b'o', b't', b'e']);
+    b.add("job.wasm", wasm).unwrap();
+    b.sign(key, "bench", rjs_signer::unix_now()).unwrap()
+}
+
+/// A TLS client trusting only `ca`, presenting `identity` if given; HTTP/2 when offered.
+pub fn client(ca: &[CertificateDer<'static>], identity: Option<pki::Creds>) -> reqwest::Client {
+    let mut tls =
+        rjs_wire::tls::client_config(ca, identity.map(|c| (vec![c.cert], c.key))).unwrap();
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .timeout(Duration::from_secs(120))
+        .build()
+        .unwrap()
+}
+
+/// Uploads a bundle as the author; returns its job ids.
+pub async fn upload(author: &reqwest::Client, base: &str, key: &KeyPair, b: Vec<u8>) -> Vec<i64> {
+    let path = "/api/v1/bundles";
+    let auth = RequestAuth::sign(key, "POST", path, &sha_hex(&b), rjs_signer::unix_now());
+    let mut rb = author.post(format!("{base}{path}")).body(b);
+    for (k, v) in auth.headers() {
+        rb = rb.header(k, v);
+    }
+    let r = rb.send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 201, "upload");
+    let up: UploadResponse = r.json().await.unwrap();
+    up.jobs.iter().map(|j| j.id).collect()
+}
+
+/// About `bytes` bytes of incompressible data, different for every job.
+pub fn answer(job: i64, bytes: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes + 8);
+    let mut x = (job as u64) ^ 0x9e37_79b9_7f4a_7c15;
+    while out.len() < bytes {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(bytes);
+    out
+}
+
+/// The body of `POST /lookup/v1/answers` for these answers.
+pub fn answer_batch(answers: &[(i64, Vec<u8>)]) -> Vec<u8> {
+    let mut body = Vec::with_capacity(answers.iter().map(|(_, a)| a.len() + 100).sum());
+    for (job, bytes) in answers {
+        let h = AnswerBatchHeader {
+            job_id: *job,
+            outcome: "exit 0".into(),
+            node: "node-1".into(),
+            size: bytes.len() as u64,
+        };
+        api::encode_answer_record(&mut body, &h, bytes).unwrap();
+    }
+    body
+}
