@@ -2,6 +2,11 @@
 //!
 //! 1. Verifying a 10 MiB bundle versus `sha256sum` of the same file (target: at most 2x).
 //!    Two bundles: one of incompressible data (stored), one of compressible data (deflated).
+//!    The target holds for `verify_signed` (what the web server does on upload) on both, and
+//!    for the full verification (`verify_file`: what `rjs-sign verify` and compute nodes do)
+//!    on the incompressible one. The deflated one's full verification inflates and hashes
+//!    about 23 MiB, so it is also compared, for information, with `sha256sum` of a file of
+//!    as many bytes as it inflates to.
 //! 2. Packing the Mandelbrot sample (target: under 50 ms), in-process and through the CLI.
 //!
 //! Prints the medians and exits non-zero if a target is missed.
@@ -140,8 +145,29 @@ fn main() {
             std::hint::black_box(rjs_signer::bundle_id(bundle));
         });
         let sum = sha256sum_time(&path, 21);
+        // A file of the bundle's inflated size (its entries' contents, concatenated): what
+        // hashing alone costs for the bytes a full verification produces.
+        let verified = verify_bytes(bundle, &limits).unwrap();
+        let inflated: u64 = verified.entries().iter().map(|e| e.size).sum();
+        let content_path = dir.path().join("content.bin");
+        let mut content = verified.manifest_bytes().to_vec();
+        content.extend_from_slice(verified.module());
+        for (_, data) in verified.inputs() {
+            content.extend_from_slice(data);
+        }
+        assert_eq!(content.len() as u64, inflated);
+        std::fs::write(&content_path, &content).unwrap();
+        drop(content);
+        let sum_inflated = sha256sum_time(&content_path, 21);
+        let deflated = verified
+            .entries()
+            .iter()
+            .any(|e| e.method == rjs_signer::zipfmt::Method::Deflate && e.size > 1 << 20);
         let bundle_mib = bundle.len() as f64 / 1048576.0;
-        println!("{label}: bundle {bundle_mib:.2} MiB");
+        println!(
+            "{label}: bundle {bundle_mib:.2} MiB, {:.2} MiB inflated",
+            inflated as f64 / 1048576.0
+        );
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         println!(
             "  read + verify_signed          {:>8.2} ms",
@@ -153,18 +179,40 @@ fn main() {
         );
         println!("  verify_bytes (in memory)      {:>8.2} ms", ms(verify_mem));
         println!("  SHA-256 in process (sha2)     {:>8.2} ms", ms(hash_mem));
-        match sum {
-            Some(s) => {
+        match (sum, sum_inflated) {
+            (Some(s), Some(si)) => {
                 let r = signed_file.as_secs_f64() / s.as_secs_f64();
                 let full = verify_file.as_secs_f64() / s.as_secs_f64();
+                let full_inflated = verify_file.as_secs_f64() / si.as_secs_f64();
                 println!("  sha256sum (process)           {:>8.2} ms", ms(s));
+                println!("  sha256sum of inflated bytes   {:>8.2} ms", ms(si));
                 println!("  verify_signed / sha256sum     {r:>8.2}x  (target <= 2x)");
-                println!("  full verify / sha256sum       {full:>8.2}x  (adds inflating)");
+                if deflated {
+                    // Inflating ~2.4x the file's bytes cannot be within 2x of hashing the
+                    // file: shown, not enforced; the second ratio is the fair comparison.
+                    println!(
+                        "  full verify / sha256sum       {full:>8.2}x  (information: inflates and hashes {:.1}x the file)",
+                        inflated as f64 / bundle.len() as f64
+                    );
+                    println!(
+                        "  full verify / sha256sum of the inflated bytes {full_inflated:>5.2}x  (information)"
+                    );
+                } else {
+                    println!("  full verify / sha256sum       {full:>8.2}x  (target <= 2x)");
+                    println!(
+                        "  full verify / sha256sum of the inflated bytes {full_inflated:>5.2}x"
+                    );
+                    if full > 2.0 {
+                        eprintln!("{label}: full verification is {full:.2}x sha256sum (> 2x)");
+                        failed = true;
+                    }
+                }
                 if r > 2.0 {
+                    eprintln!("{label}: verify_signed is {r:.2}x sha256sum (> 2x)");
                     failed = true;
                 }
             }
-            None => println!("  sha256sum not available: ratio not measured"),
+            _ => println!("  sha256sum not available: ratios not measured"),
         }
     }
 

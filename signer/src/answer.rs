@@ -96,26 +96,60 @@ pub enum Ending {
     Crash { message: String },
 }
 
+/// Longest [`Ending::summary_with`] (and [`ResultDoc::summary`]): the web server's bound on an
+/// outcome line.
+pub const MAX_SUMMARY: usize = 200;
+/// Longest message part of a summary (before the limits hit, if any, are added).
+const MAX_SUMMARY_MESSAGE: usize = 150;
+
 impl Ending {
-    /// One line for people and for the web server's `rjs-outcome` header:
-    /// `exit 0`, `trap: …`, `limit: time`, `crash: …`.
+    /// One line for people: `exit 0`, `trap: …`, `limit: time`, `crash: …`. It does not name
+    /// limits the task hit without being stopped by them: [`ResultDoc::summary`] (or
+    /// [`Ending::summary_with`]) does, and is what authors should see.
     pub fn summary(&self) -> String {
-        let one_line = |s: &str| {
-            let s: String = s
+        self.summary_with(&[])
+    }
+
+    /// One line for people and for the web server's `rjs-outcome` header, naming the limits
+    /// the task hit besides how it ended: `exit 0`, `exit 3 (limit hit: output)`,
+    /// `trap: … (limits hit: memory, stderr)`, `limit: time (also hit: stdout)`,
+    /// `crash: …`. Control characters in a message become spaces, and a message is cut so
+    /// that the line is at most [`MAX_SUMMARY`] bytes.
+    pub fn summary_with(&self, limits_hit: &[LimitKind]) -> String {
+        let own = match self {
+            Ending::Limit { limit, .. } => Some(*limit),
+            _ => None,
+        };
+        let mut others: Vec<&str> = Vec::with_capacity(limits_hit.len());
+        for l in limits_hit {
+            if Some(*l) != own && !others.contains(&l.as_str()) {
+                others.push(l.as_str());
+            }
+        }
+        let suffix = match (others.as_slice(), own) {
+            ([], _) => String::new(),
+            (_, Some(_)) => format!(" (also hit: {})", others.join(", ")),
+            ([one], None) => format!(" (limit hit: {one})"),
+            (_, None) => format!(" (limits hit: {})", others.join(", ")),
+        };
+        let with_message = |prefix: &str, message: &str| {
+            let s: String = message
                 .chars()
                 .map(|c| if c.is_control() { ' ' } else { c })
                 .collect();
-            if s.len() > 150 {
-                format!("{}…", clip(&s, 150))
+            let room = MAX_SUMMARY_MESSAGE
+                .min(MAX_SUMMARY.saturating_sub(prefix.len() + suffix.len() + '…'.len_utf8()));
+            if s.len() > room {
+                format!("{prefix}{}…{suffix}", clip(&s, room))
             } else {
-                s
+                format!("{prefix}{s}{suffix}")
             }
         };
         match self {
-            Ending::Exit { code } => format!("exit {code}"),
-            Ending::Trap { message } => format!("trap: {}", one_line(message)),
-            Ending::Limit { limit, .. } => format!("limit: {}", limit.as_str()),
-            Ending::Crash { message } => format!("crash: {}", one_line(message)),
+            Ending::Exit { code } => format!("exit {code}{suffix}"),
+            Ending::Trap { message } => with_message("trap: ", message),
+            Ending::Limit { limit, .. } => format!("limit: {}{suffix}", limit.as_str()),
+            Ending::Crash { message } => with_message("crash: ", message),
         }
     }
 
@@ -242,6 +276,13 @@ impl ResultDoc {
         })?;
         doc.validate()?;
         Ok(doc)
+    }
+
+    /// The outcome line authors see (the web server's `rjs-outcome` header, the OK line of
+    /// `rjs-sign verify-answer`): how the task ended and every other limit it hit, e.g.
+    /// `exit 3 (limit hit: output)`. See [`Ending::summary_with`].
+    pub fn summary(&self) -> String {
+        self.ending.summary_with(&self.limits_hit)
     }
 
     /// Checks every field's bounds and that the fields agree with each other.

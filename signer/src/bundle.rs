@@ -188,6 +188,7 @@ impl VerifyError {
             NoManifest => "no-manifest",
             Manifest(ManifestError::UnknownVersion(_)) => "unknown-format-version",
             Manifest(ManifestError::Json(_)) => "invalid-manifest-json",
+            Manifest(ManifestError::UnknownField { .. }) => "unknown-manifest-field",
             Manifest(_) => "invalid-manifest",
             NoModule { .. } => "missing-module",
             NoInput { .. } => "missing-input",

@@ -1,6 +1,8 @@
 //! Small file helpers with the guarantees the grid relies on: bounded reads, and atomic
 //! writes (temporary file in the same directory, fsync, rename, fsync of the directory), so a
-//! reader never sees a half-written file and a failure leaves nothing behind.
+//! reader never sees a half-written file and a failure leaves nothing behind; and
+//! no-clobber writes ([`Staged::link_new`]: the same, but a hard link instead of the rename, so
+//! a file that exists, even one created a moment ago, is never replaced).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -109,10 +111,57 @@ pub fn write_atomic_with(
     mode: u32,
     fill: impl FnOnce(&mut File) -> io::Result<()>,
 ) -> Result<(), FileError> {
-    let dir = match path.parent() {
+    stage_with(path, mode, fill)?.replace()
+}
+
+/// The directory a file is written in (`.` for a bare file name).
+fn parent_dir(path: &Path) -> PathBuf {
+    match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
         _ => PathBuf::from("."),
-    };
+    }
+}
+
+/// Makes the directory's entries (a rename, a new link, a removal) durable. Best effort: not
+/// every file system lets a directory be opened and synced.
+pub fn sync_dir(dir: &Path) {
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+/// A file written completely under a temporary name beside its target and synced to disk,
+/// waiting to be put in place: [`Staged::link_new`] never replaces an existing file,
+/// [`Staged::replace`] atomically replaces one. The temporary file is removed when the
+/// `Staged` is dropped (also after it was put in place: a link leaves the target behind).
+#[derive(Debug)]
+pub struct Staged {
+    tmp: PathBuf,
+    target: PathBuf,
+    placed: Option<Placed>,
+}
+
+/// How [`Staged::link_new`] put a file in place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Placed {
+    /// A hard link to the temporary file: the target is the same inode.
+    Linked,
+    /// Copied into a file created exclusively (file systems without hard links).
+    Copied,
+}
+
+/// Writes `bytes` to a temporary file beside `path` (created with `mode` from the start) and
+/// syncs it; see [`Staged`].
+pub fn stage(path: &Path, bytes: &[u8], mode: u32) -> Result<Staged, FileError> {
+    stage_with(path, mode, |f| f.write_all(bytes))
+}
+
+/// Like [`stage`], with the contents produced by a callback writing into the file.
+pub fn stage_with(
+    path: &Path,
+    mode: u32,
+    fill: impl FnOnce(&mut File) -> io::Result<()>,
+) -> Result<Staged, FileError> {
     let file_name = path
         .file_name()
         .ok_or_else(|| {
@@ -124,21 +173,130 @@ pub fn write_atomic_with(
         })?
         .to_string_lossy()
         .into_owned();
-    let (tmp, mut file) = create_temp_in(&dir, &format!(".{file_name}.tmp-"), mode)?;
-    let result = fill(&mut file)
-        .and_then(|()| file.sync_all())
-        .map_err(|e| FileError::io("writing", &tmp, e))
-        .and_then(|()| fs::rename(&tmp, path).map_err(|e| FileError::io("renaming into", path, e)));
+    let (tmp, mut file) = create_temp_in(&parent_dir(path), &format!(".{file_name}.tmp-"), mode)?;
+    // From here on, dropping `staged` removes the temporary file, whatever fails.
+    let staged = Staged {
+        tmp,
+        target: path.to_owned(),
+        placed: None,
+    };
+    let written = fill(&mut file).and_then(|()| file.sync_all());
     drop(file);
-    if let Err(e) = result {
-        let _ = fs::remove_file(&tmp);
-        return Err(e);
+    written.map_err(|e| FileError::io("writing", &staged.tmp, e))?;
+    Ok(staged)
+}
+
+impl Staged {
+    /// Where the file is to go.
+    pub fn target(&self) -> &Path {
+        &self.target
     }
-    // Make the rename itself durable.
-    if let Ok(d) = File::open(&dir) {
-        let _ = d.sync_all();
+
+    /// Atomically renames the file over its target (replacing any file there) and syncs the
+    /// directory.
+    pub fn replace(mut self) -> Result<(), FileError> {
+        fs::rename(&self.tmp, &self.target)
+            .map_err(|e| FileError::io("renaming into", &self.target, e))?;
+        // Renamed away: nothing left to remove.
+        self.tmp = PathBuf::new();
+        sync_dir(&parent_dir(&self.target));
+        Ok(())
     }
-    Ok(())
+
+    /// Puts the file in place only if nothing is at its target: a hard link from the
+    /// temporary file, which the kernel refuses when the target exists (unlike a rename, which
+    /// would replace a file created since anyone looked). The error for an existing target is
+    /// an I/O error of kind [`io::ErrorKind::AlreadyExists`]. On a file system without hard
+    /// links, the contents are copied into a target created exclusively instead (still never
+    /// replacing; a crash while copying could leave a short file there).
+    ///
+    /// The directory is not synced: call [`sync_dir`] once every file is in place.
+    pub fn link_new(&mut self) -> Result<(), FileError> {
+        match fs::hard_link(&self.tmp, &self.target) {
+            Ok(()) => {
+                self.placed = Some(Placed::Linked);
+                Ok(())
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::Unsupported | io::ErrorKind::PermissionDenied
+                ) && !self.target_exists() =>
+            {
+                self.copy_new()?;
+                self.placed = Some(Placed::Copied);
+                Ok(())
+            }
+            Err(e) => Err(FileError::io("creating", &self.target, e)),
+        }
+    }
+
+    fn target_exists(&self) -> bool {
+        self.target.symlink_metadata().is_ok()
+    }
+
+    /// The fallback of [`Staged::link_new`]: the temporary file's bytes into a new file.
+    fn copy_new(&self) -> Result<(), FileError> {
+        let mut src = File::open(&self.tmp).map_err(|e| FileError::io("reading", &self.tmp, e))?;
+        let mut opts = OpenOptions::new();
+        opts.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+            let mode = src
+                .metadata()
+                .map_err(|e| FileError::io("reading", &self.tmp, e))?
+                .permissions()
+                .mode();
+            opts.mode(mode & 0o777);
+        }
+        let mut dst = opts
+            .open(&self.target)
+            .map_err(|e| FileError::io("creating", &self.target, e))?;
+        let copied = io::copy(&mut src, &mut dst).and_then(|_| dst.sync_all());
+        if let Err(e) = copied {
+            drop(dst);
+            let _ = fs::remove_file(&self.target);
+            return Err(FileError::io("writing", &self.target, e));
+        }
+        Ok(())
+    }
+
+    /// Undoes a [`Staged::link_new`] that succeeded (when a later step failed): removes the
+    /// target if it is still the file this put there. Best effort.
+    pub fn unlink_new(&mut self) {
+        let ours = match self.placed.take() {
+            None => false,
+            Some(Placed::Copied) => true,
+            Some(Placed::Linked) => same_file(&self.tmp, &self.target),
+        };
+        if ours {
+            let _ = fs::remove_file(&self.target);
+        }
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if !self.tmp.as_os_str().is_empty() {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// Whether two paths name the same file (same device and inode; on other systems, whether
+/// both exist).
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (a.symlink_metadata(), b.symlink_metadata()) {
+        #[cfg(unix)]
+        (Ok(x), Ok(y)) => {
+            use std::os::unix::fs::MetadataExt;
+            x.dev() == y.dev() && x.ino() == y.ino()
+        }
+        #[cfg(not(unix))]
+        (Ok(_), Ok(_)) => true,
+        _ => false,
+    }
 }
 
 #[cfg(test)]
@@ -174,6 +332,57 @@ mod tests {
         let r = write_atomic_with(&p, 0o644, |_| Err(io::Error::other("boom")));
         assert!(r.is_err());
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn link_new_never_replaces_a_file_that_appeared_after_staging() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("k");
+        let mut staged = stage(&p, b"new", 0o600).unwrap();
+        // Another process creates the file between our check and our write.
+        fs::write(&p, b"theirs").unwrap();
+        let e = staged.link_new().unwrap_err();
+        match &e {
+            FileError::Io { source, .. } => {
+                assert_eq!(source.kind(), io::ErrorKind::AlreadyExists, "{e}")
+            }
+            other => panic!("{other:?}"),
+        }
+        drop(staged);
+        assert_eq!(fs::read(&p).unwrap(), b"theirs", "their file untouched");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1, "temp removed");
+    }
+
+    #[test]
+    fn link_new_places_the_file_with_its_mode_and_unlink_new_undoes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("k");
+        let mut staged = stage(&p, b"secret", 0o600).unwrap();
+        staged.link_new().unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"secret");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(
+                fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
+        }
+        staged.unlink_new();
+        drop(staged);
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+
+        // Once placed and dropped, only the target remains.
+        let mut staged = stage(&p, b"secret", 0o600).unwrap();
+        staged.link_new().unwrap();
+        drop(staged);
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+        // unlink_new never removes a file it did not place.
+        let mut other = stage(&p, b"x", 0o600).unwrap();
+        assert!(other.link_new().is_err());
+        other.unlink_new();
+        drop(other);
+        assert_eq!(fs::read(&p).unwrap(), b"secret");
     }
 
     #[test]

@@ -253,8 +253,16 @@ pub struct KeyFiles {
     pub fingerprint: Fingerprint,
 }
 
-/// Writes `DIR/NAME.key` (0600, atomically) and `DIR/NAME.pub`. Without `force`, an existing
-/// file of either name is an error and nothing is written.
+/// Writes `DIR/NAME.key` (0600 from its creation) and `DIR/NAME.pub`, each written in full
+/// and synced under a temporary name before it takes its real one, so a reader never sees a
+/// partial key file.
+///
+/// Without `force`, an existing file of either name is an error ([`KeyError::Exists`]) and
+/// nothing is written or changed: both files are put in place with hard links, which the
+/// kernel refuses when the name exists (a rename would replace a file created after the
+/// check), the public file first; if the private one cannot be placed, the public one is
+/// removed again, so a failure leaves neither. With `force`, both are atomically renamed over
+/// any old files.
 pub fn write_key_pair(
     key: &KeyPair,
     name: &str,
@@ -266,6 +274,7 @@ pub fn write_key_pair(
     let private = dir.join(format!("{name}.key"));
     let public = dir.join(format!("{name}.pub"));
     if !force {
+        // The early, friendly check; the links below are what guarantees it.
         for p in [&private, &public] {
             if p.symlink_metadata().is_ok() {
                 return Err(KeyError::Exists { path: p.clone() });
@@ -279,13 +288,36 @@ pub fn write_key_pair(
                 path: private.clone(),
                 reason: e.to_string(),
             })?;
-    fsutil::write_atomic(&private, pem.as_bytes(), 0o600)?;
-    fsutil::write_atomic(&public, key.public().to_line(name).as_bytes(), 0o644)?;
+    let mut staged_pub = fsutil::stage(&public, key.public().to_line(name).as_bytes(), 0o644)?;
+    let mut staged_key = fsutil::stage(&private, pem.as_bytes(), 0o600)?;
+    if force {
+        staged_pub.replace()?;
+        staged_key.replace()?;
+    } else {
+        staged_pub.link_new().map_err(exists_or_file)?;
+        if let Err(e) = staged_key.link_new() {
+            staged_pub.unlink_new();
+            return Err(exists_or_file(e));
+        }
+        fsutil::sync_dir(dir);
+    }
     Ok(KeyFiles {
         private,
         public,
         fingerprint: key.public().fingerprint(),
     })
+}
+
+/// A [`fsutil::Staged::link_new`] error: [`KeyError::Exists`] when the name was taken.
+fn exists_or_file(e: FileError) -> KeyError {
+    match e {
+        FileError::Io { path, source, .. }
+            if source.kind() == std::io::ErrorKind::AlreadyExists =>
+        {
+            KeyError::Exists { path }
+        }
+        e => KeyError::File(e),
+    }
 }
 
 impl fmt::Debug for KeyPair {
@@ -321,6 +353,58 @@ mod tests {
             PublicKey::from_bytes(&[0u8; 32]).is_err(),
             "identity point is weak"
         );
+    }
+
+    fn files_in(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn an_existing_public_or_private_file_alone_refuses_and_stays_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = KeyPair::from_secret([5; 32]);
+        for (existing, other) in [("alice.pub", "alice.key"), ("alice.key", "alice.pub")] {
+            let path = dir.path().join(existing);
+            fs::write(&path, b"someone else's file\n").unwrap();
+            match write_key_pair(&key, "alice", dir.path(), false) {
+                Err(KeyError::Exists { path: p }) => assert_eq!(p, path),
+                other => panic!("expected Exists, got {other:?}"),
+            }
+            assert_eq!(fs::read(&path).unwrap(), b"someone else's file\n");
+            assert!(!dir.path().join(other).exists(), "{other} not written");
+            assert_eq!(files_in(dir.path()), [existing], "no temporary files");
+            fs::remove_file(&path).unwrap();
+        }
+    }
+
+    #[test]
+    fn key_pair_files_are_written_once_and_replaced_only_with_force() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (KeyPair::from_secret([5; 32]), KeyPair::from_secret([6; 32]));
+        let files = write_key_pair(&a, "alice", dir.path(), false).unwrap();
+        assert_eq!(files_in(dir.path()), ["alice.key", "alice.pub"]);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(&files.private).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        assert_eq!(KeyPair::load(&files.private).unwrap().public(), a.public());
+        assert!(matches!(
+            write_key_pair(&b, "alice", dir.path(), false),
+            Err(KeyError::Exists { .. })
+        ));
+        assert_eq!(KeyPair::load(&files.private).unwrap().public(), a.public());
+        write_key_pair(&b, "alice", dir.path(), true).unwrap();
+        assert_eq!(KeyPair::load(&files.private).unwrap().public(), b.public());
+        let line = fs::read_to_string(&files.public).unwrap();
+        assert_eq!(PublicKey::parse(&line).unwrap().0, b.public());
+        assert_eq!(files_in(dir.path()), ["alice.key", "alice.pub"]);
     }
 
     #[test]

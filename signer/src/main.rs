@@ -329,7 +329,11 @@ fn inspect(path: &Path, as_json: bool) -> Result<u8> {
                 )?;
             } else {
                 writeln!(out, "bundle    {} ({} bytes)", path.display(), bytes.len())?;
-                writeln!(out, "verdict   REFUSED {}: {}", e.rule(), error_chain(&e))?;
+                writeln!(
+                    out,
+                    "verdict   {}",
+                    local::refusal_line(e.rule(), e.entry(), &error_chain(&e))
+                )?;
                 if let Some(c) = claimed_signer {
                     writeln!(out, "claims    signed by {} (unverified)", c)?;
                 }

@@ -138,6 +138,50 @@ pub struct Manifest {
     pub limits: Limits,
 }
 
+/// The fields of [`Manifest`], as they are spelled in `manifest.json`.
+pub const MANIFEST_FIELDS: [&str; 11] = [
+    "format",
+    "name",
+    "description",
+    "entry",
+    "inputs",
+    "args",
+    "env",
+    "tasks",
+    "group",
+    "outputs",
+    "limits",
+];
+/// The fields of [`Limits`].
+pub const LIMITS_FIELDS: [&str; 4] = ["time_ms", "memory_bytes", "output_bytes", "stdout_bytes"];
+
+/// The first field of a manifest document (an object) that the format does not define, at the
+/// top level or inside `limits` (as `limits.<name>`). None for anything else, including a
+/// document that is not an object.
+fn unknown_field(doc: &serde_json::Value) -> Option<String> {
+    let top = doc.as_object()?;
+    if let Some(k) = top.keys().find(|k| !MANIFEST_FIELDS.contains(&k.as_str())) {
+        return Some(k.clone());
+    }
+    let limits = top.get("limits")?.as_object()?;
+    limits
+        .keys()
+        .find(|k| !LIMITS_FIELDS.contains(&k.as_str()))
+        .map(|k| format!("limits.{k}"))
+}
+
+/// A field name from an outsider's document, made safe and short for a one-line message.
+fn shown_field(field: &str) -> String {
+    const MAX: usize = 64;
+    let escaped: String = field.escape_debug().collect();
+    if escaped.chars().count() > MAX {
+        let cut: String = escaped.chars().take(MAX).collect();
+        format!("{cut}…")
+    } else {
+        escaped
+    }
+}
+
 fn default_tasks() -> u32 {
     1
 }
@@ -152,6 +196,11 @@ pub enum ManifestError {
     TooLarge,
     #[error("manifest.json is not valid: {0}")]
     Json(#[source] serde_json::Error),
+    /// A field this format version does not define (`limits.x` for one inside `limits`).
+    /// Refused rather than ignored: a field a verifier skips could carry a meaning to another
+    /// reader that the signer never meant.
+    #[error("manifest.json has an unknown field `{}`", shown_field(.field))]
+    UnknownField { field: String },
     #[error("unknown manifest format version {0} (this build reads version {FORMAT_VERSION})")]
     UnknownVersion(u32),
     #[error("manifest field `{field}` {why}")]
@@ -181,7 +230,20 @@ impl Manifest {
                     .map_or(u32::MAX, |v| v.min(u64::from(u32::MAX)) as u32),
             ));
         }
-        let m: Manifest = serde_json::from_slice(bytes).map_err(ManifestError::Json)?;
+        // The typed parse is the strict one (it also refuses duplicate keys, which a
+        // `serde_json::Value` would quietly collapse). When it fails, an unknown field gets
+        // its own error, found by walking the document rather than by reading serde's message.
+        let m: Manifest =
+            serde_json::from_slice(bytes).map_err(|e| {
+                match serde_json::from_slice::<serde_json::Value>(bytes)
+                    .ok()
+                    .as_ref()
+                    .and_then(unknown_field)
+                {
+                    Some(field) => ManifestError::UnknownField { field },
+                    None => ManifestError::Json(e),
+                }
+            })?;
         m.validate()?;
         Ok(m)
     }
@@ -377,10 +439,6 @@ mod tests {
     fn refusals() {
         let cases: Vec<(&str, serde_json::Value)> = vec![
             (
-                "unknown field",
-                serde_json::json!({"format":1,"name":"j","entry":"j.wasm","extra":1}),
-            ),
-            (
                 "version",
                 serde_json::json!({"format":2,"name":"j","entry":"j.wasm"}),
             ),
@@ -424,6 +482,79 @@ mod tests {
             parse(&serde_json::json!({"format":7,"name":"j","entry":"j.wasm","new":true})),
             Err(ManifestError::UnknownVersion(7))
         ));
+    }
+
+    #[test]
+    fn unknown_fields_have_their_own_error() {
+        let cases = [
+            (
+                serde_json::json!({"format":1,"name":"j","entry":"j.wasm","extra":1}),
+                "extra",
+            ),
+            (
+                serde_json::json!({"format":1,"name":"j","entry":"j.wasm","limits":{"cpu":1}}),
+                "limits.cpu",
+            ),
+            // Another mistake in the same document does not hide the unknown field.
+            (
+                serde_json::json!({"format":1,"name":"j","entry":"j.wasm","tasks":"x","zz":1}),
+                "zz",
+            ),
+        ];
+        for (doc, field) in cases {
+            match parse(&doc) {
+                Err(ManifestError::UnknownField { field: f }) => assert_eq!(f, field),
+                other => panic!("{doc}: expected UnknownField({field}), got {other:?}"),
+            }
+        }
+        // Syntax errors, wrong types and duplicate keys stay JSON errors.
+        for bad in [
+            &br#"{"format":1,"name":"#[..],
+            br#"{"format":1,"name":"j","entry":"j.wasm","tasks":"x"}"#,
+            br#"{"format":1,"name":"j","entry":"a.wasm","entry":"b.wasm"}"#,
+            br#"[1]"#,
+        ] {
+            assert!(
+                matches!(Manifest::parse(bad), Err(ManifestError::Json(_))),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        // A hostile field name is shown escaped and cut short.
+        let long = format!("x\n{}", "y".repeat(500));
+        let e = Manifest::parse(
+            format!(r#"{{"format":1,"name":"j","entry":"j.wasm","{long}":1}}"#).as_bytes(),
+        )
+        .unwrap_err();
+        let shown = e.to_string();
+        assert!(!shown.contains('\n'), "{shown}");
+        assert!(shown.len() < 150, "{shown}");
+    }
+
+    #[test]
+    fn field_lists_match_the_structs() {
+        // Every field serialised (description is skipped when empty).
+        let m = Manifest {
+            description: "d".into(),
+            ..parse(&minimal()).unwrap()
+        };
+        let v = serde_json::to_value(&m).unwrap();
+        let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        let mut want = MANIFEST_FIELDS.to_vec();
+        want.sort_unstable();
+        let mut keys = keys;
+        keys.sort_unstable();
+        assert_eq!(keys, want);
+        let mut lk: Vec<&str> = v["limits"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        lk.sort_unstable();
+        let mut lwant = LIMITS_FIELDS.to_vec();
+        lwant.sort_unstable();
+        assert_eq!(lk, lwant);
     }
 
     #[test]

@@ -16,7 +16,8 @@ use common::{
 use proptest::prelude::*;
 use rjs_signer::answer::{
     ANSWER_DOMAIN, AnswerError, AnswerLimits, Ending, LimitKind, MAX_MESSAGE, MAX_OUT_FILES,
-    RESULT, ResultDoc, STDERR, STDOUT, VerifiedAnswer, build_answer, clip_message, verify_answer,
+    MAX_SUMMARY, RESULT, ResultDoc, STDERR, STDOUT, VerifiedAnswer, build_answer, clip_message,
+    verify_answer,
 };
 use rjs_signer::bundle::{BUNDLE_DOMAIN, SignatureDoc, hex};
 use rjs_signer::paths::SIGNATURE;
@@ -283,6 +284,72 @@ fn result_json_has_the_documented_shape() {
         })
     );
     assert_eq!(a.result().ending.summary(), "limit: time");
+    assert_eq!(a.result().summary(), "limit: time (also hit: stdout)");
+}
+
+#[test]
+fn the_outcome_summary_names_the_limits_hit() {
+    let mut r = result_doc();
+    let cases: Vec<(Ending, Vec<LimitKind>, &str)> = vec![
+        (Ending::Exit { code: 0 }, vec![], "exit 0"),
+        (
+            Ending::Exit { code: 3 },
+            vec![LimitKind::Output],
+            "exit 3 (limit hit: output)",
+        ),
+        (
+            Ending::Exit { code: 0 },
+            vec![LimitKind::Stdout, LimitKind::Stderr],
+            "exit 0 (limits hit: stdout, stderr)",
+        ),
+        (
+            Ending::Trap {
+                message: "unreachable\nexecuted".into(),
+            },
+            vec![LimitKind::Memory],
+            "trap: unreachable executed (limit hit: memory)",
+        ),
+        (
+            Ending::Limit {
+                limit: LimitKind::Time,
+                message: "stopped".into(),
+            },
+            vec![LimitKind::Time],
+            "limit: time",
+        ),
+        (
+            Ending::Limit {
+                limit: LimitKind::Output,
+                message: "too much".into(),
+            },
+            vec![LimitKind::Stdout, LimitKind::Output],
+            "limit: output (also hit: stdout)",
+        ),
+    ];
+    for (ending, hit, want) in cases {
+        r.ending = ending;
+        r.limits_hit = hit;
+        r.validate().unwrap();
+        assert_eq!(r.summary(), want);
+    }
+    // Whatever the message and the limits, the line stays within the outcome bound.
+    r.ending = Ending::Crash {
+        message: "é".repeat(5000),
+    };
+    r.limits_hit = vec![
+        LimitKind::Time,
+        LimitKind::Memory,
+        LimitKind::Output,
+        LimitKind::Stdout,
+        LimitKind::Stderr,
+    ];
+    let s = r.summary();
+    assert!(s.len() <= MAX_SUMMARY, "{} bytes: {s}", s.len());
+    assert!(s.starts_with("crash: éé"), "{s}");
+    assert!(
+        s.ends_with("… (limits hit: time, memory, output, stdout, stderr)"),
+        "{s}"
+    );
 }
 
 #[test]
@@ -926,6 +993,19 @@ fn cli_verify_answer_prints_one_ok_line() {
         )
     );
     assert!(o.stderr.is_empty());
+
+    // A limit hit that did not end the task is on the OK line too.
+    let mut i = inputs();
+    i.result.ending = Ending::Exit { code: 3 };
+    i.result.limits_hit = vec![LimitKind::Output];
+    let (_d, p) = answer_file(&i.build().unwrap());
+    let o = rjs_sign(&[&"verify-answer", &p]);
+    assert_exit(&o, 0);
+    assert!(
+        stdout(&o).contains("): exit 3 (limit hit: output), 1234 ms, 2 files\n"),
+        "{}",
+        stdout(&o)
+    );
 }
 
 #[test]
@@ -975,11 +1055,14 @@ fn cli_verify_answer_refuses_with_one_line_naming_the_rule() {
     let at = flipped.len() / 3;
     flipped[at] ^= 0x40;
     let cases: Vec<(Vec<u8>, &str)> = vec![
-        (valid_bundle(), "REFUSED bad-signature: "),
+        (
+            valid_bundle(),
+            "REFUSED bad-signature (rjs-signature.json): ",
+        ),
         (b"junk".to_vec(), "REFUSED not-an-answer-zip: "),
         (
             with_result(|v| v["stdout_bytes"] = json!(1)),
-            "REFUSED result-mismatch: ",
+            "REFUSED result-mismatch (result.json): ",
         ),
         (flipped, "REFUSED "),
     ];
@@ -994,7 +1077,12 @@ fn cli_verify_answer_refuses_with_one_line_naming_the_rule() {
         assert_exit(&o, 1);
         let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
         assert_eq!(v["valid"], json!(false));
-        assert!(out.starts_with(&format!("REFUSED {}: ", v["rule"].as_str().unwrap())));
+        let rule = v["rule"].as_str().unwrap();
+        let said = match v["entry"].as_str() {
+            Some(entry) => format!("REFUSED {rule} ({entry}): "),
+            None => format!("REFUSED {rule}: "),
+        };
+        assert!(out.starts_with(&said), "{out}");
     }
 }
 

@@ -436,7 +436,10 @@ fn tampered_bundle_is_refused_naming_rule_and_entry() {
     assert_exit(&o, 1);
     let said = stdout(&o);
     assert_eq!(said.lines().count(), 1, "{said}");
-    assert!(said.starts_with("REFUSED changed-entry: "), "{said}");
+    assert!(
+        said.starts_with("REFUSED changed-entry (hello.wasm): "),
+        "{said}"
+    );
     assert!(said.contains("\"hello.wasm\""), "{said}");
 
     let v = json_refusal(&[&"verify", &bad, &"--json"], "changed-entry");
@@ -446,11 +449,97 @@ fn tampered_bundle_is_refused_naming_rule_and_entry() {
     let o = rjs_sign(&[&"inspect", &bad]);
     assert_exit(&o, 1);
     let text = stdout(&o);
-    assert!(text.contains("verdict   REFUSED changed-entry"), "{text}");
+    assert!(
+        text.contains("verdict   REFUSED changed-entry (hello.wasm): "),
+        "{text}"
+    );
     assert!(text.contains("(unverified)"), "{text}");
     let v = json_refusal(&[&"inspect", &bad, &"--json"], "changed-entry");
     assert_eq!(v["entry"], "hello.wasm");
     assert_eq!(v["unverified_entries"].as_array().unwrap().len(), 3);
+}
+
+#[test]
+fn verify_text_refusal_names_the_entry_for_every_rule_that_has_one() {
+    use base64::Engine as _;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let tmp = tempfile::tempdir().unwrap();
+    let other = key(2).public();
+    let manifest =
+        |text: &str| build(&[("manifest.json", text.into()), ("job.wasm", wasm_module())]);
+    let mut bad_name = explode(&valid_bundle());
+    let sig = bad_name.pop().unwrap();
+    bad_name.insert(0, Part::stored("A (x)", b"x"));
+    bad_name.push(sig);
+    let cases: Vec<(&str, &str, Vec<u8>)> = vec![
+        (
+            "bad-signature",
+            "rjs-signature.json",
+            edit_signature(&valid_bundle(), |d| {
+                d.public_key = other.to_base64();
+                d.fingerprint = other.fingerprint().to_string();
+            }),
+        ),
+        (
+            "signature-length",
+            "rjs-signature.json",
+            edit_signature(&valid_bundle(), |d| d.signature = b64(&[7; 63])),
+        ),
+        (
+            "bad-key",
+            "rjs-signature.json",
+            edit_signature(&valid_bundle(), |d| d.public_key = b64(&[1; 31])),
+        ),
+        (
+            "fingerprint-mismatch",
+            "rjs-signature.json",
+            edit_signature(&valid_bundle(), |d| {
+                d.fingerprint = other.fingerprint().to_string()
+            }),
+        ),
+        (
+            "signature-algorithm",
+            "rjs-signature.json",
+            edit_signature(&valid_bundle(), |d| d.algorithm = "rsa".into()),
+        ),
+        (
+            "unknown-format-version",
+            "manifest.json",
+            manifest(r#"{"format":2,"name":"j","entry":"job.wasm"}"#),
+        ),
+        (
+            "unknown-manifest-field",
+            "manifest.json",
+            manifest(r#"{"format":1,"name":"j","entry":"job.wasm","colour":"blue"}"#),
+        ),
+        (
+            "invalid-manifest-json",
+            "manifest.json",
+            manifest(r#"{"format":1,"#),
+        ),
+        // A refused name is quoted, so that its brackets and spaces cannot blur the line.
+        ("bad-name", "\"A (x)\"", relayout(&bad_name)),
+    ];
+    for (rule, shown, bytes) in cases {
+        let p = tmp.path().join(format!("{rule}.rjs"));
+        fs::write(&p, &bytes).unwrap();
+        let o = rjs_sign(&[&"verify", &p]);
+        assert_exit(&o, 1);
+        let said = stdout(&o);
+        assert_eq!(said.lines().count(), 1, "{said}");
+        let prefix = format!("REFUSED {rule} ({shown}): ");
+        assert!(said.starts_with(&prefix), "{rule}: {said}");
+        assert!(said.len() > prefix.len() + 1, "a message follows: {said}");
+
+        let v = json_refusal(&[&"verify", &p, &"--json"], rule);
+        assert_eq!(v["entry"], shown.trim_matches('"'), "{rule}");
+        let o = rjs_sign(&[&"inspect", &p]);
+        assert!(
+            stdout(&o).contains(&format!("verdict   {prefix}")),
+            "{}",
+            stdout(&o)
+        );
+    }
 }
 
 #[test]

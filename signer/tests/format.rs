@@ -274,3 +274,67 @@ fn zip_crate_defaults_happen_to_write_the_canonical_layout() {
     assert_eq!(content(&locals[0]), b"hello hello hello hello");
     assert_eq!(refusal(&z).rule(), "unsigned");
 }
+
+/// The string literals (rule names) in the body of the function `fn_name` of `source`.
+fn rule_literals(source: &str, fn_name: &str) -> Vec<String> {
+    let start = source
+        .find(&format!("fn {fn_name}("))
+        .unwrap_or_else(|| panic!("no fn {fn_name}"));
+    // The body ends at the first line that closes a top-level item or method.
+    let body = &source[start..];
+    let end = body
+        .find("\n    }\n")
+        .into_iter()
+        .chain(body.find("\n}\n"))
+        .min()
+        .unwrap();
+    body[..end]
+        .split('"')
+        .skip(1)
+        .step_by(2)
+        .filter(|s| {
+            !s.is_empty()
+                && s.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn every_rule_the_verifier_names_is_documented() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let code = std::fs::read_to_string(root.join("src/bundle.rs")).unwrap();
+    let doc = std::fs::read_to_string(root.join("../docs/bundle-format.md")).unwrap();
+    let mut rules = rule_literals(&code, "rule");
+    rules.extend(rule_literals(&code, "path_rule"));
+    assert!(rules.len() > 30, "found {rules:?}");
+    for must in ["unknown-manifest-field", "bad-name", "corrupt-entry"] {
+        assert!(rules.iter().any(|r| r == must), "{must} in {rules:?}");
+    }
+    let missing: Vec<&String> = rules
+        .iter()
+        .filter(|r| !doc.contains(&format!("`{r}`")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "rules not in docs/bundle-format.md: {missing:?}"
+    );
+}
+
+#[test]
+fn every_answer_rule_is_documented() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let code = std::fs::read_to_string(root.join("src/answer.rs")).unwrap();
+    let doc = std::fs::read_to_string(root.join("../docs/answer-format.md")).unwrap();
+    let rules = rule_literals(&code, "rule");
+    assert!(rules.len() > 10, "found {rules:?}");
+    let missing: Vec<&String> = rules
+        .iter()
+        .filter(|r| !doc.contains(&format!("`{r}`")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "rules not in docs/answer-format.md: {missing:?}"
+    );
+}

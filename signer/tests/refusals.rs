@@ -10,6 +10,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use common::*;
 use rjs_signer::bundle::{VerifyError, WASM_HEADER};
+use rjs_signer::manifest::ManifestError;
 use rjs_signer::paths::{MANIFEST, SIGNATURE};
 use rjs_signer::zipfmt::{self, LOCAL_HEADER_LEN, Method};
 use rjs_signer::zipread::{self, ZipError};
@@ -805,10 +806,47 @@ fn manifest_invalid_json() {
 
 #[test]
 fn manifest_unknown_field() {
-    let m = br#"{"format":1,"name":"j","entry":"job.wasm","run_as_root":true}"#.to_vec();
+    // Its own rule, not the JSON-syntax one: at the top level and inside `limits`, and also
+    // when the document has another mistake besides.
+    let cases: [(&[u8], &str); 3] = [
+        (
+            br#"{"format":1,"name":"j","entry":"job.wasm","run_as_root":true}"#,
+            "run_as_root",
+        ),
+        (
+            br#"{"format":1,"name":"j","entry":"job.wasm","limits":{"time_ms":5,"cpus":64}}"#,
+            "limits.cpus",
+        ),
+        (
+            br#"{"format":1,"name":"j","entry":"job.wasm","tasks":"many","run_as_root":true}"#,
+            "run_as_root",
+        ),
+    ];
+    for (m, field) in cases {
+        let b = build(&[(MANIFEST, m.to_vec()), ("job.wasm", wasm_module())]);
+        let e = assert_refused(&b, "unknown-manifest-field", Some(MANIFEST));
+        assert!(
+            matches!(&e, VerifyError::Manifest(ManifestError::UnknownField { field: f }) if f == field),
+            "{e:?}"
+        );
+        assert!(
+            rjs_signer::error_chain(&e).contains(&format!("unknown field `{field}`")),
+            "{e}"
+        );
+    }
+    // A newer format version still gets the clearer error, unknown fields and all.
+    let m = br#"{"format":2,"name":"j","entry":"job.wasm","run_as_root":true}"#.to_vec();
+    let b = build(&[(MANIFEST, m), ("job.wasm", wasm_module())]);
+    assert_refused(&b, "unknown-format-version", Some(MANIFEST));
+}
+
+#[test]
+fn manifest_with_a_duplicate_key_is_invalid_json() {
+    // Not silently "the last one wins": two `entry` keys are refused.
+    let m = br#"{"format":1,"name":"j","entry":"other.wasm","entry":"job.wasm"}"#.to_vec();
     let b = build(&[(MANIFEST, m), ("job.wasm", wasm_module())]);
     let e = assert_refused(&b, "invalid-manifest-json", Some(MANIFEST));
-    assert!(rjs_signer::error_chain(&e).contains("run_as_root"), "{e}");
+    assert!(rjs_signer::error_chain(&e).contains("duplicate"), "{e}");
 }
 
 #[test]

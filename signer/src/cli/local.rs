@@ -57,8 +57,9 @@ pub fn check(path: &Path) -> Result<Verdict> {
     }
 }
 
-/// Prints a refusal, `REFUSED <rule>: <message>` or a JSON object with `valid: false`, and
-/// returns [`EXIT_REFUSED`].
+/// Prints a refusal, `REFUSED <rule> (<entry>): <message>` (`REFUSED <rule>: <message>` when
+/// the rule is about no one entry) or a JSON object with `valid: false`, and returns
+/// [`EXIT_REFUSED`].
 pub fn refused(
     out: &mut impl Write,
     as_json: bool,
@@ -73,9 +74,23 @@ pub fn refused(
             json!({"valid": false, "rule": rule, "entry": entry, "error": message})
         )?;
     } else {
-        writeln!(out, "REFUSED {rule}: {message}")?;
+        writeln!(out, "{}", refusal_line(rule, entry, message))?;
     }
     Ok(EXIT_REFUSED)
+}
+
+/// The text form of a refusal: `REFUSED <rule> (<entry>): <message>`, or without the
+/// parenthesis when there is no entry. A valid entry name is shown as it is; any other
+/// (a name the verifier refused: it may hold spaces, brackets or control characters) is shown
+/// quoted and escaped, so the line stays one line and the name unambiguous.
+pub fn refusal_line(rule: &str, entry: Option<&str>, message: &str) -> String {
+    match entry {
+        Some(name) if rjs_signer::paths::check_entry_name(name).is_ok() => {
+            format!("REFUSED {rule} ({name}): {message}")
+        }
+        Some(name) => format!("REFUSED {rule} ({name:?}): {message}"),
+        None => format!("REFUSED {rule}: {message}"),
+    }
 }
 
 /// Parses public keys given on the command line (file, `rjs-ed25519 …` line or base64 key);

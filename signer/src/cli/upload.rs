@@ -6,7 +6,7 @@ use anyhow::Result;
 
 use super::client::Api;
 use super::config::{self, ServerOpts};
-use super::local::{Verdict, check};
+use super::local::{self, Verdict, check};
 use super::output::{self, clean, plural};
 use rjs_signer::bundle::hex;
 use rjs_signer::error_chain;
@@ -35,10 +35,9 @@ pub fn run(args: &Args) -> Result<u8> {
         Verdict::Valid(b, bytes) => (b, bytes),
         Verdict::Refused(e) => {
             eprintln!(
-                "rjs-sign: not uploading {}: REFUSED {}: {}",
+                "rjs-sign: not uploading {}: {}",
                 args.bundle.display(),
-                e.rule(),
-                error_chain(&e)
+                local::refusal_line(e.rule(), e.entry(), &error_chain(&e))
             );
             return Ok(EXIT_REFUSED);
         }

@@ -104,7 +104,7 @@ pub fn run(args: &Args) -> Result<u8> {
             &r.bundle_sha256[..12],
             r.node_id,
             answer.fingerprint(),
-            clean(&r.ending.summary()),
+            clean(&r.summary()),
             r.wall_ms,
             plural(answer.out_files().len(), "file"),
         )?;
