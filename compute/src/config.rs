@@ -165,6 +165,17 @@ pub struct Overrides {
     pub interfaces: Vec<String>,
     pub advertise: Vec<IpAddr>,
     pub scratch_dir: Option<PathBuf>,
+    /// `--max-time`, milliseconds.
+    pub max_time_ms: Option<u64>,
+    /// `--max-memory`, bytes.
+    pub max_memory_bytes: Option<u64>,
+    /// `--max-output`, bytes.
+    pub max_output_bytes: Option<u64>,
+    /// `--max-stdout`, bytes.
+    pub max_stdout_bytes: Option<u64>,
+    /// `--loadavg-file` (hidden, for tests): read the load average from this file instead
+    /// of `/proc/loadavg`.
+    pub loadavg_file: Option<PathBuf>,
 }
 
 /// The configuration flags, ready to `#[command(flatten)]` into a clap command.
@@ -200,6 +211,44 @@ pub struct ConfigArgs {
     /// Make the tasks' scratch directory in DIR (e.g. /dev/shm) [default: <data>/scratch].
     #[arg(long, value_name = "DIR")]
     pub scratch_dir: Option<PathBuf>,
+    /// Most CPU time a job may ask for, e.g. 90s, 30m, 2h [default: 1h; at most 24h].
+    #[arg(long, value_name = "DUR", value_parser = parse_duration_arg)]
+    pub max_time: Option<Duration>,
+    /// Most memory a job may ask for: bytes, or a number with K, M or G [default: 1G].
+    #[arg(long, value_name = "SIZE", value_parser = parse_size_arg)]
+    pub max_memory: Option<u64>,
+    /// Most bytes a job may write to out/ [default: 256M].
+    #[arg(long, value_name = "SIZE", value_parser = parse_size_arg)]
+    pub max_output: Option<u64>,
+    /// Most bytes of stdout, and of stderr, a job may ask for [default: 16M].
+    #[arg(long, value_name = "SIZE", value_parser = parse_size_arg)]
+    pub max_stdout: Option<u64>,
+    /// Test aid: read the 1-minute load average from this file (in the format of
+    /// /proc/loadavg) instead of /proc/loadavg.
+    #[arg(long, value_name = "PATH", hide = true)]
+    pub loadavg_file: Option<PathBuf>,
+}
+
+/// A size flag (`--max-memory 512M`): [`parse_size`], the parser of the file's sizes.
+fn parse_size_arg(text: &str) -> Result<u64, String> {
+    parse_size(text).ok_or_else(|| size_syntax(text))
+}
+
+/// A duration flag (`--max-time 90s`): humantime, the parser of the file's durations.
+fn parse_duration_arg(text: &str) -> Result<Duration, String> {
+    parse_duration(text)
+}
+
+/// The message for a size that does not parse, for the file and the command line alike.
+fn size_syntax(text: &str) -> String {
+    format!("invalid size {text:?}: use bytes or a number with K, M or G")
+}
+
+/// Parses a duration written for people (`"2s"`, `"500ms"`, `"1m 30s"`: humantime), for
+/// the file and the command line alike.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text)
+        .map_err(|e| format!("invalid duration {text:?}: {e} (e.g. \"2s\", \"500ms\")"))
 }
 
 impl ConfigArgs {
@@ -215,6 +264,14 @@ impl ConfigArgs {
             only_when_idle: self.only_when_idle.then_some(true),
             idle_load_per_core: self.idle_load_per_core,
             scratch_dir: self.scratch_dir.clone(),
+            // Sub-millisecond parts are dropped; 0 then fails the range check.
+            max_time_ms: self
+                .max_time
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            max_memory_bytes: self.max_memory,
+            max_output_bytes: self.max_output,
+            max_stdout_bytes: self.max_stdout,
+            loadavg_file: self.loadavg_file.clone(),
             ..Overrides::default()
         }
     }
@@ -276,11 +333,9 @@ struct FileAnnounce {
 /// A duration written for people (`"2s"`, `"500ms"`, `"1m 30s"`: humantime).
 fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     let s = String::deserialize(d)?;
-    humantime::parse_duration(&s).map(Some).map_err(|e| {
-        serde::de::Error::custom(format!(
-            "invalid duration {s:?}: {e} (e.g. \"2s\", \"500ms\")"
-        ))
-    })
+    parse_duration(&s)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -314,11 +369,9 @@ fn de_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
     }
     match Size::deserialize(d)? {
         Size::Int(n) => Ok(Some(n)),
-        Size::Text(s) => parse_size(&s).map(Some).ok_or_else(|| {
-            serde::de::Error::custom(format!(
-                "invalid size {s:?}: use bytes or a number with K, M or G"
-            ))
-        }),
+        Size::Text(s) => parse_size(&s)
+            .map(Some)
+            .ok_or_else(|| serde::de::Error::custom(size_syntax(&s))),
     }
 }
 
@@ -470,48 +523,88 @@ impl NodeConfig {
             }
         }
 
-        let d = MaxLimits::default();
-        let limits = MaxLimits {
-            max_time_ms: file.limits.max_time_ms.unwrap_or(d.max_time_ms),
-            max_memory_bytes: file.limits.max_memory_bytes.unwrap_or(d.max_memory_bytes),
-            max_output_bytes: file.limits.max_output_bytes.unwrap_or(d.max_output_bytes),
-            max_stdout_bytes: file.limits.max_stdout_bytes.unwrap_or(d.max_stdout_bytes),
-        };
-        let checks: [(&'static str, u64, u64, u64); 4] = [
-            (
-                "limits.max_time_ms",
-                limits.max_time_ms,
-                1,
-                Limits::MAX_TIME_MS,
-            ),
-            (
-                "limits.max_memory_bytes",
-                limits.max_memory_bytes,
-                Limits::MIN_MEMORY,
-                Limits::MAX_MEMORY,
-            ),
-            (
-                "limits.max_output_bytes",
-                limits.max_output_bytes,
-                0,
-                Limits::MAX_OUTPUT,
-            ),
-            (
-                "limits.max_stdout_bytes",
-                limits.max_stdout_bytes,
-                0,
-                Limits::MAX_STDOUT,
-            ),
-        ];
-        for (key, v, lo, hi) in checks {
-            if !(lo..=hi).contains(&v) {
-                return Err(invalid(
-                    false,
-                    key,
-                    format!("{v} is not between {lo} and {hi}"),
-                ));
-            }
+        // Each limit: the flag, else the file, else the default. A value out of range is
+        // reported as the file's number, or for a flag in the units people write.
+        struct Spec {
+            flag: &'static str,
+            key: &'static str,
+            cli: Option<u64>,
+            file: Option<u64>,
+            default: u64,
+            range: (u64, u64),
+            human: fn(u64) -> String,
         }
+        let d = MaxLimits::default();
+        let fl = &file.limits;
+        let bytes: fn(u64) -> String = |v| ByteSize(v).to_string();
+        let specs = [
+            Spec {
+                flag: "--max-time",
+                key: "limits.max_time_ms",
+                cli: overrides.max_time_ms,
+                file: fl.max_time_ms,
+                default: d.max_time_ms,
+                range: (1, Limits::MAX_TIME_MS),
+                human: fmt_ms,
+            },
+            Spec {
+                flag: "--max-memory",
+                key: "limits.max_memory_bytes",
+                cli: overrides.max_memory_bytes,
+                file: fl.max_memory_bytes,
+                default: d.max_memory_bytes,
+                range: (Limits::MIN_MEMORY, Limits::MAX_MEMORY),
+                human: bytes,
+            },
+            Spec {
+                flag: "--max-output",
+                key: "limits.max_output_bytes",
+                cli: overrides.max_output_bytes,
+                file: fl.max_output_bytes,
+                default: d.max_output_bytes,
+                range: (0, Limits::MAX_OUTPUT),
+                human: bytes,
+            },
+            Spec {
+                flag: "--max-stdout",
+                key: "limits.max_stdout_bytes",
+                cli: overrides.max_stdout_bytes,
+                file: fl.max_stdout_bytes,
+                default: d.max_stdout_bytes,
+                range: (0, Limits::MAX_STDOUT),
+                human: bytes,
+            },
+        ];
+        let mut resolved = [0u64; 4];
+        for (slot, spec) in resolved.iter_mut().zip(specs) {
+            let (lo, hi) = spec.range;
+            let v = spec.cli.or(spec.file).unwrap_or(spec.default);
+            if !(lo..=hi).contains(&v) {
+                return Err(if spec.cli.is_some() {
+                    let h = spec.human;
+                    invalid(
+                        true,
+                        spec.flag,
+                        format!("{} is not between {} and {}", h(v), h(lo), h(hi)),
+                    )
+                } else {
+                    invalid(false, spec.key, format!("{v} is not between {lo} and {hi}"))
+                });
+            }
+            *slot = v;
+        }
+        let [
+            max_time_ms,
+            max_memory_bytes,
+            max_output_bytes,
+            max_stdout_bytes,
+        ] = resolved;
+        let limits = MaxLimits {
+            max_time_ms,
+            max_memory_bytes,
+            max_output_bytes,
+            max_stdout_bytes,
+        };
 
         let unknown_authors = overrides
             .unknown_authors
@@ -542,6 +635,9 @@ impl NodeConfig {
         let from_cli = overrides.idle_load_per_core.is_some();
         if let Some(l) = overrides.idle_load_per_core {
             idle.load_per_core = l;
+        }
+        if let Some(f) = &overrides.loadavg_file {
+            idle.loadavg_file = Some(f.clone());
         }
         if !(idle.load_per_core.is_finite()
             && idle.load_per_core > 0.0
@@ -1048,6 +1144,174 @@ mod tests {
         };
         let e = parse("", &bad_flag).unwrap_err().to_string();
         assert!(e.starts_with("command line: --group: invalid group"), "{e}");
+    }
+
+    /// The flags of [`ConfigArgs`] as clap parses them.
+    fn flags(args: &[&str]) -> Result<Overrides, clap::Error> {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            config: ConfigArgs,
+        }
+        let argv = std::iter::once("rjs-compute").chain(args.iter().copied());
+        <Cli as clap::Parser>::try_parse_from(argv).map(|c| c.config.overrides())
+    }
+
+    #[test]
+    fn limit_flags_override_the_file() {
+        let text = r#"
+            [limits]
+            max_time_ms = 5000
+            max_memory_bytes = "512M"
+            max_output_bytes = 1048576
+            max_stdout_bytes = "1M"
+        "#;
+        // The file alone.
+        let c = parse(text, &with_data(Path::new("/d"))).unwrap();
+        assert_eq!(
+            c.limits,
+            MaxLimits {
+                max_time_ms: 5000,
+                max_memory_bytes: 512 << 20,
+                max_output_bytes: 1 << 20,
+                max_stdout_bytes: 1 << 20,
+            }
+        );
+        // Every flag wins over the file, in the file's own size syntax (K, M, G, bytes) and
+        // humantime durations.
+        let o = flags(&[
+            "--data",
+            "/d",
+            "--max-time",
+            "1m 30s",
+            "--max-memory",
+            "2G",
+            "--max-output",
+            "64k",
+            "--max-stdout",
+            "4096",
+        ])
+        .unwrap();
+        assert_eq!(o.max_time_ms, Some(90_000));
+        let c = parse(text, &o).unwrap();
+        assert_eq!(
+            c.limits,
+            MaxLimits {
+                max_time_ms: 90_000,
+                max_memory_bytes: 2 << 30,
+                max_output_bytes: 64 << 10,
+                max_stdout_bytes: 4096,
+            }
+        );
+        // One flag: the others come from the file, and without a file from the defaults.
+        let o = flags(&["--data", "/d", "--max-memory", "64M"]).unwrap();
+        let c = parse(text, &o).unwrap();
+        assert_eq!(c.limits.max_memory_bytes, 64 << 20);
+        assert_eq!(c.limits.max_time_ms, 5000);
+        assert_eq!(c.limits.max_stdout_bytes, 1 << 20);
+        let c = parse("", &o).unwrap();
+        assert_eq!(c.limits.max_memory_bytes, 64 << 20);
+        assert_eq!(c.limits.max_time_ms, MaxLimits::default().max_time_ms);
+        // The limits decide what is accepted.
+        let asks = Limits {
+            time_ms: 60_000,
+            memory_bytes: 128 << 20,
+            output_bytes: 1 << 20,
+            stdout_bytes: 1 << 20,
+        };
+        assert_eq!(
+            c.accepts(&asks).unwrap_err(),
+            "asks for 128 MiB of memory, this node allows at most 64 MiB"
+        );
+        // Without flags nothing is overridden.
+        assert_eq!(flags(&[]).unwrap(), Overrides::default());
+    }
+
+    #[test]
+    fn limit_flag_errors() {
+        // Syntax: a usage error from the parser, with the file's message.
+        for (flag, value) in [
+            ("--max-memory", "lots"),
+            ("--max-output", "1.5M"),
+            ("--max-stdout", "-1"),
+        ] {
+            let e = flags(&[&format!("{flag}={value}")]).unwrap_err();
+            assert_eq!(e.kind(), clap::error::ErrorKind::ValueValidation, "{e}");
+            let text = e.to_string();
+            assert!(text.contains(flag), "{text}");
+            assert!(
+                text.contains(&format!("invalid size {value:?}: use bytes")),
+                "{text}"
+            );
+        }
+        let e = flags(&["--max-time", "3600"]).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::ValueValidation);
+        assert!(e.to_string().contains("invalid duration \"3600\""), "{e}");
+
+        // Range: named as flags of the command line, in people's units.
+        let bad = |args: &[&str]| {
+            let mut all = vec!["--data", "/d"];
+            all.extend_from_slice(args);
+            parse("", &flags(&all).unwrap()).unwrap_err().to_string()
+        };
+        assert_eq!(
+            bad(&["--max-time", "25h"]),
+            "command line: --max-time: 25 h is not between 1 ms and 24 h"
+        );
+        assert_eq!(
+            bad(&["--max-time", "500us"]),
+            "command line: --max-time: 0 ms is not between 1 ms and 24 h"
+        );
+        assert_eq!(
+            bad(&["--max-memory", "8G"]),
+            "command line: --max-memory: 8 GiB is not between 64 KiB and 4 GiB"
+        );
+        assert_eq!(
+            bad(&["--max-memory", "1K"]),
+            "command line: --max-memory: 1 KiB is not between 64 KiB and 4 GiB"
+        );
+        assert_eq!(
+            bad(&["--max-output", "2G"]),
+            "command line: --max-output: 2 GiB is not between 0 bytes and 1 GiB"
+        );
+        assert_eq!(
+            bad(&["--max-stdout", "65M"]),
+            "command line: --max-stdout: 65 MiB is not between 0 bytes and 64 MiB"
+        );
+        // A good flag repairs a bad file value; a bad file value is still reported when
+        // no flag overrides it.
+        let text = "[limits]\nmax_memory_bytes = \"8G\"";
+        let o = flags(&["--data", "/d", "--max-memory", "1G"]).unwrap();
+        assert_eq!(parse(text, &o).unwrap().limits.max_memory_bytes, 1 << 30);
+        let e = parse(text, &with_data(Path::new("/d")))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "/etc/rjs/node.toml: limits.max_memory_bytes: 8589934592 is not between 65536 and 4294967296"
+        );
+    }
+
+    #[test]
+    fn loadavg_file_is_a_flag_only() {
+        let o = flags(&["--data", "/d", "--loadavg-file", "/tmp/load"]).unwrap();
+        let c = parse("[idle]\nonly_when_idle = true", &o).unwrap();
+        assert!(c.idle.only_when_idle);
+        assert_eq!(c.idle.loadavg_file, Some(PathBuf::from("/tmp/load")));
+        assert_eq!(
+            parse("", &with_data(Path::new("/d")))
+                .unwrap()
+                .idle
+                .loadavg_file,
+            None
+        );
+        let e = parse(
+            "[idle]\nloadavg_file = \"/tmp/load\"",
+            &with_data(Path::new("/d")),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("unknown field `loadavg_file`"), "{e}");
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! only gradually. That is good enough for "do not compete with the person at the
 //! keyboard"; it is not a scheduler.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 pub const LOADAVG_PATH: &str = "/proc/loadavg";
 
 /// The owner's idle policy (`[idle]` in `node.toml`).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IdlePolicy {
     /// Take jobs only while the PC is idle.
@@ -24,6 +24,11 @@ pub struct IdlePolicy {
     /// Load per core (besides the node's own jobs) under which the PC counts as idle.
     #[serde(default = "IdlePolicy::default_load_per_core")]
     pub load_per_core: f64,
+    /// Where the load average is read: `None` for [`LOADAVG_PATH`]. Set only by the hidden
+    /// `--loadavg-file` flag, so that tests can play a busy or an idle PC; not a key of the
+    /// file.
+    #[serde(skip)]
+    pub loadavg_file: Option<PathBuf>,
 }
 
 impl IdlePolicy {
@@ -41,7 +46,11 @@ impl IdlePolicy {
         if !self.only_when_idle {
             return Ok(());
         }
-        let load = read_load1(Path::new(LOADAVG_PATH))
+        let source = self
+            .loadavg_file
+            .as_deref()
+            .unwrap_or(Path::new(LOADAVG_PATH));
+        let load = read_load1(source)
             .map_err(|e| format!("not idle: cannot read the load average: {e}"))?;
         self.evaluate(load, own_jobs, online_cores())
     }
@@ -73,6 +82,7 @@ impl Default for IdlePolicy {
         IdlePolicy {
             only_when_idle: false,
             load_per_core: Self::DEFAULT_LOAD_PER_CORE,
+            loadavg_file: None,
         }
     }
 }
@@ -114,6 +124,7 @@ mod tests {
         IdlePolicy {
             only_when_idle: true,
             load_per_core: per_core,
+            loadavg_file: None,
         }
     }
 
@@ -160,5 +171,37 @@ mod tests {
     fn unreadable_load_is_not_idle() {
         let err = read_load1(Path::new("/nonexistent/loadavg")).unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
+        let policy = IdlePolicy {
+            loadavg_file: Some("/nonexistent/loadavg".into()),
+            ..on(0.5)
+        };
+        let why = policy.check(0).unwrap_err();
+        assert!(
+            why.starts_with("not idle: cannot read the load average: "),
+            "{why}"
+        );
+    }
+
+    #[test]
+    fn check_reads_the_given_load_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("loadavg");
+        let policy = IdlePolicy {
+            loadavg_file: Some(file.clone()),
+            ..on(0.5)
+        };
+        let cores = online_cores();
+        std::fs::write(&file, format!("{}.00 0.10 0.10 1/100 42\n", cores * 10)).unwrap();
+        let why = policy.check(0).unwrap_err();
+        assert!(why.starts_with("not idle: load "), "{why}");
+        std::fs::write(&file, "0.00 0.10 0.10 1/100 42\n").unwrap();
+        assert_eq!(policy.check(0), Ok(()));
+        // Off: the file is not even read.
+        std::fs::remove_file(&file).unwrap();
+        let off = IdlePolicy {
+            only_when_idle: false,
+            ..policy
+        };
+        assert_eq!(off.check(0), Ok(()));
     }
 }

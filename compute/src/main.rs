@@ -13,10 +13,9 @@ use rjs_compute::announce::{self, Announcer, AnnouncerConfig};
 use rjs_compute::bench;
 use rjs_compute::config::{ConfigArgs, NodeConfig, Overrides};
 use rjs_compute::node::{Node, StartOptions};
-use rjs_compute::trust::{
-    AuthorRef, Change, Decision, EntryStatus, Gatekeeper, JobRequest, TrustEntry, TrustStore,
-};
-use rjs_signer::{Limits, PublicKey};
+use rjs_compute::server::Timeouts;
+use rjs_compute::trust::{AuthorRef, Change, EntryStatus, TrustEntry, TrustStore};
+use rjs_signer::PublicKey;
 
 #[derive(Parser)]
 #[command(
@@ -93,6 +92,10 @@ enum Command {
         /// The cluster CA that issues lookup and node certificates [default: <data>/cluster-ca.pem].
         #[arg(long, value_name = "PEM")]
         ca: Option<PathBuf>,
+        /// Test aid: the job server's deadline for a TLS handshake and for each frame once
+        /// begun (and each write), instead of 10 s and 30 s.
+        #[arg(long, value_name = "DUR", hide = true, value_parser = rjs_compute::config::parse_duration)]
+        io_timeout: Option<Duration>,
     },
     /// Enrol this node with a lookup server using a one-time token from `rjs-lookup token`:
     /// writes the node certificate, its key, the cluster CA and the assigned node id.
@@ -114,23 +117,6 @@ enum Command {
         data: DataArgs,
         #[command(subcommand)]
         command: TrustCommand,
-    },
-    /// Test aid: one gatekeeper decision (per --jobs) through the real prompt.
-    #[command(hide = true)]
-    TrustPromptDemo {
-        #[command(flatten)]
-        config: ConfigArgs,
-        /// The job author's public key (file, `rjs-ed25519 …` line or base64).
-        #[arg(long, value_name = "PUBKEY")]
-        author_key: String,
-        #[arg(long, value_name = "NAME")]
-        bundle_name: String,
-        /// Self-declared signer name [default: the name on the key line, else "author"].
-        #[arg(long, value_name = "NAME")]
-        signer_name: Option<String>,
-        /// Concurrent decisions for the same author.
-        #[arg(long, default_value_t = 1)]
-        jobs: usize,
     },
 }
 
@@ -248,15 +234,8 @@ fn main() -> ExitCode {
             cert,
             key,
             ca,
-        } => cmd_serve(&node, &announce, cert, key, ca),
-        Command::TrustPromptDemo {
-            config,
-            author_key,
-            bundle_name,
-            signer_name,
-            jobs,
-        } => cmd_prompt_demo(&config, &author_key, &bundle_name, signer_name, jobs)
-            .map(|()| ExitCode::SUCCESS),
+            io_timeout,
+        } => cmd_serve(&node, &announce, cert, key, ca, io_timeout),
     };
     match result {
         Ok(code) => code,
@@ -406,55 +385,6 @@ fn cmd_trust(data: &DataArgs, command: TrustCommand) -> Result<()> {
     Ok(())
 }
 
-fn cmd_prompt_demo(
-    args: &ConfigArgs,
-    author_key: &str,
-    bundle_name: &str,
-    signer_name: Option<String>,
-    jobs: usize,
-) -> Result<()> {
-    let config = NodeConfig::load(&args.overrides())?;
-    let (key, key_name) = PublicKey::load_or_parse(author_key)
-        .with_context(|| format!("reading the public key {author_key:?}"))?;
-    let gatekeeper = Gatekeeper::for_node(&config)?;
-    let request = JobRequest {
-        key,
-        signer_name: signer_name.or(key_name).unwrap_or_else(|| "author".into()),
-        bundle_name: bundle_name.to_string(),
-        limits: Limits::default(),
-    };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    let decisions = runtime.block_on(async {
-        let request = Arc::new(request);
-        let handles: Vec<_> = (0..jobs.max(1))
-            .map(|_| {
-                let g = gatekeeper.clone();
-                let r = request.clone();
-                tokio::spawn(async move { g.decide(&r).await })
-            })
-            .collect();
-        let mut out = Vec::new();
-        for h in handles {
-            out.push(h.await.context("a decision task failed")?);
-        }
-        anyhow::Ok(out)
-    })?;
-    for d in decisions {
-        match d {
-            Decision::Run => println!("decision: run"),
-            Decision::Refuse { code, reason } => {
-                println!("decision: refuse {}: {reason}", code.as_str())
-            }
-        }
-    }
-    println!("prompts shown: {}", gatekeeper.prompts_shown());
-    Ok(())
-}
-
 fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -543,7 +473,12 @@ fn cmd_serve(
     cert: Option<PathBuf>,
     key: Option<PathBuf>,
     ca: Option<PathBuf>,
+    io_timeout: Option<Duration>,
 ) -> Result<ExitCode> {
+    if io_timeout.is_some_and(|t| t.is_zero()) {
+        bail!("--io-timeout must be more than 0");
+    }
+    let timeouts = io_timeout.map_or_else(Timeouts::default, Timeouts::with_io);
     let (rt, node) = start_node(args, None, Some(announce))?;
     let tls_paths = &node.config.tls;
     let cert = cert.unwrap_or_else(|| tls_paths.cert.clone());
@@ -589,7 +524,7 @@ fn cmd_serve(
     }
     let served = rt.block_on(async {
         let shutdown = rjs_wire::shutdown::stop_signal();
-        rjs_compute::server::serve(node.clone(), listener, Arc::new(tls), shutdown)
+        rjs_compute::server::serve_with(node.clone(), listener, Arc::new(tls), timeouts, shutdown)
             .await
             .context("serving jobs")
     });

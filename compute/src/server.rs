@@ -25,12 +25,64 @@ const COALESCE_ANSWER_BYTES: usize = 256 << 10;
 /// Most connections served at once (each holds at most one job).
 pub const MAX_CONNECTIONS: usize = 256;
 
+/// The job server's deadlines. Every network read and write has one; a connection that
+/// misses one is closed (the other connections are not affected).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// A client's TLS handshake, from the TCP accept [default: [`HANDSHAKE_TIMEOUT`], 10 s].
+    pub handshake: Duration,
+    /// Between jobs: until the first byte of the next message [default: [`IDLE_TIMEOUT`],
+    /// 5 min].
+    pub idle: Duration,
+    /// One control frame, from its first byte to its last, and every write of one
+    /// [default: [`CONTROL_TIMEOUT`], 30 s]; a data frame (bundle, answer) has this plus
+    /// the protocol's allowance per MiB ([`node::data_timeout`]).
+    pub io: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            handshake: HANDSHAKE_TIMEOUT,
+            idle: IDLE_TIMEOUT,
+            io: CONTROL_TIMEOUT,
+        }
+    }
+}
+
+impl Timeouts {
+    /// `handshake` and `io` both `step` (the hidden `serve --io-timeout`, for tests).
+    pub fn with_io(step: Duration) -> Timeouts {
+        Timeouts {
+            handshake: step,
+            io: step,
+            ..Timeouts::default()
+        }
+    }
+
+    /// Time to transfer a data frame of `bytes`.
+    fn data(&self, bytes: u64) -> Duration {
+        self.io + node::data_timeout(bytes).saturating_sub(node::data_timeout(0))
+    }
+}
+
 /// Serves until `shutdown` completes; then stops accepting and returns (jobs in flight are
 /// abandoned with their connections; the lookup reports them).
 pub async fn serve(
     node: Arc<Node>,
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    serve_with(node, listener, tls, Timeouts::default(), shutdown).await
+}
+
+/// [`serve`] with other deadlines.
+pub async fn serve_with(
+    node: Arc<Node>,
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    timeouts: Timeouts,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let acceptor = TlsAcceptor::from(tls);
@@ -56,7 +108,7 @@ pub async fn serve(
         tokio::spawn(async move {
             let _permit = permit;
             let _ = tcp.set_nodelay(true);
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+            let tls = match tokio::time::timeout(timeouts.handshake, acceptor.accept(tcp)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
                     tracing::info!(%peer, error = %e, "TLS handshake refused");
@@ -79,7 +131,7 @@ pub async fn serve(
                 tracing::warn!(%peer, node = %other, "refused: a node's certificate may not offer jobs");
                 return;
             }
-            if let Err(e) = handle(&node, tls, peer).await {
+            if let Err(e) = handle(&node, tls, peer, &timeouts).await {
                 tracing::info!(%peer, error = %error_chain(&e), "connection ended");
             }
         });
@@ -90,8 +142,15 @@ async fn refuse<S: AsyncWrite + Unpin>(
     s: &mut S,
     code: RefusalCode,
     reason: String,
+    t: &Timeouts,
 ) -> Result<(), FrameError> {
-    write_msg(s, &FromNode::Refused { code, reason }, CONTROL_TIMEOUT).await
+    write_msg(s, &FromNode::Refused { code, reason }, t.io).await
+}
+
+/// The next request on a connection: its first byte may take up to `t.idle` (the next job
+/// may be long in coming), the whole frame then up to `t.io`.
+async fn read_request<S: AsyncRead + Unpin>(s: &mut S, t: &Timeouts) -> Result<ToNode, FrameError> {
+    read_msg_idle(s, t.idle, t.io).await
 }
 
 /// One connection: jobs one after another until the client closes or breaks the protocol.
@@ -99,10 +158,11 @@ pub async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
     node: &Node,
     mut s: S,
     peer: SocketAddr,
+    t: &Timeouts,
 ) -> Result<(), FrameError> {
     let max_bundle = node.verify_limits.max_bundle_bytes;
     loop {
-        let msg: ToNode = match read_msg_idle(&mut s, IDLE_TIMEOUT).await {
+        let msg: ToNode = match read_request(&mut s, t).await {
             Ok(m) => m,
             Err(FrameError::Closed) => return Ok(()),
             Err(FrameError::Malformed(why)) => {
@@ -110,6 +170,7 @@ pub async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
                     &mut s,
                     RefusalCode::BadRequest,
                     format!("malformed message: {why}"),
+                    t,
                 )
                 .await?;
                 return Err(FrameError::Malformed(why));
@@ -118,7 +179,7 @@ pub async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
         };
         let (sha, size, task, job_id) = match msg {
             ToNode::Ping => {
-                write_msg(&mut s, &FromNode::Pong, CONTROL_TIMEOUT).await?;
+                write_msg(&mut s, &FromNode::Pong, t.io).await?;
                 continue;
             }
             ToNode::Offer {
@@ -133,6 +194,7 @@ pub async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
                 &mut s,
                 RefusalCode::BadRequest,
                 "bundle_sha256 must be 64 lowercase hex digits".into(),
+                t,
             )
             .await?;
             continue;
@@ -142,6 +204,7 @@ pub async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
                 &mut s,
                 RefusalCode::InvalidBundle,
                 format!("the bundle is {size} bytes; this node takes at most {max_bundle}"),
+                t,
             )
             .await?;
             continue;
@@ -151,19 +214,20 @@ pub async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
         if let Some(ready) = node.bundles.ready(&sha) {
             tracing::info!(%peer, job = job_id, task, bundle = %&sha[..12], "job offered");
             let admitted = node.admit_ready(&ready, task).await;
-            run_admitted(node, &mut s, peer, job_id, task, admitted).await?;
+            run_admitted(node, &mut s, peer, job_id, task, admitted, t).await?;
             continue;
         }
         let bundle = match node.bundles.get(&sha, max_bundle) {
             Some(b) => b,
             None => {
-                write_msg(&mut s, &FromNode::SendBundle, CONTROL_TIMEOUT).await?;
-                let b = read_frame(&mut s, size, node::data_timeout(size)).await?;
+                write_msg(&mut s, &FromNode::SendBundle, t.io).await?;
+                let b = read_frame(&mut s, size, t.data(size)).await?;
                 if b.len() as u64 != size {
                     refuse(
                         &mut s,
                         RefusalCode::BadRequest,
                         format!("announced {size} bytes, sent {}", b.len()),
+                        t,
                     )
                     .await?;
                     continue;
@@ -173,7 +237,7 @@ pub async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
         };
         tracing::info!(%peer, job = job_id, task, bundle = %&sha[..12], "job offered");
         let admitted = node.admit(Arc::new(bundle), Some(&sha), task).await;
-        run_admitted(node, &mut s, peer, job_id, task, admitted).await?;
+        run_admitted(node, &mut s, peer, job_id, task, admitted, t).await?;
     }
 }
 
@@ -185,20 +249,21 @@ async fn run_admitted<S: AsyncWrite + Unpin>(
     job_id: i64,
     task: u32,
     admitted: Result<crate::node::Admitted, crate::node::Refusal>,
+    t: &Timeouts,
 ) -> Result<(), FrameError> {
     let admitted = match admitted {
         Ok(a) => a,
         Err(r) => {
             tracing::info!(%peer, job = job_id, code = r.code.as_str(), reason = %r.reason, "job refused");
-            return refuse(s, r.code, r.reason).await;
+            return refuse(s, r.code, r.reason, t).await;
         }
     };
-    write_msg(s, &FromNode::Accepted, CONTROL_TIMEOUT).await?;
+    write_msg(s, &FromNode::Accepted, t.io).await?;
     let signer = admitted.signer().to_owned();
     match node.execute(admitted).await {
         Ok(answer) => {
             tracing::info!(%peer, job = job_id, task, outcome = %answer.outcome, %signer, "job done");
-            write_answer(s, &answer.outcome, &answer.bytes).await
+            write_answer(s, &answer.outcome, &answer.bytes, t).await
         }
         Err(e) => {
             tracing::error!(%peer, job = job_id, error = %error_chain(&e), "could not build the answer");
@@ -206,6 +271,7 @@ async fn run_admitted<S: AsyncWrite + Unpin>(
                 s,
                 RefusalCode::Unavailable,
                 format!("could not build the answer: {}", error_chain(&e)),
+                t,
             )
             .await
         }
@@ -218,6 +284,7 @@ async fn write_answer<S: AsyncWrite + Unpin>(
     s: &mut S,
     outcome: &str,
     archive: &[u8],
+    t: &Timeouts,
 ) -> Result<(), FrameError> {
     let msg = serde_json::to_vec(&FromNode::Answer {
         outcome: outcome.to_owned(),
@@ -231,7 +298,7 @@ async fn write_answer<S: AsyncWrite + Unpin>(
             limit: u64::from(u32::MAX),
         });
     };
-    let timeout = CONTROL_TIMEOUT + node::data_timeout(archive.len() as u64);
+    let timeout = t.io + t.data(archive.len() as u64);
     let write = async {
         if archive.len() <= COALESCE_ANSWER_BYTES {
             let mut buf = Vec::with_capacity(8 + msg.len() + archive.len());

@@ -1,6 +1,7 @@
-//! The trust store and prompt through the real binary: `rjs-compute trust-prompt-demo` runs
-//! in a real pseudo-terminal (its controlling terminal, as when the owner starts the node in
-//! a terminal window), and this test plays the owner, reading the prompt and typing answers.
+//! The trust store and prompt through the real binary: `rjs-compute run` (one task of a
+//! real bundle, the sample `hello` signed by a test author) and `rjs-compute serve` run in a
+//! real pseudo-terminal (their controlling terminal, as when the owner starts the node in a
+//! terminal window), and these tests play the owner, reading the prompt and typing answers.
 //! Also the `trust` and `bench` subcommands.
 
 use std::fs::File;
@@ -8,10 +9,11 @@ use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use rjs_signer::KeyPair;
+use rjs_signer::answer::{AnswerLimits, Ending, verify_answer};
 
 const BIN: &str = env!("CARGO_BIN_EXE_rjs-compute");
 /// Generous: debug builds on a shared 2-core machine.
@@ -140,8 +142,20 @@ impl PtyChild {
         self.master.flush().unwrap();
     }
 
-    /// Reads to the end, waits for the exit; returns the whole output.
-    fn finish(mut self) -> String {
+    /// Waits until `marker` appears; returns the rest of its line, trimmed.
+    fn expect_rest_of_line(&mut self, marker: &str) -> String {
+        self.expect(marker);
+        // What `expect` returns starts right after the marker.
+        let rest = self.expect("\n");
+        rest.split('\n')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_owned()
+    }
+
+    /// Reads to the end, waits for the exit; returns the exit status and the whole output.
+    fn wait(mut self) -> (ExitStatus, String) {
         let deadline = Instant::now() + WAIT;
         while self.read_some(Duration::from_millis(200)) {
             if Instant::now() > deadline {
@@ -149,15 +163,26 @@ impl PtyChild {
                 panic!("process did not end; output:\n{}", self.text());
             }
             if let Ok(Some(_)) = self.child.try_wait() {
-                // Drain what is left.
-                while self.read_some(Duration::from_millis(100)) {}
+                // Drain what is left (bounded: a descendant could hold the terminal open).
+                let drain = Instant::now() + Duration::from_secs(5);
+                while Instant::now() < drain && self.read_some(Duration::from_millis(100)) {}
                 break;
             }
         }
         let status = self.child.wait().unwrap();
-        let text = self.text();
-        assert!(status.success(), "exit {status}; output:\n{text}");
+        (status, self.text())
+    }
+
+    /// [`wait`](Self::wait) for a process that must exit with `code`; returns its output.
+    fn finish_with(self, code: i32) -> String {
+        let (status, text) = self.wait();
+        assert_eq!(status.code(), Some(code), "exit {status}; output:\n{text}");
         text
+    }
+
+    /// [`wait`](Self::wait) for a process that must succeed; returns its output.
+    fn finish(self) -> String {
+        self.finish_with(0)
     }
 }
 
@@ -172,45 +197,110 @@ impl NoCtty for std::fs::OpenOptions {
     }
 }
 
-/// A node data directory and an author's public key file.
+fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(d) => Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(d),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"),
+    }
+}
+
+/// The sample job `hello` (`samples/build.sh`). Its manifest asks for limits other than the
+/// defaults: 10 s, 16 MiB of memory, 1 MiB of output, 64 KiB of stdout/stderr.
+fn hello_dir() -> PathBuf {
+    let dir = target_dir().join("rjs-samples/hello");
+    assert!(
+        dir.join("manifest.json").is_file(),
+        "{} is missing: run samples/build.sh first",
+        dir.display()
+    );
+    dir
+}
+
+/// What the prompt shows of `hello`'s manifest limits.
+const HELLO_ASKS: &str =
+    "asks for: time 10 s, memory 16 MiB, output 1 MiB, stdout/stderr 64 KiB each";
+
+/// A node data directory, an author (key pair, public key file) and the `hello` bundle
+/// signed by that author.
 struct Setup {
-    _tmp: tempfile::TempDir,
+    tmp: tempfile::TempDir,
     data: PathBuf,
     key_file: PathBuf,
     fingerprint: String,
+    bundle: PathBuf,
+    answer: PathBuf,
 }
 
 fn setup(seed: u8, name: &str) -> Setup {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("node");
-    let key = KeyPair::from_secret([seed; 32]).public();
+    std::fs::create_dir(&data).unwrap();
+    // A stored benchmark result: the node does not spend a second measuring its speed.
+    std::fs::write(
+        data.join("bench.json"),
+        format!(
+            r#"{{"mflops": 1000.0, "n": 500, "runs": 3, "seconds": 1.0, "residual": 0.5,
+                "measured_at": {}, "program_version": "{}"}}"#,
+            rjs_signer::unix_now(),
+            env!("CARGO_PKG_VERSION")
+        ),
+    )
+    .unwrap();
+    let author = KeyPair::from_secret([seed; 32]);
+    let key = author.public();
     let key_file = tmp.path().join(format!("{name}.pub"));
     std::fs::write(&key_file, key.to_line(name)).unwrap();
+    let (bundle_bytes, _) =
+        rjs_signer::pack_dir(&hello_dir(), &author, name, rjs_signer::unix_now()).unwrap();
+    let bundle = tmp.path().join("hello.rjs");
+    std::fs::write(&bundle, bundle_bytes).unwrap();
     Setup {
         data,
         key_file,
         fingerprint: key.fingerprint().to_string(),
-        _tmp: tmp,
+        bundle,
+        answer: tmp.path().join("answer.zip"),
+        tmp,
     }
 }
 
-fn demo(s: &Setup, extra: &[&str]) -> Command {
-    demo_in(&s.data, s, extra)
+/// `rjs-compute run hello.rjs --task 0 -o answer.zip` on `s`'s node.
+fn run_job(s: &Setup, extra: &[&str]) -> Command {
+    run_job_on(&s.data, s, extra)
 }
 
-/// The demo for `s`'s author on the node at `data`.
-fn demo_in(data: &Path, s: &Setup, extra: &[&str]) -> Command {
+/// `s`'s job on the node at `data`.
+fn run_job_on(data: &Path, s: &Setup, extra: &[&str]) -> Command {
     let mut cmd = Command::new(BIN);
-    cmd.arg("trust-prompt-demo")
+    cmd.arg("run")
+        .arg(&s.bundle)
+        .args(["--task", "0", "-o"])
+        .arg(&s.answer)
         .arg("--data")
         .arg(data)
-        .arg("--author-key")
-        .arg(&s.key_file)
-        .args(["--bundle-name", "mandelbrot"])
         .args(extra)
         .env_remove("RJS_COMPUTE_DATA")
         .env("RUST_LOG", "warn");
     cmd
+}
+
+/// Checks the answer `run` wrote: signed by the node, `hello`'s task 0, exit 0, its file.
+/// Then removes it, for the next run.
+fn check_answer(s: &Setup) {
+    let bytes = std::fs::read(&s.answer).expect("the answer archive was written");
+    let v = verify_answer(&bytes, &AnswerLimits::default())
+        .unwrap_or_else(|e| panic!("answer refused: {}: {e}", e.rule()));
+    let node_key = std::fs::read_to_string(s.data.join("node.pub")).unwrap();
+    assert!(
+        node_key.contains(&v.public_key().to_base64()),
+        "the answer is signed by the node's key"
+    );
+    let r = v.result();
+    assert_eq!(r.ending, Ending::Exit { code: 0 });
+    assert_eq!((r.job_name.as_str(), r.task_index), ("hello", 0));
+    assert_eq!(v.out_files()[0].0, "hello-0.txt");
+    assert_eq!(v.out_files()[0].1, b"hello, world from task 0/1\n");
+    std::fs::remove_file(&s.answer).unwrap();
 }
 
 fn run(cmd: &mut Command) -> Output {
@@ -230,19 +320,27 @@ fn trust_cmd(data: &Path, args: &[&str]) -> Output {
         .env_remove("RJS_COMPUTE_DATA"))
 }
 
+/// Exit status of `run` for a refused job.
+const REFUSED: i32 = 3;
+
 #[test]
-fn always_is_remembered_across_restarts() {
+fn always_runs_the_job_and_is_remembered_across_restarts() {
     let s = setup(1, "alice");
-    let mut p = PtyChild::spawn(&mut demo(&s, &[]));
+    let mut p = PtyChild::spawn(&mut run_job(&s, &[]));
     let prompt = p.expect("Your choice");
-    assert!(prompt.contains("alice"), "{prompt}");
-    assert!(prompt.contains(&s.fingerprint), "{prompt}");
-    assert!(prompt.contains("mandelbrot"), "{prompt}");
     assert!(
-        prompt.contains("time 60 s, memory 256 MiB, output 64 MiB"),
+        prompt.contains("author (self-declared, unverified): alice"),
         "{prompt}"
     );
+    assert!(prompt.contains(&s.fingerprint), "{prompt}");
+    assert!(
+        prompt.contains("bundle:") && prompt.contains("hello"),
+        "{prompt}"
+    );
+    // The limits the bundle's manifest asks for, not the defaults.
+    assert!(prompt.contains(HELLO_ASKS), "{prompt}");
     assert!(prompt.contains("[o]") && prompt.contains("[a]") && prompt.contains("[n]"));
+    assert!(!s.answer.exists(), "nothing ran before the answer");
     // Garbage is asked again, within the same prompt.
     p.send("maybe\n");
     p.expect("Not understood");
@@ -251,19 +349,19 @@ fn always_is_remembered_across_restarts() {
     p.send("a\n");
     p.expect("trusted from now on");
     let out = p.finish();
-    assert!(out.contains("decision: run"), "{out}");
-    assert!(out.contains("prompts shown: 1"), "{out}");
+    assert!(out.contains("task 0: exit 0 in "), "{out}");
+    check_answer(&s);
 
     // A new process (a restart): no prompt, runs.
-    let p = PtyChild::spawn(&mut demo(&s, &[]));
-    let out = p.finish();
+    let out = PtyChild::spawn(&mut run_job(&s, &[])).finish();
     assert!(!out.contains("Your choice"), "{out}");
-    assert!(out.contains("decision: run"), "{out}");
-    assert!(out.contains("prompts shown: 0"), "{out}");
+    assert!(out.contains("task 0: exit 0 in "), "{out}");
+    check_answer(&s);
 
     // Also without a terminal, since the author is trusted now.
-    let out = run(&mut demo(&s, &[]));
-    assert!(stdout(&out).contains("decision: run"), "{out:?}");
+    let out = run(&mut run_job(&s, &[]));
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    check_answer(&s);
 
     let list = stdout(&trust_cmd(&s.data, &["list"]));
     assert!(list.contains("trusted") && list.contains("alice"), "{list}");
@@ -271,24 +369,30 @@ fn always_is_remembered_across_restarts() {
 }
 
 #[test]
-fn never_blocks_without_asking_again() {
+fn never_refuses_and_blocks_without_asking_again() {
     let s = setup(2, "mallory");
-    let mut p = PtyChild::spawn(&mut demo(&s, &[]));
-    p.expect("Your choice");
+    let mut p = PtyChild::spawn(&mut run_job(&s, &[]));
+    let prompt = p.expect("Your choice");
+    assert!(prompt.contains(HELLO_ASKS), "{prompt}");
     p.send("never\n");
-    let out = p.finish();
-    assert!(out.contains("decision: refuse blocked"), "{out}");
+    let out = p.finish_with(REFUSED);
+    assert!(
+        out.contains("refused (blocked): the node's owner blocked author"),
+        "{out}"
+    );
+    assert!(!s.answer.exists(), "a refused job has no answer");
 
-    let p = PtyChild::spawn(&mut demo(&s, &[]));
-    let out = p.finish();
+    // A new process: refused at once, without asking.
+    let out = PtyChild::spawn(&mut run_job(&s, &[])).finish_with(REFUSED);
     assert!(!out.contains("Your choice"), "{out}");
     assert!(
         out.contains(&format!(
-            "decision: refuse blocked: author {} is blocked on this node",
+            "refused (blocked): author {} is blocked on this node",
             s.fingerprint
         )),
         "{out}"
     );
+    assert!(!s.answer.exists());
     let list = stdout(&trust_cmd(&s.data, &["list"]));
     assert!(
         list.contains("blocked") && list.contains("mallory"),
@@ -297,26 +401,26 @@ fn never_blocks_without_asking_again() {
 }
 
 #[test]
-fn concurrent_jobs_share_one_prompt_and_once_is_not_remembered() {
+fn once_runs_without_remembering_and_refuse_refuses() {
     let s = setup(3, "carol");
-    let mut p = PtyChild::spawn(&mut demo(&s, &["--jobs", "3"]));
+    let mut p = PtyChild::spawn(&mut run_job(&s, &[]));
     p.expect("Your choice");
     p.send("o\n");
     let out = p.finish();
-    assert_eq!(out.matches("Your choice").count(), 1, "{out}");
-    assert_eq!(out.matches("decision: run").count(), 3, "{out}");
-    assert!(out.contains("prompts shown: 1"), "{out}");
+    assert!(out.contains("task 0: exit 0 in "), "{out}");
+    check_answer(&s);
     assert!(!s.data.join("trust.json").exists(), "once is not persisted");
 
     // Asked again; "refuse this job" refuses, and is not remembered either.
-    let mut p = PtyChild::spawn(&mut demo(&s, &[]));
+    let mut p = PtyChild::spawn(&mut run_job(&s, &[]));
     p.expect("Your choice");
     p.send("4\n");
-    let out = p.finish();
+    let out = p.finish_with(REFUSED);
     assert!(
-        out.contains("decision: refuse untrusted: the node's owner refused this job"),
+        out.contains("refused (untrusted): the node's owner refused this job"),
         "{out}"
     );
+    assert!(!s.answer.exists());
     assert!(!s.data.join("trust.json").exists());
 }
 
@@ -324,43 +428,184 @@ fn concurrent_jobs_share_one_prompt_and_once_is_not_remembered() {
 fn no_answer_in_time_refuses() {
     let s = setup(4, "dave");
     let start = Instant::now();
-    let mut p = PtyChild::spawn(&mut demo(&s, &["--prompt-timeout", "1"]));
+    let mut p = PtyChild::spawn(&mut run_job(&s, &["--prompt-timeout", "1"]));
     p.expect("answer within 1 s");
-    let out = p.finish();
+    let out = p.finish_with(REFUSED);
     assert!(
-        out.contains("decision: refuse untrusted: no answer within 1 s"),
+        out.contains("refused (untrusted): no answer within 1 s"),
         "{out}"
     );
     assert!(start.elapsed() < Duration::from_secs(30));
+    assert!(!s.answer.exists());
 }
 
 #[test]
 fn no_terminal_refuses_unknown_at_once() {
     let s = setup(5, "erin");
     let start = Instant::now();
-    let out = run(&mut demo(&s, &[]));
-    assert!(out.status.success(), "{out:?}");
+    let out = run(&mut run_job(&s, &[]));
+    assert_eq!(out.status.code(), Some(REFUSED), "{out:?}");
     let text = stdout(&out);
     assert!(
-        text.contains("decision: refuse untrusted: author erin")
-            && text.contains("no terminal attached"),
+        text.contains("refused (untrusted): author erin") && text.contains("no terminal attached"),
         "{text}"
     );
-    assert!(text.contains("prompts shown: 0"), "{text}");
     assert!(start.elapsed() < Duration::from_secs(20));
     assert!(!s.data.join("trust.json").exists());
+    assert!(!s.answer.exists());
 }
 
 #[test]
 fn refuse_policy_never_asks_even_at_a_terminal() {
     let s = setup(6, "frank");
-    let p = PtyChild::spawn(&mut demo(&s, &["--unknown-authors", "refuse"]));
-    let out = p.finish();
+    let out =
+        PtyChild::spawn(&mut run_job(&s, &["--unknown-authors", "refuse"])).finish_with(REFUSED);
     assert!(!out.contains("Your choice"), "{out}");
     assert!(
-        out.contains("decision: refuse untrusted") && out.contains("unknown_authors"),
+        out.contains("refused (untrusted)") && out.contains("unknown_authors"),
         "{out}"
     );
+}
+
+/// A mutual-TLS client of `rjs-compute serve` playing the lookup: offers task 0 of `bundle`,
+/// sends it when asked, and returns the node's decision and, if accepted, the answer's
+/// outcome.
+async fn offer_once(
+    addr: std::net::SocketAddr,
+    tls: std::sync::Arc<rustls::ClientConfig>,
+    bundle: std::sync::Arc<Vec<u8>>,
+    sent: tokio::sync::mpsc::UnboundedSender<()>,
+) -> (rjs_wire::node::FromNode, Option<String>) {
+    use rjs_wire::node::{FromNode, ToNode, read_frame, read_msg, write_frame, write_msg};
+    let step = WAIT;
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut s = tokio_rustls::TlsConnector::from(tls)
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let sha = rjs_signer::bundle::hex(&<sha2::Sha256 as sha2::Digest>::digest(&bundle[..]));
+    let offer = ToNode::Offer {
+        bundle_sha256: sha,
+        bundle_size: bundle.len() as u64,
+        task: 0,
+        job_id: 1,
+    };
+    write_msg(&mut s, &offer, step).await.unwrap();
+    let mut reply: FromNode = read_msg(&mut s, step).await.unwrap();
+    if reply == FromNode::SendBundle {
+        write_frame(&mut s, &bundle, step).await.unwrap();
+        let _ = sent.send(());
+        reply = read_msg(&mut s, step).await.unwrap();
+    }
+    if reply != FromNode::Accepted {
+        return (reply, None);
+    }
+    match read_msg(&mut s, step).await.unwrap() {
+        FromNode::Answer { outcome, size } => {
+            let archive = read_frame(&mut s, size, step).await.unwrap();
+            verify_answer(&archive, &AnswerLimits::default()).unwrap();
+            (reply, Some(outcome))
+        }
+        other => panic!("expected an answer, got {other:?}"),
+    }
+}
+
+/// Several jobs of one unknown author reaching `serve` at the same time wait for one
+/// question; "once" runs them all and is not remembered.
+#[test]
+fn concurrent_jobs_share_one_prompt_and_once_is_not_remembered() {
+    use rjs_wire::pki;
+    let s = setup(10, "judy");
+    // A cluster CA, the node's certificate and the lookup's client certificate.
+    let ca = pki::new_ca("test cluster CA").unwrap();
+    let node_cert = pki::issue(
+        &ca,
+        "rjs-node",
+        pki::host_sans(&["127.0.0.1".to_owned()]).unwrap(),
+        vec![],
+    )
+    .unwrap();
+    let lookup = pki::issue(&ca, "lookup-1", vec![], vec![]).unwrap();
+    let dir = s.tmp.path();
+    for (file, pem) in [
+        ("ca.pem", &ca.cert_pem),
+        ("node.pem", &node_cert.cert_pem),
+        ("node-key.pem", &node_cert.key_pem),
+    ] {
+        std::fs::write(dir.join(file), pem).unwrap();
+    }
+    let tls = rjs_wire::tls::client_config(
+        &rjs_wire::tls::certs_from_pem(ca.cert_pem.as_bytes(), "CA").unwrap(),
+        Some((
+            rjs_wire::tls::certs_from_pem(lookup.cert_pem.as_bytes(), "lookup").unwrap(),
+            rjs_wire::tls::key_from_pem(lookup.key_pem.as_bytes(), "lookup key").unwrap(),
+        )),
+    )
+    .unwrap();
+    let tls = std::sync::Arc::new(tls);
+
+    let mut serve = Command::new(BIN);
+    serve
+        .arg("serve")
+        .arg("--data")
+        .arg(&s.data)
+        .args(["--listen", "127.0.0.1:0", "--slots", "3", "--no-announce"])
+        .arg("--cert")
+        .arg(dir.join("node.pem"))
+        .arg("--key")
+        .arg(dir.join("node-key.pem"))
+        .arg("--ca")
+        .arg(dir.join("ca.pem"))
+        .env_remove("RJS_COMPUTE_DATA")
+        .env("RUST_LOG", "warn");
+    let mut p = PtyChild::spawn(&mut serve);
+    let addr: std::net::SocketAddr = p.expect_rest_of_line(" listening on ").parse().unwrap();
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let bundle = std::sync::Arc::new(std::fs::read(&s.bundle).unwrap());
+    let (sent_tx, mut sent_rx) = tokio::sync::mpsc::unbounded_channel();
+    let jobs: Vec<_> = (0..3)
+        .map(|_| {
+            rt.spawn(offer_once(
+                addr,
+                tls.clone(),
+                bundle.clone(),
+                sent_tx.clone(),
+            ))
+        })
+        .collect();
+    let prompt = p.expect("Your choice");
+    assert!(
+        prompt.contains("judy") && prompt.contains(HELLO_ASKS),
+        "{prompt}"
+    );
+    // Every bundle is with the node; give it time to verify them and join the question.
+    rt.block_on(async {
+        for _ in 0..3 {
+            tokio::time::timeout(WAIT, sent_rx.recv()).await.unwrap();
+        }
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    p.send("o\n");
+    for job in jobs {
+        let (decision, outcome) = rt.block_on(job).unwrap();
+        assert_eq!(decision, rjs_wire::node::FromNode::Accepted);
+        assert_eq!(outcome.as_deref(), Some("exit 0"));
+    }
+    // SIGTERM: the node stops cleanly.
+    // SAFETY: a plain kill(2) of our own child.
+    assert_eq!(
+        unsafe { libc::kill(p.child.id() as libc::pid_t, libc::SIGTERM) },
+        0
+    );
+    let out = p.finish();
+    assert_eq!(out.matches("Your choice").count(), 1, "{out}");
+    assert!(!s.data.join("trust.json").exists(), "once is not persisted");
 }
 
 #[test]
@@ -383,15 +628,16 @@ fn trust_cli_add_list_block_remove() {
     };
     assert_eq!(mode, 0o600);
 
-    // Block by fingerprint alone (the key is not known).
+    // Block by fingerprint alone (the key is not known): heidi's job is refused on this node.
     let out = trust_cmd(&s.data, &["block", &other.fingerprint, "--name", "heidi"]);
     assert!(out.status.success(), "{out:?}");
     assert_eq!(
         stdout(&out),
         format!("blocked heidi ({})\n", other.fingerprint)
     );
-    let out = run(&mut demo_in(&s.data, &other, &[]));
-    assert!(stdout(&out).contains("decision: refuse blocked"), "{out:?}");
+    let out = run(&mut run_job_on(&s.data, &other, &[]));
+    assert_eq!(out.status.code(), Some(REFUSED), "{out:?}");
+    assert!(stdout(&out).contains("refused (blocked)"), "{out:?}");
 
     let list = stdout(&trust_cmd(&s.data, &["list"]));
     let lines: Vec<&str> = list.lines().collect();
@@ -433,6 +679,7 @@ fn trust_cli_add_list_block_remove() {
 #[test]
 fn bench_measures_once_then_reuses() {
     let s = setup(9, "x");
+    std::fs::remove_file(s.data.join("bench.json")).unwrap();
     let bench = |extra: &[&str]| {
         let out = run(Command::new(BIN)
             .arg("bench")

@@ -57,6 +57,39 @@ impl Node {
         Ok(Node { node, ca, lookup })
     }
 
+    /// A node started with `extra` flags besides those of [`ComputeNode::start`]: started
+    /// once to prepare its data directory and certificates, then again with the flags.
+    fn start_with(setup: NodeSetup<'_>, extra: &[&str]) -> Result<Node> {
+        let slots = setup.slots.unwrap_or(1).to_string();
+        let mut node = Node::start(setup)?;
+        node.proc.terminate(Duration::from_secs(15))?;
+        let dir = node.dir.path();
+        let mut cmd = Command::new(bin("rjs-compute"));
+        cmd.arg("serve")
+            .arg("--data")
+            .arg(&node.data)
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--slots",
+                &slots,
+                "--no-announce",
+            ])
+            .arg("--cert")
+            .arg(dir.join("node.pem"))
+            .arg("--key")
+            .arg(dir.join("node-key.pem"))
+            .arg("--ca")
+            .arg(dir.join("ca.pem"))
+            .args(extra)
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit());
+        let (proc, addr) = spawn_listening(&mut cmd, " listening on ")?;
+        node.node.proc = proc;
+        node.node.addr = addr.parse().with_context(|| format!("address {addr:?}"))?;
+        Ok(node)
+    }
+
     /// A connection presenting the node's cluster's lookup certificate.
     async fn connect(&self) -> Result<Conn> {
         Conn::connect(self.addr, client_tls(&self.ca, Some(&self.lookup))).await
@@ -66,12 +99,23 @@ impl Node {
         compute(&self.data, &[&["trust"], args].concat())
     }
 
-    /// Entries left in the sandbox's scratch directory.
+    /// What tasks left in the sandbox's scratch directory: its entries, and inside a slot's
+    /// own `out/` directory (`slot-<i>`, kept between tasks and emptied after each) theirs.
     fn scratch_entries(&self) -> Vec<String> {
-        std::fs::read_dir(self.data.join("scratch"))
-            .expect("scratch directory")
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect()
+        let mut left = Vec::new();
+        for e in std::fs::read_dir(self.data.join("scratch")).expect("scratch directory") {
+            let e = e.unwrap();
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with("slot-") && e.file_type().unwrap().is_dir() {
+                for inner in std::fs::read_dir(e.path()).unwrap() {
+                    let inner = inner.unwrap().file_name();
+                    left.push(format!("{name}/{}", inner.to_string_lossy()));
+                }
+            } else {
+                left.push(name);
+            }
+        }
+        left
     }
 
     /// Modules the sandbox has compiled (`<data>/cache/wasmtime-*/<module sha>.cwasm`): a job
@@ -438,6 +482,9 @@ async fn unknown_and_blocked_authors_are_refused() {
     let (code, reason) = offered.refused();
     assert_eq!(code, RefusalCode::Untrusted, "{reason}");
     assert!(reason.contains("no terminal"), "{reason}");
+    // Refused before any of its code ran: the sandbox did not even compile its module.
+    assert_eq!(node.compiled_modules(), 0, "the unknown author's module");
+    assert_eq!(node.scratch_entries(), Vec::<String>::new());
 
     let blocked = KeyPair::generate();
     let fp = blocked.public().fingerprint().to_string();
@@ -448,11 +495,14 @@ async fn unknown_and_blocked_authors_are_refused() {
         .unwrap();
     let (code, reason) = offered.refused();
     assert_eq!(code, RefusalCode::Blocked, "{reason}");
+    assert_eq!(node.compiled_modules(), 0, "the blocked author's module");
+    assert_eq!(node.scratch_entries(), Vec::<String>::new());
 
     // A trusted author runs; blocked while the node runs, their cached bundle is refused.
     let mine = pack("hello", &trusted);
     let (_, answer) = bounded("trusted", 30, c.run(&mine, 0, 3)).await.unwrap();
     assert_eq!(answer.outcome, "exit 0");
+    assert_eq!(node.compiled_modules(), 1, "what a job that runs leaves");
     let tfp = trusted.public().fingerprint().to_string();
     node.trust(&["block", &tfp]).unwrap();
     let offered = bounded("now blocked", 30, c.offer(&mine, 0, 4))
@@ -735,4 +785,130 @@ async fn bad_requests_are_refused_and_the_node_keeps_serving() {
     let (offered, answer) = bounded("hello", 30, fresh.run(&hello, 0, 7)).await.unwrap();
     assert!(!offered.asked);
     assert_eq!(answer.outcome, "exit 0");
+}
+
+/// Writes a `/proc/loadavg`-style file (atomically: the node may be reading it).
+fn set_load(path: &std::path::Path, load1: f64) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, format!("{load1:.2} 0.50 0.50 1/200 4242\n")).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// (9) `--only-when-idle`: while the (fake) load average is high, jobs are refused
+/// `not-idle` before anything runs, new bundles and bundles kept ready alike; once it drops,
+/// they run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_when_idle_refuses_jobs_while_the_pc_is_busy() {
+    let author = KeyPair::generate();
+    let load_dir = tempfile::tempdir().unwrap();
+    let loadavg = load_dir.path().join("loadavg");
+    // Far above 0.5 per core on any machine.
+    set_load(&loadavg, 100_000.0);
+    let node = Node::start_with(
+        NodeSetup {
+            trusted: &[&author],
+            ..Default::default()
+        },
+        &[
+            "--only-when-idle",
+            "--loadavg-file",
+            loadavg.to_str().unwrap(),
+        ],
+    )
+    .unwrap();
+    let hello = pack("hello", &author);
+    let mut c = node.connect().await.unwrap();
+
+    let offered = bounded("busy", 30, c.offer(&hello, 0, 1)).await.unwrap();
+    let (code, reason) = offered.refused();
+    assert_eq!(code, RefusalCode::NotIdle, "{reason}");
+    assert!(
+        reason.starts_with("not idle: load 100000.00 with 0 own jobs (threshold "),
+        "{reason}"
+    );
+    assert_eq!(node.compiled_modules(), 0, "nothing ran");
+    assert_eq!(node.scratch_entries(), Vec::<String>::new());
+
+    // The owner stops working: the same connection's next offer runs.
+    set_load(&loadavg, 0.0);
+    let (_, answer) = bounded("idle", 30, c.run(&hello, 0, 2)).await.unwrap();
+    assert_eq!(answer.outcome, "exit 0");
+    verified(&node, &answer, &hello, 0);
+
+    // Busy again: the bundle now kept ready in memory is refused just the same.
+    set_load(&loadavg, 100_000.0);
+    let offered = bounded("busy again", 30, c.offer(&hello, 0, 3))
+        .await
+        .unwrap();
+    assert!(!offered.asked, "the bundle is kept");
+    assert_eq!(offered.refused().0, RefusalCode::NotIdle);
+    // An unreadable load average counts as busy.
+    std::fs::remove_file(&loadavg).unwrap();
+    let offered = bounded("no load", 30, c.offer(&hello, 0, 4)).await.unwrap();
+    let (code, reason) = offered.refused();
+    assert_eq!(code, RefusalCode::NotIdle);
+    assert!(reason.contains("cannot read the load average"), "{reason}");
+    set_load(&loadavg, 0.0);
+    let (_, answer) = bounded("idle again", 30, c.run(&hello, 0, 5))
+        .await
+        .unwrap();
+    assert_eq!(answer.outcome, "exit 0");
+}
+
+/// (10) Every read has a deadline: a client that stalls in the middle of a frame, or in the
+/// TLS handshake, is disconnected once the node's timeout (here `--io-timeout 1s`, normally
+/// 30 s and 10 s) has passed, while the node goes on serving others. A connection idle
+/// between jobs is subject to the (longer) idle timeout only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_connections_are_closed_after_the_timeout() {
+    let author = KeyPair::generate();
+    let node = Node::start_with(
+        NodeSetup {
+            trusted: &[&author],
+            ..Default::default()
+        },
+        &["--io-timeout", "1s"],
+    )
+    .unwrap();
+    let hello = pack("hello", &author);
+    let mut idle = node.connect().await.unwrap();
+    idle.ping().await.unwrap();
+
+    // Half of a frame's length prefix, then nothing.
+    let mut stalled = node.connect().await.unwrap();
+    stalled.ping().await.unwrap();
+    stalled.s.write_all(&[0, 0]).await.unwrap();
+    stalled.s.flush().await.unwrap();
+    let t0 = std::time::Instant::now();
+    // A TCP connection that never starts its TLS handshake.
+    let mut raw = TcpStream::connect(node.addr).await.unwrap();
+
+    // Meanwhile the node serves another client.
+    let mut other = node.connect().await.unwrap();
+    let (_, answer) = bounded("hello", 30, other.run(&hello, 0, 1)).await.unwrap();
+    assert_eq!(answer.outcome, "exit 0");
+
+    bounded("the stalled frame", 20, stalled.expect_closed()).await;
+    let waited = t0.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900),
+        "closed after {waited:?}, before the timeout"
+    );
+    assert!(waited < Duration::from_secs(15), "closed after {waited:?}");
+    let mut buf = [0u8; 64];
+    let n = bounded("the silent TCP client", 20, async {
+        tokio::io::AsyncReadExt::read(&mut raw, &mut buf).await
+    })
+    .await;
+    assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+
+    // Idle between jobs for longer than the I/O timeout: still served.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    idle.ping().await.unwrap();
+    let (_, answer) = bounded("hello again", 30, idle.run(&hello, 0, 2))
+        .await
+        .unwrap();
+    assert_eq!(answer.outcome, "exit 0");
+    let mut fresh = node.connect().await.unwrap();
+    fresh.ping().await.unwrap();
 }

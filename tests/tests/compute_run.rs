@@ -1,6 +1,7 @@
 //! `rjs-compute run` through the real binary: the local path a job from the grid takes.
 
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
 
 use rjs_e2e::bin;
 use rjs_signer::KeyPair;
@@ -15,7 +16,7 @@ fn samples() -> std::path::PathBuf {
     d
 }
 
-fn rjs_compute(data: &std::path::Path, args: &[&str]) -> std::process::Output {
+fn rjs_compute(data: &Path, args: &[&str]) -> Output {
     Command::new(bin("rjs-compute"))
         .args(args)
         .arg("--data")
@@ -25,74 +26,143 @@ fn rjs_compute(data: &std::path::Path, args: &[&str]) -> std::process::Output {
         .expect("rjs-compute runs")
 }
 
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Modules the sandbox has compiled (`<data>/cache/wasmtime-*/<module sha>.cwasm`): a job
+/// refused before it reached the sandbox leaves none.
+fn compiled_modules(data: &Path) -> usize {
+    let Ok(dirs) = std::fs::read_dir(data.join("cache")) else {
+        return 0;
+    };
+    dirs.flatten()
+        .filter_map(|d| std::fs::read_dir(d.path()).ok())
+        .flat_map(|files| files.flatten())
+        .filter(|f| f.file_name().to_string_lossy().ends_with(".cwasm"))
+        .count()
+}
+
+/// Files tasks left in the sandbox's scratch directory, also inside the slots' own `out/`
+/// directories (`slot-<i>`, kept between tasks).
+fn scratch_entries(data: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(data.join("scratch")) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| {
+            let slot = e.file_name().to_string_lossy().starts_with("slot-");
+            match std::fs::read_dir(e.path()) {
+                Ok(inner) if slot => inner.count(),
+                _ => 1,
+            }
+        })
+        .sum()
+}
+
+/// A node data directory with a stored benchmark result (no second of measuring per run).
+fn node_dir(dir: &Path) -> std::path::PathBuf {
+    let data = dir.join("node");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(
+        data.join("bench.json"),
+        serde_json::json!({
+            "mflops": 1000.0, "n": 500, "runs": 3, "seconds": 1.0, "residual": 0.5,
+            "measured_at": rjs_e2e::now(), "program_version": env!("CARGO_PKG_VERSION"),
+        })
+        .to_string(),
+    )
+    .unwrap();
+    data
+}
+
+/// `hello` signed by `key`, written to `dir/<file>`.
+fn hello_bundle(dir: &Path, key: &KeyPair, file: &str) -> (Vec<u8>, std::path::PathBuf) {
+    let (bundle, _) =
+        rjs_signer::pack_dir(&samples().join("hello"), key, "alice", rjs_e2e::now()).unwrap();
+    let path = dir.join(file);
+    std::fs::write(&path, &bundle).unwrap();
+    (bundle, path)
+}
+
+fn check_hello_answer(answer: &Path) {
+    let v = verify_answer(&std::fs::read(answer).unwrap(), &AnswerLimits::default()).unwrap();
+    assert_eq!(v.result().ending, Ending::Exit { code: 0 });
+    assert_eq!(v.out_files()[0].0, "hello-0.txt");
+    assert_eq!(v.out_files()[0].1, b"hello, world from task 0/1\n");
+}
+
 #[test]
 fn run_answers_trusted_jobs_and_refuses_the_rest_before_running() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("node");
-    std::fs::create_dir_all(&data).unwrap();
+    let data = node_dir(dir.path());
     let alice = KeyPair::generate();
-    let (bundle, _) = rjs_signer::pack_dir(
-        &samples().join("hello"),
-        &alice,
-        "alice",
-        rjs_signer::unix_now(),
-    )
-    .unwrap();
-    let path = dir.path().join("hello.rjs");
-    std::fs::write(&path, &bundle).unwrap();
+    let (bundle, path) = hello_bundle(dir.path(), &alice, "hello.rjs");
     let answer = dir.path().join("answer.zip");
     let p = path.to_str().unwrap();
     let a = answer.to_str().unwrap();
 
-    // Unknown author, no terminal: refused (exit 3), no answer written.
+    // Unknown author, no terminal: refused (exit 3), no answer written, nothing compiled.
     let out = rjs_compute(&data, &["run", p, "-o", a]);
-    assert_eq!(
-        out.status.code(),
-        Some(3),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("refused (untrusted)"));
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stdout(&out).contains("refused (untrusted)"));
     assert!(!answer.exists());
+    assert_eq!(compiled_modules(&data), 0, "the unknown author's module");
+    assert_eq!(scratch_entries(&data), 0);
 
-    // Trusted: the answer is written, verifies, and holds the job's output.
-    let out = rjs_compute(&data, &["trust", "add", &alice.public().to_line("alice")]);
+    // A blocked author: refused without asking, before anything compiles.
+    let bob = KeyPair::generate();
+    let (_, bobs) = hello_bundle(dir.path(), &bob, "bob.rjs");
+    let bob_fp = bob.public().fingerprint().to_string();
     assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        rjs_compute(&data, &["trust", "block", &bob_fp])
+            .status
+            .success()
     );
-    let out = rjs_compute(&data, &["run", p, "--task", "0", "-o", a]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
+    let out = rjs_compute(&data, &["run", bobs.to_str().unwrap(), "-o", a]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("refused (blocked)"),
         "{}",
-        String::from_utf8_lossy(&out.stderr)
+        stdout(&out)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("exit 0"));
-    let v = verify_answer(&std::fs::read(&answer).unwrap(), &AnswerLimits::default()).unwrap();
-    assert_eq!(v.result().ending, Ending::Exit { code: 0 });
-    assert_eq!(v.out_files()[0].0, "hello-0.txt");
-    assert_eq!(v.out_files()[0].1, b"hello, world from task 0/1\n");
+    assert!(!answer.exists());
+    assert_eq!(compiled_modules(&data), 0, "the blocked author's module");
+    assert_eq!(scratch_entries(&data), 0);
 
-    // A tampered bundle is refused before anything runs.
+    // A tampered bundle of a trusted author is refused before anything runs.
+    let out = rjs_compute(&data, &["trust", "add", &alice.public().to_line("alice")]);
+    assert!(out.status.success(), "{}", stderr(&out));
     let mut bad = bundle.clone();
     let n = bad.len() / 3;
     bad[n] ^= 0x40;
     std::fs::write(&path, &bad).unwrap();
-    std::fs::remove_file(&answer).unwrap();
     let out = rjs_compute(&data, &["run", p, "-o", a]);
     assert_eq!(out.status.code(), Some(3));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("refused (invalid-bundle)"));
+    assert!(stdout(&out).contains("refused (invalid-bundle)"));
     assert!(!answer.exists());
+    assert_eq!(compiled_modules(&data), 0, "the tampered bundle's module");
+
+    // Trusted: the answer is written, verifies, and holds the job's output.
+    std::fs::write(&path, &bundle).unwrap();
+    let out = rjs_compute(&data, &["run", p, "--task", "0", "-o", a]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stdout(&out).contains("exit 0"));
+    check_hello_answer(&answer);
+    assert_eq!(compiled_modules(&data), 1, "what a job that runs leaves");
 
     // A task that does not exist.
-    std::fs::write(&path, &bundle).unwrap();
     let out = rjs_compute(&data, &["run", p, "--task", "1", "-o", a]);
     assert_eq!(out.status.code(), Some(3));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("refused (bad-request)"));
+    assert!(stdout(&out).contains("refused (bad-request)"));
 
-    // Blocked: refused without asking.
+    // Blocked after being trusted: refused without asking.
+    std::fs::remove_file(&answer).unwrap();
     let fp = alice.public().fingerprint().to_string();
     assert!(
         rjs_compute(&data, &["trust", "block", &fp])
@@ -101,6 +171,129 @@ fn run_answers_trusted_jobs_and_refuses_the_rest_before_running() {
     );
     let out = rjs_compute(&data, &["run", p, "-o", a]);
     assert_eq!(out.status.code(), Some(3));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("refused (blocked)"));
+    assert!(stdout(&out).contains("refused (blocked)"));
     assert!(!answer.exists());
+}
+
+/// The node's largest limits from `node.toml` and from the `--max-*` flags, which win.
+#[test]
+fn limit_flags_override_node_toml() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = node_dir(dir.path());
+    let alice = KeyPair::generate();
+    let (_, path) = hello_bundle(dir.path(), &alice, "hello.rjs");
+    let answer = dir.path().join("answer.zip");
+    let (p, a) = (path.to_str().unwrap(), answer.to_str().unwrap());
+    let out = rjs_compute(&data, &["trust", "add", &alice.public().to_base64()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // hello asks for 16 MiB of memory and 10 s; the file allows 8 MiB.
+    std::fs::write(
+        data.join("node.toml"),
+        "[limits]\nmax_memory_bytes = \"8M\"\n",
+    )
+    .unwrap();
+    let out = rjs_compute(&data, &["run", p, "-o", a]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains(
+            "refused (over-limits): asks for 16 MiB of memory, this node allows at most 8 MiB"
+        ),
+        "{}",
+        stdout(&out)
+    );
+    // The flag wins over the file.
+    let out = rjs_compute(&data, &["run", p, "-o", a, "--max-memory", "16M"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    check_hello_answer(&answer);
+    std::fs::remove_file(&answer).unwrap();
+    // Each flag: time (a duration), output and stdout (sizes).
+    for (flag, value, says) in [
+        (
+            "--max-time",
+            "5s",
+            "asks for 10 s of time, this node allows at most 5 s",
+        ),
+        (
+            "--max-output",
+            "512K",
+            "asks for 1 MiB of output, this node allows at most 512 KiB",
+        ),
+        (
+            "--max-stdout",
+            "1K",
+            "asks for 64 KiB of stdout/stderr, this node allows at most 1 KiB",
+        ),
+    ] {
+        let out = rjs_compute(
+            &data,
+            &["run", p, "-o", a, "--max-memory", "1G", flag, value],
+        );
+        assert_eq!(out.status.code(), Some(3), "{flag}: {}", stderr(&out));
+        assert!(
+            stdout(&out).contains(&format!("refused (over-limits): {says}")),
+            "{flag}: {}",
+            stdout(&out)
+        );
+    }
+    assert!(!answer.exists());
+    assert_eq!(compiled_modules(&data), 1, "only the job that ran");
+
+    // Errors: a size that does not parse is a usage error (2); a value out of range names
+    // the flag (1).
+    let out = rjs_compute(&data, &["run", p, "-o", a, "--max-memory", "lots"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("invalid size \"lots\": use bytes or a number with K, M or G"),
+        "{}",
+        stderr(&out)
+    );
+    let out = rjs_compute(&data, &["run", p, "-o", a, "--max-time", "48h"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("command line: --max-time: 48 h is not between 1 ms and 24 h"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!answer.exists());
+}
+
+/// `run` honours the idle policy, as the node would for a job from the grid: refused
+/// `not-idle` while the (fake) load average is high, run once it drops.
+#[test]
+fn run_honours_the_idle_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = node_dir(dir.path());
+    let alice = KeyPair::generate();
+    let (_, path) = hello_bundle(dir.path(), &alice, "hello.rjs");
+    let answer = dir.path().join("answer.zip");
+    let (p, a) = (path.to_str().unwrap(), answer.to_str().unwrap());
+    let out = rjs_compute(&data, &["trust", "add", &alice.public().to_base64()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let loadavg = dir.path().join("loadavg");
+    let l = loadavg.to_str().unwrap();
+
+    std::fs::write(&loadavg, "100000.00 1.00 1.00 1/100 42\n").unwrap();
+    let out = rjs_compute(
+        &data,
+        &["run", p, "-o", a, "--only-when-idle", "--loadavg-file", l],
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("refused (not-idle): not idle: load 100000.00 with 0 own jobs"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(!answer.exists());
+    assert_eq!(compiled_modules(&data), 0);
+    // The same from node.toml.
+    std::fs::write(data.join("node.toml"), "[idle]\nonly_when_idle = true\n").unwrap();
+    let out = rjs_compute(&data, &["run", p, "-o", a, "--loadavg-file", l]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stdout(&out).contains("refused (not-idle)"));
+
+    std::fs::write(&loadavg, "0.00 1.00 1.00 1/100 42\n").unwrap();
+    let out = rjs_compute(&data, &["run", p, "-o", a, "--loadavg-file", l]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    check_hello_answer(&answer);
 }

@@ -188,10 +188,11 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(
 
 /// Reads one control message that may be a long time coming (the next job on an idle
 /// connection): the frame may start within `idle`, and must then be complete within
-/// [`CONTROL_TIMEOUT`].
+/// `timeout` ([`CONTROL_TIMEOUT`] unless a server chooses otherwise).
 pub async fn read_msg_idle<R: AsyncRead + Unpin, T: for<'de> Deserialize<'de>>(
     r: &mut R,
     idle: Duration,
+    timeout: Duration,
 ) -> Result<T, FrameError> {
     let mut first = [0u8; 1];
     match tokio::time::timeout(idle, r.read(&mut first)).await {
@@ -200,13 +201,13 @@ pub async fn read_msg_idle<R: AsyncRead + Unpin, T: for<'de> Deserialize<'de>>(
         Ok(Ok(_)) => {}
         Ok(Err(e)) => return Err(FrameError::Io(e)),
     }
-    let mut rest = [0u8; 3];
-    within(CONTROL_TIMEOUT, async {
-        r.read_exact(&mut rest).await.map_err(eof_is_closed)
+    let buf = within(timeout, async {
+        let mut rest = [0u8; 3];
+        r.read_exact(&mut rest).await.map_err(eof_is_closed)?;
+        let size = u32::from_be_bytes([first[0], rest[0], rest[1], rest[2]]);
+        read_body(r, size, u64::from(MAX_CONTROL)).await
     })
     .await?;
-    let size = u32::from_be_bytes([first[0], rest[0], rest[1], rest[2]]);
-    let buf = within(CONTROL_TIMEOUT, read_body(r, size, u64::from(MAX_CONTROL))).await?;
     parse_msg(&buf)
 }
 
