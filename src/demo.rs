@@ -397,7 +397,7 @@ fn check_answer(
     if r.ending != (Ending::Exit { code: 0 }) {
         bail!(
             "the task ended with {} (stderr: {})",
-            r.ending.summary(),
+            r.summary(),
             String::from_utf8_lossy(verified.stderr()).trim()
         );
     }

@@ -39,7 +39,10 @@ pub struct TaskResult {
     /// Files the task wrote under `out/` (path relative to `out/`, bytes), at most
     /// `limits.output_bytes` in total.
     pub out_files: Vec<(String, Vec<u8>)>,
+    /// Wall-clock time from the worker's `Started` (module ready) to the end, milliseconds.
     pub wall_ms: u64,
-    /// CPU time of the task (user + system), milliseconds.
+    /// CPU time of the task (user + system) over the same span, milliseconds: the worker
+    /// process's CPU clock less its reading at `Started`, so neither compiling the module nor
+    /// earlier tasks count. What `limits.time_ms` limits (`docs/sandbox.md`).
     pub cpu_ms: u64,
 }

@@ -320,6 +320,7 @@ impl Node {
             stderr_bytes: result.stderr.len() as u64,
             output_bytes,
         };
+        let outcome = doc.summary();
         let key = self.identity.key.clone();
         let payload = result.stdout.len() as u64 + result.stderr.len() as u64 + output_bytes;
         let build = move || {
@@ -344,7 +345,7 @@ impl Node {
         };
         Ok(Answer {
             bytes: bytes?,
-            outcome: result.ending.summary(),
+            outcome,
             result,
         })
     }

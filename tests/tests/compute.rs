@@ -315,7 +315,11 @@ fn verified(node: &Node, answer: &Answered, bundle: &[u8], task: u32) -> Verifie
     assert_eq!(r.bundle_sha256, sha256_hex(bundle));
     assert_eq!(r.task_index, task);
     assert_eq!(r.node_mflops, 1000, "the node's stored benchmark");
-    assert_eq!(r.ending.summary(), answer.outcome, "outcome line = ending");
+    assert_eq!(
+        r.summary(),
+        answer.outcome,
+        "outcome line = ending and limits hit"
+    );
     v
 }
 

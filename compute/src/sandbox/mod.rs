@@ -3,8 +3,10 @@
 //! The parallel-KDC model: a supervisor ([`Sandbox`]) owns one worker process per slot. A
 //! worker is this same executable started as `rjs-compute worker` ([`worker_main`]); it runs
 //! one task at a time in an uninstrumented wasmtime engine (no fuel, no epochs: native speed)
-//! with WASI preview 1. The supervisor enforces the time limit from outside: at the deadline it
-//! kills the worker's whole process and starts a fresh one. A worker that dies for any other
+//! with WASI preview 1. The supervisor enforces the CPU-time limit from outside: it reads the
+//! worker's CPU clock when the task could have used up its limit, and kills the worker's whole
+//! process once it has (or once the task's wall-clock backstop, [`wall_limit`], has passed),
+//! then starts a fresh one. A worker that dies for any other
 //! reason is replaced too, so whatever a task does it ends in a [`TaskResult`] whose
 //! [`Ending`](rjs_signer::answer::Ending) says how, and the node keeps serving.
 //!
@@ -38,6 +40,21 @@ pub use worker::worker_main;
 /// The subcommand (argv\[1\]) that makes the `rjs-compute` binary a sandbox worker.
 pub const WORKER_SUBCOMMAND: &str = "worker";
 
+/// Least wall-clock time a task gets beyond its CPU-time limit (see [`wall_limit`]).
+pub const WALL_SLACK_MIN: Duration = Duration::from_secs(5);
+/// Most wall-clock time a task gets beyond its CPU-time limit (see [`wall_limit`]).
+pub const WALL_SLACK_MAX: Duration = Duration::from_secs(20);
+
+/// The wall-clock backstop of a task whose CPU-time limit (`limits.time_ms`) is `time_ms`:
+/// `time_ms + clamp(time_ms, 5 s, 20 s)`, i.e. twice the limit for limits of 5 to 20 s, the
+/// limit plus 5 s below that and plus 20 s above. A task that sleeps or blocks, and so never
+/// uses its CPU time, is stopped there (`Limit { Time }`, message `wall-time: …`). Why these
+/// numbers: `docs/sandbox.md`, "Limits".
+pub fn wall_limit(time_ms: u64) -> Duration {
+    let cpu = Duration::from_millis(time_ms);
+    cpu + cpu.clamp(WALL_SLACK_MIN, WALL_SLACK_MAX)
+}
+
 /// How to start a [`Sandbox`].
 #[derive(Debug, Clone)]
 pub struct SandboxConfig {
@@ -47,10 +64,10 @@ pub struct SandboxConfig {
     /// Created 0700 if missing; refused if another user owns it, tightened to 0700 if it is
     /// looser.
     pub work_dir: PathBuf,
-    /// An existing directory in which to make the tasks' scratch directory instead of
-    /// `<work_dir>/scratch`: the sandbox makes (or takes over) its own private
-    /// `rjs-scratch-<16 hex digits>` in it, named after the work directory. Meant for a RAM
-    /// filesystem such as `/dev/shm`, where making and removing a task's `out/` costs
+    /// An existing directory in which to make the scratch directory (the slots' `out/`
+    /// directories) instead of `<work_dir>/scratch`: the sandbox makes (or takes over) its
+    /// own private `rjs-scratch-<16 hex digits>` in it, named after the work directory. Meant
+    /// for a RAM filesystem such as `/dev/shm`, where the files a task writes cost
     /// microseconds whatever the disk's filesystem does. `None`: `<work_dir>/scratch`.
     pub scratch_in: Option<PathBuf>,
     /// The executable started as `<exe> worker`; `None`: this process's own executable
@@ -66,7 +83,8 @@ pub struct SandboxConfig {
     /// How often a running task's `out/` is measured.
     pub poll_interval: Duration,
     /// How long compiling (or loading) a module may take before the worker is killed and the
-    /// task ends with `Limit{Time}`; not counted in the task's own time limit.
+    /// task ends with `Limit{Time}`; counted in neither the task's CPU-time limit nor its
+    /// wall-clock backstop.
     pub compile_timeout: Duration,
     /// How long a new worker may take to say hello.
     pub worker_start_timeout: Duration,

@@ -16,7 +16,7 @@ use std::future::Future;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Bumped whenever a message changes; the supervisor refuses a worker that speaks another one.
-pub(crate) const PROTOCOL_VERSION: u32 = 2;
+pub(crate) const PROTOCOL_VERSION: u32 = 3;
 
 pub(crate) const KIND_JSON: u8 = b'J';
 pub(crate) const KIND_BLOB: u8 = b'B';
@@ -99,13 +99,16 @@ pub(crate) enum FromWorker {
     Fatal { message: String },
     /// Send the module bytes as the next frame (a blob).
     NeedModule,
-    /// The module is ready; instantiation and `_start` follow: the time limit starts now.
+    /// The module is ready; instantiation and `_start` follow: the task's CPU time and wall
+    /// time count from now.
     Started {
         module_source: ModuleSource,
         /// Compiling or loading the module, µs (0 on a memory hit).
         load_us: u64,
-        /// The worker's user + system CPU time so far (getrusage), µs: the base from which
-        /// the supervisor measures a task it stops (`/proc/<pid>/stat` at the kill).
+        /// The worker process's CPU time so far (`CLOCK_PROCESS_CPUTIME_ID`: user + system,
+        /// all threads), µs: the base from which the task's CPU time is counted, by the
+        /// worker (`DoneReply::cpu_us`) and by the supervisor, which reads the same clock
+        /// from outside (`clock_getcpuclockid(pid)`) to enforce the CPU-time limit.
         cpu_us: u64,
     },
     /// The task ended inside the worker. Two blobs follow: stdout, then stderr.
@@ -143,7 +146,8 @@ pub(crate) struct DoneReply {
     pub instantiate_us: u64,
     /// `_start` until it returned, exited or trapped.
     pub run_us: u64,
-    /// The worker's user + system CPU time over instantiate + run (getrusage delta).
+    /// The task's CPU time: the worker process's CPU clock now less the base sent with
+    /// `Started` (WASI set-up, instantiation and `_start`), µs.
     pub cpu_us: u64,
     pub stdout_len: u64,
     pub stderr_len: u64,

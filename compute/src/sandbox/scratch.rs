@@ -1,8 +1,10 @@
 //! Scratch directories: where a task's inputs and outputs live on the host.
 //!
 //! ```text
-//! <work_dir>/scratch/<unique>/      0700: the task's `out/` (guest `out`, read-write), made
-//!                                   before the task, removed after it whatever happened
+//! <work_dir>/scratch/slot-<i>/      0700: the `out/` (guest `out`, read-write) of the tasks
+//!                                   of slot i, one after the other: emptied after every task
+//!                                   and checked empty; replaced by a fresh directory when
+//!                                   that fails
 //! <work_dir>/inputs/empty/          0700: guest `.` (read-only) of every task without inputs;
 //!     out/                          holds nothing but an empty `out` directory entry
 //! <work_dir>/inputs/<unique>/       0700: guest `.` (read-only) of the tasks of one set of
@@ -10,9 +12,10 @@
 //!     out/                          removed once unused and beyond the bounds below
 //! ```
 //!
-//! One directory is made and removed per task: creating inodes is what a tiny task's
-//! set-up costs most on the host's filesystem (ext4 scans its recently deleted inodes on
-//! every allocation), so the read-only side is not rebuilt for every task.
+//! No directory is made or removed for a task: creating and deleting inodes is what a tiny
+//! task's set-up cost most on the host's filesystem (a journal-less ext4 scans past every
+//! inode deleted in the last seconds on each allocation), so the slot's `out/` is reused and
+//! the read-only side is shared.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
@@ -58,9 +61,37 @@ fn unique_dir(base: &Path) -> io::Result<PathBuf> {
     }
 }
 
-/// Creates a task's fresh, empty `out/` directory under `base` (`<work_dir>/scratch`).
-pub(crate) fn create_out(base: &Path) -> io::Result<PathBuf> {
-    unique_dir(base)
+/// The `out/` directory of slot `index`'s tasks under `base` (`<work_dir>/scratch`).
+pub(crate) fn slot_dir(base: &Path, index: usize) -> PathBuf {
+    base.join(format!("slot-{index}"))
+}
+
+/// Makes slot `index`'s `out/` a fresh, empty private directory: whatever is at its path
+/// (the directory of an earlier task that could not be emptied, or nothing) is moved aside
+/// and removed first. Blocking.
+pub(crate) fn fresh_slot_dir(base: &Path, index: usize) -> io::Result<PathBuf> {
+    let dir = slot_dir(base, index);
+    match fs::symlink_metadata(&dir) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+        Ok(_) => {
+            // Moved aside first, so that the slot's path is free even if removing fails.
+            let aside = base.join(format!(
+                "stale-{}-{}",
+                std::process::id(),
+                COUNTER.fetch_add(1, Ordering::Relaxed)
+            ));
+            fs::rename(&dir, &aside)?;
+            remove(&aside);
+        }
+    }
+    private_dir(&dir)?;
+    Ok(dir)
+}
+
+/// Whether `dir` is an empty directory.
+fn is_empty_dir(dir: &Path) -> bool {
+    fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_none())
 }
 
 /// Writes `inputs` (names already checked by the bundle verifier; checked again here) into
@@ -471,21 +502,49 @@ pub(crate) fn collect(out_dir: &Path, max_bytes: u64, max_files: usize) -> Colle
     read_found(&mut walk(out_dir, max_files), max_bytes, max_files)
 }
 
+/// What [`finish`] and [`finish_small`] found and did.
+#[derive(Debug, Default)]
+pub(crate) struct Finished {
+    pub usage: Usage,
+    pub collected: Collected,
+    /// `out/` is empty again (checked after removing everything in it), ready for the next
+    /// task; if not, the caller replaces it ([`fresh_slot_dir`]).
+    pub emptied: bool,
+}
+
 /// After the task: measures `out/` (as [`usage`] with `4 × max_files` entries), collects
-/// it (as `collect`) and removes it, with one walk of the directory.
-pub(crate) fn finish(out_dir: &Path, max_bytes: u64, max_files: usize) -> (Usage, Collected) {
+/// it (as `collect`) and empties it, with one walk of the directory, then checks that it is
+/// empty.
+pub(crate) fn finish(out_dir: &Path, max_bytes: u64, max_files: usize) -> Finished {
     let mut w = walk(out_dir, max_files);
     let collected = read_found(&mut w, max_bytes, max_files);
     // Nothing writes here any more (the worker is done or dead): what the walk saw is all
     // there is, unless it stopped early.
-    let removed = w.complete
+    let mut emptied = w.complete
         && w.others.iter().all(|p| fs::remove_file(p).is_ok())
-        && w.dirs.iter().rev().all(|d| fs::remove_dir(d).is_ok())
-        && fs::remove_dir(out_dir).is_ok();
-    if !removed {
-        remove(out_dir);
+        && w.dirs.iter().rev().all(|d| fs::remove_dir(d).is_ok());
+    if !emptied {
+        // Deeper than the walk goes, or something would not go: everything, the hard way.
+        emptied = empty_dir(out_dir);
     }
-    (w.usage, collected)
+    Finished {
+        usage: w.usage,
+        collected,
+        emptied: emptied && is_empty_dir(out_dir),
+    }
+}
+
+/// Removes everything in `dir` (never following symlinks), keeping `dir`; whether that
+/// worked.
+fn empty_dir(dir: &Path) -> bool {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return false;
+    };
+    for entry in entries {
+        let Ok(entry) = entry else { return false };
+        remove(&entry.path());
+    }
+    true
 }
 
 /// Most files, and bytes, that [`finish_small`] handles.
@@ -496,11 +555,7 @@ const SMALL_BYTES: u64 = 64 << 10;
 /// with names the answer can carry, a few KiB in all. `None` (and nothing done) for anything
 /// else: then call [`finish`]. Cheap enough to call on an async thread when `out/` is on a
 /// RAM filesystem.
-pub(crate) fn finish_small(
-    out_dir: &Path,
-    max_bytes: u64,
-    max_files: usize,
-) -> Option<(Usage, Collected)> {
+pub(crate) fn finish_small(out_dir: &Path, max_bytes: u64, max_files: usize) -> Option<Finished> {
     let most = SMALL_FILES.min(max_files);
     let mut names = Vec::new();
     for entry in fs::read_dir(out_dir).ok()? {
@@ -521,43 +576,60 @@ pub(crate) fn finish_small(
         total += bytes.len() as u64;
         files.push((name.clone(), bytes));
     }
-    let removed =
-        names.iter().all(|(_, p)| fs::remove_file(p).is_ok()) && fs::remove_dir(out_dir).is_ok();
-    if !removed {
-        remove(out_dir);
-    }
+    let emptied = names.iter().all(|(_, p)| fs::remove_file(p).is_ok()) && is_empty_dir(out_dir);
     let usage = Usage {
         bytes: total,
         files: files.len(),
         entries: files.len(),
         truncated: false,
     };
-    Some((
+    Some(Finished {
         usage,
-        Collected {
+        collected: Collected {
             files,
             ..Collected::default()
         },
-    ))
+        emptied,
+    })
+}
+
+const TMPFS_MAGIC: i64 = 0x0102_1994;
+const RAMFS_MAGIC: i64 = 0x8584_58f6;
+const EXT4_MAGIC: i64 = 0xef53; // ext2, ext3, ext4
+const XFS_MAGIC: i64 = 0x5846_5342;
+const BTRFS_MAGIC: i64 = 0x9123_683e;
+const F2FS_MAGIC: i64 = 0xf2f5_2010;
+
+/// The filesystem type (`statfs` magic) of `dir`.
+fn fs_type(dir: &Path) -> Option<i64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statfs writes into the zeroed struct we pass; the path is NUL-terminated.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(path.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    #[allow(clippy::unnecessary_cast)]
+    Some(st.f_type as i64)
 }
 
 /// Whether `dir` is on a RAM filesystem (tmpfs, ramfs), where making, reading and removing a
 /// few small files costs microseconds and never waits for a disk.
+#[cfg(test)]
 pub(crate) fn on_ram_fs(dir: &Path) -> bool {
-    use std::os::unix::ffi::OsStrExt;
-    const TMPFS_MAGIC: i64 = 0x0102_1994;
-    const RAMFS_MAGIC: i64 = 0x8584_58f6;
-    let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
-        return false;
-    };
-    // SAFETY: statfs writes into the zeroed struct we pass; the path is NUL-terminated.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statfs(path.as_ptr(), &mut st) } != 0 {
-        return false;
-    }
-    #[allow(clippy::unnecessary_cast)]
-    let kind = st.f_type as i64;
-    kind == TMPFS_MAGIC || kind == RAMFS_MAGIC
+    matches!(fs_type(dir), Some(TMPFS_MAGIC | RAMFS_MAGIC))
+}
+
+/// Whether a small `out/` in `dir` may be collected and emptied on an async thread
+/// ([`finish_small`]): on a RAM filesystem, or a local disk filesystem (ext2/3/4, XFS,
+/// btrfs, F2FS), where reading and unlinking a few KiB the job has just written works on the
+/// page and inode caches (microseconds). Not on network or FUSE filesystems, whose every
+/// call may wait for a server: there the blocking pool does it.
+pub(crate) fn inline_ok(dir: &Path) -> bool {
+    matches!(
+        fs_type(dir),
+        Some(TMPFS_MAGIC | RAMFS_MAGIC | EXT4_MAGIC | XFS_MAGIC | BTRFS_MAGIC | F2FS_MAGIC)
+    )
 }
 
 /// Reads a regular file without following a symlink; `Ok(None)` if it is larger than `max`.
@@ -630,10 +702,15 @@ mod tests {
         assert_eq!(gone, [dir]);
     }
 
+    fn empty(dir: &Path) -> bool {
+        fs::read_dir(dir).unwrap().next().is_none()
+    }
+
     #[test]
-    fn out_collect_remove() {
+    fn out_collect_empty() {
         let base = tempfile::tempdir().unwrap();
-        let out = create_out(base.path()).unwrap();
+        let out = fresh_slot_dir(base.path(), 0).unwrap();
+        assert_eq!(out, base.path().join("slot-0"));
         let mode = fs::metadata(&out).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o700);
 
@@ -659,15 +736,18 @@ mod tests {
         assert_eq!(c.files.len(), 1);
         assert!(c.over_budget);
 
-        let (u, c) = finish(&out, 100, 10);
+        let Finished {
+            usage: u,
+            collected: c,
+            emptied,
+        } = finish(&out, 100, 10);
         assert_eq!((u.bytes, u.files, u.entries, u.truncated), (9, 3, 5, false));
         let names: Vec<_> = c.files.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["sub/y.txt", "x.txt"]);
-        assert!(!out.exists());
-        assert_eq!(fs::read_dir(base.path()).unwrap().count(), 0);
+        assert!(emptied && empty(&out), "kept, and empty");
+        assert_eq!(fs::read_dir(base.path()).unwrap().count(), 1);
 
-        // Deeper than the walk goes: still measured as truncated and removed.
-        let out = create_out(base.path()).unwrap();
+        // Deeper than the walk goes: still measured as truncated and emptied.
         let mut deep = out.clone();
         for i in 0..MAX_DEPTH + 2 {
             deep.push(format!("d{i}"));
@@ -675,24 +755,46 @@ mod tests {
         fs::create_dir_all(&deep).unwrap();
         fs::write(deep.join("f"), b"x").unwrap();
         fs::write(out.join("top"), b"top").unwrap();
-        let (u, c) = finish(&out, 100, 10);
-        assert!(u.truncated);
-        assert_eq!(c.files, [("top".to_string(), b"top".to_vec())]);
-        assert!(!out.exists());
+        let done = finish(&out, 100, 10);
+        assert!(done.usage.truncated);
+        assert_eq!(done.collected.files, [("top".to_string(), b"top".to_vec())]);
+        assert!(done.emptied && empty(&out));
+
+        // A directory that cannot be emptied is not reported empty; a fresh one replaces it.
+        fs::create_dir(out.join("locked")).unwrap();
+        fs::write(out.join("locked/f"), b"x").unwrap();
+        fs::set_permissions(out.join("locked"), fs::Permissions::from_mode(0o500)).unwrap();
+        fs::write(out.join("a"), b"a").unwrap();
+        let fresh = fresh_slot_dir(base.path(), 0).unwrap();
+        assert_eq!(fresh, out);
+        assert!(empty(&out));
+        let names: Vec<_> = fs::read_dir(base.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["slot-0"], "the old one moved aside and removed");
+        // Missing altogether: made.
+        fs::remove_dir(&out).unwrap();
+        assert_eq!(fresh_slot_dir(base.path(), 0).unwrap(), out);
+        assert!(empty(&out));
     }
 
     #[test]
     fn finish_small_takes_only_the_simple_case() {
         let base = tempfile::tempdir().unwrap();
-        let out = create_out(base.path()).unwrap();
+        let out = fresh_slot_dir(base.path(), 3).unwrap();
         fs::write(out.join("b.txt"), b"2").unwrap();
         fs::write(out.join("a.txt"), b"1").unwrap();
-        let (u, c) = finish_small(&out, 100, 10).unwrap();
+        let Finished {
+            usage: u,
+            collected: c,
+            emptied,
+        } = finish_small(&out, 100, 10).unwrap();
         assert_eq!((u.bytes, u.files, u.entries, u.truncated), (2, 2, 2, false));
         let names: Vec<_> = c.files.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["a.txt", "b.txt"]);
         assert!(c.skipped.is_empty() && !c.over_budget);
-        assert!(!out.exists());
+        assert!(emptied && empty(&out));
 
         // Anything else is left alone for `finish`.
         for setup in [
@@ -706,11 +808,11 @@ mod tests {
                 }
             },
         ] {
-            let out = create_out(base.path()).unwrap();
             setup(&out);
             assert!(finish_small(&out, 100, 10).is_none());
-            assert!(out.exists());
-            remove(&out);
+            assert!(!empty(&out), "left alone");
+            assert!(finish(&out, 100, 10).emptied);
+            assert!(empty(&out));
         }
         assert!(on_ram_fs(Path::new("/dev/shm")) || !Path::new("/dev/shm").exists());
     }

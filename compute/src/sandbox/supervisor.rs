@@ -1,4 +1,5 @@
-//! The supervisor: worker processes, slots, deadlines, output polling, results.
+//! The supervisor: worker processes, slots, the CPU-time limit and its wall-clock backstop,
+//! output polling, results.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
@@ -6,7 +7,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::{Duration, Instant};
 
@@ -35,6 +36,10 @@ const REAP_GRACE: Duration = Duration::from_secs(5);
 const EXIT_GRACE: Duration = Duration::from_secs(2);
 /// How long a worker about to be killed gets to send the task's stdout and stderr so far.
 const SALVAGE_GRACE: Duration = Duration::from_millis(300);
+/// Shortest wait between two reads of a running task's CPU time: when the task is this close
+/// to its CPU-time limit it is checked again after this long (so it may overrun its limit by
+/// about this much).
+const CPU_CHECK_MIN: Duration = Duration::from_millis(5);
 
 /// The sandbox: a supervisor and one worker process per slot. Cheap to clone (all clones
 /// share the same workers); the job server can hold one in each connection handler.
@@ -69,6 +74,9 @@ impl Drop for Inner {
     fn drop(&mut self) {
         if self.scratch_outside {
             // Only if empty: what a task still cleaning up left is emptied at the next start.
+            for slot in 0..self.slots {
+                let _ = std::fs::remove_dir(scratch::slot_dir(&self.scratch_dir, slot));
+            }
             let _ = std::fs::remove_dir(&self.scratch_dir);
         }
     }
@@ -112,7 +120,7 @@ pub struct TaskTimings {
     /// `_start` until it returned, exited or trapped, µs (0 if the worker was killed).
     pub run_us: u64,
     /// The whole [`Sandbox::run`] call: scratch directory, inputs, module, run, collecting
-    /// `out/`, removing the scratch directory, µs.
+    /// and emptying `out/`, µs.
     pub total_us: u64,
 }
 
@@ -134,9 +142,13 @@ struct Inner {
     scratch_dir: PathBuf,
     /// The tasks' read-only input directories (`<work_dir>/inputs`).
     inputs: InputDirs,
-    /// The scratch directory is on a RAM filesystem: a task's `out/` is made, and a small
-    /// one collected and removed, on the async thread instead of the blocking pool.
+    /// The scratch directory is on a RAM filesystem: a small `out/` is collected and emptied
+    /// on the async thread instead of the blocking pool.
     scratch_inline: bool,
+    /// Per slot: its `out/` directory (`scratch/slot-<i>`) exists and was found empty after
+    /// the last task. Cleared while a task uses it; a task that finds it clear makes a fresh
+    /// one first.
+    scratch_ready: Vec<AtomicBool>,
     /// The scratch directory was made outside the work directory (`scratch_in`): removed
     /// (if empty) when the sandbox goes away, so that none pile up in, say, `/dev/shm`.
     scratch_outside: bool,
@@ -164,6 +176,10 @@ struct Inner {
 struct WorkerProc {
     child: Child,
     pid: u32,
+    /// The worker process's CPU clock (`clock_getcpuclockid`): user + system time of all its
+    /// threads, read with `clock_gettime` (ns resolution). Valid while the child is not
+    /// reaped (its pid cannot be reused until then).
+    cpu_clock: Option<libc::clockid_t>,
     stdin: ChildStdin,
     /// The worker's replies (cancel-safe: read in `select!`).
     frames: protocol::FrameReader<ChildStdout>,
@@ -177,6 +193,16 @@ struct Salvaged {
     stdout: Vec<u8>,
     stderr: Vec<u8>,
     limits_hit: Vec<LimitKind>,
+}
+
+/// A task whose worker has reported `Started`.
+#[derive(Clone, Copy)]
+struct Running {
+    at: Instant,
+    /// The worker's CPU clock at `Started`, µs: the task's CPU time counts from here.
+    cpu_base_us: u64,
+    /// When the wall-clock backstop stops the task ([`super::wall_limit`]).
+    wall_deadline: tokio::time::Instant,
 }
 
 /// How the exchange with the worker ended.
@@ -274,6 +300,7 @@ impl Sandbox {
             let (w, c) = (work_dir.clone(), cache_root.clone());
             let i = work_dir.join("inputs");
             let scratch_in = config.scratch_in.clone();
+            let slots = config.slots;
             tokio::task::spawn_blocking(move || -> Result<(PathBuf, InputDirs), SandboxError> {
                 private_dir(&w)?;
                 let s = match scratch_in {
@@ -302,6 +329,10 @@ impl Sandbox {
                     let entry = entry.map_err(dir_error("listing", &s))?;
                     scratch::remove(&entry.path());
                 }
+                for slot in 0..slots {
+                    scratch::fresh_slot_dir(&s, slot)
+                        .map_err(dir_error("creating", &scratch::slot_dir(&s, slot)))?;
+                }
                 let inputs = InputDirs::open(&i).map_err(dir_error("preparing", &i))?;
                 Ok((s, inputs))
             })
@@ -313,7 +344,8 @@ impl Sandbox {
             slots: config.slots,
             exe,
             work_dir,
-            scratch_inline: scratch::on_ram_fs(&scratch_dir),
+            scratch_inline: scratch::inline_ok(&scratch_dir),
+            scratch_ready: (0..config.slots).map(|_| AtomicBool::new(true)).collect(),
             scratch_outside: config.scratch_in.is_some(),
             scratch_dir,
             inputs,
@@ -359,7 +391,7 @@ impl Sandbox {
     /// Runs one task in the slot's worker. Never fails: whatever happens (exit, trap, a limit,
     /// a dead worker) is the result's `ending`. The slot is free again when this returns
     /// (after a killed worker has been replaced). If the returned future is dropped, the
-    /// task still runs to its end (its deadline at most) and cleans up behind itself.
+    /// task still runs to its end (its limits at most) and cleans up behind itself.
     pub async fn run(&self, slot: Slot, task: TaskSpec) -> TaskResult {
         self.run_timed(slot, task).await.0
     }
@@ -412,7 +444,8 @@ impl Sandbox {
         &self.inner.work_dir
     }
 
-    /// The directory the tasks' `out/` directories are made in (`<work_dir>/scratch`, or
+    /// The directory holding the slots' `out/` directories, `slot-<i>`, each empty between
+    /// tasks (`<work_dir>/scratch`, or
     /// `rjs-scratch-<id>` in [`SandboxConfig::scratch_in`](super::SandboxConfig)).
     pub fn scratch_dir(&self) -> &Path {
         &self.inner.scratch_dir
@@ -503,6 +536,7 @@ impl Inner {
         })?;
         self.counters.started.fetch_add(1, Ordering::Relaxed);
         let pid = child.id().unwrap_or(0);
+        let cpu_clock = cpu_clock_of(pid);
         let (Some(stdin), Some(stdout), Some(mut stderr)) =
             (child.stdin.take(), child.stdout.take(), child.stderr.take())
         else {
@@ -538,6 +572,7 @@ impl Inner {
         let mut worker = WorkerProc {
             child,
             pid,
+            cpu_clock,
             stdin,
             frames,
             stderr_tail,
@@ -590,50 +625,52 @@ impl Inner {
         let mut limits = task.limits;
         limits.memory_bytes = limits.memory_bytes.min(self.max_memory_bytes);
 
-        let prepare = {
-            let inner = self.clone();
-            let inputs = task.inputs.clone();
-            move || -> io::Result<Scratch> {
-                let input = inner.inputs.acquire(&inputs)?;
-                match scratch::create_out(&inner.scratch_dir) {
-                    Ok(out_dir) => Ok(Scratch { input, out_dir }),
-                    Err(e) => {
-                        for dir in inner.inputs.release(input) {
-                            scratch::remove(&dir);
+        // The slot's out/ (empty, checked after the last task) and the input directory: in
+        // the usual case (inputs already written) no filesystem work at all.
+        let ready = self.scratch_ready[slot.index].swap(false, Ordering::AcqRel);
+        let input = self.inputs.lookup(&task.inputs);
+        let scratch = match (ready, input) {
+            (true, Some(input)) => Scratch {
+                input,
+                out_dir: scratch::slot_dir(&self.scratch_dir, slot.index),
+            },
+            (ready, input) => {
+                let inner = self.clone();
+                let inputs = task.inputs.clone();
+                let index = slot.index;
+                let prepare = move || -> io::Result<Scratch> {
+                    let input = match input {
+                        Some(l) => l,
+                        None => inner.inputs.acquire(&inputs)?,
+                    };
+                    let out_dir = if ready {
+                        Ok(scratch::slot_dir(&inner.scratch_dir, index))
+                    } else {
+                        scratch::fresh_slot_dir(&inner.scratch_dir, index)
+                    };
+                    match out_dir {
+                        Ok(out_dir) => Ok(Scratch { input, out_dir }),
+                        Err(e) => {
+                            for dir in inner.inputs.release(input) {
+                                scratch::remove(&dir);
+                            }
+                            Err(e)
                         }
-                        Err(e)
+                    }
+                };
+                match tokio::task::spawn_blocking(prepare).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        return self.crash(format!("preparing the scratch directory: {e}"), t0);
+                    }
+                    Err(e) => {
+                        return self.crash(format!("preparing the scratch directory: {e}"), t0);
                     }
                 }
             }
         };
-        let inline = if self.scratch_inline {
-            self.inputs.lookup(&task.inputs).map(|input| {
-                match scratch::create_out(&self.scratch_dir) {
-                    Ok(out_dir) => Ok(Scratch { input, out_dir }),
-                    Err(e) => {
-                        let gone = self.inputs.release(input);
-                        if !gone.is_empty() {
-                            tokio::task::spawn_blocking(move || {
-                                gone.iter().for_each(|d| scratch::remove(d))
-                            });
-                        }
-                        Err(e)
-                    }
-                }
-            })
-        } else {
-            None
-        };
-        let prepared = match inline {
-            Some(r) => Ok(r),
-            None => tokio::task::spawn_blocking(prepare).await,
-        };
-        let scratch = match prepared {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return self.crash(format!("preparing the scratch directory: {e}"), t0),
-            Err(e) => return self.crash(format!("preparing the scratch directory: {e}"), t0),
-        };
-        // Removes the task's out/ even if this task is torn down half-way.
+        // Removes the slot's out/ (made afresh by the next task) if this task is torn down
+        // half-way.
         let mut scratch_guard = ScratchGuard(Some(scratch.out_dir.clone()));
 
         let mut slot_worker = self.workers[slot.index].lock().await;
@@ -704,34 +741,51 @@ impl Inner {
             lock(&self.first_use).remove(&sha);
         }
 
-        // A worker that is not kept is dead before its out/ is read and removed, so nothing
-        // writes there any more.
-        let kept = if matches!(outcome, Outcome::Done { .. }) {
-            Some(worker)
+        // A worker that is not kept is dead before its out/ is read and emptied, so nothing
+        // writes there any more. (One that could not be reaped in time might still hold the
+        // directory open: the slot then gets a fresh one.)
+        let (kept, reaped) = if matches!(outcome, Outcome::Done { .. }) {
+            (Some(worker), true)
         } else {
-            self.retire(worker).await;
-            None
+            let reaped = self.retire(worker).await;
+            (None, reaped)
         };
-        // Collect out/, remove it (and input directories no longer kept) while a killed
-        // worker is replaced.
+        // Collect out/ and empty it (and remove input directories no longer kept) while a
+        // killed worker is replaced. An out/ that cannot be emptied is replaced by a fresh
+        // one: the next task of this slot never sees this one's files.
         let Scratch { input, out_dir } = scratch;
         let gone = self.inputs.release(input);
         let (max_bytes, max_files) = (limits.output_bytes, self.max_out_files);
-        let small = if self.scratch_inline && gone.is_empty() {
+        let small = if self.scratch_inline && gone.is_empty() && reaped {
             scratch::finish_small(&out_dir, max_bytes, max_files)
         } else {
             None
         };
+        let (base, index) = (self.scratch_dir.clone(), slot.index);
         let collect = async move {
             match small {
-                Some(done) => Ok(done),
-                None => {
+                Some(done) if done.emptied => Ok(done),
+                small => {
                     tokio::task::spawn_blocking(move || {
-                        let collected = scratch::finish(&out_dir, max_bytes, max_files);
+                        let mut done = match small {
+                            Some(done) => done,
+                            None => scratch::finish(&out_dir, max_bytes, max_files),
+                        };
                         for dir in gone {
                             scratch::remove(&dir);
                         }
-                        collected
+                        if !done.emptied || !reaped {
+                            match scratch::fresh_slot_dir(&base, index) {
+                                Ok(_) => done.emptied = true,
+                                Err(e) => tracing::error!(
+                                    path = %out_dir.display(),
+                                    error = %e,
+                                    "cannot empty or replace a slot's scratch directory; \
+                                     the next task will try again"
+                                ),
+                            }
+                        }
+                        done
                     })
                     .await
                 }
@@ -758,9 +812,12 @@ impl Inner {
         *slot_worker = next_worker;
         drop(slot_worker);
         let (usage, collected) = match collected {
-            Ok(c) => {
-                scratch_guard.0 = None;
-                c
+            Ok(done) => {
+                if done.emptied {
+                    scratch_guard.0 = None;
+                    self.scratch_ready[slot.index].store(true, Ordering::Release);
+                }
+                (done.usage, done.collected)
             }
             Err(_) => Default::default(),
         };
@@ -863,7 +920,8 @@ impl Inner {
         )
     }
 
-    /// Runs the task on the worker, enforcing the deadlines and the output limit.
+    /// Runs the task on the worker, enforcing the compile timeout, the CPU-time limit, its
+    /// wall-clock backstop and the output limit.
     async fn exchange(
         &self,
         worker: &mut WorkerProc,
@@ -894,8 +952,11 @@ impl Inner {
         }
 
         let mut closing = self.closing.subscribe();
+        // Until `Started`: the compile timeout. Then: the next moment the task could have
+        // used up its CPU time, or its wall-clock backstop, whichever comes first.
         let mut deadline = tokio::time::Instant::now() + self.compile_timeout;
-        let mut started: Option<(Instant, u64)> = None;
+        let mut started: Option<Running> = None;
+        let limit_us = limits.time_ms.saturating_mul(1000);
         let mut poll = tokio::time::interval_at(
             tokio::time::Instant::now() + self.poll_interval,
             self.poll_interval,
@@ -904,11 +965,11 @@ impl Inner {
         let max_entries = self.max_out_files.saturating_mul(4);
 
         loop {
-            let elapsed = |s: &Option<(Instant, u64)>| s.map_or(Duration::ZERO, |s| s.0.elapsed());
+            let elapsed = |s: &Option<Running>| s.map_or(Duration::ZERO, |s| s.at.elapsed());
             tokio::select! {
                 biased;
                 _ = async { drop(closing.wait_for(|c| *c).await) } => {
-                    let (wall, cpu_ms) = (elapsed(&started), cpu_since(worker.pid, &started));
+                    let (wall, cpu_ms) = (elapsed(&started), worker.task_cpu_ms(&started));
                     self.kill(worker).await;
                     return Outcome::Lost {
                         message: "the node is shutting down".into(),
@@ -923,7 +984,7 @@ impl Inner {
                     let json = match frame {
                         None => {
                             // Before the reap: /proc still has the dead worker's times.
-                            let cpu_ms = cpu_since(worker.pid, &started);
+                            let cpu_ms = worker.task_cpu_ms(&started);
                             let status = reap(&mut worker.child).await;
                             let tail = worker.last_words().await;
                             return Outcome::Lost {
@@ -938,14 +999,14 @@ impl Inner {
                             return Outcome::Lost {
                                 message: format!("the worker broke the protocol: {e}"),
                                 wall,
-                                cpu_ms: cpu_since(worker.pid, &started),
+                                cpu_ms: worker.task_cpu_ms(&started),
                             };
                         }
                         Some(Ok(Frame::Blob(_))) => {
                             return Outcome::Lost {
                                 message: "the worker broke the protocol: unexpected blob".into(),
                                 wall,
-                                cpu_ms: cpu_since(worker.pid, &started),
+                                cpu_ms: worker.task_cpu_ms(&started),
                             };
                         }
                         Some(Ok(Frame::Json(j))) => j,
@@ -963,9 +1024,21 @@ impl Inner {
                             // The module is compiled and cached: other slots may go ahead.
                             first_use.take();
                             *loaded = Some((module_source, load_us));
-                            started = Some((Instant::now(), cpu_us));
-                            deadline = tokio::time::Instant::now()
-                                + Duration::from_millis(limits.time_ms);
+                            // The worker's own reading is the more exact base (taken just
+                            // before this message); never later than what the clock says now,
+                            // so that no reply can stretch the limit.
+                            let base = match worker.cpu_us() {
+                                Some(now) => cpu_us.min(now),
+                                None => cpu_us,
+                            };
+                            let now = tokio::time::Instant::now();
+                            started = Some(Running {
+                                at: Instant::now(),
+                                cpu_base_us: base,
+                                wall_deadline: now + super::wall_limit(limits.time_ms),
+                            });
+                            // The task cannot have used its CPU time before this.
+                            deadline = now + Duration::from_millis(limits.time_ms);
                         }
                         Ok(FromWorker::Done(reply)) => {
                             return self.finish(worker, reply, limits, wall).await;
@@ -978,27 +1051,58 @@ impl Inner {
                             return Outcome::Lost {
                                 message: format!("the worker broke the protocol: unexpected {what}"),
                                 wall,
-                                cpu_ms: cpu_since(worker.pid, &started),
+                                cpu_ms: worker.task_cpu_ms(&started),
                             };
                         }
                     }
                 }
                 _ = tokio::time::sleep_until(deadline) => {
-                    let (wall, cpu_ms) = (elapsed(&started), cpu_since(worker.pid, &started));
-                    let salvaged = if started.is_some() {
-                        self.salvage(worker, limits).await
-                    } else {
-                        Salvaged::default()
+                    let Some(run) = started else {
+                        self.kill(worker).await;
+                        return Outcome::Killed {
+                            limit: LimitKind::Time,
+                            message: format!(
+                                "compiling the module took longer than {} s",
+                                self.compile_timeout.as_secs()
+                            ),
+                            wall: Duration::ZERO,
+                            cpu_ms: 0,
+                            salvaged: Salvaged::default(),
+                        };
                     };
-                    self.kill(worker).await;
-                    let message = if started.is_some() {
-                        format!("stopped after {} ms (time limit)", limits.time_ms)
-                    } else {
+                    let wall = run.at.elapsed();
+                    // The task's CPU time. If the clock cannot be read (the worker is gone;
+                    // its pipe will say so next), the wall-clock time stands in.
+                    let used_us = worker
+                        .cpu_us()
+                        .map_or(micros(wall), |c| c.saturating_sub(run.cpu_base_us));
+                    let now = tokio::time::Instant::now();
+                    let message = if used_us >= limit_us {
                         format!(
-                            "compiling the module took longer than {} s",
-                            self.compile_timeout.as_secs()
+                            "cpu: stopped after {} ms of CPU time (its limit: {} ms), {} ms of \
+                             wall-clock time",
+                            used_us / 1000,
+                            limits.time_ms,
+                            millis(wall)
                         )
+                    } else if now >= run.wall_deadline {
+                        format!(
+                            "wall-time: stopped after {} ms of wall-clock time, the most a task \
+                             with a CPU-time limit of {} ms may take; it had used {} ms of CPU \
+                             time (sleeping, blocked, or starved of CPU)",
+                            millis(wall),
+                            limits.time_ms,
+                            used_us / 1000
+                        )
+                    } else {
+                        // Not yet: the task cannot use up what is left sooner than this.
+                        let left = Duration::from_micros(limit_us - used_us).max(CPU_CHECK_MIN);
+                        deadline = (now + left).min(run.wall_deadline);
+                        continue;
                     };
+                    let cpu_ms = used_us / 1000;
+                    let salvaged = self.salvage(worker, limits).await;
+                    self.kill(worker).await;
                     return Outcome::Killed {
                         limit: LimitKind::Time,
                         message,
@@ -1016,7 +1120,7 @@ impl Inner {
                         || usage.files > self.max_out_files
                         || usage.truncated
                     {
-                        let (wall, cpu_ms) = (elapsed(&started), cpu_since(worker.pid, &started));
+                        let (wall, cpu_ms) = (elapsed(&started), worker.task_cpu_ms(&started));
                         let salvaged = self.salvage(worker, limits).await;
                         self.kill(worker).await;
                         return Outcome::Killed {
@@ -1135,16 +1239,49 @@ impl Inner {
         let _ = tokio::time::timeout(REAP_GRACE, worker.child.wait()).await;
     }
 
-    /// Gets rid of a worker that will not be used again (killed if still running).
-    async fn retire(&self, mut worker: WorkerProc) {
+    /// Gets rid of a worker that will not be used again (killed if still running); whether
+    /// it is known to be gone (reaped).
+    async fn retire(&self, mut worker: WorkerProc) -> bool {
         if matches!(worker.child.try_wait(), Ok(None)) {
             self.kill(&mut worker).await;
         }
         worker.stderr_task.abort();
+        matches!(worker.child.try_wait(), Ok(Some(_)))
     }
 }
 
 impl WorkerProc {
+    /// The worker process's CPU time (user + system, all threads), µs: its CPU clock, or
+    /// `/proc/<pid>/stat` (10 ms resolution) if that clock is not available. Only while the
+    /// worker is not reaped.
+    fn cpu_us(&self) -> Option<u64> {
+        if let Some(clock) = self.cpu_clock {
+            let mut ts = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            // SAFETY: clock_gettime writes into the struct we pass.
+            if unsafe { libc::clock_gettime(clock, &mut ts) } == 0 {
+                return Some((ts.tv_sec as u64) * 1_000_000 + (ts.tv_nsec as u64) / 1000);
+            }
+        }
+        proc_cpu_us(self.pid)
+    }
+
+    /// CPU time (ms) of the running task: the worker's CPU time now less the base at
+    /// `Started`; 0 before `Started`.
+    fn task_cpu_ms(&self, started: &Option<Running>) -> u64 {
+        match started {
+            Some(run) => {
+                self.cpu_us()
+                    .unwrap_or(run.cpu_base_us)
+                    .saturating_sub(run.cpu_base_us)
+                    / 1000
+            }
+            None => 0,
+        }
+    }
+
     /// A worker can take the next task only if it is alive and has nothing unread pending.
     fn is_idle(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None)) && self.frames.is_quiet()
@@ -1205,8 +1342,8 @@ fn describe_status(status: ExitStatus) -> String {
     }
 }
 
-/// Removes a scratch directory on drop unless disarmed (the normal path removes it on a
-/// blocking thread instead).
+/// Removes a slot's scratch directory on drop unless disarmed (the normal path empties it
+/// instead); the slot's next task then makes a fresh one.
 struct ScratchGuard(Option<PathBuf>);
 
 impl Drop for ScratchGuard {
@@ -1258,11 +1395,11 @@ fn proc_cpu_us(pid: u32) -> Option<u64> {
     Some((utime + stime) * 1_000_000 / ticks)
 }
 
-/// CPU time (ms) of a running task: the worker's CPU time now less what it reported at
-/// `Started` (µs).
-fn cpu_since(pid: u32, started: &Option<(Instant, u64)>) -> u64 {
-    match started {
-        Some((_, before)) => proc_cpu_us(pid).unwrap_or(*before).saturating_sub(*before) / 1000,
-        None => 0,
-    }
+/// The CPU clock of process `pid` (any process may read another's: the kernel checks only
+/// that it exists), `None` if it cannot be had.
+fn cpu_clock_of(pid: u32) -> Option<libc::clockid_t> {
+    let pid = libc::pid_t::try_from(pid).ok().filter(|p| *p > 0)?;
+    let mut clock: libc::clockid_t = 0;
+    // SAFETY: writes the clock id into `clock`.
+    (unsafe { libc::clock_getcpuclockid(pid, &mut clock) } == 0).then_some(clock)
 }

@@ -1,6 +1,7 @@
 //! The worker process: one wasmtime engine, no fuel, no epochs, running one task at a time for
-//! its supervisor. The supervisor enforces time from outside (it kills the whole process), so
-//! nothing here needs to be interruptible.
+//! its supervisor. The supervisor enforces the CPU-time limit from outside (it reads this
+//! process's CPU clock and kills the whole process), so nothing here needs to be
+//! interruptible.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -546,12 +547,15 @@ impl Worker {
         };
         let load_us = micros(load_start.elapsed());
 
+        // The task's CPU time counts from here, on the clock the supervisor reads from
+        // outside to enforce the limit.
+        let cpu_base = cpu_time_us();
         send(
             output,
             &FromWorker::Started {
                 module_source: source,
                 load_us,
-                cpu_us: cpu_time_us(),
+                cpu_us: cpu_base,
             },
         )?;
 
@@ -597,7 +601,6 @@ impl Worker {
                 });
 
                 FSIZE_HIT.store(false, Ordering::SeqCst);
-                let cpu_before = cpu_time_us();
                 let fsize = FsizeLimit::set(limits.output_bytes);
                 let t0 = Instant::now();
                 let instance = pre.instantiate(&mut store);
@@ -611,7 +614,7 @@ impl Worker {
                 let t2 = Instant::now();
                 drop(fsize);
                 *lock(&CAPTURE) = None;
-                reply.cpu_us = cpu_time_us().saturating_sub(cpu_before);
+                reply.cpu_us = cpu_time_us().saturating_sub(cpu_base);
                 reply.instantiate_us = micros(t1 - t0);
                 reply.run_us = micros(t2 - t1);
 
@@ -755,16 +758,18 @@ fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
-/// User + system CPU time of this whole process, microseconds.
+/// User + system CPU time of this whole process (all threads), microseconds: the process
+/// CPU clock, which the supervisor reads for this process with `clock_getcpuclockid`.
 fn cpu_time_us() -> u64 {
-    // SAFETY: getrusage writes into the zeroed struct we pass.
-    let ru = unsafe {
-        let mut ru: libc::rusage = std::mem::zeroed();
-        libc::getrusage(libc::RUSAGE_SELF, &mut ru);
-        ru
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
     };
-    let us = |t: libc::timeval| (t.tv_sec as u64) * 1_000_000 + t.tv_usec as u64;
-    us(ru.ru_utime) + us(ru.ru_stime)
+    // SAFETY: clock_gettime writes into the struct we pass; this clock always exists.
+    if unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) } != 0 {
+        return 0;
+    }
+    (ts.tv_sec as u64) * 1_000_000 + (ts.tv_nsec as u64) / 1000
 }
 
 /// The soft RLIMIT_FSIZE for the duration of a task: no file the job writes can grow past
