@@ -13,6 +13,11 @@
 //! under `$TMPDIR`) and once with `--scratch-dir /dev/shm` (`RJS_BENCH_SCRATCH`:
 //! comma-separated, `data` for the default).
 //!
+//! Also prints the memory of the node and its workers, idle 2 s after start and after the
+//! runs (RSS of each process summed, and PSS, which counts shared pages once). Exits 1 if,
+//! with the default scratch, 2 connections give under 3,000 tasks/s or the idle RSS sum is
+//! over 40 MB.
+//!
 //! Reports tasks/s and the CPU time per task of the node process and of its worker
 //! processes (`utime + stime` from `/proc/<pid>/stat`, before and after the measured part),
 //! plus the client's own CPU per task.
@@ -36,6 +41,11 @@ use rjs_wire::node::{
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
+
+/// Targets (the node as configured by default: scratch in the data directory, 2 slots, 2
+/// connections): tasks/s, and the idle RSS of the node and its workers.
+const RATE_TARGET: f64 = 3000.0;
+const IDLE_RSS_TARGET: u64 = 40_000_000;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -92,6 +102,45 @@ fn children(pid: u32) -> Vec<u32> {
     out.sort_unstable();
     out.dedup();
     out
+}
+
+/// `field` (`VmRSS` from `status`, `Pss` from `smaps_rollup`) of `pid`, in bytes.
+fn proc_kb(pid: u32, file: &str, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/{file}"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .unwrap_or(0)
+        * 1024
+}
+
+/// Memory of the node and its workers: (node RSS, workers' RSS, workers, PSS of all).
+fn memory(pid: u32) -> (u64, u64, usize, u64) {
+    let workers = children(pid);
+    let rss = proc_kb(pid, "status", "VmRSS");
+    let workers_rss = workers.iter().map(|&w| proc_kb(w, "status", "VmRSS")).sum();
+    let pss = std::iter::once(pid)
+        .chain(workers.iter().copied())
+        .map(|p| proc_kb(p, "smaps_rollup", "Pss"))
+        .sum();
+    (rss, workers_rss, workers.len(), pss)
+}
+
+fn print_memory(what: &str, pid: u32) -> u64 {
+    let (rss, workers_rss, n, pss) = memory(pid);
+    let mb = |b: u64| b as f64 / 1e6;
+    println!(
+        "{what}: RSS node {:.1} MB + {n} workers {:.1} MB = {:.1} MB (PSS, shared pages counted \
+         once: {:.1} MB)",
+        mb(rss),
+        mb(workers_rss),
+        mb(rss + workers_rss),
+        mb(pss)
+    );
+    rss + workers_rss
 }
 
 fn self_cpu_us() -> u64 {
@@ -309,6 +358,7 @@ fn main() {
         .filter_map(|s| s.trim().parse().ok())
         .collect();
     let perf = std::env::var_os("RJS_BENCH_PERF").map(PathBuf::from);
+    let mut missed: Vec<String> = Vec::new();
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -346,6 +396,11 @@ fn main() {
             scratch.unwrap_or("the data directory (<data>/scratch)")
         );
         let pid = node.child.id();
+        std::thread::sleep(Duration::from_secs(2));
+        let idle = print_memory("idle after start", pid);
+        if scratch.is_none() && idle > IDLE_RSS_TARGET {
+            missed.push(format!("idle RSS {idle} bytes > {IDLE_RSS_TARGET}"));
+        }
         let run = |n: u64, conns: usize| {
             let next = Arc::new(AtomicU64::new(0));
             let counts = Arc::new(Counts::default());
@@ -432,7 +487,19 @@ fn main() {
                 counts.answer_bytes.load(Ordering::Relaxed) / done.max(1),
             );
             assert_eq!(counts.sent_bundle.load(Ordering::Relaxed), 0);
+            let rate = done as f64 / wall.as_secs_f64();
+            if scratch.is_none() && c == 2 && rate < RATE_TARGET {
+                missed.push(format!(
+                    "{rate:.0} tasks/s with the default scratch < {RATE_TARGET}"
+                ));
+            }
         }
+        std::thread::sleep(Duration::from_secs(2));
+        print_memory("idle after the runs", pid);
         drop(node);
+    }
+    if !missed.is_empty() {
+        eprintln!("missed: {}", missed.join("; "));
+        std::process::exit(1);
     }
 }
