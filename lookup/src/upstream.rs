@@ -418,7 +418,8 @@ impl WebServerClient {
 
     /// `POST /lookup/v1/answers`: uploads several answers in one request, recorded by the
     /// web server in one transaction. Returns each job's acknowledgement in request order;
-    /// `None` for a job the web server does not know (refused for good).
+    /// `None` for a job the web server does not know or that another lookup server holds or
+    /// held last (refused for good).
     pub async fn post_answers(
         &self,
         answers: &[(i64, &str, &str, &[u8])],
@@ -457,7 +458,7 @@ impl WebServerClient {
                 let ack = match x.status {
                     S::Stored => Some(AnswerAck::Stored),
                     S::Duplicate => Some(AnswerAck::Duplicate),
-                    S::NotFound => None,
+                    S::NotFound | S::NotLeased => None,
                 };
                 (x.job_id, ack)
             })

@@ -317,6 +317,11 @@ fn a_spool_left_by_a_crashed_lookup_is_relayed_at_start() {
 
     let rt = rt();
     let c = env.client();
+    // The crashed lookup held the job's lease (the web server takes an answer only from the
+    // lookup that holds or last held it).
+    rt.block_on(async {
+        assert_eq!(c.lease(10, &[], 300).await.unwrap().leases.len(), 1);
+    });
     let spool = AnswerSpool::open(&data).unwrap();
     assert_eq!(spool.pending().unwrap(), vec![id]);
     let relay = {

@@ -9,6 +9,7 @@ use reqwest::Method;
 use reqwest::StatusCode;
 use rjs_e2e::*;
 use rjs_webserver::store::Store;
+use rjs_webserver::store::sqlite::{RowCounts, SqliteStore};
 use rjs_wire::api::{self, JobState};
 use serde_json::{Value, json};
 
@@ -45,6 +46,162 @@ fn tmp_files(ws: &WebServer) -> usize {
     std::fs::read_dir(ws.data().join("blobs").join("tmp"))
         .map(|r| r.count())
         .unwrap_or(0)
+}
+
+fn store_of(ws: &WebServer) -> SqliteStore {
+    SqliteStore::open(&ws.data().join("rjs.db")).unwrap()
+}
+
+/// Everything a request could leave behind: rows of every table, jobs by state, blob files,
+/// temporary files.
+#[derive(Debug, PartialEq)]
+struct Trace {
+    rows: RowCounts,
+    states: Vec<(JobState, u64)>,
+    blobs: Vec<String>,
+    tmp: usize,
+}
+
+fn trace(ws: &WebServer) -> Trace {
+    Trace {
+        rows: store_of(ws).row_counts().unwrap(),
+        states: counts(ws),
+        blobs: blob_files(ws),
+        tmp: tmp_files(ws),
+    }
+}
+
+/// A signed bundle of `tasks` tasks carrying `filler` bytes of incompressible data.
+fn big_bundle(key: &rjs_signer::KeyPair, name: &str, tasks: u32, filler: usize) -> Vec<u8> {
+    let manifest = json!({
+        "format": 1, "name": name, "entry": "job.wasm", "tasks": tasks,
+        "inputs": ["data.bin"],
+    });
+    let mut data = vec![0u8; filler];
+    rand::fill(&mut data[..]);
+    let mut b = rjs_signer::BundleBuilder::new();
+    b.add("manifest.json", manifest.to_string().into_bytes())
+        .unwrap();
+    b.add("job.wasm", EMPTY_WASM.to_vec()).unwrap();
+    b.add("data.bin", data).unwrap();
+    b.sign(key, "author", now()).unwrap()
+}
+
+/// A hand-written HTTP/1.1 connection over TLS (for bodies sent in part, or slowly).
+struct Raw(rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>);
+
+impl Raw {
+    fn connect(ws: &WebServer, identity: Option<&LookupCreds>) -> Raw {
+        Self::connect_as(ws, identity, "localhost").unwrap()
+    }
+
+    /// Connects and completes the TLS handshake, naming the server `server_name`.
+    fn connect_as(
+        ws: &WebServer,
+        identity: Option<&LookupCreds>,
+        server_name: &str,
+    ) -> Result<Raw, rustls::Error> {
+        let ca = rjs_wire::tls::load_certs(&ws.ca_pem()).unwrap();
+        let identity = identity.map(|c| {
+            let pem = std::fs::read(&c.path).unwrap();
+            let leaf: Vec<_> = rjs_wire::tls::certs_from_pem(&pem, "creds")
+                .unwrap()
+                .into_iter()
+                .filter(|x| !ca.contains(x))
+                .collect();
+            (leaf, rjs_wire::tls::key_from_pem(&pem, "creds").unwrap())
+        });
+        let mut tls = rjs_wire::tls::client_config(&ca, identity).unwrap();
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let conn = rustls::ClientConnection::new(
+            Arc::new(tls),
+            rustls::pki_types::ServerName::try_from(server_name.to_owned()).unwrap(),
+        )
+        .unwrap();
+        let sock = std::net::TcpStream::connect(&ws.addr).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let mut raw = Raw(rustls::StreamOwned::new(conn, sock));
+        while raw.0.conn.is_handshaking() {
+            if let Err(e) = raw.0.conn.complete_io(&mut raw.0.sock) {
+                return Err(
+                    match e.into_inner().map(|e| e.downcast::<rustls::Error>()) {
+                        Some(Ok(e)) => *e,
+                        _ => rustls::Error::General("handshake I/O failed".into()),
+                    },
+                );
+            }
+        }
+        Ok(raw)
+    }
+
+    fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        use std::io::Write;
+        self.0.write_all(bytes)?;
+        self.0.flush()
+    }
+
+    /// Reads the rest of the connection: an error (or end) before any byte, or the bytes.
+    fn read_all(&mut self) -> (Vec<u8>, String) {
+        use std::io::Read;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match self.0.read(&mut buf) {
+                Ok(0) => return (got, "closed".into()),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) => return (got, e.to_string()),
+            }
+        }
+    }
+
+    /// Reads one response with a `Content-Length` body: (status, body).
+    fn response(&mut self) -> (u16, Vec<u8>) {
+        use std::io::Read;
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            assert_eq!(self.0.read(&mut byte).unwrap(), 1, "closed in the head");
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8(head).unwrap();
+        let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+        let len: usize = head
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse().unwrap())
+            })
+            .unwrap_or(0);
+        let mut body = vec![0u8; len];
+        self.0.read_exact(&mut body).unwrap();
+        (status, body)
+    }
+}
+
+/// Sends `signal` (e.g. "INT") to the server.
+fn signal(ws: &WebServer, signal: &str) {
+    let pid = ws.proc.as_ref().unwrap().child.id();
+    let st = std::process::Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+/// Waits up to `secs` for the server to exit; its exit code.
+fn exit_code(ws: &mut WebServer, secs: u64) -> Option<i32> {
+    let proc = ws.proc.as_mut().unwrap();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(secs) {
+        if let Some(st) = proc.child.try_wait().unwrap() {
+            return st.code();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("the server did not exit within {secs} s");
 }
 
 fn lease(
@@ -94,22 +251,34 @@ fn author_refusals_are_clear_and_leave_no_trace() {
     let up: api::UploadResponse = r.json().unwrap();
     assert_eq!(up.jobs.len(), 3);
     assert_eq!(up.bundle_id, sha256_hex(&good));
-    let before_counts = counts(&ws);
-    let before_blobs = blob_files(&ws);
+    // After each refusal: not one row (nonce, bundle, submission, job in any state), blob or
+    // temporary file more than before it.
+    let mut before = trace(&ws);
+    let refused =
+        |before: &Trace, case: &str, r: reqwest::blocking::Response, status, code: &str| {
+            assert_eq!(code_of(r), (status, code.to_owned()), "{case}");
+            assert_eq!(&trace(&ws), before, "{case} left a trace");
+        };
 
     // Uploading a bundle signed by another author.
     let bobs = make_bundle(&bob, "bobs", 2);
-    assert_eq!(
-        code_of(a.upload(&bobs).unwrap()),
-        (StatusCode::FORBIDDEN, "signer-mismatch".into())
+    refused(
+        &before,
+        "another author's bundle",
+        a.upload(&bobs).unwrap(),
+        StatusCode::FORBIDDEN,
+        "signer-mismatch",
     );
 
     // An unknown author.
     let carol = Author::new(&ws, rjs_signer::KeyPair::generate()).unwrap();
     let carols = make_bundle(&carol.key, "carols", 1);
-    assert_eq!(
-        code_of(carol.upload(&carols).unwrap()),
-        (StatusCode::UNAUTHORIZED, "unknown-author".into())
+    refused(
+        &before,
+        "unknown author",
+        carol.upload(&carols).unwrap(),
+        StatusCode::UNAUTHORIZED,
+        "unknown-author",
     );
 
     // A body changed after signing.
@@ -121,16 +290,22 @@ fn author_refusals_are_clear_and_leave_no_trace() {
         t[n] ^= 1;
         t
     };
-    assert_eq!(
-        code_of(rb.body(tampered).send().unwrap()),
-        (StatusCode::UNAUTHORIZED, "body-mismatch".into())
+    refused(
+        &before,
+        "tampered body",
+        rb.body(tampered).send().unwrap(),
+        StatusCode::UNAUTHORIZED,
+        "body-mismatch",
     );
 
     // A stale timestamp.
     let (rb, _) = a.signed(Method::POST, "/api/v1/bundles", other.clone(), now() - 3600);
-    assert_eq!(
-        code_of(rb.send().unwrap()),
-        (StatusCode::UNAUTHORIZED, "stale-timestamp".into())
+    refused(
+        &before,
+        "stale timestamp",
+        rb.send().unwrap(),
+        StatusCode::UNAUTHORIZED,
+        "stale-timestamp",
     );
 
     // A bad signature (signed for another path).
@@ -145,16 +320,39 @@ fn author_refusals_are_clear_and_leave_no_trace() {
         rb2 = rb2.header(k, v);
     }
     drop(rb);
-    assert_eq!(
-        code_of(rb2.send().unwrap()),
-        (StatusCode::UNAUTHORIZED, "bad-signature".into())
+    refused(
+        &before,
+        "bad signature",
+        rb2.send().unwrap(),
+        StatusCode::UNAUTHORIZED,
+        "bad-signature",
     );
 
-    // A replayed request: the same signed upload twice.
+    // An invalid bundle from a known author: its signature and body hash pass, so this is
+    // the case that used to leave its nonce behind.
+    let mut broken = make_bundle(&a.key, "broken", 1);
+    let n = broken.len() - 30;
+    broken[n] ^= 0xff;
+    let (rb, broken_auth) = a.signed(Method::POST, "/api/v1/bundles", broken.clone(), now());
+    refused(
+        &before,
+        "invalid bundle",
+        rb.send().unwrap(),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid-bundle",
+    );
+
+    // A replayed request: the same signed upload twice. The first is stored; the replay
+    // leaves nothing more.
     let replay = make_bundle(&a.key, "replay", 2);
     let (rb, auth) = a.signed(Method::POST, "/api/v1/bundles", replay.clone(), now());
     let first = rb.send().unwrap();
     assert_eq!(first.status(), StatusCode::CREATED);
+    let after_first = trace(&ws);
+    assert_eq!(after_first.rows.nonces, before.rows.nonces + 1);
+    assert_eq!(after_first.rows.bundles, before.rows.bundles + 1);
+    assert_eq!(after_first.rows.jobs, before.rows.jobs + 2);
+    before = after_first;
     let mut again = a
         .client
         .post(ws.url("/api/v1/bundles"))
@@ -162,32 +360,30 @@ fn author_refusals_are_clear_and_leave_no_trace() {
     for (k, v) in auth.headers() {
         again = again.header(k, v);
     }
-    assert_eq!(
-        code_of(again.send().unwrap()),
-        (StatusCode::UNAUTHORIZED, "replayed-nonce".into())
+    refused(
+        &before,
+        "replayed upload",
+        again.send().unwrap(),
+        StatusCode::UNAUTHORIZED,
+        "replayed-nonce",
     );
-
-    // An invalid bundle from a known author.
-    let mut broken = make_bundle(&a.key, "broken", 1);
-    let n = broken.len() - 30;
-    broken[n] ^= 0xff;
-    let (status, code) = code_of(a.upload(&broken).unwrap());
-    assert_eq!(
-        (status, code.as_str()),
-        (StatusCode::UNPROCESSABLE_ENTITY, "invalid-bundle")
+    // The refused invalid upload did not use up its nonce: the same signed request is
+    // refused again for what it is, not as a replay.
+    let mut again = a.client.post(ws.url("/api/v1/bundles")).body(broken);
+    for (k, v) in broken_auth.headers() {
+        again = again.header(k, v);
+    }
+    refused(
+        &before,
+        "invalid bundle sent again",
+        again.send().unwrap(),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid-bundle",
     );
 
     // Nothing of the refused requests is in the store: only the good bundle and the replay
     // bundle's first (legitimate) upload.
-    let after = counts(&ws);
-    let queued = |c: &[(JobState, u64)]| {
-        c.iter()
-            .find(|(s, _)| *s == JobState::Queued)
-            .map_or(0, |x| x.1)
-    };
-    assert_eq!(queued(&after), queued(&before_counts) + 2);
-    let mut expected_blobs = before_blobs.clone();
-    expected_blobs.push(sha256_hex(&replay));
+    let mut expected_blobs = vec![sha256_hex(&good), sha256_hex(&replay)];
     expected_blobs.sort();
     assert_eq!(blob_files(&ws), expected_blobs);
     assert_eq!(tmp_files(&ws), 0, "no temporary files left behind");
@@ -232,6 +428,90 @@ fn author_refusals_are_clear_and_leave_no_trace() {
     assert_eq!(code, Some(0));
 }
 
+/// One request of the lookup API: method, path, headers, body.
+type LookupCall = (Method, String, Vec<(&'static str, &'static str)>, Vec<u8>);
+
+/// Every lookup route, aimed at `job` and `bundle_id`.
+fn lookup_calls(job: i64, bundle_id: &str) -> Vec<LookupCall> {
+    let json_type = vec![("content-type", "application/json")];
+    let mut batch = Vec::new();
+    api::encode_answer_record(
+        &mut batch,
+        &api::AnswerBatchHeader {
+            job_id: job,
+            outcome: "exit 0".into(),
+            node: "n".into(),
+            size: 2,
+        },
+        b"PK",
+    )
+    .unwrap();
+    vec![
+        (
+            Method::POST,
+            "/lookup/v1/lease".into(),
+            json_type.clone(),
+            json!({"max": 10, "lease_secs": 30}).to_string().into(),
+        ),
+        (
+            Method::POST,
+            "/lookup/v1/renew".into(),
+            json_type.clone(),
+            json!({"job_ids": [job], "lease_secs": 30})
+                .to_string()
+                .into(),
+        ),
+        (
+            Method::POST,
+            "/lookup/v1/release".into(),
+            json_type.clone(),
+            json!({"job_ids": [job]}).to_string().into(),
+        ),
+        (
+            Method::POST,
+            format!("/lookup/v1/jobs/{job}/failure"),
+            json_type,
+            json!({"reason": "node lost"}).to_string().into(),
+        ),
+        (
+            Method::PUT,
+            format!("/lookup/v1/jobs/{job}/answer"),
+            vec![(api::H_OUTCOME, "exit 0"), (api::H_NODE, "n")],
+            b"PK answer".to_vec(),
+        ),
+        (
+            Method::POST,
+            "/lookup/v1/answers".into(),
+            vec![("content-type", api::ANSWERS_CONTENT_TYPE)],
+            batch,
+        ),
+        (
+            Method::GET,
+            format!("/lookup/v1/bundles/{bundle_id}"),
+            Vec::new(),
+            Vec::new(),
+        ),
+        (
+            Method::GET,
+            "/lookup/v1/events".into(),
+            Vec::new(),
+            Vec::new(),
+        ),
+    ]
+}
+
+fn send_call(
+    c: &reqwest::blocking::Client,
+    ws: &WebServer,
+    (method, path, headers, body): &LookupCall,
+) -> reqwest::blocking::Response {
+    let mut rb = c.request(method.clone(), ws.url(path)).body(body.clone());
+    for (k, v) in headers {
+        rb = rb.header(*k, *v);
+    }
+    rb.send().unwrap()
+}
+
 #[test]
 fn only_enrolled_unrevoked_lookups_may_lease_fetch_or_post() {
     let mut ws = WebServer::init().unwrap();
@@ -242,69 +522,83 @@ fn only_enrolled_unrevoked_lookups_may_lease_fetch_or_post() {
     let a = Author::new(&ws, alice).unwrap();
     let bundle = make_bundle(&a.key, "j", 2);
     assert_eq!(a.upload(&bundle).unwrap().status(), StatusCode::CREATED);
-    let bundle_path = format!("/lookup/v1/bundles/{}", sha256_hex(&bundle));
+    let bundle_id = sha256_hex(&bundle);
+    let bundle_path = format!("/lookup/v1/bundles/{bundle_id}");
 
-    // No client certificate.
-    let anon = ws.anon_client().unwrap();
-    assert_eq!(
-        code_of(lease(&anon, &ws, 1, 30)).0,
-        StatusCode::UNAUTHORIZED
-    );
-    assert_eq!(
-        anon.get(ws.url(&bundle_path)).send().unwrap().status(),
-        StatusCode::UNAUTHORIZED
-    );
-    assert_eq!(
-        post_answer(&anon, &ws, 1, b"x".to_vec()).status(),
-        StatusCode::UNAUTHORIZED
-    );
-
-    // A certificate from another CA: the TLS handshake (or the first read) fails.
-    let other = WebServer::init().unwrap();
-    let foreign = other.add_lookup("lab-x").unwrap();
-    let foreign_client = client(&ws.ca_pem(), Some(&foreign.path)).unwrap();
-    let r = foreign_client
-        .post(ws.url("/lookup/v1/lease"))
-        .json(&json!({"max": 1, "lease_secs": 30}))
-        .send();
-    assert!(
-        r.is_err() || !r.unwrap().status().is_success(),
-        "a foreign certificate must not lease"
-    );
-    let r = foreign_client.get(ws.url(&bundle_path)).send();
-    assert!(r.is_err() || !r.unwrap().status().is_success());
-
-    // A revoked certificate: works, then is refused at once after `lookup revoke`.
+    // lab-2 works until it is revoked, holding one job's lease.
     let rc = ws.lookup_client(&revoked).unwrap();
     assert_eq!(
         rc.get(ws.url(&bundle_path)).send().unwrap().status(),
         StatusCode::OK
     );
+    let held = lease_ok(&rc, &ws, 1, 600);
+    assert_eq!(held.len(), 1);
+    let held = held[0].job_id;
     ws.admin(&["lookup", "revoke", "lab-2"]).unwrap();
-    assert_eq!(
-        code_of(lease(&rc, &ws, 1, 30)),
-        (StatusCode::FORBIDDEN, "revoked-lookup".into())
-    );
-    assert_eq!(
-        rc.get(ws.url(&bundle_path)).send().unwrap().status(),
-        StatusCode::FORBIDDEN
-    );
-    assert_eq!(
-        post_answer(&rc, &ws, 1, b"x".to_vec()).status(),
-        StatusCode::FORBIDDEN
+    let before = trace(&ws);
+
+    let anon = ws.anon_client().unwrap();
+    let other = WebServer::init().unwrap();
+    let foreign = other.add_lookup("lab-x").unwrap();
+    for call in lookup_calls(held, &bundle_id) {
+        let what = format!("{} {}", call.0, call.1);
+        // No client certificate: 401.
+        assert_eq!(
+            code_of(send_call(&anon, &ws, &call)),
+            (StatusCode::UNAUTHORIZED, "no-client-certificate".into()),
+            "{what}"
+        );
+        // Revoked (though it holds the job's lease): 403, at once, without a restart.
+        assert_eq!(
+            code_of(send_call(&rc, &ws, &call)),
+            (StatusCode::FORBIDDEN, "revoked-lookup".into()),
+            "{what}"
+        );
+        // A certificate from another CA: the TLS handshake fails; not one byte of HTTP comes
+        // back, whatever is sent.
+        let mut raw = Raw::connect(&ws, Some(&foreign));
+        let mut request = format!(
+            "{} {} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\ncontent-length: {}\r\n",
+            call.0,
+            call.1,
+            call.3.len()
+        );
+        for (k, v) in &call.2 {
+            request.push_str(&format!("{k}: {v}\r\n"));
+        }
+        request.push_str("\r\n");
+        let _ = raw.send(request.as_bytes()); // may fail: the server drops the connection
+        let _ = raw.send(&call.3);
+        let (got, end) = raw.read_all();
+        assert!(
+            got.is_empty(),
+            "{what}: a foreign certificate got {:?} ({end})",
+            String::from_utf8_lossy(&got)
+        );
+    }
+    // The foreign client is refused by the server's fatal TLS alert after its handshake.
+    let (got, end) = Raw::connect(&ws, Some(&foreign)).read_all();
+    assert!(
+        got.is_empty() && end.contains("received fatal alert"),
+        "{end}"
     );
 
-    // Nothing was leased or answered by the refused clients.
-    assert!(
-        counts(&ws)
-            .iter()
-            .all(|(s, n)| *s == JobState::Queued || *n == 0)
+    // Nothing was leased, released, failed or answered by the refused clients.
+    assert_eq!(trace(&ws), before);
+    assert_eq!(
+        counts(&ws),
+        vec![
+            (JobState::Done, 0),
+            (JobState::Failed, 0),
+            (JobState::Leased, 1),
+            (JobState::Queued, 1)
+        ]
     );
 
     // The enrolled lookup can: lease, fetch (with ETag), post.
     let gc = ws.lookup_client(&good).unwrap();
     let leases = lease_ok(&gc, &ws, 10, 30);
-    assert_eq!(leases.len(), 2);
+    assert_eq!(leases.len(), 1);
     let r = gc.get(ws.url(&bundle_path)).send().unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     let etag = r
@@ -323,6 +617,11 @@ fn only_enrolled_unrevoked_lookups_may_lease_fetch_or_post() {
     assert_eq!(r.status(), StatusCode::NOT_MODIFIED);
     let r = post_answer(&gc, &ws, leases[0].job_id, b"answer".to_vec());
     assert_eq!(r.status(), StatusCode::CREATED);
+    // …but not for the job the revoked lookup held: not its lease.
+    assert_eq!(
+        code_of(post_answer(&gc, &ws, held, b"answer".to_vec())),
+        (StatusCode::CONFLICT, "not-leased".into())
+    );
 }
 
 #[test]
@@ -525,12 +824,87 @@ fn failures_requeue_until_max_attempts_and_events_announce_jobs() {
         .json(&json!({"reason": "x"}))
         .send()
         .unwrap();
-    assert!(r.status() == StatusCode::CONFLICT || r.status() == StatusCode::NOT_FOUND);
+    assert_eq!(code_of(r), (StatusCode::NOT_FOUND, "not-found".into()));
+}
+
+/// After a SIGKILL, with the server down: the database is sound, every blob it refers to is
+/// there with the right SHA-256, every file in the blob directory is complete (named by its
+/// SHA-256); returns how many temporary files the crash left (cleaned at the next start).
+fn check_store_after_crash(ws: &WebServer) -> usize {
+    let store = store_of(ws);
+    assert_eq!(store.integrity_check().unwrap(), vec!["ok".to_owned()]);
+    let on_disk = blob_files(ws);
+    for name in &on_disk {
+        let p = ws
+            .data()
+            .join("blobs")
+            .join("blobs")
+            .join(&name[..2])
+            .join(name);
+        assert_eq!(
+            sha256_hex(&std::fs::read(&p).unwrap()),
+            *name,
+            "blob {name} is complete"
+        );
+    }
+    for name in store.blob_names().unwrap() {
+        assert!(
+            on_disk.binary_search(&name).is_ok(),
+            "recorded blob {name} is missing"
+        );
+    }
+    tmp_files(ws)
+}
+
+/// After a restart: waits for the leases taken before the kill to expire (`lease_secs` 5),
+/// leases everything not done and checks that every job is now done or leased again, and
+/// that every job in `held` (leased, not acknowledged as answered, when the server died) is
+/// among them.
+fn leases_come_back(
+    ws: &WebServer,
+    author: &Author,
+    c: &reqwest::blocking::Client,
+    held: &HashSet<i64>,
+) {
+    std::thread::sleep(Duration::from_secs(7));
+    let mut again = HashSet::new();
+    loop {
+        let l = lease_ok(c, ws, 500, 600);
+        if l.is_empty() {
+            break;
+        }
+        again.extend(l.iter().map(|l| l.job_id));
+    }
+    let jobs = author.jobs().unwrap().jobs;
+    for j in &jobs {
+        match j.state {
+            JobState::Done => assert!(!again.contains(&j.id)),
+            JobState::Leased => assert!(again.contains(&j.id), "job {} lost", j.id),
+            s => panic!("job {} is {} after every lease expired", j.id, s.as_str()),
+        }
+    }
+    for job in held {
+        let j = jobs
+            .iter()
+            .find(|j| j.id == *job)
+            .expect("a leased job exists");
+        assert!(
+            j.state == JobState::Done || again.contains(job),
+            "job {job}, leased at the kill, did not come back"
+        );
+    }
+    eprintln!(
+        "{} job(s) leased at the kill, {} of them leased again after expiry",
+        held.len(),
+        held.iter().filter(|j| again.contains(j)).count()
+    );
 }
 
 #[test]
 fn sigkill_during_uploads_and_answers_loses_nothing_acknowledged() {
     let mut ws = WebServer::init().unwrap();
+    // Leases left to expire come back again and again: no job may fail for that here.
+    ws.extra_args = vec!["--max-attempts".into(), "1000".into()];
     let alice = ws.add_author("alice").unwrap();
     let creds = ws.add_lookup("lab").unwrap();
     ws.start().unwrap();
@@ -542,32 +916,42 @@ fn sigkill_during_uploads_and_answers_loses_nothing_acknowledged() {
     let acked_uploads: Arc<Mutex<Vec<String>>> = Arc::default();
     type Acked = Arc<Mutex<Vec<(i64, Vec<u8>)>>>;
     let acked_answers: Acked = Arc::default();
-    let uploader = {
-        let (a, stop, acked) = (a.clone(), stop.clone(), acked_uploads.clone());
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::SeqCst) {
-                let b = make_bundle(&a.key, "crash", 1);
-                match a.upload(&b) {
-                    Ok(r) if r.status() == StatusCode::CREATED => {
-                        acked.lock().unwrap().push(sha256_hex(&b))
+    // Jobs leased and not (yet) acknowledged as answered.
+    let held: Arc<Mutex<HashSet<i64>>> = Arc::default();
+    const TASKS: u32 = 20;
+    // Two uploaders, so that an upload is nearly always being received when the kill comes.
+    let uploaders: Vec<_> = (0..2)
+        .map(|_| {
+            let (a, stop, acked) = (a.clone(), stop.clone(), acked_uploads.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    // A few MiB of incompressible data: the kill can land mid-write.
+                    let b = big_bundle(&a.key, "crash", TASKS, 3 * 1024 * 1024);
+                    match a.upload(&b) {
+                        Ok(r) if r.status() == StatusCode::CREATED => {
+                            acked.lock().unwrap().push(sha256_hex(&b))
+                        }
+                        Ok(r) => panic!("unexpected status {}", r.status()),
+                        Err(_) => break,
                     }
-                    Ok(r) => panic!("unexpected status {}", r.status()),
-                    Err(_) => break,
                 }
-            }
+            })
         })
-    };
+        .collect();
     let answerer = {
-        let (stop, acked, ws_url) = (
+        let (stop, acked, held, ws_url, c) = (
             stop.clone(),
             acked_answers.clone(),
+            held.clone(),
             format!("https://{addr}"),
+            c.clone(),
         );
         std::thread::spawn(move || {
+            let mut n = 0usize;
             while !stop.load(Ordering::SeqCst) {
                 let Ok(r) = c
                     .post(format!("{ws_url}/lookup/v1/lease"))
-                    .json(&json!({"max": 5, "lease_secs": 60}))
+                    .json(&json!({"max": 5, "lease_secs": 5}))
                     .send()
                 else {
                     break;
@@ -575,8 +959,23 @@ fn sigkill_during_uploads_and_answers_loses_nothing_acknowledged() {
                 let Ok(leases) = r.json::<api::LeaseResponse>() else {
                     break;
                 };
+                held.lock()
+                    .unwrap()
+                    .extend(leases.leases.iter().map(|l| l.job_id));
                 for l in leases.leases {
-                    let body = format!("answer for {} {}", l.job_id, "x".repeat(4096)).into_bytes();
+                    if l.job_id % 5 == 0 {
+                        continue; // kept leased, unanswered: it must come back after the kill
+                    }
+                    n += 1;
+                    // Small answers (kept in the database) and, now and then, one for the
+                    // blob store.
+                    let len = if n.is_multiple_of(3) {
+                        600 * 1024
+                    } else {
+                        4096
+                    };
+                    let mut body = format!("answer for {} ", l.job_id).into_bytes();
+                    body.resize(len, b'x');
                     match c
                         .put(format!("{ws_url}/lookup/v1/jobs/{}/answer", l.job_id))
                         .header(api::H_OUTCOME, "exit 0")
@@ -585,6 +984,7 @@ fn sigkill_during_uploads_and_answers_loses_nothing_acknowledged() {
                         .send()
                     {
                         Ok(r) if r.status() == StatusCode::CREATED => {
+                            held.lock().unwrap().remove(&l.job_id);
                             acked.lock().unwrap().push((l.job_id, body))
                         }
                         Ok(r) => panic!("unexpected status {}", r.status()),
@@ -594,21 +994,45 @@ fn sigkill_during_uploads_and_answers_loses_nothing_acknowledged() {
             }
         })
     };
-    std::thread::sleep(Duration::from_millis(2500));
+    // After 2 s of load, kill the server the moment an upload is being written (a
+    // temporary file with data in it), so that the kill lands mid-write.
+    std::thread::sleep(Duration::from_millis(2000));
+    let writing = || {
+        std::fs::read_dir(ws.data().join("blobs").join("tmp"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| e.metadata().is_ok_and(|m| m.len() > 0))
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !writing() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_micros(200));
+    }
     ws.kill9();
     stop.store(true, Ordering::SeqCst);
-    uploader.join().unwrap();
+    for u in uploaders {
+        u.join().unwrap();
+    }
     answerer.join().unwrap();
     let acked_uploads = acked_uploads.lock().unwrap().clone();
     let acked_answers = acked_answers.lock().unwrap().clone();
+    let held = held.lock().unwrap().clone();
     assert!(
-        acked_uploads.len() >= 5,
+        acked_uploads.len() >= 3,
         "the load ran ({} uploads acknowledged)",
         acked_uploads.len()
     );
     assert!(!acked_answers.is_empty(), "the load ran (answers)");
 
-    // Restart on the same data.
+    // Down: the database and the blob store are consistent as the kill left them.
+    let leftovers = check_store_after_crash(&ws);
+    eprintln!(
+        "{} uploads and {} answers acknowledged; the kill left {leftovers} temporary file(s)",
+        acked_uploads.len(),
+        acked_answers.len()
+    );
+
+    // Restart on the same data: temporary files are cleaned at start.
     ws.addr = addr;
     ws.start().unwrap();
     assert_eq!(
@@ -616,19 +1040,6 @@ fn sigkill_during_uploads_and_answers_loses_nothing_acknowledged() {
         0,
         "half-written files are cleaned at start-up"
     );
-    for name in blob_files(&ws) {
-        let p = ws
-            .data()
-            .join("blobs")
-            .join("blobs")
-            .join(&name[..2])
-            .join(&name);
-        assert_eq!(
-            sha256_hex(&std::fs::read(&p).unwrap()),
-            name,
-            "blob {name} is complete"
-        );
-    }
     let jobs = a.jobs().unwrap().jobs;
     let bundles: HashSet<&str> = jobs.iter().map(|j| j.bundle_id.as_str()).collect();
     for id in &acked_uploads {
@@ -650,10 +1061,11 @@ fn sigkill_during_uploads_and_answers_loses_nothing_acknowledged() {
             StatusCode::OK,
             "acknowledged answer for job {job} lost"
         );
-        assert_eq!(&r.bytes().unwrap()[..], &body[..]);
+        assert!(r.bytes().unwrap()[..] == body[..], "answer of job {job}");
     }
-    // No job lost: each recorded bundle has its job, in a sane state.
-    assert_eq!(jobs.len(), bundles.len());
+    // No job lost: each recorded bundle has its jobs; those leased at the kill come back.
+    assert_eq!(jobs.len(), TASKS as usize * bundles.len());
+    leases_come_back(&ws, &a, &c, &held);
 }
 
 #[test]
@@ -674,15 +1086,22 @@ fn sigkill_during_answer_batches_loses_nothing_acknowledged() {
 
     type Acked = Arc<Mutex<Vec<(i64, Vec<u8>)>>>;
     let acked: Acked = Arc::default();
+    let held: Arc<Mutex<HashSet<i64>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let poster = {
-        let (stop, acked, url) = (stop.clone(), acked.clone(), format!("https://{addr}"));
+        let (stop, acked, held, url, c) = (
+            stop.clone(),
+            acked.clone(),
+            held.clone(),
+            format!("https://{addr}"),
+            c.clone(),
+        );
         std::thread::spawn(move || {
             let mut n = 0usize;
             while !stop.load(Ordering::SeqCst) {
                 let Ok(r) = c
                     .post(format!("{url}/lookup/v1/lease"))
-                    .json(&json!({"max": 16, "lease_secs": 600}))
+                    .json(&json!({"max": 16, "lease_secs": 5}))
                     .send()
                 else {
                     return;
@@ -690,6 +1109,9 @@ fn sigkill_during_answer_batches_loses_nothing_acknowledged() {
                 let Ok(leases) = r.json::<api::LeaseResponse>() else {
                     return;
                 };
+                held.lock()
+                    .unwrap()
+                    .extend(leases.leases.iter().map(|l| l.job_id));
                 let mut body = Vec::new();
                 let mut answers = Vec::new();
                 for l in leases.leases {
@@ -729,6 +1151,10 @@ fn sigkill_during_answer_batches_loses_nothing_acknowledged() {
                         .iter()
                         .all(|r| r.status == api::AnswerBatchStatus::Stored)
                 );
+                let mut h = held.lock().unwrap();
+                for (job, _) in &answers {
+                    h.remove(job);
+                }
                 acked.lock().unwrap().extend(answers);
             }
         })
@@ -738,8 +1164,11 @@ fn sigkill_during_answer_batches_loses_nothing_acknowledged() {
     stop.store(true, Ordering::SeqCst);
     poster.join().unwrap();
     let acked = acked.lock().unwrap().clone();
+    let held = held.lock().unwrap().clone();
     assert!(acked.len() >= 32, "the load ran ({} answers)", acked.len());
 
+    let leftovers = check_store_after_crash(&ws);
+    eprintln!("the kill left {leftovers} temporary file(s)");
     ws.addr = addr;
     ws.start().unwrap();
     assert_eq!(
@@ -747,19 +1176,6 @@ fn sigkill_during_answer_batches_loses_nothing_acknowledged() {
         0,
         "half-written files are cleaned at start-up"
     );
-    for name in blob_files(&ws) {
-        let p = ws
-            .data()
-            .join("blobs")
-            .join("blobs")
-            .join(&name[..2])
-            .join(&name);
-        assert_eq!(
-            sha256_hex(&std::fs::read(&p).unwrap()),
-            name,
-            "blob {name} is complete"
-        );
-    }
     let done = a
         .jobs()
         .unwrap()
@@ -790,4 +1206,201 @@ fn sigkill_during_answer_batches_loses_nothing_acknowledged() {
             "answer for job {job} intact"
         );
     }
+    leases_come_back(&ws, &a, &c, &held);
+}
+
+#[test]
+fn init_from_the_command_line_makes_a_private_directory_and_prints_nothing_secret() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let init = || {
+        std::process::Command::new(bin("rjs-webserver"))
+            .arg("init")
+            .arg("--data")
+            .arg(&data)
+            .args(["--host", "example.test", "--host", "127.0.0.1"])
+            .output()
+            .unwrap()
+    };
+    let out = init();
+    let (stdout, stderr) = (
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    );
+    assert!(out.status.success(), "{stdout}{stderr}");
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&data), 0o700);
+    for key in ["ca-key.pem", "server-key.pem"] {
+        assert_eq!(mode(&data.join(key)), 0o600, "{key}");
+    }
+    // It names the file to hand out, and says nothing secret.
+    let ca = data.join("ca.pem");
+    assert!(ca.is_file());
+    assert!(stdout.contains(&ca.display().to_string()), "{stdout}");
+    assert!(stdout.contains("example.test"), "{stdout}");
+    for text in [&stdout, &stderr] {
+        assert!(!text.contains("PRIVATE KEY"), "{text}");
+        for key in ["ca-key.pem", "server-key.pem"] {
+            let pem = std::fs::read_to_string(data.join(key)).unwrap();
+            for line in pem
+                .lines()
+                .filter(|l| !l.starts_with("-----") && l.len() > 16)
+            {
+                assert!(!text.contains(line), "{key} material printed");
+            }
+        }
+    }
+    let ca_bytes = std::fs::read(&ca).unwrap();
+    let key_bytes = std::fs::read(data.join("ca-key.pem")).unwrap();
+
+    // A second init refuses and changes nothing.
+    let again = init();
+    assert_eq!(again.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(err.contains("already holds a web server CA"), "{err}");
+    assert_eq!(std::fs::read(&ca).unwrap(), ca_bytes);
+    assert_eq!(std::fs::read(data.join("ca-key.pem")).unwrap(), key_bytes);
+
+    // The certificate is for the hosts given (and only them: not the default localhost).
+    let mut ws = WebServer {
+        dir: tmp,
+        proc: None,
+        addr: String::new(),
+        extra_args: Vec::new(),
+    };
+    ws.start().unwrap();
+    let mut raw = Raw::connect_as(&ws, None, "example.test").unwrap();
+    raw.send(b"GET /healthz HTTP/1.1\r\nhost: example.test\r\n\r\n")
+        .unwrap();
+    assert_eq!(raw.response(), (200, b"ok".to_vec()));
+    assert!(Raw::connect_as(&ws, None, "localhost").is_err());
+    assert_eq!(
+        ws.anon_client()
+            .unwrap()
+            .get(ws.url("/healthz"))
+            .send()
+            .unwrap()
+            .status(),
+        StatusCode::OK,
+        "127.0.0.1"
+    );
+}
+
+#[test]
+fn authors_never_see_each_others_jobs_or_answers() {
+    let mut ws = WebServer::init().unwrap();
+    let alice = ws.add_author("alice").unwrap();
+    let bob = ws.add_author("bob").unwrap();
+    let creds = ws.add_lookup("lab").unwrap();
+    ws.start().unwrap();
+    let a = Author::new(&ws, alice).unwrap();
+    let b = Author::new(&ws, bob).unwrap();
+    let mut ids = Vec::new();
+    for (who, name) in [(&a, "alices"), (&b, "bobs")] {
+        let r = who.upload(&make_bundle(&who.key, name, 2)).unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED);
+        ids.push(r.json::<api::UploadResponse>().unwrap());
+    }
+    let c = ws.lookup_client(&creds).unwrap();
+    for l in lease_ok(&c, &ws, 10, 60) {
+        let r = post_answer(&c, &ws, l.job_id, format!("answer {}", l.job_id).into());
+        assert_eq!(r.status(), StatusCode::CREATED);
+    }
+    let get = |who: &Author, path: &str| {
+        let (rb, _) = who.signed(Method::GET, path, Vec::new(), now());
+        rb.send().unwrap()
+    };
+    for (me, mine, theirs) in [(&a, &ids[0], &ids[1]), (&b, &ids[1], &ids[0])] {
+        // Filtering by the other's bundle shows nothing of it.
+        let r = get(me, &format!("/api/v1/jobs?bundle={}", theirs.bundle_id));
+        assert_eq!(r.status(), StatusCode::OK);
+        assert!(r.json::<api::JobList>().unwrap().jobs.is_empty());
+        // The full list holds only my jobs.
+        let all: Vec<i64> = get(me, "/api/v1/jobs")
+            .json::<api::JobList>()
+            .unwrap()
+            .jobs
+            .iter()
+            .map(|j| j.id)
+            .collect();
+        let want: Vec<i64> = mine.jobs.iter().map(|j| j.id).collect();
+        assert_eq!(all, want);
+        // My answers I get; the other's answers are 404, exactly as a job that does not
+        // exist.
+        for j in &mine.jobs {
+            let r = get(me, &format!("/api/v1/jobs/{}/answer", j.id));
+            assert_eq!(r.status(), StatusCode::OK);
+            assert_eq!(r.bytes().unwrap(), format!("answer {}", j.id).as_bytes());
+        }
+        for j in &theirs.jobs {
+            assert_eq!(
+                code_of(get(me, &format!("/api/v1/jobs/{}/answer", j.id))),
+                (StatusCode::NOT_FOUND, "not-found".into())
+            );
+        }
+        assert_eq!(
+            code_of(get(me, "/api/v1/jobs/999999/answer")),
+            (StatusCode::NOT_FOUND, "not-found".into())
+        );
+    }
+}
+
+#[test]
+fn sigint_and_sigterm_stop_the_server_gracefully() {
+    let mut ws = WebServer::init().unwrap();
+    let alice = ws.add_author("alice").unwrap();
+    let creds = ws.add_lookup("lab").unwrap();
+    ws.start().unwrap();
+
+    // SIGINT with an event stream open: the stream ends, the process exits 0.
+    let mut events = Raw::connect(&ws, Some(&creds));
+    events
+        .send(b"GET /lookup/v1/events HTTP/1.1\r\nhost: localhost\r\n\r\n")
+        .unwrap();
+    assert_eq!(events.response().0, 200);
+    signal(&ws, "INT");
+    assert_eq!(exit_code(&mut ws, 20), Some(0));
+    events.read_all(); // returns: the stream was ended, not left hanging
+
+    // SIGTERM while an upload is on its way: it completes, then the process exits 0.
+    ws.addr = String::new();
+    ws.start().unwrap();
+    let bundle = big_bundle(&alice, "slow", 1, 3 * 1024 * 1024);
+    let auth = rjs_signer::request::RequestAuth::sign(
+        &alice,
+        "POST",
+        "/api/v1/bundles",
+        &sha256_hex(&bundle),
+        now(),
+    );
+    let mut up = Raw::connect(&ws, None);
+    let mut head = format!(
+        "POST /api/v1/bundles HTTP/1.1\r\nhost: localhost\r\ncontent-length: {}\r\n",
+        bundle.len()
+    );
+    for (k, v) in auth.headers() {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    up.send(head.as_bytes()).unwrap();
+    let (start, rest) = bundle.split_at(512 * 1024);
+    up.send(start).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    signal(&ws, "TERM");
+    // The rest arrives slowly, over about a second after the signal.
+    for piece in rest.chunks(256 * 1024) {
+        std::thread::sleep(Duration::from_millis(100));
+        up.send(piece).unwrap();
+    }
+    let (status, body) = up.response();
+    assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
+    let r: api::UploadResponse = serde_json::from_slice(&body).unwrap();
+    assert_eq!(r.bundle_id, sha256_hex(&bundle));
+    assert_eq!(exit_code(&mut ws, 20), Some(0));
+    // What was acknowledged is stored.
+    let store = store_of(&ws);
+    assert!(store.bundle_exists(&r.bundle_id).unwrap());
+    assert_eq!(store.integrity_check().unwrap(), vec!["ok".to_owned()]);
+    assert_eq!(tmp_files(&ws), 0);
 }

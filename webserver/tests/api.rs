@@ -81,11 +81,45 @@ impl Server {
     }
 
     fn lookup(&self, name: &str) -> Client {
+        self.client(Some(self.lookup_creds(name)))
+    }
+
+    /// Enrols a lookup; its credentials (parse the file again for a second copy).
+    fn lookup_creds(&self, name: &str) -> pki::Creds {
         let out = self.data.join(format!("{name}.creds"));
         admin::lookup_add(&self.data, name, &out).unwrap();
-        self.client(Some(
-            pki::parse_creds(&std::fs::read(&out).unwrap()).unwrap(),
-        ))
+        pki::parse_creds(&std::fs::read(&out).unwrap()).unwrap()
+    }
+
+    /// The credentials of a lookup enrolled with [`Server::lookup`].
+    fn creds_of(&self, name: &str) -> pki::Creds {
+        pki::parse_creds(&std::fs::read(self.data.join(format!("{name}.creds"))).unwrap()).unwrap()
+    }
+
+    /// A raw HTTP/1.1 connection over TLS, for requests reqwest cannot make (a body sent
+    /// only in part).
+    fn raw(&self, identity: Option<pki::Creds>) -> RawConn {
+        let tls = rjs_wire::tls::client_config(&self.ca, identity.map(|c| (vec![c.cert], c.key)))
+            .unwrap();
+        self.raw_with(tls)
+    }
+
+    fn raw_with(&self, mut tls: rustls::ClientConfig) -> RawConn {
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let conn = rustls::ClientConnection::new(std::sync::Arc::new(tls), name).unwrap();
+        let sock = std::net::TcpStream::connect(self.addr).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        RawConn(rustls::StreamOwned::new(conn, sock))
+    }
+
+    fn store(&self) -> rjs_webserver::store::sqlite::SqliteStore {
+        rjs_webserver::store::sqlite::SqliteStore::open(&self.data.join("rjs.db")).unwrap()
+    }
+
+    fn tmp_files(&self) -> usize {
+        count_files(&self.data.join("blobs/tmp"))
     }
 
     fn blob_files(&self) -> usize {
@@ -104,6 +138,49 @@ impl Drop for Server {
                 r.unwrap();
             }
         }
+    }
+}
+
+/// An HTTP/1.1 client connection written by hand.
+struct RawConn(rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>);
+
+impl RawConn {
+    fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        use std::io::Write;
+        self.0.write_all(bytes)?;
+        self.0.flush()
+    }
+
+    /// Sends one chunk of a chunked body.
+    fn chunk(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.send(format!("{:x}\r\n", bytes.len()).as_bytes())?;
+        self.send(bytes)?;
+        self.send(b"\r\n")
+    }
+
+    /// Reads one response: status, JSON body (`Content-Length` bodies only).
+    fn response(&mut self) -> (u16, Value) {
+        use std::io::Read;
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            let n = self.0.read(&mut byte).unwrap();
+            assert_eq!(n, 1, "connection closed in the response head: {head:?}");
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8(head).unwrap();
+        let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
+        let len: usize = head
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse().unwrap())
+            })
+            .unwrap_or(0);
+        let mut body = vec![0u8; len];
+        self.0.read_exact(&mut body).unwrap();
+        (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
     }
 }
 
@@ -835,7 +912,7 @@ fn batch_ok(c: &Client, srv: &Server, body: Vec<u8>) -> Vec<(i64, AnswerBatchSta
 }
 
 fn store(srv: &Server) -> rjs_webserver::store::sqlite::SqliteStore {
-    rjs_webserver::store::sqlite::SqliteStore::open(&srv.data.join("rjs.db")).unwrap()
+    srv.store()
 }
 
 /// Jobs by state: [queued, leased, done, failed].
@@ -948,13 +1025,31 @@ fn answer_batch_with_an_unknown_job_stores_the_others() {
     assert_eq!(download(&l.author, a).2, b"PK a");
     assert_eq!(download(&l.author, b).2, b"PK b");
 
-    // A job leased by another lookup (or not leased at all): the first answer wins, as with
-    // the single-answer upload.
+    // A job leased by another lookup: `not-leased`, nothing stored (small or large);
+    // the holder's answer is then taken.
     let c = l.jobs[2];
     let other = srv.lookup("other");
-    let results = batch_ok(&other, &srv, batch(&[(c, b"PK from the other lookup")]));
+    let blobs_before = srv.blob_files();
+    let large = answer_bytes(c, 600 * 1024);
+    let results = batch_ok(
+        &other,
+        &srv,
+        batch(&[(c, b"PK from the other lookup"), (a, &large)]),
+    );
+    assert_eq!(
+        results,
+        vec![
+            (c, AnswerBatchStatus::NotLeased),
+            (a, AnswerBatchStatus::NotLeased)
+        ]
+    );
+    assert_eq!(states(&srv), [0, 1, 2, 0]);
+    assert_eq!(inline_answers(&srv), 2);
+    assert_eq!(srv.blob_files(), blobs_before);
+    assert_eq!(count_files(&srv.data.join("blobs/tmp")), 0);
+    let results = batch_ok(&l.lab, &srv, batch(&[(c, b"PK c")]));
     assert_eq!(results, vec![(c, AnswerBatchStatus::Stored)]);
-    assert_eq!(download(&l.author, c).2, b"PK from the other lookup");
+    assert_eq!(download(&l.author, c).2, b"PK c");
     assert_eq!(states(&srv), [0, 0, 3, 0]);
 }
 
@@ -1177,11 +1272,15 @@ fn large_answers_go_to_the_blob_store_small_ones_inline() {
 
     assert_eq!(states(&srv), [0, 0, 6, 0]);
     assert_eq!(inline_answers(&srv), 3);
-    // Three answer blobs, named by their SHA-256 (plus, perhaps, the streamed duplicate's).
-    let after = srv.blob_files();
+    // Three answer blobs, named by their SHA-256; nothing of the streamed duplicate.
+    assert_eq!(srv.blob_files(), blobs_before + 3);
+    let dup = sha_hex(&answer_bytes(1, INLINE + 5));
     assert!(
-        after == blobs_before + 3 || after == blobs_before + 4,
-        "{blobs_before} -> {after}"
+        !srv.data
+            .join("blobs/blobs")
+            .join(&dup[..2])
+            .join(&dup)
+            .exists()
     );
     for i in [1, 2, 5] {
         let sha = sha_hex(&answers[i]);
@@ -1242,4 +1341,498 @@ fn answer_batches_need_an_enrolled_unrevoked_lookup() {
     );
     assert_eq!(states(&srv), [0, 2, 0, 0]);
     assert_eq!(inline_answers(&srv), 0);
+}
+
+// ------------------------------------------------------------------ duplicates, refusals
+
+fn put_answer(c: &Client, srv: &Server, job: i64, body: reqwest::blocking::Body) -> Response {
+    c.put(srv.url(&format!("/lookup/v1/jobs/{job}/answer")))
+        .header("rjs-outcome", "exit 0")
+        .header("rjs-node", "n1")
+        .body(body)
+        .send()
+        .unwrap()
+}
+
+fn blob_exists(srv: &Server, bytes: &[u8]) -> bool {
+    let sha = sha_hex(bytes);
+    srv.data
+        .join("blobs/blobs")
+        .join(&sha[..2])
+        .join(&sha)
+        .exists()
+}
+
+#[test]
+fn a_duplicate_or_refused_large_answer_leaves_no_blob() {
+    let srv = Server::start_with(1024 * 1024, 4 * 1024 * 1024, 3);
+    let l = leased(&srv, 4);
+    let other = srv.lookup("other");
+    let j = l.jobs.clone();
+    let blobs_before = srv.blob_files();
+    let chunked = |b: &[u8]| reqwest::blocking::Body::new(std::io::Cursor::new(b.to_vec()));
+
+    let first = answer_bytes(j[0], 600 * 1024);
+    assert_eq!(
+        put_answer(&l.lab, &srv, j[0], first.clone().into())
+            .status()
+            .as_u16(),
+        201
+    );
+    assert_eq!(srv.blob_files(), blobs_before + 1);
+
+    // A second large answer, with a length, streamed without one, in a batch: acknowledged
+    // and discarded, no blob, no temporary file.
+    let second = answer_bytes(j[0] + 1000, 700 * 1024);
+    for body in [second.clone().into(), chunked(&second)] {
+        let r = put_answer(&l.lab, &srv, j[0], body);
+        assert_eq!(r.status().as_u16(), 200);
+        assert_eq!(r.json::<Value>().unwrap(), json!({"status": "duplicate"}));
+    }
+    assert_eq!(
+        batch_ok(&l.lab, &srv, batch(&[(j[0], &second)])),
+        vec![(j[0], AnswerBatchStatus::Duplicate)]
+    );
+    assert!(!blob_exists(&srv, &second));
+    // Over the limit is still too large, duplicate or not.
+    check_error(
+        put_answer(&l.lab, &srv, j[0], vec![1u8; 4 * 1024 * 1024 + 1].into()),
+        413,
+        "too-large",
+    );
+
+    // Another lookup's large answer for a job this one holds: 409, nothing kept.
+    for body in [second.clone().into(), chunked(&second)] {
+        check_error(put_answer(&other, &srv, j[1], body), 409, "not-leased");
+    }
+    check_error(
+        put_answer(&other, &srv, 999_999, second.clone().into()),
+        404,
+        "not-found",
+    );
+    assert!(!blob_exists(&srv, &second));
+    assert_eq!(srv.blob_files(), blobs_before + 1);
+    assert_eq!(srv.tmp_files(), 0);
+    assert_eq!(states(&srv), [0, 3, 1, 0]);
+
+    // Two large answers for one job at once (both pass the first check, both are received
+    // into blobs): one is stored, the other acknowledged as a duplicate, and only the stored
+    // one's blob stays.
+    for &job in &j[1..] {
+        let bodies = [
+            answer_bytes(job, 900 * 1024),
+            answer_bytes(job + 7777, 900 * 1024),
+        ];
+        let threads: Vec<_> = bodies
+            .iter()
+            .map(|b| {
+                let (c, url, b) = (
+                    l.lab.clone(),
+                    srv.url(&format!("/lookup/v1/jobs/{job}/answer")),
+                    b.clone(),
+                );
+                std::thread::spawn(move || {
+                    c.put(url)
+                        .header("rjs-outcome", "exit 0")
+                        .header("rjs-node", "n1")
+                        .body(b)
+                        .send()
+                        .unwrap()
+                        .status()
+                        .as_u16()
+                })
+            })
+            .collect();
+        let mut statuses: Vec<u16> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        statuses.sort();
+        assert_eq!(statuses, vec![200, 201], "job {job}");
+        let stored = download(&l.author, job).2;
+        let (kept, dropped) = if stored == bodies[0] {
+            (&bodies[0], &bodies[1])
+        } else {
+            (&bodies[1], &bodies[0])
+        };
+        assert_eq!(&stored, kept);
+        assert!(blob_exists(&srv, kept));
+        assert!(
+            !blob_exists(&srv, dropped),
+            "the duplicate's blob of job {job}"
+        );
+    }
+    assert_eq!(srv.blob_files(), blobs_before + 4);
+    assert_eq!(srv.tmp_files(), 0);
+    assert_eq!(download(&l.author, j[0]).2, first);
+    assert_eq!(states(&srv), [0, 0, 4, 0]);
+}
+
+/// What one lookup route is asked, for [`every_lookup_route_refuses_…`].
+struct Route {
+    name: &'static str,
+    method: Method,
+    path: String,
+    body: Vec<u8>,
+    headers: Vec<(&'static str, &'static str)>,
+}
+
+fn lookup_routes(job: i64, bundle_id: &str) -> Vec<Route> {
+    let json_route = |name, path: String, body: Value| Route {
+        name,
+        method: Method::POST,
+        path,
+        body: body.to_string().into_bytes(),
+        headers: vec![("content-type", "application/json")],
+    };
+    vec![
+        json_route(
+            "lease",
+            "/lookup/v1/lease".into(),
+            json!({"max": 10, "lease_secs": 60}),
+        ),
+        json_route(
+            "renew",
+            "/lookup/v1/renew".into(),
+            json!({"job_ids": [job], "lease_secs": 60}),
+        ),
+        json_route(
+            "release",
+            "/lookup/v1/release".into(),
+            json!({"job_ids": [job]}),
+        ),
+        json_route(
+            "failure",
+            format!("/lookup/v1/jobs/{job}/failure"),
+            json!({"reason": "node lost"}),
+        ),
+        Route {
+            name: "answer",
+            method: Method::PUT,
+            path: format!("/lookup/v1/jobs/{job}/answer"),
+            body: b"PK answer".to_vec(),
+            headers: vec![("rjs-outcome", "exit 0"), ("rjs-node", "n1")],
+        },
+        Route {
+            name: "answers",
+            method: Method::POST,
+            path: "/lookup/v1/answers".into(),
+            body: batch(&[(job, b"PK batch answer")]),
+            headers: vec![("content-type", ANSWERS_CONTENT_TYPE)],
+        },
+        Route {
+            name: "bundle",
+            method: Method::GET,
+            path: format!("/lookup/v1/bundles/{bundle_id}"),
+            body: Vec::new(),
+            headers: Vec::new(),
+        },
+        Route {
+            name: "events",
+            method: Method::GET,
+            path: "/lookup/v1/events".into(),
+            body: Vec::new(),
+            headers: Vec::new(),
+        },
+    ]
+}
+
+impl Route {
+    /// The request as HTTP/1.1 bytes.
+    fn http1(&self) -> Vec<u8> {
+        let mut out = format!(
+            "{} {} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\ncontent-length: {}\r\n",
+            self.method,
+            self.path,
+            self.body.len()
+        );
+        for (k, v) in &self.headers {
+            out.push_str(&format!("{k}: {v}\r\n"));
+        }
+        out.push_str("\r\n");
+        let mut out = out.into_bytes();
+        out.extend_from_slice(&self.body);
+        out
+    }
+}
+
+fn call(c: &Client, srv: &Server, r: &Route) -> reqwest::Result<Response> {
+    let mut rb = c
+        .request(r.method.clone(), srv.url(&r.path))
+        .body(r.body.clone());
+    for (k, v) in &r.headers {
+        rb = rb.header(*k, *v);
+    }
+    rb.send()
+}
+
+#[test]
+fn every_lookup_route_refuses_clients_without_an_enrolled_unrevoked_certificate() {
+    let srv = Server::start(1024 * 1024, 3);
+    let l = leased(&srv, 3);
+    let jobs: Value = l.author.send("GET", "/api/v1/jobs", vec![]).json().unwrap();
+    let bundle_id = jobs["jobs"][0]["bundle_id"].as_str().unwrap().to_owned();
+    // `gone` takes one of lab's jobs back (released by lab), then is revoked.
+    let gone = srv.lookup("gone");
+    let given: Value = post(
+        &l.lab,
+        &srv,
+        "/lookup/v1/release",
+        json!({"job_ids": [l.jobs[2]]}),
+    )
+    .json()
+    .unwrap();
+    assert_eq!(given["released"], json!([l.jobs[2]]));
+    let r: Value = post(
+        &gone,
+        &srv,
+        "/lookup/v1/lease",
+        json!({"max": 1, "lease_secs": 600}),
+    )
+    .json()
+    .unwrap();
+    assert_eq!(r["leases"][0]["job_id"], l.jobs[2]);
+    admin::lookup_revoke(&srv.data, "gone").unwrap();
+
+    let ca = pki::Ca {
+        cert_pem: std::fs::read_to_string(srv.data.join("ca.pem")).unwrap(),
+        key_pem: std::fs::read_to_string(srv.data.join("ca-key.pem")).unwrap(),
+    };
+    let stray = pki::issue_lookup(&ca, "stray").unwrap();
+    let stray = srv.client(Some(
+        pki::parse_creds(pki::creds_file("stray", &stray, &ca.cert_pem).as_bytes()).unwrap(),
+    ));
+    let other_ca = pki::new_ca().unwrap();
+    let foreign = pki::issue_lookup(&other_ca, "lab").unwrap();
+    let foreign_creds = || {
+        pki::parse_creds(pki::creds_file("lab", &foreign, &other_ca.cert_pem).as_bytes()).unwrap()
+    };
+    let blobs_before = srv.blob_files();
+    let rows_before = srv.store().row_counts().unwrap();
+
+    for (who, job) in [("lab's job", l.jobs[0]), ("gone's job", l.jobs[2])] {
+        for route in lookup_routes(job, &bundle_id) {
+            let what = format!("{} ({who})", route.name);
+            // No certificate: 401.
+            let r = call(&srv.client(None), &srv, &route).unwrap();
+            check_error(r, 401, "no-client-certificate");
+            // Issued by the web server's CA but never enrolled: 403.
+            check_error(call(&stray, &srv, &route).unwrap(), 403, "not-a-lookup");
+            // Revoked (and holding this job's lease, for gone's job): 403.
+            check_error(call(&gone, &srv, &route).unwrap(), 403, "revoked-lookup");
+            // Issued by another CA: the TLS handshake fails; not one byte of HTTP comes
+            // back, whatever was sent after the handshake.
+            let mut c = srv.raw(Some(foreign_creds()));
+            let _ = c.send(&route.http1()); // may fail: the server drops the connection
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            let end = loop {
+                match std::io::Read::read(&mut c.0, &mut buf) {
+                    Ok(0) => break "closed".to_owned(),
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                    Err(e) => break e.to_string(),
+                }
+            };
+            assert!(
+                got.is_empty(),
+                "{what}: a foreign certificate got {:?} ({end})",
+                String::from_utf8_lossy(&got)
+            );
+        }
+    }
+    // The refusal is the server's: a fatal alert right after the client's handshake flight
+    // (read before anything else is sent, so no reset can hide it).
+    let mut c = srv.raw(Some(foreign_creds()));
+    while c.0.conn.is_handshaking() {
+        c.0.conn.complete_io(&mut c.0.sock).unwrap();
+    }
+    let err = std::io::Read::read(&mut c.0, &mut [0u8; 16]).unwrap_err();
+    assert!(err.to_string().contains("received fatal alert"), "{err}");
+    // Nothing changed: lab still holds its two jobs, gone (revoked) its one.
+    assert_eq!(states(&srv), [0, 3, 0, 0]);
+    assert_eq!(srv.store().row_counts().unwrap(), rows_before);
+    assert_eq!(srv.blob_files(), blobs_before);
+    assert_eq!(srv.tmp_files(), 0);
+    let r: Value = post(
+        &l.lab,
+        &srv,
+        "/lookup/v1/renew",
+        json!({"job_ids": [l.jobs[0], l.jobs[1], l.jobs[2]], "lease_secs": 60}),
+    )
+    .json()
+    .unwrap();
+    assert_eq!(r["renewed"], json!([l.jobs[0], l.jobs[1]]));
+    assert_eq!(r["lost"], json!([l.jobs[2]]));
+}
+
+/// Bytes of a body that is never sent whole.
+fn filler(len: usize) -> Vec<u8> {
+    let mut out = vec![0u8; len];
+    let mut x: u64 = 0x0123_4567_89ab_cdef;
+    for chunk in out.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let b = x.to_le_bytes();
+        chunk.copy_from_slice(&b[..chunk.len()]);
+    }
+    out
+}
+
+#[test]
+fn an_oversized_upload_streamed_without_a_length_is_refused_before_it_is_sent() {
+    // Bundles up to 1 MiB; the client means to send 16 MiB, in chunks, without a length.
+    let srv = Server::start(1024 * 1024, 3);
+    let key = KeyPair::from_secret([5; 32]);
+    admin::author_add(&srv.data, "dana", &key.public().to_base64()).unwrap();
+    let dana = Author {
+        srv: &srv,
+        http: srv.client(None),
+        key: KeyPair::from_secret([5; 32]),
+    };
+    let b = bundle(&dana.key, 2, 1000);
+    assert_eq!(
+        dana.send("POST", "/api/v1/bundles", b).status().as_u16(),
+        201
+    );
+    let rows_before = srv.store().row_counts().unwrap();
+    let blobs_before = srv.blob_files();
+
+    let body = filler(16 * 1024 * 1024);
+    let auth = RequestAuth::sign(&key, "POST", "/api/v1/bundles", &sha_hex(&body), now());
+    let mut c = srv.raw(None);
+    let mut head = String::from(
+        "POST /api/v1/bundles HTTP/1.1\r\nhost: localhost\r\n\
+         content-type: application/octet-stream\r\ntransfer-encoding: chunked\r\n",
+    );
+    for (k, v) in auth.headers() {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    c.send(head.as_bytes()).unwrap();
+    // 1.5 MiB: past the limit, then the client stops and waits for the answer.
+    let mut sent = 0;
+    for piece in body.chunks(64 * 1024).take(24) {
+        c.chunk(piece).unwrap();
+        sent += piece.len();
+    }
+    let start = std::time::Instant::now();
+    let (status, v) = c.response();
+    assert_eq!(
+        (status, v["code"].as_str()),
+        (413, Some("too-large")),
+        "{v}"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(
+        sent * 10 < body.len(),
+        "answered with {sent} of {} bytes sent",
+        body.len()
+    );
+    // Nothing kept: no row (nonce included), no blob, no temporary file.
+    assert_eq!(srv.store().row_counts().unwrap(), rows_before);
+    assert_eq!(srv.blob_files(), blobs_before);
+    assert_eq!(srv.tmp_files(), 0);
+}
+
+#[test]
+fn an_oversized_answer_with_a_declared_length_is_refused_before_it_is_sent() {
+    // Answers up to 1 MiB; the lookup holding the job announces 8 MiB.
+    let srv = Server::start_with(1024 * 1024, 1024 * 1024, 3);
+    let l = leased(&srv, 1);
+    let job = l.jobs[0];
+    let rows_before = srv.store().row_counts().unwrap();
+    let blobs_before = srv.blob_files();
+    let mut c = srv.raw(Some(srv.creds_of("lab")));
+    let total = 8 * 1024 * 1024;
+    c.send(
+        format!(
+            "PUT /lookup/v1/jobs/{job}/answer HTTP/1.1\r\nhost: localhost\r\n\
+             rjs-outcome: exit 0\r\nrjs-node: n1\r\ncontent-length: {total}\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let first = filler(128 * 1024);
+    c.send(&first).unwrap();
+    let start = std::time::Instant::now();
+    let (status, v) = c.response();
+    assert_eq!(
+        (status, v["code"].as_str()),
+        (413, Some("too-large")),
+        "{v}"
+    );
+    assert!(start.elapsed() < Duration::from_secs(10));
+    // Nothing kept: the job is still leased, without an answer; no blob, no temporary file.
+    assert_eq!(states(&srv), [0, 1, 0, 0]);
+    assert_eq!(srv.store().row_counts().unwrap(), rows_before);
+    assert_eq!(srv.blob_files(), blobs_before);
+    assert_eq!(srv.tmp_files(), 0);
+    // So its holder's next (acceptable) answer is stored, not a duplicate.
+    assert_eq!(
+        put_answer(&l.lab, &srv, job, answer_bytes(job, 600 * 1024).into())
+            .status()
+            .as_u16(),
+        201
+    );
+}
+
+// ------------------------------------------------------------------ TLS versions
+
+/// A TLS 1.0-style ClientHello offering only `version` (no `supported_versions` extension).
+fn legacy_client_hello(version: [u8; 2]) -> Vec<u8> {
+    let mut body = Vec::new();
+    body.extend_from_slice(&version);
+    body.extend_from_slice(&[0x42; 32]); // random
+    body.push(0); // no session id
+    let suites: [u16; 4] = [0xc013, 0xc014, 0x002f, 0x0035];
+    body.extend_from_slice(&((suites.len() * 2) as u16).to_be_bytes());
+    for s in suites {
+        body.extend_from_slice(&s.to_be_bytes());
+    }
+    body.extend_from_slice(&[1, 0]); // compression: null only
+    let mut handshake = vec![1]; // client_hello
+    handshake.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
+    handshake.extend(body);
+    let mut record = vec![0x16, 3, 1];
+    record.extend_from_slice(&(handshake.len() as u16).to_be_bytes());
+    record.extend(handshake);
+    record
+}
+
+#[test]
+fn tls_1_2_and_1_3_clients_connect_and_nothing_older_is_offered() {
+    let srv = Server::start(1024 * 1024, 3);
+    for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(srv.ca[0].clone()).unwrap();
+        let tls = rustls::ClientConfig::builder_with_provider(rjs_wire::tls::provider())
+            .with_protocol_versions(&[version])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let mut c = srv.raw_with(tls);
+        c.send(b"GET /healthz HTTP/1.1\r\nhost: localhost\r\n\r\n")
+            .unwrap();
+        let (status, _) = c.response();
+        assert_eq!(status, 200, "{:?}", version.version);
+        assert_eq!(c.0.conn.protocol_version(), Some(version.version));
+    }
+    // SSL 3.0, TLS 1.0 and 1.1 only: the server answers with a fatal alert
+    // (handshake_failure, 40, or protocol_version, 70), never a ServerHello.
+    for version in [[3, 0], [3, 1], [3, 2]] {
+        use std::io::{Read, Write};
+        let mut sock = std::net::TcpStream::connect(srv.addr).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        sock.write_all(&legacy_client_hello(version)).unwrap();
+        let mut reply = [0u8; 7];
+        sock.read_exact(&mut reply).unwrap();
+        assert_eq!(reply[0], 0x15, "an alert record for {version:?}: {reply:?}");
+        assert!(
+            reply[5] == 2 && [40, 70].contains(&reply[6]),
+            "a fatal handshake_failure or protocol_version alert: {reply:?}"
+        );
+    }
 }

@@ -7,7 +7,9 @@ use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
 use rjs_webserver::store::sqlite::SqliteStore;
-use rjs_webserver::store::{AnswerOutcome, NewAnswer, NewSubmission, Store, StoreError};
+use rjs_webserver::store::{
+    AnswerOutcome, AnswerTarget, NewAnswer, NewSubmission, RequestNonce, Store, StoreError,
+};
 use rjs_wire::api::JobState;
 
 const T0: i64 = 1_800_000_000;
@@ -60,6 +62,7 @@ fn submit(
             size: 1234,
             resubmit,
             now,
+            nonce: None,
         })
         .unwrap()
 }
@@ -492,12 +495,23 @@ fn answer_recorded_twice_is_stored_once() {
             .unwrap(),
         AnswerOutcome::Stored
     );
-    for (lookup, now) in [(f.lookup, T0 + 2), (other, T0 + 3)] {
+    for (lookup, now, outcome) in [
+        (f.lookup, T0 + 2, AnswerOutcome::Duplicate),
+        (other, T0 + 3, AnswerOutcome::NotLeased),
+    ] {
         let mut a = answer(lookup, j, &second, now);
         a.outcome = "trap: unreachable";
         a.node = "node-2";
-        assert_eq!(s.record_answer(&a).unwrap(), AnswerOutcome::Duplicate);
+        assert_eq!(s.record_answer(&a).unwrap(), outcome);
     }
+    assert_eq!(
+        s.answer_targets(f.lookup, &[j]).unwrap(),
+        vec![AnswerTarget::Answered]
+    );
+    assert_eq!(
+        s.answer_targets(other, &[j]).unwrap(),
+        vec![AnswerTarget::NotLeased]
+    );
     let r = s.answer_of(f.author, j).unwrap();
     assert_eq!(r.sha256, first);
     let v = view(s, f.author, j);
@@ -508,40 +522,104 @@ fn answer_recorded_twice_is_stored_once() {
 }
 
 #[test]
-fn first_answer_wins_in_any_state() {
+fn answers_are_taken_only_from_the_holder_or_last_holder_of_the_lease() {
     let f = fixture();
     let s = &f.store;
     let other = s.add_lookup("other", "other-cert", T0).unwrap().id;
-    let sub = submit(s, f.author, &bundle_id(1), 3, "/compute", false, T0);
-    let [queued, leased_by_other, failed] = [sub.jobs[0].0, sub.jobs[1].0, sub.jobs[2].0];
+    let sub = submit(s, f.author, &bundle_id(1), 5, "/compute", false, T0);
+    let [released, leased, failed, expired, never] = [
+        sub.jobs[0].0,
+        sub.jobs[1].0,
+        sub.jobs[2].0,
+        sub.jobs[3].0,
+        sub.jobs[4].0,
+    ];
     let sha = "cd".repeat(32);
+    let ids = [released, leased, failed, expired, never, 999_999];
 
-    // Leased by another lookup, answered by this one (e.g. a lease that expired and moved).
-    let l = s.lease(other, 3, &[], T0 + 60, T0, 1).unwrap();
-    assert_eq!(l.len(), 3);
-    s.release(other, &[queued], T0).unwrap();
-    // Failed: out of attempts.
+    // `other` leases four: gives one back, fails one for good, lets one expire.
+    let l = s.lease(other, 4, &[], T0 + 10, T0, 1).unwrap();
+    assert_eq!(l.len(), 4);
+    assert_eq!(s.release(other, &[released], T0).unwrap(), vec![released]);
+    assert_eq!(
+        s.renew(other, &[leased], T0 + 100, T0 + 1).unwrap().0,
+        vec![leased]
+    );
     assert_eq!(
         s.fail(other, failed, "oom", 1, T0 + 1).unwrap(),
         (JobState::Failed, 1)
     );
-    for j in [queued, leased_by_other, failed] {
+    assert_eq!(s.expire_leases(T0 + 11, 2).unwrap(), 1);
+    assert_eq!(view(s, f.author, expired).state, JobState::Queued);
+    use AnswerTarget::*;
+    assert_eq!(
+        s.answer_targets(f.lookup, &ids).unwrap(),
+        vec![
+            NotLeased, NotLeased, NotLeased, NotLeased, NotLeased, Missing
+        ]
+    );
+    assert_eq!(
+        s.answer_targets(other, &ids).unwrap(),
+        vec![Open, Open, Open, Open, NotLeased, Missing]
+    );
+
+    // Any other lookup's answer, or one for a job never leased, is refused; nothing changes.
+    let before: Vec<_> = ids[..5].iter().map(|&j| view(s, f.author, j)).collect();
+    for j in ids[..5].iter() {
         assert_eq!(
-            s.record_answer(&answer(f.lookup, j, &sha, T0 + 2)).unwrap(),
-            AnswerOutcome::Stored
+            s.record_answer(&answer(f.lookup, *j, &sha, T0 + 12))
+                .unwrap(),
+            AnswerOutcome::NotLeased
         );
-        let v = view(s, f.author, j);
-        assert_eq!(v.state, JobState::Done);
     }
     assert_eq!(
-        s.renew(other, &[leased_by_other], T0 + 90, T0 + 3)
-            .unwrap()
-            .1,
-        vec![leased_by_other]
+        s.record_answer(&answer(other, never, &sha, T0 + 12))
+            .unwrap(),
+        AnswerOutcome::NotLeased
     );
-    assert_eq!(counts(s), [0, 0, 3, 0]);
+    let after: Vec<_> = ids[..5].iter().map(|&j| view(s, f.author, j)).collect();
+    assert_eq!(before, after);
+    assert!(
+        s.answer_targets(f.lookup, &[never]).unwrap() == vec![NotLeased]
+            && s.blob_referenced(&sha).is_ok_and(|r| !r)
+    );
+
+    // The holder, and the last holder (released, failed, expired: nobody leased them since),
+    // are heard: a late answer still makes the job done.
+    for j in [released, leased, failed, expired] {
+        assert_eq!(
+            s.record_answer(&answer(other, j, &sha, T0 + 13)).unwrap(),
+            AnswerOutcome::Stored
+        );
+        assert_eq!(view(s, f.author, j).state, JobState::Done);
+    }
+    assert!(s.blob_referenced(&sha).unwrap());
+    assert_eq!(
+        s.answer_targets(other, &ids).unwrap(),
+        vec![Answered, Answered, Answered, Answered, NotLeased, Missing]
+    );
     // The failed job keeps its last reason next to its answer.
     assert_eq!(view(s, f.author, failed).reason.as_deref(), Some("oom"));
+
+    // Once someone else leases a job, its last holder is no longer heard.
+    s.lease(other, 1, &[], T0 + 60, T0 + 14, MAX_ATTEMPTS)
+        .unwrap();
+    assert_eq!(s.release(other, &[never], T0 + 15).unwrap(), vec![never]);
+    let l = s
+        .lease(f.lookup, 1, &[], T0 + 60, T0 + 16, MAX_ATTEMPTS)
+        .unwrap();
+    assert_eq!(l[0].job_id, never);
+    assert_eq!(
+        s.record_answer(&answer(other, never, &sha, T0 + 17))
+            .unwrap(),
+        AnswerOutcome::NotLeased
+    );
+    assert_eq!(
+        s.record_answer(&answer(f.lookup, never, &sha, T0 + 18))
+            .unwrap(),
+        AnswerOutcome::Stored
+    );
+    assert_eq!(counts(s), [0, 0, 5, 0]);
 }
 
 #[test]
@@ -612,17 +690,22 @@ fn expired_leases_come_back() {
     let mut got: Vec<(i64, u32)> = l.iter().map(|l| (l.job_id, l.attempt)).collect();
     got.sort();
     assert_eq!(got, vec![(j0, 2), (j1, 2)]);
-    // The first lookup lost both: its failure report and release are refused…
+    // The first lookup lost both to the other: its failure report, release and answer are
+    // refused, and change nothing.
     assert!(matches!(
         s.fail(f.lookup, j0, "late", MAX_ATTEMPTS, T0 + 102),
         Err(StoreError::Conflict(_))
     ));
     assert!(s.release(f.lookup, &[j0, j1], T0 + 102).unwrap().is_empty());
-    // …but its answer still wins if it comes first.
     let sha = "ef".repeat(32);
     assert_eq!(
         s.record_answer(&answer(f.lookup, j0, &sha, T0 + 103))
             .unwrap(),
+        AnswerOutcome::NotLeased
+    );
+    assert_eq!(view(s, f.author, j0).state, JobState::Leased);
+    assert_eq!(
+        s.record_answer(&answer(other, j0, &sha, T0 + 104)).unwrap(),
         AnswerOutcome::Stored
     );
     assert_eq!(
@@ -834,17 +917,17 @@ fn corrupt_rows_give_errors_not_panics() {
     .unwrap();
     assert!(matches!(
         s.jobs_of_author(f.author, None),
-        Err(StoreError::Db(_))
+        Err(StoreError::Backend(_))
     ));
-    assert!(matches!(s.count_by_state(), Err(StoreError::Db(_))));
+    assert!(matches!(s.count_by_state(), Err(StoreError::Backend(_))));
     assert!(matches!(
         s.fail(f.lookup, j, "x", MAX_ATTEMPTS, T0),
-        Err(StoreError::Db(_))
+        Err(StoreError::Backend(_))
     ));
     // The queued job with a negative attempt count cannot be leased, but it does not panic.
     assert!(matches!(
         s.lease(f.lookup, 10, &[], T0 + 60, T0, MAX_ATTEMPTS),
-        Err(StoreError::Db(_))
+        Err(StoreError::Backend(_))
     ));
     let err = s.count_by_state().unwrap_err();
     let mut chain = err.to_string();
@@ -937,7 +1020,7 @@ fn record_answers_records_each_in_one_transaction() {
             inline_answer(f.lookup, j[2], &sha_a, b"PK"),
             inline_answer(f.lookup, j[3], &sha_a, b"PK"),
         ]),
-        Err(StoreError::Db(_))
+        Err(StoreError::Backend(_))
     ));
     assert_eq!(counts(s), [0, 2, 2, 0]);
     assert!(matches!(
@@ -946,34 +1029,161 @@ fn record_answers_records_each_in_one_transaction() {
     ));
 }
 
+/// A database left at schema version `version` by an older rjs-webserver: an author, two
+/// lookups, a bundle of four jobs: one done (answered by lookup 1), one leased by lookup 1,
+/// one leased by lookup 2 and one queued.
+fn old_database(path: &Path, version: usize) -> [i64; 4] {
+    let c = raw(path);
+    for step in &SqliteStore::migration_steps()[..version] {
+        c.execute_batch(step).unwrap();
+    }
+    c.pragma_update(None, "user_version", version as i64)
+        .unwrap();
+    let b = bundle_id(1);
+    c.execute_batch(&format!(
+        "INSERT INTO authors (id, name, public_key, fingerprint, created_at)
+             VALUES (1, 'alice', 'a-key', 'a-fp', {T0});
+         INSERT INTO lookups (id, name, cert_sha256, created_at) VALUES (1, 'lab', 'c1', {T0});
+         INSERT INTO lookups (id, name, cert_sha256, created_at) VALUES (2, 'lab2', 'c2', {T0});
+         INSERT INTO bundles (id, author_id, name, tasks, grp, size, created_at)
+             VALUES ('{b}', 1, 'job', 4, '/compute', 10, {T0});
+         INSERT INTO submissions (id, bundle_id, author_id, created_at) VALUES (1, '{b}', 1, {T0});
+         INSERT INTO jobs (id, submission_id, bundle_id, author_id, task, tasks, grp, state,
+                           attempts, outcome, node, answer_sha256, answer_bytes, answer_lookup,
+                           created_at, updated_at)
+             VALUES (1, 1, '{b}', 1, 0, 4, '/compute', 'done', 0, 'exit 0', 'n',
+                     '{sha}', 99, 1, {T0}, {T0});
+         INSERT INTO jobs (id, submission_id, bundle_id, author_id, task, tasks, grp, state,
+                           lease_lookup, lease_until, created_at, updated_at)
+             VALUES (2, 1, '{b}', 1, 1, 4, '/compute', 'leased', 1, {until}, {T0}, {T0});
+         INSERT INTO jobs (id, submission_id, bundle_id, author_id, task, tasks, grp, state,
+                           lease_lookup, lease_until, created_at, updated_at)
+             VALUES (3, 1, '{b}', 1, 2, 4, '/compute', 'leased', 2, {until}, {T0}, {T0});
+         INSERT INTO jobs (id, submission_id, bundle_id, author_id, task, tasks, grp, state,
+                           created_at, updated_at)
+             VALUES (4, 1, '{b}', 1, 3, 4, '/compute', 'queued', {T0}, {T0});",
+        sha = "ab".repeat(32),
+        until = T0 + 600,
+    ))
+    .unwrap();
+    [1, 2, 3, 4]
+}
+
 #[test]
-fn schema_1_databases_are_migrated_keeping_their_answers() {
+fn older_databases_are_migrated_keeping_their_answers_and_lease_holders() {
+    for version in [1, 2] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = db_path(&dir);
+        let [done, leased1, leased2, queued] = old_database(&path, version);
+        let s = SqliteStore::open(&path).unwrap();
+        let v: i64 = raw(&path)
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, SqliteStore::schema_version());
+        assert_eq!(s.integrity_check().unwrap(), vec!["ok".to_owned()]);
+        let sha = "ab".repeat(32);
+        let a = s.answer_of(1, done).unwrap();
+        assert_eq!((a.sha256, a.size, a.inline), (sha.clone(), 99, None));
+        assert!(s.blob_referenced(&sha).unwrap());
+        // Lease holders are known: each lookup may answer its own jobs (the one that answered
+        // a job gets `Answered`), not the other's, and nobody a job never leased.
+        use AnswerTarget::*;
+        assert_eq!(
+            s.answer_targets(1, &[done, leased1, leased2, queued])
+                .unwrap(),
+            vec![Answered, Open, NotLeased, NotLeased],
+            "from schema {version}"
+        );
+        assert_eq!(
+            s.answer_targets(2, &[done, leased1, leased2, queued])
+                .unwrap(),
+            vec![NotLeased, NotLeased, Open, NotLeased]
+        );
+        assert_eq!(
+            s.record_answer(&inline_answer(1, leased1, &sha, b"PK new"))
+                .unwrap(),
+            AnswerOutcome::Stored
+        );
+        assert_eq!(
+            s.answer_of(1, leased1).unwrap().inline.as_deref(),
+            Some(&b"PK new"[..])
+        );
+        assert_eq!(
+            s.record_answer(&answer(1, leased2, &sha, T0 + 1)).unwrap(),
+            AnswerOutcome::NotLeased
+        );
+        assert_eq!(
+            s.record_answer(&answer(2, done, &sha, T0 + 1)).unwrap(),
+            AnswerOutcome::NotLeased
+        );
+        assert_eq!(
+            s.record_answer(&answer(1, done, &sha, T0 + 1)).unwrap(),
+            AnswerOutcome::Duplicate
+        );
+        // New leases record their holder.
+        let l = s.lease(2, 1, &[], T0 + 60, T0, MAX_ATTEMPTS).unwrap();
+        assert_eq!(l[0].job_id, queued);
+        assert_eq!(s.answer_targets(2, &[queued]).unwrap(), vec![Open]);
+        assert_eq!(s.row_counts().unwrap().answer_data, 1);
+    }
+}
+
+// ------------------------------------------------------------------ nonces with uploads
+
+#[test]
+fn an_upload_records_its_nonce_with_the_submission_or_nothing() {
     let f = fixture();
     let s = &f.store;
-    let sub = submit(s, f.author, &bundle_id(1), 2, "/compute", false, T0);
-    let j = sub.jobs[0].0;
-    let sha = "ab".repeat(32);
-    s.record_answer(&answer(f.lookup, j, &sha, T0 + 1)).unwrap();
-    // Back to schema 1 (no inline answers yet).
-    let c = raw(s.path());
-    c.execute_batch("DROP TABLE answer_data; PRAGMA user_version = 1;")
-        .unwrap();
-    drop(c);
-    let s2 = SqliteStore::open(s.path()).unwrap();
-    let v: i64 = raw(s.path())
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(v, SqliteStore::schema_version());
-    let a = s2.answer_of(f.author, j).unwrap();
-    assert_eq!((a.sha256, a.size, a.inline), (sha.clone(), 99, None));
-    let j2 = sub.jobs[1].0;
+    let sub = |bundle: &str, nonce: &'static str, now: i64| {
+        s.submit(&NewSubmission {
+            author_id: f.author,
+            bundle_id: bundle,
+            name: "job",
+            tasks: 2,
+            group: "/compute",
+            size: 10,
+            resubmit: false,
+            now,
+            nonce: Some(RequestNonce {
+                nonce,
+                expires_at: now + 600,
+            }),
+        })
+    };
+    assert!(!s.nonce_used(f.author, "n1", T0).unwrap());
+    let first = sub(&bundle_id(1), "n1", T0).unwrap();
+    assert!(first.created);
+    assert!(s.nonce_used(f.author, "n1", T0 + 1).unwrap());
+    let before = s.row_counts().unwrap();
     assert_eq!(
-        s2.record_answer(&inline_answer(f.lookup, j2, &sha, b"PK new"))
-            .unwrap(),
-        AnswerOutcome::Stored
+        (
+            before.nonces,
+            before.bundles,
+            before.submissions,
+            before.jobs
+        ),
+        (1, 1, 1, 2)
     );
-    assert_eq!(
-        s2.answer_of(f.author, j2).unwrap().inline.as_deref(),
-        Some(&b"PK new"[..])
-    );
+    // The same nonce again, even for another bundle: refused, nothing recorded.
+    for b in [bundle_id(1), bundle_id(2)] {
+        assert!(matches!(sub(&b, "n1", T0 + 2), Err(StoreError::Replayed)));
+        assert_eq!(s.row_counts().unwrap(), before);
+    }
+    assert!(!s.bundle_exists(&bundle_id(2)).unwrap());
+    // A nonce used by a read (`use_nonce`) counts too, and the other way round.
+    assert!(s.use_nonce(f.author, "n2", T0 + 600, T0).unwrap());
+    assert!(matches!(
+        sub(&bundle_id(2), "n2", T0 + 3),
+        Err(StoreError::Replayed)
+    ));
+    assert!(!s.use_nonce(f.author, "n1", T0 + 600, T0 + 3).unwrap());
+    // An already submitted bundle (not created again) still records the nonce.
+    let again = sub(&bundle_id(1), "n3", T0 + 4).unwrap();
+    assert!(!again.created);
+    assert_eq!(again.jobs, first.jobs);
+    assert!(s.nonce_used(f.author, "n3", T0 + 5).unwrap());
+    // Past its expiry a nonce is unused (and pruned by the next upload).
+    assert!(!s.nonce_used(f.author, "n1", T0 + 601).unwrap());
+    sub(&bundle_id(3), "n4", T0 + 700).unwrap();
+    assert_eq!(s.row_counts().unwrap().nonces, 1);
 }

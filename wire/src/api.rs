@@ -258,6 +258,9 @@ pub enum AnswerBatchStatus {
     Duplicate,
     /// No such job: nothing was stored for this record.
     NotFound,
+    /// The job's lease (or its last one) belongs to another lookup server, or the job was
+    /// never leased: nothing was stored for this record.
+    NotLeased,
 }
 
 impl AnswerBatchStatus {
@@ -266,6 +269,7 @@ impl AnswerBatchStatus {
             AnswerBatchStatus::Stored => "stored",
             AnswerBatchStatus::Duplicate => "duplicate",
             AnswerBatchStatus::NotFound => "not-found",
+            AnswerBatchStatus::NotLeased => "not-leased",
         }
     }
 }
@@ -719,6 +723,7 @@ mod tests {
             AnswerBatchStatus::Stored,
             AnswerBatchStatus::Duplicate,
             AnswerBatchStatus::NotFound,
+            AnswerBatchStatus::NotLeased,
         ] {
             assert_eq!(
                 serde_json::to_string(&s).unwrap(),

@@ -1,7 +1,9 @@
 //! Author authentication (`docs/webserver-api.md`, "Author authentication"), in the
 //! documented order: headers, author, timestamp, signature ([`authenticate`], before the body
 //! is read), then body hash and nonce ([`finish`], after it). The nonce is recorded only once
-//! the signature and the body's hash have passed.
+//! the signature and the body's hash have passed; an upload only checks it after the body
+//! ([`check_body`], [`check_nonce_unused`]) and records it in the transaction that records
+//! the bundle, so that a refused upload leaves nothing behind.
 
 use actix_web::HttpRequest;
 use actix_web::http::header::HeaderMap;
@@ -107,8 +109,8 @@ pub async fn authenticate(req: &HttpRequest, state: &AppState) -> Result<Authed,
     Ok(Authed { author, auth })
 }
 
-/// Steps 5 and 6: the body's SHA-256 is the signed one, and the nonce is fresh (recorded).
-pub async fn finish(state: &AppState, authed: &Authed, body_sha256: &str) -> Result<(), ApiError> {
+/// Step 5: the body's SHA-256 is the signed one.
+pub fn check_body(authed: &Authed, body_sha256: &str) -> Result<(), ApiError> {
     if body_sha256 != authed.auth.content_sha256 {
         return Err(ApiError::unauthorized(
             "body-mismatch",
@@ -118,10 +120,44 @@ pub async fn finish(state: &AppState, authed: &Authed, body_sha256: &str) -> Res
             ),
         ));
     }
+    Ok(())
+}
+
+/// The refusal of a replayed request.
+pub fn replayed() -> ApiError {
+    ApiError::unauthorized("replayed-nonce", "this request's nonce was already used")
+}
+
+/// Until when the request's nonce is kept (Unix seconds).
+pub fn nonce_expiry(authed: &Authed) -> i64 {
+    i64::try_from(authed.auth.timestamp.saturating_add(NONCE_TTL)).unwrap_or(i64::MAX)
+}
+
+/// Step 6 without recording the nonce: refuses a request whose nonce this author already
+/// used. For a request that records its nonce with its own effect, in one transaction (an
+/// upload: [`crate::store::NewSubmission::nonce`]), so that a refused request leaves nothing.
+pub async fn check_nonce_unused(state: &AppState, authed: &Authed) -> Result<(), ApiError> {
     let author_id = authed.author.id;
     let nonce = authed.auth.nonce.clone();
-    let expires =
-        i64::try_from(authed.auth.timestamp.saturating_add(NONCE_TTL)).unwrap_or(i64::MAX);
+    let now = crate::store::now();
+    let used = state
+        .store_call("checking the request nonce", move |s| {
+            s.nonce_used(author_id, &nonce, now)
+        })
+        .await?;
+    if used {
+        return Err(replayed());
+    }
+    Ok(())
+}
+
+/// Steps 5 and 6: the body's SHA-256 is the signed one, and the nonce is fresh (recorded).
+/// For requests that change nothing else (reads).
+pub async fn finish(state: &AppState, authed: &Authed, body_sha256: &str) -> Result<(), ApiError> {
+    check_body(authed, body_sha256)?;
+    let author_id = authed.author.id;
+    let nonce = authed.auth.nonce.clone();
+    let expires = nonce_expiry(authed);
     let now = crate::store::now();
     let fresh = state
         .store_call("recording the request nonce", move |s| {
@@ -129,10 +165,7 @@ pub async fn finish(state: &AppState, authed: &Authed, body_sha256: &str) -> Res
         })
         .await?;
     if !fresh {
-        return Err(ApiError::unauthorized(
-            "replayed-nonce",
-            "this request's nonce was already used",
-        ));
+        return Err(replayed());
     }
     Ok(())
 }

@@ -7,13 +7,15 @@ use rjs_wire::api::{JobList, JobRef, UploadResponse, WhoAmI};
 use serde::Deserialize;
 
 use super::AppState;
-use super::auth::{Authed, authenticate, finish};
+use super::auth::{
+    Authed, authenticate, check_body, check_nonce_unused, finish, nonce_expiry, replayed,
+};
 use super::body::{
     blocking, check_declared_length, drained, file_body, read_limited, sha256_hex, stream_to_blob,
 };
 use super::error::ApiError;
 use super::validate;
-use crate::store::{NewSubmission, StoreError, now};
+use crate::store::{NewSubmission, RequestNonce, StoreError, now};
 
 /// Largest body of an author request other than an upload (they have none).
 pub const MAX_SMALL_BODY: usize = 64 * 1024;
@@ -43,6 +45,12 @@ struct UploadQuery {
 }
 
 /// `POST /api/v1/bundles[?resubmit=true]`.
+///
+/// Leaves no trace unless it succeeds: the body goes to a temporary file, the nonce is only
+/// checked (not recorded) before verification, and the blob is committed only once every
+/// check has passed, then recorded with the nonce in one transaction. If that transaction
+/// fails (a replay that raced this request, a store error), the blob is removed again unless
+/// something else refers to or is committing the same content.
 pub async fn upload(
     req: HttpRequest,
     payload: web::Payload,
@@ -61,64 +69,88 @@ pub async fn upload(
         })
         .await?;
         let writer = stream_to_blob(payload, writer, "the bundle", max).await?;
-        let bundle_id = writer.sha256_hex();
-        finish(&state, &authed, &bundle_id).await?;
+        check_body(&authed, &writer.sha256_hex())?;
+        check_nonce_unused(&state, &authed).await?;
 
         let store = state.store.clone();
+        let blobs = state.blobs.clone();
+        let pins = state.pins.clone();
         let author = authed.author.clone();
         let uploader = authed.auth.key;
+        let nonce = authed.auth.nonce.clone();
+        let nonce_expires = nonce_expiry(&authed);
         let limits = VerifyLimits {
             max_bundle_bytes: max,
             ..VerifyLimits::default()
         };
         let (response, created) = blocking(move || {
             let mut writer = writer;
-            let bytes = writer
-                .read_back()
-                .map_err(|e| ApiError::internal("reading back the upload", &e))?;
-            let signed = rjs_signer::verify_signed(&bytes, &limits).map_err(|e| {
-                ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "invalid-bundle",
-                    format!(
-                        "the bundle fails verification ({}): {}",
-                        e.rule(),
-                        rjs_signer::error_chain(&e)
-                    ),
+            let (name, tasks, group) = {
+                // Verified from a read-only map of the synced temporary file: never read
+                // into memory whole (see `BlobWriter::map_written`).
+                let mapped = writer
+                    .map_written()
+                    .map_err(|e| ApiError::internal("reading back the upload", &e))?;
+                let signed = rjs_signer::verify_signed(&mapped, &limits).map_err(|e| {
+                    ApiError::new(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "invalid-bundle",
+                        format!(
+                            "the bundle fails verification ({}): {}",
+                            e.rule(),
+                            rjs_signer::error_chain(&e)
+                        ),
+                    )
+                })?;
+                let signer = signed.signer();
+                if signer.public_key != uploader {
+                    return Err(ApiError::forbidden(
+                        "signer-mismatch",
+                        format!(
+                            "the bundle is signed by {}, not by the uploader {}",
+                            signer.fingerprint, author.fingerprint
+                        ),
+                    ));
+                }
+                let manifest = signed.manifest();
+                (
+                    manifest.name.clone(),
+                    manifest.tasks,
+                    manifest.group.clone(),
                 )
-            })?;
-            let signer = signed.signer();
-            if signer.public_key != uploader {
-                return Err(ApiError::forbidden(
-                    "signer-mismatch",
-                    format!(
-                        "the bundle is signed by {}, not by the uploader {}",
-                        signer.fingerprint, author.fingerprint
-                    ),
-                ));
-            }
-            let manifest = signed.manifest();
-            let name = manifest.name.clone();
-            let tasks = manifest.tasks;
-            let group = manifest.group.clone();
-            drop(signed);
-            drop(bytes);
+            };
             // Every check passed: now, and only now, the blob becomes visible.
+            let pin = pins.pin(&writer.sha256_hex());
             let (sha, size) = writer
                 .commit()
                 .map_err(|e| ApiError::internal("storing the bundle", &e))?;
-            let submission = store
-                .submit(&NewSubmission {
-                    author_id: author.id,
-                    bundle_id: &sha,
-                    name: &name,
-                    tasks,
-                    group: &group,
-                    size,
-                    resubmit,
-                    now: now(),
-                })
-                .map_err(ApiError::store("recording the bundle"))?;
+            let recorded = store.submit(&NewSubmission {
+                author_id: author.id,
+                bundle_id: &sha,
+                name: &name,
+                tasks,
+                group: &group,
+                size,
+                resubmit,
+                now: now(),
+                nonce: Some(RequestNonce {
+                    nonce: &nonce,
+                    expires_at: nonce_expires,
+                }),
+            });
+            let submission = match recorded {
+                Ok(s) => {
+                    drop(pin);
+                    s
+                }
+                Err(e) => {
+                    pin.release_unreferenced(store.as_ref(), &blobs);
+                    return Err(match e {
+                        StoreError::Replayed => replayed(),
+                        e => ApiError::internal("recording the bundle", &e),
+                    });
+                }
+            };
             let response = UploadResponse {
                 bundle_id: sha,
                 name,

@@ -126,6 +126,25 @@ pub async fn read_limited(
     Ok(buf.freeze())
 }
 
+/// Reads the whole body and drops it, refusing more than `limit` bytes (`413`); returns how
+/// many bytes it had. For a body whose content is not wanted (an answer that would be a
+/// duplicate) but that is still acknowledged: nothing of it is stored, not even a temporary
+/// file.
+pub async fn discard_body(
+    payload: &mut web::Payload,
+    what: &str,
+    limit: u64,
+) -> Result<u64, ApiError> {
+    let mut total: u64 = 0;
+    while let Some(chunk) = next_chunk(payload).await? {
+        total = total.saturating_add(chunk.len() as u64);
+        if total > limit {
+            return Err(ApiError::too_large(what, limit));
+        }
+    }
+    Ok(total)
+}
+
 fn blob_write_error(what: &str) -> impl FnOnce(BlobError) -> ApiError + '_ {
     move |e| match e {
         BlobError::TooLarge { limit } => ApiError::too_large(what, limit),

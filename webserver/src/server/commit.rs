@@ -30,7 +30,8 @@ pub struct Ready {
     pub inline: Option<Vec<u8>>,
 }
 
-/// One answer's result: its outcome, or None when the job does not exist (nothing stored).
+/// One answer's result: its outcome (`NotLeased`: nothing stored), or None when the job does
+/// not exist (nothing stored).
 pub type Recorded = Option<AnswerOutcome>;
 
 struct Request {
@@ -97,6 +98,7 @@ struct Tally {
     transactions: u64,
     stored: u64,
     duplicate: u64,
+    not_leased: u64,
     not_found: u64,
 }
 
@@ -107,6 +109,7 @@ impl Tally {
             match r {
                 Ok(AnswerOutcome::Stored) => self.stored += 1,
                 Ok(AnswerOutcome::Duplicate) => self.duplicate += 1,
+                Ok(AnswerOutcome::NotLeased) => self.not_leased += 1,
                 Err(_) => self.not_found += 1,
             }
         }
@@ -151,6 +154,7 @@ fn summary(tally: &mut Tally, since: &mut Instant) {
         tracing::info!(
             stored = tally.stored,
             duplicate = tally.duplicate,
+            not_leased = tally.not_leased,
             not_found = tally.not_found,
             transactions = tally.transactions,
             secs = since.elapsed().as_secs(),

@@ -6,6 +6,7 @@ use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, web};
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use rjs_wire::api::{
     ANSWERS_CONTENT_TYPE, AnswerBatchHeader, AnswerBatchResponse, AnswerBatchResult,
@@ -16,14 +17,17 @@ use rjs_wire::api::{
 
 use super::AppState;
 use super::body::{
-    Received, WRITE_BATCH, blocking, check_declared_length, drained, file_body, next_chunk,
-    read_limited, receive_answer, sha256_hex, start_blob, write_to_blob,
+    Received, WRITE_BATCH, blocking, check_declared_length, discard_body, drained, file_body,
+    next_chunk, read_limited, receive_answer, sha256_hex, start_blob, write_to_blob,
 };
 use super::commit::{Ready, Recorded};
 use super::error::ApiError;
+use super::pins::{BlobPin, BlobPins};
 use super::validate;
 use crate::store::blobs::{BlobStore, BlobWriter};
-use crate::store::{AnswerOutcome, INLINE_ANSWER_MAX, LookupServer, Store, StoreError, now};
+use crate::store::{
+    AnswerOutcome, AnswerTarget, INLINE_ANSWER_MAX, LookupServer, Store, StoreError, now,
+};
 
 /// Largest JSON body of a lookup request.
 pub const MAX_JSON_BODY: usize = 256 * 1024;
@@ -246,6 +250,9 @@ enum Archive {
     Inline(Vec<u8>),
     /// In an uncommitted blob upload.
     Blob(Box<BlobWriter>),
+    /// Not kept: the answer's fate was known before its bytes arrived (unknown job, not
+    /// this lookup's, already answered), so they were discarded as they came.
+    Settled(Recorded),
 }
 
 impl From<Received> for Archive {
@@ -257,6 +264,44 @@ impl From<Received> for Archive {
     }
 }
 
+/// What an answer for a job with this target is without recording anything; None when it
+/// may be recorded.
+fn settled(target: AnswerTarget) -> Option<Recorded> {
+    match target {
+        AnswerTarget::Missing => Some(None),
+        AnswerTarget::NotLeased => Some(Some(AnswerOutcome::NotLeased)),
+        AnswerTarget::Answered => Some(Some(AnswerOutcome::Duplicate)),
+        AnswerTarget::Open => None,
+    }
+}
+
+/// What an answer from `lookup_id` for `job_id` would be now ([`Store::answer_targets`]).
+async fn answer_target(
+    state: &AppState,
+    lookup_id: i64,
+    job_id: i64,
+) -> Result<AnswerTarget, ApiError> {
+    state
+        .store_call("looking up the job", move |s| {
+            s.answer_targets(lookup_id, &[job_id])
+        })
+        .await?
+        .first()
+        .copied()
+        .ok_or_else(|| ApiError::internal_msg("looking up the job", "no result for the job"))
+}
+
+fn not_leased(job_id: i64) -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "not-leased",
+        format!(
+            "job {job_id} is not leased by this lookup server (another one holds or held its \
+             last lease, or it was never leased): its answer is not taken"
+        ),
+    )
+}
+
 /// One received answer: job, outcome, node, archive.
 struct Incoming {
     job_id: i64,
@@ -265,57 +310,102 @@ struct Incoming {
     archive: Archive,
 }
 
+/// An answer after [`prepare`].
+enum Prepared {
+    /// To record; the pin of its blob if it has one (committed).
+    Ready(Ready, Option<BlobPin>),
+    /// Nothing to record: its result is known.
+    Settled(Recorded),
+}
+
 /// Inline answers up to this many bytes in all are hashed on the request's own thread;
 /// more, or any blob, on the blocking pool.
 const HASH_INLINE: usize = 256 * 1024;
 
-/// Makes answers ready to record: hashes inline archives; commits (fsyncs) blobs of large
-/// answers, only for jobs that exist. None for an unknown job (nothing stored).
-fn prepare(store: &dyn Store, incoming: Vec<Incoming>) -> Result<Vec<Option<Ready>>, ApiError> {
-    // Jobs are never deleted: checking first means a blob is never committed for a job that
-    // does not exist, so none ever has to be removed again (it might be shared by content).
+/// Makes answers ready to record: hashes inline archives; commits (fsyncs) the blobs of large
+/// answers, only for jobs this lookup may still answer (a job that does not exist, is not
+/// this lookup's, or already has an answer gets its result at once and no blob). Each
+/// committed blob is pinned (see `pins`). If committing fails, the blobs committed before
+/// are released again.
+fn prepare(
+    store: &dyn Store,
+    blobs: &BlobStore,
+    pins: &Arc<BlobPins>,
+    lookup_id: i64,
+    incoming: Vec<Incoming>,
+) -> Result<Vec<Prepared>, ApiError> {
     let blob_jobs: Vec<i64> = incoming
         .iter()
         .filter(|a| matches!(a.archive, Archive::Blob(_)))
         .map(|a| a.job_id)
         .collect();
-    let mut exists = if blob_jobs.is_empty() {
+    let mut targets = if blob_jobs.is_empty() {
         Vec::new()
     } else {
         store
-            .jobs_exist(&blob_jobs)
+            .answer_targets(lookup_id, &blob_jobs)
             .map_err(ApiError::store("looking up jobs"))?
     }
     .into_iter();
-    let mut ready: Vec<Option<Ready>> = Vec::with_capacity(incoming.len());
+    let mut out: Vec<Prepared> = Vec::with_capacity(incoming.len());
+    let mut failed = None;
     for a in incoming {
-        let (sha256, size, inline) = match a.archive {
-            Archive::Inline(bytes) => (sha256_hex(&bytes), bytes.len() as u64, Some(bytes)),
+        let (sha256, size, inline, pin) = match a.archive {
+            Archive::Settled(r) => {
+                out.push(Prepared::Settled(r));
+                continue;
+            }
+            Archive::Inline(bytes) => (sha256_hex(&bytes), bytes.len() as u64, Some(bytes), None),
             Archive::Blob(writer) => {
-                if exists.next() != Some(true) {
-                    ready.push(None); // the writer's temporary file goes with it
+                let Some(target) = targets.next() else {
+                    failed = Some(ApiError::internal_msg(
+                        "looking up jobs",
+                        "fewer results than jobs",
+                    ));
+                    break;
+                };
+                if let Some(r) = settled(target) {
+                    out.push(Prepared::Settled(r)); // the writer's temporary file goes with it
                     continue;
                 }
-                let (sha, size) = writer
-                    .commit()
-                    .map_err(|e| ApiError::internal("storing the answer", &e))?;
-                (sha, size, None)
+                let pin = pins.pin(&writer.sha256_hex());
+                match writer.commit() {
+                    Ok((sha, size)) => (sha, size, None, Some(pin)),
+                    Err(e) => {
+                        failed = Some(ApiError::internal("storing the answer", &e));
+                        pin.release_unreferenced(store, blobs);
+                        break;
+                    }
+                }
             }
         };
-        ready.push(Some(Ready {
-            job_id: a.job_id,
-            outcome: a.outcome,
-            node: a.node,
-            sha256,
-            size,
-            inline,
-        }));
+        out.push(Prepared::Ready(
+            Ready {
+                job_id: a.job_id,
+                outcome: a.outcome,
+                node: a.node,
+                sha256,
+                size,
+                inline,
+            },
+            pin,
+        ));
     }
-    Ok(ready)
+    if let Some(e) = failed {
+        for p in out {
+            if let Prepared::Ready(_, Some(pin)) = p {
+                pin.release_unreferenced(store, blobs);
+            }
+        }
+        return Err(e);
+    }
+    Ok(out)
 }
 
 /// Stores answers: [`prepare`], then records them through the group committer. One result
-/// per answer, in order: the outcome, or None for an unknown job (nothing stored for it).
+/// per answer, in order: the outcome, or None for an unknown job (nothing stored for it). A
+/// blob committed for an answer that was not stored after all (a duplicate or a lost lease
+/// that raced it, a failed transaction) is removed again unless something refers to it.
 async fn store_answers(
     state: &AppState,
     lookup_id: i64,
@@ -323,33 +413,72 @@ async fn store_answers(
 ) -> Result<Vec<Recorded>, ApiError> {
     let small = incoming
         .iter()
-        .all(|a| matches!(a.archive, Archive::Inline(_)))
+        .all(|a| !matches!(a.archive, Archive::Blob(_)))
         && incoming
             .iter()
             .map(|a| match &a.archive {
                 Archive::Inline(b) => b.len(),
-                Archive::Blob(_) => 0,
+                Archive::Blob(_) | Archive::Settled(_) => 0,
             })
             .sum::<usize>()
             <= HASH_INLINE;
-    let ready = if small {
-        prepare(state.store.as_ref(), incoming)?
+    let prepared = if small {
+        prepare(
+            state.store.as_ref(),
+            &state.blobs,
+            &state.pins,
+            lookup_id,
+            incoming,
+        )?
     } else {
-        let store = state.store.clone();
-        blocking(move || prepare(store.as_ref(), incoming)).await?
+        let (store, blobs, pins) = (state.store.clone(), state.blobs.clone(), state.pins.clone());
+        blocking(move || prepare(store.as_ref(), &blobs, &pins, lookup_id, incoming)).await?
     };
-    let slots: Vec<bool> = ready.iter().map(Option::is_some).collect();
-    let answers: Vec<Ready> = ready.into_iter().flatten().collect();
-    let mut recorded = state.answers.record(lookup_id, answers).await?.into_iter();
+    let mut slots: Vec<Option<Recorded>> = Vec::with_capacity(prepared.len());
+    let mut answers: Vec<Ready> = Vec::new();
+    let mut pins: Vec<Option<BlobPin>> = Vec::new();
+    for p in prepared {
+        match p {
+            Prepared::Ready(r, pin) => {
+                slots.push(None);
+                answers.push(r);
+                pins.push(pin);
+            }
+            Prepared::Settled(r) => slots.push(Some(r)),
+        }
+    }
+    let recorded = state.answers.record(lookup_id, answers).await;
+    // Pins of stored answers go now (their blobs are referenced); the others' blobs may be
+    // unreferenced.
+    let unrecorded: Vec<BlobPin> = match &recorded {
+        Ok(results) => pins
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, pin)| {
+                let pin = pin?;
+                (results.get(i) != Some(&Some(AnswerOutcome::Stored))).then_some(pin)
+            })
+            .collect(),
+        Err(_) => pins.into_iter().flatten().collect(),
+    };
+    if !unrecorded.is_empty() {
+        let (store, blobs) = (state.store.clone(), state.blobs.clone());
+        blocking(move || {
+            for pin in unrecorded {
+                pin.release_unreferenced(store.as_ref(), &blobs);
+            }
+            Ok(())
+        })
+        .await?;
+    }
+    let mut recorded = recorded?.into_iter();
     slots
         .into_iter()
-        .map(|known| {
-            if !known {
-                return Ok(None);
-            }
-            recorded.next().ok_or_else(|| {
+        .map(|slot| match slot {
+            Some(r) => Ok(r),
+            None => recorded.next().ok_or_else(|| {
                 ApiError::internal_msg("recording answers", "fewer results than answers")
-            })
+            }),
         })
         .collect()
 }
@@ -366,6 +495,25 @@ pub async fn answer(
         let (outcome, node) = validate::answer_headers(req.headers())?;
         let max = state.limits.max_answer;
         let declared = check_declared_length(&req, "the answer", max)?;
+        // A body that may go to the blob store: first make sure it is wanted, so that nothing
+        // (not even a temporary file) is written for an answer that will not be recorded.
+        if !matches!(declared, Some(d) if d <= INLINE_ANSWER_MAX) {
+            match answer_target(&state, lookup.id, job_id).await? {
+                AnswerTarget::Missing => {
+                    return Err(ApiError::not_found(format!("no job {job_id}")));
+                }
+                AnswerTarget::NotLeased => return Err(not_leased(job_id)),
+                AnswerTarget::Answered => {
+                    discard_body(payload, "the answer", max).await?;
+                    tracing::debug!(lookup = %lookup.name, job = job_id,
+                                    "duplicate answer discarded unread");
+                    return Ok(HttpResponse::Ok().json(AnswerResponse {
+                        status: "duplicate".into(),
+                    }));
+                }
+                AnswerTarget::Open => {}
+            }
+        }
         let received = receive_answer(
             payload,
             &state.blobs,
@@ -387,14 +535,15 @@ pub async fn answer(
             _ => return Err(ApiError::not_found(format!("no job {job_id}"))),
         };
         tracing::debug!(lookup = %lookup.name, job = job_id, outcome = ?stored, "answer received");
-        Ok(match stored {
-            AnswerOutcome::Stored => HttpResponse::Created().json(AnswerResponse {
+        match stored {
+            AnswerOutcome::Stored => Ok(HttpResponse::Created().json(AnswerResponse {
                 status: "stored".into(),
-            }),
-            AnswerOutcome::Duplicate => HttpResponse::Ok().json(AnswerResponse {
+            })),
+            AnswerOutcome::Duplicate => Ok(HttpResponse::Ok().json(AnswerResponse {
                 status: "duplicate".into(),
-            }),
-        })
+            })),
+            AnswerOutcome::NotLeased => Err(not_leased(job_id)),
+        }
     })
     .await
 }
@@ -420,6 +569,8 @@ enum ReceivingArchive {
     Memory(Vec<u8>),
     /// The upload (None only while a write is in progress) and bytes not yet written to it.
     Blob(Option<Box<BlobWriter>>, Vec<u8>),
+    /// A large answer known not to be recorded: its bytes are dropped as they arrive.
+    Discard(Recorded),
 }
 
 /// Checks a record's header as the single-answer route checks its path and headers.
@@ -445,13 +596,17 @@ fn check_record(h: &AnswerBatchHeader, record: usize) -> Result<(), ApiError> {
 }
 
 /// Reads a whole answer batch: small answers into memory, large ones into blob uploads (not
-/// committed). Refuses the batch (nothing kept) at the first framing, header or size problem.
+/// committed), unless their job is already known not to take them (then their bytes are
+/// dropped as they arrive). Refuses the batch (nothing kept) at the first framing, header or
+/// size problem.
 async fn receive_batch(
     payload: &mut web::Payload,
-    blobs: &BlobStore,
+    state: &AppState,
+    lookup_id: i64,
     max_answer: u64,
     limit: u64,
 ) -> Result<Vec<Receiving>, ApiError> {
+    let blobs = &state.blobs;
     const WHAT: &str = "the answer batch";
     let mut decoder = AnswerRecordDecoder::new(max_answer);
     let mut records: Vec<Receiving> = Vec::new();
@@ -478,6 +633,11 @@ async fn receive_batch(
                         ReceivingArchive::Memory(Vec::with_capacity(
                             header.size.min(64 * 1024) as usize
                         ))
+                    } else if let Some(r) =
+                        settled(answer_target(state, lookup_id, header.job_id).await?)
+                    {
+                        // Not wanted: no temporary file is written for it.
+                        ReceivingArchive::Discard(r)
                     } else {
                         let writer = start_blob(blobs, header.size).await?;
                         ReceivingArchive::Blob(Some(Box::new(writer)), Vec::new())
@@ -487,6 +647,7 @@ async fn receive_batch(
                 AnswerRecordEvent::Data(piece) => {
                     match records.last_mut().map(|r| &mut r.archive) {
                         Some(ReceivingArchive::Memory(bytes)) => bytes.extend_from_slice(piece),
+                        Some(ReceivingArchive::Discard(_)) => {}
                         Some(ReceivingArchive::Blob(writer, pending)) => {
                             pending.extend_from_slice(piece);
                             if pending.len() >= WRITE_BATCH
@@ -538,11 +699,12 @@ pub async fn answers(
         let max_answer = state.limits.max_answer;
         let limit = max_answer.max(MIN_ANSWER_BATCH_BODY);
         check_declared_length(&req, "the answer batch", limit)?;
-        let records = receive_batch(payload, &state.blobs, max_answer, limit).await?;
+        let records = receive_batch(payload, &state, lookup.id, max_answer, limit).await?;
         let mut incoming = Vec::with_capacity(records.len());
         for r in records {
             let archive = match r.archive {
                 ReceivingArchive::Memory(bytes) => Archive::Inline(bytes),
+                ReceivingArchive::Discard(r) => Archive::Settled(r),
                 ReceivingArchive::Blob(Some(w), pending) if pending.is_empty() => Archive::Blob(w),
                 ReceivingArchive::Blob(..) => {
                     return Err(ApiError::internal_msg(
@@ -568,6 +730,7 @@ pub async fn answers(
                 status: match o {
                     Some(AnswerOutcome::Stored) => AnswerBatchStatus::Stored,
                     Some(AnswerOutcome::Duplicate) => AnswerBatchStatus::Duplicate,
+                    Some(AnswerOutcome::NotLeased) => AnswerBatchStatus::NotLeased,
                     None => AnswerBatchStatus::NotFound,
                 },
             })

@@ -18,6 +18,7 @@ mod commit;
 mod error;
 mod events;
 mod lookup;
+mod pins;
 mod validate;
 
 use std::any::Any;
@@ -119,6 +120,8 @@ pub struct AppState {
     pub blobs: BlobStore,
     /// Records answers, many requests' in one transaction.
     pub answers: commit::AnswerCommitter,
+    /// Blobs committed but not yet recorded (see `pins`).
+    pub pins: Arc<pins::BlobPins>,
     pub events: Events,
     pub limits: Limits,
 }
@@ -314,6 +317,7 @@ fn open(
         store,
         blobs,
         answers,
+        pins: Arc::default(),
         events: Events::new(stop_rx),
         limits: Limits {
             max_bundle: config.max_bundle,

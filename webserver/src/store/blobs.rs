@@ -13,7 +13,7 @@
 //! validated before a path is built from them.
 
 use std::fs::{self, File};
-use std::io::{self, BufWriter, Read, Write};
+use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use rjs_signer::bundle::hex;
@@ -192,6 +192,7 @@ impl BlobStore {
             file: Some(BufWriter::with_capacity(WRITE_BUFFER, file)),
             tmp_path: path,
             tmp_live: true,
+            synced: false,
             hasher: Sha256::new(),
             size: 0,
             max_bytes,
@@ -203,6 +204,21 @@ impl BlobStore {
         let mut w = self.writer(bytes.len() as u64)?;
         w.write(bytes)?;
         w.commit()
+    }
+
+    /// Removes a blob (one nothing refers to any more); Ok(false) if it was not there. The
+    /// shard directory is synced so that the removal is durable.
+    pub fn remove(&self, sha256_hex: &str) -> Result<bool, BlobError> {
+        let path = self.path_of(sha256_hex)?;
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(io_err("removing", &path)(e)),
+        }
+        if let Some(shard) = path.parent() {
+            sync_dir(shard)?;
+        }
+        Ok(true)
     }
 
     /// Removes every file left in `tmp/` (uploads interrupted by a crash). Only for start-up:
@@ -231,6 +247,22 @@ impl BlobStore {
     }
 }
 
+/// The bytes of an upload, mapped read-only ([`BlobWriter::map_written`]); the writer can
+/// neither write nor commit while this lives.
+#[derive(Debug)]
+pub struct MappedUpload<'a> {
+    map: memmap2::Mmap,
+    _writer: std::marker::PhantomData<&'a mut BlobWriter>,
+}
+
+impl std::ops::Deref for MappedUpload<'_> {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.map
+    }
+}
+
 /// An upload in progress: a temporary file being written and hashed. Nothing is visible in
 /// the store until [`commit`](Self::commit); dropping the writer uncommitted, or exceeding the
 /// size limit, removes the temporary file.
@@ -242,6 +274,8 @@ pub struct BlobWriter {
     tmp_path: PathBuf,
     /// The temporary file exists and is this writer's to remove.
     tmp_live: bool,
+    /// Everything written so far is fsynced.
+    synced: bool,
     hasher: Sha256,
     size: u64,
     max_bytes: u64,
@@ -268,6 +302,9 @@ impl BlobWriter {
         }
         self.hasher.update(chunk);
         self.size = new_size;
+        if !chunk.is_empty() {
+            self.synced = false;
+        }
         Ok(())
     }
 
@@ -300,23 +337,49 @@ impl BlobWriter {
         Ok(())
     }
 
-    /// Flushes and reads back everything written so far (at most the writer's limit), e.g. to
-    /// verify a bundle before committing it.
-    pub fn read_back(&mut self) -> Result<Vec<u8>, BlobError> {
-        self.flush()?;
-        let mut buf = Vec::with_capacity(usize::try_from(self.size).unwrap_or(0));
-        File::open(&self.tmp_path)
-            .and_then(|f| {
-                f.take(self.max_bytes.saturating_add(1))
-                    .read_to_end(&mut buf)
-            })
-            .map_err(io_err("reading back", &self.tmp_path))?;
-        if buf.len() as u64 != self.size {
-            return Err(io_err("reading back", &self.tmp_path)(io::Error::other(
-                format!("read {} bytes, wrote {}", buf.len(), self.size),
+    /// Completes the temporary file (flush, fsync) and maps it read-only, e.g. to verify a
+    /// bundle before committing it without holding it in memory: the kernel pages it in and
+    /// out as it is read. The map must be dropped before the writer is committed or dropped.
+    ///
+    /// A mapped file that shrinks under the map makes reads of the lost pages raise SIGBUS.
+    /// That cannot happen here: the temporary file is private to this server (in `tmp/`,
+    /// mode 0600 in a 0700 directory, a random name), only this writer writes it and it
+    /// writes nothing more while the map lives (the map borrows the writer mutably), and
+    /// [`BlobStore::clean_tmp`] runs only at start-up. The map's length is checked against
+    /// the bytes written.
+    pub fn map_written(&mut self) -> Result<MappedUpload<'_>, BlobError> {
+        self.sync()?;
+        let file = File::open(&self.tmp_path).map_err(io_err("opening", &self.tmp_path))?;
+        // SAFETY: see above: nothing modifies or truncates the file while the map lives.
+        let map =
+            unsafe { memmap2::Mmap::map(&file) }.map_err(io_err("mapping", &self.tmp_path))?;
+        if map.len() as u64 != self.size {
+            return Err(io_err("mapping", &self.tmp_path)(io::Error::other(
+                format!("mapped {} bytes, wrote {}", map.len(), self.size),
             )));
         }
-        Ok(buf)
+        Ok(MappedUpload {
+            map,
+            _writer: std::marker::PhantomData,
+        })
+    }
+
+    /// Flushes and fsyncs the temporary file (once: [`commit`](Self::commit) then skips it).
+    fn sync(&mut self) -> Result<(), BlobError> {
+        self.flush()?;
+        if self.synced {
+            return Ok(());
+        }
+        let Some(file) = self.file.as_mut() else {
+            return Err(self.abandoned());
+        };
+        if let Err(e) = file.get_ref().sync_all() {
+            let err = io_err("syncing", &self.tmp_path)(e);
+            self.discard();
+            return Err(err);
+        }
+        self.synced = true;
+        Ok(())
     }
 
     /// Makes the upload a blob: fsync, rename to `blobs/ab/<sha256>` (or just drop the
@@ -329,7 +392,9 @@ impl BlobWriter {
         let file = buffered
             .into_inner()
             .map_err(|e| io_err("writing", &self.tmp_path)(e.into_error()))?;
-        file.sync_all().map_err(io_err("syncing", &self.tmp_path))?;
+        if !self.synced {
+            file.sync_all().map_err(io_err("syncing", &self.tmp_path))?;
+        }
         drop(file);
 
         let sha256 = self.sha256_hex();
@@ -449,7 +514,7 @@ mod tests {
         }
         assert_eq!(w.size(), data.len() as u64);
         assert_eq!(w.sha256_hex(), sha(&data));
-        assert_eq!(w.read_back().unwrap(), data);
+        assert_eq!(&w.map_written().unwrap()[..], &data[..]);
         let (name, size) = w.commit().unwrap();
         assert_eq!(name, sha(&data));
         assert_eq!(size, data.len() as u64);
@@ -588,5 +653,33 @@ mod tests {
         assert_eq!(tmp_entries(&reopened), 0);
         assert_eq!(reopened.clean_tmp().unwrap(), 0);
         assert_eq!(fs::read_dir(dir.path().join("blobs")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn mapped_uploads_and_removal() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        // An empty upload maps to an empty slice.
+        let mut w = store.writer(10).unwrap();
+        assert!(w.map_written().unwrap().is_empty());
+        drop(w);
+        assert_eq!(tmp_entries(&store), 0);
+        // Written in pieces, mapped (synced), written on, mapped again, committed.
+        let mut w = store.writer(1 << 20).unwrap();
+        w.write(b"first part, ").unwrap();
+        assert_eq!(&w.map_written().unwrap()[..], b"first part, ");
+        w.write(b"second part").unwrap();
+        assert_eq!(&w.map_written().unwrap()[..], b"first part, second part");
+        let (name, size) = w.commit().unwrap();
+        assert_eq!(
+            (name.as_str(), size),
+            (sha(b"first part, second part").as_str(), 23)
+        );
+        assert_eq!(store.read(&name, 100).unwrap(), b"first part, second part");
+        // Removal: once, then it is not there; names are checked.
+        assert!(store.remove(&name).unwrap());
+        assert!(!store.exists(&name).unwrap());
+        assert!(!store.remove(&name).unwrap());
+        assert!(matches!(store.remove("../x"), Err(BlobError::BadName(_))));
     }
 }

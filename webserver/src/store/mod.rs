@@ -61,6 +61,19 @@ pub struct NewSubmission<'a> {
     /// Queue new jobs even if this author already submitted this bundle.
     pub resubmit: bool,
     pub now: i64,
+    /// The upload request's nonce, recorded in the same transaction as the submission: if
+    /// it is already recorded (a replay, e.g. two identical requests at once), the call fails
+    /// with [`StoreError::Replayed`] and records nothing. Expired nonces (before `now`) may
+    /// be pruned.
+    pub nonce: Option<RequestNonce<'a>>,
+}
+
+/// A request nonce to record (see [`Store::use_nonce`]).
+#[derive(Debug, Clone, Copy)]
+pub struct RequestNonce<'a> {
+    pub nonce: &'a str,
+    /// Until when it is kept (Unix seconds).
+    pub expires_at: i64,
 }
 
 /// What [`Store::submit`] did.
@@ -90,6 +103,21 @@ pub enum AnswerOutcome {
     Stored,
     /// The job already had an answer: this one was discarded.
     Duplicate,
+    /// The lookup neither holds the job's lease nor held its last one: nothing was recorded.
+    NotLeased,
+}
+
+/// Whether a lookup may post an answer for a job, as things stand ([`Store::answer_targets`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnswerTarget {
+    /// No such job.
+    Missing,
+    /// The job's lease (or its last one) belongs to another lookup, or it was never leased.
+    NotLeased,
+    /// The lookup may answer, but the job already has an answer: a new one is a duplicate.
+    Answered,
+    /// The lookup holds (or held last) the job's lease and it has no answer yet.
+    Open,
 }
 
 /// An answer to record.
@@ -122,10 +150,22 @@ pub enum StoreError {
     /// The lookup server is revoked.
     #[error("{0} is revoked")]
     Revoked(String),
+    /// The request nonce was already recorded for this author (a replayed request).
+    #[error("request nonce already used")]
+    Replayed,
+    /// A failure of the database behind the store (SQLite, …), with its cause. Backends
+    /// convert their own errors into it (e.g. `From<rusqlite::Error>` in [`sqlite`]), so the
+    /// handlers never depend on one.
     #[error("database error")]
-    Db(#[from] rusqlite::Error),
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync + 'static>),
     #[error("database schema: {0}")]
     Schema(String),
+    #[error("migrating the database to schema version {version}")]
+    Migration {
+        version: usize,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    },
 }
 
 /// Metadata store. Implementations are safe to share between threads; every mutating call is
@@ -144,6 +184,9 @@ pub trait Store: Send + Sync + 'static {
     fn list_authors(&self) -> Result<Vec<Author>, StoreError>;
     /// The active (not removed) author with this key.
     fn author_by_key(&self, public_key: &str) -> Result<Option<Author>, StoreError>;
+    /// Whether this author already used this nonce (a replay). Writes nothing. A nonce whose
+    /// `expires_at` is before `now` counts as unused (it may be pruned).
+    fn nonce_used(&self, author_id: i64, nonce: &str, now: i64) -> Result<bool, StoreError>;
     /// Records a request nonce. False if this author used it before (a replay). Nonces whose
     /// `expires_at` is before `now` may be pruned.
     fn use_nonce(
@@ -168,7 +211,8 @@ pub trait Store: Send + Sync + 'static {
 
     // -------- bundles and jobs (author side)
     /// Records the bundle (once) and queues one job per task, unless this author already
-    /// submitted it and `resubmit` is false.
+    /// submitted it and `resubmit` is false; records `s.nonce` in the same transaction
+    /// ([`StoreError::Replayed`], nothing recorded, if it was used before).
     fn submit(&self, s: &NewSubmission<'_>) -> Result<Submission, StoreError>;
     /// Whether a bundle with this id is recorded (its blob exists).
     fn bundle_exists(&self, bundle_id: &str) -> Result<bool, StoreError>;
@@ -205,8 +249,10 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<(Vec<i64>, Vec<i64>), StoreError>;
     /// Gives leases back: queued again, attempt not counted. Returns those released.
     fn release(&self, lookup_id: i64, job_ids: &[i64], now: i64) -> Result<Vec<i64>, StoreError>;
-    /// No answer could be had for a job this lookup holds: attempts + 1, queued again, or
-    /// failed with `reason` once attempts reach `max_attempts`. Returns (state, attempts).
+    /// No answer could be had for a job this lookup holds (a lease past its end still counts
+    /// until the job is requeued): attempts + 1, queued again, or failed with `reason` once
+    /// attempts reach `max_attempts`. Returns (state, attempts); `Conflict` (nothing changed)
+    /// if this lookup does not hold the job's lease.
     fn fail(
         &self,
         lookup_id: i64,
@@ -215,18 +261,29 @@ pub trait Store: Send + Sync + 'static {
         max_attempts: u32,
         now: i64,
     ) -> Result<(JobState, u32), StoreError>;
-    /// Records an answer (its blob already stored). The first answer for a job wins, whatever
-    /// the job's state (leased by this or another lookup, queued again after expiry, even
-    /// failed); later ones are `Duplicate`. NotFound if the job does not exist.
+    /// Records an answer (its blob already stored). Accepted only from the lookup that holds
+    /// the job's lease or held the last one (its lease expired, or it was released or failed,
+    /// and nobody leased the job since): a late answer from the last holder still makes the
+    /// job done, whatever its state (queued again, even failed). From any other lookup (or
+    /// for a job never leased): `NotLeased`, nothing recorded. The first accepted answer
+    /// wins; later ones are `Duplicate`. NotFound if the job does not exist.
     fn record_answer(&self, a: &NewAnswer<'_>) -> Result<AnswerOutcome, StoreError>;
-    /// Which of these jobs exist: one bool per id, in order. (Jobs are never deleted, so a
-    /// job seen here is still there later.)
-    fn jobs_exist(&self, job_ids: &[i64]) -> Result<Vec<bool>, StoreError>;
+    /// What an answer from this lookup for each of these jobs would be, as things stand: one
+    /// per id, in order. Writes nothing. (Jobs are never deleted and answers never removed,
+    /// so `Missing` and `Answered` stay true.)
+    fn answer_targets(
+        &self,
+        lookup_id: i64,
+        job_ids: &[i64],
+    ) -> Result<Vec<AnswerTarget>, StoreError>;
+    /// Whether any bundle or job answer refers to the blob with this SHA-256 (hex), i.e.
+    /// whether the blob must be kept.
+    fn blob_referenced(&self, sha256: &str) -> Result<bool, StoreError>;
     /// Records several answers in ONE transaction, each as [`record_answer`](Self::record_answer)
     /// would (in order: a job named twice gets the first, the second is `Duplicate`). Returns
-    /// one result per answer, in order: `Stored`, `Duplicate`, or `Err(NotFound)` for a job
-    /// that does not exist (nothing is recorded for it; the others still are). An outer `Err`
-    /// means nothing at all was recorded.
+    /// one result per answer, in order: `Stored`, `Duplicate`, `NotLeased`, or
+    /// `Err(NotFound)` for a job that does not exist (nothing is recorded for it; the others
+    /// still are). An outer `Err` means nothing at all was recorded.
     fn record_answers(
         &self,
         answers: &[NewAnswer<'_>],

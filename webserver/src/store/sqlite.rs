@@ -11,6 +11,8 @@
 //!
 //! A job is leased while `state = 'leased'`; its lease is live while `now <= lease_until` and
 //! expired once `lease_until < now` (then `expire_leases`, or the next `lease`, requeues it).
+//! `last_lookup` is the lookup of the job's current or last lease (set by `lease`, never
+//! cleared): the only one whose answer is taken.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -24,9 +26,15 @@ use rusqlite::types::Type;
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params};
 
 use super::{
-    AnswerOutcome, AnswerRef, Author, INLINE_ANSWER_MAX, LookupServer, NewAnswer, NewSubmission,
-    Store, StoreError, Submission,
+    AnswerOutcome, AnswerRef, AnswerTarget, Author, INLINE_ANSWER_MAX, LookupServer, NewAnswer,
+    NewSubmission, Store, StoreError, Submission,
 };
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Backend(Box::new(e))
+    }
+}
 
 /// How long a writer waits for another connection's write lock before giving up.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -127,7 +135,32 @@ CREATE TABLE answer_data (
     bytes  BLOB    NOT NULL
 );
 "#,
+    // 3: the lookup that took the job's last lease, kept after the lease ends (expiry,
+    // release, failure report): only it may still post the job's answer. Jobs leased now
+    // keep their holder; answered ones get the lookup that answered. An index on answers'
+    // SHA-256 for `blob_referenced`.
+    r#"
+ALTER TABLE jobs ADD COLUMN last_lookup INTEGER REFERENCES lookups (id);
+UPDATE jobs SET last_lookup = lease_lookup WHERE lease_lookup IS NOT NULL;
+UPDATE jobs SET last_lookup = answer_lookup
+    WHERE last_lookup IS NULL AND answer_lookup IS NOT NULL;
+CREATE INDEX jobs_answer_sha256 ON jobs (answer_sha256) WHERE answer_sha256 IS NOT NULL;
+"#,
 ];
+
+/// Rows per table, from [`SqliteStore::row_counts`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RowCounts {
+    pub authors: u64,
+    pub lookups: u64,
+    pub nonces: u64,
+    pub bundles: u64,
+    pub submissions: u64,
+    /// Jobs in every state.
+    pub jobs: u64,
+    /// Answers kept in the database.
+    pub answer_data: u64,
+}
 
 /// The metadata store on one SQLite file. Each handle owns two connections: one for writes
 /// and one (`query_only`) for reads, so that reads (e.g. the lookup identity check on every
@@ -190,6 +223,60 @@ impl SqliteStore {
         MIGRATIONS.len() as i64
     }
 
+    /// The schema steps, in order: step `i` takes `user_version` from `i` to `i + 1` (for
+    /// building a database of an older version in tests).
+    pub fn migration_steps() -> &'static [&'static str] {
+        MIGRATIONS
+    }
+
+    /// `PRAGMA integrity_check`: `["ok"]` for a sound database, else the problems found.
+    pub fn integrity_check(&self) -> Result<Vec<String>, StoreError> {
+        self.read(|tx| {
+            let mut stmt = tx.prepare("PRAGMA integrity_check")?;
+            let rows = stmt.query_map([], |r| r.get(0))?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+
+    /// How many rows each table holds (for checks and tests).
+    pub fn row_counts(&self) -> Result<RowCounts, StoreError> {
+        self.read(|tx| {
+            let count = |table: &str| -> Result<u64, StoreError> {
+                Ok(
+                    tx.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| {
+                        get_u64(r, 0)
+                    })?,
+                )
+            };
+            Ok(RowCounts {
+                authors: count("authors")?,
+                lookups: count("lookups")?,
+                nonces: count("nonces")?,
+                bundles: count("bundles")?,
+                submissions: count("submissions")?,
+                jobs: count("jobs")?,
+                answer_data: count("answer_data")?,
+            })
+        })
+    }
+
+    /// Every blob the database refers to (bundles, and answers not kept inline), sorted: each
+    /// must be in the blob store.
+    pub fn blob_names(&self) -> Result<Vec<String>, StoreError> {
+        self.read(|tx| {
+            let mut stmt = tx.prepare(
+                "SELECT id FROM bundles
+                 UNION
+                 SELECT j.answer_sha256 FROM jobs j
+                 WHERE j.answer_sha256 IS NOT NULL
+                   AND NOT EXISTS (SELECT 1 FROM answer_data d WHERE d.job_id = j.id)
+                 ORDER BY 1",
+            )?;
+            let rows = stmt.query_map([], |r| r.get(0))?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+
     fn conn(&self) -> MutexGuard<'_, Connection> {
         // A panic while the lock was held rolled its transaction back (Transaction's drop):
         // the connection is still usable.
@@ -239,11 +326,9 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         let Some(step) = MIGRATIONS.get(version) else {
             return Ok(()); // up to date (the transaction just rolls back: nothing was written)
         };
-        tx.execute_batch(step).map_err(|e| {
-            StoreError::Schema(format!(
-                "migration to schema version {} failed: {e}",
-                version + 1
-            ))
+        tx.execute_batch(step).map_err(|e| StoreError::Migration {
+            version: version + 1,
+            source: Box::new(e),
         })?;
         tx.pragma_update(None, "user_version", (version + 1) as i64)?;
         tx.commit()?;
@@ -275,7 +360,7 @@ fn get_state(row: &Row<'_>, idx: usize) -> rusqlite::Result<JobState> {
 
 fn to_i64(v: u64, what: &str) -> Result<i64, StoreError> {
     i64::try_from(v).map_err(|e| {
-        StoreError::Db(rusqlite::Error::ToSqlConversionFailure(
+        StoreError::from(rusqlite::Error::ToSqlConversionFailure(
             format!("{what} {v} does not fit in a database integer: {e}").into(),
         ))
     })
@@ -405,7 +490,27 @@ fn check_answer(a: &NewAnswer<'_>) -> Result<i64, StoreError> {
     Ok(size)
 }
 
+/// What an answer from `lookup_id` for `job_id` would be (see [`Store::answer_targets`]).
+fn target_in(
+    tx: &Transaction<'_>,
+    lookup_id: i64,
+    job_id: i64,
+) -> Result<AnswerTarget, StoreError> {
+    let row: Option<(bool, Option<i64>)> = tx
+        .prepare_cached("SELECT answer_sha256 IS NOT NULL, last_lookup FROM jobs WHERE id = ?1")?
+        .query_row([job_id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    Ok(match row {
+        None => AnswerTarget::Missing,
+        Some((_, last)) if last != Some(lookup_id) => AnswerTarget::NotLeased,
+        Some((true, _)) => AnswerTarget::Answered,
+        Some((false, _)) => AnswerTarget::Open,
+    })
+}
+
 /// Records one answer inside `tx` (see [`Store::record_answer`]); `size` from [`check_answer`].
+/// `last_lookup` is the lookup of the job's current or last lease: while a job is leased it
+/// is the holder, so one test covers both "holds the lease" and "held the last one".
 fn record_in(
     tx: &Transaction<'_>,
     a: &NewAnswer<'_>,
@@ -416,7 +521,7 @@ fn record_in(
             "UPDATE jobs SET state = 'done', outcome = ?1, node = ?2, answer_sha256 = ?3,
                     answer_bytes = ?4, answer_lookup = ?5, lease_lookup = NULL,
                     lease_until = NULL, updated_at = ?6
-             WHERE id = ?7 AND answer_sha256 IS NULL",
+             WHERE id = ?7 AND answer_sha256 IS NULL AND last_lookup = ?5",
         )?
         .execute(params![
             a.outcome,
@@ -434,13 +539,14 @@ fn record_in(
         }
         return Ok(AnswerOutcome::Stored);
     }
-    let exists: bool = tx
-        .prepare_cached("SELECT EXISTS (SELECT 1 FROM jobs WHERE id = ?1)")?
-        .query_row([a.job_id], |r| r.get(0))?;
-    if exists {
-        Ok(AnswerOutcome::Duplicate)
-    } else {
-        Err(StoreError::NotFound(format!("job {}", a.job_id)))
+    match target_in(tx, a.lookup_id, a.job_id)? {
+        AnswerTarget::Missing => Err(StoreError::NotFound(format!("job {}", a.job_id))),
+        AnswerTarget::NotLeased => Ok(AnswerOutcome::NotLeased),
+        AnswerTarget::Answered => Ok(AnswerOutcome::Duplicate),
+        AnswerTarget::Open => Err(StoreError::Conflict(format!(
+            "job {} changed while its answer was recorded",
+            a.job_id
+        ))),
     }
 }
 
@@ -525,6 +631,17 @@ impl Store for SqliteStore {
                 ))?
                 .query_row([public_key], author_from_row)
                 .optional()?)
+        })
+    }
+
+    fn nonce_used(&self, author_id: i64, nonce: &str, now: i64) -> Result<bool, StoreError> {
+        self.read(|tx| {
+            Ok(tx
+                .prepare_cached(
+                    "SELECT EXISTS (SELECT 1 FROM nonces
+                                    WHERE author_id = ?1 AND nonce = ?2 AND expires_at >= ?3)",
+                )?
+                .query_row(params![author_id, nonce, now], |r| r.get(0))?)
         })
     }
 
@@ -633,6 +750,20 @@ impl Store for SqliteStore {
     fn submit(&self, s: &NewSubmission<'_>) -> Result<Submission, StoreError> {
         let size = to_i64(s.size, "bundle size")?;
         self.write(|tx| {
+            if let Some(n) = &s.nonce {
+                // First, so that a replay records nothing (the transaction rolls back).
+                tx.prepare_cached("DELETE FROM nonces WHERE expires_at < ?1")?
+                    .execute([s.now])?;
+                let fresh = tx
+                    .prepare_cached(
+                        "INSERT INTO nonces (author_id, nonce, expires_at) VALUES (?1, ?2, ?3)
+                         ON CONFLICT (author_id, nonce) DO NOTHING",
+                    )?
+                    .execute(params![s.author_id, n.nonce, n.expires_at])?;
+                if fresh != 1 {
+                    return Err(StoreError::Replayed);
+                }
+            }
             if !s.resubmit {
                 let earlier: Option<i64> = tx
                     .prepare_cached(
@@ -731,12 +862,12 @@ impl Store for SqliteStore {
             match found {
                 Some((Some(sha256), Some(size), inline)) => {
                     let size = u64::try_from(size).map_err(|_| {
-                        StoreError::Db(rusqlite::Error::IntegralValueOutOfRange(1, size))
+                        StoreError::from(rusqlite::Error::IntegralValueOutOfRange(1, size))
                     })?;
                     if let Some(bytes) = &inline
                         && bytes.len() as u64 != size
                     {
-                        return Err(StoreError::Db(conversion_error(
+                        return Err(StoreError::from(conversion_error(
                             2,
                             Type::Blob,
                             format!(
@@ -751,7 +882,7 @@ impl Store for SqliteStore {
                         inline,
                     })
                 }
-                Some((Some(_), None, _)) => Err(StoreError::Db(conversion_error(
+                Some((Some(_), None, _)) => Err(StoreError::from(conversion_error(
                     1,
                     Type::Null,
                     format!("job {job_id} has an answer without a size"),
@@ -773,13 +904,12 @@ impl Store for SqliteStore {
         max_attempts: u32,
     ) -> Result<Vec<Lease>, StoreError> {
         let filter = group_filter(groups);
-        let filter_json =
-            match &filter {
-                None => None,
-                Some(g) => Some(serde_json::to_string(g).map_err(|e| {
-                    StoreError::Db(rusqlite::Error::ToSqlConversionFailure(e.into()))
-                })?),
-            };
+        let filter_json = match &filter {
+            None => None,
+            Some(g) => Some(serde_json::to_string(g).map_err(|e| {
+                StoreError::from(rusqlite::Error::ToSqlConversionFailure(e.into()))
+            })?),
+        };
         self.write(|tx| {
             let revoked: Option<bool> = tx
                 .prepare_cached("SELECT revoked FROM lookups WHERE id = ?1")?
@@ -824,8 +954,8 @@ impl Store for SqliteStore {
                 })?
                 .collect::<Result<Vec<_>, _>>()?;
             let mut update = tx.prepare_cached(
-                "UPDATE jobs SET state = 'leased', lease_lookup = ?1, lease_until = ?2,
-                        updated_at = ?3
+                "UPDATE jobs SET state = 'leased', lease_lookup = ?1, last_lookup = ?1,
+                        lease_until = ?2, updated_at = ?3
                  WHERE id = ?4 AND state = 'queued'",
             )?;
             let mut leases = Vec::with_capacity(candidates.len());
@@ -932,13 +1062,27 @@ impl Store for SqliteStore {
         self.write(|tx| record_in(tx, a, size))
     }
 
-    fn jobs_exist(&self, job_ids: &[i64]) -> Result<Vec<bool>, StoreError> {
+    fn answer_targets(
+        &self,
+        lookup_id: i64,
+        job_ids: &[i64],
+    ) -> Result<Vec<AnswerTarget>, StoreError> {
         self.read(|tx| {
-            let mut stmt = tx.prepare_cached("SELECT EXISTS (SELECT 1 FROM jobs WHERE id = ?1)")?;
             job_ids
                 .iter()
-                .map(|id| Ok(stmt.query_row([id], |r| r.get(0))?))
+                .map(|&id| target_in(tx, lookup_id, id))
                 .collect()
+        })
+    }
+
+    fn blob_referenced(&self, sha256: &str) -> Result<bool, StoreError> {
+        self.read(|tx| {
+            Ok(tx
+                .prepare_cached(
+                    "SELECT EXISTS (SELECT 1 FROM bundles WHERE id = ?1)
+                         OR EXISTS (SELECT 1 FROM jobs WHERE answer_sha256 = ?1)",
+                )?
+                .query_row([sha256], |r| r.get(0))?)
         })
     }
 
