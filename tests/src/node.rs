@@ -128,3 +128,38 @@ impl ComputeNode {
             .0
     }
 }
+
+/// Modules a node's sandbox has compiled (`<data>/cache/wasmtime-*/<module sha>.cwasm`): a
+/// job that never reached the sandbox leaves none.
+pub fn compiled_modules(data: &Path) -> usize {
+    let Ok(dirs) = std::fs::read_dir(data.join("cache")) else {
+        return 0;
+    };
+    dirs.flatten()
+        .filter_map(|d| std::fs::read_dir(d.path()).ok())
+        .flat_map(|files| files.flatten())
+        .filter(|f| f.file_name().to_string_lossy().ends_with(".cwasm"))
+        .count()
+}
+
+/// What tasks left in a node's scratch directory (`<data>/scratch`): anything but the slots'
+/// own directories (`slot-<i>`, kept between tasks), and anything inside those.
+pub fn scratch_left(data: &Path) -> Vec<String> {
+    let mut left = Vec::new();
+    let Ok(entries) = std::fs::read_dir(data.join("scratch")) else {
+        return left;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let slot = name.starts_with("slot-") && e.file_type().is_ok_and(|t| t.is_dir());
+        match std::fs::read_dir(e.path()) {
+            Ok(inner) if slot => left.extend(
+                inner
+                    .flatten()
+                    .map(|i| format!("{name}/{}", i.file_name().to_string_lossy())),
+            ),
+            _ => left.push(name),
+        }
+    }
+    left
+}

@@ -102,33 +102,11 @@ impl Node {
     /// What tasks left in the sandbox's scratch directory: its entries, and inside a slot's
     /// own `out/` directory (`slot-<i>`, kept between tasks and emptied after each) theirs.
     fn scratch_entries(&self) -> Vec<String> {
-        let mut left = Vec::new();
-        for e in std::fs::read_dir(self.data.join("scratch")).expect("scratch directory") {
-            let e = e.unwrap();
-            let name = e.file_name().to_string_lossy().into_owned();
-            if name.starts_with("slot-") && e.file_type().unwrap().is_dir() {
-                for inner in std::fs::read_dir(e.path()).unwrap() {
-                    let inner = inner.unwrap().file_name();
-                    left.push(format!("{name}/{}", inner.to_string_lossy()));
-                }
-            } else {
-                left.push(name);
-            }
-        }
-        left
+        rjs_e2e::node::scratch_left(&self.data)
     }
 
-    /// Modules the sandbox has compiled (`<data>/cache/wasmtime-*/<module sha>.cwasm`): a job
-    /// that never reached the sandbox leaves none.
     fn compiled_modules(&self) -> usize {
-        let Ok(dirs) = std::fs::read_dir(self.data.join("cache")) else {
-            return 0;
-        };
-        dirs.flatten()
-            .filter_map(|d| std::fs::read_dir(d.path()).ok())
-            .flat_map(|files| files.flatten())
-            .filter(|f| f.file_name().to_string_lossy().ends_with(".cwasm"))
-            .count()
+        rjs_e2e::node::compiled_modules(&self.data)
     }
 
     fn cached(&self, sha: &str) -> bool {

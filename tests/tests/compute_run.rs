@@ -4,6 +4,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 use rjs_e2e::bin;
+use rjs_e2e::node::{compiled_modules, scratch_left};
 use rjs_signer::KeyPair;
 use rjs_signer::answer::{AnswerLimits, Ending, verify_answer};
 
@@ -32,37 +33,6 @@ fn stdout(out: &Output) -> String {
 
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// Modules the sandbox has compiled (`<data>/cache/wasmtime-*/<module sha>.cwasm`): a job
-/// refused before it reached the sandbox leaves none.
-fn compiled_modules(data: &Path) -> usize {
-    let Ok(dirs) = std::fs::read_dir(data.join("cache")) else {
-        return 0;
-    };
-    dirs.flatten()
-        .filter_map(|d| std::fs::read_dir(d.path()).ok())
-        .flat_map(|files| files.flatten())
-        .filter(|f| f.file_name().to_string_lossy().ends_with(".cwasm"))
-        .count()
-}
-
-/// Files tasks left in the sandbox's scratch directory, also inside the slots' own `out/`
-/// directories (`slot-<i>`, kept between tasks).
-fn scratch_entries(data: &Path) -> usize {
-    let Ok(entries) = std::fs::read_dir(data.join("scratch")) else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .map(|e| {
-            let slot = e.file_name().to_string_lossy().starts_with("slot-");
-            match std::fs::read_dir(e.path()) {
-                Ok(inner) if slot => inner.count(),
-                _ => 1,
-            }
-        })
-        .sum()
 }
 
 /// A node data directory with a stored benchmark result (no second of measuring per run).
@@ -113,7 +83,7 @@ fn run_answers_trusted_jobs_and_refuses_the_rest_before_running() {
     assert!(stdout(&out).contains("refused (untrusted)"));
     assert!(!answer.exists());
     assert_eq!(compiled_modules(&data), 0, "the unknown author's module");
-    assert_eq!(scratch_entries(&data), 0);
+    assert_eq!(scratch_left(&data), Vec::<String>::new());
 
     // A blocked author: refused without asking, before anything compiles.
     let bob = KeyPair::generate();
@@ -133,7 +103,7 @@ fn run_answers_trusted_jobs_and_refuses_the_rest_before_running() {
     );
     assert!(!answer.exists());
     assert_eq!(compiled_modules(&data), 0, "the blocked author's module");
-    assert_eq!(scratch_entries(&data), 0);
+    assert_eq!(scratch_left(&data), Vec::<String>::new());
 
     // A tampered bundle of a trusted author is refused before anything runs.
     let out = rjs_compute(&data, &["trust", "add", &alice.public().to_line("alice")]);

@@ -1,10 +1,14 @@
 //! The web server through its real binary, real TLS on loopback.
 
+#[path = "../../webserver/tests/support/raw_http.rs"]
+mod raw_http;
+
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use raw_http::RawHttp;
 use reqwest::Method;
 use reqwest::StatusCode;
 use rjs_e2e::*;
@@ -88,10 +92,10 @@ fn big_bundle(key: &rjs_signer::KeyPair, name: &str, tasks: u32, filler: usize) 
 }
 
 /// A hand-written HTTP/1.1 connection over TLS (for bodies sent in part, or slowly).
-struct Raw(rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>);
+struct Raw;
 
 impl Raw {
-    fn connect(ws: &WebServer, identity: Option<&LookupCreds>) -> Raw {
+    fn connect(ws: &WebServer, identity: Option<&LookupCreds>) -> RawHttp {
         Self::connect_as(ws, identity, "localhost").unwrap()
     }
 
@@ -100,7 +104,7 @@ impl Raw {
         ws: &WebServer,
         identity: Option<&LookupCreds>,
         server_name: &str,
-    ) -> Result<Raw, rustls::Error> {
+    ) -> Result<RawHttp, rustls::Error> {
         let ca = rjs_wire::tls::load_certs(&ws.ca_pem()).unwrap();
         let identity = identity.map(|c| {
             let pem = std::fs::read(&c.path).unwrap();
@@ -111,72 +115,10 @@ impl Raw {
                 .collect();
             (leaf, rjs_wire::tls::key_from_pem(&pem, "creds").unwrap())
         });
-        let mut tls = rjs_wire::tls::client_config(&ca, identity).unwrap();
-        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let conn = rustls::ClientConnection::new(
-            Arc::new(tls),
-            rustls::pki_types::ServerName::try_from(server_name.to_owned()).unwrap(),
-        )
-        .unwrap();
-        let sock = std::net::TcpStream::connect(&ws.addr).unwrap();
-        sock.set_read_timeout(Some(Duration::from_secs(30)))
-            .unwrap();
-        let mut raw = Raw(rustls::StreamOwned::new(conn, sock));
-        while raw.0.conn.is_handshaking() {
-            if let Err(e) = raw.0.conn.complete_io(&mut raw.0.sock) {
-                return Err(
-                    match e.into_inner().map(|e| e.downcast::<rustls::Error>()) {
-                        Some(Ok(e)) => *e,
-                        _ => rustls::Error::General("handshake I/O failed".into()),
-                    },
-                );
-            }
-        }
+        let tls = rjs_wire::tls::client_config(&ca, identity).unwrap();
+        let mut raw = RawHttp::new(ws.addr.as_str(), tls, server_name);
+        raw.handshake()?;
         Ok(raw)
-    }
-
-    fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        use std::io::Write;
-        self.0.write_all(bytes)?;
-        self.0.flush()
-    }
-
-    /// Reads the rest of the connection: an error (or end) before any byte, or the bytes.
-    fn read_all(&mut self) -> (Vec<u8>, String) {
-        use std::io::Read;
-        let mut got = Vec::new();
-        let mut buf = [0u8; 4096];
-        loop {
-            match self.0.read(&mut buf) {
-                Ok(0) => return (got, "closed".into()),
-                Ok(n) => got.extend_from_slice(&buf[..n]),
-                Err(e) => return (got, e.to_string()),
-            }
-        }
-    }
-
-    /// Reads one response with a `Content-Length` body: (status, body).
-    fn response(&mut self) -> (u16, Vec<u8>) {
-        use std::io::Read;
-        let mut head = Vec::new();
-        let mut byte = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") {
-            assert_eq!(self.0.read(&mut byte).unwrap(), 1, "closed in the head");
-            head.push(byte[0]);
-        }
-        let head = String::from_utf8(head).unwrap();
-        let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-        let len: usize = head
-            .lines()
-            .find_map(|l| {
-                let (k, v) = l.split_once(':')?;
-                k.eq_ignore_ascii_case("content-length")
-                    .then(|| v.trim().parse().unwrap())
-            })
-            .unwrap_or(0);
-        let mut body = vec![0u8; len];
-        self.0.read_exact(&mut body).unwrap();
-        (status, body)
     }
 }
 

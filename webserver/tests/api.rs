@@ -1,11 +1,15 @@
 //! The web server's HTTP API over real TLS, in process: `server::serve` on a free loopback
 //! port, reqwest clients (an author signing requests, lookups with client certificates).
 
+#[path = "support/raw_http.rs"]
+mod raw_http;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use raw_http::RawHttp;
 use reqwest::Method;
 use reqwest::blocking::{Client, Response};
 use rjs_signer::request::RequestAuth;
@@ -98,20 +102,14 @@ impl Server {
 
     /// A raw HTTP/1.1 connection over TLS, for requests reqwest cannot make (a body sent
     /// only in part).
-    fn raw(&self, identity: Option<pki::Creds>) -> RawConn {
+    fn raw(&self, identity: Option<pki::Creds>) -> RawHttp {
         let tls = rjs_wire::tls::client_config(&self.ca, identity.map(|c| (vec![c.cert], c.key)))
             .unwrap();
         self.raw_with(tls)
     }
 
-    fn raw_with(&self, mut tls: rustls::ClientConfig) -> RawConn {
-        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-        let conn = rustls::ClientConnection::new(std::sync::Arc::new(tls), name).unwrap();
-        let sock = std::net::TcpStream::connect(self.addr).unwrap();
-        sock.set_read_timeout(Some(Duration::from_secs(30)))
-            .unwrap();
-        RawConn(rustls::StreamOwned::new(conn, sock))
+    fn raw_with(&self, tls: rustls::ClientConfig) -> RawHttp {
+        RawHttp::new(self.addr, tls, "localhost")
     }
 
     fn store(&self) -> rjs_webserver::store::sqlite::SqliteStore {
@@ -141,47 +139,10 @@ impl Drop for Server {
     }
 }
 
-/// An HTTP/1.1 client connection written by hand.
-struct RawConn(rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>);
-
-impl RawConn {
-    fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        use std::io::Write;
-        self.0.write_all(bytes)?;
-        self.0.flush()
-    }
-
-    /// Sends one chunk of a chunked body.
-    fn chunk(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.send(format!("{:x}\r\n", bytes.len()).as_bytes())?;
-        self.send(bytes)?;
-        self.send(b"\r\n")
-    }
-
-    /// Reads one response: status, JSON body (`Content-Length` bodies only).
-    fn response(&mut self) -> (u16, Value) {
-        use std::io::Read;
-        let mut head = Vec::new();
-        let mut byte = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") {
-            let n = self.0.read(&mut byte).unwrap();
-            assert_eq!(n, 1, "connection closed in the response head: {head:?}");
-            head.push(byte[0]);
-        }
-        let head = String::from_utf8(head).unwrap();
-        let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
-        let len: usize = head
-            .lines()
-            .find_map(|l| {
-                let (k, v) = l.split_once(':')?;
-                k.eq_ignore_ascii_case("content-length")
-                    .then(|| v.trim().parse().unwrap())
-            })
-            .unwrap_or(0);
-        let mut body = vec![0u8; len];
-        self.0.read_exact(&mut body).unwrap();
-        (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
-    }
+/// One response read from `c`: status, JSON body (`Value::Null` if none).
+fn json_response(c: &mut RawHttp) -> (u16, Value) {
+    let (status, body) = c.response();
+    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
 }
 
 fn count_files(dir: &Path) -> usize {
@@ -1640,9 +1601,7 @@ fn every_lookup_route_refuses_clients_without_an_enrolled_unrevoked_certificate(
     // The refusal is the server's: a fatal alert right after the client's handshake flight
     // (read before anything else is sent, so no reset can hide it).
     let mut c = srv.raw(Some(foreign_creds()));
-    while c.0.conn.is_handshaking() {
-        c.0.conn.complete_io(&mut c.0.sock).unwrap();
-    }
+    c.handshake().unwrap();
     let err = std::io::Read::read(&mut c.0, &mut [0u8; 16]).unwrap_err();
     assert!(err.to_string().contains("received fatal alert"), "{err}");
     // Nothing changed: lab still holds its two jobs, gone (revoked) its one.
@@ -1714,7 +1673,7 @@ fn an_oversized_upload_streamed_without_a_length_is_refused_before_it_is_sent() 
         sent += piece.len();
     }
     let start = std::time::Instant::now();
-    let (status, v) = c.response();
+    let (status, v) = json_response(&mut c);
     assert_eq!(
         (status, v["code"].as_str()),
         (413, Some("too-large")),
@@ -1757,7 +1716,7 @@ fn an_oversized_answer_with_a_declared_length_is_refused_before_it_is_sent() {
     let first = filler(128 * 1024);
     c.send(&first).unwrap();
     let start = std::time::Instant::now();
-    let (status, v) = c.response();
+    let (status, v) = json_response(&mut c);
     assert_eq!(
         (status, v["code"].as_str()),
         (413, Some("too-large")),
@@ -1815,7 +1774,7 @@ fn tls_1_2_and_1_3_clients_connect_and_nothing_older_is_offered() {
         let mut c = srv.raw_with(tls);
         c.send(b"GET /healthz HTTP/1.1\r\nhost: localhost\r\n\r\n")
             .unwrap();
-        let (status, _) = c.response();
+        let (status, _) = json_response(&mut c);
         assert_eq!(status, 200, "{:?}", version.version);
         assert_eq!(c.0.conn.protocol_version(), Some(version.version));
     }
