@@ -144,6 +144,9 @@ pub struct NodeConfig {
     /// `<data>/scratch`, else an existing directory (e.g. the RAM filesystem `/dev/shm`) in
     /// which it makes its own private `rjs-scratch-<id>` (see `docs/sandbox.md`).
     pub scratch_dir: Option<PathBuf>,
+    /// The nice value (0..=19) jobs run at (default 10): below the owner's programs and the
+    /// node itself.
+    pub job_nice: i32,
 }
 
 /// Command-line overrides; every `Some` (or non-empty list) wins over the file.
@@ -176,6 +179,7 @@ pub struct Overrides {
     /// `--loadavg-file` (hidden, for tests): read the load average from this file instead
     /// of `/proc/loadavg`.
     pub loadavg_file: Option<PathBuf>,
+    pub job_nice: Option<i32>,
 }
 
 /// The configuration flags, ready to `#[command(flatten)]` into a clap command.
@@ -223,6 +227,9 @@ pub struct ConfigArgs {
     /// Most bytes of stdout, and of stderr, a job may ask for [default: 16M].
     #[arg(long, value_name = "SIZE", value_parser = parse_size_arg)]
     pub max_stdout: Option<u64>,
+    /// CPU priority of jobs, as a nice value 0..=19 (higher: gentler on the PC) [default: 10].
+    #[arg(long, value_name = "NICE")]
+    pub job_nice: Option<i32>,
     /// Test aid: read the 1-minute load average from this file (in the format of
     /// /proc/loadavg) instead of /proc/loadavg.
     #[arg(long, value_name = "PATH", hide = true)]
@@ -272,6 +279,7 @@ impl ConfigArgs {
             max_output_bytes: self.max_output,
             max_stdout_bytes: self.max_stdout,
             loadavg_file: self.loadavg_file.clone(),
+            job_nice: self.job_nice,
             ..Overrides::default()
         }
     }
@@ -318,6 +326,7 @@ struct FileConfig {
     #[serde(default)]
     announce: FileAnnounce,
     scratch_dir: Option<PathBuf>,
+    job_nice: Option<i32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -486,6 +495,19 @@ impl NodeConfig {
                 from_cli,
                 key,
                 format!("{slots} is not between 1 and {MAX_SLOTS}"),
+            ));
+        }
+
+        let (job_nice, from_cli) = match overrides.job_nice {
+            Some(n) => (n, true),
+            None => (file.job_nice.unwrap_or(crate::sandbox::DEFAULT_NICE), false),
+        };
+        if !(0..=19).contains(&job_nice) {
+            let key = if from_cli { "--job-nice" } else { "job_nice" };
+            return Err(invalid(
+                from_cli,
+                key,
+                format!("{job_nice} is not between 0 and 19"),
             ));
         }
 
@@ -770,6 +792,7 @@ impl NodeConfig {
             tls,
             announce,
             scratch_dir,
+            job_nice,
         })
     }
 
@@ -899,6 +922,7 @@ mod tests {
         let c = parse("", &with_data(Path::new("/d"))).unwrap();
         assert_eq!(c.data_dir, PathBuf::from("/d"));
         assert_eq!(c.slots, default_slots());
+        assert_eq!(c.job_nice, crate::sandbox::DEFAULT_NICE);
         assert_eq!(c.groups, vec!["/compute"]);
         assert_eq!(c.limits, MaxLimits::default());
         assert_eq!(c.unknown_authors, UnknownAuthorPolicy::Ask);
@@ -1089,6 +1113,12 @@ mod tests {
 
         let e = parse("slots = 0", &o).unwrap_err().to_string();
         assert_eq!(e, "/etc/rjs/node.toml: slots: 0 is not between 1 and 1024");
+        let e = parse("job_nice = 20", &o).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "/etc/rjs/node.toml: job_nice: 20 is not between 0 and 19"
+        );
+        assert_eq!(parse("job_nice = 19", &o).unwrap().job_nice, 19);
 
         let e = parse("groups = [\"compute\"]", &o).unwrap_err().to_string();
         assert!(
@@ -1138,6 +1168,12 @@ mod tests {
         };
         let e = parse("", &bad_flag).unwrap_err().to_string();
         assert_eq!(e, "command line: --slots: 0 is not between 1 and 1024");
+        let bad_nice = Overrides {
+            job_nice: Some(-1),
+            ..o.clone()
+        };
+        let e = parse("job_nice = 5", &bad_nice).unwrap_err().to_string();
+        assert_eq!(e, "command line: --job-nice: -1 is not between 0 and 19");
         let bad_flag = Overrides {
             groups: vec!["/Compute".into()],
             ..o

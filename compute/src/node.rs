@@ -126,6 +126,7 @@ impl Node {
         sc.max_memory_bytes = config.limits.max_memory_bytes.min(4 << 30);
         sc.worker_exe = opts.worker_exe;
         sc.scratch_in = config.scratch_dir.clone();
+        sc.nice = config.job_nice;
         let sandbox = Sandbox::start(sc).await?;
         let bundles = BundleCache::open(&config.data_dir.join("bundles"), 64, 1 << 30)?;
         Ok(Node {

@@ -894,3 +894,53 @@ async fn stalled_connections_are_closed_after_the_timeout() {
     let mut fresh = node.connect().await.unwrap();
     fresh.ping().await.unwrap();
 }
+
+/// The nice value of `pid` (field 19 of `/proc/<pid>/stat`).
+fn nice_of(pid: u32) -> i64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    after.split(' ').nth(16).unwrap().parse().unwrap()
+}
+
+/// The node's worker processes (its children).
+fn workers_of(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        if let Ok(s) = std::fs::read_to_string(t.path().join("children")) {
+            out.extend(s.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+        }
+    }
+    out
+}
+
+/// Jobs run below the owner's programs: workers at nice 10 by default, `--job-nice` else;
+/// the node itself keeps its own priority.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_run_at_a_lower_cpu_priority() {
+    let author = KeyPair::generate();
+    for (extra, want) in [(&[][..], 10), (&["--job-nice", "19"][..], 19)] {
+        let node = Node::start_with(
+            NodeSetup {
+                trusted: &[&author],
+                slots: Some(2),
+                ..Default::default()
+            },
+            extra,
+        )
+        .unwrap();
+        let hello = pack("hello", &author);
+        let mut c = node.connect().await.unwrap();
+        let (_, answer) = bounded("hello", 60, c.run(&hello, 0, 1)).await.unwrap();
+        assert_eq!(answer.outcome, "exit 0");
+        let pid = node.proc.child.id();
+        let workers = workers_of(pid);
+        assert_eq!(workers.len(), 2, "one worker per slot");
+        for w in workers {
+            assert_eq!(nice_of(w), want, "worker {w} with {extra:?}");
+        }
+        assert_eq!(nice_of(pid), nice_of(std::process::id()), "the node itself");
+    }
+}

@@ -91,7 +91,15 @@ pub struct SandboxConfig {
     /// Compiled modules each worker keeps in memory (least recently used dropped first); the
     /// disk cache keeps all of them.
     pub module_cache_entries: usize,
+    /// The workers' nice value (0..=19): jobs run at a lower CPU priority than the owner's
+    /// programs and the node itself, so the PC stays responsive and the node's own work
+    /// (answers, the next job) is never queued behind a job. Their CPU-time limit is counted
+    /// in CPU time, so a lower priority does not shorten what a job may use.
+    pub nice: i32,
 }
+
+/// The workers' default nice value ([`SandboxConfig::nice`]).
+pub const DEFAULT_NICE: i32 = 10;
 
 impl SandboxConfig {
     /// Defaults: one slot per CPU, 1 GiB max memory, 900 out files, 50 ms polling, 120 s to
@@ -110,6 +118,7 @@ impl SandboxConfig {
             compile_timeout: Duration::from_secs(120),
             worker_start_timeout: Duration::from_secs(30),
             module_cache_entries: 32,
+            nice: DEFAULT_NICE,
         }
     }
 }

@@ -159,6 +159,7 @@ struct Inner {
     compile_timeout: Duration,
     start_timeout: Duration,
     module_cache_entries: usize,
+    nice: i32,
     permits: Arc<Semaphore>,
     free: StdMutex<Vec<bool>>,
     workers: Vec<Mutex<Option<WorkerProc>>>,
@@ -282,6 +283,12 @@ impl Sandbox {
                 Limits::MAX_MEMORY
             )));
         }
+        if !(0..=19).contains(&config.nice) {
+            return Err(SandboxError::Config(format!(
+                "nice must be 0..=19, not {}",
+                config.nice
+            )));
+        }
         if config.poll_interval.is_zero() || config.compile_timeout.is_zero() {
             return Err(SandboxError::Config(
                 "poll_interval and compile_timeout must not be zero".into(),
@@ -356,6 +363,7 @@ impl Sandbox {
             compile_timeout: config.compile_timeout,
             start_timeout: config.worker_start_timeout,
             module_cache_entries: config.module_cache_entries.max(1),
+            nice: config.nice,
             permits: Arc::new(Semaphore::new(config.slots)),
             free: StdMutex::new(vec![true; config.slots]),
             workers: (0..config.slots).map(|_| Mutex::new(None)).collect(),
@@ -530,6 +538,19 @@ impl Inner {
             .kill_on_drop(true)
             // Its own process group: a terminal's Ctrl-C reaches the node, which decides.
             .process_group(0);
+        let nice = self.nice;
+        // SAFETY: between fork and exec the closure makes one system call (setpriority,
+        // async-signal-safe) and allocates nothing. Raising one's own nice value needs no
+        // privilege; every thread the worker starts inherits it.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setpriority(libc::PRIO_PROCESS, 0, nice) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
         let mut child = cmd.spawn().map_err(|source| WorkerError::Spawn {
             path: self.exe.clone(),
             source,
