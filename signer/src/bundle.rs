@@ -1015,8 +1015,13 @@ pub(crate) fn sign_entries(
 ) -> Result<Vec<u8>, BuildError> {
     let limits = &admitted.limits;
     let mut deflated: Vec<Option<Vec<u8>>> = Vec::with_capacity(entries.len());
+    let mut deflater = zipfmt::Deflater::new();
     for (_, data) in entries {
-        let packed = zipfmt::deflate(data);
+        if data.is_empty() {
+            deflated.push(None);
+            continue;
+        }
+        let packed = deflater.deflate(data);
         // Store when deflate does not help, or when the ratio would look like a bomb.
         let ratio_ok = (data.len() as u64) / (packed.len() as u64).max(1) <= limits.max_ratio;
         deflated.push((packed.len() < data.len() && ratio_ok).then_some(packed));

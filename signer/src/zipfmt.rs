@@ -11,9 +11,7 @@
 
 use std::io::{self, Write};
 
-use flate2::Compression;
-use flate2::write::DeflateEncoder;
-use flate2::{Decompress, FlushDecompress, Status};
+use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 
 const LOCAL_SIG: u32 = 0x0403_4b50;
 const CENTRAL_SIG: u32 = 0x0201_4b50;
@@ -240,10 +238,46 @@ pub fn check_layout(
 
 /// Deflates `data` (level 6).
 pub fn deflate(data: &[u8]) -> Vec<u8> {
-    let mut enc = DeflateEncoder::new(Vec::with_capacity(data.len() / 2 + 64), Compression::new(6));
-    // Writing into a Vec cannot fail.
-    let _ = enc.write_all(data);
-    enc.finish().unwrap_or_default()
+    Deflater::new().deflate(data)
+}
+
+/// Deflates entry after entry with one compressor (level 6, raw deflate): a compressor's
+/// state is hundreds of KiB, and making one per entry cost more than compressing a small
+/// answer's entries. Output is the same as [`deflate`]'s.
+pub struct Deflater {
+    c: Compress,
+}
+
+impl Default for Deflater {
+    fn default() -> Self {
+        Deflater::new()
+    }
+}
+
+impl Deflater {
+    pub fn new() -> Deflater {
+        Deflater {
+            c: Compress::new(Compression::new(6), false),
+        }
+    }
+
+    /// The raw deflate stream of `data`.
+    pub fn deflate(&mut self, data: &[u8]) -> Vec<u8> {
+        self.c.reset();
+        let mut out = Vec::with_capacity(data.len() / 2 + 64);
+        loop {
+            let consumed = usize::try_from(self.c.total_in()).unwrap_or(usize::MAX);
+            let input = data.get(consumed..).unwrap_or_default();
+            match self.c.compress_vec(input, &mut out, FlushCompress::Finish) {
+                Ok(Status::StreamEnd) => return out,
+                // Out of room: grow and go on.
+                Ok(_) => out.reserve(out.capacity().max(64)),
+                // Compressing into memory cannot fail; should it, the caller stores the
+                // entry (an empty result is never smaller than the data).
+                Err(_) => return Vec::new(),
+            }
+        }
+    }
 }
 
 /// Inflates exactly `size` bytes from `stored`; more or fewer is an error. Never produces
@@ -298,6 +332,27 @@ fn inflate_upto(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn one_deflater_for_many_entries_gives_what_a_fresh_encoder_gives() {
+        let inputs: Vec<Vec<u8>> = vec![
+            b"{\"format\":1,\"ending\":{\"exit\":0}}".to_vec(),
+            vec![0x5a; 300_000],
+            (0..70_000u32)
+                .flat_map(|i| i.wrapping_mul(2_654_435_761).to_le_bytes())
+                .collect(),
+            b"x".to_vec(),
+        ];
+        let mut d = Deflater::new();
+        for data in &inputs {
+            let mut enc = flate2::write::DeflateEncoder::new(Vec::new(), Compression::new(6));
+            enc.write_all(data).unwrap();
+            let fresh = enc.finish().unwrap();
+            let reused = d.deflate(data);
+            assert_eq!(reused, fresh, "{} bytes", data.len());
+            assert_eq!(inflate(&reused, data.len() as u64).unwrap(), *data);
+        }
+    }
     use super::*;
     use std::io::Read;
 
