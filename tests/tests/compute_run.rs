@@ -1,6 +1,6 @@
 //! `rjs-compute run` through the real binary: the local path a job from the grid takes.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use rjs_e2e::bin;
@@ -58,6 +58,17 @@ fn hello_bundle(dir: &Path, key: &KeyPair, file: &str) -> (Vec<u8>, std::path::P
     let path = dir.join(file);
     std::fs::write(&path, &bundle).unwrap();
     (bundle, path)
+}
+
+/// In `dir`: a node data directory that trusts a new author, the `hello` bundle signed by that
+/// author, and where its answer goes: (data, bundle, answer).
+fn trusted_hello(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let data = node_dir(dir);
+    let alice = KeyPair::generate();
+    let (_, path) = hello_bundle(dir, &alice, "hello.rjs");
+    let out = rjs_compute(&data, &["trust", "add", &alice.public().to_base64()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    (data, path, dir.join("answer.zip"))
 }
 
 fn check_hello_answer(answer: &Path) {
@@ -149,13 +160,8 @@ fn run_answers_trusted_jobs_and_refuses_the_rest_before_running() {
 #[test]
 fn limit_flags_override_node_toml() {
     let dir = tempfile::tempdir().unwrap();
-    let data = node_dir(dir.path());
-    let alice = KeyPair::generate();
-    let (_, path) = hello_bundle(dir.path(), &alice, "hello.rjs");
-    let answer = dir.path().join("answer.zip");
+    let (data, path, answer) = trusted_hello(dir.path());
     let (p, a) = (path.to_str().unwrap(), answer.to_str().unwrap());
-    let out = rjs_compute(&data, &["trust", "add", &alice.public().to_base64()]);
-    assert!(out.status.success(), "{}", stderr(&out));
 
     // hello asks for 16 MiB of memory and 10 s; the file allows 8 MiB.
     std::fs::write(
@@ -233,13 +239,8 @@ fn limit_flags_override_node_toml() {
 #[test]
 fn run_honours_the_idle_policy() {
     let dir = tempfile::tempdir().unwrap();
-    let data = node_dir(dir.path());
-    let alice = KeyPair::generate();
-    let (_, path) = hello_bundle(dir.path(), &alice, "hello.rjs");
-    let answer = dir.path().join("answer.zip");
+    let (data, path, answer) = trusted_hello(dir.path());
     let (p, a) = (path.to_str().unwrap(), answer.to_str().unwrap());
-    let out = rjs_compute(&data, &["trust", "add", &alice.public().to_base64()]);
-    assert!(out.status.success(), "{}", stderr(&out));
     let loadavg = dir.path().join("loadavg");
     let l = loadavg.to_str().unwrap();
 
