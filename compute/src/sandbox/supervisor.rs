@@ -24,6 +24,7 @@ use super::protocol::{
     PROTOCOL_VERSION, RunRequest, ToWorker, WorkerInit,
 };
 use super::scratch::{self, InputDirs, Scratch};
+use super::worker;
 use super::{SandboxConfig, SandboxError, WORKER_SUBCOMMAND, WorkerError};
 use crate::job::{TaskResult, TaskSpec};
 
@@ -202,8 +203,23 @@ struct Running {
     at: Instant,
     /// The worker's CPU clock at `Started`, µs: the task's CPU time counts from here.
     cpu_base_us: u64,
-    /// When the wall-clock backstop stops the task ([`super::wall_limit`]).
+    /// When the wall-clock backstop stops the task ([`super::wall_limit`]), not counting
+    /// the time the task waited for a CPU (below).
     wall_deadline: tokio::time::Instant,
+    /// The worker's threads' time spent runnable but waiting for a CPU at `Started`, µs
+    /// ([`WorkerProc::cpu_wait_us`]); `None` where the kernel does not say.
+    wait_base_us: Option<u64>,
+}
+
+impl Running {
+    /// How long the task has waited for a CPU since it started: a task starved by the
+    /// owner's work (jobs run at a low priority) is not charged that time by the backstop.
+    fn waited(&self, worker: &WorkerProc) -> Duration {
+        match (self.wait_base_us, worker.cpu_wait_us()) {
+            (Some(base), Some(now)) => Duration::from_micros(now.saturating_sub(base)),
+            _ => Duration::ZERO,
+        }
+    }
 }
 
 /// How the exchange with the worker ended.
@@ -1057,6 +1073,7 @@ impl Inner {
                                 at: Instant::now(),
                                 cpu_base_us: base,
                                 wall_deadline: now + super::wall_limit(limits.time_ms),
+                                wait_base_us: worker.cpu_wait_us(),
                             });
                             // The task cannot have used its CPU time before this.
                             deadline = now + Duration::from_millis(limits.time_ms);
@@ -1098,6 +1115,8 @@ impl Inner {
                         .cpu_us()
                         .map_or(micros(wall), |c| c.saturating_sub(run.cpu_base_us));
                     let now = tokio::time::Instant::now();
+                    let waited = run.waited(worker);
+                    let backstop = run.wall_deadline + waited;
                     let message = if used_us >= limit_us {
                         format!(
                             "cpu: stopped after {} ms of CPU time (its limit: {} ms), {} ms of \
@@ -1106,19 +1125,21 @@ impl Inner {
                             limits.time_ms,
                             millis(wall)
                         )
-                    } else if now >= run.wall_deadline {
+                    } else if now >= backstop {
                         format!(
-                            "wall-time: stopped after {} ms of wall-clock time, the most a task \
-                             with a CPU-time limit of {} ms may take; it had used {} ms of CPU \
-                             time (sleeping, blocked, or starved of CPU)",
+                            "wall-time: stopped after {} ms of wall-clock time ({} ms of it \
+                             waiting for a CPU, not counted), the most a task with a CPU-time \
+                             limit of {} ms may take; it had used {} ms of CPU time (sleeping or \
+                             blocked)",
                             millis(wall),
+                            millis(waited),
                             limits.time_ms,
                             used_us / 1000
                         )
                     } else {
                         // Not yet: the task cannot use up what is left sooner than this.
                         let left = Duration::from_micros(limit_us - used_us).max(CPU_CHECK_MIN);
-                        deadline = (now + left).min(run.wall_deadline);
+                        deadline = (now + left).min(backstop.max(now + CPU_CHECK_MIN));
                         continue;
                     };
                     let cpu_ms = used_us / 1000;
@@ -1287,6 +1308,24 @@ impl WorkerProc {
             }
         }
         proc_cpu_us(self.pid)
+    }
+
+    /// How long the worker's task thread (named [`worker::RUN_THREAD_NAME`]) has been
+    /// runnable but waiting for a CPU, µs: the second field of
+    /// `/proc/<pid>/task/<tid>/schedstat` (nanoseconds). Only that thread: the worker's other
+    /// threads wake now and then and wait too, which says nothing about the task. `None` if
+    /// the kernel does not keep schedstat, or the thread or the worker is gone.
+    fn cpu_wait_us(&self) -> Option<u64> {
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", self.pid)).ok()?;
+        for t in tasks.flatten() {
+            let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+            if comm.trim_end() == worker::RUN_THREAD_NAME {
+                let stat = std::fs::read_to_string(t.path().join("schedstat")).ok()?;
+                let wait_ns: u64 = stat.split_whitespace().nth(1)?.parse().ok()?;
+                return Some(wait_ns / 1000);
+            }
+        }
+        None
     }
 
     /// CPU time (ms) of the running task: the worker's CPU time now less the base at

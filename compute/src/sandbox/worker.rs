@@ -75,6 +75,10 @@ fn send(out: &ProtoOut, msg: &FromWorker) -> io::Result<()> {
     w.flush()
 }
 
+/// The name of the worker's thread that runs tasks (its `/proc/<pid>/task/<tid>/comm`): the
+/// supervisor reads that thread's time spent waiting for a CPU.
+pub(super) const RUN_THREAD_NAME: &str = "rjs-worker";
+
 /// Entry point of `rjs-compute worker`: the sandbox's worker process. Speaks the frame
 /// protocol on stdin/stdout with the supervisor that started it and exits when stdin closes.
 /// Not meant to be started by hand.
@@ -105,7 +109,7 @@ pub fn worker_main() -> ExitCode {
     let proto_out: ProtoOut = Arc::new(Mutex::new(BufWriter::new(proto_out)));
     start_salvage_thread(salvage_set, proto_out.clone());
     let run = std::thread::Builder::new()
-        .name("rjs-worker".into())
+        .name(RUN_THREAD_NAME.into())
         .stack_size(RUN_THREAD_STACK)
         .spawn(move || serve(proto_in, proto_out));
     match run.map(|h| h.join()) {
