@@ -971,6 +971,12 @@ enum Finish {
     Vanished,
 }
 
+/// Whether an answer's outcome line says the job exited with 0, whatever limits it hit on the
+/// way (`exit 0`, `exit 0 (limit hit: stdout)`): the panel counts it as done.
+fn exited_zero(outcome: &str) -> bool {
+    outcome == "exit 0" || outcome.starts_with("exit 0 (")
+}
+
 /// Records how a lane's job ended and wakes whoever can use the freed slot.
 fn finish(shared: &Arc<Shared>, node: &str, id: i64, fin: Finish) {
     let now = Instant::now();
@@ -987,7 +993,7 @@ fn finish(shared: &Arc<Shared>, node: &str, id: i64, fin: Finish) {
         Finish::Answered { outcome } => {
             st.counters.answers += 1;
             let s = st.stats.entry(node.to_owned()).or_default();
-            if outcome == "exit 0" {
+            if exited_zero(&outcome) {
                 s.done += 1;
             } else {
                 s.failed += 1;
@@ -1171,5 +1177,25 @@ fn status(shared: &Shared) -> StatusResponse {
         lost_total: st.counters.lost,
         released_total: st.counters.released,
         upstream_down: st.upstream_down,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::exited_zero;
+
+    #[test]
+    fn done_is_exit_0_with_or_without_limits_hit() {
+        assert!(exited_zero("exit 0"));
+        assert!(exited_zero("exit 0 (limit hit: stdout)"));
+        for other in [
+            "exit 01",
+            "exit 3",
+            "exit 3 (limit hit: output)",
+            "limit: time",
+            "trap: unreachable",
+        ] {
+            assert!(!exited_zero(other), "{other}");
+        }
     }
 }
