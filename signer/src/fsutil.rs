@@ -78,9 +78,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), FileErro
     write_atomic_with(path, mode, |f| f.write_all(bytes))
 }
 
-/// Creates a new, uniquely named file `DIR/<prefix><pid>-<random>` with the given
-/// permission bits from the start (never briefly more open), refusing to reuse a name.
-pub fn create_temp_in(dir: &Path, prefix: &str, mode: u32) -> Result<(PathBuf, File), FileError> {
+/// Creates `path`, which must not exist yet, for reading and writing, with the given
+/// permission bits (unix) from the start.
+fn create_new(path: &Path, mode: u32) -> io::Result<File> {
     let mut opts = OpenOptions::new();
     opts.write(true).read(true).create_new(true);
     #[cfg(unix)]
@@ -90,6 +90,12 @@ pub fn create_temp_in(dir: &Path, prefix: &str, mode: u32) -> Result<(PathBuf, F
     }
     #[cfg(not(unix))]
     let _ = mode;
+    opts.open(path)
+}
+
+/// Creates a new, uniquely named file `DIR/<prefix><pid>-<random>` with the given
+/// permission bits from the start (never briefly more open), refusing to reuse a name.
+pub fn create_temp_in(dir: &Path, prefix: &str, mode: u32) -> Result<(PathBuf, File), FileError> {
     let mut attempt = 0u32;
     loop {
         let tmp = dir.join(format!(
@@ -97,7 +103,7 @@ pub fn create_temp_in(dir: &Path, prefix: &str, mode: u32) -> Result<(PathBuf, F
             std::process::id(),
             rand::random::<u64>()
         ));
-        match opts.open(&tmp) {
+        match create_new(&tmp, mode) {
             Ok(f) => return Ok((tmp, f)),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempt < 8 => attempt += 1,
             Err(e) => return Err(FileError::io("creating a temporary file in", dir, e)),
@@ -138,6 +144,8 @@ pub fn sync_dir(dir: &Path) {
 pub struct Staged {
     tmp: PathBuf,
     target: PathBuf,
+    /// The permission bits the file was created with (also those of a copy).
+    mode: u32,
     placed: Option<Placed>,
 }
 
@@ -178,6 +186,7 @@ pub fn stage_with(
     let staged = Staged {
         tmp,
         target: path.to_owned(),
+        mode,
         placed: None,
     };
     let written = fill(&mut file).and_then(|()| file.sync_all());
@@ -187,11 +196,6 @@ pub fn stage_with(
 }
 
 impl Staged {
-    /// Where the file is to go.
-    pub fn target(&self) -> &Path {
-        &self.target
-    }
-
     /// Atomically renames the file over its target (replacing any file there) and syncs the
     /// directory.
     pub fn replace(mut self) -> Result<(), FileError> {
@@ -238,20 +242,7 @@ impl Staged {
     /// The fallback of [`Staged::link_new`]: the temporary file's bytes into a new file.
     fn copy_new(&self) -> Result<(), FileError> {
         let mut src = File::open(&self.tmp).map_err(|e| FileError::io("reading", &self.tmp, e))?;
-        let mut opts = OpenOptions::new();
-        opts.write(true).create_new(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-            let mode = src
-                .metadata()
-                .map_err(|e| FileError::io("reading", &self.tmp, e))?
-                .permissions()
-                .mode();
-            opts.mode(mode & 0o777);
-        }
-        let mut dst = opts
-            .open(&self.target)
+        let mut dst = create_new(&self.target, self.mode)
             .map_err(|e| FileError::io("creating", &self.target, e))?;
         let copied = io::copy(&mut src, &mut dst).and_then(|_| dst.sync_all());
         if let Err(e) = copied {

@@ -332,6 +332,8 @@ fn inflate_upto(
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use std::io::Read;
 
     #[test]
     fn one_deflater_for_many_entries_gives_what_a_fresh_encoder_gives() {
@@ -353,8 +355,6 @@ mod tests {
             assert_eq!(inflate(&reused, data.len() as u64).unwrap(), *data);
         }
     }
-    use super::*;
-    use std::io::Read;
 
     #[test]
     fn zip_crate_reads_the_canonical_layout() {

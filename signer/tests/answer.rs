@@ -5,13 +5,13 @@
 mod common;
 
 use std::fs;
-use std::path::Path;
 use std::sync::OnceLock;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use common::{
-    Part, assert_exit, explode, key, noise, relayout, rjs_sign, sign_parts_as, stdout, valid_bundle,
+    Part, assert_exit, explode, key, listing, noise, relayout, rjs_sign, sign_parts_as, stdout,
+    valid_bundle,
 };
 use proptest::prelude::*;
 use rjs_signer::answer::{
@@ -967,15 +967,6 @@ fn answer_file(bytes: &[u8]) -> (tempfile::TempDir, std::path::PathBuf) {
     let p = dir.path().join("task-3.zip");
     fs::write(&p, bytes).unwrap();
     (dir, p)
-}
-
-fn listing(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
 }
 
 #[test]

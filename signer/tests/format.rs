@@ -301,6 +301,14 @@ fn rule_literals(source: &str, fn_name: &str) -> Vec<String> {
         .collect()
 }
 
+/// The rules that `doc` does not mention (as `` `rule` ``).
+fn undocumented<'a>(rules: &'a [String], doc: &str) -> Vec<&'a String> {
+    rules
+        .iter()
+        .filter(|r| !doc.contains(&format!("`{r}`")))
+        .collect()
+}
+
 #[test]
 fn every_rule_the_verifier_names_is_documented() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -312,10 +320,7 @@ fn every_rule_the_verifier_names_is_documented() {
     for must in ["unknown-manifest-field", "bad-name", "corrupt-entry"] {
         assert!(rules.iter().any(|r| r == must), "{must} in {rules:?}");
     }
-    let missing: Vec<&String> = rules
-        .iter()
-        .filter(|r| !doc.contains(&format!("`{r}`")))
-        .collect();
+    let missing = undocumented(&rules, &doc);
     assert!(
         missing.is_empty(),
         "rules not in docs/bundle-format.md: {missing:?}"
@@ -329,10 +334,7 @@ fn every_answer_rule_is_documented() {
     let doc = std::fs::read_to_string(root.join("../docs/answer-format.md")).unwrap();
     let rules = rule_literals(&code, "rule");
     assert!(rules.len() > 10, "found {rules:?}");
-    let missing: Vec<&String> = rules
-        .iter()
-        .filter(|r| !doc.contains(&format!("`{r}`")))
-        .collect();
+    let missing = undocumented(&rules, &doc);
     assert!(
         missing.is_empty(),
         "rules not in docs/answer-format.md: {missing:?}"

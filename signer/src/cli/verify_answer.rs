@@ -147,9 +147,7 @@ fn extract(dir: &Path, answer: &VerifiedAnswer) -> Result<()> {
         let _ = fs::remove_dir_all(&tmp);
     }
     done?;
-    if let Ok(d) = fs::File::open(parent) {
-        let _ = d.sync_all();
-    }
+    rjs_signer::fsutil::sync_dir(parent);
     Ok(())
 }
 

@@ -387,3 +387,13 @@ pub fn assert_exit(o: &Output, code: i32) {
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+/// Files in a directory (names), sorted.
+pub fn listing(dir: &std::path::Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
