@@ -842,6 +842,43 @@ fn leases_come_back(
     );
 }
 
+/// Leases up to `max` jobs for 5 s (crash tests) and adds them to `held`; None once the
+/// server is gone.
+fn lease_and_hold(
+    c: &reqwest::blocking::Client,
+    ws_url: &str,
+    max: u32,
+    held: &Mutex<HashSet<i64>>,
+) -> Option<Vec<api::Lease>> {
+    let r = c
+        .post(format!("{ws_url}/lookup/v1/lease"))
+        .json(&json!({"max": max, "lease_secs": 5}))
+        .send()
+        .ok()?;
+    let leases = r.json::<api::LeaseResponse>().ok()?.leases;
+    held.lock().unwrap().extend(leases.iter().map(|l| l.job_id));
+    Some(leases)
+}
+
+/// Restarts a killed server on the same data and address; returns the temporary files left
+/// (cleaned at start-up).
+fn restart_after_kill(ws: &mut WebServer, addr: String) -> usize {
+    ws.addr = addr;
+    ws.start().unwrap();
+    tmp_files(ws)
+}
+
+/// The author's request for the answer of `job`.
+fn get_answer(a: &Author, job: i64) -> reqwest::blocking::Response {
+    let (rb, _) = a.signed(
+        Method::GET,
+        &format!("/api/v1/jobs/{job}/answer"),
+        Vec::new(),
+        now(),
+    );
+    rb.send().unwrap()
+}
+
 #[test]
 fn sigkill_during_uploads_and_answers_loses_nothing_acknowledged() {
     let mut ws = WebServer::init().unwrap();
@@ -891,20 +928,10 @@ fn sigkill_during_uploads_and_answers_loses_nothing_acknowledged() {
         std::thread::spawn(move || {
             let mut n = 0usize;
             while !stop.load(Ordering::SeqCst) {
-                let Ok(r) = c
-                    .post(format!("{ws_url}/lookup/v1/lease"))
-                    .json(&json!({"max": 5, "lease_secs": 5}))
-                    .send()
-                else {
-                    break;
+                let Some(leases) = lease_and_hold(&c, &ws_url, 5, &held) else {
+                    return;
                 };
-                let Ok(leases) = r.json::<api::LeaseResponse>() else {
-                    break;
-                };
-                held.lock()
-                    .unwrap()
-                    .extend(leases.leases.iter().map(|l| l.job_id));
-                for l in leases.leases {
+                for l in leases {
                     if l.job_id % 5 == 0 {
                         continue; // kept leased, unanswered: it must come back after the kill
                     }
@@ -975,10 +1002,8 @@ fn sigkill_during_uploads_and_answers_loses_nothing_acknowledged() {
     );
 
     // Restart on the same data: temporary files are cleaned at start.
-    ws.addr = addr;
-    ws.start().unwrap();
     assert_eq!(
-        tmp_files(&ws),
+        restart_after_kill(&mut ws, addr),
         0,
         "half-written files are cleaned at start-up"
     );
@@ -991,13 +1016,7 @@ fn sigkill_during_uploads_and_answers_loses_nothing_acknowledged() {
         );
     }
     for (job, body) in &acked_answers {
-        let (rb, _) = a.signed(
-            Method::GET,
-            &format!("/api/v1/jobs/{job}/answer"),
-            Vec::new(),
-            now(),
-        );
-        let r = rb.send().unwrap();
+        let r = get_answer(&a, *job);
         assert_eq!(
             r.status(),
             StatusCode::OK,
@@ -1041,22 +1060,12 @@ fn sigkill_during_answer_batches_loses_nothing_acknowledged() {
         std::thread::spawn(move || {
             let mut n = 0usize;
             while !stop.load(Ordering::SeqCst) {
-                let Ok(r) = c
-                    .post(format!("{url}/lookup/v1/lease"))
-                    .json(&json!({"max": 16, "lease_secs": 5}))
-                    .send()
-                else {
+                let Some(leases) = lease_and_hold(&c, &url, 16, &held) else {
                     return;
                 };
-                let Ok(leases) = r.json::<api::LeaseResponse>() else {
-                    return;
-                };
-                held.lock()
-                    .unwrap()
-                    .extend(leases.leases.iter().map(|l| l.job_id));
                 let mut body = Vec::new();
                 let mut answers = Vec::new();
-                for l in leases.leases {
+                for l in leases {
                     n += 1;
                     // Mostly small answers (kept inline), now and then one for the blob store.
                     let len = if n.is_multiple_of(16) {
@@ -1111,10 +1120,8 @@ fn sigkill_during_answer_batches_loses_nothing_acknowledged() {
 
     let leftovers = check_store_after_crash(&ws);
     eprintln!("the kill left {leftovers} temporary file(s)");
-    ws.addr = addr;
-    ws.start().unwrap();
     assert_eq!(
-        tmp_files(&ws),
+        restart_after_kill(&mut ws, addr),
         0,
         "half-written files are cleaned at start-up"
     );
@@ -1131,13 +1138,7 @@ fn sigkill_during_answer_batches_loses_nothing_acknowledged() {
         acked.len()
     );
     for (job, body) in &acked {
-        let (rb, _) = a.signed(
-            Method::GET,
-            &format!("/api/v1/jobs/{job}/answer"),
-            Vec::new(),
-            now(),
-        );
-        let r = rb.send().unwrap();
+        let r = get_answer(&a, *job);
         assert_eq!(
             r.status(),
             StatusCode::OK,

@@ -100,6 +100,16 @@ impl Server {
         pki::parse_creds(&std::fs::read(self.data.join(format!("{name}.creds"))).unwrap()).unwrap()
     }
 
+    /// The credentials of a lookup certificate issued by this server's CA but never enrolled.
+    fn stray_creds(&self) -> pki::Creds {
+        let ca = pki::Ca {
+            cert_pem: std::fs::read_to_string(self.data.join("ca.pem")).unwrap(),
+            key_pem: std::fs::read_to_string(self.data.join("ca-key.pem")).unwrap(),
+        };
+        let stray = pki::issue_lookup(&ca, "stray").unwrap();
+        pki::parse_creds(pki::creds_file("stray", &stray, &ca.cert_pem).as_bytes()).unwrap()
+    }
+
     /// A raw HTTP/1.1 connection over TLS, for requests reqwest cannot make (a body sent
     /// only in part).
     fn raw(&self, identity: Option<pki::Creds>) -> RawHttp {
@@ -426,13 +436,7 @@ fn lookup_api() {
         "no-client-certificate",
     );
     // Issued by the right CA but never enrolled.
-    let ca = pki::Ca {
-        cert_pem: std::fs::read_to_string(srv.data.join("ca.pem")).unwrap(),
-        key_pem: std::fs::read_to_string(srv.data.join("ca-key.pem")).unwrap(),
-    };
-    let stray = pki::issue_lookup(&ca, "stray").unwrap();
-    let creds =
-        pki::parse_creds(pki::creds_file("stray", &stray, &ca.cert_pem).as_bytes()).unwrap();
+    let creds = srv.stray_creds();
     check_error(
         post(
             &srv.client(Some(creds)),
@@ -1276,13 +1280,7 @@ fn answer_batches_need_an_enrolled_unrevoked_lookup() {
         401,
         "no-client-certificate",
     );
-    let ca = pki::Ca {
-        cert_pem: std::fs::read_to_string(srv.data.join("ca.pem")).unwrap(),
-        key_pem: std::fs::read_to_string(srv.data.join("ca-key.pem")).unwrap(),
-    };
-    let stray = pki::issue_lookup(&ca, "stray").unwrap();
-    let creds =
-        pki::parse_creds(pki::creds_file("stray", &stray, &ca.cert_pem).as_bytes()).unwrap();
+    let creds = srv.stray_creds();
     check_error(
         post_batch(&srv.client(Some(creds)), &srv, body.clone()),
         403,
@@ -1552,14 +1550,7 @@ fn every_lookup_route_refuses_clients_without_an_enrolled_unrevoked_certificate(
     assert_eq!(r["leases"][0]["job_id"], l.jobs[2]);
     admin::lookup_revoke(&srv.data, "gone").unwrap();
 
-    let ca = pki::Ca {
-        cert_pem: std::fs::read_to_string(srv.data.join("ca.pem")).unwrap(),
-        key_pem: std::fs::read_to_string(srv.data.join("ca-key.pem")).unwrap(),
-    };
-    let stray = pki::issue_lookup(&ca, "stray").unwrap();
-    let stray = srv.client(Some(
-        pki::parse_creds(pki::creds_file("stray", &stray, &ca.cert_pem).as_bytes()).unwrap(),
-    ));
+    let stray = srv.client(Some(srv.stray_creds()));
     let other_ca = pki::new_ca().unwrap();
     let foreign = pki::issue_lookup(&other_ca, "lab").unwrap();
     let foreign_creds = || {

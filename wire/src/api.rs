@@ -435,14 +435,7 @@ impl AnswerRecordDecoder {
                     return Ok(Some(AnswerRecordEvent::Data(piece)));
                 }
                 DecodeState::Length => {
-                    if input.is_empty() {
-                        return Ok(None);
-                    }
-                    let want = 4 - self.buf.len();
-                    let n = want.min(input.len());
-                    self.buf.extend_from_slice(&input[..n]);
-                    *input = &input[n..];
-                    if self.buf.len() < 4 {
+                    if !fill(&mut self.buf, input, 4) {
                         return Ok(None);
                     }
                     let len =
@@ -460,14 +453,7 @@ impl AnswerRecordDecoder {
                     self.state = DecodeState::Header(len as usize);
                 }
                 DecodeState::Header(len) => {
-                    if input.is_empty() {
-                        return Ok(None);
-                    }
-                    let want = len - self.buf.len();
-                    let n = want.min(input.len());
-                    self.buf.extend_from_slice(&input[..n]);
-                    *input = &input[n..];
-                    if self.buf.len() < len {
+                    if !fill(&mut self.buf, input, len) {
                         return Ok(None);
                     }
                     let record = self.records;
@@ -512,6 +498,16 @@ impl AnswerRecordDecoder {
             }),
         }
     }
+}
+
+/// Moves bytes from the front of `input` into `buf` until `buf` holds `len` bytes; whether it
+/// does now.
+fn fill(buf: &mut Vec<u8>, input: &mut &[u8], len: usize) -> bool {
+    let n = len.saturating_sub(buf.len()).min(input.len());
+    let (taken, rest) = input.split_at(n);
+    buf.extend_from_slice(taken);
+    *input = rest;
+    buf.len() >= len
 }
 
 /// Decodes a whole answer batch body held in memory: (header, answer) per record, in order.

@@ -411,17 +411,15 @@ async fn store_answers(
     lookup_id: i64,
     incoming: Vec<Incoming>,
 ) -> Result<Vec<Recorded>, ApiError> {
+    // No blob, and the inline archives small enough in all.
     let small = incoming
         .iter()
-        .all(|a| !matches!(a.archive, Archive::Blob(_)))
-        && incoming
-            .iter()
-            .map(|a| match &a.archive {
-                Archive::Inline(b) => b.len(),
-                Archive::Blob(_) | Archive::Settled(_) => 0,
-            })
-            .sum::<usize>()
-            <= HASH_INLINE;
+        .try_fold(0usize, |sum, a| match &a.archive {
+            Archive::Inline(b) => Some(sum.saturating_add(b.len())),
+            Archive::Settled(_) => Some(sum),
+            Archive::Blob(_) => None,
+        })
+        .is_some_and(|sum| sum <= HASH_INLINE);
     let prepared = if small {
         prepare(
             state.store.as_ref(),
