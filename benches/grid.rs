@@ -299,24 +299,15 @@ fn first_line(s: &str) -> String {
 }
 
 fn print_table(rows: &[Row]) {
-    let w0 = rows
-        .iter()
-        .map(|r| r.what.chars().count())
-        .max()
-        .unwrap_or(4)
-        .max(4);
-    let w1 = rows
-        .iter()
-        .map(|r| r.figure.chars().count())
-        .max()
-        .unwrap_or(6)
-        .max(6);
-    let w2 = rows
-        .iter()
-        .map(|r| r.target.chars().count())
-        .max()
-        .unwrap_or(6)
-        .max(6);
+    // A column is as wide as its widest cell, and its heading.
+    let width = |cell: fn(&Row) -> &str, heading: &str| {
+        rows.iter()
+            .map(|r| cell(r).chars().count())
+            .fold(heading.len(), usize::max)
+    };
+    let w0 = width(|r| &r.what, "what");
+    let w1 = width(|r| &r.figure, "figure");
+    let w2 = width(|r| &r.target, "target");
     println!("\n== summary ==\n");
     println!(
         "| {:w0$} | {:w1$} | {:w2$} | met |",

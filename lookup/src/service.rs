@@ -131,10 +131,14 @@ impl LiveRegistry {
         Ok(f(&c.1))
     }
 
-    /// Whether `node_id` is enrolled and not revoked.
-    pub fn is_active(&self, node_id: &str) -> bool {
-        self.with(|r| r.get(node_id).is_some_and(|n| n.revoked_at.is_none()))
-            .unwrap_or(false)
+    /// Keeps the nodes enrolled and not revoked (none if the registry cannot be read), with
+    /// one look at the registry for them all.
+    pub fn retain_active(&self, nodes: &mut Vec<NodeView>) {
+        let read = self
+            .with(|r| nodes.retain(|n| r.get(&n.node_id).is_some_and(|e| e.revoked_at.is_none())));
+        if read.is_err() {
+            nodes.clear();
+        }
     }
 
     /// Whether `cert_sha256` is node `node_id`'s enrolled, unrevoked certificate.
@@ -322,7 +326,7 @@ impl Shared {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .nodes(Instant::now());
-        nodes.retain(|n| self.registry.is_active(&n.node_id));
+        self.registry.retain_active(&mut nodes);
         nodes
     }
 

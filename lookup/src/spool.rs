@@ -143,6 +143,18 @@ struct Segment {
     acks: Option<File>,
 }
 
+impl Segment {
+    /// Segment `seq` of `dir`, with no record yet.
+    fn new(dir: &Path, seq: u64) -> Self {
+        Segment {
+            path: dir.join(seg_name(seq, "log")),
+            acks_path: dir.join(seg_name(seq, "acks")),
+            unacked: HashSet::new(),
+            acks: None,
+        }
+    }
+}
+
 struct Inner {
     cur_seq: u64,
     cur: File,
@@ -163,7 +175,7 @@ struct SyncState {
     synced: u64,
     syncing: bool,
     /// The last sync's error, for the writers it covered.
-    failed_at: Option<(u64, String)>,
+    failed_at: Option<(u64, Arc<std::io::Error>)>,
 }
 
 pub struct AnswerSpool {
@@ -274,12 +286,10 @@ impl AnswerSpool {
         let mut segments = BTreeMap::new();
         let mut queue = VecDeque::new();
         for seq in &seqs {
-            let path = dir.join(seg_name(*seq, "log"));
-            let acks_path = dir.join(seg_name(*seq, "acks"));
-            let acked = read_acks(&acks_path);
-            let mut unacked = HashSet::new();
-            for (meta, offset, len) in read_segment(&path)? {
-                if acked.contains(&meta.job_id) || !unacked.insert(meta.job_id) {
+            let mut seg = Segment::new(&dir, *seq);
+            let acked = read_acks(&seg.acks_path);
+            for (meta, offset, len) in read_segment(&seg.path)? {
+                if acked.contains(&meta.job_id) || !seg.unacked.insert(meta.job_id) {
                     continue;
                 }
                 queue.push_back(Entry {
@@ -290,32 +300,16 @@ impl AnswerSpool {
                     bytes: None,
                 });
             }
-            if unacked.is_empty() {
-                let _ = std::fs::remove_file(&path);
-                let _ = std::fs::remove_file(&acks_path);
+            if seg.unacked.is_empty() {
+                let _ = std::fs::remove_file(&seg.path);
+                let _ = std::fs::remove_file(&seg.acks_path);
                 continue;
             }
-            segments.insert(
-                *seq,
-                Segment {
-                    path,
-                    acks_path,
-                    unacked,
-                    acks: None,
-                },
-            );
+            segments.insert(*seq, seg);
         }
         let cur_seq = seqs.last().map_or(1, |s| s + 1);
         let cur = create_segment(&dir, cur_seq)?;
-        segments.insert(
-            cur_seq,
-            Segment {
-                path: dir.join(seg_name(cur_seq, "log")),
-                acks_path: dir.join(seg_name(cur_seq, "acks")),
-                unacked: HashSet::new(),
-                acks: None,
-            },
-        );
+        segments.insert(cur_seq, Segment::new(&dir, cur_seq));
         Ok(Arc::new(AnswerSpool {
             dir,
             inner: Mutex::new(Inner {
@@ -380,10 +374,9 @@ impl AnswerSpool {
                 self.rotate(&mut g)?;
             }
             let seq = g.cur_seq;
-            let path = self.dir.join(seg_name(seq, "log"));
             g.cur
                 .write_all(&rec)
-                .map_err(io_err("appending to", &path))?;
+                .map_err(|e| io_err("appending to", &self.dir.join(seg_name(seq, "log")))(e))?;
             let offset = g.cur_len + (HEADER + meta_json.len()) as u64;
             g.cur_len += rec.len() as u64;
             if let Some(s) = g.segments.get_mut(&seq) {
@@ -417,15 +410,7 @@ impl AnswerSpool {
         g.cur = create_segment(&self.dir, next)?;
         g.cur_seq = next;
         g.cur_len = 0;
-        g.segments.insert(
-            next,
-            Segment {
-                path: self.dir.join(seg_name(next, "log")),
-                acks_path: self.dir.join(seg_name(next, "acks")),
-                unacked: HashSet::new(),
-                acks: None,
-            },
-        );
+        g.segments.insert(next, Segment::new(&self.dir, next));
         // Everything appended so far is durable now.
         let written = g.written;
         let mut s = self.sync.lock().unwrap_or_else(|e| e.into_inner());
@@ -450,7 +435,7 @@ impl AnswerSpool {
                 return Err(SpoolError::Io {
                     what: "syncing",
                     path: self.dir.clone(),
-                    source: std::io::Error::other(why.clone()),
+                    source: std::io::Error::new(why.kind(), why.clone()),
                 });
             }
             if !s.syncing {
@@ -465,7 +450,7 @@ impl AnswerSpool {
                 s.syncing = false;
                 match r {
                     Ok(()) => s.synced = s.synced.max(target),
-                    Err(e) => s.failed_at = Some((target, e.to_string())),
+                    Err(e) => s.failed_at = Some((target, Arc::new(e))),
                 }
                 self.synced_cv.notify_all();
             } else {
@@ -488,7 +473,7 @@ impl AnswerSpool {
             .map_err(|e| SpoolError::Io {
                 what: "writing to",
                 path: self.dir.clone(),
-                source: std::io::Error::other(e.to_string()),
+                source: std::io::Error::other(e),
             })?
     }
 

@@ -173,6 +173,11 @@ fn fetch_bundle_is_cached_by_sha256_with_etag() {
     });
 }
 
+/// What a spool reopened in `data` (as after a restart) has left to relay.
+fn pending_after_restart(data: &std::path::Path) -> Vec<i64> {
+    AnswerSpool::open(data).unwrap().pending().unwrap()
+}
+
 fn hex_sha(b: &[u8]) -> String {
     Sha256::digest(b)
         .iter()
@@ -273,13 +278,7 @@ fn spooled_answers_survive_a_web_server_outage_exactly_once() {
     assert_eq!(env.answer_bytes(ids[0]), answers[0]);
     // Reopened (as after a restart), nothing is left to relay.
     drop(spool);
-    assert!(
-        AnswerSpool::open(&data)
-            .unwrap()
-            .pending()
-            .unwrap()
-            .is_empty()
-    );
+    assert!(pending_after_restart(&data).is_empty());
 }
 
 #[test]
@@ -339,11 +338,5 @@ fn a_spool_left_by_a_crashed_lookup_is_relayed_at_start() {
     assert_eq!(env.answer_bytes(id), b"left behind");
     // The torn record was never acknowledged to a node: it is not sent, and nothing is left.
     drop(spool);
-    assert!(
-        AnswerSpool::open(&data)
-            .unwrap()
-            .pending()
-            .unwrap()
-            .is_empty()
-    );
+    assert!(pending_after_restart(&data).is_empty());
 }

@@ -24,24 +24,11 @@ use rjs_signer::answer::{AnswerLimits, Ending, VerifiedAnswer, verify_answer};
 use rjs_wire::announce::{Announcement, SERVICE_TYPE, unix_ms_now};
 use rjs_wire::api::{JobState, JobView};
 
-use super::tests::{in_child, run_in_child, wait_panel};
+use super::tests::{isolated_child, wait_panel};
 use super::*;
 
 // ------------------------------------------------------------------------------------------
 // Helpers
-
-/// Enters a private network namespace: the first thing a child does, before any thread
-/// exists. `false` (after printing the SKIP line [`run_in_child`] looks for) where none can
-/// be made.
-fn isolate() -> bool {
-    match netns::enter_private() {
-        Ok(_) => true,
-        Err(e) => {
-            println!("SKIP: no private network namespace here: {e:#}");
-            false
-        }
-    }
-}
 
 /// The job folder of sample `name` (built by `samples/build.sh`).
 fn sample(name: &str) -> PathBuf {
@@ -230,10 +217,7 @@ const PIPELINE: &str =
 /// renders natively.
 #[test]
 fn eight_mandelbrot_tiles_on_two_nodes_verify_and_stitch_into_the_native_image() {
-    if !in_child(PIPELINE) {
-        return run_in_child(PIPELINE, Duration::from_secs(120));
-    }
-    if !isolate() {
+    if !isolated_child(PIPELINE, Duration::from_secs(120)) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -307,10 +291,7 @@ const NODE_KILLED: &str =
 /// answer each, signed by the survivor.
 #[test]
 fn a_node_killed_mid_job_loses_nothing_and_its_jobs_move_within_the_lease_ttl() {
-    if !in_child(NODE_KILLED) {
-        return run_in_child(NODE_KILLED, Duration::from_secs(120));
-    }
-    if !isolate() {
+    if !isolated_child(NODE_KILLED, Duration::from_secs(120)) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -708,10 +689,7 @@ const FORGED: &str = "grid::e2e::forged_replayed_and_impostor_announcements_neve
 /// jobs all run on the real nodes.
 #[test]
 fn forged_replayed_and_impostor_announcements_never_get_a_job() {
-    if !in_child(FORGED) {
-        return run_in_child(FORGED, Duration::from_secs(120));
-    }
-    if !isolate() {
+    if !isolated_child(FORGED, Duration::from_secs(120)) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -894,10 +872,7 @@ const LOOKUP_KILLED: &str =
 /// lookup held come back after their (short) lease.
 #[test]
 fn a_lookup_killed_mid_run_and_restarted_loses_no_job_and_answers_each_once() {
-    if !in_child(LOOKUP_KILLED) {
-        return run_in_child(LOOKUP_KILLED, Duration::from_secs(120));
-    }
-    if !isolate() {
+    if !isolated_child(LOOKUP_KILLED, Duration::from_secs(120)) {
         return;
     }
     const TASKS: u32 = 200;
@@ -1070,10 +1045,7 @@ const UNTRUSTED: &str = "grid::e2e::a_node_that_does_not_trust_the_author_is_ski
 /// says node-2 refused it because the author is untrusted; node-1 back, it runs.
 #[test]
 fn a_node_that_does_not_trust_the_author_is_skipped_and_a_job_only_it_could_take_waits() {
-    if !in_child(UNTRUSTED) {
-        return run_in_child(UNTRUSTED, Duration::from_secs(120));
-    }
-    if !isolate() {
+    if !isolated_child(UNTRUSTED, Duration::from_secs(120)) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -653,55 +653,37 @@ impl LocalGrid {
         signal_and_wait(p, signal, timeout)
     }
 
-    /// The lookup's node panel (`rjs-lookup nodes --data L --json`).
-    pub fn nodes_panel(&self) -> Result<NodesResponse> {
+    /// Runs `rjs-lookup ARGS --data L --json` and parses what it prints.
+    fn lookup_json<T: serde::de::DeserializeOwned>(&self, args: &[&str]) -> Result<T> {
+        let name = format!("rjs-lookup {}", args.join(" "));
         let out = process::run(
-            "rjs-lookup nodes",
+            &name,
             Command::new(&self.bins.lookup)
-                .arg("nodes")
+                .args(args)
                 .arg("--data")
                 .arg(self.lookup_dir())
                 .arg("--json"),
             None,
             Duration::from_secs(10),
         )?;
-        serde_json::from_str(&out).with_context(|| {
-            format!("parsing the node panel printed by rjs-lookup nodes --json: {out:?}")
-        })
+        serde_json::from_str(&out)
+            .with_context(|| format!("parsing what {name} --json printed: {out:?}"))
+    }
+
+    /// The lookup's node panel (`rjs-lookup nodes --data L --json`).
+    pub fn nodes_panel(&self) -> Result<NodesResponse> {
+        self.lookup_json(&["nodes"])
     }
 
     /// Why job `job` is (not) running, as the lookup sees it (`rjs-lookup why JOB --data L
     /// --json`).
     pub fn why(&self, job: i64) -> Result<WhyResponse> {
-        let out = process::run(
-            "rjs-lookup why",
-            Command::new(&self.bins.lookup)
-                .arg("why")
-                .arg(job.to_string())
-                .arg("--data")
-                .arg(self.lookup_dir())
-                .arg("--json"),
-            None,
-            Duration::from_secs(10),
-        )?;
-        serde_json::from_str(&out)
-            .with_context(|| format!("parsing what rjs-lookup why {job} --json printed: {out:?}"))
+        self.lookup_json(&["why", &job.to_string()])
     }
 
     /// The lookup's counters (`rjs-lookup status --data L --json`).
     pub fn lookup_status(&self) -> Result<StatusResponse> {
-        let out = process::run(
-            "rjs-lookup status",
-            Command::new(&self.bins.lookup)
-                .arg("status")
-                .arg("--data")
-                .arg(self.lookup_dir())
-                .arg("--json"),
-            None,
-            Duration::from_secs(10),
-        )?;
-        serde_json::from_str(&out)
-            .with_context(|| format!("parsing what rjs-lookup status --json printed: {out:?}"))
+        self.lookup_json(&["status"])
     }
 
     /// Waits until the panel lists every running node; returns the panel.

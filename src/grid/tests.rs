@@ -60,8 +60,26 @@ pub(super) fn run_in_child(test: &str, timeout: Duration) {
     assert!(out.contains("PASS"), "{test} did not finish:\n{out}\n{err}");
 }
 
-pub(super) fn in_child(test: &str) -> bool {
+fn in_child(test: &str) -> bool {
     std::env::var(CHILD).is_ok_and(|t| t == test)
+}
+
+/// The head of every grid test: `true` in the child that runs `test`, once it is in a
+/// private network namespace (entered first, before any thread exists). Elsewhere runs
+/// `test` in such a child within `timeout` and checks its verdict ([`run_in_child`]), and
+/// where no namespace can be made prints the SKIP line it looks for: `false` either way.
+pub(super) fn isolated_child(test: &str, timeout: Duration) -> bool {
+    if !in_child(test) {
+        run_in_child(test, timeout);
+        return false;
+    }
+    match netns::enter_private() {
+        Ok(_) => true,
+        Err(e) => {
+            println!("SKIP: no private network namespace here: {e:#}");
+            false
+        }
+    }
 }
 
 pub(super) fn wait_panel(
@@ -90,11 +108,7 @@ const LIFECYCLE: &str = "grid::tests::a_grid_runs_jobs_and_survives_node_and_loo
 
 #[test]
 fn a_grid_runs_jobs_and_survives_node_and_lookup_restarts() {
-    if !in_child(LIFECYCLE) {
-        return run_in_child(LIFECYCLE, Duration::from_secs(240));
-    }
-    if let Err(e) = netns::enter_private() {
-        println!("SKIP: no private network namespace here: {e:#}");
+    if !isolated_child(LIFECYCLE, Duration::from_secs(240)) {
         return;
     }
     let job = workspace_target_dir()
