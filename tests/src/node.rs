@@ -34,6 +34,31 @@ pub struct NodeSetup<'a> {
     pub node_id: Option<&'a str>,
     /// The stored benchmark result (default 1000 MFLOPS).
     pub mflops: Option<u64>,
+    /// More `serve` flags.
+    pub extra_args: &'a [&'a str],
+}
+
+/// Stores a benchmark result of `mflops` in `data` (compute/src/bench.rs), so that the node
+/// does not spend a second of CPU measuring (tests run in parallel on few cores).
+pub fn store_bench(data: &Path, mflops: f64) -> std::io::Result<()> {
+    std::fs::write(
+        data.join("bench.json"),
+        serde_json::json!({
+            "mflops": mflops, "n": 500, "runs": 3, "seconds": 1.0, "residual": 0.5,
+            "measured_at": now(), "program_version": env!("CARGO_PKG_VERSION"),
+        })
+        .to_string(),
+    )
+}
+
+/// `rjs-compute trust add <author> --name <name>`.
+pub fn trust_author(data: &Path, author: &KeyPair, name: &str) -> Result<()> {
+    let out = compute(
+        data,
+        &["trust", "add", &author.public().to_base64(), "--name", name],
+    )?;
+    assert!(out.starts_with("trusted "), "{out}");
+    Ok(())
 }
 
 /// `rjs-compute serve` in a fresh temporary directory, with its data directory at `data`;
@@ -62,29 +87,9 @@ impl ComputeNode {
         if let Some(toml) = setup.toml {
             std::fs::write(data.join("node.toml"), toml)?;
         }
-        // A stored benchmark result (compute/src/bench.rs), so that the node does not spend a
-        // second of CPU measuring (tests run in parallel on few cores).
-        std::fs::write(
-            data.join("bench.json"),
-            serde_json::json!({
-                "mflops": setup.mflops.unwrap_or(1000) as f64, "n": 500, "runs": 3,
-                "seconds": 1.0, "residual": 0.5,
-                "measured_at": now(), "program_version": env!("CARGO_PKG_VERSION"),
-            })
-            .to_string(),
-        )?;
+        store_bench(&data, setup.mflops.unwrap_or(1000) as f64)?;
         for (i, author) in setup.trusted.iter().enumerate() {
-            let out = compute(
-                &data,
-                &[
-                    "trust",
-                    "add",
-                    &author.public().to_base64(),
-                    "--name",
-                    &format!("author{i}"),
-                ],
-            )?;
-            assert!(out.starts_with("trusted "), "{out}");
+            trust_author(&data, author, &format!("author{i}"))?;
         }
         let slots = setup.slots.unwrap_or(1).to_string();
         let mut cmd = Command::new(bin("rjs-compute"));
@@ -106,6 +111,7 @@ impl ComputeNode {
             .arg(&key_pem)
             .arg("--ca")
             .arg(&ca_pem)
+            .args(setup.extra_args)
             // No terminal: unknown authors are refused, never asked about.
             .stdin(Stdio::null())
             .stderr(Stdio::inherit());

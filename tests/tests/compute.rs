@@ -57,37 +57,12 @@ impl Node {
         Ok(Node { node, ca, lookup })
     }
 
-    /// A node started with `extra` flags besides those of [`ComputeNode::start`]: started
-    /// once to prepare its data directory and certificates, then again with the flags.
+    /// A node started with `extra` flags besides those of [`ComputeNode::start`].
     fn start_with(setup: NodeSetup<'_>, extra: &[&str]) -> Result<Node> {
-        let slots = setup.slots.unwrap_or(1).to_string();
-        let mut node = Node::start(setup)?;
-        node.proc.terminate(Duration::from_secs(15))?;
-        let dir = node.dir.path();
-        let mut cmd = Command::new(bin("rjs-compute"));
-        cmd.arg("serve")
-            .arg("--data")
-            .arg(&node.data)
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--slots",
-                &slots,
-                "--no-announce",
-            ])
-            .arg("--cert")
-            .arg(dir.join("node.pem"))
-            .arg("--key")
-            .arg(dir.join("node-key.pem"))
-            .arg("--ca")
-            .arg(dir.join("ca.pem"))
-            .args(extra)
-            .stdin(std::process::Stdio::null())
-            .stderr(std::process::Stdio::inherit());
-        let (proc, addr) = spawn_listening(&mut cmd, " listening on ")?;
-        node.node.proc = proc;
-        node.node.addr = addr.parse().with_context(|| format!("address {addr:?}"))?;
-        Ok(node)
+        Node::start(NodeSetup {
+            extra_args: extra,
+            ..setup
+        })
     }
 
     /// A connection presenting the node's cluster's lookup certificate.

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use rjs_e2e::bin;
-use rjs_e2e::node::{compiled_modules, scratch_left};
+use rjs_e2e::node::{compiled_modules, scratch_left, store_bench};
 use rjs_signer::KeyPair;
 use rjs_signer::answer::{AnswerLimits, Ending, verify_answer};
 
@@ -39,15 +39,7 @@ fn stderr(out: &Output) -> String {
 fn node_dir(dir: &Path) -> std::path::PathBuf {
     let data = dir.join("node");
     std::fs::create_dir_all(&data).unwrap();
-    std::fs::write(
-        data.join("bench.json"),
-        serde_json::json!({
-            "mflops": 1000.0, "n": 500, "runs": 3, "seconds": 1.0, "residual": 0.5,
-            "measured_at": rjs_e2e::now(), "program_version": env!("CARGO_PKG_VERSION"),
-        })
-        .to_string(),
-    )
-    .unwrap();
+    store_bench(&data, 1000.0).unwrap();
     data
 }
 

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use rjs_e2e::node::{ComputeNode, NodeSetup, compute};
+use rjs_e2e::node::{ComputeNode, NodeSetup, compute, trust_author};
 use rjs_e2e::pki::Ca;
 use rjs_e2e::{bounded, pack, sha256_hex};
 use rjs_signer::answer::{AnswerLimits, Ending, LimitKind, VerifiedAnswer, verify_answer};
@@ -312,18 +312,7 @@ fn every_evil_sample_through_rjs_compute_run() {
     let data = dir.path().join("data");
     std::fs::create_dir(&data).unwrap();
     let author = KeyPair::generate();
-    let out = compute(
-        &data,
-        &[
-            "trust",
-            "add",
-            &author.public().to_base64(),
-            "--name",
-            "author",
-        ],
-    )
-    .unwrap();
-    assert!(out.starts_with("trusted "), "{out}");
+    trust_author(&data, &author, "author").unwrap();
     let hello = pack("hello", &author);
 
     // A first task makes the node's identity, speed measurement and caches.

@@ -55,6 +55,17 @@ pub fn wall_limit(time_ms: u64) -> Duration {
     cpu + cpu.clamp(WALL_SLACK_MIN, WALL_SLACK_MAX)
 }
 
+/// The time on `clock` (a `clock_gettime` clock id), µs; `None` if it cannot be read.
+fn clock_us(clock: libc::clockid_t) -> Option<u64> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the struct we pass.
+    (unsafe { libc::clock_gettime(clock, &mut ts) } == 0)
+        .then(|| (ts.tv_sec as u64) * 1_000_000 + (ts.tv_nsec as u64) / 1000)
+}
+
 /// How to start a [`Sandbox`].
 #[derive(Debug, Clone)]
 pub struct SandboxConfig {

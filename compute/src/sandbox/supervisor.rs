@@ -182,6 +182,9 @@ struct WorkerProc {
     /// threads, read with `clock_gettime` (ns resolution). Valid while the child is not
     /// reaped (its pid cannot be reused until then).
     cpu_clock: Option<libc::clockid_t>,
+    /// `/proc/<pid>/task/<tid>/schedstat` of the worker's task thread (named
+    /// [`worker::RUN_THREAD_NAME`]), found once after its hello; `None` if it cannot be.
+    run_schedstat: Option<PathBuf>,
     stdin: ChildStdin,
     /// The worker's replies (cancel-safe: read in `select!`).
     frames: protocol::FrameReader<ChildStdout>,
@@ -610,6 +613,7 @@ impl Inner {
             child,
             pid,
             cpu_clock,
+            run_schedstat: None,
             stdin,
             frames,
             stderr_tail,
@@ -644,6 +648,8 @@ impl Inner {
                 ..
             } if protocol == PROTOCOL_VERSION => {
                 *self.cache_dir.lock().unwrap_or_else(|e| e.into_inner()) = Some(cache_dir);
+                // The task thread sent the hello, so it exists (and keeps its name).
+                worker.run_schedstat = run_thread_schedstat(pid);
                 Ok(worker)
             }
             FromWorker::Hello { protocol, .. } => Err(WorkerError::Protocol(format!(
@@ -1297,35 +1303,21 @@ impl WorkerProc {
     /// `/proc/<pid>/stat` (10 ms resolution) if that clock is not available. Only while the
     /// worker is not reaped.
     fn cpu_us(&self) -> Option<u64> {
-        if let Some(clock) = self.cpu_clock {
-            let mut ts = libc::timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            };
-            // SAFETY: clock_gettime writes into the struct we pass.
-            if unsafe { libc::clock_gettime(clock, &mut ts) } == 0 {
-                return Some((ts.tv_sec as u64) * 1_000_000 + (ts.tv_nsec as u64) / 1000);
-            }
-        }
-        proc_cpu_us(self.pid)
+        self.cpu_clock
+            .and_then(super::clock_us)
+            .or_else(|| proc_cpu_us(self.pid))
     }
 
     /// How long the worker's task thread (named [`worker::RUN_THREAD_NAME`]) has been
-    /// runnable but waiting for a CPU, µs: the second field of
-    /// `/proc/<pid>/task/<tid>/schedstat` (nanoseconds). Only that thread: the worker's other
-    /// threads wake now and then and wait too, which says nothing about the task. `None` if
-    /// the kernel does not keep schedstat, or the thread or the worker is gone.
+    /// runnable but waiting for a CPU, µs: the second field of its
+    /// `/proc/<pid>/task/<tid>/schedstat` ([`Self::run_schedstat`], nanoseconds). Only that
+    /// thread: the worker's other threads wake now and then and wait too, which says nothing
+    /// about the task. `None` if the kernel does not keep schedstat, or the thread or the
+    /// worker is gone.
     fn cpu_wait_us(&self) -> Option<u64> {
-        let tasks = std::fs::read_dir(format!("/proc/{}/task", self.pid)).ok()?;
-        for t in tasks.flatten() {
-            let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
-            if comm.trim_end() == worker::RUN_THREAD_NAME {
-                let stat = std::fs::read_to_string(t.path().join("schedstat")).ok()?;
-                let wait_ns: u64 = stat.split_whitespace().nth(1)?.parse().ok()?;
-                return Some(wait_ns / 1000);
-            }
-        }
-        None
+        let stat = std::fs::read_to_string(self.run_schedstat.as_ref()?).ok()?;
+        let wait_ns: u64 = stat.split_whitespace().nth(1)?.parse().ok()?;
+        Some(wait_ns / 1000)
     }
 
     /// CPU time (ms) of the running task: the worker's CPU time now less the base at
@@ -1453,6 +1445,17 @@ fn proc_cpu_us(pid: u32) -> Option<u64> {
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     let ticks = u64::try_from(ticks).ok().filter(|t| *t > 0)?;
     Some((utime + stime) * 1_000_000 / ticks)
+}
+
+/// `/proc/<pid>/task/<tid>/schedstat` of the worker `pid`'s task thread (the one named
+/// [`worker::RUN_THREAD_NAME`]), `None` if there is no such thread or no schedstat.
+fn run_thread_schedstat(pid: u32) -> Option<PathBuf> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    tasks.flatten().find_map(|t| {
+        let comm = std::fs::read_to_string(t.path().join("comm")).ok()?;
+        let stat = t.path().join("schedstat");
+        (comm.trim_end() == worker::RUN_THREAD_NAME && stat.exists()).then_some(stat)
+    })
 }
 
 /// The CPU clock of process `pid` (any process may read another's: the kernel checks only

@@ -765,15 +765,8 @@ fn micros(d: Duration) -> u64 {
 /// User + system CPU time of this whole process (all threads), microseconds: the process
 /// CPU clock, which the supervisor reads for this process with `clock_getcpuclockid`.
 fn cpu_time_us() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the struct we pass; this clock always exists.
-    if unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) } != 0 {
-        return 0;
-    }
-    (ts.tv_sec as u64) * 1_000_000 + (ts.tv_nsec as u64) / 1000
+    // This clock always exists.
+    super::clock_us(libc::CLOCK_PROCESS_CPUTIME_ID).unwrap_or(0)
 }
 
 /// The soft RLIMIT_FSIZE for the duration of a task: no file the job writes can grow past
