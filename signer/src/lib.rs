@@ -11,11 +11,15 @@
 //! * [`zipfmt`] / [`zipread`]: the one canonical zip layout bundles use, and a strict reader
 //!   of its central directory.
 //! * [`fsutil`]: bounded reads and atomic writes.
+//! * `client` (feature `client`): the author API client — signed HTTPS requests to a web
+//!   server — used by the CLI, `rjs demo`, the grid harness and the tests.
 //!
 //! The format is specified in `docs/bundle-format.md`.
 
 pub mod answer;
 pub mod bundle;
+#[cfg(feature = "client")]
+pub mod client;
 pub mod fsutil;
 pub mod keys;
 pub mod manifest;

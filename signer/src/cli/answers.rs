@@ -16,11 +16,10 @@ use indicatif::{MultiProgress, ProgressBar};
 use rjs_wire::api::{JobState, JobView};
 use serde_json::json;
 
-use super::client::{Api, ServerRefused, is_bundle_id};
-use super::config::{self, ServerOpts};
+use super::settings::{self, ServerOpts};
+use rjs_signer::client::{AuthorClient, ClientError, ServerRefused, is_bundle_id};
 use super::output::{self, clean, plural};
 use super::status::{Counts, select_jobs};
-use rjs_signer::error_chain;
 use rjs_signer::manifest::valid_job_name;
 
 /// Exit statuses.
@@ -134,7 +133,7 @@ enum Fetched {
 }
 
 /// Downloads one answer to `path` atomically, checking its size.
-fn fetch(api: &Api, job: &JobView, path: &Path, bar: &ProgressBar) -> Result<Fetched> {
+fn fetch(api: &AuthorClient, job: &JobView, path: &Path, bar: &ProgressBar) -> Result<Fetched> {
     if present(path, job) {
         return Ok(Fetched::AlreadyThere);
     }
@@ -195,7 +194,7 @@ struct Tally {
 /// Downloads the answers of finished jobs that are not in DIR yet. Transport failures are
 /// returned (to retry later) if `retry_transport`; other failures are recorded in the tally.
 fn fetch_all(
-    api: &Api,
+    api: &AuthorClient,
     dir: &Path,
     jobs: &[JobView],
     tally: &mut Tally,
@@ -248,7 +247,7 @@ fn fetch_all(
                 break;
             }
             Err(e) => {
-                let chain = error_chain(e.as_ref());
+                let chain = rjs_cmd::chain(e.as_ref());
                 tally.errors.insert(j.id, chain);
             }
         }
@@ -262,14 +261,18 @@ fn fetch_all(
 
 /// A failure worth retrying: anything but the server's refusal or a local file error.
 fn is_transient(e: &anyhow::Error) -> bool {
-    e.chain()
-        .any(|c| c.downcast_ref::<reqwest::Error>().is_some())
-        && !e.chain().any(|c| c.is::<ServerRefused>())
+    let refused = e.chain().any(|c| c.is::<ServerRefused>());
+    let transient = e.chain().any(|c| {
+        c.downcast_ref::<ClientError>()
+            .is_some_and(ClientError::is_transient)
+            || c.is::<reqwest::Error>()
+    });
+    transient && !refused
 }
 
 pub fn run(args: &Args) -> Result<u8> {
-    let settings = config::resolve(&args.server, &config::Env::from_process())?;
-    let api = Api::connect(&settings)?;
+    let settings = settings::resolve(&args.server, &settings::Env::from_process())?;
+    let api = settings::connect(&settings)?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating the answer folder {}", args.out.display()))?;
     let mut tally = Tally::default();
@@ -351,13 +354,13 @@ fn progress_message(c: &Counts) -> String {
 fn warn(multi: &MultiProgress, e: &anyhow::Error, failures: u32) -> Result<()> {
     if failures >= MAX_TRANSIENT_FAILURES {
         return Err(
-            anyhow::anyhow!("{}", error_chain(e.as_ref())).context(format!(
+            anyhow::anyhow!("{}", rjs_cmd::chain(e.as_ref())).context(format!(
                 "giving up after {failures} failed attempts in a row"
             )),
         );
     }
     if failures == 1 || failures.is_multiple_of(5) {
-        let line = format!("rjs-sign: warning: {} (retrying)", error_chain(e.as_ref()));
+        let line = format!("rjs-sign: warning: {} (retrying)", rjs_cmd::chain(e.as_ref()));
         if multi.is_hidden() {
             eprintln!("{line}");
         } else {

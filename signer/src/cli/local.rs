@@ -105,3 +105,9 @@ pub fn load_keys(specs: &[String], what: &str) -> Result<Vec<rjs_signer::PublicK
         })
         .collect()
 }
+
+/// A bundle's signer as JSON (`verify --json`, `inspect --json`).
+pub fn signer_json(s: &rjs_signer::Signer) -> serde_json::Value {
+    json!({"name": s.name, "fingerprint": s.fingerprint.to_string(),
+           "public_key": s.public_key.to_base64(), "signed_at": s.signed_at})
+}

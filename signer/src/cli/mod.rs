@@ -1,93 +1,101 @@
-//! The author's network commands of `rjs-sign` (upload, status, answers, whoami, config),
-//! the local bundle check they share with `verify` and `inspect`, and `verify-answer`.
+//! The commands of `rjs-sign`, one module each (as wasmtime's `src/commands/`):
+//!
+//! * local: [`keygen`], [`pack`], [`verify`], [`inspect`], [`verify_answer`];
+//! * network (through [`rjs_signer::client`]): [`upload`], [`status`], [`answers`],
+//!   [`whoami`]; and [`config`], the settings file they read ([`settings`]).
+//!
+//! Shared by several commands: [`local`] (the local bundle check and refusal lines) and
+//! [`output`] (terminal-safe text, progress bars).
+//!
+//! A new subcommand: a module here with an `Args` (clap) and `run(&Args) -> Result<u8>` (the
+//! exit status), one variant in [`Command`], one arm in [`run`].
 
 pub mod answers;
-pub mod client;
 pub mod config;
+pub mod inspect;
+pub mod keygen;
 pub mod local;
 pub mod output;
+pub mod pack;
+pub mod settings;
 pub mod status;
 pub mod upload;
+pub mod verify;
 pub mod verify_answer;
+pub mod whoami;
 
 #[cfg(test)]
 mod tests;
 
 use anyhow::Result;
-use clap::Subcommand;
+use clap::{Parser, Subcommand};
 
-use config::ServerOpts;
+/// Exit status of a failure other than a refusal (a refused file exits 1).
+pub const EXIT_ERROR: u8 = 2;
 
-#[derive(clap::Args, Debug)]
-pub struct WhoamiArgs {
-    #[command(flatten)]
-    pub server: ServerOpts,
-}
-
-/// `rjs-sign whoami`: checks the settings and that the server knows the key.
-pub fn whoami(args: &WhoamiArgs) -> Result<u8> {
-    let settings = config::resolve(&args.server, &config::Env::from_process())?;
-    let api = client::Api::connect(&settings)?;
-    let me = api.whoami()?;
-    println!(
-        "{} ({}) on {}",
-        output::clean(&me.name),
-        output::clean(&me.fingerprint),
-        api.server()
-    );
-    Ok(0)
-}
-
-#[derive(clap::Args, Debug)]
-pub struct ConfigArgs {
+#[derive(Parser)]
+#[command(
+    name = "rjs-sign",
+    version,
+    about = "Sign, verify and inspect RJS job bundles; upload them and fetch their answers"
+)]
+pub struct Cli {
     #[command(subcommand)]
-    pub action: ConfigAction,
-    /// Configuration file [default: $RJS_HOME/config.toml or ~/.config/rjs/config.toml].
-    #[arg(long, value_name = "FILE", global = true)]
-    pub config: Option<std::path::PathBuf>,
+    command: Command,
 }
 
-#[derive(Subcommand, Debug)]
-pub enum ConfigAction {
-    /// Set one setting: server (https://host:port), ca (CA.pem) or key (NAME.key).
-    Set {
-        #[arg(value_parser = ["server", "ca", "key"])]
-        key: String,
-        value: String,
-    },
-    /// Show the configuration file's path and settings.
-    Show,
+#[derive(Subcommand)]
+enum Command {
+    /// Generate an ed25519 key pair: NAME.key (secret, mode 0600) and NAME.pub (shareable).
+    Keygen(keygen::Args),
+    /// Pack JOB_DIR (its manifest.json and the files it names) into a signed bundle.
+    Pack(pack::Args),
+    /// Verify a bundle; exit 0 if valid (and signed by a --trust key, if given), 1 if refused.
+    Verify(verify::Args),
+    /// Verify an answer archive from a compute node; exit 0 if valid (and signed by a --node
+    /// key, if given), 1 if refused.
+    VerifyAnswer(verify_answer::Args),
+    /// Show a bundle's manifest, entries, signer and verdict.
+    Inspect(inspect::Args),
+    /// Verify a bundle here, then upload it to the web server (which queues one job per task).
+    Upload(upload::Args),
+    /// Show your jobs on the web server: state, attempts, outcome, node.
+    Status(status::Args),
+    /// Download the answers of your finished jobs (optionally waiting for the rest).
+    Answers(answers::Args),
+    /// Check the settings: who the web server takes you for.
+    Whoami(whoami::Args),
+    /// Show or change the settings file (server, ca, key) the network commands read.
+    Config(config::Args),
 }
 
-/// `rjs-sign config set|show`.
-pub fn config(args: &ConfigArgs) -> Result<u8> {
-    let env = config::Env::from_process();
-    match &args.action {
-        ConfigAction::Set { key, value } => {
-            let path = config::set(args.config.as_deref(), &env, key, value)?;
-            println!("{key} set in {}", path.display());
-        }
-        ConfigAction::Show => {
-            let loaded = config::load(args.config.as_deref(), &env)?;
-            match (&loaded.path, loaded.exists) {
-                (Some(p), true) => println!("# {}", p.display()),
-                (Some(p), false) => println!("# {} (does not exist)", p.display()),
-                (None, _) => println!("# no configuration file (set RJS_HOME or HOME)"),
-            }
-            let show = |k: &str, v: Option<String>| match v {
-                Some(v) => println!("{k} = {v:?}"),
-                None => println!("# {k} is not set"),
-            };
-            show("server", loaded.file.server.clone());
-            show(
-                "ca",
-                loaded.file.ca.as_ref().map(|p| p.display().to_string()),
-            );
-            show(
-                "key",
-                loaded.file.key.as_ref().map(|p| p.display().to_string()),
-            );
-        }
+/// Runs one command; `Ok` holds the exit status.
+pub fn run(cli: Cli) -> Result<u8> {
+    match cli.command {
+        Command::Keygen(args) => keygen::run(&args),
+        Command::Pack(args) => pack::run(&args),
+        Command::Verify(args) => verify::run(&args),
+        Command::VerifyAnswer(args) => verify_answer::run(&args),
+        Command::Inspect(args) => inspect::run(&args),
+        Command::Upload(args) => upload::run(&args),
+        Command::Status(args) => status::run(&args),
+        Command::Answers(args) => answers::run(&args),
+        Command::Whoami(args) => whoami::run(&args),
+        Command::Config(args) => config::run(&args),
     }
-    Ok(0)
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` of Unix seconds.
+pub fn format_time(secs: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+        .to_string()
+}
+
+#[cfg(test)]
+mod cli_definition {
+    #[test]
+    fn clap_definition_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
 }

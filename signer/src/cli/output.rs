@@ -7,20 +7,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rjs_wire::api::JobRef;
 
 /// Server-provided text made safe for a terminal: control characters are escaped.
-pub fn clean(s: &str) -> String {
-    if !s.chars().any(char::is_control) {
-        return s.to_owned();
-    }
-    s.chars()
-        .map(|c| {
-            if c.is_control() {
-                c.escape_default().to_string()
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
-}
+pub use rjs_signer::client::clean;
 
 /// Whether progress bars may be drawn (stderr is a terminal).
 pub fn progress_visible() -> bool {

@@ -5,8 +5,8 @@ use std::collections::BTreeSet;
 use anyhow::{Result, bail};
 use rjs_wire::api::{JobList, JobState, JobView};
 
-use super::client::{Api, is_bundle_id};
-use super::config::{self, ServerOpts};
+use super::settings::{self, ServerOpts};
+use rjs_signer::client::{AuthorClient, is_bundle_id};
 use super::output::{clean, plural, table};
 
 #[derive(clap::Args, Debug)]
@@ -22,8 +22,8 @@ pub struct Args {
 }
 
 pub fn run(args: &Args) -> Result<u8> {
-    let settings = config::resolve(&args.server, &config::Env::from_process())?;
-    let api = Api::connect(&settings)?;
+    let settings = settings::resolve(&args.server, &settings::Env::from_process())?;
+    let api = settings::connect(&settings)?;
     let jobs = select_jobs(&api, &args.bundles)?;
     if args.json {
         println!("{}", serde_json::to_string(&JobList { jobs })?);
@@ -50,9 +50,9 @@ fn bundle_arg(arg: &str) -> Result<String> {
 
 /// The author's jobs, of the named bundles if any (each must have jobs), without duplicates,
 /// in the server's order (newest submission first).
-pub fn select_jobs(api: &Api, bundles: &[String]) -> Result<Vec<JobView>> {
+pub fn select_jobs(api: &AuthorClient, bundles: &[String]) -> Result<Vec<JobView>> {
     if bundles.is_empty() {
-        return api.jobs(None);
+        return Ok(api.jobs(None)?.jobs);
     }
     let mut all: Option<Vec<JobView>> = None;
     let mut out: Vec<JobView> = Vec::new();
@@ -60,10 +60,10 @@ pub fn select_jobs(api: &Api, bundles: &[String]) -> Result<Vec<JobView>> {
     for arg in bundles {
         let id = bundle_arg(arg)?;
         let jobs = if is_bundle_id(&id) {
-            api.jobs(Some(&id))?
+            api.jobs(Some(&id))?.jobs
         } else {
             if all.is_none() {
-                all = Some(api.jobs(None)?);
+                all = Some(api.jobs(None)?.jobs);
             }
             let all = all.as_deref().unwrap_or_default();
             let ids: BTreeSet<&str> = all

@@ -12,12 +12,12 @@ use std::time::Duration;
 
 use rjs_signer::bundle::{BundleBuilder, WASM_HEADER, hex};
 use rjs_signer::request::RequestAuth;
-use rjs_signer::{KeyPair, error_chain, keys};
+use rjs_signer::{KeyPair, keys};
 use rjs_wire::api::{JobList, JobRef, JobState, JobView, UploadResponse, WhoAmI};
 use serde_json::json;
 
-use super::client::{Api, sha256_hex};
-use super::config::{ServerOpts, ServerUrl};
+use super::settings::{ServerOpts, ServerUrl};
+use rjs_signer::client::{AuthorClient, sha256_hex};
 use super::{answers, status, upload};
 
 const CA: &str = include_str!("testdata/ca.pem");
@@ -219,16 +219,16 @@ impl Author {
             ..self.opts.clone()
         }
     }
-    fn api(&self, url: &str) -> Api {
-        let settings = super::config::resolve_with(
+    fn api(&self, url: &str) -> AuthorClient {
+        let settings = super::settings::resolve_with(
             &ServerOpts {
                 server: Some(url.into()),
                 ..self.opts.clone()
             },
-            &super::config::load(self.opts.config.as_deref(), &Default::default()).unwrap(),
+            &super::settings::load(self.opts.config.as_deref(), &Default::default()).unwrap(),
         )
         .unwrap();
-        Api::connect(&settings).unwrap()
+        super::settings::connect(&settings).unwrap()
     }
     fn bundle(&self, name: &str) -> (PathBuf, Vec<u8>) {
         let mut b = BundleBuilder::new();
@@ -263,8 +263,8 @@ fn view(id: i64, bundle: &str, task: u32, state: JobState, answer: Option<&[u8]>
     }
 }
 
-fn chain(e: &anyhow::Error) -> String {
-    error_chain(e.as_ref())
+fn chain<E: Into<anyhow::Error>>(e: E) -> String {
+    rjs_cmd::chain(e.into().as_ref())
 }
 
 #[test]
@@ -280,7 +280,7 @@ fn requests_are_signed_over_the_exact_path_and_empty_body() {
     let api = a.api(&mock.url);
     assert_eq!(api.whoami().unwrap().name, "alice");
     let id = "ab".repeat(32);
-    assert!(api.jobs(Some(&id)).unwrap().is_empty());
+    assert!(api.jobs(Some(&id)).unwrap().jobs.is_empty());
     let reqs = mock.requests();
     assert_eq!(reqs.len(), 2);
     for r in &reqs {
@@ -296,7 +296,7 @@ fn requests_are_signed_over_the_exact_path_and_empty_body() {
     // Another key's requests are refused by the (mock) server, and the refusal is shown.
     let b = author(2);
     let e = b.api(&mock.url).whoami().unwrap_err();
-    let s = chain(&e);
+    let s = chain(e);
     assert!(
         s.contains("server refused: unknown author (bad-signature)"),
         "{s}"
@@ -383,7 +383,7 @@ fn transport_errors_say_what_was_being_done() {
         .port();
     let url = format!("https://127.0.0.1:{port}");
     let e = a.api(&url).whoami().unwrap_err();
-    let s = chain(&e);
+    let s = chain(e);
     assert!(
         s.starts_with(&format!("connecting to {url}/api/v1/whoami: ")),
         "{s}"
@@ -392,7 +392,7 @@ fn transport_errors_say_what_was_being_done() {
     // A server whose certificate does not chain to the configured CA.
     let mock = serve(a.key.public(), |_| ok_json(json!({})));
     std::fs::write(a.dir.join("ca.pem"), OTHER_CA).unwrap();
-    let s = chain(&a.api(&mock.url).whoami().unwrap_err());
+    let s = chain(a.api(&mock.url).whoami().unwrap_err());
     assert!(s.starts_with("connecting to"), "{s}");
     assert!(s.to_lowercase().contains("certificate"), "{s}");
     assert!(mock.requests().is_empty());
@@ -409,7 +409,7 @@ fn http_urls_are_refused_before_connecting() {
             ..a.opts.clone()
         },
     };
-    let s = chain(&status::run(&args).unwrap_err());
+    let s = chain(status::run(&args).unwrap_err());
     assert!(s.contains("HTTPS only"), "{s}");
     assert!(ServerUrl::parse("http://127.0.0.1:1").is_err());
 }

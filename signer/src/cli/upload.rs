@@ -4,12 +4,11 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
-use super::client::Api;
-use super::config::{self, ServerOpts};
+use super::settings::{self, ServerOpts};
 use super::local::{self, Verdict, check};
 use super::output::{self, clean, plural};
 use rjs_signer::bundle::hex;
-use rjs_signer::error_chain;
+use rjs_signer::client::sha256_hex;
 
 /// Exit status of a bundle refused before upload.
 const EXIT_REFUSED: u8 = 1;
@@ -29,7 +28,7 @@ pub struct Args {
 }
 
 pub fn run(args: &Args) -> Result<u8> {
-    let settings = config::resolve(&args.server, &config::Env::from_process())?;
+    let settings = settings::resolve(&args.server, &settings::Env::from_process())?;
     // Refuse to upload what the server would refuse, with the rule, before any network.
     let (bundle, bytes) = match check(&args.bundle)? {
         Verdict::Valid(b, bytes) => (b, bytes),
@@ -37,12 +36,12 @@ pub fn run(args: &Args) -> Result<u8> {
             eprintln!(
                 "rjs-sign: not uploading {}: {}",
                 args.bundle.display(),
-                local::refusal_line(e.rule(), e.entry(), &error_chain(&e))
+                local::refusal_line(e.rule(), e.entry(), &rjs_cmd::chain(&e))
             );
             return Ok(EXIT_REFUSED);
         }
     };
-    let api = Api::connect(&settings)?;
+    let api = settings::connect(&settings)?;
     let signer = bundle.signer();
     let mine = api.public_key();
     if signer.public_key != mine {
@@ -58,7 +57,10 @@ pub fn run(args: &Args) -> Result<u8> {
     }
     let local_id = hex(&rjs_signer::bundle_id(&bytes));
     let bar = output::on_stderr(output::bytes_bar(bytes.len() as u64, "upload"));
-    let result = api.upload(bytes, args.resubmit, &bar);
+    let len = bytes.len() as u64;
+    let sha = sha256_hex(&bytes);
+    let body = bar.wrap_read(std::io::Cursor::new(bytes));
+    let result = api.upload_from(body, len, sha, args.resubmit);
     bar.finish_and_clear();
     let resp = result?;
     if resp.bundle_id != local_id {

@@ -15,7 +15,7 @@ use rjs_signer::answer::{
     self, AnswerError, AnswerLimits, OUT_DIR, RESULT, STDERR, STDOUT, VerifiedAnswer,
 };
 use rjs_signer::bundle::hex;
-use rjs_signer::{error_chain, paths};
+use rjs_signer::paths;
 
 #[derive(clap::Args, Debug)]
 #[command(
@@ -45,7 +45,7 @@ pub fn run(args: &Args) -> Result<u8> {
     let limits = AnswerLimits::default();
     let mut out = io::stdout().lock();
     let refuse = |out: &mut io::StdoutLock<'_>, e: AnswerError| {
-        local::refused(out, args.json, e.rule(), e.entry(), &error_chain(&e))
+        local::refused(out, args.json, e.rule(), e.entry(), &rjs_cmd::chain(&e))
     };
     let bytes = match local::read_bounded(&args.answer, limits.max_answer_bytes, "the answer")? {
         Bounded::Bytes(b) => b,
