@@ -11,6 +11,7 @@
 //! * [`ResultDoc`] is `result.json`; [`Ending`] and [`LimitKind`] say how the task ended.
 
 use std::collections::HashMap;
+use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
@@ -19,7 +20,7 @@ use crate::bundle::{
     inflate_entry, path_rule,
 };
 use crate::keys::{Fingerprint, KeyPair, PublicKey};
-use crate::manifest::{Limits, MAX_TASKS, ManifestError, valid_job_name};
+use crate::manifest::{Limits, MAX_TASKS, ManifestError, format_field, valid_job_name};
 use crate::paths::{self, MAX_NAME_BYTES, PathError, SIGNATURE};
 use crate::zipread::ZipError;
 
@@ -249,7 +250,7 @@ pub struct ResultDoc {
 pub enum ResultError {
     #[error("{RESULT} is larger than {MAX_RESULT_BYTES} bytes")]
     TooLarge,
-    #[error("{RESULT} is not valid: {0}")]
+    #[error("{RESULT} is not valid")]
     Json(#[source] serde_json::Error),
     #[error("unknown {RESULT} format version {0} (this build reads version {RESULT_FORMAT})")]
     UnknownVersion(u64),
@@ -265,12 +266,8 @@ impl ResultDoc {
             return Err(ResultError::TooLarge);
         }
         let doc: ResultDoc = serde_json::from_slice(bytes).map_err(|e| {
-            #[derive(Deserialize)]
-            struct Version {
-                format: serde_json::Value,
-            }
-            match serde_json::from_slice::<Version>(bytes).map(|v| v.format.as_u64()) {
-                Ok(Some(v)) if v != u64::from(RESULT_FORMAT) => ResultError::UnknownVersion(v),
+            match format_field(bytes).and_then(|v| v.as_u64()) {
+                Some(v) if v != u64::from(RESULT_FORMAT) => ResultError::UnknownVersion(v),
                 _ => ResultError::Json(e),
             }
         })?;
@@ -410,30 +407,32 @@ impl AnswerLimits {
 /// Why an answer was refused (by [`verify_answer`]) or could not be built (by
 /// [`build_answer`]). [`AnswerError::rule`] gives the stable rule name of
 /// `docs/answer-format.md`, [`AnswerError::entry`] the entry it is about.
-#[derive(Debug, thiserror::Error)]
+///
+/// `Display` and `Error` are written by hand: [`Archive`](AnswerError::Archive) and
+/// [`Build`](AnswerError::Build) word some bundle errors for answers, and pass on the wrapped
+/// error's cause, not the wrapped error itself (which would say the same thing again).
+#[derive(Debug)]
 pub enum AnswerError {
-    #[error("answer is {size} bytes, more than the limit of {limit}")]
-    TooLarge { size: u64, limit: u64 },
+    TooLarge {
+        size: u64,
+        limit: u64,
+    },
     /// A rule shared with bundles: structure, limits, layout, signature entry, coverage,
     /// hashes, signature, a corrupt entry.
-    #[error("{}", archive_message(.0))]
     Archive(VerifyError),
     /// An out file or size that cannot go into an answer.
-    #[error("{}", build_message(.0))]
     Build(BuildError),
-    #[error("the answer has no {name} entry")]
-    Incomplete { name: &'static str },
-    #[error(
-        "entry {name:?} does not belong in an answer (only {RESULT}, {STDOUT}, {STDERR} and files under {OUT_DIR})"
-    )]
-    Undeclared { name: String },
-    #[error(
-        "entry {name:?} lies inside {file:?}, which is a file (names are compared case-insensitively)"
-    )]
-    PathConflict { name: String, file: String },
-    #[error("{0}")]
-    Result(#[source] ResultError),
-    #[error("{RESULT} says `{field}` is {claimed}, but the archive has {actual}")]
+    Incomplete {
+        name: &'static str,
+    },
+    Undeclared {
+        name: String,
+    },
+    PathConflict {
+        name: String,
+        file: String,
+    },
+    Result(ResultError),
     Mismatch {
         field: &'static str,
         claimed: String,
@@ -441,22 +440,53 @@ pub enum AnswerError {
     },
 }
 
-fn archive_message(e: &VerifyError) -> String {
-    match e {
-        VerifyError::Zip(z) => format!("not a valid answer archive: {z}"),
-        VerifyError::Unsigned => {
-            format!("the signature entry {SIGNATURE:?} is missing: the answer is unsigned")
+impl fmt::Display for AnswerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use AnswerError::*;
+        match self {
+            TooLarge { size, limit } => {
+                write!(f, "answer is {size} bytes, more than the limit of {limit}")
+            }
+            Archive(VerifyError::Zip(_)) => f.write_str("not a valid answer archive"),
+            Archive(VerifyError::Unsigned) => write!(
+                f,
+                "the signature entry {SIGNATURE:?} is missing: the answer is unsigned"
+            ),
+            Archive(e) => fmt::Display::fmt(e, f),
+            Build(BuildError::BundleTooLarge(limit)) => {
+                write!(f, "the answer would be larger than {limit} bytes")
+            }
+            Build(e) => fmt::Display::fmt(e, f),
+            Incomplete { name } => write!(f, "the answer has no {name} entry"),
+            Undeclared { name } => write!(
+                f,
+                "entry {name:?} does not belong in an answer (only {RESULT}, {STDOUT}, {STDERR} and files under {OUT_DIR})"
+            ),
+            PathConflict { name, file } => write!(
+                f,
+                "entry {name:?} lies inside {file:?}, which is a file (names are compared case-insensitively)"
+            ),
+            Result(e) => fmt::Display::fmt(e, f),
+            Mismatch {
+                field,
+                claimed,
+                actual,
+            } => write!(
+                f,
+                "{RESULT} says `{field}` is {claimed}, but the archive has {actual}"
+            ),
         }
-        e => e.to_string(),
     }
 }
 
-fn build_message(e: &BuildError) -> String {
-    match e {
-        BuildError::BundleTooLarge(limit) => {
-            format!("the answer would be larger than {limit} bytes")
+impl std::error::Error for AnswerError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            AnswerError::Archive(e) => e.source(),
+            AnswerError::Build(e) => e.source(),
+            AnswerError::Result(e) => e.source(),
+            _ => None,
         }
-        e => e.to_string(),
     }
 }
 

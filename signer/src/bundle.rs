@@ -78,11 +78,11 @@ impl Default for VerifyLimits {
 pub enum VerifyError {
     #[error("bundle is {size} bytes, more than the limit of {limit}")]
     BundleTooLarge { size: u64, limit: u64 },
-    #[error("not a valid bundle archive: {0}")]
+    #[error("not a valid bundle archive")]
     Zip(#[source] ZipError),
     #[error("entry name is not UTF-8: {name:?}")]
     NameNotUtf8 { name: String },
-    #[error("entry {name:?}: {reason}")]
+    #[error("entry {name:?}")]
     BadName {
         name: String,
         #[source]
@@ -114,7 +114,7 @@ pub enum VerifyError {
     Unsigned,
     #[error("entries are not in canonical order: {0}")]
     Order(String),
-    #[error("archive layout: {0}")]
+    #[error("archive layout")]
     Layout(#[source] zipfmt::LayoutError),
     #[error("signature entry is malformed: {0}")]
     SignatureEntry(String),
@@ -143,8 +143,8 @@ pub enum VerifyError {
     Corrupt { name: String, why: String },
     #[error("{MANIFEST} is missing")]
     NoManifest,
-    #[error("{0}")]
-    Manifest(#[source] ManifestError),
+    #[error(transparent)]
+    Manifest(ManifestError),
     #[error("the manifest names module {name:?}, which is not in the bundle")]
     NoModule { name: String },
     #[error("the manifest names input {name:?}, which is not in the bundle")]
@@ -277,7 +277,46 @@ pub struct SignatureDoc {
     pub signature: String,
 }
 
+impl SignedEntry {
+    /// How the signature entry lists an entry: its metadata, and the SHA-256 of `stored`, its
+    /// bytes as stored.
+    pub fn new(meta: &EntryMeta<'_>, stored: &[u8]) -> SignedEntry {
+        SignedEntry {
+            name: meta.name.to_owned(),
+            method: meta.method.as_str().to_owned(),
+            crc32: format!("{:08x}", meta.crc32),
+            size: meta.size,
+            stored_size: meta.stored_size,
+            sha256: hex(&Sha256::digest(stored)),
+        }
+    }
+}
+
 impl SignatureDoc {
+    /// The signature entry listing `entries`, signed by `key` over the statement under
+    /// `domain` (the bundle's is [`BUNDLE_DOMAIN`]).
+    pub fn sign(
+        key: &KeyPair,
+        domain: &str,
+        signer_name: &str,
+        signed_at: u64,
+        entries: Vec<SignedEntry>,
+    ) -> SignatureDoc {
+        let public = key.public();
+        let mut doc = SignatureDoc {
+            format: FORMAT_VERSION,
+            algorithm: ALGORITHM.to_owned(),
+            public_key: public.to_base64(),
+            fingerprint: public.fingerprint().to_string(),
+            signer_name: signer_name.to_owned(),
+            signed_at,
+            entries,
+            signature: String::new(),
+        };
+        doc.signature = B64.encode(key.sign(&doc.statement_in(domain)));
+        doc
+    }
+
     /// The exact bytes that are signed (see `docs/bundle-format.md`, "Signed statement").
     pub fn statement(&self) -> Vec<u8> {
         self.statement_in(BUNDLE_DOMAIN)
@@ -331,6 +370,27 @@ pub struct EntryInfo {
     pub stored_sha256: [u8; 32],
 }
 
+/// What [`SignedBundle`] and [`VerifiedBundle`] both tell: the manifest, the signer and the
+/// entries (both hold these fields under these names).
+macro_rules! signed_accessors {
+    () => {
+        pub fn manifest(&self) -> &Manifest {
+            &self.manifest
+        }
+        /// The manifest exactly as signed.
+        pub fn manifest_bytes(&self) -> &[u8] {
+            &self.manifest_bytes
+        }
+        pub fn signer(&self) -> &Signer {
+            &self.signer
+        }
+        /// Every entry except the signature entry, in bundle order.
+        pub fn entries(&self) -> &[EntryInfo] {
+            &self.entries
+        }
+    };
+}
+
 /// A bundle that passed every check. It can only be made by [`verify_bytes`], so holding one
 /// means its manifest, module and inputs are exactly what its signer signed.
 #[derive(Debug, Clone)]
@@ -367,16 +427,8 @@ impl VerifiedBundle {
         }
     }
 
-    pub fn manifest(&self) -> &Manifest {
-        &self.manifest
-    }
-    /// The manifest exactly as signed.
-    pub fn manifest_bytes(&self) -> &[u8] {
-        &self.manifest_bytes
-    }
-    pub fn signer(&self) -> &Signer {
-        &self.signer
-    }
+    signed_accessors!();
+
     /// The WebAssembly module named by the manifest's `entry`.
     pub fn module(&self) -> &[u8] {
         &self.module
@@ -388,10 +440,6 @@ impl VerifiedBundle {
     /// The input files (bundle path, bytes), in bundle order.
     pub fn inputs(&self) -> &[(String, Vec<u8>)] {
         &self.inputs
-    }
-    /// Every entry except the signature entry, in bundle order.
-    pub fn entries(&self) -> &[EntryInfo] {
-        &self.entries
     }
 }
 
@@ -542,12 +590,57 @@ pub(crate) fn verify_archive(
 ) -> Result<SignedArchive, VerifyError> {
     let cd =
         zipread::read_central_directory(bytes, limits.max_entries).map_err(VerifyError::Zip)?;
+    let names = check_entries(&cd, limits)?;
+    let sig_index = check_order(&names)?;
+    let metas: Vec<EntryMeta<'_>> = cd
+        .iter()
+        .zip(&names)
+        .map(|(e, name)| EntryMeta {
+            name,
+            method: Method::from_code(e.method).unwrap_or(Method::Stored),
+            crc32: e.crc32,
+            size: e.size,
+            stored_size: e.stored_size,
+        })
+        .collect();
+    let mut ranges = zipfmt::check_layout(bytes, &metas).map_err(VerifyError::Layout)?;
+    let sig = read_signature_entry(&bytes[ranges[sig_index].clone()], &metas[sig_index], domain)?;
+    let covered = &metas[..sig_index];
+    check_coverage(&sig.doc, covered)?;
 
-    // 1. Every entry on its own: name, kind, uniqueness, encryption, method, sizes.
+    // Step 5: every stored byte against its signed SHA-256, then the signature itself.
+    let entries = hash_entries(
+        bytes,
+        covered,
+        &ranges,
+        &sig.doc,
+        domain.prefix,
+        &sig.public_key,
+        &sig.signature,
+    )?;
+    ranges.truncate(sig_index);
+    Ok(SignedArchive {
+        entries,
+        ranges,
+        signer: Signer {
+            public_key: sig.public_key,
+            fingerprint: sig.public_key.fingerprint(),
+            name: sig.doc.signer_name,
+            signed_at: sig.doc.signed_at,
+        },
+    })
+}
+
+/// Step 1 of [`verify_archive`], every entry on its own: name, kind, uniqueness, encryption,
+/// method, sizes. Returns the entries' names, in archive order.
+fn check_entries<'a>(
+    cd: &[zipread::CdEntry<'a>],
+    limits: &VerifyLimits,
+) -> Result<Vec<&'a str>, VerifyError> {
     let mut names: Vec<&str> = Vec::with_capacity(cd.len());
     let mut seen = HashSet::with_capacity(cd.len());
     let mut total = 0u64;
-    for e in &cd {
+    for e in cd {
         let Ok(name) = std::str::from_utf8(e.name) else {
             return Err(VerifyError::NameNotUtf8 {
                 name: String::from_utf8_lossy(e.name).into_owned(),
@@ -611,9 +704,13 @@ pub(crate) fn verify_archive(
         }
         names.push(name);
     }
+    Ok(names)
+}
 
-    // 2. Order and layout: covered entries sorted by name, the signature entry last, and the
-    //    whole file exactly the canonical layout.
+/// Step 2 of [`verify_archive`], order: covered entries sorted by name, the signature entry
+/// last (whose index it returns). The caller then checks that the whole file is exactly the
+/// canonical layout.
+fn check_order(names: &[&str]) -> Result<usize, VerifyError> {
     let Some(sig_index) = names.iter().position(|n| *n == SIGNATURE) else {
         return Err(VerifyError::Unsigned);
     };
@@ -628,27 +725,29 @@ pub(crate) fn verify_archive(
             w[0], w[1]
         )));
     }
-    let metas: Vec<EntryMeta<'_>> = cd
-        .iter()
-        .zip(&names)
-        .map(|(e, name)| EntryMeta {
-            name,
-            method: Method::from_code(e.method).unwrap_or(Method::Stored),
-            crc32: e.crc32,
-            size: e.size,
-            stored_size: e.stored_size,
-        })
-        .collect();
-    let ranges = zipfmt::check_layout(bytes, &metas).map_err(VerifyError::Layout)?;
+    Ok(sig_index)
+}
 
-    // 3. The signature entry.
-    let sig_meta = &metas[sig_index];
+/// A signature entry that is well-formed: canonical JSON, a supported algorithm, a valid key
+/// matching its fingerprint, a 64-byte signature (not verified yet), a valid signer name.
+struct SignatureEntry {
+    doc: SignatureDoc,
+    public_key: PublicKey,
+    signature: Vec<u8>,
+}
+
+/// Step 3 of [`verify_archive`], the signature entry: its stored bytes `sig_bytes` as described
+/// by `sig_meta`.
+fn read_signature_entry(
+    sig_bytes: &[u8],
+    sig_meta: &EntryMeta<'_>,
+    domain: &Domain,
+) -> Result<SignatureEntry, VerifyError> {
     if sig_meta.method != Method::Stored || sig_meta.size > MAX_SIGNATURE_ENTRY {
         return Err(VerifyError::SignatureEntry(format!(
             "must be stored uncompressed and at most {MAX_SIGNATURE_ENTRY} bytes"
         )));
     }
-    let sig_bytes = &bytes[ranges[sig_index].clone()];
     if crc32fast::hash(sig_bytes) != sig_meta.crc32 {
         return Err(VerifyError::Corrupt {
             name: SIGNATURE.to_owned(),
@@ -673,11 +772,11 @@ pub(crate) fn verify_archive(
         .map_err(|e| VerifyError::BadKey(format!("bad base64 ({e})")))?;
     let public_key =
         PublicKey::from_bytes(&key_raw).map_err(|e| VerifyError::BadKey(e.to_string()))?;
-    let sig_raw = B64
+    let signature = B64
         .decode(&doc.signature)
         .map_err(|e| VerifyError::SignatureEntry(format!("signature is not base64 ({e})")))?;
-    if sig_raw.len() != 64 {
-        return Err(VerifyError::SignatureLength(sig_raw.len()));
+    if signature.len() != 64 {
+        return Err(VerifyError::SignatureLength(signature.len()));
     }
     let fingerprint = public_key.fingerprint();
     if doc.fingerprint != fingerprint.to_string() {
@@ -692,8 +791,16 @@ pub(crate) fn verify_archive(
             doc.signer_name, domain.signer_name_is
         )));
     }
+    Ok(SignatureEntry {
+        doc,
+        public_key,
+        signature,
+    })
+}
 
-    // 4. Coverage: the listing names exactly the other entries, with the same metadata.
+/// Step 4 of [`verify_archive`], coverage: the listing names exactly the `covered` entries
+/// (all but the signature entry), in archive order, with the same metadata.
+fn check_coverage(doc: &SignatureDoc, covered: &[EntryMeta<'_>]) -> Result<(), VerifyError> {
     let listed: BTreeMap<&str, &SignedEntry> =
         doc.entries.iter().map(|e| (e.name.as_str(), e)).collect();
     if listed.len() != doc.entries.len() {
@@ -701,14 +808,14 @@ pub(crate) fn verify_archive(
             "an entry is listed twice".into(),
         ));
     }
-    for name in &names[..sig_index] {
-        if !listed.contains_key(name) {
+    for meta in covered {
+        if !listed.contains_key(meta.name) {
             return Err(VerifyError::Uncovered {
-                name: (*name).to_owned(),
+                name: meta.name.to_owned(),
             });
         }
     }
-    let present: HashSet<&str> = names[..sig_index].iter().copied().collect();
+    let present: HashSet<&str> = covered.iter().map(|m| m.name).collect();
     for e in &doc.entries {
         if !present.contains(e.name.as_str()) {
             return Err(VerifyError::Missing {
@@ -716,7 +823,7 @@ pub(crate) fn verify_archive(
             });
         }
     }
-    for (i, meta) in metas[..sig_index].iter().enumerate() {
+    for (i, meta) in covered.iter().enumerate() {
         let signed = listed[meta.name];
         let mismatch = |field| VerifyError::Mismatch {
             name: meta.name.to_owned(),
@@ -740,30 +847,7 @@ pub(crate) fn verify_archive(
             return Err(mismatch("CRC-32"));
         }
     }
-
-    // 5. Every stored byte against its signed SHA-256, then the signature itself.
-    let covered = &metas[..sig_index];
-    let entries = hash_entries(
-        bytes,
-        covered,
-        &ranges,
-        &doc,
-        domain.prefix,
-        &public_key,
-        &sig_raw,
-    )?;
-    let mut ranges = ranges;
-    ranges.truncate(sig_index);
-    Ok(SignedArchive {
-        entries,
-        ranges,
-        signer: Signer {
-            public_key,
-            fingerprint,
-            name: doc.signer_name,
-            signed_at: doc.signed_at,
-        },
-    })
+    Ok(())
 }
 
 /// A bundle whose signature, structure and manifest have been verified: every stored byte is
@@ -783,20 +867,7 @@ pub struct SignedBundle<'a> {
 }
 
 impl SignedBundle<'_> {
-    pub fn manifest(&self) -> &Manifest {
-        &self.manifest
-    }
-    /// The manifest exactly as signed.
-    pub fn manifest_bytes(&self) -> &[u8] {
-        &self.manifest_bytes
-    }
-    pub fn signer(&self) -> &Signer {
-        &self.signer
-    }
-    /// Every entry except the signature entry, in bundle order.
-    pub fn entries(&self) -> &[EntryInfo] {
-        &self.entries
-    }
+    signed_accessors!();
 
     /// Inflates and checks the module and the inputs.
     pub fn extract(self) -> Result<VerifiedBundle, VerifyError> {
@@ -897,7 +968,7 @@ fn hash_entries(
 /// Errors while building a bundle.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
-    #[error("entry {name:?}: {reason}")]
+    #[error("entry {name:?}")]
     BadName {
         name: String,
         #[source]
@@ -913,7 +984,7 @@ pub enum BuildError {
     TooManyBytes(u64),
     #[error("the bundle would be larger than {0} bytes")]
     BundleTooLarge(u64),
-    #[error("invalid signer name: {0}")]
+    #[error("invalid signer name")]
     SignerName(#[source] crate::keys::KeyError),
 }
 
@@ -1041,28 +1112,8 @@ pub(crate) fn sign_entries(
         };
         parts.push((meta, stored));
     }
-    let public = key.public();
-    let mut doc = SignatureDoc {
-        format: FORMAT_VERSION,
-        algorithm: ALGORITHM.to_owned(),
-        public_key: public.to_base64(),
-        fingerprint: public.fingerprint().to_string(),
-        signer_name: signer_name.to_owned(),
-        signed_at,
-        entries: parts
-            .iter()
-            .map(|(m, stored)| SignedEntry {
-                name: m.name.to_owned(),
-                method: m.method.as_str().to_owned(),
-                crc32: format!("{:08x}", m.crc32),
-                size: m.size,
-                stored_size: m.stored_size,
-                sha256: hex(&Sha256::digest(stored)),
-            })
-            .collect(),
-        signature: String::new(),
-    };
-    doc.signature = B64.encode(key.sign(&doc.statement_in(domain.prefix)));
+    let listing = parts.iter().map(|(m, s)| SignedEntry::new(m, s)).collect();
+    let doc = SignatureDoc::sign(key, domain.prefix, signer_name, signed_at, listing);
     let sig_json = serde_json::to_vec(&doc).unwrap_or_default();
     parts.push((
         EntryMeta {
@@ -1104,7 +1155,7 @@ pub(crate) fn sign_entries(
 pub enum PackError {
     #[error("reading the job folder")]
     Read(#[from] FileError),
-    #[error("{0}")]
+    #[error(transparent)]
     Manifest(#[from] ManifestError),
     #[error("{path} is not a regular file (symbolic links and folders are not packed)")]
     NotRegular { path: PathBuf },

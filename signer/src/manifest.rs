@@ -64,7 +64,6 @@ impl Limits {
     }
 
     pub fn check(&self) -> Result<(), ManifestError> {
-        let bad = |field: &'static str, why: String| Err(ManifestError::Field { field, why });
         if !(1..=Self::MAX_TIME_MS).contains(&self.time_ms) {
             return bad(
                 "limits.time_ms",
@@ -182,6 +181,22 @@ fn shown_field(field: &str) -> String {
     }
 }
 
+/// The `format` field of a JSON document, if the document is an object that has one. Read on
+/// its own, before (or after a failed) strict parse, so that a document of a newer format
+/// version gets that clear error rather than one about a field it does not know.
+pub(crate) fn format_field(bytes: &[u8]) -> Option<serde_json::Value> {
+    #[derive(Deserialize)]
+    struct Version {
+        format: Option<serde_json::Value>,
+    }
+    serde_json::from_slice::<Version>(bytes).ok()?.format
+}
+
+/// Refuses a manifest for one field's value.
+fn bad(field: &'static str, why: String) -> Result<(), ManifestError> {
+    Err(ManifestError::Field { field, why })
+}
+
 fn default_tasks() -> u32 {
     1
 }
@@ -194,7 +209,7 @@ fn default_group() -> String {
 pub enum ManifestError {
     #[error("manifest.json is larger than {MAX_MANIFEST_BYTES} bytes")]
     TooLarge,
-    #[error("manifest.json is not valid: {0}")]
+    #[error("manifest.json is not valid")]
     Json(#[source] serde_json::Error),
     /// A field this format version does not define (`limits.x` for one inside `limits`).
     /// Refused rather than ignored: a field a verifier skips could carry a meaning to another
@@ -216,13 +231,7 @@ impl Manifest {
         }
         // Read the version first so that a future format gets a clear error rather than an
         // "unknown field" one.
-        #[derive(Deserialize)]
-        struct Version {
-            format: Option<serde_json::Value>,
-        }
-        if let Ok(Version {
-            format: Some(serde_json::Value::Number(n)),
-        }) = serde_json::from_slice::<Version>(bytes)
+        if let Some(serde_json::Value::Number(n)) = format_field(bytes)
             && n.as_u64() != Some(u64::from(FORMAT_VERSION))
         {
             return Err(ManifestError::UnknownVersion(
@@ -250,7 +259,6 @@ impl Manifest {
 
     /// Checks every field's bounds (not whether the named files exist: the bundle does that).
     pub fn validate(&self) -> Result<(), ManifestError> {
-        let bad = |field: &'static str, why: String| Err(ManifestError::Field { field, why });
         if self.format != FORMAT_VERSION {
             return Err(ManifestError::UnknownVersion(self.format));
         }
@@ -274,6 +282,26 @@ impl Manifest {
                 format!("must be at most {MAX_DESCRIPTION} bytes of text"),
             );
         }
+        self.check_files()?;
+        self.check_args_env()?;
+        if !(1..=MAX_TASKS).contains(&self.tasks) {
+            return bad("tasks", format!("must be 1..={MAX_TASKS}"));
+        }
+        if !valid_group(&self.group) {
+            return bad(
+                "group",
+                format!(
+                    "{:?} must look like /seg or /seg/seg with segments [a-z0-9_-]",
+                    self.group
+                ),
+            );
+        }
+        self.check_outputs()?;
+        self.limits.check()
+    }
+
+    /// `entry` and `inputs`: valid entry names, not reserved, no name twice.
+    fn check_files(&self) -> Result<(), ManifestError> {
         if let Err(e) = paths::check_entry_name(&self.entry) {
             return bad("entry", e.to_string());
         }
@@ -302,6 +330,11 @@ impl Manifest {
                 );
             }
         }
+        Ok(())
+    }
+
+    /// `args` and `env`: counts, sizes, no NUL, env key syntax, and their total size.
+    fn check_args_env(&self) -> Result<(), ManifestError> {
         if self.args.len() > MAX_ARGS {
             return bad("args", format!("has more than {MAX_ARGS} items"));
         }
@@ -350,18 +383,11 @@ impl Manifest {
                 format!("args and env together exceed {MAX_ARGS_ENV_TOTAL} bytes"),
             );
         }
-        if !(1..=MAX_TASKS).contains(&self.tasks) {
-            return bad("tasks", format!("must be 1..={MAX_TASKS}"));
-        }
-        if !valid_group(&self.group) {
-            return bad(
-                "group",
-                format!(
-                    "{:?} must look like /seg or /seg/seg with segments [a-z0-9_-]",
-                    self.group
-                ),
-            );
-        }
+        Ok(())
+    }
+
+    /// `outputs`: at most [`MAX_OUTPUTS`] relative path patterns.
+    fn check_outputs(&self) -> Result<(), ManifestError> {
         if self.outputs.len() > MAX_OUTPUTS {
             return bad("outputs", format!("has more than {MAX_OUTPUTS} patterns"));
         }
@@ -376,7 +402,7 @@ impl Manifest {
                 );
             }
         }
-        self.limits.check()
+        Ok(())
     }
 
     /// Whether a node serving `node_group` may run this job (see [`node_serves`]).

@@ -6,17 +6,13 @@
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as B64;
-use rjs_signer::bundle::{ALGORITHM, BUNDLE_DOMAIN, SignatureDoc, SignedEntry, WASM_HEADER, hex};
-use rjs_signer::manifest::FORMAT_VERSION;
+use rjs_signer::bundle::{BUNDLE_DOMAIN, SignatureDoc, SignedEntry, WASM_HEADER};
 use rjs_signer::paths::SIGNATURE;
 use rjs_signer::zipfmt::{self, EntryMeta, LOCAL_HEADER_LEN, Method};
 use rjs_signer::zipread;
 use rjs_signer::{
     BundleBuilder, KeyPair, VerifiedBundle, VerifyError, VerifyLimits, verify_bytes, verify_signed,
 };
-use sha2::{Digest, Sha256};
 
 pub const SIGNER: &str = "alice";
 pub const SIGNED_AT: u64 = 1_700_000_000;
@@ -232,14 +228,7 @@ pub fn edit_signature(bundle: &[u8], edit: impl FnOnce(&mut SignatureDoc)) -> Ve
 
 /// The listing entry the library would write for a part.
 pub fn signed_entry(p: &Part) -> SignedEntry {
-    SignedEntry {
-        name: p.name.clone(),
-        method: p.method.as_str().to_owned(),
-        crc32: format!("{:08x}", p.crc32),
-        size: p.size,
-        stored_size: p.stored.len() as u64,
-        sha256: hex(&Sha256::digest(&p.stored)),
-    }
+    SignedEntry::new(&p.meta(), &p.stored)
 }
 
 /// Signs arbitrary parts exactly as the library does, without any of its checks (so a test
@@ -257,18 +246,8 @@ pub fn sign_parts_as(
     signer: &str,
     signed_at: u64,
 ) -> Vec<u8> {
-    let public = key.public();
-    let mut doc = SignatureDoc {
-        format: FORMAT_VERSION,
-        algorithm: ALGORITHM.to_owned(),
-        public_key: public.to_base64(),
-        fingerprint: public.fingerprint().to_string(),
-        signer_name: signer.to_owned(),
-        signed_at,
-        entries: parts.iter().map(signed_entry).collect(),
-        signature: String::new(),
-    };
-    doc.signature = B64.encode(key.sign(&doc.statement_in(domain)));
+    let listing = parts.iter().map(signed_entry).collect();
+    let doc = SignatureDoc::sign(key, domain, signer, signed_at, listing);
     let mut all = parts.to_vec();
     all.push(Part::stored(SIGNATURE, &serde_json::to_vec(&doc).unwrap()));
     relayout(&all)
@@ -386,6 +365,40 @@ pub fn assert_exit(o: &Output, code: i32) {
         stdout(o),
         String::from_utf8_lossy(&o.stderr)
     );
+}
+
+/// `bytes` with the byte at `at` XORed with `xor`: a one-byte change.
+pub fn flipped(bytes: &[u8], at: usize, xor: u8) -> Vec<u8> {
+    let mut b = bytes.to_vec();
+    b[at] ^= xor;
+    b
+}
+
+/// One case of a byte-flip property: `bytes` with the byte at `pos` flipped with `xor` must
+/// not be `accepted`.
+pub fn flip_is_refused(
+    bytes: &[u8],
+    pos: proptest::sample::Index,
+    xor: u8,
+    accepted: impl Fn(&[u8]) -> bool,
+) -> Result<(), proptest::test_runner::TestCaseError> {
+    let at = pos.index(bytes.len());
+    proptest::prop_assert!(
+        !accepted(&flipped(bytes, at, xor)),
+        "flip at {} with {:#04x} accepted",
+        at,
+        xor
+    );
+    Ok(())
+}
+
+/// A fresh temporary folder holding `bytes` as the file `name`: the folder (the file lives as
+/// long as it does) and the file's path.
+pub fn temp_file(name: &str, bytes: &[u8]) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(name);
+    std::fs::write(&path, bytes).unwrap();
+    (dir, path)
 }
 
 /// Files in a directory (names), sorted.
