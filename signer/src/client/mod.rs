@@ -123,8 +123,8 @@ impl AuthorClient {
 
     /// A request to `path_and_query` signed at `timestamp` over a body whose SHA-256 is
     /// `content_sha256`, ready to send (the body still to be attached), and its
-    /// authentication fields. The building block of every call; tests use it to alter a
-    /// request (a stale timestamp, a replayed nonce) before sending it.
+    /// authentication fields. The building block of every call. The path is checked to be
+    /// sent exactly as signed.
     pub fn signed(
         &self,
         method: Method,
@@ -148,21 +148,49 @@ impl AuthorClient {
                 sent,
             });
         }
+        Ok(self.sign(method, path_and_query, content_sha256, timestamp))
+    }
+
+    /// A request carrying `body`, signed at `timestamp` over `path_and_query` as given (no
+    /// check that it is sent so: a malformed path fails when sent). For crafting requests by
+    /// hand — a stale timestamp, a replayed nonce, a tampered body — as the web server's
+    /// tests do; programs use the calls below.
+    pub fn signed_request(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        body: Vec<u8>,
+        timestamp: u64,
+    ) -> (RequestBuilder, RequestAuth) {
+        let (req, auth) = self.sign(method, path_and_query, &sha256_hex(&body), timestamp);
+        let req = req
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .body(body);
+        (req, auth)
+    }
+
+    fn sign(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        content_sha256: &str,
+        timestamp: u64,
+    ) -> (RequestBuilder, RequestAuth) {
         let auth = RequestAuth::sign(
             &self.key,
             method.as_str(),
-            &sent,
+            path_and_query,
             content_sha256,
             timestamp,
         );
         let mut req = self
             .http
-            .request(method, parsed)
+            .request(method, self.server.join(path_and_query))
             .header(reqwest::header::ACCEPT, "application/json, */*");
         for (name, value) in auth.headers() {
             req = req.header(name, value);
         }
-        Ok((req, auth))
+        (req, auth)
     }
 
     /// Sends one signed request (signed now) and returns the response whatever its status.
