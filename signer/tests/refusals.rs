@@ -416,6 +416,21 @@ fn unsupported_compression_method() {
 // ---------------------------------------------------------------------------------------
 // Limits
 
+/// `bytes` verifies under the limits `with(at)` and is refused (by `rule`) under `with(at - 1)`:
+/// the limit is exact. Returns the refusal.
+#[track_caller]
+fn assert_exact_limit<T: Copy + std::ops::Sub<Output = T> + From<u8>>(
+    bytes: &[u8],
+    at: T,
+    with: impl Fn(T) -> VerifyLimits,
+    rule: &str,
+) -> VerifyError {
+    assert!(verify_bytes(bytes, &with(at)).is_ok());
+    let e = refusal_with(bytes, &with(at - T::from(1)));
+    assert_eq!(e.rule(), rule);
+    e
+}
+
 #[test]
 fn too_many_entries() {
     let bytes = valid_bundle(); // 4 entries, the signature entry included
@@ -423,9 +438,7 @@ fn too_many_entries() {
         max_entries,
         ..VerifyLimits::default()
     };
-    assert!(verify_bytes(&bytes, &limits(4)).is_ok());
-    let e = refusal_with(&bytes, &limits(3));
-    assert_eq!(e.rule(), "too-many-entries");
+    let e = assert_exact_limit(&bytes, 4, limits, "too-many-entries");
     assert!(matches!(
         e,
         VerifyError::Zip(ZipError::TooManyEntries { count: 4, limit: 3 })
@@ -449,9 +462,7 @@ fn too_many_bytes() {
         max_total_bytes,
         ..VerifyLimits::default()
     };
-    assert!(verify_bytes(&bytes, &limits(total)).is_ok());
-    let e = refusal_with(&bytes, &limits(total - 1));
-    assert_eq!(e.rule(), "too-many-bytes");
+    let e = assert_exact_limit(&bytes, total, limits, "too-many-bytes");
     // It is the signature entry (the last one) that crosses the limit.
     assert_eq!(e.entry(), Some(SIGNATURE));
 
@@ -471,9 +482,7 @@ fn bundle_too_large() {
         max_bundle_bytes,
         ..VerifyLimits::default()
     };
-    assert!(verify_bytes(&bytes, &limits(bytes.len() as u64)).is_ok());
-    let e = refusal_with(&bytes, &limits(bytes.len() as u64 - 1));
-    assert_eq!(e.rule(), "bundle-too-large");
+    assert_exact_limit(&bytes, bytes.len() as u64, limits, "bundle-too-large");
 }
 
 #[test]
@@ -518,9 +527,7 @@ fn compression_ratio_limit_is_exact() {
         max_ratio,
         ..VerifyLimits::default()
     };
-    assert!(verify_bytes(&bytes, &limits(ratio)).is_ok());
-    let e = refusal_with(&bytes, &limits(ratio - 1));
-    assert_eq!(e.rule(), "compression-ratio");
+    let e = assert_exact_limit(&bytes, ratio, limits, "compression-ratio");
     assert_eq!(e.entry(), Some(p.name.as_str()));
 }
 
