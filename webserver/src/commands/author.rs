@@ -1,0 +1,57 @@
+//! `rjs-webserver author add | list | remove`.
+
+use clap::Subcommand;
+use rjs_webserver::admin;
+
+use super::{Data, print_roster_row};
+
+#[derive(Subcommand)]
+pub enum AuthorCmd {
+    /// Enroll an author's public key.
+    Add {
+        /// The author's name (A-Z a-z 0-9 . _ @ -, at most 64).
+        name: String,
+        /// The public key: a `.pub` file, a `rjs-ed25519 <base64> [name]` line or base64.
+        #[arg(long, value_name = "PUBKEY")]
+        key: String,
+        #[command(flatten)]
+        data: Data,
+    },
+    /// List authors (removed ones too).
+    List {
+        #[command(flatten)]
+        data: Data,
+    },
+    /// Remove an author: their key no longer authenticates (their jobs stay).
+    Remove {
+        name: String,
+        #[command(flatten)]
+        data: Data,
+    },
+}
+
+impl AuthorCmd {
+    pub fn run(self) -> anyhow::Result<()> {
+        match self {
+            AuthorCmd::Add { name, key, data } => {
+                let a = admin::author_add(&data.data, &name, &key)?;
+                println!("added author {} ({})", a.name, a.fingerprint);
+            }
+            AuthorCmd::List { data } => {
+                let authors = admin::author_list(&data.data)?;
+                if authors.is_empty() {
+                    println!("no authors");
+                }
+                for a in authors {
+                    let state = if a.removed { "removed" } else { "active" };
+                    print_roster_row(&a.name, &a.fingerprint, state, a.created_at);
+                }
+            }
+            AuthorCmd::Remove { name, data } => {
+                admin::author_remove(&data.data, &name)?;
+                println!("removed author {name}");
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,113 @@
+//! The command line: one module per subcommand, each a clap `Args`/`Subcommand` type with a
+//! `run` that calls the library and prints what it did.
+
+mod author;
+mod init;
+mod lookup;
+mod serve;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "rjs-webserver",
+    version,
+    about = "RJS web server: bundles, jobs and answers; author accounts; the lookup API over mutual TLS"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// `--data DIR`, shared by every subcommand.
+#[derive(Args)]
+struct Data {
+    /// The server's data directory (created by `init`).
+    #[arg(long, value_name = "DIR", env = "RJS_WEBSERVER_DATA")]
+    data: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create the data directory: CA, server certificate, database, blob store.
+    Init(init::Init),
+    /// Manage the authors allowed to upload bundles.
+    #[command(subcommand)]
+    Author(author::AuthorCmd),
+    /// Manage the lookup servers allowed to lease jobs.
+    #[command(subcommand)]
+    Lookup(lookup::LookupCmd),
+    /// Serve the author and lookup APIs over HTTPS until SIGTERM/SIGINT.
+    Serve(serve::Serve),
+}
+
+impl Cli {
+    /// Runs the subcommand.
+    pub fn run(self) -> anyhow::Result<()> {
+        match self.command {
+            Command::Init(c) => c.run(),
+            Command::Author(c) => c.run(),
+            Command::Lookup(c) => c.run(),
+            Command::Serve(c) => c.run(),
+        }
+    }
+}
+
+/// One row of `author list` / `lookup list`: name, fingerprint, state, enrolment date.
+fn print_roster_row(name: &str, fingerprint: &str, state: &str, created_at: i64) {
+    println!(
+        "{name:<24} {fingerprint}  {state:<7}  since {}",
+        date(created_at)
+    );
+}
+
+/// `YYYY-MM-DD` (UTC).
+fn date(secs: i64) -> String {
+    let (y, m, d) = rjs_webserver::pki::civil_from_unix(secs);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates() {
+        assert_eq!(date(0), "1970-01-01");
+        assert_eq!(date(951_782_400), "2000-02-29");
+    }
+
+    #[test]
+    fn cli_parses() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn size_flags_take_the_shared_grammar_and_refuse_zero() {
+        use clap::Parser as _;
+        let serve = |size: &str| {
+            Cli::try_parse_from([
+                "rjs-webserver",
+                "serve",
+                "--data",
+                "d",
+                "--max-bundle",
+                size,
+            ])
+            .map(|cli| match cli.command {
+                Command::Serve(s) => s.max_bundle,
+                _ => unreachable!(),
+            })
+        };
+        assert_eq!(serve("123").unwrap(), 123);
+        assert_eq!(serve("64M").unwrap(), 64 << 20);
+        assert_eq!(serve("2KiB").unwrap(), 2048);
+        assert_eq!(serve("1g").unwrap(), 1 << 30);
+        for bad in ["0", "12X", "", "99999999999999999999G"] {
+            assert!(serve(bad).is_err(), "{bad:?}");
+        }
+    }
+}
