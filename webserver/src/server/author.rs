@@ -11,11 +11,22 @@ use super::auth::{
     Authed, authenticate, check_body, check_nonce_unused, finish, nonce_expiry, replayed,
 };
 use super::body::{
-    blocking, check_declared_length, drained, file_body, read_limited, sha256_hex, stream_to_blob,
+    blocking, check_declared_length, file_body, read_limited, sha256_hex, stream_to_blob,
 };
 use super::error::ApiError;
+use super::route::{Call, Caller, Reply};
 use super::validate;
 use crate::store::{NewSubmission, RequestNonce, StoreError, now};
+
+/// An author API request: signed by an enrolled author (the head checked, the body's hash
+/// and the nonce still to check: [`finish`]).
+pub type AuthorCall<'a> = Call<'a, Authed>;
+
+impl Caller for Authed {
+    async fn identify(req: &HttpRequest, state: &AppState) -> Result<Self, ApiError> {
+        authenticate(req, state).await
+    }
+}
 
 /// Largest body of an author request other than an upload (they have none).
 pub const MAX_SMALL_BODY: usize = 64 * 1024;
@@ -23,7 +34,9 @@ pub const MAX_SMALL_BODY: usize = 64 * 1024;
 fn query<T: serde::de::DeserializeOwned>(req: &HttpRequest) -> Result<T, ApiError> {
     web::Query::<T>::from_query(req.query_string())
         .map(web::Query::into_inner)
-        .map_err(|e| ApiError::bad_request(format!("query parameters: {e}")))
+        .map_err(|e| {
+            ApiError::bad_request(format!("query parameters: {}", rjs_cmd::report::Chain(&e)))
+        })
 }
 
 /// Finishes authenticating a request without a meaningful body: reads the (small) body for
@@ -51,138 +64,135 @@ struct UploadQuery {
 /// check has passed, then recorded with the nonce in one transaction. If that transaction
 /// fails (a replay that raced this request, a store error), the blob is removed again unless
 /// something else refers to or is committing the same content.
-pub async fn upload(
-    req: HttpRequest,
-    payload: web::Payload,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
-    drained(payload, async |payload| {
-        let authed = authenticate(&req, &state).await?;
-        let UploadQuery { resubmit } = query(&req)?;
-        let max = state.limits.max_bundle;
-        check_declared_length(&req, "the bundle", max)?;
-        let blobs = state.blobs.clone();
-        let writer = blocking(move || {
-            blobs
-                .writer(max)
-                .map_err(|e| ApiError::internal("starting an upload", &e))
-        })
-        .await?;
-        let writer = stream_to_blob(payload, writer, "the bundle", max).await?;
-        check_body(&authed, &writer.sha256_hex())?;
-        check_nonce_unused(&state, &authed).await?;
-
-        let store = state.store.clone();
-        let blobs = state.blobs.clone();
-        let pins = state.pins.clone();
-        let author = authed.author.clone();
-        let uploader = authed.auth.key;
-        let nonce = authed.auth.nonce.clone();
-        let nonce_expires = nonce_expiry(&authed);
-        let limits = VerifyLimits {
-            max_bundle_bytes: max,
-            ..VerifyLimits::default()
-        };
-        let (response, created) = blocking(move || {
-            let mut writer = writer;
-            let (name, tasks, group) = {
-                // Verified from a read-only map of the synced temporary file: never read
-                // into memory whole (see `BlobWriter::map_written`).
-                let mapped = writer
-                    .map_written()
-                    .map_err(|e| ApiError::internal("reading back the upload", &e))?;
-                let signed = rjs_signer::verify_signed(&mapped, &limits).map_err(|e| {
-                    ApiError::new(
-                        StatusCode::UNPROCESSABLE_ENTITY,
-                        "invalid-bundle",
-                        format!(
-                            "the bundle fails verification ({}): {}",
-                            e.rule(),
-                            rjs_signer::error_chain(&e)
-                        ),
-                    )
-                })?;
-                let signer = signed.signer();
-                if signer.public_key != uploader {
-                    return Err(ApiError::forbidden(
-                        "signer-mismatch",
-                        format!(
-                            "the bundle is signed by {}, not by the uploader {}",
-                            signer.fingerprint, author.fingerprint
-                        ),
-                    ));
-                }
-                let manifest = signed.manifest();
-                (
-                    manifest.name.clone(),
-                    manifest.tasks,
-                    manifest.group.clone(),
-                )
-            };
-            // Every check passed: now, and only now, the blob becomes visible.
-            let pin = pins.pin(&writer.sha256_hex());
-            let (sha, size) = writer
-                .commit()
-                .map_err(|e| ApiError::internal("storing the bundle", &e))?;
-            let recorded = store.submit(&NewSubmission {
-                author_id: author.id,
-                bundle_id: &sha,
-                name: &name,
-                tasks,
-                group: &group,
-                size,
-                resubmit,
-                now: now(),
-                nonce: Some(RequestNonce {
-                    nonce: &nonce,
-                    expires_at: nonce_expires,
-                }),
-            });
-            let submission = match recorded {
-                Ok(s) => {
-                    drop(pin);
-                    s
-                }
-                Err(e) => {
-                    pin.release_unreferenced(store.as_ref(), &blobs);
-                    return Err(match e {
-                        StoreError::Replayed => replayed(),
-                        e => ApiError::internal("recording the bundle", &e),
-                    });
-                }
-            };
-            let response = UploadResponse {
-                bundle_id: sha,
-                name,
-                tasks,
-                created: submission.created,
-                jobs: submission
-                    .jobs
-                    .into_iter()
-                    .map(|(id, task)| JobRef { id, task })
-                    .collect(),
-            };
-            Ok((response, submission.created))
-        })
-        .await?;
-        if created {
-            state.notify_queued().await;
-        }
-        tracing::info!(
-            author = %authed.author.name,
-            bundle = %response.bundle_id,
-            tasks = response.tasks,
-            created,
-            "bundle uploaded"
-        );
-        let status = if created {
-            StatusCode::CREATED
-        } else {
-            StatusCode::OK
-        };
-        Ok(HttpResponse::build(status).json(response))
+pub async fn upload(call: AuthorCall<'_>, payload: &mut web::Payload) -> Reply {
+    let Call {
+        req,
+        state,
+        caller: authed,
+    } = call;
+    let UploadQuery { resubmit } = query(req)?;
+    let max = state.limits.max_bundle;
+    check_declared_length(req, "the bundle", max)?;
+    let blobs = state.blobs.clone();
+    let writer = blocking(move || {
+        blobs
+            .writer(max)
+            .map_err(|e| ApiError::internal("starting an upload", &e))
     })
-    .await
+    .await?;
+    let writer = stream_to_blob(payload, writer, "the bundle", max).await?;
+    check_body(&authed, &writer.sha256_hex())?;
+    check_nonce_unused(state, &authed).await?;
+
+    let store = state.store.clone();
+    let blobs = state.blobs.clone();
+    let pins = state.pins.clone();
+    let author = authed.author.clone();
+    let uploader = authed.auth.key;
+    let nonce = authed.auth.nonce.clone();
+    let nonce_expires = nonce_expiry(&authed);
+    let limits = VerifyLimits {
+        max_bundle_bytes: max,
+        ..VerifyLimits::default()
+    };
+    let (response, created) = blocking(move || {
+        let mut writer = writer;
+        let (name, tasks, group) = {
+            // Verified from a read-only map of the synced temporary file: never read
+            // into memory whole (see `BlobWriter::map_written`).
+            let mapped = writer
+                .map_written()
+                .map_err(|e| ApiError::internal("reading back the upload", &e))?;
+            let signed = rjs_signer::verify_signed(&mapped, &limits).map_err(|e| {
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid-bundle",
+                    format!(
+                        "the bundle fails verification ({}): {}",
+                        e.rule(),
+                        rjs_cmd::chain(&e)
+                    ),
+                )
+            })?;
+            let signer = signed.signer();
+            if signer.public_key != uploader {
+                return Err(ApiError::forbidden(
+                    "signer-mismatch",
+                    format!(
+                        "the bundle is signed by {}, not by the uploader {}",
+                        signer.fingerprint, author.fingerprint
+                    ),
+                ));
+            }
+            let manifest = signed.manifest();
+            (
+                manifest.name.clone(),
+                manifest.tasks,
+                manifest.group.clone(),
+            )
+        };
+        // Every check passed: now, and only now, the blob becomes visible.
+        let pin = pins.pin(&writer.sha256_hex());
+        let (sha, size) = writer
+            .commit()
+            .map_err(|e| ApiError::internal("storing the bundle", &e))?;
+        let recorded = store.submit(&NewSubmission {
+            author_id: author.id,
+            bundle_id: &sha,
+            name: &name,
+            tasks,
+            group: &group,
+            size,
+            resubmit,
+            now: now(),
+            nonce: Some(RequestNonce {
+                nonce: &nonce,
+                expires_at: nonce_expires,
+            }),
+        });
+        let submission = match recorded {
+            Ok(s) => {
+                drop(pin);
+                s
+            }
+            Err(e) => {
+                pin.release_unreferenced(store.as_ref(), &blobs);
+                return Err(match e {
+                    StoreError::Replayed => replayed(),
+                    e => ApiError::internal("recording the bundle", &e),
+                });
+            }
+        };
+        let response = UploadResponse {
+            bundle_id: sha,
+            name,
+            tasks,
+            created: submission.created,
+            jobs: submission
+                .jobs
+                .into_iter()
+                .map(|(id, task)| JobRef { id, task })
+                .collect(),
+        };
+        Ok((response, submission.created))
+    })
+    .await?;
+    if created {
+        state.notify_queued().await;
+    }
+    tracing::info!(
+        author = %authed.author.name,
+        bundle = %response.bundle_id,
+        tasks = response.tasks,
+        created,
+        "bundle uploaded"
+    );
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok(HttpResponse::build(status).json(response))
 }
 
 #[derive(Deserialize)]
@@ -192,69 +202,63 @@ struct JobsQuery {
 }
 
 /// `GET /api/v1/jobs[?bundle=<id>]`.
-pub async fn jobs(
-    req: HttpRequest,
-    payload: web::Payload,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
-    drained(payload, async |payload| {
-        let authed = authenticate(&req, &state).await?;
-        let JobsQuery { bundle } = query(&req)?;
-        if let Some(b) = &bundle {
-            validate::bundle_id(b)?;
-        }
-        finish_small(payload, &state, &authed).await?;
-        let author_id = authed.author.id;
-        let jobs = state
-            .store_call("listing jobs", move |s| {
-                s.jobs_of_author(author_id, bundle.as_deref())
-            })
-            .await?;
-        Ok(HttpResponse::Ok().json(JobList { jobs }))
-    })
-    .await
+pub async fn jobs(call: AuthorCall<'_>, payload: &mut web::Payload) -> Reply {
+    let Call {
+        req,
+        state,
+        caller: authed,
+    } = call;
+    let JobsQuery { bundle } = query(req)?;
+    if let Some(b) = &bundle {
+        validate::bundle_id(b)?;
+    }
+    finish_small(payload, state, &authed).await?;
+    let author_id = authed.author.id;
+    let jobs = state
+        .store_call("listing jobs", move |s| {
+            s.jobs_of_author(author_id, bundle.as_deref())
+        })
+        .await?;
+    Ok(HttpResponse::Ok().json(JobList { jobs }))
 }
 
 /// `GET /api/v1/jobs/{id}/answer`.
-pub async fn answer(
-    req: HttpRequest,
-    payload: web::Payload,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
-    drained(payload, async |payload| {
-        let authed = authenticate(&req, &state).await?;
-        let job_id = validate::job_id(req.match_info().get("id"))?;
-        finish_small(payload, &state, &authed).await?;
-        let store = state.store.clone();
-        let blobs = state.blobs.clone();
-        let author_id = authed.author.id;
-        let body = blocking(move || {
-            let answer = store.answer_of(author_id, job_id).map_err(|e| match e {
-                StoreError::NotFound(_) => {
-                    ApiError::not_found(format!("job {job_id} has no answer you may see"))
-                }
-                e => ApiError::internal("looking up the answer", &e),
-            })?;
-            match answer.inline {
-                Some(bytes) => Ok(AnswerBody::Inline(bytes)),
-                None => blobs
-                    .open_blob(&answer.sha256)
-                    .map(|(file, size)| AnswerBody::File(file, size))
-                    .map_err(|e| ApiError::internal("opening the answer", &e)),
+pub async fn answer(call: AuthorCall<'_>, payload: &mut web::Payload) -> Reply {
+    let Call {
+        req,
+        state,
+        caller: authed,
+    } = call;
+    let job_id = validate::job_id(req.match_info().get("id"))?;
+    finish_small(payload, state, &authed).await?;
+    let store = state.store.clone();
+    let blobs = state.blobs.clone();
+    let author_id = authed.author.id;
+    let body = blocking(move || {
+        let answer = store.answer_of(author_id, job_id).map_err(|e| match e {
+            StoreError::NotFound(_) => {
+                ApiError::not_found(format!("job {job_id} has no answer you may see"))
             }
-        })
-        .await?;
-        let mut response = HttpResponse::Ok();
-        response.content_type("application/zip").insert_header((
-            actix_web::http::header::CONTENT_DISPOSITION,
-            format!("attachment; filename=\"job-{job_id}-answer.zip\""),
-        ));
-        Ok(match body {
-            AnswerBody::Inline(bytes) => response.body(bytes),
-            AnswerBody::File(file, size) => response.body(file_body(file, size)),
-        })
+            e => ApiError::internal("looking up the answer", &e),
+        })?;
+        match answer.inline {
+            Some(bytes) => Ok(AnswerBody::Inline(bytes)),
+            None => blobs
+                .open_blob(&answer.sha256)
+                .map(|(file, size)| AnswerBody::File(file, size))
+                .map_err(|e| ApiError::internal("opening the answer", &e)),
+        }
     })
-    .await
+    .await?;
+    let mut response = HttpResponse::Ok();
+    response.content_type("application/zip").insert_header((
+        actix_web::http::header::CONTENT_DISPOSITION,
+        format!("attachment; filename=\"job-{job_id}-answer.zip\""),
+    ));
+    Ok(match body {
+        AnswerBody::Inline(bytes) => response.body(bytes),
+        AnswerBody::File(file, size) => response.body(file_body(file, size)),
+    })
 }
 
 /// Where an answer's bytes come from.
@@ -266,18 +270,15 @@ enum AnswerBody {
 }
 
 /// `GET /api/v1/whoami`.
-pub async fn whoami(
-    req: HttpRequest,
-    payload: web::Payload,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
-    drained(payload, async |payload| {
-        let authed = authenticate(&req, &state).await?;
-        finish_small(payload, &state, &authed).await?;
-        Ok(HttpResponse::Ok().json(WhoAmI {
-            name: authed.author.name,
-            fingerprint: authed.author.fingerprint,
-        }))
-    })
-    .await
+pub async fn whoami(call: AuthorCall<'_>, payload: &mut web::Payload) -> Reply {
+    let Call {
+        state,
+        caller: authed,
+        ..
+    } = call;
+    finish_small(payload, state, &authed).await?;
+    Ok(HttpResponse::Ok().json(WhoAmI {
+        name: authed.author.name,
+        fingerprint: authed.author.fingerprint,
+    }))
 }

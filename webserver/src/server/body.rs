@@ -30,7 +30,7 @@ where
         Ok(r) => r,
         Err(e) => Err(ApiError::internal_msg(
             "running a blocking task",
-            &e.to_string(),
+            &rjs_cmd::chain(&e),
         )),
     }
 }
@@ -105,7 +105,8 @@ pub async fn next_chunk(payload: &mut web::Payload) -> Result<Option<Bytes>, Api
         Ok(None) => Ok(None),
         Ok(Some(Ok(chunk))) => Ok(Some(chunk)),
         Ok(Some(Err(e))) => Err(ApiError::bad_request(format!(
-            "reading the request body: {e}"
+            "reading the request body: {}",
+            rjs_cmd::report::Chain(&e)
         ))),
     }
 }

@@ -60,7 +60,7 @@ impl ApiError {
 
     /// A server-side failure: logged with its whole cause chain, answered with `what` only.
     pub fn internal(what: &str, err: &(dyn std::error::Error + 'static)) -> Self {
-        tracing::error!(error = %rjs_signer::error_chain(err), "{what}");
+        tracing::error!(error = %rjs_cmd::chain(err), "{what}");
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",

@@ -17,12 +17,13 @@ use rjs_wire::api::{
 
 use super::AppState;
 use super::body::{
-    Received, WRITE_BATCH, blocking, check_declared_length, discard_body, drained, file_body,
-    next_chunk, read_limited, receive_answer, sha256_hex, start_blob, write_to_blob,
+    Received, WRITE_BATCH, blocking, check_declared_length, discard_body, file_body, next_chunk,
+    read_limited, receive_answer, sha256_hex, start_blob, write_to_blob,
 };
 use super::commit::{Ready, Recorded};
 use super::error::ApiError;
 use super::pins::{BlobPin, BlobPins};
+use super::route::{Call, Caller, Reply};
 use super::validate;
 use crate::store::blobs::{BlobStore, BlobWriter};
 use crate::store::{
@@ -40,6 +41,15 @@ pub const MAX_GROUPS: usize = 64;
 /// [`super::on_connect`].
 #[derive(Debug, Clone)]
 pub struct PeerCert(pub String);
+
+/// A lookup API request: from an enrolled, unrevoked lookup server.
+pub type LookupCall<'a> = Call<'a, LookupServer>;
+
+impl Caller for LookupServer {
+    async fn identify(req: &HttpRequest, state: &AppState) -> Result<Self, ApiError> {
+        identify(req, state).await
+    }
+}
 
 /// The lookup server this request comes from.
 pub async fn identify(req: &HttpRequest, state: &AppState) -> Result<LookupServer, ApiError> {
@@ -80,7 +90,8 @@ async fn json_body<T: serde::de::DeserializeOwned>(
     payload: &mut web::Payload,
 ) -> Result<T, ApiError> {
     let body = read_limited(payload, "the request body", MAX_JSON_BODY).await?;
-    serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("request JSON: {e}")))
+    serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("request JSON: {}", rjs_cmd::report::Chain(&e))))
 }
 
 fn check_lease_secs(secs: u32) -> Result<(), ApiError> {
@@ -105,143 +116,131 @@ fn check_batch(ids: &[i64]) -> Result<(), ApiError> {
 }
 
 /// `POST /lookup/v1/lease`.
-pub async fn lease(
-    req: HttpRequest,
-    payload: web::Payload,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
-    drained(payload, async |payload| {
-        let lookup = identify(&req, &state).await?;
-        let r: LeaseRequest = json_body(payload).await?;
-        if !(1..=MAX_BATCH).contains(&r.max) {
-            return Err(ApiError::bad_request(format!(
-                "max must be 1..={MAX_BATCH}"
-            )));
-        }
-        check_lease_secs(r.lease_secs)?;
-        if r.groups.len() > MAX_GROUPS {
-            return Err(ApiError::bad_request(format!(
-                "at most {MAX_GROUPS} groups"
-            )));
-        }
-        if let Some(g) = r
-            .groups
-            .iter()
-            .find(|g| !rjs_signer::manifest::valid_group(g))
-        {
-            return Err(ApiError::bad_request(format!(
-                "invalid group {:?} (/segment/segment…, segments of a-z 0-9 _ -)",
-                g.chars().take(140).collect::<String>()
-            )));
-        }
-        let store = state.store.clone();
-        let max_attempts = state.limits.max_attempts;
-        let leases = blocking(move || {
-            let now = now();
-            let until = now.saturating_add(i64::from(r.lease_secs));
-            store
-                .lease(lookup.id, r.max, &r.groups, until, now, max_attempts)
-                .map_err(|e| match e {
-                    StoreError::Revoked(_) => ApiError::forbidden(
-                        "revoked-lookup",
-                        format!("the lookup server {:?} was revoked", lookup.name),
-                    ),
-                    e => ApiError::internal("leasing jobs", &e),
-                })
-        })
-        .await?;
-        Ok(HttpResponse::Ok().json(LeaseResponse { leases }))
+pub async fn lease(call: LookupCall<'_>, payload: &mut web::Payload) -> Reply {
+    let Call {
+        state,
+        caller: lookup,
+        ..
+    } = call;
+    let r: LeaseRequest = json_body(payload).await?;
+    if !(1..=MAX_BATCH).contains(&r.max) {
+        return Err(ApiError::bad_request(format!(
+            "max must be 1..={MAX_BATCH}"
+        )));
+    }
+    check_lease_secs(r.lease_secs)?;
+    if r.groups.len() > MAX_GROUPS {
+        return Err(ApiError::bad_request(format!(
+            "at most {MAX_GROUPS} groups"
+        )));
+    }
+    if let Some(g) = r
+        .groups
+        .iter()
+        .find(|g| !rjs_signer::manifest::valid_group(g))
+    {
+        return Err(ApiError::bad_request(format!(
+            "invalid group {:?} (/segment/segment…, segments of a-z 0-9 _ -)",
+            g.chars().take(140).collect::<String>()
+        )));
+    }
+    let store = state.store.clone();
+    let max_attempts = state.limits.max_attempts;
+    let leases = blocking(move || {
+        let now = now();
+        let until = now.saturating_add(i64::from(r.lease_secs));
+        store
+            .lease(lookup.id, r.max, &r.groups, until, now, max_attempts)
+            .map_err(|e| match e {
+                StoreError::Revoked(_) => ApiError::forbidden(
+                    "revoked-lookup",
+                    format!("the lookup server {:?} was revoked", lookup.name),
+                ),
+                e => ApiError::internal("leasing jobs", &e),
+            })
     })
-    .await
+    .await?;
+    Ok(HttpResponse::Ok().json(LeaseResponse { leases }))
 }
 
 /// `POST /lookup/v1/renew`.
-pub async fn renew(
-    req: HttpRequest,
-    payload: web::Payload,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
-    drained(payload, async |payload| {
-        let lookup = identify(&req, &state).await?;
-        let r: RenewRequest = json_body(payload).await?;
-        check_batch(&r.job_ids)?;
-        check_lease_secs(r.lease_secs)?;
-        let now = now();
-        let until = now.saturating_add(i64::from(r.lease_secs));
-        let (renewed, lost) = state
-            .store_call("renewing leases", move |s| {
-                s.renew(lookup.id, &r.job_ids, until, now)
-            })
-            .await?;
-        Ok(HttpResponse::Ok().json(RenewResponse {
-            renewed,
-            lease_until: until,
-            lost,
-        }))
-    })
-    .await
+pub async fn renew(call: LookupCall<'_>, payload: &mut web::Payload) -> Reply {
+    let Call {
+        state,
+        caller: lookup,
+        ..
+    } = call;
+    let r: RenewRequest = json_body(payload).await?;
+    check_batch(&r.job_ids)?;
+    check_lease_secs(r.lease_secs)?;
+    let now = now();
+    let until = now.saturating_add(i64::from(r.lease_secs));
+    let (renewed, lost) = state
+        .store_call("renewing leases", move |s| {
+            s.renew(lookup.id, &r.job_ids, until, now)
+        })
+        .await?;
+    Ok(HttpResponse::Ok().json(RenewResponse {
+        renewed,
+        lease_until: until,
+        lost,
+    }))
 }
 
 /// `POST /lookup/v1/release`.
-pub async fn release(
-    req: HttpRequest,
-    payload: web::Payload,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
-    drained(payload, async |payload| {
-        let lookup = identify(&req, &state).await?;
-        let r: ReleaseRequest = json_body(payload).await?;
-        check_batch(&r.job_ids)?;
-        let released = state
-            .store_call("releasing leases", move |s| {
-                s.release(lookup.id, &r.job_ids, now())
-            })
-            .await?;
-        if !released.is_empty() {
-            state.notify_queued().await;
-        }
-        Ok(HttpResponse::Ok().json(ReleaseResponse { released }))
-    })
-    .await
+pub async fn release(call: LookupCall<'_>, payload: &mut web::Payload) -> Reply {
+    let Call {
+        state,
+        caller: lookup,
+        ..
+    } = call;
+    let r: ReleaseRequest = json_body(payload).await?;
+    check_batch(&r.job_ids)?;
+    let released = state
+        .store_call("releasing leases", move |s| {
+            s.release(lookup.id, &r.job_ids, now())
+        })
+        .await?;
+    if !released.is_empty() {
+        state.notify_queued().await;
+    }
+    Ok(HttpResponse::Ok().json(ReleaseResponse { released }))
 }
 
 /// `POST /lookup/v1/jobs/{id}/failure`.
-pub async fn failure(
-    req: HttpRequest,
-    payload: web::Payload,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
-    drained(payload, async |payload| {
-        let lookup = identify(&req, &state).await?;
-        let job_id = validate::job_id(req.match_info().get("id"))?;
-        let r: FailureRequest = json_body(payload).await?;
-        if !validate::reason(&r.reason) {
-            return Err(ApiError::bad_request(format!(
-                "reason must be 1 to {} bytes without control characters",
-                rjs_wire::api::MAX_REASON
-            )));
-        }
-        let store = state.store.clone();
-        let max_attempts = state.limits.max_attempts;
-        let (job_state, attempts) = blocking(move || {
-            store
-                .fail(lookup.id, job_id, &r.reason, max_attempts, now())
-                .map_err(|e| match e {
-                    StoreError::NotFound(_) => ApiError::not_found(format!("no job {job_id}")),
-                    StoreError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "not-leased", m),
-                    e => ApiError::internal("recording a failure", &e),
-                })
-        })
-        .await?;
-        if job_state == JobState::Queued {
-            state.notify_queued().await;
-        }
-        Ok(HttpResponse::Ok().json(FailureResponse {
-            state: job_state,
-            attempts,
-        }))
+pub async fn failure(call: LookupCall<'_>, payload: &mut web::Payload) -> Reply {
+    let Call {
+        req,
+        state,
+        caller: lookup,
+    } = call;
+    let job_id = validate::job_id(req.match_info().get("id"))?;
+    let r: FailureRequest = json_body(payload).await?;
+    if !validate::reason(&r.reason) {
+        return Err(ApiError::bad_request(format!(
+            "reason must be 1 to {} bytes without control characters",
+            rjs_wire::api::MAX_REASON
+        )));
+    }
+    let store = state.store.clone();
+    let max_attempts = state.limits.max_attempts;
+    let (job_state, attempts) = blocking(move || {
+        store
+            .fail(lookup.id, job_id, &r.reason, max_attempts, now())
+            .map_err(|e| match e {
+                StoreError::NotFound(_) => ApiError::not_found(format!("no job {job_id}")),
+                StoreError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "not-leased", m),
+                e => ApiError::internal("recording a failure", &e),
+            })
     })
-    .await
+    .await?;
+    if job_state == JobState::Queued {
+        state.notify_queued().await;
+    }
+    Ok(HttpResponse::Ok().json(FailureResponse {
+        state: job_state,
+        attempts,
+    }))
 }
 
 /// An answer's archive, received and ready to record.
@@ -482,68 +481,65 @@ async fn store_answers(
 }
 
 /// `PUT /lookup/v1/jobs/{id}/answer`.
-pub async fn answer(
-    req: HttpRequest,
-    payload: web::Payload,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
-    drained(payload, async |payload| {
-        let lookup = identify(&req, &state).await?;
-        let job_id = validate::job_id(req.match_info().get("id"))?;
-        let (outcome, node) = validate::answer_headers(req.headers())?;
-        let max = state.limits.max_answer;
-        let declared = check_declared_length(&req, "the answer", max)?;
-        // A body that may go to the blob store: first make sure it is wanted, so that nothing
-        // (not even a temporary file) is written for an answer that will not be recorded.
-        if !matches!(declared, Some(d) if d <= INLINE_ANSWER_MAX) {
-            match answer_target(&state, lookup.id, job_id).await? {
-                AnswerTarget::Missing => {
-                    return Err(ApiError::not_found(format!("no job {job_id}")));
-                }
-                AnswerTarget::NotLeased => return Err(not_leased(job_id)),
-                AnswerTarget::Answered => {
-                    discard_body(payload, "the answer", max).await?;
-                    tracing::debug!(lookup = %lookup.name, job = job_id,
-                                    "duplicate answer discarded unread");
-                    return Ok(HttpResponse::Ok().json(AnswerResponse {
-                        status: "duplicate".into(),
-                    }));
-                }
-                AnswerTarget::Open => {}
+pub async fn answer(call: LookupCall<'_>, payload: &mut web::Payload) -> Reply {
+    let Call {
+        req,
+        state,
+        caller: lookup,
+    } = call;
+    let job_id = validate::job_id(req.match_info().get("id"))?;
+    let (outcome, node) = validate::answer_headers(req.headers())?;
+    let max = state.limits.max_answer;
+    let declared = check_declared_length(req, "the answer", max)?;
+    // A body that may go to the blob store: first make sure it is wanted, so that nothing
+    // (not even a temporary file) is written for an answer that will not be recorded.
+    if !matches!(declared, Some(d) if d <= INLINE_ANSWER_MAX) {
+        match answer_target(state, lookup.id, job_id).await? {
+            AnswerTarget::Missing => {
+                return Err(ApiError::not_found(format!("no job {job_id}")));
             }
+            AnswerTarget::NotLeased => return Err(not_leased(job_id)),
+            AnswerTarget::Answered => {
+                discard_body(payload, "the answer", max).await?;
+                tracing::debug!(lookup = %lookup.name, job = job_id,
+                                "duplicate answer discarded unread");
+                return Ok(HttpResponse::Ok().json(AnswerResponse {
+                    status: "duplicate".into(),
+                }));
+            }
+            AnswerTarget::Open => {}
         }
-        let received = receive_answer(
-            payload,
-            &state.blobs,
-            declared,
-            "the answer",
-            max,
-            INLINE_ANSWER_MAX,
-        )
-        .await?;
-        let incoming = Incoming {
-            job_id,
-            outcome,
-            node,
-            archive: received.into(),
-        };
-        let result = store_answers(&state, lookup.id, vec![incoming]).await?;
-        let stored = match result.first() {
-            Some(Some(o)) => *o,
-            _ => return Err(ApiError::not_found(format!("no job {job_id}"))),
-        };
-        tracing::debug!(lookup = %lookup.name, job = job_id, outcome = ?stored, "answer received");
-        match stored {
-            AnswerOutcome::Stored => Ok(HttpResponse::Created().json(AnswerResponse {
-                status: "stored".into(),
-            })),
-            AnswerOutcome::Duplicate => Ok(HttpResponse::Ok().json(AnswerResponse {
-                status: "duplicate".into(),
-            })),
-            AnswerOutcome::NotLeased => Err(not_leased(job_id)),
-        }
-    })
-    .await
+    }
+    let received = receive_answer(
+        payload,
+        &state.blobs,
+        declared,
+        "the answer",
+        max,
+        INLINE_ANSWER_MAX,
+    )
+    .await?;
+    let incoming = Incoming {
+        job_id,
+        outcome,
+        node,
+        archive: received.into(),
+    };
+    let result = store_answers(state, lookup.id, vec![incoming]).await?;
+    let stored = match result.first() {
+        Some(Some(o)) => *o,
+        _ => return Err(ApiError::not_found(format!("no job {job_id}"))),
+    };
+    tracing::debug!(lookup = %lookup.name, job = job_id, outcome = ?stored, "answer received");
+    match stored {
+        AnswerOutcome::Stored => Ok(HttpResponse::Created().json(AnswerResponse {
+            status: "stored".into(),
+        })),
+        AnswerOutcome::Duplicate => Ok(HttpResponse::Ok().json(AnswerResponse {
+            status: "duplicate".into(),
+        })),
+        AnswerOutcome::NotLeased => Err(not_leased(job_id)),
+    }
 }
 
 fn frame_error(e: AnswerFrameError) -> ApiError {
@@ -551,9 +547,9 @@ fn frame_error(e: AnswerFrameError) -> ApiError {
         AnswerFrameError::AnswerTooLarge { .. } => ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "too-large",
-            format!("answer batch: {e}"),
+            format!("answer batch: {}", rjs_cmd::report::Chain(&e)),
         ),
-        e => ApiError::bad_request(format!("answer batch: {e}")),
+        e => ApiError::bad_request(format!("answer batch: {}", rjs_cmd::report::Chain(&e))),
     }
 }
 
@@ -679,125 +675,114 @@ async fn receive_batch(
 }
 
 /// `POST /lookup/v1/answers`: several answers, stored in one transaction.
-pub async fn answers(
-    req: HttpRequest,
-    payload: web::Payload,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
-    drained(payload, async |payload| {
-        let lookup = identify(&req, &state).await?;
-        let content_type = validate::single_header(req.headers(), header::CONTENT_TYPE.as_str())?;
-        if content_type.map(str::trim) != Some(ANSWERS_CONTENT_TYPE) {
-            return Err(ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported-media-type",
-                format!("an answer batch is sent as Content-Type: {ANSWERS_CONTENT_TYPE}"),
-            ));
-        }
-        let max_answer = state.limits.max_answer;
-        let limit = max_answer.max(MIN_ANSWER_BATCH_BODY);
-        check_declared_length(&req, "the answer batch", limit)?;
-        let records = receive_batch(payload, &state, lookup.id, max_answer, limit).await?;
-        let mut incoming = Vec::with_capacity(records.len());
-        for r in records {
-            let archive = match r.archive {
-                ReceivingArchive::Memory(bytes) => Archive::Inline(bytes),
-                ReceivingArchive::Discard(r) => Archive::Settled(r),
-                ReceivingArchive::Blob(Some(w), pending) if pending.is_empty() => Archive::Blob(w),
-                ReceivingArchive::Blob(..) => {
-                    return Err(ApiError::internal_msg(
-                        "reading an answer batch",
-                        "an answer upload was left incomplete",
-                    ));
-                }
-            };
-            incoming.push(Incoming {
-                job_id: r.header.job_id,
-                outcome: r.header.outcome,
-                node: r.header.node,
-                archive,
-            });
-        }
-        let job_ids: Vec<i64> = incoming.iter().map(|a| a.job_id).collect();
-        let outcomes = store_answers(&state, lookup.id, incoming).await?;
-        let results: Vec<AnswerBatchResult> = job_ids
-            .into_iter()
-            .zip(outcomes)
-            .map(|(job_id, o)| AnswerBatchResult {
-                job_id,
-                status: match o {
-                    Some(AnswerOutcome::Stored) => AnswerBatchStatus::Stored,
-                    Some(AnswerOutcome::Duplicate) => AnswerBatchStatus::Duplicate,
-                    Some(AnswerOutcome::NotLeased) => AnswerBatchStatus::NotLeased,
-                    None => AnswerBatchStatus::NotFound,
-                },
-            })
-            .collect();
-        tracing::debug!(
-            lookup = %lookup.name,
-            answers = results.len(),
-            stored = results.iter().filter(|r| r.status == AnswerBatchStatus::Stored).count(),
-            "answer batch received"
-        );
-        Ok(HttpResponse::Ok().json(AnswerBatchResponse { results }))
-    })
-    .await
+pub async fn answers(call: LookupCall<'_>, payload: &mut web::Payload) -> Reply {
+    let Call {
+        req,
+        state,
+        caller: lookup,
+    } = call;
+    let content_type = validate::single_header(req.headers(), header::CONTENT_TYPE.as_str())?;
+    if content_type.map(str::trim) != Some(ANSWERS_CONTENT_TYPE) {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+            format!("an answer batch is sent as Content-Type: {ANSWERS_CONTENT_TYPE}"),
+        ));
+    }
+    let max_answer = state.limits.max_answer;
+    let limit = max_answer.max(MIN_ANSWER_BATCH_BODY);
+    check_declared_length(req, "the answer batch", limit)?;
+    let records = receive_batch(payload, state, lookup.id, max_answer, limit).await?;
+    let mut incoming = Vec::with_capacity(records.len());
+    for r in records {
+        let archive = match r.archive {
+            ReceivingArchive::Memory(bytes) => Archive::Inline(bytes),
+            ReceivingArchive::Discard(r) => Archive::Settled(r),
+            ReceivingArchive::Blob(Some(w), pending) if pending.is_empty() => Archive::Blob(w),
+            ReceivingArchive::Blob(..) => {
+                return Err(ApiError::internal_msg(
+                    "reading an answer batch",
+                    "an answer upload was left incomplete",
+                ));
+            }
+        };
+        incoming.push(Incoming {
+            job_id: r.header.job_id,
+            outcome: r.header.outcome,
+            node: r.header.node,
+            archive,
+        });
+    }
+    let job_ids: Vec<i64> = incoming.iter().map(|a| a.job_id).collect();
+    let outcomes = store_answers(state, lookup.id, incoming).await?;
+    let results: Vec<AnswerBatchResult> = job_ids
+        .into_iter()
+        .zip(outcomes)
+        .map(|(job_id, o)| AnswerBatchResult {
+            job_id,
+            status: match o {
+                Some(AnswerOutcome::Stored) => AnswerBatchStatus::Stored,
+                Some(AnswerOutcome::Duplicate) => AnswerBatchStatus::Duplicate,
+                Some(AnswerOutcome::NotLeased) => AnswerBatchStatus::NotLeased,
+                None => AnswerBatchStatus::NotFound,
+            },
+        })
+        .collect();
+    tracing::debug!(
+        lookup = %lookup.name,
+        answers = results.len(),
+        stored = results.iter().filter(|r| r.status == AnswerBatchStatus::Stored).count(),
+        "answer batch received"
+    );
+    Ok(HttpResponse::Ok().json(AnswerBatchResponse { results }))
 }
 
 /// `GET /lookup/v1/bundles/{bundle_id}`.
-pub async fn bundle(
-    req: HttpRequest,
-    payload: web::Payload,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
-    drained(payload, async |payload| {
-        identify(&req, &state).await?;
-        let id =
-            validate::bundle_id(req.match_info().get("bundle_id").unwrap_or_default())?.to_owned();
-        read_limited(payload, "the request body", MAX_JSON_BODY).await?;
-        let etag = format!("\"{id}\"");
-        let not_modified =
-            match validate::single_header(req.headers(), header::IF_NONE_MATCH.as_str()) {
-                Ok(Some(v)) => validate::if_none_match(v, &id),
-                Ok(None) => false,
-                Err(e) => return Err(e),
-            };
-        let store = state.store.clone();
-        let blobs = state.blobs.clone();
-        let id2 = id.clone();
-        let file = blocking(move || {
-            if !store
-                .bundle_exists(&id2)
-                .map_err(ApiError::store("looking up the bundle"))?
-            {
-                return Err(ApiError::not_found(format!("no bundle {id2}")));
-            }
-            if not_modified {
-                return Ok(None);
-            }
-            blobs
-                .open_blob(&id2)
-                .map(Some)
-                .map_err(|e| ApiError::internal("opening the bundle", &e))
-        })
-        .await?;
-        let etag_value = HeaderValue::from_str(&etag)
-            .map_err(|e| ApiError::internal("building the ETag", &e))?;
-        Ok(match file {
-            None => HttpResponse::NotModified()
-                .insert_header((header::ETAG, etag_value))
-                .finish(),
-            Some((file, size)) => HttpResponse::Ok()
-                .content_type("application/octet-stream")
-                .insert_header((header::ETAG, etag_value))
-                .insert_header((
-                    header::CACHE_CONTROL,
-                    "private, max-age=31536000, immutable",
-                ))
-                .body(file_body(file, size)),
-        })
+pub async fn bundle(call: LookupCall<'_>, payload: &mut web::Payload) -> Reply {
+    let Call { req, state, .. } = call;
+    let id = validate::bundle_id(req.match_info().get("bundle_id").unwrap_or_default())?.to_owned();
+    read_limited(payload, "the request body", MAX_JSON_BODY).await?;
+    let etag = format!("\"{id}\"");
+    let not_modified = match validate::single_header(req.headers(), header::IF_NONE_MATCH.as_str())
+    {
+        Ok(Some(v)) => validate::if_none_match(v, &id),
+        Ok(None) => false,
+        Err(e) => return Err(e),
+    };
+    let store = state.store.clone();
+    let blobs = state.blobs.clone();
+    let id2 = id.clone();
+    let file = blocking(move || {
+        if !store
+            .bundle_exists(&id2)
+            .map_err(ApiError::store("looking up the bundle"))?
+        {
+            return Err(ApiError::not_found(format!("no bundle {id2}")));
+        }
+        if not_modified {
+            return Ok(None);
+        }
+        blobs
+            .open_blob(&id2)
+            .map(Some)
+            .map_err(|e| ApiError::internal("opening the bundle", &e))
     })
-    .await
+    .await?;
+    let etag_value =
+        HeaderValue::from_str(&etag).map_err(|e| ApiError::internal("building the ETag", &e))?;
+    Ok(match file {
+        None => HttpResponse::NotModified()
+            .insert_header((header::ETAG, etag_value))
+            .finish(),
+        Some((file, size)) => HttpResponse::Ok()
+            .content_type("application/octet-stream")
+            .insert_header((header::ETAG, etag_value))
+            .insert_header((
+                header::CACHE_CONTROL,
+                "private, max-age=31536000, immutable",
+            ))
+            .body(file_body(file, size)),
+    })
 }
 
 /// Whether the lookup with this certificate is still enrolled and not revoked (a store

@@ -19,6 +19,7 @@ mod error;
 mod events;
 mod lookup;
 mod pins;
+mod route;
 mod validate;
 
 use std::any::Any;
@@ -147,9 +148,9 @@ impl AppState {
         match web::block(move || store.queued_count()).await {
             Ok(Ok(n)) => self.events.notify(n),
             Ok(Err(e)) => {
-                tracing::warn!(error = %rjs_signer::error_chain(&e), "counting queued jobs")
+                tracing::warn!(error = %rjs_cmd::chain(&e), "counting queued jobs")
             }
-            Err(e) => tracing::warn!(error = %e, "counting queued jobs"),
+            Err(e) => tracing::warn!(error = %rjs_cmd::report::Chain(&e), "counting queued jobs"),
         }
     }
 }
@@ -186,24 +187,33 @@ async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
 /// The routes (under whatever app data holds a `web::Data<AppState>`).
 pub fn routes(cfg: &mut web::ServiceConfig) {
     use rjs_wire::api::{AUTHOR_PREFIX, LOOKUP_PREFIX};
+    use route::handler;
     let resource = |path: &str| web::resource(path).default_service(web::to(method_not_allowed));
     cfg.service(resource("/healthz").route(web::get().to(healthz)))
         .service(
             web::scope(AUTHOR_PREFIX)
-                .service(resource("/bundles").route(web::post().to(author::upload)))
-                .service(resource("/jobs").route(web::get().to(author::jobs)))
-                .service(resource("/jobs/{id}/answer").route(web::get().to(author::answer)))
-                .service(resource("/whoami").route(web::get().to(author::whoami))),
+                .service(resource("/bundles").route(web::post().to(handler(author::upload))))
+                .service(resource("/jobs").route(web::get().to(handler(author::jobs))))
+                .service(
+                    resource("/jobs/{id}/answer").route(web::get().to(handler(author::answer))),
+                )
+                .service(resource("/whoami").route(web::get().to(handler(author::whoami)))),
         )
         .service(
             web::scope(LOOKUP_PREFIX)
-                .service(resource("/lease").route(web::post().to(lookup::lease)))
-                .service(resource("/renew").route(web::post().to(lookup::renew)))
-                .service(resource("/release").route(web::post().to(lookup::release)))
-                .service(resource("/jobs/{id}/failure").route(web::post().to(lookup::failure)))
-                .service(resource("/jobs/{id}/answer").route(web::put().to(lookup::answer)))
-                .service(resource("/answers").route(web::post().to(lookup::answers)))
-                .service(resource("/bundles/{bundle_id}").route(web::get().to(lookup::bundle)))
+                .service(resource("/lease").route(web::post().to(handler(lookup::lease))))
+                .service(resource("/renew").route(web::post().to(handler(lookup::renew))))
+                .service(resource("/release").route(web::post().to(handler(lookup::release))))
+                .service(
+                    resource("/jobs/{id}/failure").route(web::post().to(handler(lookup::failure))),
+                )
+                .service(
+                    resource("/jobs/{id}/answer").route(web::put().to(handler(lookup::answer))),
+                )
+                .service(resource("/answers").route(web::post().to(handler(lookup::answers))))
+                .service(
+                    resource("/bundles/{bundle_id}").route(web::get().to(handler(lookup::bundle))),
+                )
                 .service(resource("/events").route(web::get().to(lookup::events))),
         );
 }
@@ -272,9 +282,9 @@ async fn expiry_task(state: web::Data<AppState>, mut stop: watch::Receiver<bool>
             }
             Ok(Ok(None)) => {}
             Ok(Err(e)) => {
-                tracing::error!(error = %rjs_signer::error_chain(&e), "expiring leases")
+                tracing::error!(error = %rjs_cmd::chain(&e), "expiring leases")
             }
-            Err(e) => tracing::error!(error = %e, "expiring leases"),
+            Err(e) => tracing::error!(error = %rjs_cmd::report::Chain(&e), "expiring leases"),
         }
     }
 }

@@ -81,7 +81,7 @@ impl BlobPin {
             Ok(false) => {}
             Ok(true) => return false,
             Err(e) => {
-                tracing::warn!(blob = %sha, error = %rjs_signer::error_chain(&e),
+                tracing::warn!(blob = %sha, error = %rjs_cmd::chain(&e),
                                "checking whether an unrecorded blob is referenced; kept");
                 return false;
             }
@@ -89,7 +89,7 @@ impl BlobPin {
         match blobs.remove(&sha) {
             Ok(removed) => removed,
             Err(e) => {
-                tracing::warn!(blob = %sha, error = %rjs_signer::error_chain(&e),
+                tracing::warn!(blob = %sha, error = %rjs_cmd::chain(&e),
                                "removing an unreferenced blob; kept");
                 false
             }

@@ -37,21 +37,13 @@ pub enum BlobError {
     /// The writer already failed (too large or an I/O error) and was discarded.
     #[error("the upload to {path} was already abandoned after an error")]
     Abandoned { path: PathBuf },
-    #[error("{what} {path}")]
-    Io {
-        what: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    /// A file operation failed (naming the path).
+    #[error(transparent)]
+    File(FileError),
 }
 
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> BlobError + 'a {
-    move |source| BlobError::Io {
-        what,
-        path: path.to_owned(),
-        source,
-    }
+    move |source| BlobError::File(FileError::io(what, path, source))
 }
 
 /// Whether `name` is a blob name: exactly 64 lowercase hex digits.
@@ -71,8 +63,8 @@ fn check_name(name: &str) -> Result<(), BlobError> {
 impl From<FileError> for BlobError {
     fn from(e: FileError) -> Self {
         match e {
-            FileError::Io { what, path, source } => BlobError::Io { what, path, source },
             FileError::TooLarge { limit, .. } => BlobError::TooLarge { limit },
+            e => BlobError::File(e),
         }
     }
 }
