@@ -56,9 +56,9 @@ impl AnnouncerConfig {
 /// Why the announcer could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum AnnouncerError {
-    #[error("mDNS: {0}")]
+    #[error("mDNS")]
     Mdns(#[from] mdns_sd::Error),
-    #[error("announcement: {0}")]
+    #[error("announcement")]
     Announce(#[from] AnnounceError),
 }
 

@@ -4,9 +4,9 @@
 
 use std::sync::Arc;
 
+use rjs_signer::VerifyLimits;
 use rjs_signer::answer::{self, Ending, LimitKind, ResultDoc};
 use rjs_signer::bundle::hex;
-use rjs_signer::{VerifyLimits, error_chain};
 use rjs_wire::node::RefusalCode;
 
 use crate::bundles::{BundleCache, ReadyBundle};
@@ -161,7 +161,7 @@ impl Node {
         let ready = verified.map_err(|e| {
             Refusal::new(
                 RefusalCode::InvalidBundle,
-                format!("{}: {}", e.rule(), error_chain(&e)),
+                format!("{}: {}", e.rule(), rjs_cmd::chain(&e)),
             )
         })?;
         if let Some(expected) = expected_sha
@@ -179,7 +179,7 @@ impl Node {
         let admitted = self.admit_ready(&ready, task_index).await?;
         // Keep the bundle so the next task of it need not be sent (nor verified) again.
         if let Err(e) = self.bundles.put(ready.sha_hex(), &bundle) {
-            tracing::warn!(error = %error_chain(&e), "could not cache the bundle");
+            tracing::warn!(error = %rjs_cmd::chain(&e), "could not cache the bundle");
         }
         self.bundles.keep_ready(ready);
         Ok(admitted)

@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rjs_signer::error_chain;
 use rjs_wire::node::{
     self, CONTROL_TIMEOUT, FrameError, FromNode, IDLE_TIMEOUT, RefusalCode, ToNode, read_frame,
     read_msg_idle, write_msg,
@@ -132,7 +131,7 @@ pub async fn serve_with(
                 return;
             }
             if let Err(e) = handle(&node, tls, peer, &timeouts).await {
-                tracing::info!(%peer, error = %error_chain(&e), "connection ended");
+                tracing::info!(%peer, error = %rjs_cmd::chain(&e), "connection ended");
             }
         });
     }
@@ -266,11 +265,11 @@ async fn run_admitted<S: AsyncWrite + Unpin>(
             write_answer(s, &answer.outcome, &answer.bytes, t).await
         }
         Err(e) => {
-            tracing::error!(%peer, job = job_id, error = %error_chain(&e), "could not build the answer");
+            tracing::error!(%peer, job = job_id, error = %rjs_cmd::chain(&e), "could not build the answer");
             refuse(
                 s,
                 RefusalCode::Unavailable,
-                format!("could not build the answer: {}", error_chain(&e)),
+                format!("could not build the answer: {}", rjs_cmd::chain(&e)),
                 t,
             )
             .await

@@ -426,7 +426,7 @@ impl Worker {
             ));
         }
         let engine = Engine::new(&engine_config(init.max_memory_bytes))
-            .map_err(|e| format!("creating the engine: {e:#}"))?;
+            .map_err(|e| format!("creating the engine: {}", rjs_cmd::chain(e.as_ref())))?;
         let mut hasher = ShaHasher(Sha256::new());
         std::hash::Hash::hash(&engine.precompile_compatibility_hash(), &mut hasher);
         let digest = protocol::hex(&hasher.0.finalize());
@@ -434,12 +434,11 @@ impl Worker {
         let cache_dir = init
             .cache_root
             .join(format!("wasmtime-{WASMTIME_VERSION}-{}", &digest[..16]));
-        rjs_signer::fsutil::create_private_dir(&cache_dir)
-            .map_err(|e| rjs_signer::error_chain(&e))?;
+        rjs_signer::fsutil::create_private_dir(&cache_dir).map_err(|e| rjs_cmd::chain(&e))?;
         check_private_dir(&cache_dir)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |s: &mut State| &mut s.wasi)
-            .map_err(|e| format!("linking WASI: {e:#}"))?;
+            .map_err(|e| format!("linking WASI: {}", rjs_cmd::chain(e.as_ref())))?;
         Ok(Worker {
             engine,
             linker,
@@ -476,8 +475,9 @@ impl Worker {
                 Ok(m) => loaded = Some((m, ModuleSource::Disk)),
                 Err(e) => {
                     eprintln!(
-                        "rjs-compute worker: dropping unusable cache file {}: {e:#}",
-                        path.display()
+                        "rjs-compute worker: dropping unusable cache file {}: {}",
+                        path.display(),
+                        rjs_cmd::chain(e.as_ref())
                     );
                     let _ = std::fs::remove_file(&path);
                 }
@@ -501,7 +501,12 @@ impl Worker {
                 }
                 let module = match Module::new(&self.engine, &bytes) {
                     Ok(m) => m,
-                    Err(e) => return Ok(Err(format!("module rejected: {e:#}"))),
+                    Err(e) => {
+                        return Ok(Err(format!(
+                            "module rejected: {}",
+                            rjs_cmd::chain(e.as_ref())
+                        )));
+                    }
                 };
                 match module.serialize() {
                     Ok(compiled) => {
@@ -509,18 +514,26 @@ impl Worker {
                             eprintln!(
                                 "rjs-compute worker: caching {}: {}",
                                 path.display(),
-                                rjs_signer::error_chain(&e)
+                                rjs_cmd::chain(&e)
                             );
                         }
                     }
-                    Err(e) => eprintln!("rjs-compute worker: serializing a module: {e:#}"),
+                    Err(e) => eprintln!(
+                        "rjs-compute worker: serializing a module: {}",
+                        rjs_cmd::chain(e.as_ref())
+                    ),
                 }
                 (module, ModuleSource::Compiled)
             }
         };
         let pre = match self.linker.instantiate_pre(&module) {
             Ok(p) => p,
-            Err(e) => return Ok(Err(format!("module rejected: {e:#}"))),
+            Err(e) => {
+                return Ok(Err(format!(
+                    "module rejected: {}",
+                    rjs_cmd::chain(e.as_ref())
+                )));
+            }
         };
         if self.modules.len() >= self.capacity
             && let Some(oldest) = self
@@ -667,9 +680,19 @@ impl Worker {
         b.allow_udp(false);
         b.allow_ip_name_lookup(false);
         b.preopened_dir(&req.input_dir, ".", FsPerms::ReadOnly)
-            .map_err(|e| format!("opening the input directory: {e:#}"))?;
+            .map_err(|e| {
+                format!(
+                    "opening the input directory: {}",
+                    rjs_cmd::chain(e.as_ref())
+                )
+            })?;
         b.preopened_dir(&req.out_dir, "out", FsPerms::ReadWrite)
-            .map_err(|e| format!("opening the output directory: {e:#}"))?;
+            .map_err(|e| {
+                format!(
+                    "opening the output directory: {}",
+                    rjs_cmd::chain(e.as_ref())
+                )
+            })?;
         Ok(b.build_p1())
     }
 }
