@@ -1,6 +1,10 @@
 //! The node's configuration: a TOML file (`--config FILE`, default `<data>/node.toml`) and
 //! command-line overrides. Precedence: flag, then file, then built-in default. See
 //! `docs/compute-node.md` ("Configuration").
+//!
+//! * [`args`]: the flags ([`ConfigArgs`], [`DataArgs`]) and what they override ([`Overrides`]).
+//! * `file`: the file's schema (serde).
+//! * `resolve`: flag over file over default, every value checked ([`NodeConfig::from_toml`]).
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -8,10 +12,15 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rjs_signer::Limits;
-use rjs_signer::manifest::valid_group;
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 
 use crate::idle::IdlePolicy;
+
+pub mod args;
+mod file;
+mod resolve;
+
+pub use args::{ConfigArgs, DataArgs, Overrides};
 
 /// Name of the configuration file inside the data directory.
 pub const CONFIG_FILE: &str = "node.toml";
@@ -149,140 +158,11 @@ pub struct NodeConfig {
     pub job_nice: i32,
 }
 
-/// Command-line overrides; every `Some` (or non-empty list) wins over the file.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Overrides {
-    pub data_dir: Option<PathBuf>,
-    /// Read this file instead of `<data>/node.toml` (it must exist).
-    pub config: Option<PathBuf>,
-    pub slots: Option<usize>,
-    pub groups: Vec<String>,
-    pub listen: Option<SocketAddr>,
-    pub unknown_authors: Option<UnknownAuthorPolicy>,
-    pub prompt_timeout_secs: Option<u64>,
-    pub only_when_idle: Option<bool>,
-    pub idle_load_per_core: Option<f64>,
-    /// `Some(false)`: `--no-announce`.
-    pub announce: Option<bool>,
-    pub announce_interval: Option<Duration>,
-    pub interfaces: Vec<String>,
-    pub advertise: Vec<IpAddr>,
-    pub scratch_dir: Option<PathBuf>,
-    /// `--max-time`, milliseconds.
-    pub max_time_ms: Option<u64>,
-    /// `--max-memory`, bytes.
-    pub max_memory_bytes: Option<u64>,
-    /// `--max-output`, bytes.
-    pub max_output_bytes: Option<u64>,
-    /// `--max-stdout`, bytes.
-    pub max_stdout_bytes: Option<u64>,
-    /// `--loadavg-file` (hidden, for tests): read the load average from this file instead
-    /// of `/proc/loadavg`.
-    pub loadavg_file: Option<PathBuf>,
-    pub job_nice: Option<i32>,
-}
-
-/// The configuration flags, ready to `#[command(flatten)]` into a clap command.
-#[derive(Debug, Clone, Default, clap::Args)]
-pub struct ConfigArgs {
-    /// Data directory [default: $RJS_HOME/compute or ~/.local/share/rjs/compute].
-    #[arg(long, value_name = "DIR", env = "RJS_COMPUTE_DATA")]
-    pub data: Option<PathBuf>,
-    /// Configuration file [default: <data>/node.toml].
-    #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// Jobs run at the same time [default: number of cores].
-    #[arg(long)]
-    pub slots: Option<usize>,
-    /// A group this node serves (repeatable) [default: /compute].
-    #[arg(long = "group", value_name = "GROUP")]
-    pub groups: Vec<String>,
-    /// Address of the job server [default: 0.0.0.0:7443].
-    #[arg(long, value_name = "ADDR")]
-    pub listen: Option<SocketAddr>,
-    /// Jobs from unknown authors: ask on the terminal, or refuse [default: ask].
-    #[arg(long, value_name = "POLICY")]
-    pub unknown_authors: Option<UnknownAuthorPolicy>,
-    /// Seconds the owner has to answer the trust prompt [default: 60].
-    #[arg(long, value_name = "SECS")]
-    pub prompt_timeout: Option<u64>,
-    /// Take jobs only while the PC is idle.
-    #[arg(long)]
-    pub only_when_idle: bool,
-    /// Load per core under which the PC counts as idle [default: 0.5].
-    #[arg(long, value_name = "LOAD")]
-    pub idle_load_per_core: Option<f64>,
-    /// Make the tasks' scratch directory in DIR (e.g. /dev/shm) [default: <data>/scratch].
-    #[arg(long, value_name = "DIR")]
-    pub scratch_dir: Option<PathBuf>,
-    /// Most CPU time a job may ask for, e.g. 90s, 30m, 2h [default: 1h; at most 24h].
-    #[arg(long, value_name = "DUR", value_parser = parse_duration_arg)]
-    pub max_time: Option<Duration>,
-    /// Most memory a job may ask for: bytes, or a number with K, M or G [default: 1G].
-    #[arg(long, value_name = "SIZE", value_parser = parse_size_arg)]
-    pub max_memory: Option<u64>,
-    /// Most bytes a job may write to out/ [default: 256M].
-    #[arg(long, value_name = "SIZE", value_parser = parse_size_arg)]
-    pub max_output: Option<u64>,
-    /// Most bytes of stdout, and of stderr, a job may ask for [default: 16M].
-    #[arg(long, value_name = "SIZE", value_parser = parse_size_arg)]
-    pub max_stdout: Option<u64>,
-    /// CPU priority of jobs, as a nice value 0..=19 (higher: gentler on the PC) [default: 10].
-    #[arg(long, value_name = "NICE")]
-    pub job_nice: Option<i32>,
-    /// Test aid: read the 1-minute load average from this file (in the format of
-    /// /proc/loadavg) instead of /proc/loadavg.
-    #[arg(long, value_name = "PATH", hide = true)]
-    pub loadavg_file: Option<PathBuf>,
-}
-
-/// A size flag (`--max-memory 512M`): [`parse_size`], the parser of the file's sizes.
-fn parse_size_arg(text: &str) -> Result<u64, String> {
-    parse_size(text).ok_or_else(|| size_syntax(text))
-}
-
-/// A duration flag (`--max-time 90s`): humantime, the parser of the file's durations.
-fn parse_duration_arg(text: &str) -> Result<Duration, String> {
-    parse_duration(text)
-}
-
-/// The message for a size that does not parse, for the file and the command line alike.
-fn size_syntax(text: &str) -> String {
-    format!("invalid size {text:?}: use bytes or a number with K, M or G")
-}
-
 /// Parses a duration written for people (`"2s"`, `"500ms"`, `"1m 30s"`: humantime), for
 /// the file and the command line alike.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text)
         .map_err(|e| format!("invalid duration {text:?}: {e} (e.g. \"2s\", \"500ms\")"))
-}
-
-impl ConfigArgs {
-    pub fn overrides(&self) -> Overrides {
-        Overrides {
-            data_dir: self.data.clone(),
-            config: self.config.clone(),
-            slots: self.slots,
-            groups: self.groups.clone(),
-            listen: self.listen,
-            unknown_authors: self.unknown_authors,
-            prompt_timeout_secs: self.prompt_timeout,
-            only_when_idle: self.only_when_idle.then_some(true),
-            idle_load_per_core: self.idle_load_per_core,
-            scratch_dir: self.scratch_dir.clone(),
-            // Sub-millisecond parts are dropped; 0 then fails the range check.
-            max_time_ms: self
-                .max_time
-                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
-            max_memory_bytes: self.max_memory,
-            max_output_bytes: self.max_output,
-            max_stdout_bytes: self.max_stdout,
-            loadavg_file: self.loadavg_file.clone(),
-            job_nice: self.job_nice,
-            ..Overrides::default()
-        }
-    }
 }
 
 /// A configuration that cannot be used. Every message names where the value came from (the
@@ -308,97 +188,6 @@ pub enum ConfigError {
     NoDataDir,
 }
 
-/// The file's shape: every key optional, unknown keys refused.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    data_dir: Option<PathBuf>,
-    slots: Option<usize>,
-    groups: Option<Vec<String>>,
-    listen: Option<SocketAddr>,
-    unknown_authors: Option<UnknownAuthorPolicy>,
-    prompt_timeout_secs: Option<u64>,
-    #[serde(default)]
-    limits: FileLimits,
-    idle: Option<IdlePolicy>,
-    #[serde(default)]
-    tls: FileTls,
-    #[serde(default)]
-    announce: FileAnnounce,
-    scratch_dir: Option<PathBuf>,
-    job_nice: Option<i32>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileAnnounce {
-    enabled: Option<bool>,
-    #[serde(default, deserialize_with = "de_duration")]
-    interval: Option<Duration>,
-    interfaces: Option<Vec<String>>,
-    advertise: Option<Vec<IpAddr>>,
-}
-
-/// A duration written for people (`"2s"`, `"500ms"`, `"1m 30s"`: humantime).
-fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    let s = String::deserialize(d)?;
-    parse_duration(&s)
-        .map(Some)
-        .map_err(serde::de::Error::custom)
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileLimits {
-    max_time_ms: Option<u64>,
-    #[serde(default, deserialize_with = "de_size")]
-    max_memory_bytes: Option<u64>,
-    #[serde(default, deserialize_with = "de_size")]
-    max_output_bytes: Option<u64>,
-    #[serde(default, deserialize_with = "de_size")]
-    max_stdout_bytes: Option<u64>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileTls {
-    cert: Option<PathBuf>,
-    key: Option<PathBuf>,
-    ca: Option<PathBuf>,
-}
-
-/// A size: an integer number of bytes, or a string with a `K`, `M` or `G` suffix (powers of
-/// 1024), e.g. `"256M"`.
-fn de_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Size {
-        Int(u64),
-        Text(String),
-    }
-    match Size::deserialize(d)? {
-        Size::Int(n) => Ok(Some(n)),
-        Size::Text(s) => parse_size(&s)
-            .map(Some)
-            .ok_or_else(|| serde::de::Error::custom(size_syntax(&s))),
-    }
-}
-
-/// Parses `123`, `64K`, `256M`, `1G` (powers of 1024).
-pub fn parse_size(text: &str) -> Option<u64> {
-    let t = text.trim();
-    let (digits, mult) = match t.char_indices().last()? {
-        (i, 'K' | 'k') => (&t[..i], 1u64 << 10),
-        (i, 'M' | 'm') => (&t[..i], 1 << 20),
-        (i, 'G' | 'g') => (&t[..i], 1 << 30),
-        _ => (t, 1),
-    };
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    digits.parse::<u64>().ok()?.checked_mul(mult)
-}
-
 /// The default data directory: `$RJS_HOME/compute`, else `$XDG_DATA_HOME/rjs/compute`, else
 /// `~/.local/share/rjs/compute`.
 pub fn default_data_dir() -> Option<PathBuf> {
@@ -413,10 +202,6 @@ fn default_data_dir_from(get: impl Fn(&str) -> Option<std::ffi::OsString>) -> Op
         return Some(PathBuf::from(data).join("rjs").join("compute"));
     }
     get("HOME").map(|h| PathBuf::from(h).join(".local/share/rjs/compute"))
-}
-
-fn default_slots() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 impl NodeConfig {
@@ -459,341 +244,7 @@ impl NodeConfig {
         path: Option<&Path>,
         overrides: &Overrides,
     ) -> Result<NodeConfig, ConfigError> {
-        let shown = path.map_or_else(|| PathBuf::from("(defaults)"), Path::to_path_buf);
-        let file: FileConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: shown.clone(),
-            message: e.to_string().trim_end().replace('\n', "\n  "),
-        })?;
-        let origin_file = shown.display().to_string();
-        let cli = "command line";
-        let invalid = |from_cli: bool, key: &'static str, reason: String| ConfigError::Invalid {
-            origin: if from_cli {
-                cli.into()
-            } else {
-                origin_file.clone()
-            },
-            key,
-            reason,
-        };
-
-        let data_dir = match (&overrides.data_dir, &file.data_dir) {
-            (Some(d), _) => d.clone(),
-            (None, Some(d)) => {
-                let base = path.and_then(Path::parent).unwrap_or(Path::new("."));
-                base.join(d)
-            }
-            (None, None) => default_data_dir().ok_or(ConfigError::NoDataDir)?,
-        };
-
-        let (slots, from_cli) = match overrides.slots {
-            Some(s) => (s, true),
-            None => (file.slots.unwrap_or_else(default_slots), false),
-        };
-        if !(1..=MAX_SLOTS).contains(&slots) {
-            let key = if from_cli { "--slots" } else { "slots" };
-            return Err(invalid(
-                from_cli,
-                key,
-                format!("{slots} is not between 1 and {MAX_SLOTS}"),
-            ));
-        }
-
-        let (job_nice, from_cli) = match overrides.job_nice {
-            Some(n) => (n, true),
-            None => (file.job_nice.unwrap_or(crate::sandbox::DEFAULT_NICE), false),
-        };
-        if !(0..=19).contains(&job_nice) {
-            let key = if from_cli { "--job-nice" } else { "job_nice" };
-            return Err(invalid(
-                from_cli,
-                key,
-                format!("{job_nice} is not between 0 and 19"),
-            ));
-        }
-
-        let (groups, from_cli) = if !overrides.groups.is_empty() {
-            (overrides.groups.clone(), true)
-        } else {
-            (
-                file.groups.unwrap_or_else(|| vec!["/compute".to_string()]),
-                false,
-            )
-        };
-        let key = if from_cli { "--group" } else { "groups" };
-        if groups.is_empty() || groups.len() > MAX_GROUPS {
-            return Err(invalid(
-                from_cli,
-                key,
-                format!("give 1 to {MAX_GROUPS} groups"),
-            ));
-        }
-        for g in &groups {
-            if !valid_group(g) {
-                return Err(invalid(
-                    from_cli,
-                    key,
-                    format!(
-                        "invalid group {g:?}: a path like /compute/light (lowercase letters, digits, _ and -)"
-                    ),
-                ));
-            }
-        }
-        let mut groups_dedup: Vec<String> = Vec::with_capacity(groups.len());
-        for g in groups {
-            if !groups_dedup.contains(&g) {
-                groups_dedup.push(g);
-            }
-        }
-
-        // Each limit: the flag, else the file, else the default. A value out of range is
-        // reported as the file's number, or for a flag in the units people write.
-        struct Spec {
-            flag: &'static str,
-            key: &'static str,
-            cli: Option<u64>,
-            file: Option<u64>,
-            default: u64,
-            range: (u64, u64),
-            human: fn(u64) -> String,
-        }
-        let d = MaxLimits::default();
-        let fl = &file.limits;
-        let bytes: fn(u64) -> String = |v| ByteSize(v).to_string();
-        let specs = [
-            Spec {
-                flag: "--max-time",
-                key: "limits.max_time_ms",
-                cli: overrides.max_time_ms,
-                file: fl.max_time_ms,
-                default: d.max_time_ms,
-                range: (1, Limits::MAX_TIME_MS),
-                human: fmt_ms,
-            },
-            Spec {
-                flag: "--max-memory",
-                key: "limits.max_memory_bytes",
-                cli: overrides.max_memory_bytes,
-                file: fl.max_memory_bytes,
-                default: d.max_memory_bytes,
-                range: (Limits::MIN_MEMORY, Limits::MAX_MEMORY),
-                human: bytes,
-            },
-            Spec {
-                flag: "--max-output",
-                key: "limits.max_output_bytes",
-                cli: overrides.max_output_bytes,
-                file: fl.max_output_bytes,
-                default: d.max_output_bytes,
-                range: (0, Limits::MAX_OUTPUT),
-                human: bytes,
-            },
-            Spec {
-                flag: "--max-stdout",
-                key: "limits.max_stdout_bytes",
-                cli: overrides.max_stdout_bytes,
-                file: fl.max_stdout_bytes,
-                default: d.max_stdout_bytes,
-                range: (0, Limits::MAX_STDOUT),
-                human: bytes,
-            },
-        ];
-        let mut resolved = [0u64; 4];
-        for (slot, spec) in resolved.iter_mut().zip(specs) {
-            let (lo, hi) = spec.range;
-            let v = spec.cli.or(spec.file).unwrap_or(spec.default);
-            if !(lo..=hi).contains(&v) {
-                return Err(if spec.cli.is_some() {
-                    let h = spec.human;
-                    invalid(
-                        true,
-                        spec.flag,
-                        format!("{} is not between {} and {}", h(v), h(lo), h(hi)),
-                    )
-                } else {
-                    invalid(false, spec.key, format!("{v} is not between {lo} and {hi}"))
-                });
-            }
-            *slot = v;
-        }
-        let [
-            max_time_ms,
-            max_memory_bytes,
-            max_output_bytes,
-            max_stdout_bytes,
-        ] = resolved;
-        let limits = MaxLimits {
-            max_time_ms,
-            max_memory_bytes,
-            max_output_bytes,
-            max_stdout_bytes,
-        };
-
-        let unknown_authors = overrides
-            .unknown_authors
-            .or(file.unknown_authors)
-            .unwrap_or_default();
-
-        let (secs, from_cli) = match overrides.prompt_timeout_secs {
-            Some(s) => (s, true),
-            None => (file.prompt_timeout_secs.unwrap_or(60), false),
-        };
-        if !(1..=MAX_PROMPT_TIMEOUT_SECS).contains(&secs) {
-            let key = if from_cli {
-                "--prompt-timeout"
-            } else {
-                "prompt_timeout_secs"
-            };
-            return Err(invalid(
-                from_cli,
-                key,
-                format!("{secs} is not between 1 and {MAX_PROMPT_TIMEOUT_SECS} seconds"),
-            ));
-        }
-
-        let mut idle = file.idle.unwrap_or_default();
-        if let Some(on) = overrides.only_when_idle {
-            idle.only_when_idle = on;
-        }
-        let from_cli = overrides.idle_load_per_core.is_some();
-        if let Some(l) = overrides.idle_load_per_core {
-            idle.load_per_core = l;
-        }
-        if let Some(f) = &overrides.loadavg_file {
-            idle.loadavg_file = Some(f.clone());
-        }
-        if !(idle.load_per_core.is_finite()
-            && idle.load_per_core > 0.0
-            && idle.load_per_core <= 64.0)
-        {
-            let key = if from_cli {
-                "--idle-load-per-core"
-            } else {
-                "idle.load_per_core"
-            };
-            return Err(invalid(
-                from_cli,
-                key,
-                format!("{} is not a load per core in (0, 64]", idle.load_per_core),
-            ));
-        }
-
-        let listen = overrides
-            .listen
-            .or(file.listen)
-            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 7443)));
-
-        let tls = TlsPaths {
-            cert: data_dir.join(file.tls.cert.unwrap_or_else(|| "node.pem".into())),
-            key: data_dir.join(file.tls.key.unwrap_or_else(|| "node-key.pem".into())),
-            ca: data_dir.join(file.tls.ca.unwrap_or_else(|| "cluster-ca.pem".into())),
-        };
-
-        // Relative to the working directory on the command line, to the data directory in
-        // the file (as the TLS paths).
-        let scratch_dir = match (&overrides.scratch_dir, &file.scratch_dir) {
-            (Some(d), _) => Some(d.clone()),
-            (None, Some(d)) => Some(data_dir.join(d)),
-            (None, None) => None,
-        };
-
-        let announce = {
-            let fa = file.announce;
-            let d = AnnounceSettings::default();
-            let (interval, from_cli) = match overrides.announce_interval {
-                Some(i) => (i, true),
-                None => (fa.interval.unwrap_or(d.interval), false),
-            };
-            if !(MIN_ANNOUNCE_INTERVAL..=MAX_ANNOUNCE_INTERVAL).contains(&interval) {
-                let key = if from_cli {
-                    "--announce-interval"
-                } else {
-                    "announce.interval"
-                };
-                return Err(invalid(
-                    from_cli,
-                    key,
-                    format!(
-                        "{} is not between {} and {}",
-                        humantime::format_duration(interval),
-                        humantime::format_duration(MIN_ANNOUNCE_INTERVAL),
-                        humantime::format_duration(MAX_ANNOUNCE_INTERVAL)
-                    ),
-                ));
-            }
-            let (interfaces, from_cli) = if !overrides.interfaces.is_empty() {
-                (overrides.interfaces.clone(), true)
-            } else {
-                (fa.interfaces.unwrap_or_default(), false)
-            };
-            let key = if from_cli {
-                "--interface"
-            } else {
-                "announce.interfaces"
-            };
-            if interfaces.len() > MAX_ANNOUNCE_ENTRIES {
-                return Err(invalid(
-                    from_cli,
-                    key,
-                    format!("give at most {MAX_ANNOUNCE_ENTRIES} interfaces"),
-                ));
-            }
-            if let Some(bad) = interfaces.iter().find(|n| !valid_interface_name(n)) {
-                return Err(invalid(
-                    from_cli,
-                    key,
-                    format!("{bad:?} is not a network interface name"),
-                ));
-            }
-            let (advertise, from_cli) = if !overrides.advertise.is_empty() {
-                (overrides.advertise.clone(), true)
-            } else {
-                (fa.advertise.unwrap_or_default(), false)
-            };
-            let key = if from_cli {
-                "--advertise"
-            } else {
-                "announce.advertise"
-            };
-            if advertise.len() > MAX_ANNOUNCE_ENTRIES {
-                return Err(invalid(
-                    from_cli,
-                    key,
-                    format!("give at most {MAX_ANNOUNCE_ENTRIES} addresses"),
-                ));
-            }
-            if let Some(bad) = advertise
-                .iter()
-                .find(|a| a.is_unspecified() || a.is_multicast())
-            {
-                return Err(invalid(
-                    from_cli,
-                    key,
-                    format!("{bad} is not an address the node can be reached at"),
-                ));
-            }
-            AnnounceSettings {
-                enabled: overrides.announce.or(fa.enabled).unwrap_or(d.enabled),
-                interval,
-                interfaces: dedup_list(interfaces),
-                advertise: dedup_list(advertise),
-            }
-        };
-
-        Ok(NodeConfig {
-            config_file: path.map(Path::to_path_buf),
-            data_dir,
-            slots,
-            groups: groups_dedup,
-            limits,
-            unknown_authors,
-            prompt_timeout: Duration::from_secs(secs),
-            idle,
-            listen,
-            tls,
-            announce,
-            scratch_dir,
-            job_nice,
-        })
+        resolve::resolve(text, path, overrides)
     }
 
     /// Whether a job's limits fit this node's maximums; `Err` lists every one that does not,
@@ -845,16 +296,6 @@ impl NodeConfig {
     pub fn bench_file(&self) -> PathBuf {
         self.data_dir.join(crate::bench::BENCH_FILE)
     }
-}
-
-fn dedup_list<T: PartialEq>(items: Vec<T>) -> Vec<T> {
-    let mut out = Vec::with_capacity(items.len());
-    for i in items {
-        if !out.contains(&i) {
-            out.push(i);
-        }
-    }
-    out
 }
 
 /// A byte count for people: `256 MiB`, `1.5 GiB`, `100 bytes`.
@@ -921,7 +362,7 @@ mod tests {
     fn defaults() {
         let c = parse("", &with_data(Path::new("/d"))).unwrap();
         assert_eq!(c.data_dir, PathBuf::from("/d"));
-        assert_eq!(c.slots, default_slots());
+        assert_eq!(c.slots, resolve::default_slots());
         assert_eq!(c.job_nice, crate::sandbox::DEFAULT_NICE);
         assert_eq!(c.groups, vec!["/compute"]);
         assert_eq!(c.limits, MaxLimits::default());
@@ -1440,14 +881,16 @@ mod tests {
 
     #[test]
     fn sizes() {
-        assert_eq!(parse_size("123"), Some(123));
-        assert_eq!(parse_size("64K"), Some(64 << 10));
-        assert_eq!(parse_size("256M"), Some(256 << 20));
-        assert_eq!(parse_size("1g"), Some(1 << 30));
-        assert_eq!(parse_size("M"), None);
-        assert_eq!(parse_size("1.5M"), None);
-        assert_eq!(parse_size("-1"), None);
-        assert_eq!(parse_size("99999999999999G"), None);
+        // The sizes of the file and the flags: the grammar of every RJS program.
+        let size = |text: &str| rjs_cmd::units::parse_size(text).ok();
+        assert_eq!(size("123"), Some(123));
+        assert_eq!(size("64K"), Some(64 << 10));
+        assert_eq!(size("256M"), Some(256 << 20));
+        assert_eq!(size("1g"), Some(1 << 30));
+        assert_eq!(size("M"), None);
+        assert_eq!(size("1.5M"), None);
+        assert_eq!(size("-1"), None);
+        assert_eq!(size("99999999999999G"), None);
         assert_eq!(ByteSize(256 << 20).to_string(), "256 MiB");
         assert_eq!(ByteSize(1536).to_string(), "1.5 KiB");
         assert_eq!(ByteSize(10).to_string(), "10 bytes");
