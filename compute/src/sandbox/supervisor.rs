@@ -3,6 +3,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
+use std::ops::ControlFlow::{self, Break, Continue};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -23,7 +24,7 @@ use super::protocol::{
     self, DoneReply, Frame, FromWorker, KIND_BLOB, MAX_BLOB_FROM_WORKER, ModuleSource,
     PROTOCOL_VERSION, RunRequest, ToWorker, WorkerInit,
 };
-use super::scratch::{self, InputDirs, Scratch};
+use super::scratch::{self, Finished, InputDirs, Scratch, Usage};
 use super::worker;
 use super::{SandboxConfig, SandboxError, WORKER_SUBCOMMAND, WorkerError};
 use crate::job::{TaskResult, TaskSpec};
@@ -248,6 +249,55 @@ enum Outcome {
         wall: Duration,
         cpu_ms: u64,
     },
+}
+
+/// A task lost to its worker (it died or broke the protocol).
+fn lost(message: String, wall: Duration, cpu_ms: u64) -> Outcome {
+    Outcome::Lost {
+        message,
+        wall,
+        cpu_ms,
+    }
+}
+
+/// Where a task is in its exchange with the worker.
+struct Progress<'a> {
+    task: &'a TaskSpec,
+    limits: &'a Limits,
+    /// Until `Started`: the compile timeout. Then: the next moment the task could have used
+    /// up its CPU time, or its wall-clock backstop, whichever comes first.
+    deadline: tokio::time::Instant,
+    started: Option<Running>,
+    /// The module's first-use lock, released once the worker has the module.
+    first_use: Option<OwnedMutexGuard<()>>,
+    /// Where the module came from and how long loading it took, µs (from `Started`).
+    loaded: Option<(ModuleSource, u64)>,
+}
+
+impl Progress<'_> {
+    /// Wall-clock time since `Started` (zero before).
+    fn wall(&self) -> Duration {
+        self.started.map_or(Duration::ZERO, |s| s.at.elapsed())
+    }
+
+    /// The worker reported `Started`, having read its CPU clock (`cpu_us`) just before.
+    fn start(&mut self, worker: &WorkerProc, cpu_us: u64) {
+        // The worker's own reading is the more exact base; never later than what the clock
+        // says now, so that no reply can stretch the limit.
+        let base = match worker.cpu_us() {
+            Some(now) => cpu_us.min(now),
+            None => cpu_us,
+        };
+        let now = tokio::time::Instant::now();
+        self.started = Some(Running {
+            at: Instant::now(),
+            cpu_base_us: base,
+            wall_deadline: now + super::wall_limit(self.limits.time_ms),
+            wait_base_us: worker.cpu_wait_us(),
+        });
+        // The task cannot have used its CPU time before this.
+        self.deadline = now + Duration::from_millis(self.limits.time_ms);
+    }
 }
 
 fn dir_error(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> SandboxError + use<> {
@@ -668,83 +718,146 @@ impl Inner {
         let mut limits = task.limits;
         limits.memory_bytes = limits.memory_bytes.min(self.max_memory_bytes);
 
-        // The slot's out/ (empty, checked after the last task) and the input directory: in
-        // the usual case (inputs already written) no filesystem work at all.
-        let ready = self.scratch_ready[slot.index].swap(false, Ordering::AcqRel);
-        let input = self.inputs.lookup(&task.inputs);
-        let scratch = match (ready, input) {
-            (true, Some(input)) => Scratch {
-                input,
-                out_dir: scratch::slot_dir(&self.scratch_dir, slot.index),
-            },
-            (ready, input) => {
-                let inner = self.clone();
-                let inputs = task.inputs.clone();
-                let index = slot.index;
-                let prepare = move || -> io::Result<Scratch> {
-                    let input = match input {
-                        Some(l) => l,
-                        None => inner.inputs.acquire(&inputs)?,
-                    };
-                    let out_dir = if ready {
-                        Ok(scratch::slot_dir(&inner.scratch_dir, index))
-                    } else {
-                        scratch::fresh_slot_dir(&inner.scratch_dir, index)
-                    };
-                    match out_dir {
-                        Ok(out_dir) => Ok(Scratch { input, out_dir }),
-                        Err(e) => {
-                            for dir in inner.inputs.release(input) {
-                                scratch::remove(&dir);
-                            }
-                            Err(e)
-                        }
-                    }
-                };
-                match tokio::task::spawn_blocking(prepare).await {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => {
-                        return self.crash(format!("preparing the scratch directory: {e}"), t0);
-                    }
-                    Err(e) => {
-                        return self.crash(format!("preparing the scratch directory: {e}"), t0);
-                    }
-                }
-            }
+        let scratch = match self.prepare_scratch(slot.index, &task).await {
+            Ok(s) => s,
+            Err(message) => return self.crash(message, t0),
         };
         // Removes the slot's out/ (made afresh by the next task) if this task is torn down
         // half-way.
         let mut scratch_guard = ScratchGuard(Some(scratch.out_dir.clone()));
 
         let mut slot_worker = self.workers[slot.index].lock().await;
-        let reusable = match slot_worker.take() {
-            Some(mut w) => {
-                if w.is_idle() {
-                    Some(w)
-                } else {
-                    self.retire(w).await;
-                    None
-                }
-            }
-            None => None,
-        };
-        let mut worker = match reusable {
-            Some(w) => w,
-            None if self.closing() => {
-                return self.crash("the node is shutting down".into(), t0);
-            }
-            None => match self.spawn_worker().await {
-                Ok(w) => w,
-                Err(e) => {
-                    return self.crash(
-                        format!("cannot start a worker: {}", rjs_signer::error_chain(&e)),
-                        t0,
-                    );
-                }
-            },
+        let mut worker = match self.ready_worker(slot_worker.take()).await {
+            Ok(w) => w,
+            Err(message) => return self.crash(message, t0),
         };
 
         let mut timings = TaskTimings::default();
+        let outcome = self
+            .run_module(&mut worker, &task, &limits, &scratch, &mut timings)
+            .await;
+
+        // A worker that is not kept is dead before its out/ is read and emptied, so nothing
+        // writes there any more. (One that could not be reaped in time might still hold the
+        // directory open: the slot then gets a fresh one.)
+        let (kept, reaped) = if matches!(outcome, Outcome::Done { .. }) {
+            (Some(worker), true)
+        } else {
+            let reaped = self.retire(worker).await;
+            (None, reaped)
+        };
+        // Collect out/ and empty it while a killed worker is replaced.
+        let (finished, next_worker) = tokio::join!(
+            self.collect_out(slot.index, scratch, limits.output_bytes, reaped),
+            self.replacement(kept, slot.index)
+        );
+        *slot_worker = next_worker;
+        drop(slot_worker);
+        let (usage, collected) = match finished {
+            Some(done) => {
+                if done.emptied {
+                    scratch_guard.0 = None;
+                    self.scratch_ready[slot.index].store(true, Ordering::Release);
+                }
+                (done.usage, done.collected)
+            }
+            None => Default::default(),
+        };
+        drop(scratch_guard);
+
+        let mut result = self.result_of(outcome, &mut timings);
+        self.check_final_output(&mut result, &usage, collected.over_budget, &limits);
+        if !collected.skipped.is_empty() {
+            tracing::info!(
+                slot = slot.index,
+                skipped = ?collected.skipped.iter().take(10).collect::<Vec<_>>(),
+                "out/ entries not returned (over budget, not regular files, or names the \
+                 answer format cannot carry)"
+            );
+        }
+        result.out_files = collected.files;
+        timings.total_us = micros(t0.elapsed());
+        drop(slot);
+        (result, timings)
+    }
+
+    /// The slot's out/ (empty, checked after the last task) and the task's input directory:
+    /// in the usual case (inputs already written) no filesystem work at all. `Err`: the
+    /// task's crash message.
+    async fn prepare_scratch(
+        self: &Arc<Self>,
+        index: usize,
+        task: &TaskSpec,
+    ) -> Result<Scratch, String> {
+        let ready = self.scratch_ready[index].swap(false, Ordering::AcqRel);
+        let input = self.inputs.lookup(&task.inputs);
+        let (ready, input) = match (ready, input) {
+            (true, Some(input)) => {
+                return Ok(Scratch {
+                    input,
+                    out_dir: scratch::slot_dir(&self.scratch_dir, index),
+                });
+            }
+            other => other,
+        };
+        let inner = self.clone();
+        let inputs = task.inputs.clone();
+        let prepare = move || -> io::Result<Scratch> {
+            let input = match input {
+                Some(l) => l,
+                None => inner.inputs.acquire(&inputs)?,
+            };
+            let out_dir = if ready {
+                Ok(scratch::slot_dir(&inner.scratch_dir, index))
+            } else {
+                scratch::fresh_slot_dir(&inner.scratch_dir, index)
+            };
+            match out_dir {
+                Ok(out_dir) => Ok(Scratch { input, out_dir }),
+                Err(e) => {
+                    for dir in inner.inputs.release(input) {
+                        scratch::remove(&dir);
+                    }
+                    Err(e)
+                }
+            }
+        };
+        match tokio::task::spawn_blocking(prepare).await {
+            Ok(Ok(s)) => Ok(s),
+            Ok(Err(e)) => Err(format!("preparing the scratch directory: {e}")),
+            Err(e) => Err(format!("preparing the scratch directory: {e}")),
+        }
+    }
+
+    /// The slot's worker if it is idle, else a new one (the old one retired). `Err`: the
+    /// task's crash message.
+    async fn ready_worker(&self, current: Option<WorkerProc>) -> Result<WorkerProc, String> {
+        if let Some(mut w) = current {
+            if w.is_idle() {
+                return Ok(w);
+            }
+            self.retire(w).await;
+        }
+        if self.closing() {
+            return Err("the node is shutting down".into());
+        }
+        self.spawn_worker()
+            .await
+            .map_err(|e| format!("cannot start a worker: {}", rjs_cmd::chain(&e)))
+    }
+
+    /// Runs the task on `worker` ([`Self::exchange`]). The first task of a module no worker
+    /// has compiled yet holds the module's first-use lock until its worker has the module,
+    /// so that other slots then load it from the disk cache instead of compiling it again.
+    /// Counts where the module came from, and puts it in `timings`.
+    async fn run_module(
+        &self,
+        worker: &mut WorkerProc,
+        task: &TaskSpec,
+        limits: &Limits,
+        scratch: &Scratch,
+        timings: &mut TaskTimings,
+    ) -> Outcome {
         let sha = task.module_sha256;
         let first_use = if lock(&self.compiled).contains(&sha) {
             None
@@ -753,16 +866,8 @@ impl Inner {
             Some(m.lock_owned().await)
         };
         let was_first_use = first_use.is_some();
-        let mut loaded = None;
-        let outcome = self
-            .exchange(
-                &mut worker,
-                &task,
-                &limits,
-                &scratch,
-                first_use,
-                &mut loaded,
-            )
+        let (outcome, loaded) = self
+            .exchange(worker, task, limits, scratch, first_use)
             .await;
         if let Some((source, load_us)) = loaded {
             let counter = match source {
@@ -783,89 +888,77 @@ impl Inner {
             // Tasks already waiting hold their own handle to the lock.
             lock(&self.first_use).remove(&sha);
         }
+        outcome
+    }
 
-        // A worker that is not kept is dead before its out/ is read and emptied, so nothing
-        // writes there any more. (One that could not be reaped in time might still hold the
-        // directory open: the slot then gets a fresh one.)
-        let (kept, reaped) = if matches!(outcome, Outcome::Done { .. }) {
-            (Some(worker), true)
-        } else {
-            let reaped = self.retire(worker).await;
-            (None, reaped)
-        };
-        // Collect out/ and empty it (and remove input directories no longer kept) while a
-        // killed worker is replaced. An out/ that cannot be emptied is replaced by a fresh
-        // one: the next task of this slot never sees this one's files.
+    /// After the task: collects out/ and empties it, and removes input directories no longer
+    /// kept. An out/ that cannot be emptied is replaced by a fresh one: the next task of this
+    /// slot never sees this one's files. `None` if the blocking task failed.
+    async fn collect_out(
+        &self,
+        index: usize,
+        scratch: Scratch,
+        max_bytes: u64,
+        reaped: bool,
+    ) -> Option<Finished> {
         let Scratch { input, out_dir } = scratch;
         let gone = self.inputs.release(input);
-        let (max_bytes, max_files) = (limits.output_bytes, self.max_out_files);
+        let max_files = self.max_out_files;
         let small = if self.scratch_inline && gone.is_empty() && reaped {
             scratch::finish_small(&out_dir, max_bytes, max_files)
         } else {
             None
         };
-        let (base, index) = (self.scratch_dir.clone(), slot.index);
-        let collect = async move {
-            match small {
-                Some(done) if done.emptied => Ok(done),
-                small => {
-                    tokio::task::spawn_blocking(move || {
-                        let mut done = match small {
-                            Some(done) => done,
-                            None => scratch::finish(&out_dir, max_bytes, max_files),
-                        };
-                        for dir in gone {
-                            scratch::remove(&dir);
-                        }
-                        if !done.emptied || !reaped {
-                            match scratch::fresh_slot_dir(&base, index) {
-                                Ok(_) => done.emptied = true,
-                                Err(e) => tracing::error!(
-                                    path = %out_dir.display(),
-                                    error = %e,
-                                    "cannot empty or replace a slot's scratch directory; \
-                                     the next task will try again"
-                                ),
-                            }
-                        }
-                        done
-                    })
-                    .await
+        if small.as_ref().is_some_and(|done| done.emptied) {
+            return small;
+        }
+        let base = self.scratch_dir.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut done = match small {
+                Some(done) => done,
+                None => scratch::finish(&out_dir, max_bytes, max_files),
+            };
+            for dir in gone {
+                scratch::remove(&dir);
+            }
+            if !done.emptied || !reaped {
+                match scratch::fresh_slot_dir(&base, index) {
+                    Ok(_) => done.emptied = true,
+                    Err(e) => tracing::error!(
+                        path = %out_dir.display(),
+                        error = %e,
+                        "cannot empty or replace a slot's scratch directory; \
+                         the next task will try again"
+                    ),
                 }
             }
-        };
-        let replace = async {
-            match kept {
-                Some(w) => Some(w),
-                None if self.closing() => None,
-                None => match self.spawn_worker().await {
-                    Ok(w) => Some(w),
-                    Err(e) => {
-                        tracing::error!(
-                            slot = slot.index,
-                            error = %rjs_signer::error_chain(&e),
-                            "cannot replace a worker; will retry at the next task"
-                        );
-                        None
-                    }
-                },
-            }
-        };
-        let (collected, next_worker) = tokio::join!(collect, replace);
-        *slot_worker = next_worker;
-        drop(slot_worker);
-        let (usage, collected) = match collected {
-            Ok(done) => {
-                if done.emptied {
-                    scratch_guard.0 = None;
-                    self.scratch_ready[slot.index].store(true, Ordering::Release);
-                }
-                (done.usage, done.collected)
-            }
-            Err(_) => Default::default(),
-        };
-        drop(scratch_guard);
+            done
+        })
+        .await
+        .ok()
+    }
 
+    /// The worker the slot keeps for its next task: `kept`, else a new one (none while the
+    /// node shuts down, or when it cannot start: the next task tries again).
+    async fn replacement(&self, kept: Option<WorkerProc>, slot: usize) -> Option<WorkerProc> {
+        if kept.is_some() || self.closing() {
+            return kept;
+        }
+        match self.spawn_worker().await {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::error!(
+                    slot,
+                    error = %rjs_cmd::chain(&e),
+                    "cannot replace a worker; will retry at the next task"
+                );
+                None
+            }
+        }
+    }
+
+    /// The task's result as the exchange ended (out/ not yet added).
+    fn result_of(&self, outcome: Outcome, timings: &mut TaskTimings) -> TaskResult {
         let mut result = empty_result(Ending::Exit { code: 0 });
         match outcome {
             Outcome::Done {
@@ -913,42 +1006,44 @@ impl Inner {
                 result.cpu_ms = cpu_ms;
             }
         }
+        result
+    }
 
-        // The output limit, as found at the end.
-        let over = usage.bytes > limits.output_bytes
-            || usage.files > self.max_out_files
-            || usage.truncated;
-        if over || collected.over_budget {
-            if !result.limits_hit.contains(&LimitKind::Output) {
-                result.limits_hit.push(LimitKind::Output);
-            }
-            if over && matches!(result.ending, Ending::Exit { .. } | Ending::Trap { .. }) {
-                result.ending = Ending::Limit {
-                    limit: LimitKind::Output,
-                    message: format!(
-                        "out/ holds {} bytes in {} files (limit {} bytes, {} files); \
-                         the program had ended with {}; kept what fits",
-                        usage.bytes,
-                        usage.files,
-                        limits.output_bytes,
-                        self.max_out_files,
-                        result.ending.summary()
-                    ),
-                };
-            }
+    /// Whether out/ holds more than the task may leave there.
+    fn over_output(&self, usage: &Usage, limits: &Limits) -> bool {
+        usage.bytes > limits.output_bytes || usage.files > self.max_out_files || usage.truncated
+    }
+
+    /// The output limit, as found at the end: a task that ended on its own with too much in
+    /// out/ ends at the output limit (what fits is kept).
+    fn check_final_output(
+        &self,
+        result: &mut TaskResult,
+        usage: &Usage,
+        over_budget: bool,
+        limits: &Limits,
+    ) {
+        let over = self.over_output(usage, limits);
+        if !(over || over_budget) {
+            return;
         }
-        if !collected.skipped.is_empty() {
-            tracing::info!(
-                slot = slot.index,
-                skipped = ?collected.skipped.iter().take(10).collect::<Vec<_>>(),
-                "out/ entries not returned (over budget, not regular files, or names the \
-                 answer format cannot carry)"
-            );
+        if !result.limits_hit.contains(&LimitKind::Output) {
+            result.limits_hit.push(LimitKind::Output);
         }
-        result.out_files = collected.files;
-        timings.total_us = micros(t0.elapsed());
-        drop(slot);
-        (result, timings)
+        if over && matches!(result.ending, Ending::Exit { .. } | Ending::Trap { .. }) {
+            result.ending = Ending::Limit {
+                limit: LimitKind::Output,
+                message: format!(
+                    "out/ holds {} bytes in {} files (limit {} bytes, {} files); \
+                     the program had ended with {}; kept what fits",
+                    usage.bytes,
+                    usage.files,
+                    limits.output_bytes,
+                    self.max_out_files,
+                    result.ending.summary()
+                ),
+            };
+        }
     }
 
     fn crash(&self, message: String, t0: Instant) -> (TaskResult, TaskTimings) {
@@ -964,16 +1059,16 @@ impl Inner {
     }
 
     /// Runs the task on the worker, enforcing the compile timeout, the CPU-time limit, its
-    /// wall-clock backstop and the output limit.
+    /// wall-clock backstop and the output limit. Also returns where the module came from and
+    /// how long loading it took, once the worker said.
     async fn exchange(
         &self,
         worker: &mut WorkerProc,
         task: &TaskSpec,
         limits: &Limits,
         scratch: &Scratch,
-        mut first_use: Option<OwnedMutexGuard<()>>,
-        loaded: &mut Option<(ModuleSource, u64)>,
-    ) -> Outcome {
+        first_use: Option<OwnedMutexGuard<()>>,
+    ) -> (Outcome, Option<(ModuleSource, u64)>) {
         let request = ToWorker::Run(Box::new(RunRequest {
             module_sha256: protocol::hex(&task.module_sha256),
             name: task.name.clone(),
@@ -985,210 +1080,216 @@ impl Inner {
             input_dir: scratch.input.dir.clone(),
             out_dir: scratch.out_dir.clone(),
         }));
-        let lost = |message: String| Outcome::Lost {
-            message,
-            wall: Duration::ZERO,
-            cpu_ms: 0,
-        };
         if let Err(e) = protocol::write_json_async(&mut worker.stdin, &request).await {
-            return lost(format!("sending the task to the worker: {e}"));
+            let message = format!("sending the task to the worker: {e}");
+            return (lost(message, Duration::ZERO, 0), None);
         }
 
+        let mut p = Progress {
+            task,
+            limits,
+            deadline: tokio::time::Instant::now() + self.compile_timeout,
+            started: None,
+            first_use,
+            loaded: None,
+        };
         let mut closing = self.closing.subscribe();
-        // Until `Started`: the compile timeout. Then: the next moment the task could have
-        // used up its CPU time, or its wall-clock backstop, whichever comes first.
-        let mut deadline = tokio::time::Instant::now() + self.compile_timeout;
-        let mut started: Option<Running> = None;
-        let limit_us = limits.time_ms.saturating_mul(1000);
         let mut poll = tokio::time::interval_at(
             tokio::time::Instant::now() + self.poll_interval,
             self.poll_interval,
         );
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let max_entries = self.max_out_files.saturating_mul(4);
-
-        loop {
-            let elapsed = |s: &Option<Running>| s.map_or(Duration::ZERO, |s| s.at.elapsed());
-            tokio::select! {
+        let outcome = loop {
+            let step = tokio::select! {
                 biased;
                 _ = async { drop(closing.wait_for(|c| *c).await) } => {
-                    let (wall, cpu_ms) = (elapsed(&started), worker.task_cpu_ms(&started));
+                    let (wall, cpu_ms) = (p.wall(), worker.task_cpu_ms(&p.started));
                     self.kill(worker).await;
-                    return Outcome::Lost {
-                        message: "the node is shutting down".into(),
-                        wall,
-                        cpu_ms,
-                    };
+                    Break(lost("the node is shutting down".into(), wall, cpu_ms))
                 }
-                frame = worker.frames.recv() => {
-                    let wall = elapsed(&started);
-                    // Read from /proc only when the task is lost (a normal ending carries the
-                    // worker's own measure).
-                    let json = match frame {
-                        None => {
-                            // Before the reap: /proc still has the dead worker's times.
-                            let cpu_ms = worker.task_cpu_ms(&started);
-                            let status = reap(&mut worker.child).await;
-                            let tail = worker.last_words().await;
-                            return Outcome::Lost {
-                                message: format!(
-                                    "the worker process died during the task ({status}){tail}"
-                                ),
-                                wall,
-                                cpu_ms,
-                            };
-                        }
-                        Some(Err(e)) => {
-                            return Outcome::Lost {
-                                message: format!("the worker broke the protocol: {e}"),
-                                wall,
-                                cpu_ms: worker.task_cpu_ms(&started),
-                            };
-                        }
-                        Some(Ok(Frame::Blob(_))) => {
-                            return Outcome::Lost {
-                                message: "the worker broke the protocol: unexpected blob".into(),
-                                wall,
-                                cpu_ms: worker.task_cpu_ms(&started),
-                            };
-                        }
-                        Some(Ok(Frame::Json(j))) => j,
-                    };
-                    match serde_json::from_slice::<FromWorker>(&json) {
-                        Ok(FromWorker::NeedModule) if started.is_none() => {
-                            if let Err(e) =
-                                protocol::write_frame_async(&mut worker.stdin, KIND_BLOB, &task.module)
-                                    .await
-                            {
-                                return lost(format!("sending the module to the worker: {e}"));
-                            }
-                        }
-                        Ok(FromWorker::Started { module_source, load_us, cpu_us }) if started.is_none() => {
-                            // The module is compiled and cached: other slots may go ahead.
-                            first_use.take();
-                            *loaded = Some((module_source, load_us));
-                            // The worker's own reading is the more exact base (taken just
-                            // before this message); never later than what the clock says now,
-                            // so that no reply can stretch the limit.
-                            let base = match worker.cpu_us() {
-                                Some(now) => cpu_us.min(now),
-                                None => cpu_us,
-                            };
-                            let now = tokio::time::Instant::now();
-                            started = Some(Running {
-                                at: Instant::now(),
-                                cpu_base_us: base,
-                                wall_deadline: now + super::wall_limit(limits.time_ms),
-                                wait_base_us: worker.cpu_wait_us(),
-                            });
-                            // The task cannot have used its CPU time before this.
-                            deadline = now + Duration::from_millis(limits.time_ms);
-                        }
-                        Ok(FromWorker::Done(reply)) => {
-                            return self.finish(worker, reply, limits, wall).await;
-                        }
-                        other => {
-                            let what = match other {
-                                Ok(m) => format!("{m:?}"),
-                                Err(e) => e.to_string(),
-                            };
-                            return Outcome::Lost {
-                                message: format!("the worker broke the protocol: unexpected {what}"),
-                                wall,
-                                cpu_ms: worker.task_cpu_ms(&started),
-                            };
-                        }
-                    }
+                frame = worker.frames.recv() => self.on_frame(worker, frame, &mut p).await,
+                _ = tokio::time::sleep_until(p.deadline) => self.on_deadline(worker, &mut p).await,
+                _ = poll.tick(), if p.started.is_some() => {
+                    self.on_poll(worker, &p, &scratch.out_dir).await
                 }
-                _ = tokio::time::sleep_until(deadline) => {
-                    let Some(run) = started else {
-                        self.kill(worker).await;
-                        return Outcome::Killed {
-                            limit: LimitKind::Time,
-                            message: format!(
-                                "compiling the module took longer than {} s",
-                                self.compile_timeout.as_secs()
-                            ),
-                            wall: Duration::ZERO,
-                            cpu_ms: 0,
-                            salvaged: Salvaged::default(),
-                        };
-                    };
-                    let wall = run.at.elapsed();
-                    // The task's CPU time. If the clock cannot be read (the worker is gone;
-                    // its pipe will say so next), the wall-clock time stands in.
-                    let used_us = worker
-                        .cpu_us()
-                        .map_or(micros(wall), |c| c.saturating_sub(run.cpu_base_us));
-                    let now = tokio::time::Instant::now();
-                    let waited = run.waited(worker);
-                    let backstop = run.wall_deadline + waited;
-                    let message = if used_us >= limit_us {
-                        format!(
-                            "cpu: stopped after {} ms of CPU time (its limit: {} ms), {} ms of \
-                             wall-clock time",
-                            used_us / 1000,
-                            limits.time_ms,
-                            millis(wall)
-                        )
-                    } else if now >= backstop {
-                        format!(
-                            "wall-time: stopped after {} ms of wall-clock time ({} ms of it \
-                             waiting for a CPU, not counted), the most a task with a CPU-time \
-                             limit of {} ms may take; it had used {} ms of CPU time (sleeping or \
-                             blocked)",
-                            millis(wall),
-                            millis(waited),
-                            limits.time_ms,
-                            used_us / 1000
-                        )
-                    } else {
-                        // Not yet: the task cannot use up what is left sooner than this.
-                        let left = Duration::from_micros(limit_us - used_us).max(CPU_CHECK_MIN);
-                        deadline = (now + left).min(backstop.max(now + CPU_CHECK_MIN));
-                        continue;
-                    };
-                    let cpu_ms = used_us / 1000;
-                    let salvaged = self.salvage(worker, limits).await;
-                    self.kill(worker).await;
-                    return Outcome::Killed {
-                        limit: LimitKind::Time,
-                        message,
-                        wall,
-                        cpu_ms,
-                        salvaged,
-                    };
+            };
+            if let Break(outcome) = step {
+                break outcome;
+            }
+        };
+        (outcome, p.loaded)
+    }
+
+    /// A frame from the worker during the task: it asks for the module, says the task
+    /// started, or reports its ending; anything else loses the task.
+    async fn on_frame(
+        &self,
+        worker: &mut WorkerProc,
+        frame: Option<Result<Frame, String>>,
+        p: &mut Progress<'_>,
+    ) -> ControlFlow<Outcome> {
+        let wall = p.wall();
+        // Read from /proc only when the task is lost (a normal ending carries the worker's
+        // own measure).
+        let json = match frame {
+            None => {
+                // Before the reap: /proc still has the dead worker's times.
+                let cpu_ms = worker.task_cpu_ms(&p.started);
+                let status = reap(&mut worker.child).await;
+                let tail = worker.last_words().await;
+                let message = format!("the worker process died during the task ({status}){tail}");
+                return Break(lost(message, wall, cpu_ms));
+            }
+            Some(Err(e)) => format!("the worker broke the protocol: {e}"),
+            Some(Ok(Frame::Blob(_))) => "the worker broke the protocol: unexpected blob".into(),
+            Some(Ok(Frame::Json(j))) => return self.on_message(worker, &j, p, wall).await,
+        };
+        Break(lost(json, wall, worker.task_cpu_ms(&p.started)))
+    }
+
+    /// A message from the worker during the task (see [`Self::on_frame`]).
+    async fn on_message(
+        &self,
+        worker: &mut WorkerProc,
+        json: &[u8],
+        p: &mut Progress<'_>,
+        wall: Duration,
+    ) -> ControlFlow<Outcome> {
+        match serde_json::from_slice::<FromWorker>(json) {
+            Ok(FromWorker::NeedModule) if p.started.is_none() => {
+                let sent =
+                    protocol::write_frame_async(&mut worker.stdin, KIND_BLOB, &p.task.module).await;
+                if let Err(e) = sent {
+                    let message = format!("sending the module to the worker: {e}");
+                    return Break(lost(message, Duration::ZERO, 0));
                 }
-                _ = poll.tick(), if started.is_some() => {
-                    let dir = scratch.out_dir.clone();
-                    let usage = tokio::task::spawn_blocking(move || scratch::usage(&dir, max_entries))
-                        .await
-                        .unwrap_or_default();
-                    if usage.bytes > limits.output_bytes
-                        || usage.files > self.max_out_files
-                        || usage.truncated
-                    {
-                        let (wall, cpu_ms) = (elapsed(&started), worker.task_cpu_ms(&started));
-                        let salvaged = self.salvage(worker, limits).await;
-                        self.kill(worker).await;
-                        return Outcome::Killed {
-                            salvaged,
-                            limit: LimitKind::Output,
-                            message: format!(
-                                "stopped: out/ reached {} bytes in {} files{} (limit {} bytes, {} files)",
-                                usage.bytes,
-                                usage.files,
-                                if usage.truncated { " or more" } else { "" },
-                                limits.output_bytes,
-                                self.max_out_files
-                            ),
-                            wall,
-                            cpu_ms,
-                        };
-                    }
-                }
+                Continue(())
+            }
+            Ok(FromWorker::Started {
+                module_source,
+                load_us,
+                cpu_us,
+            }) if p.started.is_none() => {
+                // The module is compiled and cached: other slots may go ahead.
+                p.first_use.take();
+                p.loaded = Some((module_source, load_us));
+                p.start(worker, cpu_us);
+                Continue(())
+            }
+            Ok(FromWorker::Done(reply)) => Break(self.finish(worker, reply, p.limits, wall).await),
+            other => {
+                let what = match other {
+                    Ok(m) => format!("{m:?}"),
+                    Err(e) => e.to_string(),
+                };
+                let message = format!("the worker broke the protocol: unexpected {what}");
+                Break(lost(message, wall, worker.task_cpu_ms(&p.started)))
             }
         }
+    }
+
+    /// The deadline passed: before `Started` the compile timeout; after, the task may have
+    /// used up its CPU time or reached its wall-clock backstop (stopped), or not yet (the
+    /// next deadline is set).
+    async fn on_deadline(
+        &self,
+        worker: &mut WorkerProc,
+        p: &mut Progress<'_>,
+    ) -> ControlFlow<Outcome> {
+        let limits = p.limits;
+        let Some(run) = p.started else {
+            self.kill(worker).await;
+            return Break(Outcome::Killed {
+                limit: LimitKind::Time,
+                message: format!(
+                    "compiling the module took longer than {} s",
+                    self.compile_timeout.as_secs()
+                ),
+                wall: Duration::ZERO,
+                cpu_ms: 0,
+                salvaged: Salvaged::default(),
+            });
+        };
+        let wall = run.at.elapsed();
+        // The task's CPU time. If the clock cannot be read (the worker is gone; its pipe will
+        // say so next), the wall-clock time stands in.
+        let used_us = worker
+            .cpu_us()
+            .map_or(micros(wall), |c| c.saturating_sub(run.cpu_base_us));
+        let limit_us = limits.time_ms.saturating_mul(1000);
+        let now = tokio::time::Instant::now();
+        let waited = run.waited(worker);
+        let backstop = run.wall_deadline + waited;
+        let message = if used_us >= limit_us {
+            format!(
+                "cpu: stopped after {} ms of CPU time (its limit: {} ms), {} ms of \
+                 wall-clock time",
+                used_us / 1000,
+                limits.time_ms,
+                millis(wall)
+            )
+        } else if now >= backstop {
+            format!(
+                "wall-time: stopped after {} ms of wall-clock time ({} ms of it \
+                 waiting for a CPU, not counted), the most a task with a CPU-time \
+                 limit of {} ms may take; it had used {} ms of CPU time (sleeping or \
+                 blocked)",
+                millis(wall),
+                millis(waited),
+                limits.time_ms,
+                used_us / 1000
+            )
+        } else {
+            // Not yet: the task cannot use up what is left sooner than this.
+            let left = Duration::from_micros(limit_us - used_us).max(CPU_CHECK_MIN);
+            p.deadline = (now + left).min(backstop.max(now + CPU_CHECK_MIN));
+            return Continue(());
+        };
+        let cpu_ms = used_us / 1000;
+        let salvaged = self.salvage(worker, limits).await;
+        self.kill(worker).await;
+        Break(Outcome::Killed {
+            limit: LimitKind::Time,
+            message,
+            wall,
+            cpu_ms,
+            salvaged,
+        })
+    }
+
+    /// A look at out/ while the task runs: over the output limit, the task is stopped.
+    async fn on_poll(
+        &self,
+        worker: &mut WorkerProc,
+        p: &Progress<'_>,
+        out_dir: &Path,
+    ) -> ControlFlow<Outcome> {
+        let limits = p.limits;
+        let dir = out_dir.to_path_buf();
+        let max_entries = self.max_out_files.saturating_mul(4);
+        let usage = tokio::task::spawn_blocking(move || scratch::usage(&dir, max_entries))
+            .await
+            .unwrap_or_default();
+        if !self.over_output(&usage, limits) {
+            return Continue(());
+        }
+        let (wall, cpu_ms) = (p.wall(), worker.task_cpu_ms(&p.started));
+        let salvaged = self.salvage(worker, limits).await;
+        self.kill(worker).await;
+        Break(Outcome::Killed {
+            salvaged,
+            limit: LimitKind::Output,
+            message: format!(
+                "stopped: out/ reached {} bytes in {} files{} (limit {} bytes, {} files)",
+                usage.bytes,
+                usage.files,
+                if usage.truncated { " or more" } else { "" },
+                limits.output_bytes,
+                self.max_out_files
+            ),
+            wall,
+            cpu_ms,
+        })
     }
 
     /// Reads the two blobs that follow a `Done` reply and checks them against the limits.
