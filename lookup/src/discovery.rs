@@ -22,6 +22,8 @@ use std::time::{Duration, Instant};
 use mdns_sd::{IfKind, ServiceDaemon, ServiceEvent};
 use rjs_signer::keys::PublicKey;
 use rjs_wire::announce::{AnnounceError, Announcement, SERVICE_TYPE};
+use rjs_wire::ids::NodeId;
+use rjs_wire::status::Drops;
 use serde::Serialize;
 
 /// Default announcement interval the TTL is based on.
@@ -90,28 +92,19 @@ pub enum DropReason {
 }
 
 /// Counters of dropped announcements, by reason (for the node panel).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct DropCounters {
-    pub unsigned: u64,
-    pub malformed: u64,
-    pub unknown_key: u64,
-    pub bad_signature: u64,
-    pub stale: u64,
-    pub replay: u64,
-}
+pub type DropCounters = Drops;
 
-impl DropCounters {
-    fn count(&mut self, r: DropReason) {
-        let c = match r {
-            DropReason::Unsigned => &mut self.unsigned,
-            DropReason::Malformed => &mut self.malformed,
-            DropReason::UnknownKey => &mut self.unknown_key,
-            DropReason::BadSignature => &mut self.bad_signature,
-            DropReason::Stale => &mut self.stale,
-            DropReason::Replay => &mut self.replay,
-        };
-        *c += 1;
-    }
+/// Counts one dropped announcement.
+fn count_drop(drops: &mut DropCounters, r: DropReason) {
+    let c = match r {
+        DropReason::Unsigned => &mut drops.unsigned,
+        DropReason::Malformed => &mut drops.malformed,
+        DropReason::UnknownKey => &mut drops.unknown_key,
+        DropReason::BadSignature => &mut drops.bad_signature,
+        DropReason::Stale => &mut drops.stale,
+        DropReason::Replay => &mut drops.replay,
+    };
+    *c += 1;
 }
 
 /// What happened to one offered announcement.
@@ -130,7 +123,7 @@ pub enum Offer {
 /// One node as the panel shows it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct NodeView {
-    pub node_id: String,
+    pub node_id: NodeId,
     pub addresses: Vec<IpAddr>,
     pub port: u16,
     pub mflops: u64,
@@ -154,10 +147,10 @@ struct Lease {
 pub struct NodeTable {
     ttl: Duration,
     clock_window: Duration,
-    nodes: HashMap<String, Lease>,
+    nodes: HashMap<NodeId, Lease>,
     /// Last accepted `(timestamp, seq)` per node, kept after a lease expires so that an old
     /// announcement cannot bring a dropped node back.
-    last: HashMap<String, (u64, u64)>,
+    last: HashMap<NodeId, (u64, u64)>,
     drops: DropCounters,
 }
 
@@ -186,12 +179,12 @@ impl NodeTable {
         let (ann, sig) = match r {
             Ok(x) => x,
             Err(Offer::Dropped(reason)) => {
-                self.drops.count(reason);
+                count_drop(&mut self.drops, reason);
                 return Offer::Dropped(reason);
             }
             Err(other) => return other,
         };
-        let id = ann.node_id.clone();
+        let id = NodeId::from(ann.node_id.clone());
         self.last.insert(id.clone(), (ann.timestamp_ms, ann.seq));
         let lease = Lease {
             ann,
@@ -226,11 +219,14 @@ impl NodeTable {
         if ann.timestamp_ms.abs_diff(now_unix_ms) > window {
             return Err(Offer::Dropped(DropReason::Stale));
         }
-        if let Some(&last) = self.last.get(&ann.node_id) {
+        if let Some(&last) = self.last.get(ann.node_id.as_str()) {
             let this = (ann.timestamp_ms, ann.seq);
             if this <= last {
-                let same =
-                    this == last && self.nodes.get(&ann.node_id).is_some_and(|l| l.sig == sig);
+                let same = this == last
+                    && self
+                        .nodes
+                        .get(ann.node_id.as_str())
+                        .is_some_and(|l| l.sig == sig);
                 return Err(if same {
                     Offer::Duplicate
                 } else {
@@ -242,9 +238,9 @@ impl NodeTable {
     }
 
     /// Drops the leases not renewed within the TTL; returns the dropped node ids.
-    pub fn expire(&mut self, now: Instant) -> Vec<String> {
+    pub fn expire(&mut self, now: Instant) -> Vec<NodeId> {
         let ttl = self.ttl;
-        let gone: Vec<String> = self
+        let gone: Vec<NodeId> = self
             .nodes
             .iter()
             .filter(|(_, l)| now.saturating_duration_since(l.renewed) > ttl)
@@ -263,7 +259,7 @@ impl NodeTable {
             .values()
             .filter(|l| now.saturating_duration_since(l.renewed) <= self.ttl)
             .map(|l| NodeView {
-                node_id: l.ann.node_id.clone(),
+                node_id: l.ann.node_id.as_str().into(),
                 addresses: l.addresses.clone(),
                 port: l.ann.port,
                 mflops: l.ann.mflops,
@@ -285,7 +281,7 @@ impl NodeTable {
 /// Why the browser could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum DiscoveryError {
-    #[error("mDNS: {0}")]
+    #[error("mDNS")]
     Mdns(#[from] mdns_sd::Error),
 }
 
@@ -499,7 +495,7 @@ mod tests {
         // Lease expiry, and an old announcement cannot revive the node.
         let later = t0 + Duration::from_millis(700);
         assert!(t.nodes(later).is_empty());
-        assert_eq!(t.expire(later), vec!["a".to_owned()]);
+        assert_eq!(t.expire(later), vec![NodeId::from("a")]);
         let a2_again = s(&ann("a", now_ms, 2), &good);
         assert_eq!(
             t.offer(a2_again, vec![], &keys, now_ms, later),

@@ -27,8 +27,7 @@ use tokio_rustls::client::TlsStream;
 
 use crate::discovery::NodeView;
 
-/// A node's id (as announced and in its certificate).
-pub type NodeId = String;
+pub use rjs_wire::ids::NodeId;
 
 /// Time added to a job's own time limit while waiting for its answer (start-up, archive).
 pub const DEFAULT_ANSWER_MARGIN: Duration = Duration::from_secs(30);
@@ -292,7 +291,7 @@ impl NodeClient {
         self
     }
 
-    pub fn node_id(&self) -> &str {
+    pub fn node_id(&self) -> &NodeId {
         &self.node_id
     }
 
@@ -335,7 +334,7 @@ impl NodeClient {
                 .and_then(|c| c.first())
                 .map(|c| rjs_wire::tls::cert_sha256(c));
             match sha {
-                Some(sha) if check(&self.node_id, &sha) => {}
+                Some(sha) if check(self.node_id.as_str(), &sha) => {}
                 Some(sha) => {
                     return Err(unreachable(format!(
                         "its certificate (SHA-256 {sha}) is not the enrolled, unrevoked certificate of {}",

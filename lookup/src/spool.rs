@@ -33,12 +33,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
+use rjs_cmd::chain;
 use rjs_signer::fsutil::{self, FileError};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 
-use crate::upstream::{AnswerAck, Backoff, UpstreamError, WebServerClient, chain};
+use crate::upstream::{AnswerAck, Backoff, UpstreamError, WebServerClient};
 
 /// Largest answer accepted into the spool (the web server's default limit).
 pub const MAX_SPOOLED: u64 = 64 * 1024 * 1024;

@@ -7,22 +7,27 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use rjs_cmd::chain;
 use rjs_signer::bundle::is_sha256_hex as valid_id;
 use rjs_wire::api::{
     AnswerResponse, ErrorBody, FailureRequest, FailureResponse, H_NODE, H_OUTCOME, JobsEvent,
     LOOKUP_PREFIX, LeaseRequest, LeaseResponse, ReleaseRequest, ReleaseResponse, RenewRequest,
     RenewResponse,
 };
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rjs_wire::creds::{Creds, parse_creds};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 /// Errors talking to the web server. `Display` names the operation and URL; the cause is in
-/// `source()` (print with `{:#}` through anyhow, or walk the chain).
+/// `source()` (print with [`rjs_cmd::chain`]).
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
-    #[error("loading lookup credentials from {path}: {why}")]
-    Credentials { path: PathBuf, why: String },
+    #[error("loading lookup credentials from {path}")]
+    Credentials {
+        path: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("building the HTTPS client")]
     Client(#[source] reqwest::Error),
     #[error("{what} {url}")]
@@ -72,6 +77,15 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
+    /// `reqwest`'s failure while `what` `url`, as [`UpstreamError::Transport`].
+    fn transport(what: &'static str, url: &str) -> impl FnOnce(reqwest::Error) -> Self {
+        move |source| UpstreamError::Transport {
+            what,
+            url: url.to_owned(),
+            source,
+        }
+    }
+
     /// Worth retrying later: the web server was unreachable, timed out, or failed on its side
     /// (5xx, 408, 429). Other errors will not go away by themselves.
     pub fn is_transient(&self) -> bool {
@@ -93,56 +107,14 @@ impl UpstreamError {
     }
 }
 
-/// The error and all its causes on one line: `a: b: c`.
-pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
-
-/// Identity and trust read from a `rjs-webserver lookup add` credentials file.
-pub struct Credentials {
-    /// The web server's CA: the only root trusted.
-    pub ca: Vec<CertificateDer<'static>>,
-    /// The lookup's client certificate chain (the certificates that are not the CA).
-    pub chain: Vec<CertificateDer<'static>>,
-    pub key: PrivateKeyDer<'static>,
-}
-
-impl Credentials {
-    /// Reads the credentials file: first certificate the leaf, second the CA, then the key
-    /// (`docs/webserver-admin.md`, "Lookup credentials file").
-    pub fn load(path: &Path) -> Result<Self, UpstreamError> {
-        let bad = |why: String| UpstreamError::Credentials {
-            path: path.to_owned(),
-            why,
-        };
-        let pem =
-            rjs_signer::fsutil::read_bounded(path, 1024 * 1024).map_err(|e| bad(chain(&e)))?;
-        let certs =
-            rjs_wire::tls::certs_from_pem(&pem, "credentials").map_err(|e| bad(chain(&e)))?;
-        if certs.len() < 2 {
-            return Err(bad(
-                "expected the client certificate then the CA certificate".into(),
-            ));
-        }
-        let ca = certs[1].clone();
-        let leaf: Vec<_> = certs.into_iter().filter(|c| *c != ca).collect();
-        if leaf.is_empty() {
-            return Err(bad("no client certificate besides the CA".into()));
-        }
-        let key = rjs_wire::tls::key_from_pem(&pem, "credentials").map_err(|e| bad(chain(&e)))?;
-        Ok(Credentials {
-            ca: vec![ca],
-            chain: leaf,
-            key,
-        })
-    }
+/// Reads the `rjs-webserver lookup add` credentials file ([`rjs_wire::creds`]).
+fn load_credentials(path: &Path) -> Result<Creds, UpstreamError> {
+    let bad = |source: Box<dyn std::error::Error + Send + Sync>| UpstreamError::Credentials {
+        path: path.to_owned(),
+        source,
+    };
+    let pem = rjs_signer::fsutil::read_bounded(path, 1024 * 1024).map_err(|e| bad(e.into()))?;
+    parse_creds(&pem).map_err(|e| bad(e.into()))
 }
 
 /// Timeouts of a [`WebServerClient`].
@@ -218,11 +190,7 @@ async fn read_body(
     while let Some(chunk) = resp
         .chunk()
         .await
-        .map_err(|source| UpstreamError::Transport {
-            what,
-            url: url.to_owned(),
-            source,
-        })?
+        .map_err(UpstreamError::transport(what, url))?
     {
         if (body.len() + chunk.len()) as u64 > limit {
             return Err(too_large());
@@ -255,13 +223,14 @@ impl WebServerClient {
         cache_dir: &Path,
         timeouts: Timeouts,
     ) -> Result<Self, UpstreamError> {
-        let c = Credentials::load(creds)?;
-        let mut tls = rjs_wire::tls::client_config(&c.ca, Some((c.chain, c.key))).map_err(|e| {
-            UpstreamError::Credentials {
-                path: creds.to_owned(),
-                why: chain(&e),
-            }
-        })?;
+        let c = load_credentials(creds)?;
+        let mut tls =
+            rjs_wire::tls::client_config(&[c.ca], Some((vec![c.cert], c.key))).map_err(|e| {
+                UpstreamError::Credentials {
+                    path: creds.to_owned(),
+                    source: e.into(),
+                }
+            })?;
         tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         let http = reqwest::Client::builder()
             .use_preconfigured_tls(tls)
@@ -296,11 +265,7 @@ impl WebServerClient {
             .timeout(self.timeouts.request)
             .send()
             .await
-            .map_err(|source| UpstreamError::Transport {
-                what,
-                url: url.to_owned(),
-                source,
-            })?;
+            .map_err(UpstreamError::transport(what, url))?;
         let status = resp.status();
         if status.is_success() || status == reqwest::StatusCode::NOT_MODIFIED {
             return Ok(resp);
@@ -540,11 +505,7 @@ impl WebServerClient {
             .header(reqwest::header::ACCEPT, "text/event-stream")
             .send()
             .await
-            .map_err(|source| UpstreamError::Transport {
-                what,
-                url: url.clone(),
-                source,
-            })?;
+            .map_err(UpstreamError::transport(what, &url))?;
         if !resp.status().is_success() {
             let status = resp.status().as_u16();
             return Err(UpstreamError::Status {

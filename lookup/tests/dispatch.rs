@@ -13,7 +13,7 @@ use rjs_e2e::pki::Ca;
 use rjs_e2e::{bounded, pack, sha256_hex};
 use rjs_lookup::discovery::NodeView;
 use rjs_lookup::dispatch::{
-    DispatchError, JobOffer, NodeClient, NodePool, Placement, Scheduler, Why, dispatch_job,
+    DispatchError, JobOffer, NodeClient, NodeId, NodePool, Placement, Scheduler, Why, dispatch_job,
 };
 use rjs_signer::KeyPair;
 use rjs_signer::answer::{AnswerLimits, verify_answer};
@@ -24,7 +24,7 @@ use rjs_wire::node::RefusalCode;
 
 fn view(id: &str, mflops: u64, free: u32, groups: &[&str]) -> NodeView {
     NodeView {
-        node_id: id.to_owned(),
+        node_id: id.into(),
         addresses: vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
         port: 1,
         mflops,
@@ -35,8 +35,8 @@ fn view(id: &str, mflops: u64, free: u32, groups: &[&str]) -> NodeView {
     }
 }
 
-fn set(ids: &[&str]) -> HashSet<String> {
-    ids.iter().map(|s| s.to_string()).collect()
+fn set(ids: &[&str]) -> HashSet<NodeId> {
+    ids.iter().map(|&s| s.into()).collect()
 }
 
 #[test]
@@ -60,12 +60,16 @@ fn fastest_serving_free_node_first() {
         vec!["other", "fast", "mid", "slow"]
     );
     assert_eq!(
-        s.pick("/compute", &nodes, &set(&[])).as_deref(),
+        s.pick("/compute", &nodes, &set(&[]))
+            .as_ref()
+            .map(NodeId::as_str),
         Some("fast")
     );
     // Refused nodes are skipped.
     assert_eq!(
-        s.pick("/compute", &nodes, &set(&["fast"])).as_deref(),
+        s.pick("/compute", &nodes, &set(&["fast"]))
+            .as_ref()
+            .map(NodeId::as_str),
         Some("mid")
     );
     assert_eq!(
@@ -95,7 +99,7 @@ fn why_a_job_is_not_running() {
         "All 2 nodes serving this job's group are busy: it waits for a free slot."
     );
     // One refused, the other busy: busy.
-    let refusals = HashMap::from([("a".to_owned(), RefusalCode::Untrusted)]);
+    let refusals = HashMap::from([("a".into(), RefusalCode::Untrusted)]);
     assert_eq!(
         s.why("/compute", &nodes, &refusals),
         Some(Why::AllBusy { n: 1 })
@@ -107,8 +111,8 @@ fn why_a_job_is_not_running() {
     );
 
     let refusals = HashMap::from([
-        ("a".to_owned(), RefusalCode::Untrusted),
-        ("b".to_owned(), RefusalCode::Untrusted),
+        ("a".into(), RefusalCode::Untrusted),
+        ("b".into(), RefusalCode::Untrusted),
     ]);
     let why = s.why("/compute", &nodes, &refusals).unwrap();
     assert_eq!(
@@ -193,7 +197,7 @@ impl Node {
 
     fn view(&self) -> NodeView {
         NodeView {
-            node_id: self.id.clone(),
+            node_id: self.id.as_str().into(),
             addresses: vec![self.addr.ip()],
             port: self.addr.port(),
             mflops: self.mflops,
@@ -211,7 +215,7 @@ async fn dispatch(
     pool: &mut NodePool,
     nodes: &[NodeView],
     job: &JobOffer,
-    refusals: &mut HashMap<String, RefusalCode>,
+    refusals: &mut HashMap<NodeId, RefusalCode>,
 ) -> Placement {
     bounded(
         what,
@@ -241,7 +245,9 @@ async fn refused_by_the_fastest_then_runs_on_the_trusting_node() {
     let nodes = vec![slow.view(), fast.view()];
     let s = Scheduler;
     assert_eq!(
-        s.pick("/compute", &nodes, &HashSet::new()).as_deref(),
+        s.pick("/compute", &nodes, &HashSet::new())
+            .as_ref()
+            .map(NodeId::as_str),
         Some("fast-untrusting")
     );
     let mut pool = NodePool::new(ca.lookup_tls());
@@ -250,7 +256,7 @@ async fn refused_by_the_fastest_then_runs_on_the_trusting_node() {
     let placed = dispatch("dispatch", &mut pool, &nodes, &job, &mut refusals).await;
     assert_eq!(
         refusals,
-        HashMap::from([("fast-untrusting".to_owned(), RefusalCode::Untrusted)])
+        HashMap::from([("fast-untrusting".into(), RefusalCode::Untrusted)])
     );
     let Placement::Ran {
         node,
@@ -281,7 +287,7 @@ async fn refused_by_the_fastest_then_runs_on_the_trusting_node() {
             job_id: 2,
             ..job.clone()
         },
-        &mut HashMap::from([("fast-untrusting".to_owned(), RefusalCode::Untrusted)]),
+        &mut HashMap::from([("fast-untrusting".into(), RefusalCode::Untrusted)]),
     )
     .await;
     assert!(

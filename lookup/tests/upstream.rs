@@ -3,9 +3,10 @@
 
 use std::time::{Duration, Instant};
 
+use rjs_cmd::chain;
 use rjs_e2e::{Author, LookupCreds, WebServer, make_bundle, now};
 use rjs_lookup::spool::{AnswerSpool, RelayOptions};
-use rjs_lookup::upstream::{AnswerAck, Poller, Timeouts, Wake, WebServerClient, chain};
+use rjs_lookup::upstream::{AnswerAck, Poller, Timeouts, Wake, WebServerClient};
 use rjs_wire::api::{JobState, UploadResponse};
 use sha2::{Digest, Sha256};
 

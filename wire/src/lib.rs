@@ -14,7 +14,10 @@
 
 pub mod announce;
 pub mod api;
+#[cfg(feature = "pki")]
+pub mod creds;
 pub mod enrol;
+pub mod ids;
 pub mod node;
 #[cfg(feature = "pki")]
 pub mod pki;

@@ -1,0 +1,186 @@
+//! The lanes: one per slot of a live node, each running one job at a time over its own
+//! connection; and what becomes of a job when its lane is done with it.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rjs_cmd::chain;
+use rjs_wire::ids::JobId;
+use rjs_wire::node::RefusalCode;
+use rjs_wire::status::JobWhere;
+use tokio::sync::mpsc;
+
+use super::dispatcher::{job_lost, report_failure};
+use super::state::{Place, Shared};
+use crate::dispatch::{DispatchError, JobOffer, JobOutcome, NodeClient, NodeId};
+
+/// One slot of one node: takes the jobs assigned to the node, one at a time, over its own
+/// persistent connection.
+pub(super) async fn lane(
+    shared: Arc<Shared>,
+    mut client: NodeClient,
+    rx: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<JobId>>>,
+) {
+    let node = client.node_id().to_owned();
+    loop {
+        let Some(id) = rx.lock().await.recv().await else {
+            return;
+        };
+        let lease = match shared.lock().jobs.get(&id) {
+            Some(j) => j.lease.clone(),
+            None => {
+                finish(&shared, &node, id, Finish::Vanished);
+                continue;
+            }
+        };
+        let bundle = match shared.bundle(&lease.bundle_id).await {
+            Ok(b) => b,
+            Err(why) => {
+                tracing::warn!(job = %id, %why, "bundle unavailable");
+                finish(&shared, &node, id, Finish::BadBundle(why));
+                continue;
+            }
+        };
+        let offer = JobOffer {
+            job_id: id.get(),
+            bundle_sha256: lease.bundle_id.clone(),
+            bundle: bundle.bytes.clone(),
+            task: lease.task,
+        };
+        let result = client.run_job(&offer, bundle.time_limit).await;
+        let fin = match result {
+            Ok(JobOutcome::Answer { outcome, bytes }) => {
+                // Spooled (fsynced) before this lane offers the node anything else.
+                match shared
+                    .spool
+                    .put(id.get(), outcome.clone(), node.to_string(), bytes)
+                    .await
+                {
+                    Ok(()) => Finish::Answered { outcome },
+                    Err(e) => {
+                        tracing::error!(job = %id, error = %chain(&e), "spooling an answer failed");
+                        Finish::Lost("the answer could not be spooled".into())
+                    }
+                }
+            }
+            Ok(JobOutcome::Refused { code, reason }) => Finish::Refused { code, reason },
+            Err(DispatchError::Unreachable { reason, .. }) => Finish::Unreachable(reason),
+            Err(DispatchError::NodeLost { reason, .. }) => Finish::Lost(reason),
+        };
+        finish(&shared, &node, id, fin);
+    }
+}
+
+pub(super) enum Finish {
+    Answered { outcome: String },
+    Refused { code: RefusalCode, reason: String },
+    Unreachable(String),
+    Lost(String),
+    BadBundle(String),
+    Vanished,
+}
+
+/// Whether an answer's outcome line says the job exited with 0, whatever limits it hit on the
+/// way (`exit 0`, `exit 0 (limit hit: stdout)`): the panel counts it as done.
+pub(super) fn exited_zero(outcome: &str) -> bool {
+    outcome == "exit 0" || outcome.starts_with("exit 0 (")
+}
+
+/// Records how a lane's job ended and wakes whoever can use the freed slot.
+pub(super) fn finish(shared: &Arc<Shared>, node: &NodeId, id: JobId, fin: Finish) {
+    let now = Instant::now();
+    let mut st = shared.lock();
+    let still_ours = st
+        .jobs
+        .get(&id)
+        .is_some_and(|j| matches!(&j.place, Place::Running { node: n } if n == node));
+    if still_ours && let Some(s) = st.stats.get_mut(node) {
+        s.busy = s.busy.saturating_sub(1);
+    }
+    match fin {
+        Finish::Vanished => {}
+        Finish::Answered { outcome } => {
+            st.counters.answers += 1;
+            let s = st.stats.entry(node.to_owned()).or_default();
+            if exited_zero(&outcome) {
+                s.done += 1;
+            } else {
+                s.failed += 1;
+            }
+            st.jobs.remove(&id);
+            st.remember(
+                id,
+                JobWhere::Answered,
+                Some(node.to_owned()),
+                format!("answered by {node}: {outcome}"),
+            );
+        }
+        Finish::Refused { code, reason } => {
+            st.counters.refusals += 1;
+            let s = st.stats.entry(node.to_owned()).or_default();
+            s.refused += 1;
+            let transient = matches!(
+                code,
+                RefusalCode::NoFreeSlot | RefusalCode::NotIdle | RefusalCode::Unavailable
+            );
+            if transient {
+                s.cool_until = Some(now + Duration::from_secs(1));
+            }
+            tracing::info!(job = %id, %node, code = code.as_str(), %reason, "refused");
+            if let Some(j) = st.jobs.get_mut(&id) {
+                if !transient {
+                    j.refusals.insert(node.to_owned(), (code, now));
+                }
+                j.place = Place::Queued;
+                st.queue.push_front(id);
+            }
+        }
+        Finish::Unreachable(reason) => {
+            tracing::warn!(job = %id, %node, %reason, "node unreachable");
+            st.stats.entry(node.to_owned()).or_default().cool_until =
+                Some(now + Duration::from_secs(2));
+            if let Some(j) = st.jobs.get_mut(&id) {
+                j.place = Place::Queued;
+                st.queue.push_front(id);
+            }
+        }
+        Finish::Lost(reason) => {
+            tracing::warn!(job = %id, %node, %reason, "job lost with its node");
+            st.stats.entry(node.to_owned()).or_default().cool_until =
+                Some(now + Duration::from_millis(500));
+            if still_ours {
+                job_lost(shared, &mut st, id, node, &reason);
+            }
+        }
+        Finish::BadBundle(why) => {
+            if still_ours {
+                st.jobs.remove(&id);
+                st.remember(id, JobWhere::Released, None, why.clone());
+                report_failure(shared, id, why);
+            }
+        }
+    }
+    drop(st);
+    shared.dispatch.notify_one();
+    shared.capacity.notify_one();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::exited_zero;
+
+    #[test]
+    fn done_is_exit_0_with_or_without_limits_hit() {
+        assert!(exited_zero("exit 0"));
+        assert!(exited_zero("exit 0 (limit hit: stdout)"));
+        for other in [
+            "exit 01",
+            "exit 3",
+            "exit 3 (limit hit: output)",
+            "limit: time",
+            "trap: unreachable",
+        ] {
+            assert!(!exited_zero(other), "{other}");
+        }
+    }
+}
