@@ -31,6 +31,7 @@ use rjs::grid::{
     self, GridOptions, JobWhere, LocalGrid, NodeOptions, NodesResponse, StatusResponse, WhyResponse,
 };
 use rjs::signals;
+use rjs_harness::paths;
 use rjs_wire::api::{JobState, JobView};
 use rjs_wire::status::StatusRequest;
 use serde::de::DeserializeOwned;
@@ -344,10 +345,9 @@ struct Ctx {
 
 impl Ctx {
     fn new(args: &Args) -> Result<Ctx> {
-        let target = grid::workspace_target_dir();
-        let bin_dir = target.join("release");
+        let bin_dir = paths::target_dir().join("release");
         check_binaries(&bin_dir, args.allow_stale)?;
-        let samples = target.join("rjs-samples");
+        let samples = paths::samples_dir();
         let hello = samples.join("hello");
         let mandelbrot = samples.join("mandelbrot");
         for d in [&hello, &mandelbrot] {

@@ -13,6 +13,7 @@ use rjs_wire::api::{JobState, JobView};
 
 use crate::grid::{self, GridOptions, LocalGrid, NodesResponse, netns};
 use crate::signals;
+use rjs_harness::paths;
 
 /// Exit status when no private network namespace can be made (and `--lan` was not given).
 pub const EXIT_NO_NETNS: u8 = 2;
@@ -473,13 +474,11 @@ fn job_folder(args: &DemoArgs) -> Result<PathBuf> {
         );
         return Ok(j.clone());
     }
-    let job = grid::workspace_target_dir()
-        .join("rjs-samples")
-        .join("mandelbrot");
+    let job = paths::samples_dir().join("mandelbrot");
     if job.join("manifest.json").is_file() && job.join("mandelbrot.wasm").is_file() {
         return Ok(job);
     }
-    let script = grid::workspace_root().join("samples").join("build.sh");
+    let script = paths::workspace_root().join("samples").join("build.sh");
     ensure!(
         script.is_file(),
         "{} is missing and so is {} to build it: pass --job DIR",

@@ -12,21 +12,15 @@ use std::time::{Duration, Instant};
 
 use rjs_compute::job::{TaskResult, TaskSpec};
 use rjs_compute::sandbox::{ModuleSource, Sandbox, SandboxConfig, SandboxError};
+use rjs_harness::paths;
 use rjs_signer::answer::{Ending, LimitKind};
 use rjs_signer::{Limits, Manifest};
 use sha2::{Digest, Sha256};
 
 const BIN: &str = env!("CARGO_BIN_EXE_rjs-compute");
 
-fn target_dir() -> PathBuf {
-    match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(d) => PathBuf::from(d),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"),
-    }
-}
-
 fn samples_dir() -> PathBuf {
-    let dir = target_dir().join("rjs-samples");
+    let dir = paths::samples_dir();
     assert!(
         dir.join("hello/hello.wasm").is_file(),
         "sample jobs missing in {}: run samples/build.sh first",
@@ -188,7 +182,7 @@ fn probe_module() -> Vec<u8> {
 
 /// A one-file Rust program (`source`) compiled for wasm32-wasip1 as `<name>.wasm`.
 fn wasm_from_source(name: &str, source: &str) -> Vec<u8> {
-    let dir = target_dir().join("rjs-sandbox-probe");
+    let dir = paths::target_dir().join("rjs-sandbox-probe");
     std::fs::create_dir_all(&dir).unwrap();
     let src = dir.join(format!("{name}.rs"));
     std::fs::write(&src, source).unwrap();
@@ -196,7 +190,7 @@ fn wasm_from_source(name: &str, source: &str) -> Vec<u8> {
 }
 
 fn compile_wasm(src: &Path, name: &str) -> Vec<u8> {
-    let dir = target_dir().join("rjs-sandbox-probe");
+    let dir = paths::target_dir().join("rjs-sandbox-probe");
     std::fs::create_dir_all(&dir).unwrap();
     // A name of its own per call: tests compiling the same program at once must not share
     // rustc's output and intermediate files.
@@ -633,7 +627,7 @@ async fn mandelbrot_tiles_are_identical_to_native() {
         .status()
         .unwrap();
     assert!(status.success());
-    let native = target_dir().join("debug/mandelbrot");
+    let native = paths::target_dir().join("debug/mandelbrot");
 
     let node = node(2).await;
     let tasks: Vec<_> = (0..8).map(|i| sample_task("mandelbrot", i)).collect();

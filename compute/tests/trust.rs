@@ -197,17 +197,10 @@ impl NoCtty for std::fs::OpenOptions {
     }
 }
 
-fn target_dir() -> PathBuf {
-    match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(d) => Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(d),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"),
-    }
-}
-
 /// The sample job `hello` (`samples/build.sh`). Its manifest asks for limits other than the
 /// defaults: 10 s, 16 MiB of memory, 1 MiB of output, 64 KiB of stdout/stderr.
 fn hello_dir() -> PathBuf {
-    let dir = target_dir().join("rjs-samples/hello");
+    let dir = rjs_harness::paths::samples_dir().join("hello");
     assert!(
         dir.join("manifest.json").is_file(),
         "{} is missing: run samples/build.sh first",

@@ -1,13 +1,20 @@
-//! A private network namespace for the local grid: only a loopback link, with multicast, so
-//! that mDNS announcements and browsing never leave this machine.
+//! A private network namespace for the local grid and for tests: only a loopback link, with
+//! multicast, so that mDNS announcements and browsing never leave this machine.
 //!
 //! The mdns-sd daemon joins its multicast groups on every interface as soon as it is created,
 //! before any interface restriction applies: a process that announces or browses must never
 //! run on the host's own network stack in a demo or test. [`enter_private`] moves the calling
 //! thread into a fresh namespace; every process it starts afterwards inherits it.
+//!
+//! A test enters one in a child process, never in the test runner itself: the head of such a
+//! test is [`isolated_child`], which re-executes the test binary to run just that test.
 
 use std::ffi::CStr;
+use std::fs::File;
 use std::io;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
@@ -216,52 +223,106 @@ impl Drop for Socket {
     }
 }
 
+/// The variable naming the test a re-executed test binary is to run isolated.
+const CHILD: &str = "RJS_ISOLATED_TEST";
+
+/// Held while an isolated child runs: they take turns (on a small machine, grids running side
+/// by side would make each other's timings meaningless).
+static ONE_CHILD_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// The head of a test that must run in a private network namespace:
+///
+/// ```ignore
+/// #[test]
+/// fn announces() {
+///     if !rjs_harness::netns::isolated_child("announces", Duration::from_secs(60)) {
+///         return;
+///     }
+///     // Here: in a child process, in a private network namespace.
+/// }
+/// ```
+///
+/// In the test runner it re-executes this test binary to run just `test` (its full name, as
+/// `--exact` takes it) within `timeout` ([`run_isolated`]), checks its verdict and returns
+/// `false`. In that child it enters a private namespace ([`enter_private`], before the test
+/// starts any thread) and returns `true`; where no namespace can be made it prints a `SKIP:`
+/// line, which the parent reports, and returns `false`.
+pub fn isolated_child(test: &str, timeout: Duration) -> bool {
+    if !std::env::var(CHILD).is_ok_and(|t| t == test) {
+        run_isolated(test, timeout);
+        return false;
+    }
+    match enter_private() {
+        Ok(_) => true,
+        Err(e) => {
+            println!("SKIP: no private network namespace here: {e:#}");
+            false
+        }
+    }
+}
+
+/// Runs `test` (a test of this executable, ignored or not) in a child process, in a process
+/// group of its own, and panics unless it passed within `timeout` (the whole group is killed
+/// then). One such child runs at a time.
+pub fn run_isolated(test: &str, timeout: Duration) {
+    let _turn = ONE_CHILD_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let started = Instant::now();
+    let exe = std::env::current_exe().expect("the test executable's path");
+    let dir = tempfile::tempdir().expect("a temporary folder for the child's output");
+    let (out_path, err_path) = (dir.path().join("child.out"), dir.path().join("child.err"));
+    let mut child = Command::new(exe)
+        .args(["--exact", test, "--nocapture", "--include-ignored"])
+        .arg("--test-threads=1")
+        .env(CHILD, test)
+        .stdin(Stdio::null())
+        .stdout(File::create(&out_path).expect("the child's stdout file"))
+        .stderr(File::create(&err_path).expect("the child's stderr file"))
+        .process_group(0)
+        .spawn()
+        .expect("re-executing the test binary");
+    let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap_or_default();
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("waiting for the child") {
+            break s;
+        }
+        if Instant::now() > deadline {
+            // The whole group: the test and the servers it started.
+            // SAFETY: kill(2) on the process group of our own unreaped child.
+            unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+            let _ = child.wait();
+            panic!("{test} took longer than {timeout:?}:\n{}", read(&out_path));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let (out, err) = (read(&out_path), read(&err_path));
+    eprintln!("{test}: child ran {:.1?}", started.elapsed());
+    assert!(status.success(), "{test} failed ({status}):\n{out}\n{err}");
+    if let Some(line) = out.lines().find(|l| l.contains("SKIP:")) {
+        eprintln!("NOTE: {test}: {line}");
+        return;
+    }
+    assert!(
+        out.contains("test result: ok. 1 passed"),
+        "{test} did not run:\n{out}\n{err}"
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::net::{Ipv4Addr, UdpSocket};
-    use std::process::Command;
-    use std::time::Duration;
 
-    const CHILD: &str = "RJS_NETNS_TEST_CHILD";
-    const TEST: &str = "grid::netns::tests::a_private_namespace_has_only_loopback_with_multicast";
-
-    /// Entering changes the calling thread for good: the real test runs in a child process
-    /// (this test executable again), so the test runner's other threads are never involved.
+    /// Entering changes the calling thread for good: the test runs in a child process
+    /// ([`isolated_child`]), so the test runner's other threads are never involved.
     #[test]
     fn a_private_namespace_has_only_loopback_with_multicast() {
-        if std::env::var_os(CHILD).is_some() {
-            return in_child();
-        }
-        let exe = std::env::current_exe().unwrap();
-        let out = Command::new(exe)
-            .args(["--exact", TEST, "--nocapture", "--test-threads=1"])
-            .env(CHILD, "1")
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "child failed:\n{stdout}\n{stderr}");
-        if let Some(line) = stdout.lines().find(|l| l.starts_with("SKIP")) {
-            eprintln!("NOTE: {line}");
+        let test = "netns::tests::a_private_namespace_has_only_loopback_with_multicast";
+        if !isolated_child(test, Duration::from_secs(60)) {
             return;
         }
-        assert!(stdout.contains("MULTICAST OK"), "{stdout}\n{stderr}");
-    }
-
-    fn in_child() {
-        let kind = match enter_private() {
-            Ok(k) => k,
-            Err(e) => {
-                // Not possible on this machine (no privilege, no user namespaces): the
-                // function's error is what `rjs demo` prints; nothing else to check.
-                let msg = format!("{e:#}");
-                assert!(msg.contains("unshare"), "{msg}");
-                println!("SKIP: no private network namespace here: {msg}");
-                return;
-            }
-        };
-        println!("entered a {kind}");
         assert_eq!(links().unwrap(), ["lo"]);
         assert!(is_private());
         let routes = std::fs::read_to_string("/proc/thread-self/net/route").unwrap();
@@ -283,6 +344,5 @@ mod tests {
         let mut buf = [0u8; 64];
         let (n, _) = rx.recv_from(&mut buf).unwrap();
         assert_eq!(&buf[..n], b"rjs netns test");
-        println!("MULTICAST OK");
     }
 }

@@ -1,11 +1,13 @@
-//! Child processes of the local grid: started with their stderr (and stdout) appended to a
-//! log file, waited for with timeouts, stopped by signal.
+//! Child processes of tests, benchmarks and the local grid: one managed type, [`Managed`],
+//! started and waited for until it reports that it listens ([`spawn_ready`] with a log file,
+//! [`spawn_listening`] for tests), signalled, terminated with a timeout, and killed (SIGKILL)
+//! when dropped; and short commands run to completion ([`run`], [`run_ok`]).
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -17,13 +19,16 @@ use crate::signals;
 const POLL: Duration = Duration::from_millis(25);
 /// Lines of a log quoted in an error.
 const TAIL_LINES: usize = 25;
+/// How long [`spawn_listening`] waits for the marker line.
+const LISTEN_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A long-running child: a server of the grid.
+/// A long-running child (a server), killed (SIGKILL) when dropped unless it exited before.
 #[derive(Debug)]
-pub(crate) struct Managed {
+pub struct Managed {
     pub name: String,
     pub child: Child,
-    pub log: PathBuf,
+    /// Where its stderr and stdout go, if to a log file ([`spawn_ready`]).
+    pub log: Option<PathBuf>,
     /// Set once the exit was collected.
     pub exited: Option<ExitStatus>,
     /// Whether we asked it to end (SIGTERM, SIGINT, SIGKILL): an exit is then expected.
@@ -55,7 +60,7 @@ fn open_log(path: &Path) -> Result<File> {
 }
 
 /// A printable form of a command line.
-pub(crate) fn show(cmd: &Command) -> String {
+pub fn show(cmd: &Command) -> String {
     let mut s = cmd.get_program().to_string_lossy().into_owned();
     for a in cmd.get_args() {
         s.push(' ');
@@ -64,10 +69,13 @@ pub(crate) fn show(cmd: &Command) -> String {
     s
 }
 
-/// Starts `cmd` as `name`, appending its stderr and stdout to `log`, and waits up to
-/// `timeout` for a stdout line containing `marker`; returns the process and that line. Fails early if the process exits, with its status and the
-/// end of its log.
-pub(crate) fn spawn_ready(
+/// Starts `cmd` as `name`, appending its stderr and stdout to `log`, in its own process
+/// group and told SIGTERM when the calling thread dies (see [`LocalGrid`]), and waits up to
+/// `timeout` for a stdout line containing `marker`; returns the process and that line. Fails
+/// early if the process exits, with its status and the end of its log.
+///
+/// [`LocalGrid`]: crate::grid::LocalGrid
+pub fn spawn_ready(
     name: &str,
     mut cmd: Command,
     log: &Path,
@@ -75,69 +83,118 @@ pub(crate) fn spawn_ready(
     timeout: Duration,
 ) -> Result<(Managed, String)> {
     let mut file = open_log(log)?;
-    let shown = show(&cmd);
-    writeln!(file, "--- {} starting {name}: {shown}", timestamp())
+    writeln!(file, "--- {} starting {name}: {}", timestamp(), show(&cmd))
         .with_context(|| format!("writing to {}", log.display()))?;
     let stderr = file
         .try_clone()
         .with_context(|| format!("duplicating the log {}", log.display()))?;
     prepare(&mut cmd);
-    cmd.stdout(Stdio::piped()).stderr(stderr);
+    cmd.stderr(stderr);
+    start(name, &mut cmd, Some((log, file)), marker, timeout)
+}
+
+/// Spawns `cmd` (as the caller set it up: its stderr, stdin) with its standard output piped
+/// and waits up to 30 s for a line holding `marker`; returns the process and the rest of
+/// that line after the marker, trimmed.
+pub fn spawn_listening(cmd: &mut Command, marker: &'static str) -> Result<(Managed, String)> {
+    let name = show(cmd);
+    let (proc, line) = start(&name, cmd, None, marker, LISTEN_TIMEOUT)?;
+    let rest = line
+        .split(marker)
+        .nth(1)
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    Ok((proc, rest))
+}
+
+/// Spawns `cmd` with its stdout piped (copied to `log` if given, each line prefixed
+/// `[stdout]`) and waits for the first line holding `marker`.
+fn start(
+    name: &str,
+    cmd: &mut Command,
+    log: Option<(&Path, File)>,
+    marker: &'static str,
+    timeout: Duration,
+) -> Result<(Managed, String)> {
+    cmd.stdout(Stdio::piped());
     let mut child = cmd
         .spawn()
-        .with_context(|| format!("starting {name}: {shown}"))?;
+        .with_context(|| format!("starting {name}: {}", show(cmd)))?;
     let stdout = child.stdout.take();
-    let mut managed = Managed {
-        name: name.to_owned(),
-        child,
-        log: log.to_owned(),
-        exited: None,
-        asked_to_exit: false,
+    let (log, file) = match log {
+        Some((path, file)) => (Some(path.to_owned()), Some(file)),
+        None => (None, None),
     };
+    let mut managed = Managed::adopt(name, child);
+    managed.log = log;
     let Some(stdout) = stdout else {
         bail!("starting {name}: no stdout pipe");
     };
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut sent = false;
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            // Best effort: the log is for people.
-            let _ = writeln!(file, "[stdout] {line}");
-            if !sent && line.contains(marker) {
-                sent = tx.send(line).is_ok();
-            }
-        }
-    });
+    let rx = watch_stdout(stdout, file, marker);
     let deadline = Instant::now() + timeout;
-    let line = loop {
+    loop {
         match rx.recv_timeout(POLL) {
-            Ok(line) => break line,
+            Ok(line) => return Ok((managed, line)),
             Err(mpsc::RecvTimeoutError::Timeout) | Err(mpsc::RecvTimeoutError::Disconnected) => {}
         }
         if let Some(status) = managed.try_exit()? {
             bail!(
                 "{name} exited ({}) before reporting {marker:?}; {}",
                 describe(status),
-                tail_note(log)
+                managed.log_note()
             );
         }
         if let Err(e) = signals::check() {
-            managed.kill_now();
+            managed.kill9();
             return Err(e.context(format!("waiting for {name} to start")));
         }
         if Instant::now() >= deadline {
-            managed.kill_now();
+            managed.kill9();
             bail!(
                 "{name} did not report {marker:?} within {timeout:?}; {}",
-                tail_note(log)
+                managed.log_note()
             );
         }
-    };
-    Ok((managed, line))
+    }
+}
+
+/// Reads `stdout` to its end on a thread of its own, copying each line to `log` if given;
+/// sends the first line holding `marker`.
+fn watch_stdout(
+    stdout: ChildStdout,
+    mut log: Option<File>,
+    marker: &'static str,
+) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut sent = false;
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if let Some(f) = log.as_mut() {
+                // Best effort: the log is for people.
+                let _ = writeln!(f, "[stdout] {line}");
+            }
+            if !sent && line.contains(marker) {
+                sent = tx.send(line).is_ok();
+            }
+        }
+    });
+    rx
 }
 
 impl Managed {
+    /// Takes charge of `child`, spawned by the caller (who reads its pipes).
+    pub fn adopt(name: &str, child: Child) -> Managed {
+        Managed {
+            name: name.to_owned(),
+            child,
+            log: None,
+            exited: None,
+            asked_to_exit: false,
+        }
+    }
+
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
     }
@@ -188,8 +245,29 @@ impl Managed {
         }
     }
 
+    /// Sends SIGTERM and waits up to `timeout` for the exit; returns the exit code (`None`
+    /// if a signal ended it). Past the timeout it is killed (SIGKILL), and that is an error.
+    pub fn terminate(&mut self, timeout: Duration) -> Result<Option<i32>> {
+        self.signal(libc::SIGTERM)?;
+        match self.wait_until(Instant::now() + timeout)? {
+            Some(status) => Ok(status.code()),
+            None => {
+                self.kill9();
+                bail!(
+                    "{} did not exit within {timeout:?} of SIGTERM and was killed",
+                    self.name
+                )
+            }
+        }
+    }
+
+    /// `its log (PATH) ends with:\n…` when it writes to a log file, else nothing.
+    pub fn log_note(&self) -> String {
+        self.log.as_deref().map(tail_note).unwrap_or_default()
+    }
+
     /// SIGKILL and reap, ignoring errors (the process may be gone already).
-    pub fn kill_now(&mut self) {
+    pub fn kill9(&mut self) {
         self.asked_to_exit = true;
         if self.exited.is_none() {
             let _ = self.child.kill();
@@ -200,12 +278,12 @@ impl Managed {
 
 impl Drop for Managed {
     fn drop(&mut self) {
-        self.kill_now();
+        self.kill9();
     }
 }
 
 /// `exit 0`, `exit 1`, `killed by SIGKILL`.
-pub(crate) fn describe(status: ExitStatus) -> String {
+pub fn describe(status: ExitStatus) -> String {
     match (status.code(), status.signal()) {
         (Some(c), _) => format!("exit {c}"),
         (None, Some(s)) => format!("killed by {}", signals::signal_name(s)),
@@ -215,12 +293,7 @@ pub(crate) fn describe(status: ExitStatus) -> String {
 
 /// Runs a short command to completion within `timeout`, appending the command line and its
 /// output to `log` if given; returns its stdout. Fails with its status and stderr if it fails.
-pub(crate) fn run(
-    name: &str,
-    cmd: &mut Command,
-    log: Option<&Path>,
-    timeout: Duration,
-) -> Result<String> {
+pub fn run(name: &str, cmd: &mut Command, log: Option<&Path>, timeout: Duration) -> Result<String> {
     let shown = show(cmd);
     let mut file = match log {
         Some(log) => {
@@ -278,8 +351,22 @@ pub(crate) fn run(
     String::from_utf8(stdout).map_err(|_| anyhow!("{shown} printed something that is not UTF-8"))
 }
 
+/// Runs a command to completion, failing with its output if it fails; returns its stdout.
+pub fn run_ok(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed ({}):\nstdout: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// The last lines of a log, for an error message.
-pub(crate) fn tail(log: &Path, lines: usize) -> String {
+pub fn tail(log: &Path, lines: usize) -> String {
     let Ok(mut f) = File::open(log) else {
         return String::new();
     };
@@ -296,7 +383,7 @@ pub(crate) fn tail(log: &Path, lines: usize) -> String {
 }
 
 /// `its log (PATH) ends with:\n…` or `its log PATH is empty`.
-pub(crate) fn tail_note(log: &Path) -> String {
+pub fn tail_note(log: &Path) -> String {
     let t = tail(log, TAIL_LINES);
     if t.trim().is_empty() {
         format!("its log {} is empty", log.display())

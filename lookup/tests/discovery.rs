@@ -1,91 +1,23 @@
 //! Discovery over real mDNS, inside a private network namespace.
 //!
 //! The mdns-sd daemon joins its multicast groups on every interface as soon as it is created,
-//! so no daemon may ever be created on the host's network stack. The outer test re-executes
-//! this test binary inside `unshare --net` (loopback up, multicast routed to it) with the env
-//! var `RJS_DISCOVERY_IN_NETNS` set; the inner test is `#[ignore]`d and, in addition, refuses to
-//! create any daemon unless that variable is set AND the only interface it sees is `lo`.
+//! so no daemon may ever be created on the host's network stack. The test re-executes this
+//! test binary to run itself in a child that first enters a private network namespace (only
+//! `lo`, multicast routed to it): [`rjs_harness::netns::isolated_child`].
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use mdns_sd::{IfKind, ServiceDaemon, ServiceInfo};
 use rjs_compute::announce::{Announcer, AnnouncerConfig};
+use rjs_harness::netns;
 use rjs_lookup::discovery::{Browser, DiscoveryConfig, NodeView};
 use rjs_signer::keys::KeyPair;
 use rjs_wire::announce::{Announcement, SERVICE_TYPE};
 
-const GUARD: &str = "RJS_DISCOVERY_IN_NETNS";
 const INTERVAL: Duration = Duration::from_millis(200);
-
-/// Runs `inner` (an ignored test of this binary) inside a fresh network namespace.
-fn run_in_netns(inner: &str) {
-    let probe = Command::new("unshare")
-        .args(["--net", "true"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-    if !matches!(probe, Ok(s) if s.success()) {
-        eprintln!("NOTE: skipping {inner}: `unshare --net` is not possible on this machine");
-        return;
-    }
-    let exe = std::env::current_exe().expect("current exe");
-    let mut child = Command::new("unshare")
-        .args([
-            "--net",
-            "sh",
-            "-c",
-            "ip link set lo up && ip link set lo multicast on && ip route add 224.0.0.0/4 dev lo \
-             && exec \"$0\" --exact \"$1\" --nocapture --ignored --test-threads=1",
-        ])
-        .arg(&exe)
-        .arg(inner)
-        .env(GUARD, "1")
-        .spawn()
-        .expect("spawning unshare");
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("waiting") {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{inner} timed out in the network namespace");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert!(
-        status.success(),
-        "{inner} failed inside the namespace: {status}"
-    );
-}
-
-/// True only when re-executed by [`run_in_netns`] in a namespace whose only link is `lo`.
-fn in_private_netns() -> bool {
-    if std::env::var_os(GUARD).is_none() {
-        eprintln!("NOTE: this test only runs inside a private netns (via its outer test)");
-        return false;
-    }
-    // /proc/self/net/dev lists the links of this process's network namespace (/sys/class/net
-    // would show the namespace sysfs was mounted in).
-    let dev = std::fs::read_to_string("/proc/self/net/dev").unwrap_or_default();
-    let links: Vec<String> = dev
-        .lines()
-        .skip(2)
-        .filter_map(|l| l.split(':').next())
-        .map(|n| n.trim().to_owned())
-        .collect();
-    assert_eq!(
-        links,
-        vec!["lo".to_owned()],
-        "not a private netns: {links:?}"
-    );
-    true
-}
 
 fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;
@@ -128,13 +60,7 @@ fn publish_raw(daemon: &ServiceDaemon, id: &str, txt: &[(String, String)]) {
 
 #[test]
 fn discovery_in_private_netns() {
-    run_in_netns("inner_discovery");
-}
-
-#[test]
-#[ignore = "runs only inside a private network namespace, via discovery_in_private_netns"]
-fn inner_discovery() {
-    if !in_private_netns() {
+    if !netns::isolated_child("discovery_in_private_netns", Duration::from_secs(90)) {
         return;
     }
     let good = Arc::new(KeyPair::from_secret([1; 32]));

@@ -5,17 +5,15 @@
 //!
 //! The mdns-sd daemon joins its multicast groups on every interface as soon as it is created,
 //! so no daemon (and no announcing `rjs-compute serve`) may ever run on the host's network
-//! stack. The outer test re-executes this test binary inside `unshare --net` (loopback up,
-//! multicast routed to it) with `RJS_DISCOVERY_IN_NETNS` set; the inner test is `#[ignore]`d
-//! and refuses to start anything unless that variable is set AND the only interface it sees
-//! is `lo` (the pattern of `discovery.rs`).
+//! stack. The test re-executes this test binary to run itself in a child that first enters a
+//! private network namespace (only `lo`, multicast routed to it):
+//! [`rjs_harness::netns::isolated_child`], as `discovery.rs` does.
 //!
 //! Needs the `rjs-compute` binary next to `rjs-lookup`
 //! (`cargo build -p rjs-compute --bins`, or `cargo test -p rjs-lookup -p rjs-compute`).
 
 use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -23,87 +21,17 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use mdns_sd::IfKind;
-use rjs_e2e::{Proc, bin, pack, run_ok, sha256_hex, spawn_listening};
+use rjs_e2e::{Managed, bin, pack, run_ok, sha256_hex, spawn_listening};
+use rjs_harness::netns;
 use rjs_lookup::discovery::{Browser, DiscoveryConfig, NodeView};
 use rjs_lookup::dispatch::{JobOffer, JobOutcome, NodeClient};
 use rjs_lookup::enrol::{self, Registry};
 use rjs_signer::keys::{KeyPair, PublicKey};
 
-const GUARD: &str = "RJS_DISCOVERY_IN_NETNS";
 const INTERVAL: Duration = Duration::from_millis(200);
 /// The browser's lease TTL: 3 intervals.
 const TTL: Duration = Duration::from_millis(600);
 const MFLOPS: u64 = 1234;
-
-/// Runs `inner` (an ignored test of this binary) inside a fresh network namespace, in its
-/// own process group so that a timeout kills whatever it started too.
-fn run_in_netns(inner: &str) {
-    let probe = Command::new("unshare")
-        .args(["--net", "true"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-    if !matches!(probe, Ok(s) if s.success()) {
-        eprintln!("NOTE: skipping {inner}: `unshare --net` is not possible on this machine");
-        return;
-    }
-    let exe = std::env::current_exe().expect("current exe");
-    let mut child = Command::new("unshare")
-        .args([
-            "--net",
-            "sh",
-            "-c",
-            "ip link set lo up && ip link set lo multicast on && ip route add 224.0.0.0/4 dev lo \
-             && exec \"$0\" --exact \"$1\" --nocapture --ignored --test-threads=1",
-        ])
-        .arg(&exe)
-        .arg(inner)
-        .env(GUARD, "1")
-        .process_group(0)
-        .spawn()
-        .expect("spawning unshare");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("waiting") {
-            break s;
-        }
-        if Instant::now() > deadline {
-            // The whole group: the test and the servers it started.
-            let _ = Command::new("kill")
-                .args(["-KILL", "--", &format!("-{}", child.id())])
-                .status();
-            let _ = child.wait();
-            panic!("{inner} timed out in the network namespace");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert!(
-        status.success(),
-        "{inner} failed inside the namespace: {status}"
-    );
-}
-
-/// True only when re-executed by [`run_in_netns`] in a namespace whose only link is `lo`.
-fn in_private_netns() -> bool {
-    if std::env::var_os(GUARD).is_none() {
-        eprintln!("NOTE: this test only runs inside a private netns (via its outer test)");
-        return false;
-    }
-    // /proc/self/net/dev lists the links of this process's network namespace.
-    let dev = std::fs::read_to_string("/proc/self/net/dev").unwrap_or_default();
-    let links: Vec<String> = dev
-        .lines()
-        .skip(2)
-        .filter_map(|l| l.split(':').next())
-        .map(|n| n.trim().to_owned())
-        .collect();
-    assert_eq!(
-        links,
-        vec!["lo".to_owned()],
-        "not a private netns: {links:?}"
-    );
-    true
-}
 
 fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;
@@ -122,7 +50,7 @@ fn find(browser: &Browser, id: &str) -> Option<NodeView> {
 
 /// A running `rjs-compute serve` and its standard output, line by line.
 struct Serving {
-    proc: Proc,
+    proc: Managed,
     lines: Receiver<String>,
     /// When the ready line was read.
     ready_at: Instant,
@@ -164,7 +92,7 @@ fn serve(node: &Path, id: &str) -> Serving {
         .spawn()
         .expect("starting rjs-compute serve");
     let stdout = child.stdout.take().expect("stdout");
-    let proc = Proc { child };
+    let proc = Managed::adopt("rjs-compute serve", child);
     let (tx, lines) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -282,13 +210,7 @@ fn run_loop_job(
 
 #[test]
 fn serve_announce_in_private_netns() {
-    run_in_netns("inner_serve_announce");
-}
-
-#[test]
-#[ignore = "runs only inside a private network namespace, via serve_announce_in_private_netns"]
-fn inner_serve_announce() {
-    if !in_private_netns() {
+    if !netns::isolated_child("serve_announce_in_private_netns", Duration::from_secs(120)) {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

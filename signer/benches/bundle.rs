@@ -11,10 +11,11 @@
 //!
 //! Prints the medians and exits non-zero if a target is missed.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use rjs_harness::paths;
 use rjs_signer::{BundleBuilder, KeyPair, VerifyLimits, verify_bytes, verify_signed};
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -58,7 +59,7 @@ fn wasm_like_bytes(n: usize) -> Vec<u8> {
         "evil-escape",
         "evil-output",
     ] {
-        let dir = workspace_root().join("target/rjs-samples").join(job);
+        let dir = paths::samples_dir().join(job);
         if let Ok(rd) = std::fs::read_dir(&dir) {
             for e in rd.flatten() {
                 if e.path().extension().is_some_and(|x| x == "wasm") {
@@ -101,13 +102,6 @@ fn sha256sum_time(path: &Path, runs: usize) -> Option<Duration> {
             })
             .collect(),
     ))
-}
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_owned()
 }
 
 fn main() {
@@ -217,7 +211,7 @@ fn main() {
     }
 
     println!("\n== pack the Mandelbrot sample (median of 21) ==");
-    let job = workspace_root().join("target/rjs-samples/mandelbrot");
+    let job = paths::samples_dir().join("mandelbrot");
     if !job.join("manifest.json").is_file() {
         eprintln!("{} is missing: run samples/build.sh first", job.display());
         std::process::exit(2);
@@ -233,7 +227,7 @@ fn main() {
         failed = true;
     }
     // The CLI, end to end (process start, key load, pack, atomic write).
-    let exe = workspace_root().join("target/release/rjs-sign");
+    let exe = paths::target_dir().join("release/rjs-sign");
     if exe.is_file() {
         let keyfile = dir.path().join("k");
         let st = Command::new(&exe)

@@ -1,48 +1,22 @@
-//! End-to-end test harness: starts the real binaries (`target/<profile>/rjs-*`) on loopback,
-//! talks to them through real TLS, and stops them when dropped.
+//! End-to-end test helpers: start the real binaries (`target/<profile>/rjs-*`) on loopback,
+//! talk to them through real TLS, and stop them when dropped. Paths and processes are the
+//! harness's (`rjs-harness`), re-exported here.
 //!
 //! The binaries must be built first (`cargo build --workspace --bins`; `scripts/test.sh` does).
 
 pub mod node;
 pub mod pki;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
+pub use rjs_harness::paths::{bin, sample, samples_dir};
+pub use rjs_harness::process::{Managed, run_ok, spawn_listening};
 use rjs_signer::keys::KeyPair;
 use rjs_signer::request::RequestAuth;
 use sha2::{Digest, Sha256};
-
-/// Path of a workspace binary built next to the running test executable.
-pub fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test> -> target/<profile>/<name>
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let p = dir.join(name);
-    assert!(
-        p.is_file(),
-        "{} is missing: build the binaries first (cargo build --workspace --bins)",
-        p.display()
-    );
-    p
-}
-
-/// Runs a command to completion, failing with its output if it fails.
-pub fn run_ok(cmd: &mut Command) -> Result<String> {
-    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd:?} failed ({}):\nstdout: {}\nstderr: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
 
 pub fn sha256_hex(data: &[u8]) -> String {
     rjs_signer::bundle::hex(&Sha256::digest(data))
@@ -50,32 +24,6 @@ pub fn sha256_hex(data: &[u8]) -> String {
 
 pub fn now() -> u64 {
     rjs_signer::unix_now()
-}
-
-/// The built sample jobs, `<target>/rjs-samples` (`samples/build.sh`; honours
-/// `CARGO_TARGET_DIR`).
-pub fn samples_dir() -> PathBuf {
-    // tests/ -> the workspace root.
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_owned();
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .map(|p| if p.is_absolute() { p } else { root.join(p) })
-        .unwrap_or_else(|| root.join("target"));
-    target.join("rjs-samples")
-}
-
-/// The sample job folder `<target>/rjs-samples/<job>`.
-pub fn sample(job: &str) -> PathBuf {
-    let dir = samples_dir().join(job);
-    assert!(
-        dir.join("manifest.json").is_file(),
-        "{} is missing: build the samples first (samples/build.sh)",
-        dir.display()
-    );
-    dir
 }
 
 /// The sample `job`, packed and signed by `key`.
@@ -92,67 +40,6 @@ pub async fn bounded<T>(what: &str, secs: u64, f: impl std::future::Future<Outpu
         .unwrap_or_else(|_| panic!("{what} took longer than {secs} s"))
 }
 
-/// Spawns `cmd` with its standard output piped and waits up to 30 s for a line holding
-/// `marker`; returns the process and the rest of that line after the marker, trimmed.
-pub fn spawn_listening(cmd: &mut Command, marker: &'static str) -> Result<(Proc, String)> {
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("starting {cmd:?}"))?;
-    let stdout = child.stdout.take().context("child stdout")?;
-    let proc = Proc { child };
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split(marker).nth(1) {
-                let _ = tx.send(rest.trim().to_owned());
-            }
-        }
-    });
-    let rest = rx
-        .recv_timeout(Duration::from_secs(30))
-        .map_err(|_| anyhow!("{cmd:?} did not report {marker:?} within 30 s"))?;
-    Ok((proc, rest))
-}
-
-/// A child process killed (SIGKILL) when dropped unless stopped before.
-pub struct Proc {
-    pub child: Child,
-}
-
-impl Proc {
-    /// Sends SIGTERM and waits up to `timeout` for the exit; returns the exit code.
-    pub fn terminate(&mut self, timeout: Duration) -> Result<Option<i32>> {
-        let pid = self.child.id() as i32;
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(pid.to_string())
-            .status();
-        let start = Instant::now();
-        while start.elapsed() < timeout {
-            if let Some(st) = self.child.try_wait()? {
-                return Ok(st.code());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        self.child.kill()?;
-        self.child.wait()?;
-        bail!("process did not exit within {timeout:?} of SIGTERM")
-    }
-
-    /// SIGKILL, then reap.
-    pub fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
 /// Enrolment material of one lookup server (from `rjs-webserver lookup add`).
 pub struct LookupCreds {
     pub path: PathBuf,
@@ -162,7 +49,7 @@ pub struct LookupCreds {
 /// serving process.
 pub struct WebServer {
     pub dir: tempfile::TempDir,
-    pub proc: Option<Proc>,
+    pub proc: Option<Managed>,
     pub addr: String,
     pub extra_args: Vec<String>,
 }

@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use rjs_signer::KeyPair;
 
 use crate::pki::{Ca, Leaf};
-use crate::{Proc, bin, now, run_ok, spawn_listening};
+use crate::{Managed, bin, now, run_ok, spawn_listening};
 
 /// `rjs-compute <args> --data <data>`, no terminal attached.
 pub fn compute(data: &Path, args: &[&str]) -> Result<String> {
@@ -67,7 +67,7 @@ pub struct ComputeNode {
     pub dir: tempfile::TempDir,
     pub data: PathBuf,
     pub addr: SocketAddr,
-    pub proc: Proc,
+    pub proc: Managed,
 }
 
 impl ComputeNode {

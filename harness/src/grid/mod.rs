@@ -2,7 +2,7 @@
 //! each the real binary started as a child process, talking over loopback. Used by
 //! `rjs demo`, by end-to-end tests and by benchmarks.
 //!
-//! Run it inside a private network namespace ([`netns::enter_private`]): the lookup and the
+//! Run it inside a private network namespace ([`crate::netns::enter_private`]): the lookup and the
 //! nodes create mDNS daemons, which join multicast groups on every interface of the network
 //! stack they start in.
 //!
@@ -22,9 +22,6 @@
 //! are told to stop. So start and restart processes from one long-lived thread.
 
 pub mod api;
-pub mod image;
-pub mod netns;
-mod process;
 
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -37,9 +34,10 @@ use rjs_signer::KeyPair;
 use rjs_signer::keys::{self, PublicKey};
 use rjs_wire::api::{JobList, JobView, UploadResponse};
 
+use crate::process::{self, Managed};
+use crate::{netns, paths};
+
 pub use api::AuthorApi;
-pub use image::{Image, stitch};
-use process::Managed;
 pub use rjs_wire::status::{Drops, JobWhere, NodeRow, NodesResponse, StatusResponse, WhyResponse};
 
 /// Names of the binaries the grid runs.
@@ -227,7 +225,7 @@ impl LocalGrid {
             bail!(
                 "refusing to start a grid outside a private network namespace (its mDNS \
                  daemons would join multicast groups on this machine's interfaces): call \
-                 rjs::grid::netns::enter_private() first, or set require_private_netns = false \
+                 rjs_harness::netns::enter_private() first, or set require_private_netns = false \
                  to run on the real network on purpose"
             );
         }
@@ -359,6 +357,11 @@ impl LocalGrid {
 
     fn logs(&self) -> PathBuf {
         self.opts.dir.join("logs")
+    }
+
+    /// The options the grid was started with.
+    pub fn options(&self) -> &GridOptions {
+        &self.opts
     }
 
     /// The grid's directory.
@@ -507,24 +510,16 @@ impl LocalGrid {
     /// Sends `signal` to the lookup server; for SIGTERM, SIGINT and SIGKILL also waits for
     /// its exit (SIGKILL after the stop timeout) and returns the status.
     pub fn kill_lookup(&mut self, signal: i32) -> Result<Option<ExitStatus>> {
-        let timeout = self.opts.stop_timeout;
-        let p = self
-            .lookup
-            .as_mut()
-            .context("the lookup server is not running")?;
-        signal_and_wait(p, signal, timeout)
+        let p = self.lookup.as_mut();
+        signal_and_wait(p, "the lookup server", signal, self.opts.stop_timeout)
     }
 
     /// Sends `signal` to the web server (SIGSTOP and SIGCONT to pause it and let it go on);
     /// for SIGTERM, SIGINT and SIGKILL also waits for its exit (SIGKILL after the stop
     /// timeout) and returns the status. The grid has no way to start it again.
     pub fn kill_webserver(&mut self, signal: i32) -> Result<Option<ExitStatus>> {
-        let timeout = self.opts.stop_timeout;
-        let p = self
-            .webserver
-            .as_mut()
-            .context("the web server is not running")?;
-        signal_and_wait(p, signal, timeout)
+        let p = self.webserver.as_mut();
+        signal_and_wait(p, "the web server", signal, self.opts.stop_timeout)
     }
 
     /// Enrols node `i` (`rjs-lookup token` + `rjs-compute join`) and makes it trust the
@@ -645,12 +640,7 @@ impl LocalGrid {
             .nodes
             .get_mut(i)
             .with_context(|| format!("no node {i}"))?;
-        let id = node.id.clone();
-        let p = node
-            .proc
-            .as_mut()
-            .with_context(|| format!("{id} is not running"))?;
-        signal_and_wait(p, signal, timeout)
+        signal_and_wait(node.proc.as_mut(), &node.id, signal, timeout)
     }
 
     /// Runs `rjs-lookup ARGS --data L --json` and parses what it prints.
@@ -829,7 +819,7 @@ impl LocalGrid {
                     "{} had exited ({}) before the grid was stopped; {}",
                     p.name,
                     process::describe(status),
-                    process::tail_note(&p.log)
+                    p.log_note()
                 )),
                 Ok(Some(_)) => {}
                 Ok(None) => {
@@ -858,17 +848,17 @@ impl LocalGrid {
                             "{} exited with {} after SIGTERM; {}",
                             p.name,
                             process::describe(status),
-                            process::tail_note(&p.log)
+                            p.log_note()
                         ));
                     }
                 }
                 Ok(None) => {
-                    p.kill_now();
+                    p.kill9();
                     problems.push(format!(
                         "{} did not exit within {:?} of SIGTERM and was killed; {}",
                         p.name,
                         self.opts.stop_timeout,
-                        process::tail_note(&p.log)
+                        p.log_note()
                     ));
                 }
                 Err(e) => problems.push(format!("{e:#}")),
@@ -890,7 +880,15 @@ impl Drop for LocalGrid {
     }
 }
 
-fn signal_and_wait(p: &mut Managed, signal: i32, timeout: Duration) -> Result<Option<ExitStatus>> {
+/// Sends `signal` to `p` (`what`, if it runs); for SIGTERM, SIGINT and SIGKILL also waits
+/// up to `timeout` for its exit (SIGKILL after it) and returns the status.
+fn signal_and_wait(
+    p: Option<&mut Managed>,
+    what: &str,
+    signal: i32,
+    timeout: Duration,
+) -> Result<Option<ExitStatus>> {
+    let p = p.with_context(|| format!("{what} is not running"))?;
     p.signal(signal)?;
     if ![libc::SIGTERM, libc::SIGINT, libc::SIGKILL].contains(&signal) {
         return Ok(None);
@@ -902,12 +900,12 @@ fn signal_and_wait(p: &mut Managed, signal: i32, timeout: Duration) -> Result<Op
     match p.wait_until(Instant::now() + timeout)? {
         Some(s) => Ok(Some(s)),
         None => {
-            p.kill_now();
+            p.kill9();
             bail!(
                 "{} did not exit within {timeout:?} of {} and was killed; {}",
                 p.name,
                 crate::signals::signal_name(signal),
-                process::tail_note(&p.log)
+                p.log_note()
             )
         }
     }
@@ -942,7 +940,7 @@ fn after<'a>(line: &'a str, marker: &str) -> Option<&'a str> {
 }
 
 /// Creates `dir` or checks that it is empty.
-fn prepare_dir(dir: &Path) -> Result<()> {
+pub fn prepare_dir(dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut entries =
         std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
@@ -991,41 +989,13 @@ fn find_bins(explicit: Option<&Path>) -> Result<Bins> {
     )
 }
 
+/// Next to the running executable ([`paths::profile_dir`]), then the workspace's
+/// `target/release` and `target/debug`.
 fn bin_candidates() -> Vec<PathBuf> {
-    let mut v = Vec::new();
-    if let Ok(exe) = std::env::current_exe()
-        && let Some(d) = exe.parent()
-    {
-        v.push(d.to_owned());
-        // Test and bench executables live in target/<profile>/deps.
-        if d.file_name().is_some_and(|n| n == "deps")
-            && let Some(p) = d.parent()
-        {
-            v.push(p.to_owned());
-        }
-    }
-    let target = workspace_target_dir();
-    v.push(target.join("release"));
-    v.push(target.join("debug"));
-    v
+    let target = paths::target_dir();
+    vec![
+        paths::profile_dir(),
+        target.join("release"),
+        target.join("debug"),
+    ]
 }
-
-/// The workspace root this crate was built from.
-pub fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// `$CARGO_TARGET_DIR` (relative to the workspace root) or `<workspace>/target`.
-pub fn workspace_target_dir() -> PathBuf {
-    let root = workspace_root();
-    match std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from) {
-        Some(p) if p.is_absolute() => p,
-        Some(p) => root.join(p),
-        None => root.join("target"),
-    }
-}
-
-#[cfg(test)]
-mod e2e;
-#[cfg(test)]
-mod tests;

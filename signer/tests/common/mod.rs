@@ -273,15 +273,7 @@ pub fn patch_central(bytes: &mut [u8], index: usize, field_offset: usize, value:
 
 /// Where the sample job folders are: `samples/build.sh`'s default output folder,
 /// `<repo>/target/rjs-samples` (whatever `CARGO_TARGET_DIR` is), or `$RJS_SAMPLES`.
-pub fn samples_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("RJS_SAMPLES") {
-        return PathBuf::from(d);
-    }
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join("target")
-        .join("rjs-samples")
-}
+pub use rjs_harness::paths::samples_dir;
 
 /// Every sample job the repository builds.
 pub const SAMPLE_JOBS: [&str; 7] = [

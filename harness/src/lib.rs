@@ -1,0 +1,22 @@
+//! # rjs-harness
+//!
+//! The one test and demo harness of the RJS workspace:
+//!
+//! * [`paths`]: the workspace root, its target directory (honouring `CARGO_TARGET_DIR`), the
+//!   built binaries and the sample jobs.
+//! * [`process`]: a managed child process ([`process::Managed`]): started and waited for
+//!   until it reports that it listens, signalled, terminated with a timeout, killed when
+//!   dropped.
+//! * [`netns`]: private network namespaces (only `lo`, with multicast), entered with libc,
+//!   and [`netns::isolated_child`] to run one test of a test binary inside one.
+//! * [`signals`]: Ctrl-C / SIGTERM as a flag that long waits check.
+//! * [`grid`] (feature `grid`, on by default): a whole grid on this machine — the real
+//!   `rjs-webserver`, `rjs-lookup` and `rjs-compute` binaries as child processes on loopback —
+//!   used by `rjs demo`, the end-to-end tests and the benchmarks.
+
+#[cfg(feature = "grid")]
+pub mod grid;
+pub mod netns;
+pub mod paths;
+pub mod process;
+pub mod signals;
