@@ -18,11 +18,13 @@
 //! Comment lines starting with `#` before and between the blocks say what each block is; PEM
 //! readers skip them. The leaf comes first so that the file works as is as an identity for
 //! most clients (`curl --cert FILE --key FILE`, reqwest's `Identity::from_pem`); the CA then
-//! merely travels as a chain element. [`parse_creds`] splits such a file back.
+//! merely travels as a chain element. [`parse_creds`] ([`rjs_wire::creds`], shared with the
+//! lookup server) splits such a file back, and refuses any other number of certificates.
 
 use rcgen::ExtendedKeyUsagePurpose;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
+/// The lookup credentials file is read by the one parser the lookup server uses too.
+pub use rjs_wire::creds::{Creds, parse_creds};
 pub use rjs_wire::pki::{
     CA_YEARS, Ca, Issued, LEAF_YEARS, MAX_HOST, PkiError, check_host, civil_from_unix, common_name,
 };
@@ -31,16 +33,6 @@ pub use rjs_wire::pki::{
 pub const CA_COMMON_NAME: &str = "RJS web server CA";
 /// Common name of the web server's own certificate.
 pub const SERVER_COMMON_NAME: &str = "rjs-webserver";
-
-/// The parts of a lookup credentials file.
-#[derive(Debug)]
-pub struct Creds {
-    /// The web server's CA (the root to trust).
-    pub ca: CertificateDer<'static>,
-    /// The client certificate.
-    pub cert: CertificateDer<'static>,
-    pub key: PrivateKeyDer<'static>,
-}
 
 /// Creates a new self-signed CA.
 pub fn new_ca() -> Result<Ca, PkiError> {
@@ -87,28 +79,11 @@ pub fn creds_file(name: &str, issued: &Issued, ca_cert_pem: &str) -> String {
     s
 }
 
-/// Splits a lookup credentials file.
-pub fn parse_creds(pem: &[u8]) -> Result<Creds, PkiError> {
-    let mut certs = rjs_wire::tls::certs_from_pem(pem, "credentials file")?;
-    if certs.len() != 2 {
-        return Err(PkiError::Creds(format!(
-            "credentials file: {} certificates, expected 2 (client, then CA)",
-            certs.len()
-        )));
-    }
-    let key = rjs_wire::tls::key_from_pem(pem, "credentials file")?;
-    let ca = certs.pop().ok_or_else(|| PkiError::Creds("no CA".into()))?;
-    let cert = certs
-        .pop()
-        .ok_or_else(|| PkiError::Creds("no client certificate".into()))?;
-    Ok(Creds { ca, cert, key })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use rustls::server::WebPkiClientVerifier;
-    use rustls_pki_types::UnixTime;
+    use rustls_pki_types::{CertificateDer, UnixTime};
 
     #[test]
     fn hosts() {
