@@ -88,10 +88,7 @@ pub fn init(dir: &Path, hosts: &[String]) -> Result<InitReport, AdminError> {
         hosts.to_vec()
     };
     for h in &hosts {
-        pki::check_host(h).map_err(|source| AdminError::Pki {
-            what: "checking the host names",
-            source,
-        })?;
+        pki::check_host(h).map_err(pki_err("checking the host names"))?;
     }
     let data = DataDir::new(dir);
     for existing in [data.ca_key(), data.ca_cert()] {
@@ -110,14 +107,9 @@ pub fn init(dir: &Path, hosts: &[String]) -> Result<InitReport, AdminError> {
     #[cfg(not(unix))]
     let _ = created;
 
-    let ca = pki::new_ca().map_err(|source| AdminError::Pki {
-        what: "creating the CA",
-        source,
-    })?;
-    let server = pki::issue_server(&ca, &hosts).map_err(|source| AdminError::Pki {
-        what: "issuing the server certificate",
-        source,
-    })?;
+    let ca = pki::new_ca().map_err(pki_err("creating the CA"))?;
+    let server =
+        pki::issue_server(&ca, &hosts).map_err(pki_err("issuing the server certificate"))?;
     // Keys first: a certificate without its key is useless, a key alone is harmless.
     fsutil::write_atomic(&data.ca_key(), ca.key_pem.as_bytes(), 0o600)?;
     fsutil::write_atomic(&data.server_key(), server.key_pem.as_bytes(), 0o600)?;
@@ -183,34 +175,44 @@ fn store_err(what: impl Into<String>) -> impl FnOnce(StoreError) -> AdminError {
     move |source| AdminError::Store { what, source }
 }
 
+/// One call on the store of the data directory `dir`; its failure is reported as `what`.
+fn with_store<T>(
+    dir: &Path,
+    what: impl Into<String>,
+    call: impl FnOnce(&SqliteStore) -> Result<T, StoreError>,
+) -> Result<T, AdminError> {
+    call(&store_of(dir)?).map_err(store_err(what))
+}
+
+fn pki_err(what: &'static str) -> impl FnOnce(PkiError) -> AdminError {
+    move |source| AdminError::Pki { what, source }
+}
+
 /// `author add NAME --key KEY`: enrolls an author. `key` is a public key file, a
 /// `rjs-ed25519 …` line or a bare base64 key.
 pub fn author_add(dir: &Path, name: &str, key: &str) -> Result<Author, AdminError> {
     check_name(name)?;
     let (key, _) = PublicKey::load_or_parse(key).map_err(AdminError::Key)?;
-    let store = store_of(dir)?;
-    store
-        .add_author(
+    with_store(dir, format!("adding author {name:?}"), |s| {
+        s.add_author(
             name,
             &key.to_base64(),
             &key.fingerprint().to_string(),
             now(),
         )
-        .map_err(store_err(format!("adding author {name:?}")))
+    })
 }
 
 /// `author list`: every author, removed ones included (flagged).
 pub fn author_list(dir: &Path) -> Result<Vec<Author>, AdminError> {
-    store_of(dir)?
-        .list_authors()
-        .map_err(store_err("listing authors"))
+    with_store(dir, "listing authors", |s| s.list_authors())
 }
 
 /// `author remove NAME`: the author can no longer authenticate (their jobs stay).
 pub fn author_remove(dir: &Path, name: &str) -> Result<(), AdminError> {
-    store_of(dir)?
-        .remove_author(name)
-        .map_err(store_err(format!("removing author {name:?}")))
+    with_store(dir, format!("removing author {name:?}"), |s| {
+        s.remove_author(name)
+    })
 }
 
 /// What `lookup add` did.
@@ -256,10 +258,7 @@ pub fn lookup_add(dir: &Path, name: &str, out: &Path) -> Result<LookupAdded, Adm
         return Err(AdminError::OutputExists(out.to_owned()));
     }
     let ca = load_ca(&data)?;
-    let issued = pki::issue_lookup(&ca, name).map_err(|source| AdminError::Pki {
-        what: "issuing the lookup certificate",
-        source,
-    })?;
+    let issued = pki::issue_lookup(&ca, name).map_err(pki_err("issuing the lookup certificate"))?;
     let text = pki::creds_file(name, &issued, &ca.cert_pem);
     fsutil::write_atomic(out, text.as_bytes(), 0o600)?;
     match store.add_lookup(name, &issued.sha256(), now()) {
@@ -280,16 +279,14 @@ pub fn lookup_add(dir: &Path, name: &str, out: &Path) -> Result<LookupAdded, Adm
 
 /// `lookup list`.
 pub fn lookup_list(dir: &Path) -> Result<Vec<LookupServer>, AdminError> {
-    store_of(dir)?
-        .list_lookups()
-        .map_err(store_err("listing lookup servers"))
+    with_store(dir, "listing lookup servers", |s| s.list_lookups())
 }
 
 /// `lookup revoke NAME`: its certificate is refused from the next request on (no restart).
 pub fn lookup_revoke(dir: &Path, name: &str) -> Result<(), AdminError> {
-    store_of(dir)?
-        .revoke_lookup(name)
-        .map_err(store_err(format!("revoking lookup server {name:?}")))
+    with_store(dir, format!("revoking lookup server {name:?}"), |s| {
+        s.revoke_lookup(name)
+    })
 }
 
 #[cfg(test)]

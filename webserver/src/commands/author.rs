@@ -3,7 +3,7 @@
 use clap::Subcommand;
 use rjs_webserver::admin;
 
-use super::{Data, print_roster_row};
+use super::{Data, RosterRow, print_roster};
 
 #[derive(Subcommand)]
 pub enum AuthorCmd {
@@ -39,13 +39,16 @@ impl AuthorCmd {
             }
             AuthorCmd::List { data } => {
                 let authors = admin::author_list(&data.data)?;
-                if authors.is_empty() {
-                    println!("no authors");
-                }
-                for a in authors {
-                    let state = if a.removed { "removed" } else { "active" };
-                    print_roster_row(&a.name, &a.fingerprint, state, a.created_at);
-                }
+                let rows: Vec<RosterRow> = authors
+                    .iter()
+                    .map(|a| RosterRow {
+                        name: &a.name,
+                        fingerprint: &a.fingerprint,
+                        state: if a.removed { "removed" } else { "active" },
+                        created_at: a.created_at,
+                    })
+                    .collect();
+                print_roster("no authors", &rows);
             }
             AuthorCmd::Remove { name, data } => {
                 admin::author_remove(&data.data, &name)?;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::Subcommand;
 use rjs_webserver::admin;
 
-use super::{Data, print_roster_row};
+use super::{Data, RosterRow, print_roster};
 
 #[derive(Subcommand)]
 pub enum LookupCmd {
@@ -48,13 +48,16 @@ impl LookupCmd {
             }
             LookupCmd::List { data } => {
                 let lookups = admin::lookup_list(&data.data)?;
-                if lookups.is_empty() {
-                    println!("no lookup servers");
-                }
-                for l in lookups {
-                    let state = if l.revoked { "revoked" } else { "active" };
-                    print_roster_row(&l.name, &l.cert_sha256, state, l.created_at);
-                }
+                let rows: Vec<RosterRow> = lookups
+                    .iter()
+                    .map(|l| RosterRow {
+                        name: &l.name,
+                        fingerprint: &l.cert_sha256,
+                        state: if l.revoked { "revoked" } else { "active" },
+                        created_at: l.created_at,
+                    })
+                    .collect();
+                print_roster("no lookup servers", &rows);
             }
             LookupCmd::Revoke { name, data } => {
                 admin::lookup_revoke(&data.data, &name)?;

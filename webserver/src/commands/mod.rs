@@ -55,12 +55,30 @@ impl Cli {
     }
 }
 
-/// One row of `author list` / `lookup list`: name, fingerprint, state, enrolment date.
-fn print_roster_row(name: &str, fingerprint: &str, state: &str, created_at: i64) {
-    println!(
-        "{name:<24} {fingerprint}  {state:<7}  since {}",
-        date(created_at)
-    );
+/// One enrolled author or lookup server as `author list` / `lookup list` show it.
+struct RosterRow<'a> {
+    name: &'a str,
+    /// The key fingerprint or the certificate's SHA-256.
+    fingerprint: &'a str,
+    /// `active`, `removed`, `revoked`.
+    state: &'static str,
+    created_at: i64,
+}
+
+/// Prints one line per row (name, fingerprint, state, enrolment date), or `empty` if none.
+fn print_roster(empty: &str, rows: &[RosterRow<'_>]) {
+    if rows.is_empty() {
+        println!("{empty}");
+    }
+    for r in rows {
+        println!(
+            "{:<24} {}  {:<7}  since {}",
+            r.name,
+            r.fingerprint,
+            r.state,
+            date(r.created_at)
+        );
+    }
 }
 
 /// `YYYY-MM-DD` (UTC).

@@ -11,11 +11,13 @@ use super::auth::{
     Authed, authenticate, check_body, check_nonce_unused, finish, nonce_expiry, replayed,
 };
 use super::body::{
-    blocking, check_declared_length, file_body, read_limited, sha256_hex, stream_to_blob,
+    blocking, check_declared_length, file_body, read_limited, sha256_hex, start_blob,
+    stream_to_blob,
 };
 use super::error::ApiError;
 use super::route::{Call, Caller, Reply};
 use super::validate;
+use crate::store::blobs::BlobWriter;
 use crate::store::{NewSubmission, RequestNonce, StoreError, now};
 
 /// An author API request: signed by an enrolled author (the head checked, the body's hash
@@ -65,21 +67,11 @@ struct UploadQuery {
 /// fails (a replay that raced this request, a store error), the blob is removed again unless
 /// something else refers to or is committing the same content.
 pub async fn upload(call: AuthorCall<'_>, payload: &mut web::Payload) -> Reply {
-    let Call {
-        req,
-        state,
-        caller: authed,
-    } = call;
+    let (req, state, authed) = (call.req, call.state, call.caller);
     let UploadQuery { resubmit } = query(req)?;
     let max = state.limits.max_bundle;
     check_declared_length(req, "the bundle", max)?;
-    let blobs = state.blobs.clone();
-    let writer = blocking(move || {
-        blobs
-            .writer(max)
-            .map_err(|e| ApiError::internal("starting an upload", &e))
-    })
-    .await?;
+    let writer = start_blob(&state.blobs, max).await?;
     let writer = stream_to_blob(payload, writer, "the bundle", max).await?;
     check_body(&authed, &writer.sha256_hex())?;
     check_nonce_unused(state, &authed).await?;
@@ -87,9 +79,7 @@ pub async fn upload(call: AuthorCall<'_>, payload: &mut web::Payload) -> Reply {
     let store = state.store.clone();
     let blobs = state.blobs.clone();
     let pins = state.pins.clone();
-    let author = authed.author.clone();
-    let uploader = authed.auth.key;
-    let nonce = authed.auth.nonce.clone();
+    let who = authed.clone();
     let nonce_expires = nonce_expiry(&authed);
     let limits = VerifyLimits {
         max_bundle_bytes: max,
@@ -97,47 +87,14 @@ pub async fn upload(call: AuthorCall<'_>, payload: &mut web::Payload) -> Reply {
     };
     let (response, created) = blocking(move || {
         let mut writer = writer;
-        let (name, tasks, group) = {
-            // Verified from a read-only map of the synced temporary file: never read
-            // into memory whole (see `BlobWriter::map_written`).
-            let mapped = writer
-                .map_written()
-                .map_err(|e| ApiError::internal("reading back the upload", &e))?;
-            let signed = rjs_signer::verify_signed(&mapped, &limits).map_err(|e| {
-                ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "invalid-bundle",
-                    format!(
-                        "the bundle fails verification ({}): {}",
-                        e.rule(),
-                        rjs_cmd::chain(&e)
-                    ),
-                )
-            })?;
-            let signer = signed.signer();
-            if signer.public_key != uploader {
-                return Err(ApiError::forbidden(
-                    "signer-mismatch",
-                    format!(
-                        "the bundle is signed by {}, not by the uploader {}",
-                        signer.fingerprint, author.fingerprint
-                    ),
-                ));
-            }
-            let manifest = signed.manifest();
-            (
-                manifest.name.clone(),
-                manifest.tasks,
-                manifest.group.clone(),
-            )
-        };
+        let (name, tasks, group) = verify_upload(&mut writer, &limits, &who)?;
         // Every check passed: now, and only now, the blob becomes visible.
         let pin = pins.pin(&writer.sha256_hex());
         let (sha, size) = writer
             .commit()
             .map_err(|e| ApiError::internal("storing the bundle", &e))?;
         let recorded = store.submit(&NewSubmission {
-            author_id: author.id,
+            author_id: who.author.id,
             bundle_id: &sha,
             name: &name,
             tasks,
@@ -146,7 +103,7 @@ pub async fn upload(call: AuthorCall<'_>, payload: &mut web::Payload) -> Reply {
             resubmit,
             now: now(),
             nonce: Some(RequestNonce {
-                nonce: &nonce,
+                nonce: &who.auth.nonce,
                 expires_at: nonce_expires,
             }),
         });
@@ -195,6 +152,46 @@ pub async fn upload(call: AuthorCall<'_>, payload: &mut web::Payload) -> Reply {
     Ok(HttpResponse::build(status).json(response))
 }
 
+/// Verifies an uploaded bundle and that the uploader signed it; its manifest's name, tasks and
+/// group. Verified from a read-only map of the synced temporary file: never read into memory
+/// whole (see `BlobWriter::map_written`).
+fn verify_upload(
+    writer: &mut BlobWriter,
+    limits: &VerifyLimits,
+    uploader: &Authed,
+) -> Result<(String, u32, String), ApiError> {
+    let mapped = writer
+        .map_written()
+        .map_err(|e| ApiError::internal("reading back the upload", &e))?;
+    let signed = rjs_signer::verify_signed(&mapped, limits).map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-bundle",
+            format!(
+                "the bundle fails verification ({}): {}",
+                e.rule(),
+                rjs_cmd::chain(&e)
+            ),
+        )
+    })?;
+    let signer = signed.signer();
+    if signer.public_key != uploader.auth.key {
+        return Err(ApiError::forbidden(
+            "signer-mismatch",
+            format!(
+                "the bundle is signed by {}, not by the uploader {}",
+                signer.fingerprint, uploader.author.fingerprint
+            ),
+        ));
+    }
+    let manifest = signed.manifest();
+    Ok((
+        manifest.name.clone(),
+        manifest.tasks,
+        manifest.group.clone(),
+    ))
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct JobsQuery {
@@ -203,11 +200,7 @@ struct JobsQuery {
 
 /// `GET /api/v1/jobs[?bundle=<id>]`.
 pub async fn jobs(call: AuthorCall<'_>, payload: &mut web::Payload) -> Reply {
-    let Call {
-        req,
-        state,
-        caller: authed,
-    } = call;
+    let (req, state, authed) = (call.req, call.state, call.caller);
     let JobsQuery { bundle } = query(req)?;
     if let Some(b) = &bundle {
         validate::bundle_id(b)?;
@@ -224,11 +217,7 @@ pub async fn jobs(call: AuthorCall<'_>, payload: &mut web::Payload) -> Reply {
 
 /// `GET /api/v1/jobs/{id}/answer`.
 pub async fn answer(call: AuthorCall<'_>, payload: &mut web::Payload) -> Reply {
-    let Call {
-        req,
-        state,
-        caller: authed,
-    } = call;
+    let (req, state, authed) = (call.req, call.state, call.caller);
     let job_id = validate::job_id(req.match_info().get("id"))?;
     finish_small(payload, state, &authed).await?;
     let store = state.store.clone();
@@ -271,11 +260,7 @@ enum AnswerBody {
 
 /// `GET /api/v1/whoami`.
 pub async fn whoami(call: AuthorCall<'_>, payload: &mut web::Payload) -> Reply {
-    let Call {
-        state,
-        caller: authed,
-        ..
-    } = call;
+    let (state, authed) = (call.state, call.caller);
     finish_small(payload, state, &authed).await?;
     Ok(HttpResponse::Ok().json(WhoAmI {
         name: authed.author.name,

@@ -117,11 +117,7 @@ fn check_batch(ids: &[i64]) -> Result<(), ApiError> {
 
 /// `POST /lookup/v1/lease`.
 pub async fn lease(call: LookupCall<'_>, payload: &mut web::Payload) -> Reply {
-    let Call {
-        state,
-        caller: lookup,
-        ..
-    } = call;
+    let (state, lookup) = (call.state, call.caller);
     let r: LeaseRequest = json_body(payload).await?;
     if !(1..=MAX_BATCH).contains(&r.max) {
         return Err(ApiError::bad_request(format!(
@@ -144,32 +140,29 @@ pub async fn lease(call: LookupCall<'_>, payload: &mut web::Payload) -> Reply {
             g.chars().take(140).collect::<String>()
         )));
     }
-    let store = state.store.clone();
-    let max_attempts = state.limits.max_attempts;
-    let leases = blocking(move || {
-        let now = now();
-        let until = now.saturating_add(i64::from(r.lease_secs));
-        store
-            .lease(lookup.id, r.max, &r.groups, until, now, max_attempts)
-            .map_err(|e| match e {
+    let (lookup_id, max_attempts) = (lookup.id, state.limits.max_attempts);
+    let leases = state
+        .store_call_or(
+            move |s| {
+                let now = now();
+                let until = now.saturating_add(i64::from(r.lease_secs));
+                s.lease(lookup_id, r.max, &r.groups, until, now, max_attempts)
+            },
+            |e| match e {
                 StoreError::Revoked(_) => ApiError::forbidden(
                     "revoked-lookup",
                     format!("the lookup server {:?} was revoked", lookup.name),
                 ),
                 e => ApiError::internal("leasing jobs", &e),
-            })
-    })
-    .await?;
+            },
+        )
+        .await?;
     Ok(HttpResponse::Ok().json(LeaseResponse { leases }))
 }
 
 /// `POST /lookup/v1/renew`.
 pub async fn renew(call: LookupCall<'_>, payload: &mut web::Payload) -> Reply {
-    let Call {
-        state,
-        caller: lookup,
-        ..
-    } = call;
+    let (state, lookup) = (call.state, call.caller);
     let r: RenewRequest = json_body(payload).await?;
     check_batch(&r.job_ids)?;
     check_lease_secs(r.lease_secs)?;
@@ -189,11 +182,7 @@ pub async fn renew(call: LookupCall<'_>, payload: &mut web::Payload) -> Reply {
 
 /// `POST /lookup/v1/release`.
 pub async fn release(call: LookupCall<'_>, payload: &mut web::Payload) -> Reply {
-    let Call {
-        state,
-        caller: lookup,
-        ..
-    } = call;
+    let (state, lookup) = (call.state, call.caller);
     let r: ReleaseRequest = json_body(payload).await?;
     check_batch(&r.job_ids)?;
     let released = state
@@ -209,11 +198,7 @@ pub async fn release(call: LookupCall<'_>, payload: &mut web::Payload) -> Reply 
 
 /// `POST /lookup/v1/jobs/{id}/failure`.
 pub async fn failure(call: LookupCall<'_>, payload: &mut web::Payload) -> Reply {
-    let Call {
-        req,
-        state,
-        caller: lookup,
-    } = call;
+    let (req, state, lookup) = (call.req, call.state, call.caller);
     let job_id = validate::job_id(req.match_info().get("id"))?;
     let r: FailureRequest = json_body(payload).await?;
     if !validate::reason(&r.reason) {
@@ -222,18 +207,17 @@ pub async fn failure(call: LookupCall<'_>, payload: &mut web::Payload) -> Reply 
             rjs_wire::api::MAX_REASON
         )));
     }
-    let store = state.store.clone();
     let max_attempts = state.limits.max_attempts;
-    let (job_state, attempts) = blocking(move || {
-        store
-            .fail(lookup.id, job_id, &r.reason, max_attempts, now())
-            .map_err(|e| match e {
+    let (job_state, attempts) = state
+        .store_call_or(
+            move |s| s.fail(lookup.id, job_id, &r.reason, max_attempts, now()),
+            |e| match e {
                 StoreError::NotFound(_) => ApiError::not_found(format!("no job {job_id}")),
                 StoreError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "not-leased", m),
                 e => ApiError::internal("recording a failure", &e),
-            })
-    })
-    .await?;
+            },
+        )
+        .await?;
     if job_state == JobState::Queued {
         state.notify_queued().await;
     }
@@ -482,11 +466,7 @@ async fn store_answers(
 
 /// `PUT /lookup/v1/jobs/{id}/answer`.
 pub async fn answer(call: LookupCall<'_>, payload: &mut web::Payload) -> Reply {
-    let Call {
-        req,
-        state,
-        caller: lookup,
-    } = call;
+    let (req, state, lookup) = (call.req, call.state, call.caller);
     let job_id = validate::job_id(req.match_info().get("id"))?;
     let (outcome, node) = validate::answer_headers(req.headers())?;
     let max = state.limits.max_answer;
@@ -676,11 +656,7 @@ async fn receive_batch(
 
 /// `POST /lookup/v1/answers`: several answers, stored in one transaction.
 pub async fn answers(call: LookupCall<'_>, payload: &mut web::Payload) -> Reply {
-    let Call {
-        req,
-        state,
-        caller: lookup,
-    } = call;
+    let (req, state, lookup) = (call.req, call.state, call.caller);
     let content_type = validate::single_header(req.headers(), header::CONTENT_TYPE.as_str())?;
     if content_type.map(str::trim) != Some(ANSWERS_CONTENT_TYPE) {
         return Err(ApiError::new(
@@ -739,7 +715,7 @@ pub async fn answers(call: LookupCall<'_>, payload: &mut web::Payload) -> Reply 
 
 /// `GET /lookup/v1/bundles/{bundle_id}`.
 pub async fn bundle(call: LookupCall<'_>, payload: &mut web::Payload) -> Reply {
-    let Call { req, state, .. } = call;
+    let (req, state) = (call.req, call.state);
     let id = validate::bundle_id(req.match_info().get("bundle_id").unwrap_or_default())?.to_owned();
     read_limited(payload, "the request body", MAX_JSON_BODY).await?;
     let etag = format!("\"{id}\"");

@@ -135,10 +135,24 @@ impl AppState {
         F: FnOnce(&dyn Store) -> Result<T, crate::store::StoreError> + Send + 'static,
         T: Send + 'static,
     {
+        self.store_call_or(f, ApiError::store(what)).await
+    }
+
+    /// Runs one store call on the blocking pool; `refuse` answers its error (for errors that
+    /// mean something to the client, e.g. `NotFound`).
+    pub async fn store_call_or<T, F>(
+        &self,
+        f: F,
+        refuse: impl FnOnce(crate::store::StoreError) -> ApiError,
+    ) -> Result<T, ApiError>
+    where
+        F: FnOnce(&dyn Store) -> Result<T, crate::store::StoreError> + Send + 'static,
+        T: Send + 'static,
+    {
         let store = self.store.clone();
         body::blocking(move || Ok(f(store.as_ref())))
             .await?
-            .map_err(ApiError::store(what))
+            .map_err(refuse)
     }
 
     /// Tells event listeners how many jobs are queued (after jobs were queued). A failure to

@@ -373,6 +373,75 @@ fn is_unique_violation(e: &rusqlite::Error) -> bool {
     )
 }
 
+/// Refuses with `Exists(what)` if the `SELECT EXISTS (…)` query `sql` finds a row for `value`.
+fn refuse_taken(
+    tx: &Transaction<'_>,
+    sql: &str,
+    value: &str,
+    what: impl FnOnce() -> String,
+) -> Result<(), StoreError> {
+    let taken: bool = tx.query_row(sql, [value], |r| r.get(0))?;
+    if taken {
+        return Err(StoreError::Exists(what()));
+    }
+    Ok(())
+}
+
+/// Runs an `INSERT`; a unique-constraint violation (a race with the checks before it) is
+/// `Exists(what)`.
+fn insert_unique(
+    tx: &Transaction<'_>,
+    sql: &str,
+    params: impl rusqlite::Params,
+    what: impl FnOnce() -> String,
+) -> Result<i64, StoreError> {
+    match tx.execute(sql, params) {
+        Ok(_) => Ok(tx.last_insert_rowid()),
+        Err(e) if is_unique_violation(&e) => Err(StoreError::Exists(what())),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Runs an `UPDATE … WHERE name = ?1 …` of one active row; `NotFound(what)` if none matched.
+fn update_named(tx: &Transaction<'_>, sql: &str, name: &str, what: &str) -> Result<(), StoreError> {
+    if tx.execute(sql, [name])? == 0 {
+        return Err(StoreError::NotFound(format!("{what} {name:?}")));
+    }
+    Ok(())
+}
+
+/// Every row of a query, mapped.
+fn all_rows<T>(
+    tx: &Transaction<'_>,
+    sql: &str,
+    params: impl rusqlite::Params,
+    map: impl FnMut(&Row<'_>) -> rusqlite::Result<T>,
+) -> Result<Vec<T>, StoreError> {
+    let mut stmt = tx.prepare_cached(sql)?;
+    let rows = stmt.query_map(params, map)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Records a request nonce (pruning expired ones first); false if this author used it
+/// before.
+fn insert_nonce(
+    tx: &Transaction<'_>,
+    author_id: i64,
+    nonce: &str,
+    expires_at: i64,
+    now: i64,
+) -> Result<bool, StoreError> {
+    tx.prepare_cached("DELETE FROM nonces WHERE expires_at < ?1")?
+        .execute([now])?;
+    let n = tx
+        .prepare_cached(
+            "INSERT INTO nonces (author_id, nonce, expires_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT (author_id, nonce) DO NOTHING",
+        )?
+        .execute(params![author_id, nonce, expires_at])?;
+    Ok(n == 1)
+}
+
 const AUTHOR_COLS: &str = "id, name, public_key, fingerprint, created_at, removed";
 
 fn author_from_row(row: &Row<'_>) -> rusqlite::Result<Author> {
@@ -467,10 +536,12 @@ fn jobs_of_submission(
     tx: &Transaction<'_>,
     submission_id: i64,
 ) -> Result<Vec<(i64, u32)>, StoreError> {
-    let mut stmt =
-        tx.prepare_cached("SELECT id, task FROM jobs WHERE submission_id = ?1 ORDER BY task")?;
-    let rows = stmt.query_map([submission_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    all_rows(
+        tx,
+        "SELECT id, task FROM jobs WHERE submission_id = ?1 ORDER BY task",
+        [submission_id],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
 }
 
 /// Checks an answer before any write: sizes fit, an inline archive is as long as announced and
@@ -560,39 +631,29 @@ impl Store for SqliteStore {
         fingerprint: &str,
         now: i64,
     ) -> Result<Author, StoreError> {
+        let name_exists = || format!("author {name:?}");
         self.write(|tx| {
-            let name_taken: bool = tx.query_row(
+            refuse_taken(
+                tx,
                 "SELECT EXISTS (SELECT 1 FROM authors WHERE name = ?1 AND removed = 0)",
-                [name],
-                |r| r.get(0),
+                name,
+                name_exists,
             )?;
-            if name_taken {
-                return Err(StoreError::Exists(format!("author {name:?}")));
-            }
-            let key_taken: bool = tx.query_row(
+            refuse_taken(
+                tx,
                 "SELECT EXISTS (SELECT 1 FROM authors WHERE public_key = ?1 AND removed = 0)",
-                [public_key],
-                |r| r.get(0),
+                public_key,
+                || format!("an author with key {public_key}"),
             )?;
-            if key_taken {
-                return Err(StoreError::Exists(format!(
-                    "an author with key {public_key}"
-                )));
-            }
-            tx.execute(
+            let id = insert_unique(
+                tx,
                 "INSERT INTO authors (name, public_key, fingerprint, created_at)
                  VALUES (?1, ?2, ?3, ?4)",
                 params![name, public_key, fingerprint, now],
-            )
-            .map_err(|e| {
-                if is_unique_violation(&e) {
-                    StoreError::Exists(format!("author {name:?}"))
-                } else {
-                    e.into()
-                }
-            })?;
+                name_exists,
+            )?;
             Ok(Author {
-                id: tx.last_insert_rowid(),
+                id,
                 name: name.to_owned(),
                 public_key: public_key.to_owned(),
                 fingerprint: fingerprint.to_owned(),
@@ -604,23 +665,18 @@ impl Store for SqliteStore {
 
     fn remove_author(&self, name: &str) -> Result<(), StoreError> {
         self.write(|tx| {
-            let n = tx.execute(
+            update_named(
+                tx,
                 "UPDATE authors SET removed = 1 WHERE name = ?1 AND removed = 0",
-                [name],
-            )?;
-            if n == 0 {
-                return Err(StoreError::NotFound(format!("author {name:?}")));
-            }
-            Ok(())
+                name,
+                "author",
+            )
         })
     }
 
     fn list_authors(&self) -> Result<Vec<Author>, StoreError> {
-        self.read(|tx| {
-            let mut stmt = tx.prepare(&format!("SELECT {AUTHOR_COLS} FROM authors ORDER BY id"))?;
-            let rows = stmt.query_map([], author_from_row)?;
-            Ok(rows.collect::<Result<_, _>>()?)
-        })
+        let sql = format!("SELECT {AUTHOR_COLS} FROM authors ORDER BY id");
+        self.read(|tx| all_rows(tx, &sql, [], author_from_row))
     }
 
     fn author_by_key(&self, public_key: &str) -> Result<Option<Author>, StoreError> {
@@ -652,17 +708,7 @@ impl Store for SqliteStore {
         expires_at: i64,
         now: i64,
     ) -> Result<bool, StoreError> {
-        self.write(|tx| {
-            tx.prepare_cached("DELETE FROM nonces WHERE expires_at < ?1")?
-                .execute([now])?;
-            let n = tx
-                .prepare_cached(
-                    "INSERT INTO nonces (author_id, nonce, expires_at) VALUES (?1, ?2, ?3)
-                     ON CONFLICT (author_id, nonce) DO NOTHING",
-                )?
-                .execute(params![author_id, nonce, expires_at])?;
-            Ok(n == 1)
-        })
+        self.write(|tx| insert_nonce(tx, author_id, nonce, expires_at, now))
     }
 
     // ---------------------------------------------------------------- lookup servers
@@ -673,38 +719,28 @@ impl Store for SqliteStore {
         cert_sha256: &str,
         now: i64,
     ) -> Result<LookupServer, StoreError> {
+        let name_exists = || format!("lookup server {name:?}");
         self.write(|tx| {
-            let name_taken: bool = tx.query_row(
+            refuse_taken(
+                tx,
                 "SELECT EXISTS (SELECT 1 FROM lookups WHERE name = ?1 AND revoked = 0)",
-                [name],
-                |r| r.get(0),
+                name,
+                name_exists,
             )?;
-            if name_taken {
-                return Err(StoreError::Exists(format!("lookup server {name:?}")));
-            }
-            let cert_taken: bool = tx.query_row(
+            refuse_taken(
+                tx,
                 "SELECT EXISTS (SELECT 1 FROM lookups WHERE cert_sha256 = ?1)",
-                [cert_sha256],
-                |r| r.get(0),
+                cert_sha256,
+                || format!("a lookup server with certificate {cert_sha256}"),
             )?;
-            if cert_taken {
-                return Err(StoreError::Exists(format!(
-                    "a lookup server with certificate {cert_sha256}"
-                )));
-            }
-            tx.execute(
+            let id = insert_unique(
+                tx,
                 "INSERT INTO lookups (name, cert_sha256, created_at) VALUES (?1, ?2, ?3)",
                 params![name, cert_sha256, now],
-            )
-            .map_err(|e| {
-                if is_unique_violation(&e) {
-                    StoreError::Exists(format!("lookup server {name:?}"))
-                } else {
-                    e.into()
-                }
-            })?;
+                name_exists,
+            )?;
             Ok(LookupServer {
-                id: tx.last_insert_rowid(),
+                id,
                 name: name.to_owned(),
                 cert_sha256: cert_sha256.to_owned(),
                 created_at: now,
@@ -715,23 +751,18 @@ impl Store for SqliteStore {
 
     fn revoke_lookup(&self, name: &str) -> Result<(), StoreError> {
         self.write(|tx| {
-            let n = tx.execute(
+            update_named(
+                tx,
                 "UPDATE lookups SET revoked = 1 WHERE name = ?1 AND revoked = 0",
-                [name],
-            )?;
-            if n == 0 {
-                return Err(StoreError::NotFound(format!("lookup server {name:?}")));
-            }
-            Ok(())
+                name,
+                "lookup server",
+            )
         })
     }
 
     fn list_lookups(&self) -> Result<Vec<LookupServer>, StoreError> {
-        self.read(|tx| {
-            let mut stmt = tx.prepare(&format!("SELECT {LOOKUP_COLS} FROM lookups ORDER BY id"))?;
-            let rows = stmt.query_map([], lookup_from_row)?;
-            Ok(rows.collect::<Result<_, _>>()?)
-        })
+        let sql = format!("SELECT {LOOKUP_COLS} FROM lookups ORDER BY id");
+        self.read(|tx| all_rows(tx, &sql, [], lookup_from_row))
     }
 
     fn lookup_by_cert(&self, cert_sha256: &str) -> Result<Option<LookupServer>, StoreError> {
@@ -752,15 +783,7 @@ impl Store for SqliteStore {
         self.write(|tx| {
             if let Some(n) = &s.nonce {
                 // First, so that a replay records nothing (the transaction rolls back).
-                tx.prepare_cached("DELETE FROM nonces WHERE expires_at < ?1")?
-                    .execute([s.now])?;
-                let fresh = tx
-                    .prepare_cached(
-                        "INSERT INTO nonces (author_id, nonce, expires_at) VALUES (?1, ?2, ?3)
-                         ON CONFLICT (author_id, nonce) DO NOTHING",
-                    )?
-                    .execute(params![s.author_id, n.nonce, n.expires_at])?;
-                if fresh != 1 {
+                if !insert_nonce(tx, s.author_id, n.nonce, n.expires_at, s.now)? {
                     return Err(StoreError::Replayed);
                 }
             }
@@ -835,15 +858,12 @@ impl Store for SqliteStore {
         author_id: i64,
         bundle_id: Option<&str>,
     ) -> Result<Vec<JobView>, StoreError> {
-        self.read(|tx| {
-            let mut stmt = tx.prepare_cached(&format!(
-                "SELECT {VIEW_COLS} FROM jobs j JOIN bundles b ON b.id = j.bundle_id
-                 WHERE j.author_id = ?1 AND (?2 IS NULL OR j.bundle_id = ?2)
-                 ORDER BY j.submission_id DESC, j.task"
-            ))?;
-            let rows = stmt.query_map(params![author_id, bundle_id], view_from_row)?;
-            Ok(rows.collect::<Result<_, _>>()?)
-        })
+        let sql = format!(
+            "SELECT {VIEW_COLS} FROM jobs j JOIN bundles b ON b.id = j.bundle_id
+             WHERE j.author_id = ?1 AND (?2 IS NULL OR j.bundle_id = ?2)
+             ORDER BY j.submission_id DESC, j.task"
+        );
+        self.read(|tx| all_rows(tx, &sql, params![author_id, bundle_id], view_from_row))
     }
 
     fn answer_of(&self, author_id: i64, job_id: i64) -> Result<AnswerRef, StoreError> {
@@ -1121,9 +1141,12 @@ impl Store for SqliteStore {
 
     fn count_by_state(&self) -> Result<Vec<(JobState, u64)>, StoreError> {
         let counted: Vec<(JobState, u64)> = self.read(|tx| {
-            let mut stmt = tx.prepare_cached("SELECT state, count(*) FROM jobs GROUP BY state")?;
-            let rows = stmt.query_map([], |r| Ok((get_state(r, 0)?, get_u64(r, 1)?)))?;
-            Ok(rows.collect::<Result<_, _>>()?)
+            all_rows(
+                tx,
+                "SELECT state, count(*) FROM jobs GROUP BY state",
+                [],
+                |r| Ok((get_state(r, 0)?, get_u64(r, 1)?)),
+            )
         })?;
         Ok([
             JobState::Queued,
