@@ -14,6 +14,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rjs_cmd::chain;
 use rjs_signer::manifest::node_serves;
 use rjs_wire::node::{
     CONTROL_TIMEOUT, DECISION_TIMEOUT, FrameError, FromNode, RefusalCode, ToNode, data_timeout,
@@ -317,7 +318,7 @@ impl NodeClient {
         let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(self.addr))
             .await
             .map_err(|_| unreachable("connect timed out".into()))?
-            .map_err(|e| unreachable(format!("connect: {e}")))?;
+            .map_err(|e| unreachable(format!("connect: {}", chain(&e))))?;
         let _ = tcp.set_nodelay(true);
         let s = tokio::time::timeout(
             CONNECT_TIMEOUT,
@@ -325,7 +326,7 @@ impl NodeClient {
         )
         .await
         .map_err(|_| unreachable("TLS handshake timed out".into()))?
-        .map_err(|e| unreachable(format!("TLS handshake: {e}")))?;
+        .map_err(|e| unreachable(format!("TLS handshake: {}", chain(&e))))?;
         if let Some(check) = &self.peer_check {
             let sha = s
                 .get_ref()
@@ -378,7 +379,7 @@ impl NodeClient {
     fn lost(&mut self, e: Step) -> DispatchError {
         self.conn = None;
         let reason = match e {
-            Step::BeforeReply(e) => format!("before any reply to the offer: {e}"),
+            Step::BeforeReply(e) => format!("before any reply to the offer: {}", chain(&e)),
             Step::After(s) => s,
         };
         DispatchError::NodeLost {
@@ -396,7 +397,7 @@ impl NodeClient {
             .conn
             .as_mut()
             .ok_or_else(|| Step::After("not connected".into()))?;
-        let after = |what: &str, e: FrameError| Step::After(format!("{what}: {e}"));
+        let after = |what: &str, e: FrameError| Step::After(format!("{what}: {}", chain(&e)));
         write_msg(
             s,
             &ToNode::Offer {

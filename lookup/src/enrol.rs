@@ -366,7 +366,7 @@ pub fn enrol(data: &Path, req: &EnrolRequest) -> Result<EnrolResponse> {
             ],
         ) {
             Ok(i) => i,
-            Err(e) => return refuse(&format!("certificate request: {e}")),
+            Err(e) => return refuse(&format!("certificate request: {}", rjs_cmd::chain(&e))),
         };
         reg.nodes.push(NodeRecord {
             id: id.clone(),
@@ -416,7 +416,7 @@ pub async fn serve_enrolment(
             r = listener.accept() => match r {
                 Ok(c) => c,
                 Err(e) => {
-                    tracing::warn!("accept: {e}");
+                    tracing::warn!(error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
@@ -443,7 +443,9 @@ pub async fn serve_enrolment(
             };
             match tokio::time::timeout(ENROL_TIMEOUT, work).await {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::warn!(%peer, "enrolment connection: {e:#}"),
+                Ok(Err(e)) => {
+                    tracing::warn!(%peer, error = %rjs_cmd::report::Chain(e.as_ref()), "enrolment connection")
+                }
                 Err(_) => tracing::warn!(%peer, "enrolment connection timed out"),
             }
         });

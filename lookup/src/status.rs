@@ -56,8 +56,9 @@ async fn answer(conn: UnixStream, handler: Handler) -> std::io::Result<()> {
         error_json("request too long")
     } else {
         match serde_json::from_slice::<StatusRequest>(&line) {
-            Ok(req) => handler(req).unwrap_or_else(|e| error_json(&format!("encoding: {e}"))),
-            Err(e) => error_json(&format!("bad request: {e}")),
+            Ok(req) => handler(req)
+                .unwrap_or_else(|e| error_json(&format!("encoding: {}", rjs_cmd::chain(&e)))),
+            Err(e) => error_json(&format!("bad request: {}", rjs_cmd::chain(&e))),
         }
     };
     let mut out = serde_json::to_vec(&reply).unwrap_or_default();
