@@ -227,6 +227,18 @@ fn signer_name_defaults_to_the_key_name_and_can_be_set() {
     let k = keygen(tmp.path(), "carol.lab");
     let out = tmp.path().join("h.rjs");
     pack(&hello_dir(), &k.private, &out);
+    let pack_as = |name: &str| {
+        rjs_sign(&[
+            &"pack",
+            &hello_dir(),
+            &"--key",
+            &k.private,
+            &"-o",
+            &out,
+            &"--signer-name",
+            &name,
+        ])
+    };
     let o = rjs_sign(&[&"verify", &out]);
     assert!(
         stdout(&o).contains("signed by carol.lab "),
@@ -234,30 +246,12 @@ fn signer_name_defaults_to_the_key_name_and_can_be_set() {
         stdout(&o)
     );
 
-    let o = rjs_sign(&[
-        &"pack",
-        &hello_dir(),
-        &"--key",
-        &k.private,
-        &"-o",
-        &out,
-        &"--signer-name",
-        &"dave",
-    ]);
+    let o = pack_as("dave");
     assert_exit(&o, 0);
     let o = rjs_sign(&[&"verify", &out]);
     assert!(stdout(&o).contains("signed by dave "), "{}", stdout(&o));
 
-    let o = rjs_sign(&[
-        &"pack",
-        &hello_dir(),
-        &"--key",
-        &k.private,
-        &"-o",
-        &out,
-        &"--signer-name",
-        &"evil\nOK",
-    ]);
+    let o = pack_as("evil\nOK");
     assert_exit(&o, 2);
 }
 

@@ -16,10 +16,10 @@ use indicatif::{MultiProgress, ProgressBar};
 use rjs_wire::api::{JobState, JobView};
 use serde_json::json;
 
-use super::settings::{self, ServerOpts};
-use rjs_signer::client::{AuthorClient, ClientError, ServerRefused, is_bundle_id};
 use super::output::{self, clean, plural};
+use super::settings::{self, ServerOpts};
 use super::status::{Counts, select_jobs};
+use rjs_signer::client::{AuthorClient, ClientError, ServerRefused, is_bundle_id};
 use rjs_signer::manifest::valid_job_name;
 
 /// Exit statuses.
@@ -271,8 +271,7 @@ fn is_transient(e: &anyhow::Error) -> bool {
 }
 
 pub fn run(args: &Args) -> Result<u8> {
-    let settings = settings::resolve(&args.server, &settings::Env::from_process())?;
-    let api = settings::connect(&settings)?;
+    let api = settings::open(&args.server)?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating the answer folder {}", args.out.display()))?;
     let mut tally = Tally::default();
@@ -360,7 +359,10 @@ fn warn(multi: &MultiProgress, e: &anyhow::Error, failures: u32) -> Result<()> {
         );
     }
     if failures == 1 || failures.is_multiple_of(5) {
-        let line = format!("rjs-sign: warning: {} (retrying)", rjs_cmd::chain(e.as_ref()));
+        let line = format!(
+            "rjs-sign: warning: {} (retrying)",
+            rjs_cmd::chain(e.as_ref())
+        );
         if multi.is_hidden() {
             eprintln!("{line}");
         } else {

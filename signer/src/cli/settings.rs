@@ -258,6 +258,11 @@ pub fn resolve_with(opts: &ServerOpts, loaded: &Loaded) -> Result<Settings> {
 }
 
 /// `rjs-sign config set KEY VALUE`: validates the value, makes paths absolute and rewrites
+/// Resolves the settings of a network command and builds its client.
+pub fn open(opts: &ServerOpts) -> Result<AuthorClient> {
+    connect(&resolve(opts, &Env::from_process())?)
+}
+
 /// The author API client for these settings: loads the key and the CA.
 pub fn connect(settings: &Settings) -> Result<AuthorClient> {
     let key = KeyPair::load(&settings.key).with_context(|| {

@@ -5,9 +5,9 @@ use std::collections::BTreeSet;
 use anyhow::{Result, bail};
 use rjs_wire::api::{JobList, JobState, JobView};
 
+use super::output::{clean, plural, table};
 use super::settings::{self, ServerOpts};
 use rjs_signer::client::{AuthorClient, is_bundle_id};
-use super::output::{clean, plural, table};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -22,8 +22,7 @@ pub struct Args {
 }
 
 pub fn run(args: &Args) -> Result<u8> {
-    let settings = settings::resolve(&args.server, &settings::Env::from_process())?;
-    let api = settings::connect(&settings)?;
+    let api = settings::open(&args.server)?;
     let jobs = select_jobs(&api, &args.bundles)?;
     if args.json {
         println!("{}", serde_json::to_string(&JobList { jobs })?);

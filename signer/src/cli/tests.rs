@@ -17,8 +17,8 @@ use rjs_wire::api::{JobList, JobRef, JobState, JobView, UploadResponse, WhoAmI};
 use serde_json::json;
 
 use super::settings::{ServerOpts, ServerUrl};
-use rjs_signer::client::{AuthorClient, sha256_hex};
 use super::{answers, status, upload};
+use rjs_signer::client::{AuthorClient, sha256_hex};
 
 const CA: &str = include_str!("testdata/ca.pem");
 const OTHER_CA: &str = include_str!("testdata/other-ca.pem");

@@ -4,9 +4,9 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
-use super::settings::{self, ServerOpts};
 use super::local::{self, Verdict, check};
 use super::output::{self, clean, plural};
+use super::settings::{self, ServerOpts};
 use rjs_signer::bundle::hex;
 use rjs_signer::client::sha256_hex;
 

@@ -29,13 +29,7 @@ pub fn run(args: &Args) -> Result<u8> {
     let (b, bytes) = match verdict {
         Verdict::Valid(b, bytes) => (b, bytes),
         Verdict::Refused(e) => {
-            return local::refused(
-                &mut out,
-                as_json,
-                e.rule(),
-                e.entry(),
-                &rjs_cmd::chain(&e),
-            );
+            return local::refused(&mut out, as_json, e.rule(), e.entry(), &rjs_cmd::chain(&e));
         }
     };
     let s = b.signer();

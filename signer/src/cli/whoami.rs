@@ -12,8 +12,7 @@ pub struct Args {
 }
 
 pub fn run(args: &Args) -> Result<u8> {
-    let settings = settings::resolve(&args.server, &settings::Env::from_process())?;
-    let api = settings::connect(&settings)?;
+    let api = settings::open(&args.server)?;
     let me = api.whoami()?;
     println!(
         "{} ({}) on {}",

@@ -193,33 +193,8 @@ impl AuthorClient {
         (req, auth)
     }
 
-    /// Sends one signed request (signed now) and returns the response whatever its status.
-    pub fn send_raw(
-        &self,
-        method: Method,
-        path_and_query: &str,
-        body: Option<(Body, String)>,
-        timeout: Duration,
-    ) -> Result<Response, ClientError> {
-        let (body, sha) = match body {
-            Some((b, sha)) => (Some(b), sha),
-            None => (None, sha256_hex(b"")),
-        };
-        let (mut req, _) =
-            self.signed(method.clone(), path_and_query, &sha, crate::unix_now())?;
-        req = req.timeout(timeout);
-        if let Some(b) = body {
-            req = req
-                .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
-                .body(b);
-        }
-        let url = self.server.join(path_and_query);
-        req.send()
-            .map_err(|e| ClientError::transport(e, &method, &url))
-    }
-
-    /// Sends one signed request and returns the response if its status is a success; a
-    /// refusal becomes [`ClientError::Refused`] with the server's reason.
+    /// Sends one signed request (signed now) and returns the response if its status is a
+    /// success; a refusal becomes [`ClientError::Refused`] with the server's reason.
     pub fn send(
         &self,
         method: Method,
@@ -227,7 +202,21 @@ impl AuthorClient {
         body: Option<(Body, String)>,
         timeout: Duration,
     ) -> Result<Response, ClientError> {
-        let resp = self.send_raw(method.clone(), path_and_query, body, timeout)?;
+        let url = self.server.join(path_and_query);
+        let (body, sha) = match body {
+            Some((b, sha)) => (Some(b), sha),
+            None => (None, sha256_hex(b"")),
+        };
+        let (mut req, _) = self.signed(method.clone(), path_and_query, &sha, crate::unix_now())?;
+        req = req.timeout(timeout);
+        if let Some(b) = body {
+            req = req
+                .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+                .body(b);
+        }
+        let resp = req
+            .send()
+            .map_err(|e| ClientError::transport(e, &method, &url))?;
         let status = resp.status();
         if status.is_success() {
             return Ok(resp);
@@ -237,7 +226,7 @@ impl AuthorClient {
         let _ = resp.take(MAX_ERROR_BODY).read_to_end(&mut buf);
         Err(ClientError::Refused {
             method: method.to_string(),
-            url: self.server.join(path_and_query),
+            url,
             source: ServerRefused::from_body(status.as_u16(), &buf),
         })
     }
@@ -333,7 +322,10 @@ fn read_bounded(resp: Response, limit: u64) -> Result<Vec<u8>, ClientError> {
     Ok(buf)
 }
 
-fn json<T: serde::de::DeserializeOwned>(resp: Response, what: &'static str) -> Result<T, ClientError> {
+fn json<T: serde::de::DeserializeOwned>(
+    resp: Response,
+    what: &'static str,
+) -> Result<T, ClientError> {
     let url = resp.url().to_string();
     let buf = read_bounded(resp, MAX_JSON_BODY)?;
     serde_json::from_slice(&buf).map_err(|source| ClientError::Decode { what, url, source })

@@ -61,13 +61,7 @@ fn transfer_timeouts_are_finite_and_grow_with_size() {
 #[test]
 fn the_client_refuses_plain_http_even_if_asked() {
     // ServerUrl refuses http:// before any client exists; the client refuses it too.
-    let ca = rjs_wire::tls::certs_from_pem(TEST_CA.as_bytes(), "test CA").unwrap();
-    let api = AuthorClient::new(
-        ServerUrl::parse("https://127.0.0.1:9").unwrap(),
-        &ca,
-        KeyPair::from_secret([1; 32]),
-    )
-    .unwrap();
+    let api = test_client();
     let err = api
         .http
         .get("http://127.0.0.1:9/api/v1/whoami")
@@ -81,15 +75,20 @@ fn the_client_refuses_plain_http_even_if_asked() {
 
 #[test]
 fn a_bad_bundle_id_is_refused_before_any_request() {
+    let api = test_client();
+    let e = api.jobs(Some("abc&x=1")).unwrap_err();
+    assert!(matches!(e, ClientError::NotABundleId(_)), "{e}");
+}
+
+/// A client of a port nobody listens on, trusting the test CA.
+fn test_client() -> AuthorClient {
     let ca = rjs_wire::tls::certs_from_pem(TEST_CA.as_bytes(), "test CA").unwrap();
-    let api = AuthorClient::new(
+    AuthorClient::new(
         ServerUrl::parse("https://127.0.0.1:9").unwrap(),
         &ca,
         KeyPair::from_secret([1; 32]),
     )
-    .unwrap();
-    let e = api.jobs(Some("abc&x=1")).unwrap_err();
-    assert!(matches!(e, ClientError::NotABundleId(_)), "{e}");
+    .unwrap()
 }
 
 /// A self-signed CA certificate (fixed test data) to build a client with.
