@@ -12,10 +12,8 @@
 //! and prints answers/s. Arguments: mode names to run only those (`single`, `batch`);
 //! `--jobs N` for another number of tasks.
 
-use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures_util::StreamExt as _;
 use rjs_webserver::server;
@@ -26,7 +24,10 @@ use rjs_wire::api::{
 };
 
 mod common;
+#[path = "../tests/support/in_process.rs"]
+mod in_process;
 use common::{Data, answer, answer_batch, bundle, client, upload};
+use in_process::InProcess;
 
 const ANSWER_BYTES: usize = 2048;
 const SINGLE_IN_FLIGHT: usize = 16;
@@ -39,49 +40,6 @@ enum Mode {
     Batch,
 }
 
-struct Running {
-    addr: SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<Result<(), server::ServeError>>>,
-}
-
-impl Running {
-    fn start(data: &Path) -> Running {
-        let mut config = server::ServeConfig::new(data);
-        config.listen = "127.0.0.1:0".into();
-        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            actix_web::rt::System::new().block_on(server::serve(
-                config,
-                move |addrs| addr_tx.send(addrs[0]).unwrap(),
-                async move {
-                    let _ = stop_rx.await;
-                },
-            ))
-        });
-        let addr = addr_rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("the server did not start");
-        Running {
-            addr,
-            stop: Some(stop_tx),
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            t.join().unwrap().unwrap();
-        }
-    }
-}
-
 /// Runs one mode; returns answers per second.
 fn run(mode: Mode, jobs: u32) -> f64 {
     let tmp = tempfile::tempdir().unwrap();
@@ -90,7 +48,7 @@ fn run(mode: Mode, jobs: u32) -> f64 {
         key, ca, lookups, ..
     } = Data::init(&data, 1);
     let creds = lookups.into_iter().next().unwrap();
-    let srv = Running::start(&data);
+    let srv = InProcess::start(server::ServeConfig::new(&data));
     let base = format!("https://localhost:{}", srv.addr.port());
 
     let rt = tokio::runtime::Builder::new_current_thread()

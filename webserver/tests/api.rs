@@ -1,6 +1,8 @@
 //! The web server's HTTP API over real TLS, in process: `server::serve` on a free loopback
 //! port, reqwest clients (an author signing requests, lookups with client certificates).
 
+#[path = "support/in_process.rs"]
+mod in_process;
 #[path = "support/raw_http.rs"]
 mod raw_http;
 
@@ -9,6 +11,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use in_process::InProcess;
 use raw_http::RawHttp;
 use reqwest::Method;
 use reqwest::blocking::{Client, Response};
@@ -23,8 +26,8 @@ struct Server {
     addr: SocketAddr,
     data: PathBuf,
     ca: Vec<CertificateDer<'static>>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<Result<(), server::ServeError>>>,
+    /// Declared before the data directory: the server stops before it is removed.
+    _running: InProcess,
     _tmp: tempfile::TempDir,
 }
 
@@ -38,32 +41,17 @@ impl Server {
         let data = tmp.path().join("ws");
         admin::init(&data, &[]).unwrap();
         let mut config = server::ServeConfig::new(&data);
-        config.listen = "127.0.0.1:0".into();
         config.max_bundle = max_bundle;
         config.max_answer = max_answer;
         config.max_attempts = max_attempts;
         config.workers = Some(2);
-        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            actix_web::rt::System::new().block_on(server::serve(
-                config,
-                move |addrs| addr_tx.send(addrs[0]).unwrap(),
-                async move {
-                    let _ = stop_rx.await;
-                },
-            ))
-        });
-        let addr = addr_rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("server did not start");
+        let running = InProcess::start(config);
         let ca = rjs_wire::tls::load_certs(&data.join("ca.pem")).unwrap();
         Server {
-            addr,
+            addr: running.addr,
             data,
             ca,
-            stop: Some(stop_tx),
-            thread: Some(thread),
+            _running: running,
             _tmp: tmp,
         }
     }
@@ -132,20 +120,6 @@ impl Server {
 
     fn blob_files(&self) -> usize {
         count_files(&self.data.join("blobs"))
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let r = t.join().unwrap();
-            if !std::thread::panicking() {
-                r.unwrap();
-            }
-        }
     }
 }
 

@@ -3,7 +3,7 @@
 use clap::Subcommand;
 use rjs_webserver::admin;
 
-use super::{Data, RosterRow, print_roster};
+use super::{Data, print_roster};
 
 #[derive(Subcommand)]
 pub enum AuthorCmd {
@@ -38,17 +38,7 @@ impl AuthorCmd {
                 println!("added author {} ({})", a.name, a.fingerprint);
             }
             AuthorCmd::List { data } => {
-                let authors = admin::author_list(&data.data)?;
-                let rows: Vec<RosterRow> = authors
-                    .iter()
-                    .map(|a| RosterRow {
-                        name: &a.name,
-                        fingerprint: &a.fingerprint,
-                        state: if a.removed { "removed" } else { "active" },
-                        created_at: a.created_at,
-                    })
-                    .collect();
-                print_roster("no authors", &rows);
+                print_roster("no authors", &admin::author_list(&data.data)?);
             }
             AuthorCmd::Remove { name, data } => {
                 admin::author_remove(&data.data, &name)?;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::Subcommand;
 use rjs_webserver::admin;
 
-use super::{Data, RosterRow, print_roster};
+use super::{Data, print_roster};
 
 #[derive(Subcommand)]
 pub enum LookupCmd {
@@ -47,17 +47,7 @@ impl LookupCmd {
                 );
             }
             LookupCmd::List { data } => {
-                let lookups = admin::lookup_list(&data.data)?;
-                let rows: Vec<RosterRow> = lookups
-                    .iter()
-                    .map(|l| RosterRow {
-                        name: &l.name,
-                        fingerprint: &l.cert_sha256,
-                        state: if l.revoked { "revoked" } else { "active" },
-                        created_at: l.created_at,
-                    })
-                    .collect();
-                print_roster("no lookup servers", &rows);
+                print_roster("no lookup servers", &admin::lookup_list(&data.data)?);
             }
             LookupCmd::Revoke { name, data } => {
                 admin::lookup_revoke(&data.data, &name)?;

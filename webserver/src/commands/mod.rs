@@ -9,6 +9,7 @@ mod serve;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use rjs_webserver::store::{Author, LookupServer};
 
 #[derive(Parser)]
 #[command(
@@ -65,12 +66,37 @@ struct RosterRow<'a> {
     created_at: i64,
 }
 
-/// Prints one line per row (name, fingerprint, state, enrolment date), or `empty` if none.
-fn print_roster(empty: &str, rows: &[RosterRow<'_>]) {
-    if rows.is_empty() {
+impl<'a> From<&'a Author> for RosterRow<'a> {
+    fn from(a: &'a Author) -> Self {
+        RosterRow {
+            name: &a.name,
+            fingerprint: &a.fingerprint,
+            state: if a.removed { "removed" } else { "active" },
+            created_at: a.created_at,
+        }
+    }
+}
+
+impl<'a> From<&'a LookupServer> for RosterRow<'a> {
+    fn from(l: &'a LookupServer) -> Self {
+        RosterRow {
+            name: &l.name,
+            fingerprint: &l.cert_sha256,
+            state: if l.revoked { "revoked" } else { "active" },
+            created_at: l.created_at,
+        }
+    }
+}
+
+/// Prints one line per entry (name, fingerprint, state, enrolment date), or `empty` if none.
+fn print_roster<'a, T>(empty: &str, entries: &'a [T])
+where
+    &'a T: Into<RosterRow<'a>>,
+{
+    if entries.is_empty() {
         println!("{empty}");
     }
-    for r in rows {
+    for r in entries.iter().map(Into::into) {
         println!(
             "{:<24} {}  {:<7}  since {}",
             r.name,
