@@ -95,7 +95,10 @@ mod tests {
         assert_eq!(parse_size("0"), Ok(0));
         for bad in ["", "M", "1.5M", "-1", "1 M", "12T", "lots"] {
             let e = parse_size(bad).unwrap_err().to_string();
-            assert!(e.starts_with(&format!("invalid size {bad:?}: use bytes")), "{e}");
+            assert!(
+                e.starts_with(&format!("invalid size {bad:?}: use bytes")),
+                "{e}"
+            );
         }
         assert!(parse_size("99999999999999G").is_err());
         assert!(parse_size("99999999999999999999999").is_err());
