@@ -10,6 +10,7 @@
 //! * [`netns`]: private network namespaces (only `lo`, with multicast), entered with libc,
 //!   and [`netns::isolated_child`] to run one test of a test binary inside one.
 //! * [`signals`]: Ctrl-C / SIGTERM as a flag that long waits check.
+//! * [`wait`]: polling with a deadline, for tests.
 //! * [`grid`] (feature `grid`, on by default): a whole grid on this machine — the real
 //!   `rjs-webserver`, `rjs-lookup` and `rjs-compute` binaries as child processes on loopback —
 //!   used by `rjs demo`, the end-to-end tests and the benchmarks.
@@ -20,3 +21,4 @@ pub mod netns;
 pub mod paths;
 pub mod process;
 pub mod signals;
+pub mod wait;

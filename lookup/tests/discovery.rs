@@ -13,22 +13,12 @@ use std::time::{Duration, Instant};
 use mdns_sd::{IfKind, ServiceDaemon, ServiceInfo};
 use rjs_compute::announce::{Announcer, AnnouncerConfig};
 use rjs_harness::netns;
+use rjs_harness::wait::wait_for;
 use rjs_lookup::discovery::{Browser, DiscoveryConfig, NodeView};
 use rjs_signer::keys::KeyPair;
 use rjs_wire::announce::{Announcement, SERVICE_TYPE};
 
 const INTERVAL: Duration = Duration::from_millis(200);
-
-fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 fn find(nodes: &[NodeView], id: &str) -> Option<NodeView> {
     nodes.iter().find(|n| n.node_id == id).cloned()

@@ -209,7 +209,7 @@ impl Node {
     }
 }
 
-/// `dispatch_job` for group `/compute` with task limit `secs`, bounded by 60 s.
+/// `dispatch_job` for group `/compute` with a task limit of 10 s, bounded by 60 s.
 async fn dispatch(
     what: &str,
     pool: &mut NodePool,
@@ -217,18 +217,22 @@ async fn dispatch(
     job: &JobOffer,
     refusals: &mut HashMap<NodeId, RefusalCode>,
 ) -> Placement {
+    dispatch_limited(what, pool, nodes, job, Duration::from_secs(10), refusals).await
+}
+
+/// `dispatch_job` for group `/compute` with task limit `limit`, bounded by 60 s.
+async fn dispatch_limited(
+    what: &str,
+    pool: &mut NodePool,
+    nodes: &[NodeView],
+    job: &JobOffer,
+    limit: Duration,
+    refusals: &mut HashMap<NodeId, RefusalCode>,
+) -> Placement {
     bounded(
         what,
         60,
-        dispatch_job(
-            &Scheduler,
-            pool,
-            nodes,
-            job,
-            "/compute",
-            Duration::from_secs(10),
-            refusals,
-        ),
+        dispatch_job(&Scheduler, pool, nodes, job, "/compute", limit, refusals),
     )
     .await
 }
@@ -344,18 +348,13 @@ async fn a_node_killed_mid_job_is_lost() {
         let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
     });
     let t0 = std::time::Instant::now();
-    let placed = bounded(
+    let placed = dispatch_limited(
         "the killed node's job",
-        30,
-        dispatch_job(
-            &Scheduler,
-            &mut pool,
-            &nodes,
-            &job,
-            "/compute",
-            Duration::from_secs(2),
-            &mut HashMap::new(),
-        ),
+        &mut pool,
+        &nodes,
+        &job,
+        Duration::from_secs(2),
+        &mut HashMap::new(),
     )
     .await;
     killer.join().unwrap();
@@ -373,18 +372,13 @@ async fn a_node_killed_mid_job_is_lost() {
     .await;
     assert!(matches!(r, Err(DispatchError::Unreachable { .. })), "{r:?}");
     assert!(!client.connected());
-    let placed = bounded(
+    let placed = dispatch_limited(
         "dispatch to a dead node",
-        30,
-        dispatch_job(
-            &Scheduler,
-            &mut pool,
-            &nodes,
-            &job,
-            "/compute",
-            Duration::from_secs(2),
-            &mut HashMap::new(),
-        ),
+        &mut pool,
+        &nodes,
+        &job,
+        Duration::from_secs(2),
+        &mut HashMap::new(),
     )
     .await;
     assert!(matches!(placed, Placement::Unplaced(_)), "{placed:?}");

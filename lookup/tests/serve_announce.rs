@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use mdns_sd::IfKind;
 use rjs_e2e::{Managed, bin, pack, run_ok, sha256_hex, spawn_listening};
 use rjs_harness::netns;
+use rjs_harness::wait::wait_for;
 use rjs_lookup::discovery::{Browser, DiscoveryConfig, NodeView};
 use rjs_lookup::dispatch::{JobOffer, JobOutcome, NodeClient};
 use rjs_lookup::enrol::{self, Registry};
@@ -32,17 +33,6 @@ const INTERVAL: Duration = Duration::from_millis(200);
 /// The browser's lease TTL: 3 intervals.
 const TTL: Duration = Duration::from_millis(600);
 const MFLOPS: u64 = 1234;
-
-fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
 
 fn find(browser: &Browser, id: &str) -> Option<NodeView> {
     browser.nodes().into_iter().find(|n| n.node_id == id)

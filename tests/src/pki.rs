@@ -47,24 +47,7 @@ impl Ca {
     }
 
     pub fn issue(&self, cn: &str, sans: &[&str], eku: Vec<ExtendedKeyUsagePurpose>) -> Leaf {
-        let mut params =
-            CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-                .expect("SANs");
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, cn);
-        params.distinguished_name = dn;
-        params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = eku;
-        params.use_authority_key_identifier_extension = true;
-        let key = rcgen::KeyPair::generate().expect("leaf key");
-        let cert = params
-            .signed_by(&key, &self.issuer)
-            .expect("leaf certificate");
-        Leaf {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-        }
+        self.sign(leaf_params(cn, sans, eku))
     }
 
     /// A node certificate for 127.0.0.1 / localhost.
@@ -87,22 +70,23 @@ impl Ca {
     /// A certificate as enrolment issues it to node `id` (with its `urn:rjs:node:ID` name):
     /// good for serving and, as a client, for being refused jobs.
     pub fn enrolled_node_cert(&self, id: &str) -> Leaf {
-        let mut params = CertificateParams::new(vec!["127.0.0.1".to_string()]).expect("SANs");
+        let eku = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let mut params = leaf_params(id, &["127.0.0.1"], eku);
         params.subject_alt_names.push(rcgen::SanType::URI(
             format!("urn:rjs:node:{id}")
                 .as_str()
                 .try_into()
                 .expect("URI"),
         ));
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, id);
-        params.distinguished_name = dn;
+        self.sign(params)
+    }
+
+    /// Signs `params` (a leaf: not a CA, with the authority key identifier) with a fresh key.
+    fn sign(&self, mut params: CertificateParams) -> Leaf {
         params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
         params.use_authority_key_identifier_extension = true;
         let key = rcgen::KeyPair::generate().expect("leaf key");
         let cert = params
@@ -124,6 +108,18 @@ impl Ca {
     pub fn client_cert(&self, cn: &str) -> Leaf {
         self.issue(cn, &[], vec![ExtendedKeyUsagePurpose::ClientAuth])
     }
+}
+
+/// A leaf certificate's parameters: named `cn`, for `sans`, for signing with `eku`.
+fn leaf_params(cn: &str, sans: &[&str], eku: Vec<ExtendedKeyUsagePurpose>) -> CertificateParams {
+    let mut params = CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        .expect("SANs");
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, cn);
+    params.distinguished_name = dn;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = eku;
+    params
 }
 
 impl Leaf {
