@@ -731,30 +731,34 @@ mod tests {
             all.extend_from_slice(args);
             parse("", &flags(&all).unwrap()).unwrap_err().to_string()
         };
-        assert_eq!(
-            bad(&["--max-time", "25h"]),
-            "command line: --max-time: 25 h is not between 1 ms and 24 h"
-        );
-        assert_eq!(
-            bad(&["--max-time", "500us"]),
-            "command line: --max-time: 0 ms is not between 1 ms and 24 h"
-        );
-        assert_eq!(
-            bad(&["--max-memory", "8G"]),
-            "command line: --max-memory: 8 GiB is not between 64 KiB and 4 GiB"
-        );
-        assert_eq!(
-            bad(&["--max-memory", "1K"]),
-            "command line: --max-memory: 1 KiB is not between 64 KiB and 4 GiB"
-        );
-        assert_eq!(
-            bad(&["--max-output", "2G"]),
-            "command line: --max-output: 2 GiB is not between 0 bytes and 1 GiB"
-        );
-        assert_eq!(
-            bad(&["--max-stdout", "65M"]),
-            "command line: --max-stdout: 65 MiB is not between 0 bytes and 64 MiB"
-        );
+        for (args, message) in [
+            (
+                &["--max-time", "25h"][..],
+                "command line: --max-time: 25 h is not between 1 ms and 24 h",
+            ),
+            (
+                &["--max-time", "500us"][..],
+                "command line: --max-time: 0 ms is not between 1 ms and 24 h",
+            ),
+            (
+                &["--max-memory", "8G"][..],
+                "command line: --max-memory: 8 GiB is not between 64 KiB and 4 GiB",
+            ),
+            (
+                &["--max-memory", "1K"][..],
+                "command line: --max-memory: 1 KiB is not between 64 KiB and 4 GiB",
+            ),
+            (
+                &["--max-output", "2G"][..],
+                "command line: --max-output: 2 GiB is not between 0 bytes and 1 GiB",
+            ),
+            (
+                &["--max-stdout", "65M"][..],
+                "command line: --max-stdout: 65 MiB is not between 0 bytes and 64 MiB",
+            ),
+        ] {
+            assert_eq!(bad(args), message);
+        }
         // A good flag repairs a bad file value; a bad file value is still reported when
         // no flag overrides it.
         let text = "[limits]\nmax_memory_bytes = \"8G\"";

@@ -16,7 +16,7 @@ use rjs_signer::Limits;
 use rjs_signer::answer::{Ending, LimitKind};
 use sha2::Digest;
 use tokio::io::AsyncReadExt;
-use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command};
 use tokio::sync::{Mutex, OwnedMutexGuard, OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinHandle;
 
@@ -627,38 +627,14 @@ impl Inner {
         self.counters.started.fetch_add(1, Ordering::Relaxed);
         let pid = child.id().unwrap_or(0);
         let cpu_clock = cpu_clock_of(pid);
-        let (Some(stdin), Some(stdout), Some(mut stderr)) =
+        let (Some(stdin), Some(stdout), Some(stderr)) =
             (child.stdin.take(), child.stdout.take(), child.stderr.take())
         else {
             return Err(WorkerError::Protocol("missing stdio pipes".into()));
         };
 
         let frames = protocol::FrameReader::new(stdout, MAX_BLOB_FROM_WORKER);
-        let stderr_tail = Arc::new(StdMutex::new(VecDeque::with_capacity(STDERR_TAIL)));
-        let tail = stderr_tail.clone();
-        let stderr_task = tokio::spawn(async move {
-            let mut buf = [0u8; 4096];
-            let mut line = Vec::new();
-            while let Ok(n) = stderr.read(&mut buf).await {
-                if n == 0 {
-                    break;
-                }
-                {
-                    let mut t = tail.lock().unwrap_or_else(|e| e.into_inner());
-                    t.extend(&buf[..n]);
-                    let excess = t.len().saturating_sub(STDERR_TAIL);
-                    t.drain(..excess);
-                }
-                for &b in &buf[..n] {
-                    if b == b'\n' {
-                        tracing::warn!(worker = pid, "{}", String::from_utf8_lossy(&line));
-                        line.clear();
-                    } else if line.len() < 1024 {
-                        line.push(b);
-                    }
-                }
-            }
-        });
+        let (stderr_tail, stderr_task) = tail_stderr(stderr, pid);
         let mut worker = WorkerProc {
             child,
             pid,
@@ -1454,6 +1430,37 @@ impl WorkerProc {
             format!("; its stderr ended with: {text}")
         }
     }
+}
+
+/// Keeps the last [`STDERR_TAIL`] bytes of a worker's stderr (for a crash report) and logs
+/// each of its lines.
+fn tail_stderr(mut stderr: ChildStderr, pid: u32) -> (Arc<StdMutex<VecDeque<u8>>>, JoinHandle<()>) {
+    let stderr_tail = Arc::new(StdMutex::new(VecDeque::with_capacity(STDERR_TAIL)));
+    let tail = stderr_tail.clone();
+    let stderr_task = tokio::spawn(async move {
+        let mut buf = [0u8; 4096];
+        let mut line = Vec::new();
+        while let Ok(n) = stderr.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            {
+                let mut t = tail.lock().unwrap_or_else(|e| e.into_inner());
+                t.extend(&buf[..n]);
+                let excess = t.len().saturating_sub(STDERR_TAIL);
+                t.drain(..excess);
+            }
+            for &b in &buf[..n] {
+                if b == b'\n' {
+                    tracing::warn!(worker = pid, "{}", String::from_utf8_lossy(&line));
+                    line.clear();
+                } else if line.len() < 1024 {
+                    line.push(b);
+                }
+            }
+        }
+    });
+    (stderr_tail, stderr_task)
 }
 
 /// Waits (briefly) for a dead worker's exit status and describes it.

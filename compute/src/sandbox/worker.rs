@@ -426,7 +426,7 @@ impl Worker {
             ));
         }
         let engine = Engine::new(&engine_config(init.max_memory_bytes))
-            .map_err(|e| format!("creating the engine: {}", rjs_cmd::chain(e.as_ref())))?;
+            .map_err(failed("creating the engine"))?;
         let mut hasher = ShaHasher(Sha256::new());
         std::hash::Hash::hash(&engine.precompile_compatibility_hash(), &mut hasher);
         let digest = protocol::hex(&hasher.0.finalize());
@@ -438,7 +438,7 @@ impl Worker {
         check_private_dir(&cache_dir)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |s: &mut State| &mut s.wasi)
-            .map_err(|e| format!("linking WASI: {}", rjs_cmd::chain(e.as_ref())))?;
+            .map_err(failed("linking WASI"))?;
         Ok(Worker {
             engine,
             linker,
@@ -501,12 +501,7 @@ impl Worker {
                 }
                 let module = match Module::new(&self.engine, &bytes) {
                     Ok(m) => m,
-                    Err(e) => {
-                        return Ok(Err(format!(
-                            "module rejected: {}",
-                            rjs_cmd::chain(e.as_ref())
-                        )));
-                    }
+                    Err(e) => return Ok(Err(failed("module rejected")(e))),
                 };
                 match module.serialize() {
                     Ok(compiled) => {
@@ -528,12 +523,7 @@ impl Worker {
         };
         let pre = match self.linker.instantiate_pre(&module) {
             Ok(p) => p,
-            Err(e) => {
-                return Ok(Err(format!(
-                    "module rejected: {}",
-                    rjs_cmd::chain(e.as_ref())
-                )));
-            }
+            Err(e) => return Ok(Err(failed("module rejected")(e))),
         };
         if self.modules.len() >= self.capacity
             && let Some(oldest) = self
@@ -680,19 +670,9 @@ impl Worker {
         b.allow_udp(false);
         b.allow_ip_name_lookup(false);
         b.preopened_dir(&req.input_dir, ".", FsPerms::ReadOnly)
-            .map_err(|e| {
-                format!(
-                    "opening the input directory: {}",
-                    rjs_cmd::chain(e.as_ref())
-                )
-            })?;
+            .map_err(failed("opening the input directory"))?;
         b.preopened_dir(&req.out_dir, "out", FsPerms::ReadWrite)
-            .map_err(|e| {
-                format!(
-                    "opening the output directory: {}",
-                    rjs_cmd::chain(e.as_ref())
-                )
-            })?;
+            .map_err(failed("opening the output directory"))?;
         Ok(b.build_p1())
     }
 }
@@ -835,4 +815,9 @@ impl Drop for FsizeLimit {
             }
         }
     }
+}
+
+/// Turns a wasmtime error into the reason sent to the supervisor: `what: cause: …`.
+fn failed(what: &'static str) -> impl FnOnce(wasmtime::Error) -> String {
+    move |e| format!("{what}: {}", rjs_cmd::chain(e.as_ref()))
 }
