@@ -9,13 +9,12 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::mpsc::{self, RecvTimeoutError};
-use std::thread::JoinHandle;
+use std::sync::mpsc::RecvTimeoutError;
 use std::time::Duration;
 
 use mdns_sd::{IfKind, ServiceDaemon, ServiceInfo};
 use rjs_signer::keys::KeyPair;
-use rjs_wire::announce::{AnnounceError, Announcement, SERVICE_TYPE};
+use rjs_wire::announce::{AnnounceError, Announcement, SERVICE_TYPE, StoppableThread};
 
 /// Default re-announcement interval.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(2);
@@ -205,8 +204,7 @@ pub type FreeSlots = Arc<dyn Fn() -> u32 + Send + Sync>;
 /// A running announcer; unregisters the service and stops its daemon on drop or
 /// [`Announcer::shutdown`].
 pub struct Announcer {
-    stop: Option<mpsc::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
+    thread: StoppableThread,
     fullname: String,
 }
 
@@ -266,36 +264,28 @@ impl Announcer {
         let first = service_info(&make(free_slots()), &key, &addrs)?;
         let fullname = first.get_fullname().to_owned();
         daemon.register(first)?;
-        let (tx, rx) = mpsc::channel::<()>();
         let interval = config.interval;
         let name = fullname.clone();
-        let thread = std::thread::Builder::new()
-            .name("rjs-announce".into())
-            .spawn(move || {
-                // Stops on a message or when the sender (the Announcer) is dropped.
-                while let Err(RecvTimeoutError::Timeout) = rx.recv_timeout(interval) {
-                    match service_info(&make(free_slots()), &key, &addrs) {
-                        Ok(info) => {
-                            if let Err(e) = daemon.register(info) {
-                                tracing::warn!("re-announcing: {e}");
-                            }
+        let thread = StoppableThread::spawn("rjs-announce", move |rx| {
+            // Stops on a message or when the sender (the Announcer) is dropped.
+            while let Err(RecvTimeoutError::Timeout) = rx.recv_timeout(interval) {
+                match service_info(&make(free_slots()), &key, &addrs) {
+                    Ok(info) => {
+                        if let Err(e) = daemon.register(info) {
+                            tracing::warn!("re-announcing: {e}");
                         }
-                        Err(e) => tracing::warn!("announcement: {e}"),
                     }
+                    Err(e) => tracing::warn!("announcement: {e}"),
                 }
-                if let Ok(done) = daemon.unregister(&name) {
-                    let _ = done.recv_timeout(Duration::from_secs(1));
-                }
-                if let Ok(done) = daemon.shutdown() {
-                    let _ = done.recv_timeout(Duration::from_secs(1));
-                }
-            })
-            .expect("spawning the announcer thread");
-        Ok(Announcer {
-            stop: Some(tx),
-            thread: Some(thread),
-            fullname,
-        })
+            }
+            if let Ok(done) = daemon.unregister(&name) {
+                let _ = done.recv_timeout(Duration::from_secs(1));
+            }
+            if let Ok(done) = daemon.shutdown() {
+                let _ = done.recv_timeout(Duration::from_secs(1));
+            }
+        });
+        Ok(Announcer { thread, fullname })
     }
 
     /// The mDNS full name of the announced instance.
@@ -305,20 +295,7 @@ impl Announcer {
 
     /// Unregisters the service, stops the daemon and waits for the thread.
     pub fn shutdown(mut self) {
-        self.stop_now();
-    }
-
-    fn stop_now(&mut self) {
-        self.stop.take();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for Announcer {
-    fn drop(&mut self) {
-        self.stop_now();
+        self.thread.stop();
     }
 }
 

@@ -16,12 +16,11 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use mdns_sd::{IfKind, ServiceDaemon, ServiceEvent};
 use rjs_signer::keys::PublicKey;
-use rjs_wire::announce::{AnnounceError, Announcement, SERVICE_TYPE};
+use rjs_wire::announce::{AnnounceError, Announcement, SERVICE_TYPE, StoppableThread};
 use rjs_wire::ids::NodeId;
 use rjs_wire::status::Drops;
 use serde::Serialize;
@@ -289,8 +288,7 @@ pub enum DiscoveryError {
 /// [`Browser::shutdown`].
 pub struct Browser {
     table: Arc<Mutex<NodeTable>>,
-    stop: Option<mpsc::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
+    thread: StoppableThread,
 }
 
 impl Browser {
@@ -306,60 +304,52 @@ impl Browser {
         }
         let events = daemon.browse(SERVICE_TYPE)?;
         let table = Arc::new(Mutex::new(NodeTable::new(config.ttl, config.clock_window)));
-        let (tx, stop_rx) = mpsc::channel::<()>();
         let t = table.clone();
         // Wake often enough to expire leases promptly.
         let tick = (config.ttl / 10).clamp(Duration::from_millis(10), Duration::from_millis(500));
-        let thread = std::thread::Builder::new()
-            .name("rjs-discovery".into())
-            .spawn(move || {
-                while let Err(mpsc::TryRecvError::Empty) = stop_rx.try_recv() {
-                    match events.recv_timeout(tick) {
-                        Ok(ServiceEvent::ServiceResolved(info)) => {
-                            let props: Vec<(String, String)> = info
-                                .get_properties()
-                                .iter()
-                                .map(|p| (p.key().to_owned(), p.val_str().to_owned()))
-                                .collect();
-                            let mut addrs: Vec<IpAddr> = info
-                                .get_addresses()
-                                .iter()
-                                .map(|a| a.to_ip_addr())
-                                .collect();
-                            addrs.sort();
-                            let mut tbl = t.lock().unwrap_or_else(|e| e.into_inner());
-                            let r = tbl.offer(
-                                props,
-                                addrs,
-                                &*keys,
-                                rjs_wire::announce::unix_ms_now(),
-                                Instant::now(),
-                            );
-                            tracing::debug!("announcement from {}: {r:?}", info.get_fullname());
-                        }
-                        Ok(_) => {}
-                        Err(mdns_sd::RecvTimeoutError::Timeout) => {}
-                        Err(mdns_sd::RecvTimeoutError::Disconnected) => break,
+        let thread = StoppableThread::spawn("rjs-discovery", move |stop_rx| {
+            while let Err(mpsc::TryRecvError::Empty) = stop_rx.try_recv() {
+                match events.recv_timeout(tick) {
+                    Ok(ServiceEvent::ServiceResolved(info)) => {
+                        let props: Vec<(String, String)> = info
+                            .get_properties()
+                            .iter()
+                            .map(|p| (p.key().to_owned(), p.val_str().to_owned()))
+                            .collect();
+                        let mut addrs: Vec<IpAddr> = info
+                            .get_addresses()
+                            .iter()
+                            .map(|a| a.to_ip_addr())
+                            .collect();
+                        addrs.sort();
+                        let mut tbl = t.lock().unwrap_or_else(|e| e.into_inner());
+                        let r = tbl.offer(
+                            props,
+                            addrs,
+                            &*keys,
+                            rjs_wire::announce::unix_ms_now(),
+                            Instant::now(),
+                        );
+                        tracing::debug!("announcement from {}: {r:?}", info.get_fullname());
                     }
-                    let gone = t
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .expire(Instant::now());
-                    for id in gone {
-                        tracing::info!("node {id}: lease expired");
-                    }
+                    Ok(_) => {}
+                    Err(mdns_sd::RecvTimeoutError::Timeout) => {}
+                    Err(mdns_sd::RecvTimeoutError::Disconnected) => break,
                 }
-                let _ = daemon.stop_browse(SERVICE_TYPE);
-                if let Ok(done) = daemon.shutdown() {
-                    let _ = done.recv_timeout(Duration::from_secs(1));
+                let gone = t
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .expire(Instant::now());
+                for id in gone {
+                    tracing::info!("node {id}: lease expired");
                 }
-            })
-            .expect("spawning the discovery thread");
-        Ok(Browser {
-            table,
-            stop: Some(tx),
-            thread: Some(thread),
-        })
+            }
+            let _ = daemon.stop_browse(SERVICE_TYPE);
+            if let Ok(done) = daemon.shutdown() {
+                let _ = done.recv_timeout(Duration::from_secs(1));
+            }
+        });
+        Ok(Browser { table, thread })
     }
 
     /// The shared lease table.
@@ -383,20 +373,7 @@ impl Browser {
 
     /// Stops browsing and shuts the daemon down.
     pub fn shutdown(mut self) {
-        self.stop_now();
-    }
-
-    fn stop_now(&mut self) {
-        self.stop.take();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for Browser {
-    fn drop(&mut self) {
-        self.stop_now();
+        self.thread.stop();
     }
 }
 

@@ -26,6 +26,46 @@ use base64::engine::general_purpose::STANDARD as B64;
 /// The mDNS service type nodes announce.
 pub const SERVICE_TYPE: &str = "_rjs-compute._tcp.local.";
 
+/// The thread behind an mDNS announcer or browser: it runs until it is stopped, by
+/// [`StoppableThread::stop`] or by dropping the handle. Its body gets a receiver that yields
+/// `Disconnected` (or `Timeout` while it should go on), to poll or to wait on between rounds.
+pub struct StoppableThread {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl StoppableThread {
+    /// Spawns `body` on a thread called `name`.
+    pub fn spawn(
+        name: &str,
+        body: impl FnOnce(std::sync::mpsc::Receiver<()>) + Send + 'static,
+    ) -> Self {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name(name.to_owned())
+            .spawn(move || body(rx))
+            .unwrap_or_else(|e| panic!("spawning thread {name}: {e}"));
+        StoppableThread {
+            stop: Some(tx),
+            thread: Some(thread),
+        }
+    }
+
+    /// Tells the thread to stop and waits for it.
+    pub fn stop(&mut self) {
+        self.stop.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for StoppableThread {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 /// Now, in Unix milliseconds: the clock of an announcement's `timestamp_ms` (0 if the clock
 /// is before 1970).
 pub fn unix_ms_now() -> u64 {
