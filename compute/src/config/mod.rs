@@ -358,6 +358,11 @@ mod tests {
         NodeConfig::from_toml(text, Some(Path::new("/etc/rjs/node.toml")), o)
     }
 
+    /// The message of the error [`parse`] must end in.
+    fn error(text: &str, o: &Overrides) -> String {
+        parse(text, o).unwrap_err().to_string()
+    }
+
     #[test]
     fn defaults() {
         let c = parse("", &with_data(Path::new("/d"))).unwrap();
@@ -421,16 +426,12 @@ mod tests {
         };
         assert!(!parse("", &off).unwrap().announce.enabled);
 
-        let e = parse("[announce]\ninterval = \"50ms\"", &o)
-            .unwrap_err()
-            .to_string();
+        let e = error("[announce]\ninterval = \"50ms\"", &o);
         assert_eq!(
             e,
             "/etc/rjs/node.toml: announce.interval: 50ms is not between 100ms and 1h"
         );
-        let e = parse("[announce]\ninterval = \"soon\"", &o)
-            .unwrap_err()
-            .to_string();
+        let e = error("[announce]\ninterval = \"soon\"", &o);
         assert!(e.contains("invalid duration \"soon\""), "{e}");
         let e = parse(
             "",
@@ -445,31 +446,25 @@ mod tests {
             e,
             "command line: --announce-interval: 10ms is not between 100ms and 1h"
         );
-        let e = parse(
+        let e = error(
             "",
             &Overrides {
                 interfaces: vec!["a/b".into()],
                 ..o.clone()
             },
-        )
-        .unwrap_err()
-        .to_string();
+        );
         assert_eq!(
             e,
             "command line: --interface: \"a/b\" is not a network interface name"
         );
-        let e = parse("[announce]\nadvertise = [\"0.0.0.0\"]", &o)
-            .unwrap_err()
-            .to_string();
+        let e = error("[announce]\nadvertise = [\"0.0.0.0\"]", &o);
         assert!(
             e.contains("announce.advertise: 0.0.0.0 is not an address"),
             "{e}"
         );
-        let e = parse("[announce]\nadvertise = [\"nope\"]", &o)
-            .unwrap_err()
-            .to_string();
+        let e = error("[announce]\nadvertise = [\"nope\"]", &o);
         assert!(e.contains("invalid IP address"), "{e}");
-        let e = parse("[announce]\nttl = 3", &o).unwrap_err().to_string();
+        let e = error("[announce]\nttl = 3", &o);
         assert!(e.contains("unknown field `ttl`"), "{e}");
     }
 
@@ -545,81 +540,71 @@ mod tests {
     #[test]
     fn errors_name_file_and_key() {
         let o = with_data(Path::new("/d"));
-        let e = parse("slotz = 3", &o).unwrap_err().to_string();
+        let e = error("slotz = 3", &o);
         assert!(e.starts_with("/etc/rjs/node.toml: "), "{e}");
         assert!(e.contains("unknown field `slotz`"), "{e}");
 
-        let e = parse("[limits]\nmax_cpu = 1", &o).unwrap_err().to_string();
+        let e = error("[limits]\nmax_cpu = 1", &o);
         assert!(e.contains("unknown field `max_cpu`"), "{e}");
 
-        let e = parse("slots = 0", &o).unwrap_err().to_string();
+        let e = error("slots = 0", &o);
         assert_eq!(e, "/etc/rjs/node.toml: slots: 0 is not between 1 and 1024");
-        let e = parse("job_nice = 20", &o).unwrap_err().to_string();
+        let e = error("job_nice = 20", &o);
         assert_eq!(
             e,
             "/etc/rjs/node.toml: job_nice: 20 is not between 0 and 19"
         );
         assert_eq!(parse("job_nice = 19", &o).unwrap().job_nice, 19);
 
-        let e = parse("groups = [\"compute\"]", &o).unwrap_err().to_string();
+        let e = error("groups = [\"compute\"]", &o);
         assert!(
             e.starts_with("/etc/rjs/node.toml: groups: invalid group \"compute\""),
             "{e}"
         );
 
-        let e = parse("groups = []", &o).unwrap_err().to_string();
+        let e = error("groups = []", &o);
         assert!(e.contains("groups: give 1 to"), "{e}");
 
-        let e = parse("[limits]\nmax_memory_bytes = \"lots\"", &o)
-            .unwrap_err()
-            .to_string();
+        let e = error("[limits]\nmax_memory_bytes = \"lots\"", &o);
         assert!(e.contains("invalid size \"lots\""), "{e}");
 
         let e = parse("[limits]\nmax_memory_bytes = 8G", &o).unwrap_err();
         assert!(matches!(e, ConfigError::Parse { .. }), "{e}");
-        let e = parse("[limits]\nmax_memory_bytes = \"8G\"", &o)
-            .unwrap_err()
-            .to_string();
+        let e = error("[limits]\nmax_memory_bytes = \"8G\"", &o);
         assert!(
             e.contains("limits.max_memory_bytes: 8589934592 is not between"),
             "{e}"
         );
 
-        let e = parse("unknown_authors = \"run\"", &o)
-            .unwrap_err()
-            .to_string();
+        let e = error("unknown_authors = \"run\"", &o);
         assert!(e.contains("unknown variant `run`"), "{e}");
 
-        let e = parse("prompt_timeout_secs = 0", &o)
-            .unwrap_err()
-            .to_string();
+        let e = error("prompt_timeout_secs = 0", &o);
         assert!(
             e.contains("prompt_timeout_secs: 0 is not between 1 and"),
             "{e}"
         );
 
-        let e = parse("[idle]\nload_per_core = -1.0", &o)
-            .unwrap_err()
-            .to_string();
+        let e = error("[idle]\nload_per_core = -1.0", &o);
         assert!(e.contains("idle.load_per_core"), "{e}");
 
         let bad_flag = Overrides {
             slots: Some(0),
             ..o.clone()
         };
-        let e = parse("", &bad_flag).unwrap_err().to_string();
+        let e = error("", &bad_flag);
         assert_eq!(e, "command line: --slots: 0 is not between 1 and 1024");
         let bad_nice = Overrides {
             job_nice: Some(-1),
             ..o.clone()
         };
-        let e = parse("job_nice = 5", &bad_nice).unwrap_err().to_string();
+        let e = error("job_nice = 5", &bad_nice);
         assert_eq!(e, "command line: --job-nice: -1 is not between 0 and 19");
         let bad_flag = Overrides {
             groups: vec!["/Compute".into()],
             ..o
         };
-        let e = parse("", &bad_flag).unwrap_err().to_string();
+        let e = error("", &bad_flag);
         assert!(e.starts_with("command line: --group: invalid group"), "{e}");
     }
 
@@ -729,7 +714,7 @@ mod tests {
         let bad = |args: &[&str]| {
             let mut all = vec!["--data", "/d"];
             all.extend_from_slice(args);
-            parse("", &flags(&all).unwrap()).unwrap_err().to_string()
+            error("", &flags(&all).unwrap())
         };
         for (args, message) in [
             (
