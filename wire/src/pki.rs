@@ -60,6 +60,14 @@ pub struct Issued {
 }
 
 impl Issued {
+    fn new(cert: &rcgen::Certificate, key_pem: String) -> Self {
+        Issued {
+            cert_pem: cert.pem(),
+            cert_der: cert.der().to_vec(),
+            key_pem,
+        }
+    }
+
     /// SHA-256 (hex) of the DER certificate.
     pub fn sha256(&self) -> String {
         crate::tls::cert_sha256(&self.cert_der)
@@ -223,11 +231,7 @@ pub fn issue(
     let issuer = issuer(ca)?;
     let key = new_key()?;
     let cert = leaf_params(common_name, sans, ekus).signed_by(&key, &issuer)?;
-    Ok(Issued {
-        cert_pem: cert.pem(),
-        cert_der: cert.der().to_vec(),
-        key_pem: key.serialize_pem(),
-    })
+    Ok(Issued::new(&cert, key.serialize_pem()))
 }
 
 /// Issues an end-entity certificate for the key in a CSR (PEM; its signature proves the
@@ -244,11 +248,7 @@ pub fn issue_for_csr(
     let mut csr = CertificateSigningRequestParams::from_pem(csr_pem)?;
     csr.params = leaf_params(common_name, sans, ekus);
     let cert = csr.signed_by(&issuer)?;
-    Ok(Issued {
-        cert_pem: cert.pem(),
-        cert_der: cert.der().to_vec(),
-        key_pem: String::new(),
-    })
+    Ok(Issued::new(&cert, String::new()))
 }
 
 /// A new key and a CSR for it (PEM both; the key is secret), naming `common_name`.
