@@ -28,6 +28,11 @@ impl Out {
     fn both(&self) -> String {
         format!("stdout:\n{}\nstderr:\n{}", self.stdout, self.stderr)
     }
+    /// Asserts that standard output holds `text` (showing both outputs if not).
+    #[track_caller]
+    fn assert_stdout_has(&self, text: &str) {
+        assert!(self.stdout.contains(text), "{}", self.both());
+    }
     #[track_caller]
     fn assert_code(&self, code: i32, what: &str) -> &Self {
         assert_eq!(
@@ -164,7 +169,7 @@ impl User {
         let key = self.keys().join(format!("{name}.key"));
         assert!(key.is_file(), "{}", out.both());
         assert!(self.keys().join(format!("{name}.pub")).is_file());
-        assert!(out.stdout.contains("fingerprint:"), "{}", out.both());
+        out.assert_stdout_has("fingerprint:");
         key
     }
 
@@ -254,7 +259,7 @@ fn daily_user_uploads_with_settings_from_the_config_file_and_sees_status() {
     let out = a.run(&["whoami"]);
     out.assert_code(0, "whoami");
     assert!(out.stdout.starts_with("alice ("), "{}", out.both());
-    assert!(out.stdout.contains(&g.ws.addr), "{}", out.both());
+    out.assert_stdout_has(&g.ws.addr);
 
     let bundle = a.pack("mandelbrot", &g.alice_key, "mandelbrot.rjs");
     let id = sha256_hex(&std::fs::read(&bundle).unwrap());
@@ -262,37 +267,17 @@ fn daily_user_uploads_with_settings_from_the_config_file_and_sees_status() {
     // First upload, no --server/--ca/--key: everything from $RJS_HOME/config.toml.
     let out = a.run(&["upload", "mandelbrot.rjs"]);
     out.assert_code(0, "upload");
-    assert!(
-        out.stdout.contains("uploaded mandelbrot (8 tasks)"),
-        "{}",
-        out.both()
-    );
-    assert!(
-        out.stdout.contains(&format!("bundle {id}")),
-        "{}",
-        out.both()
-    );
-    assert!(
-        out.stdout.contains("jobs 1-8 (tasks 0-7)"),
-        "{}",
-        out.both()
-    );
+    out.assert_stdout_has("uploaded mandelbrot (8 tasks)");
+    out.assert_stdout_has(&format!("bundle {id}"));
+    out.assert_stdout_has("jobs 1-8 (tasks 0-7)");
     assert!(!out.stderr.contains("warning"), "{}", out.both());
 
     // Again: already there, the same jobs, nothing new queued.
     let out = a.run(&["upload", "mandelbrot.rjs"]);
     out.assert_code(0, "second upload");
-    assert!(out.stdout.contains("already uploaded"), "{}", out.both());
-    assert!(
-        out.stdout.contains(&format!("bundle {id}")),
-        "{}",
-        out.both()
-    );
-    assert!(
-        out.stdout.contains("jobs 1-8 (tasks 0-7)"),
-        "{}",
-        out.both()
-    );
+    out.assert_stdout_has("already uploaded");
+    out.assert_stdout_has(&format!("bundle {id}"));
+    out.assert_stdout_has("jobs 1-8 (tasks 0-7)");
 
     let jobs = a.status();
     assert_eq!(jobs.jobs.len(), 8, "{jobs:?}");
@@ -416,7 +401,7 @@ fn answers_wait_downloads_what_a_lookup_posts_and_reports_the_failure() {
     // The waiting author sees everything finish: exit 1 (one task failed), naming the reason.
     let out = waiter.finish(COMMAND_LIMIT);
     out.assert_code(1, "answers --wait");
-    assert!(out.stdout.contains(reason), "{}", out.both());
+    out.assert_stdout_has(reason);
     assert!(
         out.stdout
             .contains("8 tasks): 7 done, 1 failed, 0 not finished"),
@@ -428,11 +413,7 @@ fn answers_wait_downloads_what_a_lookup_posts_and_reports_the_failure() {
         "{}",
         out.both()
     );
-    assert!(
-        out.stdout.contains("7 answers downloaded"),
-        "{}",
-        out.both()
-    );
+    out.assert_stdout_has("7 answers downloaded");
 
     // Exactly the posted bytes, one file per answered task, nothing else (no temporary files).
     for (task, body) in &posted {
@@ -462,7 +443,7 @@ fn answers_wait_downloads_what_a_lookup_posts_and_reports_the_failure() {
         "{}",
         out.both()
     );
-    assert!(out.stdout.contains(reason), "{}", out.both());
+    out.assert_stdout_has(reason);
     let out = a.run(&["answers", "--json", "-o", path_str(&out_dir)]);
     out.assert_code(1, "answers --json again");
     let v: Value = serde_json::from_str(&out.stdout).unwrap();
