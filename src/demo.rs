@@ -70,7 +70,7 @@ pub fn run(args: &DemoArgs) -> u8 {
     let job = match job_folder(args) {
         Ok(j) => j,
         Err(e) => {
-            eprintln!("rjs demo: error: {e:#}");
+            eprintln!("rjs demo: error: {}", rjs_cmd::chain(e.as_ref()));
             return 1;
         }
     };
@@ -87,10 +87,11 @@ pub fn run(args: &DemoArgs) -> u8 {
             ),
             Err(e) => {
                 eprintln!(
-                    "rjs demo: cannot run the grid in a private network namespace: {e:#}\n\
+                    "rjs demo: cannot run the grid in a private network namespace: {}\n\
                      The grid's mDNS must not reach this machine's networks, so the demo \
                      stops here. Run it as root or where unprivileged user namespaces are \
-                     allowed, or pass --lan to run on this machine's own network."
+                     allowed, or pass --lan to run on this machine's own network.",
+                    rjs_cmd::chain(e.as_ref())
                 );
                 return EXIT_NO_NETNS;
             }
@@ -125,7 +126,7 @@ pub fn run(args: &DemoArgs) -> u8 {
         Ok(true) => 0,
         Ok(false) => 1,
         Err(e) => {
-            eprintln!("rjs demo: error: {e:#}");
+            eprintln!("rjs demo: error: {}", rjs_cmd::chain(e.as_ref()));
             if signals::received().is_some() {
                 EXIT_INTERRUPTED
             } else {
@@ -137,7 +138,7 @@ pub fn run(args: &DemoArgs) -> u8 {
         None => {}
         Some(Ok(())) => println!("grid stopped in {stop_ms} ms"),
         Some(Err(e)) => {
-            eprintln!("rjs demo: {e:#}");
+            eprintln!("rjs demo: {}", rjs_cmd::chain(e.as_ref()));
             if code == 0 {
                 code = 1;
             }
@@ -244,7 +245,7 @@ fn demo(
         match check_answer(grid, &up.bundle_id, job, &answer, &tiles_dir) {
             Ok(row) => tiles.push(row),
             Err(e) => {
-                println!("task {}: {e:#}", job.task);
+                println!("task {}: {}", job.task, rjs_cmd::chain(e.as_ref()));
                 all_ok = false;
             }
         }
@@ -308,7 +309,7 @@ fn wait_all(grid: &LocalGrid, bundle: &str, tasks: u32, timeout: Duration) -> Re
     let result = loop {
         let jobs: Vec<JobView> = match grid.api().jobs(Some(bundle)) {
             Ok(list) => list.jobs,
-            Err(e) => break Err(e.context("reading the job list")),
+            Err(e) => break Err(anyhow::Error::new(e).context("reading the job list")),
         };
         let mut counts = [0usize; 4];
         for j in &jobs {
@@ -369,8 +370,14 @@ fn check_answer(
 ) -> Result<TileRow> {
     let bytes = rjs_signer::fsutil::read_bounded(answer, AnswerLimits::default().max_answer_bytes)
         .with_context(|| format!("reading {}", answer.display()))?;
-    let verified = verify_answer(&bytes, &AnswerLimits::default())
-        .map_err(|e| anyhow::anyhow!("{}: REFUSED {}: {}", answer.display(), e.rule(), e))?;
+    let verified = verify_answer(&bytes, &AnswerLimits::default()).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: REFUSED {}: {}",
+            answer.display(),
+            e.rule(),
+            rjs_cmd::chain(&e)
+        )
+    })?;
     let r = verified.result();
     ensure!(
         r.bundle_sha256 == bundle && r.task_index == job.task,

@@ -255,7 +255,10 @@ pub fn isolated_child(test: &str, timeout: Duration) -> bool {
     match enter_private() {
         Ok(_) => true,
         Err(e) => {
-            println!("SKIP: no private network namespace here: {e:#}");
+            println!(
+                "SKIP: no private network namespace here: {}",
+                rjs_cmd::chain(e.as_ref())
+            );
             false
         }
     }

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use rjs_cmd::chain;
-use rjs_e2e::{Author, LookupCreds, WebServer, make_bundle, now};
+use rjs_e2e::{AuthorClient, LookupCreds, WebServer, make_bundle, now, upload_raw};
 use rjs_lookup::spool::{AnswerSpool, RelayOptions};
 use rjs_lookup::upstream::{AnswerAck, Poller, Timeouts, Wake, WebServerClient};
 use rjs_wire::api::{JobState, UploadResponse};
@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 struct Env {
     ws: WebServer,
     creds: LookupCreds,
-    author: Author,
+    author: AuthorClient,
     tmp: tempfile::TempDir,
 }
 
@@ -22,7 +22,7 @@ fn setup() -> Env {
     let creds = ws.add_lookup("lk1").unwrap();
     let key = ws.add_author("alice").unwrap();
     ws.start().unwrap();
-    let author = Author::new(&ws, key).unwrap();
+    let author = ws.author(key).unwrap();
     Env {
         ws,
         creds,
@@ -51,16 +51,13 @@ impl Env {
     }
 
     fn upload(&self, tasks: u32) -> UploadResponse {
-        let r = self
-            .author
-            .upload(&make_bundle(&self.author.key, "t", tasks))
-            .unwrap();
+        let r = upload_raw(&self.author, &make_bundle(self.author.key(), "t", tasks)).unwrap();
         assert_eq!(r.status().as_u16(), 201);
         r.json().unwrap()
     }
 
     fn answer_bytes(&self, job_id: i64) -> Vec<u8> {
-        let (rb, _) = self.author.signed(
+        let (rb, _) = self.author.signed_request(
             reqwest::Method::GET,
             &format!("/api/v1/jobs/{job_id}/answer"),
             Vec::new(),
@@ -260,7 +257,7 @@ fn spooled_answers_survive_a_web_server_outage_exactly_once() {
     });
     relay.abort();
 
-    let jobs = env.author.jobs().unwrap().jobs;
+    let jobs = env.author.jobs(None).unwrap().jobs;
     for (id, a) in ids.iter().zip(&answers) {
         let j = jobs.iter().find(|j| j.id == *id).unwrap();
         assert_eq!(j.state, JobState::Done);
@@ -332,7 +329,7 @@ fn a_spool_left_by_a_crashed_lookup_is_relayed_at_start() {
         spool.pending().unwrap().is_empty()
     });
     relay.abort();
-    let jobs = env.author.jobs().unwrap().jobs;
+    let jobs = env.author.jobs(None).unwrap().jobs;
     let j = jobs.iter().find(|j| j.id == id).unwrap();
     assert_eq!(j.state, JobState::Done);
     assert_eq!(j.node.as_deref(), Some("node-z"));

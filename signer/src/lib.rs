@@ -36,21 +36,6 @@ pub use bundle::{
 pub use keys::{Fingerprint, KeyPair, PublicKey};
 pub use manifest::{Limits, Manifest};
 
-/// Renders an error with its whole cause chain: `outer: middle: root`.
-pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = err.to_string();
-    let mut cur = err.source();
-    while let Some(e) = cur {
-        let msg = e.to_string();
-        if !s.ends_with(&msg) {
-            s.push_str(": ");
-            s.push_str(&msg);
-        }
-        cur = e.source();
-    }
-    s
-}
-
 /// Seconds since the Unix epoch (0 if the clock is before it).
 pub fn unix_now() -> u64 {
     std::time::SystemTime::now()

@@ -289,7 +289,7 @@ fn checked_answer(grid: &LocalGrid, job: &JobView) -> VerifiedAnswer {
     let i = grid
         .node_index(node)
         .unwrap_or_else(|| panic!("{node} is none of the grid's nodes: {job:?}"));
-    let bytes = grid.api().answer(job.id).unwrap();
+    let bytes = grid.api().answer_bytes(job.id).unwrap();
     assert_eq!(Some(bytes.len() as u64), job.answer_bytes, "{job:?}");
     let v = verify_answer(&bytes, &AnswerLimits::default())
         .unwrap_or_else(|e| panic!("the answer of job {} does not verify: {e}", job.id));

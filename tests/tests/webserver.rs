@@ -184,11 +184,11 @@ fn author_refusals_are_clear_and_leave_no_trace() {
     let alice = ws.add_author("alice").unwrap();
     let bob = ws.add_author("bob").unwrap();
     ws.start().unwrap();
-    let a = Author::new(&ws, alice).unwrap();
+    let a = ws.author(alice).unwrap();
 
     // A valid upload first, so that "no trace" means "nothing beyond this".
-    let good = make_bundle(&a.key, "good", 3);
-    let r = a.upload(&good).unwrap();
+    let good = make_bundle(a.key(), "good", 3);
+    let r = upload_raw(&a, &good).unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
     let up: api::UploadResponse = r.json().unwrap();
     assert_eq!(up.jobs.len(), 3);
@@ -207,25 +207,25 @@ fn author_refusals_are_clear_and_leave_no_trace() {
     refused(
         &before,
         "another author's bundle",
-        a.upload(&bobs).unwrap(),
+        upload_raw(&a, &bobs).unwrap(),
         StatusCode::FORBIDDEN,
         "signer-mismatch",
     );
 
     // An unknown author.
-    let carol = Author::new(&ws, rjs_signer::KeyPair::generate()).unwrap();
-    let carols = make_bundle(&carol.key, "carols", 1);
+    let carol = ws.author(rjs_signer::KeyPair::generate()).unwrap();
+    let carols = make_bundle(carol.key(), "carols", 1);
     refused(
         &before,
         "unknown author",
-        carol.upload(&carols).unwrap(),
+        upload_raw(&carol, &carols).unwrap(),
         StatusCode::UNAUTHORIZED,
         "unknown-author",
     );
 
     // A body changed after signing.
-    let other = make_bundle(&a.key, "other", 1);
-    let (rb, _) = a.signed(Method::POST, "/api/v1/bundles", other.clone(), now());
+    let other = make_bundle(a.key(), "other", 1);
+    let (rb, _) = a.signed_request(Method::POST, "/api/v1/bundles", other.clone(), now());
     let tampered = {
         let mut t = other.clone();
         let n = t.len() / 2;
@@ -241,7 +241,7 @@ fn author_refusals_are_clear_and_leave_no_trace() {
     );
 
     // A stale timestamp.
-    let (rb, _) = a.signed(Method::POST, "/api/v1/bundles", other.clone(), now() - 3600);
+    let (rb, _) = a.signed_request(Method::POST, "/api/v1/bundles", other.clone(), now() - 3600);
     refused(
         &before,
         "stale timestamp",
@@ -251,13 +251,17 @@ fn author_refusals_are_clear_and_leave_no_trace() {
     );
 
     // A bad signature (signed for another path).
-    let (rb, auth) = a.signed(
+    let (rb, auth) = a.signed_request(
         Method::POST,
         "/api/v1/bundles?resubmit=true",
         other.clone(),
         now(),
     );
-    let mut rb2 = a.client.post(ws.url("/api/v1/bundles")).body(other.clone());
+    let mut rb2 = ws
+        .anon_client()
+        .unwrap()
+        .post(ws.url("/api/v1/bundles"))
+        .body(other.clone());
     for (k, v) in auth.headers() {
         rb2 = rb2.header(k, v);
     }
@@ -272,10 +276,11 @@ fn author_refusals_are_clear_and_leave_no_trace() {
 
     // An invalid bundle from a known author: its signature and body hash pass, so this is
     // the case that used to leave its nonce behind.
-    let mut broken = make_bundle(&a.key, "broken", 1);
+    let mut broken = make_bundle(a.key(), "broken", 1);
     let n = broken.len() - 30;
     broken[n] ^= 0xff;
-    let (rb, broken_auth) = a.signed(Method::POST, "/api/v1/bundles", broken.clone(), now());
+    let (rb, broken_auth) =
+        a.signed_request(Method::POST, "/api/v1/bundles", broken.clone(), now());
     refused(
         &before,
         "invalid bundle",
@@ -286,8 +291,8 @@ fn author_refusals_are_clear_and_leave_no_trace() {
 
     // A replayed request: the same signed upload twice. The first is stored; the replay
     // leaves nothing more.
-    let replay = make_bundle(&a.key, "replay", 2);
-    let (rb, auth) = a.signed(Method::POST, "/api/v1/bundles", replay.clone(), now());
+    let replay = make_bundle(a.key(), "replay", 2);
+    let (rb, auth) = a.signed_request(Method::POST, "/api/v1/bundles", replay.clone(), now());
     let first = rb.send().unwrap();
     assert_eq!(first.status(), StatusCode::CREATED);
     let after_first = trace(&ws);
@@ -295,8 +300,9 @@ fn author_refusals_are_clear_and_leave_no_trace() {
     assert_eq!(after_first.rows.bundles, before.rows.bundles + 1);
     assert_eq!(after_first.rows.jobs, before.rows.jobs + 2);
     before = after_first;
-    let mut again = a
-        .client
+    let mut again = ws
+        .anon_client()
+        .unwrap()
         .post(ws.url("/api/v1/bundles"))
         .body(replay.clone());
     for (k, v) in auth.headers() {
@@ -311,7 +317,11 @@ fn author_refusals_are_clear_and_leave_no_trace() {
     );
     // The refused invalid upload did not use up its nonce: the same signed request is
     // refused again for what it is, not as a replay.
-    let mut again = a.client.post(ws.url("/api/v1/bundles")).body(broken);
+    let mut again = ws
+        .anon_client()
+        .unwrap()
+        .post(ws.url("/api/v1/bundles"))
+        .body(broken);
     for (k, v) in broken_auth.headers() {
         again = again.header(k, v);
     }
@@ -331,18 +341,18 @@ fn author_refusals_are_clear_and_leave_no_trace() {
     assert_eq!(tmp_files(&ws), 0, "no temporary files left behind");
 
     // The author sees exactly their own jobs.
-    let jobs = a.jobs().unwrap();
+    let jobs = a.jobs(None).unwrap();
     assert_eq!(jobs.jobs.len(), 5);
-    let b = Author::new(&ws, bob).unwrap();
-    assert!(b.jobs().unwrap().jobs.is_empty());
+    let b = ws.author(bob).unwrap();
+    assert!(b.jobs(None).unwrap().jobs.is_empty());
 
     // Uploading the same bundle again does not duplicate jobs, unless asked.
-    let r = a.upload(&good).unwrap();
+    let r = upload_raw(&a, &good).unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     let again: api::UploadResponse = r.json().unwrap();
     assert!(!again.created);
     assert_eq!(again.jobs, up.jobs);
-    let (rb, _) = a.signed(
+    let (rb, _) = a.signed_request(
         Method::POST,
         "/api/v1/bundles?resubmit=true",
         good.clone(),
@@ -350,11 +360,11 @@ fn author_refusals_are_clear_and_leave_no_trace() {
     );
     let r = rb.send().unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
-    assert_eq!(a.jobs().unwrap().jobs.len(), 8);
+    assert_eq!(a.jobs(None).unwrap().jobs.len(), 8);
 
     // A removed author is refused at once.
     ws.admin(&["author", "remove", "bob"]).unwrap();
-    let (rb, _) = b.signed(Method::GET, "/api/v1/jobs", Vec::new(), now());
+    let (rb, _) = b.signed_request(Method::GET, "/api/v1/jobs", Vec::new(), now());
     assert_eq!(
         code_of(rb.send().unwrap()),
         (StatusCode::UNAUTHORIZED, "unknown-author".into())
@@ -461,9 +471,12 @@ fn only_enrolled_unrevoked_lookups_may_lease_fetch_or_post() {
     let good = ws.add_lookup("lab-1").unwrap();
     let revoked = ws.add_lookup("lab-2").unwrap();
     ws.start().unwrap();
-    let a = Author::new(&ws, alice).unwrap();
-    let bundle = make_bundle(&a.key, "j", 2);
-    assert_eq!(a.upload(&bundle).unwrap().status(), StatusCode::CREATED);
+    let a = ws.author(alice).unwrap();
+    let bundle = make_bundle(a.key(), "j", 2);
+    assert_eq!(
+        upload_raw(&a, &bundle).unwrap().status(),
+        StatusCode::CREATED
+    );
     let bundle_id = sha256_hex(&bundle);
     let bundle_path = format!("/lookup/v1/bundles/{bundle_id}");
 
@@ -574,8 +587,8 @@ fn four_lookups_lease_2000_jobs_exactly_once_expired_leases_return_answers_store
         .map(|i| ws.add_lookup(&format!("lab-{i}")).unwrap())
         .collect();
     ws.start().unwrap();
-    let a = Author::new(&ws, alice).unwrap();
-    let r = a.upload(&make_bundle(&a.key, "wide", 2000)).unwrap();
+    let a = ws.author(alice).unwrap();
+    let r = upload_raw(&a, &make_bundle(a.key(), "wide", 2000)).unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
 
     let ws = Arc::new(ws);
@@ -644,7 +657,7 @@ fn four_lookups_lease_2000_jobs_exactly_once_expired_leases_return_answers_store
     let r = post_answer(&clients[w], &ws, j, b"a different answer".to_vec());
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.json::<api::AnswerResponse>().unwrap().status, "duplicate");
-    let (rb, _) = a.signed(
+    let (rb, _) = a.signed_request(
         Method::GET,
         &format!("/api/v1/jobs/{j}/answer"),
         Vec::new(),
@@ -663,7 +676,7 @@ fn four_lookups_lease_2000_jobs_exactly_once_expired_leases_return_answers_store
     assert_eq!(again_ids, expire_ids);
     assert!(again.iter().all(|l| l.attempt == 2));
     let done = a
-        .jobs()
+        .jobs(None)
         .unwrap()
         .jobs
         .iter()
@@ -679,7 +692,7 @@ fn failures_requeue_until_max_attempts_and_events_announce_jobs() {
     let alice = ws.add_author("alice").unwrap();
     let creds = ws.add_lookup("lab").unwrap();
     ws.start().unwrap();
-    let a = Author::new(&ws, alice).unwrap();
+    let a = ws.author(alice).unwrap();
     let c = ws.lookup_client(&creds).unwrap();
 
     // Subscribe to events, then upload: a `jobs` event arrives.
@@ -724,7 +737,9 @@ fn failures_requeue_until_max_attempts_and_events_announce_jobs() {
     });
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(
-        a.upload(&make_bundle(&a.key, "flaky", 1)).unwrap().status(),
+        upload_raw(&a, &make_bundle(a.key(), "flaky", 1))
+            .unwrap()
+            .status(),
         StatusCode::CREATED
     );
     let start = Instant::now();
@@ -753,7 +768,7 @@ fn failures_requeue_until_max_attempts_and_events_announce_jobs() {
         let f: api::FailureResponse = r.json().unwrap();
         assert_eq!(f.attempts as usize, i + 1);
     }
-    let jobs = a.jobs().unwrap().jobs;
+    let jobs = a.jobs(None).unwrap().jobs;
     assert_eq!(jobs[0].state, JobState::Failed);
     assert_eq!(
         jobs[0].reason.as_deref(),
@@ -804,7 +819,7 @@ fn check_store_after_crash(ws: &WebServer) -> usize {
 /// among them.
 fn leases_come_back(
     ws: &WebServer,
-    author: &Author,
+    author: &AuthorClient,
     c: &reqwest::blocking::Client,
     held: &HashSet<i64>,
 ) {
@@ -817,7 +832,7 @@ fn leases_come_back(
         }
         again.extend(l.iter().map(|l| l.job_id));
     }
-    let jobs = author.jobs().unwrap().jobs;
+    let jobs = author.jobs(None).unwrap().jobs;
     for j in &jobs {
         match j.state {
             JobState::Done => assert!(!again.contains(&j.id)),
@@ -869,8 +884,8 @@ fn restart_after_kill(ws: &mut WebServer, addr: String) -> usize {
 }
 
 /// The author's request for the answer of `job`.
-fn get_answer(a: &Author, job: i64) -> reqwest::blocking::Response {
-    let (rb, _) = a.signed(
+fn get_answer(a: &AuthorClient, job: i64) -> reqwest::blocking::Response {
+    let (rb, _) = a.signed_request(
         Method::GET,
         &format!("/api/v1/jobs/{job}/answer"),
         Vec::new(),
@@ -888,7 +903,7 @@ fn sigkill_during_uploads_and_answers_loses_nothing_acknowledged() {
     let creds = ws.add_lookup("lab").unwrap();
     ws.start().unwrap();
     let addr = ws.addr.clone();
-    let a = Arc::new(Author::new(&ws, alice).unwrap());
+    let a = Arc::new(ws.author(alice).unwrap());
     let c = ws.lookup_client(&creds).unwrap();
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -905,8 +920,8 @@ fn sigkill_during_uploads_and_answers_loses_nothing_acknowledged() {
             std::thread::spawn(move || {
                 while !stop.load(Ordering::SeqCst) {
                     // A few MiB of incompressible data: the kill can land mid-write.
-                    let b = big_bundle(&a.key, "crash", TASKS, 3 * 1024 * 1024);
-                    match a.upload(&b) {
+                    let b = big_bundle(a.key(), "crash", TASKS, 3 * 1024 * 1024);
+                    match upload_raw(&a, &b) {
                         Ok(r) if r.status() == StatusCode::CREATED => {
                             acked.lock().unwrap().push(sha256_hex(&b))
                         }
@@ -1007,7 +1022,7 @@ fn sigkill_during_uploads_and_answers_loses_nothing_acknowledged() {
         0,
         "half-written files are cleaned at start-up"
     );
-    let jobs = a.jobs().unwrap().jobs;
+    let jobs = a.jobs(None).unwrap().jobs;
     let bundles: HashSet<&str> = jobs.iter().map(|j| j.bundle_id.as_str()).collect();
     for id in &acked_uploads {
         assert!(
@@ -1036,9 +1051,9 @@ fn sigkill_during_answer_batches_loses_nothing_acknowledged() {
     let creds = ws.add_lookup("lab").unwrap();
     ws.start().unwrap();
     let addr = ws.addr.clone();
-    let a = Author::new(&ws, alice).unwrap();
+    let a = ws.author(alice).unwrap();
     assert_eq!(
-        a.upload(&make_bundle(&a.key, "many", 20_000))
+        upload_raw(&a, &make_bundle(a.key(), "many", 20_000))
             .unwrap()
             .status(),
         StatusCode::CREATED
@@ -1126,7 +1141,7 @@ fn sigkill_during_answer_batches_loses_nothing_acknowledged() {
         "half-written files are cleaned at start-up"
     );
     let done = a
-        .jobs()
+        .jobs(None)
         .unwrap()
         .jobs
         .iter()
@@ -1237,11 +1252,11 @@ fn authors_never_see_each_others_jobs_or_answers() {
     let bob = ws.add_author("bob").unwrap();
     let creds = ws.add_lookup("lab").unwrap();
     ws.start().unwrap();
-    let a = Author::new(&ws, alice).unwrap();
-    let b = Author::new(&ws, bob).unwrap();
+    let a = ws.author(alice).unwrap();
+    let b = ws.author(bob).unwrap();
     let mut ids = Vec::new();
     for (who, name) in [(&a, "alices"), (&b, "bobs")] {
-        let r = who.upload(&make_bundle(&who.key, name, 2)).unwrap();
+        let r = upload_raw(who, &make_bundle(who.key(), name, 2)).unwrap();
         assert_eq!(r.status(), StatusCode::CREATED);
         ids.push(r.json::<api::UploadResponse>().unwrap());
     }
@@ -1250,8 +1265,8 @@ fn authors_never_see_each_others_jobs_or_answers() {
         let r = post_answer(&c, &ws, l.job_id, format!("answer {}", l.job_id).into());
         assert_eq!(r.status(), StatusCode::CREATED);
     }
-    let get = |who: &Author, path: &str| {
-        let (rb, _) = who.signed(Method::GET, path, Vec::new(), now());
+    let get = |who: &AuthorClient, path: &str| {
+        let (rb, _) = who.signed_request(Method::GET, path, Vec::new(), now());
         rb.send().unwrap()
     };
     for (me, mine, theirs) in [(&a, &ids[0], &ids[1]), (&b, &ids[1], &ids[0])] {

@@ -21,8 +21,6 @@
 //! `PR_SET_PDEATHSIG` = SIGTERM: if the thread that started them dies (even by SIGKILL), they
 //! are told to stop. So start and restart processes from one long-lived thread.
 
-pub mod api;
-
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
@@ -37,7 +35,8 @@ use rjs_wire::api::{JobList, JobView, UploadResponse};
 use crate::process::{self, Managed};
 use crate::{netns, paths};
 
-pub use api::AuthorApi;
+pub use rjs_signer::client::AuthorClient;
+use rjs_signer::client::ServerUrl;
 pub use rjs_wire::status::{Drops, JobWhere, NodeRow, NodesResponse, StatusResponse, WhyResponse};
 
 /// Names of the binaries the grid runs.
@@ -194,7 +193,7 @@ pub struct LocalGrid {
     status_socket: Option<PathBuf>,
     nodes: Vec<NodeSlot>,
     /// Holds the author's key.
-    api: AuthorApi,
+    api: AuthorClient,
     stopped: bool,
 }
 
@@ -290,7 +289,9 @@ impl LocalGrid {
             .with_context(|| format!("no URL in the web server's ready line {line:?}"))?
             .to_owned();
         step(&format!("web server listening on {webserver_url}"));
-        let api = AuthorApi::new(&webserver_url, &w.join("ca.pem"), author)?;
+        let server = ServerUrl::parse(&webserver_url)
+            .with_context(|| format!("the web server's URL {webserver_url:?}"))?;
+        let api = AuthorClient::with_ca_file(server, &w.join("ca.pem"), author)?;
 
         let mut grid = LocalGrid {
             nodes: (1..=opts.nodes)
@@ -404,7 +405,7 @@ impl LocalGrid {
     }
 
     /// The author API client.
-    pub fn api(&self) -> &AuthorApi {
+    pub fn api(&self) -> &AuthorClient {
         &self.api
     }
 
@@ -705,7 +706,7 @@ impl LocalGrid {
                             .collect::<Vec<_>>()
                             .join(", ")
                     ),
-                    Err(e) => format!("the last panel read failed: {e:#}"),
+                    Err(e) => format!("the last panel read failed: {}", rjs_cmd::chain(e.as_ref())),
                 };
                 bail!(
                     "the lookup did not list nodes [{}] within {timeout:?} ({seen}); {}",
@@ -746,7 +747,7 @@ impl LocalGrid {
 
     /// The author's jobs (newest submission first).
     pub fn status(&self) -> Result<JobList> {
-        self.api.jobs(None)
+        Ok(self.api.jobs(None)?)
     }
 
     /// Downloads the answer of every done job into `out_dir/<name>-<bundle id prefix>/task-<N>.zip`
@@ -774,7 +775,7 @@ impl LocalGrid {
             if !path.is_file() {
                 let bytes = self
                     .api
-                    .answer(job.id)
+                    .answer_bytes(job.id)
                     .with_context(|| format!("fetching the answer of job {}", job.id))?;
                 std::fs::create_dir_all(&folder)
                     .with_context(|| format!("creating {}", folder.display()))?;
@@ -798,7 +799,7 @@ impl LocalGrid {
         let mut problems = Vec::new();
         // Our own kept-alive connection would hold the web server's graceful stop for 10 s.
         if let Err(e) = self.api.disconnect() {
-            problems.push(format!("{e:#}"));
+            problems.push(rjs_cmd::chain(&e));
         }
         let mut procs: Vec<&mut Managed> = Vec::new();
         if let Some(p) = self.lookup.as_mut() {
@@ -829,10 +830,10 @@ impl LocalGrid {
                         .and_then(|()| p.signal(libc::SIGCONT));
                     match sent {
                         Ok(()) => *signalled = true,
-                        Err(e) => problems.push(format!("{e:#}")),
+                        Err(e) => problems.push(rjs_cmd::chain(e.as_ref())),
                     }
                 }
-                Err(e) => problems.push(format!("{e:#}")),
+                Err(e) => problems.push(rjs_cmd::chain(e.as_ref())),
             }
         }
         let deadline = Instant::now() + self.opts.stop_timeout;
@@ -861,7 +862,7 @@ impl LocalGrid {
                         p.log_note()
                     ));
                 }
-                Err(e) => problems.push(format!("{e:#}")),
+                Err(e) => problems.push(rjs_cmd::chain(e.as_ref())),
             }
         }
         if problems.is_empty() {
@@ -875,7 +876,7 @@ impl LocalGrid {
 impl Drop for LocalGrid {
     fn drop(&mut self) {
         if let Err(e) = self.stop() {
-            eprintln!("rjs: {e:#}");
+            eprintln!("rjs: {}", rjs_cmd::chain(e.as_ref()));
         }
     }
 }
