@@ -10,8 +10,8 @@ use std::sync::OnceLock;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use common::{
-    Part, assert_exit, explode, flip_is_refused, flipped, key, listing, noise, relayout, rjs_sign,
-    sign_parts_as, stdout, temp_file, valid_bundle,
+    Part, assert_exit, assert_stdout_has, explode, flip_is_refused, flipped, key, listing, noise,
+    relayout, rjs_sign, sign_parts_as, stdout, temp_file, valid_bundle,
 };
 use proptest::prelude::*;
 use rjs_signer::answer::{
@@ -986,11 +986,7 @@ fn cli_verify_answer_prints_one_ok_line() {
     let (_d, p) = answer_file(&i.build().unwrap());
     let o = rjs_sign(&[&"verify-answer", &p]);
     assert_exit(&o, 0);
-    assert!(
-        stdout(&o).contains("): exit 3 (limit hit: output), 1234 ms, 2 files\n"),
-        "{}",
-        stdout(&o)
-    );
+    assert_stdout_has(&o, "): exit 3 (limit hit: output), 1234 ms, 2 files\n");
 }
 
 #[test]

@@ -46,9 +46,7 @@ struct Keys {
 
 /// `rjs-sign keygen --name NAME --dir DIR`, checked.
 fn keygen(dir: &Path, name: &str) -> Keys {
-    let o = rjs_sign(&[&"keygen", &"--name", &name, &"--dir", &dir]);
-    assert_exit(&o, 0);
-    let out = stdout(&o);
+    let out = stdout_of(&[&"keygen", &"--name", &name, &"--dir", &dir], 0);
     let fingerprint = out
         .lines()
         .find_map(|l| l.strip_prefix("fingerprint: "))
@@ -157,7 +155,7 @@ fn keygen_refuses_to_overwrite_without_force() {
         .fingerprint()
         .to_string();
     assert_ne!(new_fp, k.fingerprint);
-    assert!(stdout(&o).contains(&new_fp), "{}", stdout(&o));
+    assert_stdout_has(&o, &new_fp);
     assert_eq!(listing(dir), ["alice.key", "alice.pub"]);
 }
 
@@ -197,9 +195,7 @@ fn pack_then_verify_every_sample_job() {
         );
         assert_eq!(mode(&out), 0o644);
 
-        let o = rjs_sign(&[&"verify", &out]);
-        assert_exit(&o, 0);
-        let said = stdout(&o);
+        let said = stdout_of(&[&"verify", &out], 0);
         assert_eq!(said.lines().count(), 1, "one line: {said:?}");
         let manifest: serde_json::Value =
             serde_json::from_slice(&fs::read(dir.join("manifest.json")).unwrap()).unwrap();
@@ -240,16 +236,12 @@ fn signer_name_defaults_to_the_key_name_and_can_be_set() {
         ])
     };
     let o = rjs_sign(&[&"verify", &out]);
-    assert!(
-        stdout(&o).contains("signed by carol.lab "),
-        "{}",
-        stdout(&o)
-    );
+    assert_stdout_has(&o, "signed by carol.lab ");
 
     let o = pack_as("dave");
     assert_exit(&o, 0);
     let o = rjs_sign(&[&"verify", &out]);
-    assert!(stdout(&o).contains("signed by dave "), "{}", stdout(&o));
+    assert_stdout_has(&o, "signed by dave ");
 
     let o = pack_as("evil\nOK");
     assert_exit(&o, 2);
@@ -282,17 +274,11 @@ fn verify_with_trust() {
         }
         let o = rjs_sign(&args);
         assert_exit(&o, 0);
-        assert!(
-            stdout(&o).starts_with("OK hello: signed by alice"),
-            "{}",
-            stdout(&o)
-        );
+        assert_stdout_starts(&o, "OK hello: signed by alice");
     }
 
     // Another key: refused as untrusted (exit 1), naming the actual signer.
-    let o = rjs_sign(&[&"verify", &out, &"--trust", &bob.public]);
-    assert_exit(&o, 1);
-    let said = stdout(&o);
+    let said = stdout_of(&[&"verify", &out, &"--trust", &bob.public], 1);
     assert_eq!(said.lines().count(), 1, "{said}");
     assert!(said.starts_with("REFUSED untrusted-signer: "), "{said}");
     assert!(said.contains(&alice.fingerprint), "{said}");
@@ -341,9 +327,7 @@ fn inspect_shows_manifest_entries_signer_and_verdict() {
     let v = rjs_signer::verify_bytes(&bytes, &VerifyLimits::default()).unwrap();
     assert_eq!(v.entries().len(), 2);
 
-    let o = rjs_sign(&[&"inspect", &out]);
-    assert_exit(&o, 0);
-    let text = stdout(&o);
+    let text = stdout_of(&[&"inspect", &out], 0);
     assert!(text.contains("verdict   VALID"), "{text}");
     assert!(
         text.contains(&format!("signer    alice {}", k.fingerprint)),
@@ -416,9 +400,7 @@ fn tampered_bundle_is_refused_naming_rule_and_entry() {
     let tmp = tempfile::tempdir().unwrap();
     let bad = tampered_hello(tmp.path());
 
-    let o = rjs_sign(&[&"verify", &bad]);
-    assert_exit(&o, 1);
-    let said = stdout(&o);
+    let said = stdout_of(&[&"verify", &bad], 1);
     assert_eq!(said.lines().count(), 1, "{said}");
     assert!(
         said.starts_with("REFUSED changed-entry (hello.wasm): "),
@@ -430,9 +412,7 @@ fn tampered_bundle_is_refused_naming_rule_and_entry() {
     assert_eq!(v["entry"], "hello.wasm");
 
     // inspect reports the verdict and what the archive claims, marked unverified.
-    let o = rjs_sign(&[&"inspect", &bad]);
-    assert_exit(&o, 1);
-    let text = stdout(&o);
+    let text = stdout_of(&[&"inspect", &bad], 1);
     assert!(
         text.contains("verdict   REFUSED changed-entry (hello.wasm): "),
         "{text}"
@@ -507,9 +487,7 @@ fn verify_text_refusal_names_the_entry_for_every_rule_that_has_one() {
     for (rule, shown, bytes) in cases {
         let p = tmp.path().join(format!("{rule}.rjs"));
         fs::write(&p, &bytes).unwrap();
-        let o = rjs_sign(&[&"verify", &p]);
-        assert_exit(&o, 1);
-        let said = stdout(&o);
+        let said = stdout_of(&[&"verify", &p], 1);
         assert_eq!(said.lines().count(), 1, "{said}");
         let prefix = format!("REFUSED {rule} ({shown}): ");
         assert!(said.starts_with(&prefix), "{rule}: {said}");
@@ -518,11 +496,7 @@ fn verify_text_refusal_names_the_entry_for_every_rule_that_has_one() {
         let v = json_refusal(&[&"verify", &p, &"--json"], rule);
         assert_eq!(v["entry"], shown.trim_matches('"'), "{rule}");
         let o = rjs_sign(&[&"inspect", &p]);
-        assert!(
-            stdout(&o).contains(&format!("verdict   {prefix}")),
-            "{}",
-            stdout(&o)
-        );
+        assert_stdout_has(&o, &format!("verdict   {prefix}"));
     }
 }
 
@@ -542,11 +516,7 @@ fn verify_of_a_non_bundle_is_refused() {
     fs::write(&p, b"not a zip").unwrap();
     let o = rjs_sign(&[&"verify", &p]);
     assert_exit(&o, 1);
-    assert!(
-        stdout(&o).starts_with("REFUSED not-a-bundle-zip: "),
-        "{}",
-        stdout(&o)
-    );
+    assert_stdout_starts(&o, "REFUSED not-a-bundle-zip: ");
 }
 
 // ---------------------------------------------------------------------------------------

@@ -435,23 +435,21 @@ mod tests {
         assert!(e.contains("does not exist yet"), "{e}");
         assert!(e.contains(".config/rjs/config.toml"), "{e}");
 
-        let opts = ServerOpts {
+        // Each missing setting is named by its flag and its key in the file.
+        let only = |ca: bool, key: bool| ServerOpts {
             server: Some("https://h:1".into()),
-            ca: Some("/ca.pem".into()),
+            ca: ca.then(|| "/ca.pem".into()),
+            key: key.then(|| "/k".into()),
             ..ServerOpts::default()
         };
-        let e = resolve(&opts, &env).unwrap_err().to_string();
-        assert!(e.contains("--key KEY"), "{e}");
-        assert!(e.contains("`key = "), "{e}");
-
-        let opts = ServerOpts {
-            server: Some("https://h:1".into()),
-            key: Some("/k".into()),
-            ..ServerOpts::default()
-        };
-        let e = resolve(&opts, &env).unwrap_err().to_string();
-        assert!(e.contains("--ca CA.pem"), "{e}");
-        assert!(e.contains("`ca = "), "{e}");
+        for (opts, flag, key) in [
+            (only(true, false), "--key KEY", "`key = "),
+            (only(false, true), "--ca CA.pem", "`ca = "),
+        ] {
+            let e = resolve(&opts, &env).unwrap_err().to_string();
+            assert!(e.contains(flag), "{e}");
+            assert!(e.contains(key), "{e}");
+        }
     }
 
     #[test]

@@ -348,6 +348,31 @@ pub fn stderr(o: &Output) -> String {
     String::from_utf8(o.stderr.clone()).unwrap()
 }
 
+/// Runs `rjs-sign args`, asserts its exit status, returns its stdout.
+#[track_caller]
+pub fn stdout_of(args: &[&dyn AsRef<std::ffi::OsStr>], code: i32) -> String {
+    let o = rjs_sign(args);
+    assert_exit(&o, code);
+    stdout(&o)
+}
+
+/// Asserts that the command's stdout contains `text`, showing it if not.
+#[track_caller]
+pub fn assert_stdout_has(o: &Output, text: &str) {
+    let out = stdout(o);
+    assert!(out.contains(text), "no {text:?} in stdout:\n{out}");
+}
+
+/// Asserts that the command's stdout starts with `text`, showing it if not.
+#[track_caller]
+pub fn assert_stdout_starts(o: &Output, text: &str) {
+    let out = stdout(o);
+    assert!(
+        out.starts_with(text),
+        "stdout does not start with {text:?}:\n{out}"
+    );
+}
+
 #[track_caller]
 pub fn assert_exit(o: &Output, code: i32) {
     assert_eq!(
