@@ -10,8 +10,8 @@ use std::sync::OnceLock;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use common::{
-    Part, assert_exit, assert_stdout_has, explode, flip_is_refused, flipped, key, listing, noise,
-    relayout, rjs_sign, sign_parts_as, stdout, temp_file, valid_bundle,
+    Part, assert_exit, assert_starts, assert_stdout_has, explode, flip_is_refused, flipped, key,
+    listing, noise, relayout, rjs_sign, sign_parts_as, stdout, temp_file, valid_bundle,
 };
 use proptest::prelude::*;
 use rjs_signer::answer::{
@@ -345,7 +345,7 @@ fn the_outcome_summary_names_the_limits_hit() {
     ];
     let s = r.summary();
     assert!(s.len() <= MAX_SUMMARY, "{} bytes: {s}", s.len());
-    assert!(s.starts_with("crash: éé"), "{s}");
+    assert_starts(&s, "crash: éé");
     assert!(
         s.ends_with("… (limits hit: time, memory, output, stdout, stderr)"),
         "{s}"
@@ -1052,7 +1052,7 @@ fn cli_verify_answer_refuses_with_one_line_naming_the_rule() {
         let o = rjs_sign(&[&"verify-answer", &p]);
         assert_exit(&o, 1);
         let out = stdout(&o);
-        assert!(out.starts_with(prefix), "{out}");
+        assert_starts(&out, prefix);
         assert_eq!(out.lines().count(), 1, "{out}");
         let o = rjs_sign(&[&"verify-answer", &p, &"--json"]);
         assert_exit(&o, 1);
@@ -1063,7 +1063,7 @@ fn cli_verify_answer_refuses_with_one_line_naming_the_rule() {
             Some(entry) => format!("REFUSED {rule} ({entry}): "),
             None => format!("REFUSED {rule}: "),
         };
-        assert!(out.starts_with(&said), "{out}");
+        assert_starts(&out, &said);
     }
 }
 

@@ -104,7 +104,7 @@ fn keygen_writes_a_private_key_0600_a_public_key_and_prints_the_fingerprint() {
     assert_eq!(name.as_deref(), Some("alice"));
     assert_eq!(public.fingerprint().to_string(), k.fingerprint);
     let pem = fs::read_to_string(&k.private).unwrap();
-    assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----"), "{pem}");
+    assert_starts(&pem, "-----BEGIN PRIVATE KEY-----");
 
     // Two keys are different keys.
     let k2 = keygen(&dir, "bob");
@@ -187,7 +187,7 @@ fn pack_then_verify_every_sample_job() {
         let out = tmp.path().join(format!("{job}.rjs"));
         let o = pack(&dir, &k.private, &out);
         let said = stdout(&o);
-        assert!(said.contains(&k.fingerprint), "{said}");
+        assert_has(&said, &k.fingerprint);
         let bytes = fs::read(&out).unwrap();
         assert!(
             said.contains(&hex(&rjs_signer::bundle_id(&bytes))),
@@ -200,10 +200,7 @@ fn pack_then_verify_every_sample_job() {
         let manifest: serde_json::Value =
             serde_json::from_slice(&fs::read(dir.join("manifest.json")).unwrap()).unwrap();
         let name = manifest["name"].as_str().unwrap();
-        assert!(
-            said.starts_with(&format!("OK {name}: signed by alice ")),
-            "{said}"
-        );
+        assert_starts(&said, &format!("OK {name}: signed by alice "));
         assert!(said.contains(&format!("({})", k.fingerprint)), "{said}");
 
         // What was signed is exactly the job folder's files.
@@ -280,8 +277,8 @@ fn verify_with_trust() {
     // Another key: refused as untrusted (exit 1), naming the actual signer.
     let said = stdout_of(&[&"verify", &out, &"--trust", &bob.public], 1);
     assert_eq!(said.lines().count(), 1, "{said}");
-    assert!(said.starts_with("REFUSED untrusted-signer: "), "{said}");
-    assert!(said.contains(&alice.fingerprint), "{said}");
+    assert_starts(&said, "REFUSED untrusted-signer: ");
+    assert_has(&said, &alice.fingerprint);
 
     json_refusal(
         &[&"verify", &out, &"--trust", &bob.public, &"--json"],
@@ -328,11 +325,8 @@ fn inspect_shows_manifest_entries_signer_and_verdict() {
     assert_eq!(v.entries().len(), 2);
 
     let text = stdout_of(&[&"inspect", &out], 0);
-    assert!(text.contains("verdict   VALID"), "{text}");
-    assert!(
-        text.contains(&format!("signer    alice {}", k.fingerprint)),
-        "{text}"
-    );
+    assert_has(&text, "verdict   VALID");
+    assert_has(&text, &format!("signer    alice {}", k.fingerprint));
     assert!(text.contains(&hex(&Sha256::digest(&bytes))), "{text}");
     assert!(
         text.contains("\"name\": \"hello\""),
@@ -347,11 +341,8 @@ fn inspect_shows_manifest_entries_signer_and_verdict() {
             .lines()
             .find(|l| l.trim_start().starts_with(&format!("{} ", e.name)))
             .unwrap_or_else(|| panic!("no line for {}: {text}", e.name));
-        assert!(line.contains(&format!(" {} B ", e.size)), "{line}");
-        assert!(
-            line.contains(&format!(" {} B stored", e.stored_size)),
-            "{line}"
-        );
+        assert_has(line, &format!(" {} B ", e.size));
+        assert_has(line, &format!(" {} B stored", e.stored_size));
         assert!(
             line.contains(&format!("sha256:{}", hex(&e.stored_sha256))),
             "{line}"
@@ -402,22 +393,16 @@ fn tampered_bundle_is_refused_naming_rule_and_entry() {
 
     let said = stdout_of(&[&"verify", &bad], 1);
     assert_eq!(said.lines().count(), 1, "{said}");
-    assert!(
-        said.starts_with("REFUSED changed-entry (hello.wasm): "),
-        "{said}"
-    );
-    assert!(said.contains("\"hello.wasm\""), "{said}");
+    assert_starts(&said, "REFUSED changed-entry (hello.wasm): ");
+    assert_has(&said, "\"hello.wasm\"");
 
     let v = json_refusal(&[&"verify", &bad, &"--json"], "changed-entry");
     assert_eq!(v["entry"], "hello.wasm");
 
     // inspect reports the verdict and what the archive claims, marked unverified.
     let text = stdout_of(&[&"inspect", &bad], 1);
-    assert!(
-        text.contains("verdict   REFUSED changed-entry (hello.wasm): "),
-        "{text}"
-    );
-    assert!(text.contains("(unverified)"), "{text}");
+    assert_has(&text, "verdict   REFUSED changed-entry (hello.wasm): ");
+    assert_has(&text, "(unverified)");
     let v = json_refusal(&[&"inspect", &bad, &"--json"], "changed-entry");
     assert_eq!(v["entry"], "hello.wasm");
     assert_eq!(v["unverified_entries"].as_array().unwrap().len(), 3);
@@ -531,8 +516,8 @@ fn pack_refuses_a_key_readable_by_others() {
     let o = rjs_sign(&[&"pack", &hello_dir(), &"--key", &k.private, &"-o", &out]);
     assert_exit(&o, 2);
     let err = stderr(&o);
-    assert!(err.contains("chmod 600"), "{err}");
-    assert!(err.contains("alice.key"), "{err}");
+    assert_has(&err, "chmod 600");
+    assert_has(&err, "alice.key");
     assert!(!out.exists());
     // Group-readable only is refused too; 0400 is fine.
     fs::set_permissions(&k.private, fs::Permissions::from_mode(0o640)).unwrap();
@@ -601,11 +586,8 @@ shift; exec "$@""#;
     };
     assert_exit(&o, 2);
     let err = stderr(&o);
-    assert!(
-        err.starts_with("rjs-sign: error: writing the bundle"),
-        "{err}"
-    );
-    assert!(err.contains("out.rjs"), "{err}");
+    assert_starts(&err, "rjs-sign: error: writing the bundle");
+    assert_has(&err, "out.rjs");
     assert!(
         err.contains("Read-only file system") || err.contains("Permission denied"),
         "{err}"
@@ -627,11 +609,8 @@ fn pack_onto_an_existing_directory_fails_and_leaves_no_temporary_file() {
         let o = rjs_sign(&[&"pack", &hello_dir(), &"--key", &k.private, &"-o", &dir]);
         assert_exit(&o, 2);
         let err = stderr(&o);
-        assert!(
-            err.starts_with("rjs-sign: error: writing the bundle"),
-            "{err}"
-        );
-        assert!(err.contains(&dir.display().to_string()), "{err}");
+        assert_starts(&err, "rjs-sign: error: writing the bundle");
+        assert_has(&err, &dir.display().to_string());
         assert_eq!(listing(&work), before, "no temporary file left");
         assert!(dir.is_dir());
     }
@@ -664,8 +643,8 @@ fn pack_fails_naming_a_missing_module() {
     let o = rjs_sign(&[&"pack", &job, &"--key", &k.private, &"-o", &out]);
     assert_exit(&o, 2);
     let err = stderr(&o);
-    assert!(err.contains("missing-module.wasm"), "{err}");
-    assert!(err.contains("No such file"), "{err}");
+    assert_has(&err, "missing-module.wasm");
+    assert_has(&err, "No such file");
     assert!(!out.exists());
 }
 
@@ -681,7 +660,7 @@ fn pack_fails_naming_an_unknown_manifest_field() {
     let o = rjs_sign(&[&"pack", &job, &"--key", &k.private, &"-o", &out]);
     assert_exit(&o, 2);
     let err = stderr(&o);
-    assert!(err.contains("unknown field `colour`"), "{err}");
+    assert_has(&err, "unknown field `colour`");
     assert_eq!(err.lines().count(), 1, "{err}");
     assert_eq!(err.matches("colour").count(), 1, "said once: {err}");
     assert!(!out.exists());

@@ -356,6 +356,21 @@ pub fn stdout_of(args: &[&dyn AsRef<std::ffi::OsStr>], code: i32) -> String {
     stdout(&o)
 }
 
+/// Asserts that `text` contains `part`, showing `text` if not.
+#[track_caller]
+pub fn assert_has(text: &str, part: &str) {
+    assert!(text.contains(part), "no {part:?} in:\n{text}");
+}
+
+/// Asserts that `text` starts with `prefix`, showing `text` if not.
+#[track_caller]
+pub fn assert_starts(text: &str, prefix: &str) {
+    assert!(
+        text.starts_with(prefix),
+        "{text:?} does not start with {prefix:?}"
+    );
+}
+
 /// Asserts that the command's stdout contains `text`, showing it if not.
 #[track_caller]
 pub fn assert_stdout_has(o: &Output, text: &str) {
