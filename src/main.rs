@@ -31,3 +31,12 @@ fn main() -> ExitCode {
         Command::Demo(args) => ExitCode::from(rjs::demo::run(&args)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn clap_definition_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+}
