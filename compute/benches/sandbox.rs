@@ -11,38 +11,18 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rjs_compute::job::TaskSpec;
 use rjs_compute::sandbox::{Sandbox, SandboxConfig};
 use rjs_signer::answer::Ending;
-use rjs_signer::manifest::Manifest;
-use sha2::{Digest, Sha256};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
 fn task(job: &str, index: u32) -> TaskSpec {
-    let dir = root().join("target/rjs-samples").join(job);
-    let manifest = Manifest::parse(
-        &std::fs::read(dir.join("manifest.json")).expect("run samples/build.sh first"),
-    )
-    .expect("manifest");
-    let module = std::fs::read(dir.join(&manifest.entry)).expect("module");
-    TaskSpec {
-        name: manifest.name.clone(),
-        bundle_sha256: [0; 32],
-        module_sha256: Sha256::digest(&module).into(),
-        module: Arc::new(module),
-        inputs: Arc::new(Vec::new()),
-        args: manifest.args.clone(),
-        env: manifest.env.into_iter().collect(),
-        task_index: index,
-        task_count: manifest.tasks,
-        limits: manifest.limits,
-    }
+    TaskSpec::from_unpacked_sample(&root().join("target/rjs-samples").join(job), index)
 }
 
 fn main() {

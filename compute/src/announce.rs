@@ -15,6 +15,7 @@ use std::time::Duration;
 use mdns_sd::{IfKind, ServiceDaemon, ServiceInfo};
 use rjs_signer::keys::KeyPair;
 use rjs_wire::announce::{AnnounceError, Announcement, SERVICE_TYPE, StoppableThread};
+use rjs_wire::ids::NodeId;
 
 /// Default re-announcement interval.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(2);
@@ -23,7 +24,7 @@ pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(2);
 #[derive(Debug, Clone)]
 pub struct AnnouncerConfig {
     /// Node id (also the mDNS instance name).
-    pub node_id: String,
+    pub node_id: NodeId,
     /// Job server port.
     pub port: u16,
     pub mflops: u64,
@@ -38,9 +39,9 @@ pub struct AnnouncerConfig {
 }
 
 impl AnnouncerConfig {
-    pub fn new(node_id: &str, port: u16, mflops: u64, total_slots: u32) -> Self {
+    pub fn new(node_id: NodeId, port: u16, mflops: u64, total_slots: u32) -> Self {
         AnnouncerConfig {
-            node_id: node_id.to_owned(),
+            node_id,
             port,
             mflops,
             total_slots,
@@ -250,7 +251,7 @@ impl Announcer {
         let mut make = move |free: u32| {
             seq += 1;
             Announcement {
-                node_id: config.node_id.clone(),
+                node_id: config.node_id.to_string(),
                 port: config.port,
                 mflops: config.mflops,
                 free_slots: free.min(config.total_slots),

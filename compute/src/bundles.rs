@@ -18,6 +18,8 @@ use rjs_signer::bundle::is_sha256_hex as valid_sha;
 use rjs_signer::fsutil::{self, FileError};
 use rjs_signer::{Manifest, Signer, VerifiedBundle};
 
+use crate::job::{ModuleHash, TaskSpec};
+
 /// Bundles kept ready in memory: at most this many, and this many bytes of modules and inputs.
 pub const READY_ENTRIES: usize = 16;
 pub const READY_BYTES: u64 = 256 << 20;
@@ -32,7 +34,7 @@ pub struct ReadyBundle {
     sha_hex: String,
     manifest: Manifest,
     signer: Signer,
-    module_sha256: [u8; 32],
+    module_sha256: ModuleHash,
     module: Arc<Vec<u8>>,
     inputs: Arc<Vec<(String, Vec<u8>)>>,
 }
@@ -46,7 +48,7 @@ impl ReadyBundle {
             sha_hex: hex(&sha256),
             manifest: parts.manifest,
             signer: parts.signer,
-            module_sha256: parts.module_sha256,
+            module_sha256: parts.module_sha256.into(),
             module: Arc::new(parts.module),
             inputs: Arc::new(parts.inputs),
         }
@@ -65,14 +67,25 @@ impl ReadyBundle {
     pub fn signer(&self) -> &Signer {
         &self.signer
     }
-    pub fn module_sha256(&self) -> &[u8; 32] {
-        &self.module_sha256
+    pub fn module_sha256(&self) -> ModuleHash {
+        self.module_sha256
     }
     pub fn module(&self) -> &Arc<Vec<u8>> {
         &self.module
     }
     pub fn inputs(&self) -> &Arc<Vec<(String, Vec<u8>)>> {
         &self.inputs
+    }
+    /// Task `task_index` of this bundle, for the sandbox (the index is not checked here).
+    pub fn task(&self, task_index: u32) -> TaskSpec {
+        TaskSpec::from_manifest(
+            &self.manifest,
+            self.sha256,
+            self.module_sha256,
+            self.module.clone(),
+            self.inputs.clone(),
+            task_index,
+        )
     }
     /// Bytes held: the module and the inputs.
     pub fn size(&self) -> u64 {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use rjs_signer::fsutil::{self, FileError};
 use rjs_signer::keys::{self, KeyError, KeyPair};
+use rjs_wire::ids::NodeId;
 
 /// File name stem of the node key in the data directory (`node.key`, `node.pub`).
 pub const NODE_KEY_NAME: &str = "node";
@@ -16,7 +17,7 @@ pub const NODE_ID_FILE: &str = "node-id";
 /// The node's key and id.
 #[derive(Debug)]
 pub struct NodeIdentity {
-    pub id: String,
+    pub id: NodeId,
     /// Shared with the tasks that sign answers and announcements.
     pub key: Arc<KeyPair>,
     pub key_path: PathBuf,
@@ -57,11 +58,14 @@ impl NodeIdentity {
             None
         };
         let id = match id.or(enrolled.as_deref()) {
-            Some(id) if valid_node_id(id) => id.to_owned(),
+            Some(id) if valid_node_id(id) => NodeId::from(id),
             Some(id) => return Err(IdentityError::BadId(id.to_owned())),
             None => {
                 let fp = key.public().fingerprint().to_string();
-                format!("node-{}", fp.replace('-', "").get(..8).unwrap_or("0"))
+                NodeId::new(format!(
+                    "node-{}",
+                    fp.replace('-', "").get(..8).unwrap_or("0")
+                ))
             }
         };
         Ok(NodeIdentity {
@@ -83,7 +87,7 @@ mod tests {
         let b = NodeIdentity::load_or_create(dir.path(), None).unwrap();
         assert_eq!(a.key.public(), b.key.public());
         assert_eq!(a.id, b.id);
-        assert!(a.id.starts_with("node-") && a.id.len() == 13);
+        assert!(a.id.as_str().starts_with("node-") && a.id.as_str().len() == 13);
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;

@@ -1,9 +1,54 @@
 //! The types that cross the node's modules: what the sandbox runs and what it reports.
 
+use std::fmt;
+use std::path::Path;
 use std::sync::Arc;
 
-use rjs_signer::Limits;
 use rjs_signer::answer::{Ending, LimitKind};
+use rjs_signer::bundle::hex;
+use rjs_signer::{Limits, Manifest};
+use sha2::{Digest, Sha256};
+
+/// SHA-256 of a job's WebAssembly module: the key of the compiled-module caches (the
+/// supervisor's, each worker's and the one on disk). Shown (and sent to the workers) as
+/// lowercase hex.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ModuleHash([u8; 32]);
+
+impl ModuleHash {
+    /// The hash of `module`.
+    pub fn of(module: &[u8]) -> ModuleHash {
+        ModuleHash(Sha256::digest(module).into())
+    }
+
+    /// A hash as 64 hex digits; `None` if `s` is not that.
+    pub fn parse_hex(s: &str) -> Option<ModuleHash> {
+        if s.len() != 64 {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        for (i, byte) in out.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+        }
+        Some(ModuleHash(out))
+    }
+
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl From<[u8; 32]> for ModuleHash {
+    fn from(sha256: [u8; 32]) -> Self {
+        ModuleHash(sha256)
+    }
+}
+
+impl fmt::Display for ModuleHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex(&self.0))
+    }
+}
 
 /// One task of a verified bundle, ready for the sandbox.
 #[derive(Debug, Clone)]
@@ -13,7 +58,7 @@ pub struct TaskSpec {
     /// SHA-256 of the bundle file (the bundle id).
     pub bundle_sha256: [u8; 32],
     /// SHA-256 of the module bytes: the compiled-module cache key.
-    pub module_sha256: [u8; 32],
+    pub module_sha256: ModuleHash,
     pub module: Arc<Vec<u8>>,
     /// Input files (bundle path, bytes), visible read-only at the same relative paths.
     pub inputs: Arc<Vec<(String, Vec<u8>)>>,
@@ -24,6 +69,65 @@ pub struct TaskSpec {
     pub task_index: u32,
     pub task_count: u32,
     pub limits: Limits,
+}
+
+impl TaskSpec {
+    /// Task `task_index` of the bundle `bundle_sha256` whose manifest is `manifest`: its
+    /// name, arguments, environment (in key order), task count and limits from the manifest,
+    /// with the bundle's module and input files.
+    pub fn from_manifest(
+        manifest: &Manifest,
+        bundle_sha256: [u8; 32],
+        module_sha256: ModuleHash,
+        module: Arc<Vec<u8>>,
+        inputs: Arc<Vec<(String, Vec<u8>)>>,
+        task_index: u32,
+    ) -> TaskSpec {
+        TaskSpec {
+            name: manifest.name.clone(),
+            bundle_sha256,
+            module_sha256,
+            module,
+            inputs,
+            args: manifest.args.clone(),
+            // A BTreeMap: already in key order.
+            env: manifest
+                .env
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            task_index,
+            task_count: manifest.tasks,
+            limits: manifest.limits,
+        }
+    }
+
+    /// Task `task_index` of a job unpacked in `dir` as `samples/build.sh` leaves the samples
+    /// (`manifest.json` and its entry module, no input files), under a made-up bundle id.
+    /// For the tests and benchmarks; panics if the files are missing or invalid.
+    #[doc(hidden)]
+    pub fn from_unpacked_sample(dir: &Path, task_index: u32) -> TaskSpec {
+        let manifest_file = dir.join("manifest.json");
+        let read = |path: &Path| {
+            std::fs::read(path).unwrap_or_else(|e| {
+                panic!(
+                    "reading {} (run samples/build.sh first): {e}",
+                    path.display()
+                )
+            })
+        };
+        let manifest = Manifest::parse(&read(&manifest_file))
+            .unwrap_or_else(|e| panic!("{}: {}", manifest_file.display(), rjs_cmd::chain(&e)));
+        let module = read(&dir.join(&manifest.entry));
+        TaskSpec::from_manifest(
+            &manifest,
+            [7; 32],
+            ModuleHash::of(&module),
+            Arc::new(module),
+            Arc::new(Vec::new()),
+            task_index,
+        )
+    }
 }
 
 /// What the sandbox reports for one task. Every task ends in one of these, whatever it did.
@@ -45,4 +149,17 @@ pub struct TaskResult {
     /// process's CPU clock less its reading at `Started`, so neither compiling the module nor
     /// earlier tasks count. What `limits.time_ms` limits (`docs/sandbox.md`).
     pub cpu_ms: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn module_hash_hex() {
+        let sha = ModuleHash::from([0xab; 32]);
+        assert_eq!(ModuleHash::parse_hex(&sha.to_string()), Some(sha));
+        assert_eq!(ModuleHash::parse_hex("zz"), None);
+        assert_eq!(ModuleHash::parse_hex(&"g".repeat(64)), None);
+    }
 }

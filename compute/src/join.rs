@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use rjs_wire::enrol::{EnrolRequest, EnrolResponse, Token};
+use rjs_wire::ids::NodeId;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::{DigitallySignedStruct, SignatureScheme};
@@ -120,7 +121,7 @@ pub struct JoinOptions {
 /// Where the enrolment put things.
 #[derive(Debug, Clone)]
 pub struct Joined {
-    pub node_id: String,
+    pub node_id: NodeId,
     pub cert: PathBuf,
     pub key: PathBuf,
     pub ca: PathBuf,
@@ -207,7 +208,7 @@ pub async fn join(
     write(&tls.ca, &ca_pem, 0o644)?;
     write(&data_dir.join(NODE_ID_FILE), &format!("{node_id}\n"), 0o644)?;
     Ok(Joined {
-        node_id,
+        node_id: NodeId::from(node_id),
         cert: tls.cert.clone(),
         key: tls.key.clone(),
         ca: tls.ca.clone(),

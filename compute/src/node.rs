@@ -248,22 +248,8 @@ impl Node {
                 format!("all {} slots are busy", self.sandbox.slots()),
             )
         })?;
-        // A BTreeMap: already in key order.
-        let env: Vec<(String, String)> =
-            m.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         let signer = format!("{} {}", signer.name, signer.fingerprint);
-        let task = TaskSpec {
-            name: m.name.clone(),
-            bundle_sha256: *ready.sha256(),
-            module_sha256: *ready.module_sha256(),
-            args: m.args.clone(),
-            env,
-            task_index,
-            task_count: m.tasks,
-            limits: m.limits,
-            module: ready.module().clone(),
-            inputs: ready.inputs().clone(),
-        };
+        let task = ready.task(task_index);
         Ok(Admitted { slot, task, signer })
     }
 
@@ -308,7 +294,7 @@ impl Node {
             job_name,
             task_index,
             task_count,
-            node_id: self.identity.id.clone(),
+            node_id: self.identity.id.to_string(),
             node_mflops: self.mflops,
             ending: result.ending.clone(),
             limits_hit: dedup(&result.limits_hit),

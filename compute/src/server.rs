@@ -14,6 +14,8 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
+use rjs_wire::ids::JobId;
+
 use crate::node::Node;
 use rjs_signer::bundle::is_sha256_hex as valid_sha;
 
@@ -176,7 +178,7 @@ pub async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
             }
             Err(e) => return Err(e),
         };
-        let (sha, size, task, job_id) = match msg {
+        let (sha, size, task, job) = match msg {
             ToNode::Ping => {
                 write_msg(&mut s, &FromNode::Pong, t.io).await?;
                 continue;
@@ -186,7 +188,7 @@ pub async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
                 bundle_size,
                 task,
                 job_id,
-            } => (bundle_sha256, bundle_size, task, job_id),
+            } => (bundle_sha256, bundle_size, task, JobId::from(job_id)),
         };
         if !valid_sha(&sha) {
             refuse(
@@ -208,35 +210,60 @@ pub async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
             .await?;
             continue;
         }
+        let offer = Offer {
+            peer,
+            job,
+            task,
+            bundle: &sha,
+        };
         // A bundle kept ready in memory was verified when it was first admitted: only the
         // per-offer checks run (task, group, limits, trust, idle, slot).
-        if let Some(ready) = node.bundles.ready(&sha) {
-            tracing::info!(%peer, job = job_id, task, bundle = %&sha[..12], "job offered");
-            let admitted = node.admit_ready(&ready, task).await;
-            run_admitted(node, &mut s, peer, job_id, task, admitted, t).await?;
-            continue;
-        }
-        let bundle = match node.bundles.get(&sha, max_bundle) {
-            Some(b) => b,
-            None => {
-                write_msg(&mut s, &FromNode::SendBundle, t.io).await?;
-                let b = read_frame(&mut s, size, t.data(size)).await?;
-                if b.len() as u64 != size {
-                    refuse(
-                        &mut s,
-                        RefusalCode::BadRequest,
-                        format!("announced {size} bytes, sent {}", b.len()),
-                        t,
-                    )
-                    .await?;
-                    continue;
+        let admitted = if let Some(ready) = node.bundles.ready(&sha) {
+            offer.log_offered();
+            node.admit_ready(&ready, task).await
+        } else {
+            let bundle = match node.bundles.get(&sha, max_bundle) {
+                Some(b) => b,
+                None => {
+                    write_msg(&mut s, &FromNode::SendBundle, t.io).await?;
+                    let b = read_frame(&mut s, size, t.data(size)).await?;
+                    if b.len() as u64 != size {
+                        refuse(
+                            &mut s,
+                            RefusalCode::BadRequest,
+                            format!("announced {size} bytes, sent {}", b.len()),
+                            t,
+                        )
+                        .await?;
+                        continue;
+                    }
+                    b
                 }
-                b
-            }
+            };
+            offer.log_offered();
+            node.admit(Arc::new(bundle), Some(&sha), task).await
         };
-        tracing::info!(%peer, job = job_id, task, bundle = %&sha[..12], "job offered");
-        let admitted = node.admit(Arc::new(bundle), Some(&sha), task).await;
-        run_admitted(node, &mut s, peer, job_id, task, admitted, t).await?;
+        run_admitted(node, &mut s, &offer, admitted, t).await?;
+    }
+}
+
+/// One offer on a connection, as the log lines name it.
+struct Offer<'a> {
+    peer: SocketAddr,
+    /// The lookup's id of the job.
+    job: JobId,
+    /// The task's index in the bundle.
+    task: u32,
+    /// The bundle id (hex).
+    bundle: &'a str,
+}
+
+impl Offer<'_> {
+    fn log_offered(&self) {
+        let Offer {
+            peer, job, task, ..
+        } = self;
+        tracing::info!(%peer, %job, task, bundle = %&self.bundle[..12], "job offered");
     }
 }
 
@@ -244,16 +271,17 @@ pub async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
 async fn run_admitted<S: AsyncWrite + Unpin>(
     node: &Node,
     s: &mut S,
-    peer: SocketAddr,
-    job_id: i64,
-    task: u32,
+    offer: &Offer<'_>,
     admitted: Result<crate::node::Admitted, crate::node::Refusal>,
     t: &Timeouts,
 ) -> Result<(), FrameError> {
+    let Offer {
+        peer, job, task, ..
+    } = offer;
     let admitted = match admitted {
         Ok(a) => a,
         Err(r) => {
-            tracing::info!(%peer, job = job_id, code = r.code.as_str(), reason = %r.reason, "job refused");
+            tracing::info!(%peer, %job, code = r.code.as_str(), reason = %r.reason, "job refused");
             return refuse(s, r.code, r.reason, t).await;
         }
     };
@@ -261,11 +289,11 @@ async fn run_admitted<S: AsyncWrite + Unpin>(
     let signer = admitted.signer().to_owned();
     match node.execute(admitted).await {
         Ok(answer) => {
-            tracing::info!(%peer, job = job_id, task, outcome = %answer.outcome, %signer, "job done");
+            tracing::info!(%peer, %job, task, outcome = %answer.outcome, %signer, "job done");
             write_answer(s, &answer.outcome, &answer.bytes, t).await
         }
         Err(e) => {
-            tracing::error!(%peer, job = job_id, error = %rjs_cmd::chain(&e), "could not build the answer");
+            tracing::error!(%peer, %job, error = %rjs_cmd::chain(&e), "could not build the answer");
             refuse(
                 s,
                 RefusalCode::Unavailable,

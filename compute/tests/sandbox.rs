@@ -10,12 +10,11 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rjs_compute::job::{TaskResult, TaskSpec};
+use rjs_compute::job::{ModuleHash, TaskResult, TaskSpec};
 use rjs_compute::sandbox::{ModuleSource, Sandbox, SandboxConfig, SandboxError};
 use rjs_harness::paths;
+use rjs_signer::Limits;
 use rjs_signer::answer::{Ending, LimitKind};
-use rjs_signer::{Limits, Manifest};
-use sha2::{Digest, Sha256};
 
 const BIN: &str = env!("CARGO_BIN_EXE_rjs-compute");
 
@@ -31,20 +30,19 @@ fn samples_dir() -> PathBuf {
 
 /// Task `index` of a sample job, as the job server would build it from the verified bundle.
 fn sample_task(job: &str, index: u32) -> TaskSpec {
-    let dir = samples_dir().join(job);
-    let manifest = Manifest::parse(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
-    let module = std::fs::read(dir.join(&manifest.entry)).unwrap();
+    TaskSpec::from_unpacked_sample(&samples_dir().join(job), index)
+}
+
+/// A task of `module` as the job `name`, otherwise as hello's task 0 but with no arguments
+/// and no environment.
+fn module_task(name: &str, module: Vec<u8>) -> TaskSpec {
     TaskSpec {
-        name: manifest.name.clone(),
-        bundle_sha256: [7; 32],
-        module_sha256: Sha256::digest(&module).into(),
+        name: name.into(),
+        module_sha256: ModuleHash::of(&module),
         module: Arc::new(module),
-        inputs: Arc::new(Vec::new()),
-        args: manifest.args.clone(),
-        env: manifest.env.into_iter().collect(),
-        task_index: index,
-        task_count: manifest.tasks,
-        limits: manifest.limits,
+        args: Vec::new(),
+        env: Vec::new(),
+        ..sample_task("hello", 0)
     }
 }
 
@@ -220,19 +218,10 @@ fn compile_wasm(src: &Path, name: &str) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_job_sees_only_its_inputs_args_env_and_out() {
     let node = node(1).await;
-    let module = probe_module();
-    let task = TaskSpec {
-        name: "probe".into(),
-        bundle_sha256: [9; 32],
-        module_sha256: Sha256::digest(&module).into(),
-        module: Arc::new(module),
-        inputs: Arc::new(vec![("data/in.txt".into(), b"input bytes".to_vec())]),
-        args: vec!["a".into(), "b c".into()],
-        env: vec![("FOO".into(), "bar".into())],
-        task_index: 2,
-        task_count: 5,
-        limits: Limits::default(),
-    };
+    let task = probe_seeing(Arc::new(vec![(
+        "data/in.txt".into(),
+        b"input bytes".to_vec(),
+    )]));
     let r = run(&node.sandbox, task).await;
     let stdout = text(&r.stdout);
     println!("probe: {:?}\n{stdout}", r.ending);
@@ -284,21 +273,11 @@ async fn scratch_elsewhere_and_inputs_written_once() {
     assert_eq!(mode & 0o777, 0o700);
 
     let inputs = Arc::new(vec![("data/in.txt".to_string(), b"input bytes".to_vec())]);
-    // As in the_job_sees_only_its_inputs_args_env_and_out.
-    let probe = |inputs: Arc<Vec<(String, Vec<u8>)>>| TaskSpec {
-        inputs,
-        args: vec!["a".into(), "b c".into()],
-        env: vec![("FOO".into(), "bar".into())],
-        task_index: 2,
-        task_count: 5,
-        limits: Limits::default(),
-        ..probe_task(&[])
-    };
     for task in [
-        probe(inputs.clone()),
-        probe(inputs.clone()),
+        probe_seeing(inputs.clone()),
+        probe_seeing(inputs.clone()),
         // Equal inputs, another allocation: the same directory.
-        probe(Arc::new((*inputs).clone())),
+        probe_seeing(Arc::new((*inputs).clone())),
     ] {
         let r = run(&sandbox, task).await;
         assert_eq!(r.ending, Ending::Exit { code: 0 }, "{}", text(&r.stdout));
@@ -333,22 +312,29 @@ async fn scratch_elsewhere_and_inputs_written_once() {
 }
 
 fn probe_task(args: &[&str]) -> TaskSpec {
-    let module = probe_module();
     TaskSpec {
-        name: "probe".into(),
         bundle_sha256: [9; 32],
-        module_sha256: Sha256::digest(&module).into(),
-        module: Arc::new(module),
-        inputs: Arc::new(Vec::new()),
         args: args.iter().map(|a| a.to_string()).collect(),
-        env: Vec::new(),
-        task_index: 0,
-        task_count: 1,
         limits: Limits {
             time_ms: 20_000,
             output_bytes: 1 << 20,
             ..Limits::default()
         },
+        ..module_task("probe", probe_module())
+    }
+}
+
+/// The probe checking what a job sees: `inputs`, two arguments, one environment variable,
+/// task 2 of 5 (`the_job_sees_only_its_inputs_args_env_and_out`).
+fn probe_seeing(inputs: Arc<Vec<(String, Vec<u8>)>>) -> TaskSpec {
+    TaskSpec {
+        inputs,
+        args: vec!["a".into(), "b c".into()],
+        env: vec![("FOO".into(), "bar".into())],
+        task_index: 2,
+        task_count: 5,
+        limits: Limits::default(),
+        ..probe_task(&[])
     }
 }
 
@@ -714,6 +700,7 @@ async fn compiled_modules_are_cached_in_memory_and_on_disk() {
     assert!(name.starts_with("wasmtime-48.0.8-"), "{name}");
     let sha: String = sample_task("mandelbrot", 0)
         .module_sha256
+        .as_bytes()
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
@@ -825,7 +812,7 @@ async fn bad_modules_and_small_limits_end_cleanly() {
     // Not WebAssembly.
     let mut task = sample_task("hello", 0);
     let junk = b"\0asm\x01\0\0\0garbage".to_vec();
-    task.module_sha256 = Sha256::digest(&junk).into();
+    task.module_sha256 = ModuleHash::of(&junk);
     task.module = Arc::new(junk);
     let r = run(&node.sandbox, task).await;
     match &r.ending {
@@ -834,7 +821,7 @@ async fn bad_modules_and_small_limits_end_cleanly() {
     }
     // Bytes that do not match the declared hash are refused, never cached under it.
     let mut task = sample_task("hello", 0);
-    task.module_sha256 = [1; 32];
+    task.module_sha256 = ModuleHash::from([1; 32]);
     let r = run(&node.sandbox, task).await;
     assert!(
         matches!(&r.ending, Ending::Trap { message } if message.contains("SHA-256")),
@@ -989,16 +976,11 @@ async fn a_sleeping_job_is_stopped_by_the_wall_clock_backstop() {
     );
     let limit = 300;
     let task = TaskSpec {
-        name: "sleeper".into(),
-        module_sha256: Sha256::digest(&module).into(),
-        module: Arc::new(module),
-        args: Vec::new(),
-        env: Vec::new(),
         limits: Limits {
             time_ms: limit,
             ..Limits::default()
         },
-        ..sample_task("hello", 0)
+        ..module_task("sleeper", module)
     };
     let backstop = rjs_compute::sandbox::wall_limit(limit);
     assert_eq!(backstop, Duration::from_millis(limit + 5000));
@@ -1058,14 +1040,7 @@ async fn a_task_never_sees_an_earlier_tasks_files() {
 }
 "#,
     );
-    let lister = TaskSpec {
-        name: "lister".into(),
-        module_sha256: Sha256::digest(&module).into(),
-        module: Arc::new(module),
-        args: Vec::new(),
-        env: Vec::new(),
-        ..sample_task("hello", 0)
-    };
+    let lister = module_task("lister", module);
     let slot_dir = node.work_dir().join("scratch/slot-0");
     let ino = |p: &Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap());
     let first = ino(&slot_dir);

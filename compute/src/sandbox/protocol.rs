@@ -350,27 +350,6 @@ pub(crate) async fn write_json_async(
     write_frame_async(w, KIND_JSON, &bytes).await
 }
 
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(DIGITS[usize::from(b >> 4)] as char);
-        s.push(DIGITS[usize::from(b & 15)] as char);
-    }
-    s
-}
-
-pub(crate) fn parse_sha256_hex(s: &str) -> Option<[u8; 32]> {
-    if s.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -436,13 +415,5 @@ mod tests {
         drop(tx);
         assert!(matches!(r.recv().await, Some(Err(_))), "cut in the middle");
         assert!(r.recv().await.is_none());
-    }
-
-    #[test]
-    fn sha_hex() {
-        let sha = [0xabu8; 32];
-        assert_eq!(parse_sha256_hex(&hex(&sha)), Some(sha));
-        assert_eq!(parse_sha256_hex("zz"), None);
-        assert_eq!(parse_sha256_hex(&"g".repeat(64)), None);
     }
 }

@@ -27,7 +27,7 @@ use super::protocol::{
 use super::scratch::{self, Finished, InputDirs, Scratch, Usage};
 use super::worker;
 use super::{SandboxConfig, SandboxError, WORKER_SUBCOMMAND, WorkerError};
-use crate::job::{TaskResult, TaskSpec};
+use crate::job::{ModuleHash, TaskResult, TaskSpec};
 
 /// Bytes of a worker's stderr kept for a crash report.
 const STDERR_TAIL: usize = 4096;
@@ -169,11 +169,11 @@ struct Inner {
     cache_dir: StdMutex<Option<PathBuf>>,
     counters: Counters,
     /// Modules some worker has compiled (so they are in the disk cache).
-    compiled: StdMutex<HashSet<[u8; 32]>>,
+    compiled: StdMutex<HashSet<ModuleHash>>,
     /// One lock per module not yet compiled: the first task of a module holds it until its
     /// worker has the module, so that other slots load it from disk instead of compiling it
     /// again at the same time.
-    first_use: StdMutex<HashMap<[u8; 32], Arc<Mutex<()>>>>,
+    first_use: StdMutex<HashMap<ModuleHash, Arc<Mutex<()>>>>,
 }
 
 struct WorkerProc {
@@ -391,9 +391,9 @@ impl Sandbox {
                             )));
                         }
                         let w = std::fs::canonicalize(&w).map_err(dir_error("resolving", &w))?;
-                        let id = super::protocol::hex(&<[u8; 32]>::from(sha2::Sha256::digest(
+                        let id = rjs_signer::bundle::hex(&sha2::Sha256::digest(
                             w.as_os_str().as_encoded_bytes(),
-                        )));
+                        ));
                         parent.join(format!("rjs-scratch-{}", &id[..16]))
                     }
                 };
@@ -1046,7 +1046,7 @@ impl Inner {
         first_use: Option<OwnedMutexGuard<()>>,
     ) -> (Outcome, Option<(ModuleSource, u64)>) {
         let request = ToWorker::Run(Box::new(RunRequest {
-            module_sha256: protocol::hex(&task.module_sha256),
+            module_sha256: task.module_sha256.to_string(),
             name: task.name.clone(),
             args: task.args.clone(),
             env: task.env.clone(),

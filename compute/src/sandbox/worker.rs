@@ -30,6 +30,7 @@ use super::protocol::{
     self, DoneReply, Frame, FromWorker, KIND_BLOB, MAX_BLOB_TO_WORKER, ModuleSource,
     PROTOCOL_VERSION, RunRequest, ToWorker, WorkerInit,
 };
+use crate::job::ModuleHash;
 
 /// The wasmtime version the cache directory is named after (the engine's compatibility hash
 /// covers it too; the name makes the directory recognisable).
@@ -312,7 +313,7 @@ struct Worker {
     engine: Engine,
     linker: Linker<State>,
     cache_dir: PathBuf,
-    modules: HashMap<[u8; 32], (InstancePre<State>, u64)>,
+    modules: HashMap<ModuleHash, (InstancePre<State>, u64)>,
     capacity: usize,
     clock: u64,
 }
@@ -429,7 +430,7 @@ impl Worker {
             .map_err(failed("creating the engine"))?;
         let mut hasher = ShaHasher(Sha256::new());
         std::hash::Hash::hash(&engine.precompile_compatibility_hash(), &mut hasher);
-        let digest = protocol::hex(&hasher.0.finalize());
+        let digest = rjs_signer::bundle::hex(&hasher.0.finalize());
         check_private_dir(&init.cache_root)?;
         let cache_dir = init
             .cache_root
@@ -454,7 +455,7 @@ impl Worker {
     /// unknown imports).
     fn module(
         &mut self,
-        sha: [u8; 32],
+        sha: ModuleHash,
         input: &mut impl io::Read,
         output: &ProtoOut,
     ) -> io::Result<Result<(InstancePre<State>, ModuleSource), String>> {
@@ -463,9 +464,7 @@ impl Worker {
             *used = self.clock;
             return Ok(Ok((pre.clone(), ModuleSource::Memory)));
         }
-        let path = self
-            .cache_dir
-            .join(format!("{}.cwasm", protocol::hex(&sha)));
+        let path = self.cache_dir.join(format!("{sha}.cwasm"));
         let mut loaded = None;
         if path.exists() {
             // SAFETY: the file is in the node's own 0700 cache directory (checked at start)
@@ -496,7 +495,7 @@ impl Worker {
                         ));
                     }
                 };
-                if <[u8; 32]>::from(Sha256::digest(&bytes)) != sha {
+                if ModuleHash::of(&bytes) != sha {
                     return Ok(Err("module bytes do not match the module's SHA-256".into()));
                 }
                 let module = match Module::new(&self.engine, &bytes) {
@@ -545,7 +544,7 @@ impl Worker {
         output: &ProtoOut,
     ) -> io::Result<()> {
         let load_start = Instant::now();
-        let Some(sha) = protocol::parse_sha256_hex(&req.module_sha256) else {
+        let Some(sha) = ModuleHash::parse_hex(&req.module_sha256) else {
             return send_done(output, refused("bad module hash in the request"), &[], &[]);
         };
         let (pre, source) = match self.module(sha, input, output)? {
