@@ -15,6 +15,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use rjs_harness::data::noise;
 use rjs_harness::paths;
 use rjs_signer::{BundleBuilder, KeyPair, VerifyLimits, verify_bytes, verify_signed};
 
@@ -34,19 +35,6 @@ fn time<F: FnMut()>(runs: usize, mut f: F) -> Duration {
             })
             .collect(),
     )
-}
-
-/// xorshift bytes: incompressible, reproducible.
-fn random_bytes(n: usize, mut seed: u64) -> Vec<u8> {
-    let mut v = Vec::with_capacity(n + 8);
-    while v.len() < n {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        v.extend_from_slice(&seed.to_le_bytes());
-    }
-    v.truncate(n);
-    v
 }
 
 /// Real WebAssembly code (the sample modules, cycled): deflates about 2.4x, like modules do.
@@ -74,7 +62,7 @@ fn wasm_like_bytes(n: usize) -> Vec<u8> {
 
 fn make_bundle(key: &KeyPair, input: Vec<u8>) -> Vec<u8> {
     let mut module = rjs_signer::bundle::WASM_HEADER.to_vec();
-    module.extend(random_bytes(512 * 1024, 1));
+    module.extend(noise(512 * 1024, 1));
     let manifest =
         br#"{"format":1,"name":"bench","entry":"bench.wasm","inputs":["data.bin"]}"#.to_vec();
     let mut b = BundleBuilder::new();
@@ -112,7 +100,7 @@ fn main() {
     const TEN_MIB: usize = 10 * 1024 * 1024;
 
     println!("== verify a 10 MiB bundle vs sha256sum of the same file (median of 21) ==");
-    let stored = make_bundle(&key, random_bytes(TEN_MIB - 512 * 1024 - 2048, 9));
+    let stored = make_bundle(&key, noise(TEN_MIB - 512 * 1024 - 2048, 9));
     // Compressible content (real wasm code) sized so that the bundle file is ~10 MiB.
     let mut compressible = make_bundle(&key, wasm_like_bytes(TEN_MIB));
     let ratio = TEN_MIB as f64 / compressible.len() as f64;

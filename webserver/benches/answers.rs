@@ -19,14 +19,12 @@ use futures_util::StreamExt as _;
 use rjs_webserver::server;
 use rjs_webserver::store::Store as _;
 use rjs_webserver::store::sqlite::SqliteStore;
-use rjs_wire::api::{
-    self, ANSWERS_CONTENT_TYPE, AnswerBatchResponse, AnswerBatchStatus, JobState, LeaseResponse,
-};
+use rjs_wire::api::{self, JobState};
 
 mod common;
 #[path = "../tests/support/in_process.rs"]
 mod in_process;
-use common::{Data, answer, answer_batch, bundle, client, upload};
+use common::{Data, answer, answer_batch, bundle, client, lease, post_answer_batch, upload};
 use in_process::InProcess;
 
 const ANSWER_BYTES: usize = 2048;
@@ -65,18 +63,11 @@ fn run(mode: Mode, jobs: u32) -> f64 {
         // Lease them all.
         let mut leased: Vec<i64> = Vec::with_capacity(jobs as usize);
         loop {
-            let r = lookup
-                .post(format!("{base}/lookup/v1/lease"))
-                .json(&serde_json::json!({"max": api::MAX_BATCH, "lease_secs": 3600}))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status().as_u16(), 200, "lease");
-            let l: LeaseResponse = r.json().await.unwrap();
-            if l.leases.is_empty() {
+            let ids = lease(&lookup, &base, api::MAX_BATCH, 3600).await;
+            if ids.is_empty() {
                 break;
             }
-            leased.extend(l.leases.iter().map(|l| l.job_id));
+            leased.extend(ids);
         }
         assert_eq!(leased.len(), jobs as usize);
         let answers: Vec<(i64, Vec<u8>)> = leased
@@ -115,23 +106,7 @@ fn run(mode: Mode, jobs: u32) -> f64 {
                 let lookup = &lookup;
                 let base = &base;
                 futures_util::stream::iter(bodies)
-                    .map(|(n, body)| async move {
-                        let r = lookup
-                            .post(format!("{base}/lookup/v1/answers"))
-                            .header(reqwest::header::CONTENT_TYPE, ANSWERS_CONTENT_TYPE)
-                            .body(body)
-                            .send()
-                            .await
-                            .unwrap();
-                        assert_eq!(r.status().as_u16(), 200, "answer batch");
-                        let res: AnswerBatchResponse = r.json().await.unwrap();
-                        assert_eq!(res.results.len(), n);
-                        assert!(
-                            res.results
-                                .iter()
-                                .all(|r| r.status == AnswerBatchStatus::Stored)
-                        );
-                    })
+                    .map(|(n, body)| post_answer_batch(lookup, base, body, n))
                     .buffer_unordered(BATCH_IN_FLIGHT)
                     .collect::<Vec<()>>()
                     .await;

@@ -20,15 +20,16 @@ use std::io::{BufRead as _, BufReader};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use rjs_wire::api::{
-    ANSWERS_CONTENT_TYPE, AnswerBatchResponse, AnswerBatchStatus, LeaseResponse, ReleaseResponse,
-};
+use rjs_wire::api::ReleaseResponse;
 
 mod common;
-use common::{Data, answer, answer_batch, bundle, client, upload};
+use common::{
+    Data, answer, answer_batch, bundle, client, lease, post_answer_batch, post_json, upload,
+};
 
 const BATCH: u32 = 32;
 const ANSWER_BYTES: usize = 512;
+const LEASE_SECS: u32 = 600;
 
 struct Server {
     child: Child,
@@ -80,47 +81,16 @@ impl Drop for Server {
     }
 }
 
-async fn lease(lookup: &reqwest::Client, base: &str, max: u32) -> Vec<i64> {
-    let r = lookup
-        .post(format!("{base}/lookup/v1/lease"))
-        .json(&serde_json::json!({"max": max, "lease_secs": 600}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200, "lease");
-    let l: LeaseResponse = r.json().await.unwrap();
-    l.leases.iter().map(|l| l.job_id).collect()
-}
-
 async fn release(lookup: &reqwest::Client, base: &str, ids: &[i64]) {
-    let r = lookup
-        .post(format!("{base}/lookup/v1/release"))
-        .json(&serde_json::json!({ "job_ids": ids }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200, "release");
-    let rel: ReleaseResponse = r.json().await.unwrap();
+    let body = serde_json::json!({ "job_ids": ids });
+    let rel: ReleaseResponse =
+        post_json(lookup, base, "/lookup/v1/release", &body, "release").await;
     assert_eq!(rel.released.len(), ids.len());
 }
 
 async fn post_answers(lookup: &reqwest::Client, base: &str, ids: &[i64]) {
     let answers: Vec<(i64, Vec<u8>)> = ids.iter().map(|&j| (j, answer(j, ANSWER_BYTES))).collect();
-    let r = lookup
-        .post(format!("{base}/lookup/v1/answers"))
-        .header(reqwest::header::CONTENT_TYPE, ANSWERS_CONTENT_TYPE)
-        .body(answer_batch(&answers))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200, "answer batch");
-    let res: AnswerBatchResponse = r.json().await.unwrap();
-    assert_eq!(res.results.len(), ids.len());
-    assert!(
-        res.results
-            .iter()
-            .all(|r| r.status == AnswerBatchStatus::Stored)
-    );
+    post_answer_batch(lookup, base, answer_batch(&answers), ids.len()).await;
 }
 
 struct Latency {
@@ -133,13 +103,13 @@ struct Latency {
 async fn lease_latency(lookup: &reqwest::Client, base: &str, samples: usize) -> Latency {
     // Warm-up: connection, statement cache.
     for _ in 0..20 {
-        let ids = lease(lookup, base, BATCH).await;
+        let ids = lease(lookup, base, BATCH, LEASE_SECS).await;
         release(lookup, base, &ids).await;
     }
     let mut times = Vec::with_capacity(samples);
     for _ in 0..samples {
         let t = Instant::now();
-        let ids = lease(lookup, base, BATCH).await;
+        let ids = lease(lookup, base, BATCH, LEASE_SECS).await;
         times.push(t.elapsed());
         assert_eq!(ids.len(), BATCH as usize);
         release(lookup, base, &ids).await;
@@ -160,7 +130,7 @@ async fn cycle(lookups: &[reqwest::Client], base: &str, jobs: usize) -> f64 {
     let runs = lookups.iter().map(|lookup| async move {
         let mut done = 0;
         while done < per {
-            let ids = lease(lookup, base, BATCH.min((per - done) as u32)).await;
+            let ids = lease(lookup, base, BATCH.min((per - done) as u32), LEASE_SECS).await;
             assert!(!ids.is_empty(), "the queue ran dry");
             post_answers(lookup, base, &ids).await;
             done += ids.len();

@@ -1,6 +1,8 @@
 //! The web server's HTTP API over real TLS, in process: `server::serve` on a free loopback
 //! port, reqwest clients (an author signing requests, lookups with client certificates).
 
+#[path = "support/answers.rs"]
+mod answers;
 #[path = "support/in_process.rs"]
 mod in_process;
 #[path = "support/raw_http.rs"]
@@ -11,10 +13,12 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use answers::answer_batch;
 use in_process::InProcess;
 use raw_http::RawHttp;
 use reqwest::Method;
 use reqwest::blocking::{Client, Response};
+use rjs_harness::data::noise;
 use rjs_signer::request::RequestAuth;
 use rjs_signer::{BundleBuilder, KeyPair};
 use rjs_webserver::{admin, pki, server};
@@ -202,14 +206,7 @@ fn bundle(key: &KeyPair, tasks: u32, filler: usize) -> Vec<u8> {
     .unwrap();
     b.add("job.wasm", wasm()).unwrap();
     // Incompressible filler so the bundle's size is about `filler`.
-    let mut data = Vec::with_capacity(filler);
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15 ^ u64::from(tasks);
-    while data.len() < filler {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        data.extend_from_slice(&x.to_le_bytes());
-    }
+    let data = noise(filler, 0x9e37_79b9_7f4a_7c15 ^ u64::from(tasks));
     b.add("data.bin", data).unwrap();
     b.sign(key, "alice", now()).unwrap()
 }
@@ -378,6 +375,36 @@ fn post(c: &Client, srv: &Server, path: &str, body: Value) -> Response {
     c.post(srv.url(path)).json(&body).send().unwrap()
 }
 
+/// [`post`], its response's JSON.
+fn post_json(c: &Client, srv: &Server, path: &str, body: Value) -> Value {
+    post(c, srv, path, body).json().unwrap()
+}
+
+/// The `data:` lines of a lookup's `GET /lookup/v1/events` stream, one at a time.
+struct Events(BufReader<Response>);
+
+impl Events {
+    fn open(srv: &Server, lab: &Client) -> Events {
+        let events = lab
+            .get(srv.url("/lookup/v1/events"))
+            .timeout(Duration::from_secs(60))
+            .send()
+            .unwrap();
+        assert_eq!(events.status().as_u16(), 200);
+        Events(BufReader::new(events))
+    }
+
+    fn next(&mut self) -> String {
+        loop {
+            let mut line = String::new();
+            self.0.read_line(&mut line).unwrap();
+            if let Some(data) = line.strip_prefix("data: ") {
+                return data.trim().to_owned();
+            }
+        }
+    }
+}
+
 #[test]
 fn lookup_api() {
     let srv = Server::start(1024 * 1024, 2);
@@ -398,26 +425,48 @@ fn lookup_api() {
         201
     );
 
-    // Identity.
+    lookup_identity_is_checked(&srv, &bob.http);
+    let lab = srv.lookup("lab");
+    let lab2 = srv.lookup("lab2");
+    // Events: the first event says how many are queued.
+    let mut events = Events::open(&srv, &lab);
+    assert_eq!(events.next(), r#"{"queued":4}"#);
+    lease_requests_are_validated(&srv, &lab);
+    let (j, j4) = leases_go_to_one_lookup_each(&srv, &lab, &lab2, &id, &key);
+    renew_release_and_fail(&srv, &lab, &mut events, &j, j4);
+    answers_first_one_wins(&srv, &lab, j[0]);
+    only_its_author_sees_the_answer(&srv, &bob, j[0]);
+    bundles_are_served_with_an_etag(&srv, &lab, &id, &b);
+    an_expired_lease_is_queued_again(&srv, &lab2, &mut events, j4);
+
+    // Revocation takes effect at once.
+    admin::lookup_revoke(&srv.data, "lab2").unwrap();
+    let one = || json!({"max": 1, "lease_secs": 60});
     check_error(
-        post(
-            &bob.http,
-            &srv,
-            "/lookup/v1/lease",
-            json!({"max": 1, "lease_secs": 60}),
-        ),
+        post(&lab2, &srv, "/lookup/v1/lease", one()),
+        403,
+        "revoked-lookup",
+    );
+    assert_eq!(
+        post(&lab, &srv, "/lookup/v1/lease", one())
+            .status()
+            .as_u16(),
+        200
+    );
+}
+
+/// No certificate, one never enrolled, one from another CA: refused.
+fn lookup_identity_is_checked(srv: &Server, no_cert: &Client) {
+    let one = || json!({"max": 1, "lease_secs": 60});
+    check_error(
+        post(no_cert, srv, "/lookup/v1/lease", one()),
         401,
         "no-client-certificate",
     );
     // Issued by the right CA but never enrolled.
     let creds = srv.stray_creds();
     check_error(
-        post(
-            &srv.client(Some(creds)),
-            &srv,
-            "/lookup/v1/lease",
-            json!({"max": 1, "lease_secs": 60}),
-        ),
+        post(&srv.client(Some(creds)), srv, "/lookup/v1/lease", one()),
         403,
         "not-a-lookup",
     );
@@ -429,33 +478,12 @@ fn lookup_api() {
     let r = srv
         .client(Some(creds))
         .post(srv.url("/lookup/v1/lease"))
-        .json(&json!({"max": 1, "lease_secs": 60}))
+        .json(&one())
         .send();
     assert!(r.is_err(), "{r:?}");
+}
 
-    let lab = srv.lookup("lab");
-    let lab2 = srv.lookup("lab2");
-
-    // Events: the first event says how many are queued.
-    let events = lab
-        .get(srv.url("/lookup/v1/events"))
-        .timeout(Duration::from_secs(60))
-        .send()
-        .unwrap();
-    assert_eq!(events.status().as_u16(), 200);
-    let mut events = BufReader::new(events);
-    let mut next_event = move || -> String {
-        loop {
-            let mut line = String::new();
-            events.read_line(&mut line).unwrap();
-            if let Some(data) = line.strip_prefix("data: ") {
-                return data.trim().to_owned();
-            }
-        }
-    };
-    assert_eq!(next_event(), r#"{"queued":4}"#);
-
-    // Lease validation.
+fn lease_requests_are_validated(srv: &Server, lab: &Client) {
     for bad in [
         json!({"max": 0, "lease_secs": 60}),
         json!({"max": 501, "lease_secs": 60}),
@@ -463,11 +491,7 @@ fn lookup_api() {
         json!({"max": 1, "lease_secs": 60, "groups": ["compute"]}),
         json!({"max": 1, "lease_secs": 60, "extra": 1}),
     ] {
-        check_error(
-            post(&lab, &srv, "/lookup/v1/lease", bad),
-            400,
-            "bad-request",
-        );
+        check_error(post(lab, srv, "/lookup/v1/lease", bad), 400, "bad-request");
     }
     check_error(
         lab.post(srv.url("/lookup/v1/lease"))
@@ -477,19 +501,25 @@ fn lookup_api() {
         400,
         "bad-request",
     );
+}
 
-    // Lease 3 of 4; the other lookup gets the last one only.
-    let r: Value = post(
-        &lab,
-        &srv,
+/// Lease 3 of 4; the other lookup gets the last one only. Returns (lab's jobs, lab2's job).
+fn leases_go_to_one_lookup_each(
+    srv: &Server,
+    lab: &Client,
+    lab2: &Client,
+    id: &str,
+    key: &KeyPair,
+) -> (Vec<i64>, i64) {
+    let r = post_json(
+        lab,
+        srv,
         "/lookup/v1/lease",
         json!({"max": 3, "groups": ["/compute"], "lease_secs": 60}),
-    )
-    .json()
-    .unwrap();
+    );
     let leases = r["leases"].as_array().unwrap().clone();
     assert_eq!(leases.len(), 3);
-    assert_eq!(leases[0]["bundle_id"], id.as_str());
+    assert_eq!(leases[0]["bundle_id"], id);
     assert_eq!(leases[0]["attempt"], 1);
     assert_eq!(
         leases[0]["author_fingerprint"],
@@ -499,78 +529,50 @@ fn lookup_api() {
         .iter()
         .map(|l| l["job_id"].as_i64().unwrap())
         .collect();
-    let r: Value = post(
-        &lab2,
-        &srv,
-        "/lookup/v1/lease",
-        json!({"max": 10, "lease_secs": 60}),
-    )
-    .json()
-    .unwrap();
+    let ten = || json!({"max": 10, "lease_secs": 60});
+    let r = post_json(lab2, srv, "/lookup/v1/lease", ten());
     assert_eq!(r["leases"].as_array().unwrap().len(), 1);
     let j4 = r["leases"][0]["job_id"].as_i64().unwrap();
-    let r: Value = post(
-        &lab2,
-        &srv,
-        "/lookup/v1/lease",
-        json!({"max": 10, "lease_secs": 60}),
-    )
-    .json()
-    .unwrap();
+    let r = post_json(lab2, srv, "/lookup/v1/lease", ten());
     assert!(r["leases"].as_array().unwrap().is_empty());
+    (j, j4)
+}
 
+/// Renew, release and failure reports of lab's jobs `j` (not of lab2's `j4`).
+fn renew_release_and_fail(srv: &Server, lab: &Client, events: &mut Events, j: &[i64], j4: i64) {
     // Renew: ours renewed, others lost.
-    let r: Value = post(
-        &lab,
-        &srv,
+    let r = post_json(
+        lab,
+        srv,
         "/lookup/v1/renew",
         json!({"job_ids": [j[0], j4], "lease_secs": 60}),
-    )
-    .json()
-    .unwrap();
+    );
     assert_eq!(r["renewed"], json!([j[0]]));
     assert_eq!(r["lost"], json!([j4]));
 
     // Release one: queued again, event.
-    let r: Value = post(&lab, &srv, "/lookup/v1/release", json!({"job_ids": [j[2]]}))
-        .json()
-        .unwrap();
+    let r = post_json(lab, srv, "/lookup/v1/release", json!({"job_ids": [j[2]]}));
     assert_eq!(r["released"], json!([j[2]]));
-    assert_eq!(next_event(), r#"{"queued":1}"#);
+    assert_eq!(events.next(), r#"{"queued":1}"#);
 
     // Failure: of a job we hold (queued again, attempts 1), of one we do not (409).
-    let r: Value = post(
-        &lab,
-        &srv,
-        &format!("/lookup/v1/jobs/{}/failure", j[1]),
-        json!({"reason": "node lost"}),
-    )
-    .json()
-    .unwrap();
+    let failure = |job: i64, reason: &str| {
+        post(
+            lab,
+            srv,
+            &format!("/lookup/v1/jobs/{job}/failure"),
+            json!({ "reason": reason }),
+        )
+    };
+    let r: Value = failure(j[1], "node lost").json().unwrap();
     assert_eq!(r, json!({"state": "queued", "attempts": 1}));
-    assert_eq!(next_event(), r#"{"queued":2}"#);
-    check_error(
-        post(
-            &lab,
-            &srv,
-            &format!("/lookup/v1/jobs/{}/failure", j[1]),
-            json!({"reason": "again"}),
-        ),
-        409,
-        "not-leased",
-    );
-    check_error(
-        post(
-            &lab,
-            &srv,
-            &format!("/lookup/v1/jobs/{j4}/failure"),
-            json!({"reason": "x\ny"}),
-        ),
-        400,
-        "bad-request",
-    );
+    assert_eq!(events.next(), r#"{"queued":2}"#);
+    check_error(failure(j[1], "again"), 409, "not-leased");
+    check_error(failure(j4, "x\ny"), 400, "bad-request");
+}
 
-    // Answers: first one wins, later ones are duplicates; unknown jobs leave nothing.
+/// Answers to `job`: first one wins, later ones are duplicates; unknown jobs leave nothing.
+fn answers_first_one_wins(srv: &Server, lab: &Client, job: i64) {
     let blobs_before = srv.blob_files();
     let put = |job: i64, body: &[u8], outcome: &str, node: &str| {
         lab.put(srv.url(&format!("/lookup/v1/jobs/{job}/answer")))
@@ -580,10 +582,10 @@ fn lookup_api() {
             .send()
             .unwrap()
     };
-    let r = put(j[0], b"PK answer one", "exit 0", "node-1");
+    let r = put(job, b"PK answer one", "exit 0", "node-1");
     assert_eq!(r.status().as_u16(), 201);
     assert_eq!(r.json::<Value>().unwrap(), json!({"status": "stored"}));
-    let r = put(j[0], b"PK answer two", "exit 1", "node-2");
+    let r = put(job, b"PK answer two", "exit 1", "node-2");
     assert_eq!(r.status().as_u16(), 200);
     assert_eq!(r.json::<Value>().unwrap(), json!({"status": "duplicate"}));
     check_error(
@@ -591,16 +593,16 @@ fn lookup_api() {
         404,
         "not-found",
     );
-    check_error(put(j[0], b"x", "exit 0", "bad node"), 400, "bad-request");
-    check_error(put(j[0], b"x", "", "n"), 400, "bad-request");
+    check_error(put(job, b"x", "exit 0", "bad node"), 400, "bad-request");
+    check_error(put(job, b"x", "", "n"), 400, "bad-request");
     check_error(
-        put(j[0], &vec![7u8; 1024 * 1024 + 1], "exit 0", "n"),
+        put(job, &vec![7u8; 1024 * 1024 + 1], "exit 0", "n"),
         413,
         "too-large",
     );
     // Far over the declared limit: refused at once, the client sees why.
     check_error(
-        put(j[0], &vec![7u8; 8 * 1024 * 1024], "exit 0", "n"),
+        put(job, &vec![7u8; 8 * 1024 * 1024], "exit 0", "n"),
         413,
         "too-large",
     );
@@ -608,7 +610,7 @@ fn lookup_api() {
     // so the client can read the answer (beyond that the stream is reset).
     let chunked = reqwest::blocking::Body::new(std::io::Cursor::new(vec![7u8; 1536 * 1024]));
     let r = lab
-        .put(srv.url(&format!("/lookup/v1/jobs/{}/answer", j[0])))
+        .put(srv.url(&format!("/lookup/v1/jobs/{job}/answer")))
         .header("rjs-outcome", "exit 0")
         .header("rjs-node", "n")
         .body(chunked)
@@ -618,16 +620,12 @@ fn lookup_api() {
     assert_eq!(count_files(&srv.data.join("blobs/tmp")), 0);
     // Small answers are kept in the database: no blob at all.
     assert_eq!(srv.blob_files(), blobs_before);
-    assert!(
-        !srv.data
-            .join("blobs/blobs")
-            .join(&sha_hex(b"PK stray answer")[..2])
-            .join(sha_hex(b"PK stray answer"))
-            .exists()
-    );
+    assert!(!blob_exists(srv, b"PK stray answer"));
+}
 
-    // The author sees the answer.
-    let r = bob.send("GET", &format!("/api/v1/jobs/{}/answer", j[0]), vec![]);
+/// The author of `job` (answered `PK answer one` by node-1) sees its answer; another does not.
+fn only_its_author_sees_the_answer(srv: &Server, bob: &Author<'_>, job: i64) {
+    let r = bob.send("GET", &format!("/api/v1/jobs/{job}/answer"), vec![]);
     assert_eq!(r.status().as_u16(), 200);
     assert_eq!(r.headers()["content-type"], "application/zip");
     assert_eq!(r.bytes().unwrap().as_ref(), b"PK answer one");
@@ -636,7 +634,7 @@ fn lookup_api() {
         .as_array()
         .unwrap()
         .iter()
-        .find(|v| v["id"] == j[0])
+        .find(|v| v["id"] == job)
         .unwrap()
         .clone();
     assert_eq!(done["state"], "done");
@@ -647,112 +645,69 @@ fn lookup_api() {
     let eve_key = KeyPair::from_secret([4; 32]);
     admin::author_add(&srv.data, "eve", &eve_key.public().to_base64()).unwrap();
     let eve = Author {
-        srv: &srv,
+        srv,
         http: srv.client(None),
         key: eve_key,
     };
     check_error(
-        eve.send("GET", &format!("/api/v1/jobs/{}/answer", j[0]), vec![]),
+        eve.send("GET", &format!("/api/v1/jobs/{job}/answer"), vec![]),
         404,
         "not-found",
     );
     let eve_jobs: Value = eve.send("GET", "/api/v1/jobs", vec![]).json().unwrap();
     assert_eq!(eve_jobs["jobs"], json!([]));
+}
 
-    // Bundles, with ETag.
-    let r = lab
-        .get(srv.url(&format!("/lookup/v1/bundles/{id}")))
-        .send()
-        .unwrap();
+/// Bundle `id` (bytes `b`), with ETag; an unknown one, a bad id, an answer's blob: refused.
+fn bundles_are_served_with_an_etag(srv: &Server, lab: &Client, id: &str, b: &[u8]) {
+    let get = |id: &str| lab.get(srv.url(&format!("/lookup/v1/bundles/{id}")));
+    let r = get(id).send().unwrap();
     assert_eq!(r.status().as_u16(), 200);
     let etag = r.headers()["etag"].to_str().unwrap().to_owned();
     assert_eq!(etag, format!("\"{id}\""));
-    assert_eq!(r.bytes().unwrap().as_ref(), b.as_slice());
-    let r = lab
-        .get(srv.url(&format!("/lookup/v1/bundles/{id}")))
-        .header("if-none-match", &etag)
-        .send()
-        .unwrap();
+    assert_eq!(r.bytes().unwrap().as_ref(), b);
+    let r = get(id).header("if-none-match", &etag).send().unwrap();
     assert_eq!(r.status().as_u16(), 304);
-    check_error(
-        lab.get(srv.url(&format!("/lookup/v1/bundles/{}", "0".repeat(64))))
-            .send()
-            .unwrap(),
-        404,
-        "not-found",
-    );
-    check_error(
-        lab.get(srv.url("/lookup/v1/bundles/xyz")).send().unwrap(),
-        400,
-        "bad-request",
-    );
+    check_error(get(&"0".repeat(64)).send().unwrap(), 404, "not-found");
+    check_error(get("xyz").send().unwrap(), 400, "bad-request");
     // An answer's blob is not a bundle.
     check_error(
-        lab.get(srv.url(&format!("/lookup/v1/bundles/{}", sha_hex(b"PK answer one"))))
-            .send()
-            .unwrap(),
+        get(&sha_hex(b"PK answer one")).send().unwrap(),
         404,
         "not-found",
     );
+}
 
-    // Lease expiry: lab2's lease on j4, cut to 5 s, runs out; the job is queued again with
-    // attempt 2, and listeners are told.
-    let r: Value = post(
-        &lab2,
-        &srv,
+/// Lease expiry: lab2's lease on `j4`, cut to 5 s, runs out; the job is queued again with
+/// attempt 2, and listeners are told.
+fn an_expired_lease_is_queued_again(srv: &Server, lab2: &Client, events: &mut Events, j4: i64) {
+    let r = post_json(
+        lab2,
+        srv,
         "/lookup/v1/renew",
         json!({"job_ids": [j4], "lease_secs": 5}),
-    )
-    .json()
-    .unwrap();
+    );
     assert_eq!(r["renewed"], json!([j4]));
-    assert_eq!(next_event(), r#"{"queued":3}"#);
-    let r: Value = post(
-        &lab2,
-        &srv,
+    assert_eq!(events.next(), r#"{"queued":3}"#);
+    let r = post_json(
+        lab2,
+        srv,
         "/lookup/v1/lease",
         json!({"max": 10, "lease_secs": 60}),
-    )
-    .json()
-    .unwrap();
+    );
     let again = r["leases"].as_array().unwrap();
     let j4_again = again
         .iter()
         .find(|l| l["job_id"] == j4)
         .expect("j4 requeued");
     assert_eq!(j4_again["attempt"], 2);
-
-    // Revocation takes effect at once.
-    admin::lookup_revoke(&srv.data, "lab2").unwrap();
-    check_error(
-        post(
-            &lab2,
-            &srv,
-            "/lookup/v1/lease",
-            json!({"max": 1, "lease_secs": 60}),
-        ),
-        403,
-        "revoked-lookup",
-    );
-    assert_eq!(
-        post(
-            &lab,
-            &srv,
-            "/lookup/v1/lease",
-            json!({"max": 1, "lease_secs": 60})
-        )
-        .status()
-        .as_u16(),
-        200
-    );
 }
 
 // ------------------------------------------------------------------ answer batches
 
 use rjs_webserver::store::Store as _;
 use rjs_wire::api::{
-    ANSWERS_CONTENT_TYPE, AnswerBatchHeader, AnswerBatchResponse, AnswerBatchStatus,
-    MAX_ANSWER_BATCH, encode_answer_record,
+    ANSWERS_CONTENT_TYPE, AnswerBatchResponse, AnswerBatchStatus, MAX_ANSWER_BATCH,
 };
 
 /// An author with a submitted bundle of `tasks` jobs, and a lookup holding all of them.
@@ -778,14 +733,12 @@ fn leased(srv: &Server, tasks: u32) -> Leased<'_> {
     let lab = srv.lookup("lab");
     let mut jobs = Vec::new();
     loop {
-        let r: Value = post(
+        let r = post_json(
             &lab,
             srv,
             "/lookup/v1/lease",
             json!({"max": 500, "lease_secs": 600}),
-        )
-        .json()
-        .unwrap();
+        );
         let leases = r["leases"].as_array().unwrap();
         if leases.is_empty() {
             break;
@@ -798,30 +751,16 @@ fn leased(srv: &Server, tasks: u32) -> Leased<'_> {
 
 /// A distinct answer archive of `len` bytes for `job`.
 fn answer_bytes(job: i64, len: usize) -> Vec<u8> {
+    let seed = (job as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
     let mut out = b"PK".to_vec();
-    let mut x = (job as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.push(x as u8);
-    }
+    out.extend(noise(len.saturating_sub(2), seed));
     out.truncate(len);
     out
 }
 
+/// [`answer_batch`] of answers given as literals of different lengths.
 fn batch(records: &[(i64, &[u8])]) -> Vec<u8> {
-    let mut body = Vec::new();
-    for (job, bytes) in records {
-        let h = AnswerBatchHeader {
-            job_id: *job,
-            outcome: "exit 0".into(),
-            node: "node-1".into(),
-            size: bytes.len() as u64,
-        };
-        encode_answer_record(&mut body, &h, bytes).unwrap();
-    }
-    body
+    answer_batch(records)
 }
 
 /// One record with a raw JSON header.
@@ -888,8 +827,7 @@ fn answer_batch_of_100_is_stored_at_once_and_a_resent_batch_is_all_duplicates() 
     let l = leased(&srv, 100);
     let blobs_before = srv.blob_files();
     let answers: Vec<(i64, Vec<u8>)> = l.jobs.iter().map(|&j| (j, answer_bytes(j, 2000))).collect();
-    let records: Vec<(i64, &[u8])> = answers.iter().map(|(j, b)| (*j, &b[..])).collect();
-    let body = batch(&records);
+    let body = answer_batch(&answers);
 
     let results = batch_ok(&l.lab, &srv, body.clone());
     let expected: Vec<(i64, AnswerBatchStatus)> = l
@@ -1093,8 +1031,7 @@ fn malformed_or_oversize_answer_batches_store_nothing() {
         .iter()
         .map(|&j| good(j))
         .collect();
-    let many_refs: Vec<(i64, &[u8])> = many.iter().map(|(j, b)| (*j, &b[..])).collect();
-    cases.push(("too many records", batch(&many_refs), 400, "bad-request"));
+    cases.push(("too many records", answer_batch(&many), 400, "bad-request"));
     for (what, body, status, code) in cases {
         let r = post_batch(&l.lab, &srv, body);
         let got = r.status().as_u16();
@@ -1126,8 +1063,7 @@ fn malformed_or_oversize_answer_batches_store_nothing() {
         .iter()
         .map(|&j| (j, answer_bytes(j, 1024 * 1024)))
         .collect();
-    let big_refs: Vec<(i64, &[u8])> = big.iter().map(|(j, b)| (*j, &b[..])).collect();
-    let body = batch(&big_refs);
+    let body = answer_batch(&big);
     assert!(body.len() > 64 * 1024 * 1024);
     let r = l
         .lab
@@ -1142,7 +1078,7 @@ fn malformed_or_oversize_answer_batches_store_nothing() {
         Err(e) => eprintln!("streamed oversize batch: {e}"),
     }
     // Large answers uploaded within a refused batch were never committed.
-    let big_ok = batch(&big_refs[..2]);
+    let big_ok = answer_batch(&big[..2]);
     let mut cut = big_ok.clone();
     cut.truncate(big_ok.len() - 10);
     check_error(post_batch(&l.lab, &srv, cut), 400, "bad-request");
@@ -1186,41 +1122,19 @@ fn large_answers_go_to_the_blob_store_small_ones_inline() {
     assert!(results.iter().all(|(_, s)| *s == AnswerBatchStatus::Stored));
     // Single uploads: the same rule.
     for i in [4, 5] {
-        let r = l
-            .lab
-            .put(srv.url(&format!("/lookup/v1/jobs/{}/answer", j[i])))
-            .header("rjs-outcome", "exit 0")
-            .header("rjs-node", "n1")
-            .body(answers[i].clone())
-            .send()
-            .unwrap();
+        let r = put_answer(&l.lab, &srv, j[i], answers[i].clone().into());
         assert_eq!(r.status().as_u16(), 201);
     }
     // A large single answer streamed without a length moves to a blob once past the threshold.
-    let r = l
-        .lab
-        .put(srv.url(&format!("/lookup/v1/jobs/{}/answer", j[5])))
-        .header("rjs-outcome", "exit 0")
-        .header("rjs-node", "n1")
-        .body(reqwest::blocking::Body::new(std::io::Cursor::new(
-            answer_bytes(1, INLINE + 5),
-        )))
-        .send()
-        .unwrap();
+    let streamed = reqwest::blocking::Body::new(std::io::Cursor::new(answer_bytes(1, INLINE + 5)));
+    let r = put_answer(&l.lab, &srv, j[5], streamed);
     assert_eq!(r.status().as_u16(), 200, "duplicate");
 
     assert_eq!(states(&srv), [0, 0, 6, 0]);
     assert_eq!(inline_answers(&srv), 3);
     // Three answer blobs, named by their SHA-256; nothing of the streamed duplicate.
     assert_eq!(srv.blob_files(), blobs_before + 3);
-    let dup = sha_hex(&answer_bytes(1, INLINE + 5));
-    assert!(
-        !srv.data
-            .join("blobs/blobs")
-            .join(&dup[..2])
-            .join(&dup)
-            .exists()
-    );
+    assert!(!blob_exists(&srv, &answer_bytes(1, INLINE + 5)));
     for i in [1, 2, 5] {
         let sha = sha_hex(&answers[i]);
         let path = srv.data.join("blobs/blobs").join(&sha[..2]).join(&sha);
@@ -1356,27 +1270,16 @@ fn a_duplicate_or_refused_large_answer_leaves_no_blob() {
             answer_bytes(job, 900 * 1024),
             answer_bytes(job + 7777, 900 * 1024),
         ];
-        let threads: Vec<_> = bodies
-            .iter()
-            .map(|b| {
-                let (c, url, b) = (
-                    l.lab.clone(),
-                    srv.url(&format!("/lookup/v1/jobs/{job}/answer")),
-                    b.clone(),
-                );
-                std::thread::spawn(move || {
-                    c.put(url)
-                        .header("rjs-outcome", "exit 0")
-                        .header("rjs-node", "n1")
-                        .body(b)
-                        .send()
-                        .unwrap()
-                        .status()
-                        .as_u16()
+        let mut statuses: Vec<u16> = std::thread::scope(|scope| {
+            let threads: Vec<_> = bodies
+                .iter()
+                .map(|b| {
+                    let put = || put_answer(&l.lab, &srv, job, b.clone().into());
+                    scope.spawn(move || put().status().as_u16())
                 })
-            })
-            .collect();
-        let mut statuses: Vec<u16> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+                .collect();
+            threads.into_iter().map(|t| t.join().unwrap()).collect()
+        });
         statuses.sort();
         assert_eq!(statuses, vec![200, 201], "job {job}");
         let stored = download(&l.author, job).2;
@@ -1504,23 +1407,19 @@ fn every_lookup_route_refuses_clients_without_an_enrolled_unrevoked_certificate(
     let bundle_id = jobs["jobs"][0]["bundle_id"].as_str().unwrap().to_owned();
     // `gone` takes one of lab's jobs back (released by lab), then is revoked.
     let gone = srv.lookup("gone");
-    let given: Value = post(
+    let given = post_json(
         &l.lab,
         &srv,
         "/lookup/v1/release",
         json!({"job_ids": [l.jobs[2]]}),
-    )
-    .json()
-    .unwrap();
+    );
     assert_eq!(given["released"], json!([l.jobs[2]]));
-    let r: Value = post(
+    let r = post_json(
         &gone,
         &srv,
         "/lookup/v1/lease",
         json!({"max": 1, "lease_secs": 600}),
-    )
-    .json()
-    .unwrap();
+    );
     assert_eq!(r["leases"][0]["job_id"], l.jobs[2]);
     admin::lookup_revoke(&srv.data, "gone").unwrap();
 
@@ -1574,30 +1473,19 @@ fn every_lookup_route_refuses_clients_without_an_enrolled_unrevoked_certificate(
     assert_eq!(srv.store().row_counts().unwrap(), rows_before);
     assert_eq!(srv.blob_files(), blobs_before);
     assert_eq!(srv.tmp_files(), 0);
-    let r: Value = post(
+    let r = post_json(
         &l.lab,
         &srv,
         "/lookup/v1/renew",
         json!({"job_ids": [l.jobs[0], l.jobs[1], l.jobs[2]], "lease_secs": 60}),
-    )
-    .json()
-    .unwrap();
+    );
     assert_eq!(r["renewed"], json!([l.jobs[0], l.jobs[1]]));
     assert_eq!(r["lost"], json!([l.jobs[2]]));
 }
 
 /// Bytes of a body that is never sent whole.
 fn filler(len: usize) -> Vec<u8> {
-    let mut out = vec![0u8; len];
-    let mut x: u64 = 0x0123_4567_89ab_cdef;
-    for chunk in out.chunks_mut(8) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        let b = x.to_le_bytes();
-        chunk.copy_from_slice(&b[..chunk.len()]);
-    }
-    out
+    noise(len, 0x0123_4567_89ab_cdef)
 }
 
 #[test]

@@ -1,5 +1,5 @@
 //! What both web server benchmarks need: a data directory with one author and lookups, bundles
-//! of N tasks, TLS clients and framed answer batches.
+//! of N tasks, TLS clients, answers and framed answer batches (`tests/support/answers.rs`).
 
 #![allow(dead_code)]
 
@@ -9,9 +9,15 @@ use std::time::Duration;
 use rjs_signer::request::RequestAuth;
 use rjs_signer::{BundleBuilder, KeyPair};
 use rjs_webserver::{admin, pki};
-use rjs_wire::api::{self, AnswerBatchHeader, UploadResponse};
+use rjs_wire::api::{
+    ANSWERS_CONTENT_TYPE, AnswerBatchResponse, AnswerBatchStatus, LeaseResponse, UploadResponse,
+};
 use rustls_pki_types::CertificateDer;
 use sha2::{Digest, Sha256};
+
+#[path = "../../tests/support/answers.rs"]
+mod answers;
+pub use answers::answer_batch;
 
 /// A fresh data directory: the CA, one author (`bench`) and `lookups` lookup servers.
 pub struct Data {
@@ -87,31 +93,57 @@ pub async fn upload(author: &reqwest::Client, base: &str, key: &KeyPair, b: Vec<
     up.jobs.iter().map(|j| j.id).collect()
 }
 
-/// About `bytes` bytes of incompressible data, different for every job.
+/// `bytes` bytes of incompressible data, different for every job.
 pub fn answer(job: i64, bytes: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(bytes + 8);
-    let mut x = (job as u64) ^ 0x9e37_79b9_7f4a_7c15;
-    while out.len() < bytes {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(bytes);
-    out
+    rjs_harness::data::noise(bytes, (job as u64) ^ 0x9e37_79b9_7f4a_7c15)
 }
 
-/// The body of `POST /lookup/v1/answers` for these answers.
-pub fn answer_batch(answers: &[(i64, Vec<u8>)]) -> Vec<u8> {
-    let mut body = Vec::with_capacity(answers.iter().map(|(_, a)| a.len() + 100).sum());
-    for (job, bytes) in answers {
-        let h = AnswerBatchHeader {
-            job_id: *job,
-            outcome: "exit 0".into(),
-            node: "node-1".into(),
-            size: bytes.len() as u64,
-        };
-        api::encode_answer_record(&mut body, &h, bytes).unwrap();
-    }
-    body
+/// `POST {base}{path}` with a JSON body; the JSON of its 200 response (`what` names the call
+/// when it is not 200).
+pub async fn post_json<T: serde::de::DeserializeOwned>(
+    lookup: &reqwest::Client,
+    base: &str,
+    path: &str,
+    body: &serde_json::Value,
+    what: &str,
+) -> T {
+    let r = lookup
+        .post(format!("{base}{path}"))
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200, "{what}");
+    r.json().await.unwrap()
+}
+
+/// Leases up to `max` jobs for `lease_secs`; their ids.
+pub async fn lease(lookup: &reqwest::Client, base: &str, max: u32, lease_secs: u32) -> Vec<i64> {
+    let body = serde_json::json!({"max": max, "lease_secs": lease_secs});
+    let l: LeaseResponse = post_json(lookup, base, "/lookup/v1/lease", &body, "lease").await;
+    l.leases.iter().map(|l| l.job_id).collect()
+}
+
+/// Posts one answer batch of `answers` answers; checks that every one was stored.
+pub async fn post_answer_batch(
+    lookup: &reqwest::Client,
+    base: &str,
+    body: Vec<u8>,
+    answers: usize,
+) {
+    let r = lookup
+        .post(format!("{base}/lookup/v1/answers"))
+        .header(reqwest::header::CONTENT_TYPE, ANSWERS_CONTENT_TYPE)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200, "answer batch");
+    let res: AnswerBatchResponse = r.json().await.unwrap();
+    assert_eq!(res.results.len(), answers);
+    assert!(
+        res.results
+            .iter()
+            .all(|r| r.status == AnswerBatchStatus::Stored)
+    );
 }
