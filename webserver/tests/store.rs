@@ -39,6 +39,40 @@ fn fixture() -> Fixture {
     }
 }
 
+impl Fixture {
+    /// Enrols a second lookup server, `other`; its id.
+    fn other_lookup(&self) -> i64 {
+        self.store.add_lookup("other", "other-cert", T0).unwrap().id
+    }
+
+    /// Alice submits bundle 1 (`N` tasks in `group`) at `T0`: its jobs' ids.
+    fn jobs<const N: usize>(&self, group: &str) -> [i64; N] {
+        let sub = submit(
+            &self.store,
+            self.author,
+            &bundle_id(1),
+            N as u32,
+            group,
+            false,
+            T0,
+        );
+        let ids: Vec<i64> = sub.jobs.iter().map(|j| j.0).collect();
+        ids.try_into().unwrap()
+    }
+}
+
+/// Leases up to `max` queued jobs of any group to `lookup` until `until`, at `now`, with
+/// [`MAX_ATTEMPTS`].
+fn lease(
+    store: &SqliteStore,
+    lookup: i64,
+    max: u32,
+    until: i64,
+    now: i64,
+) -> Result<Vec<rjs_wire::api::Lease>, StoreError> {
+    store.lease(lookup, max, &[], until, now, MAX_ATTEMPTS)
+}
+
 fn bundle_id(n: u32) -> String {
     format!("{n:064x}")
 }
@@ -172,7 +206,7 @@ fn data_survives_reopen() {
         let a = s.add_author("alice", "k", "f", T0).unwrap().id;
         let l = s.add_lookup("lab", "c", T0).unwrap().id;
         let sub = submit(&s, a, &bundle_id(1), 3, "/compute", false, T0);
-        s.lease(l, 1, &[], T0 + 60, T0, MAX_ATTEMPTS).unwrap();
+        lease(&s, l, 1, T0 + 60, T0).unwrap();
         (a, l, sub.jobs)
     };
     let s = SqliteStore::open(&path).unwrap();
@@ -249,11 +283,11 @@ fn lookups_unique_and_revoke() {
         Err(StoreError::NotFound(_))
     ));
     assert!(matches!(
-        s.lease(f.lookup, 10, &[], T0 + 60, T0, MAX_ATTEMPTS),
+        lease(s, f.lookup, 10, T0 + 60, T0),
         Err(StoreError::Revoked(_))
     ));
     assert!(matches!(
-        s.lease(9999, 10, &[], T0 + 60, T0, MAX_ATTEMPTS),
+        lease(s, 9999, 10, T0 + 60, T0),
         Err(StoreError::NotFound(_))
     ));
     assert_eq!(s.queued_count().unwrap(), 2);
@@ -357,15 +391,19 @@ fn submit_dedupes_and_resubmit_queues_a_new_set() {
 #[test]
 fn lease_renew_release_fail_answer() {
     let f = fixture();
-    let s = &f.store;
-    let other = s.add_lookup("other", "other-cert", T0).unwrap().id;
-    let sub = submit(s, f.author, &bundle_id(1), 3, "/compute/light", false, T0);
-    let [j0, j1, j2] = [sub.jobs[0].0, sub.jobs[1].0, sub.jobs[2].0];
+    let other = f.other_lookup();
+    let [j0, j1, j2] = f.jobs("/compute/light");
+    lease_then_renew(&f, other, [j0, j1, j2]);
+    release_then_fail(&f, other, [j0, j1, j2]);
+    answer_then_nothing_more(&f, j0);
+    assert_eq!(counts(&f.store), [0, 2, 1, 0]);
+}
 
+/// Lab leases two of the three jobs, `other` the third; lab renews.
+fn lease_then_renew(f: &Fixture, other: i64, [j0, j1, j2]: [i64; 3]) {
+    let s = &f.store;
     // queued -> leased
-    let leases = s
-        .lease(f.lookup, 2, &[], T0 + 60, T0, MAX_ATTEMPTS)
-        .unwrap();
+    let leases = lease(s, f.lookup, 2, T0 + 60, T0).unwrap();
     assert_eq!(leases.len(), 2);
     let l = &leases[0];
     assert_eq!((l.job_id, l.task, l.tasks), (j0, 0, 3));
@@ -378,13 +416,9 @@ fn lease_renew_release_fail_answer() {
     assert_eq!(counts(s), [1, 2, 0, 0]);
 
     // Another lookup gets only what is left.
-    let rest = s.lease(other, 10, &[], T0 + 60, T0, MAX_ATTEMPTS).unwrap();
+    let rest = lease(s, other, 10, T0 + 60, T0).unwrap();
     assert_eq!(rest.iter().map(|l| l.job_id).collect::<Vec<_>>(), vec![j2]);
-    assert!(
-        s.lease(other, 10, &[], T0 + 60, T0, MAX_ATTEMPTS)
-            .unwrap()
-            .is_empty()
-    );
+    assert!(lease(s, other, 10, T0 + 60, T0).unwrap().is_empty());
 
     // renew: only this lookup's leases; repeats counted once.
     let (renewed, lost) = s
@@ -392,7 +426,11 @@ fn lease_renew_release_fail_answer() {
         .unwrap();
     assert_eq!(renewed, vec![j0, j1]);
     assert_eq!(lost, vec![j2, 424242]);
+}
 
+/// Lab gives `j1` back and leases it again; fails `j0` once (queued again, leased again).
+fn release_then_fail(f: &Fixture, other: i64, [j0, j1, j2]: [i64; 3]) {
+    let s = &f.store;
     // release: leased -> queued, attempt not counted; only what this lookup holds.
     assert_eq!(s.release(f.lookup, &[j1, j2], T0 + 31).unwrap(), vec![j1]);
     let v1 = view(s, f.author, j1);
@@ -402,9 +440,7 @@ fn lease_renew_release_fail_answer() {
         s.release(f.lookup, &[j1], T0 + 31).unwrap(),
         Vec::<i64>::new()
     );
-    let again = s
-        .lease(f.lookup, 10, &[], T0 + 90, T0 + 32, MAX_ATTEMPTS)
-        .unwrap();
+    let again = lease(s, f.lookup, 10, T0 + 90, T0 + 32).unwrap();
     assert_eq!((again.len(), again[0].job_id, again[0].attempt), (1, j1, 1));
 
     // fail: only for a job this lookup holds.
@@ -429,11 +465,13 @@ fn lease_renew_release_fail_answer() {
         s.fail(f.lookup, j0, "again", MAX_ATTEMPTS, T0 + 34),
         Err(StoreError::Conflict(_))
     ));
-    let l0 = s
-        .lease(f.lookup, 1, &[], T0 + 95, T0 + 35, MAX_ATTEMPTS)
-        .unwrap();
+    let l0 = lease(s, f.lookup, 1, T0 + 95, T0 + 35).unwrap();
     assert_eq!((l0[0].job_id, l0[0].attempt), (j0, 2));
+}
 
+/// Lab answers `j0` (which it holds): done; no renew, release or failure of it after that.
+fn answer_then_nothing_more(f: &Fixture, j0: i64) {
+    let s = &f.store;
     // leased -> done
     assert!(matches!(
         s.answer_of(f.author, j0),
@@ -476,18 +514,15 @@ fn lease_renew_release_fail_answer() {
         s.record_answer(&answer(f.lookup, 999_999, &sha, T0)),
         Err(StoreError::NotFound(_))
     ));
-    assert_eq!(counts(s), [0, 2, 1, 0]);
 }
 
 #[test]
 fn answer_recorded_twice_is_stored_once() {
     let f = fixture();
     let s = &f.store;
-    let other = s.add_lookup("other", "other-cert", T0).unwrap().id;
-    let sub = submit(s, f.author, &bundle_id(1), 1, "/compute", false, T0);
-    let j = sub.jobs[0].0;
-    s.lease(f.lookup, 1, &[], T0 + 60, T0, MAX_ATTEMPTS)
-        .unwrap();
+    let other = f.other_lookup();
+    let [j] = f.jobs("/compute");
+    lease(s, f.lookup, 1, T0 + 60, T0).unwrap();
     let first = "11".repeat(32);
     let second = "22".repeat(32);
     assert_eq!(
@@ -525,15 +560,8 @@ fn answer_recorded_twice_is_stored_once() {
 fn answers_are_taken_only_from_the_holder_or_last_holder_of_the_lease() {
     let f = fixture();
     let s = &f.store;
-    let other = s.add_lookup("other", "other-cert", T0).unwrap().id;
-    let sub = submit(s, f.author, &bundle_id(1), 5, "/compute", false, T0);
-    let [released, leased, failed, expired, never] = [
-        sub.jobs[0].0,
-        sub.jobs[1].0,
-        sub.jobs[2].0,
-        sub.jobs[3].0,
-        sub.jobs[4].0,
-    ];
+    let other = f.other_lookup();
+    let [released, leased, failed, expired, never] = f.jobs("/compute");
     let sha = "cd".repeat(32);
     let ids = [released, leased, failed, expired, never, 999_999];
 
@@ -602,12 +630,9 @@ fn answers_are_taken_only_from_the_holder_or_last_holder_of_the_lease() {
     assert_eq!(view(s, f.author, failed).reason.as_deref(), Some("oom"));
 
     // Once someone else leases a job, its last holder is no longer heard.
-    s.lease(other, 1, &[], T0 + 60, T0 + 14, MAX_ATTEMPTS)
-        .unwrap();
+    lease(s, other, 1, T0 + 60, T0 + 14).unwrap();
     assert_eq!(s.release(other, &[never], T0 + 15).unwrap(), vec![never]);
-    let l = s
-        .lease(f.lookup, 1, &[], T0 + 60, T0 + 16, MAX_ATTEMPTS)
-        .unwrap();
+    let l = lease(s, f.lookup, 1, T0 + 60, T0 + 16).unwrap();
     assert_eq!(l[0].job_id, never);
     assert_eq!(
         s.record_answer(&answer(other, never, &sha, T0 + 17))
@@ -626,14 +651,11 @@ fn answers_are_taken_only_from_the_holder_or_last_holder_of_the_lease() {
 fn attempts_reach_max_then_failed_with_last_reason() {
     let f = fixture();
     let s = &f.store;
-    let sub = submit(s, f.author, &bundle_id(1), 1, "/compute", false, T0);
-    let j = sub.jobs[0].0;
+    let [j] = f.jobs("/compute");
     let reasons = ["node lost", "refused by every node", "worker crashed"];
     for (i, reason) in reasons.iter().enumerate() {
         let now = T0 + 10 * i as i64;
-        let l = s
-            .lease(f.lookup, 5, &[], now + 60, now, MAX_ATTEMPTS)
-            .unwrap();
+        let l = lease(s, f.lookup, 5, now + 60, now).unwrap();
         assert_eq!(l.len(), 1);
         assert_eq!(l[0].attempt, i as u32 + 1);
         let (state, attempts) = s.fail(f.lookup, j, reason, MAX_ATTEMPTS, now + 1).unwrap();
@@ -650,7 +672,7 @@ fn attempts_reach_max_then_failed_with_last_reason() {
     assert_eq!(v.reason.as_deref(), Some("worker crashed"));
     // A failed job is never leased again.
     assert!(
-        s.lease(f.lookup, 5, &[], T0 + 200, T0 + 100, MAX_ATTEMPTS)
+        lease(s, f.lookup, 5, T0 + 200, T0 + 100)
             .unwrap()
             .is_empty()
     );
@@ -661,11 +683,9 @@ fn attempts_reach_max_then_failed_with_last_reason() {
 fn expired_leases_come_back() {
     let f = fixture();
     let s = &f.store;
-    let other = s.add_lookup("other", "other-cert", T0).unwrap().id;
-    let sub = submit(s, f.author, &bundle_id(1), 2, "/compute", false, T0);
-    let [j0, j1] = [sub.jobs[0].0, sub.jobs[1].0];
-    s.lease(f.lookup, 2, &[], T0 + 10, T0, MAX_ATTEMPTS)
-        .unwrap();
+    let other = f.other_lookup();
+    let [j0, j1] = f.jobs("/compute");
+    lease(s, f.lookup, 2, T0 + 10, T0).unwrap();
     // Renewed one stays; the lease is live through its last second.
     assert_eq!(
         s.renew(f.lookup, &[j1], T0 + 100, T0 + 10).unwrap(),
@@ -684,9 +704,7 @@ fn expired_leases_come_back() {
     );
 
     // lease() requeues expired leases itself before choosing.
-    let l = s
-        .lease(other, 5, &[], T0 + 200, T0 + 101, MAX_ATTEMPTS)
-        .unwrap();
+    let l = lease(s, other, 5, T0 + 200, T0 + 101).unwrap();
     let mut got: Vec<(i64, u32)> = l.iter().map(|l| (l.job_id, l.attempt)).collect();
     got.sort();
     assert_eq!(got, vec![(j0, 2), (j1, 2)]);
@@ -730,8 +748,7 @@ fn an_expired_lease_can_still_be_failed_or_released_until_requeued() {
     let f = fixture();
     let s = &f.store;
     let sub = submit(s, f.author, &bundle_id(1), 2, "/compute", false, T0);
-    s.lease(f.lookup, 2, &[], T0 + 10, T0, MAX_ATTEMPTS)
-        .unwrap();
+    lease(s, f.lookup, 2, T0 + 10, T0).unwrap();
     assert_eq!(
         s.fail(f.lookup, sub.jobs[0].0, "node lost", MAX_ATTEMPTS, T0 + 50)
             .unwrap(),
@@ -926,7 +943,7 @@ fn corrupt_rows_give_errors_not_panics() {
     ));
     // The queued job with a negative attempt count cannot be leased, but it does not panic.
     assert!(matches!(
-        s.lease(f.lookup, 10, &[], T0 + 60, T0, MAX_ATTEMPTS),
+        lease(s, f.lookup, 10, T0 + 60, T0),
         Err(StoreError::Backend(_))
     ));
     let err = s.count_by_state().unwrap_err();
@@ -956,8 +973,7 @@ fn record_answers_records_each_in_one_transaction() {
     let s = &f.store;
     let sub = submit(s, f.author, &bundle_id(1), 4, "/compute", false, T0);
     let j: Vec<i64> = sub.jobs.iter().map(|(id, _)| *id).collect();
-    s.lease(f.lookup, 4, &[], T0 + 60, T0, MAX_ATTEMPTS)
-        .unwrap();
+    lease(s, f.lookup, 4, T0 + 60, T0).unwrap();
     let (sha_a, sha_b) = ("aa".repeat(32), "bb".repeat(32));
     let results = s
         .record_answers(&[
@@ -1121,7 +1137,7 @@ fn older_databases_are_migrated_keeping_their_answers_and_lease_holders() {
             AnswerOutcome::Duplicate
         );
         // New leases record their holder.
-        let l = s.lease(2, 1, &[], T0 + 60, T0, MAX_ATTEMPTS).unwrap();
+        let l = lease(&s, 2, 1, T0 + 60, T0).unwrap();
         assert_eq!(l[0].job_id, queued);
         assert_eq!(s.answer_targets(2, &[queued]).unwrap(), vec![Open]);
         assert_eq!(s.row_counts().unwrap().answer_data, 1);

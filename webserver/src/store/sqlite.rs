@@ -422,6 +422,16 @@ fn all_rows<T>(
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// The row of `sql` (a cached statement) mapped by `map`, if there is one.
+fn optional_row<T>(
+    tx: &Transaction<'_>,
+    sql: &str,
+    params: impl rusqlite::Params,
+    map: impl FnOnce(&Row<'_>) -> rusqlite::Result<T>,
+) -> Result<Option<T>, StoreError> {
+    Ok(tx.prepare_cached(sql)?.query_row(params, map).optional()?)
+}
+
 /// Records a request nonce (pruning expired ones first); false if this author used it
 /// before.
 fn insert_nonce(
@@ -567,10 +577,12 @@ fn target_in(
     lookup_id: i64,
     job_id: i64,
 ) -> Result<AnswerTarget, StoreError> {
-    let row: Option<(bool, Option<i64>)> = tx
-        .prepare_cached("SELECT answer_sha256 IS NOT NULL, last_lookup FROM jobs WHERE id = ?1")?
-        .query_row([job_id], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?;
+    let row: Option<(bool, Option<i64>)> = optional_row(
+        tx,
+        "SELECT answer_sha256 IS NOT NULL, last_lookup FROM jobs WHERE id = ?1",
+        [job_id],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
     Ok(match row {
         None => AnswerTarget::Missing,
         Some((_, last)) if last != Some(lookup_id) => AnswerTarget::NotLeased,
@@ -680,14 +692,9 @@ impl Store for SqliteStore {
     }
 
     fn author_by_key(&self, public_key: &str) -> Result<Option<Author>, StoreError> {
-        self.read(|tx| {
-            Ok(tx
-                .prepare_cached(&format!(
-                    "SELECT {AUTHOR_COLS} FROM authors WHERE public_key = ?1 AND removed = 0"
-                ))?
-                .query_row([public_key], author_from_row)
-                .optional()?)
-        })
+        let sql =
+            format!("SELECT {AUTHOR_COLS} FROM authors WHERE public_key = ?1 AND removed = 0");
+        self.read(|tx| optional_row(tx, &sql, [public_key], author_from_row))
     }
 
     fn nonce_used(&self, author_id: i64, nonce: &str, now: i64) -> Result<bool, StoreError> {
@@ -766,14 +773,9 @@ impl Store for SqliteStore {
     }
 
     fn lookup_by_cert(&self, cert_sha256: &str) -> Result<Option<LookupServer>, StoreError> {
-        self.read(|tx| {
-            Ok(tx
-                .prepare_cached(&format!(
-                    "SELECT {LOOKUP_COLS} FROM lookups WHERE cert_sha256 = ?1 AND revoked = 0"
-                ))?
-                .query_row([cert_sha256], lookup_from_row)
-                .optional()?)
-        })
+        let sql =
+            format!("SELECT {LOOKUP_COLS} FROM lookups WHERE cert_sha256 = ?1 AND revoked = 0");
+        self.read(|tx| optional_row(tx, &sql, [cert_sha256], lookup_from_row))
     }
 
     // ---------------------------------------------------------------- author side
@@ -788,13 +790,13 @@ impl Store for SqliteStore {
                 }
             }
             if !s.resubmit {
-                let earlier: Option<i64> = tx
-                    .prepare_cached(
-                        "SELECT id FROM submissions WHERE author_id = ?1 AND bundle_id = ?2
-                         ORDER BY id DESC LIMIT 1",
-                    )?
-                    .query_row(params![s.author_id, s.bundle_id], |r| r.get(0))
-                    .optional()?;
+                let earlier: Option<i64> = optional_row(
+                    tx,
+                    "SELECT id FROM submissions WHERE author_id = ?1 AND bundle_id = ?2
+                     ORDER BY id DESC LIMIT 1",
+                    params![s.author_id, s.bundle_id],
+                    |r| r.get(0),
+                )?;
                 if let Some(submission_id) = earlier {
                     return Ok(Submission {
                         created: false,
@@ -869,16 +871,14 @@ impl Store for SqliteStore {
     fn answer_of(&self, author_id: i64, job_id: i64) -> Result<AnswerRef, StoreError> {
         self.read(|tx| {
             type Found = (Option<String>, Option<i64>, Option<Vec<u8>>);
-            let found: Option<Found> = tx
-                .prepare_cached(
-                    "SELECT j.answer_sha256, j.answer_bytes, d.bytes
-                     FROM jobs j LEFT JOIN answer_data d ON d.job_id = j.id
-                     WHERE j.id = ?1 AND j.author_id = ?2",
-                )?
-                .query_row(params![job_id, author_id], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-                })
-                .optional()?;
+            let found: Option<Found> = optional_row(
+                tx,
+                "SELECT j.answer_sha256, j.answer_bytes, d.bytes
+                 FROM jobs j LEFT JOIN answer_data d ON d.job_id = j.id
+                 WHERE j.id = ?1 AND j.author_id = ?2",
+                params![job_id, author_id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )?;
             match found {
                 Some((Some(sha256), Some(size), inline)) => {
                     let size = u64::try_from(size).map_err(|_| {
@@ -931,10 +931,12 @@ impl Store for SqliteStore {
             })?),
         };
         self.write(|tx| {
-            let revoked: Option<bool> = tx
-                .prepare_cached("SELECT revoked FROM lookups WHERE id = ?1")?
-                .query_row([lookup_id], |r| r.get(0))
-                .optional()?;
+            let revoked: Option<bool> = optional_row(
+                tx,
+                "SELECT revoked FROM lookups WHERE id = ?1",
+                [lookup_id],
+                |r| r.get(0),
+            )?;
             match revoked {
                 None => return Err(StoreError::NotFound(format!("lookup server {lookup_id}"))),
                 Some(true) => {
@@ -1047,10 +1049,12 @@ impl Store for SqliteStore {
         now: i64,
     ) -> Result<(JobState, u32), StoreError> {
         self.write(|tx| {
-            let row: Option<(JobState, Option<i64>, u32)> = tx
-                .prepare_cached("SELECT state, lease_lookup, attempts FROM jobs WHERE id = ?1")?
-                .query_row([job_id], |r| Ok((get_state(r, 0)?, r.get(1)?, r.get(2)?)))
-                .optional()?;
+            let row: Option<(JobState, Option<i64>, u32)> = optional_row(
+                tx,
+                "SELECT state, lease_lookup, attempts FROM jobs WHERE id = ?1",
+                [job_id],
+                |r| Ok((get_state(r, 0)?, r.get(1)?, r.get(2)?)),
+            )?;
             let Some((state, holder, attempts)) = row else {
                 return Err(StoreError::NotFound(format!("job {job_id}")));
             };
