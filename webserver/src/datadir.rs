@@ -23,22 +23,27 @@ impl DataDir {
     pub fn root(&self) -> &Path {
         &self.root
     }
-    pub fn ca_cert(&self) -> PathBuf {
-        self.root.join("ca.pem")
-    }
-    pub fn ca_key(&self) -> PathBuf {
-        self.root.join("ca-key.pem")
-    }
-    pub fn server_cert(&self) -> PathBuf {
-        self.root.join("server.pem")
-    }
-    pub fn server_key(&self) -> PathBuf {
-        self.root.join("server-key.pem")
-    }
-    pub fn db(&self) -> PathBuf {
-        self.root.join("rjs.db")
-    }
-    pub fn blobs(&self) -> PathBuf {
-        self.root.join("blobs")
-    }
+}
+
+/// One `DataDir` method per file of the layout above: its path.
+macro_rules! files {
+    ($($name:ident => $file:literal,)*) => {
+        impl DataDir {
+            $(
+                #[doc = concat!("`DIR/", $file, "`")]
+                pub fn $name(&self) -> PathBuf {
+                    self.root.join($file)
+                }
+            )*
+        }
+    };
+}
+
+files! {
+    ca_cert => "ca.pem",
+    ca_key => "ca-key.pem",
+    server_cert => "server.pem",
+    server_key => "server-key.pem",
+    db => "rjs.db",
+    blobs => "blobs",
 }

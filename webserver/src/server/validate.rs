@@ -34,12 +34,9 @@ pub fn outcome(s: &str) -> bool {
     !s.is_empty() && s.len() <= MAX_OUTCOME && !s.chars().any(char::is_control) && s.trim() == s
 }
 
-/// A node id: `[A-Za-z0-9._-]{1,64}`.
+/// A node id: `[A-Za-z0-9._-]{1,64}`, the names nodes announce ([`MAX_NODE_ID`]).
 pub fn node_id(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= MAX_NODE_ID
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    rjs_wire::announce::valid_name(s)
 }
 
 /// A failure reason: 1 to [`MAX_REASON`] bytes, no control characters.
@@ -118,26 +115,36 @@ mod tests {
 
     #[test]
     fn outcomes_and_nodes() {
-        assert!(outcome("exit 0"));
-        assert!(outcome("trap: unreachable"));
-        assert!(outcome("trap: wasm `unreachable` instruction executed …"));
-        assert!(outcome(&"x".repeat(MAX_OUTCOME)));
-        assert!(!outcome(&"x".repeat(MAX_OUTCOME + 1)));
-        assert!(!outcome(""));
-        assert!(!outcome("exit 0\nforged: yes"));
-        assert!(!outcome("a\tb"));
-        assert!(!outcome(" exit 0"));
-        assert!(node_id("node-1.lab_2"));
-        assert!(node_id(&"n".repeat(MAX_NODE_ID)));
-        assert!(!node_id(&"n".repeat(MAX_NODE_ID + 1)));
-        assert!(!node_id(""));
-        assert!(!node_id("node 1"));
-        assert!(!node_id("node/1"));
-        assert!(!node_id("nöde"));
-        assert!(reason("node lost"));
-        assert!(!reason(" "));
-        assert!(!reason("a\nb"));
-        assert!(!reason(&"r".repeat(MAX_REASON + 1)));
+        type Check = fn(&str) -> bool;
+        let cases: [(Check, String, bool); 20] = [
+            (outcome, "exit 0".into(), true),
+            (outcome, "trap: unreachable".into(), true),
+            (
+                outcome,
+                "trap: wasm `unreachable` instruction executed …".into(),
+                true,
+            ),
+            (outcome, "x".repeat(MAX_OUTCOME), true),
+            (outcome, "x".repeat(MAX_OUTCOME + 1), false),
+            (outcome, "".into(), false),
+            (outcome, "exit 0\nforged: yes".into(), false),
+            (outcome, "a\tb".into(), false),
+            (outcome, " exit 0".into(), false),
+            (node_id, "node-1.lab_2".into(), true),
+            (node_id, "n".repeat(MAX_NODE_ID), true),
+            (node_id, "n".repeat(MAX_NODE_ID + 1), false),
+            (node_id, "".into(), false),
+            (node_id, "node 1".into(), false),
+            (node_id, "node/1".into(), false),
+            (node_id, "nöde".into(), false),
+            (reason, "node lost".into(), true),
+            (reason, " ".into(), false),
+            (reason, "a\nb".into(), false),
+            (reason, "r".repeat(MAX_REASON + 1), false),
+        ];
+        for (valid, s, ok) in cases {
+            assert_eq!(valid(&s), ok, "{s:?}");
+        }
     }
 
     fn headers(pairs: &[(&str, &[u8])]) -> HeaderMap {

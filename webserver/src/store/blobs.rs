@@ -437,6 +437,13 @@ impl Drop for BlobWriter {
 mod tests {
     use super::*;
 
+    /// A blob store in a new temporary directory (removed when dropped).
+    fn temp_store() -> (tempfile::TempDir, BlobStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        (dir, store)
+    }
+
     fn tmp_entries(store: &BlobStore) -> usize {
         fs::read_dir(store.tmp_dir()).unwrap().count()
     }
@@ -466,8 +473,7 @@ mod tests {
 
     #[test]
     fn names_are_validated() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = BlobStore::open(dir.path()).unwrap();
+        let (dir, store) = temp_store();
         let good = "ab".repeat(32);
         assert_eq!(
             store.path_of(&good).unwrap(),
@@ -497,8 +503,7 @@ mod tests {
 
     #[test]
     fn write_commit_read() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = BlobStore::open(dir.path()).unwrap();
+        let (_dir, store) = temp_store();
         let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
         let mut w = store.writer(data.len() as u64).unwrap();
         for chunk in data.chunks(7_000) {
@@ -532,8 +537,7 @@ mod tests {
 
     #[test]
     fn empty_blob() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = BlobStore::open(dir.path()).unwrap();
+        let (_dir, store) = temp_store();
         let (name, size) = store.writer(0).unwrap().commit().unwrap();
         assert_eq!(size, 0);
         assert_eq!(name, sha(b""));
@@ -542,8 +546,7 @@ mod tests {
 
     #[test]
     fn missing_blob() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = BlobStore::open(dir.path()).unwrap();
+        let (_dir, store) = temp_store();
         let name = sha(b"nothing");
         assert!(!store.exists(&name).unwrap());
         assert!(matches!(
@@ -558,8 +561,7 @@ mod tests {
 
     #[test]
     fn too_large_leaves_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = BlobStore::open(dir.path()).unwrap();
+        let (dir, store) = temp_store();
         let mut w = store.writer(10).unwrap();
         assert_eq!(tmp_entries(&store), 1);
         w.write(b"12345").unwrap();
@@ -582,8 +584,7 @@ mod tests {
 
     #[test]
     fn one_huge_chunk_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = BlobStore::open(dir.path()).unwrap();
+        let (_dir, store) = temp_store();
         let mut w = store.writer(1000).unwrap();
         assert!(matches!(
             w.write(&[0u8; 1001]),
@@ -595,8 +596,7 @@ mod tests {
 
     #[test]
     fn same_content_twice_is_one_blob() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = BlobStore::open(dir.path()).unwrap();
+        let (dir, store) = temp_store();
         let mut names = Vec::new();
         for _ in 0..2 {
             let mut w = store.writer(100).unwrap();
@@ -617,8 +617,7 @@ mod tests {
 
     #[test]
     fn drop_without_commit_leaves_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = BlobStore::open(dir.path()).unwrap();
+        let (dir, store) = temp_store();
         let mut w = store.writer(1 << 20).unwrap();
         w.write(&[7u8; 100_000]).unwrap();
         w.flush().unwrap();
@@ -631,8 +630,7 @@ mod tests {
 
     #[test]
     fn clean_tmp_removes_leftovers() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = BlobStore::open(dir.path()).unwrap();
+        let (dir, store) = temp_store();
         // A crash mid-upload: the writer's temp file stays (simulate with mem::forget).
         let mut w = store.writer(100).unwrap();
         w.write(b"partial").unwrap();
@@ -649,8 +647,7 @@ mod tests {
 
     #[test]
     fn mapped_uploads_and_removal() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = BlobStore::open(dir.path()).unwrap();
+        let (_dir, store) = temp_store();
         // An empty upload maps to an empty slice.
         let mut w = store.writer(10).unwrap();
         assert!(w.map_written().unwrap().is_empty());

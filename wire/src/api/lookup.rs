@@ -12,7 +12,8 @@ pub const H_OUTCOME: &str = "rjs-outcome";
 /// Header a lookup server sets on an answer upload: the id of the node that computed it.
 pub const H_NODE: &str = "rjs-node";
 pub const MAX_OUTCOME: usize = 200;
-pub const MAX_NODE_ID: usize = 64;
+/// A node id is a name as nodes announce themselves ([`crate::announce::valid_name`]).
+pub const MAX_NODE_ID: usize = crate::announce::MAX_NAME;
 pub const MAX_REASON: usize = 500;
 /// Most jobs one lease request may take, and most ids in one renew/release request.
 pub const MAX_BATCH: u32 = 500;
