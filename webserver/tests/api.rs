@@ -221,28 +221,43 @@ fn author_api() {
         http: srv.client(None),
         key: KeyPair::from_secret(SECRET),
     };
+    routes_and_methods(&srv, &alice.http);
+    enrolment_and_request_signatures(&srv, &alice, &key);
+    let b = bundle(&key, 3, 1000);
+    let id = sha_hex(&b);
+    uploads(&srv, &alice, &key, &b);
+    jobs(&alice, &id);
 
-    // Health, unknown routes and methods.
-    let r = alice.http.get(srv.url("/healthz")).send().unwrap();
+    // A removed author can no longer authenticate.
+    admin::author_remove(&srv.data, "alice").unwrap();
+    check_error(
+        alice.send("GET", "/api/v1/whoami", vec![]),
+        401,
+        "unknown-author",
+    );
+}
+
+/// Health, unknown routes and methods.
+fn routes_and_methods(srv: &Server, http: &Client) {
+    let r = http.get(srv.url("/healthz")).send().unwrap();
     assert_eq!(r.status().as_u16(), 200);
     assert_eq!(r.text().unwrap(), "ok");
+    check_error(http.get(srv.url("/nope")).send().unwrap(), 404, "not-found");
     check_error(
-        alice.http.get(srv.url("/nope")).send().unwrap(),
-        404,
-        "not-found",
-    );
-    check_error(
-        alice.http.delete(srv.url("/api/v1/whoami")).send().unwrap(),
+        http.delete(srv.url("/api/v1/whoami")).send().unwrap(),
         405,
         "method-not-allowed",
     );
-
-    // Not enrolled yet.
+    // Not signed.
     check_error(
-        alice.http.get(srv.url("/api/v1/whoami")).send().unwrap(),
+        http.get(srv.url("/api/v1/whoami")).send().unwrap(),
         401,
         "missing-auth",
     );
+}
+
+/// Not enrolled yet, then enrolled; timestamp, signature, body hash, nonce.
+fn enrolment_and_request_signatures(srv: &Server, alice: &Author<'_>, key: &KeyPair) {
     check_error(
         alice.send("GET", "/api/v1/whoami", vec![]),
         401,
@@ -287,11 +302,12 @@ fn author_api() {
         401,
         "replayed-nonce",
     );
+}
 
-    // Uploads.
-    let b = bundle(&key, 3, 1000);
-    let id = sha_hex(&b);
-    let r = alice.send("POST", "/api/v1/bundles", b.clone());
+/// Bundle `b` uploaded, again, resubmitted; refusals leave no blob.
+fn uploads(srv: &Server, alice: &Author<'_>, key: &KeyPair, b: &[u8]) {
+    let id = sha_hex(b);
+    let r = alice.send("POST", "/api/v1/bundles", b.to_vec());
     assert_eq!(r.status().as_u16(), 201);
     let up: Value = r.json().unwrap();
     assert_eq!(up["bundle_id"], id.as_str());
@@ -299,15 +315,15 @@ fn author_api() {
     assert_eq!(up["tasks"], 3);
     assert_eq!(up["jobs"].as_array().unwrap().len(), 3);
     assert_eq!(srv.blob_files(), 1);
-    let r = alice.send("POST", "/api/v1/bundles", b.clone());
+    let r = alice.send("POST", "/api/v1/bundles", b.to_vec());
     assert_eq!(r.status().as_u16(), 200);
     let again: Value = r.json().unwrap();
     assert_eq!(again["created"], false);
     assert_eq!(again["jobs"], up["jobs"]);
-    let r = alice.send("POST", "/api/v1/bundles?resubmit=true", b.clone());
+    let r = alice.send("POST", "/api/v1/bundles?resubmit=true", b.to_vec());
     assert_eq!(r.status().as_u16(), 201);
     check_error(
-        alice.send("POST", "/api/v1/bundles?resubmit=maybe", b.clone()),
+        alice.send("POST", "/api/v1/bundles?resubmit=maybe", b.to_vec()),
         400,
         "bad-request",
     );
@@ -325,11 +341,11 @@ fn author_api() {
         "invalid-bundle",
     );
     check_error(
-        alice.send("POST", "/api/v1/bundles", bundle(&key, 1, 300 * 1024)),
+        alice.send("POST", "/api/v1/bundles", bundle(key, 1, 300 * 1024)),
         413,
         "too-large",
     );
-    let mut flipped = b.clone();
+    let mut flipped = b.to_vec();
     let mid = flipped.len() / 2;
     flipped[mid] ^= 1;
     check_error(
@@ -339,8 +355,10 @@ fn author_api() {
     );
     assert_eq!(srv.blob_files(), 1);
     assert_eq!(count_files(&srv.data.join("blobs/tmp")), 0);
+}
 
-    // Jobs.
+/// The jobs of bundle `id` (submitted twice), and bad job queries.
+fn jobs(alice: &Author<'_>, id: &str) {
     let r = alice.send("GET", &format!("/api/v1/jobs?bundle={id}"), vec![]);
     assert_eq!(r.status().as_u16(), 200);
     let jobs: Value = r.json().unwrap();
@@ -360,14 +378,6 @@ fn author_api() {
         alice.send("GET", "/api/v1/jobs/abc/answer", vec![]),
         400,
         "bad-request",
-    );
-
-    // A removed author can no longer authenticate.
-    admin::author_remove(&srv.data, "alice").unwrap();
-    check_error(
-        alice.send("GET", "/api/v1/whoami", vec![]),
-        401,
-        "unknown-author",
     );
 }
 
@@ -935,22 +945,50 @@ fn malformed_or_oversize_answer_batches_store_nothing() {
     // Answers up to 1 MiB; a batch body up to 64 MiB.
     let srv = Server::start_with(1024 * 1024, 1024 * 1024, 3);
     let l = leased(&srv, 300);
-    let (j0, j1) = (l.jobs[0], l.jobs[1]);
+    let j0 = l.jobs[0];
     let blobs_before = srv.blob_files();
+    let ok_record = answer_batch(&[(j0, answer_bytes(j0, 100))]);
+    for (what, body, status, code) in malformed_batches(&ok_record, &l.jobs) {
+        let r = post_batch(&l.lab, &srv, body);
+        let got = r.status().as_u16();
+        let v: Value = r.json().unwrap_or(Value::Null);
+        assert_eq!(
+            (got, v["code"].as_str()),
+            (status, Some(code)),
+            "{what}: {v}"
+        );
+    }
+    oversize_batches_are_refused(&srv, &l, &ok_record);
+
+    // Nothing of any of them was stored.
+    assert_eq!(states(&srv), [0, 300, 0, 0]);
+    assert_eq!(inline_answers(&srv), 0);
+    assert_eq!(srv.blob_files(), blobs_before);
+    assert_eq!(count_files(&srv.data.join("blobs/tmp")), 0);
+    // The server is fine: a good batch goes through.
+    assert_eq!(
+        batch_ok(&l.lab, &srv, ok_record),
+        vec![(j0, AnswerBatchStatus::Stored)]
+    );
+}
+
+/// Batches a lookup holding `jobs` (more than [`MAX_ANSWER_BATCH`]) might send that are
+/// refused whole: (what, body, status, code). `ok_record` is one good record for `jobs[0]`.
+fn malformed_batches(
+    ok_record: &[u8],
+    jobs: &[i64],
+) -> Vec<(&'static str, Vec<u8>, u16, &'static str)> {
+    let (j0, j1) = (jobs[0], jobs[1]);
     let good = |j: i64| (j, answer_bytes(j, 100));
-    let ok_record = {
-        let (j, b) = good(j0);
-        batch(&[(j, &b)])
-    };
     let header = |extra: &str| {
         format!(r#"{{"job_id":{j1},"outcome":"exit 0","node":"n1","size":2{extra}}}"#)
     };
     let with_bad = |header: &str| {
-        let mut body = ok_record.clone();
+        let mut body = ok_record.to_vec();
         raw_record(&mut body, header.as_bytes(), b"PK");
         body
     };
-    let mut cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
+    let mut cases = vec![
         (
             "truncated answer",
             ok_record[..ok_record.len() - 1].to_vec(),
@@ -959,19 +997,19 @@ fn malformed_or_oversize_answer_batches_store_nothing() {
         ),
         (
             "truncated length",
-            [&ok_record[..], &[0, 0]].concat(),
+            [ok_record, &[0, 0]].concat(),
             400,
             "bad-request",
         ),
         (
             "zero header length",
-            [&ok_record[..], &[0, 0, 0, 0]].concat(),
+            [ok_record, &[0, 0, 0, 0]].concat(),
             400,
             "bad-request",
         ),
         (
             "header over 4 KiB",
-            [&ok_record[..], &(4097u32).to_be_bytes(), &[b' '; 4097]].concat(),
+            [ok_record, &(4097u32).to_be_bytes(), &[b' '; 4097]].concat(),
             400,
             "bad-request",
         ),
@@ -1027,33 +1065,29 @@ fn malformed_or_oversize_answer_batches_store_nothing() {
         ),
     ];
     // Too many records: MAX_ANSWER_BATCH + 1.
-    let many: Vec<(i64, Vec<u8>)> = l.jobs[..MAX_ANSWER_BATCH + 1]
+    let many: Vec<(i64, Vec<u8>)> = jobs[..MAX_ANSWER_BATCH + 1]
         .iter()
         .map(|&j| good(j))
         .collect();
     cases.push(("too many records", answer_batch(&many), 400, "bad-request"));
-    for (what, body, status, code) in cases {
-        let r = post_batch(&l.lab, &srv, body);
-        let got = r.status().as_u16();
-        let v: Value = r.json().unwrap_or(Value::Null);
-        assert_eq!(
-            (got, v["code"].as_str()),
-            (status, Some(code)),
-            "{what}: {v}"
-        );
-    }
+    cases
+}
+
+/// The wrong content type, a declared length over the body limit, a streamed body that
+/// crosses it, a cut batch of large answers: refused.
+fn oversize_batches_are_refused(srv: &Server, l: &Leased<'_>, ok_record: &[u8]) {
     // Not the batch content type.
     let r = l
         .lab
         .post(srv.url("/lookup/v1/answers"))
         .header("content-type", "application/octet-stream")
-        .body(ok_record.clone())
+        .body(ok_record.to_vec())
         .send()
         .unwrap();
     check_error(r, 415, "unsupported-media-type");
     // A declared length over the body limit: refused at once.
     check_error(
-        post_batch(&l.lab, &srv, vec![0u8; 64 * 1024 * 1024 + 1]),
+        post_batch(&l.lab, srv, vec![0u8; 64 * 1024 * 1024 + 1]),
         413,
         "too-large",
     );
@@ -1081,18 +1115,7 @@ fn malformed_or_oversize_answer_batches_store_nothing() {
     let big_ok = answer_batch(&big[..2]);
     let mut cut = big_ok.clone();
     cut.truncate(big_ok.len() - 10);
-    check_error(post_batch(&l.lab, &srv, cut), 400, "bad-request");
-
-    // Nothing of any of them was stored.
-    assert_eq!(states(&srv), [0, 300, 0, 0]);
-    assert_eq!(inline_answers(&srv), 0);
-    assert_eq!(srv.blob_files(), blobs_before);
-    assert_eq!(count_files(&srv.data.join("blobs/tmp")), 0);
-    // The server is fine: a good batch goes through.
-    assert_eq!(
-        batch_ok(&l.lab, &srv, ok_record),
-        vec![(j0, AnswerBatchStatus::Stored)]
-    );
+    check_error(post_batch(&l.lab, srv, cut), 400, "bad-request");
 }
 
 #[test]
@@ -1488,6 +1511,22 @@ fn filler(len: usize) -> Vec<u8> {
     noise(len, 0x0123_4567_89ab_cdef)
 }
 
+/// The response read from `c` is `413 too-large`, within 10 s.
+fn refused_as_too_large_at_once(c: &mut RawHttp) {
+    let start = std::time::Instant::now();
+    let (status, v) = json_response(c);
+    assert_eq!(
+        (status, v["code"].as_str()),
+        (413, Some("too-large")),
+        "{v}"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
 #[test]
 fn an_oversized_upload_streamed_without_a_length_is_refused_before_it_is_sent() {
     // Bundles up to 1 MiB; the client means to send 16 MiB, in chunks, without a length.
@@ -1525,18 +1564,7 @@ fn an_oversized_upload_streamed_without_a_length_is_refused_before_it_is_sent() 
         c.chunk(piece).unwrap();
         sent += piece.len();
     }
-    let start = std::time::Instant::now();
-    let (status, v) = json_response(&mut c);
-    assert_eq!(
-        (status, v["code"].as_str()),
-        (413, Some("too-large")),
-        "{v}"
-    );
-    assert!(
-        start.elapsed() < Duration::from_secs(10),
-        "{:?}",
-        start.elapsed()
-    );
+    refused_as_too_large_at_once(&mut c);
     assert!(
         sent * 10 < body.len(),
         "answered with {sent} of {} bytes sent",
@@ -1568,14 +1596,7 @@ fn an_oversized_answer_with_a_declared_length_is_refused_before_it_is_sent() {
     .unwrap();
     let first = filler(128 * 1024);
     c.send(&first).unwrap();
-    let start = std::time::Instant::now();
-    let (status, v) = json_response(&mut c);
-    assert_eq!(
-        (status, v["code"].as_str()),
-        (413, Some("too-large")),
-        "{v}"
-    );
-    assert!(start.elapsed() < Duration::from_secs(10));
+    refused_as_too_large_at_once(&mut c);
     // Nothing kept: the job is still leased, without an answer; no blob, no temporary file.
     assert_eq!(states(&srv), [0, 1, 0, 0]);
     assert_eq!(srv.store().row_counts().unwrap(), rows_before);
