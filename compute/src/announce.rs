@@ -39,9 +39,9 @@ pub struct AnnouncerConfig {
 }
 
 impl AnnouncerConfig {
-    pub fn new(node_id: NodeId, port: u16, mflops: u64, total_slots: u32) -> Self {
+    pub fn new(node_id: impl Into<NodeId>, port: u16, mflops: u64, total_slots: u32) -> Self {
         AnnouncerConfig {
-            node_id,
+            node_id: node_id.into(),
             port,
             mflops,
             total_slots,
