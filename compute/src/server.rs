@@ -15,6 +15,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use rjs_wire::ids::JobId;
+use rjs_wire::shutdown::accept_or_stop;
 
 use crate::node::Node;
 use rjs_signer::bundle::is_sha256_hex as valid_sha;
@@ -89,18 +90,7 @@ pub async fn serve_with(
     let acceptor = TlsAcceptor::from(tls);
     let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     tokio::pin!(shutdown);
-    loop {
-        let (tcp, peer) = tokio::select! {
-            _ = &mut shutdown => return Ok(()),
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
+    while let Some((tcp, peer)) = accept_or_stop(&listener, shutdown.as_mut()).await {
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             tracing::warn!(%peer, "too many connections: closing");
             continue;
@@ -137,6 +127,7 @@ pub async fn serve_with(
             }
         });
     }
+    Ok(())
 }
 
 async fn refuse<S: AsyncWrite + Unpin>(

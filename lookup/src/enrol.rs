@@ -410,18 +410,9 @@ pub async fn serve_enrolment(
     let data = Arc::new(data);
     let one_at_a_time = Arc::new(Mutex::new(()));
     tokio::pin!(shutdown);
-    loop {
-        let (tcp, peer) = tokio::select! {
-            _ = &mut shutdown => return Ok(()),
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
+    while let Some((tcp, peer)) =
+        rjs_wire::shutdown::accept_or_stop(&listener, shutdown.as_mut()).await
+    {
         let (acceptor, data, gate) = (acceptor.clone(), data.clone(), one_at_a_time.clone());
         tokio::spawn(async move {
             let work = async {
@@ -450,6 +441,7 @@ pub async fn serve_enrolment(
             }
         });
     }
+    Ok(())
 }
 
 #[cfg(test)]
