@@ -273,19 +273,28 @@ mod tests {
         assert_eq!(sanitize("", 3), "(none)");
     }
 
+    /// A question about the bundle `bundle` signed by `signer` (key `[1; 32]`).
+    fn question(signer: &str, bundle: &str, limits: Limits) -> Question {
+        Question {
+            signer_name: signer.into(),
+            fingerprint: KeyPair::from_secret([1; 32]).public().fingerprint(),
+            bundle_name: bundle.into(),
+            limits,
+        }
+    }
+
     #[test]
     fn question_shows_everything() {
-        let q = Question {
-            signer_name: "alice\x1b]0;pwned\x07".into(),
-            fingerprint: KeyPair::from_secret([1; 32]).public().fingerprint(),
-            bundle_name: "mandelbrot".into(),
-            limits: Limits {
+        let q = question(
+            "alice\x1b]0;pwned\x07",
+            "mandelbrot",
+            Limits {
                 time_ms: 60_000,
                 memory_bytes: 256 << 20,
                 output_bytes: 64 << 20,
                 stdout_bytes: 1 << 20,
             },
-        };
+        );
         let text = render_question(&q, Duration::from_secs(60));
         assert!(text.contains("alice?]0;pwned?"), "{text}");
         assert!(!text.contains('\x1b'));
@@ -299,17 +308,16 @@ mod tests {
     #[test]
     fn no_terminal_file_fails_cleanly() {
         let p = TerminalPrompter::on("/nonexistent/tty");
-        let q = Question {
-            signer_name: "a".into(),
-            fingerprint: KeyPair::from_secret([1; 32]).public().fingerprint(),
-            bundle_name: "b".into(),
-            limits: Limits {
+        let q = question(
+            "a",
+            "b",
+            Limits {
                 time_ms: 1,
                 memory_bytes: 1 << 16,
                 output_bytes: 0,
                 stdout_bytes: 0,
             },
-        };
+        );
         let out = p.ask(&q, Instant::now() + Duration::from_secs(1));
         assert!(matches!(out, PromptOutcome::Failed(m) if m.contains("/nonexistent/tty")));
     }

@@ -363,6 +363,26 @@ mod tests {
         parse(text, o).unwrap_err().to_string()
     }
 
+    /// What an error message must be.
+    enum Message {
+        Is(&'static str),
+        Starts(&'static str),
+        Has(&'static str),
+    }
+
+    /// Each file text, parsed with its flags, is refused with its message.
+    #[track_caller]
+    fn assert_errors(cases: &[(&Overrides, &str, Message)]) {
+        for (o, text, want) in cases {
+            let e = error(text, o);
+            match want {
+                Message::Is(m) => assert_eq!(e, *m, "{text:?}"),
+                Message::Starts(m) => assert!(e.starts_with(m), "{text:?}: {e}"),
+                Message::Has(m) => assert!(e.contains(m), "{text:?}: {e}"),
+            }
+        }
+    }
+
     #[test]
     fn defaults() {
         let c = parse("", &with_data(Path::new("/d"))).unwrap();
@@ -426,46 +446,48 @@ mod tests {
         };
         assert!(!parse("", &off).unwrap().announce.enabled);
 
-        let e = error("[announce]\ninterval = \"50ms\"", &o);
-        assert_eq!(
-            e,
-            "/etc/rjs/node.toml: announce.interval: 50ms is not between 100ms and 1h"
-        );
-        let e = error("[announce]\ninterval = \"soon\"", &o);
-        assert!(e.contains("invalid duration \"soon\""), "{e}");
-        let e = parse(
-            "",
-            &Overrides {
-                announce_interval: Some(Duration::from_millis(10)),
-                ..o.clone()
-            },
-        )
-        .unwrap_err()
-        .to_string();
-        assert_eq!(
-            e,
-            "command line: --announce-interval: 10ms is not between 100ms and 1h"
-        );
-        let e = error(
-            "",
-            &Overrides {
-                interfaces: vec!["a/b".into()],
-                ..o.clone()
-            },
-        );
-        assert_eq!(
-            e,
-            "command line: --interface: \"a/b\" is not a network interface name"
-        );
-        let e = error("[announce]\nadvertise = [\"0.0.0.0\"]", &o);
-        assert!(
-            e.contains("announce.advertise: 0.0.0.0 is not an address"),
-            "{e}"
-        );
-        let e = error("[announce]\nadvertise = [\"nope\"]", &o);
-        assert!(e.contains("invalid IP address"), "{e}");
-        let e = error("[announce]\nttl = 3", &o);
-        assert!(e.contains("unknown field `ttl`"), "{e}");
+        use Message::*;
+        let announce_interval = Overrides {
+            announce_interval: Some(Duration::from_millis(10)),
+            ..o.clone()
+        };
+        let interfaces = Overrides {
+            interfaces: vec!["a/b".into()],
+            ..o.clone()
+        };
+        assert_errors(&[
+            (
+                &o,
+                "[announce]\ninterval = \"50ms\"",
+                Is("/etc/rjs/node.toml: announce.interval: 50ms is not between 100ms and 1h"),
+            ),
+            (
+                &o,
+                "[announce]\ninterval = \"soon\"",
+                Has("invalid duration \"soon\""),
+            ),
+            (
+                &announce_interval,
+                "",
+                Is("command line: --announce-interval: 10ms is not between 100ms and 1h"),
+            ),
+            (
+                &interfaces,
+                "",
+                Is("command line: --interface: \"a/b\" is not a network interface name"),
+            ),
+            (
+                &o,
+                "[announce]\nadvertise = [\"0.0.0.0\"]",
+                Has("announce.advertise: 0.0.0.0 is not an address"),
+            ),
+            (
+                &o,
+                "[announce]\nadvertise = [\"nope\"]",
+                Has("invalid IP address"),
+            ),
+            (&o, "[announce]\nttl = 3", Has("unknown field `ttl`")),
+        ]);
     }
 
     #[test]
@@ -539,73 +561,77 @@ mod tests {
 
     #[test]
     fn errors_name_file_and_key() {
+        use Message::*;
         let o = with_data(Path::new("/d"));
-        let e = error("slotz = 3", &o);
-        assert!(e.starts_with("/etc/rjs/node.toml: "), "{e}");
-        assert!(e.contains("unknown field `slotz`"), "{e}");
-
-        let e = error("[limits]\nmax_cpu = 1", &o);
-        assert!(e.contains("unknown field `max_cpu`"), "{e}");
-
-        let e = error("slots = 0", &o);
-        assert_eq!(e, "/etc/rjs/node.toml: slots: 0 is not between 1 and 1024");
-        let e = error("job_nice = 20", &o);
-        assert_eq!(
-            e,
-            "/etc/rjs/node.toml: job_nice: 20 is not between 0 and 19"
-        );
+        let flag = |set: fn(&mut Overrides)| {
+            let mut o = o.clone();
+            set(&mut o);
+            o
+        };
+        assert_errors(&[
+            (&o, "slotz = 3", Starts("/etc/rjs/node.toml: ")),
+            (&o, "slotz = 3", Has("unknown field `slotz`")),
+            (&o, "[limits]\nmax_cpu = 1", Has("unknown field `max_cpu`")),
+            (
+                &o,
+                "slots = 0",
+                Is("/etc/rjs/node.toml: slots: 0 is not between 1 and 1024"),
+            ),
+            (
+                &o,
+                "job_nice = 20",
+                Is("/etc/rjs/node.toml: job_nice: 20 is not between 0 and 19"),
+            ),
+            (
+                &o,
+                "groups = [\"compute\"]",
+                Starts("/etc/rjs/node.toml: groups: invalid group \"compute\""),
+            ),
+            (&o, "groups = []", Has("groups: give 1 to")),
+            (
+                &o,
+                "[limits]\nmax_memory_bytes = \"lots\"",
+                Has("invalid size \"lots\""),
+            ),
+            (
+                &o,
+                "[limits]\nmax_memory_bytes = \"8G\"",
+                Has("limits.max_memory_bytes: 8589934592 is not between"),
+            ),
+            (
+                &o,
+                "unknown_authors = \"run\"",
+                Has("unknown variant `run`"),
+            ),
+            (
+                &o,
+                "prompt_timeout_secs = 0",
+                Has("prompt_timeout_secs: 0 is not between 1 and"),
+            ),
+            (
+                &o,
+                "[idle]\nload_per_core = -1.0",
+                Has("idle.load_per_core"),
+            ),
+            (
+                &flag(|o| o.slots = Some(0)),
+                "",
+                Is("command line: --slots: 0 is not between 1 and 1024"),
+            ),
+            (
+                &flag(|o| o.job_nice = Some(-1)),
+                "job_nice = 5",
+                Is("command line: --job-nice: -1 is not between 0 and 19"),
+            ),
+            (
+                &flag(|o| o.groups = vec!["/Compute".into()]),
+                "",
+                Starts("command line: --group: invalid group"),
+            ),
+        ]);
         assert_eq!(parse("job_nice = 19", &o).unwrap().job_nice, 19);
-
-        let e = error("groups = [\"compute\"]", &o);
-        assert!(
-            e.starts_with("/etc/rjs/node.toml: groups: invalid group \"compute\""),
-            "{e}"
-        );
-
-        let e = error("groups = []", &o);
-        assert!(e.contains("groups: give 1 to"), "{e}");
-
-        let e = error("[limits]\nmax_memory_bytes = \"lots\"", &o);
-        assert!(e.contains("invalid size \"lots\""), "{e}");
-
         let e = parse("[limits]\nmax_memory_bytes = 8G", &o).unwrap_err();
         assert!(matches!(e, ConfigError::Parse { .. }), "{e}");
-        let e = error("[limits]\nmax_memory_bytes = \"8G\"", &o);
-        assert!(
-            e.contains("limits.max_memory_bytes: 8589934592 is not between"),
-            "{e}"
-        );
-
-        let e = error("unknown_authors = \"run\"", &o);
-        assert!(e.contains("unknown variant `run`"), "{e}");
-
-        let e = error("prompt_timeout_secs = 0", &o);
-        assert!(
-            e.contains("prompt_timeout_secs: 0 is not between 1 and"),
-            "{e}"
-        );
-
-        let e = error("[idle]\nload_per_core = -1.0", &o);
-        assert!(e.contains("idle.load_per_core"), "{e}");
-
-        let bad_flag = Overrides {
-            slots: Some(0),
-            ..o.clone()
-        };
-        let e = error("", &bad_flag);
-        assert_eq!(e, "command line: --slots: 0 is not between 1 and 1024");
-        let bad_nice = Overrides {
-            job_nice: Some(-1),
-            ..o.clone()
-        };
-        let e = error("job_nice = 5", &bad_nice);
-        assert_eq!(e, "command line: --job-nice: -1 is not between 0 and 19");
-        let bad_flag = Overrides {
-            groups: vec!["/Compute".into()],
-            ..o
-        };
-        let e = error("", &bad_flag);
-        assert!(e.starts_with("command line: --group: invalid group"), "{e}");
     }
 
     /// The flags of [`ConfigArgs`] as clap parses them.

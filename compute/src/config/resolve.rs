@@ -326,53 +326,55 @@ impl Sources<'_> {
                     h(MAX_ANNOUNCE_INTERVAL)
                 ))
             })?;
-        let interfaces = self
-            .take_list(
-                names("--interface", "announce.interfaces"),
-                &o.interfaces,
-                fa.interfaces,
-                Vec::new,
-            )
-            .check(|list, _| {
-                check_entries(list, "interfaces", |n| {
-                    (!valid_interface_name(n))
-                        .then(|| format!("{n:?} is not a network interface name"))
-                })
-            })?;
-        let advertise = self
-            .take_list(
-                names("--advertise", "announce.advertise"),
-                &o.advertise,
-                fa.advertise,
-                Vec::new,
-            )
-            .check(|list, _| {
-                check_entries(list, "addresses", |a| {
-                    (a.is_unspecified() || a.is_multicast())
-                        .then(|| format!("{a} is not an address the node can be reached at"))
-                })
-            })?;
+        let interfaces = self.announce_list(
+            names("--interface", "announce.interfaces"),
+            &o.interfaces,
+            fa.interfaces,
+            "interfaces",
+            |n| {
+                (!valid_interface_name(n)).then(|| format!("{n:?} is not a network interface name"))
+            },
+        )?;
+        let advertise = self.announce_list(
+            names("--advertise", "announce.advertise"),
+            &o.advertise,
+            fa.advertise,
+            "addresses",
+            |a| {
+                (a.is_unspecified() || a.is_multicast())
+                    .then(|| format!("{a} is not an address the node can be reached at"))
+            },
+        )?;
         Ok(AnnounceSettings {
             enabled: o.announce.or(fa.enabled).unwrap_or(d.enabled),
             interval,
-            interfaces: dedup_list(interfaces),
-            advertise: dedup_list(advertise),
+            interfaces,
+            advertise,
         })
     }
-}
 
-/// At most [`MAX_ANNOUNCE_ENTRIES`] `what`, none of which `bad` objects to.
-fn check_entries<T>(
-    list: &[T],
-    what: &str,
-    bad: impl Fn(&T) -> Option<String>,
-) -> Result<(), String> {
-    if list.len() > MAX_ANNOUNCE_ENTRIES {
-        return Err(format!("give at most {MAX_ANNOUNCE_ENTRIES} {what}"));
-    }
-    match list.iter().find_map(bad) {
-        Some(reason) => Err(reason),
-        None => Ok(()),
+    /// An `[announce]` list (the flags' if any, else the file's, else empty): at most
+    /// [`MAX_ANNOUNCE_ENTRIES`] `what`, none of which `bad` objects to, without repeats.
+    fn announce_list<T: Clone + PartialEq>(
+        &self,
+        names: Names,
+        flag: &[T],
+        file: Option<Vec<T>>,
+        what: &str,
+        bad: impl Fn(&T) -> Option<String>,
+    ) -> Result<Vec<T>, ConfigError> {
+        let list = self
+            .take_list(names, flag, file, Vec::new)
+            .check(|list, _| {
+                if list.len() > MAX_ANNOUNCE_ENTRIES {
+                    return Err(format!("give at most {MAX_ANNOUNCE_ENTRIES} {what}"));
+                }
+                match list.iter().find_map(&bad) {
+                    Some(reason) => Err(reason),
+                    None => Ok(()),
+                }
+            })?;
+        Ok(dedup_list(list))
     }
 }
 
