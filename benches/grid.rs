@@ -693,15 +693,14 @@ fn machine_busy_ticks() -> u64 {
     total.saturating_sub(v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0))
 }
 
-/// The live descendants of `pid`.
-fn descendants(pid: i32) -> Vec<i32> {
-    let stats = all_stats();
+/// The descendants of `pid` among `stats` (children first, then theirs).
+fn descendants_in(stats: &[(i32, Stat)], pid: i32) -> Vec<(i32, Stat)> {
     let mut out = Vec::new();
     let mut frontier = vec![pid];
     while let Some(parent) = frontier.pop() {
-        for (p, st) in &stats {
+        for (p, st) in stats {
             if st.ppid == parent {
-                out.push(*p);
+                out.push((*p, *st));
                 frontier.push(*p);
             }
         }
@@ -709,21 +708,27 @@ fn descendants(pid: i32) -> Vec<i32> {
     out
 }
 
+/// The live descendants of `pid`.
+fn descendants(pid: i32) -> Vec<i32> {
+    descendants_in(&all_stats(), pid)
+        .into_iter()
+        .map(|(p, _)| p)
+        .collect()
+}
+
+/// CPU ticks (own and reaped) of all of `pid`'s descendants among `stats`.
+fn descendants_ticks(stats: &[(i32, Stat)], pid: i32) -> u64 {
+    descendants_in(stats, pid)
+        .iter()
+        .map(|(_, st)| st.own + st.reaped)
+        .sum()
+}
+
 /// CPU ticks of this process and all its descendants (live, and those waited for).
 fn tree_ticks() -> u64 {
     let stats = all_stats();
     let me = std::process::id() as i32;
-    let mut total = stat(me).map_or(0, |s| s.own + s.reaped);
-    let mut frontier = vec![me];
-    while let Some(parent) = frontier.pop() {
-        for (p, st) in &stats {
-            if st.ppid == parent {
-                total += st.own + st.reaped;
-                frontier.push(*p);
-            }
-        }
-    }
-    total
+    stat(me).map_or(0, |s| s.own + s.reaped) + descendants_ticks(&stats, me)
 }
 
 /// The machine's load from processes other than this benchmark and its grids.
@@ -760,20 +765,9 @@ fn cpu_snapshot(grid: &LocalGrid) -> CpuSnapshot {
         let Some(s) = stats.iter().find(|(p, _)| *p == pid).map(|(_, s)| *s) else {
             return Cpu::default();
         };
-        // Live descendants, breadth first.
-        let mut children = s.reaped;
-        let mut frontier = vec![pid];
-        while let Some(parent) = frontier.pop() {
-            for (p, st) in &stats {
-                if st.ppid == parent {
-                    children += st.own + st.reaped;
-                    frontier.push(*p);
-                }
-            }
-        }
         Cpu {
             own: s.own,
-            children,
+            children: s.reaped + descendants_ticks(&stats, pid),
         }
     };
     let mut procs = BTreeMap::new();
@@ -821,7 +815,6 @@ fn throughput(ctx: &Ctx, args: &Args) -> Result<Vec<Row>> {
 fn throughput_run(grid: &LocalGrid, job: &Path, n: u32, timeout: Duration) -> Result<Vec<Row>> {
     let bundle = grid.pack(job)?;
     let bytes = std::fs::read(&bundle).with_context(|| format!("reading {}", bundle.display()))?;
-    let tick = ticks_per_s();
     let before = cpu_snapshot(grid);
     let t0 = Instant::now();
     let up = grid.api().upload(bytes, false)?;
@@ -832,16 +825,76 @@ fn throughput_run(grid: &LocalGrid, job: &Path, n: u32, timeout: Duration) -> Re
         upload.as_millis(),
         &up.bundle_id[..12]
     );
+    let run = poll_until_all_final(grid, &up.bundle_id, n, t0, timeout)?;
+    let after = cpu_snapshot(grid);
+    ensure!(
+        run.failed.is_empty(),
+        "some tasks failed, e.g. {}",
+        run.failed.join("; ")
+    );
+    let rate = f64::from(n) / run.elapsed.as_secs_f64();
+    println!(
+        "all {n} done in {:.2} s (±{} ms: the last poll's start-to-previous-poll span): {rate:.0} \
+         tasks/s",
+        run.elapsed.as_secs_f64(),
+        run.resolution.as_millis()
+    );
+    let cpu = CpuUse::between(&before, &after);
+    cpu.print(run.elapsed.as_secs_f64());
+    let polls = PollCost::measure(grid, &up.bundle_id, &run.poll_costs)?;
+    println!(
+        "\njob list polls ({} rows): {} during the run, median {} ms, max {} ms; quiet: {} ms \
+         each, {:.0} ms of web server CPU and {:.0} ms of bench CPU each",
+        n,
+        run.poll_costs.len(),
+        polls.median.as_millis(),
+        polls.max.as_millis(),
+        polls.quiet.as_millis(),
+        polls.web_server_cpu * 1e3,
+        polls.bench_cpu * 1e3
+    );
+    print_stalls(&run.progress);
+    if let Ok(c) = lookup_counters(grid) {
+        println!(
+            "lookup: leased {}, answers {}, refusals {}, lost {}, released {}",
+            c.leased_total, c.answers_total, c.refusals_total, c.lost_total, c.released_total
+        );
+    }
+    Ok(throughput_rows(n, rate, upload, &run, &polls, &cpu))
+}
 
-    // Poll the job list of this bundle (the only filter the author API has) on a fixed cadence.
+/// What polling the job list of a throughput run saw.
+struct PolledRun {
+    /// From the upload to the poll that saw every task final.
+    elapsed: Duration,
+    /// The span between the start of the previous poll and the end of the last one.
+    resolution: Duration,
+    /// Up to three failed tasks, described.
+    failed: Vec<String>,
+    /// How long each poll took.
+    poll_costs: Vec<Duration>,
+    /// Tasks done at the end of each poll, since the upload.
+    progress: Vec<(Duration, usize)>,
+}
+
+/// Polls the job list of `bundle` (the only filter the author API has) every
+/// [`THROUGHPUT_POLL`] from `t0` (the upload) until all `n` tasks are done or failed,
+/// printing progress every 2 s.
+fn poll_until_all_final(
+    grid: &LocalGrid,
+    bundle: &str,
+    n: u32,
+    t0: Instant,
+    timeout: Duration,
+) -> Result<PolledRun> {
     let mut poll_costs: Vec<Duration> = Vec::new();
     let mut progress: Vec<(Duration, usize)> = Vec::new();
     let mut prev_start = t0;
     let mut last_print = Duration::ZERO;
     let mut next = Instant::now();
-    let (elapsed, resolution, failed) = loop {
+    loop {
         let start = Instant::now();
-        let jobs = grid.api().jobs(Some(&up.bundle_id))?.jobs;
+        let jobs = grid.api().jobs(Some(bundle))?.jobs;
         let end = Instant::now();
         poll_costs.push(end - start);
         let done = jobs.iter().filter(|j| j.state == JobState::Done).count();
@@ -872,7 +925,13 @@ fn throughput_run(grid: &LocalGrid, job: &Path, n: u32, timeout: Duration) -> Re
                     )
                 })
                 .collect();
-            break (at, end - prev_start, failed);
+            return Ok(PolledRun {
+                elapsed: at,
+                resolution: end - prev_start,
+                failed,
+                poll_costs,
+                progress,
+            });
         }
         signals::check().context("waiting for the tasks")?;
         if at > timeout {
@@ -889,92 +948,116 @@ fn throughput_run(grid: &LocalGrid, job: &Path, n: u32, timeout: Duration) -> Re
         } else {
             next = now;
         }
-    };
-    let after = cpu_snapshot(grid);
-    ensure!(
-        failed.is_empty(),
-        "some tasks failed, e.g. {}",
-        failed.join("; ")
-    );
-    let rate = f64::from(n) / elapsed.as_secs_f64();
-    println!(
-        "all {n} done in {:.2} s (±{} ms: the last poll's start-to-previous-poll span): {rate:.0} \
-         tasks/s",
-        elapsed.as_secs_f64(),
-        resolution.as_millis()
-    );
+    }
+}
 
-    // Where the time went.
-    let wall = elapsed.as_secs_f64();
-    let secs = |t: u64| t as f64 / tick;
-    println!(
-        "\nCPU seconds from the upload to the last poll ({wall:.2} s wall, {} cores):",
-        std::thread::available_parallelism().map_or(0, |n| n.get())
-    );
-    println!("  {:<22} {:>8} {:>8}", "process", "CPU s", "% wall");
-    let mut ours = 0u64;
-    let mut lines = Vec::new();
-    for (name, b) in &before.procs {
-        let Some(a) = after.procs.get(name) else {
-            continue;
-        };
-        let own = a.own.saturating_sub(b.own);
-        let kids = a.children.saturating_sub(b.children);
-        ours += own + kids;
-        if name.starts_with("node-") {
-            lines.push((format!("{name} (supervisor)"), own));
-            lines.push((format!("{name} workers"), kids));
-        } else {
-            lines.push((name.clone(), own + kids));
+/// Where the CPU time of a run went: ticks by line (`web server`, `node-1 (supervisor)`,
+/// `node-1 workers`, …, `bench (upload + polls)`, `other processes`, `machine total`).
+struct CpuUse {
+    lines: Vec<(String, u64)>,
+    /// Busy ticks of the whole machine.
+    machine: u64,
+}
+
+impl CpuUse {
+    fn between(before: &CpuSnapshot, after: &CpuSnapshot) -> CpuUse {
+        let mut ours = 0u64;
+        let mut lines = Vec::new();
+        for (name, b) in &before.procs {
+            let Some(a) = after.procs.get(name) else {
+                continue;
+            };
+            let own = a.own.saturating_sub(b.own);
+            let kids = a.children.saturating_sub(b.children);
+            ours += own + kids;
+            if name.starts_with("node-") {
+                lines.push((format!("{name} (supervisor)"), own));
+                lines.push((format!("{name} workers"), kids));
+            } else {
+                lines.push((name.clone(), own + kids));
+            }
+        }
+        let bench = after.bench.saturating_sub(before.bench);
+        lines.push(("bench (upload + polls)".to_owned(), bench));
+        ours += bench;
+        let machine = after.machine_busy.saturating_sub(before.machine_busy);
+        lines.push(("other processes".to_owned(), machine.saturating_sub(ours)));
+        lines.push(("machine total".to_owned(), machine));
+        CpuUse { lines, machine }
+    }
+
+    /// CPU seconds of the lines whose name passes `f`.
+    fn sum(&self, f: impl Fn(&str) -> bool) -> f64 {
+        self.lines
+            .iter()
+            .filter(|(name, _)| f(name))
+            .map(|(_, t)| secs(*t))
+            .fold(0.0, |a, b| a + b)
+    }
+
+    /// Prints each line's CPU seconds and share of the `wall` seconds.
+    fn print(&self, wall: f64) {
+        println!(
+            "\nCPU seconds from the upload to the last poll ({wall:.2} s wall, {} cores):",
+            std::thread::available_parallelism().map_or(0, |n| n.get())
+        );
+        println!("  {:<22} {:>8} {:>8}", "process", "CPU s", "% wall");
+        for (name, t) in &self.lines {
+            println!(
+                "  {name:<22} {:>8.2} {:>7.0}%",
+                secs(*t),
+                100.0 * secs(*t) / wall
+            );
         }
     }
-    let bench = after.bench.saturating_sub(before.bench);
-    lines.push(("bench (upload + polls)".to_owned(), bench));
-    ours += bench;
-    let machine = after.machine_busy.saturating_sub(before.machine_busy);
-    lines.push(("other processes".to_owned(), machine.saturating_sub(ours)));
-    lines.push(("machine total".to_owned(), machine));
-    for (name, t) in &lines {
-        println!(
-            "  {name:<22} {:>8.2} {:>7.0}%",
-            secs(*t),
-            100.0 * secs(*t) / wall
-        );
-    }
+}
 
-    // What one poll of the 10k-row list costs: a few more, now that nothing else runs.
-    let ws_before = cpu_snapshot(grid);
-    let extra = 10;
-    let t = Instant::now();
-    for _ in 0..extra {
-        grid.api().jobs(Some(&up.bundle_id))?;
-    }
-    let quiet_poll = t.elapsed() / extra;
-    let ws_after = cpu_snapshot(grid);
-    let ws_cpu = |s: &CpuSnapshot| s.procs.get("web server").map_or(0, |c| c.own + c.children);
-    let poll_ws_cpu = secs(ws_cpu(&ws_after).saturating_sub(ws_cpu(&ws_before))) / f64::from(extra);
-    let poll_bench_cpu = secs(ws_after.bench.saturating_sub(ws_before.bench)) / f64::from(extra);
-    let mut sorted = poll_costs.clone();
-    sorted.sort();
-    let median_poll = sorted[sorted.len() / 2];
-    let max_poll = sorted[sorted.len() - 1];
-    println!(
-        "\njob list polls ({} rows): {} during the run, median {} ms, max {} ms; quiet: {} ms \
-         each, {:.0} ms of web server CPU and {:.0} ms of bench CPU each",
-        n,
-        poll_costs.len(),
-        median_poll.as_millis(),
-        max_poll.as_millis(),
-        quiet_poll.as_millis(),
-        poll_ws_cpu * 1e3,
-        poll_bench_cpu * 1e3
-    );
+/// CPU seconds of `ticks` clock ticks.
+fn secs(ticks: u64) -> f64 {
+    ticks as f64 / ticks_per_s()
+}
 
-    // Stalls: the longest span without progress between polls, after the first answer.
+/// What one poll of the job list costs: during the run, and quiet (a few more after it).
+struct PollCost {
+    median: Duration,
+    max: Duration,
+    quiet: Duration,
+    /// Web server CPU seconds of one quiet poll.
+    web_server_cpu: f64,
+    /// This process's CPU seconds of one quiet poll.
+    bench_cpu: f64,
+}
+
+impl PollCost {
+    fn measure(grid: &LocalGrid, bundle: &str, during: &[Duration]) -> Result<PollCost> {
+        let ws_before = cpu_snapshot(grid);
+        let extra = 10;
+        let t = Instant::now();
+        for _ in 0..extra {
+            grid.api().jobs(Some(bundle))?;
+        }
+        let quiet = t.elapsed() / extra;
+        let ws_after = cpu_snapshot(grid);
+        let ws_cpu = |s: &CpuSnapshot| s.procs.get("web server").map_or(0, |c| c.own + c.children);
+        let mut sorted = during.to_vec();
+        sorted.sort();
+        Ok(PollCost {
+            median: sorted[sorted.len() / 2],
+            max: sorted[sorted.len() - 1],
+            quiet,
+            web_server_cpu: secs(ws_cpu(&ws_after).saturating_sub(ws_cpu(&ws_before)))
+                / f64::from(extra),
+            bench_cpu: secs(ws_after.bench.saturating_sub(ws_before.bench)) / f64::from(extra),
+        })
+    }
+}
+
+/// Stalls: the longest span without progress between polls, after the first answer.
+fn print_stalls(progress: &[(Duration, usize)]) {
     let first = progress.iter().find(|(_, d)| *d > 0).map(|(t, _)| *t);
     let mut stall = (Duration::ZERO, Duration::ZERO);
     let mut run_start: Option<(Duration, usize)> = None;
-    for &(t, d) in &progress {
+    for &(t, d) in progress {
         match run_start {
             Some((t0, d0)) if d0 == d => {
                 if t - t0 > stall.1 {
@@ -996,20 +1079,25 @@ fn throughput_run(grid: &LocalGrid, job: &Path, n: u32, timeout: Duration) -> Re
         };
         println!("first answer stored by {} ms; {stalls}", f.as_millis());
     }
-    if let Ok(c) = lookup_counters(grid) {
-        println!(
-            "lookup: leased {}, answers {}, refusals {}, lost {}, released {}",
-            c.leased_total, c.answers_total, c.refusals_total, c.lost_total, c.released_total
-        );
-    }
+}
 
+/// The table's rows of a throughput run.
+fn throughput_rows(
+    n: u32,
+    rate: f64,
+    upload: Duration,
+    run: &PolledRun,
+    polls: &PollCost,
+    cpu: &CpuUse,
+) -> Vec<Row> {
+    let wall = run.elapsed.as_secs_f64();
     let mut rows = vec![
         Row::target(
             format!("throughput: {n} hello tasks, 2 nodes x 2 slots, upload → all stored"),
             format!(
                 "{rate:.0} tasks/s ({:.2} s ±{} ms)",
-                elapsed.as_secs_f64(),
-                resolution.as_millis()
+                run.elapsed.as_secs_f64(),
+                run.resolution.as_millis()
             ),
             format!(">= {TARGET_TASKS_PER_S:.0} tasks/s"),
             rate >= TARGET_TASKS_PER_S,
@@ -1022,35 +1110,28 @@ fn throughput_run(grid: &LocalGrid, job: &Path, n: u32, timeout: Duration) -> Re
             format!("  job list poll ({n} rows), every {THROUGHPUT_POLL:?}"),
             format!(
                 "median {} ms, {:.0} ms web server CPU",
-                median_poll.as_millis(),
-                poll_ws_cpu * 1e3
+                polls.median.as_millis(),
+                polls.web_server_cpu * 1e3
             ),
         ),
     ];
     // Compact for the table: the grid's processes by kind, then the rest of the machine.
-    let sum = |f: &dyn Fn(&str) -> bool| -> f64 {
-        lines
-            .iter()
-            .filter(|(name, _)| f(name))
-            .map(|(_, t)| secs(*t))
-            .fold(0.0, |a, b| a + b)
-    };
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     rows.push(Row::info(
         format!(
             "  CPU s ({:.1} used of {:.1} available)",
-            secs(machine),
+            secs(cpu.machine),
             wall * cores as f64
         ),
         format!(
             "web server {:.1}, lookup {:.1}, node supervisors {:.1}, workers {:.1}, bench {:.1}; \
              other processes {:.1}",
-            sum(&|n| n == "web server"),
-            sum(&|n| n == "lookup"),
-            sum(&|n| n.ends_with("(supervisor)")),
-            sum(&|n| n.ends_with(" workers")),
-            sum(&|n| n.starts_with("bench")),
-            sum(&|n| n == "other processes"),
+            cpu.sum(|n| n == "web server"),
+            cpu.sum(|n| n == "lookup"),
+            cpu.sum(|n| n.ends_with("(supervisor)")),
+            cpu.sum(|n| n.ends_with(" workers")),
+            cpu.sum(|n| n.starts_with("bench")),
+            cpu.sum(|n| n == "other processes"),
         ),
     ));
     let per_task = |v: f64| v * 1e3 / f64::from(n);
@@ -1058,13 +1139,13 @@ fn throughput_run(grid: &LocalGrid, job: &Path, n: u32, timeout: Duration) -> Re
         "  CPU ms per task",
         format!(
             "node supervisors {:.2}, workers {:.2}, web server {:.2}, lookup {:.2}",
-            per_task(sum(&|n| n.ends_with("(supervisor)"))),
-            per_task(sum(&|n| n.ends_with(" workers"))),
-            per_task(sum(&|n| n == "web server")),
-            per_task(sum(&|n| n == "lookup")),
+            per_task(cpu.sum(|n| n.ends_with("(supervisor)"))),
+            per_task(cpu.sum(|n| n.ends_with(" workers"))),
+            per_task(cpu.sum(|n| n == "web server")),
+            per_task(cpu.sum(|n| n == "lookup")),
         ),
     ));
-    Ok(rows)
+    rows
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use indicatif::{ProgressBar, ProgressStyle};
 use rjs_signer::answer::{AnswerLimits, Ending, verify_answer};
-use rjs_wire::api::{JobState, JobView};
+use rjs_wire::api::{JobState, JobView, UploadResponse};
 
 use crate::grid::{self, GridOptions, LocalGrid, NodesResponse, netns};
 use crate::signals;
@@ -172,35 +172,12 @@ fn demo(
     slot: &mut Option<LocalGrid>,
     started: Instant,
 ) -> Result<bool> {
-    let mut opts = GridOptions::new(dir);
-    opts.nodes = usize::from(args.nodes);
-    opts.slots_per_node = args.slots;
-    opts.bin_dir = args.bin_dir.clone();
-    opts.require_private_netns = !args.lan;
-    opts.on_step = Some(Arc::new(|s: &str| println!("  {s}")));
     println!("starting the grid in {}", dir.display());
-    let grid = slot.insert(LocalGrid::start(opts)?);
+    let grid = slot.insert(LocalGrid::start(grid_options(args, dir))?);
     let grid_ms = started.elapsed().as_millis();
     println!("grid up in {grid_ms} ms");
 
-    // Pack and upload.
-    let bundle = grid.pack(job)?;
-    let up = grid.upload(&bundle)?;
-    println!(
-        "uploaded {} ({}): bundle {}, {} tasks, jobs {}",
-        bundle
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-        up.name,
-        &up.bundle_id[..12],
-        up.tasks,
-        up.jobs
-            .iter()
-            .map(|j| j.id.to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
+    let up = pack_and_upload(grid, job)?;
     let submitted = Instant::now();
 
     // Wait for every task, showing progress.
@@ -215,41 +192,7 @@ fn demo(
 
     // Fetch and verify the answers, extract the tiles.
     let fetch_start = Instant::now();
-    let answers_dir = dir.join("answers");
-    let fetched = grid.fetch_answers(&answers_dir)?;
-    let tiles_dir = dir.join("tiles");
-    std::fs::create_dir_all(&tiles_dir)
-        .with_context(|| format!("creating {}", tiles_dir.display()))?;
-    let mut tiles = Vec::new();
-    let mut all_ok = true;
-    for job in &jobs {
-        if job.state != JobState::Done {
-            println!(
-                "task {}: {} ({})",
-                job.task,
-                job.state.as_str(),
-                job.reason.as_deref().unwrap_or("no reason given")
-            );
-            all_ok = false;
-            continue;
-        }
-        let Some(answer) = fetched
-            .iter()
-            .find(|a| a.job.id == job.id)
-            .map(|a| a.path.clone())
-        else {
-            println!("task {}: the answer was not fetched", job.task);
-            all_ok = false;
-            continue;
-        };
-        match check_answer(grid, &up.bundle_id, job, &answer, &tiles_dir) {
-            Ok(row) => tiles.push(row),
-            Err(e) => {
-                println!("task {}: {}", job.task, rjs_cmd::chain(e.as_ref()));
-                all_ok = false;
-            }
-        }
-    }
+    let (mut tiles, all_ok) = fetch_tiles(grid, &up.bundle_id, &jobs, dir)?;
     let fetch_ms = fetch_start.elapsed().as_millis();
     println!(
         "{} of {} answers fetched and verified (node signature, bundle, task, node key) in \
@@ -270,12 +213,102 @@ fn demo(
         return Ok(false);
     }
     tiles.sort_by_key(|t| t.task);
+    stitch_and_write(&tiles, &args.out)?;
+    println!(
+        "timings: grid start {grid_ms} ms, compute {compute_ms} ms, fetch + verify {fetch_ms} \
+         ms, total {} ms",
+        started.elapsed().as_millis()
+    );
+    Ok(true)
+}
+
+/// The grid the arguments ask for, laid out in `dir`, telling each start-up step.
+fn grid_options(args: &DemoArgs, dir: &Path) -> GridOptions {
+    let mut opts = GridOptions::new(dir);
+    opts.nodes = usize::from(args.nodes);
+    opts.slots_per_node = args.slots;
+    opts.bin_dir = args.bin_dir.clone();
+    opts.require_private_netns = !args.lan;
+    opts.on_step = Some(Arc::new(|s: &str| println!("  {s}")));
+    opts
+}
+
+/// Packs the job folder with the grid's author key and uploads it.
+fn pack_and_upload(grid: &LocalGrid, job: &Path) -> Result<UploadResponse> {
+    let bundle = grid.pack(job)?;
+    let up = grid.upload(&bundle)?;
+    println!(
+        "uploaded {} ({}): bundle {}, {} tasks, jobs {}",
+        bundle
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        up.name,
+        &up.bundle_id[..12],
+        up.tasks,
+        up.jobs
+            .iter()
+            .map(|j| j.id.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok(up)
+}
+
+/// Fetches the answers of `jobs` into `dir/answers`, verifies each and extracts its tile into
+/// `dir/tiles`. Returns the verified tiles, and whether every job gave one (each one that did
+/// not is told on stdout).
+fn fetch_tiles(
+    grid: &LocalGrid,
+    bundle: &str,
+    jobs: &[JobView],
+    dir: &Path,
+) -> Result<(Vec<TileRow>, bool)> {
+    let fetched = grid.fetch_answers(&dir.join("answers"))?;
+    let tiles_dir = dir.join("tiles");
+    std::fs::create_dir_all(&tiles_dir)
+        .with_context(|| format!("creating {}", tiles_dir.display()))?;
+    let mut tiles = Vec::new();
+    let mut all_ok = true;
+    for job in jobs {
+        if job.state != JobState::Done {
+            println!(
+                "task {}: {} ({})",
+                job.task,
+                job.state.as_str(),
+                job.reason.as_deref().unwrap_or("no reason given")
+            );
+            all_ok = false;
+            continue;
+        }
+        let Some(answer) = fetched
+            .iter()
+            .find(|a| a.job.id == job.id)
+            .map(|a| a.path.clone())
+        else {
+            println!("task {}: the answer was not fetched", job.task);
+            all_ok = false;
+            continue;
+        };
+        match check_answer(grid, bundle, job, &answer, &tiles_dir) {
+            Ok(row) => tiles.push(row),
+            Err(e) => {
+                println!("task {}: {}", job.task, rjs_cmd::chain(e.as_ref()));
+                all_ok = false;
+            }
+        }
+    }
+    Ok((tiles, all_ok))
+}
+
+/// Stitches the tiles (in task order) into one image and writes it to `out` as PNG.
+fn stitch_and_write(tiles: &[TileRow], out: &Path) -> Result<()> {
     let stitch_start = Instant::now();
     let paths: Vec<PathBuf> = tiles.iter().map(|t| t.path.clone()).collect();
     let image = grid::stitch(&paths)?;
     let png = image.encode_png()?;
-    write_out(&args.out, &png)?;
-    let shown = std::fs::canonicalize(&args.out).unwrap_or_else(|_| args.out.clone());
+    write_out(out, &png)?;
+    let shown = std::fs::canonicalize(out).unwrap_or_else(|_| out.to_owned());
     println!(
         "image: {} ({}x{}, {} tiles stitched in {} ms)",
         shown.display(),
@@ -284,12 +317,7 @@ fn demo(
         tiles.len(),
         stitch_start.elapsed().as_millis()
     );
-    println!(
-        "timings: grid start {grid_ms} ms, compute {compute_ms} ms, fetch + verify {fetch_ms} \
-         ms, total {} ms",
-        started.elapsed().as_millis()
-    );
-    Ok(true)
+    Ok(())
 }
 
 /// Polls the job list until every job of `bundle` is done or failed; shows a progress bar

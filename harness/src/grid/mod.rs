@@ -217,112 +217,30 @@ impl LocalGrid {
     /// Lays out `opts.dir` and starts the web server, the lookup server and the nodes; returns
     /// when the lookup's panel lists every node. On error everything started is stopped.
     pub fn start(opts: GridOptions) -> Result<LocalGrid> {
-        if opts.nodes == 0 {
-            bail!("a grid needs at least one node");
-        }
-        if opts.require_private_netns && !netns::is_private() {
-            bail!(
-                "refusing to start a grid outside a private network namespace (its mDNS \
-                 daemons would join multicast groups on this machine's interfaces): call \
-                 rjs_harness::netns::enter_private() first, or set require_private_netns = false \
-                 to run on the real network on purpose"
-            );
-        }
+        check_options(&opts)?;
         let bins = find_bins(opts.bin_dir.as_deref())?;
         prepare_dir(&opts.dir)?;
         let logs = opts.dir.join("logs");
         std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
-        let dir = &opts.dir;
-        let setup_log = logs.join("setup.log");
-        let t = opts.start_timeout;
-        let step = |s: &str| {
-            if let Some(f) = &opts.on_step {
-                f(s)
-            }
-        };
 
         // 1. The web server, its author and its lookup.
-        let w = dir.join("webserver");
-        let run = |name: &str, cmd: &mut Command| process::run(name, cmd, Some(&setup_log), t);
-        run(
-            "rjs-webserver init",
-            Command::new(&bins.webserver)
-                .arg("init")
-                .arg("--data")
-                .arg(&w)
-                .args(["--host", "127.0.0.1"]),
-        )?;
-        let author = KeyPair::generate();
-        let files = keys::write_key_pair(&author, AUTHOR, &dir.join("author"), false)
-            .context("writing the demo author's key pair")?;
-        run(
-            "rjs-webserver author add",
-            Command::new(&bins.webserver)
-                .args(["author", "add", AUTHOR, "--key"])
-                .arg(&files.public)
-                .arg("--data")
-                .arg(&w),
-        )?;
-        let creds = dir.join(format!("{LOOKUP_NAME}.creds"));
-        run(
-            "rjs-webserver lookup add",
-            Command::new(&bins.webserver)
-                .args(["lookup", "add", LOOKUP_NAME, "-o"])
-                .arg(&creds)
-                .arg("--data")
-                .arg(&w),
-        )?;
-        let mut serve = Command::new(&bins.webserver);
-        serve
-            .arg("serve")
-            .arg("--data")
-            .arg(&w)
-            .args(["--listen", "127.0.0.1:0"]);
-        let (webserver, line) = process::spawn_ready(
-            "web server",
-            serve,
-            &logs.join("webserver.log"),
-            "listening on ",
-            t,
-        )?;
-        let webserver_url = after(&line, "listening on ")
-            .with_context(|| format!("no URL in the web server's ready line {line:?}"))?
-            .to_owned();
-        step(&format!("web server listening on {webserver_url}"));
+        let author = init_webserver(&opts, &bins)?;
+        let (webserver, webserver_url) = serve_webserver(&opts, &bins)?;
+        tell(&opts, &format!("web server listening on {webserver_url}"));
         let server = ServerUrl::parse(&webserver_url)
             .with_context(|| format!("the web server's URL {webserver_url:?}"))?;
-        let api = AuthorClient::with_ca_file(server, &w.join("ca.pem"), author)?;
-
-        let mut grid = LocalGrid {
-            nodes: (1..=opts.nodes)
-                .map(|i| NodeSlot {
-                    id: format!("node-{i}"),
-                    dir: dir.join(format!("node-{i}")),
-                    proc: None,
-                    listen: None,
-                })
-                .collect(),
-            opts,
-            bins,
-            webserver: Some(webserver),
-            webserver_url,
-            lookup: None,
-            enrol_addr: None,
-            status_socket: None,
-            api,
-            stopped: false,
-        };
+        let ca = opts.dir.join("webserver").join("ca.pem");
+        let api = AuthorClient::with_ca_file(server, &ca, author)?;
+        let mut grid = LocalGrid::new(opts, bins, webserver, webserver_url, api);
         // From here on, an error drops `grid`, which stops what was started.
 
         // 2. The lookup server.
-        process::run(
+        grid.setup_run(
             "rjs-lookup init",
             Command::new(&grid.bins.lookup)
                 .arg("init")
                 .arg("--data")
                 .arg(grid.lookup_dir()),
-            Some(&setup_log),
-            t,
         )?;
         grid.start_lookup()?;
 
@@ -336,24 +254,46 @@ impl LocalGrid {
 
         // 4. Discovered by the lookup.
         let panel = grid.wait_for_nodes(grid.opts.discovery_timeout)?;
-        grid.step(&format!(
-            "lookup sees {} node{}: {}",
-            panel.nodes.len(),
-            if panel.nodes.len() == 1 { "" } else { "s" },
-            panel
-                .nodes
-                .iter()
-                .map(|r| format!("{} ({} MFLOPS)", r.node_id, r.mflops))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
+        grid.step(&discovered(&panel));
         Ok(grid)
     }
 
-    fn step(&self, s: &str) {
-        if let Some(f) = &self.opts.on_step {
-            f(s)
+    /// The grid of a running web server, with its nodes laid out but not started.
+    fn new(
+        opts: GridOptions,
+        bins: Bins,
+        webserver: Managed,
+        webserver_url: String,
+        api: AuthorClient,
+    ) -> LocalGrid {
+        LocalGrid {
+            nodes: (1..=opts.nodes)
+                .map(|i| NodeSlot {
+                    id: format!("node-{i}"),
+                    dir: opts.dir.join(format!("node-{i}")),
+                    proc: None,
+                    listen: None,
+                })
+                .collect(),
+            opts,
+            bins,
+            webserver: Some(webserver),
+            webserver_url,
+            lookup: None,
+            enrol_addr: None,
+            status_socket: None,
+            api,
+            stopped: false,
         }
+    }
+
+    /// Runs a set-up command to its end ([`setup_run`]).
+    fn setup_run(&self, name: &str, cmd: &mut Command) -> Result<String> {
+        setup_run(&self.opts, name, cmd)
+    }
+
+    fn step(&self, s: &str) {
+        tell(&self.opts, s)
     }
 
     fn logs(&self) -> PathBuf {
@@ -526,52 +466,43 @@ impl LocalGrid {
     /// Enrols node `i` (`rjs-lookup token` + `rjs-compute join`) and makes it trust the
     /// grid's author. Needs the lookup server running.
     fn enrol_node(&mut self, i: usize) -> Result<()> {
-        let t = self.opts.start_timeout;
-        let setup_log = self.logs().join("setup.log");
         let enrol = self
             .enrol_addr
             .clone()
             .context("the lookup server is not running: no enrolment endpoint")?;
-        let l = self.lookup_dir();
-        let token = process::run(
+        let token = self.setup_run(
             "rjs-lookup token",
             Command::new(&self.bins.lookup)
                 .arg("token")
                 .arg("--data")
-                .arg(&l)
+                .arg(self.lookup_dir())
                 .arg("--addr")
                 .arg(&enrol),
-            Some(&setup_log),
-            t,
         )?;
         let token = token.trim();
         let node = self.node(i)?;
-        let (id, dir) = (node.id.clone(), node.dir.clone());
-        process::run(
+        let (id, dir) = (&node.id, &node.dir);
+        self.setup_run(
             &format!("rjs-compute join ({id})"),
             Command::new(&self.bins.compute)
                 .args(["join", token, "--data"])
-                .arg(&dir)
-                .args(["--id", &id, "--host", "127.0.0.1"]),
-            Some(&setup_log),
-            t,
+                .arg(dir)
+                .args(["--id", id, "--host", "127.0.0.1"]),
         )?;
         let settings = self.opts.node(i);
         if settings.trust_author {
             let public = self.opts.dir.join("author").join(format!("{AUTHOR}.pub"));
-            process::run(
+            self.setup_run(
                 &format!("rjs-compute trust add ({id})"),
                 Command::new(&self.bins.compute)
                     .args(["trust", "add"])
                     .arg(&public)
                     .arg("--data")
-                    .arg(&dir),
-                Some(&setup_log),
-                t,
+                    .arg(dir),
             )?;
         }
         if let Some(mflops) = settings.mflops {
-            write_bench(&dir, mflops)?;
+            write_bench(dir, mflops)?;
         }
         Ok(())
     }
@@ -879,6 +810,111 @@ impl Drop for LocalGrid {
             eprintln!("rjs: {}", rjs_cmd::chain(e.as_ref()));
         }
     }
+}
+
+/// Refuses options no grid can start with, and a start outside a private network namespace
+/// unless asked for.
+fn check_options(opts: &GridOptions) -> Result<()> {
+    if opts.nodes == 0 {
+        bail!("a grid needs at least one node");
+    }
+    if opts.require_private_netns && !netns::is_private() {
+        bail!(
+            "refusing to start a grid outside a private network namespace (its mDNS \
+             daemons would join multicast groups on this machine's interfaces): call \
+             rjs_harness::netns::enter_private() first, or set require_private_netns = false \
+             to run on the real network on purpose"
+        );
+    }
+    Ok(())
+}
+
+/// Tells `opts.on_step` of a start-up step.
+fn tell(opts: &GridOptions, step: &str) {
+    if let Some(f) = &opts.on_step {
+        f(step)
+    }
+}
+
+/// Runs a set-up command to its end, logged to `logs/setup.log`, within the start timeout;
+/// returns its standard output.
+fn setup_run(opts: &GridOptions, name: &str, cmd: &mut Command) -> Result<String> {
+    let setup_log = opts.dir.join("logs").join("setup.log");
+    process::run(name, cmd, Some(&setup_log), opts.start_timeout)
+}
+
+/// `rjs-webserver init` in `webserver/`, a fresh author key pair in `author/` enrolled as
+/// [`AUTHOR`], and the lookup [`LOOKUP_NAME`] with its credentials. Returns the author's key.
+fn init_webserver(opts: &GridOptions, bins: &Bins) -> Result<KeyPair> {
+    let w = opts.dir.join("webserver");
+    setup_run(
+        opts,
+        "rjs-webserver init",
+        Command::new(&bins.webserver)
+            .arg("init")
+            .arg("--data")
+            .arg(&w)
+            .args(["--host", "127.0.0.1"]),
+    )?;
+    let author = KeyPair::generate();
+    let files = keys::write_key_pair(&author, AUTHOR, &opts.dir.join("author"), false)
+        .context("writing the demo author's key pair")?;
+    setup_run(
+        opts,
+        "rjs-webserver author add",
+        Command::new(&bins.webserver)
+            .args(["author", "add", AUTHOR, "--key"])
+            .arg(&files.public)
+            .arg("--data")
+            .arg(&w),
+    )?;
+    let creds = opts.dir.join(format!("{LOOKUP_NAME}.creds"));
+    setup_run(
+        opts,
+        "rjs-webserver lookup add",
+        Command::new(&bins.webserver)
+            .args(["lookup", "add", LOOKUP_NAME, "-o"])
+            .arg(&creds)
+            .arg("--data")
+            .arg(&w),
+    )?;
+    Ok(author)
+}
+
+/// Starts `rjs-webserver serve` on a free loopback port; returns it and its URL.
+fn serve_webserver(opts: &GridOptions, bins: &Bins) -> Result<(Managed, String)> {
+    let mut serve = Command::new(&bins.webserver);
+    serve
+        .arg("serve")
+        .arg("--data")
+        .arg(opts.dir.join("webserver"))
+        .args(["--listen", "127.0.0.1:0"]);
+    let (webserver, line) = process::spawn_ready(
+        "web server",
+        serve,
+        &opts.dir.join("logs").join("webserver.log"),
+        "listening on ",
+        opts.start_timeout,
+    )?;
+    let url = after(&line, "listening on ")
+        .with_context(|| format!("no URL in the web server's ready line {line:?}"))?
+        .to_owned();
+    Ok((webserver, url))
+}
+
+/// `lookup sees 2 nodes: node-1 (900 MFLOPS), node-2 (450 MFLOPS)`.
+fn discovered(panel: &NodesResponse) -> String {
+    format!(
+        "lookup sees {} node{}: {}",
+        panel.nodes.len(),
+        if panel.nodes.len() == 1 { "" } else { "s" },
+        panel
+            .nodes
+            .iter()
+            .map(|r| format!("{} ({} MFLOPS)", r.node_id, r.mflops))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
 }
 
 /// Sends `signal` to `p` (`what`, if it runs); for SIGTERM, SIGINT and SIGKILL also waits
