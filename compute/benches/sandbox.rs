@@ -9,36 +9,22 @@
 //!
 //! Exits non-zero if the sandbox is more than 1.25x native on the Mandelbrot tiles.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use rjs_compute::job::TaskSpec;
 use rjs_compute::sandbox::{Sandbox, SandboxConfig};
 use rjs_signer::answer::Ending;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
+#[path = "../tests/support/mod.rs"]
+mod support;
 
 fn task(job: &str, index: u32) -> TaskSpec {
-    TaskSpec::from_unpacked_sample(&root().join("target/rjs-samples").join(job), index)
+    TaskSpec::from_unpacked_sample(&rjs_harness::paths::sample(job), index)
 }
 
 fn main() {
-    let status = Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "--quiet",
-            "--release",
-            "-p",
-            "rjs-sample-mandelbrot",
-        ])
-        .current_dir(root())
-        .status()
-        .expect("cargo build");
-    assert!(status.success(), "building the native Mandelbrot");
-    let native = root().join("target/release/mandelbrot");
+    let native = support::build_native_mandelbrot(true);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -68,14 +54,7 @@ fn main() {
         for _ in 0..3 {
             let d = tempfile::tempdir().expect("tempdir");
             let t = Instant::now();
-            let out = Command::new(&native)
-                .args(["1024", "1024", "1000"])
-                .env("RJS_TASK_INDEX", i.to_string())
-                .env("RJS_TASK_COUNT", "8")
-                .current_dir(d.path())
-                .output()
-                .expect("native mandelbrot");
-            assert!(out.status.success());
+            support::run_native_tile(&native, i, d.path());
             best_native = best_native.min(t.elapsed().as_micros());
             let (r, timings) = run(task("mandelbrot", i));
             assert_eq!(r.ending, Ending::Exit { code: 0 });

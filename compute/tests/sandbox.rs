@@ -16,6 +16,8 @@ use rjs_harness::paths;
 use rjs_signer::Limits;
 use rjs_signer::answer::{Ending, LimitKind};
 
+mod support;
+
 const BIN: &str = env!("CARGO_BIN_EXE_rjs-compute");
 
 fn samples_dir() -> PathBuf {
@@ -74,6 +76,32 @@ async fn node(slots: usize) -> Node {
 async fn run(sandbox: &Sandbox, task: TaskSpec) -> TaskResult {
     let slot = sandbox.acquire().await.expect("a slot");
     sandbox.run(slot, task).await
+}
+
+/// [`run`], printing the result as `what` with the time it took.
+async fn run_printed(sandbox: &Sandbox, what: &str, task: TaskSpec) -> (TaskResult, Duration) {
+    let t0 = Instant::now();
+    let r = run(sandbox, task).await;
+    let elapsed = t0.elapsed();
+    println!("{what}: {r:?} after {elapsed:?}");
+    (r, elapsed)
+}
+
+/// Hello's task 0 with its limits changed by `set`, run on `node` and printed as
+/// `hello with <what>`.
+async fn run_hello_with(node: &Node, what: &str, set: impl FnOnce(&mut Limits)) -> TaskResult {
+    let mut task = sample_task("hello", 0);
+    set(&mut task.limits);
+    let r = run(&node.sandbox, task).await;
+    println!("hello with {what}: {:?} {:?}", r.ending, r.limits_hit);
+    r
+}
+
+/// The sample `evil-loop` (it spins forever) with a CPU-time limit of `time_ms`.
+fn evil_loop(time_ms: u64) -> TaskSpec {
+    let mut task = sample_task("evil-loop", 0);
+    task.limits.time_ms = time_ms;
+    task
 }
 
 /// Nothing of any task is left in a scratch directory: it holds only the slots' `slot-<i>`
@@ -178,13 +206,14 @@ fn probe_module() -> Vec<u8> {
     compile_wasm(&src, "probe")
 }
 
-/// A one-file Rust program (`source`) compiled for wasm32-wasip1 as `<name>.wasm`.
-fn wasm_from_source(name: &str, source: &str) -> Vec<u8> {
+/// The task ([`module_task`]) of a one-file Rust program (`source`) compiled for
+/// wasm32-wasip1 as `<name>.wasm`.
+fn task_from_source(name: &str, source: &str) -> TaskSpec {
     let dir = paths::target_dir().join("rjs-sandbox-probe");
     std::fs::create_dir_all(&dir).unwrap();
     let src = dir.join(format!("{name}.rs"));
     std::fs::write(&src, source).unwrap();
-    compile_wasm(&src, name)
+    module_task(name, compile_wasm(&src, name))
 }
 
 fn compile_wasm(src: &Path, name: &str) -> Vec<u8> {
@@ -401,10 +430,7 @@ async fn evil_loop_is_stopped_at_its_cpu_time_limit() {
     let node = node(1).await;
     let task = sample_task("evil-loop", 0);
     let limit = task.limits.time_ms;
-    let t0 = Instant::now();
-    let r = run(&node.sandbox, task).await;
-    let elapsed = t0.elapsed();
-    println!("evil-loop: {r:?} after {elapsed:?}");
+    let (r, _) = run_printed(&node.sandbox, "evil-loop", task).await;
     assert_stopped_by_cpu(&r, limit);
     assert_eq!(r.limits_hit, [LimitKind::Time]);
     // What it wrote before it was stopped is kept.
@@ -424,8 +450,7 @@ async fn evil_loop_is_stopped_at_its_cpu_time_limit() {
 async fn a_job_starved_of_cpu_is_stopped_by_its_cpu_time_not_the_backstop() {
     use std::sync::atomic::{AtomicBool, Ordering};
     let node = node(1).await;
-    let mut task = sample_task("evil-loop", 0);
-    task.limits.time_ms = 1000;
+    let task = evil_loop(1000);
     let stop = Arc::new(AtomicBool::new(false));
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let hogs: Vec<_> = (0..cores)
@@ -567,8 +592,7 @@ async fn evil_escape_is_blocked() {
 async fn a_dead_worker_is_a_crash_and_is_replaced() {
     let node = node(1).await;
     let sandbox = node.sandbox.clone();
-    let mut task = sample_task("evil-loop", 0);
-    task.limits.time_ms = 30_000;
+    let task = evil_loop(30_000);
     let running = tokio::spawn(async move { run(&sandbox, task).await });
     // Find this node's worker (its cwd is the work dir) and kill it as the kernel's OOM
     // killer would.
@@ -607,13 +631,7 @@ fn worker_pids(work_dir: &Path) -> Vec<i32> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mandelbrot_tiles_are_identical_to_native() {
     // The native build of the same program.
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "--quiet", "-p", "rjs-sample-mandelbrot"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let native = paths::target_dir().join("debug/mandelbrot");
+    let native = support::build_native_mandelbrot(false);
 
     let node = node(2).await;
     let tasks: Vec<_> = (0..8).map(|i| sample_task("mandelbrot", i)).collect();
@@ -645,16 +663,9 @@ async fn mandelbrot_tiles_are_identical_to_native() {
 
         let dir = tempfile::tempdir().unwrap();
         let t = (Instant::now(), t);
-        let out = Command::new(&native)
-            .args(["1024", "1024", "1000"])
-            .env("RJS_TASK_INDEX", i.to_string())
-            .env("RJS_TASK_COUNT", "8")
-            .current_dir(dir.path())
-            .output()
-            .unwrap();
+        let out = support::run_native_tile(&native, i as u32, dir.path());
         native_total += t.0.elapsed();
         sandbox_run += Duration::from_micros(t.1.run_us);
-        assert!(out.status.success());
         assert_eq!(out.stdout, r.stdout, "tile {i} stdout");
         let native_png = std::fs::read(dir.path().join("out").join(&name)).unwrap();
         assert!(
@@ -748,8 +759,7 @@ async fn two_slots_run_two_tasks_at_once() {
     assert_ne!(a.index(), b.index());
     assert!(node.sandbox.try_acquire().is_none(), "no free slot");
     assert_eq!(node.sandbox.busy(), 2);
-    let mut task = sample_task("evil-loop", 0);
-    task.limits.time_ms = 1500;
+    let task = evil_loop(1500);
     let t0 = Instant::now();
     let (ra, rb) = tokio::join!(node.sandbox.run(a, task.clone()), node.sandbox.run(b, task));
     let elapsed = t0.elapsed();
@@ -773,8 +783,7 @@ async fn two_slots_run_two_tasks_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_run_still_ends_and_cleans_up() {
     let node = node(1).await;
-    let mut task = sample_task("evil-loop", 0);
-    task.limits.time_ms = 800;
+    let task = evil_loop(800);
     let slot = node.sandbox.try_acquire().unwrap();
     let t0 = Instant::now();
     let gave_up = tokio::time::timeout(Duration::from_millis(200), node.sandbox.run(slot, task))
@@ -792,13 +801,7 @@ async fn a_dropped_run_still_ends_and_cleans_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stdout_over_its_limit_is_cut_and_reported() {
     let node = node(1).await;
-    let mut task = sample_task("hello", 0);
-    task.limits.stdout_bytes = 5;
-    let r = run(&node.sandbox, task).await;
-    println!(
-        "hello with 5 bytes of stdout: {:?} {:?}",
-        r.ending, r.limits_hit
-    );
+    let r = run_hello_with(&node, "5 bytes of stdout", |l| l.stdout_bytes = 5).await;
     assert_eq!(r.stdout, b"hello");
     assert!(r.limits_hit.contains(&LimitKind::Stdout));
     // Rust's println! panics on the write error: the program aborts (a trap).
@@ -828,18 +831,13 @@ async fn bad_modules_and_small_limits_end_cleanly() {
         "{r:?}"
     );
     // Less memory than the module's initial memory.
-    let mut task = sample_task("hello", 0);
-    task.limits.memory_bytes = Limits::MIN_MEMORY;
-    let r = run(&node.sandbox, task).await;
+    let r = run_hello_with(&node, "the least memory", |l| {
+        l.memory_bytes = Limits::MIN_MEMORY
+    })
+    .await;
     assert_limit(&r, LimitKind::Memory);
     // No output allowed: the write fails inside the job.
-    let mut task = sample_task("hello", 0);
-    task.limits.output_bytes = 0;
-    let r = run(&node.sandbox, task).await;
-    println!(
-        "hello with output_bytes 0: {:?} {:?}",
-        r.ending, r.limits_hit
-    );
+    let r = run_hello_with(&node, "output_bytes 0", |l| l.output_bytes = 0).await;
     assert!(r.limits_hit.contains(&LimitKind::Output), "{r:?}");
     assert!(r.out_files.iter().all(|(_, b)| b.is_empty()));
     assert_hello_works(&node).await;
@@ -848,8 +846,7 @@ async fn bad_modules_and_small_limits_end_cleanly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_ends_running_tasks_and_refuses_new_ones() {
     let node = node(1).await;
-    let mut task = sample_task("evil-loop", 0);
-    task.limits.time_ms = 30_000;
+    let task = evil_loop(30_000);
     let sandbox = node.sandbox.clone();
     let running = tokio::spawn(async move { run(&sandbox, task).await });
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -913,8 +910,7 @@ async fn more_loops_than_cores_each_get_their_cpu_time() {
     cfg.max_memory_bytes = 64 << 20;
     let sandbox = Sandbox::start(cfg).await.unwrap();
     let limit = 1000;
-    let mut task = sample_task("evil-loop", 0);
-    task.limits.time_ms = limit;
+    let task = evil_loop(limit);
     // Warm the module cache (one compile), so that every slot starts at once.
     let r = run(
         &sandbox,
@@ -965,7 +961,7 @@ async fn more_loops_than_cores_each_get_their_cpu_time() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sleeping_job_is_stopped_by_the_wall_clock_backstop() {
     let node = node(1).await;
-    let module = wasm_from_source(
+    let sleeper = task_from_source(
         "sleeper",
         r#"fn main() {
     eprintln!("sleeper: sleeping for an hour");
@@ -980,14 +976,11 @@ async fn a_sleeping_job_is_stopped_by_the_wall_clock_backstop() {
             time_ms: limit,
             ..Limits::default()
         },
-        ..module_task("sleeper", module)
+        ..sleeper
     };
     let backstop = rjs_compute::sandbox::wall_limit(limit);
     assert_eq!(backstop, Duration::from_millis(limit + 5000));
-    let t0 = Instant::now();
-    let r = run(&node.sandbox, task).await;
-    let elapsed = t0.elapsed();
-    println!("sleeper: {r:?} after {elapsed:?}");
+    let (r, elapsed) = run_printed(&node.sandbox, "sleeper", task).await;
     assert_limit(&r, LimitKind::Time);
     let message = limit_message(&r);
     assert!(message.starts_with("wall-time: "), "{message}");
@@ -1025,7 +1018,7 @@ fn wall_limit_rule() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_never_sees_an_earlier_tasks_files() {
     let node = node(1).await;
-    let module = wasm_from_source(
+    let lister = task_from_source(
         "lister",
         r#"fn main() {
     let mut names: Vec<String> = std::fs::read_dir("out")
@@ -1040,7 +1033,6 @@ async fn a_task_never_sees_an_earlier_tasks_files() {
 }
 "#,
     );
-    let lister = module_task("lister", module);
     let slot_dir = node.work_dir().join("scratch/slot-0");
     let ino = |p: &Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap());
     let first = ino(&slot_dir);
