@@ -193,145 +193,13 @@ fn author_refusals_are_clear_and_leave_no_trace() {
     let up: api::UploadResponse = r.json().unwrap();
     assert_eq!(up.jobs.len(), 3);
     assert_eq!(up.bundle_id, sha256_hex(&good));
-    // After each refusal: not one row (nonce, bundle, submission, job in any state), blob or
-    // temporary file more than before it.
-    let mut before = trace(&ws);
-    let refused =
-        |before: &Trace, case: &str, r: reqwest::blocking::Response, status, code: &str| {
-            assert_eq!(code_of(r), (status, code.to_owned()), "{case}");
-            assert_eq!(&trace(&ws), before, "{case} left a trace");
-        };
 
-    // Uploading a bundle signed by another author.
-    let bobs = make_bundle(&bob, "bobs", 2);
-    refused(
-        &before,
-        "another author's bundle",
-        upload_raw(&a, &bobs).unwrap(),
-        StatusCode::FORBIDDEN,
-        "signer-mismatch",
-    );
-
-    // An unknown author.
-    let carol = ws.author(rjs_signer::KeyPair::generate()).unwrap();
-    let carols = make_bundle(carol.key(), "carols", 1);
-    refused(
-        &before,
-        "unknown author",
-        upload_raw(&carol, &carols).unwrap(),
-        StatusCode::UNAUTHORIZED,
-        "unknown-author",
-    );
-
-    // A body changed after signing.
-    let other = make_bundle(a.key(), "other", 1);
-    let (rb, _) = a.signed_request(Method::POST, "/api/v1/bundles", other.clone(), now());
-    let tampered = {
-        let mut t = other.clone();
-        let n = t.len() / 2;
-        t[n] ^= 1;
-        t
+    let mut refusals = Refusals {
+        ws: &ws,
+        before: trace(&ws),
     };
-    refused(
-        &before,
-        "tampered body",
-        rb.body(tampered).send().unwrap(),
-        StatusCode::UNAUTHORIZED,
-        "body-mismatch",
-    );
-
-    // A stale timestamp.
-    let (rb, _) = a.signed_request(Method::POST, "/api/v1/bundles", other.clone(), now() - 3600);
-    refused(
-        &before,
-        "stale timestamp",
-        rb.send().unwrap(),
-        StatusCode::UNAUTHORIZED,
-        "stale-timestamp",
-    );
-
-    // A bad signature (signed for another path).
-    let (rb, auth) = a.signed_request(
-        Method::POST,
-        "/api/v1/bundles?resubmit=true",
-        other.clone(),
-        now(),
-    );
-    let mut rb2 = ws
-        .anon_client()
-        .unwrap()
-        .post(ws.url("/api/v1/bundles"))
-        .body(other.clone());
-    for (k, v) in auth.headers() {
-        rb2 = rb2.header(k, v);
-    }
-    drop(rb);
-    refused(
-        &before,
-        "bad signature",
-        rb2.send().unwrap(),
-        StatusCode::UNAUTHORIZED,
-        "bad-signature",
-    );
-
-    // An invalid bundle from a known author: its signature and body hash pass, so this is
-    // the case that used to leave its nonce behind.
-    let mut broken = make_bundle(a.key(), "broken", 1);
-    let n = broken.len() - 30;
-    broken[n] ^= 0xff;
-    let (rb, broken_auth) =
-        a.signed_request(Method::POST, "/api/v1/bundles", broken.clone(), now());
-    refused(
-        &before,
-        "invalid bundle",
-        rb.send().unwrap(),
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "invalid-bundle",
-    );
-
-    // A replayed request: the same signed upload twice. The first is stored; the replay
-    // leaves nothing more.
-    let replay = make_bundle(a.key(), "replay", 2);
-    let (rb, auth) = a.signed_request(Method::POST, "/api/v1/bundles", replay.clone(), now());
-    let first = rb.send().unwrap();
-    assert_eq!(first.status(), StatusCode::CREATED);
-    let after_first = trace(&ws);
-    assert_eq!(after_first.rows.nonces, before.rows.nonces + 1);
-    assert_eq!(after_first.rows.bundles, before.rows.bundles + 1);
-    assert_eq!(after_first.rows.jobs, before.rows.jobs + 2);
-    before = after_first;
-    let mut again = ws
-        .anon_client()
-        .unwrap()
-        .post(ws.url("/api/v1/bundles"))
-        .body(replay.clone());
-    for (k, v) in auth.headers() {
-        again = again.header(k, v);
-    }
-    refused(
-        &before,
-        "replayed upload",
-        again.send().unwrap(),
-        StatusCode::UNAUTHORIZED,
-        "replayed-nonce",
-    );
-    // The refused invalid upload did not use up its nonce: the same signed request is
-    // refused again for what it is, not as a replay.
-    let mut again = ws
-        .anon_client()
-        .unwrap()
-        .post(ws.url("/api/v1/bundles"))
-        .body(broken);
-    for (k, v) in broken_auth.headers() {
-        again = again.header(k, v);
-    }
-    refused(
-        &before,
-        "invalid bundle sent again",
-        again.send().unwrap(),
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "invalid-bundle",
-    );
+    let broken = refusals.of_bad_uploads(&a, &bob);
+    let replay = refusals.of_replays(&a, broken);
 
     // Nothing of the refused requests is in the store: only the good bundle and the replay
     // bundle's first (legitimate) upload.
@@ -346,21 +214,7 @@ fn author_refusals_are_clear_and_leave_no_trace() {
     let b = ws.author(bob).unwrap();
     assert!(b.jobs(None).unwrap().jobs.is_empty());
 
-    // Uploading the same bundle again does not duplicate jobs, unless asked.
-    let r = upload_raw(&a, &good).unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
-    let again: api::UploadResponse = r.json().unwrap();
-    assert!(!again.created);
-    assert_eq!(again.jobs, up.jobs);
-    let (rb, _) = a.signed_request(
-        Method::POST,
-        "/api/v1/bundles?resubmit=true",
-        good.clone(),
-        now(),
-    );
-    let r = rb.send().unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED);
-    assert_eq!(a.jobs(None).unwrap().jobs.len(), 8);
+    same_bundle_again_makes_jobs_only_when_asked(&a, &good, &up);
 
     // A removed author is refused at once.
     ws.admin(&["author", "remove", "bob"]).unwrap();
@@ -378,6 +232,176 @@ fn author_refusals_are_clear_and_leave_no_trace() {
         .terminate(Duration::from_secs(20))
         .unwrap();
     assert_eq!(code, Some(0));
+}
+
+/// Refused author requests, each checked to leave no trace: after each refusal, not one row
+/// (nonce, bundle, submission, job in any state), blob or temporary file more than `before`.
+struct Refusals<'a> {
+    ws: &'a WebServer,
+    before: Trace,
+}
+
+impl Refusals<'_> {
+    fn refused(&self, case: &str, r: reqwest::blocking::Response, status: StatusCode, code: &str) {
+        assert_eq!(code_of(r), (status, code.to_owned()), "{case}");
+        assert_eq!(trace(self.ws), self.before, "{case} left a trace");
+    }
+
+    /// An upload of `bundle` with the headers of `auth`, sent by a client without them.
+    fn upload_with(
+        &self,
+        auth: &rjs_signer::request::RequestAuth,
+        bundle: Vec<u8>,
+    ) -> reqwest::blocking::Response {
+        let mut rb = self
+            .ws
+            .anon_client()
+            .unwrap()
+            .post(self.ws.url("/api/v1/bundles"))
+            .body(bundle);
+        for (k, v) in auth.headers() {
+            rb = rb.header(k, v);
+        }
+        rb.send().unwrap()
+    }
+
+    /// Uploads refused for who signed them or how; returns the invalid bundle from a known
+    /// author and the headers of its (refused) upload.
+    fn of_bad_uploads(
+        &self,
+        a: &AuthorClient,
+        bob: &rjs_signer::KeyPair,
+    ) -> (Vec<u8>, rjs_signer::request::RequestAuth) {
+        // Uploading a bundle signed by another author.
+        let bobs = make_bundle(bob, "bobs", 2);
+        self.refused(
+            "another author's bundle",
+            upload_raw(a, &bobs).unwrap(),
+            StatusCode::FORBIDDEN,
+            "signer-mismatch",
+        );
+
+        // An unknown author.
+        let carol = self.ws.author(rjs_signer::KeyPair::generate()).unwrap();
+        let carols = make_bundle(carol.key(), "carols", 1);
+        self.refused(
+            "unknown author",
+            upload_raw(&carol, &carols).unwrap(),
+            StatusCode::UNAUTHORIZED,
+            "unknown-author",
+        );
+
+        // A body changed after signing.
+        let other = make_bundle(a.key(), "other", 1);
+        let (rb, _) = a.signed_request(Method::POST, "/api/v1/bundles", other.clone(), now());
+        let tampered = {
+            let mut t = other.clone();
+            let n = t.len() / 2;
+            t[n] ^= 1;
+            t
+        };
+        self.refused(
+            "tampered body",
+            rb.body(tampered).send().unwrap(),
+            StatusCode::UNAUTHORIZED,
+            "body-mismatch",
+        );
+
+        // A stale timestamp.
+        let (rb, _) =
+            a.signed_request(Method::POST, "/api/v1/bundles", other.clone(), now() - 3600);
+        self.refused(
+            "stale timestamp",
+            rb.send().unwrap(),
+            StatusCode::UNAUTHORIZED,
+            "stale-timestamp",
+        );
+
+        // A bad signature (signed for another path).
+        let (_, auth) = a.signed_request(
+            Method::POST,
+            "/api/v1/bundles?resubmit=true",
+            other.clone(),
+            now(),
+        );
+        self.refused(
+            "bad signature",
+            self.upload_with(&auth, other),
+            StatusCode::UNAUTHORIZED,
+            "bad-signature",
+        );
+
+        // An invalid bundle from a known author: its signature and body hash pass, so this is
+        // the case that used to leave its nonce behind.
+        let mut broken = make_bundle(a.key(), "broken", 1);
+        let n = broken.len() - 30;
+        broken[n] ^= 0xff;
+        let (rb, broken_auth) =
+            a.signed_request(Method::POST, "/api/v1/bundles", broken.clone(), now());
+        self.refused(
+            "invalid bundle",
+            rb.send().unwrap(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-bundle",
+        );
+        (broken, broken_auth)
+    }
+
+    /// A replayed request: the same signed upload twice. The first is stored; the replay
+    /// leaves nothing more. And the refused invalid upload `broken` (sent with `auth`) did not
+    /// use up its nonce. Returns the bundle replayed.
+    fn of_replays(
+        &mut self,
+        a: &AuthorClient,
+        (broken, auth): (Vec<u8>, rjs_signer::request::RequestAuth),
+    ) -> Vec<u8> {
+        let replay = make_bundle(a.key(), "replay", 2);
+        let (rb, replay_auth) =
+            a.signed_request(Method::POST, "/api/v1/bundles", replay.clone(), now());
+        let first = rb.send().unwrap();
+        assert_eq!(first.status(), StatusCode::CREATED);
+        let after_first = trace(self.ws);
+        assert_eq!(after_first.rows.nonces, self.before.rows.nonces + 1);
+        assert_eq!(after_first.rows.bundles, self.before.rows.bundles + 1);
+        assert_eq!(after_first.rows.jobs, self.before.rows.jobs + 2);
+        self.before = after_first;
+        self.refused(
+            "replayed upload",
+            self.upload_with(&replay_auth, replay.clone()),
+            StatusCode::UNAUTHORIZED,
+            "replayed-nonce",
+        );
+        // The same signed request is refused again for what it is, not as a replay.
+        self.refused(
+            "invalid bundle sent again",
+            self.upload_with(&auth, broken),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-bundle",
+        );
+        replay
+    }
+}
+
+/// Uploading the same bundle again does not duplicate jobs, unless asked.
+fn same_bundle_again_makes_jobs_only_when_asked(
+    a: &AuthorClient,
+    good: &[u8],
+    first: &api::UploadResponse,
+) {
+    let r = upload_raw(a, good).unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let again: api::UploadResponse = r.json().unwrap();
+    assert!(!again.created);
+    assert_eq!(again.jobs, first.jobs);
+    let (rb, _) = a.signed_request(
+        Method::POST,
+        "/api/v1/bundles?resubmit=true",
+        good.to_vec(),
+        now(),
+    );
+    let r = rb.send().unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert_eq!(a.jobs(None).unwrap().jobs.len(), 8);
 }
 
 /// One request of the lookup API: method, path, headers, body.
@@ -857,30 +881,146 @@ fn leases_come_back(
     );
 }
 
-/// Leases up to `max` jobs for 5 s (crash tests) and adds them to `held`; None once the
-/// server is gone.
-fn lease_and_hold(
-    c: &reqwest::blocking::Client,
-    ws_url: &str,
-    max: u32,
-    held: &Mutex<HashSet<i64>>,
-) -> Option<Vec<api::Lease>> {
-    let r = c
-        .post(format!("{ws_url}/lookup/v1/lease"))
-        .json(&json!({"max": max, "lease_secs": 5}))
-        .send()
-        .ok()?;
-    let leases = r.json::<api::LeaseResponse>().ok()?.leases;
-    held.lock().unwrap().extend(leases.iter().map(|l| l.job_id));
-    Some(leases)
+/// What the load threads of a SIGKILL test share: the author and lookup clients, the stop
+/// flag, the answers acknowledged and the jobs held.
+#[derive(Clone)]
+struct Load {
+    author: Arc<AuthorClient>,
+    lookup: reqwest::blocking::Client,
+    /// `https://ADDR`.
+    url: String,
+    stop: Arc<AtomicBool>,
+    /// Answers the server acknowledged as stored, with what was sent.
+    acked: Arc<Mutex<Vec<(i64, Vec<u8>)>>>,
+    /// Jobs leased and not (yet) acknowledged as answered.
+    held: Arc<Mutex<HashSet<i64>>>,
 }
 
-/// Restarts a killed server on the same data and address; returns the temporary files left
-/// (cleaned at start-up).
-fn restart_after_kill(ws: &mut WebServer, addr: String) -> usize {
-    ws.addr = addr;
-    ws.start().unwrap();
-    tmp_files(ws)
+impl Load {
+    /// Runs `round` in a thread again and again until the test stops the load or `round`
+    /// returns false (the server is gone).
+    fn spawn(
+        &self,
+        mut round: impl FnMut(&Load) -> bool + Send + 'static,
+    ) -> std::thread::JoinHandle<()> {
+        let load = self.clone();
+        std::thread::spawn(move || while !load.stop.load(Ordering::SeqCst) && round(&load) {})
+    }
+
+    /// Leases up to `max` jobs for 5 s and adds them to the held jobs; None once the server is
+    /// gone.
+    fn lease(&self, max: u32) -> Option<Vec<api::Lease>> {
+        let r = self
+            .lookup
+            .post(format!("{}/lookup/v1/lease", self.url))
+            .json(&json!({"max": max, "lease_secs": 5}))
+            .send()
+            .ok()?;
+        let leases = r.json::<api::LeaseResponse>().ok()?.leases;
+        let mut held = self.held.lock().unwrap();
+        held.extend(leases.iter().map(|l| l.job_id));
+        Some(leases)
+    }
+
+    /// Records answers the server acknowledged: no longer held, to be found after the kill.
+    fn acknowledged(&self, answers: Vec<(i64, Vec<u8>)>) {
+        let mut held = self.held.lock().unwrap();
+        for (job, _) in &answers {
+            held.remove(job);
+        }
+        self.acked.lock().unwrap().extend(answers);
+    }
+}
+
+/// An answer of job `job`: `len` bytes starting `answer for JOB `.
+fn answer_body(job: i64, len: usize) -> Vec<u8> {
+    let mut body = format!("answer for {job} ").into_bytes();
+    body.resize(len, b'x');
+    body
+}
+
+/// A SIGKILL test: a web server (started with `extra_args`) with the author alice and the
+/// lookup lab, and the load run against it.
+struct CrashRig {
+    ws: WebServer,
+    addr: String,
+    load: Load,
+}
+
+impl CrashRig {
+    fn start(extra_args: &[&str]) -> CrashRig {
+        let mut ws = WebServer::init().unwrap();
+        ws.extra_args = extra_args.iter().map(|s| s.to_string()).collect();
+        let alice = ws.add_author("alice").unwrap();
+        let creds = ws.add_lookup("lab").unwrap();
+        ws.start().unwrap();
+        let addr = ws.addr.clone();
+        let load = Load {
+            author: Arc::new(ws.author(alice).unwrap()),
+            lookup: ws.lookup_client(&creds).unwrap(),
+            url: format!("https://{addr}"),
+            stop: Arc::default(),
+            acked: Arc::default(),
+            held: Arc::default(),
+        };
+        CrashRig { ws, addr, load }
+    }
+
+    fn author(&self) -> &AuthorClient {
+        &self.load.author
+    }
+
+    /// SIGKILLs the server, stops the load and waits for its threads; returns the answers
+    /// acknowledged and the jobs held at the kill.
+    fn kill(
+        &mut self,
+        threads: Vec<std::thread::JoinHandle<()>>,
+    ) -> (Vec<(i64, Vec<u8>)>, HashSet<i64>) {
+        self.ws.kill9();
+        self.load.stop.store(true, Ordering::SeqCst);
+        for t in threads {
+            t.join().unwrap();
+        }
+        let acked = self.load.acked.lock().unwrap().clone();
+        let held = self.load.held.lock().unwrap().clone();
+        (acked, held)
+    }
+
+    /// Checks the store as the kill left it ([`check_store_after_crash`]), then restarts the
+    /// server on the same data and address: the temporary files are cleaned at start-up.
+    /// Returns how many the kill left.
+    fn check_and_restart(&mut self) -> usize {
+        let leftovers = check_store_after_crash(&self.ws);
+        self.ws.addr = self.addr.clone();
+        self.ws.start().unwrap();
+        assert_eq!(
+            tmp_files(&self.ws),
+            0,
+            "half-written files are cleaned at start-up"
+        );
+        leftovers
+    }
+
+    /// Every acknowledged answer is there, intact.
+    fn assert_answers_kept(&self, acked: &[(i64, Vec<u8>)]) {
+        for (job, body) in acked {
+            let r = get_answer(self.author(), *job);
+            assert_eq!(
+                r.status(),
+                StatusCode::OK,
+                "acknowledged answer for job {job} lost"
+            );
+            assert!(
+                r.bytes().unwrap()[..] == body[..],
+                "answer for job {job} intact"
+            );
+        }
+    }
+
+    /// See [`leases_come_back`].
+    fn leases_come_back(&self, held: &HashSet<i64>) {
+        leases_come_back(&self.ws, self.author(), &self.load.lookup, held);
+    }
 }
 
 /// The author's request for the answer of `job`.
@@ -894,93 +1034,8 @@ fn get_answer(a: &AuthorClient, job: i64) -> reqwest::blocking::Response {
     rb.send().unwrap()
 }
 
-#[test]
-fn sigkill_during_uploads_and_answers_loses_nothing_acknowledged() {
-    let mut ws = WebServer::init().unwrap();
-    // Leases left to expire come back again and again: no job may fail for that here.
-    ws.extra_args = vec!["--max-attempts".into(), "1000".into()];
-    let alice = ws.add_author("alice").unwrap();
-    let creds = ws.add_lookup("lab").unwrap();
-    ws.start().unwrap();
-    let addr = ws.addr.clone();
-    let a = Arc::new(ws.author(alice).unwrap());
-    let c = ws.lookup_client(&creds).unwrap();
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let acked_uploads: Arc<Mutex<Vec<String>>> = Arc::default();
-    type Acked = Arc<Mutex<Vec<(i64, Vec<u8>)>>>;
-    let acked_answers: Acked = Arc::default();
-    // Jobs leased and not (yet) acknowledged as answered.
-    let held: Arc<Mutex<HashSet<i64>>> = Arc::default();
-    const TASKS: u32 = 20;
-    // Two uploaders, so that an upload is nearly always being received when the kill comes.
-    let uploaders: Vec<_> = (0..2)
-        .map(|_| {
-            let (a, stop, acked) = (a.clone(), stop.clone(), acked_uploads.clone());
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::SeqCst) {
-                    // A few MiB of incompressible data: the kill can land mid-write.
-                    let b = big_bundle(a.key(), "crash", TASKS, 3 * 1024 * 1024);
-                    match upload_raw(&a, &b) {
-                        Ok(r) if r.status() == StatusCode::CREATED => {
-                            acked.lock().unwrap().push(sha256_hex(&b))
-                        }
-                        Ok(r) => panic!("unexpected status {}", r.status()),
-                        Err(_) => break,
-                    }
-                }
-            })
-        })
-        .collect();
-    let answerer = {
-        let (stop, acked, held, ws_url, c) = (
-            stop.clone(),
-            acked_answers.clone(),
-            held.clone(),
-            format!("https://{addr}"),
-            c.clone(),
-        );
-        std::thread::spawn(move || {
-            let mut n = 0usize;
-            while !stop.load(Ordering::SeqCst) {
-                let Some(leases) = lease_and_hold(&c, &ws_url, 5, &held) else {
-                    return;
-                };
-                for l in leases {
-                    if l.job_id % 5 == 0 {
-                        continue; // kept leased, unanswered: it must come back after the kill
-                    }
-                    n += 1;
-                    // Small answers (kept in the database) and, now and then, one for the
-                    // blob store.
-                    let len = if n.is_multiple_of(3) {
-                        600 * 1024
-                    } else {
-                        4096
-                    };
-                    let mut body = format!("answer for {} ", l.job_id).into_bytes();
-                    body.resize(len, b'x');
-                    match c
-                        .put(format!("{ws_url}/lookup/v1/jobs/{}/answer", l.job_id))
-                        .header(api::H_OUTCOME, "exit 0")
-                        .header(api::H_NODE, "n")
-                        .body(body.clone())
-                        .send()
-                    {
-                        Ok(r) if r.status() == StatusCode::CREATED => {
-                            held.lock().unwrap().remove(&l.job_id);
-                            acked.lock().unwrap().push((l.job_id, body))
-                        }
-                        Ok(r) => panic!("unexpected status {}", r.status()),
-                        Err(_) => return,
-                    }
-                }
-            }
-        })
-    };
-    // After 2 s of load, kill the server the moment an upload is being written (a
-    // temporary file with data in it), so that the kill lands mid-write.
-    std::thread::sleep(Duration::from_millis(2000));
+/// Waits (up to 5 s) until an upload is being written (a temporary file with data in it).
+fn wait_for_an_upload_being_written(ws: &WebServer) {
     let writing = || {
         std::fs::read_dir(ws.data().join("blobs").join("tmp"))
             .into_iter()
@@ -992,15 +1047,72 @@ fn sigkill_during_uploads_and_answers_loses_nothing_acknowledged() {
     while !writing() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_micros(200));
     }
-    ws.kill9();
-    stop.store(true, Ordering::SeqCst);
-    for u in uploaders {
-        u.join().unwrap();
-    }
-    answerer.join().unwrap();
+}
+
+#[test]
+fn sigkill_during_uploads_and_answers_loses_nothing_acknowledged() {
+    // Leases left to expire come back again and again: no job may fail for that here.
+    let mut rig = CrashRig::start(&["--max-attempts", "1000"]);
+    let acked_uploads: Arc<Mutex<Vec<String>>> = Arc::default();
+    const TASKS: u32 = 20;
+    // Two uploaders, so that an upload is nearly always being received when the kill comes.
+    let mut threads: Vec<_> = (0..2)
+        .map(|_| {
+            let acked = acked_uploads.clone();
+            rig.load.spawn(move |load| {
+                // A few MiB of incompressible data: the kill can land mid-write.
+                let b = big_bundle(load.author.key(), "crash", TASKS, 3 * 1024 * 1024);
+                match upload_raw(&load.author, &b) {
+                    Ok(r) if r.status() == StatusCode::CREATED => {
+                        acked.lock().unwrap().push(sha256_hex(&b));
+                        true
+                    }
+                    Ok(r) => panic!("unexpected status {}", r.status()),
+                    Err(_) => false,
+                }
+            })
+        })
+        .collect();
+    let mut n = 0usize;
+    threads.push(rig.load.spawn(move |load| {
+        let Some(leases) = load.lease(5) else {
+            return false;
+        };
+        for l in leases {
+            if l.job_id % 5 == 0 {
+                continue; // kept leased, unanswered: it must come back after the kill
+            }
+            n += 1;
+            // Small answers (kept in the database) and, now and then, one for the blob store.
+            let len = if n.is_multiple_of(3) {
+                600 * 1024
+            } else {
+                4096
+            };
+            let body = answer_body(l.job_id, len);
+            match load
+                .lookup
+                .put(format!("{}/lookup/v1/jobs/{}/answer", load.url, l.job_id))
+                .header(api::H_OUTCOME, "exit 0")
+                .header(api::H_NODE, "n")
+                .body(body.clone())
+                .send()
+            {
+                Ok(r) if r.status() == StatusCode::CREATED => {
+                    load.acknowledged(vec![(l.job_id, body)])
+                }
+                Ok(r) => panic!("unexpected status {}", r.status()),
+                Err(_) => return false,
+            }
+        }
+        true
+    }));
+    // After 2 s of load, kill the server the moment an upload is being written, so that the
+    // kill lands mid-write.
+    std::thread::sleep(Duration::from_millis(2000));
+    wait_for_an_upload_being_written(&rig.ws);
+    let (acked_answers, held) = rig.kill(threads);
     let acked_uploads = acked_uploads.lock().unwrap().clone();
-    let acked_answers = acked_answers.lock().unwrap().clone();
-    let held = held.lock().unwrap().clone();
     assert!(
         acked_uploads.len() >= 3,
         "the load ran ({} uploads acknowledged)",
@@ -1008,21 +1120,15 @@ fn sigkill_during_uploads_and_answers_loses_nothing_acknowledged() {
     );
     assert!(!acked_answers.is_empty(), "the load ran (answers)");
 
-    // Down: the database and the blob store are consistent as the kill left them.
-    let leftovers = check_store_after_crash(&ws);
+    // Down: the database and the blob store are consistent as the kill left them; restart on
+    // the same data: temporary files are cleaned at start.
+    let leftovers = rig.check_and_restart();
     eprintln!(
         "{} uploads and {} answers acknowledged; the kill left {leftovers} temporary file(s)",
         acked_uploads.len(),
         acked_answers.len()
     );
-
-    // Restart on the same data: temporary files are cleaned at start.
-    assert_eq!(
-        restart_after_kill(&mut ws, addr),
-        0,
-        "half-written files are cleaned at start-up"
-    );
-    let jobs = a.jobs(None).unwrap().jobs;
+    let jobs = rig.author().jobs(None).unwrap().jobs;
     let bundles: HashSet<&str> = jobs.iter().map(|j| j.bundle_id.as_str()).collect();
     for id in &acked_uploads {
         assert!(
@@ -1030,117 +1136,77 @@ fn sigkill_during_uploads_and_answers_loses_nothing_acknowledged() {
             "acknowledged upload {id} lost"
         );
     }
-    for (job, body) in &acked_answers {
-        let r = get_answer(&a, *job);
-        assert_eq!(
-            r.status(),
-            StatusCode::OK,
-            "acknowledged answer for job {job} lost"
-        );
-        assert!(r.bytes().unwrap()[..] == body[..], "answer of job {job}");
-    }
+    rig.assert_answers_kept(&acked_answers);
     // No job lost: each recorded bundle has its jobs; those leased at the kill come back.
     assert_eq!(jobs.len(), TASKS as usize * bundles.len());
-    leases_come_back(&ws, &a, &c, &held);
+    rig.leases_come_back(&held);
 }
 
 #[test]
 fn sigkill_during_answer_batches_loses_nothing_acknowledged() {
-    let mut ws = WebServer::init().unwrap();
-    let alice = ws.add_author("alice").unwrap();
-    let creds = ws.add_lookup("lab").unwrap();
-    ws.start().unwrap();
-    let addr = ws.addr.clone();
-    let a = ws.author(alice).unwrap();
+    let mut rig = CrashRig::start(&[]);
+    let a = rig.author();
     assert_eq!(
-        upload_raw(&a, &make_bundle(a.key(), "many", 20_000))
+        upload_raw(a, &make_bundle(a.key(), "many", 20_000))
             .unwrap()
             .status(),
         StatusCode::CREATED
     );
-    let c = ws.lookup_client(&creds).unwrap();
-
-    type Acked = Arc<Mutex<Vec<(i64, Vec<u8>)>>>;
-    let acked: Acked = Arc::default();
-    let held: Arc<Mutex<HashSet<i64>>> = Arc::default();
-    let stop = Arc::new(AtomicBool::new(false));
-    let poster = {
-        let (stop, acked, held, url, c) = (
-            stop.clone(),
-            acked.clone(),
-            held.clone(),
-            format!("https://{addr}"),
-            c.clone(),
+    let mut n = 0usize;
+    let poster = rig.load.spawn(move |load| {
+        let Some(leases) = load.lease(16) else {
+            return false;
+        };
+        let mut body = Vec::new();
+        let mut answers = Vec::new();
+        for l in leases {
+            n += 1;
+            // Mostly small answers (kept inline), now and then one for the blob store.
+            let len = if n.is_multiple_of(16) {
+                300 * 1024
+            } else {
+                4096
+            };
+            let bytes = answer_body(l.job_id, len);
+            let h = api::AnswerBatchHeader {
+                job_id: l.job_id,
+                outcome: "exit 0".into(),
+                node: "n".into(),
+                size: bytes.len() as u64,
+            };
+            api::encode_answer_record(&mut body, &h, &bytes).unwrap();
+            answers.push((l.job_id, bytes));
+        }
+        let r = match load
+            .lookup
+            .post(format!("{}/lookup/v1/answers", load.url))
+            .header("content-type", api::ANSWERS_CONTENT_TYPE)
+            .body(body)
+            .send()
+        {
+            Ok(r) => r,
+            Err(_) => return false,
+        };
+        assert_eq!(r.status(), StatusCode::OK);
+        let Ok(res) = r.json::<api::AnswerBatchResponse>() else {
+            return false; // killed while sending the response
+        };
+        assert!(
+            res.results
+                .iter()
+                .all(|r| r.status == api::AnswerBatchStatus::Stored)
         );
-        std::thread::spawn(move || {
-            let mut n = 0usize;
-            while !stop.load(Ordering::SeqCst) {
-                let Some(leases) = lease_and_hold(&c, &url, 16, &held) else {
-                    return;
-                };
-                let mut body = Vec::new();
-                let mut answers = Vec::new();
-                for l in leases {
-                    n += 1;
-                    // Mostly small answers (kept inline), now and then one for the blob store.
-                    let len = if n.is_multiple_of(16) {
-                        300 * 1024
-                    } else {
-                        4096
-                    };
-                    let mut bytes = format!("answer for {} ", l.job_id).into_bytes();
-                    bytes.resize(len, b'x');
-                    let h = api::AnswerBatchHeader {
-                        job_id: l.job_id,
-                        outcome: "exit 0".into(),
-                        node: "n".into(),
-                        size: bytes.len() as u64,
-                    };
-                    api::encode_answer_record(&mut body, &h, &bytes).unwrap();
-                    answers.push((l.job_id, bytes));
-                }
-                let r = match c
-                    .post(format!("{url}/lookup/v1/answers"))
-                    .header("content-type", api::ANSWERS_CONTENT_TYPE)
-                    .body(body)
-                    .send()
-                {
-                    Ok(r) => r,
-                    Err(_) => return,
-                };
-                assert_eq!(r.status(), StatusCode::OK);
-                let Ok(res) = r.json::<api::AnswerBatchResponse>() else {
-                    return; // killed while sending the response
-                };
-                assert!(
-                    res.results
-                        .iter()
-                        .all(|r| r.status == api::AnswerBatchStatus::Stored)
-                );
-                let mut h = held.lock().unwrap();
-                for (job, _) in &answers {
-                    h.remove(job);
-                }
-                acked.lock().unwrap().extend(answers);
-            }
-        })
-    };
+        load.acknowledged(answers);
+        true
+    });
     std::thread::sleep(Duration::from_millis(2500));
-    ws.kill9();
-    stop.store(true, Ordering::SeqCst);
-    poster.join().unwrap();
-    let acked = acked.lock().unwrap().clone();
-    let held = held.lock().unwrap().clone();
+    let (acked, held) = rig.kill(vec![poster]);
     assert!(acked.len() >= 32, "the load ran ({} answers)", acked.len());
 
-    let leftovers = check_store_after_crash(&ws);
+    let leftovers = rig.check_and_restart();
     eprintln!("the kill left {leftovers} temporary file(s)");
-    assert_eq!(
-        restart_after_kill(&mut ws, addr),
-        0,
-        "half-written files are cleaned at start-up"
-    );
-    let done = a
+    let done = rig
+        .author()
         .jobs(None)
         .unwrap()
         .jobs
@@ -1152,19 +1218,8 @@ fn sigkill_during_answer_batches_loses_nothing_acknowledged() {
         "{done} done, {} acknowledged",
         acked.len()
     );
-    for (job, body) in &acked {
-        let r = get_answer(&a, *job);
-        assert_eq!(
-            r.status(),
-            StatusCode::OK,
-            "acknowledged answer for job {job} lost"
-        );
-        assert!(
-            r.bytes().unwrap()[..] == body[..],
-            "answer for job {job} intact"
-        );
-    }
-    leases_come_back(&ws, &a, &c, &held);
+    rig.assert_answers_kept(&acked);
+    rig.leases_come_back(&held);
 }
 
 #[test]
