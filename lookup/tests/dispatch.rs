@@ -155,57 +155,30 @@ fn offer(job: &str, key: &KeyPair, job_id: i64) -> JobOffer {
     }
 }
 
-/// `rjs-compute serve` on 127.0.0.1 named `id`, killed when dropped.
-struct Node {
-    node: ComputeNode,
-    id: String,
-    mflops: u64,
+/// `rjs-compute serve` on 127.0.0.1 named `id` at `mflops`, trusting `trusted`; killed when
+/// dropped.
+fn start_node(ca: &Ca, id: &str, mflops: u64, trusted: Option<&KeyPair>) -> ComputeNode {
+    ComputeNode::start(
+        ca,
+        &ca.node_cert_for(id),
+        NodeSetup {
+            trusted: trusted.as_slice(),
+            node_id: Some(id),
+            mflops: Some(mflops),
+            ..Default::default()
+        },
+    )
+    .unwrap_or_else(|e| panic!("starting node {id}: {e:#}"))
 }
 
-impl std::ops::Deref for Node {
-    type Target = ComputeNode;
-    fn deref(&self) -> &ComputeNode {
-        &self.node
-    }
-}
-
-impl std::ops::DerefMut for Node {
-    fn deref_mut(&mut self) -> &mut ComputeNode {
-        &mut self.node
-    }
-}
-
-impl Node {
-    fn start(ca: &Ca, id: &str, mflops: u64, trusted: Option<&KeyPair>) -> Node {
-        let node = ComputeNode::start(
-            ca,
-            &ca.node_cert_for(id),
-            NodeSetup {
-                trusted: trusted.as_slice(),
-                node_id: Some(id),
-                mflops: Some(mflops),
-                ..Default::default()
-            },
-        )
-        .unwrap_or_else(|e| panic!("starting node {id}: {e:#}"));
-        Node {
-            node,
-            id: id.to_owned(),
-            mflops,
-        }
-    }
-
-    fn view(&self) -> NodeView {
-        NodeView {
-            node_id: self.id.as_str().into(),
-            addresses: vec![self.addr.ip()],
-            port: self.addr.port(),
-            mflops: self.mflops,
-            free_slots: 1,
-            total_slots: 1,
-            groups: vec!["/compute".into()],
-            age_ms: 0,
-        }
+/// How discovery sees a node of [`start_node`]: one free slot, group `/compute`, at its
+/// address.
+fn view_of(node: &ComputeNode) -> NodeView {
+    let id = node.node_id.as_deref().expect("a node started with an id");
+    NodeView {
+        addresses: vec![node.addr.ip()],
+        port: node.addr.port(),
+        ..view(id, node.mflops, 1, &["/compute"])
     }
 }
 
@@ -244,9 +217,9 @@ async fn dispatch_limited(
 async fn refused_by_the_fastest_then_runs_on_the_trusting_node() {
     let author = KeyPair::generate();
     let ca = Ca::new("RJS dispatch test CA");
-    let fast = Node::start(&ca, "fast-untrusting", 5000, None);
-    let slow = Node::start(&ca, "slow-trusting", 1000, Some(&author));
-    let nodes = vec![slow.view(), fast.view()];
+    let fast = start_node(&ca, "fast-untrusting", 5000, None);
+    let slow = start_node(&ca, "slow-trusting", 1000, Some(&author));
+    let nodes = vec![view_of(&slow), view_of(&fast)];
     let s = Scheduler;
     assert_eq!(
         s.pick("/compute", &nodes, &HashSet::new())
@@ -337,10 +310,15 @@ async fn refused_by_the_fastest_then_runs_on_the_trusting_node() {
 async fn a_node_killed_mid_job_is_lost() {
     let author = KeyPair::generate();
     let ca = Ca::new("RJS dispatch test CA");
-    let mut node = Node::start(&ca, "doomed", 1000, Some(&author));
+    let mut node = start_node(&ca, "doomed", 1000, Some(&author));
     let job = offer("evil-loop", &author, 7); // 2 s time limit
-    let nodes = [node.view()];
+    let nodes = [view_of(&node)];
     let mut pool = NodePool::new(ca.lookup_tls());
+    // Each dispatch with a 2 s task limit and no refusals yet.
+    let mut dispatch_2s = async |what: &str| {
+        let limit = Duration::from_secs(2);
+        dispatch_limited(what, &mut pool, &nodes, &job, limit, &mut HashMap::new()).await
+    };
     let pid = node.proc.child.id();
     let killer = std::thread::spawn(move || {
         // While the loop runs (it would end 2 s after it was accepted).
@@ -348,22 +326,14 @@ async fn a_node_killed_mid_job_is_lost() {
         let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
     });
     let t0 = std::time::Instant::now();
-    let placed = dispatch_limited(
-        "the killed node's job",
-        &mut pool,
-        &nodes,
-        &job,
-        Duration::from_secs(2),
-        &mut HashMap::new(),
-    )
-    .await;
+    let placed = dispatch_2s("the killed node's job").await;
     killer.join().unwrap();
     let _ = node.proc.child.wait();
     assert_eq!(placed, Placement::NodeLost("doomed".into()));
     assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
 
     // A client to the dead node: unreachable, not lost (nothing was offered).
-    let mut client = NodeClient::new(node.id.clone(), node.addr, ca.lookup_tls());
+    let mut client = NodeClient::new("doomed", node.addr, ca.lookup_tls());
     let r = bounded(
         "connecting to a dead node",
         30,
@@ -372,14 +342,6 @@ async fn a_node_killed_mid_job_is_lost() {
     .await;
     assert!(matches!(r, Err(DispatchError::Unreachable { .. })), "{r:?}");
     assert!(!client.connected());
-    let placed = dispatch_limited(
-        "dispatch to a dead node",
-        &mut pool,
-        &nodes,
-        &job,
-        Duration::from_secs(2),
-        &mut HashMap::new(),
-    )
-    .await;
+    let placed = dispatch_2s("dispatch to a dead node").await;
     assert!(matches!(placed, Placement::Unplaced(_)), "{placed:?}");
 }

@@ -68,6 +68,10 @@ pub struct ComputeNode {
     pub data: PathBuf,
     pub addr: SocketAddr,
     pub proc: Managed,
+    /// The `--node-id` it was started with ([`NodeSetup::node_id`]).
+    pub node_id: Option<String>,
+    /// Its stored benchmark result ([`NodeSetup::mflops`]).
+    pub mflops: u64,
 }
 
 impl ComputeNode {
@@ -87,7 +91,8 @@ impl ComputeNode {
         if let Some(toml) = setup.toml {
             std::fs::write(data.join("node.toml"), toml)?;
         }
-        store_bench(&data, setup.mflops.unwrap_or(1000) as f64)?;
+        let mflops = setup.mflops.unwrap_or(1000);
+        store_bench(&data, mflops as f64)?;
         for (i, author) in setup.trusted.iter().enumerate() {
             trust_author(&data, author, &format!("author{i}"))?;
         }
@@ -123,6 +128,8 @@ impl ComputeNode {
             data,
             addr,
             proc,
+            node_id: setup.node_id.map(str::to_owned),
+            mflops,
         })
     }
 

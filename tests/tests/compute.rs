@@ -57,6 +57,15 @@ impl Node {
         Ok(Node { node, ca, lookup })
     }
 
+    /// A node trusting `author`.
+    fn trusting(author: &KeyPair) -> Node {
+        Node::start(NodeSetup {
+            trusted: &[author],
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
     /// A node started with `extra` flags besides those of [`ComputeNode::start`].
     fn start_with(setup: NodeSetup<'_>, extra: &[&str]) -> Result<Node> {
         Node::start(NodeSetup {
@@ -186,6 +195,13 @@ impl Conn {
         }
     }
 
+    /// [`Conn::offer`] within 30 s (`what` names it if not).
+    async fn offer_within(&mut self, what: &str, bundle: &[u8], task: u32, job_id: i64) -> Offered {
+        bounded(what, 30, self.offer(bundle, task, job_id))
+            .await
+            .unwrap()
+    }
+
     async fn offer(&mut self, bundle: &[u8], task: u32, job_id: i64) -> Result<Offered> {
         self.offer_as(
             bundle,
@@ -309,11 +325,7 @@ fn native_tile(task: u32) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trusted_mandelbrot_runs_and_the_bundle_is_sent_once() {
     let author = KeyPair::generate();
-    let mut node = Node::start(NodeSetup {
-        trusted: &[&author],
-        ..Default::default()
-    })
-    .unwrap();
+    let mut node = Node::trusting(&author);
     let bundle = pack("mandelbrot", &author);
     let sha = sha256_hex(&bundle);
     let native = tokio::task::spawn_blocking(|| native_tile(5));
@@ -367,11 +379,7 @@ async fn trusted_mandelbrot_runs_and_the_bundle_is_sent_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tampered_bundle_is_refused_and_nothing_runs() {
     let author = KeyPair::generate();
-    let node = Node::start(NodeSetup {
-        trusted: &[&author],
-        ..Default::default()
-    })
-    .unwrap();
+    let node = Node::trusting(&author);
     let good = pack("hello", &author);
     let mut tampered = good.clone();
     let mid = tampered.len() / 2;
@@ -379,9 +387,7 @@ async fn tampered_bundle_is_refused_and_nothing_runs() {
     let tampered_sha = sha256_hex(&tampered);
 
     let mut c = node.connect().await.unwrap();
-    let offered = bounded("tampered offer", 30, c.offer(&tampered, 0, 1))
-        .await
-        .unwrap();
+    let offered = c.offer_within("tampered offer", &tampered, 0, 1).await;
     assert!(offered.asked);
     let (code, reason) = offered.refused();
     assert_eq!(code, RefusalCode::InvalidBundle, "{reason}");
@@ -424,18 +430,12 @@ async fn tampered_bundle_is_refused_and_nothing_runs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_and_blocked_authors_are_refused() {
     let trusted = KeyPair::generate();
-    let node = Node::start(NodeSetup {
-        trusted: &[&trusted],
-        ..Default::default()
-    })
-    .unwrap();
+    let node = Node::trusting(&trusted);
     let mut c = node.connect().await.unwrap();
 
     let stranger = KeyPair::generate();
     let theirs = pack("hello", &stranger);
-    let offered = bounded("stranger", 30, c.offer(&theirs, 0, 1))
-        .await
-        .unwrap();
+    let offered = c.offer_within("stranger", &theirs, 0, 1).await;
     let (code, reason) = offered.refused();
     assert_eq!(code, RefusalCode::Untrusted, "{reason}");
     assert!(reason.contains("no terminal"), "{reason}");
@@ -447,9 +447,9 @@ async fn unknown_and_blocked_authors_are_refused() {
     let fp = blocked.public().fingerprint().to_string();
     let out = node.trust(&["block", &fp]).unwrap();
     assert!(out.starts_with("blocked "), "{out}");
-    let offered = bounded("blocked", 30, c.offer(&pack("hello", &blocked), 0, 2))
-        .await
-        .unwrap();
+    let offered = c
+        .offer_within("blocked", &pack("hello", &blocked), 0, 2)
+        .await;
     let (code, reason) = offered.refused();
     assert_eq!(code, RefusalCode::Blocked, "{reason}");
     assert_eq!(node.compiled_modules(), 0, "the blocked author's module");
@@ -462,9 +462,7 @@ async fn unknown_and_blocked_authors_are_refused() {
     assert_eq!(node.compiled_modules(), 1, "what a job that runs leaves");
     let tfp = trusted.public().fingerprint().to_string();
     node.trust(&["block", &tfp]).unwrap();
-    let offered = bounded("now blocked", 30, c.offer(&mine, 0, 4))
-        .await
-        .unwrap();
+    let offered = c.offer_within("now blocked", &mine, 0, 4).await;
     assert!(!offered.asked, "the bundle was cached");
     assert_eq!(offered.refused().0, RefusalCode::Blocked);
     assert_eq!(node.scratch_entries(), Vec::<String>::new());
@@ -485,17 +483,13 @@ async fn over_limits_is_refused() {
     let mut c = node.connect().await.unwrap();
     // mandelbrot asks for 64 MiB.
     let big = pack("mandelbrot", &author);
-    let offered = bounded("mandelbrot", 30, c.offer(&big, 0, 1))
-        .await
-        .unwrap();
+    let offered = c.offer_within("mandelbrot", &big, 0, 1).await;
     let (code, reason) = offered.refused();
     assert_eq!(code, RefusalCode::OverLimits, "{reason}");
     assert!(reason.contains("memory"), "{reason}");
     // Limits are checked before trust: an unknown author gets over-limits, not untrusted.
     let unknown = pack("mandelbrot", &KeyPair::generate());
-    let offered = bounded("unknown", 30, c.offer(&unknown, 0, 2))
-        .await
-        .unwrap();
+    let offered = c.offer_within("unknown", &unknown, 0, 2).await;
     assert_eq!(offered.refused().0, RefusalCode::OverLimits);
     assert_eq!(node.scratch_entries(), Vec::<String>::new());
     // hello asks for 16 MiB.
@@ -589,38 +583,42 @@ async fn first_reply(
     Ok(c.recv().await?)
 }
 
+/// A client the node does not accept (`who`, presenting `tls`) gets no reply to an offer of
+/// `bundle` ([`first_reply`] fails); prints how it failed.
+async fn no_reply(addr: SocketAddr, who: &str, tls: Arc<rustls::ClientConfig>, bundle: &[u8]) {
+    let e = bounded(who, 30, first_reply(addr, tls, bundle))
+        .await
+        .expect_err(&format!("{who} got a reply"));
+    eprintln!("{who}: {e:#}");
+}
+
 /// (7) Mutual TLS: a client without a certificate, or with one from another CA, cannot get
 /// a job run; a client that does not trust the node's CA does not talk to it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_outside_the_cluster_are_refused() {
     let author = KeyPair::generate();
-    let node = Node::start(NodeSetup {
-        trusted: &[&author],
-        ..Default::default()
-    })
-    .unwrap();
+    let node = Node::trusting(&author);
     let hello = pack("hello", &author);
 
     let anonymous = client_tls(&node.ca, None);
-    let e = bounded(
-        "no certificate",
-        30,
-        first_reply(node.addr, anonymous, &hello),
+    no_reply(
+        node.addr,
+        "a client without a certificate",
+        anonymous,
+        &hello,
     )
-    .await
-    .expect_err("a client without a certificate got a reply");
-    eprintln!("no certificate: {e:#}");
+    .await;
 
     let other = Ca::new("Some other CA");
     let outsider = other.client_cert("lookup-x");
-    let e = bounded(
-        "foreign certificate",
-        30,
-        first_reply(node.addr, client_tls(&node.ca, Some(&outsider)), &hello),
+    let foreign = client_tls(&node.ca, Some(&outsider));
+    no_reply(
+        node.addr,
+        "a client with another CA's certificate",
+        foreign,
+        &hello,
     )
-    .await
-    .expect_err("a client with another CA's certificate got a reply");
-    eprintln!("foreign certificate: {e:#}");
+    .await;
 
     // The client side: a node whose certificate is not from the CA the client trusts.
     let e = bounded(
@@ -636,14 +634,8 @@ async fn clients_outside_the_cluster_are_refused() {
     // Another node of the cluster: its certificate is from the right CA, but a node may not
     // offer jobs (only the lookup, whose certificates name no node).
     let peer_node = node.ca.enrolled_node_cert("node-7");
-    let e = bounded(
-        "another node as client",
-        30,
-        first_reply(node.addr, client_tls(&node.ca, Some(&peer_node)), &hello),
-    )
-    .await
-    .expect_err("a node's certificate got a reply");
-    eprintln!("node as client: {e:#}");
+    let peer = client_tls(&node.ca, Some(&peer_node));
+    no_reply(node.addr, "a node's certificate", peer, &hello).await;
 
     assert_eq!(node.scratch_entries(), Vec::<String>::new());
     // A cluster member still gets its job run.
@@ -656,11 +648,7 @@ async fn clients_outside_the_cluster_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_are_refused_and_the_node_keeps_serving() {
     let author = KeyPair::generate();
-    let node = Node::start(NodeSetup {
-        trusted: &[&author],
-        ..Default::default()
-    })
-    .unwrap();
+    let node = Node::trusting(&author);
     let hello = pack("hello", &author);
     let sha = sha256_hex(&hello);
     // An idle connection held open through all of this is still served at the end.
@@ -776,7 +764,7 @@ async fn only_when_idle_refuses_jobs_while_the_pc_is_busy() {
     let hello = pack("hello", &author);
     let mut c = node.connect().await.unwrap();
 
-    let offered = bounded("busy", 30, c.offer(&hello, 0, 1)).await.unwrap();
+    let offered = c.offer_within("busy", &hello, 0, 1).await;
     let (code, reason) = offered.refused();
     assert_eq!(code, RefusalCode::NotIdle, "{reason}");
     assert!(
@@ -794,14 +782,12 @@ async fn only_when_idle_refuses_jobs_while_the_pc_is_busy() {
 
     // Busy again: the bundle now kept ready in memory is refused just the same.
     set_load(&loadavg, 100_000.0);
-    let offered = bounded("busy again", 30, c.offer(&hello, 0, 3))
-        .await
-        .unwrap();
+    let offered = c.offer_within("busy again", &hello, 0, 3).await;
     assert!(!offered.asked, "the bundle is kept");
     assert_eq!(offered.refused().0, RefusalCode::NotIdle);
     // An unreadable load average counts as busy.
     std::fs::remove_file(&loadavg).unwrap();
-    let offered = bounded("no load", 30, c.offer(&hello, 0, 4)).await.unwrap();
+    let offered = c.offer_within("no load", &hello, 0, 4).await;
     let (code, reason) = offered.refused();
     assert_eq!(code, RefusalCode::NotIdle);
     assert!(reason.contains("cannot read the load average"), "{reason}");
