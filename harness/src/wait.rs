@@ -1,4 +1,6 @@
-//! Waiting in tests for something to become true, with a deadline.
+//! Waiting in tests for something to become true, with a deadline: [`wait_for`] when the
+//! timeout message needs nothing but what was waited for, [`poll_until`] when it shows the last
+//! state seen.
 
 use std::time::{Duration, Instant};
 
@@ -15,5 +17,26 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
         }
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(POLL);
+    }
+}
+
+/// Calls `probe` every `every` until `done` accepts what it returned, and returns that; panics
+/// with `why(last value)` once `timeout` has passed (so the message can show the last state
+/// seen).
+pub fn poll_until<T>(
+    timeout: Duration,
+    every: Duration,
+    mut probe: impl FnMut() -> T,
+    mut done: impl FnMut(&T) -> bool,
+    why: impl Fn(&T) -> String,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let v = probe();
+        if done(&v) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{}", why(&v));
+        std::thread::sleep(every);
     }
 }

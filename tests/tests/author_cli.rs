@@ -295,12 +295,7 @@ fn daily_user_uploads_with_settings_from_the_config_file_and_sees_status() {
     // The table form says the same.
     let out = a.run(&["status"]);
     out.assert_code(0, "status");
-    assert!(
-        out.stdout
-            .contains("8 jobs: 8 queued, 0 leased, 0 done, 0 failed"),
-        "{}",
-        out.both()
-    );
+    out.assert_stdout_has("8 jobs: 8 queued, 0 leased, 0 done, 0 failed");
 
     // Nothing was written outside the test's folders: not even under the fake home.
     assert!(!a.home().join(".config").exists());
@@ -310,8 +305,7 @@ fn daily_user_uploads_with_settings_from_the_config_file_and_sees_status() {
 fn answers_wait_downloads_what_a_lookup_posts_and_reports_the_failure() {
     let g = grid(&["--max-attempts", "1"]);
     let a = &g.alice;
-    let lookup = g.ws.add_lookup("lab-1").unwrap();
-    let lc = g.ws.lookup_client(&lookup).unwrap();
+    let lab = Lab::enrol(&g.ws);
 
     a.pack("mandelbrot", &g.alice_key, "mandelbrot.rjs");
     a.run(&["upload", "mandelbrot.rjs"])
@@ -330,119 +324,42 @@ fn answers_wait_downloads_what_a_lookup_posts_and_reports_the_failure() {
         path_str(&out_dir),
     ]));
     // It has read its settings and connected once the answer folder exists.
-    let start = Instant::now();
-    while !out_dir.is_dir() {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "answers --wait did not create {} within 30 s",
-            out_dir.display()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    rjs_harness::wait::poll_until(
+        Duration::from_secs(30),
+        Duration::from_millis(20),
+        || out_dir.is_dir(),
+        |&made| made,
+        |_| {
+            format!(
+                "answers --wait did not create {} within 30 s",
+                out_dir.display()
+            )
+        },
+    );
 
-    // Lease everything over mutual TLS.
-    let r = lc
-        .post(g.ws.url("/lookup/v1/lease"))
-        .json(&json!({"max": 16, "groups": ["/compute"], "lease_secs": 120}))
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
-    let mut leases = r.json::<api::LeaseResponse>().unwrap().leases;
-    leases.sort_by_key(|l| l.task);
-    assert_eq!(leases.len(), 8, "{leases:?}");
-    assert!(leases.iter().all(|l| l.bundle_id == bundle_id));
-
-    // Answers for tasks 0-6, each distinct bytes (binary, not only text).
-    let mut posted = Vec::new();
-    for l in &leases[..7] {
-        let mut body = format!("PK fake answer of task {} ", l.task).into_bytes();
-        body.extend((0..=255u8).cycle().take(1000 + 37 * l.task as usize));
-        body.extend(rand::random::<[u8; 16]>());
-        let r = lc
-            .put(g.ws.url(&format!("/lookup/v1/jobs/{}/answer", l.job_id)))
-            .header(api::H_OUTCOME, "exit 0")
-            .header(api::H_NODE, format!("node-{}", l.task % 3))
-            .body(body.clone())
-            .send()
-            .unwrap();
-        assert_eq!(r.status(), StatusCode::CREATED);
-        posted.push((l.task, body));
-    }
-
-    // Task 7 fails: with --max-attempts 1 the first failure is final; keep reporting (bounded)
-    // in case the server requeued it.
+    let leases = lab.lease_all(&bundle_id);
+    // Answers for tasks 0-6; task 7 fails.
+    let posted = lab.post_answers(&leases[..7]);
     let reason = "node lost: the disk caught fire";
-    let mut job = leases[7].job_id;
-    let mut failed = false;
-    for _ in 0..5 {
-        let r = lc
-            .post(g.ws.url(&format!("/lookup/v1/jobs/{job}/failure")))
-            .json(&json!({ "reason": reason }))
-            .send()
-            .unwrap();
-        assert_eq!(r.status(), StatusCode::OK);
-        let f: api::FailureResponse = r.json().unwrap();
-        if f.state == JobState::Failed {
-            assert_eq!(f.attempts, 1, "--max-attempts 1");
-            failed = true;
-            break;
-        }
-        let r = lc
-            .post(g.ws.url("/lookup/v1/lease"))
-            .json(&json!({"max": 1, "lease_secs": 60}))
-            .send()
-            .unwrap();
-        let again = r.json::<api::LeaseResponse>().unwrap().leases;
-        assert_eq!(again.len(), 1, "the requeued job comes back");
-        job = again[0].job_id;
-    }
-    assert!(failed, "task 7 never reached the failed state");
+    lab.fail_for_good(leases[7].job_id, reason);
 
     // The waiting author sees everything finish: exit 1 (one task failed), naming the reason.
     let out = waiter.finish(COMMAND_LIMIT);
     out.assert_code(1, "answers --wait");
     out.assert_stdout_has(reason);
-    assert!(
-        out.stdout
-            .contains("8 tasks): 7 done, 1 failed, 0 not finished"),
-        "{}",
-        out.both()
-    );
+    out.assert_stdout_has("8 tasks): 7 done, 1 failed, 0 not finished");
     assert!(
         out.stdout.contains("task 7 (job ") && out.stdout.contains("failed after 1 attempt:"),
         "{}",
         out.both()
     );
     out.assert_stdout_has("7 answers downloaded");
-
-    // Exactly the posted bytes, one file per answered task, nothing else (no temporary files).
-    for (task, body) in &posted {
-        let f = answer_dir.join(format!("task-{task}.zip"));
-        let got = std::fs::read(&f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
-        assert!(
-            got == *body,
-            "{} differs from the posted answer",
-            f.display()
-        );
-    }
-    let mut names: Vec<String> = std::fs::read_dir(&answer_dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    let expected: Vec<String> = (0..7).map(|t| format!("task-{t}.zip")).collect();
-    assert_eq!(names, expected);
-    assert_eq!(std::fs::read_dir(&out_dir).unwrap().count(), 1);
+    assert_downloaded_exactly(&out_dir, &answer_dir, &posted);
 
     // Again, without --wait: nothing new to download; still exit 1 (a task failed).
     let out = a.run(&["answers", "-o", path_str(&out_dir)]);
     out.assert_code(1, "answers again");
-    assert!(
-        out.stdout
-            .contains("0 answers downloaded (0 bytes), 7 already in"),
-        "{}",
-        out.both()
-    );
+    out.assert_stdout_has("0 answers downloaded (0 bytes), 7 already in");
     out.assert_stdout_has(reason);
     let out = a.run(&["answers", "--json", "-o", path_str(&out_dir)]);
     out.assert_code(1, "answers --json again");
@@ -467,6 +384,108 @@ fn answers_wait_downloads_what_a_lookup_posts_and_reports_the_failure() {
             assert_eq!(j.reason.as_deref(), Some(reason));
         }
     }
+}
+
+/// This test acting as an enrolled lookup server (mutual TLS).
+struct Lab<'a> {
+    ws: &'a WebServer,
+    client: reqwest::blocking::Client,
+}
+
+impl<'a> Lab<'a> {
+    /// Enrols lookup `lab-1` at `ws`.
+    fn enrol(ws: &'a WebServer) -> Self {
+        let creds = ws.add_lookup("lab-1").unwrap();
+        let client = ws.lookup_client(&creds).unwrap();
+        Lab { ws, client }
+    }
+
+    fn lease(&self, body: Value) -> Vec<api::Lease> {
+        let r = self
+            .client
+            .post(self.ws.url("/lookup/v1/lease"))
+            .json(&body)
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        r.json::<api::LeaseResponse>().unwrap().leases
+    }
+
+    /// Leases everything: the 8 tasks of `bundle_id`, in task order.
+    fn lease_all(&self, bundle_id: &str) -> Vec<api::Lease> {
+        let mut leases = self.lease(json!({"max": 16, "groups": ["/compute"], "lease_secs": 120}));
+        leases.sort_by_key(|l| l.task);
+        assert_eq!(leases.len(), 8, "{leases:?}");
+        assert!(leases.iter().all(|l| l.bundle_id == bundle_id));
+        leases
+    }
+
+    /// Posts an answer for each lease, each distinct bytes (binary, not only text), from node
+    /// `node-<task % 3>`; returns them by task.
+    fn post_answers(&self, leases: &[api::Lease]) -> Vec<(u32, Vec<u8>)> {
+        let mut posted = Vec::new();
+        for l in leases {
+            let mut body = format!("PK fake answer of task {} ", l.task).into_bytes();
+            body.extend((0..=255u8).cycle().take(1000 + 37 * l.task as usize));
+            body.extend(rand::random::<[u8; 16]>());
+            let r = self
+                .client
+                .put(self.ws.url(&format!("/lookup/v1/jobs/{}/answer", l.job_id)))
+                .header(api::H_OUTCOME, "exit 0")
+                .header(api::H_NODE, format!("node-{}", l.task % 3))
+                .body(body.clone())
+                .send()
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::CREATED);
+            posted.push((l.task, body));
+        }
+        posted
+    }
+
+    /// Reports job `job` failed for `reason`: with --max-attempts 1 the first failure is
+    /// final; keeps reporting (bounded) in case the server requeued it.
+    fn fail_for_good(&self, mut job: i64, reason: &str) {
+        for _ in 0..5 {
+            let r = self
+                .client
+                .post(self.ws.url(&format!("/lookup/v1/jobs/{job}/failure")))
+                .json(&json!({ "reason": reason }))
+                .send()
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::OK);
+            let f: api::FailureResponse = r.json().unwrap();
+            if f.state == JobState::Failed {
+                assert_eq!(f.attempts, 1, "--max-attempts 1");
+                return;
+            }
+            let again = self.lease(json!({"max": 1, "lease_secs": 60}));
+            assert_eq!(again.len(), 1, "the requeued job comes back");
+            job = again[0].job_id;
+        }
+        panic!("task 7 never reached the failed state");
+    }
+}
+
+/// Exactly the `posted` bytes in `answer_dir`, one file per answered task, nothing else (no
+/// temporary files), and nothing else in `out_dir`.
+fn assert_downloaded_exactly(out_dir: &Path, answer_dir: &Path, posted: &[(u32, Vec<u8>)]) {
+    for (task, body) in posted {
+        let f = answer_dir.join(format!("task-{task}.zip"));
+        let got = std::fs::read(&f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        assert!(
+            got == *body,
+            "{} differs from the posted answer",
+            f.display()
+        );
+    }
+    let mut names: Vec<String> = std::fs::read_dir(answer_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    let expected: Vec<String> = (0..7).map(|t| format!("task-{t}.zip")).collect();
+    assert_eq!(names, expected);
+    assert_eq!(std::fs::read_dir(out_dir).unwrap().count(), 1);
 }
 
 #[test]

@@ -35,6 +35,17 @@ fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// `out` is a refusal: exit status 3, and stdout says `says`.
+fn assert_refused(out: &Output, says: &str) {
+    assert_exit(out, 3, stdout, says);
+}
+
+/// `out` ended with exit status `code`, and `stream` (stdout or stderr) says `says`.
+fn assert_exit(out: &Output, code: i32, stream: fn(&Output) -> String, says: &str) {
+    assert_eq!(out.status.code(), Some(code), "{}", stderr(out));
+    assert!(stream(out).contains(says), "{}", stream(out));
+}
+
 /// A node data directory with a stored benchmark result (no second of measuring per run).
 fn node_dir(dir: &Path) -> std::path::PathBuf {
     let data = dir.join("node");
@@ -82,8 +93,7 @@ fn run_answers_trusted_jobs_and_refuses_the_rest_before_running() {
 
     // Unknown author, no terminal: refused (exit 3), no answer written, nothing compiled.
     let out = rjs_compute(&data, &["run", p, "-o", a]);
-    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
-    assert!(stdout(&out).contains("refused (untrusted)"));
+    assert_refused(&out, "refused (untrusted)");
     assert!(!answer.exists());
     assert_eq!(compiled_modules(&data), 0, "the unknown author's module");
     assert_eq!(scratch_left(&data), Vec::<String>::new());
@@ -98,12 +108,7 @@ fn run_answers_trusted_jobs_and_refuses_the_rest_before_running() {
             .success()
     );
     let out = rjs_compute(&data, &["run", bobs.to_str().unwrap(), "-o", a]);
-    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
-    assert!(
-        stdout(&out).contains("refused (blocked)"),
-        "{}",
-        stdout(&out)
-    );
+    assert_refused(&out, "refused (blocked)");
     assert!(!answer.exists());
     assert_eq!(compiled_modules(&data), 0, "the blocked author's module");
     assert_eq!(scratch_left(&data), Vec::<String>::new());
@@ -116,8 +121,7 @@ fn run_answers_trusted_jobs_and_refuses_the_rest_before_running() {
     bad[n] ^= 0x40;
     std::fs::write(&path, &bad).unwrap();
     let out = rjs_compute(&data, &["run", p, "-o", a]);
-    assert_eq!(out.status.code(), Some(3));
-    assert!(stdout(&out).contains("refused (invalid-bundle)"));
+    assert_refused(&out, "refused (invalid-bundle)");
     assert!(!answer.exists());
     assert_eq!(compiled_modules(&data), 0, "the tampered bundle's module");
 
@@ -131,8 +135,7 @@ fn run_answers_trusted_jobs_and_refuses_the_rest_before_running() {
 
     // A task that does not exist.
     let out = rjs_compute(&data, &["run", p, "--task", "1", "-o", a]);
-    assert_eq!(out.status.code(), Some(3));
-    assert!(stdout(&out).contains("refused (bad-request)"));
+    assert_refused(&out, "refused (bad-request)");
 
     // Blocked after being trusted: refused without asking.
     std::fs::remove_file(&answer).unwrap();
@@ -143,8 +146,7 @@ fn run_answers_trusted_jobs_and_refuses_the_rest_before_running() {
             .success()
     );
     let out = rjs_compute(&data, &["run", p, "-o", a]);
-    assert_eq!(out.status.code(), Some(3));
-    assert!(stdout(&out).contains("refused (blocked)"));
+    assert_refused(&out, "refused (blocked)");
     assert!(!answer.exists());
 }
 
@@ -162,13 +164,9 @@ fn limit_flags_override_node_toml() {
     )
     .unwrap();
     let out = rjs_compute(&data, &["run", p, "-o", a]);
-    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
-    assert!(
-        stdout(&out).contains(
-            "refused (over-limits): asks for 16 MiB of memory, this node allows at most 8 MiB"
-        ),
-        "{}",
-        stdout(&out)
+    assert_refused(
+        &out,
+        "refused (over-limits): asks for 16 MiB of memory, this node allows at most 8 MiB",
     );
     // The flag wins over the file.
     let out = rjs_compute(&data, &["run", p, "-o", a, "--max-memory", "16M"]);
@@ -197,12 +195,7 @@ fn limit_flags_override_node_toml() {
             &data,
             &["run", p, "-o", a, "--max-memory", "1G", flag, value],
         );
-        assert_eq!(out.status.code(), Some(3), "{flag}: {}", stderr(&out));
-        assert!(
-            stdout(&out).contains(&format!("refused (over-limits): {says}")),
-            "{flag}: {}",
-            stdout(&out)
-        );
+        assert_refused(&out, &format!("refused (over-limits): {says}"));
     }
     assert!(!answer.exists());
     assert_eq!(compiled_modules(&data), 1, "only the job that ran");
@@ -210,18 +203,18 @@ fn limit_flags_override_node_toml() {
     // Errors: a size that does not parse is a usage error (2); a value out of range names
     // the flag (1).
     let out = rjs_compute(&data, &["run", p, "-o", a, "--max-memory", "lots"]);
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("invalid size \"lots\": use bytes or a number with K, M or G"),
-        "{}",
-        stderr(&out)
+    assert_exit(
+        &out,
+        2,
+        stderr,
+        "invalid size \"lots\": use bytes or a number with K, M or G",
     );
     let out = rjs_compute(&data, &["run", p, "-o", a, "--max-time", "48h"]);
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("command line: --max-time: 48 h is not between 1 ms and 24 h"),
-        "{}",
-        stderr(&out)
+    assert_exit(
+        &out,
+        1,
+        stderr,
+        "command line: --max-time: 48 h is not between 1 ms and 24 h",
     );
     assert!(!answer.exists());
 }
@@ -241,19 +234,16 @@ fn run_honours_the_idle_policy() {
         &data,
         &["run", p, "-o", a, "--only-when-idle", "--loadavg-file", l],
     );
-    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
-    assert!(
-        stdout(&out).contains("refused (not-idle): not idle: load 100000.00 with 0 own jobs"),
-        "{}",
-        stdout(&out)
+    assert_refused(
+        &out,
+        "refused (not-idle): not idle: load 100000.00 with 0 own jobs",
     );
     assert!(!answer.exists());
     assert_eq!(compiled_modules(&data), 0);
     // The same from node.toml.
     std::fs::write(data.join("node.toml"), "[idle]\nonly_when_idle = true\n").unwrap();
     let out = rjs_compute(&data, &["run", p, "-o", a, "--loadavg-file", l]);
-    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
-    assert!(stdout(&out).contains("refused (not-idle)"));
+    assert_refused(&out, "refused (not-idle)");
 
     std::fs::write(&loadavg, "0.00 1.00 1.00 1/100 42\n").unwrap();
     let out = rjs_compute(&data, &["run", p, "-o", a, "--loadavg-file", l]);

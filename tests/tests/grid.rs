@@ -28,12 +28,13 @@ use rjs_harness::grid::{
     AUTHOR, GridOptions, JobWhere, LocalGrid, NodeOptions, NodeRow, NodesResponse, WhyResponse,
     prepare_dir,
 };
+use rjs_harness::wait::poll_until;
 use rjs_harness::{netns, paths, process};
 use rjs_sample_mandelbrot as mandelbrot;
 use rjs_signer::answer::{AnswerLimits, Ending, VerifiedAnswer, verify_answer};
 use rjs_signer::{KeyPair, PublicKey};
 use rjs_wire::announce::{Announcement, SERVICE_TYPE, unix_ms_now};
-use rjs_wire::api::{JobState, JobView};
+use rjs_wire::api::{JobState, JobView, UploadResponse};
 
 fn wait_panel(
     grid: &LocalGrid,
@@ -41,20 +42,14 @@ fn wait_panel(
     timeout: Duration,
     ok: impl Fn(&NodesResponse) -> bool,
 ) -> NodesResponse {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let panel = grid.nodes_panel();
-        if let Ok(p) = &panel
-            && ok(p)
-        {
-            return p.clone();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not within {timeout:?}; last panel: {panel:?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    poll_until(
+        timeout,
+        Duration::from_millis(100),
+        || grid.nodes_panel(),
+        |panel| panel.as_ref().is_ok_and(&ok),
+        |panel| format!("{what}: not within {timeout:?}; last panel: {panel:?}"),
+    )
+    .unwrap()
 }
 
 const LIFECYCLE: &str = "a_grid_runs_jobs_and_survives_node_and_lookup_restarts";
@@ -93,15 +88,13 @@ fn a_grid_runs_jobs_and_survives_node_and_lookup_restarts() {
     let bundle = grid.pack(&job).unwrap();
     let up = grid.upload(&bundle).unwrap();
     assert_eq!((up.tasks, up.jobs.len(), up.created), (8, 8, true));
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let jobs = loop {
-        let jobs = grid.status().unwrap().jobs;
-        if jobs.len() == 8 && jobs.iter().all(|j| j.state.is_final()) {
-            break jobs;
-        }
-        assert!(Instant::now() < deadline, "jobs not done: {jobs:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let jobs = poll_until(
+        Duration::from_secs(120),
+        Duration::from_millis(100),
+        || grid.status().unwrap().jobs,
+        |jobs| jobs.len() == 8 && jobs.iter().all(|j| j.state.is_final()),
+        |jobs| format!("jobs not done: {jobs:?}"),
+    );
     assert!(
         jobs.iter()
             .all(|j| j.state == JobState::Done && j.node.as_deref() == Some("node-1")),
@@ -259,21 +252,21 @@ fn summary(jobs: &[JobView]) -> String {
 /// Waits until the web server has all `tasks` jobs of `bundle` done or failed; returns them
 /// in task order.
 fn wait_final(grid: &LocalGrid, bundle: &str, tasks: usize, timeout: Duration) -> Vec<JobView> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let mut jobs = grid.api().jobs(Some(bundle)).unwrap().jobs;
-        if jobs.len() == tasks && jobs.iter().all(|j| j.state.is_final()) {
-            jobs.sort_by_key(|j| j.task);
-            return jobs;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the {tasks} jobs of bundle {bundle} did not all finish within {timeout:?}: {}\n{}",
-            summary(&jobs),
-            logs(grid)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut jobs = poll_until(
+        timeout,
+        Duration::from_millis(50),
+        || grid.api().jobs(Some(bundle)).unwrap().jobs,
+        |jobs| jobs.len() == tasks && jobs.iter().all(|j| j.state.is_final()),
+        |jobs| {
+            format!(
+                "the {tasks} jobs of bundle {bundle} did not all finish within {timeout:?}: {}\n{}",
+                summary(jobs),
+                logs(grid)
+            )
+        },
+    );
+    jobs.sort_by_key(|j| j.task);
+    jobs
 }
 
 /// Fetches job `job`'s answer from the web server and checks it completely: done with exit
@@ -448,26 +441,26 @@ fn a_node_killed_mid_job_loses_nothing_and_its_jobs_move_within_the_lease_ttl() 
     assert_eq!(ids.len(), 2);
 
     // Both run on node-2, the faster one (2 slots).
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let running = ids
-            .iter()
-            .filter(|&&id| {
-                let w = grid.why(id).unwrap();
-                w.state == JobWhere::Running && w.node.as_deref() == Some("node-2")
-            })
-            .count();
-        if running == 2 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the jobs are not both running on node-2: {:?}\n{}",
-            ids.iter().map(|&id| grid.why(id)).collect::<Vec<_>>(),
-            logs(&grid)
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    poll_until(
+        Duration::from_secs(20),
+        Duration::from_millis(20),
+        || {
+            ids.iter()
+                .filter(|&&id| {
+                    let w = grid.why(id).unwrap();
+                    w.state == JobWhere::Running && w.node.as_deref() == Some("node-2")
+                })
+                .count()
+        },
+        |&running| running == 2,
+        |_| {
+            format!(
+                "the jobs are not both running on node-2: {:?}\n{}",
+                ids.iter().map(|&id| grid.why(id)).collect::<Vec<_>>(),
+                logs(&grid)
+            )
+        },
+    );
     // …as node-2 itself says: its announcements show no free slot.
     wait_panel(&grid, "node-2 busy", Duration::from_secs(5), |p| {
         row(p, "node-2").is_some_and(|r| r.busy == 2 && r.announced_free == 0)
@@ -831,59 +824,15 @@ fn forged_replayed_and_impostor_announcements_never_get_a_job() {
     }
     let dir = tempfile::tempdir().unwrap();
     let mut grid = start(options(dir.path(), &[node(1000.0), node(1000.0)]));
-    let interval = grid.options().announce_interval;
     let ttl = node_ttl(&grid);
     let responder = Responder::new();
     let before = grid.nodes_panel().unwrap();
     let node1_port = row(&before, "node-1").unwrap().port;
     let node2_port = row(&before, "node-2").unwrap().port;
 
-    // (a) Unknown keys, pointing at a trap.
-    let trap = Trap::bind((Ipv4Addr::LOCALHOST, 0).into());
-    let stranger = KeyPair::generate();
-    let now = unix_ms_now();
-    responder.announce(
-        "intruder",
-        trap.addr.ip(),
-        trap.addr.port(),
-        &signed_txt(&stranger, "intruder", trap.addr.port(), now, 1),
-    );
-    responder.announce(
-        "forger",
-        trap.addr.ip(),
-        trap.addr.port(),
-        &signed_txt(&stranger, "node-1", trap.addr.port(), now, u64::MAX / 2),
-    );
-
-    // (b) Replays of node-1, at another address (the port is signed): a second trap.
-    let replay_trap = Trap::bind((Ipv4Addr::new(127, 0, 0, 2), node1_port).into());
-    let node1_public = grid.node_public_key(0).unwrap();
-    let captured = responder.capture("node-1", &node1_public, Duration::from_secs(5));
-    // node-1 announces newer ones meanwhile.
-    std::thread::sleep(interval * 3);
-    let replay_ip = replay_trap.addr.ip();
-    responder.announce("replayed", replay_ip, node1_port, &captured);
-    let node1_key = KeyPair::load(&grid.node_dir(0).unwrap().join("node.key")).unwrap();
-    let now = unix_ms_now();
-    responder.announce(
-        "older",
-        replay_ip,
-        node1_port,
-        &signed_txt(&node1_key, "node-1", node1_port, now - 5_000, 1),
-    );
-    responder.announce(
-        "stale",
-        replay_ip,
-        node1_port,
-        &signed_txt(
-            &node1_key,
-            "node-1",
-            node1_port,
-            now - 120_000,
-            u64::MAX / 2,
-        ),
-    );
-
+    // (a) Unknown keys, pointing at a trap; (b) replays of node-1 pointing at another.
+    let trap = announce_unknown_keys(&responder);
+    let replay_trap = replay_node1(&grid, &responder, node1_port);
     let d0 = before.drops;
     let panel = wait_panel(
         &grid,
@@ -913,7 +862,6 @@ fn forged_replayed_and_impostor_announcements_never_get_a_job() {
     wait_panel(&grid, "node-2 gone", ttl + Duration::from_secs(2), |p| {
         ids_eq(p, &["node-1"])
     });
-    let node2_key = || KeyPair::load(&grid.node_dir(1).unwrap().join("node.key")).unwrap();
 
     //   1. A certificate from a CA of its own, naming 127.0.0.1.
     let ca = rjs_wire::pki::new_ca("rogue CA").unwrap();
@@ -924,28 +872,9 @@ fn forged_replayed_and_impostor_announcements_never_get_a_job() {
         Vec::new(),
     )
     .unwrap();
-    let rogue = Impostor::start(tls_presenting(
-        cert.cert_pem.as_bytes(),
-        cert.key_pem.as_bytes(),
-    ));
-    let imp = Impersonation::start(
-        &responder,
-        node2_key(),
-        "node-2",
-        "impostor",
-        rogue.addr,
-        interval,
-    );
-    wait_panel(
-        &grid,
-        "the impostor listed as node-2",
-        Duration::from_secs(5),
-        |p| row(p, "node-2").is_some_and(|r| r.port == rogue.addr.port()),
-    );
-    run_hello_until(&grid, dir.path(), "c1", &["node-1"], || {
-        rogue.counts().0 >= 1
-    });
-    let (conns, handshakes, bytes) = rogue.counts();
+    let rogue = tls_presenting(cert.cert_pem.as_bytes(), cert.key_pem.as_bytes());
+    let (conns, handshakes, bytes) =
+        impersonate_node2(&grid, dir.path(), &responder, rogue, "impostor", "c1");
     println!(
         "impostor with its own CA: {conns} connections, {handshakes} handshakes, {bytes} bytes"
     );
@@ -954,33 +883,16 @@ fn forged_replayed_and_impostor_announcements_never_get_a_job() {
         (0, 0),
         "the lookup completed TLS with a certificate outside the cluster CA"
     );
-    drop(imp);
 
     //   2. node-1's genuine cluster certificate and key (from the cluster CA, naming
     //      127.0.0.1): TLS completes, but it is not node-2's enrolled certificate.
     let node1_dir = grid.node_dir(0).unwrap().to_owned();
-    let thief = Impostor::start(tls_presenting(
+    let stolen = tls_presenting(
         &std::fs::read(node1_dir.join("node.pem")).unwrap(),
         &std::fs::read(node1_dir.join("node-key.pem")).unwrap(),
-    ));
-    let imp = Impersonation::start(
-        &responder,
-        node2_key(),
-        "node-2",
-        "thief",
-        thief.addr,
-        interval,
     );
-    wait_panel(
-        &grid,
-        "the thief listed as node-2",
-        Duration::from_secs(5),
-        |p| row(p, "node-2").is_some_and(|r| r.port == thief.addr.port()),
-    );
-    run_hello_until(&grid, dir.path(), "c2", &["node-1"], || {
-        thief.counts().0 >= 1
-    });
-    let (conns, handshakes, bytes) = thief.counts();
+    let (conns, handshakes, bytes) =
+        impersonate_node2(&grid, dir.path(), &responder, stolen, "thief", "c2");
     println!(
         "impostor with node-1's certificate: {conns} connections, {handshakes} handshakes, {bytes} bytes"
     );
@@ -988,11 +900,98 @@ fn forged_replayed_and_impostor_announcements_never_get_a_job() {
         bytes, 0,
         "the lookup sent something (an offer?) to a node whose certificate is not its enrolled one"
     );
-    drop(imp);
 
     assert_eq!(trap.connections() + replay_trap.connections(), 0);
     responder.shutdown();
     grid.stop().unwrap_or_else(|e| panic!("{e:#}"));
+}
+
+/// (a) Announcements signed by an unknown key, of an unknown node id and of node-1's id,
+/// pointing at a trap; returns the trap.
+fn announce_unknown_keys(responder: &Responder) -> Trap {
+    let trap = Trap::bind((Ipv4Addr::LOCALHOST, 0).into());
+    let stranger = KeyPair::generate();
+    let now = unix_ms_now();
+    responder.announce(
+        "intruder",
+        trap.addr.ip(),
+        trap.addr.port(),
+        &signed_txt(&stranger, "intruder", trap.addr.port(), now, 1),
+    );
+    responder.announce(
+        "forger",
+        trap.addr.ip(),
+        trap.addr.port(),
+        &signed_txt(&stranger, "node-1", trap.addr.port(), now, u64::MAX / 2),
+    );
+    trap
+}
+
+/// (b) Replays of node-1, at another address (the port is signed) where a second trap
+/// listens: one captured off the air and re-sent once node-1 has announced newer ones, one
+/// signed with its key but older than its last, one outside the clock window. Returns the
+/// trap.
+fn replay_node1(grid: &LocalGrid, responder: &Responder, node1_port: u16) -> Trap {
+    let replay_trap = Trap::bind((Ipv4Addr::new(127, 0, 0, 2), node1_port).into());
+    let node1_public = grid.node_public_key(0).unwrap();
+    let captured = responder.capture("node-1", &node1_public, Duration::from_secs(5));
+    // node-1 announces newer ones meanwhile.
+    std::thread::sleep(grid.options().announce_interval * 3);
+    let replay_ip = replay_trap.addr.ip();
+    responder.announce("replayed", replay_ip, node1_port, &captured);
+    let node1_key = KeyPair::load(&grid.node_dir(0).unwrap().join("node.key")).unwrap();
+    let now = unix_ms_now();
+    responder.announce(
+        "older",
+        replay_ip,
+        node1_port,
+        &signed_txt(&node1_key, "node-1", node1_port, now - 5_000, 1),
+    );
+    responder.announce(
+        "stale",
+        replay_ip,
+        node1_port,
+        &signed_txt(
+            &node1_key,
+            "node-1",
+            node1_port,
+            now - 120_000,
+            u64::MAX / 2,
+        ),
+    );
+    replay_trap
+}
+
+/// (c) An impostor's job server presenting `tls`, announced as node-2 (mDNS instance
+/// `instance`) with valid announcements signed by node-2's real key: waits until the lookup
+/// lists it, then runs `hello` bundles `<round>-…` (every job on node-1) until the lookup
+/// has tried it. Returns the impostor's counts (connections, handshakes, bytes).
+fn impersonate_node2(
+    grid: &LocalGrid,
+    dir: &Path,
+    responder: &Responder,
+    tls: rustls::ServerConfig,
+    instance: &str,
+    round: &str,
+) -> (u64, u64, u64) {
+    let impostor = Impostor::start(tls);
+    let node2_key = KeyPair::load(&grid.node_dir(1).unwrap().join("node.key")).unwrap();
+    let _announcing = Impersonation::start(
+        responder,
+        node2_key,
+        "node-2",
+        instance,
+        impostor.addr,
+        grid.options().announce_interval,
+    );
+    wait_panel(
+        grid,
+        &format!("the {instance} listed as node-2"),
+        Duration::from_secs(5),
+        |p| row(p, "node-2").is_some_and(|r| r.port == impostor.addr.port()),
+    );
+    run_hello_until(grid, dir, round, &["node-1"], || impostor.counts().0 >= 1);
+    impostor.counts()
 }
 
 // ------------------------------------------------------------------------------------------
@@ -1021,70 +1020,7 @@ fn a_lookup_killed_mid_run_and_restarted_loses_no_job_and_answers_each_once() {
     let up = grid.upload(&grid.pack(&job).unwrap()).unwrap();
     assert_eq!(up.jobs.len(), TASKS as usize);
 
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let done_at_kill = loop {
-        let jobs = grid.api().jobs(Some(&up.bundle_id)).unwrap().jobs;
-        let done = jobs.iter().filter(|j| j.state == JobState::Done).count();
-        if done >= TASKS as usize / 2 {
-            break done;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "half the jobs not done within 30 s: {}\n{}",
-            summary(&jobs),
-            logs(&grid)
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    // The kill is to catch answers in the lookup's spool: the web server is paused
-    // (SIGSTOP) so that what the nodes answer meanwhile cannot be relayed.
-    grid.kill_webserver(libc::SIGSTOP).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let spooled = loop {
-        let s = grid.lookup_status().unwrap();
-        if s.spooled >= 1 && s.running == 0 && s.queued == 0 {
-            break s.spooled;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no answer spooled while the web server is paused: {s:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let socket = grid.status_socket().unwrap().to_owned();
-    let answered: BTreeMap<i64, String> = up
-        .jobs
-        .iter()
-        .filter_map(|j| {
-            let w = ask_why(&socket, j.id);
-            (w.state == JobWhere::Answered).then(|| (j.id, w.node.unwrap_or_default()))
-        })
-        .collect();
-    let status = grid.kill_lookup(libc::SIGKILL).unwrap();
-    let killed_at = Instant::now();
-    assert_eq!(status.and_then(|s| s.signal()), Some(libc::SIGKILL));
-    grid.kill_webserver(libc::SIGCONT).unwrap();
-    let at_kill = grid.api().jobs(Some(&up.bundle_id)).unwrap().jobs;
-    let held: Vec<i64> = at_kill
-        .iter()
-        .filter(|j| j.state == JobState::Leased)
-        .map(|j| j.id)
-        .collect();
-    // Answered by a node, not yet at the web server: only in the dead lookup's spool.
-    let in_spool: BTreeMap<i64, String> = answered
-        .into_iter()
-        .filter(|(id, _)| held.contains(id))
-        .collect();
-    println!(
-        "lookup killed with {done_at_kill}+ of {TASKS} done and {spooled} answers spooled \
-         ({} of them never reached the web server): {}",
-        in_spool.len(),
-        summary(&at_kill)
-    );
-    assert!(
-        !in_spool.is_empty() && in_spool.len() as u64 <= spooled,
-        "{in_spool:?}, {spooled} spooled"
-    );
+    let kill = kill_lookup_with_answers_in_spool(&mut grid, &up, TASKS);
 
     grid.start_lookup().unwrap();
     let jobs = wait_final(
@@ -1093,7 +1029,7 @@ fn a_lookup_killed_mid_run_and_restarted_loses_no_job_and_answers_each_once() {
         TASKS as usize,
         lease + Duration::from_secs(25),
     );
-    let took = killed_at.elapsed();
+    let took = kill.at.elapsed();
     println!("all {TASKS} final {took:?} after the kill");
 
     assert!(
@@ -1106,45 +1042,7 @@ fn a_lookup_killed_mid_run_and_restarted_loses_no_job_and_answers_each_once() {
         (0..TASKS).collect::<Vec<_>>()
     );
     check_hello(&grid, &jobs, "many");
-    // The answers left in the spool were relayed by the restarted lookup: not run again.
-    for (id, node) in &in_spool {
-        let j = jobs.iter().find(|j| j.id == *id).unwrap();
-        assert_eq!(
-            (j.attempts, j.node.as_deref()),
-            (0, Some(node.as_str())),
-            "job {id}, answered by {node} before the kill: {j:?}"
-        );
-    }
-    // Only jobs the dead lookup held can have lost a lease (at most once: the new lookup runs
-    // them), and only because it ran out. "Held" includes a lease the web server granted
-    // after it was resumed, from a request the dead lookup had sent while it was paused: so
-    // any job not done at the kill.
-    let done_at_kill: Vec<i64> = at_kill
-        .iter()
-        .filter(|j| j.state == JobState::Done)
-        .map(|j| j.id)
-        .collect();
-    for j in &jobs {
-        assert!(j.attempts <= 1, "{j:?}");
-        if j.attempts == 1 {
-            assert!(
-                !done_at_kill.contains(&j.id),
-                "job {} was done at the kill yet ran again: {j:?}",
-                j.id
-            );
-            assert!(
-                j.reason.as_deref().is_some_and(|r| r.contains("expired")),
-                "{j:?}"
-            );
-        }
-    }
-    let retried = jobs.iter().filter(|j| j.attempts == 1).count();
-    println!(
-        "{} jobs leased at the kill: {} answers relayed from the spool, {retried} ran again \
-         after their lease expired",
-        held.len(),
-        in_spool.len()
-    );
+    kill.check_each_job_answered_once(&jobs);
     let status = grid.lookup_status().unwrap();
     assert_eq!(status.spooled, 0, "{status:?}");
     assert!(
@@ -1153,6 +1051,138 @@ fn a_lookup_killed_mid_run_and_restarted_loses_no_job_and_answers_each_once() {
     );
 
     grid.stop().unwrap_or_else(|e| panic!("{e:#}"));
+}
+
+/// The jobs as a lookup was SIGKILLed ([`kill_lookup_with_answers_in_spool`]).
+struct LookupKill {
+    at: Instant,
+    /// The bundle's jobs at the web server right after the kill.
+    jobs: Vec<JobView>,
+    /// Those leased.
+    held: Vec<i64>,
+    /// Answered by a node, not yet at the web server: only in the dead lookup's spool (with
+    /// the node that answered).
+    in_spool: BTreeMap<i64, String>,
+}
+
+/// Once half the `tasks` jobs of the upload `up` are done, pauses the web server (SIGSTOP) so that
+/// what the nodes answer meanwhile cannot be relayed, waits for answers in the lookup's spool,
+/// SIGKILLs the lookup and lets the web server go on.
+fn kill_lookup_with_answers_in_spool(
+    grid: &mut LocalGrid,
+    up: &UploadResponse,
+    tasks: u32,
+) -> LookupKill {
+    let bundle = up.bundle_id.as_str();
+    let done = |jobs: &[JobView]| jobs.iter().filter(|j| j.state == JobState::Done).count();
+    let now = poll_until(
+        Duration::from_secs(30),
+        Duration::from_millis(10),
+        || grid.api().jobs(Some(bundle)).unwrap().jobs,
+        |jobs| done(jobs) >= tasks as usize / 2,
+        |jobs| {
+            format!(
+                "half the jobs not done within 30 s: {}\n{}",
+                summary(jobs),
+                logs(grid)
+            )
+        },
+    );
+    let done_at_kill = done(&now);
+    // The kill is to catch answers in the lookup's spool.
+    grid.kill_webserver(libc::SIGSTOP).unwrap();
+    let spooled = poll_until(
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        || grid.lookup_status().unwrap(),
+        |s| s.spooled >= 1 && s.running == 0 && s.queued == 0,
+        |s| format!("no answer spooled while the web server is paused: {s:?}"),
+    )
+    .spooled;
+    let socket = grid.status_socket().unwrap().to_owned();
+    let answered: BTreeMap<i64, String> = up
+        .jobs
+        .iter()
+        .filter_map(|j| {
+            let w = ask_why(&socket, j.id);
+            (w.state == JobWhere::Answered).then(|| (j.id, w.node.unwrap_or_default()))
+        })
+        .collect();
+    let status = grid.kill_lookup(libc::SIGKILL).unwrap();
+    let at = Instant::now();
+    assert_eq!(status.and_then(|s| s.signal()), Some(libc::SIGKILL));
+    grid.kill_webserver(libc::SIGCONT).unwrap();
+    let at_kill = grid.api().jobs(Some(bundle)).unwrap().jobs;
+    let held: Vec<i64> = at_kill
+        .iter()
+        .filter(|j| j.state == JobState::Leased)
+        .map(|j| j.id)
+        .collect();
+    let in_spool: BTreeMap<i64, String> = answered
+        .into_iter()
+        .filter(|(id, _)| held.contains(id))
+        .collect();
+    println!(
+        "lookup killed with {done_at_kill}+ of {tasks} done and {spooled} answers spooled \
+         ({} of them never reached the web server): {}",
+        in_spool.len(),
+        summary(&at_kill)
+    );
+    assert!(
+        !in_spool.is_empty() && in_spool.len() as u64 <= spooled,
+        "{in_spool:?}, {spooled} spooled"
+    );
+    LookupKill {
+        at,
+        jobs: at_kill,
+        held,
+        in_spool,
+    }
+}
+
+impl LookupKill {
+    /// The final `jobs`: the answers left in the spool were relayed by the restarted lookup
+    /// (not run again); only jobs the dead lookup held can have lost a lease (at most once:
+    /// the new lookup runs them), and only because it ran out.
+    fn check_each_job_answered_once(&self, jobs: &[JobView]) {
+        for (id, node) in &self.in_spool {
+            let j = jobs.iter().find(|j| j.id == *id).unwrap();
+            assert_eq!(
+                (j.attempts, j.node.as_deref()),
+                (0, Some(node.as_str())),
+                "job {id}, answered by {node} before the kill: {j:?}"
+            );
+        }
+        // "Held" includes a lease the web server granted after it was resumed, from a request
+        // the dead lookup had sent while it was paused: so any job not done at the kill.
+        let done_at_kill: Vec<i64> = self
+            .jobs
+            .iter()
+            .filter(|j| j.state == JobState::Done)
+            .map(|j| j.id)
+            .collect();
+        for j in jobs {
+            assert!(j.attempts <= 1, "{j:?}");
+            if j.attempts == 1 {
+                assert!(
+                    !done_at_kill.contains(&j.id),
+                    "job {} was done at the kill yet ran again: {j:?}",
+                    j.id
+                );
+                assert!(
+                    j.reason.as_deref().is_some_and(|r| r.contains("expired")),
+                    "{j:?}"
+                );
+            }
+        }
+        let retried = jobs.iter().filter(|j| j.attempts == 1).count();
+        println!(
+            "{} jobs leased at the kill: {} answers relayed from the spool, {retried} ran again \
+             after their lease expired",
+            self.held.len(),
+            self.in_spool.len()
+        );
+    }
 }
 
 /// `{"get":"why","job":N}` on the lookup's status socket (what `rjs-lookup why` asks,
@@ -1218,19 +1248,13 @@ fn a_node_that_does_not_trust_the_author_is_skipped_and_a_job_only_it_could_take
     let job = hello(&dir.path().join("second"), "second", 1);
     let up = grid.upload(&grid.pack(&job).unwrap()).unwrap();
     let id = up.jobs[0].id;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let why = loop {
-        let w = grid.why(id).unwrap();
-        if w.state == JobWhere::Parked {
-            break w;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "job {id} not parked: {w:?}\n{}",
-            logs(&grid)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let why = poll_until(
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || grid.why(id).unwrap(),
+        |w| w.state == JobWhere::Parked,
+        |w| format!("job {id} not parked: {w:?}\n{}", logs(&grid)),
+    );
     println!("rjs-lookup why {id}: {}", why.why);
     assert!(
         why.why
