@@ -349,15 +349,180 @@ async fn connection(
     }
 }
 
-fn main() {
-    let tasks: u64 = env_or("RJS_BENCH_TASKS", 4000);
-    let slots: usize = env_or("RJS_BENCH_SLOTS", 2);
-    let conns: Vec<usize> = std::env::var("RJS_BENCH_CONNS")
-        .unwrap_or_else(|_| "2,4".into())
-        .split(',')
-        .filter_map(|s| s.trim().parse().ok())
+/// The benchmark's knobs, from the environment (see the module documentation).
+struct Settings {
+    tasks: u64,
+    slots: usize,
+    conns: Vec<usize>,
+    perf: Option<PathBuf>,
+    /// `data` (the default scratch in the data directory) or a `--scratch-dir`.
+    scratches: Vec<String>,
+}
+
+impl Settings {
+    fn from_env() -> Settings {
+        let list = |name: &str, default: &str| -> Vec<String> {
+            std::env::var(name)
+                .unwrap_or_else(|_| default.into())
+                .split(',')
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect()
+        };
+        Settings {
+            tasks: env_or("RJS_BENCH_TASKS", 4000),
+            slots: env_or("RJS_BENCH_SLOTS", 2),
+            conns: list("RJS_BENCH_CONNS", "2,4")
+                .iter()
+                .filter_map(|s| s.parse().ok())
+                .collect(),
+            perf: std::env::var_os("RJS_BENCH_PERF").map(PathBuf::from),
+            scratches: list("RJS_BENCH_SCRATCH", "data,/dev/shm"),
+        }
+    }
+}
+
+/// What the connections push, as a lookup server would: its TLS identity and the bundle.
+struct Load {
+    tls: Arc<rustls::ClientConfig>,
+    bundle: Arc<Vec<u8>>,
+    sha: Arc<String>,
+}
+
+impl Load {
+    /// A lookup certificate from `ca` and the `hello` sample signed by `author`.
+    fn new(ca: &rjs_wire::pki::Ca, author: &KeyPair) -> Load {
+        let lookup =
+            rjs_wire::pki::issue(ca, "lookup-bench", Vec::new(), Vec::new()).expect("lookup cert");
+        let ca_der = rjs_wire::tls::certs_from_pem(ca.cert_pem.as_bytes(), "CA").unwrap();
+        let identity = (
+            rjs_wire::tls::certs_from_pem(lookup.cert_pem.as_bytes(), "cert").unwrap(),
+            rjs_wire::tls::key_from_pem(lookup.key_pem.as_bytes(), "key").unwrap(),
+        );
+        let tls = Arc::new(rjs_wire::tls::client_config(&ca_der, Some(identity)).unwrap());
+        let bundle = Arc::new(hello_bundle(author, 100_000));
+        let sha = Arc::new(rjs_signer::bundle::hex(&rjs_signer::bundle_id(&bundle)));
+        Load { tls, bundle, sha }
+    }
+
+    /// `n` offers through `conns` concurrent connections to `addr`.
+    fn push(
+        &self,
+        rt: &tokio::runtime::Runtime,
+        addr: SocketAddr,
+        n: u64,
+        conns: usize,
+    ) -> Arc<Counts> {
+        let next = Arc::new(AtomicU64::new(0));
+        let counts = Arc::new(Counts::default());
+        rt.block_on(async {
+            let handles: Vec<_> = (0..conns)
+                .map(|_| {
+                    tokio::spawn(connection(
+                        addr,
+                        self.tls.clone(),
+                        self.bundle.clone(),
+                        self.sha.clone(),
+                        next.clone(),
+                        n,
+                        counts.clone(),
+                    ))
+                })
+                .collect();
+            for h in handles {
+                h.await.expect("connection");
+            }
+        });
+        counts
+    }
+}
+
+/// `perf record` of the node `pid` and its `workers` into `file` (options from
+/// `RJS_BENCH_PERF_ARGS`), given half a second to attach.
+fn start_perf(file: &Path, pid: u32, workers: &[u32]) -> Child {
+    let pids: Vec<String> = std::iter::once(pid)
+        .chain(workers.iter().copied())
+        .map(|p| p.to_string())
         .collect();
-    let perf = std::env::var_os("RJS_BENCH_PERF").map(PathBuf::from);
+    let args = std::env::var("RJS_BENCH_PERF_ARGS").unwrap_or_else(|_| "-F 4000 -g".into());
+    let child = Command::new("perf")
+        .arg("record")
+        .args(args.split_whitespace())
+        .arg("-o")
+        .arg(file)
+        .args(["-p", &pids.join(",")])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("perf record");
+    std::thread::sleep(Duration::from_millis(500));
+    child
+}
+
+/// Stops `perf record` (SIGINT, so that it writes its file) and waits for it.
+fn stop_perf(p: Child) {
+    // SAFETY: signals our own child.
+    unsafe { libc::kill(p.id() as libc::pid_t, libc::SIGINT) };
+    let _ = p.wait_with_output();
+}
+
+/// One measured run: `tasks` offers through `conns` connections to `node`, its CPU use and
+/// that of its workers and of this process read before and after; printed. Returns tasks/s.
+fn measured_run(
+    rt: &tokio::runtime::Runtime,
+    load: &Load,
+    node: &Node,
+    tasks: u64,
+    conns: usize,
+    perf: Option<&Path>,
+) -> f64 {
+    let pid = node.child.id();
+    let workers = children(pid);
+    let perf_child = perf.map(|file| start_perf(file, pid, &workers));
+    let node0 = proc_ticks(pid);
+    let workers0: u64 = workers.iter().map(|&w| proc_ticks(w)).sum();
+    let self0 = self_cpu_us();
+    let t = Instant::now();
+    let counts = load.push(rt, node.addr, tasks, conns);
+    let wall = t.elapsed();
+    let self1 = self_cpu_us();
+    let node1 = proc_ticks(pid);
+    let workers_now = children(pid);
+    assert_eq!(workers_now, workers, "a worker was replaced during the run");
+    let workers1: u64 = workers.iter().map(|&w| proc_ticks(w)).sum();
+    if let Some(p) = perf_child {
+        stop_perf(p);
+    }
+    let done = counts.done.load(Ordering::Relaxed);
+    assert_eq!(done, tasks);
+    let per = |us: f64| us / done as f64;
+    let node_us = per(ticks_us(node1 - node0));
+    let workers_us = per(ticks_us(workers1 - workers0));
+    println!(
+        "{conns} connections: {done} tasks in {:.2} s = {:.0} tasks/s; CPU per task: node \
+         {:.0} µs + workers {:.0} µs = {:.0} µs; client {:.0} µs; no-free-slot retries \
+         {}; answers {} bytes avg",
+        wall.as_secs_f64(),
+        done as f64 / wall.as_secs_f64(),
+        node_us,
+        workers_us,
+        node_us + workers_us,
+        per((self1 - self0) as f64),
+        counts.busy.load(Ordering::Relaxed),
+        counts.answer_bytes.load(Ordering::Relaxed) / done.max(1),
+    );
+    assert_eq!(counts.sent_bundle.load(Ordering::Relaxed), 0);
+    done as f64 / wall.as_secs_f64()
+}
+
+fn main() {
+    let settings = Settings::from_env();
+    let Settings {
+        tasks,
+        slots,
+        ref conns,
+        ref scratches,
+        ..
+    } = settings;
     let mut missed: Vec<String> = Vec::new();
 
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -366,28 +531,13 @@ fn main() {
         .build()
         .expect("runtime");
     let ca = rjs_wire::pki::new_ca("rjs-bench-ca").expect("CA");
-    let lookup =
-        rjs_wire::pki::issue(&ca, "lookup-bench", Vec::new(), Vec::new()).expect("lookup cert");
-    let ca_der = rjs_wire::tls::certs_from_pem(ca.cert_pem.as_bytes(), "CA").unwrap();
-    let identity = (
-        rjs_wire::tls::certs_from_pem(lookup.cert_pem.as_bytes(), "cert").unwrap(),
-        rjs_wire::tls::key_from_pem(lookup.key_pem.as_bytes(), "key").unwrap(),
-    );
-    let tls = Arc::new(rjs_wire::tls::client_config(&ca_der, Some(identity)).unwrap());
     let author = KeyPair::generate();
-    let bundle = Arc::new(hello_bundle(&author, 100_000));
-    let sha = Arc::new(rjs_signer::bundle::hex(&rjs_signer::bundle_id(&bundle)));
+    let load = Load::new(&ca, &author);
     println!(
         "== node job server: hello tasks, bundle {} bytes, {slots} slots, {tasks} tasks per run ==",
-        bundle.len()
+        load.bundle.len()
     );
 
-    let scratches: Vec<String> = std::env::var("RJS_BENCH_SCRATCH")
-        .unwrap_or_else(|_| "data,/dev/shm".into())
-        .split(',')
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty())
-        .collect();
     for (si, scratch) in scratches.iter().enumerate() {
         let scratch = (scratch != "data").then_some(scratch.as_str());
         let node = start_node(&ca, &author, slots, scratch);
@@ -401,93 +551,14 @@ fn main() {
         if scratch.is_none() && idle > IDLE_RSS_TARGET {
             missed.push(format!("idle RSS {idle} bytes > {IDLE_RSS_TARGET}"));
         }
-        let run = |n: u64, conns: usize| {
-            let next = Arc::new(AtomicU64::new(0));
-            let counts = Arc::new(Counts::default());
-            rt.block_on(async {
-                let handles: Vec<_> = (0..conns)
-                    .map(|_| {
-                        tokio::spawn(connection(
-                            node.addr,
-                            tls.clone(),
-                            bundle.clone(),
-                            sha.clone(),
-                            next.clone(),
-                            n,
-                            counts.clone(),
-                        ))
-                    })
-                    .collect();
-                for h in handles {
-                    h.await.expect("connection");
-                }
-            });
-            counts
-        };
         // Warm-up: the bundle is sent and verified, the module compiled, connections made.
-        run(200, 2);
+        load.push(&rt, node.addr, 200, 2);
 
         for (k, &c) in conns.iter().enumerate() {
+            // perf records the last run only.
             let last = si + 1 == scratches.len() && k + 1 == conns.len();
-            let workers = children(pid);
-            let perf_child = match (&perf, last) {
-                (Some(file), true) => {
-                    let pids: Vec<String> = std::iter::once(pid)
-                        .chain(workers.iter().copied())
-                        .map(|p| p.to_string())
-                        .collect();
-                    let args = std::env::var("RJS_BENCH_PERF_ARGS")
-                        .unwrap_or_else(|_| "-F 4000 -g".into());
-                    let child = Command::new("perf")
-                        .arg("record")
-                        .args(args.split_whitespace())
-                        .arg("-o")
-                        .arg(file)
-                        .args(["-p", &pids.join(",")])
-                        .stdout(Stdio::null())
-                        .spawn()
-                        .expect("perf record");
-                    std::thread::sleep(Duration::from_millis(500));
-                    Some(child)
-                }
-                _ => None,
-            };
-            let node0 = proc_ticks(pid);
-            let workers0: u64 = workers.iter().map(|&w| proc_ticks(w)).sum();
-            let self0 = self_cpu_us();
-            let t = Instant::now();
-            let counts = run(tasks, c);
-            let wall = t.elapsed();
-            let self1 = self_cpu_us();
-            let node1 = proc_ticks(pid);
-            let workers_now = children(pid);
-            assert_eq!(workers_now, workers, "a worker was replaced during the run");
-            let workers1: u64 = workers.iter().map(|&w| proc_ticks(w)).sum();
-            if let Some(p) = perf_child {
-                // SAFETY: signals our own child.
-                unsafe { libc::kill(p.id() as libc::pid_t, libc::SIGINT) };
-                let _ = p.wait_with_output();
-            }
-            let done = counts.done.load(Ordering::Relaxed);
-            assert_eq!(done, tasks);
-            let per = |us: f64| us / done as f64;
-            let node_us = per(ticks_us(node1 - node0));
-            let workers_us = per(ticks_us(workers1 - workers0));
-            println!(
-                "{c} connections: {done} tasks in {:.2} s = {:.0} tasks/s; CPU per task: node \
-                 {:.0} µs + workers {:.0} µs = {:.0} µs; client {:.0} µs; no-free-slot retries \
-                 {}; answers {} bytes avg",
-                wall.as_secs_f64(),
-                done as f64 / wall.as_secs_f64(),
-                node_us,
-                workers_us,
-                node_us + workers_us,
-                per((self1 - self0) as f64),
-                counts.busy.load(Ordering::Relaxed),
-                counts.answer_bytes.load(Ordering::Relaxed) / done.max(1),
-            );
-            assert_eq!(counts.sent_bundle.load(Ordering::Relaxed), 0);
-            let rate = done as f64 / wall.as_secs_f64();
+            let perf = settings.perf.as_deref().filter(|_| last);
+            let rate = measured_run(&rt, &load, &node, tasks, c, perf);
             if scratch.is_none() && c == 2 && rate < RATE_TARGET {
                 missed.push(format!(
                     "{rate:.0} tasks/s with the default scratch < {RATE_TARGET}"
