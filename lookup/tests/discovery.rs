@@ -48,6 +48,58 @@ fn publish_raw(daemon: &ServiceDaemon, id: &str, txt: &[(String, String)]) {
     daemon.register(info).unwrap();
 }
 
+/// Announcements of "rep" signed with `rep` from a raw publisher on loopback: a current one
+/// (discovered), then an older one replayed after it, then one outside the clock window; both
+/// dropped and counted by `browser` within `wait` each. Returns the publisher (its records
+/// linger until it is dropped).
+fn replayed_and_stale_are_dropped(
+    browser: &Browser,
+    rep: &KeyPair,
+    wait: Duration,
+) -> ServiceDaemon {
+    let raw = ServiceDaemon::new().unwrap();
+    raw.disable_interface(IfKind::All).unwrap();
+    raw.enable_interface(IfKind::LoopbackV4).unwrap();
+    let sign = |ts: u64, seq: u64| {
+        Announcement {
+            node_id: "rep".into(),
+            port: 7100,
+            mflops: 10,
+            free_slots: 1,
+            total_slots: 1,
+            groups: vec![],
+            timestamp_ms: ts,
+            seq,
+        }
+        .to_txt(|m| rep.sign(m))
+        .unwrap()
+    };
+    let t = rjs_wire::announce::unix_ms_now();
+    // An older announcement, captured before (e.g. on another link) and replayed after a
+    // newer one was accepted. (Re-sending a TXT record the browser's mDNS cache still holds
+    // produces no event at all, which is harmless; the exact-replay case is covered by the
+    // NodeTable unit test in src/discovery.rs.)
+    let old = sign(t - 1000, 4);
+    publish_raw(&raw, "rep", &sign(t, 5));
+    wait_for("node rep", wait, || find(&browser.nodes(), "rep"));
+    // Wait > 1 s: records younger than 1 s survive a cache flush (RFC 6762 10.2).
+    std::thread::sleep(Duration::from_millis(1100));
+    publish_raw(&raw, "rep", &old);
+    wait_for("replay drop", wait, || {
+        (browser.drops().replay >= 1).then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(1100));
+    publish_raw(
+        &raw,
+        "rep",
+        &sign(rjs_wire::announce::unix_ms_now() - 60_000, 99),
+    );
+    wait_for("stale drop", wait, || {
+        (browser.drops().stale >= 1).then_some(())
+    });
+    raw
+}
+
 #[test]
 fn discovery_in_private_netns() {
     if !netns::isolated_child("discovery_in_private_netns", Duration::from_secs(90)) {
@@ -111,46 +163,7 @@ fn discovery_in_private_netns() {
     forged.shutdown();
 
     // 3. A replayed old announcement, and one outside the clock window, are dropped.
-    let raw = ServiceDaemon::new().unwrap();
-    raw.disable_interface(IfKind::All).unwrap();
-    raw.enable_interface(IfKind::LoopbackV4).unwrap();
-    let sign = |ts: u64, seq: u64| {
-        Announcement {
-            node_id: "rep".into(),
-            port: 7100,
-            mflops: 10,
-            free_slots: 1,
-            total_slots: 1,
-            groups: vec![],
-            timestamp_ms: ts,
-            seq,
-        }
-        .to_txt(|m| rep.sign(m))
-        .unwrap()
-    };
-    let t = rjs_wire::announce::unix_ms_now();
-    // An older announcement, captured before (e.g. on another link) and replayed after a
-    // newer one was accepted. (Re-sending a TXT record the browser's mDNS cache still holds
-    // produces no event at all, which is harmless; the exact-replay case is covered by the
-    // NodeTable unit test in src/discovery.rs.)
-    let old = sign(t - 1000, 4);
-    publish_raw(&raw, "rep", &sign(t, 5));
-    wait_for("node rep", wait, || find(&browser.nodes(), "rep"));
-    // Wait > 1 s: records younger than 1 s survive a cache flush (RFC 6762 10.2).
-    std::thread::sleep(Duration::from_millis(1100));
-    publish_raw(&raw, "rep", &old);
-    wait_for("replay drop", wait, || {
-        (browser.drops().replay >= 1).then_some(())
-    });
-    std::thread::sleep(Duration::from_millis(1100));
-    publish_raw(
-        &raw,
-        "rep",
-        &sign(rjs_wire::announce::unix_ms_now() - 60_000, 99),
-    );
-    wait_for("stale drop", wait, || {
-        (browser.drops().stale >= 1).then_some(())
-    });
+    let raw = replayed_and_stale_are_dropped(&browser, &rep, wait);
 
     // 4. A node that stops announcing is dropped after the TTL (3 intervals), although its
     //    mDNS records linger: "rep" is no longer renewed; "good" still is.

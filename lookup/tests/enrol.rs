@@ -137,6 +137,23 @@ fn pem_certs(path: &Path) -> Vec<rustls_pki_types::CertificateDer<'static>> {
     rjs_wire::tls::load_certs(path).unwrap()
 }
 
+/// `rjs-compute join` with `token` into `node_dir` fails, saying `says`.
+fn join_refused(node_dir: &Path, token: &str, says: &str) {
+    let out = join(node_dir, token, &[]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(says),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[cfg(unix)]
+fn mode(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
 #[test]
 fn enrolment_end_to_end() {
     let tmp = tempfile::tempdir().unwrap();
@@ -144,8 +161,6 @@ fn enrolment_end_to_end() {
     init(&lookup);
     #[cfg(unix)]
     {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&lookup), 0o700);
         assert_eq!(mode(&lookup.join("cluster-ca-key.pem")), 0o600);
     }
@@ -172,16 +187,47 @@ fn enrolment_end_to_end() {
         "node-1"
     );
     #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let m = std::fs::metadata(node.join("node-key.pem"))
-            .unwrap()
-            .permissions()
-            .mode();
-        assert_eq!(m & 0o777, 0o600);
-    }
+    assert_eq!(mode(&node.join("node-key.pem")), 0o600);
+    let leaf = check_node_certificate(&lookup, &node);
 
-    // The certificate chains to the cluster CA and names the node.
+    // The registry knows the node by its ed25519 key.
+    let reg = rjs_lookup::enrol::Registry::load(&lookup).unwrap();
+    let node_key = rjs_signer::KeyPair::load(&node.join("node.key"))
+        .unwrap()
+        .public();
+    assert!(reg.is_active("node-1", &node_key));
+    assert!(!reg.is_active("node-2", &node_key));
+    assert_eq!(
+        reg.get("node-1").unwrap().cert_sha256,
+        rjs_wire::tls::cert_sha256(&leaf)
+    );
+
+    refused_tokens(tmp.path(), &lookup, &server.addr, &good);
+    pinning(tmp.path(), &lookup, &server.addr);
+
+    // Revocation.
+    let out = ok(run(Command::new(lookup_exe())
+        .args(["nodes", "remove", "node-1", "--data"])
+        .arg(&lookup)));
+    assert!(out.contains("revoked node-1"));
+    let reg = rjs_lookup::enrol::Registry::load(&lookup).unwrap();
+    assert!(!reg.is_active("node-1", &node_key));
+    let list = ok(run(Command::new(lookup_exe())
+        .args(["nodes", "list", "--json", "--data"])
+        .arg(&lookup)));
+    let nodes: serde_json::Value = serde_json::from_str(&list).unwrap();
+    let n1 = nodes
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["id"] == "node-1")
+        .unwrap();
+    assert!(n1["revoked_at"].is_u64());
+}
+
+/// The certificate `node-1` got (in `node`) chains to the cluster CA of `lookup` and names
+/// the node, as a server and as a client, and its key is the certificate's. Returns it.
+fn check_node_certificate(lookup: &Path, node: &Path) -> rustls_pki_types::CertificateDer<'static> {
     let ca = pem_certs(&node.join("cluster-ca.pem"));
     assert_eq!(ca, pem_certs(&lookup.join("cluster-ca.pem")));
     let leaf = pem_certs(&node.join("node.pem")).remove(0);
@@ -237,81 +283,48 @@ fn enrolment_end_to_end() {
         rjs_wire::tls::ClientAuth::Required(&ca),
     )
     .unwrap();
+    leaf
+}
 
-    // The registry knows the node by its ed25519 key.
-    let reg = rjs_lookup::enrol::Registry::load(&lookup).unwrap();
-    let node_key = rjs_signer::KeyPair::load(&node.join("node.key"))
-        .unwrap()
-        .public();
-    assert!(reg.is_active("node-1", &node_key));
-    assert!(!reg.is_active("node-2", &node_key));
-    assert_eq!(
-        reg.get("node-1").unwrap().cert_sha256,
-        rjs_wire::tls::cert_sha256(&leaf)
-    );
-
-    // The same token again is refused.
-    let again = join(&tmp.path().join("node2"), &good, &[]);
-    assert!(!again.status.success());
-    assert!(
-        String::from_utf8_lossy(&again.stderr).contains("already used"),
-        "{}",
-        String::from_utf8_lossy(&again.stderr)
-    );
-    assert!(!tmp.path().join("node2/node.pem").exists());
+/// Tokens of the lookup at `lookup` (enrolment on `addr`) that get no certificate: `used`
+/// again, a wrong secret, an expired one, and one asking for an id already taken (while a
+/// free id asked for is honoured).
+fn refused_tokens(tmp: &Path, lookup: &Path, addr: &str, used: &str) {
+    join_refused(&tmp.join("node2"), used, "already used");
+    assert!(!tmp.join("node2/node.pem").exists());
 
     // A wrong secret is refused.
-    let mut forged = Token::parse(&token(&lookup, &server.addr, "1h")).unwrap();
+    let mut forged = Token::parse(&token(lookup, addr, "1h")).unwrap();
     forged.secret[0] ^= 1;
-    let out = join(&tmp.path().join("node3"), &forged.encode(), &[]);
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown token"));
+    join_refused(&tmp.join("node3"), &forged.encode(), "unknown token");
 
     // An expired token is refused.
-    let short = token(&lookup, &server.addr, "1s");
+    let short = token(lookup, addr, "1s");
     std::thread::sleep(Duration::from_secs(2));
-    let out = join(&tmp.path().join("node4"), &short, &[]);
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("expired"));
+    join_refused(&tmp.join("node4"), &short, "expired");
 
     // A requested id is honoured; a taken one is refused.
-    let t = token(&lookup, &server.addr, "1h");
-    let out = ok(join(&tmp.path().join("node5"), &t, &["--id", "pc-7"]));
+    let t = token(lookup, addr, "1h");
+    let out = ok(join(&tmp.join("node5"), &t, &["--id", "pc-7"]));
     assert!(out.contains("enrolled as pc-7"), "{out}");
-    let t = token(&lookup, &server.addr, "1h");
-    let out = join(&tmp.path().join("node6"), &t, &["--id", "pc-7"]);
+    let t = token(lookup, addr, "1h");
+    let out = join(&tmp.join("node6"), &t, &["--id", "pc-7"]);
     assert!(!out.status.success());
+}
 
-    // Pinning: a token whose CA fingerprint is not the server's CA is refused by the node
-    // before it sends anything.
-    let other = tmp.path().join("other");
+/// Pinning: a token of the lookup at `lookup` (enrolment on `addr`) pointed at another
+/// lookup, whose CA is not the one the token names, is refused by the node before it sends
+/// anything; the secret is not spent.
+fn pinning(tmp: &Path, lookup: &Path, addr: &str) {
+    let other = tmp.join("other");
     init(&other);
     let other_server = serve(&other);
-    let mut wrong = Token::parse(&token(&lookup, &server.addr, "1h")).unwrap();
+    let mut wrong = Token::parse(&token(lookup, addr, "1h")).unwrap();
     wrong.addr = other_server.addr.clone();
-    let out = join(&tmp.path().join("node7"), &wrong.encode(), &[]);
+    let out = join(&tmp.join("node7"), &wrong.encode(), &[]);
     assert!(!out.status.success());
-    assert!(!tmp.path().join("node7/node.pem").exists());
+    assert!(!tmp.join("node7/node.pem").exists());
     // …and the secret was not spent: it still works against the right lookup.
-    wrong.addr = server.addr.clone();
-    ok(join(&tmp.path().join("node7"), &wrong.encode(), &[]));
-
-    // Revocation.
-    let out = ok(run(Command::new(lookup_exe())
-        .args(["nodes", "remove", "node-1", "--data"])
-        .arg(&lookup)));
-    assert!(out.contains("revoked node-1"));
-    let reg = rjs_lookup::enrol::Registry::load(&lookup).unwrap();
-    assert!(!reg.is_active("node-1", &node_key));
-    let list = ok(run(Command::new(lookup_exe())
-        .args(["nodes", "list", "--json", "--data"])
-        .arg(&lookup)));
-    let nodes: serde_json::Value = serde_json::from_str(&list).unwrap();
-    let n1 = nodes
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["id"] == "node-1")
-        .unwrap();
-    assert!(n1["revoked_at"].is_u64());
+    wrong.addr = addr.to_owned();
+    ok(join(&tmp.join("node7"), &wrong.encode(), &[]));
 }

@@ -21,6 +21,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use mdns_sd::IfKind;
+use rjs_e2e::node::{store_bench, trust_author};
 use rjs_e2e::{Managed, bin, pack, run_ok, sha256_hex, spawn_listening};
 use rjs_harness::netns;
 use rjs_harness::wait::wait_for;
@@ -198,36 +199,33 @@ fn run_loop_job(
     })
 }
 
-#[test]
-fn serve_announce_in_private_netns() {
-    if !netns::isolated_child("serve_announce_in_private_netns", Duration::from_secs(120)) {
-        return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let lookup: PathBuf = tmp.path().join("lookup");
-    let node: PathBuf = tmp.path().join("node");
-    let lookup_exe = PathBuf::from(env!("CARGO_BIN_EXE_rjs-lookup"));
+fn lookup_exe() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_rjs-lookup"))
+}
 
-    // Enrolment: init, serve-enrol, token, join.
+/// Enrolment: `rjs-lookup init` at `lookup`, `serve-enrol`, `token`, and `rjs-compute join`
+/// into `node`, with a stored benchmark result of [`MFLOPS`] (the node does not spend a
+/// second measuring). Returns the node's id.
+fn enrol_node(lookup: &Path, node: &Path) -> String {
     run_ok(
-        Command::new(&lookup_exe)
+        Command::new(lookup_exe())
             .arg("init")
             .arg("--data")
-            .arg(&lookup),
+            .arg(lookup),
     )
     .unwrap();
     let (mut enrol_server, enrol_addr) = spawn_listening(
-        Command::new(&lookup_exe)
+        Command::new(lookup_exe())
             .args(["serve-enrol", "--listen", "127.0.0.1:0", "--data"])
-            .arg(&lookup)
+            .arg(lookup)
             .stdin(Stdio::null()),
         "listening on ",
     )
     .unwrap();
     let token = run_ok(
-        Command::new(&lookup_exe)
+        Command::new(lookup_exe())
             .args(["token", "--addr", &enrol_addr, "--data"])
-            .arg(&lookup),
+            .arg(lookup),
     )
     .unwrap();
     let joined = run_ok(
@@ -235,7 +233,7 @@ fn serve_announce_in_private_netns() {
             .arg("join")
             .arg(token.trim())
             .arg("--data")
-            .arg(&node)
+            .arg(node)
             .args(["--host", "127.0.0.1"])
             .stdin(Stdio::null()),
     )
@@ -249,36 +247,14 @@ fn serve_announce_in_private_netns() {
         joined.starts_with(&format!("enrolled as {id};")),
         "{joined}"
     );
-    // A stored benchmark result: the node does not spend a second measuring.
-    std::fs::write(
-        node.join("bench.json"),
-        serde_json::json!({
-            "mflops": MFLOPS as f64, "n": 500, "runs": 3, "seconds": 1.0, "residual": 0.5,
-            "measured_at": rjs_signer::unix_now(), "program_version": env!("CARGO_PKG_VERSION"),
-        })
-        .to_string(),
-    )
-    .unwrap();
+    store_bench(node, MFLOPS as f64).unwrap();
+    id
+}
 
-    let author = KeyPair::generate();
-    run_ok(
-        Command::new(bin("rjs-compute"))
-            .args([
-                "trust",
-                "add",
-                &author.public().to_base64(),
-                "--name",
-                "author",
-            ])
-            .arg("--data")
-            .arg(&node)
-            .stdin(Stdio::null()),
-    )
-    .unwrap();
-
-    // The lookup's browser; keys from the enrolment registry, read at every announcement
-    // (so `nodes remove` takes effect at once).
-    let registry = lookup.clone();
+/// The lookup's browser on `lo`; keys from the enrolment registry at `lookup`, read at every
+/// announcement (so `nodes remove` takes effect at once).
+fn registry_browser(lookup: &Path) -> Browser {
+    let registry = lookup.to_owned();
     let keys = move |node_id: &str| -> Option<PublicKey> {
         let reg = Registry::load(&registry).ok()?;
         let rec = reg.get(node_id)?;
@@ -287,14 +263,28 @@ fn serve_announce_in_private_netns() {
         }
         PublicKey::parse(&rec.node_key).ok().map(|(k, _)| k)
     };
-    let browser = Browser::start(
+    Browser::start(
         DiscoveryConfig {
             interfaces: Some(vec![IfKind::Name("lo".into())]),
             ..DiscoveryConfig::with_interval(INTERVAL)
         },
         Arc::new(keys),
     )
-    .unwrap();
+    .unwrap()
+}
+
+#[test]
+fn serve_announce_in_private_netns() {
+    if !netns::isolated_child("serve_announce_in_private_netns", Duration::from_secs(120)) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let lookup: PathBuf = tmp.path().join("lookup");
+    let node: PathBuf = tmp.path().join("node");
+    let id = enrol_node(&lookup, &node);
+    let author = KeyPair::generate();
+    trust_author(&node, &author, "author").unwrap();
+    let browser = registry_browser(&lookup);
 
     // 1. Discovered with the bound port, slots and speed, within 1 s of the ready line; a
     //    SIGTERM stops it cleanly and its lease ends within the TTL.
@@ -337,7 +327,7 @@ fn serve_announce_in_private_netns() {
     // 3. Revoked (`rjs-lookup nodes remove`): a freshly started node's announcements are
     //    dropped as signed by an unknown key.
     let removed = run_ok(
-        Command::new(&lookup_exe)
+        Command::new(lookup_exe())
             .args(["nodes", "remove", &id, "--data"])
             .arg(&lookup),
     )
