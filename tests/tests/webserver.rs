@@ -17,6 +17,22 @@ use rjs_webserver::store::sqlite::{RowCounts, SqliteStore};
 use rjs_wire::api::{self, JobState};
 use serde_json::{Value, json};
 
+/// A web server started with `extra_args`, with `authors` (fresh keys) and `lookups` enrolled;
+/// returns it with each author's API client and each lookup's credentials.
+fn serving<const A: usize, const L: usize>(
+    extra_args: &[&str],
+    authors: [&str; A],
+    lookups: [&str; L],
+) -> (WebServer, [AuthorClient; A], [LookupCreds; L]) {
+    let mut ws = WebServer::init().unwrap();
+    ws.extra_args = extra_args.iter().map(|s| s.to_string()).collect();
+    let keys = authors.map(|name| ws.add_author(name).unwrap());
+    let creds = lookups.map(|name| ws.add_lookup(name).unwrap());
+    ws.start().unwrap();
+    let clients = keys.map(|key| ws.author(key).unwrap());
+    (ws, clients, creds)
+}
+
 fn code_of(r: reqwest::blocking::Response) -> (StatusCode, String) {
     let status = r.status();
     let body: Value = r.json().unwrap_or(Value::Null);
@@ -180,11 +196,7 @@ fn post_answer(
 
 #[test]
 fn author_refusals_are_clear_and_leave_no_trace() {
-    let mut ws = WebServer::init().unwrap();
-    let alice = ws.add_author("alice").unwrap();
-    let bob = ws.add_author("bob").unwrap();
-    ws.start().unwrap();
-    let a = ws.author(alice).unwrap();
+    let (mut ws, [a, b], []) = serving(&[], ["alice", "bob"], []);
 
     // A valid upload first, so that "no trace" means "nothing beyond this".
     let good = make_bundle(a.key(), "good", 3);
@@ -198,7 +210,7 @@ fn author_refusals_are_clear_and_leave_no_trace() {
         ws: &ws,
         before: trace(&ws),
     };
-    let broken = refusals.of_bad_uploads(&a, &bob);
+    let broken = refusals.of_bad_uploads(&a, b.key());
     let replay = refusals.of_replays(&a, broken);
 
     // Nothing of the refused requests is in the store: only the good bundle and the replay
@@ -211,7 +223,6 @@ fn author_refusals_are_clear_and_leave_no_trace() {
     // The author sees exactly their own jobs.
     let jobs = a.jobs(None).unwrap();
     assert_eq!(jobs.jobs.len(), 5);
-    let b = ws.author(bob).unwrap();
     assert!(b.jobs(None).unwrap().jobs.is_empty());
 
     same_bundle_again_makes_jobs_only_when_asked(&a, &good, &up);
@@ -490,12 +501,7 @@ fn send_call(
 
 #[test]
 fn only_enrolled_unrevoked_lookups_may_lease_fetch_or_post() {
-    let mut ws = WebServer::init().unwrap();
-    let alice = ws.add_author("alice").unwrap();
-    let good = ws.add_lookup("lab-1").unwrap();
-    let revoked = ws.add_lookup("lab-2").unwrap();
-    ws.start().unwrap();
-    let a = ws.author(alice).unwrap();
+    let (ws, [a], [good, revoked]) = serving(&[], ["alice"], ["lab-1", "lab-2"]);
     let bundle = make_bundle(a.key(), "j", 2);
     assert_eq!(
         upload_raw(&a, &bundle).unwrap().status(),
@@ -605,13 +611,7 @@ fn only_enrolled_unrevoked_lookups_may_lease_fetch_or_post() {
 
 #[test]
 fn four_lookups_lease_2000_jobs_exactly_once_expired_leases_return_answers_stored_once() {
-    let mut ws = WebServer::init().unwrap();
-    let alice = ws.add_author("alice").unwrap();
-    let creds: Vec<_> = (0..4)
-        .map(|i| ws.add_lookup(&format!("lab-{i}")).unwrap())
-        .collect();
-    ws.start().unwrap();
-    let a = ws.author(alice).unwrap();
+    let (ws, [a], creds) = serving(&[], ["alice"], ["lab-0", "lab-1", "lab-2", "lab-3"]);
     let r = upload_raw(&a, &make_bundle(a.key(), "wide", 2000)).unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
 
@@ -711,12 +711,7 @@ fn four_lookups_lease_2000_jobs_exactly_once_expired_leases_return_answers_store
 
 #[test]
 fn failures_requeue_until_max_attempts_and_events_announce_jobs() {
-    let mut ws = WebServer::init().unwrap();
-    ws.extra_args = vec!["--max-attempts".into(), "2".into()];
-    let alice = ws.add_author("alice").unwrap();
-    let creds = ws.add_lookup("lab").unwrap();
-    ws.start().unwrap();
-    let a = ws.author(alice).unwrap();
+    let (ws, [a], [creds]) = serving(&["--max-attempts", "2"], ["alice"], ["lab"]);
     let c = ws.lookup_client(&creds).unwrap();
 
     // Subscribe to events, then upload: a `jobs` event arrives.
@@ -949,14 +944,10 @@ struct CrashRig {
 
 impl CrashRig {
     fn start(extra_args: &[&str]) -> CrashRig {
-        let mut ws = WebServer::init().unwrap();
-        ws.extra_args = extra_args.iter().map(|s| s.to_string()).collect();
-        let alice = ws.add_author("alice").unwrap();
-        let creds = ws.add_lookup("lab").unwrap();
-        ws.start().unwrap();
+        let (ws, [author], [creds]) = serving(extra_args, ["alice"], ["lab"]);
         let addr = ws.addr.clone();
         let load = Load {
-            author: Arc::new(ws.author(alice).unwrap()),
+            author: Arc::new(author),
             lookup: ws.lookup_client(&creds).unwrap(),
             url: format!("https://{addr}"),
             stop: Arc::default(),
@@ -1302,13 +1293,7 @@ fn init_from_the_command_line_makes_a_private_directory_and_prints_nothing_secre
 
 #[test]
 fn authors_never_see_each_others_jobs_or_answers() {
-    let mut ws = WebServer::init().unwrap();
-    let alice = ws.add_author("alice").unwrap();
-    let bob = ws.add_author("bob").unwrap();
-    let creds = ws.add_lookup("lab").unwrap();
-    ws.start().unwrap();
-    let a = ws.author(alice).unwrap();
-    let b = ws.author(bob).unwrap();
+    let (ws, [a, b], [creds]) = serving(&[], ["alice", "bob"], ["lab"]);
     let mut ids = Vec::new();
     for (who, name) in [(&a, "alices"), (&b, "bobs")] {
         let r = upload_raw(who, &make_bundle(who.key(), name, 2)).unwrap();
@@ -1361,10 +1346,7 @@ fn authors_never_see_each_others_jobs_or_answers() {
 
 #[test]
 fn sigint_and_sigterm_stop_the_server_gracefully() {
-    let mut ws = WebServer::init().unwrap();
-    let alice = ws.add_author("alice").unwrap();
-    let creds = ws.add_lookup("lab").unwrap();
-    ws.start().unwrap();
+    let (mut ws, [a], [creds]) = serving(&[], ["alice"], ["lab"]);
 
     // SIGINT with an event stream open: the stream ends, the process exits 0.
     let mut events = Raw::connect(&ws, Some(&creds));
@@ -1379,9 +1361,9 @@ fn sigint_and_sigterm_stop_the_server_gracefully() {
     // SIGTERM while an upload is on its way: it completes, then the process exits 0.
     ws.addr = String::new();
     ws.start().unwrap();
-    let bundle = big_bundle(&alice, "slow", 1, 3 * 1024 * 1024);
+    let bundle = big_bundle(a.key(), "slow", 1, 3 * 1024 * 1024);
     let auth = rjs_signer::request::RequestAuth::sign(
-        &alice,
+        a.key(),
         "POST",
         "/api/v1/bundles",
         &sha256_hex(&bundle),
