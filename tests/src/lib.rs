@@ -153,9 +153,13 @@ impl WebServer {
     }
 }
 
-/// Builds a blocking reqwest client pinned to `ca_pem`, optionally with the identity in a
-/// PEM file holding a certificate chain (leaf first after any CA certificates) and its key.
-pub fn client(ca_pem: &Path, identity_pem: Option<&Path>) -> Result<reqwest::blocking::Client> {
+/// A TLS client configuration pinned to `ca_pem`, optionally with the identity in a PEM file
+/// holding a certificate chain (leaf first after any CA certificates) and its key (a lookup's
+/// credentials file).
+pub fn client_tls_from_files(
+    ca_pem: &Path,
+    identity_pem: Option<&Path>,
+) -> Result<rustls::ClientConfig> {
     let ca = rjs_wire::tls::load_certs(ca_pem)?;
     let identity = match identity_pem {
         Some(p) => {
@@ -168,9 +172,14 @@ pub fn client(ca_pem: &Path, identity_pem: Option<&Path>) -> Result<reqwest::blo
         }
         None => None,
     };
-    let tls = rjs_wire::tls::client_config(&ca, identity)?;
+    Ok(rjs_wire::tls::client_config(&ca, identity)?)
+}
+
+/// Builds a blocking reqwest client pinned to `ca_pem`, optionally with an identity
+/// ([`client_tls_from_files`]).
+pub fn client(ca_pem: &Path, identity_pem: Option<&Path>) -> Result<reqwest::blocking::Client> {
     Ok(reqwest::blocking::Client::builder()
-        .use_preconfigured_tls(tls)
+        .use_preconfigured_tls(client_tls_from_files(ca_pem, identity_pem)?)
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(60))
         .build()?)

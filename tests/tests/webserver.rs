@@ -33,6 +33,12 @@ fn serving<const A: usize, const L: usize>(
     (ws, clients, creds)
 }
 
+/// How many of the author's jobs are done.
+fn done_jobs(a: &AuthorClient) -> usize {
+    let jobs = a.jobs(None).unwrap().jobs;
+    jobs.iter().filter(|j| j.state == JobState::Done).count()
+}
+
 fn code_of(r: reqwest::blocking::Response) -> (StatusCode, String) {
     let status = r.status();
     let body: Value = r.json().unwrap_or(Value::Null);
@@ -121,17 +127,7 @@ impl Raw {
         identity: Option<&LookupCreds>,
         server_name: &str,
     ) -> Result<RawHttp, rustls::Error> {
-        let ca = rjs_wire::tls::load_certs(&ws.ca_pem()).unwrap();
-        let identity = identity.map(|c| {
-            let pem = std::fs::read(&c.path).unwrap();
-            let leaf: Vec<_> = rjs_wire::tls::certs_from_pem(&pem, "creds")
-                .unwrap()
-                .into_iter()
-                .filter(|x| !ca.contains(x))
-                .collect();
-            (leaf, rjs_wire::tls::key_from_pem(&pem, "creds").unwrap())
-        });
-        let tls = rjs_wire::tls::client_config(&ca, identity).unwrap();
+        let tls = client_tls_from_files(&ws.ca_pem(), identity.map(|c| c.path.as_path())).unwrap();
         let mut raw = RawHttp::new(ws.addr.as_str(), tls, server_name);
         raw.handshake()?;
         Ok(raw)
@@ -699,14 +695,7 @@ fn four_lookups_lease_2000_jobs_exactly_once_expired_leases_return_answers_store
     let expire_ids: HashSet<i64> = expire.iter().map(|(_, j)| *j).collect();
     assert_eq!(again_ids, expire_ids);
     assert!(again.iter().all(|l| l.attempt == 2));
-    let done = a
-        .jobs(None)
-        .unwrap()
-        .jobs
-        .iter()
-        .filter(|j| j.state == JobState::Done)
-        .count();
-    assert_eq!(done, 1990);
+    assert_eq!(done_jobs(&a), 1990);
 }
 
 #[test]
@@ -716,20 +705,7 @@ fn failures_requeue_until_max_attempts_and_events_announce_jobs() {
 
     // Subscribe to events, then upload: a `jobs` event arrives.
     let mut events = reqwest::blocking::Client::builder()
-        .use_preconfigured_tls({
-            let ca = rjs_wire::tls::load_certs(&ws.ca_pem()).unwrap();
-            let pem = std::fs::read(&creds.path).unwrap();
-            let certs: Vec<_> = rjs_wire::tls::certs_from_pem(&pem, "c")
-                .unwrap()
-                .into_iter()
-                .filter(|x| !ca.contains(x))
-                .collect();
-            rjs_wire::tls::client_config(
-                &ca,
-                Some((certs, rjs_wire::tls::key_from_pem(&pem, "c").unwrap())),
-            )
-            .unwrap()
-        })
+        .use_preconfigured_tls(client_tls_from_files(&ws.ca_pem(), Some(&creds.path)).unwrap())
         .timeout(None)
         .build()
         .unwrap()
@@ -927,8 +903,14 @@ impl Load {
     }
 }
 
-/// An answer of job `job`: `len` bytes starting `answer for JOB `.
-fn answer_body(job: i64, len: usize) -> Vec<u8> {
+/// The `n`th answer a load thread sends, for job `job`: starting `answer for JOB `, 4 KiB
+/// (small: kept inline), or `big` bytes (for the blob store) every `big_every`th answer.
+fn answer_body(job: i64, n: usize, big_every: usize, big: usize) -> Vec<u8> {
+    let len = if n.is_multiple_of(big_every) {
+        big
+    } else {
+        4096
+    };
     let mut body = format!("answer for {job} ").into_bytes();
     body.resize(len, b'x');
     body
@@ -1075,12 +1057,7 @@ fn sigkill_during_uploads_and_answers_loses_nothing_acknowledged() {
             }
             n += 1;
             // Small answers (kept in the database) and, now and then, one for the blob store.
-            let len = if n.is_multiple_of(3) {
-                600 * 1024
-            } else {
-                4096
-            };
-            let body = answer_body(l.job_id, len);
+            let body = answer_body(l.job_id, n, 3, 600 * 1024);
             match load
                 .lookup
                 .put(format!("{}/lookup/v1/jobs/{}/answer", load.url, l.job_id))
@@ -1153,12 +1130,7 @@ fn sigkill_during_answer_batches_loses_nothing_acknowledged() {
         for l in leases {
             n += 1;
             // Mostly small answers (kept inline), now and then one for the blob store.
-            let len = if n.is_multiple_of(16) {
-                300 * 1024
-            } else {
-                4096
-            };
-            let bytes = answer_body(l.job_id, len);
+            let bytes = answer_body(l.job_id, n, 16, 300 * 1024);
             let h = api::AnswerBatchHeader {
                 job_id: l.job_id,
                 outcome: "exit 0".into(),
@@ -1196,14 +1168,7 @@ fn sigkill_during_answer_batches_loses_nothing_acknowledged() {
 
     let leftovers = rig.check_and_restart();
     eprintln!("the kill left {leftovers} temporary file(s)");
-    let done = rig
-        .author()
-        .jobs(None)
-        .unwrap()
-        .jobs
-        .iter()
-        .filter(|j| j.state == JobState::Done)
-        .count();
+    let done = done_jobs(rig.author());
     assert!(
         done >= acked.len(),
         "{done} done, {} acknowledged",
