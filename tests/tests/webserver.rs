@@ -852,6 +852,9 @@ fn leases_come_back(
     );
 }
 
+/// An answer sent: job id and bytes.
+type Answer = (i64, Vec<u8>);
+
 /// What the load threads of a SIGKILL test share: the author and lookup clients, the stop
 /// flag, the answers acknowledged and the jobs held.
 #[derive(Clone)]
@@ -862,7 +865,7 @@ struct Load {
     url: String,
     stop: Arc<AtomicBool>,
     /// Answers the server acknowledged as stored, with what was sent.
-    acked: Arc<Mutex<Vec<(i64, Vec<u8>)>>>,
+    acked: Arc<Mutex<Vec<Answer>>>,
     /// Jobs leased and not (yet) acknowledged as answered.
     held: Arc<Mutex<HashSet<i64>>>,
 }
@@ -894,7 +897,7 @@ impl Load {
     }
 
     /// Records answers the server acknowledged: no longer held, to be found after the kill.
-    fn acknowledged(&self, answers: Vec<(i64, Vec<u8>)>) {
+    fn acknowledged(&self, answers: Vec<Answer>) {
         let mut held = self.held.lock().unwrap();
         for (job, _) in &answers {
             held.remove(job);
@@ -945,10 +948,7 @@ impl CrashRig {
 
     /// SIGKILLs the server, stops the load and waits for its threads; returns the answers
     /// acknowledged and the jobs held at the kill.
-    fn kill(
-        &mut self,
-        threads: Vec<std::thread::JoinHandle<()>>,
-    ) -> (Vec<(i64, Vec<u8>)>, HashSet<i64>) {
+    fn kill(&mut self, threads: Vec<std::thread::JoinHandle<()>>) -> (Vec<Answer>, HashSet<i64>) {
         self.ws.kill9();
         self.load.stop.store(true, Ordering::SeqCst);
         for t in threads {
@@ -975,7 +975,7 @@ impl CrashRig {
     }
 
     /// Every acknowledged answer is there, intact.
-    fn assert_answers_kept(&self, acked: &[(i64, Vec<u8>)]) {
+    fn assert_answers_kept(&self, acked: &[Answer]) {
         for (job, body) in acked {
             let r = get_answer(self.author(), *job);
             assert_eq!(
