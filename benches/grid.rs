@@ -615,6 +615,18 @@ fn poll<T>(
     }
 }
 
+/// Polls on a fixed cadence: sleeps until `next` + `every` (and moves `next` there); when a
+/// poll took longer than that, goes on at once and counts the cadence from now.
+fn pace(next: &mut Instant, every: Duration) {
+    *next += every;
+    let now = Instant::now();
+    if *next > now {
+        std::thread::sleep(*next - now);
+    } else {
+        *next = now;
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // CPU time from /proc.
 
@@ -941,13 +953,7 @@ fn poll_until_all_final(
             );
         }
         prev_start = start;
-        next += THROUGHPUT_POLL;
-        let now = Instant::now();
-        if next > now {
-            std::thread::sleep(next - now);
-        } else {
-            next = now;
-        }
+        pace(&mut next, THROUGHPUT_POLL);
     }
 }
 
@@ -1230,13 +1236,7 @@ fn speedup_runs(ctx: &Ctx, grid: &LocalGrid) -> Result<Vec<Duration>> {
                 at < Duration::from_secs(120),
                 "the 8 tiles were not done within 120 s"
             );
-            next += SPEEDUP_POLL;
-            let now = Instant::now();
-            if next > now {
-                std::thread::sleep(next - now);
-            } else {
-                next = now;
-            }
+            pace(&mut next, SPEEDUP_POLL);
         };
         if let Some(j) = jobs.iter().find(|j| j.state != JobState::Done) {
             bail!(

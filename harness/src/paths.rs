@@ -1,5 +1,6 @@
 //! Where things are in the workspace: its root, its target directory, the built binaries and
 //! the sample jobs. The one place that knows; every test, benchmark and `rjs demo` asks here.
+//! Also [`mode`]: the permission bits of a file, for tests of private files.
 
 use std::path::{Path, PathBuf};
 
@@ -65,6 +66,17 @@ pub fn sample(job: &str) -> PathBuf {
         dir.display()
     );
     dir
+}
+
+/// The permission bits of `p` (`0o700`, `0o600`, …), for tests of private files; panics if it
+/// cannot be read.
+pub fn mode(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .permissions()
+        .mode()
+        & 0o777
 }
 
 #[cfg(test)]

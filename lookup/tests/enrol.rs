@@ -7,6 +7,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use rjs_harness::paths::mode;
 use rjs_wire::enrol::Token;
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
@@ -148,22 +149,13 @@ fn join_refused(node_dir: &Path, token: &str, says: &str) {
     );
 }
 
-#[cfg(unix)]
-fn mode(p: &Path) -> u32 {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
-}
-
 #[test]
 fn enrolment_end_to_end() {
     let tmp = tempfile::tempdir().unwrap();
     let lookup = tmp.path().join("lookup");
     init(&lookup);
-    #[cfg(unix)]
-    {
-        assert_eq!(mode(&lookup), 0o700);
-        assert_eq!(mode(&lookup.join("cluster-ca-key.pem")), 0o600);
-    }
+    assert_eq!(mode(&lookup), 0o700);
+    assert_eq!(mode(&lookup.join("cluster-ca-key.pem")), 0o600);
     // A second init refuses to replace the CA.
     assert!(
         !run(Command::new(lookup_exe())
@@ -186,7 +178,6 @@ fn enrolment_end_to_end() {
             .trim(),
         "node-1"
     );
-    #[cfg(unix)]
     assert_eq!(mode(&node.join("node-key.pem")), 0o600);
     let leaf = check_node_certificate(&lookup, &node);
 

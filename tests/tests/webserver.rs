@@ -1180,7 +1180,6 @@ fn sigkill_during_answer_batches_loses_nothing_acknowledged() {
 
 #[test]
 fn init_from_the_command_line_makes_a_private_directory_and_prints_nothing_secret() {
-    use std::os::unix::fs::PermissionsExt;
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let init = || {
@@ -1198,7 +1197,7 @@ fn init_from_the_command_line_makes_a_private_directory_and_prints_nothing_secre
         String::from_utf8(out.stderr).unwrap(),
     );
     assert!(out.status.success(), "{stdout}{stderr}");
-    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let mode = rjs_harness::paths::mode;
     assert_eq!(mode(&data), 0o700);
     for key in ["ca-key.pem", "server-key.pem"] {
         assert_eq!(mode(&data.join(key)), 0o600, "{key}");
