@@ -1417,6 +1417,22 @@ fn redispatch(ctx: &Ctx) -> Result<Vec<Row>> {
     Ok(rows)
 }
 
+/// Asks the lookup `why` of job `id` every [`STATUS_POLL`], for up to 30 s, until it is on a
+/// node and `placed(state, node)` holds; returns the node and when that was seen.
+fn wait_placed(
+    grid: &LocalGrid,
+    id: i64,
+    what: &str,
+    placed: impl Fn(JobWhere, &str) -> bool,
+) -> Result<(String, Instant)> {
+    poll(what, STATUS_POLL, Duration::from_secs(30), || {
+        let w = why(grid, id)?;
+        Ok(w.node
+            .filter(|node| placed(w.state, node))
+            .map(|node| (node, Instant::now())))
+    })
+}
+
 /// Two single-slot nodes (node-1 faster, so it gets the job); one long task; `signal` to the
 /// node running it; time until the lookup says it runs on the other node.
 fn redispatch_run(ctx: &Ctx, signal: i32) -> Result<(Duration, String)> {
@@ -1433,18 +1449,9 @@ fn redispatch_run(ctx: &Ctx, signal: i32) -> Result<(Duration, String)> {
         let bundle = grid.pack(&job)?;
         let up = grid.upload(&bundle)?;
         let id = up.jobs[0].id;
-        let victim = poll(
-            "the long task running",
-            STATUS_POLL,
-            Duration::from_secs(30),
-            || {
-                let w = why(&grid, id)?;
-                Ok(match (w.state, w.node) {
-                    (JobWhere::Running, Some(node)) => Some(node),
-                    _ => None,
-                })
-            },
-        )?;
+        let (victim, _) = wait_placed(&grid, id, "the long task running", |state, _| {
+            state == JobWhere::Running
+        })?;
         let a = grid
             .node_index(&victim)
             .with_context(|| format!("{victim} is not a node of this grid"))?;
@@ -1456,20 +1463,13 @@ fn redispatch_run(ctx: &Ctx, signal: i32) -> Result<(Duration, String)> {
         };
         let t0 = Instant::now();
         grid.kill_node(a, signal)?;
-        let (elapsed, other) = poll(
+        let (other, seen) = wait_placed(
+            &grid,
+            id,
             "the task running on the other node",
-            STATUS_POLL,
-            Duration::from_secs(30),
-            || {
-                let w = why(&grid, id)?;
-                Ok(match (w.state, w.node) {
-                    (JobWhere::Running | JobWhere::Answered, Some(node)) if node != victim => {
-                        Some((t0.elapsed(), node))
-                    }
-                    _ => None,
-                })
-            },
+            |state, node| matches!(state, JobWhere::Running | JobWhere::Answered) && node != victim,
         )?;
+        let elapsed = seen - t0;
         let mut note = format!(" ({victim} → {other})");
         if signal == libc::SIGKILL {
             // Do the dead node's workers die with it?
