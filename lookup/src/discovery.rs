@@ -421,33 +421,21 @@ mod tests {
             t.offer(a1, vec![], &keys, now_ms, t0),
             Offer::Dropped(DropReason::Replay)
         );
-        // Unknown node, wrong key, stale, unsigned, malformed.
-        let b = s(&ann("b", now_ms, 1), &good);
-        assert_eq!(
-            t.offer(b, vec![], &keys, now_ms, t0),
-            Offer::Dropped(DropReason::UnknownKey)
-        );
-        let forged = s(&ann("a", now_ms + 1, 1), &other);
-        assert_eq!(
-            t.offer(forged, vec![], &keys, now_ms, t0),
-            Offer::Dropped(DropReason::BadSignature)
-        );
-        let stale = s(&ann("a", now_ms - 31_000, 9), &good);
-        assert_eq!(
-            t.offer(stale, vec![], &keys, now_ms, t0),
-            Offer::Dropped(DropReason::Stale)
-        );
-        let future = s(&ann("a", now_ms + 31_000, 9), &good);
-        assert_eq!(
-            t.offer(future, vec![], &keys, now_ms, t0),
-            Offer::Dropped(DropReason::Stale)
-        );
+        // Unknown node, wrong key, stale (past and future), unsigned, malformed.
         let mut unsigned = s(&ann("a", now_ms + 2, 1), &good);
         unsigned.pop();
-        assert_eq!(
-            t.offer(unsigned, vec![], &keys, now_ms, t0),
-            Offer::Dropped(DropReason::Unsigned)
-        );
+        for (txt, why) in [
+            (s(&ann("b", now_ms, 1), &good), DropReason::UnknownKey),
+            (
+                s(&ann("a", now_ms + 1, 1), &other),
+                DropReason::BadSignature,
+            ),
+            (s(&ann("a", now_ms - 31_000, 9), &good), DropReason::Stale),
+            (s(&ann("a", now_ms + 31_000, 9), &good), DropReason::Stale),
+            (unsigned, DropReason::Unsigned),
+        ] {
+            assert_eq!(t.offer(txt, vec![], &keys, now_ms, t0), Offer::Dropped(why));
+        }
         assert_eq!(
             t.offer(vec![("id", "a")], vec![], &keys, now_ms, t0),
             Offer::Dropped(DropReason::Unsigned)

@@ -11,7 +11,7 @@ use rjs_wire::status::JobWhere;
 use tokio::sync::mpsc;
 
 use super::dispatcher::{job_lost, report_failure};
-use super::state::{Place, Shared};
+use super::state::{Place, Shared, State};
 use crate::dispatch::{DispatchError, JobOffer, JobOutcome, NodeClient, NodeId};
 
 /// One slot of one node: takes the jobs assigned to the node, one at a time, over its own
@@ -86,6 +86,15 @@ pub(super) fn exited_zero(outcome: &str) -> bool {
     outcome == "exit 0" || outcome.starts_with("exit 0 (")
 }
 
+/// Puts a job that is still ours back at the head of the queue (it was offered before the
+/// jobs behind it).
+fn requeue_first(st: &mut State, id: JobId) {
+    if let Some(j) = st.jobs.get_mut(&id) {
+        j.place = Place::Queued;
+        st.queue.push_front(id);
+    }
+}
+
 /// Records how a lane's job ended and wakes whoever can use the freed slot.
 pub(super) fn finish(shared: &Arc<Shared>, node: &NodeId, id: JobId, fin: Finish) {
     let now = Instant::now();
@@ -127,22 +136,16 @@ pub(super) fn finish(shared: &Arc<Shared>, node: &NodeId, id: JobId, fin: Finish
                 s.cool_until = Some(now + Duration::from_secs(1));
             }
             tracing::info!(job = %id, %node, code = code.as_str(), %reason, "refused");
-            if let Some(j) = st.jobs.get_mut(&id) {
-                if !transient {
-                    j.refusals.insert(node.to_owned(), (code, now));
-                }
-                j.place = Place::Queued;
-                st.queue.push_front(id);
+            if !transient && let Some(j) = st.jobs.get_mut(&id) {
+                j.refusals.insert(node.to_owned(), (code, now));
             }
+            requeue_first(&mut st, id);
         }
         Finish::Unreachable(reason) => {
             tracing::warn!(job = %id, %node, %reason, "node unreachable");
             st.stats.entry(node.to_owned()).or_default().cool_until =
                 Some(now + Duration::from_secs(2));
-            if let Some(j) = st.jobs.get_mut(&id) {
-                j.place = Place::Queued;
-                st.queue.push_front(id);
-            }
+            requeue_first(&mut st, id);
         }
         Finish::Lost(reason) => {
             tracing::warn!(job = %id, %node, %reason, "job lost with its node");
