@@ -19,7 +19,7 @@ fn main() -> ExitCode {
     }
     let cli = commands::Cli::parse();
     rjs_cmd::logging::init("warn");
-    rjs_cmd::exit("rjs-compute", cli.command.execute())
+    rjs_cmd::exit("rjs-compute", cli.command.run())
 }
 
 #[cfg(test)]

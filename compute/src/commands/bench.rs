@@ -18,7 +18,7 @@ pub struct BenchCommand {
 }
 
 impl BenchCommand {
-    pub fn execute(self) -> Result<()> {
+    pub fn run(self) -> Result<()> {
         let config = NodeConfig::load(&self.data.overrides())?;
         if self.rebench || bench::load(&config.bench_file()).is_none() {
             eprintln!("measuring this node's speed (about a second)…");

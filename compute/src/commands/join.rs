@@ -20,7 +20,7 @@ pub struct JoinCommand {
 }
 
 impl JoinCommand {
-    pub fn execute(self) -> Result<()> {
+    pub fn run(self) -> Result<()> {
         let token = rjs_wire::enrol::Token::parse(&self.token)?;
         let config = NodeConfig::load(&self.data.overrides())?;
         let opts = JoinOptions {

@@ -44,13 +44,13 @@ pub enum Command {
 }
 
 impl Command {
-    pub fn execute(self) -> Result<ExitCode> {
+    pub fn run(self) -> Result<ExitCode> {
         match self {
-            Command::Bench(c) => c.execute().map(|()| ExitCode::SUCCESS),
-            Command::Join(c) => c.execute().map(|()| ExitCode::SUCCESS),
-            Command::Trust(c) => c.execute().map(|()| ExitCode::SUCCESS),
-            Command::Run(c) => c.execute(),
-            Command::Serve(c) => c.execute(),
+            Command::Bench(c) => c.run().map(|()| ExitCode::SUCCESS),
+            Command::Join(c) => c.run().map(|()| ExitCode::SUCCESS),
+            Command::Trust(c) => c.run().map(|()| ExitCode::SUCCESS),
+            Command::Run(c) => c.run(),
+            Command::Serve(c) => c.run(),
         }
     }
 }

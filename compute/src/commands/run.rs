@@ -27,7 +27,7 @@ pub struct RunCommand {
 }
 
 impl RunCommand {
-    pub fn execute(self) -> Result<ExitCode> {
+    pub fn run(self) -> Result<ExitCode> {
         let (bundle, task, out) = (&self.bundle, self.task, &self.out);
         let bytes = rjs_signer::fsutil::read_bounded(
             bundle,

@@ -67,7 +67,7 @@ impl AnnounceArgs {
 }
 
 impl ServeCommand {
-    pub fn execute(self) -> Result<ExitCode> {
+    pub fn run(self) -> Result<ExitCode> {
         if self.io_timeout.is_some_and(|t| t.is_zero()) {
             bail!("--io-timeout must be more than 0");
         }

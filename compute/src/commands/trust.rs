@@ -42,7 +42,7 @@ enum TrustAction {
 }
 
 impl TrustCommand {
-    pub fn execute(self) -> Result<()> {
+    pub fn run(self) -> Result<()> {
         let config = NodeConfig::load(&self.data.overrides())?;
         let store = TrustStore::open(&config.data_dir)?;
         match self.action {

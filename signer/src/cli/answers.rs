@@ -41,7 +41,7 @@ const MAX_UNKNOWN_ANSWER: u64 = 1024 * 1024 * 1024;
 1 some task failed; 2 an error (including --timeout running out); \
 3 some tasks are not finished yet (without --wait)."
 )]
-pub struct Args {
+pub struct AnswersCommand {
     /// Folder for the answers: DIR/<bundle-name>-<bundle-id-prefix>/task-<N>.zip.
     #[arg(short = 'o', long = "out", value_name = "DIR")]
     pub out: PathBuf,
@@ -270,75 +270,78 @@ fn is_transient(e: &anyhow::Error) -> bool {
     transient && !refused
 }
 
-pub fn run(args: &Args) -> Result<u8> {
-    let api = settings::open(&args.server)?;
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("creating the answer folder {}", args.out.display()))?;
-    let mut tally = Tally::default();
+impl AnswersCommand {
+    /// Runs the command; `Ok` holds the exit status.
+    pub fn run(&self) -> Result<u8> {
+        let api = settings::open(&self.server)?;
+        std::fs::create_dir_all(&self.out)
+            .with_context(|| format!("creating the answer folder {}", self.out.display()))?;
+        let mut tally = Tally::default();
 
-    // First look: errors here are reported at once (wrong server, key, CA...).
-    let mut jobs = current(&select_jobs(&api, &args.bundles)?);
-    let mut timed_out = false;
-    if !args.wait {
-        fetch_all(&api, &args.out, &jobs, &mut tally, None, false)?;
-    } else {
-        let deadline = args.timeout.map(|t| Instant::now() + t);
-        let multi = MultiProgress::with_draw_target(output::draw_target());
-        let tasks = multi.add(output::tasks_bar(
-            jobs.len() as u64,
-            "answers",
-            progress_message(&Counts::of(&jobs)),
-        ));
-        let mut failures = 0u32;
-        loop {
-            let c = Counts::of(&jobs);
-            tasks.set_length(c.total() as u64);
-            tasks.set_position(c.finished() as u64);
-            tasks.set_message(progress_message(&c));
-            let fetched = fetch_all(&api, &args.out, &jobs, &mut tally, Some(&multi), true);
-            let all_fetched = jobs
-                .iter()
-                .filter(|j| j.state == JobState::Done)
-                .all(|j| tally.files.contains_key(&j.id) || tally.errors.contains_key(&j.id));
-            if fetched.is_ok() && c.finished() == c.total() && all_fetched {
-                break;
-            }
-            if let Err(e) = fetched {
-                failures += 1;
-                warn(&multi, &e, failures)?;
-            }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                timed_out = true;
-                break;
-            }
-            let pause = match deadline {
-                Some(d) => POLL_INTERVAL.min(d.saturating_duration_since(Instant::now())),
-                None => POLL_INTERVAL,
-            };
-            std::thread::sleep(pause);
-            match select_jobs(&api, &args.bundles) {
-                Ok(j) => {
-                    jobs = current(&j);
-                    failures = 0;
+        // First look: errors here are reported at once (wrong server, key, CA...).
+        let mut jobs = current(&select_jobs(&api, &self.bundles)?);
+        let mut timed_out = false;
+        if !self.wait {
+            fetch_all(&api, &self.out, &jobs, &mut tally, None, false)?;
+        } else {
+            let deadline = self.timeout.map(|t| Instant::now() + t);
+            let multi = MultiProgress::with_draw_target(output::draw_target());
+            let tasks = multi.add(output::tasks_bar(
+                jobs.len() as u64,
+                "answers",
+                progress_message(&Counts::of(&jobs)),
+            ));
+            let mut failures = 0u32;
+            loop {
+                let c = Counts::of(&jobs);
+                tasks.set_length(c.total() as u64);
+                tasks.set_position(c.finished() as u64);
+                tasks.set_message(progress_message(&c));
+                let fetched = fetch_all(&api, &self.out, &jobs, &mut tally, Some(&multi), true);
+                let all_fetched = jobs
+                    .iter()
+                    .filter(|j| j.state == JobState::Done)
+                    .all(|j| tally.files.contains_key(&j.id) || tally.errors.contains_key(&j.id));
+                if fetched.is_ok() && c.finished() == c.total() && all_fetched {
+                    break;
                 }
-                Err(e) if is_transient(&e) => {
+                if let Err(e) = fetched {
                     failures += 1;
                     warn(&multi, &e, failures)?;
                 }
-                Err(e) => return Err(e),
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    timed_out = true;
+                    break;
+                }
+                let pause = match deadline {
+                    Some(d) => POLL_INTERVAL.min(d.saturating_duration_since(Instant::now())),
+                    None => POLL_INTERVAL,
+                };
+                std::thread::sleep(pause);
+                match select_jobs(&api, &self.bundles) {
+                    Ok(j) => {
+                        jobs = current(&j);
+                        failures = 0;
+                    }
+                    Err(e) if is_transient(&e) => {
+                        failures += 1;
+                        warn(&multi, &e, failures)?;
+                    }
+                    Err(e) => return Err(e),
+                }
             }
+            tasks.finish_and_clear();
+            multi.clear().ok();
         }
-        tasks.finish_and_clear();
-        multi.clear().ok();
-    }
 
-    let report = Report::new(&args.out, &jobs, &tally, timed_out, args.timeout);
-    if args.json {
-        println!("{}", report.json());
-    } else {
-        print!("{}", report.text());
+        let report = Report::new(&self.out, &jobs, &tally, timed_out, self.timeout);
+        if self.json {
+            println!("{}", report.json());
+        } else {
+            print!("{}", report.text());
+        }
+        Ok(report.exit_code(self.wait))
     }
-    Ok(report.exit_code(args.wait))
 }
 
 /// The tasks bar's message: what is not done.

@@ -7,7 +7,7 @@ use clap::Subcommand;
 use super::settings;
 
 #[derive(clap::Args, Debug)]
-pub struct Args {
+pub struct ConfigCommand {
     #[command(subcommand)]
     pub action: Action,
     /// Configuration file [default: $RJS_HOME/config.toml or ~/.config/rjs/config.toml].
@@ -27,34 +27,37 @@ pub enum Action {
     Show,
 }
 
-pub fn run(args: &Args) -> Result<u8> {
-    let env = settings::Env::from_process();
-    match &args.action {
-        Action::Set { key, value } => {
-            let path = settings::set(args.config.as_deref(), &env, key, value)?;
-            println!("{key} set in {}", path.display());
-        }
-        Action::Show => {
-            let loaded = settings::load(args.config.as_deref(), &env)?;
-            match (&loaded.path, loaded.exists) {
-                (Some(p), true) => println!("# {}", p.display()),
-                (Some(p), false) => println!("# {} (does not exist)", p.display()),
-                (None, _) => println!("# no configuration file (set RJS_HOME or HOME)"),
+impl ConfigCommand {
+    /// Runs the command; `Ok` holds the exit status.
+    pub fn run(&self) -> Result<u8> {
+        let env = settings::Env::from_process();
+        match &self.action {
+            Action::Set { key, value } => {
+                let path = settings::set(self.config.as_deref(), &env, key, value)?;
+                println!("{key} set in {}", path.display());
             }
-            let show = |k: &str, v: Option<String>| match v {
-                Some(v) => println!("{k} = {v:?}"),
-                None => println!("# {k} is not set"),
-            };
-            show("server", loaded.file.server.clone());
-            show(
-                "ca",
-                loaded.file.ca.as_ref().map(|p| p.display().to_string()),
-            );
-            show(
-                "key",
-                loaded.file.key.as_ref().map(|p| p.display().to_string()),
-            );
+            Action::Show => {
+                let loaded = settings::load(self.config.as_deref(), &env)?;
+                match (&loaded.path, loaded.exists) {
+                    (Some(p), true) => println!("# {}", p.display()),
+                    (Some(p), false) => println!("# {} (does not exist)", p.display()),
+                    (None, _) => println!("# no configuration file (set RJS_HOME or HOME)"),
+                }
+                let show = |k: &str, v: Option<String>| match v {
+                    Some(v) => println!("{k} = {v:?}"),
+                    None => println!("# {k} is not set"),
+                };
+                show("server", loaded.file.server.clone());
+                show(
+                    "ca",
+                    loaded.file.ca.as_ref().map(|p| p.display().to_string()),
+                );
+                show(
+                    "key",
+                    loaded.file.key.as_ref().map(|p| p.display().to_string()),
+                );
+            }
         }
+        Ok(0)
     }
-    Ok(0)
 }

@@ -13,17 +13,20 @@ use super::format_time;
 use super::local::{self, EXIT_REFUSED, Verdict, check};
 
 #[derive(clap::Args, Debug)]
-pub struct Args {
+pub struct InspectCommand {
     pub bundle: PathBuf,
     #[arg(long)]
     pub json: bool,
 }
 
-pub fn run(args: &Args) -> Result<u8> {
-    let mut out = std::io::stdout().lock();
-    match check(&args.bundle)? {
-        Verdict::Valid(b, bytes) => valid(&mut out, &args.bundle, &b, &bytes, args.json),
-        Verdict::Refused(e) => refused(&mut out, &args.bundle, &e, args.json),
+impl InspectCommand {
+    /// Runs the command; `Ok` holds the exit status.
+    pub fn run(&self) -> Result<u8> {
+        let mut out = std::io::stdout().lock();
+        match check(&self.bundle)? {
+            Verdict::Valid(b, bytes) => valid(&mut out, &self.bundle, &b, &bytes, self.json),
+            Verdict::Refused(e) => refused(&mut out, &self.bundle, &e, self.json),
+        }
     }
 }
 

@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use rjs_signer::keys::{self, KeyPair};
 
 #[derive(clap::Args, Debug)]
-pub struct Args {
+pub struct KeygenCommand {
     /// Key name (A-Z a-z 0-9 . _ @ -), also recorded as the signer name in bundles.
     #[arg(long)]
     pub name: String,
@@ -29,23 +29,26 @@ fn default_key_dir() -> Result<PathBuf> {
     Ok(PathBuf::from(home).join(".config").join("rjs").join("keys"))
 }
 
-pub fn run(args: &Args) -> Result<u8> {
-    let dir = match &args.dir {
-        Some(d) => d.clone(),
-        None => default_key_dir()?,
-    };
-    let name = &args.name;
-    let key = KeyPair::generate();
-    let files = keys::write_key_pair(&key, name, &dir, args.force)
-        .with_context(|| format!("writing the key pair {name:?} to {}", dir.display()))?;
-    println!(
-        "private key: {} (secret: mode 0600, never share it)",
-        files.private.display()
-    );
-    println!(
-        "public key:  {} (give this to web server and PC owners)",
-        files.public.display()
-    );
-    println!("fingerprint: {}", files.fingerprint);
-    Ok(0)
+impl KeygenCommand {
+    /// Runs the command; `Ok` holds the exit status.
+    pub fn run(&self) -> Result<u8> {
+        let dir = match &self.dir {
+            Some(d) => d.clone(),
+            None => default_key_dir()?,
+        };
+        let name = &self.name;
+        let key = KeyPair::generate();
+        let files = keys::write_key_pair(&key, name, &dir, self.force)
+            .with_context(|| format!("writing the key pair {name:?} to {}", dir.display()))?;
+        println!(
+            "private key: {} (secret: mode 0600, never share it)",
+            files.private.display()
+        );
+        println!(
+            "public key:  {} (give this to web server and PC owners)",
+            files.public.display()
+        );
+        println!("fingerprint: {}", files.fingerprint);
+        Ok(0)
+    }
 }

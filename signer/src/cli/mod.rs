@@ -7,7 +7,7 @@
 //! Shared by several commands: [`local`] (the local bundle check and refusal lines) and
 //! [`output`] (terminal-safe text, progress bars).
 //!
-//! A new subcommand: a module here with an `Args` (clap) and `run(&Args) -> Result<u8>` (the
+//! A new subcommand: a module here with an `XCommand` (clap) and `XCommand::run` (`Ok`: the
 //! exit status), one variant in [`Command`], one arm in [`run`].
 
 pub mod answers;
@@ -47,41 +47,41 @@ pub struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Generate an ed25519 key pair: NAME.key (secret, mode 0600) and NAME.pub (shareable).
-    Keygen(keygen::Args),
+    Keygen(keygen::KeygenCommand),
     /// Pack JOB_DIR (its manifest.json and the files it names) into a signed bundle.
-    Pack(pack::Args),
+    Pack(pack::PackCommand),
     /// Verify a bundle; exit 0 if valid (and signed by a --trust key, if given), 1 if refused.
-    Verify(verify::Args),
+    Verify(verify::VerifyCommand),
     /// Verify an answer archive from a compute node; exit 0 if valid (and signed by a --node
     /// key, if given), 1 if refused.
-    VerifyAnswer(verify_answer::Args),
+    VerifyAnswer(verify_answer::VerifyAnswerCommand),
     /// Show a bundle's manifest, entries, signer and verdict.
-    Inspect(inspect::Args),
+    Inspect(inspect::InspectCommand),
     /// Verify a bundle here, then upload it to the web server (which queues one job per task).
-    Upload(upload::Args),
+    Upload(upload::UploadCommand),
     /// Show your jobs on the web server: state, attempts, outcome, node.
-    Status(status::Args),
+    Status(status::StatusCommand),
     /// Download the answers of your finished jobs (optionally waiting for the rest).
-    Answers(answers::Args),
+    Answers(answers::AnswersCommand),
     /// Check the settings: who the web server takes you for.
-    Whoami(whoami::Args),
+    Whoami(whoami::WhoamiCommand),
     /// Show or change the settings file (server, ca, key) the network commands read.
-    Config(config::Args),
+    Config(config::ConfigCommand),
 }
 
 /// Runs one command; `Ok` holds the exit status.
 pub fn run(cli: Cli) -> Result<u8> {
     match cli.command {
-        Command::Keygen(args) => keygen::run(&args),
-        Command::Pack(args) => pack::run(&args),
-        Command::Verify(args) => verify::run(&args),
-        Command::VerifyAnswer(args) => verify_answer::run(&args),
-        Command::Inspect(args) => inspect::run(&args),
-        Command::Upload(args) => upload::run(&args),
-        Command::Status(args) => status::run(&args),
-        Command::Answers(args) => answers::run(&args),
-        Command::Whoami(args) => whoami::run(&args),
-        Command::Config(args) => config::run(&args),
+        Command::Keygen(args) => args.run(),
+        Command::Pack(args) => args.run(),
+        Command::Verify(args) => args.run(),
+        Command::VerifyAnswer(args) => args.run(),
+        Command::Inspect(args) => args.run(),
+        Command::Upload(args) => args.run(),
+        Command::Status(args) => args.run(),
+        Command::Answers(args) => args.run(),
+        Command::Whoami(args) => args.run(),
+        Command::Config(args) => args.run(),
     }
 }
 

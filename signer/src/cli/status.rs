@@ -10,7 +10,7 @@ use super::settings::{self, ServerOpts};
 use rjs_signer::client::{AuthorClient, is_bundle_id};
 
 #[derive(clap::Args, Debug)]
-pub struct Args {
+pub struct StatusCommand {
     /// Only the jobs of these bundles (full id, or a unique prefix of at least 4 hex digits).
     #[arg(long = "bundle", value_name = "ID")]
     pub bundles: Vec<String>,
@@ -21,20 +21,23 @@ pub struct Args {
     pub server: ServerOpts,
 }
 
-pub fn run(args: &Args) -> Result<u8> {
-    let api = settings::open(&args.server)?;
-    let jobs = select_jobs(&api, &args.bundles)?;
-    if args.json {
-        println!("{}", serde_json::to_string(&JobList { jobs })?);
-        return Ok(0);
+impl StatusCommand {
+    /// Runs the command; `Ok` holds the exit status.
+    pub fn run(&self) -> Result<u8> {
+        let api = settings::open(&self.server)?;
+        let jobs = select_jobs(&api, &self.bundles)?;
+        if self.json {
+            println!("{}", serde_json::to_string(&JobList { jobs })?);
+            return Ok(0);
+        }
+        if jobs.is_empty() {
+            println!("no jobs");
+            return Ok(0);
+        }
+        print!("{}", render(&jobs));
+        println!("{}", summary(&jobs));
+        Ok(0)
     }
-    if jobs.is_empty() {
-        println!("no jobs");
-        return Ok(0);
-    }
-    print!("{}", render(&jobs));
-    println!("{}", summary(&jobs));
-    Ok(0)
 }
 
 /// A bundle argument: `sha256:` is allowed in front (as `pack` prints ids).

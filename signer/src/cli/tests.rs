@@ -327,19 +327,19 @@ fn upload_sends_the_bundle_signed_and_prints_ids() {
                 .collect(),
         })
     });
-    let args = upload::Args {
+    let args = upload::UploadCommand {
         bundle: path.clone(),
         resubmit: false,
         json: false,
         server: a.opts(&mock),
     };
-    assert_eq!(upload::run(&args).unwrap(), 0);
-    let args = upload::Args {
+    assert_eq!(args.run().unwrap(), 0);
+    let args = upload::UploadCommand {
         resubmit: true,
         json: true,
         ..args
     };
-    assert_eq!(upload::run(&args).unwrap(), 0);
+    assert_eq!(args.run().unwrap(), 0);
     let reqs = mock.requests();
     assert_eq!(reqs[0].path, "/api/v1/bundles");
     assert_eq!(reqs[1].path, "/api/v1/bundles?resubmit=true");
@@ -362,13 +362,13 @@ fn upload_refuses_an_invalid_bundle_before_any_request() {
     bytes[n / 2] ^= 1;
     std::fs::write(&path, &bytes).unwrap();
     let mock = serve(a.key.public(), |_| ok_json(json!({})));
-    let args = upload::Args {
+    let args = upload::UploadCommand {
         bundle: path,
         resubmit: false,
         json: false,
         server: a.opts(&mock),
     };
-    assert_eq!(upload::run(&args).unwrap(), 1);
+    assert_eq!(args.run().unwrap(), 1);
     assert!(mock.requests().is_empty());
 }
 
@@ -401,7 +401,7 @@ fn transport_errors_say_what_was_being_done() {
 #[test]
 fn http_urls_are_refused_before_connecting() {
     let a = author(6);
-    let args = status::Args {
+    let args = status::StatusCommand {
         bundles: vec![],
         json: false,
         server: ServerOpts {
@@ -409,7 +409,7 @@ fn http_urls_are_refused_before_connecting() {
             ..a.opts.clone()
         },
     };
-    let s = chain(status::run(&args).unwrap_err());
+    let s = chain(args.run().unwrap_err());
     assert!(s.contains("HTTPS only"), "{s}");
     assert!(ServerUrl::parse("http://127.0.0.1:1").is_err());
 }
@@ -482,7 +482,7 @@ fn answers_are_downloaded_once_atomically_and_checked() {
         _ => refuse(404, "no such thing", "not-found"),
     });
     let out = a.dir.join("out");
-    let args = answers::Args {
+    let args = answers::AnswersCommand {
         out: out.clone(),
         bundles: vec![],
         wait: false,
@@ -494,7 +494,7 @@ fn answers_are_downloaded_once_atomically_and_checked() {
 
     // A short answer is an error and leaves nothing behind; the other is kept.
     truncate.store(1, Ordering::SeqCst);
-    assert_eq!(answers::run(&args).unwrap(), answers::EXIT_ERROR);
+    assert_eq!(args.run().unwrap(), answers::EXIT_ERROR);
     assert_eq!(std::fs::read(folder.join("task-0.zip")).unwrap(), answer0);
     assert!(!folder.join("task-1.zip").exists());
     assert_eq!(
@@ -505,17 +505,17 @@ fn answers_are_downloaded_once_atomically_and_checked() {
 
     // Then all done except the failed task: exit 1, and task 0 is not fetched again.
     truncate.store(0, Ordering::SeqCst);
-    assert_eq!(answers::run(&args).unwrap(), answers::EXIT_SOME_FAILED);
+    assert_eq!(args.run().unwrap(), answers::EXIT_SOME_FAILED);
     assert_eq!(std::fs::read(folder.join("task-1.zip")).unwrap(), answer1);
     assert_eq!(mock.count("/api/v1/jobs/1/answer"), 1);
     assert_eq!(mock.count("/api/v1/jobs/2/answer"), 2);
-    assert_eq!(answers::run(&args).unwrap(), answers::EXIT_SOME_FAILED);
+    assert_eq!(args.run().unwrap(), answers::EXIT_SOME_FAILED);
     assert_eq!(mock.count("/api/v1/jobs/1/answer"), 1);
     assert_eq!(mock.count("/api/v1/jobs/2/answer"), 2);
 
     // A file of the wrong size is replaced.
     std::fs::write(folder.join("task-0.zip"), b"junk").unwrap();
-    answers::run(&args).unwrap();
+    args.run().unwrap();
     assert_eq!(std::fs::read(folder.join("task-0.zip")).unwrap(), answer0);
     for r in mock.requests() {
         r.auth_ok.unwrap();
@@ -552,7 +552,7 @@ fn answers_wait_until_finished_or_time_out() {
     });
     let out = a.dir.join("out");
     // Without --wait: nothing finished yet.
-    let full = answers::Args {
+    let full = answers::AnswersCommand {
         out: out.clone(),
         bundles: vec![b.clone()],
         wait: false,
@@ -560,24 +560,24 @@ fn answers_wait_until_finished_or_time_out() {
         json: true,
         server: a.opts(&mock),
     };
-    assert_eq!(answers::run(&full).unwrap(), answers::EXIT_UNFINISHED);
+    assert_eq!(full.run().unwrap(), answers::EXIT_UNFINISHED);
 
     // --wait with a short timeout: not finished in time.
-    let short = answers::Args {
+    let short = answers::AnswersCommand {
         wait: true,
         timeout: Some(Duration::from_millis(500)),
         ..full
     };
     let t0 = std::time::Instant::now();
-    assert_eq!(answers::run(&short).unwrap(), answers::EXIT_ERROR);
+    assert_eq!(short.run().unwrap(), answers::EXIT_ERROR);
     assert!(t0.elapsed() < Duration::from_secs(5));
 
     // --wait: polls until done, then downloads.
-    let wait = answers::Args {
+    let wait = answers::AnswersCommand {
         timeout: Some(Duration::from_secs(30)),
         ..short
     };
-    assert_eq!(answers::run(&wait).unwrap(), answers::EXIT_ALL_DONE);
+    assert_eq!(wait.run().unwrap(), answers::EXIT_ALL_DONE);
     let file = out.join(format!("mandel-{}/task-0.zip", &b[..12]));
     assert_eq!(std::fs::read(file).unwrap(), answer);
     assert!(polls.load(Ordering::SeqCst) >= 6);

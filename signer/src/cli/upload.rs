@@ -14,7 +14,7 @@ use rjs_signer::client::sha256_hex;
 const EXIT_REFUSED: u8 = 1;
 
 #[derive(clap::Args, Debug)]
-pub struct Args {
+pub struct UploadCommand {
     /// The bundle file (from `rjs-sign pack`).
     pub bundle: PathBuf,
     /// Queue a new set of jobs even if this bundle was uploaded before.
@@ -27,70 +27,73 @@ pub struct Args {
     pub server: ServerOpts,
 }
 
-pub fn run(args: &Args) -> Result<u8> {
-    let settings = settings::resolve(&args.server, &settings::Env::from_process())?;
-    // Refuse to upload what the server would refuse, with the rule, before any network.
-    let (bundle, bytes) = match check(&args.bundle)? {
-        Verdict::Valid(b, bytes) => (b, bytes),
-        Verdict::Refused(e) => {
+impl UploadCommand {
+    /// Runs the command; `Ok` holds the exit status.
+    pub fn run(&self) -> Result<u8> {
+        let settings = settings::resolve(&self.server, &settings::Env::from_process())?;
+        // Refuse to upload what the server would refuse, with the rule, before any network.
+        let (bundle, bytes) = match check(&self.bundle)? {
+            Verdict::Valid(b, bytes) => (b, bytes),
+            Verdict::Refused(e) => {
+                eprintln!(
+                    "rjs-sign: not uploading {}: {}",
+                    self.bundle.display(),
+                    local::refusal_line(e.rule(), e.entry(), &rjs_cmd::chain(&e))
+                );
+                return Ok(EXIT_REFUSED);
+            }
+        };
+        let api = settings::connect(&settings)?;
+        let signer = bundle.signer();
+        let mine = api.public_key();
+        if signer.public_key != mine {
             eprintln!(
-                "rjs-sign: not uploading {}: {}",
-                args.bundle.display(),
-                local::refusal_line(e.rule(), e.entry(), &rjs_cmd::chain(&e))
+                "rjs-sign: warning: {} is signed by {} ({}), not by your key {} ({}): the server \
+                 will refuse it (signer-mismatch)",
+                self.bundle.display(),
+                signer.name,
+                signer.fingerprint,
+                settings.key.display(),
+                mine.fingerprint()
             );
-            return Ok(EXIT_REFUSED);
         }
-    };
-    let api = settings::connect(&settings)?;
-    let signer = bundle.signer();
-    let mine = api.public_key();
-    if signer.public_key != mine {
-        eprintln!(
-            "rjs-sign: warning: {} is signed by {} ({}), not by your key {} ({}): the server \
-             will refuse it (signer-mismatch)",
-            args.bundle.display(),
-            signer.name,
-            signer.fingerprint,
-            settings.key.display(),
-            mine.fingerprint()
-        );
+        let local_id = hex(&rjs_signer::bundle_id(&bytes));
+        let bar = output::on_stderr(output::bytes_bar(bytes.len() as u64, "upload"));
+        let len = bytes.len() as u64;
+        let sha = sha256_hex(&bytes);
+        let body = bar.wrap_read(std::io::Cursor::new(bytes));
+        let result = api.upload_from(body, len, sha, self.resubmit);
+        bar.finish_and_clear();
+        let resp = result?;
+        if resp.bundle_id != local_id {
+            eprintln!(
+                "rjs-sign: warning: the server names the bundle {} but its SHA-256 here is {local_id}",
+                clean(&resp.bundle_id)
+            );
+        }
+        if self.json {
+            println!("{}", serde_json::to_string(&resp)?);
+            return Ok(0);
+        }
+        let name = clean(&resp.name);
+        if resp.created {
+            println!(
+                "uploaded {name} ({}) to {}",
+                plural(resp.tasks as usize, "task"),
+                api.server()
+            );
+        } else {
+            println!(
+                "already uploaded: {name} ({}) is on {}; its existing jobs are below \
+                 (--resubmit to run it again)",
+                plural(resp.tasks as usize, "task"),
+                api.server()
+            );
+        }
+        println!("bundle {}", clean(&resp.bundle_id));
+        for line in output::job_lines(&resp.jobs) {
+            println!("{line}");
+        }
+        Ok(0)
     }
-    let local_id = hex(&rjs_signer::bundle_id(&bytes));
-    let bar = output::on_stderr(output::bytes_bar(bytes.len() as u64, "upload"));
-    let len = bytes.len() as u64;
-    let sha = sha256_hex(&bytes);
-    let body = bar.wrap_read(std::io::Cursor::new(bytes));
-    let result = api.upload_from(body, len, sha, args.resubmit);
-    bar.finish_and_clear();
-    let resp = result?;
-    if resp.bundle_id != local_id {
-        eprintln!(
-            "rjs-sign: warning: the server names the bundle {} but its SHA-256 here is {local_id}",
-            clean(&resp.bundle_id)
-        );
-    }
-    if args.json {
-        println!("{}", serde_json::to_string(&resp)?);
-        return Ok(0);
-    }
-    let name = clean(&resp.name);
-    if resp.created {
-        println!(
-            "uploaded {name} ({}) to {}",
-            plural(resp.tasks as usize, "task"),
-            api.server()
-        );
-    } else {
-        println!(
-            "already uploaded: {name} ({}) is on {}; its existing jobs are below \
-             (--resubmit to run it again)",
-            plural(resp.tasks as usize, "task"),
-            api.server()
-        );
-    }
-    println!("bundle {}", clean(&resp.bundle_id));
-    for line in output::job_lines(&resp.jobs) {
-        println!("{line}");
-    }
-    Ok(0)
 }

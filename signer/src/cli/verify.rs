@@ -11,7 +11,7 @@ use super::format_time;
 use super::local::{self, Verdict, check};
 
 #[derive(clap::Args, Debug)]
-pub struct Args {
+pub struct VerifyCommand {
     pub bundle: PathBuf,
     /// Accept only these signers (public key file, `rjs-ed25519 …` line, or base64 key).
     #[arg(long = "trust", value_name = "PUBKEY")]
@@ -21,47 +21,50 @@ pub struct Args {
     pub json: bool,
 }
 
-pub fn run(args: &Args) -> Result<u8> {
-    let as_json = args.json;
-    let trusted = local::load_keys(&args.trust, "trusted key")?;
-    let verdict = check(&args.bundle)?;
-    let mut out = std::io::stdout().lock();
-    let (b, bytes) = match verdict {
-        Verdict::Valid(b, bytes) => (b, bytes),
-        Verdict::Refused(e) => {
-            return local::refused(&mut out, as_json, e.rule(), e.entry(), &rjs_cmd::chain(&e));
+impl VerifyCommand {
+    /// Runs the command; `Ok` holds the exit status.
+    pub fn run(&self) -> Result<u8> {
+        let as_json = self.json;
+        let trusted = local::load_keys(&self.trust, "trusted key")?;
+        let verdict = check(&self.bundle)?;
+        let mut out = std::io::stdout().lock();
+        let (b, bytes) = match verdict {
+            Verdict::Valid(b, bytes) => (b, bytes),
+            Verdict::Refused(e) => {
+                return local::refused(&mut out, as_json, e.rule(), e.entry(), &rjs_cmd::chain(&e));
+            }
+        };
+        let s = b.signer();
+        if !trusted.is_empty() && !trusted.contains(&s.public_key) {
+            let msg = format!(
+                "signed by {} ({}), which is not one of the {} trusted key(s)",
+                s.name,
+                s.fingerprint,
+                trusted.len()
+            );
+            return local::refused(&mut out, as_json, "untrusted-signer", None, &msg);
         }
-    };
-    let s = b.signer();
-    if !trusted.is_empty() && !trusted.contains(&s.public_key) {
-        let msg = format!(
-            "signed by {} ({}), which is not one of the {} trusted key(s)",
-            s.name,
-            s.fingerprint,
-            trusted.len()
-        );
-        return local::refused(&mut out, as_json, "untrusted-signer", None, &msg);
+        if as_json {
+            writeln!(
+                out,
+                "{}",
+                json!({
+                    "valid": true,
+                    "bundle_id": hex(&rjs_signer::bundle_id(&bytes)),
+                    "name": b.manifest().name,
+                    "signer": local::signer_json(s),
+                })
+            )?;
+        } else {
+            writeln!(
+                out,
+                "OK {}: signed by {} ({}) at {}",
+                b.manifest().name,
+                s.name,
+                s.fingerprint,
+                format_time(s.signed_at)
+            )?;
+        }
+        Ok(0)
     }
-    if as_json {
-        writeln!(
-            out,
-            "{}",
-            json!({
-                "valid": true,
-                "bundle_id": hex(&rjs_signer::bundle_id(&bytes)),
-                "name": b.manifest().name,
-                "signer": local::signer_json(s),
-            })
-        )?;
-    } else {
-        writeln!(
-            out,
-            "OK {}: signed by {} ({}) at {}",
-            b.manifest().name,
-            s.name,
-            s.fingerprint,
-            format_time(s.signed_at)
-        )?;
-    }
-    Ok(0)
 }

@@ -23,7 +23,7 @@ use rjs_signer::paths;
 given; and extracted, with --extract); 1 it is refused (one line names the rule); \
 2 another error (unreadable file, bad key, extraction failed)."
 )]
-pub struct Args {
+pub struct VerifyAnswerCommand {
     /// The answer archive (as `rjs-sign answers` saves it: task-N.zip).
     pub answer: PathBuf,
     /// Accept only answers signed by these node keys (public key file, `rjs-ed25519 …`
@@ -40,76 +40,80 @@ pub struct Args {
 }
 
 /// `rjs-sign verify-answer`.
-pub fn run(args: &Args) -> Result<u8> {
-    let nodes = local::load_keys(&args.nodes, "node key")?;
-    let limits = AnswerLimits::default();
-    let mut out = io::stdout().lock();
-    let refuse = |out: &mut io::StdoutLock<'_>, e: AnswerError| {
-        local::refused(out, args.json, e.rule(), e.entry(), &rjs_cmd::chain(&e))
-    };
-    let bytes = match local::read_bounded(&args.answer, limits.max_answer_bytes, "the answer")? {
-        Bounded::Bytes(b) => b,
-        Bounded::TooLarge { size, limit } => {
-            return refuse(&mut out, AnswerError::TooLarge { size, limit });
-        }
-    };
-    let answer = match answer::verify_answer(&bytes, &limits) {
-        Ok(a) => a,
-        Err(e) => return refuse(&mut out, e),
-    };
-    let r = answer.result();
-    if !nodes.is_empty() && !nodes.contains(answer.public_key()) {
-        let msg = format!(
-            "signed by node {} ({}), which is not one of the {} given node key(s)",
-            r.node_id,
-            answer.fingerprint(),
-            nodes.len()
-        );
-        return local::refused(&mut out, args.json, "untrusted-node", None, &msg);
-    }
-    if let Some(dir) = &args.extract {
-        extract(dir, &answer).with_context(|| format!("extracting into {}", dir.display()))?;
-    }
-    if args.json {
-        let files: Vec<_> = answer
-            .out_files()
-            .iter()
-            .map(|(path, data)| {
-                json!({"path": path, "size": data.len(), "sha256": hex(&Sha256::digest(data))})
-            })
-            .collect();
-        let node = answer.node();
-        writeln!(
-            out,
-            "{}",
-            json!({
-                "valid": true,
-                "answer_sha256": hex(&Sha256::digest(&bytes)),
-                "result": r,
-                "node": {"id": node.name, "fingerprint": node.fingerprint.to_string(),
-                         "public_key": node.public_key.to_base64(), "signed_at": node.signed_at},
-                "files": files,
-                "extracted_to": args.extract,
-            })
-        )?;
-    } else {
-        let extracted = match &args.extract {
-            Some(dir) => format!("; extracted to {}", dir.display()),
-            None => String::new(),
+impl VerifyAnswerCommand {
+    /// Runs the command; `Ok` holds the exit status.
+    pub fn run(&self) -> Result<u8> {
+        let nodes = local::load_keys(&self.nodes, "node key")?;
+        let limits = AnswerLimits::default();
+        let mut out = io::stdout().lock();
+        let refuse = |out: &mut io::StdoutLock<'_>, e: AnswerError| {
+            local::refused(out, self.json, e.rule(), e.entry(), &rjs_cmd::chain(&e))
         };
-        writeln!(
-            out,
-            "OK task {} of {} by node {} ({}): {}, {} ms, {}{extracted}",
-            r.task_index,
-            &r.bundle_sha256[..12],
-            r.node_id,
-            answer.fingerprint(),
-            clean(&r.summary()),
-            r.wall_ms,
-            plural(answer.out_files().len(), "file"),
-        )?;
+        let bytes = match local::read_bounded(&self.answer, limits.max_answer_bytes, "the answer")?
+        {
+            Bounded::Bytes(b) => b,
+            Bounded::TooLarge { size, limit } => {
+                return refuse(&mut out, AnswerError::TooLarge { size, limit });
+            }
+        };
+        let answer = match answer::verify_answer(&bytes, &limits) {
+            Ok(a) => a,
+            Err(e) => return refuse(&mut out, e),
+        };
+        let r = answer.result();
+        if !nodes.is_empty() && !nodes.contains(answer.public_key()) {
+            let msg = format!(
+                "signed by node {} ({}), which is not one of the {} given node key(s)",
+                r.node_id,
+                answer.fingerprint(),
+                nodes.len()
+            );
+            return local::refused(&mut out, self.json, "untrusted-node", None, &msg);
+        }
+        if let Some(dir) = &self.extract {
+            extract(dir, &answer).with_context(|| format!("extracting into {}", dir.display()))?;
+        }
+        if self.json {
+            let files: Vec<_> = answer
+                .out_files()
+                .iter()
+                .map(|(path, data)| {
+                    json!({"path": path, "size": data.len(), "sha256": hex(&Sha256::digest(data))})
+                })
+                .collect();
+            let node = answer.node();
+            writeln!(
+                out,
+                "{}",
+                json!({
+                    "valid": true,
+                    "answer_sha256": hex(&Sha256::digest(&bytes)),
+                    "result": r,
+                    "node": {"id": node.name, "fingerprint": node.fingerprint.to_string(),
+                             "public_key": node.public_key.to_base64(), "signed_at": node.signed_at},
+                    "files": files,
+                    "extracted_to": self.extract,
+                })
+            )?;
+        } else {
+            let extracted = match &self.extract {
+                Some(dir) => format!("; extracted to {}", dir.display()),
+                None => String::new(),
+            };
+            writeln!(
+                out,
+                "OK task {} of {} by node {} ({}): {}, {} ms, {}{extracted}",
+                r.task_index,
+                &r.bundle_sha256[..12],
+                r.node_id,
+                answer.fingerprint(),
+                clean(&r.summary()),
+                r.wall_ms,
+                plural(answer.out_files().len(), "file"),
+            )?;
+        }
+        Ok(0)
     }
-    Ok(0)
 }
 
 /// Writes the answer's files into `dir` all at once: into a new hidden folder beside it,

@@ -6,19 +6,22 @@ use super::output;
 use super::settings::{self, ServerOpts};
 
 #[derive(clap::Args, Debug)]
-pub struct Args {
+pub struct WhoamiCommand {
     #[command(flatten)]
     pub server: ServerOpts,
 }
 
-pub fn run(args: &Args) -> Result<u8> {
-    let api = settings::open(&args.server)?;
-    let me = api.whoami()?;
-    println!(
-        "{} ({}) on {}",
-        output::clean(&me.name),
-        output::clean(&me.fingerprint),
-        api.server()
-    );
-    Ok(0)
+impl WhoamiCommand {
+    /// Runs the command; `Ok` holds the exit status.
+    pub fn run(&self) -> Result<u8> {
+        let api = settings::open(&self.server)?;
+        let me = api.whoami()?;
+        println!(
+            "{} ({}) on {}",
+            output::clean(&me.name),
+            output::clean(&me.fingerprint),
+            api.server()
+        );
+        Ok(0)
+    }
 }

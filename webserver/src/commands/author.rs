@@ -6,7 +6,7 @@ use rjs_webserver::admin;
 use super::{Data, print_roster};
 
 #[derive(Subcommand)]
-pub enum AuthorCmd {
+pub enum AuthorCommand {
     /// Enroll an author's public key.
     Add {
         /// The author's name (A-Z a-z 0-9 . _ @ -, at most 64).
@@ -30,17 +30,17 @@ pub enum AuthorCmd {
     },
 }
 
-impl AuthorCmd {
+impl AuthorCommand {
     pub fn run(self) -> anyhow::Result<()> {
         match self {
-            AuthorCmd::Add { name, key, data } => {
+            AuthorCommand::Add { name, key, data } => {
                 let a = admin::author_add(&data.data, &name, &key)?;
                 println!("added author {} ({})", a.name, a.fingerprint);
             }
-            AuthorCmd::List { data } => {
+            AuthorCommand::List { data } => {
                 print_roster("no authors", &admin::author_list(&data.data)?);
             }
-            AuthorCmd::Remove { name, data } => {
+            AuthorCommand::Remove { name, data } => {
                 admin::author_remove(&data.data, &name)?;
                 println!("removed author {name}");
             }

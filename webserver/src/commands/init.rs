@@ -6,7 +6,7 @@ use rjs_webserver::admin;
 use super::Data;
 
 #[derive(Args)]
-pub struct Init {
+pub struct InitCommand {
     #[command(flatten)]
     data: Data,
     /// A DNS name or IP address the server certificate is valid for (repeatable;
@@ -15,7 +15,7 @@ pub struct Init {
     hosts: Vec<String>,
 }
 
-impl Init {
+impl InitCommand {
     pub fn run(self) -> anyhow::Result<()> {
         let r = admin::init(&self.data.data, &self.hosts)?;
         println!("initialized {}", r.dir.display());

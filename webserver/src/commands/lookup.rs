@@ -8,7 +8,7 @@ use rjs_webserver::admin;
 use super::{Data, print_roster};
 
 #[derive(Subcommand)]
-pub enum LookupCmd {
+pub enum LookupCommand {
     /// Issue a client certificate to a lookup server; write its credentials file (secret).
     Add {
         /// The lookup server's name (the certificate's CN).
@@ -32,10 +32,10 @@ pub enum LookupCmd {
     },
 }
 
-impl LookupCmd {
+impl LookupCommand {
     pub fn run(self) -> anyhow::Result<()> {
         match self {
-            LookupCmd::Add { name, output, data } => {
+            LookupCommand::Add { name, output, data } => {
                 let r = admin::lookup_add(&data.data, &name, &output)?;
                 println!(
                     "added lookup server {} (certificate SHA-256 {})",
@@ -46,10 +46,10 @@ impl LookupCmd {
                     r.creds.display()
                 );
             }
-            LookupCmd::List { data } => {
+            LookupCommand::List { data } => {
                 print_roster("no lookup servers", &admin::lookup_list(&data.data)?);
             }
-            LookupCmd::Revoke { name, data } => {
+            LookupCommand::Revoke { name, data } => {
                 admin::lookup_revoke(&data.data, &name)?;
                 println!("revoked lookup server {name}");
             }

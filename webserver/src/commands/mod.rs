@@ -33,15 +33,15 @@ struct Data {
 #[derive(Subcommand)]
 enum Command {
     /// Create the data directory: CA, server certificate, database, blob store.
-    Init(init::Init),
+    Init(init::InitCommand),
     /// Manage the authors allowed to upload bundles.
     #[command(subcommand)]
-    Author(author::AuthorCmd),
+    Author(author::AuthorCommand),
     /// Manage the lookup servers allowed to lease jobs.
     #[command(subcommand)]
-    Lookup(lookup::LookupCmd),
+    Lookup(lookup::LookupCommand),
     /// Serve the author and lookup APIs over HTTPS until SIGTERM/SIGINT.
-    Serve(serve::Serve),
+    Serve(serve::ServeCommand),
 }
 
 impl Cli {

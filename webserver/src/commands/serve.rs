@@ -7,7 +7,7 @@ use rjs_webserver::server;
 use super::Data;
 
 #[derive(Args)]
-pub struct Serve {
+pub struct ServeCommand {
     #[command(flatten)]
     data: Data,
     /// Address to listen on (port 0: any free port; the line `listening on https://ADDR`
@@ -29,7 +29,7 @@ pub struct Serve {
     workers: Option<u16>,
 }
 
-impl Serve {
+impl ServeCommand {
     pub fn run(self) -> anyhow::Result<()> {
         rjs_cmd::logging::init("info");
         let mut config = server::ServeConfig::new(self.data.data);
