@@ -8,7 +8,6 @@ use super::local::{self, Verdict, check};
 use super::output::{self, clean, plural};
 use super::settings::{self, ServerOpts};
 use rjs_signer::bundle::hex;
-use rjs_signer::client::sha256_hex;
 
 /// Exit status of a bundle refused before upload.
 const EXIT_REFUSED: u8 = 1;
@@ -60,7 +59,8 @@ impl UploadCommand {
         let local_id = hex(&rjs_signer::bundle_id(&bytes));
         let bar = output::on_stderr(output::bytes_bar(bytes.len() as u64, "upload"));
         let len = bytes.len() as u64;
-        let sha = sha256_hex(&bytes);
+        // A bundle's id is the SHA-256 of its bytes: the body hash the request signs.
+        let sha = local_id.clone();
         let body = bar.wrap_read(std::io::Cursor::new(bytes));
         let result = api.upload_from(body, len, sha, self.resubmit);
         bar.finish_and_clear();

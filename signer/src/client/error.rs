@@ -19,8 +19,12 @@ pub enum ClientError {
     Tls(#[source] rjs_wire::tls::TlsError),
     #[error("building the HTTPS client")]
     Build(#[source] reqwest::Error),
-    #[error("bad URL {url}: {reason}")]
-    BadUrl { url: String, reason: String },
+    #[error("bad URL {url}")]
+    BadUrl {
+        url: String,
+        #[source]
+        source: url::ParseError,
+    },
     #[error("internal error: {path} would be sent as {sent}")]
     PathNotCanonical { path: String, sent: String },
     #[error("{0:?} is not a bundle id")]

@@ -133,9 +133,9 @@ impl AuthorClient {
         timestamp: u64,
     ) -> Result<(RequestBuilder, RequestAuth), ClientError> {
         let url = self.server.join(path_and_query);
-        let parsed = reqwest::Url::parse(&url).map_err(|e| ClientError::BadUrl {
+        let parsed = reqwest::Url::parse(&url).map_err(|source| ClientError::BadUrl {
             url: url.clone(),
-            reason: e.to_string(),
+            source,
         })?;
         // Sign exactly what goes on the wire.
         let sent = match parsed.query() {
@@ -329,11 +329,6 @@ fn json<T: serde::de::DeserializeOwned>(
     let url = resp.url().to_string();
     let buf = read_bounded(resp, MAX_JSON_BODY)?;
     serde_json::from_slice(&buf).map_err(|source| ClientError::Decode { what, url, source })
-}
-
-/// Parses an error response's body (`{"error", "code"}`) into a [`ServerRefused`].
-pub fn refusal(status: u16, body: &[u8]) -> ServerRefused {
-    ServerRefused::from_body(status, body)
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@ use super::*;
 
 #[test]
 fn refusals_read_the_error_body_or_fall_back_to_the_status() {
-    let r = refusal(
+    let r = ServerRefused::from_body(
         401,
         br#"{"error":"timestamp 5 is 600 s from the server's clock","code":"stale-timestamp"}"#,
     );
@@ -15,17 +15,17 @@ fn refusals_read_the_error_body_or_fall_back_to_the_status() {
         "{s}"
     );
     assert!(s.contains("clock"), "{s}");
-    let r = refusal(502, b"<html>Bad gateway</html>");
+    let r = ServerRefused::from_body(502, b"<html>Bad gateway</html>");
     assert_eq!(
         r.to_string(),
         "server refused: HTTP status 502: <html>Bad gateway</html> (no-error-body)"
     );
     assert_eq!(
-        refusal(500, b"").to_string(),
+        ServerRefused::from_body(500, b"").to_string(),
         "server refused: HTTP status 500 (no-error-body)"
     );
     // Control characters from the server never reach the terminal as such.
-    let r = refusal(
+    let r = ServerRefused::from_body(
         400,
         b"{\"error\":\"a\\u001b[2Jb\",\"code\":\"bad-request\"}",
     );

@@ -14,8 +14,12 @@ pub struct ServerUrl {
 /// Why a text is not a usable web server origin.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ServerUrlError {
-    #[error("{text:?} is not a URL: {reason}")]
-    NotAUrl { text: String, reason: String },
+    #[error("{text:?} is not a URL")]
+    NotAUrl {
+        text: String,
+        #[source]
+        source: url::ParseError,
+    },
     #[error(
         "refusing {text:?}: the web server is reached over HTTPS only (https://host:port), never {scheme}://"
     )]
@@ -33,9 +37,9 @@ impl ServerUrl {
     /// queries, fragments and credentials.
     pub fn parse(text: &str) -> Result<Self, ServerUrlError> {
         let text = text.trim();
-        let url = Url::parse(text).map_err(|e| ServerUrlError::NotAUrl {
+        let url = Url::parse(text).map_err(|source| ServerUrlError::NotAUrl {
             text: text.into(),
-            reason: e.to_string(),
+            source,
         })?;
         if url.scheme() != "https" {
             return Err(ServerUrlError::NotHttps {
