@@ -16,10 +16,10 @@
 //! Exits 1 if a target is missed. Arguments: `--cycle-jobs N` (default 30,000), `--samples N`
 //! (lease samples per queue size, default 1,000).
 
-use std::io::{BufRead as _, BufReader};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
+use rjs_harness::process::{Managed, spawn_listening};
 use rjs_wire::api::ReleaseResponse;
 
 mod common;
@@ -32,38 +32,28 @@ const ANSWER_BYTES: usize = 512;
 const LEASE_SECS: u32 = 600;
 
 struct Server {
-    child: Child,
+    proc: Managed,
     base: String,
 }
 
 impl Server {
     fn start(data: &std::path::Path, log: &std::path::Path) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_rjs-webserver"))
-            .args(["serve", "--data"])
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_rjs-webserver"));
+        cmd.args(["serve", "--data"])
             .arg(data)
             .args(["--listen", "127.0.0.1:0"])
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(log).unwrap())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .trim()
-            .strip_prefix("listening on https://")
-            .unwrap_or_else(|| panic!("unexpected first line from serve: {line:?}"));
+            .stderr(std::fs::File::create(log).unwrap());
+        let (proc, addr) = spawn_listening(&mut cmd, "listening on https://").unwrap();
         let port = addr.rsplit(':').next().unwrap();
         Server {
-            child,
+            proc,
             base: format!("https://localhost:{port}"),
         }
     }
 
     /// Resident set size in bytes (`VmRSS`).
     fn rss(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.proc.pid())).unwrap();
         status
             .lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -76,8 +66,7 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         // SIGTERM: the graceful stop `serve` promises.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
+        let _ = self.proc.terminate(Duration::from_secs(30));
     }
 }
 
@@ -164,7 +153,7 @@ fn main() -> ExitCode {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
         "lookup API of rjs-webserver serve (pid {}), {cores} cores",
-        server.child.id()
+        server.proc.pid()
     );
 
     std::thread::sleep(Duration::from_secs(2));

@@ -25,9 +25,7 @@ use rcgen::ExtendedKeyUsagePurpose;
 
 /// The lookup credentials file is read by the one parser the lookup server uses too.
 pub use rjs_wire::creds::{Creds, parse_creds};
-pub use rjs_wire::pki::{
-    CA_YEARS, Ca, Issued, LEAF_YEARS, MAX_HOST, PkiError, check_host, civil_from_unix, common_name,
-};
+pub use rjs_wire::pki::{Ca, Issued, PkiError, check_host, civil_from_unix, common_name};
 
 /// Common name of the web server's CA.
 pub const CA_COMMON_NAME: &str = "RJS web server CA";

@@ -33,6 +33,9 @@ pub enum PkiError {
     KeyMismatch,
     #[error("{0}")]
     Creds(String),
+    /// The CA certificate's DER does not parse.
+    #[error("CA certificate")]
+    CaCert(#[source] x509_parser::nom::Err<x509_parser::error::X509Error>),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
 }
@@ -194,8 +197,7 @@ fn issuer(ca: &Ca) -> Result<Issuer<'static, KeyPair>, PkiError> {
     let first = der
         .first()
         .ok_or_else(|| PkiError::Creds("no CA certificate".into()))?;
-    let (_, parsed) = X509Certificate::from_der(first)
-        .map_err(|e| PkiError::Creds(format!("CA certificate: {e}")))?;
+    let (_, parsed) = X509Certificate::from_der(first).map_err(PkiError::CaCert)?;
     if parsed.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
         return Err(PkiError::KeyMismatch);
     }

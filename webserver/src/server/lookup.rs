@@ -719,12 +719,8 @@ pub async fn bundle(call: LookupCall<'_>, payload: &mut web::Payload) -> Reply {
     let id = validate::bundle_id(req.match_info().get("bundle_id").unwrap_or_default())?.to_owned();
     read_limited(payload, "the request body", MAX_JSON_BODY).await?;
     let etag = format!("\"{id}\"");
-    let not_modified = match validate::single_header(req.headers(), header::IF_NONE_MATCH.as_str())
-    {
-        Ok(Some(v)) => validate::if_none_match(v, &id),
-        Ok(None) => false,
-        Err(e) => return Err(e),
-    };
+    let not_modified = validate::single_header(req.headers(), header::IF_NONE_MATCH.as_str())?
+        .is_some_and(|v| validate::if_none_match(v, &id));
     let store = state.store.clone();
     let blobs = state.blobs.clone();
     let id2 = id.clone();
