@@ -90,11 +90,8 @@ pub enum DropReason {
     Replay,
 }
 
-/// Counters of dropped announcements, by reason (for the node panel).
-pub type DropCounters = Drops;
-
-/// Counts one dropped announcement.
-fn count_drop(drops: &mut DropCounters, r: DropReason) {
+/// Counts one dropped announcement in the node panel's counters.
+fn count_drop(drops: &mut Drops, r: DropReason) {
     let c = match r {
         DropReason::Unsigned => &mut drops.unsigned,
         DropReason::Malformed => &mut drops.malformed,
@@ -150,7 +147,7 @@ pub struct NodeTable {
     /// Last accepted `(timestamp, seq)` per node, kept after a lease expires so that an old
     /// announcement cannot bring a dropped node back.
     last: HashMap<NodeId, (u64, u64)>,
-    drops: DropCounters,
+    drops: Drops,
 }
 
 impl NodeTable {
@@ -160,7 +157,7 @@ impl NodeTable {
             clock_window,
             nodes: HashMap::new(),
             last: HashMap::new(),
-            drops: DropCounters::default(),
+            drops: Drops::default(),
         }
     }
 
@@ -258,7 +255,7 @@ impl NodeTable {
             .values()
             .filter(|l| now.saturating_duration_since(l.renewed) <= self.ttl)
             .map(|l| NodeView {
-                node_id: l.ann.node_id.as_str().into(),
+                node_id: l.ann.node_id.clone().into(),
                 addresses: l.addresses.clone(),
                 port: l.ann.port,
                 mflops: l.ann.mflops,
@@ -272,7 +269,7 @@ impl NodeTable {
         v
     }
 
-    pub fn drops(&self) -> DropCounters {
+    pub fn drops(&self) -> Drops {
         self.drops
     }
 }
@@ -363,7 +360,7 @@ impl Browser {
     }
 
     /// Dropped-announcement counters.
-    pub fn drops(&self) -> DropCounters {
+    pub fn drops(&self) -> Drops {
         self.lock().drops()
     }
 

@@ -398,6 +398,18 @@ pub fn enrolment_tls(data: &Path) -> Result<Arc<rustls::ServerConfig>> {
     )?))
 }
 
+/// The mutual-TLS client configuration the lookup dials its nodes with: the cluster CA the
+/// only root, the lookup's client certificate (without the CA) and key from `data`.
+pub fn node_client_tls(data: &Path) -> Result<Arc<rustls::ClientConfig>> {
+    let ca = rjs_wire::tls::load_certs(&data.join(CA_FILE))?;
+    let chain = rjs_wire::tls::load_certs(&data.join(CLIENT_CERT_FILE))?;
+    let key = rjs_wire::tls::load_key(&data.join(CLIENT_KEY_FILE))?;
+    let leaf: Vec<_> = chain.into_iter().filter(|c| !ca.contains(c)).collect();
+    let tls = rjs_wire::tls::client_config(&ca, Some((leaf, key)))
+        .context("building the TLS client configuration for nodes")?;
+    Ok(Arc::new(tls))
+}
+
 /// Serves enrolment requests on `listener` until `shutdown` completes: TLS, one framed JSON
 /// [`EnrolRequest`] in, one [`EnrolResponse`] out, each connection bounded by
 /// [`ENROL_TIMEOUT`]. Requests are handled one at a time.

@@ -14,7 +14,7 @@ use rjs_wire::api::{
     LOOKUP_PREFIX, LeaseRequest, LeaseResponse, ReleaseRequest, ReleaseResponse, RenewRequest,
     RenewResponse,
 };
-use rjs_wire::creds::{Creds, parse_creds};
+use rjs_wire::creds::parse_creds;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
@@ -107,14 +107,22 @@ impl UpstreamError {
     }
 }
 
-/// Reads the `rjs-webserver lookup add` credentials file ([`rjs_wire::creds`]).
-fn load_credentials(path: &Path) -> Result<Creds, UpstreamError> {
-    let bad = |source: Box<dyn std::error::Error + Send + Sync>| UpstreamError::Credentials {
+/// The TLS client configuration from the `rjs-webserver lookup add` credentials file
+/// ([`rjs_wire::creds`]): the web server's CA the only root, the file's certificate and key
+/// the lookup's identity.
+fn tls_from_credentials(path: &Path) -> Result<rustls::ClientConfig, UpstreamError> {
+    let load = || -> Result<_, Box<dyn std::error::Error + Send + Sync>> {
+        let pem = rjs_signer::fsutil::read_bounded(path, 1024 * 1024)?;
+        let c = parse_creds(&pem)?;
+        Ok(rjs_wire::tls::client_config(
+            &[c.ca],
+            Some((vec![c.cert], c.key)),
+        )?)
+    };
+    load().map_err(|source| UpstreamError::Credentials {
         path: path.to_owned(),
         source,
-    };
-    let pem = rjs_signer::fsutil::read_bounded(path, 1024 * 1024).map_err(|e| bad(e.into()))?;
-    parse_creds(&pem).map_err(|e| bad(e.into()))
+    })
 }
 
 /// Timeouts of a [`WebServerClient`].
@@ -223,14 +231,7 @@ impl WebServerClient {
         cache_dir: &Path,
         timeouts: Timeouts,
     ) -> Result<Self, UpstreamError> {
-        let c = load_credentials(creds)?;
-        let mut tls =
-            rjs_wire::tls::client_config(&[c.ca], Some((vec![c.cert], c.key))).map_err(|e| {
-                UpstreamError::Credentials {
-                    path: creds.to_owned(),
-                    source: e.into(),
-                }
-            })?;
+        let mut tls = tls_from_credentials(creds)?;
         tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         let http = reqwest::Client::builder()
             .use_preconfigured_tls(tls)

@@ -27,8 +27,9 @@ use rjs_harness::netns;
 use rjs_harness::wait::wait_for;
 use rjs_lookup::discovery::{Browser, DiscoveryConfig, NodeView};
 use rjs_lookup::dispatch::{JobOffer, JobOutcome, NodeClient};
-use rjs_lookup::enrol::{self, Registry};
-use rjs_signer::keys::{KeyPair, PublicKey};
+use rjs_lookup::enrol;
+use rjs_lookup::service::LiveRegistry;
+use rjs_signer::keys::KeyPair;
 
 const INTERVAL: Duration = Duration::from_millis(200);
 /// The browser's lease TTL: 3 intervals.
@@ -155,15 +156,6 @@ fn disappears(browser: &Browser, id: &str, since: Instant) {
     );
 }
 
-/// The lookup's mutual-TLS client configuration for nodes, from its data directory.
-fn lookup_client_tls(lookup: &Path) -> Arc<rustls::ClientConfig> {
-    let ca = rjs_wire::tls::load_certs(&lookup.join(enrol::CA_FILE)).unwrap();
-    let chain = rjs_wire::tls::load_certs(&lookup.join(enrol::CLIENT_CERT_FILE)).unwrap();
-    let leaf: Vec<_> = chain.into_iter().filter(|c| !ca.contains(c)).collect();
-    let key = rjs_wire::tls::load_key(&lookup.join(enrol::CLIENT_KEY_FILE)).unwrap();
-    Arc::new(rjs_wire::tls::client_config(&ca, Some((leaf, key))).unwrap())
-}
-
 /// Runs `evil-loop` (spins until its 2 s time limit) on the node over mutual TLS, on a
 /// thread of its own.
 fn run_loop_job(
@@ -172,7 +164,7 @@ fn run_loop_job(
     addr: SocketAddr,
     author: &KeyPair,
 ) -> std::thread::JoinHandle<JobOutcome> {
-    let tls = lookup_client_tls(lookup);
+    let tls = enrol::node_client_tls(lookup).unwrap();
     let bundle = pack("evil-loop", author);
     let offer = JobOffer {
         job_id: 1,
@@ -251,24 +243,15 @@ fn enrol_node(lookup: &Path, node: &Path) -> String {
     id
 }
 
-/// The lookup's browser on `lo`; keys from the enrolment registry at `lookup`, read at every
-/// announcement (so `nodes remove` takes effect at once).
+/// The lookup's browser on `lo`; keys from the enrolment registry at `lookup`, as the
+/// running lookup reads it (re-read when it changes, so `nodes remove` takes effect at once).
 fn registry_browser(lookup: &Path) -> Browser {
-    let registry = lookup.to_owned();
-    let keys = move |node_id: &str| -> Option<PublicKey> {
-        let reg = Registry::load(&registry).ok()?;
-        let rec = reg.get(node_id)?;
-        if rec.revoked_at.is_some() {
-            return None;
-        }
-        PublicKey::parse(&rec.node_key).ok().map(|(k, _)| k)
-    };
     Browser::start(
         DiscoveryConfig {
             interfaces: Some(vec![IfKind::Name("lo".into())]),
             ..DiscoveryConfig::with_interval(INTERVAL)
         },
-        Arc::new(keys),
+        LiveRegistry::open(lookup).unwrap(),
     )
     .unwrap()
 }

@@ -32,12 +32,6 @@ impl From<i64> for JobId {
     }
 }
 
-impl From<JobId> for i64 {
-    fn from(id: JobId) -> Self {
-        id.0
-    }
-}
-
 impl fmt::Display for JobId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Display::fmt(&self.0, f)
@@ -72,18 +66,6 @@ impl From<String> for NodeId {
 impl From<&str> for NodeId {
     fn from(id: &str) -> Self {
         NodeId(id.to_owned())
-    }
-}
-
-impl From<NodeId> for String {
-    fn from(id: NodeId) -> Self {
-        id.0
-    }
-}
-
-impl AsRef<str> for NodeId {
-    fn as_ref(&self) -> &str {
-        &self.0
     }
 }
 

@@ -105,6 +105,11 @@ impl ServeConfig {
             max_losses: 3,
         }
     }
+
+    /// The job lease asked of the web server, in whole seconds (5 s to 1 h).
+    fn lease_secs(&self) -> u32 {
+        self.lease.as_secs().clamp(5, 3600) as u32
+    }
 }
 
 /// A running lookup server. Stops on [`Service::shutdown`].
@@ -131,17 +136,7 @@ impl Service {
         })?;
         let registry = LiveRegistry::open(&data)?;
 
-        let ca = rjs_wire::tls::load_certs(&data.join(enrol::CA_FILE))?;
-        let chain_certs = rjs_wire::tls::load_certs(&data.join(enrol::CLIENT_CERT_FILE))?;
-        let key = rjs_wire::tls::load_key(&data.join(enrol::CLIENT_KEY_FILE))?;
-        let leaf: Vec<_> = chain_certs
-            .into_iter()
-            .filter(|c| !ca.contains(c))
-            .collect();
-        let node_tls = Arc::new(
-            rjs_wire::tls::client_config(&ca, Some((leaf, key)))
-                .context("building the TLS client configuration for nodes")?,
-        );
+        let node_tls = enrol::node_client_tls(&data)?;
 
         let client = WebServerClient::new(
             &cfg.webserver,

@@ -29,7 +29,7 @@ pub(super) async fn puller(shared: Arc<Shared>) {
     let (events, _events_task) = shared.client.events();
     let mut poller = Poller::new(Some(events), shared.cfg.poll)
         .with_backoff(Duration::from_millis(250), Duration::from_secs(30));
-    let lease_secs = shared.cfg.lease.as_secs().clamp(5, 3600) as u32;
+    let lease_secs = shared.cfg.lease_secs();
     // Whether the last lease came back short (the web server's queue looked empty): then
     // only an event or the timer leads to another lease, not every finished job.
     let mut drained = false;
@@ -100,7 +100,7 @@ pub(super) fn take_leases(shared: &Shared, leases: Vec<Lease>) {
 }
 
 pub(super) async fn renewer(shared: Arc<Shared>) {
-    let lease_secs = shared.cfg.lease.as_secs().clamp(5, 3600) as u32;
+    let lease_secs = shared.cfg.lease_secs();
     let every = Duration::from_secs(u64::from(lease_secs)) / 3;
     loop {
         tokio::time::sleep(every).await;

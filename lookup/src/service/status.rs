@@ -60,9 +60,10 @@ pub(super) fn why(shared: &Shared, job: i64) -> WhyResponse {
         why,
     };
     let nodes = shared.nodes();
+    let id = JobId::from(job);
     let st = shared.lock();
-    let Some(j) = st.jobs.get(&JobId::from(job)) else {
-        if let Some(past) = st.history.get(&JobId::from(job)) {
+    let Some(j) = st.jobs.get(&id) else {
+        if let Some(past) = st.history.get(&id) {
             return answer(
                 past.place,
                 past.node.as_ref().map(NodeId::to_string),
