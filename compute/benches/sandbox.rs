@@ -20,7 +20,7 @@ use rjs_signer::answer::Ending;
 mod support;
 
 fn task(job: &str, index: u32) -> TaskSpec {
-    TaskSpec::from_unpacked_sample(&rjs_harness::paths::sample(job), index)
+    support::unpacked_sample_task(&rjs_harness::paths::sample(job), index)
 }
 
 fn main() {

@@ -67,15 +67,6 @@ impl ReadyBundle {
     pub fn signer(&self) -> &Signer {
         &self.signer
     }
-    pub fn module_sha256(&self) -> ModuleHash {
-        self.module_sha256
-    }
-    pub fn module(&self) -> &Arc<Vec<u8>> {
-        &self.module
-    }
-    pub fn inputs(&self) -> &Arc<Vec<(String, Vec<u8>)>> {
-        &self.inputs
-    }
     /// Task `task_index` of this bundle, for the sandbox (the index is not checked here).
     pub fn task(&self, task_index: u32) -> TaskSpec {
         TaskSpec::from_manifest(

@@ -1,7 +1,6 @@
 //! The types that cross the node's modules: what the sandbox runs and what it reports.
 
 use std::fmt;
-use std::path::Path;
 use std::sync::Arc;
 
 use rjs_signer::answer::{Ending, LimitKind};
@@ -100,33 +99,6 @@ impl TaskSpec {
             task_count: manifest.tasks,
             limits: manifest.limits,
         }
-    }
-
-    /// Task `task_index` of a job unpacked in `dir` as `samples/build.sh` leaves the samples
-    /// (`manifest.json` and its entry module, no input files), under a made-up bundle id.
-    /// For the tests and benchmarks; panics if the files are missing or invalid.
-    #[doc(hidden)]
-    pub fn from_unpacked_sample(dir: &Path, task_index: u32) -> TaskSpec {
-        let manifest_file = dir.join("manifest.json");
-        let read = |path: &Path| {
-            std::fs::read(path).unwrap_or_else(|e| {
-                panic!(
-                    "reading {} (run samples/build.sh first): {e}",
-                    path.display()
-                )
-            })
-        };
-        let manifest = Manifest::parse(&read(&manifest_file))
-            .unwrap_or_else(|e| panic!("{}: {}", manifest_file.display(), rjs_cmd::chain(&e)));
-        let module = read(&dir.join(&manifest.entry));
-        TaskSpec::from_manifest(
-            &manifest,
-            [7; 32],
-            ModuleHash::of(&module),
-            Arc::new(module),
-            Arc::new(Vec::new()),
-            task_index,
-        )
     }
 }
 

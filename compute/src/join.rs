@@ -46,32 +46,6 @@ impl PinnedCaVerifier {
     }
 }
 
-/// rustls's handshake signature check of one TLS version.
-type VerifySignature = fn(
-    &[u8],
-    &CertificateDer<'_>,
-    &DigitallySignedStruct,
-    &rustls::crypto::WebPkiSupportedAlgorithms,
-) -> Result<HandshakeSignatureValid, rustls::Error>;
-
-impl PinnedCaVerifier {
-    /// A handshake signature checked by `verify` with the provider's algorithms.
-    fn verify_signature(
-        &self,
-        verify: VerifySignature,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-}
-
 impl ServerCertVerifier for PinnedCaVerifier {
     fn verify_server_cert(
         &self,
@@ -96,7 +70,7 @@ impl ServerCertVerifier for PinnedCaVerifier {
             self.provider.clone(),
         )
         .build()
-        .map_err(|e| rustls::Error::General(e.to_string()))?;
+        .map_err(|e| rustls::Error::Other(rustls::OtherError(Arc::new(e))))?;
         inner.verify_server_cert(end_entity, &[], server_name, ocsp, now)
     }
 
@@ -106,7 +80,12 @@ impl ServerCertVerifier for PinnedCaVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.verify_signature(rustls::crypto::verify_tls12_signature, message, cert, dss)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -115,7 +94,12 @@ impl ServerCertVerifier for PinnedCaVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.verify_signature(rustls::crypto::verify_tls13_signature, message, cert, dss)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {

@@ -32,7 +32,7 @@ fn samples_dir() -> PathBuf {
 
 /// Task `index` of a sample job, as the job server would build it from the verified bundle.
 fn sample_task(job: &str, index: u32) -> TaskSpec {
-    TaskSpec::from_unpacked_sample(&samples_dir().join(job), index)
+    support::unpacked_sample_task(&samples_dir().join(job), index)
 }
 
 /// A task of `module` as the job `name`, otherwise as hello's task 0 but with no arguments

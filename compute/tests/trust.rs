@@ -200,13 +200,7 @@ impl NoCtty for std::fs::OpenOptions {
 /// The sample job `hello` (`samples/build.sh`). Its manifest asks for limits other than the
 /// defaults: 10 s, 16 MiB of memory, 1 MiB of output, 64 KiB of stdout/stderr.
 fn hello_dir() -> PathBuf {
-    let dir = rjs_harness::paths::samples_dir().join("hello");
-    assert!(
-        dir.join("manifest.json").is_file(),
-        "{} is missing: run samples/build.sh first",
-        dir.display()
-    );
-    dir
+    rjs_harness::paths::sample("hello")
 }
 
 /// What the prompt shows of `hello`'s manifest limits.

@@ -96,7 +96,7 @@ pub struct ConfigArgs {
     #[arg(long, value_name = "DIR")]
     pub scratch_dir: Option<PathBuf>,
     /// Most CPU time a job may ask for, e.g. 90s, 30m, 2h [default: 1h; at most 24h].
-    #[arg(long, value_name = "DUR", value_parser = parse_duration_arg)]
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
     pub max_time: Option<Duration>,
     /// Most memory a job may ask for: bytes, or a number with K, M or G [default: 1G].
     #[arg(long, value_name = "SIZE", value_parser = size_arg)]
@@ -114,11 +114,6 @@ pub struct ConfigArgs {
     /// /proc/loadavg) instead of /proc/loadavg.
     #[arg(long, value_name = "PATH", hide = true)]
     pub loadavg_file: Option<PathBuf>,
-}
-
-/// A duration flag (`--max-time 90s`): humantime, the parser of the file's durations.
-fn parse_duration_arg(text: &str) -> Result<Duration, String> {
-    parse_duration(text)
 }
 
 impl ConfigArgs {

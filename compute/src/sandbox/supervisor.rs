@@ -1107,7 +1107,7 @@ impl Inner {
         let wall = p.wall();
         // Read from /proc only when the task is lost (a normal ending carries the worker's
         // own measure).
-        let json = match frame {
+        let message = match frame {
             None => {
                 // Before the reap: /proc still has the dead worker's times.
                 let cpu_ms = worker.task_cpu_ms(&p.started);
@@ -1120,7 +1120,7 @@ impl Inner {
             Some(Ok(Frame::Blob(_))) => "the worker broke the protocol: unexpected blob".into(),
             Some(Ok(Frame::Json(j))) => return self.on_message(worker, &j, p, wall).await,
         };
-        Break(lost(json, wall, worker.task_cpu_ms(&p.started)))
+        Break(lost(message, wall, worker.task_cpu_ms(&p.started)))
     }
 
     /// A message from the worker during the task (see [`Self::on_frame`]).

@@ -1,10 +1,40 @@
-//! The native build of the Mandelbrot sample, that the sandbox test and the sandbox benchmark
-//! compare the sandbox against (`#[path]`-included by `benches/sandbox.rs`).
+//! What the sandbox test and the sandbox benchmark share (`#[path]`-included by
+//! `benches/sandbox.rs`): the sample jobs as tasks, and the native build of the Mandelbrot
+//! sample that they compare the sandbox against.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::Arc;
 
+use rjs_compute::job::{ModuleHash, TaskSpec};
 use rjs_harness::paths;
+use rjs_signer::Manifest;
+
+/// Task `task_index` of a job unpacked in `dir` as `samples/build.sh` leaves the samples
+/// (`manifest.json` and its entry module, no input files), under a made-up bundle id.
+/// Panics if the files are missing or invalid.
+pub fn unpacked_sample_task(dir: &Path, task_index: u32) -> TaskSpec {
+    let manifest_file = dir.join("manifest.json");
+    let read = |path: &Path| {
+        std::fs::read(path).unwrap_or_else(|e| {
+            panic!(
+                "reading {} (run samples/build.sh first): {e}",
+                path.display()
+            )
+        })
+    };
+    let manifest = Manifest::parse(&read(&manifest_file))
+        .unwrap_or_else(|e| panic!("{}: {}", manifest_file.display(), rjs_cmd::chain(&e)));
+    let module = read(&dir.join(&manifest.entry));
+    TaskSpec::from_manifest(
+        &manifest,
+        [7; 32],
+        ModuleHash::of(&module),
+        Arc::new(module),
+        Arc::new(Vec::new()),
+        task_index,
+    )
+}
 
 /// Builds the native Mandelbrot sample (the release build if `release`, else the debug one)
 /// and returns its executable.
