@@ -30,8 +30,7 @@ use anyhow::{Context, Result, bail, ensure};
 use rjs::grid::{
     self, GridOptions, JobWhere, LocalGrid, NodeOptions, NodesResponse, StatusResponse, WhyResponse,
 };
-use rjs::signals;
-use rjs_harness::paths;
+use rjs_harness::{netns, paths, signals};
 use rjs_wire::api::{JobState, JobView};
 use rjs_wire::status::StatusRequest;
 use serde::de::DeserializeOwned;
@@ -191,13 +190,14 @@ impl Row {
 fn main() -> ExitCode {
     // First, before any thread exists: the lookup and the nodes create mDNS daemons, which must
     // never join multicast groups on this machine's interfaces.
-    let isolation = match grid::netns::enter_private() {
+    let isolation = match netns::enter_private() {
         Ok(i) => i,
         Err(e) => {
             eprintln!(
-                "grid bench: cannot create a private network namespace: {e:#}\nThe grid's \
+                "grid bench: cannot create a private network namespace: {}\nThe grid's \
                  mDNS must not reach this machine's networks: refusing to run. Run as root or \
-                 where unprivileged user namespaces are allowed."
+                 where unprivileged user namespaces are allowed.",
+                rjs_cmd::chain(e.as_ref())
             );
             return ExitCode::from(2);
         }
@@ -205,7 +205,7 @@ fn main() -> ExitCode {
     let args = match parse_args() {
         Ok(a) => a,
         Err(e) => {
-            eprintln!("grid bench: {e:#}");
+            eprintln!("grid bench: {}", rjs_cmd::chain(e.as_ref()));
             return ExitCode::from(2);
         }
     };
@@ -227,7 +227,7 @@ fn main() -> ExitCode {
     let ctx = match Ctx::new(&args) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("grid bench: {e:#}");
+            eprintln!("grid bench: {}", rjs_cmd::chain(e.as_ref()));
             return ExitCode::FAILURE;
         }
     };
@@ -259,10 +259,14 @@ fn main() -> ExitCode {
             Ok(mut r) => rows.append(&mut r),
             Err(e) => {
                 errors += 1;
-                eprintln!("grid bench: {}: {e:#}", section.name());
+                eprintln!(
+                    "grid bench: {}: {}",
+                    section.name(),
+                    rjs_cmd::chain(e.as_ref())
+                );
                 rows.push(Row::target(
                     section.name(),
-                    format!("ERROR: {}", first_line(&format!("{e:#}"))),
+                    format!("ERROR: {}", first_line(&rjs_cmd::chain(e.as_ref()))),
                     "runs",
                     false,
                 ));
@@ -475,7 +479,7 @@ impl Ctx {
 /// Stops a grid; a failure to stop cleanly is reported, not fatal to the figures.
 fn stop(mut grid: LocalGrid) {
     if let Err(e) = grid.stop() {
-        eprintln!("grid bench: note: {e:#}");
+        eprintln!("grid bench: note: {}", rjs_cmd::chain(e.as_ref()));
     }
 }
 

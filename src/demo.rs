@@ -11,9 +11,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rjs_signer::answer::{AnswerLimits, Ending, verify_answer};
 use rjs_wire::api::{JobState, JobView, UploadResponse};
 
-use crate::grid::{self, GridOptions, LocalGrid, NodesResponse, netns};
-use crate::signals;
-use rjs_harness::paths;
+use crate::grid::{self, GridOptions, LocalGrid, NodesResponse};
+use rjs_harness::{netns, paths, signals};
 
 /// Exit status when no private network namespace can be made (and `--lan` was not given).
 pub const EXIT_NO_NETNS: u8 = 2;

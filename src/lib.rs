@@ -8,9 +8,6 @@
 //!   and [`grid::stitch`] for the Mandelbrot sample's tiles. Used by `rjs demo` and the grid
 //!   benchmarks.
 //! * [`demo`]: `rjs demo` (see `docs/demo.md`).
-//! * [`signals`]: Ctrl-C / SIGTERM as a flag, so that everything started is stopped in order
-//!   (the harness's).
 
 pub mod demo;
 pub mod grid;
-pub use rjs_harness::signals;

@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+use crate::process::{Managed, tail};
+
 /// How the namespace was obtained.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Isolation {
@@ -226,6 +228,9 @@ impl Drop for Socket {
 /// The variable naming the test a re-executed test binary is to run isolated.
 const CHILD: &str = "RJS_ISOLATED_TEST";
 
+/// Lines of an isolated child's output kept for its verdict and messages (of its last 16 KiB).
+const OUTPUT_LINES: usize = 200;
+
 /// Held while an isolated child runs: they take turns (on a small machine, grids running side
 /// by side would make each other's timings meaningless).
 static ONE_CHILD_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -275,7 +280,7 @@ pub fn run_isolated(test: &str, timeout: Duration) {
     let exe = std::env::current_exe().expect("the test executable's path");
     let dir = tempfile::tempdir().expect("a temporary folder for the child's output");
     let (out_path, err_path) = (dir.path().join("child.out"), dir.path().join("child.err"));
-    let mut child = Command::new(exe)
+    let spawned = Command::new(exe)
         .args(["--exact", test, "--nocapture", "--include-ignored"])
         .arg("--test-threads=1")
         .env(CHILD, test)
@@ -285,20 +290,17 @@ pub fn run_isolated(test: &str, timeout: Duration) {
         .process_group(0)
         .spawn()
         .expect("re-executing the test binary");
-    let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap_or_default();
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("waiting for the child") {
-            break s;
-        }
-        if Instant::now() > deadline {
-            // The whole group: the test and the servers it started.
-            // SAFETY: kill(2) on the process group of our own unreaped child.
-            unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
-            let _ = child.wait();
-            panic!("{test} took longer than {timeout:?}:\n{}", read(&out_path));
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    let mut child = Managed::adopt(test, spawned);
+    // The end of what it printed (its verdict, a SKIP line, a failure): bounded, however
+    // much the test wrote.
+    let read = |p: &std::path::Path| tail(p, OUTPUT_LINES);
+    let waited = child.wait_until(Instant::now() + timeout);
+    let Some(status) = waited.expect("waiting for the child") else {
+        // The whole group: the test and the servers it started.
+        // SAFETY: kill(2) on the process group of our own unreaped child.
+        unsafe { libc::kill(-child.pid(), libc::SIGKILL) };
+        child.kill9();
+        panic!("{test} took longer than {timeout:?}:\n{}", read(&out_path));
     };
     let (out, err) = (read(&out_path), read(&err_path));
     eprintln!("{test}: child ran {:.1?}", started.elapsed());

@@ -9,15 +9,11 @@ const POLL: Duration = Duration::from_millis(10);
 
 /// Calls `f` every 10 ms until it returns `Some`, and returns that; panics with
 /// `timed out waiting for {what}` once `timeout` has passed.
-pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(POLL);
-    }
+pub fn wait_for<T>(what: &str, timeout: Duration, f: impl FnMut() -> Option<T>) -> T {
+    poll_until(timeout, POLL, f, Option::is_some, |_| {
+        format!("timed out waiting for {what}")
+    })
+    .expect("poll_until returns only what `done` accepted")
 }
 
 /// Calls `probe` every `every` until `done` accepts what it returned, and returns that; panics

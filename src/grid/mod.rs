@@ -1,9 +1,8 @@
 //! The whole grid on this machine, as `rjs demo` uses it: the launcher of the harness
-//! ([`rjs_harness::grid`]: [`LocalGrid`], [`GridOptions`], the author API client) and its
-//! private network namespaces ([`netns`]), with [`stitch`] for the Mandelbrot sample's tiles.
+//! ([`rjs_harness::grid`]: [`LocalGrid`], [`GridOptions`], the author API client), with
+//! [`stitch`] for the Mandelbrot sample's tiles.
 
 pub mod image;
 
 pub use image::{Image, stitch};
 pub use rjs_harness::grid::*;
-pub use rjs_harness::netns;

@@ -14,16 +14,10 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 pub use rjs_harness::paths::{bin, sample, samples_dir};
 pub use rjs_harness::process::{Managed, run_ok, spawn_listening};
+pub use rjs_signer::client::sha256_hex;
 use rjs_signer::keys::KeyPair;
-use sha2::{Digest, Sha256};
-
-pub fn sha256_hex(data: &[u8]) -> String {
-    rjs_signer::bundle::hex(&Sha256::digest(data))
-}
-
-pub fn now() -> u64 {
-    rjs_signer::unix_now()
-}
+/// Seconds since the Unix epoch (what bundles and signed requests carry).
+pub use rjs_signer::unix_now as now;
 
 /// The sample `job`, packed and signed by `key`.
 pub fn pack(job: &str, key: &KeyPair) -> Vec<u8> {
@@ -163,12 +157,10 @@ pub fn client_tls_from_files(
     let ca = rjs_wire::tls::load_certs(ca_pem)?;
     let identity = match identity_pem {
         Some(p) => {
-            let pem = std::fs::read(p)?;
-            let certs = rjs_wire::tls::certs_from_pem(&pem, "credentials")?;
+            let certs = rjs_wire::tls::load_certs(p)?;
             // The leaf is the certificate that is not one of the CA certificates.
             let leaf: Vec<_> = certs.into_iter().filter(|c| !ca.contains(c)).collect();
-            let key = rjs_wire::tls::key_from_pem(&pem, "credentials")?;
-            Some((leaf, key))
+            Some((leaf, rjs_wire::tls::load_key(p)?))
         }
         None => None,
     };

@@ -48,8 +48,13 @@ fn text(b: &[u8]) -> String {
 /// Verifies `archive` with the signer library and checks it is `key`'s answer for task 0 of
 /// `bundle` (job `job`).
 fn verified(archive: &[u8], key: &PublicKey, bundle: &[u8], job: &str) -> VerifiedAnswer {
-    let v = verify_answer(archive, &AnswerLimits::default())
-        .unwrap_or_else(|e| panic!("{job}: answer refused: {}: {e}", e.rule()));
+    let v = verify_answer(archive, &AnswerLimits::default()).unwrap_or_else(|e| {
+        panic!(
+            "{job}: answer refused: {}: {}",
+            e.rule(),
+            rjs_cmd::chain(&e)
+        )
+    });
     assert_eq!(
         v.public_key().to_base64(),
         key.to_base64(),

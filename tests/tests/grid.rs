@@ -284,8 +284,13 @@ fn checked_answer(grid: &LocalGrid, job: &JobView) -> VerifiedAnswer {
         .unwrap_or_else(|| panic!("{node} is none of the grid's nodes: {job:?}"));
     let bytes = grid.api().answer_bytes(job.id).unwrap();
     assert_eq!(Some(bytes.len() as u64), job.answer_bytes, "{job:?}");
-    let v = verify_answer(&bytes, &AnswerLimits::default())
-        .unwrap_or_else(|e| panic!("the answer of job {} does not verify: {e}", job.id));
+    let v = verify_answer(&bytes, &AnswerLimits::default()).unwrap_or_else(|e| {
+        panic!(
+            "the answer of job {} does not verify: {}",
+            job.id,
+            rjs_cmd::chain(&e)
+        )
+    });
     assert!(
         *v.public_key() == grid.node_public_key(i).unwrap(),
         "the answer of job {} is not signed with {node}'s key",
