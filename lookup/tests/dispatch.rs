@@ -39,9 +39,25 @@ fn set(ids: &[&str]) -> HashSet<NodeId> {
     ids.iter().map(|&s| s.into()).collect()
 }
 
+/// The id of the node the scheduler picks, skipping `refused`.
+fn picked(group: &str, nodes: &[NodeView], refused: &[&str]) -> Option<String> {
+    Scheduler
+        .pick(group, nodes, &set(refused))
+        .map(|id| id.as_str().to_owned())
+}
+
+/// Refused by `n` nodes, each because it does not trust the author.
+fn untrusted_by(n: usize) -> Why {
+    Why::RefusedBy {
+        untrusted: n,
+        blocked: 0,
+        over_limits: 0,
+        other: 0,
+    }
+}
+
 #[test]
 fn fastest_serving_free_node_first() {
-    let s = Scheduler;
     let nodes = vec![
         view("slow", 100, 1, &["/compute"]),
         view("fast", 900, 2, &["/compute"]),
@@ -51,48 +67,41 @@ fn fastest_serving_free_node_first() {
     ];
     // A node serves jobs of its group and of the groups above it.
     assert_eq!(
-        s.order("/compute", &nodes, &set(&[])),
+        Scheduler.order("/compute", &nodes, &set(&[])),
         vec!["fast", "mid", "slow"]
     );
-    assert_eq!(s.order("/compute/gpu", &nodes, &set(&[])), vec!["mid"]);
     assert_eq!(
-        s.order("/", &nodes, &set(&[])),
+        Scheduler.order("/compute/gpu", &nodes, &set(&[])),
+        vec!["mid"]
+    );
+    assert_eq!(
+        Scheduler.order("/", &nodes, &set(&[])),
         vec!["other", "fast", "mid", "slow"]
     );
-    assert_eq!(
-        s.pick("/compute", &nodes, &set(&[]))
-            .as_ref()
-            .map(NodeId::as_str),
-        Some("fast")
-    );
+    assert_eq!(picked("/compute", &nodes, &[]).as_deref(), Some("fast"));
     // Refused nodes are skipped.
     assert_eq!(
-        s.pick("/compute", &nodes, &set(&["fast"]))
-            .as_ref()
-            .map(NodeId::as_str),
+        picked("/compute", &nodes, &["fast"]).as_deref(),
         Some("mid")
     );
-    assert_eq!(
-        s.pick("/compute", &nodes, &set(&["fast", "mid", "slow"])),
-        None
-    );
-    assert_eq!(s.pick("/nothing", &nodes, &set(&[])), None);
-    assert_eq!(s.why("/compute", &nodes, &HashMap::new()), None);
+    assert_eq!(picked("/compute", &nodes, &["fast", "mid", "slow"]), None);
+    assert_eq!(picked("/nothing", &nodes, &[]), None);
+    assert_eq!(Scheduler.why("/compute", &nodes, &HashMap::new()), None);
 }
 
 #[test]
 fn why_a_job_is_not_running() {
-    let s = Scheduler;
+    // Two busy nodes serve /compute; one free node serves /render.
     let nodes = vec![
         view("a", 100, 0, &["/compute"]),
         view("b", 200, 0, &["/compute"]),
         view("c", 300, 1, &["/render"]),
     ];
-    let why = s.why("/nothing", &nodes, &HashMap::new()).unwrap();
+    let why = Scheduler.why("/nothing", &nodes, &HashMap::new()).unwrap();
     assert_eq!(why, Why::NoNodeInGroup);
     assert_eq!(why.sentence(), "No node serves this job's group.");
 
-    let why = s.why("/compute", &nodes, &HashMap::new()).unwrap();
+    let why = Scheduler.why("/compute", &nodes, &HashMap::new()).unwrap();
     assert_eq!(why, Why::AllBusy { n: 2 });
     assert_eq!(
         why.to_string(),
@@ -101,7 +110,7 @@ fn why_a_job_is_not_running() {
     // One refused, the other busy: busy.
     let refusals = HashMap::from([("a".into(), RefusalCode::Untrusted)]);
     assert_eq!(
-        s.why("/compute", &nodes, &refusals),
+        Scheduler.why("/compute", &nodes, &refusals),
         Some(Why::AllBusy { n: 1 })
     );
     assert!(
@@ -114,16 +123,8 @@ fn why_a_job_is_not_running() {
         ("a".into(), RefusalCode::Untrusted),
         ("b".into(), RefusalCode::Untrusted),
     ]);
-    let why = s.why("/compute", &nodes, &refusals).unwrap();
-    assert_eq!(
-        why,
-        Why::RefusedBy {
-            untrusted: 2,
-            blocked: 0,
-            over_limits: 0,
-            other: 0
-        }
-    );
+    let why = Scheduler.why("/compute", &nodes, &refusals).unwrap();
+    assert_eq!(why, untrusted_by(2));
     assert_eq!(
         why.sentence(),
         "Refused by 2 nodes: 2 nodes because the author is untrusted."
@@ -220,11 +221,8 @@ async fn refused_by_the_fastest_then_runs_on_the_trusting_node() {
     let fast = start_node(&ca, "fast-untrusting", 5000, None);
     let slow = start_node(&ca, "slow-trusting", 1000, Some(&author));
     let nodes = vec![view_of(&slow), view_of(&fast)];
-    let s = Scheduler;
     assert_eq!(
-        s.pick("/compute", &nodes, &HashSet::new())
-            .as_ref()
-            .map(NodeId::as_str),
+        picked("/compute", &nodes, &[]).as_deref(),
         Some("fast-untrusting")
     );
     let mut pool = NodePool::new(ca.lookup_tls());
@@ -287,15 +285,7 @@ async fn refused_by_the_fastest_then_runs_on_the_trusting_node() {
     let Placement::Unplaced(why) = placed else {
         panic!("expected the job to be unplaced, got {placed:?}");
     };
-    assert_eq!(
-        why,
-        Why::RefusedBy {
-            untrusted: 2,
-            blocked: 0,
-            over_limits: 0,
-            other: 0
-        }
-    );
+    assert_eq!(why, untrusted_by(2));
     assert!(
         why.sentence()
             .contains("2 nodes because the author is untrusted"),

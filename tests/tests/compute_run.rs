@@ -65,13 +65,42 @@ fn hello_bundle(dir: &Path, key: &KeyPair, file: &str) -> (Vec<u8>, std::path::P
 
 /// In `dir`: a node data directory that trusts a new author, the `hello` bundle signed by that
 /// author, and where its answer goes: (data, bundle, answer).
-fn trusted_hello(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    let data = node_dir(dir);
-    let alice = KeyPair::generate();
-    let (_, path) = hello_bundle(dir, &alice, "hello.rjs");
-    let out = rjs_compute(&data, &["trust", "add", &alice.public().to_base64()]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    (data, path, dir.join("answer.zip"))
+/// A node's data folder that trusts alice, her hello bundle, and where `run` puts the answer.
+struct TrustedHello {
+    dir: tempfile::TempDir,
+    data: PathBuf,
+    bundle: PathBuf,
+    answer: PathBuf,
+}
+
+impl TrustedHello {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let data = node_dir(dir.path());
+        let alice = KeyPair::generate();
+        let (_, bundle) = hello_bundle(dir.path(), &alice, "hello.rjs");
+        let out = rjs_compute(&data, &["trust", "add", &alice.public().to_base64()]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let answer = dir.path().join("answer.zip");
+        TrustedHello {
+            dir,
+            data,
+            bundle,
+            answer,
+        }
+    }
+
+    /// `rjs-compute run BUNDLE -o ANSWER`, then `more`.
+    fn run(&self, more: &[&str]) -> Output {
+        let mut args = vec![
+            "run",
+            self.bundle.to_str().unwrap(),
+            "-o",
+            self.answer.to_str().unwrap(),
+        ];
+        args.extend_from_slice(more);
+        rjs_compute(&self.data, &args)
+    }
 }
 
 fn check_hello_answer(answer: &Path) {
@@ -153,9 +182,8 @@ fn run_answers_trusted_jobs_and_refuses_the_rest_before_running() {
 /// The node's largest limits from `node.toml` and from the `--max-*` flags, which win.
 #[test]
 fn limit_flags_override_node_toml() {
-    let dir = tempfile::tempdir().unwrap();
-    let (data, path, answer) = trusted_hello(dir.path());
-    let (p, a) = (path.to_str().unwrap(), answer.to_str().unwrap());
+    let hello = TrustedHello::new();
+    let (data, answer) = (&hello.data, &hello.answer);
 
     // hello asks for 16 MiB of memory and 10 s; the file allows 8 MiB.
     std::fs::write(
@@ -163,16 +191,16 @@ fn limit_flags_override_node_toml() {
         "[limits]\nmax_memory_bytes = \"8M\"\n",
     )
     .unwrap();
-    let out = rjs_compute(&data, &["run", p, "-o", a]);
+    let out = hello.run(&[]);
     assert_refused(
         &out,
         "refused (over-limits): asks for 16 MiB of memory, this node allows at most 8 MiB",
     );
     // The flag wins over the file.
-    let out = rjs_compute(&data, &["run", p, "-o", a, "--max-memory", "16M"]);
+    let out = hello.run(&["--max-memory", "16M"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    check_hello_answer(&answer);
-    std::fs::remove_file(&answer).unwrap();
+    check_hello_answer(answer);
+    std::fs::remove_file(answer).unwrap();
     // Each flag: time (a duration), output and stdout (sizes).
     for (flag, value, says) in [
         (
@@ -191,25 +219,22 @@ fn limit_flags_override_node_toml() {
             "asks for 64 KiB of stdout/stderr, this node allows at most 1 KiB",
         ),
     ] {
-        let out = rjs_compute(
-            &data,
-            &["run", p, "-o", a, "--max-memory", "1G", flag, value],
-        );
+        let out = hello.run(&["--max-memory", "1G", flag, value]);
         assert_refused(&out, &format!("refused (over-limits): {says}"));
     }
     assert!(!answer.exists());
-    assert_eq!(compiled_modules(&data), 1, "only the job that ran");
+    assert_eq!(compiled_modules(data), 1, "only the job that ran");
 
     // Errors: a size that does not parse is a usage error (2); a value out of range names
     // the flag (1).
-    let out = rjs_compute(&data, &["run", p, "-o", a, "--max-memory", "lots"]);
+    let out = hello.run(&["--max-memory", "lots"]);
     assert_exit(
         &out,
         2,
         stderr,
         "invalid size \"lots\": use bytes or a number with K, M or G",
     );
-    let out = rjs_compute(&data, &["run", p, "-o", a, "--max-time", "48h"]);
+    let out = hello.run(&["--max-time", "48h"]);
     assert_exit(
         &out,
         1,
@@ -223,30 +248,26 @@ fn limit_flags_override_node_toml() {
 /// `not-idle` while the (fake) load average is high, run once it drops.
 #[test]
 fn run_honours_the_idle_policy() {
-    let dir = tempfile::tempdir().unwrap();
-    let (data, path, answer) = trusted_hello(dir.path());
-    let (p, a) = (path.to_str().unwrap(), answer.to_str().unwrap());
-    let loadavg = dir.path().join("loadavg");
+    let hello = TrustedHello::new();
+    let (data, answer) = (&hello.data, &hello.answer);
+    let loadavg = hello.dir.path().join("loadavg");
     let l = loadavg.to_str().unwrap();
 
     std::fs::write(&loadavg, "100000.00 1.00 1.00 1/100 42\n").unwrap();
-    let out = rjs_compute(
-        &data,
-        &["run", p, "-o", a, "--only-when-idle", "--loadavg-file", l],
-    );
+    let out = hello.run(&["--only-when-idle", "--loadavg-file", l]);
     assert_refused(
         &out,
         "refused (not-idle): not idle: load 100000.00 with 0 own jobs",
     );
     assert!(!answer.exists());
-    assert_eq!(compiled_modules(&data), 0);
+    assert_eq!(compiled_modules(data), 0);
     // The same from node.toml.
     std::fs::write(data.join("node.toml"), "[idle]\nonly_when_idle = true\n").unwrap();
-    let out = rjs_compute(&data, &["run", p, "-o", a, "--loadavg-file", l]);
+    let out = hello.run(&["--loadavg-file", l]);
     assert_refused(&out, "refused (not-idle)");
 
     std::fs::write(&loadavg, "0.00 1.00 1.00 1/100 42\n").unwrap();
-    let out = rjs_compute(&data, &["run", p, "-o", a, "--loadavg-file", l]);
+    let out = hello.run(&["--loadavg-file", l]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    check_hello_answer(&answer);
+    check_hello_answer(answer);
 }

@@ -117,10 +117,9 @@ pub struct ConfigArgs {
 }
 
 impl ConfigArgs {
+    /// The overrides of every flag given.
     pub fn overrides(&self) -> Overrides {
         Overrides {
-            data_dir: self.data.data.clone(),
-            config: self.data.config.clone(),
             slots: self.slots,
             groups: self.groups.clone(),
             listen: self.listen,
@@ -138,7 +137,7 @@ impl ConfigArgs {
             max_stdout_bytes: self.max_stdout,
             loadavg_file: self.loadavg_file.clone(),
             job_nice: self.job_nice,
-            ..Overrides::default()
+            ..self.data.overrides()
         }
     }
 }

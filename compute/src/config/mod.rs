@@ -737,38 +737,39 @@ mod tests {
         assert!(e.to_string().contains("invalid duration \"3600\""), "{e}");
 
         // Range: named as flags of the command line, in people's units.
-        let bad = |args: &[&str]| {
-            let mut all = vec!["--data", "/d"];
-            all.extend_from_slice(args);
-            error("", &flags(&all).unwrap())
-        };
+        // Each case: the flag and its value, then the message.
         for (args, message) in [
             (
-                &["--max-time", "25h"][..],
-                "command line: --max-time: 25 h is not between 1 ms and 24 h",
+                "--max-time 25h",
+                "--max-time: 25 h is not between 1 ms and 24 h",
             ),
             (
-                &["--max-time", "500us"][..],
-                "command line: --max-time: 0 ms is not between 1 ms and 24 h",
+                "--max-time 500us",
+                "--max-time: 0 ms is not between 1 ms and 24 h",
             ),
             (
-                &["--max-memory", "8G"][..],
-                "command line: --max-memory: 8 GiB is not between 64 KiB and 4 GiB",
+                "--max-memory 8G",
+                "--max-memory: 8 GiB is not between 64 KiB and 4 GiB",
             ),
             (
-                &["--max-memory", "1K"][..],
-                "command line: --max-memory: 1 KiB is not between 64 KiB and 4 GiB",
+                "--max-memory 1K",
+                "--max-memory: 1 KiB is not between 64 KiB and 4 GiB",
             ),
             (
-                &["--max-output", "2G"][..],
-                "command line: --max-output: 2 GiB is not between 0 bytes and 1 GiB",
+                "--max-output 2G",
+                "--max-output: 2 GiB is not between 0 bytes and 1 GiB",
             ),
             (
-                &["--max-stdout", "65M"][..],
-                "command line: --max-stdout: 65 MiB is not between 0 bytes and 64 MiB",
+                "--max-stdout 65M",
+                "--max-stdout: 65 MiB is not between 0 bytes and 64 MiB",
             ),
         ] {
-            assert_eq!(bad(args), message);
+            let mut all = vec!["--data", "/d"];
+            all.extend(args.split(' '));
+            assert_eq!(
+                error("", &flags(&all).unwrap()),
+                format!("command line: {message}")
+            );
         }
         // A good flag repairs a bad file value; a bad file value is still reported when
         // no flag overrides it.

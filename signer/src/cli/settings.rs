@@ -22,17 +22,21 @@ pub const CONFIG_FILE: &str = "config.toml";
 /// Largest configuration file read.
 const MAX_CONFIG_BYTES: u64 = 64 * 1024;
 
-/// The configuration file's contents (`deny_unknown_fields`: a misspelt key is an error).
-#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The three settings of the network commands, as the configuration file's keys and as the
+/// flags that override them (`deny_unknown_fields`: a misspelt key is an error).
+#[derive(clap::Args, Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigFile {
-    /// `https://host:port` of the web server.
+    /// Web server URL, https://host:port [config key: server].
+    #[arg(long, value_name = "URL")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server: Option<String>,
-    /// The web server's CA certificate (PEM).
+    /// The web server's CA certificate, PEM; nothing else is trusted [config key: ca].
+    #[arg(long, value_name = "CA.pem")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca: Option<PathBuf>,
-    /// The author's private key (`NAME.key`).
+    /// Your private key (NAME.key) that signs every request [config key: key].
+    #[arg(long, value_name = "KEY")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<PathBuf>,
 }
@@ -40,18 +44,22 @@ pub struct ConfigFile {
 /// Flags shared by every command that talks to the web server.
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct ServerOpts {
-    /// Web server URL, https://host:port [config key: server].
-    #[arg(long, value_name = "URL")]
-    pub server: Option<String>,
-    /// The web server's CA certificate, PEM; nothing else is trusted [config key: ca].
-    #[arg(long, value_name = "CA.pem")]
-    pub ca: Option<PathBuf>,
-    /// Your private key (NAME.key) that signs every request [config key: key].
-    #[arg(long, value_name = "KEY")]
-    pub key: Option<PathBuf>,
+    /// The settings given as flags; each wins over the file's.
+    #[command(flatten)]
+    pub given: ConfigFile,
     /// Configuration file [default: $RJS_HOME/config.toml or ~/.config/rjs/config.toml].
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+}
+
+#[cfg(test)]
+impl ServerOpts {
+    /// These options with another `--server`.
+    pub fn with_server(&self, url: &str) -> ServerOpts {
+        let mut opts = self.clone();
+        opts.given.server = Some(url.to_owned());
+        opts
+    }
 }
 
 /// The environment variables that locate the configuration (a value, for tests).
@@ -239,16 +247,16 @@ pub fn resolve(opts: &ServerOpts, env: &Env) -> Result<Settings> {
 
 /// [`resolve`] with the configuration file already read.
 pub fn resolve_with(opts: &ServerOpts, loaded: &Loaded) -> Result<Settings> {
-    let (server, server_src) =
-        pick(&opts.server, &loaded.file.server, loaded).ok_or_else(|| missing(&SERVER, loaded))?;
+    let (server, server_src) = pick(&opts.given.server, &loaded.file.server, loaded)
+        .ok_or_else(|| missing(&SERVER, loaded))?;
     let server = ServerUrl::parse(&server).with_context(|| match &server_src {
         Source::Flag => "--server".to_owned(),
         Source::File(p) => format!("`server` in {}", p.display()),
     })?;
     let (ca, ca_src) =
-        pick(&opts.ca, &loaded.file.ca, loaded).ok_or_else(|| missing(&CA, loaded))?;
+        pick(&opts.given.ca, &loaded.file.ca, loaded).ok_or_else(|| missing(&CA, loaded))?;
     let (key, key_src) =
-        pick(&opts.key, &loaded.file.key, loaded).ok_or_else(|| missing(&KEY, loaded))?;
+        pick(&opts.given.key, &loaded.file.key, loaded).ok_or_else(|| missing(&KEY, loaded))?;
     Ok(Settings {
         server,
         ca,
@@ -378,9 +386,12 @@ mod tests {
         assert_eq!(s.sources, [file_src.clone(), file_src.clone(), file_src]);
 
         let opts = ServerOpts {
-            server: Some("https://other:9443/".into()),
-            key: Some("bob.key".into()),
-            ..ServerOpts::default()
+            given: ConfigFile {
+                server: Some("https://other:9443/".into()),
+                key: Some("bob.key".into()),
+                ca: None,
+            },
+            config: None,
         };
         let s = resolve(&opts, &env).unwrap();
         assert_eq!(s.server.origin(), "https://other:9443");
@@ -406,9 +417,11 @@ mod tests {
         std::fs::write(&other, "server = \"https://other:2\"\n").unwrap();
         let opts = ServerOpts {
             config: Some(other),
-            ca: Some("/ca.pem".into()),
-            key: Some("/k.key".into()),
-            ..ServerOpts::default()
+            given: ConfigFile {
+                server: None,
+                ca: Some("/ca.pem".into()),
+                key: Some("/k.key".into()),
+            },
         };
         assert_eq!(
             resolve(&opts, &env).unwrap().server.origin(),
@@ -437,10 +450,12 @@ mod tests {
 
         // Each missing setting is named by its flag and its key in the file.
         let only = |ca: bool, key: bool| ServerOpts {
-            server: Some("https://h:1".into()),
-            ca: ca.then(|| "/ca.pem".into()),
-            key: key.then(|| "/k".into()),
-            ..ServerOpts::default()
+            given: ConfigFile {
+                server: Some("https://h:1".into()),
+                ca: ca.then(|| "/ca.pem".into()),
+                key: key.then(|| "/k".into()),
+            },
+            config: None,
         };
         for (opts, flag, key) in [
             (only(true, false), "--key KEY", "`key = "),

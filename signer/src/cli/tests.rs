@@ -16,7 +16,7 @@ use rjs_signer::{KeyPair, keys};
 use rjs_wire::api::{JobList, JobRef, JobState, JobView, UploadResponse, WhoAmI};
 use serde_json::json;
 
-use super::settings::{ServerOpts, ServerUrl};
+use super::settings::{ConfigFile, ServerOpts, ServerUrl};
 use super::{answers, status, upload};
 use rjs_signer::client::{AuthorClient, sha256_hex};
 
@@ -199,9 +199,11 @@ fn author(secret: u8) -> Author {
     // An empty configuration file: the real user's is never read.
     std::fs::write(dir.join("config.toml"), "").unwrap();
     let opts = ServerOpts {
-        server: None,
-        ca: Some(dir.join("ca.pem")),
-        key: Some(dir.join("keys/alice.key")),
+        given: ConfigFile {
+            server: None,
+            ca: Some(dir.join("ca.pem")),
+            key: Some(dir.join("keys/alice.key")),
+        },
         config: Some(dir.join("config.toml")),
     };
     Author {
@@ -214,17 +216,11 @@ fn author(secret: u8) -> Author {
 
 impl Author {
     fn opts(&self, mock: &Mock) -> ServerOpts {
-        ServerOpts {
-            server: Some(mock.url.clone()),
-            ..self.opts.clone()
-        }
+        self.opts.with_server(&mock.url)
     }
     fn api(&self, url: &str) -> AuthorClient {
         let settings = super::settings::resolve_with(
-            &ServerOpts {
-                server: Some(url.into()),
-                ..self.opts.clone()
-            },
+            &self.opts.with_server(url),
             &super::settings::load(self.opts.config.as_deref(), &Default::default()).unwrap(),
         )
         .unwrap();
@@ -404,10 +400,7 @@ fn http_urls_are_refused_before_connecting() {
     let args = status::StatusCommand {
         bundles: vec![],
         json: false,
-        server: ServerOpts {
-            server: Some("http://127.0.0.1:1".into()),
-            ..a.opts.clone()
-        },
+        server: a.opts.with_server("http://127.0.0.1:1"),
     };
     let s = chain(args.run().unwrap_err());
     assert!(s.contains("HTTPS only"), "{s}");

@@ -3,7 +3,7 @@
 use clap::Subcommand;
 use rjs_webserver::admin;
 
-use super::{Data, print_roster};
+use super::{Data, author_line, print_roster};
 
 #[derive(Subcommand)]
 pub enum AuthorCommand {
@@ -38,7 +38,8 @@ impl AuthorCommand {
                 println!("added author {} ({})", a.name, a.fingerprint);
             }
             AuthorCommand::List { data } => {
-                print_roster("no authors", &admin::author_list(&data.data)?);
+                let authors = admin::author_list(&data.data)?;
+                print_roster("no authors", authors.iter().map(author_line));
             }
             AuthorCommand::Remove { name, data } => {
                 admin::author_remove(&data.data, &name)?;

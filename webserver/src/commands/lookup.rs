@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::Subcommand;
 use rjs_webserver::admin;
 
-use super::{Data, print_roster};
+use super::{Data, lookup_line, print_roster};
 
 #[derive(Subcommand)]
 pub enum LookupCommand {
@@ -47,7 +47,8 @@ impl LookupCommand {
                 );
             }
             LookupCommand::List { data } => {
-                print_roster("no lookup servers", &admin::lookup_list(&data.data)?);
+                let lookups = admin::lookup_list(&data.data)?;
+                print_roster("no lookup servers", lookups.iter().map(lookup_line));
             }
             LookupCommand::Revoke { name, data } => {
                 admin::lookup_revoke(&data.data, &name)?;

@@ -56,54 +56,35 @@ impl Cli {
     }
 }
 
-/// One enrolled author or lookup server as `author list` / `lookup list` show it.
-struct RosterRow<'a> {
-    name: &'a str,
-    /// The key fingerprint or the certificate's SHA-256.
-    fingerprint: &'a str,
-    /// `active`, `removed`, `revoked`.
-    state: &'static str,
-    created_at: i64,
+/// One enrolled author or lookup server as `author list` / `lookup list` show it: name,
+/// fingerprint (the key's, or the certificate's SHA-256), state (`active`, `removed`,
+/// `revoked`) and enrolment date.
+fn roster_line(name: &str, fingerprint: &str, state: &str, created_at: i64) -> String {
+    format!(
+        "{name:<24} {fingerprint}  {state:<7}  since {}",
+        date(created_at)
+    )
 }
 
-impl<'a> From<&'a Author> for RosterRow<'a> {
-    fn from(a: &'a Author) -> Self {
-        RosterRow {
-            name: &a.name,
-            fingerprint: &a.fingerprint,
-            state: if a.removed { "removed" } else { "active" },
-            created_at: a.created_at,
-        }
-    }
+/// An author's roster line: active or removed.
+fn author_line(a: &Author) -> String {
+    let state = if a.removed { "removed" } else { "active" };
+    roster_line(&a.name, &a.fingerprint, state, a.created_at)
 }
 
-impl<'a> From<&'a LookupServer> for RosterRow<'a> {
-    fn from(l: &'a LookupServer) -> Self {
-        RosterRow {
-            name: &l.name,
-            fingerprint: &l.cert_sha256,
-            state: if l.revoked { "revoked" } else { "active" },
-            created_at: l.created_at,
-        }
-    }
+/// A lookup server's roster line: active or revoked.
+fn lookup_line(l: &LookupServer) -> String {
+    let state = if l.revoked { "revoked" } else { "active" };
+    roster_line(&l.name, &l.cert_sha256, state, l.created_at)
 }
 
-/// Prints one line per entry (name, fingerprint, state, enrolment date), or `empty` if none.
-fn print_roster<'a, T>(empty: &str, entries: &'a [T])
-where
-    &'a T: Into<RosterRow<'a>>,
-{
-    if entries.is_empty() {
+/// Prints one line per entry, or `empty` if there are none.
+fn print_roster(empty: &str, lines: impl ExactSizeIterator<Item = String>) {
+    if lines.len() == 0 {
         println!("{empty}");
     }
-    for r in entries.iter().map(Into::into) {
-        println!(
-            "{:<24} {}  {:<7}  since {}",
-            r.name,
-            r.fingerprint,
-            r.state,
-            date(r.created_at)
-        );
+    for line in lines {
+        println!("{line}");
     }
 }
 
