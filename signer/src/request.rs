@@ -1,10 +1,13 @@
 //! Signed author requests (see `docs/webserver-api.md`, "Author authentication").
 //!
-//! Every author request carries the author's public key, a timestamp, a random nonce, the
-//! SHA-256 of its body and an ed25519 signature over a domain-separated statement of the
-//! method, the path (with query), those values and the key. The web server checks the key is
-//! an enrolled author, the timestamp is within its window, the body hash, the signature, and
-//! that the nonce was never used before.
+//! Every author request carries its audience (the web server it is meant for: the SHA-256 of
+//! that server's CA certificate, which the client pins), the author's public key, a
+//! timestamp, a random nonce, the SHA-256 of its body and an ed25519 signature over a
+//! domain-separated statement of the audience, the method, the path (with query), those
+//! values and the key. The web server checks the audience is its own, the timestamp is within
+//! its window, the signature, that the key is an enrolled author, the body hash, and that the
+//! nonce was never used before. A request captured at one web server is therefore refused by
+//! every other one (`wrong-audience`), even where the same key is enrolled.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -13,8 +16,10 @@ use crate::bundle::is_lower_hex as is_hex;
 use crate::keys::{KeyPair, PublicKey};
 
 /// Domain-separation prefix: a request signature is never valid as any other RJS signature.
-pub const REQUEST_DOMAIN: &str = "RJS-REQUEST-V1";
+/// V1 statements named no audience; they are refused (no header `rjs-audience`).
+pub const REQUEST_DOMAIN: &str = "RJS-REQUEST-V2";
 /// Header names.
+pub const H_AUDIENCE: &str = "rjs-audience";
 pub const H_KEY: &str = "rjs-key";
 pub const H_TIMESTAMP: &str = "rjs-timestamp";
 pub const H_NONCE: &str = "rjs-nonce";
@@ -26,6 +31,8 @@ pub const MAX_PATH: usize = 2048;
 /// The authentication fields of one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestAuth {
+    /// The web server the request is meant for: [`audience`] of its CA certificate.
+    pub audience: String,
     pub key: PublicKey,
     /// Unix seconds.
     pub timestamp: u64,
@@ -48,9 +55,17 @@ pub enum RequestAuthError {
     BadSignature,
 }
 
+/// The audience that names a web server: the SHA-256 (64 lowercase hex digits) of its CA
+/// certificate (DER), the certificate its clients pin.
+pub fn audience(ca_certificate_der: &[u8]) -> String {
+    use sha2::Digest as _;
+    crate::bundle::hex(&sha2::Sha256::digest(ca_certificate_der))
+}
+
 impl RequestAuth {
     /// The exact bytes that are signed.
     pub fn statement(
+        audience: &str,
         method: &str,
         path_and_query: &str,
         timestamp: u64,
@@ -59,15 +74,17 @@ impl RequestAuth {
         key: &PublicKey,
     ) -> Vec<u8> {
         format!(
-            "{REQUEST_DOMAIN}\n{method}\n{path_and_query}\n{timestamp}\n{nonce}\n{content_sha256}\n{}\n",
+            "{REQUEST_DOMAIN}\n{audience}\n{method}\n{path_and_query}\n{timestamp}\n{nonce}\n{content_sha256}\n{}\n",
             key.to_base64()
         )
         .into_bytes()
     }
 
-    /// Signs a request. `content_sha256` is the lowercase hex SHA-256 of the body.
+    /// Signs a request for the web server named by `audience`. `content_sha256` is the
+    /// lowercase hex SHA-256 of the body.
     pub fn sign(
         key: &KeyPair,
+        audience: &str,
         method: &str,
         path_and_query: &str,
         content_sha256: &str,
@@ -77,6 +94,7 @@ impl RequestAuth {
         let public = key.public();
         let signature = key
             .sign(&Self::statement(
+                audience,
                 method,
                 path_and_query,
                 timestamp,
@@ -86,6 +104,7 @@ impl RequestAuth {
             ))
             .to_vec();
         RequestAuth {
+            audience: audience.to_owned(),
             key: public,
             timestamp,
             nonce,
@@ -95,8 +114,9 @@ impl RequestAuth {
     }
 
     /// The headers to send, as (name, value) pairs.
-    pub fn headers(&self) -> [(&'static str, String); 5] {
+    pub fn headers(&self) -> [(&'static str, String); 6] {
         [
+            (H_AUDIENCE, self.audience.clone()),
             (H_KEY, self.key.to_base64()),
             (H_TIMESTAMP, self.timestamp.to_string()),
             (H_NONCE, self.nonce.clone()),
@@ -116,6 +136,13 @@ impl RequestAuth {
             }
             Ok(v.trim())
         };
+        let audience = field(H_AUDIENCE)?;
+        if !is_hex(audience, 64) {
+            return Err(RequestAuthError::Malformed(
+                H_AUDIENCE,
+                "must be 64 lowercase hex digits".into(),
+            ));
+        }
         let key = PublicKey::parse(field(H_KEY)?)
             .map_err(|e| RequestAuthError::Malformed(H_KEY, e.to_string()))?
             .0;
@@ -146,6 +173,7 @@ impl RequestAuth {
             ));
         }
         Ok(RequestAuth {
+            audience: audience.to_owned(),
             key,
             timestamp,
             nonce: nonce.to_owned(),
@@ -154,13 +182,15 @@ impl RequestAuth {
         })
     }
 
-    /// Checks the signature for this method and path. (The caller checks the timestamp
-    /// window, that the key is an author, the body's hash and the nonce's freshness.)
+    /// Checks the signature for this method and path. (The caller checks the audience, the
+    /// timestamp window, that the key is an author, the body's hash and the nonce's
+    /// freshness.)
     pub fn verify(&self, method: &str, path_and_query: &str) -> Result<(), RequestAuthError> {
         if path_and_query.len() > MAX_PATH {
             return Err(RequestAuthError::Malformed("path", "too long".into()));
         }
         let statement = Self::statement(
+            &self.audience,
             method,
             path_and_query,
             self.timestamp,
@@ -184,7 +214,8 @@ mod tests {
     fn round_trip_and_tamper() {
         let key = KeyPair::from_secret([5; 32]);
         let body = crate::bundle::hex(&[0u8; 32]);
-        let auth = RequestAuth::sign(&key, "POST", "/api/v1/bundles", &body, 1_800_000_000);
+        let aud = audience(b"a CA certificate");
+        let auth = RequestAuth::sign(&key, &aud, "POST", "/api/v1/bundles", &body, 1_800_000_000);
         let headers = auth.headers();
         let get = |n: &str| {
             headers
@@ -201,6 +232,13 @@ mod tests {
         );
         assert_eq!(
             parsed.verify("POST", "/api/v1/bundles?resubmit=true"),
+            Err(RequestAuthError::BadSignature)
+        );
+        // Another audience: the statement differs, so the signature does not verify.
+        let mut other = parsed.clone();
+        other.audience = audience(b"another CA certificate");
+        assert_eq!(
+            other.verify("POST", "/api/v1/bundles"),
             Err(RequestAuthError::BadSignature)
         );
         let mut other = parsed.clone();

@@ -1328,6 +1328,7 @@ fn sigint_and_sigterm_stop_the_server_gracefully() {
     let bundle = big_bundle(a.key(), "slow", 1, 3 * 1024 * 1024);
     let auth = rjs_signer::request::RequestAuth::sign(
         a.key(),
+        a.audience(),
         "POST",
         "/api/v1/bundles",
         &sha256_hex(&bundle),

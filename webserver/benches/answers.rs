@@ -57,7 +57,7 @@ fn run(mode: Mode, jobs: u32) -> f64 {
         let author = client(&ca, None);
         let lookup = client(&ca, Some(creds));
 
-        let ids = upload(&author, &base, &key, bundle(&key, "bench", jobs)).await;
+        let ids = upload(&author, &base, &ca, &key, bundle(&key, "bench", jobs)).await;
         assert_eq!(ids.len(), jobs as usize);
 
         // Lease them all.

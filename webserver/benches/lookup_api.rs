@@ -182,11 +182,25 @@ fn main() -> ExitCode {
         }
 
         // Lease latency, 1,000 queued.
-        upload(&author, base, &data.key, bundle(&data.key, "small", 1_000)).await;
+        upload(
+            &author,
+            base,
+            &data.ca,
+            &data.key,
+            bundle(&data.key, "small", 1_000),
+        )
+        .await;
         let small = lease_latency(&lookups[0], base, samples).await;
         // 100,000 more: the bundle's maximum. The 1,000 stay queued too, and come first.
         let t = Instant::now();
-        let ids = upload(&author, base, &data.key, bundle(&data.key, "big", 100_000)).await;
+        let ids = upload(
+            &author,
+            base,
+            &data.ca,
+            &data.key,
+            bundle(&data.key, "big", 100_000),
+        )
+        .await;
         let upload_time = t.elapsed();
         assert_eq!(ids.len(), 100_000);
         let big = lease_latency(&lookups[0], base, samples).await;

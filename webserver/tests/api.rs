@@ -64,6 +64,11 @@ impl Server {
         format!("https://localhost:{}{path}", self.addr.port())
     }
 
+    /// What author requests to this server sign: the SHA-256 of its CA certificate.
+    fn audience(&self) -> String {
+        rjs_signer::request::audience(&self.ca[0])
+    }
+
     fn client(&self, identity: Option<pki::Creds>) -> Client {
         let mut tls =
             rjs_wire::tls::client_config(&self.ca, identity.map(|c| (vec![c.cert], c.key)))
@@ -162,7 +167,14 @@ struct Author<'a> {
 
 impl Author<'_> {
     fn auth(&self, method: &str, path: &str, body: &[u8], ts: u64) -> RequestAuth {
-        RequestAuth::sign(&self.key, method, path, &sha_hex(body), ts)
+        RequestAuth::sign(
+            &self.key,
+            &self.srv.audience(),
+            method,
+            path,
+            &sha_hex(body),
+            ts,
+        )
     }
 
     fn send_with(&self, method: &str, path: &str, body: Vec<u8>, auth: &RequestAuth) -> Response {
@@ -1547,7 +1559,14 @@ fn an_oversized_upload_streamed_without_a_length_is_refused_before_it_is_sent() 
     let blobs_before = srv.blob_files();
 
     let body = filler(16 * 1024 * 1024);
-    let auth = RequestAuth::sign(&key, "POST", "/api/v1/bundles", &sha_hex(&body), now());
+    let auth = RequestAuth::sign(
+        &key,
+        &srv.audience(),
+        "POST",
+        "/api/v1/bundles",
+        &sha_hex(&body),
+        now(),
+    );
     let mut c = srv.raw(None);
     let mut head = String::from(
         "POST /api/v1/bundles HTTP/1.1\r\nhost: localhost\r\n\

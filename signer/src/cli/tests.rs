@@ -167,6 +167,10 @@ fn read_request(tls: &mut impl Read) -> Option<Req> {
 /// The web server's checks, minus the clock window and nonce store.
 fn check_auth(req: &Req, author: &rjs_signer::PublicKey) -> Result<(), String> {
     let auth = RequestAuth::from_headers(|n| req.header(n)).map_err(|e| e.to_string())?;
+    let ca = rjs_wire::tls::certs_from_pem(CA.as_bytes(), "test CA").unwrap();
+    if auth.audience != rjs_signer::request::audience(&ca[0]) {
+        return Err("wrong audience".into());
+    }
     if &auth.key != author {
         return Err("unknown author".into());
     }

@@ -15,6 +15,11 @@ pub enum ClientError {
         #[source]
         source: rjs_wire::tls::TlsError,
     },
+    #[error(
+        "the web server's CA file holds {count} certificates: it must hold exactly one, the \
+         web server's own CA certificate (it names the server every request is signed for)"
+    )]
+    CaCount { count: usize },
     #[error("building the TLS configuration from the web server's CA certificate")]
     Tls(#[source] rjs_wire::tls::TlsError),
     #[error("building the HTTPS client")]
@@ -159,6 +164,9 @@ impl ServerRefused {
             }
             "unknown-author" => {
                 "ask the web server's administrator to enrol your public key (rjs-webserver author add)"
+            }
+            "wrong-audience" => {
+                "this request was signed for another web server: check that --ca / config ca is this server's CA certificate"
             }
             "signer-mismatch" => "upload bundles signed with the same key as --key / config key",
             _ => return None,

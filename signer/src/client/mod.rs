@@ -67,15 +67,22 @@ pub struct AuthorClient {
     http: Client,
     tls: rustls::ClientConfig,
     key: KeyPair,
+    /// The server every request is signed for: [`crate::request::audience`] of the CA.
+    audience: String,
 }
 
 impl AuthorClient {
-    /// A client of `server` that trusts only `ca` and signs with `key`.
+    /// A client of `server` that trusts only `ca` (exactly one certificate: the web server's
+    /// CA) and signs with `key` requests meant only for the server that CA names.
     pub fn new(
         server: ServerUrl,
         ca: &[CertificateDer<'static>],
         key: KeyPair,
     ) -> Result<AuthorClient, ClientError> {
+        let [ca_cert] = ca else {
+            return Err(ClientError::CaCount { count: ca.len() });
+        };
+        let audience = crate::request::audience(ca_cert);
         let mut tls = rjs_wire::tls::client_config(ca, None).map_err(ClientError::Tls)?;
         // A preconfigured rustls config is used as is: offer HTTP/2 and HTTP/1.1 ourselves.
         tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
@@ -84,7 +91,13 @@ impl AuthorClient {
             http: http_client(tls.clone())?,
             tls,
             key,
+            audience,
         })
+    }
+
+    /// The audience every request is signed for (the SHA-256 of the pinned CA certificate).
+    pub fn audience(&self) -> &str {
+        &self.audience
     }
 
     /// [`AuthorClient::new`] with the CA read from a PEM file.
@@ -178,6 +191,7 @@ impl AuthorClient {
     ) -> (RequestBuilder, RequestAuth) {
         let auth = RequestAuth::sign(
             &self.key,
+            &self.audience,
             method.as_str(),
             path_and_query,
             content_sha256,

@@ -79,10 +79,18 @@ pub fn client(ca: &[CertificateDer<'static>], identity: Option<pki::Creds>) -> r
         .unwrap()
 }
 
-/// Uploads a bundle as the author; returns its job ids.
-pub async fn upload(author: &reqwest::Client, base: &str, key: &KeyPair, b: Vec<u8>) -> Vec<i64> {
+/// Uploads a bundle as the author to the server whose CA is `ca`; returns its job ids.
+pub async fn upload(
+    author: &reqwest::Client,
+    base: &str,
+    ca: &[CertificateDer<'static>],
+    key: &KeyPair,
+    b: Vec<u8>,
+) -> Vec<i64> {
     let path = "/api/v1/bundles";
-    let auth = RequestAuth::sign(key, "POST", path, &sha_hex(&b), rjs_signer::unix_now());
+    let audience = rjs_signer::request::audience(&ca[0]);
+    let now = rjs_signer::unix_now();
+    let auth = RequestAuth::sign(key, &audience, "POST", path, &sha_hex(&b), now);
     let mut rb = author.post(format!("{base}{path}")).body(b);
     for (k, v) in auth.headers() {
         rb = rb.header(k, v);

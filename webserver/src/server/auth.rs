@@ -1,6 +1,8 @@
 //! Author authentication (`docs/webserver-api.md`, "Author authentication"), in the
-//! documented order: headers, author, timestamp, signature ([`authenticate`], before the body
-//! is read), then body hash and nonce ([`finish`], after it). The nonce is recorded only once
+//! documented order: headers, audience, timestamp, signature, author ([`authenticate`], before
+//! the body is read), then body hash and nonce ([`finish`], after it). The signature is
+//! checked before the key is looked up, so that whoever does not hold a key cannot learn
+//! whether it is enrolled: a forged request is `bad-signature` either way. The nonce is recorded only once
 //! the signature and the body's hash have passed; an upload only checks it after the body
 //! ([`check_body`], [`check_nonce_unused`]) and records it in the transaction that records
 //! the bundle, so that a refused upload leaves nothing behind.
@@ -8,7 +10,8 @@
 use actix_web::HttpRequest;
 use actix_web::http::header::HeaderMap;
 use rjs_signer::request::{
-    H_CONTENT_SHA256, H_KEY, H_NONCE, H_SIGNATURE, H_TIMESTAMP, RequestAuth, RequestAuthError,
+    H_AUDIENCE, H_CONTENT_SHA256, H_KEY, H_NONCE, H_SIGNATURE, H_TIMESTAMP, RequestAuth,
+    RequestAuthError,
 };
 
 use super::AppState;
@@ -20,7 +23,14 @@ pub const TIMESTAMP_WINDOW: u64 = 300;
 /// How long a nonce is kept past its request's timestamp, seconds (longer than the window).
 pub const NONCE_TTL: u64 = 600;
 
-const AUTH_HEADERS: [&str; 5] = [H_KEY, H_TIMESTAMP, H_NONCE, H_CONTENT_SHA256, H_SIGNATURE];
+const AUTH_HEADERS: [&str; 6] = [
+    H_AUDIENCE,
+    H_KEY,
+    H_TIMESTAMP,
+    H_NONCE,
+    H_CONTENT_SHA256,
+    H_SIGNATURE,
+];
 
 /// An author whose request head passed authentication.
 #[derive(Debug, Clone)]
@@ -66,6 +76,20 @@ pub fn parse_headers(headers: &HeaderMap) -> Result<RequestAuth, ApiError> {
         .map_err(map_auth_error)
 }
 
+/// Step 2: the request is meant for this server (`ours`: the audience of its CA certificate).
+pub fn check_audience(audience: &str, ours: &str) -> Result<(), ApiError> {
+    if audience != ours {
+        return Err(ApiError::unauthorized(
+            "wrong-audience",
+            format!(
+                "the request was signed for another web server (audience {audience}; this \
+                 server's is {ours}, the SHA-256 of its CA certificate)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Step 3: the timestamp is within [`TIMESTAMP_WINDOW`] of `now`.
 pub fn check_timestamp(timestamp: u64, now: u64) -> Result<(), ApiError> {
     if timestamp.abs_diff(now) > TIMESTAMP_WINDOW {
@@ -87,9 +111,13 @@ pub fn path_and_query(req: &HttpRequest) -> &str {
         .unwrap_or_else(|| req.path())
 }
 
-/// Steps 1 to 4: headers, enrolled author, timestamp, signature. Reads no body.
+/// Steps 1 to 5: headers, audience, timestamp, signature, enrolled author. Reads no body.
 pub async fn authenticate(req: &HttpRequest, state: &AppState) -> Result<Authed, ApiError> {
     let auth = parse_headers(req.headers())?;
+    check_audience(&auth.audience, &state.audience)?;
+    check_timestamp(auth.timestamp, rjs_signer::unix_now())?;
+    auth.verify(req.method().as_str(), path_and_query(req))
+        .map_err(map_auth_error)?;
     let key = auth.key.to_base64();
     let author = state
         .store_call("looking up the author", move |s| s.author_by_key(&key))
@@ -103,13 +131,10 @@ pub async fn authenticate(req: &HttpRequest, state: &AppState) -> Result<Authed,
                 ),
             )
         })?;
-    check_timestamp(auth.timestamp, rjs_signer::unix_now())?;
-    auth.verify(req.method().as_str(), path_and_query(req))
-        .map_err(map_auth_error)?;
     Ok(Authed { author, auth })
 }
 
-/// Step 5: the body's SHA-256 is the signed one.
+/// Step 6: the body's SHA-256 is the signed one.
 pub fn check_body(authed: &Authed, body_sha256: &str) -> Result<(), ApiError> {
     if body_sha256 != authed.auth.content_sha256 {
         return Err(ApiError::unauthorized(
@@ -133,7 +158,7 @@ pub fn nonce_expiry(authed: &Authed) -> i64 {
     i64::try_from(authed.auth.timestamp.saturating_add(NONCE_TTL)).unwrap_or(i64::MAX)
 }
 
-/// Step 6 without recording the nonce: refuses a request whose nonce this author already
+/// Step 7 without recording the nonce: refuses a request whose nonce this author already
 /// used. For a request that records its nonce with its own effect, in one transaction (an
 /// upload: [`crate::store::NewSubmission::nonce`]), so that a refused request leaves nothing.
 pub async fn check_nonce_unused(state: &AppState, authed: &Authed) -> Result<(), ApiError> {
@@ -151,7 +176,7 @@ pub async fn check_nonce_unused(state: &AppState, authed: &Authed) -> Result<(),
     Ok(())
 }
 
-/// Steps 5 and 6: the body's SHA-256 is the signed one, and the nonce is fresh (recorded).
+/// Steps 6 and 7: the body's SHA-256 is the signed one, and the nonce is fresh (recorded).
 /// For requests that change nothing else (reads).
 pub async fn finish(state: &AppState, authed: &Authed, body_sha256: &str) -> Result<(), ApiError> {
     check_body(authed, body_sha256)?;
@@ -187,10 +212,11 @@ mod tests {
         h
     }
 
-    fn signed() -> [(&'static str, String); 5] {
+    fn signed() -> [(&'static str, String); 6] {
         let key = KeyPair::from_secret([9; 32]);
         RequestAuth::sign(
             &key,
+            &"a".repeat(64),
             "GET",
             "/api/v1/whoami",
             &"0".repeat(64),
@@ -220,11 +246,12 @@ mod tests {
         }
         // Malformed values: bad-auth-header.
         for (i, bad) in [
-            (0, "not base64!"),
-            (1, "yesterday"),
-            (2, "ABCDEF"),
-            (3, "xyz"),
-            (4, "AAAA"),
+            (0, "ABCDEF"),
+            (1, "not base64!"),
+            (2, "yesterday"),
+            (3, "ABCDEF"),
+            (4, "xyz"),
+            (5, "AAAA"),
         ] {
             let mut h = good.clone();
             h[i].1 = bad.to_owned();
@@ -246,6 +273,14 @@ mod tests {
             HeaderValue::from_bytes(b"\xff").unwrap(),
         );
         assert_eq!(parse_headers(&h).unwrap_err().code, "bad-auth-header");
+    }
+
+    #[test]
+    fn audience_is_ours() {
+        check_audience(&"a".repeat(64), &"a".repeat(64)).unwrap();
+        let e = check_audience(&"b".repeat(64), &"a".repeat(64)).unwrap_err();
+        assert_eq!(e.code, "wrong-audience");
+        assert_eq!(e.status.as_u16(), 401);
     }
 
     #[test]

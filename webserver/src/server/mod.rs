@@ -125,6 +125,9 @@ pub struct AppState {
     pub pins: Arc<pins::BlobPins>,
     pub events: Events,
     pub limits: Limits,
+    /// The audience author requests must name: [`rjs_signer::request::audience`] of this
+    /// server's CA certificate.
+    pub audience: String,
 }
 
 impl AppState {
@@ -322,6 +325,14 @@ fn open(
     }
     let data = admin::existing(&config.data)?;
     let ca = rjs_wire::tls::load_certs(&data.ca_cert())?;
+    let [ca_cert] = &ca[..] else {
+        return Err(ServeError::Config(format!(
+            "{} must hold exactly one certificate, the web server's CA (it holds {})",
+            data.ca_cert().display(),
+            ca.len()
+        )));
+    };
+    let audience = rjs_signer::request::audience(ca_cert);
     let chain = rjs_wire::tls::load_certs(&data.server_cert())?;
     let key = rjs_wire::tls::load_key(&data.server_key())?;
     let mut tls =
@@ -348,6 +359,7 @@ fn open(
             max_answer: config.max_answer,
             max_attempts: config.max_attempts,
         },
+        audience,
     };
     Ok((state, tls, stop_tx))
 }
