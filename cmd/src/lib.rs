@@ -7,6 +7,7 @@
 //!   connection refused`) — and the one way a binary exits on error.
 //! * [`logging`]: the one `tracing` set-up (stderr, `RUST_LOG` overrides the default level).
 //! * [`units`]: the one grammar for sizes on command lines and in configuration files.
+//! * [`time`]: the one way a Unix time is shown (any value, without panicking).
 //!
 //! ## The error convention
 //!
@@ -18,6 +19,7 @@
 
 pub mod logging;
 pub mod report;
+pub mod time;
 pub mod units;
 
 pub use report::{chain, exit};

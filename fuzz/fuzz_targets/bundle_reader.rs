@@ -1,5 +1,6 @@
 //! Fuzzes the bundle reader: any input must give a verdict, never a panic, a hang or an
-//! allocation beyond the limits. Seed with `fuzz/seeds` (valid bundles) so that mutations
+//! allocation beyond the limits; what the tools show of a verified bundle (its signing time)
+//! must not panic either. Seed with `fuzz/seeds` (valid bundles) so that mutations
 //! reach the signature, manifest and inflate paths.
 #![no_main]
 
@@ -19,5 +20,6 @@ fuzz_target!(|data: &[u8]| {
         // Anything that verifies must be internally consistent.
         assert!(bundle.module().starts_with(&rjs_signer::bundle::WASM_HEADER));
         assert_eq!(bundle.inputs().len(), bundle.manifest().inputs.len());
+        let _ = rjs_cmd::time::unix_time(bundle.signer().signed_at);
     }
 });

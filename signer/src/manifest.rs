@@ -453,6 +453,55 @@ mod tests {
         Manifest::parse(v.to_string().as_bytes())
     }
 
+    /// `docs/bundle-format.md`: an integer that does not fit its field's type is a JSON error,
+    /// one that fits but is out of bounds is a field error; `format` is read first.
+    #[test]
+    fn integer_classification_is_the_documented_one() {
+        let text = |field: &str, value: &str| {
+            let extra = match field.strip_prefix("limits.") {
+                Some(f) => format!(r#","limits":{{"{f}":{value}}}"#),
+                None => format!(r#","{field}":{value}"#),
+            };
+            format!(r#"{{"format":1,"name":"j","entry":"j.wasm"{extra}}}"#)
+        };
+        for (field, value) in [
+            ("tasks", "4294967296"),
+            ("tasks", "-1"),
+            ("tasks", "1.0"),
+            ("tasks", "1e3"),
+            ("limits.time_ms", "18446744073709551616"),
+        ] {
+            let e = Manifest::parse(text(field, value).as_bytes()).unwrap_err();
+            assert!(matches!(e, ManifestError::Json(_)), "{field}={value}: {e}");
+        }
+        for (field, value) in [
+            ("tasks", "100001"),
+            ("tasks", "0"),
+            ("limits.time_ms", "18446744073709551615"),
+        ] {
+            let e = Manifest::parse(text(field, value).as_bytes()).unwrap_err();
+            assert!(
+                matches!(e, ManifestError::Field { .. }),
+                "{field}={value}: {e}"
+            );
+        }
+        for format in ["2", "1.0", "18446744073709551616"] {
+            let m = format!(r#"{{"format":{format},"name":"j","entry":"j.wasm"}}"#);
+            let e = Manifest::parse(m.as_bytes()).unwrap_err();
+            assert!(
+                matches!(e, ManifestError::UnknownVersion(_)),
+                "{format}: {e}"
+            );
+        }
+        // Inputs may not use the reserved names; names are case-sensitive.
+        for reserved in ["manifest.json", "rjs-signature.json"] {
+            let m =
+                format!(r#"{{"format":1,"name":"j","entry":"j.wasm","inputs":["{reserved}"]}}"#);
+            let e = Manifest::parse(m.as_bytes()).unwrap_err();
+            assert!(e.to_string().contains("reserved"), "{e}");
+        }
+    }
+
     #[test]
     fn defaults_apply() {
         let m = parse(&minimal()).unwrap();

@@ -286,7 +286,7 @@ impl Deflater {
 pub fn inflate(stored: &[u8], size: u64) -> io::Result<Vec<u8>> {
     let size = usize::try_from(size)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "entry too large"))?;
-    let (out, status) = inflate_upto(stored, size + 1, FlushDecompress::Finish)?;
+    let (out, status, consumed) = inflate_upto(stored, size + 1, FlushDecompress::Finish)?;
     if out.len() > size {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
@@ -299,6 +299,16 @@ pub fn inflate(stored: &[u8], size: u64) -> io::Result<Vec<u8>> {
             format!("deflate stream ends early ({} of {size} bytes)", out.len()),
         ));
     }
+    // The stored size is the stream's: nothing may follow its final block.
+    if consumed != stored.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "{} bytes of trailing data after the deflate stream",
+                stored.len() - consumed
+            ),
+        ));
+    }
     Ok(out)
 }
 
@@ -308,12 +318,13 @@ pub fn inflate_prefix(stored: &[u8], n: usize) -> io::Result<Vec<u8>> {
 }
 
 /// Inflates `stored` until its stream ends, it stops making progress, or `limit` bytes are
-/// out; never returns more than `limit` bytes. Also returns the last status.
+/// out; never returns more than `limit` bytes. Also returns the last status and how many
+/// bytes of `stored` the stream used.
 fn inflate_upto(
     stored: &[u8],
     limit: usize,
     flush: FlushDecompress,
-) -> io::Result<(Vec<u8>, Status)> {
+) -> io::Result<(Vec<u8>, Status, usize)> {
     let mut out = Vec::with_capacity(limit);
     let mut z = Decompress::new(false);
     let mut status = Status::Ok;
@@ -327,7 +338,8 @@ fn inflate_upto(
         }
     }
     out.truncate(limit);
-    Ok((out, status))
+    let consumed = usize::try_from(z.total_in()).unwrap_or(usize::MAX);
+    Ok((out, status, consumed))
 }
 
 #[cfg(test)]
@@ -395,5 +407,18 @@ mod tests {
         assert!(inflate(&d, 1000).is_err());
         assert!(inflate(&d, 2 << 20).is_err());
         assert_eq!(inflate(&d, 1 << 20).unwrap().len(), 1 << 20);
+    }
+
+    #[test]
+    fn nothing_may_follow_the_final_deflate_block() {
+        let data = b"hello hello hello hello".to_vec();
+        let mut d = deflate(&data);
+        assert_eq!(inflate(&d, data.len() as u64).unwrap(), data);
+        d.extend_from_slice(b"junk");
+        let e = inflate(&d, data.len() as u64).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "4 bytes of trailing data after the deflate stream"
+        );
     }
 }

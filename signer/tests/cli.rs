@@ -314,6 +314,34 @@ fn verify_json_output() {
     assert_eq!(v["bundle_id"], hex(&Sha256::digest(&bytes)));
 }
 
+/// The format allows any u64 `signed_at`; no tool may panic on one past year 9999.
+#[test]
+fn a_signing_time_after_the_year_9999_is_shown_not_panicked_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    for at in [253_402_300_800u64, u64::MAX] {
+        let (bytes, _) = rjs_signer::pack_dir(&hello_dir(), &key(2), "carol", at).unwrap();
+        let out = tmp.path().join(format!("{at}.rjs"));
+        fs::write(&out, &bytes).unwrap();
+        let said = stdout_of(&[&"verify", &out], 0);
+        assert_has(&said, &format!("{at} s after 1970 (after the year 9999)"));
+        let text = stdout_of(&[&"inspect", &out], 0);
+        assert_has(&text, "verdict   VALID");
+        assert_has(&text, "(after the year 9999)");
+        let json: serde_json::Value =
+            serde_json::from_str(&stdout_of(&[&"verify", &out, &"--json"], 0)).unwrap();
+        assert_eq!(json["signer"]["signed_at"], at);
+    }
+    // The fuzz seeds hold such a bundle, so that fuzzing reaches this path.
+    let seed = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/signed-after-9999.rjs");
+    if std::env::var_os("RJS_WRITE_FUZZ_SEED").is_some() {
+        let (bytes, _) =
+            rjs_signer::pack_dir(&hello_dir(), &key(2), "carol", 253_402_300_800).unwrap();
+        fs::write(&seed, bytes).unwrap();
+    }
+    let v = rjs_signer::verify_bytes(&fs::read(&seed).unwrap(), &VerifyLimits::default()).unwrap();
+    assert!(v.signer().signed_at >= 253_402_300_800);
+}
+
 #[test]
 fn inspect_shows_manifest_entries_signer_and_verdict() {
     let tmp = tempfile::tempdir().unwrap();

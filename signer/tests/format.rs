@@ -9,6 +9,7 @@ use std::io::Read as _;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use common::*;
+use rjs_signer::paths::MANIFEST;
 use sha2::{Digest, Sha256};
 
 struct Reader<'a> {
@@ -117,9 +118,15 @@ fn content(l: &Local) -> Vec<u8> {
         return l.data.clone();
     }
     let mut out = Vec::new();
-    flate2::read::DeflateDecoder::new(&l.data[..])
-        .read_to_end(&mut out)
-        .unwrap();
+    let mut z = flate2::read::DeflateDecoder::new(&l.data[..]);
+    z.read_to_end(&mut out).unwrap();
+    // The stored size is the deflate stream's: nothing follows its final block.
+    assert_eq!(
+        z.total_in(),
+        l.data.len() as u64,
+        "{}: trailing data after the deflate stream",
+        l.name
+    );
     out
 }
 
@@ -214,6 +221,27 @@ fn check_conformance(b: &[u8]) -> [u8; 32] {
     )
     .expect("the signature verifies over the statement as the spec writes it");
     key
+}
+
+/// Junk after the final deflate block, inside the entry's stored size (and signed): our
+/// verifier refuses it (`corrupt-entry`), and so does the reader written from the spec.
+#[test]
+fn trailing_data_after_a_deflate_stream_is_refused_by_both_readers() {
+    let data = input_data();
+    let mut padded = Part::deflated("data/input.txt", &data);
+    padded
+        .stored
+        .extend_from_slice(b"\0junk after the final block");
+    let parts = vec![
+        padded,
+        Part::stored("job.wasm", &wasm_module()),
+        Part::stored(MANIFEST, &manifest_json("job.wasm", &["data/input.txt"])),
+    ];
+    let b = sign_parts(&parts, &key(1));
+    let e = assert_refused(&b, "corrupt-entry", Some("data/input.txt"));
+    assert!(e.to_string().contains("trailing data"), "{e}");
+    let spec = std::panic::catch_unwind(|| check_conformance(&b));
+    assert!(spec.is_err(), "the spec reader accepted trailing data");
 }
 
 #[test]

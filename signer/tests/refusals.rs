@@ -987,6 +987,17 @@ fn signature_entry_not_canonical_json() {
                 serde_json::from_value(serde_json::to_value(&doc).unwrap()).unwrap();
             serde_json::to_vec(&m).unwrap()
         },
+        // An entry name with an escaped solidus (`data\/input.txt`): same value.
+        {
+            let v = serde_json::to_vec(&doc).unwrap();
+            let s = String::from_utf8(v).unwrap().replacen(
+                "\"data/input.txt\"",
+                "\"data\\/input.txt\"",
+                1,
+            );
+            assert!(s.contains("data\\/input.txt"));
+            s.into_bytes()
+        },
         // A key written with an escape (`\u0066ormat`): same document, other bytes.
         {
             let v = serde_json::to_vec(&doc).unwrap();

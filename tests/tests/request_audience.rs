@@ -7,7 +7,6 @@ use reqwest::StatusCode;
 use reqwest::blocking::{Client, Response};
 use rjs_e2e::*;
 use rjs_signer::request::{H_AUDIENCE, H_SIGNATURE, RequestAuth};
-use rjs_webserver::store::Store;
 use rjs_webserver::store::sqlite::{RowCounts, SqliteStore};
 use serde_json::Value;
 

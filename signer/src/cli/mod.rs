@@ -85,11 +85,7 @@ pub fn run(cli: Cli) -> Result<u8> {
     }
 }
 
-/// `YYYY-MM-DDTHH:MM:SSZ` of Unix seconds.
-pub fn format_time(secs: u64) -> String {
-    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
-        .to_string()
-}
+pub use rjs_cmd::time::unix_time as format_time;
 
 #[cfg(test)]
 mod cli_definition {
