@@ -235,7 +235,17 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         );
 }
 
-/// The application: state, request log, routes, JSON 404.
+/// Headers on every response: nothing is cached (job lists and answers are private), no
+/// content type is sniffed, and browsers keep to HTTPS for this host. A route that needs
+/// others sets them itself (these are added only where absent).
+pub const SECURITY_HEADERS: [(&str, &str); 4] = [
+    ("cache-control", "no-store"),
+    ("x-content-type-options", "nosniff"),
+    ("strict-transport-security", "max-age=31536000"),
+    ("referrer-policy", "no-referrer"),
+];
+
+/// The application: state, request log, security headers, routes, JSON 404.
 pub fn app(
     state: web::Data<AppState>,
 ) -> App<
@@ -268,6 +278,13 @@ pub fn app(
                 Ok(res)
             }
         })
+        .wrap(
+            SECURITY_HEADERS
+                .iter()
+                .fold(actix_web::middleware::DefaultHeaders::new(), |h, &kv| {
+                    h.add(kv)
+                }),
+        )
         .configure(routes)
         .default_service(web::to(not_found))
 }
