@@ -392,8 +392,7 @@ struct Load {
 impl Load {
     /// A lookup certificate from `ca` and the `hello` sample signed by `author`.
     fn new(ca: &rjs_wire::pki::Ca, author: &KeyPair) -> Load {
-        let lookup =
-            rjs_wire::pki::issue(ca, "lookup-bench", Vec::new(), Vec::new()).expect("lookup cert");
+        let lookup = rjs_wire::pki::issue_lookup_client(ca, "lookup-bench").expect("lookup cert");
         let ca_der = rjs_wire::tls::certs_from_pem(ca.cert_pem.as_bytes(), "CA").unwrap();
         let identity = (
             rjs_wire::tls::certs_from_pem(lookup.cert_pem.as_bytes(), "cert").unwrap(),

@@ -110,16 +110,12 @@ pub async fn serve_with(
                     return;
                 }
             };
-            // The cluster CA also issues node certificates that can authenticate as a client;
-            // only the lookup (whose certificates name no node) may offer jobs.
-            let from_node = tls
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|c| c.first())
-                .and_then(|c| rjs_wire::pki::node_id_of(c));
-            if let Some(other) = from_node {
-                tracing::warn!(%peer, node = %other, "refused: a node's certificate may not offer jobs");
+            // The cluster CA also issues node certificates (which can authenticate as a
+            // client) and may issue others: only the lookup's client identity offers jobs.
+            let client = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
+            if !client.is_some_and(|c| rjs_wire::pki::is_lookup_client(c)) {
+                let node = client.and_then(|c| rjs_wire::pki::node_id_of(c));
+                tracing::warn!(%peer, node = ?node, "refused: only the lookup's client certificate may offer jobs");
                 return;
             }
             if let Err(e) = handle(&node, tls, peer, &timeouts).await {

@@ -513,7 +513,7 @@ fn concurrent_jobs_share_one_prompt_and_once_is_not_remembered() {
         vec![],
     )
     .unwrap();
-    let lookup = pki::issue(&ca, "lookup-1", vec![], vec![]).unwrap();
+    let lookup = pki::issue_lookup_client(&ca, "lookup-1").unwrap();
     let dir = s.tmp.path();
     for (file, pem) in [
         ("ca.pem", &ca.cert_pem),

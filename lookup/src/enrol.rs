@@ -96,12 +96,7 @@ pub fn init(data: &Path, hosts: &[String]) -> Result<String> {
         sans,
         vec![ExtendedKeyUsagePurpose::ServerAuth],
     )?;
-    let client = pki::issue(
-        &ca,
-        LOOKUP_COMMON_NAME,
-        Vec::new(),
-        vec![ExtendedKeyUsagePurpose::ClientAuth],
-    )?;
+    let client = pki::issue_lookup_client(&ca, LOOKUP_COMMON_NAME)?;
     let chain = |leaf: &str| format!("{}\n{}", leaf.trim_end(), ca.cert_pem);
     // Keys first: a certificate never exists without its key.
     write_atomic(

@@ -104,8 +104,18 @@ impl Ca {
         client_tls(self, Some(&self.client_cert("lookup-1")))
     }
 
-    /// A lookup server's client certificate.
+    /// A lookup server's client certificate (named `urn:rjs:lookup`, as `rjs-lookup init`
+    /// issues it).
     pub fn client_cert(&self, cn: &str) -> Leaf {
+        let mut params = leaf_params(cn, &[], vec![ExtendedKeyUsagePurpose::ClientAuth]);
+        params.subject_alt_names.push(rcgen::SanType::URI(
+            rjs_wire::pki::LOOKUP_CLIENT_URI.try_into().expect("URI"),
+        ));
+        self.sign(params)
+    }
+
+    /// A client certificate of this CA that is not the lookup's (no `urn:rjs:lookup`).
+    pub fn other_client_cert(&self, cn: &str) -> Leaf {
         self.issue(cn, &[], vec![ExtendedKeyUsagePurpose::ClientAuth])
     }
 }

@@ -636,6 +636,18 @@ async fn clients_outside_the_cluster_are_refused() {
     let peer_node = node.ca.enrolled_node_cert("node-7");
     let peer = client_tls(&node.ca, Some(&peer_node));
     no_reply(node.addr, "a node's certificate", peer, &hello).await;
+    // Nor may any other client certificate of the cluster CA that is not the lookup's, even
+    // one with the lookup's common name.
+    for cn in ["rjs-lookup", "panel"] {
+        let other = client_tls(&node.ca, Some(&node.ca.other_client_cert(cn)));
+        no_reply(
+            node.addr,
+            "another client certificate of the CA",
+            other,
+            &hello,
+        )
+        .await;
+    }
 
     assert_eq!(node.scratch_entries(), Vec::<String>::new());
     // A cluster member still gets its job run.

@@ -236,6 +236,40 @@ pub fn issue(
     Ok(Issued::new(&cert, key.serialize_pem()))
 }
 
+/// The URI name that marks the lookup server's client certificate: the one identity a node
+/// takes jobs from.
+pub const LOOKUP_CLIENT_URI: &str = "urn:rjs:lookup";
+
+/// Issues the lookup server's client certificate: named `common_name` and
+/// [`LOOKUP_CLIENT_URI`], for client authentication only.
+pub fn issue_lookup_client(ca: &Ca, common_name: &str) -> Result<Issued, PkiError> {
+    let uri = SanType::URI(LOOKUP_CLIENT_URI.try_into()?);
+    issue(
+        ca,
+        common_name,
+        vec![uri],
+        vec![ExtendedKeyUsagePurpose::ClientAuth],
+    )
+}
+
+/// Whether a certificate (DER) is a lookup server's client certificate: it names
+/// [`LOOKUP_CLIENT_URI`] and no node. (Its chain to the cluster CA is TLS's to check.)
+pub fn is_lookup_client(der: &[u8]) -> bool {
+    let Ok((_, cert)) = X509Certificate::from_der(der) else {
+        return false;
+    };
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return false;
+    };
+    let uris = || {
+        san.value.general_names.iter().filter_map(|n| match n {
+            x509_parser::extensions::GeneralName::URI(u) => Some(*u),
+            _ => None,
+        })
+    };
+    uris().any(|u| u == LOOKUP_CLIENT_URI) && !uris().any(|u| u.starts_with("urn:rjs:node:"))
+}
+
 /// Issues an end-entity certificate for the key in a CSR (PEM; its signature proves the
 /// requester holds the key). Only the CSR's public key is used: the name, SANs and usages
 /// are the CA's decision. The returned `key_pem` is empty.
@@ -296,8 +330,15 @@ mod tests {
         let node = issue_for_csr(&ca, &csr, "n1", sans, vec![]).unwrap();
         let der = x509_der(&node.cert_pem);
         assert_eq!(node_id_of(&der).as_deref(), Some("n1"));
-        let lookup = issue(&ca, "rjs-lookup", vec![], vec![]).unwrap();
-        assert_eq!(node_id_of(&x509_der(&lookup.cert_pem)), None);
+        let lookup = issue_lookup_client(&ca, "rjs-lookup").unwrap();
+        let lookup_der = x509_der(&lookup.cert_pem);
+        assert_eq!(node_id_of(&lookup_der), None);
+        // Only the lookup's client certificate is the lookup's.
+        assert!(is_lookup_client(&lookup_der));
+        assert!(!is_lookup_client(&der));
+        let plain = issue(&ca, "rjs-lookup", vec![], vec![]).unwrap();
+        assert!(!is_lookup_client(&x509_der(&plain.cert_pem)));
+        assert!(!is_lookup_client(b"not a certificate"));
         assert_eq!(node_id_of(b"not a certificate"), None);
     }
 
