@@ -7,13 +7,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rjs_wire::node::{
-    self, CONTROL_TIMEOUT, FrameError, FromNode, IDLE_TIMEOUT, RefusalCode, ToNode, read_frame,
-    read_msg_idle, write_msg,
+    self, CONTROL_TIMEOUT, FrameError, FromNode, IDLE_TIMEOUT, PRE_AUTH_LIMITS, RefusalCode,
+    ToNode, read_frame, read_msg_idle, write_msg,
 };
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
+use rjs_wire::gate::Gate;
 use rjs_wire::ids::JobId;
 use rjs_wire::shutdown::accept_or_stop;
 
@@ -21,17 +22,18 @@ use crate::node::Node;
 use rjs_signer::bundle::is_sha256_hex as valid_sha;
 
 /// Time a client has to complete the TLS handshake.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Answers up to this size are sent with their `answer` message in one write.
 const COALESCE_ANSWER_BYTES: usize = 256 << 10;
-/// Most connections served at once (each holds at most one job).
+/// Most authenticated connections served at once (each holds at most one job).
 pub const MAX_CONNECTIONS: usize = 256;
 
 /// The job server's deadlines. Every network read and write has one; a connection that
 /// misses one is closed (the other connections are not affected).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeouts {
-    /// A client's TLS handshake, from the TCP accept [default: [`HANDSHAKE_TIMEOUT`], 10 s].
+    /// A client's TLS handshake, from the TCP accept [default: [`HANDSHAKE_TIMEOUT`], 5 s].
     pub handshake: Duration,
     /// Between jobs: until the first byte of the next message [default: [`IDLE_TIMEOUT`],
     /// 5 min].
@@ -88,16 +90,22 @@ pub async fn serve_with(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let acceptor = TlsAcceptor::from(tls);
+    let gate = Gate::new(PRE_AUTH_LIMITS);
     let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     tokio::pin!(shutdown);
     while let Some((tcp, peer)) = accept_or_stop(&listener, shutdown.as_mut()).await {
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "too many connections: closing");
-            continue;
+        // Not yet authenticated: bounded per source and in all, apart from the lookup's.
+        let pass = match gate.enter(peer.ip()) {
+            Ok(p) => p,
+            Err(why) => {
+                if let Some(n) = gate.refusals.hit() {
+                    tracing::warn!(%peer, refused = n, "closing connections waiting to authenticate: {why}");
+                }
+                continue;
+            }
         };
-        let (acceptor, node) = (acceptor.clone(), node.clone());
+        let (acceptor, node, permits) = (acceptor.clone(), node.clone(), permits.clone());
         tokio::spawn(async move {
-            let _permit = permit;
             let _ = tcp.set_nodelay(true);
             let tls = match tokio::time::timeout(timeouts.handshake, acceptor.accept(tcp)).await {
                 Ok(Ok(s)) => s,
@@ -110,6 +118,7 @@ pub async fn serve_with(
                     return;
                 }
             };
+            drop(pass);
             // The cluster CA also issues node certificates (which can authenticate as a
             // client) and may issue others: only the lookup's client identity offers jobs.
             let client = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
@@ -118,6 +127,11 @@ pub async fn serve_with(
                 tracing::warn!(%peer, node = ?node, "refused: only the lookup's client certificate may offer jobs");
                 return;
             }
+            // Only authenticated connections count against the connection limit.
+            let Ok(_permit) = permits.try_acquire_owned() else {
+                tracing::warn!(%peer, "too many connections: closing");
+                return;
+            };
             if let Err(e) = handle(&node, tls, peer, &timeouts).await {
                 tracing::info!(%peer, error = %rjs_cmd::chain(&e), "connection ended");
             }

@@ -12,11 +12,13 @@
 //! * [`signals`]: Ctrl-C / SIGTERM as a flag that long waits check.
 //! * [`wait`]: polling with a deadline, for tests.
 //! * [`data`]: reproducible test and benchmark data ([`data::noise`]).
+//! * [`flood`]: bounded floods of idle connections ([`flood::idle_sockets`]).
 //! * [`grid`] (feature `grid`, on by default): a whole grid on this machine — the real
 //!   `rjs-webserver`, `rjs-lookup` and `rjs-compute` binaries as child processes on loopback —
 //!   used by `rjs demo`, the end-to-end tests and the benchmarks.
 
 pub mod data;
+pub mod flood;
 #[cfg(feature = "grid")]
 pub mod grid;
 pub mod netns;

@@ -23,6 +23,7 @@ use rcgen::{ExtendedKeyUsagePurpose, SanType};
 use rjs_signer::PublicKey;
 use rjs_signer::fsutil::{create_private_dir, read_bounded, write_atomic};
 use rjs_wire::enrol::{EnrolRequest, EnrolResponse, MAX_HOSTS, SECRET_LEN, Token};
+use rjs_wire::gate::{Gate, GateLimits, Throttle};
 use rjs_wire::pki::{self, Ca};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
@@ -46,6 +47,12 @@ pub const DEFAULT_HOSTS: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
 pub const MAX_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Whole-exchange deadline of one enrolment connection (handshake included).
 pub const ENROL_TIMEOUT: Duration = Duration::from_secs(15);
+/// Enrolment connections open at once: at most 4 from one source and 64 in all (more are
+/// closed at once). Enrolment is rare; a node makes one connection.
+pub const ENROL_LIMITS: GateLimits = GateLimits {
+    per_source: 4,
+    total: 64,
+};
 /// Largest JSON state file read.
 const MAX_STATE: u64 = 16 * 1024 * 1024;
 
@@ -416,35 +423,53 @@ pub async fn serve_enrolment(
     let acceptor = tokio_rustls::TlsAcceptor::from(enrolment_tls(&data)?);
     let data = Arc::new(data);
     let one_at_a_time = Arc::new(Mutex::new(()));
+    // A whole enrolment is unauthenticated until the token is checked: every connection
+    // holds a place in the gate until it ends (at most ENROL_TIMEOUT).
+    let gate = Gate::new(ENROL_LIMITS);
+    let failures = Arc::new(Throttle::default());
     tokio::pin!(shutdown);
     while let Some((tcp, peer)) =
         rjs_wire::shutdown::accept_or_stop(&listener, shutdown.as_mut()).await
     {
-        let (acceptor, data, gate) = (acceptor.clone(), data.clone(), one_at_a_time.clone());
+        let pass = match gate.enter(peer.ip()) {
+            Ok(p) => p,
+            Err(why) => {
+                if let Some(n) = gate.refusals.hit() {
+                    tracing::warn!(%peer, refused = n, "closing enrolment connections: {why}");
+                }
+                continue;
+            }
+        };
+        let (acceptor, data, one) = (acceptor.clone(), data.clone(), one_at_a_time.clone());
+        let failures = failures.clone();
         tokio::spawn(async move {
+            let _pass = pass;
             let work = async {
                 let mut tls = acceptor.accept(tcp).await?;
                 let req: EnrolRequest =
                     rjs_wire::node::read_msg(&mut tls, rjs_wire::node::CONTROL_TIMEOUT).await?;
                 let resp = tokio::task::spawn_blocking(move || {
-                    let _g = gate.lock().unwrap_or_else(|e| e.into_inner());
+                    let _g = one.lock().unwrap_or_else(|e| e.into_inner());
                     enrol(&data, &req)
                 })
                 .await??;
-                if let EnrolResponse::Refused { reason } = &resp {
-                    tracing::warn!(%peer, "enrolment refused: {reason}");
+                if let EnrolResponse::Refused { reason } = &resp
+                    && let Some(n) = failures.hit()
+                {
+                    tracing::warn!(%peer, failures = n, "enrolment refused: {reason}");
                 }
                 rjs_wire::node::write_msg(&mut tls, &resp, rjs_wire::node::CONTROL_TIMEOUT).await?;
                 use tokio::io::AsyncWriteExt;
                 let _ = tls.shutdown().await;
                 anyhow::Ok(())
             };
-            match tokio::time::timeout(ENROL_TIMEOUT, work).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    tracing::warn!(%peer, error = %rjs_cmd::report::Chain(e.as_ref()), "enrolment connection")
-                }
-                Err(_) => tracing::warn!(%peer, "enrolment connection timed out"),
+            let failed = match tokio::time::timeout(ENROL_TIMEOUT, work).await {
+                Ok(Ok(())) => return,
+                Ok(Err(e)) => format!("{}", rjs_cmd::report::Chain(e.as_ref())),
+                Err(_) => "timed out".to_owned(),
+            };
+            if let Some(n) = failures.hit() {
+                tracing::warn!(%peer, failures = n, error = %failed, "enrolment connection");
             }
         });
     }

@@ -319,3 +319,25 @@ fn pinning(tmp: &Path, lookup: &Path, addr: &str) {
     wrong.addr = addr.to_owned();
     ok(join(&tmp.join("node7"), &wrong.encode(), &[]));
 }
+
+/// Connections held before authentication (issue 10, item 5): 1,100 idle sockets from one
+/// host (once enough to use up the lookup's file descriptors) leave a real node's enrolment
+/// working, and the endpoint holds at most its per-source bound of them.
+#[test]
+fn idle_sockets_from_one_host_leave_enrolment_working() {
+    let tmp = tempfile::tempdir().unwrap();
+    let lookup = tmp.path().join("lookup");
+    init(&lookup);
+    let server = serve(&lookup);
+    let addr: std::net::SocketAddr = server.addr.parse().unwrap();
+    let attacker = std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2));
+    let flood = rjs_harness::flood::idle_sockets(attacker, addr, 1100).unwrap();
+    assert_eq!(flood.connected(), 1100);
+    let good = token(&lookup, &server.addr, "1h");
+    let node = tmp.path().join("node");
+    let out = ok(join(&node, &good, &["--host", "127.0.0.1"]));
+    assert!(out.contains("enrolled as node-1"), "{out}");
+    let held = flood.still_open();
+    let bound = rjs_lookup::enrol::ENROL_LIMITS.per_source;
+    assert!(held <= bound, "{held} idle sockets held (bound {bound})");
+}

@@ -656,6 +656,34 @@ async fn clients_outside_the_cluster_are_refused() {
     assert_eq!(answer.outcome, "exit 0");
 }
 
+/// Connections held before authentication (issue 10, item 5): 300 idle sockets from one host
+/// (more than the node's 256-connection limit) do not lock the lookup out, and the node
+/// holds at most its per-source bound of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_sockets_from_a_lan_host_do_not_lock_the_lookup_out() {
+    let author = KeyPair::generate();
+    let node = Node::trusting(&author);
+    let hello = pack("hello", &author);
+    let attacker = std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2));
+    let addr = node.addr;
+    let flood = tokio::task::spawn_blocking(move || {
+        rjs_harness::flood::idle_sockets(attacker, addr, 300).unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(flood.connected(), 300);
+    let mut c = bounded("connect during the flood", 5, node.connect())
+        .await
+        .unwrap();
+    let (_, answer) = bounded("hello during the flood", 30, c.run(&hello, 0, 2))
+        .await
+        .unwrap();
+    assert_eq!(answer.outcome, "exit 0");
+    let held = flood.still_open();
+    let bound = rjs_wire::node::PRE_AUTH_LIMITS.per_source;
+    assert!(held <= bound, "{held} idle sockets held (bound {bound})");
+}
+
 /// (8) Bad requests: each is refused or ends its connection, and the node keeps serving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_are_refused_and_the_node_keeps_serving() {

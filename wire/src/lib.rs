@@ -8,6 +8,7 @@
 //! * `creds` (feature `pki`): the lookup credentials file (`docs/webserver-admin.md`).
 //! * [`enrol`]: the one-time join token and the messages of a node's enrolment with its lookup
 //!   (`docs/lookup-enrolment.md`).
+//! * [`gate`]: the bound on connections waiting to authenticate, shared by every server.
 //! * [`ids`]: the job and node id types.
 //! * [`node`]: the framed job protocol between a lookup server and a compute node
 //!   (`docs/compute-protocol.md`).
@@ -22,6 +23,7 @@ pub mod api;
 #[cfg(feature = "pki")]
 pub mod creds;
 pub mod enrol;
+pub mod gate;
 pub mod ids;
 pub mod node;
 #[cfg(feature = "pki")]

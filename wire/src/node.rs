@@ -12,6 +12,14 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Largest control frame.
+/// Connections to a node waiting to authenticate (TCP accepted, TLS handshake not done): at
+/// most 8 from one source and 64 in all; more are closed at once. Only the lookup
+/// authenticates, with a few connections at a time.
+pub const PRE_AUTH_LIMITS: crate::gate::GateLimits = crate::gate::GateLimits {
+    per_source: 8,
+    total: 64,
+};
+
 pub const MAX_CONTROL: u32 = 64 * 1024;
 /// Time allowed for one control frame to arrive or be sent.
 pub const CONTROL_TIMEOUT: Duration = Duration::from_secs(30);

@@ -17,6 +17,7 @@ mod body;
 mod commit;
 mod error;
 mod events;
+mod listen;
 mod lookup;
 mod pins;
 mod route;
@@ -30,11 +31,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix_web::dev::{Extensions, Service as _};
-use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use actix_web::{App, HttpRequest, HttpResponse, web};
 use tokio::sync::watch;
 
 pub use error::ApiError;
 pub use events::Events;
+pub use listen::PRE_AUTH_LIMITS;
 pub use lookup::PeerCert;
 
 use crate::admin::{self, AdminError};
@@ -54,7 +56,7 @@ pub const KEEP_ALIVE: Duration = Duration::from_secs(75);
 /// Time a client gets to close its side after the response.
 pub const CLIENT_DISCONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time a client gets for the TLS handshake.
-pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// In-flight requests get this long to finish after a stop signal, seconds.
 pub const SHUTDOWN_GRACE: u64 = 10;
 /// Interval of the lease-expiry task.
@@ -395,34 +397,32 @@ pub async fn serve(
             .map(|n| n.get())
             .unwrap_or(1)
     });
-    let app_state = state.clone();
     let stop_rx = stop_tx.subscribe();
-    let server = HttpServer::new(move || app(app_state.clone()))
-        .workers(workers)
-        .client_request_timeout(CLIENT_REQUEST_TIMEOUT)
-        .keep_alive(KEEP_ALIVE)
-        .client_disconnect_timeout(CLIENT_DISCONNECT_TIMEOUT)
-        .tls_handshake_timeout(TLS_HANDSHAKE_TIMEOUT)
-        .h2_initial_window_size(1024 * 1024)
-        .h2_initial_connection_window_size(4 * 1024 * 1024)
-        // Without it, a response written in two pieces (headers, then body) waits for the
-        // client's delayed ACK: ~40 ms per request, even on loopback.
-        .tcp_nodelay(true)
-        .shutdown_timeout(SHUTDOWN_GRACE)
-        .shutdown_signal(async move {
-            stop.await;
-            tracing::info!("stopping");
-            // Event streams never end by themselves: end them first.
-            let _ = stop_tx.send(true);
-        })
-        .on_connect(on_connect)
-        .bind_rustls_0_23(config.listen.as_str(), tls)
-        .map_err(|source| ServeError::Bind {
-            addr: config.listen.clone(),
-            source,
-        })?;
-    let addrs = server.addrs();
-    let running = server.run();
+    let listeners = listen::bind(&config.listen).map_err(|source| ServeError::Bind {
+        addr: config.listen.clone(),
+        source,
+    })?;
+    let addrs = listeners
+        .iter()
+        .map(|l| l.local_addr())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(ServeError::Run)?;
+    let stop = async move {
+        stop.await;
+        tracing::info!("stopping");
+        // Event streams never end by themselves: end them first.
+        let _ = stop_tx.send(true);
+    };
+    let running = listen::server(
+        listen::Listen {
+            listeners,
+            tls,
+            workers,
+        },
+        state.clone(),
+        stop,
+    )
+    .map_err(ServeError::Run)?;
     actix_web::rt::spawn(expiry_task(state.clone(), stop_rx));
     ready(&addrs);
     running.await.map_err(ServeError::Run)?;
