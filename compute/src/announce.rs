@@ -34,8 +34,11 @@ pub struct AnnouncerConfig {
     pub interval: Duration,
     /// Interfaces mDNS may use; `None` keeps the daemon's default (all).
     pub interfaces: Option<Vec<IfKind>>,
-    /// Addresses to announce; empty: the addresses of the enabled interfaces (automatic).
+    /// Addresses to announce (signed); empty: those of the enabled interfaces, found anew for
+    /// each announcement ([`auto_addresses`]).
     pub addresses: Vec<IpAddr>,
+    /// Leave IPv6 addresses out of the automatic ones (the job server listens on IPv4 only).
+    pub ipv4_only: bool,
 }
 
 impl AnnouncerConfig {
@@ -49,6 +52,7 @@ impl AnnouncerConfig {
             interval: DEFAULT_INTERVAL,
             interfaces: None,
             addresses: Vec::new(),
+            ipv4_only: false,
         }
     }
 }
@@ -199,6 +203,61 @@ pub fn reach_problems(
     problems
 }
 
+/// Whether mDNS restricted to `interfaces` (None: all) uses the interface of `a`.
+fn enabled(a: &LocalAddr, interfaces: Option<&[IfKind]>) -> bool {
+    let Some(kinds) = interfaces else {
+        return true;
+    };
+    kinds.iter().any(|k| match k {
+        IfKind::All => true,
+        IfKind::IPv4 => a.ip.is_ipv4(),
+        IfKind::IPv6 => a.ip.is_ipv6(),
+        IfKind::Name(n) => &a.interface == n,
+        IfKind::Addr(ip) => a.ip == *ip,
+        IfKind::LoopbackV4 => a.ip.is_ipv4() && a.ip.is_loopback(),
+        IfKind::LoopbackV6 => a.ip.is_ipv6() && a.ip.is_loopback(),
+        _ => false,
+    })
+}
+
+/// The addresses a node signs when none are configured: those of the enabled interfaces
+/// (`local`, restricted to `interfaces`), IPv4 first, without loopback and IPv6 link-local
+/// addresses unless there is nothing else (a node alone on `lo`), at most
+/// [`rjs_wire::announce::MAX_ADDRS`].
+pub fn auto_addresses(local: &[LocalAddr], interfaces: Option<&[IfKind]>) -> Vec<IpAddr> {
+    let mut all: Vec<IpAddr> = Vec::new();
+    for a in local.iter().filter(|a| enabled(a, interfaces)) {
+        if !all.contains(&a.ip) {
+            all.push(a.ip);
+        }
+    }
+    let lan = |ip: &IpAddr| match ip {
+        IpAddr::V4(v4) => !v4.is_loopback(),
+        IpAddr::V6(v6) => !v6.is_loopback() && !v6.is_unicast_link_local(),
+    };
+    let mut picked: Vec<IpAddr> = all.iter().copied().filter(lan).collect();
+    if picked.is_empty() {
+        picked = all;
+    }
+    picked.sort_by_key(|ip| ip.is_ipv6());
+    picked.truncate(rjs_wire::announce::MAX_ADDRS);
+    picked
+}
+
+/// The mDNS host name of a node: `rjs-<16 hex digits of its key's fingerprint>.local.`, a
+/// name no PC has (a node enrolled as `pc-7` must not take `pc-7.local.` from the PC's own
+/// responder).
+pub fn host_name(key: &rjs_signer::keys::PublicKey) -> String {
+    let fp: String = key
+        .fingerprint()
+        .to_string()
+        .chars()
+        .filter(char::is_ascii_hexdigit)
+        .take(16)
+        .collect();
+    format!("rjs-{fp}.local.")
+}
+
 /// Source of the current number of free slots.
 pub type FreeSlots = Arc<dyn Fn() -> u32 + Send + Sync>;
 
@@ -209,26 +268,19 @@ pub struct Announcer {
     fullname: String,
 }
 
-/// Builds the signed mDNS service for one announcement; with no `addresses`, the daemon
-/// fills in those of the enabled interfaces.
-pub fn service_info(
-    ann: &Announcement,
-    key: &KeyPair,
-    addresses: &[IpAddr],
-) -> Result<ServiceInfo, AnnouncerError> {
+/// Builds the signed mDNS service for one announcement: its address records carry the
+/// signed addresses, under the node's own [`host_name`].
+pub fn service_info(ann: &Announcement, key: &KeyPair) -> Result<ServiceInfo, AnnouncerError> {
     let txt = ann.to_txt(|m| key.sign(m))?;
-    let host = format!("{}.local.", ann.node_id);
+    let host = host_name(&key.public());
     let mut info = ServiceInfo::new(
         SERVICE_TYPE,
         &ann.node_id,
         &host,
-        addresses,
+        &ann.addrs[..],
         ann.port,
         &txt[..],
     )?;
-    if addresses.is_empty() {
-        info = info.enable_addr_auto();
-    }
     info.set_requires_probe(false);
     Ok(info)
 }
@@ -246,13 +298,20 @@ impl Announcer {
             daemon.disable_interface(IfKind::All)?;
             daemon.enable_interface(ifs.clone())?;
         }
-        let addrs = config.addresses.clone();
         let mut seq = 0u64;
         let mut make = move |free: u32| {
             seq += 1;
+            let addrs = if config.addresses.is_empty() {
+                let mut local = local_addrs().unwrap_or_default();
+                local.retain(|a| !config.ipv4_only || a.ip.is_ipv4());
+                auto_addresses(&local, config.interfaces.as_deref())
+            } else {
+                config.addresses.clone()
+            };
             Announcement {
                 node_id: config.node_id.to_string(),
                 port: config.port,
+                addrs,
                 mflops: config.mflops,
                 free_slots: free.min(config.total_slots),
                 total_slots: config.total_slots,
@@ -262,7 +321,7 @@ impl Announcer {
             }
         };
         // The first announcement is checked synchronously so a bad config fails here.
-        let first = service_info(&make(free_slots()), &key, &addrs)?;
+        let first = service_info(&make(free_slots()), &key)?;
         let fullname = first.get_fullname().to_owned();
         daemon.register(first)?;
         let interval = config.interval;
@@ -270,7 +329,7 @@ impl Announcer {
         let thread = StoppableThread::spawn("rjs-announce", move |rx| {
             // Stops on a message or when the sender (the Announcer) is dropped.
             while let Err(RecvTimeoutError::Timeout) = rx.recv_timeout(interval) {
-                match service_info(&make(free_slots()), &key, &addrs) {
+                match service_info(&make(free_slots()), &key) {
                     Ok(info) => {
                         if let Err(e) = daemon.register(info) {
                             tracing::warn!("re-announcing: {e}");
@@ -311,6 +370,7 @@ mod tests {
         let ann = Announcement {
             node_id: "n1".into(),
             port: 7000,
+            addrs: vec!["192.168.1.20".parse().unwrap()],
             mflops: 1000,
             free_slots: 1,
             total_slots: 1,
@@ -318,7 +378,7 @@ mod tests {
             timestamp_ms: 1,
             seq: 1,
         };
-        let info = service_info(&ann, &key, &[]).unwrap();
+        let info = service_info(&ann, &key).unwrap();
         let props: Vec<(String, String)> = info
             .get_properties()
             .iter()
@@ -328,6 +388,44 @@ mod tests {
         assert_eq!(back, ann);
         back.verify(&sig, |m, s| key.public().verify(m, s)).unwrap();
         assert_eq!(info.get_fullname(), "n1._rjs-compute._tcp.local.");
+        // Its host name is the node's own, not the PC's (nor the node id's).
+        assert!(
+            info.get_hostname().starts_with("rjs-"),
+            "{}",
+            info.get_hostname()
+        );
+        assert_eq!(
+            info.get_hostname().len(),
+            "rjs-".len() + 16 + ".local.".len()
+        );
+    }
+
+    #[test]
+    fn automatic_addresses_leave_out_loopback_unless_alone() {
+        let a = |interface: &str, ip: &str, mask: &str| LocalAddr {
+            interface: interface.into(),
+            ip: ip.parse().unwrap(),
+            netmask: mask.parse().unwrap(),
+        };
+        let lo = a("lo", "127.0.0.1", "255.0.0.0");
+        let ll = a("eth0", "fe80::1", "ffff:ffff:ffff:ffff::");
+        let v6 = a("eth0", "fd00::20", "ffff:ffff:ffff:ffff::");
+        let v4 = a("eth0", "192.168.1.20", "255.255.255.0");
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let local = [lo.clone(), ll, v6, v4];
+        assert_eq!(
+            auto_addresses(&local, None),
+            [ip("192.168.1.20"), ip("fd00::20")]
+        );
+        assert_eq!(
+            auto_addresses(&local, Some(&[IfKind::Name("lo".into())])),
+            [ip("127.0.0.1")]
+        );
+        assert_eq!(
+            auto_addresses(&local, Some(&[IfKind::IPv6])),
+            [ip("fd00::20")]
+        );
+        assert!(auto_addresses(&[lo], Some(&[IfKind::Name("eth0".into())])).is_empty());
     }
 
     #[test]

@@ -14,6 +14,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -52,7 +53,18 @@ pub struct DiscoveryConfig {
     pub clock_window: Duration,
     /// Interfaces mDNS may use; `None` keeps the daemon's default (all).
     pub interfaces: Option<Vec<IfKind>>,
+    /// Where the newest accepted `(timestamp, seq)` of each node is kept across restarts
+    /// ([`MARKS_FILE`] in the lookup's data folder); `None`: in memory only.
+    pub marks_file: Option<PathBuf>,
 }
+
+/// The file of the announcements' high-water marks, in the lookup's data folder.
+pub const MARKS_FILE: &str = "announce-marks.json";
+/// How often changed marks are written (the window an unclean stop leaves, see
+/// `docs/discovery.md`).
+pub const MARKS_FLUSH: Duration = Duration::from_secs(1);
+/// Largest marks file read.
+const MAX_MARKS_BYTES: u64 = 4 << 20;
 
 impl DiscoveryConfig {
     /// TTL of 3 intervals, clock window 30 s, all interfaces.
@@ -62,6 +74,7 @@ impl DiscoveryConfig {
             ttl: interval * 3,
             clock_window: DEFAULT_CLOCK_WINDOW,
             interfaces: None,
+            marks_file: None,
         }
     }
 }
@@ -134,7 +147,6 @@ pub struct NodeView {
 struct Lease {
     ann: Announcement,
     sig: [u8; 64],
-    addresses: Vec<IpAddr>,
     renewed: Instant,
 }
 
@@ -145,8 +157,11 @@ pub struct NodeTable {
     clock_window: Duration,
     nodes: HashMap<NodeId, Lease>,
     /// Last accepted `(timestamp, seq)` per node, kept after a lease expires so that an old
-    /// announcement cannot bring a dropped node back.
+    /// announcement cannot bring a dropped node back (and across restarts, through the
+    /// marks file).
     last: HashMap<NodeId, (u64, u64)>,
+    /// `last` changed since [`NodeTable::take_marks`].
+    marks_changed: bool,
     drops: Drops,
 }
 
@@ -157,16 +172,31 @@ impl NodeTable {
             clock_window,
             nodes: HashMap::new(),
             last: HashMap::new(),
+            marks_changed: false,
             drops: Drops::default(),
         }
     }
 
-    /// Offers the TXT fields of a resolved service, with its addresses, at wall-clock
-    /// `now_unix_ms` and monotonic `now`.
+    /// Starts from the high-water marks of an earlier run: nothing not newer than what was
+    /// accepted then is accepted now.
+    pub fn restore_marks(&mut self, marks: HashMap<NodeId, (u64, u64)>) {
+        for (id, mark) in marks {
+            let m = self.last.entry(id).or_insert(mark);
+            *m = (*m).max(mark);
+        }
+    }
+
+    /// The marks, if they changed since the last call.
+    pub fn take_marks(&mut self) -> Option<HashMap<NodeId, (u64, u64)>> {
+        std::mem::take(&mut self.marks_changed).then(|| self.last.clone())
+    }
+
+    /// Offers the TXT fields of a resolved service at wall-clock `now_unix_ms` and monotonic
+    /// `now`. The node's addresses are the signed ones in the TXT fields: the addresses of the
+    /// service's mDNS records (which anybody on the LAN can send) are never used.
     pub fn offer<K: AsRef<str>, V: AsRef<str>>(
         &mut self,
         props: impl IntoIterator<Item = (K, V)>,
-        addresses: Vec<IpAddr>,
         keys: &dyn KeyDirectory,
         now_unix_ms: u64,
         now: Instant,
@@ -182,10 +212,10 @@ impl NodeTable {
         };
         let id = NodeId::from(ann.node_id.clone());
         self.last.insert(id.clone(), (ann.timestamp_ms, ann.seq));
+        self.marks_changed = true;
         let lease = Lease {
             ann,
             sig,
-            addresses,
             renewed: now,
         };
         match self.nodes.insert(id, lease) {
@@ -233,6 +263,20 @@ impl NodeTable {
         Ok((ann, sig))
     }
 
+    /// Renews the lease of live node `id` on proof from an authenticated connection (a pong,
+    /// or a reply to a job, over mutual TLS with the node's enrolled certificate), so that a
+    /// node's liveness does not rest on mDNS packets alone. An expired lease is not revived:
+    /// that takes a fresh signed announcement. Returns whether there was a lease.
+    pub fn touch(&mut self, id: &str, now: Instant) -> bool {
+        match self.nodes.get_mut(id) {
+            Some(l) if now.saturating_duration_since(l.renewed) <= self.ttl => {
+                l.renewed = l.renewed.max(now);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Drops the leases not renewed within the TTL; returns the dropped node ids.
     pub fn expire(&mut self, now: Instant) -> Vec<NodeId> {
         let ttl = self.ttl;
@@ -256,7 +300,7 @@ impl NodeTable {
             .filter(|l| now.saturating_duration_since(l.renewed) <= self.ttl)
             .map(|l| NodeView {
                 node_id: l.ann.node_id.clone().into(),
-                addresses: l.addresses.clone(),
+                addresses: l.ann.addrs.clone(),
                 port: l.ann.port,
                 mflops: l.ann.mflops,
                 free_slots: l.ann.free_slots,
@@ -279,6 +323,58 @@ impl NodeTable {
 pub enum DiscoveryError {
     #[error("mDNS")]
     Mdns(#[from] mdns_sd::Error),
+    #[error("reading the announcements' high-water marks {}", path.display())]
+    Marks {
+        path: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// The marks file: `{"node-1": [timestamp_ms, seq], …}`; none yet is an empty map.
+pub fn load_marks(path: &Path) -> Result<HashMap<NodeId, (u64, u64)>, DiscoveryError> {
+    let bytes = match rjs_signer::fsutil::read_bounded(path, MAX_MARKS_BYTES) {
+        Ok(b) => b,
+        Err(rjs_signer::fsutil::FileError::Io { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            return Ok(HashMap::new());
+        }
+        Err(e) => {
+            return Err(DiscoveryError::Marks {
+                path: path.to_owned(),
+                source: Box::new(e),
+            });
+        }
+    };
+    serde_json::from_slice(&bytes).map_err(|e| DiscoveryError::Marks {
+        path: path.to_owned(),
+        source: Box::new(e),
+    })
+}
+
+/// Writes the marks if they changed (atomically, 0600); a failure is logged and retried at
+/// the next flush.
+fn flush_marks(table: &Mutex<NodeTable>, path: Option<&Path>) {
+    let Some(path) = path else {
+        return;
+    };
+    let Some(marks) = table.lock().unwrap_or_else(|e| e.into_inner()).take_marks() else {
+        return;
+    };
+    let written = serde_json::to_vec(&marks)
+        .map_err(|e| e.to_string())
+        .and_then(|bytes| {
+            rjs_signer::fsutil::write_atomic(path, &bytes, 0o600)
+                .map_err(|e| rjs_cmd::chain(&e).to_string())
+        });
+    if let Err(e) = written {
+        tracing::warn!(path = %path.display(), error = %e, "writing the announcements' marks");
+        table
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .marks_changed = true;
+    }
 }
 
 /// A running mDNS browser feeding a shared [`NodeTable`]; stops on drop or
@@ -299,12 +395,18 @@ impl Browser {
             daemon.disable_interface(IfKind::All)?;
             daemon.enable_interface(ifs.clone())?;
         }
+        let mut nodes = NodeTable::new(config.ttl, config.clock_window);
+        if let Some(path) = &config.marks_file {
+            nodes.restore_marks(load_marks(path)?);
+        }
         let events = daemon.browse(SERVICE_TYPE)?;
-        let table = Arc::new(Mutex::new(NodeTable::new(config.ttl, config.clock_window)));
+        let table = Arc::new(Mutex::new(nodes));
+        let marks_file = config.marks_file.clone();
         let t = table.clone();
         // Wake often enough to expire leases promptly.
         let tick = (config.ttl / 10).clamp(Duration::from_millis(10), Duration::from_millis(500));
         let thread = StoppableThread::spawn("rjs-discovery", move |stop_rx| {
+            let mut last_flush = Instant::now();
             while let Err(mpsc::TryRecvError::Empty) = stop_rx.try_recv() {
                 match events.recv_timeout(tick) {
                     Ok(ServiceEvent::ServiceResolved(info)) => {
@@ -313,16 +415,9 @@ impl Browser {
                             .iter()
                             .map(|p| (p.key().to_owned(), p.val_str().to_owned()))
                             .collect();
-                        let mut addrs: Vec<IpAddr> = info
-                            .get_addresses()
-                            .iter()
-                            .map(|a| a.to_ip_addr())
-                            .collect();
-                        addrs.sort();
                         let mut tbl = t.lock().unwrap_or_else(|e| e.into_inner());
                         let r = tbl.offer(
                             props,
-                            addrs,
                             &*keys,
                             rjs_wire::announce::unix_ms_now(),
                             Instant::now(),
@@ -340,7 +435,12 @@ impl Browser {
                 for id in gone {
                     tracing::info!("node {id}: lease expired");
                 }
+                if last_flush.elapsed() >= MARKS_FLUSH {
+                    last_flush = Instant::now();
+                    flush_marks(&t, marks_file.as_deref());
+                }
             }
+            flush_marks(&t, marks_file.as_deref());
             let _ = daemon.stop_browse(SERVICE_TYPE);
             if let Ok(done) = daemon.shutdown() {
                 let _ = done.recv_timeout(Duration::from_secs(1));
@@ -383,6 +483,7 @@ mod tests {
         Announcement {
             node_id: id.into(),
             port: 7000,
+            addrs: vec!["10.0.0.7".parse().unwrap()],
             mflops: 500,
             free_slots: 1,
             total_slots: 2,
@@ -403,19 +504,13 @@ mod tests {
         let t0 = Instant::now();
         let s = |a: &Announcement, k: &KeyPair| a.to_txt(|m| k.sign(m)).unwrap();
         let a1 = s(&ann("a", now_ms, 1), &good);
-        assert_eq!(
-            t.offer(a1.clone(), vec![], &keys, now_ms, t0),
-            Offer::Joined
-        );
-        assert_eq!(
-            t.offer(a1.clone(), vec![], &keys, now_ms, t0),
-            Offer::Duplicate
-        );
+        assert_eq!(t.offer(a1.clone(), &keys, now_ms, t0), Offer::Joined);
+        assert_eq!(t.offer(a1.clone(), &keys, now_ms, t0), Offer::Duplicate);
         let a2 = s(&ann("a", now_ms, 2), &good);
-        assert_eq!(t.offer(a2, vec![], &keys, now_ms, t0), Offer::Renewed);
+        assert_eq!(t.offer(a2, &keys, now_ms, t0), Offer::Renewed);
         // Replay of the older one.
         assert_eq!(
-            t.offer(a1, vec![], &keys, now_ms, t0),
+            t.offer(a1, &keys, now_ms, t0),
             Offer::Dropped(DropReason::Replay)
         );
         // Unknown node, wrong key, stale (past and future), unsigned, malformed.
@@ -431,14 +526,14 @@ mod tests {
             (s(&ann("a", now_ms + 31_000, 9), &good), DropReason::Stale),
             (unsigned, DropReason::Unsigned),
         ] {
-            assert_eq!(t.offer(txt, vec![], &keys, now_ms, t0), Offer::Dropped(why));
+            assert_eq!(t.offer(txt, &keys, now_ms, t0), Offer::Dropped(why));
         }
         assert_eq!(
-            t.offer(vec![("id", "a")], vec![], &keys, now_ms, t0),
+            t.offer(vec![("id", "a")], &keys, now_ms, t0),
             Offer::Dropped(DropReason::Unsigned)
         );
         assert_eq!(
-            t.offer(vec![("sig", "x")], vec![], &keys, now_ms, t0),
+            t.offer(vec![("sig", "x")], &keys, now_ms, t0),
             Offer::Dropped(DropReason::Malformed)
         );
         let d = t.drops();
@@ -460,10 +555,30 @@ mod tests {
         assert_eq!(t.expire(later), vec![NodeId::from("a")]);
         let a2_again = s(&ann("a", now_ms, 2), &good);
         assert_eq!(
-            t.offer(a2_again, vec![], &keys, now_ms, later),
+            t.offer(a2_again, &keys, now_ms, later),
             Offer::Dropped(DropReason::Replay)
         );
         let a3 = s(&ann("a", now_ms + 100, 1), &good);
-        assert_eq!(t.offer(a3, vec![], &keys, now_ms, later), Offer::Joined);
+        assert_eq!(t.offer(a3, &keys, now_ms, later), Offer::Joined);
+        // An authenticated contact renews a live lease without any announcement...
+        let still = later + Duration::from_millis(500);
+        assert!(t.touch("a", still));
+        let after = still + Duration::from_millis(500);
+        assert_eq!(t.nodes(after).len(), 1, "touched within the TTL");
+        // ...but does not bring back an expired one, nor make up an unknown node.
+        let gone = after + Duration::from_millis(700);
+        assert!(!t.touch("a", gone));
+        // The marks survive a restart: a new table seeded with them refuses the old ones.
+        let marks = t.take_marks().unwrap();
+        assert_eq!(t.take_marks(), None, "unchanged since");
+        let mut restarted = NodeTable::new(Duration::from_millis(600), DEFAULT_CLOCK_WINDOW);
+        restarted.restore_marks(marks);
+        let before_restart = s(&ann("a", now_ms + 100, 1), &good);
+        assert_eq!(
+            restarted.offer(before_restart, &keys, now_ms, gone),
+            Offer::Dropped(DropReason::Replay)
+        );
+        assert!(t.nodes(gone).is_empty());
+        assert!(!t.touch("b", after));
     }
 }

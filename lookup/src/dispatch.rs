@@ -376,6 +376,26 @@ impl NodeClient {
         }
     }
 
+    /// Proves the node alive over an authenticated connection (opened if need be): `ping`,
+    /// answered `pong` within `timeout`. Any failure closes the connection.
+    pub async fn ping(&mut self, timeout: Duration) -> Result<(), DispatchError> {
+        if self.conn.is_none() {
+            self.connect().await?;
+        }
+        let Some(s) = self.conn.as_mut() else {
+            return Err(self.lost(Step::After("not connected".into())));
+        };
+        let exchange = async {
+            write_msg(s, &ToNode::Ping, timeout).await?;
+            read_msg::<_, FromNode>(s, timeout).await
+        };
+        match exchange.await {
+            Ok(FromNode::Pong) => Ok(()),
+            Ok(other) => Err(self.lost(Step::After(format!("expected pong, got {other:?}")))),
+            Err(e) => Err(self.lost(Step::After(format!("ping: {}", chain(&e))))),
+        }
+    }
+
     fn lost(&mut self, e: Step) -> DispatchError {
         self.conn = None;
         let reason = match e {

@@ -64,6 +64,7 @@ fn replayed_and_stale_are_dropped(
         Announcement {
             node_id: "rep".into(),
             port: 7100,
+            addrs: vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
             mflops: 10,
             free_slots: 1,
             total_slots: 1,

@@ -603,12 +603,19 @@ fn announce_on(
     daemon.register(info).unwrap();
 }
 
-/// The TXT fields of an announcement of node `id` signed with `key`: one slot, and a speed
-/// that would make the scheduler pick it first.
-fn signed_txt(key: &KeyPair, id: &str, port: u16, ts: u64, seq: u64) -> Vec<(String, String)> {
+/// The TXT fields of an announcement of node `id` at `addr` signed with `key`: one slot, and
+/// a speed that would make the scheduler pick it first.
+fn signed_txt(
+    key: &KeyPair,
+    id: &str,
+    addr: SocketAddr,
+    ts: u64,
+    seq: u64,
+) -> Vec<(String, String)> {
     Announcement {
         node_id: id.to_owned(),
-        port,
+        port: addr.port(),
+        addrs: vec![addr.ip()],
         mflops: 999_999,
         free_slots: 1,
         total_slots: 1,
@@ -648,7 +655,7 @@ impl Impersonation {
             let mut fullname = None;
             while !flag.load(Ordering::SeqCst) {
                 seq += 1;
-                let txt = signed_txt(&key, &id, addr.port(), unix_ms_now(), seq);
+                let txt = signed_txt(&key, &id, addr, unix_ms_now(), seq);
                 announce_on(&daemon, &instance, addr.ip(), addr.port(), &txt);
                 fullname = Some(format!("{instance}.{SERVICE_TYPE}"));
                 std::thread::sleep(interval);
@@ -921,13 +928,13 @@ fn announce_unknown_keys(responder: &Responder) -> Trap {
         "intruder",
         trap.addr.ip(),
         trap.addr.port(),
-        &signed_txt(&stranger, "intruder", trap.addr.port(), now, 1),
+        &signed_txt(&stranger, "intruder", trap.addr, now, 1),
     );
     responder.announce(
         "forger",
         trap.addr.ip(),
         trap.addr.port(),
-        &signed_txt(&stranger, "node-1", trap.addr.port(), now, u64::MAX / 2),
+        &signed_txt(&stranger, "node-1", trap.addr, now, u64::MAX / 2),
     );
     trap
 }
@@ -950,7 +957,7 @@ fn replay_node1(grid: &LocalGrid, responder: &Responder, node1_port: u16) -> Tra
         "older",
         replay_ip,
         node1_port,
-        &signed_txt(&node1_key, "node-1", node1_port, now - 5_000, 1),
+        &signed_txt(&node1_key, "node-1", replay_trap.addr, now - 5_000, 1),
     );
     responder.announce(
         "stale",
@@ -959,7 +966,7 @@ fn replay_node1(grid: &LocalGrid, responder: &Responder, node1_port: u16) -> Tra
         &signed_txt(
             &node1_key,
             "node-1",
-            node1_port,
+            replay_trap.addr,
             now - 120_000,
             u64::MAX / 2,
         ),
@@ -997,6 +1004,125 @@ fn impersonate_node2(
     );
     run_hello_until(grid, dir, round, &["node-1"], || impostor.counts().0 >= 1);
     impostor.counts()
+}
+
+/// The mDNS host name a node announces: `rjs-` and the first 16 hex digits of its key's
+/// fingerprint (`docs/discovery.md`).
+fn node_host_name(key: &PublicKey) -> String {
+    let hex: String = key
+        .fingerprint()
+        .to_string()
+        .chars()
+        .filter(char::is_ascii_hexdigit)
+        .take(16)
+        .collect();
+    format!("rjs-{hex}.local.")
+}
+
+const UNSIGNED_ADDRESS: &str = "an_unsigned_address_record_never_changes_where_the_lookup_connects";
+
+/// Issue 10, item 2: an attacker on the LAN sends, every announcement interval, an extra
+/// (unsigned) address record for node-1's host name pointing at a trap. The lookup keeps
+/// dialling node-1's signed address only: the panel shows just that address, every job runs
+/// on the real nodes, and the trap is never dialled.
+#[test]
+fn an_unsigned_address_record_never_changes_where_the_lookup_connects() {
+    if !netns::isolated_child(UNSIGNED_ADDRESS, Duration::from_secs(120)) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut grid = start(options(dir.path(), &[node(1000.0), node(1000.0)]));
+    let responder = Responder::new();
+    let panel = grid.nodes_panel().unwrap();
+    let node1_port = row(&panel, "node-1").unwrap().port;
+    let trap = Trap::bind((Ipv4Addr::new(127, 0, 0, 2), node1_port).into());
+    let host = node_host_name(&grid.node_public_key(0).unwrap());
+    let stop = Arc::new(AtomicBool::new(false));
+    let (daemon, flag, interval) = (
+        responder.daemon.clone(),
+        stop.clone(),
+        grid.options().announce_interval,
+    );
+    let injector = std::thread::spawn(move || {
+        while !flag.load(Ordering::SeqCst) {
+            // Services of the attacker's whose address records name node-1's host: its
+            // own host name, and `node-1.local.` (the name nodes used to announce).
+            for (i, host) in [host.as_str(), "node-1.local."].into_iter().enumerate() {
+                let mut info = ServiceInfo::new(
+                    "_decoy._tcp.local.",
+                    &format!("decoy{i}"),
+                    host,
+                    &[IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2))][..],
+                    node1_port,
+                    &[("x", "y")][..],
+                )
+                .unwrap();
+                info.set_requires_probe(false);
+                let _ = daemon.register(info);
+            }
+            std::thread::sleep(interval);
+        }
+    });
+    std::thread::sleep(grid.options().announce_interval * 4);
+    run_hello(&grid, dir.path(), "signed", 6, &["node-1", "node-2"]);
+    let panel = grid.nodes_panel().unwrap();
+    assert_eq!(ids(&panel), ["node-1", "node-2"], "{panel:?}");
+    assert_eq!(row(&panel, "node-1").unwrap().addresses, ["127.0.0.1"]);
+    assert_eq!(
+        trap.connections(),
+        0,
+        "the lookup dialled an unsigned address"
+    );
+    stop.store(true, Ordering::SeqCst);
+    injector.join().unwrap();
+    responder.shutdown();
+    grid.stop().unwrap_or_else(|e| panic!("{e:#}"));
+}
+
+const MARKS: &str = "announcements_replayed_after_a_lookup_restart_are_refused";
+
+/// Issue 10, item 3: node-2's announcements are captured off the air; node-2 is killed and
+/// the lookup restarted; the captures, replayed again and again, never bring node-2 back (the
+/// lookup kept its high-water marks on disk), and no job is offered to it.
+#[test]
+fn announcements_replayed_after_a_lookup_restart_are_refused() {
+    if !netns::isolated_child(MARKS, Duration::from_secs(120)) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut grid = start(options(dir.path(), &[node(1000.0), node(1000.0)]));
+    let ttl = node_ttl(&grid);
+    let responder = Responder::new();
+    let node2_key = grid.node_public_key(1).unwrap();
+    let captured = responder.capture("node-2", &node2_key, Duration::from_secs(5));
+    grid.kill_node(1, libc::SIGKILL).unwrap();
+    grid.kill_lookup(libc::SIGTERM).unwrap();
+    grid.start_lookup().unwrap();
+    wait_panel(&grid, "node-2 gone", ttl + Duration::from_secs(3), |p| {
+        ids_eq(p, &["node-1"])
+    });
+    let d0 = grid.nodes_panel().unwrap().drops;
+    // The replays, at node-2's own (signed) address.
+    let (ann, _) = Announcement::from_txt(captured.clone()).unwrap();
+    for round in 0..5 {
+        responder.announce(&format!("replay{round}"), ann.addrs[0], ann.port, &captured);
+        std::thread::sleep(grid.options().announce_interval);
+    }
+    let panel = wait_panel(&grid, "the replays dropped", Duration::from_secs(5), |p| {
+        p.drops.replay > d0.replay
+    });
+    assert_eq!(
+        ids(&panel),
+        ["node-1"],
+        "a replay brought node-2 back: {panel:?}"
+    );
+    run_hello(&grid, dir.path(), "after-restart", 3, &["node-1"]);
+    assert!(
+        grid.lookup_dir().join("announce-marks.json").exists(),
+        "the marks are kept in the lookup's data folder"
+    );
+    responder.shutdown();
+    grid.stop().unwrap_or_else(|e| panic!("{e:#}"));
 }
 
 // ------------------------------------------------------------------------------------------

@@ -5,9 +5,10 @@
 //! domain-separated canonical statement ([`Announcement::canonical`]):
 //!
 //! ```text
-//! RJS-ANNOUNCE-V1
+//! RJS-ANNOUNCE-V2
 //! id=<node id>
 //! port=<port>
+//! addrs=<ip1,ip2,…>
 //! mflops=<MFLOPS>
 //! free=<free slots>
 //! total=<total slots>
@@ -16,9 +17,14 @@
 //! seq=<sequence>
 //! ```
 //!
+//! The addresses the lookup dials are the signed `addrs`, never those of mDNS address records
+//! (which anybody on the LAN can send). V1 announcements (no `addrs`) are refused.
+//!
 //! This crate does not depend on the key types of `rjs-signer` (which optionally depends on
 //! this crate); signing and verification are passed in as closures, e.g.
 //! `ann.to_txt(|m| key.sign(m))` and `ann.verify(&sig, |m, s| public.verify(m, s))`.
+
+use std::net::IpAddr;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -76,7 +82,7 @@ pub fn unix_ms_now() -> u64 {
 }
 
 /// Domain separation tag, the first line of the signed statement.
-pub const DOMAIN: &str = "RJS-ANNOUNCE-V1";
+pub const DOMAIN: &str = "RJS-ANNOUNCE-V2";
 /// Maximum bytes of one TXT `key=value` string (DNS character-string limit).
 pub const MAX_TXT_ENTRY: usize = 255;
 /// Maximum number of groups in one announcement.
@@ -86,9 +92,12 @@ pub const MAX_NAME: usize = 64;
 /// Length of the base64 signature field.
 pub const SIG_B64_LEN: usize = 88;
 
+/// Most addresses one announcement carries.
+pub const MAX_ADDRS: usize = 8;
+
 /// TXT keys, in canonical order (the signature `sig` comes last).
-pub const FIELDS: [&str; 8] = [
-    "id", "port", "mflops", "free", "total", "groups", "ts", "seq",
+pub const FIELDS: [&str; 9] = [
+    "id", "port", "addrs", "mflops", "free", "total", "groups", "ts", "seq",
 ];
 
 /// One announcement of a compute node (everything but the signature).
@@ -98,6 +107,9 @@ pub struct Announcement {
     pub node_id: String,
     /// TCP port of the node's job server.
     pub port: u16,
+    /// Where the job server listens, the node's preferred address first: 1 to [`MAX_ADDRS`]
+    /// unicast addresses, no address twice.
+    pub addrs: Vec<IpAddr>,
     /// Speed from the start-up benchmark, in MFLOPS (rounded).
     pub mflops: u64,
     /// Free slots now.
@@ -176,6 +188,17 @@ impl Announcement {
                 return Err(bad("groups", format!("bad group name {g:?}")));
             }
         }
+        if self.addrs.is_empty() || self.addrs.len() > MAX_ADDRS {
+            return Err(bad("addrs", format!("1 to {MAX_ADDRS} addresses")));
+        }
+        for (i, a) in self.addrs.iter().enumerate() {
+            if a.is_unspecified() || a.is_multicast() || is_broadcast(a) {
+                return Err(bad("addrs", format!("{a} is not a unicast address")));
+            }
+            if self.addrs[..i].contains(a) {
+                return Err(bad("addrs", format!("{a} is listed twice")));
+            }
+        }
         if self.free_slots > self.total_slots {
             return Err(bad("free", "more free slots than total slots"));
         }
@@ -192,10 +215,12 @@ impl Announcement {
     }
 
     /// The unsigned fields as (key, value), in canonical order.
-    pub fn fields(&self) -> [(&'static str, String); 8] {
+    pub fn fields(&self) -> [(&'static str, String); 9] {
+        let addrs: Vec<String> = self.addrs.iter().map(IpAddr::to_string).collect();
         [
             ("id", self.node_id.clone()),
             ("port", self.port.to_string()),
+            ("addrs", addrs.join(",")),
             ("mflops", self.mflops.to_string()),
             ("free", self.free_slots.to_string()),
             ("total", self.total_slots.to_string()),
@@ -205,7 +230,7 @@ impl Announcement {
         ]
     }
 
-    /// The signed statement: `RJS-ANNOUNCE-V1\n` then `key=value\n` per field.
+    /// The signed statement: `RJS-ANNOUNCE-V2\n` then `key=value\n` per field.
     pub fn canonical(&self) -> Vec<u8> {
         let mut s = String::with_capacity(256);
         s.push_str(DOMAIN);
@@ -241,7 +266,7 @@ impl Announcement {
     pub fn from_txt<K: AsRef<str>, V: AsRef<str>>(
         props: impl IntoIterator<Item = (K, V)>,
     ) -> Result<(Announcement, [u8; 64]), AnnounceError> {
-        let mut vals: [Option<String>; 9] = Default::default();
+        let mut vals: [Option<String>; 10] = Default::default();
         for (k, v) in props {
             let (k, v) = (k.as_ref(), v.as_ref());
             let len = k.len() + 1 + v.len();
@@ -253,26 +278,28 @@ impl Announcement {
             }
             let idx = match FIELDS.iter().position(|f| *f == k) {
                 Some(i) => i,
-                None if k == "sig" => 8,
+                None if k == "sig" => 9,
                 None => return Err(AnnounceError::UnknownField(k.to_owned())),
             };
             if vals[idx].replace(v.to_owned()).is_some() {
                 return Err(AnnounceError::DuplicateField(k.to_owned()));
             }
         }
-        let sig_text = vals[8].take().ok_or(AnnounceError::Unsigned)?;
+        let sig_text = vals[9].take().ok_or(AnnounceError::Unsigned)?;
         let mut take = |i: usize| vals[i].take().ok_or(AnnounceError::MissingField(FIELDS[i]));
         let id = take(0)?;
         let port = take(1)?;
-        let mflops = take(2)?;
-        let free = take(3)?;
-        let total = take(4)?;
-        let groups = take(5)?;
-        let ts = take(6)?;
-        let seq = take(7)?;
+        let addrs = take(2)?;
+        let mflops = take(3)?;
+        let free = take(4)?;
+        let total = take(5)?;
+        let groups = take(6)?;
+        let ts = take(7)?;
+        let seq = take(8)?;
         let ann = Announcement {
             node_id: id,
             port: num("port", &port)?,
+            addrs: addresses(&addrs)?,
             mflops: num("mflops", &mflops)?,
             free_slots: num("free", &free)?,
             total_slots: num("total", &total)?,
@@ -311,6 +338,28 @@ impl Announcement {
     }
 }
 
+/// The broadcast address 255.255.255.255.
+fn is_broadcast(a: &IpAddr) -> bool {
+    matches!(a, IpAddr::V4(v4) if v4.is_broadcast())
+}
+
+/// Comma-separated addresses, each in its canonical text form (as `IpAddr` displays it), so
+/// that the statement is canonical.
+fn addresses(s: &str) -> Result<Vec<IpAddr>, AnnounceError> {
+    if s.is_empty() {
+        return Ok(Vec::new());
+    }
+    s.split(',')
+        .map(|a| match a.parse::<IpAddr>() {
+            Ok(ip) if ip.to_string() == a => Ok(ip),
+            _ => Err(bad(
+                "addrs",
+                format!("{a:?} is not an IP address in canonical form"),
+            )),
+        })
+        .collect()
+}
+
 /// Strict decimal: digits only, no sign, no leading zero (so the statement is canonical).
 fn num<T: std::str::FromStr>(key: &'static str, s: &str) -> Result<T, AnnounceError> {
     let canonical =
@@ -342,6 +391,7 @@ mod tests {
         Announcement {
             node_id: "node-1".into(),
             port: 7000,
+            addrs: vec!["192.168.1.20".parse().unwrap(), "fd00::20".parse().unwrap()],
             mflops: 1234,
             free_slots: 1,
             total_slots: 2,
@@ -403,7 +453,7 @@ mod tests {
             Err(AnnounceError::TooLong { .. })
         ));
         let mut badsig = txt.clone();
-        badsig[8].1 = "!".repeat(88);
+        badsig[9].1 = "!".repeat(88);
         assert_eq!(
             Announcement::from_txt(badsig),
             Err(AnnounceError::BadSignatureEncoding)
@@ -414,6 +464,33 @@ mod tests {
             Announcement::from_txt(lead),
             Err(AnnounceError::BadField { key: "port", .. })
         ));
+        // Addresses: canonical text, unicast, none twice, at least one.
+        for bad_addrs in [
+            "",
+            "192.168.001.20",
+            "FD00::20",
+            "0.0.0.0",
+            "224.0.0.251",
+            "255.255.255.255",
+            "10.0.0.1,10.0.0.1",
+            "10.0.0.1,,10.0.0.2",
+            "node-1.local",
+        ] {
+            let mut t = txt.clone();
+            t[2].1 = bad_addrs.into();
+            assert!(
+                matches!(
+                    Announcement::from_txt(t),
+                    Err(AnnounceError::BadField { key: "addrs", .. })
+                ),
+                "{bad_addrs:?}"
+            );
+        }
+        // A V1 announcement (no addrs) is refused.
+        assert_eq!(
+            Announcement::from_txt(without("addrs")),
+            Err(AnnounceError::MissingField("addrs"))
+        );
     }
 
     #[test]
@@ -442,6 +519,13 @@ mod tests {
             ..sample()
         };
         assert!(over.to_txt(toy_sign).is_err());
+        let nine = Announcement {
+            addrs: (1..=9)
+                .map(|i| format!("10.0.0.{i}").parse().unwrap())
+                .collect(),
+            ..sample()
+        };
+        assert!(nine.to_txt(toy_sign).is_err());
     }
 
     #[test]
@@ -450,6 +534,7 @@ mod tests {
         let tampered = [
             ("id", "node-2"),
             ("port", "7001"),
+            ("addrs", "192.168.1.66"),
             ("mflops", "99999"),
             ("free", "2"),
             ("total", "3"),

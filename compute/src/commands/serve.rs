@@ -149,8 +149,8 @@ fn start_announcer(node: &Arc<Node>, addr: SocketAddr) -> Result<Announcer> {
             bail!("there is no network interface {name:?}");
         }
     }
-    // The job server's own IP when it listens on a specific one; else the daemon fills in
-    // the addresses of the interfaces it announces on.
+    // The job server's own IP when it listens on a specific one; else the addresses of the
+    // interfaces it announces on (of its address family), found for each announcement.
     let advertise = if settings.advertise.is_empty() && !addr.ip().is_unspecified() {
         vec![addr.ip()]
     } else {
@@ -180,6 +180,7 @@ fn start_announcer(node: &Arc<Node>, addr: SocketAddr) -> Result<Announcer> {
         interval: settings.interval,
         interfaces,
         addresses: advertise,
+        ipv4_only: addr.is_ipv4(),
     };
     // A weak reference: the announcer does not keep the node alive.
     let weak: Weak<Node> = Arc::downgrade(node);

@@ -37,10 +37,18 @@ pub(super) fn sync_lanes(
     nodes: &[NodeView],
     known: &mut HashMap<NodeId, SocketAddr>,
 ) {
+    // The addresses are the node's signed ones. Where it signs several, the lanes keep the
+    // one they use while it is still signed; a new node gets its first (preferred) one.
     let mut live: HashMap<NodeId, SocketAddr> = HashMap::new();
     for n in nodes {
-        if let Some(ip) = n.addresses.first() {
-            live.insert(n.node_id.clone(), SocketAddr::new(*ip, n.port));
+        let kept = known
+            .get(&n.node_id)
+            .filter(|a| a.port() == n.port && n.addresses.contains(&a.ip()));
+        let chosen = kept
+            .copied()
+            .or_else(|| n.addresses.first().map(|ip| SocketAddr::new(*ip, n.port)));
+        if let Some(addr) = chosen {
+            live.insert(n.node_id.clone(), addr);
         }
     }
     let gone: Vec<NodeId> = known

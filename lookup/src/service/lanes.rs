@@ -14,6 +14,9 @@ use super::dispatcher::{job_lost, report_failure};
 use super::state::{Place, Shared, State};
 use crate::dispatch::{DispatchError, JobOffer, JobOutcome, NodeClient, NodeId};
 
+/// How long a keepalive ping may take.
+const PING_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// One slot of one node: takes the jobs assigned to the node, one at a time, over its own
 /// persistent connection.
 pub(super) async fn lane(
@@ -22,9 +25,21 @@ pub(super) async fn lane(
     rx: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<JobId>>>,
 ) {
     let node = client.node_id().to_owned();
+    let keepalive = shared.keepalive();
     loop {
-        let Some(id) = rx.lock().await.recv().await else {
-            return;
+        // Idle for a keepalive interval: prove the node alive over this lane's connection,
+        // so that its lease does not depend on mDNS packets alone (which a flood may drown).
+        let next = tokio::time::timeout(keepalive, async { rx.lock().await.recv().await }).await;
+        let id = match next {
+            Ok(Some(id)) => id,
+            Ok(None) => return,
+            Err(_) => {
+                match client.ping(PING_TIMEOUT).await {
+                    Ok(()) => shared.alive(&node),
+                    Err(e) => tracing::debug!(%node, error = %chain(&e), "keepalive"),
+                }
+                continue;
+            }
         };
         let lease = match shared.lock().jobs.get(&id) {
             Some(j) => j.lease.clone(),
@@ -48,6 +63,9 @@ pub(super) async fn lane(
             task: lease.task,
         };
         let result = client.run_job(&offer, bundle.time_limit).await;
+        if result.is_ok() {
+            shared.alive(&node);
+        }
         let fin = match result {
             Ok(JobOutcome::Answer { outcome, bytes }) => {
                 // Spooled (fsynced) before this lane offers the node anything else.

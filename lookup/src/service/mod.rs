@@ -48,7 +48,7 @@ use rjs_wire::ids::JobId;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-use crate::discovery::{Browser, DiscoveryConfig};
+use crate::discovery::{Browser, DiscoveryConfig, MARKS_FILE};
 use crate::dispatch::{PeerCheck, Scheduler};
 use crate::enrol;
 use crate::spool::{AnswerSpool, RelayOptions};
@@ -156,8 +156,12 @@ impl Service {
             let _ = enrol_rx.await;
         }));
 
-        let browser = Browser::start(cfg.discovery.clone(), registry.clone())
-            .context("starting mDNS discovery")?;
+        let discovery = DiscoveryConfig {
+            marks_file: Some(data.join(MARKS_FILE)),
+            ..cfg.discovery.clone()
+        };
+        let browser =
+            Browser::start(discovery, registry.clone()).context("starting mDNS discovery")?;
         let reg = registry.clone();
         let peer_check: PeerCheck = Arc::new(move |id, sha| reg.is_node_cert(id, sha));
         let shared = Arc::new(Shared {

@@ -207,6 +207,19 @@ impl Shared {
         nodes
     }
 
+    /// Node `id` proved alive over its authenticated connection: renews its lease.
+    pub(super) fn alive(&self, id: &NodeId) {
+        self.table
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .touch(id.as_str(), Instant::now());
+    }
+
+    /// How often an idle lane proves its node alive: three times per lease TTL.
+    pub(super) fn keepalive(&self) -> Duration {
+        (self.cfg.discovery.ttl / 3).max(Duration::from_millis(50))
+    }
+
     /// The bundle `id`, fetched (ETag cache on disk) and verified once.
     pub(super) async fn bundle(&self, id: &str) -> Result<Arc<BundleInfo>, String> {
         let mut cache = self.bundles.lock().await;
