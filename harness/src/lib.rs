@@ -12,7 +12,9 @@
 //! * [`signals`]: Ctrl-C / SIGTERM as a flag that long waits check.
 //! * [`wait`]: polling with a deadline, for tests.
 //! * [`data`]: reproducible test and benchmark data ([`data::noise`]).
-//! * [`flood`]: bounded floods of idle connections ([`flood::idle_sockets`]).
+//! * [`flood`]: bounded floods of idle connections ([`flood::idle_sockets`]) and of forged
+//!   mDNS services ([`flood::mdns`]).
+//! * [`procstat`]: a process's CPU time and memory from `/proc`.
 //! * [`grid`] (feature `grid`, on by default): a whole grid on this machine — the real
 //!   `rjs-webserver`, `rjs-lookup` and `rjs-compute` binaries as child processes on loopback —
 //!   used by `rjs demo`, the end-to-end tests and the benchmarks.
@@ -24,5 +26,6 @@ pub mod grid;
 pub mod netns;
 pub mod paths;
 pub mod process;
+pub mod procstat;
 pub mod signals;
 pub mod wait;

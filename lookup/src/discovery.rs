@@ -331,6 +331,81 @@ pub enum DiscoveryError {
     },
 }
 
+/// The browser thread: feeds the table from `session`'s events, expires leases, writes the
+/// marks, and starts discovery afresh when the session must go (see [`Browser`]).
+fn browse(
+    mut session: Session,
+    config: &DiscoveryConfig,
+    table: &Mutex<NodeTable>,
+    keys: &dyn KeyDirectory,
+    stop_rx: &mpsc::Receiver<()>,
+) {
+    let lock = || table.lock().unwrap_or_else(|e| e.into_inner());
+    // Wake often enough to expire leases promptly.
+    let tick = (config.ttl / 10).clamp(Duration::from_millis(10), Duration::from_millis(500));
+    let mut last_flush = Instant::now();
+    let mut cancelled = false;
+    while let Err(mpsc::TryRecvError::Empty) = stop_rx.try_recv() {
+        if cancelled || session.unverified() > MAX_UNVERIFIED {
+            let wait = RESTART_MIN_INTERVAL.saturating_sub(session.started.elapsed());
+            if !wait.is_zero() {
+                std::thread::sleep(wait.min(tick));
+            } else {
+                let why = if cancelled {
+                    "mdns-sd cancelled the browse"
+                } else {
+                    "too many services it could not verify"
+                };
+                match Session::open(config) {
+                    Ok(fresh) => {
+                        let unverified = session.unverified();
+                        std::mem::replace(&mut session, fresh).close();
+                        lock().drops.restarts += 1;
+                        cancelled = false;
+                        tracing::warn!(unverified, "discovery started afresh: {why}");
+                    }
+                    Err(e) => tracing::warn!(error = %rjs_cmd::chain(&e), "restarting discovery"),
+                }
+            }
+        }
+        match session.events.recv_timeout(tick) {
+            Ok(ServiceEvent::ServiceFound(_, fullname)) => {
+                session.seen.insert(fullname);
+            }
+            Ok(ServiceEvent::ServiceResolved(info)) => {
+                let props: Vec<(String, String)> = info
+                    .get_properties()
+                    .iter()
+                    .map(|p| (p.key().to_owned(), p.val_str().to_owned()))
+                    .collect();
+                let fullname = info.get_fullname().to_owned();
+                let r = lock().offer(
+                    props,
+                    keys,
+                    rjs_wire::announce::unix_ms_now(),
+                    Instant::now(),
+                );
+                if !matches!(r, Offer::Dropped(_)) {
+                    session.verified.insert(fullname.clone());
+                }
+                session.seen.insert(fullname);
+                tracing::debug!("announcement from {}: {r:?}", info.get_fullname());
+            }
+            Ok(_) => {}
+            Err(mdns_sd::RecvTimeoutError::Timeout) => {}
+            Err(mdns_sd::RecvTimeoutError::Disconnected) => cancelled = true,
+        }
+        for id in lock().expire(Instant::now()) {
+            tracing::info!("node {id}: lease expired");
+        }
+        if last_flush.elapsed() >= MARKS_FLUSH {
+            last_flush = Instant::now();
+            flush_marks(table, config.marks_file.as_deref());
+        }
+    }
+    session.close();
+}
+
 /// The marks file: `{"node-1": [timestamp_ms, seq], …}`; none yet is an empty map.
 pub fn load_marks(path: &Path) -> Result<HashMap<NodeId, (u64, u64)>, DiscoveryError> {
     let bytes = match rjs_signer::fsutil::read_bounded(path, MAX_MARKS_BYTES) {
@@ -377,11 +452,64 @@ fn flush_marks(table: &Mutex<NodeTable>, path: Option<&Path>) {
     }
 }
 
+/// Services seen by one mDNS daemon that it could not verify (not accepted) after which
+/// discovery starts afresh, dropping the daemon and all it cached.
+pub const MAX_UNVERIFIED: usize = 512;
+/// Least time between two fresh starts of discovery.
+pub const RESTART_MIN_INTERVAL: Duration = Duration::from_secs(1);
+
 /// A running mDNS browser feeding a shared [`NodeTable`]; stops on drop or
 /// [`Browser::shutdown`].
+///
+/// mdns-sd caches every record of the browsed type that arrives, for the TTL the sender
+/// chose, and keeps querying to refresh it; it has no bound on its cache, and it cancels a
+/// browse whose event channel (1,000 events) fills. So the browser counts the services its
+/// daemon has seen but could not verify, and when they pass [`MAX_UNVERIFIED`], or the browse
+/// was cancelled, it shuts that daemon down and starts a fresh one (at most once per
+/// [`RESTART_MIN_INTERVAL`]): a flood costs at most that much cache, and nothing lingers
+/// after it. The leases are in the [`NodeTable`], which survives; real nodes re-announce
+/// within an interval, and their authenticated connections keep their leases meanwhile.
 pub struct Browser {
     table: Arc<Mutex<NodeTable>>,
     thread: StoppableThread,
+}
+
+/// One mDNS daemon browsing the nodes' service.
+struct Session {
+    daemon: ServiceDaemon,
+    events: mdns_sd::Receiver<ServiceEvent>,
+    started: Instant,
+    /// Instances found by this daemon, and those whose announcements were accepted.
+    seen: std::collections::HashSet<String>,
+    verified: std::collections::HashSet<String>,
+}
+
+impl Session {
+    fn open(config: &DiscoveryConfig) -> Result<Session, DiscoveryError> {
+        let daemon = ServiceDaemon::new()?;
+        if let Some(ifs) = &config.interfaces {
+            daemon.disable_interface(IfKind::All)?;
+            daemon.enable_interface(ifs.clone())?;
+        }
+        let events = daemon.browse(SERVICE_TYPE)?;
+        Ok(Session {
+            daemon,
+            events,
+            started: Instant::now(),
+            seen: Default::default(),
+            verified: Default::default(),
+        })
+    }
+
+    fn unverified(&self) -> usize {
+        self.seen.len().saturating_sub(self.verified.len())
+    }
+
+    /// Stops the daemon without waiting for it (its thread ends by itself).
+    fn close(self) {
+        let _ = self.daemon.stop_browse(SERVICE_TYPE);
+        let _ = self.daemon.shutdown();
+    }
 }
 
 impl Browser {
@@ -390,61 +518,16 @@ impl Browser {
         config: DiscoveryConfig,
         keys: Arc<dyn KeyDirectory>,
     ) -> Result<Self, DiscoveryError> {
-        let daemon = ServiceDaemon::new()?;
-        if let Some(ifs) = &config.interfaces {
-            daemon.disable_interface(IfKind::All)?;
-            daemon.enable_interface(ifs.clone())?;
-        }
         let mut nodes = NodeTable::new(config.ttl, config.clock_window);
         if let Some(path) = &config.marks_file {
             nodes.restore_marks(load_marks(path)?);
         }
-        let events = daemon.browse(SERVICE_TYPE)?;
+        let first = Session::open(&config)?;
         let table = Arc::new(Mutex::new(nodes));
-        let marks_file = config.marks_file.clone();
         let t = table.clone();
-        // Wake often enough to expire leases promptly.
-        let tick = (config.ttl / 10).clamp(Duration::from_millis(10), Duration::from_millis(500));
         let thread = StoppableThread::spawn("rjs-discovery", move |stop_rx| {
-            let mut last_flush = Instant::now();
-            while let Err(mpsc::TryRecvError::Empty) = stop_rx.try_recv() {
-                match events.recv_timeout(tick) {
-                    Ok(ServiceEvent::ServiceResolved(info)) => {
-                        let props: Vec<(String, String)> = info
-                            .get_properties()
-                            .iter()
-                            .map(|p| (p.key().to_owned(), p.val_str().to_owned()))
-                            .collect();
-                        let mut tbl = t.lock().unwrap_or_else(|e| e.into_inner());
-                        let r = tbl.offer(
-                            props,
-                            &*keys,
-                            rjs_wire::announce::unix_ms_now(),
-                            Instant::now(),
-                        );
-                        tracing::debug!("announcement from {}: {r:?}", info.get_fullname());
-                    }
-                    Ok(_) => {}
-                    Err(mdns_sd::RecvTimeoutError::Timeout) => {}
-                    Err(mdns_sd::RecvTimeoutError::Disconnected) => break,
-                }
-                let gone = t
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .expire(Instant::now());
-                for id in gone {
-                    tracing::info!("node {id}: lease expired");
-                }
-                if last_flush.elapsed() >= MARKS_FLUSH {
-                    last_flush = Instant::now();
-                    flush_marks(&t, marks_file.as_deref());
-                }
-            }
-            flush_marks(&t, marks_file.as_deref());
-            let _ = daemon.stop_browse(SERVICE_TYPE);
-            if let Ok(done) = daemon.shutdown() {
-                let _ = done.recv_timeout(Duration::from_secs(1));
-            }
+            browse(first, &config, &t, &*keys, &stop_rx);
+            flush_marks(&t, config.marks_file.as_deref());
         });
         Ok(Browser { table, thread })
     }

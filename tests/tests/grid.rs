@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use mdns_sd::{IfKind, ServiceDaemon, ServiceEvent, ServiceInfo};
 use rjs::grid::{Image, stitch};
+use rjs_harness::grid::flood::{self as grid_flood, FloodPlan};
 use rjs_harness::grid::{
     AUTHOR, GridOptions, JobWhere, LocalGrid, NodeOptions, NodeRow, NodesResponse, WhyResponse,
     prepare_dir,
@@ -1122,6 +1123,50 @@ fn announcements_replayed_after_a_lookup_restart_are_refused() {
         "the marks are kept in the lookup's data folder"
     );
     responder.shutdown();
+    grid.stop().unwrap_or_else(|e| panic!("{e:#}"));
+}
+
+const FLOOD: &str = "a_flood_of_forged_services_neither_drops_real_nodes_nor_lingers";
+
+/// Issue 10, item 4, at CI scale (the full counts are `cargo bench -p rjs --bench
+/// discovery_flood`): a burst of forged services (long TTL), then new ones every 100 ms, from
+/// another process. No real node ever leaves the panel, discovery starts afresh (so the
+/// daemon's cache is bounded), the lookup's CPU is back under 5% of a core within 10 s of
+/// the end, its memory stays bounded, and jobs still run.
+#[test]
+fn a_flood_of_forged_services_neither_drops_real_nodes_nor_lingers() {
+    if !netns::isolated_child(FLOOD, Duration::from_secs(120)) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let grid = start(options(dir.path(), &[node(1000.0), node(1000.0)]));
+    let plan = FloodPlan {
+        burst: 2_000,
+        per_second: 300,
+        duration: Duration::from_secs(5),
+        ttl: 4_500,
+        watch_after: Duration::from_secs(10),
+    };
+    let r = grid_flood::run(&grid, Ipv4Addr::LOCALHOST, plan).unwrap();
+    println!("{r:?}");
+    assert!(
+        r.nodes_missed.is_empty(),
+        "real nodes left the panel: {r:?}"
+    );
+    assert!(r.restarts >= 1, "discovery never started afresh: {r:?}");
+    let settled = r.cpu_at(10).unwrap();
+    assert!(
+        settled < 0.05,
+        "the lookup still used {settled:.3} of a core: {r:?}"
+    );
+    assert!(
+        r.rss_max < r.rss_before + (64 << 20),
+        "the lookup grew from {} to {} bytes",
+        r.rss_before,
+        r.rss_max
+    );
+    run_hello(&grid, dir.path(), "after-flood", 4, &["node-1", "node-2"]);
+    let mut grid = grid;
     grid.stop().unwrap_or_else(|e| panic!("{e:#}"));
 }
 

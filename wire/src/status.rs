@@ -65,6 +65,11 @@ pub struct Drops {
     pub bad_signature: u64,
     pub stale: u64,
     pub replay: u64,
+    /// Times discovery was started afresh (a new mDNS daemon and browse, its cache dropped):
+    /// after too many services it could not verify (a flood), or when mdns-sd cancelled the
+    /// browse because its event channel filled.
+    #[serde(default)]
+    pub restarts: u64,
 }
 
 /// Response to [`StatusRequest::Nodes`].

@@ -35,6 +35,8 @@ use rjs_wire::api::{JobList, JobView, UploadResponse};
 use crate::process::{self, Managed};
 use crate::{netns, paths};
 
+pub mod flood;
+
 pub use rjs_signer::client::AuthorClient;
 use rjs_signer::client::ServerUrl;
 pub use rjs_wire::status::{Drops, JobWhere, NodeRow, NodesResponse, StatusResponse, WhyResponse};
