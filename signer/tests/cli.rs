@@ -314,6 +314,28 @@ fn verify_json_output() {
     assert_eq!(v["bundle_id"], hex(&Sha256::digest(&bytes)));
 }
 
+/// Junk after a deflated entry's final block, inside its signed stored size: `rjs-sign
+/// verify` refuses the bundle as `corrupt-entry`, naming the entry.
+#[test]
+fn verify_refuses_data_after_a_deflate_stream() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut padded = Part::deflated("data/input.txt", &input_data());
+    padded.stored.extend_from_slice(b"junk");
+    let parts = vec![
+        padded,
+        Part::stored("job.wasm", &wasm_module()),
+        Part::stored(
+            rjs_signer::paths::MANIFEST,
+            &manifest_json("job.wasm", &["data/input.txt"]),
+        ),
+    ];
+    let out = tmp.path().join("padded.rjs");
+    fs::write(&out, sign_parts(&parts, &key(1))).unwrap();
+    let v = json_refusal(&[&"verify", &out, &"--json"], "corrupt-entry");
+    assert_eq!(v["entry"], "data/input.txt");
+    assert!(v.to_string().contains("trailing data"), "{v}");
+}
+
 /// The format allows any u64 `signed_at`; no tool may panic on one past year 9999.
 #[test]
 fn a_signing_time_after_the_year_9999_is_shown_not_panicked_on() {
