@@ -244,20 +244,6 @@ pub fn auto_addresses(local: &[LocalAddr], interfaces: Option<&[IfKind]>) -> Vec
     picked
 }
 
-/// The mDNS host name of a node: `rjs-<16 hex digits of its key's fingerprint>.local.`, a
-/// name no PC has (a node enrolled as `pc-7` must not take `pc-7.local.` from the PC's own
-/// responder).
-pub fn host_name(key: &rjs_signer::keys::PublicKey) -> String {
-    let fp: String = key
-        .fingerprint()
-        .to_string()
-        .chars()
-        .filter(char::is_ascii_hexdigit)
-        .take(16)
-        .collect();
-    format!("rjs-{fp}.local.")
-}
-
 /// Source of the current number of free slots.
 pub type FreeSlots = Arc<dyn Fn() -> u32 + Send + Sync>;
 
@@ -272,7 +258,9 @@ pub struct Announcer {
 /// signed addresses, under the node's own [`host_name`].
 pub fn service_info(ann: &Announcement, key: &KeyPair) -> Result<ServiceInfo, AnnouncerError> {
     let txt = ann.to_txt(|m| key.sign(m))?;
-    let host = host_name(&key.public());
+    // Not the node id: a node enrolled as `pc-7` must not take `pc-7.local.` from the PC's
+    // own responder.
+    let host = rjs_wire::announce::host_name(&key.public().fingerprint().to_string());
     let mut info = ServiceInfo::new(
         SERVICE_TYPE,
         &ann.node_id,

@@ -95,14 +95,8 @@ pub async fn serve_with(
     tokio::pin!(shutdown);
     while let Some((tcp, peer)) = accept_or_stop(&listener, shutdown.as_mut()).await {
         // Not yet authenticated: bounded per source and in all, apart from the lookup's.
-        let pass = match gate.enter(peer.ip()) {
-            Ok(p) => p,
-            Err(why) => {
-                if let Some(n) = gate.refusals.hit() {
-                    tracing::warn!(%peer, refused = n, "closing connections waiting to authenticate: {why}");
-                }
-                continue;
-            }
+        let Some(pass) = gate.admit(peer, "connections waiting to authenticate") else {
+            continue;
         };
         let (acceptor, node, permits) = (acceptor.clone(), node.clone(), permits.clone());
         tokio::spawn(async move {

@@ -431,14 +431,8 @@ pub async fn serve_enrolment(
     while let Some((tcp, peer)) =
         rjs_wire::shutdown::accept_or_stop(&listener, shutdown.as_mut()).await
     {
-        let pass = match gate.enter(peer.ip()) {
-            Ok(p) => p,
-            Err(why) => {
-                if let Some(n) = gate.refusals.hit() {
-                    tracing::warn!(%peer, refused = n, "closing enrolment connections: {why}");
-                }
-                continue;
-            }
+        let Some(pass) = gate.admit(peer, "enrolment connections") else {
+            continue;
         };
         let (acceptor, data, one) = (acceptor.clone(), data.clone(), one_at_a_time.clone());
         let failures = failures.clone();

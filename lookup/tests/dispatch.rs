@@ -92,11 +92,13 @@ fn fastest_serving_free_node_first() {
 #[test]
 fn why_a_job_is_not_running() {
     // Two busy nodes serve /compute; one free node serves /render.
-    let nodes = vec![
-        view("a", 100, 0, &["/compute"]),
-        view("b", 200, 0, &["/compute"]),
-        view("c", 300, 1, &["/render"]),
-    ];
+    let nodes = [
+        ("a", 100, 0, "/compute"),
+        ("b", 200, 0, "/compute"),
+        ("c", 300, 1, "/render"),
+    ]
+    .map(|(id, mflops, free, group)| view(id, mflops, free, &[group]))
+    .to_vec();
     let why = Scheduler.why("/nothing", &nodes, &HashMap::new()).unwrap();
     assert_eq!(why, Why::NoNodeInGroup);
     assert_eq!(why.sentence(), "No node serves this job's group.");

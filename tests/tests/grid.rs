@@ -1007,19 +1007,6 @@ fn impersonate_node2(
     impostor.counts()
 }
 
-/// The mDNS host name a node announces: `rjs-` and the first 16 hex digits of its key's
-/// fingerprint (`docs/discovery.md`).
-fn node_host_name(key: &PublicKey) -> String {
-    let hex: String = key
-        .fingerprint()
-        .to_string()
-        .chars()
-        .filter(char::is_ascii_hexdigit)
-        .take(16)
-        .collect();
-    format!("rjs-{hex}.local.")
-}
-
 const UNSIGNED_ADDRESS: &str = "an_unsigned_address_record_never_changes_where_the_lookup_connects";
 
 /// Issue 10, item 2: an attacker on the LAN sends, every announcement interval, an extra
@@ -1037,7 +1024,8 @@ fn an_unsigned_address_record_never_changes_where_the_lookup_connects() {
     let panel = grid.nodes_panel().unwrap();
     let node1_port = row(&panel, "node-1").unwrap().port;
     let trap = Trap::bind((Ipv4Addr::new(127, 0, 0, 2), node1_port).into());
-    let host = node_host_name(&grid.node_public_key(0).unwrap());
+    let fingerprint = grid.node_public_key(0).unwrap().fingerprint().to_string();
+    let host = rjs_wire::announce::host_name(&fingerprint);
     let stop = Arc::new(AtomicBool::new(false));
     let (daemon, flag, interval) = (
         responder.daemon.clone(),

@@ -23,9 +23,7 @@ use rjs_harness::process::{Managed, spawn_listening};
 use rjs_wire::api::ReleaseResponse;
 
 mod common;
-use common::{
-    Data, answer, answer_batch, bundle, client, lease, post_answer_batch, post_json, upload,
-};
+use common::{Data, answer, answer_batch, bundle, client, lease, post_answer_batch, post_json};
 
 const BATCH: u32 = 32;
 const ANSWER_BYTES: usize = 512;
@@ -182,25 +180,14 @@ fn main() -> ExitCode {
         }
 
         // Lease latency, 1,000 queued.
-        upload(
-            &author,
-            base,
-            &data.ca,
-            &data.key,
-            bundle(&data.key, "small", 1_000),
-        )
-        .await;
+        data.upload(&author, base, bundle(&data.key, "small", 1_000))
+            .await;
         let small = lease_latency(&lookups[0], base, samples).await;
         // 100,000 more: the bundle's maximum. The 1,000 stay queued too, and come first.
         let t = Instant::now();
-        let ids = upload(
-            &author,
-            base,
-            &data.ca,
-            &data.key,
-            bundle(&data.key, "big", 100_000),
-        )
-        .await;
+        let ids = data
+            .upload(&author, base, bundle(&data.key, "big", 100_000))
+            .await;
         let upload_time = t.elapsed();
         assert_eq!(ids.len(), 100_000);
         let big = lease_latency(&lookups[0], base, samples).await;

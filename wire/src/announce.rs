@@ -72,6 +72,18 @@ impl Drop for StoppableThread {
     }
 }
 
+/// The mDNS host name a node announces: `rjs-` and the first 16 hex digits of its key's
+/// fingerprint (as `rjs_signer::keys::PublicKey::fingerprint` displays it), in `.local.`: a
+/// name no PC has.
+pub fn host_name(fingerprint: &str) -> String {
+    let hex: String = fingerprint
+        .chars()
+        .filter(char::is_ascii_hexdigit)
+        .take(16)
+        .collect();
+    format!("rjs-{hex}.local.")
+}
+
 /// Now, in Unix milliseconds: the clock of an announcement's `timestamp_ms` (0 if the clock
 /// is before 1970).
 pub fn unix_ms_now() -> u64 {

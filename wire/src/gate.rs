@@ -144,6 +144,20 @@ impl Gate {
         })
     }
 
+    /// [`Gate::enter`] for a connection from `peer`; a refusal is logged (throttled, naming
+    /// `what` was refused) and gives `None`: the caller closes the connection.
+    pub fn admit(self: &Arc<Self>, peer: std::net::SocketAddr, what: &str) -> Option<Pass> {
+        match self.enter(peer.ip()) {
+            Ok(pass) => Some(pass),
+            Err(why) => {
+                if let Some(n) = self.refusals.hit() {
+                    tracing::warn!(%peer, refused = n, "closing {what}: {why}");
+                }
+                None
+            }
+        }
+    }
+
     /// Connections waiting to authenticate now.
     pub fn waiting(&self) -> usize {
         self.state().total
@@ -171,12 +185,13 @@ mod tests {
         s.parse().unwrap()
     }
 
+    fn gate(per_source: usize, total: usize) -> Arc<Gate> {
+        Gate::new(GateLimits { per_source, total })
+    }
+
     #[test]
     fn bounds_per_source_and_in_total_and_gives_places_back() {
-        let gate = Gate::new(GateLimits {
-            per_source: 2,
-            total: 3,
-        });
+        let gate = gate(2, 3);
         let a1 = gate.enter(ip("10.0.0.1")).unwrap();
         let _a2 = gate.enter(ip("10.0.0.1")).unwrap();
         assert_eq!(
@@ -197,10 +212,7 @@ mod tests {
 
     #[test]
     fn an_ipv6_source_is_its_slash_64() {
-        let gate = Gate::new(GateLimits {
-            per_source: 1,
-            total: 10,
-        });
+        let gate = gate(1, 10);
         let _p = gate.enter(ip("2001:db8:1:2::1")).unwrap();
         assert!(gate.enter(ip("2001:db8:1:2:ffff::7")).is_err());
         assert!(gate.enter(ip("2001:db8:1:3::1")).is_ok());

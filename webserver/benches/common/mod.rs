@@ -49,6 +49,13 @@ impl Data {
     }
 }
 
+impl Data {
+    /// Uploads a bundle as the bench author; returns its job ids.
+    pub async fn upload(&self, author: &reqwest::Client, base: &str, b: Vec<u8>) -> Vec<i64> {
+        upload(author, base, &self.ca, &self.key, b).await
+    }
+}
+
 pub fn sha_hex(b: &[u8]) -> String {
     rjs_signer::bundle::hex(&Sha256::digest(b))
 }

@@ -62,15 +62,11 @@ impl Service<TcpStream> for GatedAcceptor {
 
     fn call(&self, io: TcpStream) -> Self::Future {
         let pass = match io.peer_addr() {
-            Ok(peer) => match self.gate.enter(peer.ip()) {
-                Ok(pass) => pass,
-                Err(why) => {
-                    if let Some(n) = self.gate.refusals.hit() {
-                        tracing::warn!(%peer, refused = n, "closing connections waiting for TLS: {why}");
-                    }
-                    return Box::pin(std::future::ready(Err(TlsError::Tls(io::Error::other(
-                        why,
-                    )))));
+            Ok(peer) => match self.gate.admit(peer, "connections waiting for TLS") {
+                Some(pass) => pass,
+                None => {
+                    let refused = io::Error::other("too many connections waiting for TLS");
+                    return Box::pin(std::future::ready(Err(TlsError::Tls(refused))));
                 }
             },
             Err(e) => return Box::pin(std::future::ready(Err(TlsError::Tls(e)))),
