@@ -8,7 +8,7 @@
 //! * its resident memory grows by less than 64 MiB.
 //!
 //! `samples/build.sh && cargo build --release --workspace --bins && cargo bench -p rjs --bench
-//! discovery_flood` (uses the release binaries when they are newer, see `rjs_harness::paths`).
+//! discovery_flood` (the grid runs the release binaries next to the bench, `target/release`).
 
 use std::net::Ipv4Addr;
 use std::process::ExitCode;
