@@ -634,13 +634,6 @@ fn pace(next: &mut Instant, every: Duration) {
 // ---------------------------------------------------------------------------------------------
 // CPU time from /proc.
 
-/// Clock ticks per second (`sysconf(_SC_CLK_TCK)`).
-fn ticks_per_s() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 { t as f64 } else { 100.0 }
-}
-
 /// One process of `/proc/<pid>/stat`: parent, own CPU ticks (utime + stime), ticks of its
 /// children it waited for (cutime + cstime).
 #[derive(Debug, Clone, Copy)]
@@ -769,7 +762,7 @@ impl Load {
         let ours = tree_ticks().saturating_sub(self.ours);
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         (
-            machine.saturating_sub(ours) as f64 / ticks_per_s(),
+            machine.saturating_sub(ours) as f64 / rjs_harness::procstat::ticks_per_second(),
             self.at.elapsed().as_secs_f64() * cores as f64,
         )
     }
@@ -1024,7 +1017,7 @@ impl CpuUse {
 
 /// CPU seconds of `ticks` clock ticks.
 fn secs(ticks: u64) -> f64 {
-    ticks as f64 / ticks_per_s()
+    ticks as f64 / rjs_harness::procstat::ticks_per_second()
 }
 
 /// What one poll of the job list costs: during the run, and quiet (a few more after it).

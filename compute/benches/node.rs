@@ -34,6 +34,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use rjs_harness::procstat;
 use rjs_signer::KeyPair;
 use rjs_wire::node::{
     CONTROL_TIMEOUT, FromNode, ToNode, data_timeout, read_frame, read_msg, write_frame, write_msg,
@@ -72,21 +73,9 @@ fn hello_bundle(key: &KeyPair, tasks: u32) -> Vec<u8> {
     b.sign(key, "bench", rjs_signer::unix_now()).expect("sign")
 }
 
-/// User + system CPU of a process, in clock ticks (10 ms) — summed over a long run.
-fn proc_ticks(pid: u32) -> u64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0;
-    };
-    let rest = &stat[stat.rfind(')').map_or(0, |i| i + 1)..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let get = |i: usize| f.get(i).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
-    get(11) + get(12)
-}
-
-fn ticks_us(ticks: u64) -> f64 {
-    // SAFETY: sysconf cannot fail for this name.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    ticks as f64 * 1e6 / hz
+/// User + system CPU of a process so far, µs (clock ticks of 10 ms: summed over a long run).
+fn cpu_us(pid: u32) -> f64 {
+    procstat::cpu_seconds(pid as i32).unwrap_or(0.0) * 1e6
 }
 
 /// The node's child processes (its sandbox workers).
@@ -104,27 +93,15 @@ fn children(pid: u32) -> Vec<u32> {
     out
 }
 
-/// `field` (`VmRSS` from `status`, `Pss` from `smaps_rollup`) of `pid`, in bytes.
-fn proc_kb(pid: u32, file: &str, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/{file}"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        })
-        .unwrap_or(0)
-        * 1024
-}
-
 /// Memory of the node and its workers: (node RSS, workers' RSS, workers, PSS of all).
 fn memory(pid: u32) -> (u64, u64, usize, u64) {
     let workers = children(pid);
-    let rss = proc_kb(pid, "status", "VmRSS");
-    let workers_rss = workers.iter().map(|&w| proc_kb(w, "status", "VmRSS")).sum();
+    let rss_of = |p: u32| procstat::rss_bytes(p as i32).unwrap_or(0);
+    let rss = rss_of(pid);
+    let workers_rss = workers.iter().map(|&w| rss_of(w)).sum();
     let pss = std::iter::once(pid)
         .chain(workers.iter().copied())
-        .map(|p| proc_kb(p, "smaps_rollup", "Pss"))
+        .map(|p| procstat::pss_bytes(p as i32).unwrap_or(0))
         .sum();
     (rss, workers_rss, workers.len(), pss)
 }
@@ -477,25 +454,25 @@ fn measured_run(
     let pid = node.child.id();
     let workers = children(pid);
     let perf_child = perf.map(|file| start_perf(file, pid, &workers));
-    let node0 = proc_ticks(pid);
-    let workers0: u64 = workers.iter().map(|&w| proc_ticks(w)).sum();
+    let node0 = cpu_us(pid);
+    let workers0: f64 = workers.iter().map(|&w| cpu_us(w)).sum();
     let self0 = self_cpu_us();
     let t = Instant::now();
     let counts = load.push(rt, node.addr, tasks, conns);
     let wall = t.elapsed();
     let self1 = self_cpu_us();
-    let node1 = proc_ticks(pid);
+    let node1 = cpu_us(pid);
     let workers_now = children(pid);
     assert_eq!(workers_now, workers, "a worker was replaced during the run");
-    let workers1: u64 = workers.iter().map(|&w| proc_ticks(w)).sum();
+    let workers1: f64 = workers.iter().map(|&w| cpu_us(w)).sum();
     if let Some(p) = perf_child {
         stop_perf(p);
     }
     let done = counts.done.load(Ordering::Relaxed);
     assert_eq!(done, tasks);
     let per = |us: f64| us / done as f64;
-    let node_us = per(ticks_us(node1 - node0));
-    let workers_us = per(ticks_us(workers1 - workers0));
+    let node_us = per(node1 - node0);
+    let workers_us = per(workers1 - workers0);
     println!(
         "{conns} connections: {done} tasks in {:.2} s = {:.0} tasks/s; CPU per task: node \
          {:.0} µs + workers {:.0} µs = {:.0} µs; client {:.0} µs; no-free-slot retries \

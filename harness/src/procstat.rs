@@ -20,16 +20,27 @@ pub fn cpu_seconds(pid: i32) -> Option<f64> {
 
 /// Resident memory of process `pid` (`VmRSS`), in bytes; None once it is gone.
 pub fn rss_bytes(pid: i32) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kb = text.lines().find_map(|l| {
-        l.strip_prefix("VmRSS:")?
+    kib_field(pid, "status", "VmRSS").map(|kb| kb * 1024)
+}
+
+/// Proportional memory of process `pid` (`Pss` of `smaps_rollup`: shared pages divided among
+/// the processes sharing them), in bytes; None once it is gone.
+pub fn pss_bytes(pid: i32) -> Option<u64> {
+    kib_field(pid, "smaps_rollup", "Pss").map(|kb| kb * 1024)
+}
+
+/// A `Name:   123 kB` line of `/proc/<pid>/<file>`.
+fn kib_field(pid: i32, file: &str, name: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/{file}")).ok()?;
+    text.lines().find_map(|l| {
+        l.strip_prefix(name)?
+            .strip_prefix(':')?
             .trim()
             .trim_end_matches("kB")
             .trim()
             .parse::<u64>()
             .ok()
-    })?;
-    Some(kb * 1024)
+    })
 }
 
 #[cfg(test)]
@@ -41,6 +52,7 @@ mod tests {
         let me = std::process::id() as i32;
         assert!(cpu_seconds(me).is_some());
         assert!(rss_bytes(me).is_some_and(|b| b > 1 << 20));
+        assert!(pss_bytes(me).is_some_and(|b| b > 0));
         assert_eq!(cpu_seconds(i32::MAX), None);
     }
 }
