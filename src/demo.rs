@@ -616,7 +616,7 @@ mod tests {
                 "{stdout}"
             );
         }
-        let image = grid::Image::decode_png(&std::fs::read(&out).unwrap()).unwrap();
+        let image = grid::Image::decode_png(&std::fs::read(&out).unwrap(), u64::MAX).unwrap();
         assert_eq!((image.width, image.height), (1024, 1024));
         // The tiles it stitched are the verified answers' files, in task order.
         let tiles: Vec<PathBuf> = (0..8)

@@ -12,7 +12,7 @@ use rjs_signer::bundle::is_sha256_hex as valid_id;
 use rjs_wire::api::{
     AnswerResponse, ErrorBody, FailureRequest, FailureResponse, H_NODE, H_OUTCOME, JobsEvent,
     LOOKUP_PREFIX, LeaseRequest, LeaseResponse, ReleaseRequest, ReleaseResponse, RenewRequest,
-    RenewResponse,
+    RenewResponse, Waiting, WaitingRequest, WaitingResponse,
 };
 use rjs_wire::creds::parse_creds;
 use sha2::{Digest, Sha256};
@@ -337,11 +337,31 @@ impl WebServerClient {
     }
 
     pub async fn release(&self, ids: &[i64]) -> Result<ReleaseResponse, UpstreamError> {
+        self.release_waiting(ids, Vec::new()).await
+    }
+
+    /// Gives leases back, saying why some of them could not run here (for their authors).
+    pub async fn release_waiting(
+        &self,
+        ids: &[i64],
+        waiting: Vec<Waiting>,
+    ) -> Result<ReleaseResponse, UpstreamError> {
         let req = ReleaseRequest {
             job_ids: ids.to_vec(),
+            waiting,
         };
         self.post_json("releasing leases at", "/release", &req)
             .await
+    }
+
+    /// Tells the web server why held jobs are parked (for their authors).
+    pub async fn waiting(&self, jobs: Vec<Waiting>) -> Result<WaitingResponse, UpstreamError> {
+        self.post_json(
+            "telling why jobs wait to",
+            "/waiting",
+            &WaitingRequest { jobs },
+        )
+        .await
     }
 
     pub async fn fail(&self, job_id: i64, reason: &str) -> Result<FailureResponse, UpstreamError> {

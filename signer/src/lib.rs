@@ -21,6 +21,8 @@ pub mod bundle;
 #[cfg(feature = "client")]
 pub mod client;
 pub mod fsutil;
+#[cfg(feature = "image")]
+pub mod image;
 pub mod keys;
 pub mod manifest;
 pub mod paths;

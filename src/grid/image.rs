@@ -1,74 +1,20 @@
-//! Stitching the Mandelbrot sample's tiles (8-bit RGB PNG bands) back into one image.
+//! Stitching the Mandelbrot sample's tiles (PNG bands) back into one image, from files
+//! (decoding and stitching: `rjs_signer::image`).
 
-use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
+pub use rjs_signer::image::Image;
+use rjs_signer::image::MAX_PIXELS;
 
-/// Largest image decoded or built: 64 Mpixel (the sample's manifest allows far less).
-const MAX_PIXELS: u64 = 64 * 1024 * 1024;
-
-/// An 8-bit RGB image.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Image {
-    pub width: u32,
-    pub height: u32,
-    /// `3 * width * height` bytes, row after row.
-    pub rgb: Vec<u8>,
-}
-
-impl Image {
-    /// Decodes an 8-bit RGB PNG (no palette, no alpha, no 16-bit: what the sample writes).
-    pub fn decode_png(bytes: &[u8]) -> Result<Image> {
-        let decoder = png::Decoder::new(Cursor::new(bytes));
-        let mut reader = decoder.read_info().context("reading the PNG header")?;
-        let (width, height) = reader.info().size();
-        if u64::from(width) * u64::from(height) > MAX_PIXELS {
-            bail!("{width}x{height} pixels is more than this tool handles");
-        }
-        let size = reader
-            .output_buffer_size()
-            .context("the PNG's size does not fit in memory")?;
-        let mut buf = vec![0; size];
-        let info = reader.next_frame(&mut buf).context("decoding the PNG")?;
-        if info.color_type != png::ColorType::Rgb || info.bit_depth != png::BitDepth::Eight {
-            bail!(
-                "the PNG is {:?} with {:?} bits per sample, not 8-bit RGB",
-                info.color_type,
-                info.bit_depth
-            );
-        }
-        let row = width as usize * 3;
-        let mut rgb = Vec::with_capacity(row * height as usize);
-        for line in buf.chunks(info.line_size).take(height as usize) {
-            rgb.extend_from_slice(&line[..row]);
-        }
-        Ok(Image { width, height, rgb })
-    }
-
-    /// Encodes as an 8-bit RGB PNG.
-    pub fn encode_png(&self) -> Result<Vec<u8>> {
-        let mut out = Vec::new();
-        let mut encoder = png::Encoder::new(&mut out, self.width, self.height);
-        encoder.set_color(png::ColorType::Rgb);
-        encoder.set_depth(png::BitDepth::Eight);
-        let mut writer = encoder.write_header().context("writing the PNG header")?;
-        writer
-            .write_image_data(&self.rgb)
-            .context("encoding the PNG")?;
-        writer.finish().context("finishing the PNG")?;
-        Ok(out)
-    }
-}
-
-/// Decodes the tiles (8-bit RGB PNGs of equal width), stacks them top to bottom in the order
-/// given (task index order) and returns the whole image.
+/// Decodes the tiles (PNGs of equal width), stacks them top to bottom in the order given
+/// (task index order) and returns the whole image.
 pub fn stitch(tiles: &[PathBuf]) -> Result<Image> {
     let decoded = tiles
         .iter()
         .map(|p| load(p).with_context(|| format!("tile {}", p.display())))
         .collect::<Result<Vec<_>>>()?;
-    stitch_images(&decoded).with_context(|| {
+    rjs_signer::image::stitch(&decoded, MAX_PIXELS).with_context(|| {
         format!(
             "stitching {}",
             tiles
@@ -80,37 +26,9 @@ pub fn stitch(tiles: &[PathBuf]) -> Result<Image> {
     })
 }
 
-/// [`stitch`] of images already decoded.
-pub fn stitch_images(tiles: &[Image]) -> Result<Image> {
-    let Some(first) = tiles.first() else {
-        bail!("no tiles to stitch");
-    };
-    let width = first.width;
-    let mut height = 0u32;
-    for (i, t) in tiles.iter().enumerate() {
-        if t.width != width {
-            bail!(
-                "tile {i} is {} pixels wide, tile 0 is {width}: tiles must have equal widths",
-                t.width
-            );
-        }
-        height = height
-            .checked_add(t.height)
-            .context("the stitched image is too tall")?;
-    }
-    if u64::from(width) * u64::from(height) > MAX_PIXELS {
-        bail!("{width}x{height} pixels is more than this tool handles");
-    }
-    let mut rgb = Vec::with_capacity(width as usize * height as usize * 3);
-    for t in tiles {
-        rgb.extend_from_slice(&t.rgb);
-    }
-    Ok(Image { width, height, rgb })
-}
-
 fn load(path: &Path) -> Result<Image> {
     let bytes = rjs_signer::fsutil::read_bounded(path, 256 * 1024 * 1024)?;
-    Image::decode_png(&bytes)
+    Ok(Image::decode_png(&bytes, MAX_PIXELS)?)
 }
 
 #[cfg(test)]
@@ -143,31 +61,14 @@ mod tests {
                     path
                 })
                 .collect();
-            let whole = Image::decode_png(&render_png(&p, 0, 1)).unwrap();
+            let whole = Image::decode_png(&render_png(&p, 0, 1), MAX_PIXELS).unwrap();
             let stitched = stitch(&tiles).unwrap();
             assert_eq!((stitched.width, stitched.height), (p.width, p.height));
             assert_eq!(stitched, whole, "{w}x{h}");
             // And what is written decodes to the same pixels.
-            let again = Image::decode_png(&stitched.encode_png().unwrap()).unwrap();
+            let again = Image::decode_png(&stitched.encode_png().unwrap(), MAX_PIXELS).unwrap();
             assert_eq!(again, whole);
         }
-    }
-
-    #[test]
-    fn tiles_of_different_widths_are_refused() {
-        let a = Image {
-            width: 2,
-            height: 1,
-            rgb: vec![0; 6],
-        };
-        let b = Image {
-            width: 3,
-            height: 1,
-            rgb: vec![0; 9],
-        };
-        let err = stitch_images(&[a, b]).unwrap_err().to_string();
-        assert!(err.contains("equal widths"), "{err}");
-        assert!(stitch_images(&[]).is_err());
     }
 
     #[test]

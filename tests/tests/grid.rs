@@ -398,15 +398,15 @@ fn eight_mandelbrot_tiles_on_two_nodes_verify_and_stitch_into_the_native_image()
     let params = mandelbrot::parse_args(&args).unwrap();
     let whole = mandelbrot::parse_task(None, None, params.height).unwrap();
     let native = mandelbrot::render_task(&params, &whole);
-    let native = Image::decode_png(&mandelbrot::encode_png(&native).unwrap()).unwrap();
+    let native = Image::decode_png(&mandelbrot::encode_png(&native).unwrap(), u64::MAX).unwrap();
     assert_eq!(
         (stitched.width, stitched.height),
         (native.width, native.height)
     );
     let differing = stitched
-        .rgb
-        .chunks(3)
-        .zip(native.rgb.chunks(3))
+        .rgba
+        .chunks(4)
+        .zip(native.rgba.chunks(4))
         .filter(|(a, b)| a != b)
         .count();
     assert_eq!(

@@ -215,6 +215,25 @@ pub fn author_remove(dir: &Path, name: &str) -> Result<(), AdminError> {
     })
 }
 
+/// `dashboard-link --admin`: a one-time administrator login for the dashboard, valid
+/// [`LOGIN_TOKEN_TTL`](crate::server::author::LOGIN_TOKEN_TTL) seconds; returns its path
+/// (`/dashboard/login?token=…`). Only the token's hash is stored.
+pub fn admin_login(dir: &Path) -> Result<String, AdminError> {
+    let token = crate::dashboard::secret::Secret::new();
+    let hash = token.hash();
+    let now = crate::store::now();
+    with_store(dir, "recording an administrator login".to_owned(), |s| {
+        crate::store::Sessions::add_login_token(
+            s,
+            &hash,
+            None,
+            now + crate::server::author::LOGIN_TOKEN_TTL,
+            now,
+        )
+    })?;
+    Ok(crate::dashboard::login_path(&token))
+}
+
 /// What `lookup add` did.
 #[derive(Debug, Clone)]
 pub struct LookupAdded {

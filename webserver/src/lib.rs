@@ -7,10 +7,12 @@
 //! * [`pki`]: the server's CA, its certificate, lookup client certificates and their
 //!   credentials file.
 //! * [`server`]: `serve` (actix-web over rustls) and the API handlers.
+//! * [`dashboard`]: the web dashboard (`/dashboard/…`): pages, sessions, live updates.
 //! * [`store`]: the metadata store trait (SQLite implementation) and the blob store.
 //! * [`datadir`]: the data directory layout.
 
 pub mod admin;
+pub mod dashboard;
 pub mod datadir;
 pub mod pki;
 pub mod server;

@@ -432,12 +432,15 @@ fn lease_then_renew(f: &Fixture, other: i64, [j0, j1, j2]: [i64; 3]) {
 fn release_then_fail(f: &Fixture, other: i64, [j0, j1, j2]: [i64; 3]) {
     let s = &f.store;
     // release: leased -> queued, attempt not counted; only what this lookup holds.
-    assert_eq!(s.release(f.lookup, &[j1, j2], T0 + 31).unwrap(), vec![j1]);
+    assert_eq!(
+        s.release(f.lookup, &[j1, j2], &[], T0 + 31).unwrap(),
+        vec![j1]
+    );
     let v1 = view(s, f.author, j1);
     assert_eq!((v1.state, v1.attempts), (JobState::Queued, 0));
     assert_eq!(v1.updated_at, T0 + 31);
     assert_eq!(
-        s.release(f.lookup, &[j1], T0 + 31).unwrap(),
+        s.release(f.lookup, &[j1], &[], T0 + 31).unwrap(),
         Vec::<i64>::new()
     );
     let again = lease(s, f.lookup, 10, T0 + 90, T0 + 32).unwrap();
@@ -497,7 +500,7 @@ fn answer_then_nothing_more(f: &Fixture, j0: i64) {
         s.renew(f.lookup, &[j0], T0 + 99, T0 + 41).unwrap(),
         (vec![], vec![j0])
     );
-    assert!(s.release(f.lookup, &[j0], T0 + 41).unwrap().is_empty());
+    assert!(s.release(f.lookup, &[j0], &[], T0 + 41).unwrap().is_empty());
     assert!(matches!(
         s.fail(f.lookup, j0, "late", MAX_ATTEMPTS, T0 + 41),
         Err(StoreError::Conflict(_))
@@ -568,7 +571,10 @@ fn answers_are_taken_only_from_the_holder_or_last_holder_of_the_lease() {
     // `other` leases four: gives one back, fails one for good, lets one expire.
     let l = s.lease(other, 4, &[], T0 + 10, T0, 1).unwrap();
     assert_eq!(l.len(), 4);
-    assert_eq!(s.release(other, &[released], T0).unwrap(), vec![released]);
+    assert_eq!(
+        s.release(other, &[released], &[], T0).unwrap(),
+        vec![released]
+    );
     assert_eq!(
         s.renew(other, &[leased], T0 + 100, T0 + 1).unwrap().0,
         vec![leased]
@@ -631,7 +637,10 @@ fn answers_are_taken_only_from_the_holder_or_last_holder_of_the_lease() {
 
     // Once someone else leases a job, its last holder is no longer heard.
     lease(s, other, 1, T0 + 60, T0 + 14).unwrap();
-    assert_eq!(s.release(other, &[never], T0 + 15).unwrap(), vec![never]);
+    assert_eq!(
+        s.release(other, &[never], &[], T0 + 15).unwrap(),
+        vec![never]
+    );
     let l = lease(s, f.lookup, 1, T0 + 60, T0 + 16).unwrap();
     assert_eq!(l[0].job_id, never);
     assert_eq!(
@@ -714,7 +723,11 @@ fn expired_leases_come_back() {
         s.fail(f.lookup, j0, "late", MAX_ATTEMPTS, T0 + 102),
         Err(StoreError::Conflict(_))
     ));
-    assert!(s.release(f.lookup, &[j0, j1], T0 + 102).unwrap().is_empty());
+    assert!(
+        s.release(f.lookup, &[j0, j1], &[], T0 + 102)
+            .unwrap()
+            .is_empty()
+    );
     let sha = "ef".repeat(32);
     assert_eq!(
         s.record_answer(&answer(f.lookup, j0, &sha, T0 + 103))
@@ -755,7 +768,7 @@ fn an_expired_lease_can_still_be_failed_or_released_until_requeued() {
         (JobState::Queued, 1)
     );
     assert_eq!(
-        s.release(f.lookup, &[sub.jobs[1].0], T0 + 50).unwrap(),
+        s.release(f.lookup, &[sub.jobs[1].0], &[], T0 + 50).unwrap(),
         vec![sub.jobs[1].0]
     );
     assert_eq!(counts(s), [2, 0, 0, 0]);
@@ -786,7 +799,7 @@ fn groups_filter_by_path_prefix() {
             .iter()
             .map(|l| l.job_id)
             .collect();
-        s.release(f.lookup, &got, T0).unwrap();
+        s.release(f.lookup, &got, &[], T0).unwrap();
         got
     };
     // A node in /compute/light takes /compute/light jobs and the more general /compute ones.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rjs_cmd::chain;
-use rjs_wire::api::{MAX_BATCH, MAX_REASON};
+use rjs_wire::api::{MAX_BATCH, MAX_REASON, Waiting};
 use rjs_wire::ids::JobId;
 use rjs_wire::status::JobWhere;
 use tokio::sync::mpsc;
@@ -155,15 +155,7 @@ pub(super) fn job_lost(
 pub(super) fn report_failure(shared: &Shared, id: JobId, why: String) {
     let client = shared.client.clone();
     tokio::spawn(async move {
-        let mut why: String = why.chars().filter(|c| !c.is_control()).collect();
-        if why.len() > MAX_REASON {
-            let mut cut = MAX_REASON - 3;
-            while !why.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            why.truncate(cut);
-            why.push('…');
-        }
+        let why = clip_reason(&why);
         if let Err(e) = client.fail(id.get(), &why).await {
             tracing::warn!(job = %id, error = %chain(&e), "reporting a failure");
         }
@@ -173,7 +165,7 @@ pub(super) fn report_failure(shared: &Shared, id: JobId, why: String) {
 /// Gives back jobs parked longer than `park`.
 pub(super) async fn release_overdue(shared: &Arc<Shared>) {
     let now = Instant::now();
-    let overdue: Vec<JobId> = {
+    let overdue: Vec<(JobId, String)> = {
         let mut st = shared.lock();
         let ids: Vec<(JobId, String)> = st
             .jobs
@@ -195,7 +187,7 @@ pub(super) async fn release_overdue(shared: &Arc<Shared>) {
                 format!("given back to the web server: {why}"),
             );
         }
-        ids.into_iter().map(|(id, _)| id).collect()
+        ids
     };
     if overdue.is_empty() {
         return;
@@ -203,7 +195,15 @@ pub(super) async fn release_overdue(shared: &Arc<Shared>) {
     let client = shared.client.clone();
     tokio::spawn(async move {
         for chunk in overdue.chunks(MAX_BATCH as usize) {
-            if let Err(e) = client.release(&wire_ids(chunk)).await {
+            let ids: Vec<JobId> = chunk.iter().map(|(id, _)| *id).collect();
+            let waiting = chunk
+                .iter()
+                .map(|(id, why)| Waiting {
+                    job_id: id.get(),
+                    reason: clip_reason(why),
+                })
+                .collect();
+            if let Err(e) = client.release_waiting(&wire_ids(&ids), waiting).await {
                 tracing::warn!(error = %chain(&e), "giving parked jobs back");
             }
         }
@@ -242,6 +242,8 @@ pub(super) fn assign(shared: &Arc<Shared>, nodes: &[NodeView]) {
     }
     // The nodes as this lookup can use them now.
     let mut views = st.usable(nodes, Some(now));
+    // Jobs parked by this pass whose reason the web server has not heard yet.
+    let mut tell: Vec<Waiting> = Vec::new();
     let mut free: u32 = views.iter().map(|n| n.free_slots).sum();
     let mut keep = VecDeque::new();
     while let Some(id) = st.queue.pop_front() {
@@ -282,6 +284,14 @@ pub(super) fn assign(shared: &Arc<Shared>, nodes: &[NodeView]) {
                     Some(why @ (Why::NoNodeInGroup | Why::RefusedBy { .. })) => {
                         tracing::info!(job = %id, why = %why, "parked");
                         if let Some(j) = st.jobs.get_mut(&id) {
+                            let sentence = why.sentence();
+                            if j.told.as_deref() != Some(sentence.as_str()) {
+                                tell.push(Waiting {
+                                    job_id: id.get(),
+                                    reason: clip_reason(&sentence),
+                                });
+                                j.told = Some(sentence);
+                            }
                             j.place = Place::Parked { why, since: now };
                         }
                     }
@@ -291,4 +301,30 @@ pub(super) fn assign(shared: &Arc<Shared>, nodes: &[NodeView]) {
         }
     }
     st.queue = keep;
+    drop(st);
+    if !tell.is_empty() {
+        let client = shared.client.clone();
+        tokio::spawn(async move {
+            for chunk in tell.chunks(MAX_BATCH as usize) {
+                if let Err(e) = client.waiting(chunk.to_vec()).await {
+                    tracing::warn!(error = %chain(&e), "telling the web server why jobs wait");
+                }
+            }
+        });
+    }
+}
+
+/// A reason as the web server takes it: no control characters, at most [`MAX_REASON`] bytes
+/// (cut at a character boundary).
+fn clip_reason(why: &str) -> String {
+    let mut why: String = why.chars().filter(|c| !c.is_control()).collect();
+    if why.len() > MAX_REASON {
+        let mut cut = MAX_REASON - 3;
+        while !why.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        why.truncate(cut);
+        why.push('…');
+    }
+    why
 }

@@ -88,6 +88,7 @@ pub(super) fn take_leases(shared: &Shared, leases: Vec<Lease>) {
                 place: Place::Queued,
                 refusals: HashMap::new(),
                 losses: 0,
+                told: None,
             },
         );
         st.queue.push_back(id);

@@ -37,6 +37,8 @@ pub(super) struct Job {
     pub(super) refusals: HashMap<NodeId, (RefusalCode, Instant)>,
     /// Nodes it was lost with.
     pub(super) losses: u32,
+    /// The last reason it waits that the web server was told.
+    pub(super) told: Option<String>,
 }
 
 impl Job {

@@ -2,7 +2,7 @@
 //!
 //! * local: [`keygen`], [`pack`], [`verify`], [`inspect`], [`verify_answer`];
 //! * network (through [`rjs_signer::client`]): [`upload`], [`status`], [`answers`],
-//!   [`whoami`]; and [`config`], the settings file they read ([`settings`]).
+//!   [`whoami`], [`dashboard`]; and [`config`], the settings file they read ([`settings`]).
 //!
 //! Shared by several commands: [`local`] (the local bundle check and refusal lines) and
 //! [`output`] (terminal-safe text, progress bars).
@@ -12,6 +12,7 @@
 
 pub mod answers;
 pub mod config;
+pub mod dashboard;
 pub mod inspect;
 pub mod keygen;
 pub mod local;
@@ -65,6 +66,8 @@ enum Command {
     Answers(answers::AnswersCommand),
     /// Check the settings: who the web server takes you for.
     Whoami(whoami::WhoamiCommand),
+    /// Sign in to the web dashboard: print (and open) a one-time login link.
+    Dashboard(dashboard::DashboardCommand),
     /// Show or change the settings file (server, ca, key) the network commands read.
     Config(config::ConfigCommand),
 }
@@ -81,6 +84,7 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Status(args) => args.run(),
         Command::Answers(args) => args.run(),
         Command::Whoami(args) => args.run(),
+        Command::Dashboard(args) => args.run(),
         Command::Config(args) => args.run(),
     }
 }

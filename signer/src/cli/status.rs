@@ -27,7 +27,7 @@ impl StatusCommand {
         let api = settings::open(&self.server)?;
         let jobs = select_jobs(&api, &self.bundles)?;
         if self.json {
-            println!("{}", serde_json::to_string(&JobList { jobs })?);
+            println!("{}", serde_json::to_string(&JobList { jobs, next: None })?);
             return Ok(0);
         }
         if jobs.is_empty() {
@@ -183,6 +183,9 @@ pub(crate) mod tests {
     pub fn job(id: i64, bundle: &str, task: u32, tasks: u32, state: JobState) -> JobView {
         JobView {
             id,
+            submission_id: 1,
+            waiting: None,
+            leased_by: None,
             bundle_id: bundle.to_owned(),
             name: "mandelbrot".to_owned(),
             task,

@@ -248,6 +248,9 @@ impl Author {
 fn view(id: i64, bundle: &str, task: u32, state: JobState, answer: Option<&[u8]>) -> JobView {
     JobView {
         id,
+        submission_id: 1,
+        waiting: None,
+        leased_by: None,
         bundle_id: bundle.to_owned(),
         name: "mandel".to_owned(),
         task,
@@ -275,7 +278,10 @@ fn requests_are_signed_over_the_exact_path_and_empty_body() {
             name: "alice".into(),
             fingerprint: "f".into(),
         }),
-        _ => ok_json(JobList { jobs: vec![] }),
+        _ => ok_json(JobList {
+            jobs: vec![],
+            next: None,
+        }),
     });
     let api = a.api(&mock.url);
     assert_eq!(api.whoami().unwrap().name, "alice");
@@ -426,7 +432,7 @@ fn status_selects_bundles_by_prefix() {
             Some((_, id)) => jobs.iter().filter(|j| j.bundle_id == id).cloned().collect(),
             None => jobs.clone(),
         };
-        ok_json(JobList { jobs })
+        ok_json(JobList { jobs, next: None })
     });
     let api = a.api(&mock.url);
     let got = status::select_jobs(&api, &["aaaa".into()]).unwrap();
@@ -464,7 +470,10 @@ fn answers_are_downloaded_once_atomically_and_checked() {
     let t = truncate.clone();
     let (a0, a1) = (answer0.clone(), answer1.clone());
     let mock = serve(a.key.public(), move |req| match req.path.as_str() {
-        "/api/v1/jobs" => ok_json(JobList { jobs: jobs.clone() }),
+        "/api/v1/jobs" => ok_json(JobList {
+            jobs: jobs.clone(),
+            next: None,
+        }),
         "/api/v1/jobs/1/answer" => Resp {
             status: 200,
             body: a0.clone(),
@@ -539,6 +548,7 @@ fn answers_wait_until_finished_or_time_out() {
             let done = (state == JobState::Done).then_some(ans.as_slice());
             ok_json(JobList {
                 jobs: vec![view(1, &b2, 0, state, done)],
+                next: None,
             })
         }
         "/api/v1/jobs/1/answer" => Resp {

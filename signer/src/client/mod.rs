@@ -282,15 +282,73 @@ impl AuthorClient {
         json(resp, "upload answer")
     }
 
-    /// `GET /api/v1/jobs[?bundle=ID]`: the author's jobs, newest submission first.
+    /// `GET /api/v1/jobs[?bundle=ID]`: the author's jobs, newest submission first, every page
+    /// of them (each request reads one page: [`jobs_page`](Self::jobs_page)).
     pub fn jobs(&self, bundle: Option<&str>) -> Result<JobList, ClientError> {
-        let path = match bundle {
-            Some(id) if !is_bundle_id(id) => return Err(ClientError::NotABundleId(id.into())),
-            Some(id) => format!("{}/jobs?bundle={id}", api::AUTHOR_PREFIX),
-            None => format!("{}/jobs", api::AUTHOR_PREFIX),
+        let mut all = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self.jobs_page(bundle, after.as_deref())?;
+            all.extend(page.jobs);
+            match page.next {
+                // A server that repeats a cursor would loop forever: stop instead.
+                Some(n) if after.as_deref() != Some(n.as_str()) => after = Some(n),
+                _ => break,
+            }
+        }
+        Ok(JobList {
+            jobs: all,
+            next: None,
+        })
+    }
+
+    /// One page of `GET /api/v1/jobs[?bundle=ID][&after=CURSOR]`.
+    pub fn jobs_page(
+        &self,
+        bundle: Option<&str>,
+        after: Option<&str>,
+    ) -> Result<JobList, ClientError> {
+        let mut query = Vec::new();
+        if let Some(id) = bundle {
+            if !is_bundle_id(id) {
+                return Err(ClientError::NotABundleId(id.into()));
+            }
+            query.push(format!("bundle={id}"));
+        }
+        if let Some(c) = after {
+            query.push(format!("after={}", url_component(c)));
+        }
+        let path = if query.is_empty() {
+            format!("{}/jobs", api::AUTHOR_PREFIX)
+        } else {
+            format!("{}/jobs?{}", api::AUTHOR_PREFIX, query.join("&"))
         };
         let resp = self.send(Method::GET, &path, None, REQUEST_TIMEOUT)?;
         json(resp, "job list")
+    }
+
+    /// `GET /api/v1/submissions[?bundle=ID]`: the author's submissions summed up, newest
+    /// first (one page: the newest [`api::MAX_SUBMISSIONS_PAGE`]).
+    pub fn submissions(&self, bundle: Option<&str>) -> Result<api::SubmissionList, ClientError> {
+        let path = match bundle {
+            Some(id) if !is_bundle_id(id) => return Err(ClientError::NotABundleId(id.into())),
+            Some(id) => format!("{}/submissions?bundle={id}", api::AUTHOR_PREFIX),
+            None => format!("{}/submissions", api::AUTHOR_PREFIX),
+        };
+        let resp = self.send(Method::GET, &path, None, REQUEST_TIMEOUT)?;
+        json(resp, "submission list")
+    }
+
+    /// `POST /api/v1/dashboard/login`: a one-time dashboard login link for this author.
+    pub fn dashboard_login(&self) -> Result<api::DashboardLogin, ClientError> {
+        let path = format!("{}/dashboard/login", api::AUTHOR_PREFIX);
+        let resp = self.send(Method::POST, &path, None, REQUEST_TIMEOUT)?;
+        json(resp, "dashboard login")
+    }
+
+    /// The full URL of a path on this server.
+    pub fn url_of(&self, path: &str) -> String {
+        self.server.join(path)
     }
 
     /// `GET /api/v1/jobs/<id>/answer`: the response, to stream from. `expected` is the
@@ -347,3 +405,16 @@ fn json<T: serde::de::DeserializeOwned>(
 
 #[cfg(test)]
 mod tests;
+
+/// Percent-encodes a query value (cursors are `[0-9.]`, but a server's are not trusted).
+fn url_component(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}

@@ -2,6 +2,7 @@
 //! `run` that calls the library and prints what it did.
 
 mod author;
+mod dashboard_link;
 mod init;
 mod lookup;
 mod serve;
@@ -42,6 +43,8 @@ enum Command {
     Lookup(lookup::LookupCommand),
     /// Serve the author and lookup APIs over HTTPS until SIGTERM/SIGINT.
     Serve(serve::ServeCommand),
+    /// Print a one-time login link to the dashboard (as the administrator).
+    DashboardLink(dashboard_link::DashboardLinkCommand),
 }
 
 impl Cli {
@@ -52,6 +55,7 @@ impl Cli {
             Command::Author(c) => c.run(),
             Command::Lookup(c) => c.run(),
             Command::Serve(c) => c.run(),
+            Command::DashboardLink(c) => c.run(),
         }
     }
 }

@@ -3,7 +3,10 @@
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use rjs_signer::VerifyLimits;
-use rjs_wire::api::{JobList, JobRef, UploadResponse, WhoAmI};
+use rjs_wire::api::{
+    DashboardLogin, JobList, JobRef, JobState, MAX_JOBS_PAGE, MAX_SUBMISSIONS_PAGE, SubmissionList,
+    UploadResponse, WhoAmI,
+};
 use serde::Deserialize;
 
 use super::AppState;
@@ -18,7 +21,9 @@ use super::error::ApiError;
 use super::route::{Call, Caller, Reply};
 use super::validate;
 use crate::store::blobs::BlobWriter;
-use crate::store::{NewSubmission, RequestNonce, StoreError, now};
+use crate::store::{
+    JobCursor, JobFilter, NewSubmission, RequestNonce, StoreError, SubmissionFilter, now,
+};
 
 /// An author API request: signed by an enrolled author (the head checked, the body's hash
 /// and the nonce still to check: [`finish`]).
@@ -196,23 +201,222 @@ fn verify_upload(
 #[serde(deny_unknown_fields)]
 struct JobsQuery {
     bundle: Option<String>,
+    submission: Option<i64>,
+    state: Option<String>,
+    after: Option<String>,
+    limit: Option<u32>,
 }
 
-/// `GET /api/v1/jobs[?bundle=<id>]`.
+/// A job state named in a query (`queued`, `leased`, `done`, `failed`).
+pub fn state_param(s: Option<&str>) -> Result<Option<JobState>, ApiError> {
+    s.filter(|s| !s.is_empty())
+        .map(|s| {
+            JobState::parse(s).ok_or_else(|| {
+                ApiError::bad_request("state must be queued, leased, done or failed")
+            })
+        })
+        .transpose()
+}
+
+/// A page size named in a query: 1 to `max`, `max` if not given.
+pub fn limit_param(limit: Option<u32>, max: u32) -> Result<u32, ApiError> {
+    match limit {
+        None => Ok(max),
+        Some(n) if (1..=max).contains(&n) => Ok(n),
+        Some(_) => Err(ApiError::bad_request(format!("limit must be 1 to {max}"))),
+    }
+}
+
+/// Reads one page more than asked, to know whether there is a next one: the page and the
+/// next page's cursor.
+pub fn paged<T>(
+    mut rows: Vec<T>,
+    limit: u32,
+    cursor: impl Fn(&T) -> String,
+) -> (Vec<T>, Option<String>) {
+    if rows.len() > limit as usize {
+        rows.truncate(limit as usize);
+        let next = rows.last().map(cursor);
+        (rows, next)
+    } else {
+        (rows, None)
+    }
+}
+
+/// `GET /api/v1/jobs[?bundle=<id>][&submission=<id>][&state=<s>][&after=<cursor>][&limit=<n>]`:
+/// one page of the author's jobs (at most [`MAX_JOBS_PAGE`]), newest submission first, tasks
+/// in order; `next` is the cursor of the following page.
 pub async fn jobs(call: AuthorCall<'_>, payload: &mut web::Payload) -> Reply {
     let (req, state, authed) = (call.req, call.state, call.caller);
-    let JobsQuery { bundle } = query(req)?;
-    if let Some(b) = &bundle {
+    let q: JobsQuery = query(req)?;
+    if let Some(b) = &q.bundle {
         validate::bundle_id(b)?;
     }
+    let job_state = state_param(q.state.as_deref())?;
+    let after = q
+        .after
+        .as_deref()
+        .map(|c| JobCursor::decode(c).ok_or_else(|| ApiError::bad_request("after: not a cursor")))
+        .transpose()?;
+    let limit = limit_param(q.limit, MAX_JOBS_PAGE)?;
     finish_small(payload, state, &authed).await?;
     let author_id = authed.author.id;
-    let jobs = state
+    let rows = state
         .store_call("listing jobs", move |s| {
-            s.jobs_of_author(author_id, bundle.as_deref())
+            s.jobs_page(
+                author_id,
+                &JobFilter {
+                    bundle: q.bundle.as_deref(),
+                    submission: q.submission,
+                    state: job_state,
+                    after,
+                    limit: limit + 1,
+                },
+            )
         })
         .await?;
-    Ok(HttpResponse::Ok().json(JobList { jobs }))
+    let (jobs, next) = paged(rows, limit, |j| {
+        JobCursor {
+            submission_id: j.submission_id,
+            task: j.task,
+        }
+        .encode()
+    });
+    Ok(HttpResponse::Ok().json(JobList { jobs, next }))
+}
+
+/// `GET /api/v1/jobs/{id}`: one job, with why it waits.
+pub async fn job(call: AuthorCall<'_>, payload: &mut web::Payload) -> Reply {
+    let (req, state, authed) = (call.req, call.state, call.caller);
+    let job_id = validate::job_id(req.match_info().get("id"))?;
+    finish_small(payload, state, &authed).await?;
+    let author_id = authed.author.id;
+    let job = state
+        .store_call("reading a job", move |s| s.job(author_id, job_id))
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no job {job_id} of yours")))?;
+    Ok(HttpResponse::Ok().json(job))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubmissionsQuery {
+    bundle: Option<String>,
+    state: Option<String>,
+    name: Option<String>,
+    before: Option<i64>,
+    limit: Option<u32>,
+}
+
+/// Longest name filter, bytes.
+pub const MAX_NAME_FILTER: usize = 200;
+
+/// `GET /api/v1/submissions[?bundle=<id>][&state=<s>][&name=<text>][&before=<id>][&limit=<n>]`:
+/// the author's submissions summed up (counts by state and outcome), newest first.
+pub async fn submissions(call: AuthorCall<'_>, payload: &mut web::Payload) -> Reply {
+    let (req, state, authed) = (call.req, call.state, call.caller);
+    let q: SubmissionsQuery = query(req)?;
+    if let Some(b) = &q.bundle {
+        validate::bundle_id(b)?;
+    }
+    if q.name.as_ref().is_some_and(|n| n.len() > MAX_NAME_FILTER) {
+        return Err(ApiError::bad_request(format!(
+            "name filter: at most {MAX_NAME_FILTER} bytes"
+        )));
+    }
+    let job_state = state_param(q.state.as_deref())?;
+    let limit = limit_param(q.limit, MAX_SUBMISSIONS_PAGE)?;
+    finish_small(payload, state, &authed).await?;
+    let author_id = authed.author.id;
+    let rows = state
+        .store_call("listing submissions", move |s| {
+            s.submissions(
+                author_id,
+                &SubmissionFilter {
+                    bundle: q.bundle.as_deref(),
+                    state: job_state,
+                    name: q.name.as_deref().filter(|n| !n.is_empty()),
+                    before: q.before,
+                    limit: limit + 1,
+                },
+            )
+        })
+        .await?;
+    let (submissions, next) = paged(rows, limit, |s| s.id.to_string());
+    Ok(HttpResponse::Ok().json(SubmissionList { submissions, next }))
+}
+
+/// `GET /api/v1/submissions/{id}`: one submission summed up.
+pub async fn submission(call: AuthorCall<'_>, payload: &mut web::Payload) -> Reply {
+    let (req, state, authed) = (call.req, call.state, call.caller);
+    let id = validate::job_id(req.match_info().get("id"))?;
+    finish_small(payload, state, &authed).await?;
+    let author_id = authed.author.id;
+    let found = state
+        .store_call("reading a submission", move |s| s.submission(author_id, id))
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no submission {id} of yours")))?;
+    Ok(HttpResponse::Ok().json(found))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventsQuery {
+    submission: Option<i64>,
+    since: Option<u64>,
+}
+
+/// `GET /api/v1/events[?submission=<id>][&since=<seq>]`: the change feed, server-sent events
+/// `job` (a [`JobChange`](rjs_wire::api::JobChange)) for the author's jobs that change after
+/// `since` (or the `Last-Event-ID` header; by default from now on).
+pub async fn events(call: AuthorCall<'_>, payload: &mut web::Payload) -> Reply {
+    let (req, state, authed) = (call.req, call.state, call.caller);
+    let q: EventsQuery = query(req)?;
+    let last_event = validate::single_header(req.headers(), "last-event-id")?
+        .map(|v| {
+            v.parse::<u64>()
+                .map_err(|_| ApiError::bad_request("Last-Event-ID must be a number"))
+        })
+        .transpose()?;
+    finish_small(payload, state, &authed).await?;
+    let since = match q.since.or(last_event) {
+        Some(s) => s,
+        None => {
+            state
+                .store_call("reading the change sequence", |s| s.change_seq())
+                .await?
+        }
+    };
+    let author = authed.author.clone();
+    let stream = state
+        .changes
+        .author_stream(state.store.clone(), author, q.submission, since);
+    Ok(super::changes::sse_response(stream))
+}
+
+/// How long a dashboard login token is valid.
+pub const LOGIN_TOKEN_TTL: i64 = 60;
+
+/// `POST /api/v1/dashboard/login`: a one-time dashboard login for the requesting author.
+pub async fn dashboard_login(call: AuthorCall<'_>, payload: &mut web::Payload) -> Reply {
+    let (state, authed) = (call.state, call.caller);
+    finish_small(payload, state, &authed).await?;
+    let author_id = authed.author.id;
+    let token = crate::dashboard::secret::Secret::new();
+    let hash = token.hash();
+    let now = now();
+    let expires_at = now + LOGIN_TOKEN_TTL;
+    state
+        .store_call("recording a login token", move |s| {
+            s.add_login_token(&hash, Some(author_id), expires_at, now)
+        })
+        .await?;
+    tracing::info!(author = %authed.author.name, "dashboard login issued");
+    Ok(HttpResponse::Ok().json(DashboardLogin {
+        path: crate::dashboard::login_path(&token),
+        expires_at,
+        fingerprint: authed.author.fingerprint,
+    }))
 }
 
 /// `GET /api/v1/jobs/{id}/answer`.

@@ -12,7 +12,8 @@ use rjs_wire::api::{
     ANSWERS_CONTENT_TYPE, AnswerBatchHeader, AnswerBatchResponse, AnswerBatchResult,
     AnswerBatchStatus, AnswerFrameError, AnswerRecordDecoder, AnswerRecordEvent, AnswerResponse,
     FailureRequest, FailureResponse, JobState, LeaseRequest, LeaseResponse, MAX_BATCH,
-    MIN_ANSWER_BATCH_BODY, ReleaseRequest, ReleaseResponse, RenewRequest, RenewResponse,
+    MIN_ANSWER_BATCH_BODY, ReleaseRequest, ReleaseResponse, RenewRequest, RenewResponse, Waiting,
+    WaitingRequest, WaitingResponse,
 };
 
 use super::AppState;
@@ -47,7 +48,9 @@ pub type LookupCall<'a> = Call<'a, LookupServer>;
 
 impl Caller for LookupServer {
     async fn identify(req: &HttpRequest, state: &AppState) -> Result<Self, ApiError> {
-        identify(req, state).await
+        let lookup = identify(req, state).await?;
+        state.activity.lookup_seen(lookup.id, now());
+        Ok(lookup)
     }
 }
 
@@ -185,15 +188,68 @@ pub async fn release(call: LookupCall<'_>, payload: &mut web::Payload) -> Reply 
     let (state, lookup) = (call.state, call.caller);
     let r: ReleaseRequest = json_body(payload).await?;
     check_batch(&r.job_ids)?;
+    let waiting = check_waiting(&r.waiting, Some(&r.job_ids))?;
     let released = state
         .store_call("releasing leases", move |s| {
-            s.release(lookup.id, &r.job_ids, now())
+            s.release(lookup.id, &r.job_ids, &waiting, now())
         })
         .await?;
     if !released.is_empty() {
         state.notify_queued().await;
     }
     Ok(HttpResponse::Ok().json(ReleaseResponse { released }))
+}
+
+/// Checks the reasons a lookup sends for waiting jobs: at most one per job, each a valid
+/// reason, for jobs in `within` if given; as (job id, reason) pairs.
+fn check_waiting(
+    waiting: &[Waiting],
+    within: Option<&[i64]>,
+) -> Result<Vec<(i64, String)>, ApiError> {
+    if waiting.len() > MAX_BATCH as usize {
+        return Err(ApiError::bad_request(format!(
+            "at most {MAX_BATCH} waiting jobs per request"
+        )));
+    }
+    let mut seen = HashSet::with_capacity(waiting.len());
+    waiting
+        .iter()
+        .map(|w| {
+            if !validate::reason(&w.reason) {
+                return Err(ApiError::bad_request(format!(
+                    "job {}: reason must be 1 to {} bytes without control characters",
+                    w.job_id,
+                    rjs_wire::api::MAX_REASON
+                )));
+            }
+            if !seen.insert(w.job_id) {
+                return Err(ApiError::bad_request(format!(
+                    "job {} is named twice in waiting",
+                    w.job_id
+                )));
+            }
+            if within.is_some_and(|ids| !ids.contains(&w.job_id)) {
+                return Err(ApiError::bad_request(format!(
+                    "job {} has a waiting reason but is not given back",
+                    w.job_id
+                )));
+            }
+            Ok((w.job_id, w.reason.clone()))
+        })
+        .collect()
+}
+
+/// `POST /lookup/v1/waiting`: why held jobs are parked.
+pub async fn waiting(call: LookupCall<'_>, payload: &mut web::Payload) -> Reply {
+    let (state, lookup) = (call.state, call.caller);
+    let r: WaitingRequest = json_body(payload).await?;
+    let waiting = check_waiting(&r.jobs, None)?;
+    let updated = state
+        .store_call("recording why jobs wait", move |s| {
+            s.set_waiting(lookup.id, &waiting, now())
+        })
+        .await?;
+    Ok(HttpResponse::Ok().json(WaitingResponse { updated }))
 }
 
 /// `POST /lookup/v1/jobs/{id}/failure`.
@@ -429,6 +485,13 @@ async fn store_answers(
         }
     }
     let recorded = state.answers.record(lookup_id, answers).await;
+    if let Ok(results) = &recorded {
+        let stored = results
+            .iter()
+            .filter(|r| **r == Some(AnswerOutcome::Stored))
+            .count();
+        state.activity.answers_stored(stored as u64, now());
+    }
     // Pins of stored answers go now (their blobs are referenced); the others' blobs may be
     // unreferenced.
     let unrecorded: Vec<BlobPin> = match &recorded {

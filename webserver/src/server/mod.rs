@@ -11,17 +11,19 @@
 //! * SIGTERM/SIGINT: event streams end, in-flight requests get [`SHUTDOWN_GRACE`] to finish,
 //!   then [`run`] returns `Ok`.
 
+pub mod activity;
 mod auth;
-mod author;
-mod body;
+pub(crate) mod author;
+pub(crate) mod body;
+pub(crate) mod changes;
 mod commit;
-mod error;
+pub(crate) mod error;
 mod events;
 mod listen;
 mod lookup;
 mod pins;
-mod route;
-mod validate;
+pub(crate) mod route;
+pub(crate) mod validate;
 
 use std::any::Any;
 use std::future::Future;
@@ -126,6 +128,10 @@ pub struct AppState {
     /// Blobs committed but not yet recorded (see `pins`).
     pub pins: Arc<pins::BlobPins>,
     pub events: Events,
+    /// The newest job change, for live updates (author feed, dashboard).
+    pub changes: changes::Changes,
+    /// Lookups' last contact and answers per minute (the administrator's page).
+    pub activity: Arc<activity::Activity>,
     pub limits: Limits,
     /// The audience author requests must name: [`rjs_signer::request::audience`] of this
     /// server's CA certificate.
@@ -213,8 +219,20 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             web::scope(AUTHOR_PREFIX)
                 .service(resource("/bundles").route(web::post().to(handler(author::upload))))
                 .service(resource("/jobs").route(web::get().to(handler(author::jobs))))
+                .service(resource("/jobs/{id}").route(web::get().to(handler(author::job))))
                 .service(
                     resource("/jobs/{id}/answer").route(web::get().to(handler(author::answer))),
+                )
+                .service(
+                    resource("/submissions").route(web::get().to(handler(author::submissions))),
+                )
+                .service(
+                    resource("/submissions/{id}").route(web::get().to(handler(author::submission))),
+                )
+                .service(resource("/events").route(web::get().to(handler(author::events))))
+                .service(
+                    resource("/dashboard/login")
+                        .route(web::post().to(handler(author::dashboard_login))),
                 )
                 .service(resource("/whoami").route(web::get().to(handler(author::whoami)))),
         )
@@ -223,6 +241,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .service(resource("/lease").route(web::post().to(handler(lookup::lease))))
                 .service(resource("/renew").route(web::post().to(handler(lookup::renew))))
                 .service(resource("/release").route(web::post().to(handler(lookup::release))))
+                .service(resource("/waiting").route(web::post().to(handler(lookup::waiting))))
                 .service(
                     resource("/jobs/{id}/failure").route(web::post().to(handler(lookup::failure))),
                 )
@@ -288,6 +307,7 @@ pub fn app(
                 }),
         )
         .configure(routes)
+        .configure(crate::dashboard::routes)
         .default_service(web::to(not_found))
 }
 
@@ -326,9 +346,14 @@ async fn expiry_task(state: web::Data<AppState>, mut stop: watch::Receiver<bool>
 }
 
 /// Opens the data directory's store, blob store and TLS material.
-fn open(
-    config: &ServeConfig,
-) -> Result<(AppState, rustls::ServerConfig, watch::Sender<bool>), ServeError> {
+type Opened = (
+    AppState,
+    rustls::ServerConfig,
+    watch::Sender<bool>,
+    std::pin::Pin<Box<dyn Future<Output = ()>>>,
+);
+
+fn open(config: &ServeConfig) -> Result<Opened, ServeError> {
     if config.max_attempts == 0 {
         return Err(ServeError::Config(
             "--max-attempts must be at least 1".into(),
@@ -367,12 +392,15 @@ fn open(
     let (stop_tx, stop_rx) = watch::channel(false);
     let store: Arc<dyn Store> = Arc::new(store);
     let answers = commit::AnswerCommitter::start(store.clone()).map_err(ServeError::Run)?;
+    let (changes, poller) = changes::Changes::new(store.clone(), stop_rx.clone());
     let state = AppState {
         store,
         blobs,
         answers,
         pins: Arc::default(),
         events: Events::new(stop_rx),
+        changes,
+        activity: Arc::default(),
         limits: Limits {
             max_bundle: config.max_bundle,
             max_answer: config.max_answer,
@@ -380,7 +408,7 @@ fn open(
         },
         audience,
     };
-    Ok((state, tls, stop_tx))
+    Ok((state, tls, stop_tx, Box::pin(poller)))
 }
 
 /// Serves until `stop` completes; calls `ready` with the bound addresses once listening.
@@ -390,7 +418,7 @@ pub async fn serve(
     ready: impl FnOnce(&[SocketAddr]),
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let (state, tls, stop_tx) = open(&config)?;
+    let (state, tls, stop_tx, poller) = open(&config)?;
     let state = web::Data::new(state);
     let workers = config.workers.unwrap_or_else(|| {
         std::thread::available_parallelism()
@@ -424,6 +452,7 @@ pub async fn serve(
     )
     .map_err(ServeError::Run)?;
     actix_web::rt::spawn(expiry_task(state.clone(), stop_rx));
+    actix_web::rt::spawn(poller);
     ready(&addrs);
     running.await.map_err(ServeError::Run)?;
     tracing::info!("stopped");

@@ -15,6 +15,9 @@ use super::error::ApiError;
 pub type Reply = Result<HttpResponse, ApiError>;
 
 /// Who may call a route, and how a request proves it.
+// Our own trait, implemented and awaited only inside this crate (on actix's single-threaded
+// workers): the futures need not be `Send`.
+#[allow(async_fn_in_trait)]
 pub trait Caller: Sized + 'static {
     /// Identifies the caller of `req` from its head only (the body is not read yet), or
     /// refuses the request.

@@ -11,7 +11,12 @@
 //! the blob store first and the metadata store records their SHA-256.
 
 pub mod blobs;
+pub mod sessions;
 pub mod sqlite;
+pub mod views;
+
+pub use sessions::{NewSession, Session, Sessions, Subject};
+pub use views::{JobCursor, JobFilter, Overview, SubmissionFilter, Views};
 
 use rjs_wire::api::{JobState, JobView, Lease};
 
@@ -169,8 +174,9 @@ pub enum StoreError {
 }
 
 /// Metadata store. Implementations are safe to share between threads; every mutating call is
-/// one transaction, committed before it returns.
-pub trait Store: Send + Sync + 'static {
+/// one transaction, committed before it returns. Its read models for authors and the
+/// administrator are [`Views`]; dashboard logins are [`Sessions`].
+pub trait Store: Views + Sessions + Send + Sync + 'static {
     // -------- authors
     fn add_author(
         &self,
@@ -179,7 +185,8 @@ pub trait Store: Send + Sync + 'static {
         fingerprint: &str,
         now: i64,
     ) -> Result<Author, StoreError>;
-    /// Marks the author removed; NotFound if no active author has that name.
+    /// Marks the author removed and ends their dashboard sessions and logins; NotFound if no
+    /// active author has that name.
     fn remove_author(&self, name: &str) -> Result<(), StoreError>;
     fn list_authors(&self) -> Result<Vec<Author>, StoreError>;
     /// The active (not removed) author with this key.
@@ -247,8 +254,24 @@ pub trait Store: Send + Sync + 'static {
         until: i64,
         now: i64,
     ) -> Result<(Vec<i64>, Vec<i64>), StoreError>;
-    /// Gives leases back: queued again, attempt not counted. Returns those released.
-    fn release(&self, lookup_id: i64, job_ids: &[i64], now: i64) -> Result<Vec<i64>, StoreError>;
+    /// Gives leases back: queued again, attempt not counted. Returns those released. A job
+    /// with a reason in `waiting` (job id, why it could not run) keeps it until it runs, for
+    /// its author to read.
+    fn release(
+        &self,
+        lookup_id: i64,
+        job_ids: &[i64],
+        waiting: &[(i64, String)],
+        now: i64,
+    ) -> Result<Vec<i64>, StoreError>;
+    /// Records why jobs this lookup holds do not run (job id, reason); returns those it holds
+    /// (the others are left alone).
+    fn set_waiting(
+        &self,
+        lookup_id: i64,
+        waiting: &[(i64, String)],
+        now: i64,
+    ) -> Result<Vec<i64>, StoreError>;
     /// No answer could be had for a job this lookup holds (a lease past its end still counts
     /// until the job is requeued): attempts + 1, queued again, or failed with `reason` once
     /// attempts reach `max_attempts`. Returns (state, attempts); `Conflict` (nothing changed)

@@ -77,6 +77,33 @@ pub struct RenewResponse {
 #[serde(deny_unknown_fields)]
 pub struct ReleaseRequest {
     pub job_ids: Vec<i64>,
+    /// Why some of them could not run here (for their authors; each reason at most
+    /// [`MAX_REASON`] bytes, one per job at most, only jobs in `job_ids`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waiting: Vec<Waiting>,
+}
+
+/// Why a job this lookup holds (or gives back) does not run, in words for its author.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Waiting {
+    pub job_id: i64,
+    pub reason: String,
+}
+
+/// `POST /lookup/v1/waiting` request: why jobs this lookup holds are parked (no node takes
+/// them now). At most [`MAX_BATCH`] jobs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WaitingRequest {
+    pub jobs: Vec<Waiting>,
+}
+
+/// `POST /lookup/v1/waiting` response: the jobs whose reason was recorded (those this lookup
+/// holds).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WaitingResponse {
+    pub updated: Vec<i64>,
 }
 
 /// `POST /lookup/v1/release` response.

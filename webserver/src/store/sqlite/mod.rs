@@ -25,6 +25,9 @@ use rjs_wire::api::{JobState, JobView, Lease};
 use rusqlite::types::Type;
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params};
 
+mod sessions;
+mod views;
+
 use super::{
     AnswerOutcome, AnswerRef, AnswerTarget, Author, INLINE_ANSWER_MAX, LookupServer, NewAnswer,
     NewSubmission, Store, StoreError, Submission,
@@ -145,6 +148,109 @@ UPDATE jobs SET last_lookup = lease_lookup WHERE lease_lookup IS NOT NULL;
 UPDATE jobs SET last_lookup = answer_lookup
     WHERE last_lookup IS NULL AND answer_lookup IS NOT NULL;
 CREATE INDEX jobs_answer_sha256 ON jobs (answer_sha256) WHERE answer_sha256 IS NOT NULL;
+"#,
+    // 4: the dashboard. Per-submission counts kept by triggers in the transaction that changes
+    // a job (so a summary costs one row, whatever the number of tasks); a change sequence
+    // (every change of a job's state, attempts, reason, outcome or wait reason takes the next
+    // number: the change feed reads by it); why a job waits, as its lookup said; login tokens
+    // and sessions (hashes only). Index for pages of one bundle's jobs.
+    r#"
+ALTER TABLE jobs ADD COLUMN wait_reason TEXT;
+ALTER TABLE jobs ADD COLUMN change_seq INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX jobs_author_change ON jobs (author_id, change_seq);
+CREATE INDEX jobs_author_bundle ON jobs (author_id, bundle_id, submission_id DESC, task);
+CREATE INDEX jobs_submission_state ON jobs (submission_id, state, task);
+
+CREATE TABLE change_counter (
+    id  INTEGER PRIMARY KEY CHECK (id = 1),
+    seq INTEGER NOT NULL
+);
+INSERT INTO change_counter (id, seq) VALUES (1, 0);
+
+CREATE TABLE submission_counts (
+    submission_id   INTEGER PRIMARY KEY NOT NULL REFERENCES submissions (id),
+    queued          INTEGER NOT NULL DEFAULT 0,
+    leased          INTEGER NOT NULL DEFAULT 0,
+    done            INTEGER NOT NULL DEFAULT 0,
+    failed          INTEGER NOT NULL DEFAULT 0,
+    exit_zero       INTEGER NOT NULL DEFAULT 0,
+    exit_other      INTEGER NOT NULL DEFAULT 0,
+    trapped         INTEGER NOT NULL DEFAULT 0,
+    limited         INTEGER NOT NULL DEFAULT 0,
+    first_answer_at INTEGER,
+    last_answer_at  INTEGER,
+    changed_at      INTEGER NOT NULL
+);
+INSERT INTO submission_counts
+SELECT s.id,
+       count(j.id) FILTER (WHERE j.state = 'queued'),
+       count(j.id) FILTER (WHERE j.state = 'leased'),
+       count(j.id) FILTER (WHERE j.state = 'done'),
+       count(j.id) FILTER (WHERE j.state = 'failed'),
+       count(j.id) FILTER (WHERE j.outcome = 'exit 0' OR j.outcome LIKE 'exit 0 %'),
+       count(j.id) FILTER (WHERE j.outcome LIKE 'exit %'
+                              AND NOT (j.outcome = 'exit 0' OR j.outcome LIKE 'exit 0 %')),
+       count(j.id) FILTER (WHERE j.outcome LIKE 'trap%'),
+       count(j.id) FILTER (WHERE j.outcome LIKE 'limit%'),
+       min(j.updated_at) FILTER (WHERE j.outcome IS NOT NULL),
+       max(j.updated_at) FILTER (WHERE j.outcome IS NOT NULL),
+       coalesce(max(j.updated_at), s.created_at)
+FROM submissions s LEFT JOIN jobs j ON j.submission_id = s.id
+GROUP BY s.id;
+
+CREATE TRIGGER submissions_counts AFTER INSERT ON submissions BEGIN
+    INSERT INTO submission_counts (submission_id, changed_at) VALUES (NEW.id, NEW.created_at);
+END;
+CREATE TRIGGER jobs_counts_insert AFTER INSERT ON jobs BEGIN
+    UPDATE submission_counts
+       SET queued = queued + (NEW.state = 'queued'), leased = leased + (NEW.state = 'leased'),
+           done = done + (NEW.state = 'done'), failed = failed + (NEW.state = 'failed')
+     WHERE submission_id = NEW.submission_id;
+END;
+CREATE TRIGGER jobs_counts_state AFTER UPDATE OF state ON jobs
+WHEN OLD.state IS NOT NEW.state BEGIN
+    UPDATE submission_counts
+       SET queued = queued + (NEW.state = 'queued') - (OLD.state = 'queued'),
+           leased = leased + (NEW.state = 'leased') - (OLD.state = 'leased'),
+           done = done + (NEW.state = 'done') - (OLD.state = 'done'),
+           failed = failed + (NEW.state = 'failed') - (OLD.state = 'failed'),
+           changed_at = NEW.updated_at
+     WHERE submission_id = NEW.submission_id;
+END;
+CREATE TRIGGER jobs_counts_outcome AFTER UPDATE OF outcome ON jobs
+WHEN OLD.outcome IS NULL AND NEW.outcome IS NOT NULL BEGIN
+    UPDATE submission_counts
+       SET exit_zero = exit_zero + (NEW.outcome = 'exit 0' OR NEW.outcome LIKE 'exit 0 %'),
+           exit_other = exit_other + (NEW.outcome LIKE 'exit %'
+                        AND NOT (NEW.outcome = 'exit 0' OR NEW.outcome LIKE 'exit 0 %')),
+           trapped = trapped + (NEW.outcome LIKE 'trap%'),
+           limited = limited + (NEW.outcome LIKE 'limit%'),
+           first_answer_at = coalesce(first_answer_at, NEW.updated_at),
+           last_answer_at = NEW.updated_at,
+           changed_at = NEW.updated_at
+     WHERE submission_id = NEW.submission_id;
+END;
+CREATE TRIGGER jobs_change AFTER UPDATE OF state, attempts, reason, outcome, wait_reason ON jobs
+BEGIN
+    UPDATE change_counter SET seq = seq + 1 WHERE id = 1;
+    UPDATE jobs SET change_seq = (SELECT seq FROM change_counter WHERE id = 1)
+     WHERE id = NEW.id;
+END;
+
+CREATE TABLE login_tokens (
+    hash       TEXT    PRIMARY KEY NOT NULL,
+    author_id  INTEGER REFERENCES authors (id),
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE sessions (
+    hash       TEXT    PRIMARY KEY NOT NULL,
+    author_id  INTEGER REFERENCES authors (id),
+    created_at INTEGER NOT NULL,
+    last_seen  INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX sessions_author ON sessions (author_id);
 "#,
 ];
 
@@ -478,11 +584,16 @@ fn lookup_from_row(row: &Row<'_>) -> rusqlite::Result<LookupServer> {
 }
 
 const VIEW_COLS: &str = "j.id, j.bundle_id, b.name, j.task, j.tasks, j.state, j.attempts, \
-                         j.reason, j.outcome, j.node, j.answer_bytes, j.created_at, j.updated_at";
+                         j.reason, j.outcome, j.node, j.answer_bytes, j.created_at, j.updated_at, \
+                         j.submission_id, j.wait_reason, \
+                         (SELECT l.name FROM lookups l WHERE l.id = j.lease_lookup)";
 
 fn view_from_row(row: &Row<'_>) -> rusqlite::Result<JobView> {
     Ok(JobView {
         id: row.get(0)?,
+        submission_id: row.get(13)?,
+        waiting: row.get(14)?,
+        leased_by: row.get(15)?,
         bundle_id: row.get(1)?,
         name: row.get(2)?,
         task: row.get(3)?,
@@ -603,7 +714,7 @@ fn record_in(
         .prepare_cached(
             "UPDATE jobs SET state = 'done', outcome = ?1, node = ?2, answer_sha256 = ?3,
                     answer_bytes = ?4, answer_lookup = ?5, lease_lookup = NULL,
-                    lease_until = NULL, updated_at = ?6
+                    lease_until = NULL, updated_at = ?6, wait_reason = NULL
              WHERE id = ?7 AND answer_sha256 IS NULL AND last_lookup = ?5",
         )?
         .execute(params![
@@ -677,12 +788,22 @@ impl Store for SqliteStore {
 
     fn remove_author(&self, name: &str) -> Result<(), StoreError> {
         self.write(|tx| {
+            let id: Option<i64> = optional_row(
+                tx,
+                "SELECT id FROM authors WHERE name = ?1 AND removed = 0",
+                [name],
+                |r| r.get(0),
+            )?;
             update_named(
                 tx,
                 "UPDATE authors SET removed = 1 WHERE name = ?1 AND removed = 0",
                 name,
                 "author",
-            )
+            )?;
+            if let Some(id) = id {
+                sessions::end_all_of(tx, id)?;
+            }
+            Ok(())
         })
     }
 
@@ -1023,20 +1144,58 @@ impl Store for SqliteStore {
         })
     }
 
-    fn release(&self, lookup_id: i64, job_ids: &[i64], now: i64) -> Result<Vec<i64>, StoreError> {
+    fn release(
+        &self,
+        lookup_id: i64,
+        job_ids: &[i64],
+        waiting: &[(i64, String)],
+        now: i64,
+    ) -> Result<Vec<i64>, StoreError> {
         self.write(|tx| {
             let mut update = tx.prepare_cached(
                 "UPDATE jobs SET state = 'queued', lease_lookup = NULL, lease_until = NULL,
-                        updated_at = ?1
+                        updated_at = ?1, wait_reason = ?4
                  WHERE id = ?2 AND state = 'leased' AND lease_lookup = ?3",
             )?;
             let mut released = Vec::new();
             for id in dedup(job_ids) {
-                if update.execute(params![now, id, lookup_id])? == 1 {
+                let why = waiting.iter().find(|(j, _)| *j == id).map(|(_, w)| w);
+                if update.execute(params![now, id, lookup_id, why])? == 1 {
                     released.push(id);
                 }
             }
             Ok(released)
+        })
+    }
+
+    fn set_waiting(
+        &self,
+        lookup_id: i64,
+        waiting: &[(i64, String)],
+        now: i64,
+    ) -> Result<Vec<i64>, StoreError> {
+        self.write(|tx| {
+            let mut update = tx.prepare_cached(
+                "UPDATE jobs SET wait_reason = ?1, updated_at = ?2
+                 WHERE id = ?3 AND state = 'leased' AND lease_lookup = ?4
+                   AND wait_reason IS NOT ?1",
+            )?;
+            let mut check = tx.prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM jobs
+                                WHERE id = ?1 AND state = 'leased' AND lease_lookup = ?2)",
+            )?;
+            let mut updated = Vec::new();
+            let mut seen = HashSet::new();
+            for (id, why) in waiting {
+                if !seen.insert(*id) {
+                    continue;
+                }
+                let changed = update.execute(params![why, now, id, lookup_id])? == 1;
+                if changed || check.query_row(params![id, lookup_id], |r| r.get::<_, bool>(0))? {
+                    updated.push(*id);
+                }
+            }
+            Ok(updated)
         })
     }
 

@@ -1,0 +1,130 @@
+//! The submission page's live updates: `GET /dashboard/submissions/{id}/events?from=&to=`,
+//! server-sent events. At most once a [`INTERVAL`] while jobs change: a `summary` event (the
+//! submission's counts, one row) when it changed, and a `job` event per task of the page's
+//! range (`from..=to`, at most one page) that changed since the last. Its cost per update is
+//! bounded by the page, whatever the submission's size.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix_web::web;
+use bytes::Bytes;
+use futures_util::future::LocalBoxFuture;
+use serde::Deserialize;
+
+use super::Reply;
+use super::answers::{id_param, own_submission};
+use super::pages::{Bar, TASKS_PAGE, TaskRow, elapsed};
+use super::session::{IDLE, Viewer};
+use crate::server::changes::{event, query, sse_response};
+use crate::server::error::ApiError;
+use crate::server::route::Call;
+use crate::store::{JobCursor, JobFilter, now};
+
+/// Least time between two updates of one page.
+pub const INTERVAL: Duration = Duration::from_secs(1);
+
+#[derive(Deserialize)]
+struct Range {
+    from: u32,
+    to: u32,
+}
+
+/// What one stream last sent.
+#[derive(Default)]
+struct Sent {
+    summary: Option<rjs_wire::api::SubmissionSummary>,
+    rows: HashMap<i64, String>,
+}
+
+#[derive(serde::Serialize)]
+struct SummaryEvent<'a> {
+    #[serde(flatten)]
+    s: &'a rjs_wire::api::SubmissionSummary,
+    bar: Bar,
+    elapsed: String,
+}
+
+/// `GET /dashboard/submissions/{id}/events?from=<task>&to=<task>`.
+pub async fn events(call: Call<'_, Viewer>, _: &mut web::Payload) -> Reply {
+    let id = id_param(call.req, "id", "submission")?;
+    own_submission(call.state, &call.caller, id).await?;
+    let author = call.caller.author_id()?;
+    let r = web::Query::<Range>::from_query(call.req.query_string())
+        .map_err(|_| ApiError::bad_request("from and to must be task numbers"))?
+        .into_inner();
+    if r.to < r.from || r.to - r.from >= TASKS_PAGE {
+        return Err(ApiError::bad_request(format!(
+            "from..=to must name at most {TASKS_PAGE} tasks"
+        )));
+    }
+    let state = call.state;
+    // What the client was last sent: the summary, and each row's JSON by job id.
+    let sent: Arc<Mutex<Sent>> = Arc::default();
+    let store = state.store.clone();
+    let activity = state.activity.clone();
+    let poll = move || -> LocalBoxFuture<'static, Option<(Bytes, bool)>> {
+        let (store, sent, activity) = (store.clone(), sent.clone(), activity.clone());
+        Box::pin(async move {
+            let (summary, rows) = query(move || {
+                let summary = store.submission(author, id)?;
+                let rows = store.jobs_page(
+                    author,
+                    &JobFilter {
+                        submission: Some(id),
+                        after: r.from.checked_sub(1).map(|task| JobCursor {
+                            submission_id: id,
+                            task,
+                        }),
+                        limit: r.to - r.from + 1,
+                        ..JobFilter::default()
+                    },
+                )?;
+                Ok((summary, rows))
+            })
+            .await?;
+            let summary = summary?;
+            let now = now();
+            let mut out = String::new();
+            let mut sent = sent.lock().unwrap_or_else(|p| p.into_inner());
+            if sent.summary.as_ref() != Some(&summary) {
+                out.push_str(&event(
+                    "summary",
+                    None,
+                    &SummaryEvent {
+                        s: &summary,
+                        bar: Bar::of(&summary),
+                        elapsed: elapsed(&summary, now),
+                    },
+                ));
+                sent.summary = Some(summary);
+            }
+            let seen = activity.any_lookup_seen();
+            for j in rows.iter().filter(|j| j.task >= r.from && j.task <= r.to) {
+                let row = event("job", None, &TaskRow::of(j, seen, now));
+                if sent.rows.get(&j.id) != Some(&row) {
+                    out.push_str(&row);
+                    sent.rows.insert(j.id, row);
+                }
+            }
+            Some((Bytes::from(out), false))
+        })
+    };
+    let store = state.store.clone();
+    let hash = call.caller.session_hash.clone();
+    let still = move || -> LocalBoxFuture<'static, bool> {
+        let (store, hash) = (store.clone(), hash.clone());
+        Box::pin(async move {
+            query(move || store.session(&hash, now(), IDLE))
+                .await
+                .is_some_and(|s| s.is_some())
+        })
+    };
+    Ok(sse_response(state.changes.stream(
+        Bytes::from_static(b"retry: 3000\n\n"),
+        INTERVAL,
+        poll,
+        still,
+    )))
+}

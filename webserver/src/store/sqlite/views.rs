@@ -1,0 +1,250 @@
+//! [`Views`] on SQLite: summaries from `submission_counts` (kept by triggers, migration 4),
+//! pages of jobs by keyset (`jobs_author`, `jobs_author_bundle`, `jobs_submission_state`
+//! indexes), changes by `change_seq` (`jobs_author_change`).
+
+use rjs_wire::api::{JobState, JobView, OutcomeCounts, StateCounts, SubmissionSummary};
+use rusqlite::{Row, params};
+
+use super::{SqliteStore, VIEW_COLS, all_rows, get_state, get_u64, optional_row, view_from_row};
+use crate::store::StoreError;
+use crate::store::views::{
+    AuthorActivity, JobFilter, LookupActivity, Overview, SubmissionFilter, Views,
+};
+
+const SUMMARY_COLS: &str = "s.id, s.bundle_id, b.name, b.grp, b.tasks, s.created_at, \
+     c.queued, c.leased, c.done, c.failed, c.exit_zero, c.exit_other, c.trapped, c.limited, \
+     c.first_answer_at, c.last_answer_at, c.changed_at";
+
+const SUMMARY_FROM: &str = "submissions s JOIN bundles b ON b.id = s.bundle_id \
+     JOIN submission_counts c ON c.submission_id = s.id";
+
+fn summary_from_row(r: &Row<'_>) -> rusqlite::Result<SubmissionSummary> {
+    Ok(SubmissionSummary {
+        id: r.get(0)?,
+        bundle_id: r.get(1)?,
+        name: r.get(2)?,
+        group: r.get(3)?,
+        tasks: r.get(4)?,
+        created_at: r.get(5)?,
+        states: StateCounts {
+            queued: get_u64(r, 6)?,
+            leased: get_u64(r, 7)?,
+            done: get_u64(r, 8)?,
+            failed: get_u64(r, 9)?,
+        },
+        outcomes: OutcomeCounts {
+            exit_zero: get_u64(r, 10)?,
+            exit_other: get_u64(r, 11)?,
+            trap: get_u64(r, 12)?,
+            limit: get_u64(r, 13)?,
+        },
+        first_answer_at: r.get(14)?,
+        last_answer_at: r.get(15)?,
+        changed_at: r.get(16)?,
+    })
+}
+
+/// `LIKE` pattern matching names that contain `needle` literally.
+fn contains_pattern(needle: &str) -> String {
+    let mut p = String::with_capacity(needle.len() + 2);
+    p.push('%');
+    for c in needle.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            p.push('\\');
+        }
+        p.push(c);
+    }
+    p.push('%');
+    p
+}
+
+impl Views for SqliteStore {
+    fn submissions(
+        &self,
+        author_id: i64,
+        f: &SubmissionFilter<'_>,
+    ) -> Result<Vec<SubmissionSummary>, StoreError> {
+        let state_col = match f.state {
+            None => "1",
+            Some(JobState::Queued) => "c.queued > 0",
+            Some(JobState::Leased) => "c.leased > 0",
+            Some(JobState::Done) => "c.done > 0",
+            Some(JobState::Failed) => "c.failed > 0",
+        };
+        let sql = format!(
+            "SELECT {SUMMARY_COLS} FROM {SUMMARY_FROM}
+             WHERE s.author_id = ?1 AND (?2 IS NULL OR s.bundle_id = ?2)
+               AND (?3 IS NULL OR b.name LIKE ?3 ESCAPE '\\') AND (?4 IS NULL OR s.id < ?4)
+               AND {state_col}
+             ORDER BY s.id DESC LIMIT ?5"
+        );
+        let name = f.name.map(contains_pattern);
+        self.read(|tx| {
+            all_rows(
+                tx,
+                &sql,
+                params![author_id, f.bundle, name, f.before, f.limit],
+                summary_from_row,
+            )
+        })
+    }
+
+    fn submission(
+        &self,
+        author_id: i64,
+        submission_id: i64,
+    ) -> Result<Option<SubmissionSummary>, StoreError> {
+        let sql = format!(
+            "SELECT {SUMMARY_COLS} FROM {SUMMARY_FROM} WHERE s.id = ?1 AND s.author_id = ?2"
+        );
+        self.read(|tx| {
+            optional_row(
+                tx,
+                &sql,
+                params![submission_id, author_id],
+                summary_from_row,
+            )
+        })
+    }
+
+    fn jobs_page(&self, author_id: i64, f: &JobFilter<'_>) -> Result<Vec<JobView>, StoreError> {
+        let (after_sub, after_task) = match f.after {
+            Some(c) => (Some(c.submission_id), Some(c.task)),
+            None => (None, None),
+        };
+        let state = f.state.map(JobState::as_str);
+        // One statement per shape, so that each uses its index (SQLite plans a statement
+        // once; `?n IS NULL OR …` would hide the index from it). Parameters a shape does not
+        // name are bound and unused.
+        let mut conds = vec!["j.author_id = ?1"];
+        if f.submission.is_some() {
+            conds.push("j.submission_id = ?2");
+        }
+        if f.bundle.is_some() {
+            conds.push("j.bundle_id = ?3");
+        }
+        if state.is_some() {
+            conds.push("j.state = ?4");
+        }
+        if f.after.is_some() {
+            conds.push("(j.submission_id < ?5 OR (j.submission_id = ?5 AND j.task > ?6))");
+        }
+        let sql = format!(
+            "SELECT {VIEW_COLS} FROM jobs j JOIN bundles b ON b.id = j.bundle_id
+             WHERE {}
+             ORDER BY j.submission_id DESC, j.task LIMIT ?7",
+            conds.join(" AND ")
+        );
+        self.read(|tx| {
+            all_rows(
+                tx,
+                &sql,
+                params![
+                    author_id,
+                    f.submission,
+                    f.bundle,
+                    state,
+                    after_sub,
+                    after_task,
+                    f.limit
+                ],
+                view_from_row,
+            )
+        })
+    }
+
+    fn job(&self, author_id: i64, job_id: i64) -> Result<Option<JobView>, StoreError> {
+        let sql = format!(
+            "SELECT {VIEW_COLS} FROM jobs j JOIN bundles b ON b.id = j.bundle_id
+             WHERE j.id = ?1 AND j.author_id = ?2"
+        );
+        self.read(|tx| optional_row(tx, &sql, params![job_id, author_id], view_from_row))
+    }
+
+    fn change_seq(&self) -> Result<u64, StoreError> {
+        self.read(|tx| {
+            Ok(tx
+                .prepare_cached("SELECT seq FROM change_counter WHERE id = 1")?
+                .query_row([], |r| get_u64(r, 0))?)
+        })
+    }
+
+    fn changes(
+        &self,
+        author_id: i64,
+        submission: Option<i64>,
+        since: u64,
+        limit: u32,
+    ) -> Result<Vec<(u64, JobView)>, StoreError> {
+        let since = i64::try_from(since).unwrap_or(i64::MAX);
+        let sql = format!(
+            "SELECT {VIEW_COLS}, j.change_seq FROM jobs j JOIN bundles b ON b.id = j.bundle_id
+             WHERE j.author_id = ?1 AND j.change_seq > ?2
+               AND (?3 IS NULL OR j.submission_id = ?3)
+             ORDER BY j.change_seq LIMIT ?4"
+        );
+        self.read(|tx| {
+            all_rows(
+                tx,
+                &sql,
+                params![author_id, since, submission, limit],
+                |r| Ok((get_u64(r, 16)?, view_from_row(r)?)),
+            )
+        })
+    }
+
+    fn overview(&self) -> Result<Overview, StoreError> {
+        self.read(|tx| {
+            let lookups = all_rows(
+                tx,
+                "SELECT l.id, l.name, l.revoked, l.created_at,
+                        (SELECT count(*) FROM jobs WHERE state = 'leased' AND lease_lookup = l.id),
+                        (SELECT count(*) FROM jobs WHERE answer_lookup = l.id)
+                 FROM lookups l ORDER BY l.revoked, l.name, l.id",
+                [],
+                |r| {
+                    Ok(LookupActivity {
+                        id: r.get(0)?,
+                        name: r.get(1)?,
+                        revoked: r.get(2)?,
+                        created_at: r.get(3)?,
+                        held: get_u64(r, 4)?,
+                        relayed: get_u64(r, 5)?,
+                    })
+                },
+            )?;
+            let queue = all_rows(
+                tx,
+                "SELECT grp, state, count(*) FROM jobs WHERE state IN ('queued', 'leased')
+                 GROUP BY grp, state ORDER BY grp, state",
+                [],
+                |r| Ok((r.get(0)?, get_state(r, 1)?, get_u64(r, 2)?)),
+            )?;
+            let authors = all_rows(
+                tx,
+                "SELECT a.name, a.fingerprint, a.removed, count(s.id),
+                        coalesce(sum(c.queued + c.leased + c.done + c.failed), 0),
+                        coalesce(sum(c.done + c.failed), 0)
+                 FROM authors a LEFT JOIN submissions s ON s.author_id = a.id
+                      LEFT JOIN submission_counts c ON c.submission_id = s.id
+                 GROUP BY a.id ORDER BY a.removed, a.name, a.id",
+                [],
+                |r| {
+                    Ok(AuthorActivity {
+                        name: r.get(0)?,
+                        fingerprint: r.get(1)?,
+                        removed: r.get(2)?,
+                        submissions: get_u64(r, 3)?,
+                        jobs: get_u64(r, 4)?,
+                        finished: get_u64(r, 5)?,
+                    })
+                },
+            )?;
+            Ok(Overview {
+                lookups,
+                queue,
+                authors,
+            })
+        })
+    }
+}
