@@ -31,7 +31,7 @@ use rjs::grid::{
     self, GridOptions, JobWhere, LocalGrid, NodeOptions, NodesResponse, StatusResponse, WhyResponse,
 };
 use rjs_harness::{netns, paths, signals};
-use rjs_wire::api::{JobState, JobView};
+use rjs_wire::api::{JobState, JobView, SubmissionSummary};
 use rjs_wire::status::StatusRequest;
 use serde::de::DeserializeOwned;
 
@@ -886,9 +886,9 @@ struct PolledRun {
     progress: Vec<(Duration, usize)>,
 }
 
-/// Polls the job list of `bundle` (the only filter the author API has) every
+/// Polls the summary of `bundle`'s newest submission (one row, whatever `n`) every
 /// [`THROUGHPUT_POLL`] from `t0` (the upload) until all `n` tasks are done or failed,
-/// printing progress every 2 s.
+/// printing progress every 2 s; the failed jobs' reasons are read once at the end.
 fn poll_until_all_final(
     grid: &LocalGrid,
     bundle: &str,
@@ -903,37 +903,38 @@ fn poll_until_all_final(
     let mut next = Instant::now();
     loop {
         let start = Instant::now();
-        let jobs = grid.api().jobs(Some(bundle))?.jobs;
+        let summary = newest_submission(grid, bundle)?;
         let end = Instant::now();
         poll_costs.push(end - start);
-        let done = jobs.iter().filter(|j| j.state == JobState::Done).count();
-        let failed: Vec<&JobView> = jobs
-            .iter()
-            .filter(|j| j.state == JobState::Failed)
-            .collect();
+        let done = summary.states.done as usize;
+        let failed_n = summary.states.failed as usize;
         let at = end - t0;
         progress.push((at, done));
         if at - last_print >= Duration::from_secs(2) {
             last_print = at;
             println!(
-                "  {:6.1} s: {done:>6} done, {:>5} failed (poll {} ms)",
+                "  {:6.1} s: {done:>6} done, {failed_n:>5} failed (poll {} ms)",
                 at.as_secs_f64(),
-                failed.len(),
                 (end - start).as_millis()
             );
         }
-        if jobs.len() >= n as usize && done + failed.len() >= n as usize {
-            let failed: Vec<String> = failed
-                .iter()
-                .take(3)
-                .map(|j| {
-                    format!(
-                        "task {}: {}",
-                        j.task,
-                        j.reason.as_deref().unwrap_or("no reason")
-                    )
-                })
-                .collect();
+        if summary.tasks >= n && done + failed_n >= n as usize {
+            let failed: Vec<String> = if failed_n == 0 {
+                Vec::new()
+            } else {
+                grid.api().jobs(Some(bundle))?.jobs
+            }
+            .iter()
+            .filter(|j| j.state == JobState::Failed)
+            .take(3)
+            .map(|j| {
+                format!(
+                    "task {}: {}",
+                    j.task,
+                    j.reason.as_deref().unwrap_or("no reason")
+                )
+            })
+            .collect();
             return Ok(PolledRun {
                 elapsed: at,
                 resolution: end - prev_start,
@@ -952,6 +953,16 @@ fn poll_until_all_final(
         prev_start = start;
         pace(&mut next, THROUGHPUT_POLL);
     }
+}
+
+/// The summary of the newest submission of `bundle`.
+fn newest_submission(grid: &LocalGrid, bundle: &str) -> Result<SubmissionSummary> {
+    grid.api()
+        .submissions(Some(bundle))?
+        .submissions
+        .into_iter()
+        .next()
+        .with_context(|| format!("no submission of bundle {bundle}"))
 }
 
 /// Where the CPU time of a run went: ticks by line (`web server`, `node-1 (supervisor)`,
@@ -1037,7 +1048,7 @@ impl PollCost {
         let extra = 10;
         let t = Instant::now();
         for _ in 0..extra {
-            grid.api().jobs(Some(bundle))?;
+            newest_submission(grid, bundle)?;
         }
         let quiet = t.elapsed() / extra;
         let ws_after = cpu_snapshot(grid);

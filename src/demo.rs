@@ -73,6 +73,19 @@ pub fn run(args: &DemoArgs) -> u8 {
             return 1;
         }
     };
+    // With --keep the dashboard stays open: a port on this machine's own network (bound
+    // before the namespace) leads to the web server inside it.
+    let host_port = if args.keep && !args.lan {
+        match rjs_harness::forward::HostPort::bind() {
+            Ok(p) => Some(p),
+            Err(e) => {
+                eprintln!("rjs demo: error: {}", rjs_cmd::chain(e.as_ref()));
+                return 1;
+            }
+        }
+    } else {
+        None
+    };
     if args.lan {
         println!(
             "network: --lan: this machine's own network stack (no private namespace); nodes \
@@ -115,7 +128,12 @@ pub fn run(args: &DemoArgs) -> u8 {
 
     let started = Instant::now();
     let mut grid: Option<LocalGrid> = None;
-    let outcome = demo(args, &job, &dir, &mut grid, started);
+    let mut outcome = demo(args, &job, &dir, &mut grid, started);
+    if let (Ok(_), Some(g)) = (&outcome, grid.as_ref()) {
+        if let Err(e) = dashboard(g, args.keep, host_port) {
+            outcome = Err(e);
+        }
+    }
     let stopped = Instant::now();
     let stop_result = grid.as_mut().map(LocalGrid::stop);
     drop(grid);
@@ -219,6 +237,77 @@ fn demo(
         started.elapsed().as_millis()
     );
     Ok(true)
+}
+
+/// Prints a dashboard login link; with `keep`, keeps the grid up (reachable from this
+/// machine through `host_port` when the grid is in a private namespace) until Ctrl-C, printing
+/// a new link (they are single-use and last a minute) on every Enter.
+fn dashboard(
+    grid: &LocalGrid,
+    keep: bool,
+    host_port: Option<rjs_harness::forward::HostPort>,
+) -> Result<()> {
+    let url = grid.webserver_url();
+    let target: std::net::SocketAddr = url
+        .trim_start_matches("https://")
+        .trim_end_matches('/')
+        .parse()
+        .with_context(|| format!("the web server's address {url}"))?;
+    let forwarder = match host_port {
+        Some(p) => Some(p.forward_to(target)?),
+        None => None,
+    };
+    let base = match &forwarder {
+        Some(f) => format!("https://{}", f.addr()),
+        None => url.trim_end_matches('/').to_owned(),
+    };
+    let link = || -> Result<String> {
+        let login = grid
+            .api()
+            .dashboard_login()
+            .context("asking for a dashboard login")?;
+        Ok(format!("{base}{}", login.path))
+    };
+    if !keep {
+        println!(
+            "dashboard (while the grid runs; `rjs demo --keep` keeps it up): {}",
+            link()?
+        );
+        return Ok(());
+    }
+    println!();
+    println!("The dashboard stays up. Sign in (one use, within a minute):");
+    println!("  {}", link()?);
+    println!(
+        "Your browser will warn about the certificate: it is signed by this grid's own CA,          {} (trust it or accept the warning).",
+        grid.webserver_ca().display()
+    );
+    println!("Press Enter for a new link; Ctrl-C stops the grid.");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        while std::io::stdin().read_line(&mut line).is_ok_and(|n| n > 0) {
+            line.clear();
+            if tx.send(()).is_err() {
+                break;
+            }
+        }
+    });
+    while signals::received().is_none() {
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(()) => match link() {
+                Ok(l) => println!("  {l}"),
+                Err(e) => eprintln!("rjs demo: {}", rjs_cmd::chain(e.as_ref())),
+            },
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            // No more input (stdin closed): wait for Ctrl-C alone.
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                std::thread::sleep(Duration::from_millis(200))
+            }
+        }
+    }
+    println!("stopping the grid");
+    Ok(())
 }
 
 /// The grid the arguments ask for, laid out in `dir`, telling each start-up step.
@@ -333,11 +422,29 @@ fn wait_all(grid: &LocalGrid, bundle: &str, tasks: u32, timeout: Duration) -> Re
     bar.enable_steady_tick(Duration::from_millis(120));
     let deadline = Instant::now() + timeout;
     let mut reported = std::collections::HashSet::new();
-    let result = loop {
-        let jobs: Vec<JobView> = match grid.api().jobs(Some(bundle)) {
-            Ok(list) => list.jobs,
-            Err(e) => break Err(anyhow::Error::new(e).context("reading the job list")),
-        };
+    // The job list once; then only what changed (the change feed), so that a poll costs the
+    // web server the same however many tasks there are.
+    let start = (|| -> Result<(u64, Vec<JobView>)> {
+        let seq = grid
+            .api()
+            .changes(None)
+            .context("reading the change feed")?
+            .next;
+        let jobs = grid
+            .api()
+            .jobs(Some(bundle))
+            .context("reading the job list")?
+            .jobs;
+        Ok((seq, jobs))
+    })();
+    let (mut seq, mut jobs) = match start {
+        Ok(s) => s,
+        Err(e) => {
+            bar.finish_and_clear();
+            return Err(e);
+        }
+    };
+    let result = 'poll: loop {
         let mut counts = [0usize; 4];
         for j in &jobs {
             counts[j.state as usize] += 1;
@@ -382,6 +489,23 @@ fn wait_all(grid: &LocalGrid, bundle: &str, tasks: u32, timeout: Duration) -> Re
             ));
         }
         std::thread::sleep(Duration::from_millis(100));
+        loop {
+            let page = match grid.api().changes(Some(seq)) {
+                Ok(p) => p,
+                Err(e) => {
+                    break 'poll Err(anyhow::Error::new(e).context("reading the change feed"));
+                }
+            };
+            for c in page.changes {
+                if let Some(j) = jobs.iter_mut().find(|j| j.id == c.job.id) {
+                    *j = c.job;
+                }
+            }
+            seq = page.next;
+            if !page.more {
+                break;
+            }
+        }
     };
     bar.finish_and_clear();
     result

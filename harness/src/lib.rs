@@ -15,12 +15,15 @@
 //! * [`flood`]: bounded floods of idle connections ([`flood::idle_sockets`]) and of forged
 //!   mDNS services ([`flood::mdns`]).
 //! * [`procstat`]: a process's CPU time and memory from `/proc`.
+//! * [`forward`]: a port on this machine's network that leads into a private namespace (the
+//!   demo's dashboard).
 //! * [`grid`] (feature `grid`, on by default): a whole grid on this machine — the real
 //!   `rjs-webserver`, `rjs-lookup` and `rjs-compute` binaries as child processes on loopback —
 //!   used by `rjs demo`, the end-to-end tests and the benchmarks.
 
 pub mod data;
 pub mod flood;
+pub mod forward;
 #[cfg(feature = "grid")]
 pub mod grid;
 pub mod netns;

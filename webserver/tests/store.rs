@@ -1216,3 +1216,340 @@ fn an_upload_records_its_nonce_with_the_submission_or_nothing() {
     sub(&bundle_id(3), "n4", T0 + 700).unwrap();
     assert_eq!(s.row_counts().unwrap().nonces, 1);
 }
+
+// ---------------------------------------------------------------- views (dashboard, summaries)
+
+mod views {
+    use super::*;
+    use rjs_webserver::store::{
+        JobCursor, JobFilter, NewSession, Sessions, Subject, SubmissionFilter, Views,
+    };
+
+    fn summary(f: &Fixture, id: i64) -> rjs_wire::api::SubmissionSummary {
+        f.store.submission(f.author, id).unwrap().unwrap()
+    }
+
+    #[test]
+    fn summaries_follow_every_transition_without_reading_the_jobs() {
+        let f = fixture();
+        let [j0, j1, j2, j3] = f.jobs::<4>("/");
+        let sub = view(&f.store, f.author, j0).submission_id;
+        let s = summary(&f, sub);
+        assert_eq!(
+            (s.states.queued, s.tasks, s.name.as_str()),
+            (4, 4, "mandelbrot")
+        );
+        lease(&f.store, f.lookup, 4, T0 + 30, T0 + 1).unwrap();
+        assert_eq!(summary(&f, sub).states.leased, 4);
+        let mut a = answer(f.lookup, j0, "a0", T0 + 2);
+        f.store.record_answer(&a).unwrap();
+        a = answer(f.lookup, j1, "a1", T0 + 3);
+        a.outcome = "exit 3";
+        f.store.record_answer(&a).unwrap();
+        a = answer(f.lookup, j2, "a2", T0 + 4);
+        a.outcome = "trap: unreachable";
+        f.store.record_answer(&a).unwrap();
+        f.store.fail(f.lookup, j3, "node lost", 1, T0 + 5).unwrap();
+        let s = summary(&f, sub);
+        assert_eq!(
+            (
+                s.states.queued,
+                s.states.leased,
+                s.states.done,
+                s.states.failed
+            ),
+            (0, 0, 3, 1)
+        );
+        assert_eq!(
+            (
+                s.outcomes.exit_zero,
+                s.outcomes.exit_other,
+                s.outcomes.trap,
+                s.outcomes.limit
+            ),
+            (1, 1, 1, 0)
+        );
+        assert_eq!(
+            (s.first_answer_at, s.last_answer_at),
+            (Some(T0 + 2), Some(T0 + 4))
+        );
+        assert!(s.is_finished());
+        // A duplicate answer changes no count.
+        f.store
+            .record_answer(&answer(f.lookup, j0, "again", T0 + 6))
+            .unwrap();
+        assert_eq!(summary(&f, sub), s);
+        // Nobody else sees it.
+        let bob = f.store.add_author("bob", "b-key", "b-fp", T0).unwrap().id;
+        assert!(f.store.submission(bob, sub).unwrap().is_none());
+    }
+
+    #[test]
+    fn submissions_filter_by_state_and_name_and_page_newest_first() {
+        let f = fixture();
+        for n in 1..=5u32 {
+            submit(
+                &f.store,
+                f.author,
+                &bundle_id(n),
+                2,
+                "/",
+                false,
+                T0 + i64::from(n),
+            );
+        }
+        let all = |filter: SubmissionFilter<'_>| f.store.submissions(f.author, &filter).unwrap();
+        let page = all(SubmissionFilter {
+            limit: 2,
+            ..Default::default()
+        });
+        assert_eq!(
+            page.iter().map(|s| s.bundle_id.clone()).collect::<Vec<_>>(),
+            [bundle_id(5), bundle_id(4)]
+        );
+        let next = all(SubmissionFilter {
+            limit: 10,
+            before: Some(page[1].id),
+            ..Default::default()
+        });
+        assert_eq!(next.len(), 3);
+        assert_eq!(
+            all(SubmissionFilter {
+                limit: 10,
+                name: Some("DELBR"),
+                ..Default::default()
+            })
+            .len(),
+            5
+        );
+        assert!(
+            all(SubmissionFilter {
+                limit: 10,
+                name: Some("%"),
+                ..Default::default()
+            })
+            .is_empty()
+        );
+        assert!(
+            all(SubmissionFilter {
+                limit: 10,
+                state: Some(JobState::Done),
+                ..Default::default()
+            })
+            .is_empty()
+        );
+        let b3 = bundle_id(3);
+        assert_eq!(
+            all(SubmissionFilter {
+                limit: 10,
+                bundle: Some(&b3),
+                ..Default::default()
+            })
+            .len(),
+            1
+        );
+    }
+
+    #[test]
+    fn job_pages_are_stable_and_cover_every_job_once() {
+        let f = fixture();
+        submit(&f.store, f.author, &bundle_id(1), 7, "/", false, T0);
+        submit(&f.store, f.author, &bundle_id(2), 5, "/", false, T0 + 1);
+        let mut seen = Vec::new();
+        let mut after = None;
+        loop {
+            let page = f
+                .store
+                .jobs_page(
+                    f.author,
+                    &JobFilter {
+                        after,
+                        limit: 3,
+                        ..Default::default()
+                    },
+                )
+                .unwrap();
+            seen.extend(page.iter().map(|j| (j.bundle_id.clone(), j.task)));
+            match page.last() {
+                Some(j) if page.len() == 3 => {
+                    after = Some(JobCursor {
+                        submission_id: j.submission_id,
+                        task: j.task,
+                    });
+                    let c = after.unwrap();
+                    assert_eq!(JobCursor::decode(&c.encode()), Some(c));
+                }
+                _ => break,
+            }
+        }
+        assert_eq!(seen.len(), 12);
+        assert_eq!(seen[0], (bundle_id(2), 0), "newest submission first");
+        assert_eq!(seen[5], (bundle_id(1), 0));
+        assert_eq!(seen.iter().collect::<HashSet<_>>().len(), 12);
+        assert!(JobCursor::decode("1.x").is_none() && JobCursor::decode("").is_none());
+    }
+
+    #[test]
+    fn the_change_feed_numbers_changes_and_tells_why_jobs_wait() {
+        let f = fixture();
+        let [j0, j1] = f.jobs::<2>("/");
+        let start = f.store.change_seq().unwrap();
+        lease(&f.store, f.lookup, 2, T0 + 30, T0 + 1).unwrap();
+        let held = f
+            .store
+            .set_waiting(
+                f.lookup,
+                &[
+                    (j0, "No node serves this job's group.".into()),
+                    (999, "x".into()),
+                ],
+                T0 + 2,
+            )
+            .unwrap();
+        assert_eq!(held, vec![j0]);
+        let changes = f.store.changes(f.author, None, start, 100).unwrap();
+        // Each job once, at its newest change: j1 (leased), then j0 (leased, then its reason).
+        assert_eq!(changes.len(), 2, "{changes:?}");
+        assert_eq!(changes[0].1.id, j1);
+        assert!(changes.windows(2).all(|w| w[0].0 < w[1].0));
+        let last = changes.last().unwrap();
+        assert_eq!(last.1.id, j0);
+        assert_eq!(
+            last.1.waiting.as_deref(),
+            Some("No node serves this job's group.")
+        );
+        assert_eq!(last.1.leased_by.as_deref(), Some("lab"));
+        // Released with a reason: queued, the reason kept for the author; an answer clears it.
+        f.store
+            .release(
+                f.lookup,
+                &[j1],
+                &[(j1, "every node refused it".into())],
+                T0 + 3,
+            )
+            .unwrap();
+        let v = f.store.job(f.author, j1).unwrap().unwrap();
+        assert_eq!(
+            (v.state, v.waiting.as_deref(), v.leased_by),
+            (JobState::Queued, Some("every node refused it"), None)
+        );
+        f.store
+            .record_answer(&answer(f.lookup, j0, "a", T0 + 4))
+            .unwrap();
+        assert_eq!(f.store.job(f.author, j0).unwrap().unwrap().waiting, None);
+        let bob = f.store.add_author("bob", "b-key", "b-fp", T0).unwrap().id;
+        assert!(f.store.changes(bob, None, 0, 100).unwrap().is_empty());
+        assert!(f.store.job(bob, j0).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_login_token_is_used_once_expires_and_ends_with_its_author() {
+        let f = fixture();
+        let s = &f.store;
+        s.add_login_token("t1", Some(f.author), T0 + 60, T0)
+            .unwrap();
+        // Peeking (the GET of the login page) changes nothing.
+        for _ in 0..3 {
+            assert!(
+                matches!(s.peek_login_token("t1", T0 + 1).unwrap(), Some(Subject::Author(a)) if a.name == "alice")
+            );
+        }
+        let session = |hash| NewSession {
+            hash,
+            now: T0 + 2,
+            expires_at: T0 + 1000,
+        };
+        assert!(s.login("t1", &session("s1")).unwrap().is_some());
+        assert!(
+            s.login("t1", &session("s2")).unwrap().is_none(),
+            "a token works once"
+        );
+        assert!(s.peek_login_token("t1", T0 + 3).unwrap().is_none());
+        // Expired tokens are refused.
+        s.add_login_token("t2", Some(f.author), T0 + 60, T0)
+            .unwrap();
+        assert!(s.peek_login_token("t2", T0 + 61).unwrap().is_none());
+        assert!(
+            s.login(
+                "t2",
+                &NewSession {
+                    hash: "s3",
+                    now: T0 + 61,
+                    expires_at: T0 + 999
+                }
+            )
+            .unwrap()
+            .is_none()
+        );
+        // Sessions: idle and absolute expiry, logout.
+        assert!(s.session("s1", T0 + 10, 100).unwrap().is_some());
+        assert!(
+            s.session("s1", T0 + 500, 100).unwrap().is_none(),
+            "idle too long"
+        );
+        s.add_login_token("t3", Some(f.author), T0 + 60, T0)
+            .unwrap();
+        s.login("t3", &session("s4")).unwrap().unwrap();
+        assert!(
+            s.session("s4", T0 + 1001, 10_000).unwrap().is_none(),
+            "past its end"
+        );
+        s.add_login_token("t4", Some(f.author), T0 + 60, T0)
+            .unwrap();
+        s.login("t4", &session("s5")).unwrap().unwrap();
+        assert!(s.end_session("s5").unwrap());
+        assert!(s.session("s5", T0 + 3, 100).unwrap().is_none());
+        // Removing the author ends their sessions and tokens at once.
+        s.add_login_token("t5", Some(f.author), T0 + 60, T0)
+            .unwrap();
+        s.login("t5", &session("s6")).unwrap().unwrap();
+        s.add_login_token("t6", Some(f.author), T0 + 60, T0)
+            .unwrap();
+        s.remove_author("alice").unwrap();
+        assert!(s.session("s6", T0 + 3, 100).unwrap().is_none());
+        assert!(s.peek_login_token("t6", T0 + 3).unwrap().is_none());
+        // The administrator's token.
+        s.add_login_token("admin", None, T0 + 60, T0).unwrap();
+        assert_eq!(
+            s.login("admin", &session("s7")).unwrap(),
+            Some(Subject::Admin)
+        );
+        assert_eq!(
+            s.session("s7", T0 + 3, 100).unwrap().unwrap().subject,
+            Subject::Admin
+        );
+    }
+
+    #[test]
+    fn counts_of_a_database_from_before_the_dashboard_are_filled_in() {
+        // A database made by schema version 3 with jobs in every state, migrated on open.
+        let dir = tempfile::tempdir().unwrap();
+        let path = db_path(&dir);
+        {
+            let mut conn = rusqlite::Connection::open(&path).unwrap();
+            let tx = conn.transaction().unwrap();
+            for step in &SqliteStore::migration_steps()[..3] {
+                tx.execute_batch(step).unwrap();
+            }
+            tx.pragma_update(None, "user_version", 3).unwrap();
+            tx.execute_batch(&format!(
+                "INSERT INTO authors (name, public_key, fingerprint, created_at) VALUES ('a', 'k', 'f', {T0});
+                 INSERT INTO bundles (id, author_id, name, tasks, grp, size, created_at)
+                     VALUES ('{b}', 1, 'old', 3, '/', 1, {T0});
+                 INSERT INTO submissions (bundle_id, author_id, created_at) VALUES ('{b}', 1, {T0});
+                 INSERT INTO jobs (submission_id, bundle_id, author_id, task, tasks, grp, state, outcome, answer_sha256, created_at, updated_at)
+                     VALUES (1, '{b}', 1, 0, 3, '/', 'done', 'exit 0', 'x', {T0}, {t1}),
+                            (1, '{b}', 1, 1, 3, '/', 'failed', NULL, NULL, {T0}, {T0}),
+                            (1, '{b}', 1, 2, 3, '/', 'queued', NULL, NULL, {T0}, {T0});",
+                b = bundle_id(9),
+                t1 = T0 + 5
+            ))
+            .unwrap();
+            tx.commit().unwrap();
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        let s = store.submission(1, 1).unwrap().unwrap();
+        assert_eq!((s.states.done, s.states.failed, s.states.queued), (1, 1, 1));
+        assert_eq!((s.outcomes.exit_zero, s.first_answer_at), (1, Some(T0 + 5)));
+    }
+}

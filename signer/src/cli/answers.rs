@@ -278,7 +278,13 @@ impl AnswersCommand {
             .with_context(|| format!("creating the answer folder {}", self.out.display()))?;
         let mut tally = Tally::default();
 
-        // First look: errors here are reported at once (wrong server, key, CA...).
+        // First look: errors here are reported at once (wrong server, key, CA...). While
+        // waiting, only the jobs that changed since are read (the change feed), not the list.
+        let mut seq = if self.wait {
+            Some(api.changes(None)?.next)
+        } else {
+            None
+        };
         let mut jobs = current(&select_jobs(&api, &self.bundles)?);
         let mut timed_out = false;
         if !self.wait {
@@ -318,11 +324,8 @@ impl AnswersCommand {
                     None => POLL_INTERVAL,
                 };
                 std::thread::sleep(pause);
-                match select_jobs(&api, &self.bundles) {
-                    Ok(j) => {
-                        jobs = current(&j);
-                        failures = 0;
-                    }
+                match apply_changes(&api, &mut seq, &mut jobs) {
+                    Ok(()) => failures = 0,
                     Err(e) if is_transient(&e) => {
                         failures += 1;
                         warn(&multi, &e, failures)?;
@@ -341,6 +344,22 @@ impl AnswersCommand {
             print!("{}", report.text());
         }
         Ok(report.exit_code(self.wait))
+    }
+}
+
+/// Reads the change feed from `seq` on (every page) and updates the jobs it names.
+fn apply_changes(api: &AuthorClient, seq: &mut Option<u64>, jobs: &mut [JobView]) -> Result<()> {
+    loop {
+        let page = api.changes(*seq)?;
+        for c in page.changes {
+            if let Some(j) = jobs.iter_mut().find(|j| j.id == c.job.id) {
+                *j = c.job;
+            }
+        }
+        *seq = Some(page.next);
+        if !page.more {
+            return Ok(());
+        }
     }
 }
 

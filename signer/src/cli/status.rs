@@ -1,9 +1,10 @@
-//! `rjs-sign status`: the author's jobs as a table, and choosing jobs by bundle.
+//! `rjs-sign status`: the author's submissions summed up (one request, whatever their size),
+//! or their jobs as a table (`--jobs`, `--bundle`), and choosing jobs by bundle.
 
 use std::collections::BTreeSet;
 
 use anyhow::{Result, bail};
-use rjs_wire::api::{JobList, JobState, JobView};
+use rjs_wire::api::{JobList, JobState, JobView, SubmissionSummary};
 
 use super::output::{clean, plural, table};
 use super::settings::{self, ServerOpts};
@@ -17,6 +18,10 @@ pub struct StatusCommand {
     /// Print the job list as JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// List every job (reads the whole job list, page by page) instead of one line per
+    /// submission.
+    #[arg(long)]
+    pub jobs: bool,
     #[command(flatten)]
     pub server: ServerOpts,
 }
@@ -25,6 +30,22 @@ impl StatusCommand {
     /// Runs the command; `Ok` holds the exit status.
     pub fn run(&self) -> Result<u8> {
         let api = settings::open(&self.server)?;
+        if !self.json && !self.jobs && self.bundles.is_empty() {
+            let list = api.submissions(None)?;
+            if list.submissions.is_empty() {
+                println!("no jobs");
+                return Ok(0);
+            }
+            print!(
+                "{}",
+                render_submissions(&list.submissions, rjs_signer::unix_now() as i64)
+            );
+            println!("{}", summary_of_submissions(&list.submissions));
+            if list.next.is_some() {
+                println!("(the newest {} submissions)", list.submissions.len());
+            }
+            return Ok(0);
+        }
         let jobs = select_jobs(&api, &self.bundles)?;
         if self.json {
             println!("{}", serde_json::to_string(&JobList { jobs, next: None })?);
@@ -38,6 +59,59 @@ impl StatusCommand {
         println!("{}", summary(&jobs));
         Ok(0)
     }
+}
+
+/// One line per submission: counts by state and outcome, how long it ran.
+pub fn render_submissions(subs: &[SubmissionSummary], now: i64) -> String {
+    let rows: Vec<Vec<String>> = subs
+        .iter()
+        .map(|s| {
+            let end = if s.is_finished() {
+                s.last_answer_at.unwrap_or(s.changed_at)
+            } else {
+                now
+            };
+            let o = &s.outcomes;
+            vec![
+                s.id.to_string(),
+                clean(s.bundle_id.get(..12).unwrap_or(&s.bundle_id)),
+                clean(&s.name),
+                s.tasks.to_string(),
+                s.states.queued.to_string(),
+                s.states.leased.to_string(),
+                s.states.done.to_string(),
+                s.states.failed.to_string(),
+                format!("{}/{}/{}/{}", o.exit_zero, o.exit_other, o.trap, o.limit),
+                format!("{}s", (end - s.created_at).max(0)),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "SUBMISSION",
+            "BUNDLE",
+            "NAME",
+            "TASKS",
+            "QUEUED",
+            "LEASED",
+            "DONE",
+            "FAILED",
+            "EXIT0/OTHER/TRAP/LIMIT",
+            "ELAPSED",
+        ],
+        &rows,
+    )
+}
+
+/// `8 jobs: 2 queued, 1 leased, 4 done, 1 failed`, from submission summaries.
+pub fn summary_of_submissions(subs: &[SubmissionSummary]) -> String {
+    let c = subs.iter().fold(Counts::default(), |c, s| Counts {
+        queued: c.queued + s.states.queued as usize,
+        leased: c.leased + s.states.leased as usize,
+        done: c.done + s.states.done as usize,
+        failed: c.failed + s.states.failed as usize,
+    });
+    c.line()
 }
 
 /// A bundle argument: `sha256:` is allowed in front (as `pack` prints ids).
@@ -102,6 +176,9 @@ fn outcome(j: &JobView) -> String {
         (JobState::Done, Some(o), _) => o.clone(),
         (JobState::Failed, _, Some(r)) => format!("failed: {r}"),
         (_, _, Some(r)) if j.attempts > 0 => format!("retrying after: {r}"),
+        (JobState::Queued | JobState::Leased, _, _) if j.waiting.is_some() => {
+            format!("waiting: {}", j.waiting.as_deref().unwrap_or_default())
+        }
         (_, Some(o), _) => o.clone(),
         _ => "-".to_owned(),
     };
@@ -161,19 +238,22 @@ impl Counts {
     pub fn finished(&self) -> usize {
         self.done + self.failed
     }
+    /// `8 jobs: 2 queued, 1 leased, 4 done, 1 failed`.
+    pub fn line(&self) -> String {
+        format!(
+            "{}: {} queued, {} leased, {} done, {} failed",
+            plural(self.total(), "job"),
+            self.queued,
+            self.leased,
+            self.done,
+            self.failed
+        )
+    }
 }
 
 /// `8 jobs: 2 queued, 1 leased, 4 done, 1 failed`.
 pub fn summary(jobs: &[JobView]) -> String {
-    let c = Counts::of(jobs);
-    format!(
-        "{}: {} queued, {} leased, {} done, {} failed",
-        plural(c.total(), "job"),
-        c.queued,
-        c.leased,
-        c.done,
-        c.failed
-    )
+    Counts::of(jobs).line()
 }
 
 #[cfg(test)]

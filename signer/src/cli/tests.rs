@@ -410,6 +410,7 @@ fn http_urls_are_refused_before_connecting() {
     let args = status::StatusCommand {
         bundles: vec![],
         json: false,
+        jobs: false,
         server: a.opts.with_server("http://127.0.0.1:1"),
     };
     let s = chain(args.run().unwrap_err());
@@ -536,20 +537,33 @@ fn answers_wait_until_finished_or_time_out() {
     let polls = Arc::new(AtomicUsize::new(0));
     let p = polls.clone();
     let (b2, ans) = (b.clone(), answer.clone());
+    // Leased for the first five looks (the job list, then the change feed), then done.
+    let look = move |p: &AtomicUsize| {
+        let n = p.fetch_add(1, Ordering::SeqCst);
+        if n >= 5 {
+            JobState::Done
+        } else {
+            JobState::Leased
+        }
+    };
     let mock = serve(a.key.public(), move |req| match req.path.as_str() {
         path if path.starts_with("/api/v1/jobs?") => {
-            let n = p.fetch_add(1, Ordering::SeqCst);
-            // Leased for the first five looks, then done.
-            let state = if n >= 5 {
-                JobState::Done
-            } else {
-                JobState::Leased
-            };
+            let state = look(&p);
             let done = (state == JobState::Done).then_some(ans.as_slice());
             ok_json(JobList {
                 jobs: vec![view(1, &b2, 0, state, done)],
                 next: None,
             })
+        }
+        "/api/v1/changes" => ok_json(json!({"changes": [], "next": 7, "more": false})),
+        path if path.starts_with("/api/v1/changes?since=7") => {
+            let state = look(&p);
+            let changes = if state == JobState::Done {
+                vec![json!({"seq": 8, "job": view(1, &b2, 0, state, Some(ans.as_slice()))})]
+            } else {
+                vec![]
+            };
+            ok_json(json!({"changes": changes, "next": 7, "more": false}))
         }
         "/api/v1/jobs/1/answer" => Resp {
             status: 200,

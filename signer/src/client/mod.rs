@@ -339,6 +339,24 @@ impl AuthorClient {
         json(resp, "submission list")
     }
 
+    /// `GET /api/v1/submissions/{id}`: one submission summed up.
+    pub fn submission(&self, id: i64) -> Result<api::SubmissionSummary, ClientError> {
+        let path = format!("{}/submissions/{id}", api::AUTHOR_PREFIX);
+        let resp = self.send(Method::GET, &path, None, REQUEST_TIMEOUT)?;
+        json(resp, "submission")
+    }
+
+    /// `GET /api/v1/changes[?since=SEQ]`: the author's jobs that changed after `since` (each
+    /// once, at its newest change; one page), or without `since` the number to start from.
+    pub fn changes(&self, since: Option<u64>) -> Result<api::ChangeList, ClientError> {
+        let path = match since {
+            Some(s) => format!("{}/changes?since={s}", api::AUTHOR_PREFIX),
+            None => format!("{}/changes", api::AUTHOR_PREFIX),
+        };
+        let resp = self.send(Method::GET, &path, None, REQUEST_TIMEOUT)?;
+        json(resp, "change list")
+    }
+
     /// `POST /api/v1/dashboard/login`: a one-time dashboard login link for this author.
     pub fn dashboard_login(&self) -> Result<api::DashboardLogin, ClientError> {
         let path = format!("{}/dashboard/login", api::AUTHOR_PREFIX);

@@ -4,8 +4,8 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use rjs_signer::VerifyLimits;
 use rjs_wire::api::{
-    DashboardLogin, JobList, JobRef, JobState, MAX_JOBS_PAGE, MAX_SUBMISSIONS_PAGE, SubmissionList,
-    UploadResponse, WhoAmI,
+    ChangeList, DashboardLogin, JobChange, JobList, JobRef, JobState, MAX_CHANGES_PAGE,
+    MAX_JOBS_PAGE, MAX_SUBMISSIONS_PAGE, SubmissionList, UploadResponse, WhoAmI,
 };
 use serde::Deserialize;
 
@@ -357,6 +357,49 @@ pub async fn submission(call: AuthorCall<'_>, payload: &mut web::Payload) -> Rep
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no submission {id} of yours")))?;
     Ok(HttpResponse::Ok().json(found))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChangesQuery {
+    submission: Option<i64>,
+    since: Option<u64>,
+    limit: Option<u32>,
+}
+
+/// `GET /api/v1/changes[?since=<seq>][&submission=<id>][&limit=<n>]`: the change feed polled.
+/// Without `since`: no changes, and the number to start from.
+pub async fn changes(call: AuthorCall<'_>, payload: &mut web::Payload) -> Reply {
+    let (req, state, authed) = (call.req, call.state, call.caller);
+    let q: ChangesQuery = query(req)?;
+    let limit = limit_param(q.limit, MAX_CHANGES_PAGE)?;
+    finish_small(payload, state, &authed).await?;
+    let author_id = authed.author.id;
+    let Some(since) = q.since else {
+        let next = state
+            .store_call("reading the change sequence", |s| s.change_seq())
+            .await?;
+        return Ok(HttpResponse::Ok().json(ChangeList {
+            changes: Vec::new(),
+            next,
+            more: false,
+        }));
+    };
+    let rows = state
+        .store_call("reading changes", move |s| {
+            s.changes(author_id, q.submission, since, limit)
+        })
+        .await?;
+    let more = rows.len() == limit as usize;
+    let next = rows.last().map_or(since, |(seq, _)| *seq);
+    Ok(HttpResponse::Ok().json(ChangeList {
+        changes: rows
+            .into_iter()
+            .map(|(seq, job)| JobChange { seq, job })
+            .collect(),
+        next,
+        more,
+    }))
 }
 
 #[derive(Deserialize)]

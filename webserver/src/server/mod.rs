@@ -230,6 +230,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                     resource("/submissions/{id}").route(web::get().to(handler(author::submission))),
                 )
                 .service(resource("/events").route(web::get().to(handler(author::events))))
+                .service(resource("/changes").route(web::get().to(handler(author::changes))))
                 .service(
                     resource("/dashboard/login")
                         .route(web::post().to(handler(author::dashboard_login))),

@@ -167,6 +167,21 @@ pub struct JobChange {
     pub job: JobView,
 }
 
+/// `GET /api/v1/changes` response: one page of the change feed, polled.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeList {
+    /// Each changed job once, at its newest change, oldest change first.
+    pub changes: Vec<JobChange>,
+    /// Ask again with `?since=` this (the last change's number; the newest number on the
+    /// server when `since` was not given).
+    pub next: u64,
+    /// True when the page was full: more changes follow at once.
+    pub more: bool,
+}
+
+/// Largest page of `GET /api/v1/changes`.
+pub const MAX_CHANGES_PAGE: u32 = 1000;
+
 /// `POST /api/v1/dashboard/login` response: a one-time dashboard login.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DashboardLogin {
