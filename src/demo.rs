@@ -129,10 +129,10 @@ pub fn run(args: &DemoArgs) -> u8 {
     let started = Instant::now();
     let mut grid: Option<LocalGrid> = None;
     let mut outcome = demo(args, &job, &dir, &mut grid, started);
-    if let (Ok(_), Some(g)) = (&outcome, grid.as_ref()) {
-        if let Err(e) = dashboard(g, args.keep, host_port) {
-            outcome = Err(e);
-        }
+    if let (Ok(_), Some(g)) = (&outcome, grid.as_ref())
+        && let Err(e) = dashboard(g, args.keep, host_port)
+    {
+        outcome = Err(e);
     }
     let stopped = Instant::now();
     let stop_result = grid.as_mut().map(LocalGrid::stop);
