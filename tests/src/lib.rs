@@ -4,6 +4,8 @@
 //!
 //! The binaries must be built first (`cargo build --workspace --bins`; `scripts/test.sh` does).
 
+pub mod browser;
+pub mod lab;
 pub mod node;
 pub mod pki;
 

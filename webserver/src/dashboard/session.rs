@@ -105,26 +105,33 @@ impl Caller for Viewer {
     }
 }
 
-/// Refuses a state-changing request that does not come from one of this server's own pages:
-/// `Sec-Fetch-Site`, where the browser sends it, must be `same-origin` (or `none`: typed by the
-/// user), and `Origin` must be present and name this host over HTTPS.
+/// Refuses a state-changing request that does not come from one of this server's own pages.
+/// A browser that sends `Sec-Fetch-Site` (every current one) must say `same-origin`: it is
+/// set by the browser, never by a page. Without it (an old browser, a script), `Origin` must be
+/// present and name this host over HTTPS. (`Origin` alone cannot be the rule: under
+/// `Referrer-Policy: no-referrer` browsers send `Origin: null` even for a form on the same
+/// origin.)
 pub fn same_origin(req: &HttpRequest) -> Result<(), ApiError> {
     let refuse = |why: String| Err(ApiError::forbidden("cross-site", why));
     let single = |name: &str| {
         let mut all = req.headers().get_all(name);
         match (all.next(), all.next()) {
             (None, _) => Ok(None),
-            (Some(v), None) => Ok(v.to_str().ok()),
+            (Some(v), None) => Ok(Some(v.to_str().unwrap_or("(not text)"))),
             _ => Err(ApiError::bad_request(format!(
                 "more than one {name} header"
             ))),
         }
     };
-    if let Some(site) = single("sec-fetch-site")?
-        && site != "same-origin"
-        && site != "none"
-    {
-        return refuse(format!("a {site} request may not change anything here"));
+    match single("sec-fetch-site")? {
+        Some("same-origin") => return Ok(()),
+        Some(site) => {
+            return refuse(format!(
+                "a {} request may not change anything here",
+                site.chars().take(40).collect::<String>()
+            ));
+        }
+        None => {}
     }
     let host = req.connection_info().host().to_owned();
     match single("origin")? {
