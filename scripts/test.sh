@@ -11,8 +11,22 @@ fi
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
 
+# The dashboard's browser tests drive Debian's chromium through its chromedriver (the two
+# packages are version-locked); install them where missing. Never a browser download.
+if ! [ -x /usr/bin/chromium ] || ! [ -x /usr/bin/chromedriver ]; then
+    apt-get update
+    DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver
+fi
+
 samples/build.sh
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo build --workspace --bins --locked
 cargo test --workspace --locked
+
+# Screenshots of the dashboard's pages, taken by tests/tests/dashboard.rs.
+shots="${CARGO_TARGET_DIR:-target}/dashboard-screenshots"
+if [ -d "$shots" ]; then
+    echo "dashboard screenshots in $shots:"
+    ls -l "$shots"
+fi

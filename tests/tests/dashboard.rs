@@ -227,3 +227,368 @@ fn an_author_signs_in_sees_progress_live_and_the_stitched_mandelbrot() {
         "{console:?}"
     );
 }
+
+/// Alice's submission of 2 tasks, answered: task 0 with hostile text and non-PNG files, task 1
+/// with a PNG. (submission id, job ids).
+fn hostile_answers(site: &Site, alice: KeyPair) -> (i64, Vec<i64>) {
+    let bundle = make_bundle(&alice, "hostile", 2);
+    let api = site.ws.author(alice).unwrap();
+    let up = api.upload(bundle, false).unwrap();
+    let sid = api.submissions(Some(&up.bundle_id)).unwrap().submissions[0].id;
+    let lab = Lab::enrol(&site.ws, "lab-h").unwrap();
+    let leases = lab.lease(2).unwrap();
+    let (tiles, _) = mandelbrot_tiles();
+    lab.answer(
+        &leases[0],
+        &AnswerSpec {
+            ending: Ending::Exit { code: 3 },
+            stdout: b"<script>window.pwned = 1</script><img src=x onerror=alert(1)>",
+            stderr: b"\x1b[31m</pre><b>bold</b>",
+            files: vec![
+                (
+                    "evil.svg".into(),
+                    br#"<svg xmlns="http://www.w3.org/2000/svg" onload="window.pwned=2"><script>window.pwned=3</script></svg>"#.to_vec(),
+                ),
+                ("page.html".into(), b"<html><script>window.pwned=4</script></html>".to_vec()),
+                // A PNG signature in front of HTML: not a PNG that decodes.
+                ("fake.png".into(), [&rjs_signer::image::PNG_MAGIC[..], b"<script>x</script>"].concat()),
+            ],
+        },
+    )
+    .unwrap();
+    lab.answer(&leases[1], &tile_answer(&tiles[1], 1)).unwrap();
+    (sid, leases.iter().map(|l| l.job_id).collect())
+}
+
+#[test]
+fn answers_are_shown_escaped_and_only_decoded_pngs_inline() {
+    let site = Site::start();
+    let alice = site.author("alice");
+    let (sid, jobs) = hostile_answers(&site, alice);
+    let b = Browser::start().unwrap();
+    site.sign_in(&b, "alice");
+
+    b.goto(&site.ws.url(&format!("/dashboard/jobs/{}", jobs[0])))
+        .unwrap();
+    // The text is there, as text: no element came of it, no script ran.
+    let out = b.text("pre.output").unwrap();
+    assert!(out.contains("<script>window.pwned = 1</script>"), "{out}");
+    assert_eq!(
+        b.count("script").unwrap(),
+        1,
+        "only the dashboard's own script"
+    );
+    assert_eq!(
+        b.count("main img").unwrap(),
+        0,
+        "no image: no file is a PNG that decodes"
+    );
+    assert_eq!(
+        b.js("return window.pwned || null;").unwrap(),
+        serde_json::Value::Null
+    );
+    let page = b.source().unwrap();
+    assert!(page.contains("exit 3"), "{page}");
+    b.screenshot(&screenshots().join("answer-hostile.png"))
+        .unwrap();
+
+    // Every file link: served as an attachment with nosniff, whatever it is; asking for the
+    // SVG inline still downloads it.
+    for index in 0..3 {
+        for query in ["", "?download=1"] {
+            let r = site.get_as(
+                &b,
+                &format!("/dashboard/jobs/{}/files/{index}{query}", jobs[0]),
+            );
+            assert_eq!(r.status(), 200);
+            let h = r.headers();
+            assert!(
+                h["content-disposition"]
+                    .to_str()
+                    .unwrap()
+                    .starts_with("attachment;"),
+                "{h:?}"
+            );
+            assert_eq!(h["x-content-type-options"], "nosniff");
+            assert_eq!(h["content-type"], "application/octet-stream");
+        }
+    }
+    let answer_page = b.url().unwrap();
+    let svg = format!("/dashboard/jobs/{}/files/0", jobs[0]);
+    b.js(&format!("window.location.href = '{svg}'; return null;"))
+        .unwrap();
+    b.wait_until("the SVG downloaded", |b| {
+        b.downloads()
+            .is_ok_and(|d| d.iter().any(|p| p.ends_with("evil.svg")))
+    })
+    .unwrap();
+    assert_eq!(
+        b.url().unwrap(),
+        answer_page,
+        "the browser left the page: it rendered the file"
+    );
+    assert_eq!(
+        b.js("return window.pwned || null;").unwrap(),
+        serde_json::Value::Null
+    );
+
+    // The PNG answer: shown inline, re-encoded by the server.
+    b.goto(&site.ws.url(&format!("/dashboard/jobs/{}", jobs[1])))
+        .unwrap();
+    assert_eq!(b.count("figure.preview img").unwrap(), 1);
+    let png = site.get_as(&b, &format!("/dashboard/jobs/{}/files/0", jobs[1]));
+    assert_eq!(png.headers()["content-type"], "image/png");
+    assert_eq!(png.headers()["x-content-type-options"], "nosniff");
+    let shown = Image::decode_png(&png.bytes().unwrap(), u64::MAX).unwrap();
+    let (tiles, _) = mandelbrot_tiles();
+    assert_eq!(shown, Image::decode_png(&tiles[1], u64::MAX).unwrap());
+
+    // Every page and file carries the policy and no-store; nothing is cached.
+    let csp = rjs_webserver::dashboard::CSP;
+    for path in [
+        "/dashboard/submissions".to_owned(),
+        format!("/dashboard/submissions/{sid}"),
+        format!("/dashboard/submissions/{sid}/gallery"),
+        format!("/dashboard/jobs/{}", jobs[0]),
+        format!("/dashboard/jobs/{}/files/0", jobs[1]),
+        format!("/dashboard/jobs/{}/answer.zip", jobs[0]),
+        format!("/dashboard/submissions/{sid}/answers.zip"),
+        "/dashboard/assets/app.css".to_owned(),
+        "/dashboard/no-such-page".to_owned(),
+    ] {
+        let r = site.get_as(&b, &path);
+        let h = r.headers();
+        assert_eq!(h["content-security-policy"], csp, "{path}");
+        assert_eq!(h["referrer-policy"], "no-referrer", "{path}");
+        if !path.contains("assets") {
+            assert_eq!(h["cache-control"], "no-store", "{path}");
+        }
+    }
+    // The zip of all answers holds both archives, as the nodes signed them.
+    let zip = site.get_as(&b, &format!("/dashboard/submissions/{sid}/answers.zip"));
+    let bytes = zip.bytes().unwrap();
+    let mut archive = zip_reader(&bytes);
+    assert_eq!(archive.len(), 2);
+    let mut first = Vec::new();
+    std::io::Read::read_to_end(&mut archive.by_name("task-0.zip").unwrap(), &mut first).unwrap();
+    rjs_signer::answer::verify_answer(&first, &Default::default()).unwrap();
+
+    // And none of them broke the policy; a violation would be seen (the check can fail).
+    let console = b.console().unwrap();
+    assert!(
+        !console
+            .iter()
+            .any(|m| m.contains("Content Security Policy")),
+        "{console:?}"
+    );
+    b.js("const s = document.createElement('script'); s.textContent = 'window.pwned = 5'; document.body.appendChild(s); return null;")
+        .unwrap();
+    assert_eq!(
+        b.js("return window.pwned || null;").unwrap(),
+        serde_json::Value::Null
+    );
+    let console = b.console().unwrap();
+    assert!(
+        console
+            .iter()
+            .any(|m| m.contains("Content Security Policy")),
+        "{console:?}"
+    );
+}
+
+fn zip_reader(bytes: &[u8]) -> zip::ZipArchive<std::io::Cursor<&[u8]>> {
+    zip::ZipArchive::new(std::io::Cursor::new(bytes)).unwrap()
+}
+
+#[test]
+fn another_author_sees_nothing_of_alices_not_even_by_url() {
+    let site = Site::start();
+    let alice = site.author("alice");
+    site.author("bob");
+    let (sid, jobs) = hostile_answers(&site, alice);
+    let b = Browser::start().unwrap();
+    site.sign_in(&b, "bob");
+    assert!(b.source().unwrap().contains("No submission yet"));
+    // Alice's ids and ids that do not exist get the same answer.
+    let paths = |sid: i64, job: i64| {
+        vec![
+            format!("/dashboard/submissions/{sid}"),
+            format!("/dashboard/submissions/{sid}/gallery"),
+            format!("/dashboard/submissions/{sid}/stitched.png"),
+            format!("/dashboard/submissions/{sid}/answers.zip"),
+            format!("/dashboard/submissions/{sid}/events?from=0&to=1"),
+            format!("/dashboard/jobs/{job}"),
+            format!("/dashboard/jobs/{job}/answer.zip"),
+            format!("/dashboard/jobs/{job}/files/0"),
+            format!("/dashboard/admin"),
+        ]
+    };
+    let body_of = |path: &str| {
+        let r = site.get_as(&b, path);
+        (r.status().as_u16(), r.text().unwrap())
+    };
+    for (theirs, missing) in paths(sid, jobs[1])
+        .iter()
+        .zip(paths(sid + 1000, jobs[1] + 1000))
+    {
+        let (s1, t1) = body_of(theirs);
+        let (s2, t2) = body_of(&missing);
+        assert_eq!(s1, 404, "{theirs}: {t1}");
+        assert_eq!((s1, t1), (s2, t2), "{theirs} answers unlike {missing}");
+    }
+    b.goto(&site.ws.url(&format!("/dashboard/jobs/{}", jobs[1])))
+        .unwrap();
+    assert!(!b.source().unwrap().contains("hostile"));
+}
+
+#[test]
+fn a_login_link_works_once_expires_and_sessions_end_on_logout_and_removal() {
+    let site = Site::start();
+    site.author("alice");
+    let b = Browser::start().unwrap();
+
+    // Opening the link (twice, as a prefetcher would) uses nothing up.
+    let url = site.login_url("alice");
+    for _ in 0..2 {
+        b.goto(&url).unwrap();
+        assert!(b.text("main").unwrap().contains("alice"));
+    }
+    let fingerprint = b.text(".fingerprint").unwrap();
+    b.screenshot(&screenshots().join("login.png")).unwrap();
+    b.click("form[action='/dashboard/login'] button").unwrap();
+    b.wait_until("signed in", |b| {
+        b.url().is_ok_and(|u| u.ends_with("/dashboard/submissions"))
+    })
+    .unwrap();
+    assert!(
+        !b.url().unwrap().contains("token"),
+        "the token left the address bar"
+    );
+    let (_, http_only, secure) = b.session_cookie_flags().unwrap();
+    assert!(http_only && secure);
+    assert!(!fingerprint.is_empty());
+
+    // The same link again: refused, and the POST of its form too.
+    b.goto(&url).unwrap();
+    assert!(b.source().unwrap().contains("not valid"));
+    let token = url.split("token=").nth(1).unwrap();
+    let post = |origin: Option<&str>, site_header: Option<&str>, body: String| {
+        let mut rb = site
+            .ws
+            .anon_client()
+            .unwrap()
+            .post(site.ws.url("/dashboard/login"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body);
+        if let Some(o) = origin {
+            rb = rb.header("origin", o);
+        }
+        if let Some(s) = site_header {
+            rb = rb.header("sec-fetch-site", s);
+        }
+        rb.send().unwrap()
+    };
+    let same = site.ws.url("");
+    assert_eq!(
+        post(Some(&same), None, format!("token={token}")).status(),
+        404
+    );
+
+    // A token past its minute is refused (made in the store with an earlier clock).
+    let expired = rjs_webserver::dashboard::secret::Secret::new();
+    {
+        use rjs_webserver::store::Sessions as _;
+        let store = rjs_webserver::store::sqlite::SqliteStore::open(&site.ws.data().join("rjs.db"))
+            .unwrap();
+        let alice = rjs_webserver::store::Store::list_authors(&store).unwrap()[0].id;
+        let now = rjs_webserver::store::now();
+        store
+            .add_login_token(&expired.hash(), Some(alice), now - 1, now - 61)
+            .unwrap();
+    }
+    b.goto(
+        &site
+            .ws
+            .url(&format!("/dashboard/login?token={}", expired.as_str())),
+    )
+    .unwrap();
+    assert!(b.source().unwrap().contains("not valid"));
+
+    // Cross-site POSTs change nothing: a fresh token survives them.
+    let fresh = site.login_url("alice");
+    let token = fresh.split("token=").nth(1).unwrap().to_owned();
+    for (origin, fetch_site) in [
+        (Some("https://evil.example"), Some("cross-site")),
+        (None, Some("same-site")),
+        (Some("https://evil.example"), None),
+        (None, None),
+    ] {
+        let r = post(origin, fetch_site, format!("token={token}"));
+        assert_eq!(r.status(), 403, "{origin:?} {fetch_site:?}");
+    }
+    b.goto(&fresh).unwrap();
+    assert!(
+        b.text("main").unwrap().contains("alice"),
+        "the token was used up by a refused POST"
+    );
+
+    // Logout ends the session (a GET of the logout URL does not).
+    let cookie = b.session_cookie().unwrap();
+    b.goto(&site.ws.url("/dashboard/submissions")).unwrap();
+    let r = site.get_as(&b, "/dashboard/logout");
+    assert_eq!(r.status(), 405);
+    b.goto(&site.ws.url("/dashboard/submissions")).unwrap();
+    b.click("form.logout button").unwrap();
+    b.wait_until("signed out", |b| {
+        b.source().is_ok_and(|s| s.contains("not signed in"))
+    })
+    .unwrap();
+    let r = site
+        .ws
+        .anon_client()
+        .unwrap()
+        .get(site.ws.url("/dashboard/submissions"))
+        .header(
+            "cookie",
+            format!("{}={cookie}", rjs_webserver::dashboard::session::COOKIE),
+        )
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 401, "the old session still works after logout");
+
+    // Removing the author ends their session at once.
+    site.sign_in(&b, "alice");
+    site.ws.admin(&["author", "remove", "alice"]).unwrap();
+    b.goto(&site.ws.url("/dashboard/submissions")).unwrap();
+    assert!(b.source().unwrap().contains("session has ended"));
+}
+
+#[test]
+fn the_administrator_sees_the_grid_and_no_answers() {
+    let site = Site::start();
+    let alice = site.author("alice");
+    let (sid, jobs) = hostile_answers(&site, alice);
+    let out = site
+        .ws
+        .admin(&["dashboard-link", "--admin", "--url", &site.ws.url("")])
+        .unwrap();
+    let url = out.trim();
+    let b = Browser::start().unwrap();
+    b.goto(url).unwrap();
+    assert!(b.text("main").unwrap().contains("administrator"));
+    b.click("form[action='/dashboard/login'] button").unwrap();
+    b.wait_until("the grid page", |b| {
+        b.url().is_ok_and(|u| u.ends_with("/dashboard/admin"))
+    })
+    .unwrap();
+    let page = b.text("main").unwrap();
+    assert!(page.contains("lab-h") && page.contains("alice"), "{page}");
+    b.screenshot(&screenshots().join("admin.png")).unwrap();
+    for path in [
+        format!("/dashboard/submissions/{sid}"),
+        format!("/dashboard/jobs/{}", jobs[0]),
+        format!("/dashboard/jobs/{}/files/0", jobs[0]),
+    ] {
+        assert_eq!(site.get_as(&b, &path).status(), 404, "{path}");
+    }
+}

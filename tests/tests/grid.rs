@@ -1427,6 +1427,20 @@ fn a_node_that_does_not_trust_the_author_is_skipped_and_a_job_only_it_could_take
     );
     let state = grid.api().jobs(Some(&up.bundle_id)).unwrap().jobs[0].state;
     assert_eq!(state, JobState::Leased, "parked, still leased");
+    // The author, who cannot run rjs-lookup, reads the same reason from the web server.
+    let seen = poll_until(
+        Duration::from_secs(5),
+        Duration::from_millis(50),
+        || grid.api().jobs(Some(&up.bundle_id)).unwrap().jobs[0].clone(),
+        // The lookup's sentence (rjs-lookup why adds how long it holds the job).
+        |j| {
+            j.waiting
+                .as_deref()
+                .is_some_and(|w| !w.is_empty() && why.why.starts_with(w))
+        },
+        |j| format!("the web server does not say why job {id} waits: {j:?}"),
+    );
+    assert_eq!(seen.leased_by.as_deref(), Some("lab"), "{seen:?}");
 
     // node-1 back: the parked job runs on it.
     grid.start_node(0).unwrap();

@@ -161,11 +161,13 @@ async fn home(call: Call<'_, Anyone>, _: &mut web::Payload) -> Reply {
 
 const APP_CSS: &str = include_str!("../../assets/app.css");
 const APP_JS: &str = include_str!("../../assets/app.js");
+const FAVICON: &str = include_str!("../../assets/favicon.svg");
 
 async fn asset(call: Call<'_, Anyone>, _: &mut web::Payload) -> Reply {
     let (body, kind) = match call.req.match_info().get("name") {
         Some("app.css") => (APP_CSS, "text/css; charset=utf-8"),
         Some("app.js") => (APP_JS, "text/javascript; charset=utf-8"),
+        Some("favicon.svg") => (FAVICON, "image/svg+xml"),
         _ => return Err(ApiError::not_found("no such asset")),
     };
     Ok(HttpResponse::Ok()
