@@ -182,6 +182,11 @@ fn an_author_signs_in_sees_progress_live_and_the_stitched_mandelbrot() {
         "the page was reloaded"
     );
     assert_eq!(b.text("[data-count=exit_zero]").unwrap(), "8");
+    // Rows that finished live show the node's times too, as rows rendered by the server do.
+    for l in [&leases[0], &leases[7]] {
+        let time = b.text(&format!("#job-{} [data-f=time]", l.job_id)).unwrap();
+        assert_eq!(time, "812 ms wall · 790 ms CPU");
+    }
     b.screenshot(&shots.join("submission.png")).unwrap();
 
     // The gallery: the stitched image is the native render, pixel for pixel.

@@ -45,7 +45,7 @@
       pill.className = "pill " + row.state;
       text(pill, labels[row.state] || row.state);
     }
-    for (const f of ["attempts", "node", "outcome", "answer", "updated", "why"]) {
+    for (const f of ["attempts", "node", "outcome", "time", "answer", "updated", "why"]) {
       text(tr.querySelector('[data-f="' + f + '"]'), row[f] === undefined ? "" : String(row[f]));
     }
   });

@@ -105,6 +105,22 @@ pub fn answer_bytes(
         .map_err(|e| ApiError::internal("reading an answer", &e))
 }
 
+/// Largest `result.json` read for a task row's times, bytes.
+const MAX_RESULT_JSON: u64 = 64 * 1024;
+
+/// A task's wall and CPU time (ms) from its answer's `result.json`, read without verifying
+/// the archive (the row only shows them; the answer page verifies everything it shows).
+pub fn times(src: &Source, author_id: i64, job_id: i64) -> Option<(u64, u64)> {
+    use std::io::Read as _;
+    let bytes = answer_bytes(src, author_id, job_id).ok()??;
+    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(&bytes[..])).ok()?;
+    let entry = zip.by_name("result.json").ok()?;
+    let mut json = Vec::new();
+    entry.take(MAX_RESULT_JSON).read_to_end(&mut json).ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&json).ok()?;
+    Some((v["wall_ms"].as_u64()?, v["cpu_ms"].as_u64()?))
+}
+
 /// Verifies an answer archive with this server's limits.
 pub fn verify(
     src: &Source,

@@ -14,7 +14,7 @@ use futures_util::future::LocalBoxFuture;
 use serde::Deserialize;
 
 use super::Reply;
-use super::answers::{id_param, own_submission};
+use super::answers::{Source, id_param, own_submission, times};
 use super::pages::{Bar, TASKS_PAGE, TaskRow, elapsed};
 use super::session::{IDLE, Viewer};
 use crate::server::changes::{event, query, sse_response};
@@ -64,8 +64,10 @@ pub async fn events(call: Call<'_, Viewer>, _: &mut web::Payload) -> Reply {
     let sent: Arc<Mutex<Sent>> = Arc::default();
     let store = state.store.clone();
     let activity = state.activity.clone();
+    let src = Source::of(state);
     let poll = move || -> LocalBoxFuture<'static, Option<(Bytes, bool)>> {
-        let (store, sent, activity) = (store.clone(), sent.clone(), activity.clone());
+        let (store, sent, activity, src) =
+            (store.clone(), sent.clone(), activity.clone(), src.clone());
         Box::pin(async move {
             let (summary, rows) = query(move || {
                 let summary = store.submission(author, id)?;
@@ -101,12 +103,31 @@ pub async fn events(call: Call<'_, Viewer>, _: &mut web::Payload) -> Reply {
                 sent.summary = Some(summary);
             }
             let seen = activity.any_lookup_seen();
-            for j in rows.iter().filter(|j| j.task >= r.from && j.task <= r.to) {
-                let row = event("job", None, &TaskRow::of(j, seen, now));
-                if sent.rows.get(&j.id) != Some(&row) {
-                    out.push_str(&row);
-                    sent.rows.insert(j.id, row);
+            let mut changed = Vec::new();
+            for j in rows.into_iter().filter(|j| j.task >= r.from && j.task <= r.to) {
+                // Compared without the times (read only for rows that changed).
+                let key = event("job", None, &TaskRow::of(&j, None, seen, now));
+                if sent.rows.get(&j.id) != Some(&key) {
+                    sent.rows.insert(j.id, key);
+                    changed.push(j);
                 }
+            }
+            drop(sent);
+            if !changed.is_empty() {
+                let src = src.clone();
+                let rows = query(move || {
+                    Ok(changed
+                        .iter()
+                        .map(|j| {
+                            let t = (j.state == rjs_wire::api::JobState::Done)
+                                .then(|| times(&src, author, j.id))
+                                .flatten();
+                            event("job", None, &TaskRow::of(j, t, seen, now))
+                        })
+                        .collect::<String>())
+                })
+                .await?;
+                out.push_str(&rows);
             }
             Some((Bytes::from(out), false))
         })

@@ -255,12 +255,19 @@ pub struct TaskRow {
     pub node: String,
     pub outcome: String,
     pub answer: String,
+    /// Wall and CPU time, from the answer (empty until there is one).
+    pub time: String,
     pub updated: String,
     pub why: String,
 }
 
 impl TaskRow {
-    pub fn of(j: &JobView, last_lookup_call: Option<i64>, now: i64) -> TaskRow {
+    pub fn of(
+        j: &JobView,
+        times: Option<(u64, u64)>,
+        last_lookup_call: Option<i64>,
+        now: i64,
+    ) -> TaskRow {
         TaskRow {
             id: j.id,
             task: j.task,
@@ -270,6 +277,9 @@ impl TaskRow {
             node: j.node.clone().unwrap_or_default(),
             outcome: j.outcome.clone().unwrap_or_default(),
             answer: j.answer_bytes.map(size).unwrap_or_default(),
+            time: times
+                .map(|(wall, cpu)| format!("{wall} ms wall · {cpu} ms CPU"))
+                .unwrap_or_default(),
             updated: time(j.updated_at),
             why: why_waiting(j, last_lookup_call, now)
                 .or_else(|| j.reason.clone().filter(|_| j.state == JobState::Failed))
@@ -340,7 +350,7 @@ pub async fn submission(call: Call<'_, Viewer>, _: &mut web::Payload) -> Reply {
     });
     let src = Source::of(call.state);
     let bundle = s.bundle_id.clone();
-    let (rows, manifest) = blocking(move || {
+    let (rows, manifest, times) = blocking(move || {
         let rows = src
             .store
             .jobs_page(
@@ -354,7 +364,16 @@ pub async fn submission(call: Call<'_, Viewer>, _: &mut web::Payload) -> Reply {
                 },
             )
             .map_err(|e| ApiError::internal("listing tasks", &e))?;
-        Ok((rows, manifest_of(&src, &bundle)))
+        let times: Vec<Option<(u64, u64)>> = rows
+            .iter()
+            .take(TASKS_PAGE as usize)
+            .map(|j| {
+                (j.state == JobState::Done)
+                    .then(|| super::answers::times(&src, author, j.id))
+                    .flatten()
+            })
+            .collect();
+        Ok((rows, manifest_of(&src, &bundle), times))
     })
     .await?;
     let (rows, next) = paged(rows, TASKS_PAGE, |j| j.task.to_string());
@@ -374,7 +393,11 @@ pub async fn submission(call: Call<'_, Viewer>, _: &mut web::Payload) -> Reply {
         bar: Bar::of(&s),
         elapsed: elapsed(&s, now),
         manifest,
-        jobs: rows.iter().map(|j| TaskRow::of(j, seen, now)).collect(),
+        jobs: rows
+            .iter()
+            .zip(times)
+            .map(|(j, t)| TaskRow::of(j, t, seen, now))
+            .collect(),
         next: next.map(|n| format!("{base}&after={n}")),
         first_page: q.after.map(|_| base.clone()),
         state: q.state,
