@@ -16,57 +16,19 @@
 //! Exits 1 if a target is missed. Arguments: `--cycle-jobs N` (default 30,000), `--samples N`
 //! (lease samples per queue size, default 1,000).
 
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use rjs_harness::process::{Managed, spawn_listening};
 use rjs_wire::api::ReleaseResponse;
 
 mod common;
-use common::{Data, answer, answer_batch, bundle, client, lease, post_answer_batch, post_json};
+use common::{
+    Data, Server, answer, answer_batch, bundle, client, lease, post_answer_batch, post_json,
+};
 
 const BATCH: u32 = 32;
 const ANSWER_BYTES: usize = 512;
 const LEASE_SECS: u32 = 600;
-
-struct Server {
-    proc: Managed,
-    base: String,
-}
-
-impl Server {
-    fn start(data: &std::path::Path, log: &std::path::Path) -> Server {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_rjs-webserver"));
-        cmd.args(["serve", "--data"])
-            .arg(data)
-            .args(["--listen", "127.0.0.1:0"])
-            .stderr(std::fs::File::create(log).unwrap());
-        let (proc, addr) = spawn_listening(&mut cmd, "listening on https://").unwrap();
-        let port = addr.rsplit(':').next().unwrap();
-        Server {
-            proc,
-            base: format!("https://localhost:{port}"),
-        }
-    }
-
-    /// Resident set size in bytes (`VmRSS`).
-    fn rss(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.proc.pid())).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .unwrap()
-            * 1024
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        // SIGTERM: the graceful stop `serve` promises.
-        let _ = self.proc.terminate(Duration::from_secs(30));
-    }
-}
 
 async fn release(lookup: &reqwest::Client, base: &str, ids: &[i64]) {
     let body = serde_json::json!({ "job_ids": ids });

@@ -4,8 +4,10 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 
+use rjs_harness::process::{Managed, spawn_listening};
 use rjs_signer::request::RequestAuth;
 use rjs_signer::{BundleBuilder, KeyPair};
 use rjs_webserver::{admin, pki};
@@ -17,7 +19,49 @@ use sha2::{Digest, Sha256};
 
 #[path = "../../tests/support/answers.rs"]
 mod answers;
+#[allow(unused_imports)] // not every bench posts framed batches of noise
 pub use answers::answer_batch;
+
+/// A `rjs-webserver serve` process (the binary this package builds) on a loopback port;
+/// stopped with SIGTERM when dropped.
+pub struct Server {
+    pub proc: Managed,
+    pub base: String,
+}
+
+impl Server {
+    pub fn start(data: &std::path::Path, log: &std::path::Path) -> Server {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_rjs-webserver"));
+        cmd.args(["serve", "--data"])
+            .arg(data)
+            .args(["--listen", "127.0.0.1:0"])
+            .stderr(std::fs::File::create(log).unwrap());
+        let (proc, addr) = spawn_listening(&mut cmd, "listening on https://").unwrap();
+        let port = addr.rsplit(':').next().unwrap();
+        Server {
+            proc,
+            base: format!("https://localhost:{port}"),
+        }
+    }
+
+    /// Resident set size in bytes (`VmRSS`).
+    pub fn rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.proc.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap()
+            * 1024
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // SIGTERM: the graceful stop `serve` promises.
+        let _ = self.proc.terminate(Duration::from_secs(30));
+    }
+}
 
 /// A fresh data directory: the CA, one author (`bench`) and `lookups` lookup servers.
 pub struct Data {
@@ -76,14 +120,20 @@ pub fn bundle(key: &KeyPair, name: &str, tasks: u32) -> Vec<u8> {
 
 /// A TLS client trusting only `ca`, presenting `identity` if given; HTTP/2 when offered.
 pub fn client(ca: &[CertificateDer<'static>], identity: Option<pki::Creds>) -> reqwest::Client {
+    client_builder(ca, identity).build().unwrap()
+}
+
+/// [`client`]'s builder, to change before building (e.g. not to follow redirects).
+pub fn client_builder(
+    ca: &[CertificateDer<'static>],
+    identity: Option<pki::Creds>,
+) -> reqwest::ClientBuilder {
     let mut tls =
         rjs_wire::tls::client_config(ca, identity.map(|c| (vec![c.cert], c.key))).unwrap();
     tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     reqwest::Client::builder()
         .tls_backend_preconfigured(tls)
         .timeout(Duration::from_secs(120))
-        .build()
-        .unwrap()
 }
 
 /// Uploads a bundle as the author to the server whose CA is `ca`; returns its job ids.

@@ -73,6 +73,7 @@ pub struct Source {
     pub store: Arc<dyn Store>,
     pub blobs: BlobStore,
     pub max_answer: u64,
+    pub times: Arc<TimesCache>,
 }
 
 impl Source {
@@ -81,6 +82,7 @@ impl Source {
             store: state.store.clone(),
             blobs: state.blobs.clone(),
             max_answer: state.limits.max_answer,
+            times: state.answer_times.clone(),
         }
     }
 }
@@ -108,9 +110,31 @@ pub fn answer_bytes(
 /// Largest `result.json` read for a task row's times, bytes.
 const MAX_RESULT_JSON: u64 = 64 * 1024;
 
+/// The times of answers already read (a job's answer never changes), one per server: every
+/// dashboard showing a row reads its answer once between them.
+#[derive(Debug, Default)]
+pub struct TimesCache(std::sync::Mutex<std::collections::HashMap<i64, (u64, u64)>>);
+
+/// Entries kept in a [`TimesCache`] (about 24 bytes each); it starts afresh when full.
+const TIMES_KEPT: usize = 200_000;
+
 /// A task's wall and CPU time (ms) from its answer's `result.json`, read without verifying
 /// the archive (the row only shows them; the answer page verifies everything it shows).
 pub fn times(src: &Source, author_id: i64, job_id: i64) -> Option<(u64, u64)> {
+    let cache = || src.times.0.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(t) = cache().get(&job_id) {
+        return Some(*t);
+    }
+    let t = read_times(src, author_id, job_id)?;
+    let mut c = cache();
+    if c.len() >= TIMES_KEPT {
+        c.clear();
+    }
+    c.insert(job_id, t);
+    Some(t)
+}
+
+fn read_times(src: &Source, author_id: i64, job_id: i64) -> Option<(u64, u64)> {
     use std::io::Read as _;
     let bytes = answer_bytes(src, author_id, job_id).ok()??;
     let mut zip = zip::ZipArchive::new(std::io::Cursor::new(&bytes[..])).ok()?;

@@ -4,7 +4,6 @@
 //! range (`from..=to`, at most one page) that changed since the last. Its cost per update is
 //! bounded by the page, whatever the submission's size.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -29,13 +28,16 @@ pub const INTERVAL: Duration = Duration::from_secs(1);
 struct Range {
     from: u32,
     to: u32,
+    /// The change number the page was rendered at (rows changed after it are sent).
+    since: Option<u64>,
 }
 
 /// What one stream last sent.
 #[derive(Default)]
 struct Sent {
     summary: Option<rjs_wire::api::SubmissionSummary>,
-    rows: HashMap<i64, String>,
+    /// The change number read before the last rows were: rows changed after it are sent.
+    seq: u64,
 }
 
 #[derive(serde::Serialize)]
@@ -60,8 +62,20 @@ pub async fn events(call: Call<'_, Viewer>, _: &mut web::Payload) -> Reply {
         )));
     }
     let state = call.state;
-    // What the client was last sent: the summary, and each row's JSON by job id.
-    let sent: Arc<Mutex<Sent>> = Arc::default();
+    // What the client was last sent. The page it has was rendered before this stream
+    // started: rows changed since the number read now are sent.
+    let start = match r.since {
+        Some(s) => s,
+        None => {
+            state
+                .store_call("reading the change sequence", |s| s.change_seq())
+                .await?
+        }
+    };
+    let sent = Arc::new(Mutex::new(Sent {
+        summary: None,
+        seq: start,
+    }));
     let store = state.store.clone();
     let activity = state.activity.clone();
     let src = Source::of(state);
@@ -69,7 +83,11 @@ pub async fn events(call: Call<'_, Viewer>, _: &mut web::Payload) -> Reply {
         let (store, sent, activity, src) =
             (store.clone(), sent.clone(), activity.clone(), src.clone());
         Box::pin(async move {
-            let (summary, rows) = query(move || {
+            let since = sent.lock().unwrap_or_else(|p| p.into_inner()).seq;
+            let (summary, rows, seq) = query(move || {
+                // The number first: a row that changes after it is read is sent again next
+                // time, never missed.
+                let seq = store.change_seq()?;
                 let summary = store.submission(author, id)?;
                 let rows = store.jobs_page(
                     author,
@@ -79,40 +97,38 @@ pub async fn events(call: Call<'_, Viewer>, _: &mut web::Payload) -> Reply {
                             submission_id: id,
                             task,
                         }),
+                        changed_after: Some(since),
                         limit: r.to - r.from + 1,
                         ..JobFilter::default()
                     },
                 )?;
-                Ok((summary, rows))
+                Ok((summary, rows, seq))
             })
             .await?;
             let summary = summary?;
             let now = now();
             let mut out = String::new();
-            let mut sent = sent.lock().unwrap_or_else(|p| p.into_inner());
-            if sent.summary.as_ref() != Some(&summary) {
-                out.push_str(&event(
-                    "summary",
-                    None,
-                    &SummaryEvent {
-                        s: &summary,
-                        bar: Bar::of(&summary),
-                        elapsed: elapsed(&summary, now),
-                    },
-                ));
-                sent.summary = Some(summary);
+            {
+                let mut sent = sent.lock().unwrap_or_else(|p| p.into_inner());
+                if sent.summary.as_ref() != Some(&summary) {
+                    out.push_str(&event(
+                        "summary",
+                        None,
+                        &SummaryEvent {
+                            s: &summary,
+                            bar: Bar::of(&summary),
+                            elapsed: elapsed(&summary, now),
+                        },
+                    ));
+                    sent.summary = Some(summary);
+                }
+                sent.seq = seq;
             }
             let seen = activity.any_lookup_seen();
-            let mut changed = Vec::new();
-            for j in rows.into_iter().filter(|j| j.task >= r.from && j.task <= r.to) {
-                // Compared without the times (read only for rows that changed).
-                let key = event("job", None, &TaskRow::of(&j, None, seen, now));
-                if sent.rows.get(&j.id) != Some(&key) {
-                    sent.rows.insert(j.id, key);
-                    changed.push(j);
-                }
-            }
-            drop(sent);
+            let changed: Vec<_> = rows
+                .into_iter()
+                .filter(|j| j.task >= r.from && j.task <= r.to)
+                .collect();
             if !changed.is_empty() {
                 let src = src.clone();
                 let rows = query(move || {

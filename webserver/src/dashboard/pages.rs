@@ -350,7 +350,12 @@ pub async fn submission(call: Call<'_, Viewer>, _: &mut web::Payload) -> Reply {
     });
     let src = Source::of(call.state);
     let bundle = s.bundle_id.clone();
-    let (rows, manifest, times) = blocking(move || {
+    let (rows, manifest, times, seq) = blocking(move || {
+        // Read before the rows: the live stream sends what changes after it.
+        let seq = src
+            .store
+            .change_seq()
+            .map_err(|e| ApiError::internal("reading the change sequence", &e))?;
         let rows = src
             .store
             .jobs_page(
@@ -373,7 +378,7 @@ pub async fn submission(call: Call<'_, Viewer>, _: &mut web::Payload) -> Reply {
                     .flatten()
             })
             .collect();
-        Ok((rows, manifest_of(&src, &bundle), times))
+        Ok((rows, manifest_of(&src, &bundle), times, seq))
     })
     .await?;
     let (rows, next) = paged(rows, TASKS_PAGE, |j| j.task.to_string());
@@ -386,7 +391,7 @@ pub async fn submission(call: Call<'_, Viewer>, _: &mut web::Payload) -> Reply {
     );
     let mut nav = Nav::of(&call.caller);
     nav.live = Some(format!(
-        "/dashboard/submissions/{id}/events?from={from}&to={to}"
+        "/dashboard/submissions/{id}/events?from={from}&to={to}&since={seq}"
     ));
     render(&SubmissionPage {
         nav,

@@ -270,6 +270,7 @@ pub async fn jobs(call: AuthorCall<'_>, payload: &mut web::Payload) -> Reply {
                     submission: q.submission,
                     state: job_state,
                     after,
+                    changed_after: None,
                     limit: limit + 1,
                 },
             )

@@ -132,6 +132,8 @@ pub struct AppState {
     pub changes: changes::Changes,
     /// Lookups' last contact and answers per minute (the administrator's page).
     pub activity: Arc<activity::Activity>,
+    /// Answers' times as the dashboard's task rows show them, read once each.
+    pub answer_times: Arc<crate::dashboard::answers::TimesCache>,
     pub limits: Limits,
     /// The audience author requests must name: [`rjs_signer::request::audience`] of this
     /// server's CA certificate.
@@ -402,6 +404,7 @@ fn open(config: &ServeConfig) -> Result<Opened, ServeError> {
         events: Events::new(stop_rx),
         changes,
         activity: Arc::default(),
+        answer_times: Arc::default(),
         limits: Limits {
             max_bundle: config.max_bundle,
             max_answer: config.max_answer,

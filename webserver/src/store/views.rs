@@ -55,6 +55,8 @@ pub struct JobFilter<'a> {
     pub submission: Option<i64>,
     pub state: Option<JobState>,
     pub after: Option<JobCursor>,
+    /// Only jobs whose newest change is numbered above this ([`Views::change_seq`]).
+    pub changed_after: Option<u64>,
     pub limit: u32,
 }
 

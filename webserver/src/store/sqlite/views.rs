@@ -129,6 +129,18 @@ impl Views for SqliteStore {
         if f.after.is_some() {
             conds.push("(j.submission_id < ?5 OR (j.submission_id = ?5 AND j.task > ?6))");
         }
+        // ?8 is named in every shape: a statement must have a place for every value bound
+        // up to its highest number.
+        if f.changed_after.is_some() {
+            // `+`: not by the change index (it would walk every recent change of the author,
+            // whatever the page), but filtered on the page's own rows.
+            conds.push("+j.change_seq > ?8");
+        } else {
+            conds.push("?8 IS NULL");
+        }
+        let changed_after = f
+            .changed_after
+            .map(|c| i64::try_from(c).unwrap_or(i64::MAX));
         let sql = format!(
             "SELECT {VIEW_COLS} FROM jobs j JOIN bundles b ON b.id = j.bundle_id
              WHERE {}
@@ -146,7 +158,8 @@ impl Views for SqliteStore {
                     state,
                     after_sub,
                     after_task,
-                    f.limit
+                    f.limit,
+                    changed_after
                 ],
                 view_from_row,
             )
