@@ -1688,3 +1688,210 @@ fn tls_1_2_and_1_3_clients_connect_and_nothing_older_is_offered() {
         );
     }
 }
+
+/// Reads `GET /api/v1/jobs` page by page (`limit` each); every job once, in order.
+fn all_pages(author: &Author<'_>, limit: u32) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut after = String::new();
+    loop {
+        let path = format!("/api/v1/jobs?limit={limit}{after}");
+        let r = author.send("GET", &path, vec![]);
+        assert_eq!(r.status().as_u16(), 200, "{path}");
+        let page: Value = r.json().unwrap();
+        let jobs = page["jobs"].as_array().unwrap();
+        assert!(jobs.len() <= limit as usize);
+        out.extend(jobs.iter().cloned());
+        match page["next"].as_str() {
+            Some(n) => after = format!("&after={n}"),
+            None => return out,
+        }
+    }
+}
+
+#[test]
+fn summaries_pages_and_the_change_feed_of_the_author_api() {
+    let srv = Server::start(1024 * 1024, 3);
+    let l = leased(&srv, 25);
+    let a = &l.author;
+
+    // Pages: every job once, a stable order, whatever the page size.
+    let whole = all_pages(a, 1000);
+    assert_eq!(whole.len(), 25);
+    assert_eq!(all_pages(a, 7), whole);
+    for bad in [
+        "limit=0",
+        "limit=1001",
+        "after=x",
+        "after=1.x",
+        "state=running",
+    ] {
+        check_error(
+            a.send("GET", &format!("/api/v1/jobs?{bad}"), vec![]),
+            400,
+            "bad-request",
+        );
+    }
+
+    // The summary: all leased; one job, with why it waits once its lookup says.
+    let subs: Value = a.send("GET", "/api/v1/submissions", vec![]).json().unwrap();
+    let s = &subs["submissions"][0];
+    assert_eq!(
+        (s["tasks"].as_u64(), s["states"]["leased"].as_u64()),
+        (Some(25), Some(25))
+    );
+    let sid = s["id"].as_i64().unwrap();
+    let one: Value = a
+        .send("GET", &format!("/api/v1/submissions/{sid}"), vec![])
+        .json()
+        .unwrap();
+    assert_eq!(&one, s);
+    let since: Value = a.send("GET", "/api/v1/changes", vec![]).json().unwrap();
+    let since = since["next"].as_u64().unwrap();
+    let j = l.jobs[0];
+    let why = "No node serves this job's group.";
+    let r = post_json(
+        &l.lab,
+        &srv,
+        "/lookup/v1/waiting",
+        json!({"jobs": [{"job_id": j, "reason": why}]}),
+    );
+    assert_eq!(r["updated"], json!([j]));
+    let job: Value = a
+        .send("GET", &format!("/api/v1/jobs/{j}"), vec![])
+        .json()
+        .unwrap();
+    assert_eq!(
+        (job["waiting"].as_str(), job["leased_by"].as_str()),
+        (Some(why), Some("lab"))
+    );
+
+    // The change feed names that job, once, after `since`; then nothing new.
+    let feed: Value = a
+        .send("GET", &format!("/api/v1/changes?since={since}"), vec![])
+        .json()
+        .unwrap();
+    let changes = feed["changes"].as_array().unwrap();
+    assert_eq!(changes.len(), 1, "{feed}");
+    assert_eq!(changes[0]["job"]["id"], json!(j));
+    let next = feed["next"].as_u64().unwrap();
+    assert!(next > since);
+    let again: Value = a
+        .send("GET", &format!("/api/v1/changes?since={next}"), vec![])
+        .json()
+        .unwrap();
+    assert!(again["changes"].as_array().unwrap().is_empty());
+
+    // Another author sees none of it; a bad reason is refused and changes nothing.
+    let bob = KeyPair::from_secret([8; 32]);
+    admin::author_add(&srv.data, "bob", &bob.public().to_base64()).unwrap();
+    let bob = Author {
+        srv: &srv,
+        http: srv.client(None),
+        key: bob,
+    };
+    check_error(
+        bob.send("GET", &format!("/api/v1/submissions/{sid}"), vec![]),
+        404,
+        "not-found",
+    );
+    check_error(
+        bob.send("GET", &format!("/api/v1/jobs/{j}"), vec![]),
+        404,
+        "not-found",
+    );
+    let theirs: Value = bob
+        .send("GET", &format!("/api/v1/changes?since={since}"), vec![])
+        .json()
+        .unwrap();
+    assert!(theirs["changes"].as_array().unwrap().is_empty());
+    for bad in [
+        json!({"jobs": [{"job_id": j, "reason": ""}]}),
+        json!({"jobs": [{"job_id": j, "reason": "a\nb"}]}),
+        json!({"jobs": [{"job_id": j, "reason": "x".repeat(501)}]}),
+        json!({"jobs": [{"job_id": j, "reason": "a"}, {"job_id": j, "reason": "b"}]}),
+    ] {
+        assert_eq!(
+            post(&l.lab, &srv, "/lookup/v1/waiting", bad)
+                .status()
+                .as_u16(),
+            400
+        );
+    }
+    let r = post(
+        &l.lab,
+        &srv,
+        "/lookup/v1/release",
+        json!({"job_ids": [l.jobs[1]], "waiting": [{"job_id": l.jobs[2], "reason": "x"}]}),
+    );
+    assert_eq!(
+        r.status().as_u16(),
+        400,
+        "a reason for a job not given back"
+    );
+    let job: Value = a
+        .send("GET", &format!("/api/v1/jobs/{j}"), vec![])
+        .json()
+        .unwrap();
+    assert_eq!(job["waiting"].as_str(), Some(why));
+
+    // Given back with a reason: queued, the reason kept for the author.
+    let r = post_json(
+        &l.lab,
+        &srv,
+        "/lookup/v1/release",
+        json!({"job_ids": [l.jobs[1]], "waiting": [{"job_id": l.jobs[1], "reason": "every node refused it"}]}),
+    );
+    assert_eq!(r["released"], json!([l.jobs[1]]));
+    let job: Value = a
+        .send("GET", &format!("/api/v1/jobs/{}", l.jobs[1]), vec![])
+        .json()
+        .unwrap();
+    assert_eq!(
+        (job["state"].as_str(), job["waiting"].as_str()),
+        (Some("queued"), Some("every node refused it"))
+    );
+}
+
+#[test]
+fn a_dashboard_login_is_a_signed_request_used_once() {
+    let srv = Server::start(1024 * 1024, 3);
+    let l = leased(&srv, 1);
+    let r = l.author.send("POST", "/api/v1/dashboard/login", vec![]);
+    assert_eq!(r.status().as_u16(), 200);
+    let login: Value = r.json().unwrap();
+    assert!(
+        login["path"]
+            .as_str()
+            .unwrap()
+            .starts_with("/dashboard/login?token=")
+    );
+    assert_eq!(
+        login["fingerprint"].as_str(),
+        Some(l.author.key.public().fingerprint().to_string().as_str())
+    );
+    // The same signed request again is a replay.
+    let auth = l.author.auth("POST", "/api/v1/dashboard/login", b"", now());
+    assert_eq!(
+        l.author
+            .send_with("POST", "/api/v1/dashboard/login", vec![], &auth)
+            .status()
+            .as_u16(),
+        200
+    );
+    check_error(
+        l.author
+            .send_with("POST", "/api/v1/dashboard/login", vec![], &auth),
+        401,
+        "replayed-request",
+    );
+    // Unsigned: refused.
+    let anon = srv.client(None);
+    assert_eq!(
+        anon.post(srv.url("/api/v1/dashboard/login"))
+            .send()
+            .unwrap()
+            .status()
+            .as_u16(),
+        401
+    );
+}
