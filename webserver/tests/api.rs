@@ -1882,7 +1882,7 @@ fn a_dashboard_login_is_a_signed_request_used_once() {
         l.author
             .send_with("POST", "/api/v1/dashboard/login", vec![], &auth),
         401,
-        "replayed-request",
+        "replayed-nonce",
     );
     // Unsigned: refused.
     let anon = srv.client(None);
