@@ -183,6 +183,18 @@ impl Browser {
         bail!("waited {WAIT:?} for {what}")
     }
 
+    /// Resizes the window (CSS pixels).
+    pub fn resize(&self, width: u32, height: u32) -> Result<()> {
+        Ok(self.rt.block_on(self.c().set_window_size(width, height))?)
+    }
+
+    /// Whether the page is wider than the window (something overflows sideways).
+    pub fn overflows_sideways(&self) -> Result<bool> {
+        Ok(self.js(
+            "return document.documentElement.scrollWidth > document.documentElement.clientWidth;",
+        )? == json!(true))
+    }
+
     /// Saves a PNG screenshot of the page.
     pub fn screenshot(&self, path: &Path) -> Result<()> {
         let png = self.rt.block_on(self.c().screenshot())?;

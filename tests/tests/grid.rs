@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use mdns_sd::{IfKind, ServiceDaemon, ServiceEvent, ServiceInfo};
 use rjs::grid::{Image, stitch};
+use rjs_e2e::browser::Browser;
 use rjs_harness::grid::flood::{self as grid_flood, FloodPlan};
 use rjs_harness::grid::{
     AUTHOR, GridOptions, JobWhere, LocalGrid, NodeOptions, NodeRow, NodesResponse, WhyResponse,
@@ -413,6 +414,52 @@ fn eight_mandelbrot_tiles_on_two_nodes_verify_and_stitch_into_the_native_image()
         differing, 0,
         "pixels of the stitched image differ from the native render"
     );
+
+    // The dashboard's gallery shows the same picture, in a real browser.
+    let b = Browser::start().unwrap();
+    let login = grid.api().dashboard_login().unwrap();
+    b.goto(&grid.api().url_of(&login.path)).unwrap();
+    b.click("form[action='/dashboard/login'] button").unwrap();
+    b.wait_until("signed in", |b| {
+        b.url().is_ok_and(|u| u.ends_with("/dashboard/submissions"))
+    })
+    .unwrap();
+    let sid = grid
+        .api()
+        .submissions(Some(&up.bundle_id))
+        .unwrap()
+        .submissions[0]
+        .id;
+    let gallery = format!("/dashboard/submissions/{sid}/gallery");
+    b.goto(&grid.api().url_of(&gallery)).unwrap();
+    b.wait_until("the stitched image shown", |b| {
+        b.js("const i = document.getElementById('stitched'); return i && i.complete ? i.naturalWidth : 0;")
+            .is_ok_and(|w| w == serde_json::json!(native.width))
+    })
+    .unwrap();
+    let shown = rjs_e2e::client(&grid.webserver_ca(), None)
+        .unwrap()
+        .get(
+            grid.api()
+                .url_of(&format!("/dashboard/submissions/{sid}/stitched.png")),
+        )
+        .header(
+            "cookie",
+            format!(
+                "{}={}",
+                rjs_webserver::dashboard::session::COOKIE,
+                b.session_cookie().unwrap()
+            ),
+        )
+        .send()
+        .unwrap();
+    assert_eq!(shown.status(), 200);
+    let shown = Image::decode_png(&shown.bytes().unwrap(), u64::MAX).unwrap();
+    assert!(
+        shown == native,
+        "the dashboard's stitched image differs from the native render"
+    );
+    drop(b);
 
     grid.stop().unwrap_or_else(|e| panic!("{e:#}"));
 }
