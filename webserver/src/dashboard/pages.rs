@@ -601,13 +601,25 @@ struct LookupRow {
     revoked: bool,
 }
 
+/// One minute's bar of the throughput chart (viewBox 300 × 64).
+struct Minute {
+    label: String,
+    n: u64,
+    x: u64,
+    y: u64,
+    h: u64,
+}
+
 #[derive(Template)]
 #[template(path = "admin.html")]
 struct AdminPage {
     nav: Nav,
     lookups: Vec<LookupRow>,
     queue: Vec<(String, &'static str, u64)>,
-    throughput: Vec<(String, u64)>,
+    throughput: Vec<Minute>,
+    last_minute: u64,
+    total: u64,
+    peak: u64,
     authors: Vec<crate::store::views::AuthorActivity>,
 }
 
@@ -622,6 +634,8 @@ pub async fn admin(call: Call<'_, Viewer>, _: &mut web::Payload) -> Reply {
         .await?;
     let now = now();
     let activity = &call.state.activity;
+    let minutes = activity.throughput(now);
+    let peak = minutes.iter().map(|m| m.1).max().unwrap_or(0);
     render(&AdminPage {
         nav: Nav::of(&call.caller),
         lookups: o
@@ -643,10 +657,22 @@ pub async fn admin(call: Call<'_, Viewer>, _: &mut web::Payload) -> Reply {
             .into_iter()
             .map(|(g, s, n)| (g, state_label(s), n))
             .collect(),
-        throughput: activity
-            .throughput(now)
-            .into_iter()
-            .map(|(t, n)| (time(t), n))
+        last_minute: minutes.last().map_or(0, |m| m.1),
+        total: minutes.iter().map(|m| m.1).sum(),
+        peak,
+        throughput: minutes
+            .iter()
+            .enumerate()
+            .map(|(i, &(t, n))| {
+                let h = if n == 0 { 0 } else { (n * 60 / peak.max(1)).max(2) };
+                Minute {
+                    label: time(t),
+                    n,
+                    x: i as u64 * 20,
+                    y: 64 - h,
+                    h,
+                }
+            })
             .collect(),
         authors: o.authors,
     })
