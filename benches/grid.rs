@@ -852,7 +852,7 @@ fn throughput_run(grid: &LocalGrid, job: &Path, n: u32, timeout: Duration) -> Re
     cpu.print(run.elapsed.as_secs_f64());
     let polls = PollCost::measure(grid, &up.bundle_id, &run.poll_costs)?;
     println!(
-        "\njob list polls ({} rows): {} during the run, median {} ms, max {} ms; quiet: {} ms \
+        "\nsummary polls ({} tasks): {} during the run, median {} ms, max {} ms; quiet: {} ms \
          each, {:.0} ms of web server CPU and {:.0} ms of bench CPU each",
         n,
         run.poll_costs.len(),

@@ -740,6 +740,12 @@ mod tests {
                 "{stdout}"
             );
         }
+        assert!(
+            stdout.contains(
+                "dashboard (while the grid runs; `rjs demo --keep` keeps it up): https://"
+            ),
+            "{stdout}"
+        );
         let image = grid::Image::decode_png(&std::fs::read(&out).unwrap(), u64::MAX).unwrap();
         assert_eq!((image.width, image.height), (1024, 1024));
         // The tiles it stitched are the verified answers' files, in task order.

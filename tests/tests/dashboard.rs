@@ -190,7 +190,10 @@ fn an_author_signs_in_sees_progress_live_and_the_stitched_mandelbrot() {
     b.screenshot(&shots.join("submission.png")).unwrap();
     // On a phone: nothing wider than the screen (tables scroll inside their box).
     b.resize(390, 844).unwrap();
-    assert!(!b.overflows_sideways().unwrap(), "the page is wider than a phone");
+    assert!(
+        !b.overflows_sideways().unwrap(),
+        "the page is wider than a phone"
+    );
     b.screenshot(&shots.join("submission-phone.png")).unwrap();
     b.resize(1280, 900).unwrap();
 

@@ -1775,6 +1775,20 @@ fn summaries_pages_and_the_change_feed_of_the_author_api() {
     assert_eq!(changes[0]["job"]["id"], json!(j));
     let next = feed["next"].as_u64().unwrap();
     assert!(next > since);
+    // The same as server-sent events, from `since`: `id:` the change number, then the job.
+    let stream = a.send("GET", &format!("/api/v1/events?since={since}"), vec![]);
+    assert_eq!(stream.status().as_u16(), 200);
+    assert_eq!(stream.headers()["content-type"], "text/event-stream");
+    let mut lines = BufReader::new(stream).lines().map(Result::unwrap);
+    let event: Vec<String> = lines
+        .by_ref()
+        .skip_while(|l| !l.starts_with("id: "))
+        .take(3)
+        .collect();
+    assert_eq!(event[0], format!("id: {next}"));
+    assert_eq!(event[1], "event: job");
+    let data: Value = serde_json::from_str(event[2].strip_prefix("data: ").unwrap()).unwrap();
+    assert_eq!(data["job"]["id"], json!(j));
     let again: Value = a
         .send("GET", &format!("/api/v1/changes?since={next}"), vec![])
         .json()

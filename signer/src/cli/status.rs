@@ -309,6 +309,55 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn why_a_job_waits_and_submission_lines() {
+        let b = "fb2b".repeat(16);
+        let mut parked = job(4, &b, 0, 2, JobState::Leased);
+        parked.waiting = Some("No node serves this job's group.".into());
+        let t = render(&[parked]);
+        assert!(
+            t.lines()
+                .nth(1)
+                .unwrap()
+                .ends_with("waiting: No node serves this job's group."),
+            "{t}"
+        );
+        let s = SubmissionSummary {
+            id: 7,
+            bundle_id: b.clone(),
+            name: "mandelbrot".into(),
+            group: "/compute".into(),
+            tasks: 8,
+            created_at: 100,
+            states: rjs_wire::api::StateCounts {
+                queued: 1,
+                leased: 2,
+                done: 4,
+                failed: 1,
+            },
+            outcomes: rjs_wire::api::OutcomeCounts {
+                exit_zero: 3,
+                exit_other: 1,
+                trap: 0,
+                limit: 0,
+            },
+            first_answer_at: Some(103),
+            last_answer_at: Some(110),
+            changed_at: 110,
+        };
+        let t = render_submissions(std::slice::from_ref(&s), 130);
+        let line = t.lines().nth(1).unwrap();
+        assert!(
+            line.starts_with("7           fb2bfb2bfb2b  mandelbrot  8"),
+            "{t}"
+        );
+        assert!(line.ends_with("3/1/0/0                 30s"), "{t}");
+        assert_eq!(
+            summary_of_submissions(&[s]),
+            "8 jobs: 1 queued, 2 leased, 4 done, 1 failed"
+        );
+    }
+
+    #[test]
     fn bundle_arguments() {
         assert_eq!(bundle_arg("sha256:ABCD").unwrap(), "abcd");
         assert!(bundle_arg("abc").is_err());

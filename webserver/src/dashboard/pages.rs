@@ -664,7 +664,11 @@ pub async fn admin(call: Call<'_, Viewer>, _: &mut web::Payload) -> Reply {
             .iter()
             .enumerate()
             .map(|(i, &(t, n))| {
-                let h = if n == 0 { 0 } else { (n * 60 / peak.max(1)).max(2) };
+                let h = if n == 0 {
+                    0
+                } else {
+                    (n * 60 / peak.max(1)).max(2)
+                };
                 Minute {
                     label: time(t),
                     n,

@@ -149,17 +149,17 @@ UPDATE jobs SET last_lookup = answer_lookup
     WHERE last_lookup IS NULL AND answer_lookup IS NOT NULL;
 CREATE INDEX jobs_answer_sha256 ON jobs (answer_sha256) WHERE answer_sha256 IS NOT NULL;
 "#,
-    // 4: the dashboard. Per-submission counts kept by triggers in the transaction that changes
-    // a job (so a summary costs one row, whatever the number of tasks); a change sequence
-    // (every change of a job's state, attempts, reason, outcome or wait reason takes the next
-    // number: the change feed reads by it); why a job waits, as its lookup said; login tokens
-    // and sessions (hashes only). Index for pages of one bundle's jobs.
+    // 4: the dashboard. Per-submission counts, written with the submission and kept by
+    // triggers in the transaction that changes a job's state or outcome (so a summary costs one
+    // row, whatever the number of tasks); a change sequence (every statement that changes a
+    // job's state, attempts, reason, outcome or wait reason gives it the next number,
+    // `next_seq`: the change feed reads by it); why a job waits, as its lookup said; login
+    // tokens and sessions (hashes only). Index for pages of one bundle's jobs.
     r#"
 ALTER TABLE jobs ADD COLUMN wait_reason TEXT;
 ALTER TABLE jobs ADD COLUMN change_seq INTEGER NOT NULL DEFAULT 0;
 CREATE INDEX jobs_author_change ON jobs (author_id, change_seq);
 CREATE INDEX jobs_author_bundle ON jobs (author_id, bundle_id, submission_id DESC, task);
-CREATE INDEX jobs_submission_state ON jobs (submission_id, state, task);
 
 CREATE TABLE change_counter (
     id  INTEGER PRIMARY KEY CHECK (id = 1),
@@ -198,15 +198,6 @@ SELECT s.id,
 FROM submissions s LEFT JOIN jobs j ON j.submission_id = s.id
 GROUP BY s.id;
 
-CREATE TRIGGER submissions_counts AFTER INSERT ON submissions BEGIN
-    INSERT INTO submission_counts (submission_id, changed_at) VALUES (NEW.id, NEW.created_at);
-END;
-CREATE TRIGGER jobs_counts_insert AFTER INSERT ON jobs BEGIN
-    UPDATE submission_counts
-       SET queued = queued + (NEW.state = 'queued'), leased = leased + (NEW.state = 'leased'),
-           done = done + (NEW.state = 'done'), failed = failed + (NEW.state = 'failed')
-     WHERE submission_id = NEW.submission_id;
-END;
 CREATE TRIGGER jobs_counts_state AFTER UPDATE OF state ON jobs
 WHEN OLD.state IS NOT NEW.state BEGIN
     UPDATE submission_counts
@@ -229,12 +220,6 @@ WHEN OLD.outcome IS NULL AND NEW.outcome IS NOT NULL BEGIN
            last_answer_at = NEW.updated_at,
            changed_at = NEW.updated_at
      WHERE submission_id = NEW.submission_id;
-END;
-CREATE TRIGGER jobs_change AFTER UPDATE OF state, attempts, reason, outcome, wait_reason ON jobs
-BEGIN
-    UPDATE change_counter SET seq = seq + 1 WHERE id = 1;
-    UPDATE jobs SET change_seq = (SELECT seq FROM change_counter WHERE id = 1)
-     WHERE id = NEW.id;
 END;
 
 CREATE TABLE login_tokens (
@@ -609,6 +594,16 @@ fn view_from_row(row: &Row<'_>) -> rusqlite::Result<JobView> {
     })
 }
 
+/// The next number of the change sequence (migration 4), for one statement that changes a
+/// job the change feed shows (its state, attempts, reason, outcome or wait reason): taken in
+/// the same transaction, so numbers are committed in order. An unused number is a harmless
+/// gap.
+fn next_seq(tx: &Transaction<'_>) -> Result<i64, StoreError> {
+    Ok(tx
+        .prepare_cached("UPDATE change_counter SET seq = seq + 1 WHERE id = 1 RETURNING seq")?
+        .query_row([], |r| r.get(0))?)
+}
+
 /// Ids in first-seen order, without repeats.
 fn dedup(ids: &[i64]) -> Vec<i64> {
     let mut seen = HashSet::with_capacity(ids.len());
@@ -637,20 +632,29 @@ fn group_filter(groups: &[String]) -> Option<Vec<&str>> {
 /// Requeues (attempts + 1, reason "lease expired") or fails the jobs whose lease ended before
 /// `now`; returns how many were requeued.
 fn expire_in(tx: &Transaction<'_>, now: i64, max_attempts: u32) -> Result<u64, StoreError> {
-    tx.prepare_cached(
-        "UPDATE jobs SET state = 'failed', attempts = attempts + 1, reason = ?3,
-                lease_lookup = NULL, lease_until = NULL, updated_at = ?1
-         WHERE state = 'leased' AND lease_until < ?1 AND attempts + 1 >= ?2",
-    )?
-    .execute(params![now, max_attempts, LEASE_EXPIRED])?;
-    let requeued = tx
-        .prepare_cached(
-            "UPDATE jobs SET state = 'queued', attempts = attempts + 1, reason = ?2,
-                    lease_lookup = NULL, lease_until = NULL, updated_at = ?1
-             WHERE state = 'leased' AND lease_until < ?1",
-        )?
-        .execute(params![now, LEASE_EXPIRED])?;
-    Ok(requeued as u64)
+    // One statement per job: each change gets its own number.
+    let expired: Vec<(i64, u32)> = all_rows(
+        tx,
+        "SELECT id, attempts FROM jobs WHERE state = 'leased' AND lease_until < ?1",
+        [now],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    let mut update = tx.prepare_cached(
+        "UPDATE jobs SET state = ?2, attempts = attempts + 1, reason = ?3,
+                lease_lookup = NULL, lease_until = NULL, updated_at = ?1, change_seq = ?4
+         WHERE id = ?5 AND state = 'leased'",
+    )?;
+    let mut requeued = 0;
+    for (id, attempts) in expired {
+        let state = if attempts.saturating_add(1) >= max_attempts {
+            "failed"
+        } else {
+            requeued += 1;
+            "queued"
+        };
+        update.execute(params![now, state, LEASE_EXPIRED, next_seq(tx)?, id])?;
+    }
+    Ok(requeued)
 }
 
 fn jobs_of_submission(
@@ -714,7 +718,7 @@ fn record_in(
         .prepare_cached(
             "UPDATE jobs SET state = 'done', outcome = ?1, node = ?2, answer_sha256 = ?3,
                     answer_bytes = ?4, answer_lookup = ?5, lease_lookup = NULL,
-                    lease_until = NULL, updated_at = ?6, wait_reason = NULL
+                    lease_until = NULL, updated_at = ?6, wait_reason = NULL, change_seq = ?8
              WHERE id = ?7 AND answer_sha256 IS NULL AND last_lookup = ?5",
         )?
         .execute(params![
@@ -724,7 +728,8 @@ fn record_in(
             size,
             a.lookup_id,
             a.now,
-            a.job_id
+            a.job_id,
+            next_seq(tx)?
         ])?;
     if n == 1 {
         if let Some(bytes) = a.inline {
@@ -943,6 +948,12 @@ impl Store for SqliteStore {
             )?
             .execute(params![s.bundle_id, s.author_id, s.now])?;
             let submission_id = tx.last_insert_rowid();
+            // Its counts: every job queued (the state and outcome triggers keep them).
+            tx.prepare_cached(
+                "INSERT INTO submission_counts (submission_id, queued, changed_at)
+                 VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![submission_id, s.tasks, s.now])?;
             let mut insert = tx.prepare_cached(
                 "INSERT INTO jobs (submission_id, bundle_id, author_id, task, tasks, grp, state,
                                    created_at, updated_at)
@@ -1098,7 +1109,7 @@ impl Store for SqliteStore {
                 .collect::<Result<Vec<_>, _>>()?;
             let mut update = tx.prepare_cached(
                 "UPDATE jobs SET state = 'leased', lease_lookup = ?1, last_lookup = ?1,
-                        lease_until = ?2, updated_at = ?3
+                        lease_until = ?2, updated_at = ?3, change_seq = ?5
                  WHERE id = ?4 AND state = 'queued'",
             )?;
             let mut leases = Vec::with_capacity(candidates.len());
@@ -1108,7 +1119,8 @@ impl Store for SqliteStore {
                 {
                     continue;
                 }
-                if update.execute(params![lookup_id, until, now, lease.job_id])? != 1 {
+                let seq = next_seq(tx)?;
+                if update.execute(params![lookup_id, until, now, lease.job_id, seq])? != 1 {
                     return Err(StoreError::Conflict(format!(
                         "job {} changed while being leased",
                         lease.job_id
@@ -1154,13 +1166,14 @@ impl Store for SqliteStore {
         self.write(|tx| {
             let mut update = tx.prepare_cached(
                 "UPDATE jobs SET state = 'queued', lease_lookup = NULL, lease_until = NULL,
-                        updated_at = ?1, wait_reason = ?4
+                        updated_at = ?1, wait_reason = ?4, change_seq = ?5
                  WHERE id = ?2 AND state = 'leased' AND lease_lookup = ?3",
             )?;
             let mut released = Vec::new();
             for id in dedup(job_ids) {
                 let why = waiting.iter().find(|(j, _)| *j == id).map(|(_, w)| w);
-                if update.execute(params![now, id, lookup_id, why])? == 1 {
+                let seq = next_seq(tx)?;
+                if update.execute(params![now, id, lookup_id, why, seq])? == 1 {
                     released.push(id);
                 }
             }
@@ -1176,7 +1189,7 @@ impl Store for SqliteStore {
     ) -> Result<Vec<i64>, StoreError> {
         self.write(|tx| {
             let mut update = tx.prepare_cached(
-                "UPDATE jobs SET wait_reason = ?1, updated_at = ?2
+                "UPDATE jobs SET wait_reason = ?1, updated_at = ?2, change_seq = ?5
                  WHERE id = ?3 AND state = 'leased' AND lease_lookup = ?4
                    AND wait_reason IS NOT ?1",
             )?;
@@ -1190,7 +1203,8 @@ impl Store for SqliteStore {
                 if !seen.insert(*id) {
                     continue;
                 }
-                let changed = update.execute(params![why, now, id, lookup_id])? == 1;
+                let seq = next_seq(tx)?;
+                let changed = update.execute(params![why, now, id, lookup_id, seq])? == 1;
                 if changed || check.query_row(params![id, lookup_id], |r| r.get::<_, bool>(0))? {
                     updated.push(*id);
                 }
@@ -1232,10 +1246,17 @@ impl Store for SqliteStore {
             };
             tx.prepare_cached(
                 "UPDATE jobs SET state = ?1, attempts = ?2, reason = ?3, lease_lookup = NULL,
-                        lease_until = NULL, updated_at = ?4
+                        lease_until = NULL, updated_at = ?4, change_seq = ?6
                  WHERE id = ?5",
             )?
-            .execute(params![new_state.as_str(), attempts, reason, now, job_id])?;
+            .execute(params![
+                new_state.as_str(),
+                attempts,
+                reason,
+                now,
+                job_id,
+                next_seq(tx)?
+            ])?;
             Ok((new_state, attempts))
         })
     }
