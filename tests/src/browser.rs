@@ -183,6 +183,28 @@ impl Browser {
         bail!("waited {WAIT:?} for {what}")
     }
 
+    /// On a dashboard login page: presses its sign-in button and waits for the page the
+    /// session lands on (`landing`, a path).
+    pub fn confirm_sign_in(&self, landing: &str) -> Result<()> {
+        self.click("form[action='/dashboard/login'] button")?;
+        self.wait_until(&format!("{landing} after sign-in"), |b| {
+            b.url().is_ok_and(|u| u.ends_with(landing))
+        })
+        .with_context(|| {
+            format!(
+                "at {:?}: {}",
+                self.url().unwrap_or_default(),
+                self.source().unwrap_or_default()
+            )
+        })
+    }
+
+    /// Opens a one-time login link and signs in with it.
+    pub fn sign_in(&self, link: &str, landing: &str) -> Result<()> {
+        self.goto(link)?;
+        self.confirm_sign_in(landing)
+    }
+
     /// Resizes the window (CSS pixels).
     pub fn resize(&self, width: u32, height: u32) -> Result<()> {
         Ok(self.rt.block_on(self.c().set_window_size(width, height))?)

@@ -67,13 +67,27 @@ impl Site {
 
     /// Signs `b` in through the login page's button.
     fn sign_in(&self, b: &Browser, name: &str) {
-        b.goto(&self.login_url(name)).unwrap();
-        b.click("form[action='/dashboard/login'] button").unwrap();
-        if let Err(e) = b.wait_until("the dashboard after sign-in", |b| {
-            b.url().is_ok_and(|u| u.ends_with("/dashboard/submissions"))
-        }) {
-            panic!("{e}: at {:?}: {}", b.url(), b.source().unwrap_or_default());
-        }
+        b.sign_in(&self.login_url(name), "/dashboard/submissions")
+            .unwrap_or_else(|e| panic!("{e:#}"));
+    }
+
+    /// `name` submits a bundle of `tasks` tasks; a test lookup `lab` enrols and leases them
+    /// all: (the submission's id, the lookup, its leases in task order).
+    fn submit_leased(
+        &self,
+        key: KeyPair,
+        name: &str,
+        tasks: u32,
+        lab: &str,
+    ) -> (i64, Lab<'_>, Vec<rjs_wire::api::Lease>) {
+        let bundle = make_bundle(&key, name, tasks);
+        let api = self.ws.author(key).unwrap();
+        let up = api.upload(bundle, false).unwrap();
+        let sid = api.submissions(Some(&up.bundle_id)).unwrap().submissions[0].id;
+        let lab = Lab::enrol(&self.ws, lab).unwrap();
+        let leases = lab.lease(tasks).unwrap();
+        assert_eq!(leases.len(), tasks as usize);
+        (sid, lab, leases)
     }
 
     /// A blocking client for `path` with the browser's session cookie (read over WebDriver:
@@ -129,13 +143,7 @@ fn text_or_empty(b: &Browser, css: &str) -> String {
 fn an_author_signs_in_sees_progress_live_and_the_stitched_mandelbrot() {
     let site = Site::start();
     let alice = site.author("alice");
-    let bundle = make_bundle(&alice, "mandelbrot", 8);
-    let api = site.ws.author(alice).unwrap();
-    let up = api.upload(bundle, false).unwrap();
-    let sid = api.submissions(Some(&up.bundle_id)).unwrap().submissions[0].id;
-    let lab = Lab::enrol(&site.ws, "lab-1").unwrap();
-    let leases = lab.lease(8).unwrap();
-    assert_eq!(leases.len(), 8);
+    let (sid, lab, leases) = site.submit_leased(alice, "mandelbrot", 8, "lab-1");
     let (tiles, native) = mandelbrot_tiles();
     // Half the tiles before anyone looks.
     for (i, l) in leases.iter().enumerate().take(4) {
@@ -244,12 +252,7 @@ fn an_author_signs_in_sees_progress_live_and_the_stitched_mandelbrot() {
 /// Alice's submission of 2 tasks, answered: task 0 with hostile text and non-PNG files, task 1
 /// with a PNG. (submission id, job ids).
 fn hostile_answers(site: &Site, alice: KeyPair) -> (i64, Vec<i64>) {
-    let bundle = make_bundle(&alice, "hostile", 2);
-    let api = site.ws.author(alice).unwrap();
-    let up = api.upload(bundle, false).unwrap();
-    let sid = api.submissions(Some(&up.bundle_id)).unwrap().submissions[0].id;
-    let lab = Lab::enrol(&site.ws, "lab-h").unwrap();
-    let leases = lab.lease(2).unwrap();
+    let (sid, lab, leases) = site.submit_leased(alice, "hostile", 2, "lab-h");
     let (tiles, _) = mandelbrot_tiles();
     lab.answer(
         &leases[0],
@@ -468,11 +471,7 @@ fn a_login_link_works_once_expires_and_sessions_end_on_logout_and_removal() {
     }
     let fingerprint = b.text(".fingerprint").unwrap();
     b.screenshot(&screenshots().join("login.png")).unwrap();
-    b.click("form[action='/dashboard/login'] button").unwrap();
-    b.wait_until("signed in", |b| {
-        b.url().is_ok_and(|u| u.ends_with("/dashboard/submissions"))
-    })
-    .unwrap();
+    b.confirm_sign_in("/dashboard/submissions").unwrap();
     assert!(
         !b.url().unwrap().contains("token"),
         "the token left the address bar"
@@ -589,11 +588,7 @@ fn the_administrator_sees_the_grid_and_no_answers() {
     let b = Browser::start().unwrap();
     b.goto(url).unwrap();
     assert!(b.text("main").unwrap().contains("administrator"));
-    b.click("form[action='/dashboard/login'] button").unwrap();
-    b.wait_until("the grid page", |b| {
-        b.url().is_ok_and(|u| u.ends_with("/dashboard/admin"))
-    })
-    .unwrap();
+    b.confirm_sign_in("/dashboard/admin").unwrap();
     let page = b.text("main").unwrap();
     assert!(page.contains("lab-h") && page.contains("alice"), "{page}");
     b.screenshot(&screenshots().join("admin.png")).unwrap();

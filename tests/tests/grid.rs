@@ -418,12 +418,8 @@ fn eight_mandelbrot_tiles_on_two_nodes_verify_and_stitch_into_the_native_image()
     // The dashboard's gallery shows the same picture, in a real browser.
     let b = Browser::start().unwrap();
     let login = grid.api().dashboard_login().unwrap();
-    b.goto(&grid.api().url_of(&login.path)).unwrap();
-    b.click("form[action='/dashboard/login'] button").unwrap();
-    b.wait_until("signed in", |b| {
-        b.url().is_ok_and(|u| u.ends_with("/dashboard/submissions"))
-    })
-    .unwrap();
+    b.sign_in(&grid.api().url_of(&login.path), "/dashboard/submissions")
+        .unwrap();
     let sid = grid
         .api()
         .submissions(Some(&up.bundle_id))

@@ -26,10 +26,12 @@ use std::time::{Duration, Instant};
 use rjs_signer::KeyPair;
 use rjs_signer::answer::{Ending, ResultDoc, build_answer};
 use rjs_signer::request::RequestAuth;
-use rjs_wire::api::{AnswerBatchHeader, DashboardLogin, encode_answer_record};
+use rjs_wire::api::DashboardLogin;
 
 mod common;
-use common::{Data, Server, bundle, client, client_builder, lease, post_answer_batch, sha_hex};
+use common::{
+    Data, answer_batch, bundle, client, client_builder, lease, post_answer_batch, quantile, sha_hex,
+};
 
 const BATCH: u32 = 32;
 const LEASE_SECS: u32 = 600;
@@ -79,18 +81,8 @@ async fn finish(
         let want = BATCH.min((total - done) as u32);
         let ids = lease(lookup, base, want, LEASE_SECS).await;
         assert!(!ids.is_empty(), "the queue ran dry at {done} of {total}");
-        let mut body = Vec::new();
-        for id in &ids {
-            let bytes = &answers[id];
-            let h = AnswerBatchHeader {
-                job_id: *id,
-                outcome: "exit 0".into(),
-                node: "node-1".into(),
-                size: bytes.len() as u64,
-            };
-            encode_answer_record(&mut body, &h, bytes).unwrap();
-        }
-        post_answer_batch(lookup, base, body, ids.len()).await;
+        let batch: Vec<(i64, &[u8])> = ids.iter().map(|id| (*id, &answers[id][..])).collect();
+        post_answer_batch(lookup, base, answer_batch(&batch), ids.len()).await;
         done += ids.len();
     }
     let rate = total as f64 / t.elapsed().as_secs_f64();
@@ -165,8 +157,7 @@ async fn render(
         }
     }
     times.sort();
-    let at = |q: f64| times[((times.len() as f64 * q).ceil() as usize).clamp(1, times.len()) - 1];
-    (at(0.5), at(0.95))
+    (quantile(&times, 0.5), quantile(&times, 0.95))
 }
 
 fn ms(d: Duration) -> String {
@@ -187,11 +178,7 @@ fn main() -> ExitCode {
             _ => {}
         }
     }
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("ws");
-    let mut data = Data::init(&dir, 1);
-    let creds = std::mem::take(&mut data.lookups);
-    let server = Server::start(&dir, &tmp.path().join("serve.log"));
+    let (_tmp, data, creds, server) = common::start(1);
     let pid = server.proc.pid();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(

@@ -22,9 +22,7 @@ use std::time::{Duration, Instant};
 use rjs_wire::api::ReleaseResponse;
 
 mod common;
-use common::{
-    Data, Server, answer, answer_batch, bundle, client, lease, post_answer_batch, post_json,
-};
+use common::{answer, answer_batch, bundle, client, lease, post_answer_batch, post_json, quantile};
 
 const BATCH: u32 = 32;
 const ANSWER_BYTES: usize = 512;
@@ -64,10 +62,9 @@ async fn lease_latency(lookup: &reqwest::Client, base: &str, samples: usize) -> 
         release(lookup, base, &ids).await;
     }
     times.sort();
-    let at = |q: f64| times[((times.len() as f64 * q).ceil() as usize).clamp(1, times.len()) - 1];
     Latency {
-        p50: at(0.50),
-        p99: at(0.99),
+        p50: quantile(&times, 0.50),
+        p99: quantile(&times, 0.99),
         max: *times.last().unwrap(),
     }
 }
@@ -105,11 +102,7 @@ fn main() -> ExitCode {
             _ => {}
         }
     }
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("ws");
-    let mut data = Data::init(&dir, 4);
-    let creds = std::mem::take(&mut data.lookups);
-    let server = Server::start(&dir, &tmp.path().join("serve.log"));
+    let (_tmp, data, creds, server) = common::start(4);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
         "lookup API of rjs-webserver serve (pid {}), {cores} cores",

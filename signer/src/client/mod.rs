@@ -316,7 +316,8 @@ impl AuthorClient {
             query.push(format!("bundle={id}"));
         }
         if let Some(c) = after {
-            query.push(format!("after={}", url_component(c)));
+            // Cursors are `[0-9.]`, but a server's are not trusted.
+            query.push(format!("after={}", api::query_value(c)));
         }
         let path = if query.is_empty() {
             format!("{}/jobs", api::AUTHOR_PREFIX)
@@ -423,16 +424,3 @@ fn json<T: serde::de::DeserializeOwned>(
 
 #[cfg(test)]
 mod tests;
-
-/// Percent-encodes a query value (cursors are `[0-9.]`, but a server's are not trusted).
-fn url_component(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}

@@ -19,7 +19,6 @@ use sha2::{Digest, Sha256};
 
 #[path = "../../tests/support/answers.rs"]
 mod answers;
-#[allow(unused_imports)] // not every bench posts framed batches of noise
 pub use answers::answer_batch;
 
 /// A `rjs-webserver serve` process (the binary this package builds) on a loopback port;
@@ -61,6 +60,22 @@ impl Drop for Server {
         // SIGTERM: the graceful stop `serve` promises.
         let _ = self.proc.terminate(Duration::from_secs(30));
     }
+}
+
+/// What every bench of the real `serve` starts with: a temporary folder, a data directory in it
+/// with `lookups` lookup servers (their credentials taken out of `Data`), and the server.
+pub fn start(lookups: usize) -> (tempfile::TempDir, Data, Vec<pki::Creds>, Server) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ws");
+    let mut data = Data::init(&dir, lookups);
+    let creds = std::mem::take(&mut data.lookups);
+    let server = Server::start(&dir, &tmp.path().join("serve.log"));
+    (tmp, data, creds, server)
+}
+
+/// The `q` quantile (0..=1) of sorted durations.
+pub fn quantile(sorted: &[Duration], q: f64) -> Duration {
+    sorted[((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1]
 }
 
 /// A fresh data directory: the CA, one author (`bench`) and `lookups` lookup servers.

@@ -53,6 +53,7 @@ pub async fn events(call: Call<'_, Viewer>, _: &mut web::Payload) -> Reply {
     let id = id_param(call.req, "id", "submission")?;
     own_submission(call.state, &call.caller, id).await?;
     let author = call.caller.author_id()?;
+    let pass = call.state.changes.admit(author)?;
     let r = web::Query::<Range>::from_query(call.req.query_string())
         .map_err(|_| ApiError::bad_request("from and to must be task numbers"))?
         .into_inner();
@@ -159,6 +160,7 @@ pub async fn events(call: Call<'_, Viewer>, _: &mut web::Payload) -> Reply {
         })
     };
     Ok(sse_response(state.changes.stream(
+        pass,
         Bytes::from_static(b"retry: 3000\n\n"),
         INTERVAL,
         poll,

@@ -5,7 +5,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use actix_web::web;
 use askama::Template;
-use rjs_wire::api::{JobState, JobView, SubmissionSummary};
+use rjs_wire::api::{JobState, JobView, SubmissionSummary, query_value};
 use serde::Deserialize;
 
 use super::answers::{
@@ -162,19 +162,6 @@ fn query<T: serde::de::DeserializeOwned>(req: &actix_web::HttpRequest) -> Result
         .map_err(|e| ApiError::bad_request(format!("query: {}", rjs_cmd::report::Chain(&e))))
 }
 
-/// Percent-encodes a query value.
-fn enc(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}
-
 /// `GET /dashboard/submissions[?state=][&name=][&before=]`.
 pub async fn submissions(call: Call<'_, Viewer>, _: &mut web::Payload) -> Reply {
     let author = call.caller.author_id()?;
@@ -209,8 +196,8 @@ pub async fn submissions(call: Call<'_, Viewer>, _: &mut web::Payload) -> Reply 
         next: next.map(|n| {
             format!(
                 "/dashboard/submissions?state={}&name={}&before={n}",
-                enc(&q.state),
-                enc(&q.name)
+                query_value(&q.state),
+                query_value(&q.name)
             )
         }),
         state: q.state,
@@ -384,7 +371,10 @@ pub async fn submission(call: Call<'_, Viewer>, _: &mut web::Payload) -> Reply {
     let (rows, next) = paged(rows, TASKS_PAGE, |j| j.task.to_string());
     let now = now();
     let seen = call.state.activity.any_lookup_seen();
-    let base = format!("/dashboard/submissions/{id}?state={}", enc(&q.state));
+    let base = format!(
+        "/dashboard/submissions/{id}?state={}",
+        query_value(&q.state)
+    );
     let (from, to) = (
         rows.first().map_or(0, |j| j.task),
         rows.last().map_or(0, |j| j.task),

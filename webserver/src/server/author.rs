@@ -432,9 +432,11 @@ pub async fn events(call: AuthorCall<'_>, payload: &mut web::Payload) -> Reply {
         }
     };
     let author = authed.author.clone();
-    let stream = state
-        .changes
-        .author_stream(state.store.clone(), author, q.submission, since);
+    let pass = state.changes.admit(author.id)?;
+    let stream =
+        state
+            .changes
+            .author_stream(pass, state.store.clone(), author, q.submission, since);
     Ok(super::changes::sse_response(stream))
 }
 

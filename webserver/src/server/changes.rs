@@ -11,6 +11,7 @@
 //! at which the stream also asks whether its client may still listen (an author removed or
 //! a session ended closes it).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,6 +23,7 @@ use rjs_wire::api::JobChange;
 use tokio::sync::watch;
 
 use super::body::blocking;
+use super::error::ApiError;
 use crate::store::{Author, Store, StoreError};
 
 /// How often the newest change number is read.
@@ -32,6 +34,27 @@ pub const KEEPALIVE: Duration = Duration::from_secs(15);
 pub const FEED_BATCH: u32 = 500;
 /// Least time between two queries of one author-feed stream.
 pub const FEED_INTERVAL: Duration = Duration::from_millis(250);
+/// Live streams (author feeds and dashboard pages together) one author may hold open at once;
+/// one more is refused (`429 too-many-streams`).
+pub const MAX_STREAMS_PER_AUTHOR: usize = 256;
+
+/// One open live stream of an author, counted until it is dropped (the stream ends).
+pub struct StreamPass {
+    open: Arc<std::sync::Mutex<HashMap<i64, usize>>>,
+    author_id: i64,
+}
+
+impl Drop for StreamPass {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&self.author_id) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.author_id);
+            }
+        }
+    }
+}
 
 /// The newest change number, for every stream of this server.
 #[derive(Clone)]
@@ -39,6 +62,8 @@ pub struct Changes {
     seq: watch::Receiver<u64>,
     shutdown: watch::Receiver<bool>,
     keepalive: Duration,
+    /// Open streams by author.
+    open: Arc<std::sync::Mutex<HashMap<i64, usize>>>,
 }
 
 impl Changes {
@@ -79,9 +104,29 @@ impl Changes {
                 seq: rx,
                 shutdown,
                 keepalive: KEEPALIVE,
+                open: Arc::default(),
             },
             poller,
         )
+    }
+
+    /// Counts one more live stream of `author_id`, or refuses it past
+    /// [`MAX_STREAMS_PER_AUTHOR`].
+    pub fn admit(&self, author_id: i64) -> Result<StreamPass, ApiError> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let n = open.entry(author_id).or_insert(0);
+        if *n >= MAX_STREAMS_PER_AUTHOR {
+            return Err(ApiError::new(
+                actix_web::http::StatusCode::TOO_MANY_REQUESTS,
+                "too-many-streams",
+                format!("at most {MAX_STREAMS_PER_AUTHOR} live streams may be open at once"),
+            ));
+        }
+        *n += 1;
+        Ok(StreamPass {
+            open: self.open.clone(),
+            author_id,
+        })
     }
 
     /// An SSE stream: `first` is sent at once; then, whenever the change number moved (at
@@ -90,6 +135,7 @@ impl Changes {
     /// whether it has more to send at once (a full batch).
     pub fn stream<P, A>(
         &self,
+        pass: StreamPass,
         first: Bytes,
         interval: Duration,
         poll: P,
@@ -100,6 +146,7 @@ impl Changes {
         A: FnMut() -> LocalBoxFuture<'static, bool> + 'static,
     {
         struct St<P, A> {
+            _pass: StreamPass,
             seq: watch::Receiver<u64>,
             shutdown: watch::Receiver<bool>,
             keepalive: tokio::time::Interval,
@@ -114,6 +161,7 @@ impl Changes {
         seq.mark_unchanged();
         let start = tokio::time::Instant::now();
         let st = St {
+            _pass: pass,
             seq,
             shutdown: self.shutdown.clone(),
             keepalive: tokio::time::interval_at(start + self.keepalive, self.keepalive),
@@ -174,6 +222,7 @@ impl Changes {
     /// submission's if given) that change after `since`.
     pub fn author_stream(
         &self,
+        pass: StreamPass,
         store: Arc<dyn Store>,
         author: Author,
         submission: Option<i64>,
@@ -209,6 +258,7 @@ impl Changes {
             })
         };
         self.stream(
+            pass,
             Bytes::from_static(b"retry: 2000\n\n"),
             FEED_INTERVAL,
             poll,
@@ -252,4 +302,34 @@ pub fn sse_response(
         .insert_header((header::CACHE_CONTROL, "no-store"))
         .insert_header(("x-accel-buffering", "no"))
         .streaming(stream)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_author_holds_a_bounded_number_of_streams_until_they_end() {
+        let (_tx, rx) = watch::channel(false);
+        let (_, seq) = watch::channel(0);
+        let changes = Changes {
+            seq,
+            shutdown: rx,
+            keepalive: KEEPALIVE,
+            open: Arc::default(),
+        };
+        let passes: Vec<StreamPass> = (0..MAX_STREAMS_PER_AUTHOR)
+            .map(|_| changes.admit(1).unwrap())
+            .collect();
+        let refused = changes.admit(1).err().unwrap();
+        assert_eq!(
+            (refused.status.as_u16(), refused.code),
+            (429, "too-many-streams")
+        );
+        // Another author is not affected; a stream that ends frees its place.
+        drop(changes.admit(2).unwrap());
+        drop(passes);
+        assert!(changes.open.lock().unwrap().is_empty());
+        changes.admit(1).unwrap();
+    }
 }

@@ -20,6 +20,19 @@ pub use author::*;
 pub use batch::*;
 pub use lookup::*;
 
+/// Percent-encodes a value for a query string: everything but `A-Z a-z 0-9 - _ . ~`.
+pub fn query_value(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
 /// API path prefixes.
 pub const AUTHOR_PREFIX: &str = "/api/v1";
 pub const LOOKUP_PREFIX: &str = "/lookup/v1";
