@@ -242,6 +242,16 @@ impl Browser {
             .unwrap_or_default())
     }
 
+    /// The console messages since the last look that report a Content-Security-Policy
+    /// violation.
+    pub fn csp_violations(&self) -> Result<Vec<String>> {
+        Ok(self
+            .console()?
+            .into_iter()
+            .filter(|m| m.contains("Content Security Policy"))
+            .collect())
+    }
+
     /// Files the browser downloaded (finished ones).
     pub fn downloads(&self) -> Result<Vec<PathBuf>> {
         let dir = self.profile.path().join("downloads");
