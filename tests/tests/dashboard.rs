@@ -587,3 +587,32 @@ fn the_administrator_sees_the_grid_and_no_answers() {
         assert_eq!(site.get_as(&b, &path).status(), 404, "{path}");
     }
 }
+
+#[test]
+fn rjs_sign_dashboard_says_whom_the_link_is_for_and_opens_no_browser_when_asked() {
+    let site = Site::start();
+    let key = site.author("alice");
+    let fingerprint = key.public().fingerprint().to_string();
+    let out = run_ok(
+        Command::new(bin("rjs-sign"))
+            .args(["dashboard", "--no-open", "--server"])
+            .arg(site.ws.url(""))
+            .arg("--ca")
+            .arg(site.ws.ca_pem())
+            .arg("--key")
+            .arg(site.keys.path().join("alice.key"))
+            .env("RJS_HOME", site.keys.path().join("home"))
+            // A desktop whose opener would be tried without --no-open.
+            .env("DISPLAY", ":0"),
+    )
+    .unwrap();
+    assert!(
+        out.contains(&format!("Sign in to the dashboard as {fingerprint}")),
+        "{out}"
+    );
+    assert!(
+        out.contains(&site.ws.url("/dashboard/login?token=")),
+        "{out}"
+    );
+    assert!(!out.contains("opened"), "{out}");
+}
