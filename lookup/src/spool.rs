@@ -513,6 +513,24 @@ impl AnswerSpool {
             }
             let Some(e) = g.queue.pop_front() else { break };
             let id = e.meta.job_id;
+            // Two answers of one job (it ran again after its lease ran out while the first
+            // waited here): the first wins; a later one never travels, in this batch or
+            // beside one in flight. It is dropped here as the duplicate it would be.
+            // (Everything taken is in flight, so one look covers this batch too.)
+            if let Some(&first) = g.in_flight.get(&id) {
+                tracing::info!(
+                    job = id,
+                    "a second answer of the job is dropped: the first is on its way"
+                );
+                if let Some(b) = &e.bytes {
+                    g.memory = g.memory.saturating_sub(b.len() as u64);
+                }
+                // A segment counts a job once: in the first's segment, its ack settles both.
+                if first != e.seg {
+                    self.ack_locked(&mut g, e.seg, id);
+                }
+                continue;
+            }
             let bytes = match &e.bytes {
                 Some(b) => {
                     g.memory = g.memory.saturating_sub(b.len() as u64);
@@ -619,6 +637,42 @@ impl AnswerSpool {
         self.ack(meta.job_id);
     }
 
+    /// Settles one uploaded answer by what the web server said of it (`ack`: `None` when the
+    /// response did not name it). False when it must go again later (put back).
+    fn settle(
+        &self,
+        pass: &mut RelayPass,
+        meta: SpoolMeta,
+        bytes: Arc<Vec<u8>>,
+        ack: Option<Option<AnswerAck>>,
+    ) -> bool {
+        let id = meta.job_id;
+        match ack {
+            Some(Some(AnswerAck::Stored)) => {
+                self.ack(id);
+                pass.stored.push(id);
+            }
+            Some(Some(AnswerAck::Duplicate)) => {
+                self.ack(id);
+                pass.duplicates.push(id);
+            }
+            Some(None) => {
+                tracing::error!(
+                    job = id,
+                    "web server does not know the job; answer moved aside"
+                );
+                self.reject(&meta, &bytes);
+                pass.rejected.push(id);
+            }
+            None => {
+                // Not in the response: try again later.
+                self.put_back(vec![(meta, bytes)]);
+                return false;
+            }
+        }
+        true
+    }
+
     /// Uploads everything queued once, in batches of up to [`RELAY_BATCH`] answers
     /// ([`WebServerClient::post_answers`]: one request, one transaction on the web server),
     /// `concurrency` batches at a time; stops starting new uploads at the first transient
@@ -657,36 +711,53 @@ impl AnswerSpool {
                 Ok(acks) => {
                     let acks: HashMap<i64, Option<AnswerAck>> = acks.into_iter().collect();
                     for (meta, bytes) in batch {
-                        let id = meta.job_id;
-                        match acks.get(&id) {
-                            Some(Some(AnswerAck::Stored)) => {
-                                self.ack(id);
-                                pass.stored.push(id);
-                            }
-                            Some(Some(AnswerAck::Duplicate)) => {
-                                self.ack(id);
-                                pass.duplicates.push(id);
-                            }
-                            Some(None) => {
-                                tracing::error!(
-                                    job = id,
-                                    "web server does not know the job; answer moved aside"
-                                );
-                                self.reject(&meta, &bytes);
-                                pass.rejected.push(id);
-                            }
-                            None => {
-                                // Not in the response: try again later.
-                                failed = true;
-                                self.put_back(vec![(meta, bytes)]);
-                            }
-                        }
+                        let ack = acks.get(&meta.job_id).copied();
+                        failed |= !self.settle(&mut pass, meta, bytes, ack);
                     }
                 }
                 Err(e) if e.is_transient() => {
                     tracing::warn!(answers = batch.len(), error = %chain(&e), "answer relay failed; will retry");
                     failed = true;
                     self.put_back(batch);
+                }
+                Err(e) if batch.len() > 1 => {
+                    // Refused as a whole: one record may be at fault, the others are valid
+                    // answers. Each goes again alone before anything is set aside.
+                    tracing::warn!(
+                        answers = batch.len(),
+                        error = %chain(&e),
+                        "answer batch refused; sending its answers one by one"
+                    );
+                    for (meta, bytes) in batch {
+                        if failed {
+                            self.put_back(vec![(meta, bytes)]);
+                            continue;
+                        }
+                        let one = [(
+                            meta.job_id,
+                            meta.outcome.as_str(),
+                            meta.node.as_str(),
+                            bytes.as_slice(),
+                        )];
+                        match client.post_answers(&one).await {
+                            Ok(acks) => {
+                                let ack = acks
+                                    .into_iter()
+                                    .find(|(id, _)| *id == meta.job_id)
+                                    .map(|(_, a)| a);
+                                failed |= !self.settle(&mut pass, meta, bytes, ack);
+                            }
+                            Err(e) if e.is_transient() => {
+                                failed = true;
+                                self.put_back(vec![(meta, bytes)]);
+                            }
+                            Err(e) => {
+                                refused(meta.job_id, &e);
+                                self.reject(&meta, &bytes);
+                                pass.rejected.push(meta.job_id);
+                            }
+                        }
+                    }
                 }
                 Err(e) => {
                     for (meta, bytes) in batch {

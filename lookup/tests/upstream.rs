@@ -338,3 +338,90 @@ fn a_spool_left_by_a_crashed_lookup_is_relayed_at_start() {
     drop(spool);
     assert!(pending_after_restart(&data).is_empty());
 }
+
+/// What the web server says happened to each job: (state, node).
+fn states(env: &Env, ids: &[i64]) -> Vec<(JobState, Option<String>)> {
+    let jobs = env.author.jobs(None).unwrap().jobs;
+    ids.iter()
+        .map(|id| {
+            let j = jobs.iter().find(|j| j.id == *id).unwrap();
+            (j.state, j.node.clone())
+        })
+        .collect()
+}
+
+#[test]
+fn no_answer_is_set_aside_because_another_shares_its_batch() {
+    let env = setup();
+    let up = env.upload(6);
+    let ids: Vec<i64> = up.jobs.iter().map(|j| j.id).collect();
+    let rt = rt();
+    let c = env.client();
+    rt.block_on(async {
+        assert_eq!(c.lease(10, &[], 300).await.unwrap().leases.len(), 6);
+    });
+
+    // The web server: a job named twice in one batch is a duplicate record, not a bad batch.
+    rt.block_on(async {
+        let acks = c
+            .post_answers(&[
+                (ids[0], "exit 0", "node-a", b"first".as_slice()),
+                (ids[0], "exit 0", "node-b", b"second".as_slice()),
+                (ids[1], "exit 0", "node-a", b"other".as_slice()),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(
+            acks,
+            vec![
+                (ids[0], Some(AnswerAck::Stored)),
+                (ids[0], Some(AnswerAck::Duplicate)),
+                (ids[1], Some(AnswerAck::Stored)),
+            ]
+        );
+    });
+    assert_eq!(env.answer_bytes(ids[0]), b"first");
+
+    // The spool: a job's second answer (it ran again while the first waited) never travels;
+    // an answer the web server refuses (a node's bad outcome line) is set aside alone, after
+    // its batch was refused whole and sent again record by record.
+    let data = env.tmp.path().join("data");
+    let spool = AnswerSpool::open(&data).unwrap();
+    rt.block_on(async {
+        for (id, outcome, node, bytes) in [
+            (ids[2], "exit 0", "node-a", &b"answer 2"[..]),
+            (ids[3], "exit 0", "node-a", b"answer 3"),
+            (ids[2], "exit 0", "node-b", b"answer 2 again"),
+            (ids[4], "exit 0\nforged: header", "node-c", b"bad outcome"),
+            (ids[5], "exit 0", "node-a", b"answer 5"),
+        ] {
+            spool
+                .put(id, outcome.into(), node.into(), bytes.to_vec())
+                .await
+                .unwrap();
+        }
+        let pass = spool.relay_once(&c, 4).await.unwrap();
+        assert_eq!(pass.rejected, vec![ids[4]], "{pass:?}");
+        let mut stored = pass.stored.clone();
+        stored.sort();
+        assert_eq!(stored, vec![ids[2], ids[3], ids[5]], "{pass:?}");
+    });
+    assert_eq!(env.answer_bytes(ids[2]), b"answer 2");
+    let s = states(&env, &ids[2..]);
+    assert_eq!(s[0], (JobState::Done, Some("node-a".into())));
+    assert_eq!(s[1].0, JobState::Done);
+    assert_eq!(
+        s[2].0,
+        JobState::Leased,
+        "the refused answer stored nothing"
+    );
+    assert_eq!(s[3].0, JobState::Done);
+    assert!(
+        data.join("spool")
+            .join("rejected")
+            .join(format!("{}.zip", ids[4]))
+            .is_file()
+    );
+    drop(spool);
+    assert!(pending_after_restart(&data).is_empty());
+}

@@ -633,9 +633,9 @@ fn check_record(h: &AnswerBatchHeader, record: usize) -> Result<(), ApiError> {
 }
 
 /// Reads a whole answer batch: small answers into memory, large ones into blob uploads (not
-/// committed), unless their job is already known not to take them (then their bytes are
-/// dropped as they arrive). Refuses the batch (nothing kept) at the first framing, header or
-/// size problem.
+/// committed), unless their job is already known not to take them, or already has a record
+/// earlier in this batch (then their bytes are dropped as they arrive). Refuses the batch
+/// (nothing kept) at the first framing, header or size problem.
 async fn receive_batch(
     payload: &mut web::Payload,
     state: &AppState,
@@ -659,13 +659,12 @@ async fn receive_batch(
             match event {
                 AnswerRecordEvent::Header(header) => {
                     check_record(&header, records.len())?;
-                    if !seen.insert(header.job_id) {
-                        return Err(ApiError::bad_request(format!(
-                            "answer batch: job {} appears twice",
-                            header.job_id
-                        )));
-                    }
-                    let archive = if header.size <= INLINE_ANSWER_MAX {
+                    let archive = if !seen.insert(header.job_id) {
+                        // The job's first record in this batch wins; a later one is answered
+                        // `duplicate` on its own, never by refusing the batch (its other
+                        // records are unrelated, valid answers).
+                        ReceivingArchive::Discard(Some(AnswerOutcome::Duplicate))
+                    } else if header.size <= INLINE_ANSWER_MAX {
                         // Reserve no more than a little ahead of what has arrived.
                         ReceivingArchive::Memory(Vec::with_capacity(
                             header.size.min(64 * 1024) as usize
