@@ -166,7 +166,9 @@ impl Changes {
             shutdown: self.shutdown.clone(),
             keepalive: tokio::time::interval_at(start + self.keepalive, self.keepalive),
             first: Some(first),
-            more: false,
+            // The first poll at once: what changed since the client's `since` is sent without
+            // waiting for the next change.
+            more: true,
             next_poll: start,
             interval,
             poll,
