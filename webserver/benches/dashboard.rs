@@ -184,10 +184,7 @@ fn main() -> ExitCode {
     println!(
         "dashboard of rjs-webserver serve (pid {pid}), {cores} cores; {tasks} tasks, {dashboards} dashboards"
     );
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = common::runtime();
     let mut missed = Vec::new();
     rt.block_on(async {
         let base = server.base.as_str();

@@ -112,10 +112,7 @@ fn main() -> ExitCode {
     std::thread::sleep(Duration::from_secs(2));
     let idle_rss = server.rss();
 
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = common::runtime();
     let mut missed = Vec::new();
     rt.block_on(async {
         let base = server.base.as_str();

@@ -247,22 +247,11 @@ impl Author {
 
 fn view(id: i64, bundle: &str, task: u32, state: JobState, answer: Option<&[u8]>) -> JobView {
     JobView {
-        id,
-        submission_id: 1,
-        waiting: None,
-        leased_by: None,
-        bundle_id: bundle.to_owned(),
         name: "mandel".to_owned(),
-        task,
-        tasks: 3,
-        state,
-        attempts: 0,
-        reason: None,
         outcome: answer.map(|_| "exit 0".to_owned()),
         node: answer.map(|_| "node-1".to_owned()),
         answer_bytes: answer.map(|a| a.len() as u64),
-        created_at: 0,
-        updated_at: 0,
+        ..super::status::tests::job(id, bundle, task, 3, state)
     }
 }
 

@@ -73,6 +73,14 @@ pub fn start(lookups: usize) -> (tempfile::TempDir, Data, Vec<pki::Creds>, Serve
     (tmp, data, creds, server)
 }
 
+/// The benches' runtime: one thread, beside the server's.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 /// The `q` quantile (0..=1) of sorted durations.
 pub fn quantile(sorted: &[Duration], q: f64) -> Duration {
     sorted[((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1]
