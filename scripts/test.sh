@@ -11,11 +11,20 @@ fi
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
 
-# The dashboard's browser tests drive Debian's chromium through its chromedriver (the two
-# packages are version-locked); install them where missing. Never a browser download.
+# Debian packages the tests use, installed where missing:
+# - the dashboard's browser tests drive Debian's chromium through its chromedriver (the two
+#   packages are version-locked); never a browser download;
+# - the multi-host tests (tests/tests/wan.rs) build hosts with iproute2 and make loss and
+#   partitions with iptables.
+missing=()
 if ! [ -x /usr/bin/chromium ] || ! [ -x /usr/bin/chromedriver ]; then
+    missing+=(chromium chromium-driver)
+fi
+command -v ip >/dev/null || missing+=(iproute2)
+command -v iptables >/dev/null || missing+=(iptables)
+if [ ${#missing[@]} -gt 0 ]; then
     apt-get update
-    DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver
+    DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]}"
 fi
 
 samples/build.sh

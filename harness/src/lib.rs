@@ -17,6 +17,9 @@
 //! * [`procstat`]: a process's CPU time and memory from `/proc`.
 //! * [`forward`]: a port on this machine's network that leads into a private namespace (the
 //!   demo's dashboard).
+//! * [`hosts`]: several hosts on one machine (named network namespaces on a bridge, WAN links,
+//!   partitions and loss by iptables) for the multi-host tests, and [`wan`]: a TCP proxy that
+//!   delays each direction (the WAN's round-trip time) and counts TLS handshakes.
 //! * [`grid`] (feature `grid`, on by default): a whole grid on this machine — the real
 //!   `rjs-webserver`, `rjs-lookup` and `rjs-compute` binaries as child processes on loopback —
 //!   used by `rjs demo`, the end-to-end tests and the benchmarks.
@@ -26,9 +29,11 @@ pub mod flood;
 pub mod forward;
 #[cfg(feature = "grid")]
 pub mod grid;
+pub mod hosts;
 pub mod netns;
 pub mod paths;
 pub mod process;
 pub mod procstat;
 pub mod signals;
 pub mod wait;
+pub mod wan;

@@ -56,6 +56,7 @@ pub fn enter_private() -> Result<Isolation> {
     if links != ["lo"] {
         bail!("the new network namespace has links {links:?}, expected only lo; refusing to go on");
     }
+    *ENTERED.lock().unwrap_or_else(|e| e.into_inner()) = current_ns();
     Ok(isolation)
 }
 
@@ -75,6 +76,24 @@ pub fn links() -> Result<Vec<String>> {
 /// True if the calling thread's namespace has no link but `lo`.
 pub fn is_private() -> bool {
     matches!(links(), Ok(l) if l == ["lo"])
+}
+
+/// The namespace [`enter_private`] made last in this process (`net:[inode]`).
+static ENTERED: std::sync::Mutex<Option<std::path::PathBuf>> = std::sync::Mutex::new(None);
+
+fn current_ns() -> Option<std::path::PathBuf> {
+    std::fs::read_link("/proc/thread-self/ns/net").ok()
+}
+
+/// True if the calling thread is in a private namespace: one with no link but `lo`
+/// ([`is_private`]), or the one [`enter_private`] made in this process, to which a test may
+/// since have added links of its own ([`crate::hosts`]).
+pub fn is_isolated() -> bool {
+    if is_private() {
+        return true;
+    }
+    let entered = ENTERED.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    entered.is_some() && entered == current_ns()
 }
 
 fn unshare() -> Result<Isolation> {
@@ -300,8 +319,14 @@ pub fn run_isolated(test: &str, timeout: Duration) {
         // SAFETY: kill(2) on the process group of our own unreaped child.
         unsafe { libc::kill(-child.pid(), libc::SIGKILL) };
         child.kill9();
+        crate::hosts::sweep(child.pid() as u32);
         panic!("{test} took longer than {timeout:?}:\n{}", read(&out_path));
     };
+    // Test hosts the child made and could not remove (it failed, or was killed).
+    let swept = crate::hosts::sweep(child.pid() as u32);
+    if swept > 0 {
+        eprintln!("{test}: removed {swept} network namespaces it left behind");
+    }
     let (out, err) = (read(&out_path), read(&err_path));
     eprintln!("{test}: child ran {:.1?}", started.elapsed());
     assert!(status.success(), "{test} failed ({status}):\n{out}\n{err}");

@@ -185,6 +185,8 @@ pub struct AnswerSpool {
     sync: Mutex<SyncState>,
     synced_cv: Condvar,
     notify: Notify,
+    /// The web server is reachable again: a relay waiting out its backoff goes at once.
+    retry: Notify,
 }
 
 fn seg_name(seq: u64, ext: &str) -> String {
@@ -326,6 +328,7 @@ impl AnswerSpool {
             sync: Mutex::new(SyncState::default()),
             synced_cv: Condvar::new(),
             notify: Notify::new(),
+            retry: Notify::new(),
         }))
     }
 
@@ -490,6 +493,12 @@ impl AnswerSpool {
         ids.sort_unstable();
         ids.dedup();
         Ok(ids)
+    }
+
+    /// Tells the relay that the web server is reachable again: it stops waiting out its
+    /// backoff and uploads at once.
+    pub fn retry_now(&self) {
+        self.retry.notify_one();
     }
 
     /// Number of answers not yet acknowledged.
@@ -716,7 +725,13 @@ impl AnswerSpool {
                     }
                 }
                 Err(e) if e.is_transient() => {
-                    tracing::warn!(answers = batch.len(), error = %chain(&e), "answer relay failed; will retry");
+                    // An unreachable web server is reported once, by the service's heartbeat;
+                    // a web server that answers and fails is worth a warning each time.
+                    if e.status().is_some() {
+                        tracing::warn!(answers = batch.len(), error = %chain(&e), "answer relay failed; will retry");
+                    } else {
+                        tracing::debug!(answers = batch.len(), error = %chain(&e), "answer relay failed; will retry");
+                    }
                     failed = true;
                     self.put_back(batch);
                 }
@@ -786,18 +801,21 @@ impl AnswerSpool {
         tokio::spawn(async move {
             let mut backoff = Backoff::new(opts.retry_base, opts.retry_cap);
             loop {
-                match me.relay_once(&client, opts.concurrency).await {
-                    Ok(pass) if pass.remaining > 0 => {
-                        tokio::time::sleep(backoff.next_delay()).await;
-                        continue;
-                    }
-                    Ok(_) => backoff.reset(),
+                let failed = match me.relay_once(&client, opts.concurrency).await {
+                    Ok(pass) => pass.remaining > 0,
                     Err(e) => {
                         tracing::error!(error = %chain(&e), "answer spool");
-                        tokio::time::sleep(backoff.next_delay()).await;
-                        continue;
+                        true
                     }
+                };
+                if failed {
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff.next_delay()) => {}
+                        _ = me.retry.notified() => backoff.reset(),
+                    }
+                    continue;
                 }
+                backoff.reset();
                 let _ = tokio::time::timeout(opts.rescan, me.notify.notified()).await;
             }
         })

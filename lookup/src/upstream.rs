@@ -10,9 +10,9 @@ use std::time::Duration;
 use rjs_cmd::chain;
 use rjs_signer::bundle::is_sha256_hex as valid_id;
 use rjs_wire::api::{
-    AnswerResponse, ErrorBody, FailureRequest, FailureResponse, H_NODE, H_OUTCOME, JobsEvent,
-    LOOKUP_PREFIX, LeaseRequest, LeaseResponse, ReleaseRequest, ReleaseResponse, RenewRequest,
-    RenewResponse, Waiting, WaitingRequest, WaitingResponse,
+    AnswerResponse, ErrorBody, FailureRequest, FailureResponse, H_NODE, H_OUTCOME, HeldRequest,
+    JobsEvent, LOOKUP_PREFIX, LeaseRequest, LeaseResponse, ReleaseRequest, ReleaseResponse,
+    RenewRequest, RenewResponse, Waiting, WaitingRequest, WaitingResponse,
 };
 use rjs_wire::creds::parse_creds;
 use sha2::{Digest, Sha256};
@@ -134,6 +134,9 @@ pub struct Timeouts {
     /// Longest silence on the event stream before it is reconnected (the server sends a
     /// comment every 15 s).
     pub events_idle: Duration,
+    /// Interval of HTTP/2 pings on the kept connection, and how long a ping may go
+    /// unanswered before the connection is closed.
+    pub keepalive: Duration,
 }
 
 impl Default for Timeouts {
@@ -142,6 +145,7 @@ impl Default for Timeouts {
             connect: Duration::from_secs(5),
             request: Duration::from_secs(60),
             events_idle: Duration::from_secs(45),
+            keepalive: Duration::from_secs(2),
         }
     }
 }
@@ -233,10 +237,18 @@ impl WebServerClient {
     ) -> Result<Self, UpstreamError> {
         let mut tls = tls_from_credentials(creds)?;
         tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        // HTTP/2 pings on the kept connection: a connection that stopped carrying anything
+        // (a broken path, a partition) is closed within `keepalive` + its timeout, and the
+        // next request opens a new one (resuming the TLS session) instead of waiting for TCP
+        // to give up.
         let http = reqwest::Client::builder()
             .use_preconfigured_tls(tls)
             .connect_timeout(timeouts.connect)
             .pool_idle_timeout(Duration::from_secs(90))
+            .http2_keep_alive_interval(timeouts.keepalive)
+            .http2_keep_alive_timeout(timeouts.keepalive)
+            .http2_keep_alive_while_idle(true)
+            .tcp_keepalive(Duration::from_secs(10))
             .build()
             .map_err(UpstreamError::Client)?;
         rjs_signer::fsutil::create_private_dir(cache_dir).map_err(UpstreamError::Cache)?;
@@ -326,6 +338,23 @@ impl WebServerClient {
             lease_secs,
         };
         self.post_json("leasing jobs from", "/lease", &req).await
+    }
+
+    /// The jobs the web server says this lookup holds, with an id above `after` (at most
+    /// `max`), their leases extended by `lease_secs`.
+    pub async fn held(
+        &self,
+        after: Option<i64>,
+        max: u32,
+        lease_secs: u32,
+    ) -> Result<LeaseResponse, UpstreamError> {
+        let req = HeldRequest {
+            after,
+            max,
+            lease_secs,
+        };
+        self.post_json("reading the jobs held at", "/held", &req)
+            .await
     }
 
     pub async fn renew(&self, ids: &[i64], secs: u32) -> Result<RenewResponse, UpstreamError> {

@@ -36,6 +36,7 @@ fn timeouts() -> Timeouts {
         connect: Duration::from_secs(2),
         request: Duration::from_secs(10),
         events_idle: Duration::from_secs(45),
+        keepalive: Duration::from_secs(2),
     }
 }
 

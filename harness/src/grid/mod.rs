@@ -36,6 +36,7 @@ use crate::process::{self, Managed};
 use crate::{netns, paths};
 
 pub mod flood;
+pub mod wan;
 
 pub use rjs_signer::client::AuthorClient;
 use rjs_signer::client::ServerUrl;
@@ -84,6 +85,55 @@ pub struct GridOptions {
     pub node_options: Vec<NodeOptions>,
     /// Extra arguments of `rjs-lookup serve` (e.g. `--lease 5s`), also on each restart.
     pub lookup_args: Vec<String>,
+    /// Where the processes run [default: all in the calling thread's namespace, on
+    /// loopback]. The multi-host tests put the lookup and each node on a host of their own
+    /// ([`crate::hosts::Lan`]) and the web server behind a WAN link.
+    pub placement: Placement,
+}
+
+/// A process's host: a named network namespace, the address it listens on there and the
+/// interface it announces on or browses.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Placed {
+    pub netns: String,
+    pub addr: std::net::Ipv4Addr,
+    pub interface: String,
+}
+
+/// Where the grid's processes run ([`GridOptions::placement`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Placement {
+    /// The lookup's host (else the caller's namespace).
+    pub lookup: Option<Placed>,
+    /// Node `i`'s host at index `i` (nodes beyond it: the caller's namespace).
+    pub nodes: Vec<Placed>,
+    /// Where the web server listens [default: `127.0.0.1:0`].
+    pub webserver_listen: Option<String>,
+    /// More names for the web server's certificate (beside 127.0.0.1): the address the
+    /// lookup dials.
+    pub webserver_hosts: Vec<String>,
+    /// The URL the lookup is given for the web server (a WAN link's) [default: the one the
+    /// web server says it listens on].
+    pub lookup_webserver_url: Option<String>,
+}
+
+impl Placement {
+    /// The lookup on `lan`'s host `lookup`, node `i` on `nodes[i]`, each on `eth0`.
+    pub fn on_lan(lan: &crate::hosts::Lan, lookup: &str, nodes: &[&str]) -> Result<Placement> {
+        let placed = |name: &str| -> Result<Placed> {
+            let h = lan.host(name)?;
+            Ok(Placed {
+                netns: h.netns.clone(),
+                addr: h.addr,
+                interface: "eth0".to_owned(),
+            })
+        };
+        Ok(Placement {
+            lookup: Some(placed(lookup)?),
+            nodes: nodes.iter().map(|n| placed(n)).collect::<Result<_>>()?,
+            ..Placement::default()
+        })
+    }
 }
 
 /// Settings of one compute node of the grid ([`GridOptions::node_options`]).
@@ -133,6 +183,7 @@ impl GridOptions {
             require_private_netns: true,
             node_options: Vec::new(),
             lookup_args: Vec::new(),
+            placement: Placement::default(),
         }
     }
 
@@ -154,6 +205,7 @@ impl std::fmt::Debug for GridOptions {
             .field("require_private_netns", &self.require_private_netns)
             .field("node_options", &self.node_options)
             .field("lookup_args", &self.lookup_args)
+            .field("placement", &self.placement)
             .finish_non_exhaustive()
     }
 }
@@ -237,13 +289,12 @@ impl LocalGrid {
         // From here on, an error drops `grid`, which stops what was started.
 
         // 2. The lookup server.
-        grid.setup_run(
-            "rjs-lookup init",
-            Command::new(&grid.bins.lookup)
-                .arg("init")
-                .arg("--data")
-                .arg(grid.lookup_dir()),
-        )?;
+        let mut init = Command::new(&grid.bins.lookup);
+        init.arg("init").arg("--data").arg(grid.lookup_dir());
+        if let Some(p) = &grid.opts.placement.lookup {
+            init.args(["--host", "127.0.0.1", "--host", &p.addr.to_string()]);
+        }
+        grid.setup_run("rjs-lookup init", &mut init)?;
         grid.start_lookup()?;
 
         // 3. The nodes: enrol, trust the author, serve.
@@ -416,16 +467,27 @@ impl LocalGrid {
         let l = self.lookup_dir();
         let interval = format!("{}ms", self.opts.announce_interval.as_millis());
         let creds = self.opts.dir.join(format!("{LOOKUP_NAME}.creds"));
+        let place = &self.opts.placement;
+        let url = place
+            .lookup_webserver_url
+            .as_deref()
+            .unwrap_or(&self.webserver_url);
+        let (enrol_listen, interface) = match &place.lookup {
+            Some(p) => (format!("{}:0", p.addr), p.interface.as_str()),
+            None => ("127.0.0.1:0".to_owned(), self.opts.interface.as_str()),
+        };
         let mut cmd = Command::new(&self.bins.lookup);
+        if let Some(p) = &place.lookup {
+            crate::hosts::place(&p.netns, &mut cmd)?;
+        }
         cmd.arg("serve")
             .arg("--data")
             .arg(&l)
             .arg("--webserver")
-            .arg(&self.webserver_url)
+            .arg(url)
             .arg("--creds")
             .arg(&creds)
-            .args(["--enrol-listen", "127.0.0.1:0", "--interface"])
-            .arg(&self.opts.interface)
+            .args(["--enrol-listen", &enrol_listen, "--interface", interface])
             .arg("--announce-interval")
             .arg(&interval)
             .args(&self.opts.lookup_args);
@@ -459,10 +521,30 @@ impl LocalGrid {
 
     /// Sends `signal` to the web server (SIGSTOP and SIGCONT to pause it and let it go on);
     /// for SIGTERM, SIGINT and SIGKILL also waits for its exit (SIGKILL after the stop
-    /// timeout) and returns the status. The grid has no way to start it again.
+    /// timeout) and returns the status ([`LocalGrid::restart_webserver`] starts it again).
     pub fn kill_webserver(&mut self, signal: i32) -> Result<Option<ExitStatus>> {
         let p = self.webserver.as_mut();
         signal_and_wait(p, "the web server", signal, self.opts.stop_timeout)
+    }
+
+    /// Starts the web server again after [`LocalGrid::kill_webserver`], on the address it
+    /// had (the placement must fix its port: [`Placement::webserver_listen`]).
+    pub fn restart_webserver(&mut self) -> Result<()> {
+        if let Some(p) = &mut self.webserver
+            && p.try_exit()?.is_none()
+        {
+            bail!("the web server is already running (pid {})", p.pid());
+        }
+        let (proc, url) = serve_webserver(&self.opts, &self.bins)?;
+        self.webserver = Some(proc);
+        if url != self.webserver_url {
+            bail!(
+                "the web server came back on {url}, not {}: fix its port \
+                 (Placement::webserver_listen)",
+                self.webserver_url
+            );
+        }
+        Ok(())
     }
 
     /// Enrols node `i` (`rjs-lookup token` + `rjs-compute join`) and makes it trust the
@@ -484,12 +566,19 @@ impl LocalGrid {
         let token = token.trim();
         let node = self.node(i)?;
         let (id, dir) = (&node.id, &node.dir);
+        let mut join = Command::new(&self.bins.compute);
+        let host = match self.opts.placement.nodes.get(i) {
+            Some(p) => {
+                crate::hosts::place(&p.netns, &mut join)?;
+                p.addr.to_string()
+            }
+            None => "127.0.0.1".to_owned(),
+        };
         self.setup_run(
             &format!("rjs-compute join ({id})"),
-            Command::new(&self.bins.compute)
-                .args(["join", token, "--data"])
+            join.args(["join", token, "--data"])
                 .arg(dir)
-                .args(["--id", id, "--host", "127.0.0.1"]),
+                .args(["--id", id, "--host", &host]),
         )?;
         let settings = self.opts.node(i);
         if settings.trust_author {
@@ -515,7 +604,11 @@ impl LocalGrid {
     pub fn start_node(&mut self, i: usize) -> Result<()> {
         let interval = format!("{}ms", self.opts.announce_interval.as_millis());
         let slots = self.opts.slots_per_node.to_string();
-        let interface = self.opts.interface.clone();
+        let (listen, interface) = match self.opts.placement.nodes.get(i) {
+            Some(p) => (format!("{}:0", p.addr), p.interface.clone()),
+            None => ("127.0.0.1:0".to_owned(), self.opts.interface.clone()),
+        };
+        let netns = self.opts.placement.nodes.get(i).map(|p| p.netns.clone());
         let timeout = self.opts.start_timeout;
         let compute = self.bins.compute.clone();
         let settings = self.opts.node(i);
@@ -531,10 +624,13 @@ impl LocalGrid {
         }
         node.proc = None;
         let mut cmd = Command::new(&compute);
+        if let Some(ns) = &netns {
+            crate::hosts::place(ns, &mut cmd)?;
+        }
         cmd.arg("serve")
             .arg("--data")
             .arg(&node.dir)
-            .args(["--slots", &slots, "--listen", "127.0.0.1:0"])
+            .args(["--slots", &slots, "--listen", &listen])
             .args(["--interface", &interface, "--announce-interval", &interval]);
         // Task scratch directories on RAM when the machine has /dev/shm, as a PC owner may
         // choose (`--scratch-dir`, docs/compute-node.md): a tiny task's files then cost no
@@ -820,7 +916,7 @@ fn check_options(opts: &GridOptions) -> Result<()> {
     if opts.nodes == 0 {
         bail!("a grid needs at least one node");
     }
-    if opts.require_private_netns && !netns::is_private() {
+    if opts.require_private_netns && !netns::is_isolated() {
         bail!(
             "refusing to start a grid outside a private network namespace (its mDNS \
              daemons would join multicast groups on this machine's interfaces): call \
@@ -849,15 +945,15 @@ fn setup_run(opts: &GridOptions, name: &str, cmd: &mut Command) -> Result<String
 /// [`AUTHOR`], and the lookup [`LOOKUP_NAME`] with its credentials. Returns the author's key.
 fn init_webserver(opts: &GridOptions, bins: &Bins) -> Result<KeyPair> {
     let w = opts.dir.join("webserver");
-    setup_run(
-        opts,
-        "rjs-webserver init",
-        Command::new(&bins.webserver)
-            .arg("init")
-            .arg("--data")
-            .arg(&w)
-            .args(["--host", "127.0.0.1"]),
-    )?;
+    let mut init = Command::new(&bins.webserver);
+    init.arg("init")
+        .arg("--data")
+        .arg(&w)
+        .args(["--host", "127.0.0.1"]);
+    for h in &opts.placement.webserver_hosts {
+        init.args(["--host", h]);
+    }
+    setup_run(opts, "rjs-webserver init", &mut init)?;
     let author = KeyPair::generate();
     let files = keys::write_key_pair(&author, AUTHOR, &opts.dir.join("author"), false)
         .context("writing the demo author's key pair")?;
@@ -885,12 +981,17 @@ fn init_webserver(opts: &GridOptions, bins: &Bins) -> Result<KeyPair> {
 
 /// Starts `rjs-webserver serve` on a free loopback port; returns it and its URL.
 fn serve_webserver(opts: &GridOptions, bins: &Bins) -> Result<(Managed, String)> {
+    let listen = opts
+        .placement
+        .webserver_listen
+        .as_deref()
+        .unwrap_or("127.0.0.1:0");
     let mut serve = Command::new(&bins.webserver);
     serve
         .arg("serve")
         .arg("--data")
         .arg(opts.dir.join("webserver"))
-        .args(["--listen", "127.0.0.1:0"]);
+        .args(["--listen", listen]);
     let (webserver, line) = process::spawn_ready(
         "web server",
         serve,

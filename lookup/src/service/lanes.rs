@@ -128,6 +128,7 @@ pub(super) fn finish(shared: &Arc<Shared>, node: &NodeId, id: JobId, fin: Finish
         Finish::Vanished => {}
         Finish::Answered { outcome } => {
             st.counters.answers += 1;
+            st.pace.finished(now);
             let s = st.stats.entry(node.to_owned()).or_default();
             if exited_zero(&outcome) {
                 s.done += 1;

@@ -27,7 +27,9 @@
 //! `dispatcher`, `lanes` and `status` (the status socket's answers).
 
 mod dispatcher;
+mod health;
 mod lanes;
+mod pace;
 mod puller;
 mod registry;
 mod state;
@@ -54,7 +56,8 @@ use crate::enrol;
 use crate::spool::{AnswerSpool, RelayOptions};
 use crate::upstream::{Timeouts, WebServerClient};
 use dispatcher::dispatcher;
-use puller::{puller, renewer};
+use health::heartbeat;
+use puller::{puller, reclaim, renewer};
 use state::{Shared, State, wire_ids};
 use status::shared_status;
 
@@ -175,6 +178,7 @@ impl Service {
             state: Mutex::new(State::default()),
             dispatch: Notify::new(),
             capacity: Notify::new(),
+            upstream_back: Notify::new(),
             bundles: tokio::sync::Mutex::new(HashMap::new()),
             lanes: Mutex::new(HashMap::new()),
             cfg,
@@ -186,6 +190,8 @@ impl Service {
 
         let tasks = vec![
             spool.spawn_relay(client, RelayOptions::default()),
+            tokio::spawn(heartbeat(shared.clone())),
+            tokio::spawn(reclaim(shared.clone())),
             tokio::spawn(puller(shared.clone())),
             tokio::spawn(renewer(shared.clone())),
             tokio::spawn(dispatcher(shared.clone())),

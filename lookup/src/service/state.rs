@@ -16,6 +16,7 @@ use rustls::ClientConfig;
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 
+use super::pace::Pace;
 use super::{LiveRegistry, ServeConfig};
 use crate::discovery::{NodeTable, NodeView};
 use crate::dispatch::{NodeId, PeerCheck, Scheduler, Why};
@@ -77,7 +78,6 @@ pub(super) struct Counters {
     pub(super) released: u64,
 }
 
-#[derive(Default)]
 pub(super) struct State {
     pub(super) jobs: HashMap<JobId, Job>,
     pub(super) queue: VecDeque<JobId>,
@@ -87,9 +87,31 @@ pub(super) struct State {
     history_order: VecDeque<JobId>,
     pub(super) counters: Counters,
     pub(super) upstream_down: bool,
+    /// Since when the web server has been unreachable.
+    pub(super) down_since: Option<Instant>,
+    /// How fast the nodes finish jobs and how far the web server is.
+    pub(super) pace: Pace,
     /// Set when the nodes changed or a refusal may have expired: parked jobs are retried.
     pub(super) retry_parked: bool,
     pub(super) stopping: bool,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State {
+            jobs: HashMap::new(),
+            queue: VecDeque::new(),
+            stats: HashMap::new(),
+            history: HashMap::new(),
+            history_order: VecDeque::new(),
+            counters: Counters::default(),
+            upstream_down: false,
+            down_since: None,
+            pace: Pace::new(Instant::now()),
+            retry_parked: false,
+            stopping: false,
+        }
+    }
 }
 
 const MAX_HISTORY: usize = 100_000;
@@ -177,6 +199,8 @@ pub(super) struct Shared {
     pub(super) dispatch: Notify,
     /// Capacity was freed: the puller may lease more.
     pub(super) capacity: Notify,
+    /// The web server is reachable again.
+    pub(super) upstream_back: Notify,
     pub(super) bundles: tokio::sync::Mutex<HashMap<String, Arc<BundleInfo>>>,
     /// The lanes of each live node.
     pub(super) lanes: Mutex<HashMap<NodeId, Lanes>>,

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use rjs_wire::api::{
     ANSWERS_CONTENT_TYPE, AnswerBatchHeader, AnswerBatchResponse, AnswerBatchResult,
     AnswerBatchStatus, AnswerFrameError, AnswerRecordDecoder, AnswerRecordEvent, AnswerResponse,
-    FailureRequest, FailureResponse, JobState, LeaseRequest, LeaseResponse, MAX_BATCH,
+    FailureRequest, FailureResponse, HeldRequest, JobState, LeaseRequest, LeaseResponse, MAX_BATCH,
     MIN_ANSWER_BATCH_BODY, ReleaseRequest, ReleaseResponse, RenewRequest, RenewResponse, Waiting,
     WaitingRequest, WaitingResponse,
 };
@@ -159,6 +159,26 @@ pub async fn lease(call: LookupCall<'_>, payload: &mut web::Payload) -> Reply {
                 e => ApiError::internal("leasing jobs", &e),
             },
         )
+        .await?;
+    Ok(HttpResponse::Ok().json(LeaseResponse { leases }))
+}
+
+/// `POST /lookup/v1/held`.
+pub async fn held(call: LookupCall<'_>, payload: &mut web::Payload) -> Reply {
+    let (state, lookup) = (call.state, call.caller);
+    let r: HeldRequest = json_body(payload).await?;
+    if !(1..=MAX_BATCH).contains(&r.max) {
+        return Err(ApiError::bad_request(format!(
+            "max must be 1..={MAX_BATCH}"
+        )));
+    }
+    check_lease_secs(r.lease_secs)?;
+    let leases = state
+        .store_call("reading the jobs a lookup holds", move |s| {
+            let now = now();
+            let until = now.saturating_add(i64::from(r.lease_secs));
+            s.held(lookup.id, r.after.unwrap_or(0), r.max, until, now)
+        })
         .await?;
     Ok(HttpResponse::Ok().json(LeaseResponse { leases }))
 }

@@ -243,6 +243,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             web::scope(LOOKUP_PREFIX)
                 .service(resource("/lease").route(web::post().to(handler(lookup::lease))))
                 .service(resource("/renew").route(web::post().to(handler(lookup::renew))))
+                .service(resource("/held").route(web::post().to(handler(lookup::held))))
                 .service(resource("/release").route(web::post().to(handler(lookup::release))))
                 .service(resource("/waiting").route(web::post().to(handler(lookup::waiting))))
                 .service(

@@ -246,6 +246,16 @@ pub trait Store: Views + Sessions + Send + Sync + 'static {
         now: i64,
         max_attempts: u32,
     ) -> Result<Vec<Lease>, StoreError>;
+    /// The jobs leased to this lookup whose lease has not expired, with an id above `after`,
+    /// oldest first (at most `max`), their leases extended to `until`.
+    fn held(
+        &self,
+        lookup_id: i64,
+        after: i64,
+        max: u32,
+        until: i64,
+        now: i64,
+    ) -> Result<Vec<Lease>, StoreError>;
     /// Extends this lookup's unexpired leases of these jobs; returns (renewed, lost).
     fn renew(
         &self,

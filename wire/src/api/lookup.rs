@@ -54,6 +54,22 @@ pub struct LeaseResponse {
     pub leases: Vec<Lease>,
 }
 
+/// `POST /lookup/v1/held` request: the jobs the web server says this lookup holds (leased
+/// to it and not expired), oldest first, their leases extended to `lease_secs` from now. A
+/// restarted lookup reads them to take its work back at once instead of leaving it leased
+/// and idle until the leases lapse.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeldRequest {
+    /// Only jobs with a greater id (paging; none: from the start).
+    #[serde(default)]
+    pub after: Option<i64>,
+    /// At most this many jobs (1 ..= [`MAX_BATCH`]).
+    pub max: u32,
+    /// Lease duration, seconds (5 ..= 3600).
+    pub lease_secs: u32,
+}
+
 /// `POST /lookup/v1/renew` request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -1132,6 +1132,47 @@ impl Store for SqliteStore {
         })
     }
 
+    fn held(
+        &self,
+        lookup_id: i64,
+        after: i64,
+        max: u32,
+        until: i64,
+        now: i64,
+    ) -> Result<Vec<Lease>, StoreError> {
+        self.write(|tx| {
+            let mut select = tx.prepare_cached(
+                "SELECT j.id, j.bundle_id, j.task, j.tasks, j.grp, j.attempts, a.fingerprint
+                 FROM jobs j JOIN authors a ON a.id = j.author_id
+                 WHERE j.state = 'leased' AND j.lease_lookup = ?1 AND j.lease_until >= ?2
+                   AND j.id > ?3
+                 ORDER BY j.id LIMIT ?4",
+            )?;
+            let held = select
+                .query_map(params![lookup_id, now, after, max], |r| {
+                    Ok(Lease {
+                        job_id: r.get(0)?,
+                        bundle_id: r.get(1)?,
+                        task: r.get(2)?,
+                        tasks: r.get(3)?,
+                        group: r.get(4)?,
+                        attempt: r.get::<_, u32>(5)?.saturating_add(1),
+                        author_fingerprint: r.get(6)?,
+                        lease_until: until,
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut update = tx.prepare_cached(
+                "UPDATE jobs SET lease_until = ?1, updated_at = ?2
+                 WHERE id = ?3 AND state = 'leased' AND lease_lookup = ?4",
+            )?;
+            for lease in &held {
+                update.execute(params![until, now, lease.job_id, lookup_id])?;
+            }
+            Ok(held)
+        })
+    }
+
     fn renew(
         &self,
         lookup_id: i64,

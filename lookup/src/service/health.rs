@@ -1,0 +1,86 @@
+//! Whether the web server is reachable, known within seconds and said once.
+//!
+//! A **heartbeat** asks `GET /healthz` every [`HEARTBEAT`] over the kept connection, each
+//! ask bounded by [`HEARTBEAT_TIMEOUT`]; every other request's outcome counts too. The first
+//! failure marks the web server unreachable (`rjs-lookup status` says so) and logs one
+//! warning; the first success after it logs how long the outage lasted and wakes whoever
+//! waits for the link: the answer relay first (its backoff is cut short), then the puller,
+//! which leases again only once the answers kept during the outage are on their way
+//! ([`ANSWERS_FIRST`]).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rjs_cmd::chain;
+
+use super::state::Shared;
+
+/// How often the heartbeat asks.
+pub(super) const HEARTBEAT: Duration = Duration::from_secs(1);
+/// How long one ask may take before the web server counts as unreachable.
+pub(super) const HEARTBEAT_TIMEOUT: Duration = Duration::from_millis(1500);
+/// Answers waiting for upload above which the puller leases nothing (answers first).
+pub(super) const ANSWERS_FIRST: usize = 128;
+
+impl Shared {
+    /// A request to the web server failed for a reason that may pass (`why`).
+    pub(super) fn upstream_failed(&self, why: &str) {
+        let mut st = self.lock();
+        if st.upstream_down {
+            return;
+        }
+        st.upstream_down = true;
+        st.down_since = Some(Instant::now());
+        drop(st);
+        tracing::warn!(
+            webserver = self.client.base(),
+            error = why,
+            "web server unreachable; nodes go on with the jobs held, answers wait in the spool"
+        );
+    }
+
+    /// A request to the web server succeeded.
+    pub(super) fn upstream_ok(&self) {
+        let mut st = self.lock();
+        if !st.upstream_down {
+            return;
+        }
+        st.upstream_down = false;
+        let down_for = st.down_since.take().map(|t| t.elapsed());
+        drop(st);
+        tracing::info!(
+            webserver = self.client.base(),
+            down_for = ?down_for.unwrap_or_default(),
+            "web server reachable again; relaying answers first"
+        );
+        self.spool.retry_now();
+        self.upstream_back.notify_waiters();
+        self.capacity.notify_one();
+    }
+
+    pub(super) fn upstream_is_down(&self) -> bool {
+        self.lock().upstream_down
+    }
+
+    /// Whether the puller may lease now: the web server is reachable and the answers kept
+    /// during an outage are (nearly) all uploaded.
+    pub(super) fn may_lease(&self) -> bool {
+        !self.upstream_is_down() && self.spool.pending_count() <= ANSWERS_FIRST
+    }
+}
+
+/// The heartbeat task.
+pub(super) async fn heartbeat(shared: Arc<Shared>) {
+    loop {
+        match tokio::time::timeout(HEARTBEAT_TIMEOUT, shared.client.ping()).await {
+            Ok(Ok(_)) => shared.upstream_ok(),
+            Ok(Err(e)) if e.is_transient() => shared.upstream_failed(&chain(&e)),
+            // It answered, with something other than a failure on its side: reachable.
+            Ok(Err(_)) => shared.upstream_ok(),
+            Err(_) => shared.upstream_failed(&format!(
+                "no answer to GET /healthz within {HEARTBEAT_TIMEOUT:?}"
+            )),
+        }
+        tokio::time::sleep(HEARTBEAT).await;
+    }
+}

@@ -1,0 +1,258 @@
+//! The grid across a WAN and through real faults, on several hosts: the web server on this
+//! test's own (private) network namespace, the lookup and each node on a host of its own (a
+//! named namespace on a bridge the test builds, multicast only there), a WAN link between the
+//! lookup and the web server with its round-trip time made in user space
+//! ([`rjs_harness::wan::WanLink`]), loss and partitions by iptables on that link
+//! ([`rjs_harness::hosts`]). Everything is removed at the end, also when a test fails (the
+//! isolated-test runner sweeps what a dead child left).
+//!
+//! Each case asserts, from the web server's own job list, that every task got exactly one
+//! answer, and prints its tasks/s and recovery times. The counts here are small (CI); the WAN
+//! benchmark (`cargo bench -p rjs --bench wan`) runs the full ones against the targets.
+//!
+//! Needs root (named namespaces, iptables), `ip` and `iptables`, the binaries and the sample
+//! jobs (`scripts/test.sh` sees to all of them); prints a SKIP line where it cannot build
+//! hosts.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use rjs_harness::grid::wan::{RunReport, WanGrid, WanGridOptions};
+use rjs_harness::netns;
+
+/// Builds the multi-host grid in a fresh folder, or prints why it cannot (SKIP).
+fn wan_grid(rtt: Duration, lookup_args: &[&str]) -> Option<(tempfile::TempDir, WanGrid)> {
+    if let Err(e) = rjs_harness::hosts::available() {
+        println!("SKIP: {}", rjs_cmd::chain(e.as_ref()));
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = WanGridOptions::new(dir.path().join("grid"));
+    opts.rtt = rtt;
+    opts.lookup_args = lookup_args.iter().map(|s| s.to_string()).collect();
+    let grid = WanGrid::start(opts).unwrap();
+    Some((dir, grid))
+}
+
+fn print_run(what: &str, r: &RunReport, g: &WanGrid) {
+    let s = g.wan_stats();
+    println!(
+        "{what}: {} tasks in {:.2} s = {:.0} tasks/s; WAN: {} connections, {} full TLS \
+         handshakes, {} resumed",
+        r.tasks,
+        r.elapsed.as_secs_f64(),
+        r.tasks_per_s(),
+        s.connections,
+        s.full_handshakes,
+        s.resumptions
+    );
+}
+
+const LATENCY: &str = "latency_is_hidden_across_a_150_ms_wan";
+
+/// The same grid, the same work, near and across 150 ms: the lookup leases ahead by what
+/// the work needs, so the WAN costs little throughput, over one TLS connection.
+#[test]
+fn latency_is_hidden_across_a_150_ms_wan() {
+    if !netns::isolated_child(LATENCY, Duration::from_secs(300)) {
+        return;
+    }
+    let Some((_dir, mut g)) = wan_grid(Duration::ZERO, &[]) else {
+        return;
+    };
+    let n = 400;
+    let near = g.run(n, Duration::from_secs(120), |_, _| Ok(())).unwrap();
+    print_run("web server near", &near, &g);
+    g.link().set_one_way(Duration::from_millis(75));
+    let before = g.wan_stats();
+    let far = g.run(n, Duration::from_secs(120), |_, _| Ok(())).unwrap();
+    print_run("web server at 150 ms", &far, &g);
+    let after = g.wan_stats();
+    let ratio = far.tasks_per_s() / near.tasks_per_s();
+    println!("at 150 ms: {:.0}% of the near throughput", ratio * 100.0);
+    assert_eq!(
+        after.full_handshakes - before.full_handshakes,
+        0,
+        "a new TLS connection during the WAN run: {before:?} → {after:?}"
+    );
+    assert!(
+        ratio >= 0.5,
+        "the WAN run reached only {:.0}% of the near one ({:.0} vs {:.0} tasks/s)",
+        ratio * 100.0,
+        far.tasks_per_s(),
+        near.tasks_per_s()
+    );
+}
+
+/// Polls the lookup's status until `ok` holds; returns how long it took.
+fn status_within(
+    g: &WanGrid,
+    timeout: Duration,
+    ok: impl Fn(&rjs_harness::grid::StatusResponse) -> bool,
+) -> Option<Duration> {
+    let t = Instant::now();
+    while t.elapsed() < timeout {
+        if g.grid().lookup_status().is_ok_and(|s| ok(&s)) {
+            return Some(t.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
+
+const PARTITION: &str = "a_partition_is_seen_at_once_and_healed_in_seconds_with_every_answer_kept";
+
+/// The WAN is cut mid-run for longer than the lookup's lease: the lookup says so within 3 s,
+/// its nodes go on with the jobs it holds, and after the heal it delivers their answers and
+/// dispatches again within seconds. Every task gets exactly one answer.
+#[test]
+fn a_partition_is_seen_at_once_and_healed_in_seconds_with_every_answer_kept() {
+    if !netns::isolated_child(PARTITION, Duration::from_secs(300)) {
+        return;
+    }
+    let Some((_dir, mut g)) = wan_grid(Duration::from_millis(150), &["--lease", "10s"]) else {
+        return;
+    };
+    let cut_for = Duration::from_secs(15);
+    let mut cut_at: Option<Duration> = None;
+    let mut healed_at: Option<Duration> = None;
+    let mut noticed: Option<Duration> = None;
+    let r = g
+        .run(600, Duration::from_secs(180), |g, at| {
+            if cut_at.is_none() && at > Duration::from_secs(1) {
+                g.partition(true)?;
+                cut_at = Some(at);
+                noticed = status_within(g, Duration::from_secs(6), |s| s.upstream_down);
+            }
+            if let (Some(c), None) = (cut_at, healed_at)
+                && at > c + cut_for
+            {
+                g.partition(false)?;
+                healed_at = Some(at);
+            }
+            Ok(())
+        })
+        .unwrap();
+    print_run("600 tasks, 150 ms, cut 15 s", &r, &g);
+    let noticed =
+        noticed.expect("rjs-lookup status did not say the web server was unreachable within 6 s");
+    let healed = healed_at.expect("the run ended before the heal");
+    let resumed = r
+        .first_progress_after(healed)
+        .expect("no task finished after the heal");
+    println!(
+        "unreachable said after {:.1} s; after the heal, answers flowed again in {:.1} s",
+        noticed.as_secs_f64(),
+        resumed.as_secs_f64()
+    );
+    assert!(noticed <= Duration::from_secs(3), "{noticed:?}");
+    assert!(resumed <= Duration::from_secs(5), "{resumed:?}");
+    let log = std::fs::read_to_string(g.grid().dir().join("logs").join("lookup.log")).unwrap();
+    assert_eq!(
+        log.matches("web server unreachable").count(),
+        1,
+        "the outage is logged once:\n{log}"
+    );
+}
+
+const RESTART: &str = "a_lookup_killed_mid_run_takes_its_jobs_back_when_restarted";
+
+/// The lookup is killed with SIGKILL mid-run and started 3 s later: it takes back at once
+/// the jobs the web server says it holds (their leases are 60 s), so the run does not stall
+/// until they lapse.
+#[test]
+fn a_lookup_killed_mid_run_takes_its_jobs_back_when_restarted() {
+    if !netns::isolated_child(RESTART, Duration::from_secs(300)) {
+        return;
+    }
+    let Some((_dir, mut g)) = wan_grid(Duration::from_millis(150), &[]) else {
+        return;
+    };
+    let mut killed_at: Option<Duration> = None;
+    let mut restarted_at: Option<Duration> = None;
+    let r = g
+        .run(600, Duration::from_secs(180), |g, at| {
+            if killed_at.is_none() && at > Duration::from_secs(1) {
+                g.grid_mut().kill_lookup(libc::SIGKILL)?;
+                killed_at = Some(at);
+            }
+            if let (Some(k), None) = (killed_at, restarted_at)
+                && at > k + Duration::from_secs(3)
+            {
+                let t = Instant::now();
+                g.grid_mut().start_lookup()?;
+                restarted_at = Some(at + t.elapsed());
+            }
+            Ok(())
+        })
+        .unwrap();
+    print_run("600 tasks, 150 ms, lookup killed", &r, &g);
+    let restarted = restarted_at.expect("the run ended before the restart");
+    let resumed = r
+        .first_progress_after(restarted)
+        .expect("no task finished after the restart");
+    let stall = r.longest_stall_after(restarted);
+    println!(
+        "after the restart: first answer in {:.1} s, longest stall {:.1} s, run {:.1} s",
+        resumed.as_secs_f64(),
+        stall.as_secs_f64(),
+        r.elapsed.as_secs_f64()
+    );
+    assert!(resumed <= Duration::from_secs(10), "{resumed:?}");
+    assert!(stall <= Duration::from_secs(10), "{stall:?}");
+}
+
+const WS_RESTART: &str = "the_lookup_reconnects_within_2_s_of_a_restarted_web_server";
+
+/// The web server is stopped mid-run and started again: the lookup reconnects within 2 s of
+/// it listening, and every task gets its answer.
+#[test]
+fn the_lookup_reconnects_within_2_s_of_a_restarted_web_server() {
+    if !netns::isolated_child(WS_RESTART, Duration::from_secs(300)) {
+        return;
+    }
+    let Some((_dir, mut g)) = wan_grid(Duration::from_millis(150), &[]) else {
+        return;
+    };
+    let mut stopped = false;
+    let mut back: Option<Duration> = None;
+    let r = g
+        .run(400, Duration::from_secs(180), |g, at| {
+            if !stopped && at > Duration::from_secs(1) {
+                stopped = true;
+                g.grid_mut().kill_webserver(libc::SIGKILL)?;
+                status_within(g, Duration::from_secs(5), |s| s.upstream_down)
+                    .context("the lookup did not notice the web server was gone")?;
+                std::thread::sleep(Duration::from_secs(2));
+                g.grid_mut().restart_webserver()?;
+                back = status_within(g, Duration::from_secs(10), |s| !s.upstream_down);
+            }
+            Ok(())
+        })
+        .unwrap();
+    print_run("400 tasks, 150 ms, web server restarted", &r, &g);
+    let back = back.expect("the lookup did not reconnect within 10 s");
+    println!(
+        "reconnected {:.1} s after the web server listened",
+        back.as_secs_f64()
+    );
+    assert!(back <= Duration::from_secs(2), "{back:?}");
+}
+
+const LOSS: &str = "every_task_is_answered_once_across_a_lossy_wan";
+
+/// 150 ms and 5% loss each way: slower, never wrong.
+#[test]
+fn every_task_is_answered_once_across_a_lossy_wan() {
+    if !netns::isolated_child(LOSS, Duration::from_secs(300)) {
+        return;
+    }
+    let Some((_dir, mut g)) = wan_grid(Duration::from_millis(150), &[]) else {
+        return;
+    };
+    g.loss(0.05).unwrap();
+    let r = g.run(400, Duration::from_secs(180), |_, _| Ok(())).unwrap();
+    print_run("400 tasks, 150 ms, 5% loss", &r, &g);
+    g.loss(0.0).unwrap();
+}
