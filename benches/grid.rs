@@ -30,6 +30,7 @@ use anyhow::{Context, Result, bail, ensure};
 use rjs::grid::{
     self, GridOptions, JobWhere, LocalGrid, NodeOptions, NodesResponse, StatusResponse, WhyResponse,
 };
+use rjs_harness::report::{Row, print_table};
 use rjs_harness::{netns, paths, signals};
 use rjs_wire::api::{JobState, JobView, SubmissionSummary};
 use rjs_wire::status::StatusRequest;
@@ -153,40 +154,6 @@ fn parse_args() -> Result<Args> {
     Ok(args)
 }
 
-/// One line of the summary table.
-struct Row {
-    what: String,
-    figure: String,
-    target: String,
-    /// `None`: informational.
-    met: Option<bool>,
-}
-
-impl Row {
-    fn info(what: impl Into<String>, figure: impl Into<String>) -> Row {
-        Row {
-            what: what.into(),
-            figure: figure.into(),
-            target: String::new(),
-            met: None,
-        }
-    }
-
-    fn target(
-        what: impl Into<String>,
-        figure: impl Into<String>,
-        target: impl Into<String>,
-        met: bool,
-    ) -> Row {
-        Row {
-            what: what.into(),
-            figure: figure.into(),
-            target: target.into(),
-            met: Some(met),
-        }
-    }
-}
-
 fn main() -> ExitCode {
     // First, before any thread exists: the lookup and the nodes create mDNS daemons, which must
     // never join multicast groups on this machine's interfaces.
@@ -301,41 +268,6 @@ fn first_line(s: &str) -> String {
     } else {
         l.to_owned()
     }
-}
-
-fn print_table(rows: &[Row]) {
-    // A column is as wide as its widest cell, and its heading.
-    let width = |cell: fn(&Row) -> &str, heading: &str| {
-        rows.iter()
-            .map(|r| cell(r).chars().count())
-            .fold(heading.len(), usize::max)
-    };
-    let w0 = width(|r| &r.what, "what");
-    let w1 = width(|r| &r.figure, "figure");
-    let w2 = width(|r| &r.target, "target");
-    println!("\n== summary ==\n");
-    println!(
-        "| {:w0$} | {:w1$} | {:w2$} | met |",
-        "what", "figure", "target"
-    );
-    println!(
-        "| {} | {} | {} | --- |",
-        "-".repeat(w0),
-        "-".repeat(w1),
-        "-".repeat(w2)
-    );
-    for r in rows {
-        let met = match r.met {
-            Some(true) => "yes",
-            Some(false) => "NO",
-            None => "",
-        };
-        println!(
-            "| {:w0$} | {:w1$} | {:w2$} | {met:3} |",
-            r.what, r.figure, r.target
-        );
-    }
-    println!();
 }
 
 /// What every section shares: the binaries, the sample job folders, a scratch folder.

@@ -15,6 +15,7 @@
 //! * [`flood`]: bounded floods of idle connections ([`flood::idle_sockets`]) and of forged
 //!   mDNS services ([`flood::mdns`]).
 //! * [`procstat`]: a process's CPU time and memory from `/proc`.
+//! * [`report`]: the benchmarks' summary table.
 //! * [`forward`]: a port on this machine's network that leads into a private namespace (the
 //!   demo's dashboard).
 //! * [`hosts`]: several hosts on one machine (named network namespaces on a bridge, WAN links,
@@ -34,6 +35,7 @@ pub mod netns;
 pub mod paths;
 pub mod process;
 pub mod procstat;
+pub mod report;
 pub mod signals;
 pub mod wait;
 pub mod wan;

@@ -38,7 +38,7 @@ fn wan_grid(rtt: Duration, lookup_args: &[&str]) -> Option<(tempfile::TempDir, W
 fn print_run(what: &str, r: &RunReport, g: &WanGrid) {
     let s = g.wan_stats();
     println!(
-        "{what}: {} tasks in {:.2} s = {:.0} tasks/s; WAN: {} connections, {} full TLS \
+        "figure: {what}: {} tasks in {:.2} s = {:.0} tasks/s; WAN: {} connections, {} full TLS \
          handshakes, {} resumed",
         r.tasks,
         r.elapsed.as_secs_f64(),
@@ -70,7 +70,10 @@ fn latency_is_hidden_across_a_150_ms_wan() {
     print_run("web server at 150 ms", &far, &g);
     let after = g.wan_stats();
     let ratio = far.tasks_per_s() / near.tasks_per_s();
-    println!("at 150 ms: {:.0}% of the near throughput", ratio * 100.0);
+    println!(
+        "figure: at 150 ms: {:.0}% of the near throughput",
+        ratio * 100.0
+    );
     assert_eq!(
         after.full_handshakes - before.full_handshakes,
         0,
@@ -142,7 +145,7 @@ fn a_partition_is_seen_at_once_and_healed_in_seconds_with_every_answer_kept() {
         .first_progress_after(healed)
         .expect("no task finished after the heal");
     println!(
-        "unreachable said after {:.1} s; after the heal, answers flowed again in {:.1} s",
+        "figure: unreachable said after {:.1} s; after the heal, answers flowed again in {:.1} s",
         noticed.as_secs_f64(),
         resumed.as_secs_f64()
     );
@@ -194,7 +197,7 @@ fn a_lookup_killed_mid_run_takes_its_jobs_back_when_restarted() {
         .expect("no task finished after the restart");
     let stall = r.longest_stall_after(restarted);
     println!(
-        "after the restart: first answer in {:.1} s, longest stall {:.1} s, run {:.1} s",
+        "figure: after the restart: first answer in {:.1} s, longest stall {:.1} s, run {:.1} s",
         resumed.as_secs_f64(),
         stall.as_secs_f64(),
         r.elapsed.as_secs_f64()
@@ -255,4 +258,49 @@ fn every_task_is_answered_once_across_a_lossy_wan() {
     let r = g.run(400, Duration::from_secs(180), |_, _| Ok(())).unwrap();
     print_run("400 tasks, 150 ms, 5% loss", &r, &g);
     g.loss(0.0).unwrap();
+}
+
+const LINK: &str = "a_node_that_loses_its_link_costs_no_answer";
+
+/// Node 1's LAN link goes down for 4 s mid-run: its jobs go to node 2, it is not dialled
+/// over and over while gone, and it takes work again once back.
+#[test]
+fn a_node_that_loses_its_link_costs_no_answer() {
+    if !netns::isolated_child(LINK, Duration::from_secs(300)) {
+        return;
+    }
+    let Some((_dir, mut g)) = wan_grid(Duration::from_millis(150), &[]) else {
+        return;
+    };
+    let (mut down_at, mut up_at) = (None, None);
+    let r = g
+        .run(1000, Duration::from_secs(180), |g, at| {
+            if down_at.is_none() && at > Duration::from_secs(1) {
+                g.lan().lan_link("node-1", false)?;
+                down_at = Some(at);
+            }
+            if let (Some(d), None) = (down_at, up_at)
+                && at > d + Duration::from_secs(4)
+            {
+                g.lan().lan_link("node-1", true)?;
+                up_at = Some(at);
+            }
+            Ok(())
+        })
+        .unwrap();
+    print_run("1000 tasks, 150 ms, node-1 off the LAN for 4 s", &r, &g);
+    let log = std::fs::read_to_string(g.grid().dir().join("logs").join("lookup.log")).unwrap();
+    let dials = log
+        .lines()
+        .filter(|l| l.contains("node unreachable") && l.contains("node-1"))
+        .count();
+    println!("figure: node-1 found unreachable {dials} times while off the LAN");
+    assert!(
+        up_at.is_some(),
+        "the run ended before node-1 came back: make it longer"
+    );
+    assert!(
+        dials <= 8,
+        "node-1 was dialled {dials} times while gone:\n{log}"
+    );
 }

@@ -11,7 +11,7 @@ use rjs_wire::status::JobWhere;
 use tokio::sync::mpsc;
 
 use super::dispatcher::{job_lost, report_failure};
-use super::state::{Place, Shared, State};
+use super::state::{Place, Shared, State, unreachable_backoff};
 use crate::dispatch::{DispatchError, JobOffer, JobOutcome, NodeClient, NodeId};
 
 /// How long a keepalive ping may take.
@@ -130,6 +130,7 @@ pub(super) fn finish(shared: &Arc<Shared>, node: &NodeId, id: JobId, fin: Finish
             st.counters.answers += 1;
             st.pace.finished(now);
             let s = st.stats.entry(node.to_owned()).or_default();
+            (s.unreachable, s.unreachable_at) = (0, None);
             if exited_zero(&outcome) {
                 s.done += 1;
             } else {
@@ -161,9 +162,12 @@ pub(super) fn finish(shared: &Arc<Shared>, node: &NodeId, id: JobId, fin: Finish
             requeue_first(&mut st, id);
         }
         Finish::Unreachable(reason) => {
-            tracing::warn!(job = %id, %node, %reason, "node unreachable");
-            st.stats.entry(node.to_owned()).or_default().cool_until =
-                Some(now + Duration::from_secs(2));
+            let s = st.stats.entry(node.to_owned()).or_default();
+            s.unreachable = s.unreachable.saturating_add(1);
+            s.unreachable_at = Some(now);
+            let backoff = unreachable_backoff(s.unreachable);
+            s.cool_until = Some(now + backoff);
+            tracing::warn!(job = %id, %node, %reason, ?backoff, "node unreachable; not dialled again until it announces itself or the back-off ends");
             requeue_first(&mut st, id);
         }
         Finish::Lost(reason) => {

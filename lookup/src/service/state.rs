@@ -60,6 +60,16 @@ pub(super) struct NodeStats {
     pub(super) refused: u64,
     /// Not offered anything until then (it was unreachable or said it was busy).
     pub(super) cool_until: Option<Instant>,
+    /// Dials in a row that found it unreachable, and when the last did: each doubles its
+    /// back-off, which a new announcement from it lifts.
+    pub(super) unreachable: u32,
+    pub(super) unreachable_at: Option<Instant>,
+}
+
+/// Back-off of a node found unreachable `streak` times in a row: 2 s, doubling, at most 30 s.
+pub(super) fn unreachable_backoff(streak: u32) -> Duration {
+    (Duration::from_secs(2) * 2u32.saturating_pow(streak.saturating_sub(1).min(4)))
+        .min(Duration::from_secs(30))
 }
 
 /// One live node's lanes.
@@ -162,8 +172,17 @@ impl State {
             .map(|mut n| {
                 let s = self.stats.get(&n.node_id);
                 let busy = s.map_or(0, |s| s.busy);
-                let cooling = cooling_at
-                    .is_some_and(|now| s.and_then(|s| s.cool_until).is_some_and(|t| t > now));
+                let cooling = cooling_at.is_some_and(|now| {
+                    let renewed = now.checked_sub(Duration::from_millis(n.age_ms));
+                    s.is_some_and(|s| {
+                        // A node found unreachable is dialled again when its back-off ends
+                        // or when it announces itself again, whichever comes first.
+                        let announced_since = s
+                            .unreachable_at
+                            .is_some_and(|f| renewed.is_some_and(|r| r > f));
+                        s.cool_until.is_some_and(|t| t > now) && !announced_since
+                    })
+                });
                 n.free_slots = if cooling {
                     0
                 } else {
@@ -280,5 +299,16 @@ impl Shared {
         let info = Arc::new(info);
         cache.insert(id.to_owned(), info.clone());
         Ok(info)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unreachable_node_backs_off_doubling_to_30_s() {
+        let secs: Vec<u64> = (1..=7).map(|n| unreachable_backoff(n).as_secs()).collect();
+        assert_eq!(secs, [2, 4, 8, 16, 30, 30, 30]);
     }
 }
