@@ -27,7 +27,14 @@ pub(super) struct Pace {
     idx: usize,
     /// Smoothed round trip of lease requests.
     rtt: Option<Duration>,
+    /// When the nodes started finishing jobs after the window was empty: a rate measured
+    /// over less than the whole window divides by the time it covers, so that the lookup
+    /// leases ahead within a few round trips of a start instead of after the window.
+    active_since: Option<Instant>,
 }
+
+/// Shortest span a rate is measured over.
+const MIN_SPAN: Duration = Duration::from_millis(250);
 
 impl Pace {
     pub(super) fn new(now: Instant) -> Pace {
@@ -36,6 +43,7 @@ impl Pace {
             newest: now,
             idx: 0,
             rtt: None,
+            active_since: None,
         }
     }
 
@@ -56,6 +64,9 @@ impl Pace {
     /// A job was finished (answered) by a node.
     pub(super) fn finished(&mut self, now: Instant) {
         self.advance(now);
+        if self.buckets.iter().all(|&b| b == 0) {
+            self.active_since = Some(now);
+        }
         self.buckets[self.idx] += 1;
     }
 
@@ -79,8 +90,15 @@ impl Pace {
     pub(super) fn rate(&mut self, now: Instant) -> f64 {
         self.advance(now);
         let total: u64 = self.buckets.iter().sum();
-        let span = BUCKET * (BUCKETS as u32 - 1) + now.saturating_duration_since(self.newest);
-        total as f64 / span.as_secs_f64().max(0.001)
+        if total == 0 {
+            self.active_since = None;
+            return 0.0;
+        }
+        let window = BUCKET * (BUCKETS as u32 - 1) + now.saturating_duration_since(self.newest);
+        let active = self
+            .active_since
+            .map_or(window, |t| now.saturating_duration_since(t));
+        total as f64 / active.min(window).max(MIN_SPAN).as_secs_f64()
     }
 
     /// Jobs to hold: `base` (the slots times the prefetch factor) plus what the nodes finish
@@ -134,6 +152,18 @@ mod tests {
         // Capped by what finishes in half a (short) lease.
         let t = p.target(8, Duration::from_millis(500), now);
         assert!(t <= 8 + 60, "{t}");
+    }
+
+    #[test]
+    fn a_start_is_measured_over_the_time_it_has_run() {
+        let t0 = Instant::now();
+        let mut p = Pace::new(t0);
+        // 100 jobs in the first half second: 200/s, not 100 / 5 s.
+        for i in 0..100 {
+            p.finished(t0 + Duration::from_millis(i * 5));
+        }
+        let rate = p.rate(t0 + Duration::from_millis(500));
+        assert!((150.0..250.0).contains(&rate), "{rate}");
     }
 
     #[test]
