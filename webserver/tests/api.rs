@@ -455,6 +455,7 @@ fn lookup_api() {
     assert_eq!(events.next(), r#"{"queued":4}"#);
     lease_requests_are_validated(&srv, &lab);
     let (j, j4) = leases_go_to_one_lookup_each(&srv, &lab, &lab2, &id, &key);
+    held_is_each_lookups_own(&srv, &lab, &lab2, &j, j4);
     renew_release_and_fail(&srv, &lab, &mut events, &j, j4);
     answers_first_one_wins(&srv, &lab, j[0]);
     only_its_author_sees_the_answer(&srv, &bob, j[0]);
@@ -558,6 +559,32 @@ fn leases_go_to_one_lookup_each(
     let r = post_json(lab2, srv, "/lookup/v1/lease", ten());
     assert!(r["leases"].as_array().unwrap().is_empty());
     (j, j4)
+}
+
+/// What a (restarted) lookup reads back as held: its own leases only, oldest first, paged;
+/// bad requests refused.
+fn held_is_each_lookups_own(srv: &Server, lab: &Client, lab2: &Client, j: &[i64], j4: i64) {
+    let ids = |r: Value| -> Vec<i64> {
+        r["leases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["job_id"].as_i64().unwrap())
+            .collect()
+    };
+    let all = json!({"max": 500, "lease_secs": 60});
+    assert_eq!(ids(post_json(lab, srv, "/lookup/v1/held", all.clone())), j);
+    let page = json!({"after": j[0], "max": 1, "lease_secs": 60});
+    assert_eq!(ids(post_json(lab, srv, "/lookup/v1/held", page)), [j[1]]);
+    assert_eq!(ids(post_json(lab2, srv, "/lookup/v1/held", all)), [j4]);
+    for bad in [
+        json!({"max": 0, "lease_secs": 60}),
+        json!({"max": 501, "lease_secs": 60}),
+        json!({"max": 1, "lease_secs": 1}),
+        json!({"max": 1, "lease_secs": 60, "extra": 1}),
+    ] {
+        check_error(post(lab, srv, "/lookup/v1/held", bad), 400, "bad-request");
+    }
 }
 
 /// Renew, release and failure reports of lab's jobs `j` (not of lab2's `j4`).
