@@ -330,9 +330,11 @@ pub fn run_isolated(test: &str, timeout: Duration) {
     let (out, err) = (read(&out_path), read(&err_path));
     eprintln!("{test}: child ran {:.1?}", started.elapsed());
     assert!(status.success(), "{test} failed ({status}):\n{out}\n{err}");
-    // Figures the test printed for the reader (`figure: …`).
+    // Figures the test printed for the reader (`figure: …`), straight to stderr: the test
+    // runner captures only what the print macros write, and these are wanted in CI's log.
     for line in out.lines().filter_map(|l| l.split_once("figure: ")) {
-        eprintln!("{test}: {}", line.1);
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "{test}: {}", line.1);
     }
     if let Some(line) = out.lines().find(|l| l.contains("SKIP:")) {
         eprintln!("NOTE: {test}: {line}");
