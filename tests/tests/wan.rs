@@ -159,6 +159,9 @@ fn a_partition_is_seen_at_once_and_healed_in_seconds_with_every_answer_kept() {
         1,
         "the outage is logged once:\n{log}"
     );
+    for l in log.lines().filter(|l| l.contains("WARN")) {
+        println!("figure: lookup warned: {l}");
+    }
 }
 
 const RESTART: &str = "a_lookup_killed_mid_run_takes_its_jobs_back_when_restarted";
