@@ -128,6 +128,9 @@ pub struct StatusResponse {
     pub released_total: u64,
     /// Whether the web server is currently unreachable.
     pub upstream_down: bool,
+    /// For how long, in whole seconds, when it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_down_secs: Option<u64>,
 }
 
 /// An error answer: `{"error":"…"}`.

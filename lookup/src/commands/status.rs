@@ -31,10 +31,10 @@ impl StatusCommand {
             s.refusals_total,
             s.lost_total,
             s.released_total,
-            if s.upstream_down {
-                "; web server unreachable"
-            } else {
-                ""
+            match (s.upstream_down, s.upstream_down_secs) {
+                (true, Some(secs)) => format!("; web server unreachable for {secs} s"),
+                (true, None) => "; web server unreachable".to_owned(),
+                _ => String::new(),
             }
         );
         Ok(())

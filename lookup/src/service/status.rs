@@ -118,5 +118,6 @@ pub(super) fn status(shared: &Shared) -> StatusResponse {
         lost_total: st.counters.lost,
         released_total: st.counters.released,
         upstream_down: st.upstream_down,
+        upstream_down_secs: st.down_since.map(|t| t.elapsed().as_secs()),
     }
 }
