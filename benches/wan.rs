@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use rjs_harness::grid::wan::{RunReport, WanGrid, WanGridOptions};
 use rjs_harness::report::{Row, print_table};
-use rjs_harness::{netns, signals};
+use rjs_harness::{netns, procstat, signals};
 
 struct Args {
     tasks: u32,
@@ -190,9 +190,16 @@ fn throughput(dir: &std::path::Path, args: &Args) -> Result<Vec<Row>> {
         for loss in [0.0, 0.02] {
             g.link().set_one_way(Duration::from_millis(rtt_ms / 2));
             g.loss(loss)?;
+            let me = std::process::id() as i32;
+            let cpu0 = procstat::cpu_seconds(me).unwrap_or(0.0);
             let r = g.run(n, timeout, quiet)?;
+            let link_cpu = procstat::cpu_seconds(me).unwrap_or(0.0) - cpu0;
             let what = format!("{n} tasks at {rtt_ms} ms RTT, {:.0}% loss", loss * 100.0);
             show(&what, &r);
+            println!(
+                "    the WAN link (this process) used {link_cpu:.2} CPU s of the run's {:.2} s",
+                r.elapsed.as_secs_f64()
+            );
             let rate = r.tasks_per_s();
             if rtt_ms == 0 && loss == 0.0 {
                 near = rate;

@@ -46,7 +46,7 @@ pub const MAX_SPOOLED: u64 = 64 * 1024 * 1024;
 /// A segment is closed and a new one started beyond this size.
 pub const SEGMENT_BYTES: u64 = 32 * 1024 * 1024;
 /// Answers per upload request.
-pub const RELAY_BATCH: usize = 64;
+pub const RELAY_BATCH: usize = 256;
 /// Answer bytes per upload request (a larger single answer goes alone).
 pub const RELAY_BATCH_BYTES: u64 = 16 * 1024 * 1024;
 /// Answer bytes kept in memory for the relay; beyond, they are read back from the log.

@@ -236,13 +236,19 @@ impl WebServerClient {
         timeouts: Timeouts,
     ) -> Result<Self, UpstreamError> {
         let mut tls = tls_from_credentials(creds)?;
-        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        tls.alpn_protocols = vec![b"h2".to_vec()];
         // HTTP/2 pings on the kept connection: a connection that stopped carrying anything
         // (a broken path, a partition) is closed within `keepalive` + its timeout, and the
         // next request opens a new one (resuming the TLS session) instead of waiting for TCP
         // to give up.
+        //
+        // HTTP/2 only (the web server speaks it over TLS with ALPN `h2`): the connection pool
+        // then knows before connecting that one connection carries every request, so
+        // requests started at once wait for one connection (and one TLS handshake, resumed
+        // after a break) instead of each opening its own.
         let http = reqwest::Client::builder()
             .use_preconfigured_tls(tls)
+            .http2_prior_knowledge()
             .connect_timeout(timeouts.connect)
             .pool_idle_timeout(Duration::from_secs(90))
             .http2_keep_alive_interval(timeouts.keepalive)

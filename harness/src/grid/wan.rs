@@ -177,7 +177,7 @@ impl WanGrid {
 
     /// Uploads `tasks` hello tasks and waits until all are done (at most `timeout`), calling
     /// `during(elapsed)` at each poll (every 100 ms) — to cut the link or kill a process
-    /// mid-run. Checks through the web server's own job list that every task has exactly one
+    /// mid-run. With `RJS_WAN_TRACE` set, prints the lookup's counters every 500 ms. Checks through the web server's own job list that every task has exactly one
     /// job, done, with an answer.
     pub fn run(
         &mut self,
@@ -195,6 +195,9 @@ impl WanGrid {
             up.tasks
         );
         let mut progress = Vec::new();
+        // RJS_WAN_TRACE=1: the lookup's counters every 500 ms, to see where a run waits.
+        let trace = std::env::var_os("RJS_WAN_TRACE").is_some();
+        let mut next_trace = Duration::ZERO;
         loop {
             let at = t0.elapsed();
             let s = self.summary(&up.bundle_id)?;
@@ -223,6 +226,27 @@ impl WanGrid {
                 );
             }
             crate::signals::check().context("waiting for the tasks")?;
+            if trace && at >= next_trace {
+                next_trace = at + Duration::from_millis(500);
+                if let Ok(st) = self.grid.lookup_status() {
+                    eprintln!(
+                        "  {:5.1} s: done {:>6}; lookup: queued {}, running {}, spooled {}, \
+                         leased {}, answers {}{}",
+                        at.as_secs_f64(),
+                        s.states.done,
+                        st.queued,
+                        st.running,
+                        st.spooled,
+                        st.leased_total,
+                        st.answers_total,
+                        if st.upstream_down {
+                            ", web server unreachable"
+                        } else {
+                            ""
+                        }
+                    );
+                }
+            }
             during(self, at)?;
             std::thread::sleep(Duration::from_millis(100));
         }

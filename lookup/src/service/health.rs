@@ -19,7 +19,9 @@ use super::state::Shared;
 pub(super) const HEARTBEAT: Duration = Duration::from_secs(1);
 /// How long one ask may take before the web server counts as unreachable.
 pub(super) const HEARTBEAT_TIMEOUT: Duration = Duration::from_millis(1500);
-/// Answers waiting for upload above which the puller leases nothing (answers first).
+/// After an outage, answers waiting for upload above which the puller leases nothing
+/// (answers first). In steady state the spool holds about a round trip of answers, however
+/// many: the gate applies only while catching up.
 pub(super) const ANSWERS_FIRST: usize = 128;
 
 impl Shared {
@@ -46,6 +48,7 @@ impl Shared {
             return;
         }
         st.upstream_down = false;
+        st.catching_up = true;
         let down_for = st.down_since.take().map(|t| t.elapsed());
         drop(st);
         tracing::info!(
@@ -62,10 +65,20 @@ impl Shared {
         self.lock().upstream_down
     }
 
-    /// Whether the puller may lease now: the web server is reachable and the answers kept
-    /// during an outage are (nearly) all uploaded.
+    /// Whether the puller may lease now: the web server is reachable and, after an outage or
+    /// a start, the answers kept meanwhile are (nearly) all uploaded.
     pub(super) fn may_lease(&self) -> bool {
-        !self.upstream_is_down() && self.spool.pending_count() <= ANSWERS_FIRST
+        let mut st = self.lock();
+        if st.upstream_down {
+            return false;
+        }
+        if st.catching_up {
+            if self.spool.pending_count() > ANSWERS_FIRST {
+                return false;
+            }
+            st.catching_up = false;
+        }
+        true
     }
 }
 

@@ -62,6 +62,7 @@ pub(super) async fn lane(
             bundle: bundle.bytes.clone(),
             task: lease.task,
         };
+        let offered = Instant::now();
         let result = client.run_job(&offer, bundle.time_limit).await;
         if result.is_ok() {
             shared.alive(&node);
@@ -74,7 +75,10 @@ pub(super) async fn lane(
                     .put(id.get(), outcome.clone(), node.to_string(), bytes)
                     .await
                 {
-                    Ok(()) => Finish::Answered { outcome },
+                    Ok(()) => Finish::Answered {
+                        outcome,
+                        took: offered.elapsed(),
+                    },
                     Err(e) => {
                         tracing::error!(job = %id, error = %chain(&e), "spooling an answer failed");
                         Finish::Lost("the answer could not be spooled".into())
@@ -90,7 +94,7 @@ pub(super) async fn lane(
 }
 
 pub(super) enum Finish {
-    Answered { outcome: String },
+    Answered { outcome: String, took: Duration },
     Refused { code: RefusalCode, reason: String },
     Unreachable(String),
     Lost(String),
@@ -126,9 +130,9 @@ pub(super) fn finish(shared: &Arc<Shared>, node: &NodeId, id: JobId, fin: Finish
     }
     match fin {
         Finish::Vanished => {}
-        Finish::Answered { outcome } => {
+        Finish::Answered { outcome, took } => {
             st.counters.answers += 1;
-            st.pace.finished(now);
+            st.pace.finished(now, took);
             let s = st.stats.entry(node.to_owned()).or_default();
             (s.unreachable, s.unreachable_at) = (0, None);
             if exited_zero(&outcome) {

@@ -27,6 +27,8 @@ pub(super) struct Pace {
     idx: usize,
     /// Smoothed round trip of lease requests.
     rtt: Option<Duration>,
+    /// Smoothed time a lane is busy with one job (offer to answer).
+    service: Option<Duration>,
     /// When the nodes started finishing jobs after the window was empty: a rate measured
     /// over less than the whole window divides by the time it covers, so that the lookup
     /// leases ahead within a few round trips of a start instead of after the window.
@@ -43,6 +45,7 @@ impl Pace {
             newest: now,
             idx: 0,
             rtt: None,
+            service: None,
             active_since: None,
         }
     }
@@ -61,8 +64,12 @@ impl Pace {
         }
     }
 
-    /// A job was finished (answered) by a node.
-    pub(super) fn finished(&mut self, now: Instant) {
+    /// A job was finished (answered) by a node, `took` after its lane offered it.
+    pub(super) fn finished(&mut self, now: Instant, took: Duration) {
+        self.service = Some(match self.service {
+            None => took,
+            Some(old) => (old * 7 + took) / 8,
+        });
         self.advance(now);
         if self.buckets.iter().all(|&b| b == 0) {
             self.active_since = Some(now);
@@ -101,12 +108,27 @@ impl Pace {
         total as f64 / active.min(window).max(MIN_SPAN).as_secs_f64()
     }
 
+    /// What `slots` lanes can finish per second at the measured time per job: the rate the
+    /// nodes would reach if never short of work (zero before the first job is done).
+    pub(super) fn capacity(&self, slots: u64) -> f64 {
+        match self.service {
+            Some(s) => slots as f64 / s.as_secs_f64().max(1e-4),
+            None => 0.0,
+        }
+    }
+
     /// Jobs to hold: `base` (the slots times the prefetch factor) plus what the nodes finish
     /// in two round trips and the slack, capped at what they finish in half a `lease` (a job
     /// leased must be answered before its lease would lapse without renewal) and
-    /// [`MAX_HELD`], never below `base`.
-    pub(super) fn target(&mut self, base: u64, lease: Duration, now: Instant) -> u64 {
-        let rate = self.rate(now);
+    /// [`MAX_HELD`], never below `base`. "What the nodes finish" is the larger of the rate
+    /// seen and the [`Pace::capacity`] of the `slots`: during a start the rate seen is held
+    /// back by the very shortage the lease is to end.
+    pub(super) fn target(&mut self, base: u64, slots: u64, lease: Duration, now: Instant) -> u64 {
+        let rate = self.rate(now).max(if self.rate(now) > 0.0 {
+            self.capacity(slots)
+        } else {
+            0.0
+        });
         let ahead = rate * (self.rtt() * 2 + SLACK).as_secs_f64();
         let cap = rate * lease.as_secs_f64() / 2.0;
         let extra = ahead.min(cap).ceil() as u64;
@@ -122,16 +144,16 @@ mod tests {
     fn near_the_web_server_the_slots_suffice() {
         let t0 = Instant::now();
         let mut p = Pace::new(t0);
-        assert_eq!(p.target(8, Duration::from_secs(60), t0), 8);
+        assert_eq!(p.target(8, 4, Duration::from_secs(60), t0), 8);
         for i in 0..1000 {
-            p.finished(t0 + Duration::from_millis(i * 5));
+            p.finished(t0 + Duration::from_millis(i * 5), Duration::from_millis(20));
         }
         p.round_trip(Duration::from_millis(1));
         let now = t0 + Duration::from_secs(5);
         let rate = p.rate(now);
         assert!((150.0..250.0).contains(&rate), "{rate}");
         // 200/s × (2 ms + 250 ms) ≈ 51 jobs on top of the slots.
-        let t = p.target(8, Duration::from_secs(60), now);
+        let t = p.target(8, 4, Duration::from_secs(60), now);
         assert!((50..70).contains(&t), "{t}");
     }
 
@@ -140,17 +162,17 @@ mod tests {
         let t0 = Instant::now();
         let mut p = Pace::new(t0);
         for i in 0..1000 {
-            p.finished(t0 + Duration::from_millis(i * 5));
+            p.finished(t0 + Duration::from_millis(i * 5), Duration::from_millis(20));
         }
         for _ in 0..20 {
             p.round_trip(Duration::from_millis(150));
         }
         let now = t0 + Duration::from_secs(5);
         // 200/s × (300 ms + 250 ms) = 110.
-        let t = p.target(8, Duration::from_secs(60), now);
+        let t = p.target(8, 4, Duration::from_secs(60), now);
         assert!((100..140).contains(&t), "{t}");
         // Capped by what finishes in half a (short) lease.
-        let t = p.target(8, Duration::from_millis(500), now);
+        let t = p.target(8, 4, Duration::from_millis(500), now);
         assert!(t <= 8 + 60, "{t}");
     }
 
@@ -160,10 +182,35 @@ mod tests {
         let mut p = Pace::new(t0);
         // 100 jobs in the first half second: 200/s, not 100 / 5 s.
         for i in 0..100 {
-            p.finished(t0 + Duration::from_millis(i * 5));
+            p.finished(t0 + Duration::from_millis(i * 5), Duration::from_millis(20));
         }
         let rate = p.rate(t0 + Duration::from_millis(500));
         assert!((150.0..250.0).contains(&rate), "{rate}");
+    }
+
+    #[test]
+    fn a_starved_start_leases_by_what_the_slots_can_do() {
+        let t0 = Instant::now();
+        let mut p = Pace::new(t0);
+        p.round_trip(Duration::from_millis(150));
+        // 8 jobs of 4 ms each on 4 slots: the slots could do 1000/s; the 8 alone say 32/s.
+        for _ in 0..8 {
+            p.finished(t0, Duration::from_millis(4));
+        }
+        let t = p.target(
+            8,
+            4,
+            Duration::from_secs(60),
+            t0 + Duration::from_millis(50),
+        );
+        // 1000/s × (300 ms + 250 ms) = 550 more.
+        assert!((500..600).contains(&t), "{t}");
+        // Long jobs: the slots can do little, so little is held.
+        let mut p = Pace::new(t0);
+        p.round_trip(Duration::from_millis(150));
+        p.finished(t0, Duration::from_secs(60));
+        let t = p.target(8, 4, Duration::from_secs(60), t0 + Duration::from_secs(1));
+        assert!(t <= 10, "{t}");
     }
 
     #[test]
@@ -171,12 +218,12 @@ mod tests {
         let t0 = Instant::now();
         let mut p = Pace::new(t0);
         for _ in 0..500 {
-            p.finished(t0);
+            p.finished(t0, Duration::from_millis(20));
         }
         assert!(p.rate(t0 + Duration::from_secs(1)) > 50.0);
         assert_eq!(p.rate(t0 + Duration::from_secs(30)), 0.0);
         assert_eq!(
-            p.target(4, Duration::from_secs(60), t0 + Duration::from_secs(30)),
+            p.target(4, 4, Duration::from_secs(60), t0 + Duration::from_secs(30)),
             4
         );
     }

@@ -41,7 +41,7 @@ fn budget(shared: &Shared, nodes: &[NodeView]) -> Budget {
     let target = if slots == 0 {
         0
     } else {
-        st.pace.target(base, lease, Instant::now())
+        st.pace.target(base, slots, lease, Instant::now())
     };
     // Parked jobs hold no slot, but past a bound they stop further leasing (a queue of
     // jobs nobody here will run must not be leased whole).

@@ -99,6 +99,9 @@ pub(super) struct State {
     pub(super) upstream_down: bool,
     /// Since when the web server has been unreachable.
     pub(super) down_since: Option<Instant>,
+    /// After an outage (and at start): answers kept meanwhile go first, leasing waits until
+    /// they are nearly all uploaded.
+    pub(super) catching_up: bool,
     /// How fast the nodes finish jobs and how far the web server is.
     pub(super) pace: Pace,
     /// Set when the nodes changed or a refusal may have expired: parked jobs are retried.
@@ -117,6 +120,7 @@ impl Default for State {
             counters: Counters::default(),
             upstream_down: false,
             down_since: None,
+            catching_up: true,
             pace: Pace::new(Instant::now()),
             retry_parked: false,
             stopping: false,
