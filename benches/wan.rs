@@ -317,15 +317,12 @@ fn recovery(dir: &std::path::Path, args: &Args) -> Result<Vec<Row>> {
     })?;
     show("lookup SIGKILLed, restarted 3 s later", &r);
     let resumed = restarted.and_then(|t| r.first_progress_after(t));
+    let stall = restarted.map(|t| r.longest_stall_after(t));
     rows.push(Row::target(
-        "lookup restarted: first answer after its restart",
-        format!(
-            "{} (longest stall after it {:.1} s)",
-            secs(resumed),
-            restarted.map_or(0.0, |t| r.longest_stall_after(t).as_secs_f64())
-        ),
-        "<= 5 s",
-        within(resumed, Duration::from_secs(5)),
+        "lookup restarted: first answer after its restart (longest stall after it)",
+        format!("{} ({})", secs(resumed), secs(stall)),
+        "<= 5 s (<= 5 s)",
+        within(resumed, Duration::from_secs(5)) && within(stall, Duration::from_secs(5)),
     ));
     drop(g);
 
@@ -360,11 +357,14 @@ fn recovery(dir: &std::path::Path, args: &Args) -> Result<Vec<Row>> {
             within(noticed, Duration::from_secs(3)),
         ));
         let resumed = healed_at.and_then(|t| r.first_progress_after(t));
+        let stall = healed_at.map(|t| r.longest_stall_after(t));
         rows.push(Row::target(
-            format!("partition {cut_s} s: first answer stored after the heal"),
-            secs(resumed),
-            "<= 5 s",
-            within(resumed, Duration::from_secs(5)),
+            format!(
+                "partition {cut_s} s: first answer stored after the heal (longest stall after it)"
+            ),
+            format!("{} ({})", secs(resumed), secs(stall)),
+            "<= 5 s (<= 5 s)",
+            within(resumed, Duration::from_secs(5)) && within(stall, Duration::from_secs(5)),
         ));
     }
 

@@ -16,7 +16,7 @@ use rjs_cmd::chain;
 use super::state::Shared;
 
 /// How often the heartbeat asks.
-pub(super) const HEARTBEAT: Duration = Duration::from_secs(1);
+pub(super) const HEARTBEAT: Duration = Duration::from_millis(500);
 /// How long one ask may take before the web server counts as unreachable.
 pub(super) const HEARTBEAT_TIMEOUT: Duration = Duration::from_millis(1500);
 /// After an outage, answers waiting for upload above which the puller leases nothing
@@ -57,6 +57,8 @@ impl Shared {
             "web server reachable again; relaying answers first"
         );
         self.spool.retry_now();
+        // Lease responses lost during the outage: those jobs are leased here, unknown here.
+        self.reclaim.notify_one();
         self.upstream_back.notify_waiters();
         self.capacity.notify_one();
     }
@@ -87,8 +89,8 @@ pub(super) async fn heartbeat(shared: Arc<Shared>) {
     loop {
         match tokio::time::timeout(HEARTBEAT_TIMEOUT, shared.client.ping()).await {
             Ok(Ok(_)) => shared.upstream_ok(),
-            Ok(Err(e)) if e.is_transient() => shared.upstream_failed(&chain(&e)),
-            // It answered, with something other than a failure on its side: reachable.
+            Ok(Err(e)) if e.status().is_none() => shared.upstream_failed(&chain(&e)),
+            // It answered, if only with an error status: reachable.
             Ok(Err(_)) => shared.upstream_ok(),
             Err(_) => shared.upstream_failed(&format!(
                 "no answer to GET /healthz within {HEARTBEAT_TIMEOUT:?}"

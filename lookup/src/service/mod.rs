@@ -57,7 +57,7 @@ use crate::spool::{AnswerSpool, RelayOptions};
 use crate::upstream::{Timeouts, WebServerClient};
 use dispatcher::dispatcher;
 use health::heartbeat;
-use puller::{puller, reclaim, renewer};
+use puller::{puller, reclaimer, renewer};
 use state::{Shared, State, wire_ids};
 use status::shared_status;
 
@@ -179,6 +179,7 @@ impl Service {
             dispatch: Notify::new(),
             capacity: Notify::new(),
             upstream_back: Notify::new(),
+            reclaim: Notify::new(),
             bundles: tokio::sync::Mutex::new(HashMap::new()),
             lanes: Mutex::new(HashMap::new()),
             cfg,
@@ -191,7 +192,7 @@ impl Service {
         let tasks = vec![
             spool.spawn_relay(client, RelayOptions::default()),
             tokio::spawn(heartbeat(shared.clone())),
-            tokio::spawn(reclaim(shared.clone())),
+            tokio::spawn(reclaimer(shared.clone())),
             tokio::spawn(puller(shared.clone())),
             tokio::spawn(renewer(shared.clone())),
             tokio::spawn(dispatcher(shared.clone())),

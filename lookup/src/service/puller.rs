@@ -119,7 +119,13 @@ pub(super) async fn puller(shared: Arc<Shared>) {
                         }
                         take_leases(&shared, resp.leases);
                     }
-                    Err(e) if e.is_transient() => shared.upstream_failed(&chain(&e)),
+                    // No answer at all: the link (a web server that answers with a failure
+                    // is reachable, and leases nothing: back off to the timer below).
+                    Err(e) if e.is_transient() && e.status().is_none() => {
+                        shared.upstream_failed(&chain(&e));
+                        // The web server may have leased the jobs and the response been lost.
+                        shared.reclaim.notify_one();
+                    }
                     Err(e) => {
                         tracing::warn!(error = %chain(&e), "the web server refused to lease jobs");
                         drained = true;
@@ -221,11 +227,24 @@ pub(super) fn take_leases(shared: &Shared, leases: Vec<Lease>) {
     }
 }
 
-/// At start: takes back the jobs the web server says this lookup holds (a previous run's,
-/// killed before it could give them back), except those whose answers wait in the spool,
-/// so that they run again at once rather than stay leased and idle until their leases lapse.
-/// Retries while the web server cannot be reached; gives up when it refuses.
-pub(super) async fn reclaim(shared: Arc<Shared>) {
+/// The reclaimer: at start, after the web server was unreachable, and after a lease request
+/// failed on the way, takes back the jobs the web server says this lookup holds but it does
+/// not know of ([`reclaim`]): a previous run's, killed before it could give them back, or
+/// those of a lease whose response was lost (the web server leased them, the answer never
+/// arrived). Without it they would stay leased and idle until their leases lapse.
+pub(super) async fn reclaimer(shared: Arc<Shared>) {
+    loop {
+        reclaim(&shared).await;
+        shared.reclaim.notified().await;
+        // A burst of failures or a flapping link: one pass for all of them.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// One pass of the [`reclaimer`]: every job held at the web server that is neither here nor
+/// answered in the spool is queued. Retries while the web server cannot be reached; gives up
+/// when it refuses.
+async fn reclaim(shared: &Arc<Shared>) {
     let lease_secs = shared.cfg.lease_secs();
     let mut backoff =
         crate::upstream::Backoff::new(Duration::from_millis(250), Duration::from_secs(5));
@@ -257,13 +276,16 @@ pub(super) async fn reclaim(shared: Arc<Shared>) {
             .filter(|l| !answered.contains(&l.job_id))
             .collect();
         taken += fresh.len();
-        take_leases(&shared, fresh);
+        take_leases(shared, fresh);
         if !full {
             break;
         }
     }
     if taken > 0 {
-        tracing::info!(jobs = taken, "took back the jobs held before a restart");
+        tracing::info!(
+            jobs = taken,
+            "took back jobs the web server says are leased here (a previous run's, or a lease whose response was lost)"
+        );
     }
 }
 
@@ -288,7 +310,7 @@ pub(super) async fn renewer(shared: Arc<Shared>) {
                     }
                 }
                 Err(e) => {
-                    if e.is_transient() {
+                    if e.is_transient() && e.status().is_none() {
                         shared.upstream_failed(&chain(&e));
                     }
                     tracing::debug!(error = %chain(&e), "renewing leases failed");

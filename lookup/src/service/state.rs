@@ -224,6 +224,8 @@ pub(super) struct Shared {
     pub(super) capacity: Notify,
     /// The web server is reachable again.
     pub(super) upstream_back: Notify,
+    /// Jobs may be leased here that this lookup does not know of (a lease response lost).
+    pub(super) reclaim: Notify,
     pub(super) bundles: tokio::sync::Mutex<HashMap<String, Arc<BundleInfo>>>,
     /// The lanes of each live node.
     pub(super) lanes: Mutex<HashMap<NodeId, Lanes>>,
