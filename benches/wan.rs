@@ -268,22 +268,6 @@ fn tls(dir: &std::path::Path, args: &Args) -> Result<Vec<Row>> {
     ])
 }
 
-/// How long `rjs-lookup status` took to satisfy `ok`, polled every 50 ms.
-fn status_within(
-    g: &WanGrid,
-    timeout: Duration,
-    ok: impl Fn(&rjs_harness::grid::StatusResponse) -> bool,
-) -> Option<Duration> {
-    let t = Instant::now();
-    while t.elapsed() < timeout {
-        if g.grid().lookup_status().is_ok_and(|s| ok(&s)) {
-            return Some(t.elapsed());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    None
-}
-
 fn secs(d: Option<Duration>) -> String {
     d.map_or("never".to_owned(), |d| format!("{:.1} s", d.as_secs_f64()))
 }
@@ -296,101 +280,54 @@ fn recovery(dir: &std::path::Path, args: &Args) -> Result<Vec<Row>> {
     let mut rows = Vec::new();
     let n = args.tasks;
     let timeout = Duration::from_secs(900);
+    let five = Duration::from_secs(5);
 
     // The lookup killed mid-run, started again 3 s later.
     let mut g = start(&dir.join("restart"), &[])?;
     g.link().set_one_way(Duration::from_millis(75));
-    let (mut killed, mut restarted) = (None, None);
-    let r = g.run(n, timeout, |g, at| {
-        if killed.is_none() && at > Duration::from_secs(1) {
-            g.grid_mut().kill_lookup(libc::SIGKILL)?;
-            killed = Some(at);
-        }
-        if let (Some(k), None) = (killed, restarted)
-            && at > k + Duration::from_secs(3)
-        {
-            let t = Instant::now();
-            g.grid_mut().start_lookup()?;
-            restarted = Some(at + t.elapsed());
-        }
-        Ok(())
-    })?;
-    show("lookup SIGKILLed, restarted 3 s later", &r);
-    let resumed = restarted.and_then(|t| r.first_progress_after(t));
-    let stall = restarted.map(|t| r.longest_stall_after(t));
+    let rec = g.lookup_restart(n, timeout, Duration::from_secs(3))?;
+    show("lookup SIGKILLed, restarted 3 s later", &rec.run);
     rows.push(Row::target(
         "lookup restarted: first answer after its restart (longest stall after it)",
-        format!("{} ({})", secs(resumed), secs(stall)),
+        format!("{} ({})", secs(rec.resumed()), secs(rec.stall())),
         "<= 5 s (<= 5 s)",
-        within(resumed, Duration::from_secs(5)) && within(stall, Duration::from_secs(5)),
+        within(rec.resumed(), five) && within(rec.stall(), five),
     ));
     drop(g);
 
-    // Partitions.
+    // Partitions, with enough work that the nodes are still busy at the heal.
     let cuts: &[u64] = if args.short { &[20] } else { &[20, 150] };
     for &cut_s in cuts {
         let mut g = start(&dir.join(format!("partition-{cut_s}")), &[])?;
         g.link().set_one_way(Duration::from_millis(75));
-        let cut_for = Duration::from_secs(cut_s);
-        let (mut cut_at, mut healed_at, mut noticed) = (None, None, None);
-        // Enough work that the nodes are still busy at the heal.
-        let tasks = n.max(2000) * if cut_s > 60 { 4 } else { 1 };
-        let r = g.run(tasks, timeout, |g, at| {
-            if cut_at.is_none() && at > Duration::from_secs(1) {
-                g.partition(true)?;
-                cut_at = Some(at);
-                noticed = status_within(g, Duration::from_secs(10), |s| s.upstream_down);
-            }
-            if let (Some(c), None) = (cut_at, healed_at)
-                && at > c + cut_for
-            {
-                g.partition(false)?;
-                healed_at = Some(at);
-            }
-            Ok(())
-        })?;
-        show(&format!("WAN partitioned {cut_s} s"), &r);
+        let rec = g.partition_run(n.max(2000), timeout, Duration::from_secs(cut_s))?;
+        show(&format!("WAN partitioned {cut_s} s"), &rec.run);
         rows.push(Row::target(
             format!("partition {cut_s} s: rjs-lookup status says unreachable"),
-            secs(noticed),
+            secs(rec.noticed),
             "<= 3 s",
-            within(noticed, Duration::from_secs(3)),
+            within(rec.noticed, Duration::from_secs(3)),
         ));
-        let resumed = healed_at.and_then(|t| r.first_progress_after(t));
-        let stall = healed_at.map(|t| r.longest_stall_after(t));
         rows.push(Row::target(
             format!(
                 "partition {cut_s} s: first answer stored after the heal (longest stall after it)"
             ),
-            format!("{} ({})", secs(resumed), secs(stall)),
+            format!("{} ({})", secs(rec.resumed()), secs(rec.stall())),
             "<= 5 s (<= 5 s)",
-            within(resumed, Duration::from_secs(5)) && within(stall, Duration::from_secs(5)),
+            within(rec.resumed(), five) && within(rec.stall(), five),
         ));
     }
 
     // The web server restarted.
     let mut g = start(&dir.join("webserver"), &[])?;
     g.link().set_one_way(Duration::from_millis(75));
-    let mut back = None;
-    let mut done = false;
-    let r = g.run(n, timeout, |g, at| {
-        if !done && at > Duration::from_secs(1) {
-            done = true;
-            g.grid_mut().kill_webserver(libc::SIGKILL)?;
-            status_within(g, Duration::from_secs(10), |s| s.upstream_down)
-                .context("the lookup did not notice the web server was gone")?;
-            std::thread::sleep(Duration::from_secs(2));
-            g.grid_mut().restart_webserver()?;
-            back = status_within(g, Duration::from_secs(30), |s| !s.upstream_down);
-        }
-        Ok(())
-    })?;
-    show("web server SIGKILLed and started again", &r);
+    let rec = g.webserver_restart(n, timeout)?;
+    show("web server SIGKILLed and started again", &rec.run);
     rows.push(Row::target(
         "web server restarted: lookup reconnected after it listened",
-        secs(back),
+        secs(rec.reconnected),
         "<= 2 s",
-        within(back, Duration::from_secs(2)),
+        within(rec.reconnected, Duration::from_secs(2)),
     ));
     Ok(rows)
 }

@@ -206,15 +206,21 @@ impl Lan {
         Ok(here)
     }
 
-    /// Cuts (`true`) or heals (`false`) host `name`'s WAN link: every packet either way is
-    /// dropped silently, as on a broken path (no reset, no ICMP), by iptables rules at both
-    /// ends.
-    pub fn partition(&self, name: &str, cut: bool) -> Result<()> {
+    /// Host `name` and the caller's end (interface) of its WAN link.
+    fn wan_ends(&self, name: &str) -> Result<(&Host, &str)> {
         let h = self.host(name)?;
         let (local, _) = h
             .wan_peer
             .as_ref()
             .with_context(|| format!("{name} has no WAN link"))?;
+        Ok((h, local))
+    }
+
+    /// Cuts (`true`) or heals (`false`) host `name`'s WAN link: every packet either way is
+    /// dropped silently, as on a broken path (no reset, no ICMP), by iptables rules at both
+    /// ends.
+    pub fn partition(&self, name: &str, cut: bool) -> Result<()> {
+        let (h, local) = self.wan_ends(name)?;
         let op = if cut { "-I" } else { "-D" };
         iptables(Some(&h.netns), &[op, "INPUT", "-i", "wan0", "-j", "DROP"])?;
         iptables(None, &[op, "INPUT", "-i", local, "-j", "DROP"])
@@ -223,12 +229,8 @@ impl Lan {
     /// Drops each packet on host `name`'s WAN link, either way, with probability `p` (0
     /// removes the rule set by an earlier call).
     pub fn wan_loss(&self, name: &str, p: f64) -> Result<()> {
-        let h = self.host(name)?;
-        let (local, _) = h
-            .wan_peer
-            .as_ref()
-            .with_context(|| format!("{name} has no WAN link"))?;
-        for (ns, dev) in [(Some(h.netns.as_str()), "wan0"), (None, local.as_str())] {
+        let (h, local) = self.wan_ends(name)?;
+        for (ns, dev) in [(Some(h.netns.as_str()), "wan0"), (None, local)] {
             // Replace: flush the chain of ours, then add.
             let _ = iptables(ns, &["-F", "RJS-LOSS"]);
             let _ = iptables(ns, &["-D", "INPUT", "-j", "RJS-LOSS"]);

@@ -14,9 +14,7 @@
 //! jobs (`scripts/test.sh` sees to all of them); prints a SKIP line where it cannot build
 //! hosts.
 
-use std::time::{Duration, Instant};
-
-use anyhow::Context;
+use std::time::Duration;
 
 use rjs_harness::grid::wan::{RunReport, WanGrid, WanGridOptions};
 use rjs_harness::netns;
@@ -90,22 +88,6 @@ fn latency_is_hidden_across_a_150_ms_wan() {
     );
 }
 
-/// Polls the lookup's status until `ok` holds; returns how long it took.
-fn status_within(
-    g: &WanGrid,
-    timeout: Duration,
-    ok: impl Fn(&rjs_harness::grid::StatusResponse) -> bool,
-) -> Option<Duration> {
-    let t = Instant::now();
-    while t.elapsed() < timeout {
-        if g.grid().lookup_status().is_ok_and(|s| ok(&s)) {
-            return Some(t.elapsed());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    None
-}
-
 const PARTITION: &str = "a_partition_is_seen_at_once_and_healed_in_seconds_with_every_answer_kept";
 
 /// The WAN is cut mid-run for 12 s: the lookup says so within 3 s, its nodes go on with the
@@ -120,41 +102,20 @@ fn a_partition_is_seen_at_once_and_healed_in_seconds_with_every_answer_kept() {
     let Some((_dir, mut g)) = wan_grid(Duration::from_millis(150), &[]) else {
         return;
     };
-    let cut_for = Duration::from_secs(12);
-    let mut cut_at: Option<Duration> = None;
-    let mut healed_at: Option<Duration> = None;
-    let mut noticed: Option<Duration> = None;
-    let r = g
-        .run(600, Duration::from_secs(180), |g, at| {
-            if cut_at.is_none() && at > Duration::from_secs(1) {
-                g.partition(true)?;
-                cut_at = Some(at);
-                noticed = status_within(g, Duration::from_secs(6), |s| s.upstream_down);
-            }
-            if let (Some(c), None) = (cut_at, healed_at)
-                && at > c + cut_for
-            {
-                g.partition(false)?;
-                healed_at = Some(at);
-            }
-            Ok(())
-        })
+    let rec = g
+        .partition_run(600, Duration::from_secs(180), Duration::from_secs(12))
         .unwrap();
-    print_run("600 tasks, 150 ms, cut 12 s", &r, &g);
-    let noticed =
-        noticed.expect("rjs-lookup status did not say the web server was unreachable within 6 s");
-    let healed = healed_at.expect("the run ended before the heal");
-    let resumed = r
-        .first_progress_after(healed)
-        .expect("no task finished after the heal");
+    print_run("600 tasks, 150 ms, cut 12 s", &rec.run, &g);
+    let noticed = rec
+        .noticed
+        .expect("rjs-lookup status did not say the web server was unreachable within 10 s");
+    let resumed = rec.resumed().expect("no task finished after the heal");
+    let stall = rec.stall().unwrap_or_default();
     println!(
-        "figure: unreachable said after {:.1} s; after the heal, answers flowed again in {:.1} s",
+        "figure: unreachable said after {:.1} s; after the heal, answers flowed again in {:.1} s, \
+         longest stall {:.1} s",
         noticed.as_secs_f64(),
-        resumed.as_secs_f64()
-    );
-    let stall = r.longest_stall_after(healed);
-    println!(
-        "figure: longest stall after the heal {:.1} s",
+        resumed.as_secs_f64(),
         stall.as_secs_f64()
     );
     assert!(noticed <= Duration::from_secs(3), "{noticed:?}");
@@ -185,35 +146,16 @@ fn a_lookup_killed_mid_run_takes_its_jobs_back_when_restarted() {
     let Some((_dir, mut g)) = wan_grid(Duration::from_millis(150), &[]) else {
         return;
     };
-    let mut killed_at: Option<Duration> = None;
-    let mut restarted_at: Option<Duration> = None;
-    let r = g
-        .run(600, Duration::from_secs(180), |g, at| {
-            if killed_at.is_none() && at > Duration::from_secs(1) {
-                g.grid_mut().kill_lookup(libc::SIGKILL)?;
-                killed_at = Some(at);
-            }
-            if let (Some(k), None) = (killed_at, restarted_at)
-                && at > k + Duration::from_secs(3)
-            {
-                let t = Instant::now();
-                g.grid_mut().start_lookup()?;
-                restarted_at = Some(at + t.elapsed());
-            }
-            Ok(())
-        })
+    let rec = g
+        .lookup_restart(600, Duration::from_secs(180), Duration::from_secs(3))
         .unwrap();
-    print_run("600 tasks, 150 ms, lookup killed", &r, &g);
-    let restarted = restarted_at.expect("the run ended before the restart");
-    let resumed = r
-        .first_progress_after(restarted)
-        .expect("no task finished after the restart");
-    let stall = r.longest_stall_after(restarted);
+    print_run("600 tasks, 150 ms, lookup killed", &rec.run, &g);
+    let resumed = rec.resumed().expect("no task finished after the restart");
+    let stall = rec.stall().unwrap_or_default();
     println!(
-        "figure: after the restart: first answer in {:.1} s, longest stall {:.1} s, run {:.1} s",
+        "figure: after the restart: first answer in {:.1} s, longest stall {:.1} s",
         resumed.as_secs_f64(),
-        stall.as_secs_f64(),
-        r.elapsed.as_secs_f64()
+        stall.as_secs_f64()
     );
     assert!(resumed <= Duration::from_secs(10), "{resumed:?}");
     assert!(stall <= Duration::from_secs(10), "{stall:?}");
@@ -231,26 +173,13 @@ fn the_lookup_reconnects_within_2_s_of_a_restarted_web_server() {
     let Some((_dir, mut g)) = wan_grid(Duration::from_millis(150), &[]) else {
         return;
     };
-    let mut stopped = false;
-    let mut back: Option<Duration> = None;
-    let r = g
-        .run(400, Duration::from_secs(180), |g, at| {
-            if !stopped && at > Duration::from_secs(1) {
-                stopped = true;
-                g.grid_mut().kill_webserver(libc::SIGKILL)?;
-                status_within(g, Duration::from_secs(5), |s| s.upstream_down)
-                    .context("the lookup did not notice the web server was gone")?;
-                std::thread::sleep(Duration::from_secs(2));
-                g.grid_mut().restart_webserver()?;
-                back = status_within(g, Duration::from_secs(10), |s| !s.upstream_down);
-            }
-            Ok(())
-        })
-        .unwrap();
-    print_run("400 tasks, 150 ms, web server restarted", &r, &g);
-    let back = back.expect("the lookup did not reconnect within 10 s");
+    let rec = g.webserver_restart(400, Duration::from_secs(180)).unwrap();
+    print_run("400 tasks, 150 ms, web server restarted", &rec.run, &g);
+    let back = rec
+        .reconnected
+        .expect("the lookup did not reconnect within 30 s");
     println!(
-        "reconnected {:.1} s after the web server listened",
+        "figure: reconnected {:.1} s after the web server listened",
         back.as_secs_f64()
     );
     assert!(back <= Duration::from_secs(2), "{back:?}");

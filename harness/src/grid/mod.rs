@@ -1074,6 +1074,35 @@ fn write_bench(node_dir: &Path, mflops: f64) -> Result<()> {
         .with_context(|| format!("writing {}", path.display()))
 }
 
+/// Copies the job folder `src` (its files) into `dst` (created), its `manifest.json` changed
+/// by `edit` (e.g. another task count).
+pub fn job_copy(
+    src: &Path,
+    dst: &Path,
+    edit: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>),
+) -> Result<()> {
+    std::fs::create_dir_all(dst).with_context(|| format!("creating {}", dst.display()))?;
+    for entry in std::fs::read_dir(src).with_context(|| format!("reading {}", src.display()))? {
+        let entry = entry?;
+        if entry.file_type()?.is_file() {
+            std::fs::copy(entry.path(), dst.join(entry.file_name()))
+                .with_context(|| format!("copying {}", entry.path().display()))?;
+        }
+    }
+    let path = dst.join("manifest.json");
+    let mut manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
+    )
+    .with_context(|| format!("parsing {}", path.display()))?;
+    edit(
+        manifest
+            .as_object_mut()
+            .context("manifest.json is not an object")?,
+    );
+    std::fs::write(&path, serde_json::to_vec_pretty(&manifest)?)
+        .with_context(|| format!("writing {}", path.display()))
+}
+
 /// The text after `marker` in `line`.
 fn after<'a>(line: &'a str, marker: &str) -> Option<&'a str> {
     line.split_once(marker).map(|(_, r)| r.trim())

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use rjs_wire::api::{JobState, SubmissionSummary};
+use rjs_wire::api::{JobState, SubmissionSummary, UploadResponse};
 
 use super::{GridOptions, LocalGrid, NodeOptions, Placement};
 use crate::hosts::Lan;
@@ -187,8 +187,12 @@ impl WanGrid {
     ) -> Result<RunReport> {
         let job = self.hello_job(tasks)?;
         let bundle = self.grid.pack(&job)?;
+        let bytes =
+            std::fs::read(&bundle).with_context(|| format!("reading {}", bundle.display()))?;
         let t0 = Instant::now();
-        let up = self.grid.upload(&bundle)?;
+        // Always new jobs: a run of the same size packed within the same second is the same
+        // bundle, which a plain upload would answer with its finished jobs.
+        let up = self.grid.api().upload(bytes, true)?;
         ensure!(
             up.tasks == tasks,
             "uploaded {} tasks, not {tasks}",
@@ -215,7 +219,7 @@ impl WanGrid {
                     elapsed: at,
                     progress,
                 };
-                self.check_one_answer_each(&up.bundle_id, tasks)?;
+                self.check_one_answer_each(&up, tasks)?;
                 return Ok(report);
             }
             if at > timeout {
@@ -260,9 +264,17 @@ impl WanGrid {
             .with_context(|| format!("no submission of bundle {bundle}"))
     }
 
-    /// Every task of `bundle` has one job, done, whose answer the web server serves.
-    fn check_one_answer_each(&self, bundle: &str, tasks: u32) -> Result<()> {
-        let jobs = self.grid.api().jobs(Some(bundle))?.jobs;
+    /// Every task of the upload has one job, done, whose answer the web server serves.
+    fn check_one_answer_each(&self, up: &UploadResponse, tasks: u32) -> Result<()> {
+        let mine: std::collections::HashSet<i64> = up.jobs.iter().map(|j| j.id).collect();
+        ensure!(
+            mine.len() == tasks as usize,
+            "the upload made {} jobs, not {tasks}",
+            mine.len()
+        );
+        let mut jobs = self.grid.api().jobs(Some(&up.bundle_id))?.jobs;
+        // This upload's jobs (the same bundle may have run before).
+        jobs.retain(|j| mine.contains(&j.id));
         let mut seen = vec![0u32; tasks as usize];
         for j in &jobs {
             ensure!(
@@ -297,25 +309,147 @@ fn free_port() -> Result<u16> {
 
 /// A copy of the `hello` sample in `dir` with `tasks` tasks.
 pub fn hello_job(dir: &Path, tasks: u32) -> Result<PathBuf> {
-    let src = crate::paths::sample("hello");
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    for entry in std::fs::read_dir(&src).with_context(|| format!("reading {}", src.display()))? {
-        let entry = entry?;
-        if entry.file_type()?.is_file() {
-            std::fs::copy(entry.path(), dir.join(entry.file_name()))
-                .with_context(|| format!("copying {}", entry.path().display()))?;
-        }
-    }
-    let path = dir.join("manifest.json");
-    let mut manifest: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
-    )
-    .with_context(|| format!("parsing {}", path.display()))?;
-    manifest
-        .as_object_mut()
-        .context("manifest.json is not an object")?
-        .insert("tasks".into(), tasks.into());
-    std::fs::write(&path, serde_json::to_vec_pretty(&manifest)?)
-        .with_context(|| format!("writing {}", path.display()))?;
+    super::job_copy(&crate::paths::sample("hello"), dir, |m| {
+        m.insert("tasks".into(), tasks.into());
+    })?;
     Ok(dir.to_owned())
+}
+
+/// What a fault did to a run ([`WanGrid::lookup_restart`], [`WanGrid::partition_run`],
+/// [`WanGrid::webserver_restart`]).
+#[derive(Debug, Clone)]
+pub struct Recovery {
+    pub run: RunReport,
+    /// Since the upload: when the fault was healed (the process started again, the link
+    /// healed), if the run lasted that long.
+    pub healed_at: Option<Duration>,
+    /// How long `rjs-lookup status` took to say the web server was unreachable.
+    pub noticed: Option<Duration>,
+    /// How long after the heal the lookup said the web server was reachable again.
+    pub reconnected: Option<Duration>,
+}
+
+impl Recovery {
+    /// From the heal to the first task done after it.
+    pub fn resumed(&self) -> Option<Duration> {
+        self.healed_at
+            .and_then(|t| self.run.first_progress_after(t))
+    }
+
+    /// The longest time without a task done after the heal.
+    pub fn stall(&self) -> Option<Duration> {
+        self.healed_at.map(|t| self.run.longest_stall_after(t))
+    }
+}
+
+/// When a fault starts: this long after the upload.
+const FAULT_AT: Duration = Duration::from_secs(1);
+
+impl WanGrid {
+    /// How long `rjs-lookup status` took to satisfy `ok` (polled every 50 ms), if it did
+    /// within `timeout`.
+    pub fn status_within(
+        &self,
+        timeout: Duration,
+        ok: impl Fn(&super::StatusResponse) -> bool,
+    ) -> Option<Duration> {
+        let t = Instant::now();
+        while t.elapsed() < timeout {
+            if self.grid.lookup_status().is_ok_and(|s| ok(&s)) {
+                return Some(t.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// `tasks` tasks; 1 s in, the lookup is killed with SIGKILL and started again `down`
+    /// later.
+    pub fn lookup_restart(
+        &mut self,
+        tasks: u32,
+        timeout: Duration,
+        down: Duration,
+    ) -> Result<Recovery> {
+        let (mut killed, mut restarted) = (None, None);
+        let run = self.run(tasks, timeout, |g, at| {
+            if killed.is_none() && at > FAULT_AT {
+                g.grid.kill_lookup(libc::SIGKILL)?;
+                killed = Some(at);
+            }
+            if let (Some(k), None) = (killed, restarted)
+                && at > k + down
+            {
+                let t = Instant::now();
+                g.grid.start_lookup()?;
+                restarted = Some(at + t.elapsed());
+            }
+            Ok(())
+        })?;
+        Ok(Recovery {
+            run,
+            healed_at: restarted,
+            noticed: None,
+            reconnected: None,
+        })
+    }
+
+    /// `tasks` tasks; 1 s in, the WAN is cut for `cut_for`.
+    pub fn partition_run(
+        &mut self,
+        tasks: u32,
+        timeout: Duration,
+        cut_for: Duration,
+    ) -> Result<Recovery> {
+        let (mut cut_at, mut healed_at, mut noticed) = (None, None, None);
+        let run = self.run(tasks, timeout, |g, at| {
+            if cut_at.is_none() && at > FAULT_AT {
+                g.partition(true)?;
+                cut_at = Some(at);
+                noticed = g.status_within(Duration::from_secs(10), |s| s.upstream_down);
+            }
+            if let (Some(c), None) = (cut_at, healed_at)
+                && at > c + cut_for
+            {
+                g.partition(false)?;
+                healed_at = Some(at);
+            }
+            Ok(())
+        })?;
+        Ok(Recovery {
+            run,
+            healed_at,
+            noticed,
+            reconnected: None,
+        })
+    }
+
+    /// `tasks` tasks; 1 s in, the web server is killed with SIGKILL, and started again 2 s
+    /// after the lookup noticed.
+    pub fn webserver_restart(&mut self, tasks: u32, timeout: Duration) -> Result<Recovery> {
+        let (mut done, mut noticed, mut back, mut listening) = (false, None, None, None);
+        let run = self.run(tasks, timeout, |g, at| {
+            if !done && at > FAULT_AT {
+                done = true;
+                let call = Instant::now();
+                g.grid.kill_webserver(libc::SIGKILL)?;
+                noticed = g.status_within(Duration::from_secs(10), |s| s.upstream_down);
+                ensure!(
+                    noticed.is_some(),
+                    "the lookup did not notice the web server was gone"
+                );
+                std::thread::sleep(Duration::from_secs(2));
+                g.grid.restart_webserver()?;
+                listening = Some(at + call.elapsed());
+                back = g.status_within(Duration::from_secs(30), |s| !s.upstream_down);
+            }
+            Ok(())
+        })?;
+        Ok(Recovery {
+            run,
+            healed_at: listening,
+            noticed,
+            reconnected: back,
+        })
+    }
 }

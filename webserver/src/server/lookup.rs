@@ -109,6 +109,17 @@ fn check_lease_secs(secs: u32) -> Result<(), ApiError> {
     }
 }
 
+/// A lease or held request's `max`: 1 ..= [`MAX_BATCH`].
+fn check_max(max: u32) -> Result<(), ApiError> {
+    if (1..=MAX_BATCH).contains(&max) {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "max must be 1..={MAX_BATCH}"
+        )))
+    }
+}
+
 fn check_batch(ids: &[i64]) -> Result<(), ApiError> {
     if ids.len() > MAX_BATCH as usize {
         return Err(ApiError::bad_request(format!(
@@ -122,11 +133,7 @@ fn check_batch(ids: &[i64]) -> Result<(), ApiError> {
 pub async fn lease(call: LookupCall<'_>, payload: &mut web::Payload) -> Reply {
     let (state, lookup) = (call.state, call.caller);
     let r: LeaseRequest = json_body(payload).await?;
-    if !(1..=MAX_BATCH).contains(&r.max) {
-        return Err(ApiError::bad_request(format!(
-            "max must be 1..={MAX_BATCH}"
-        )));
-    }
+    check_max(r.max)?;
     check_lease_secs(r.lease_secs)?;
     if r.groups.len() > MAX_GROUPS {
         return Err(ApiError::bad_request(format!(
@@ -167,11 +174,7 @@ pub async fn lease(call: LookupCall<'_>, payload: &mut web::Payload) -> Reply {
 pub async fn held(call: LookupCall<'_>, payload: &mut web::Payload) -> Reply {
     let (state, lookup) = (call.state, call.caller);
     let r: HeldRequest = json_body(payload).await?;
-    if !(1..=MAX_BATCH).contains(&r.max) {
-        return Err(ApiError::bad_request(format!(
-            "max must be 1..={MAX_BATCH}"
-        )));
-    }
+    check_max(r.max)?;
     check_lease_secs(r.lease_secs)?;
     let leases = state
         .store_call("reading the jobs a lookup holds", move |s| {

@@ -749,6 +749,24 @@ fn record_in(
     }
 }
 
+/// The columns every lease query selects, in this order.
+const LEASE_COLUMNS: &str = "j.id, j.bundle_id, j.task, j.tasks, j.grp, j.attempts, a.fingerprint";
+
+/// A [`Lease`] until `until` from a row of [`LEASE_COLUMNS`] (the attempt it will be is one
+/// more than those counted).
+fn lease_row(r: &rusqlite::Row<'_>, until: i64) -> rusqlite::Result<Lease> {
+    Ok(Lease {
+        job_id: r.get(0)?,
+        bundle_id: r.get(1)?,
+        task: r.get(2)?,
+        tasks: r.get(3)?,
+        group: r.get(4)?,
+        attempt: r.get::<_, u32>(5)?.saturating_add(1),
+        author_fingerprint: r.get(6)?,
+        lease_until: until,
+    })
+}
+
 impl Store for SqliteStore {
     // ---------------------------------------------------------------- authors
 
@@ -1083,29 +1101,18 @@ impl Store for SqliteStore {
             // The group test in SQL is the same as `node_serves` (the job's group equals the
             // node's or lies above it, at a '/'), so LIMIT stops at the right row; it is
             // checked again in Rust below.
-            let mut select = tx.prepare_cached(
-                "SELECT j.id, j.bundle_id, j.task, j.tasks, j.grp, j.attempts, a.fingerprint
+            let mut select = tx.prepare_cached(&format!(
+                "SELECT {LEASE_COLUMNS}
                  FROM jobs j JOIN authors a ON a.id = j.author_id
                  WHERE j.state = 'queued'
                    AND (?1 IS NULL OR EXISTS (
                         SELECT 1 FROM json_each(?1) g
                         WHERE j.grp = g.value
                            OR substr(g.value, 1, length(j.grp) + 1) = j.grp || '/'))
-                 ORDER BY j.id LIMIT ?2",
-            )?;
+                 ORDER BY j.id LIMIT ?2"
+            ))?;
             let candidates = select
-                .query_map(params![filter_json, max], |r| {
-                    Ok(Lease {
-                        job_id: r.get(0)?,
-                        bundle_id: r.get(1)?,
-                        task: r.get(2)?,
-                        tasks: r.get(3)?,
-                        group: r.get(4)?,
-                        attempt: r.get::<_, u32>(5)?.saturating_add(1),
-                        author_fingerprint: r.get(6)?,
-                        lease_until: until,
-                    })
-                })?
+                .query_map(params![filter_json, max], |r| lease_row(r, until))?
                 .collect::<Result<Vec<_>, _>>()?;
             let mut update = tx.prepare_cached(
                 "UPDATE jobs SET state = 'leased', lease_lookup = ?1, last_lookup = ?1,
@@ -1141,26 +1148,15 @@ impl Store for SqliteStore {
         now: i64,
     ) -> Result<Vec<Lease>, StoreError> {
         self.write(|tx| {
-            let mut select = tx.prepare_cached(
-                "SELECT j.id, j.bundle_id, j.task, j.tasks, j.grp, j.attempts, a.fingerprint
+            let mut select = tx.prepare_cached(&format!(
+                "SELECT {LEASE_COLUMNS}
                  FROM jobs j JOIN authors a ON a.id = j.author_id
                  WHERE j.state = 'leased' AND j.lease_lookup = ?1 AND j.lease_until >= ?2
                    AND j.id > ?3
-                 ORDER BY j.id LIMIT ?4",
-            )?;
+                 ORDER BY j.id LIMIT ?4"
+            ))?;
             let held = select
-                .query_map(params![lookup_id, now, after, max], |r| {
-                    Ok(Lease {
-                        job_id: r.get(0)?,
-                        bundle_id: r.get(1)?,
-                        task: r.get(2)?,
-                        tasks: r.get(3)?,
-                        group: r.get(4)?,
-                        attempt: r.get::<_, u32>(5)?.saturating_add(1),
-                        author_fingerprint: r.get(6)?,
-                        lease_until: until,
-                    })
-                })?
+                .query_map(params![lookup_id, now, after, max], |r| lease_row(r, until))?
                 .collect::<Result<Vec<_>, _>>()?;
             let mut update = tx.prepare_cached(
                 "UPDATE jobs SET lease_until = ?1, updated_at = ?2
