@@ -246,3 +246,61 @@ fn a_node_that_loses_its_link_costs_no_answer() {
         "node-1 was dialled {dials} times while gone:\n{log}"
     );
 }
+
+const GIVE_BACK: &str = "a_lookup_gives_back_what_it_cannot_start_when_its_nodes_leave";
+
+/// Both nodes are killed mid-run: the lookup gives back to the web server the jobs it had
+/// leased ahead (but a few), rather than holding them with nobody to run them; when the
+/// nodes come back, the run completes.
+#[test]
+fn a_lookup_gives_back_what_it_cannot_start_when_its_nodes_leave() {
+    if !netns::isolated_child(GIVE_BACK, Duration::from_secs(300)) {
+        return;
+    }
+    let Some((_dir, mut g)) = wan_grid(Duration::from_millis(150), &[]) else {
+        return;
+    };
+    let (mut killed, mut held_then, mut given_back, mut restarted) = (None, 0, None, false);
+    let r = g
+        .run(3000, Duration::from_secs(180), |g, at| {
+            // Once the lookup leases ahead at full pace.
+            if killed.is_none() && g.states().done >= 800 {
+                held_then = g.states().leased;
+                for i in 0..2 {
+                    g.grid_mut().kill_node(i, libc::SIGKILL)?;
+                }
+                killed = Some(at);
+            }
+            if let (Some(k), None) = (killed, given_back) {
+                let leased = g.states().leased;
+                if leased <= 20 {
+                    given_back = Some(at - k);
+                } else if at > k + Duration::from_secs(30) {
+                    anyhow::bail!("{leased} jobs still leased 30 s after the nodes left");
+                }
+            }
+            if given_back.is_some() && !restarted {
+                restarted = true;
+                for i in 0..2 {
+                    g.grid_mut().start_node(i)?;
+                }
+            }
+            Ok(())
+        })
+        .unwrap();
+    print_run(
+        "3000 tasks, 150 ms, both nodes killed and started again",
+        &r,
+        &g,
+    );
+    let given_back = given_back.expect("the run ended before the nodes were killed");
+    println!(
+        "figure: {held_then} jobs leased when the nodes left; all but 20 given back after {:.1} s",
+        given_back.as_secs_f64()
+    );
+    assert!(
+        held_then > 20,
+        "too little leased ahead to tell ({held_then})"
+    );
+    assert!(given_back <= Duration::from_secs(10), "{given_back:?}");
+}

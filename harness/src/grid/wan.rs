@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use rjs_wire::api::{JobState, SubmissionSummary, UploadResponse};
+use rjs_wire::api::{JobState, StateCounts, SubmissionSummary, UploadResponse};
 
 use super::{GridOptions, LocalGrid, NodeOptions, Placement};
 use crate::hosts::Lan;
@@ -58,6 +58,8 @@ pub struct WanGrid {
     grid: LocalGrid,
     link: WanLink,
     lan: Lan,
+    /// The job states of the run in progress, as its last poll saw them.
+    states: StateCounts,
 }
 
 /// How a batch of tasks went ([`WanGrid::run`]).
@@ -137,7 +139,12 @@ impl WanGrid {
             })
             .collect();
         let grid = LocalGrid::start(g)?;
-        Ok(WanGrid { grid, link, lan })
+        Ok(WanGrid {
+            grid,
+            link,
+            lan,
+            states: StateCounts::default(),
+        })
     }
 
     pub fn grid(&self) -> &LocalGrid {
@@ -154,6 +161,11 @@ impl WanGrid {
 
     pub fn lan(&self) -> &Lan {
         &self.lan
+    }
+
+    /// The job states of the run in progress at its last poll (for a `during` callback).
+    pub fn states(&self) -> &StateCounts {
+        &self.states
     }
 
     pub fn wan_stats(&self) -> WanStats {
@@ -206,6 +218,7 @@ impl WanGrid {
             let at = t0.elapsed();
             let s = self.summary(&up.bundle_id)?;
             progress.push((at, s.states.done));
+            self.states = s.states;
             if s.states.failed > 0 {
                 bail!(
                     "{} of {tasks} tasks failed; logs in {}",
