@@ -727,10 +727,10 @@ impl AnswerSpool {
                 Err(e) if e.is_transient() => {
                     // An unreachable web server is reported once, by the service's heartbeat;
                     // a web server that answers and fails is worth a warning each time.
-                    if e.status().is_some() {
-                        tracing::warn!(answers = batch.len(), error = %chain(&e), "answer relay failed; will retry");
-                    } else {
+                    if e.is_unreachable() {
                         tracing::debug!(answers = batch.len(), error = %chain(&e), "answer relay failed; will retry");
+                    } else {
+                        tracing::warn!(answers = batch.len(), error = %chain(&e), "answer relay failed; will retry");
                     }
                     failed = true;
                     self.put_back(batch);

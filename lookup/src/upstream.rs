@@ -98,6 +98,12 @@ impl UpstreamError {
         }
     }
 
+    /// No answer came back at all (the link, not the web server): transient, and without a
+    /// status. A web server that answers with a failure is reachable.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, UpstreamError::Transport { .. })
+    }
+
     /// The HTTP status, if the web server answered with an error.
     pub fn status(&self) -> Option<u16> {
         match self {

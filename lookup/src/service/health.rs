@@ -28,10 +28,9 @@ impl Shared {
     /// A request to the web server failed for a reason that may pass (`why`).
     pub(super) fn upstream_failed(&self, why: &str) {
         let mut st = self.lock();
-        if st.upstream_down {
+        if st.down_since.is_some() {
             return;
         }
-        st.upstream_down = true;
         st.down_since = Some(Instant::now());
         drop(st);
         tracing::warn!(
@@ -44,16 +43,15 @@ impl Shared {
     /// A request to the web server succeeded.
     pub(super) fn upstream_ok(&self) {
         let mut st = self.lock();
-        if !st.upstream_down {
+        let Some(since) = st.down_since.take() else {
             return;
-        }
-        st.upstream_down = false;
+        };
         st.catching_up = true;
-        let down_for = st.down_since.take().map(|t| t.elapsed());
+        let down_for = since.elapsed();
         drop(st);
         tracing::info!(
             webserver = self.client.base(),
-            down_for = ?down_for.unwrap_or_default(),
+            down_for = ?down_for,
             "web server reachable again; relaying answers first"
         );
         self.spool.retry_now();
@@ -64,14 +62,14 @@ impl Shared {
     }
 
     pub(super) fn upstream_is_down(&self) -> bool {
-        self.lock().upstream_down
+        self.lock().down_since.is_some()
     }
 
     /// Whether the puller may lease now: the web server is reachable and, after an outage or
     /// a start, the answers kept meanwhile are (nearly) all uploaded.
     pub(super) fn may_lease(&self) -> bool {
         let mut st = self.lock();
-        if st.upstream_down {
+        if st.down_since.is_some() {
             return false;
         }
         if st.catching_up {
@@ -89,7 +87,7 @@ pub(super) async fn heartbeat(shared: Arc<Shared>) {
     loop {
         match tokio::time::timeout(HEARTBEAT_TIMEOUT, shared.client.ping()).await {
             Ok(Ok(_)) => shared.upstream_ok(),
-            Ok(Err(e)) if e.status().is_none() => shared.upstream_failed(&chain(&e)),
+            Ok(Err(e)) if e.is_unreachable() => shared.upstream_failed(&chain(&e)),
             // It answered, if only with an error status: reachable.
             Ok(Err(_)) => shared.upstream_ok(),
             Err(_) => shared.upstream_failed(&format!(

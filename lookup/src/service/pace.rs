@@ -124,11 +124,12 @@ impl Pace {
     /// seen and the [`Pace::capacity`] of the `slots`: during a start the rate seen is held
     /// back by the very shortage the lease is to end.
     pub(super) fn target(&mut self, base: u64, slots: u64, lease: Duration, now: Instant) -> u64 {
-        let rate = self.rate(now).max(if self.rate(now) > 0.0 {
-            self.capacity(slots)
+        let seen = self.rate(now);
+        let rate = if seen > 0.0 {
+            seen.max(self.capacity(slots))
         } else {
             0.0
-        });
+        };
         let ahead = rate * (self.rtt() * 2 + SLACK).as_secs_f64();
         let cap = rate * lease.as_secs_f64() / 2.0;
         let extra = ahead.min(cap).ceil() as u64;

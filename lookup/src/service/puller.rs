@@ -2,7 +2,7 @@
 //! reclaimer (a restarted lookup takes back what the web server says it still holds) and
 //! the renewer (keeps every held job's lease alive).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -80,10 +80,9 @@ pub(super) async fn puller(shared: Arc<Shared>) {
     loop {
         let gated = !shared.may_lease();
         if !drained && !gated {
+            let free = free_capacity(&shared, &shared.nodes());
             while inflight.len() < MAX_LEASES_IN_FLIGHT {
-                let want = free_capacity(&shared, &shared.nodes())
-                    .saturating_sub(asked)
-                    .min(u64::from(MAX_BATCH));
+                let want = free.saturating_sub(asked).min(u64::from(MAX_BATCH));
                 let floor = if inflight.is_empty() {
                     1
                 } else {
@@ -121,7 +120,7 @@ pub(super) async fn puller(shared: Arc<Shared>) {
                     }
                     // No answer at all: the link (a web server that answers with a failure
                     // is reachable, and leases nothing: back off to the timer below).
-                    Err(e) if e.is_transient() && e.status().is_none() => {
+                    Err(e) if e.is_unreachable() => {
                         shared.upstream_failed(&chain(&e));
                         // The web server may have leased the jobs and the response been lost.
                         shared.reclaim.notify_one();
@@ -259,18 +258,13 @@ async fn reclaim(shared: &Arc<Shared>) {
                 continue;
             }
             Err(e) => {
-                tracing::warn!(error = %chain(&e), "could not read the jobs held before a restart; their leases will lapse");
+                tracing::warn!(error = %chain(&e), "could not read the jobs the web server says are leased here; those this lookup does not know of stay idle until their leases lapse");
                 return;
             }
         };
         let full = page.len() as u32 >= MAX_BATCH;
         after = page.last().map(|l| l.job_id).or(after);
-        let spool = shared.spool.clone();
-        let answered: std::collections::HashSet<i64> =
-            match tokio::task::spawn_blocking(move || spool.pending()).await {
-                Ok(Ok(ids)) => ids.into_iter().collect(),
-                _ => Default::default(),
-            };
+        let answered = spooled(shared).await;
         let fresh: Vec<Lease> = page
             .into_iter()
             .filter(|l| !answered.contains(&l.job_id))
@@ -295,10 +289,7 @@ pub(super) async fn renewer(shared: Arc<Shared>) {
     loop {
         tokio::time::sleep(every).await;
         let mut ids: Vec<JobId> = shared.lock().jobs.keys().copied().collect();
-        let spool = shared.spool.clone();
-        if let Ok(Ok(spooled)) = tokio::task::spawn_blocking(move || spool.pending()).await {
-            ids.extend(spooled.into_iter().map(JobId::from));
-        }
+        ids.extend(spooled(&shared).await.into_iter().map(JobId::from));
         ids.sort_unstable();
         ids.dedup();
         for chunk in ids.chunks(MAX_BATCH as usize) {
@@ -310,7 +301,7 @@ pub(super) async fn renewer(shared: Arc<Shared>) {
                     }
                 }
                 Err(e) => {
-                    if e.is_transient() && e.status().is_none() {
+                    if e.is_unreachable() {
                         shared.upstream_failed(&chain(&e));
                     }
                     tracing::debug!(error = %chain(&e), "renewing leases failed");
@@ -321,17 +312,23 @@ pub(super) async fn renewer(shared: Arc<Shared>) {
     }
 }
 
+/// The jobs whose answers wait in the spool (none if it cannot be read: the callers then
+/// treat them as not answered here).
+async fn spooled(shared: &Shared) -> HashSet<i64> {
+    let spool = shared.spool.clone();
+    match tokio::task::spawn_blocking(move || spool.pending()).await {
+        Ok(Ok(ids)) => ids.into_iter().collect(),
+        _ => HashSet::new(),
+    }
+}
+
 /// Sorts the jobs a renewal did not extend by what they are here now: answered in the
 /// meantime (nothing lost), answer still in the spool (it is delivered all the same: the
 /// web server takes an answer from the last holder), or really lost (queued or parked here,
 /// dropped; running, left to finish).
 async fn not_renewed(shared: &Shared, ids: impl Iterator<Item = JobId>) {
-    let spool = shared.spool.clone();
-    let spooled: std::collections::HashSet<i64> =
-        match tokio::task::spawn_blocking(move || spool.pending()).await {
-            Ok(Ok(ids)) => ids.into_iter().collect(),
-            _ => Default::default(),
-        };
+    // Read again: answers spooled since the renewal was sent count as answered here.
+    let spooled = spooled(shared).await;
     let (mut lost, mut answering) = (Vec::new(), Vec::new());
     let mut st = shared.lock();
     for id in ids {

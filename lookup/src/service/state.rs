@@ -96,8 +96,7 @@ pub(super) struct State {
     pub(super) history: HashMap<JobId, Past>,
     history_order: VecDeque<JobId>,
     pub(super) counters: Counters,
-    pub(super) upstream_down: bool,
-    /// Since when the web server has been unreachable.
+    /// Since when the web server has been unreachable (None: reachable).
     pub(super) down_since: Option<Instant>,
     /// After an outage (and at start): answers kept meanwhile go first, leasing waits until
     /// they are nearly all uploaded.
@@ -118,7 +117,6 @@ impl Default for State {
             history: HashMap::new(),
             history_order: VecDeque::new(),
             counters: Counters::default(),
-            upstream_down: false,
             down_since: None,
             catching_up: true,
             pace: Pace::new(Instant::now()),

@@ -117,7 +117,7 @@ pub(super) fn status(shared: &Shared) -> StatusResponse {
         refusals_total: st.counters.refusals,
         lost_total: st.counters.lost,
         released_total: st.counters.released,
-        upstream_down: st.upstream_down,
+        upstream_down: st.down_since.is_some(),
         upstream_down_secs: st.down_since.map(|t| t.elapsed().as_secs()),
     }
 }
