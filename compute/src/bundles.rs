@@ -280,7 +280,8 @@ mod tests {
         let mut b = rjs_signer::BundleBuilder::new();
         b.add("manifest.json", manifest.to_string().into_bytes())
             .unwrap();
-        b.add("job.wasm", b"\0asm\x01\0\0\0".to_vec()).unwrap();
+        b.add("job.wasm", rjs_signer::wasm::empty_command(&[]))
+            .unwrap();
         let bytes = b.sign(key, "author", 1).unwrap();
         let verified =
             rjs_signer::verify_bytes(&bytes, &rjs_signer::VerifyLimits::default()).unwrap();

@@ -127,6 +127,7 @@ impl Node {
         sc.worker_exe = opts.worker_exe;
         sc.scratch_in = config.scratch_dir.clone();
         sc.nice = config.job_nice;
+        sc.compile_timeout = config.compile_timeout;
         let sandbox = Sandbox::start(sc).await?;
         let bundles = BundleCache::open(&config.data_dir.join("bundles"), 64, 1 << 30)?;
         Ok(Node {
@@ -256,6 +257,16 @@ impl Node {
     /// Runs an admitted job in the sandbox and signs its answer. Whatever the job does, the
     /// result is an answer; only a failure to build the archive itself is an error.
     pub async fn execute(&self, admitted: Admitted) -> Result<Answer, ExecuteError> {
+        let phase = tokio::sync::watch::channel(crate::sandbox::TaskPhase::Preparing).0;
+        self.execute_watched(admitted, phase).await
+    }
+
+    /// [`execute`](Self::execute), telling `phase` where the task is (compiling, running).
+    pub async fn execute_watched(
+        &self,
+        admitted: Admitted,
+        phase: tokio::sync::watch::Sender<crate::sandbox::TaskPhase>,
+    ) -> Result<Answer, ExecuteError> {
         let Admitted { slot, task, .. } = admitted;
         let (bundle_sha256, job_name, task_index, task_count, limits) = (
             hex(&task.bundle_sha256),
@@ -265,7 +276,7 @@ impl Node {
             task.limits,
         );
         let started_at = rjs_signer::unix_now();
-        let mut result = self.sandbox.run(slot, task).await;
+        let mut result = self.sandbox.run_watched(slot, task, phase).await.0;
         let finished_at = rjs_signer::unix_now().max(started_at);
         // The answer format refuses messages beyond its bound and a limit ending that is not
         // listed among the limits hit: normalise here.

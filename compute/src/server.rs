@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rjs_wire::node::{
-    self, CONTROL_TIMEOUT, FrameError, FromNode, IDLE_TIMEOUT, PRE_AUTH_LIMITS, RefusalCode,
-    ToNode, read_frame, read_msg_idle, write_msg,
+    self, CONTROL_TIMEOUT, FrameError, FromNode, IDLE_TIMEOUT, PRE_AUTH_LIMITS, PROGRESS_INTERVAL,
+    RefusalCode, ToNode, read_frame, read_msg_idle, write_msg,
 };
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -19,6 +19,7 @@ use rjs_wire::ids::JobId;
 use rjs_wire::shutdown::accept_or_stop;
 
 use crate::node::Node;
+use crate::sandbox::TaskPhase;
 use rjs_signer::bundle::is_sha256_hex as valid_sha;
 
 /// Time a client has to complete the TLS handshake.
@@ -282,7 +283,10 @@ async fn run_admitted<S: AsyncWrite + Unpin>(
     };
     write_msg(s, &FromNode::Accepted, t.io).await?;
     let signer = admitted.signer().to_owned();
-    match node.execute(admitted).await {
+    let (phase, watched) = tokio::sync::watch::channel(TaskPhase::Preparing);
+    let execute = node.execute_watched(admitted, phase);
+    let executed = tell_progress(node, s, execute, watched, t).await?;
+    match executed {
         Ok(answer) => {
             tracing::info!(%peer, %job, task, outcome = %answer.outcome, %signer, "job done");
             write_answer(s, &answer.outcome, &answer.bytes, t).await
@@ -298,6 +302,60 @@ async fn run_admitted<S: AsyncWrite + Unpin>(
             .await
         }
     }
+}
+
+/// Runs `execute` to its end while telling the lookup, every [`PROGRESS_INTERVAL`], that the
+/// job's module is being compiled (and then, once, that the program runs), so that the lookup
+/// waits for a long compilation instead of taking the node for lost.
+async fn tell_progress<S: AsyncWrite + Unpin, T>(
+    node: &Node,
+    s: &mut S,
+    execute: impl std::future::Future<Output = T>,
+    mut watched: tokio::sync::watch::Receiver<TaskPhase>,
+    t: &Timeouts,
+) -> Result<T, FrameError> {
+    tokio::pin!(execute);
+    let mut tick = tokio::time::interval_at(
+        tokio::time::Instant::now() + PROGRESS_INTERVAL,
+        PROGRESS_INTERVAL,
+    );
+    let mut told_compiling = false;
+    loop {
+        tokio::select! {
+            done = &mut execute => return Ok(done),
+            _ = tick.tick() => {
+                let phase = *watched.borrow_and_update();
+                if told_compiling && phase == TaskPhase::Running {
+                    write_msg(s, &FromNode::Running, t.io).await?;
+                    return Ok(execute.await);
+                }
+                if let TaskPhase::Compiling { since, module_bytes } = phase {
+                    let sandbox = &node.sandbox;
+                    let msg = FromNode::Compiling {
+                        elapsed_ms: millis(since.elapsed()),
+                        module_bytes,
+                        limit_ms: millis(sandbox.compile_timeout()),
+                        estimate_ms: sandbox.compile_estimate(module_bytes).map(millis),
+                    };
+                    write_msg(s, &msg, t.io).await?;
+                    told_compiling = true;
+                }
+            }
+            changed = watched.changed(), if told_compiling => {
+                if changed.is_err() || *watched.borrow_and_update() == TaskPhase::Running {
+                    if changed.is_ok() {
+                        write_msg(s, &FromNode::Running, t.io).await?;
+                    }
+                    // Nothing more to tell: wait for the end.
+                    return Ok(execute.await);
+                }
+            }
+        }
+    }
+}
+
+fn millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// The `answer` control frame and the archive's data frame, written together and flushed once

@@ -17,8 +17,8 @@ use std::time::Duration;
 use rjs_cmd::chain;
 use rjs_signer::manifest::node_serves;
 use rjs_wire::node::{
-    CONTROL_TIMEOUT, DECISION_TIMEOUT, FrameError, FromNode, RefusalCode, ToNode, data_timeout,
-    read_frame, read_msg, write_frame, write_msg,
+    CONTROL_TIMEOUT, DECISION_TIMEOUT, FrameError, FromNode, PROGRESS_TIMEOUT, RefusalCode, ToNode,
+    data_timeout, read_frame, read_msg, write_frame, write_msg,
 };
 use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
@@ -32,6 +32,9 @@ pub use rjs_wire::ids::NodeId;
 
 /// Time added to a job's own time limit while waiting for its answer (start-up, archive).
 pub const DEFAULT_ANSWER_MARGIN: Duration = Duration::from_secs(30);
+/// Longest compilation of a job's module waited for by default: a node states its own
+/// compile limit (600 s by default) and the lower of the two holds.
+pub const DEFAULT_MAX_COMPILE: Duration = Duration::from_secs(1800);
 /// Largest answer archive accepted from a node by default.
 pub const DEFAULT_MAX_ANSWER: u64 = 256 * 1024 * 1024;
 /// Time allowed to open a TCP connection and complete the TLS handshake.
@@ -258,6 +261,9 @@ pub struct NodeClient {
     peer_check: Option<PeerCheck>,
     /// Time added to the job's time limit while waiting for the answer.
     pub answer_margin: Duration,
+    /// Longest compilation waited for, whatever limit the node states
+    /// ([`FromNode::Compiling`]).
+    pub max_compile: Duration,
     /// Largest answer archive accepted.
     pub max_answer: u64,
 }
@@ -274,6 +280,7 @@ impl NodeClient {
             conn: None,
             peer_check: None,
             answer_margin: DEFAULT_ANSWER_MARGIN,
+            max_compile: DEFAULT_MAX_COMPILE,
             max_answer: DEFAULT_MAX_ANSWER,
         }
     }
@@ -447,11 +454,36 @@ impl NodeClient {
             FromNode::Accepted => {}
             other => return Err(Step::After(format!("expected a decision, got {other:?}"))),
         }
-        let wait = time_limit + self.answer_margin;
-        match read_msg(s, wait)
-            .await
-            .map_err(|e| after("waiting for the answer", e))?
-        {
+        // Until the answer: the job's time limit plus the margin, except while the node says
+        // it is compiling the module (within its compile limit, and ours).
+        let mut wait = time_limit + self.answer_margin;
+        let answer = loop {
+            let msg = read_msg(s, wait)
+                .await
+                .map_err(|e| after("waiting for the answer", e))?;
+            match msg {
+                FromNode::Compiling {
+                    elapsed_ms,
+                    module_bytes,
+                    limit_ms,
+                    ..
+                } => {
+                    let bound = Duration::from_millis(limit_ms).min(self.max_compile);
+                    if Duration::from_millis(elapsed_ms) > bound + self.answer_margin {
+                        return Err(Step::After(format!(
+                            "still compiling the {module_bytes}-byte module after {} s, \
+                             beyond the compile limit of {} s",
+                            elapsed_ms / 1000,
+                            bound.as_secs()
+                        )));
+                    }
+                    wait = PROGRESS_TIMEOUT;
+                }
+                FromNode::Running => wait = time_limit + self.answer_margin,
+                other => break other,
+            }
+        };
+        match answer {
             FromNode::Answer { outcome, size } => {
                 if size > self.max_answer {
                     return Err(Step::After(format!(

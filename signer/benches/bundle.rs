@@ -61,8 +61,7 @@ fn wasm_like_bytes(n: usize) -> Vec<u8> {
 }
 
 fn make_bundle(key: &KeyPair, input: Vec<u8>) -> Vec<u8> {
-    let mut module = rjs_signer::bundle::WASM_HEADER.to_vec();
-    module.extend(noise(512 * 1024, 1));
+    let module = rjs_signer::wasm::empty_command(&noise(512 * 1024, 1));
     let manifest =
         br#"{"format":1,"name":"bench","entry":"bench.wasm","inputs":["data.bin"]}"#.to_vec();
     let mut b = BundleBuilder::new();

@@ -68,6 +68,9 @@ pub enum LimitKind {
     Stdout,
     /// stderr reached `limits.stdout_bytes`.
     Stderr,
+    /// Compiling the module took longer than the node's compile limit (its own setting, not
+    /// the job's `time_ms`, which counts only once the program runs).
+    Compile,
 }
 
 impl LimitKind {
@@ -78,6 +81,7 @@ impl LimitKind {
             LimitKind::Output => "output",
             LimitKind::Stdout => "stdout",
             LimitKind::Stderr => "stderr",
+            LimitKind::Compile => "compile",
         }
     }
 }

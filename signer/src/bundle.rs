@@ -153,6 +153,16 @@ pub enum VerifyError {
     Undeclared { name: String },
     #[error("module {name:?} is not a WebAssembly core module (bad header)")]
     NotWasm { name: String },
+    #[error("module {name:?} cannot run on the grid's nodes")]
+    BadModule {
+        name: String,
+        #[source]
+        reason: crate::wasm::ModuleError,
+    },
+    #[error("the manifest names input folder {name:?}, which holds no file in the bundle")]
+    EmptyFolder { name: String },
+    #[error("entry {name:?} is inside {file:?}, which is a file")]
+    InsideFile { name: String, file: String },
 }
 
 impl VerifyError {
@@ -194,6 +204,9 @@ impl VerifyError {
             NoInput { .. } => "missing-input",
             Undeclared { .. } => "undeclared-entry",
             NotWasm { .. } => "not-wasm",
+            BadModule { .. } => "bad-module",
+            EmptyFolder { .. } => "missing-input",
+            InsideFile { .. } => "file-folder-clash",
         }
     }
 
@@ -217,7 +230,10 @@ impl VerifyError {
             | NoModule { name }
             | NoInput { name }
             | Undeclared { name }
-            | NotWasm { name } => Some(name),
+            | NotWasm { name }
+            | BadModule { name, .. }
+            | EmptyFolder { name }
+            | InsideFile { name, .. } => Some(name),
             NoManifest | Manifest(_) => Some(MANIFEST),
             SignatureEntry(_)
             | SignatureAlgorithm(_)
@@ -541,13 +557,31 @@ pub fn verify_signed<'a>(
             name: manifest.entry.clone(),
         });
     }
+    check_no_file_holds_entries(&entries)?;
     let mut input_indices = Vec::with_capacity(manifest.inputs.len());
     for input in &manifest.inputs {
-        input_indices.push(find(input).ok_or_else(|| VerifyError::NoInput {
-            name: input.clone(),
-        })?);
+        if input.ends_with('/') {
+            let before = input_indices.len();
+            input_indices.extend(
+                entries
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, e)| *i != mi && e.name.starts_with(input.as_str()))
+                    .map(|(i, _)| i),
+            );
+            if input_indices.len() == before {
+                return Err(VerifyError::EmptyFolder {
+                    name: input.clone(),
+                });
+            }
+        } else {
+            input_indices.push(find(input).ok_or_else(|| VerifyError::NoInput {
+                name: input.clone(),
+            })?);
+        }
     }
     input_indices.sort_unstable();
+    input_indices.dedup();
     if let Some(e) = entries.iter().enumerate().find_map(|(i, e)| {
         (i != mi && i != module_index && input_indices.binary_search(&i).is_err()).then_some(e)
     }) {
@@ -565,6 +599,27 @@ pub fn verify_signed<'a>(
         module_index,
         input_indices,
     })
+}
+
+/// No entry's path runs through another entry, as `data` and `data/a.txt` would: a node could
+/// not write both (one would have to be a file and a folder at once).
+fn check_no_file_holds_entries(entries: &[EntryInfo]) -> Result<(), VerifyError> {
+    let files: std::collections::HashSet<String> = entries
+        .iter()
+        .map(|e| e.name.to_ascii_lowercase())
+        .collect();
+    for e in entries {
+        let lower = e.name.to_ascii_lowercase();
+        for (cut, _) in lower.match_indices('/') {
+            if files.contains(&lower[..cut]) {
+                return Err(VerifyError::InsideFile {
+                    name: e.name.clone(),
+                    file: e.name[..cut].to_owned(),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A signed archive whose structure, limits, layout, signature entry, coverage, stored bytes
@@ -869,10 +924,23 @@ pub struct SignedBundle<'a> {
 impl SignedBundle<'_> {
     signed_accessors!();
 
-    /// Inflates and checks the module and the inputs.
-    pub fn extract(self) -> Result<VerifiedBundle, VerifyError> {
+    /// Inflates the module and checks it as a node would before compiling it
+    /// ([`crate::wasm::check_module`]: valid with the sandbox's features, WASI preview 1
+    /// imports only, a `_start`). What the web server does on upload, after this bundle's
+    /// signature has verified.
+    pub fn module(&self) -> Result<Vec<u8>, VerifyError> {
         let i = self.module_index;
         let module = inflate_entry(self.bytes, &self.entries[i], &self.ranges[i])?;
+        crate::wasm::check_module(&module).map_err(|reason| VerifyError::BadModule {
+            name: self.entries[i].name.clone(),
+            reason,
+        })?;
+        Ok(module)
+    }
+
+    /// Inflates and checks the module (see [`module`](Self::module)) and the inputs.
+    pub fn extract(self) -> Result<VerifiedBundle, VerifyError> {
+        let module = self.module()?;
         let mut inputs = Vec::with_capacity(self.input_indices.len());
         for &i in &self.input_indices {
             let data = inflate_entry(self.bytes, &self.entries[i], &self.ranges[i])?;
@@ -1161,6 +1229,25 @@ pub enum PackError {
     NotRegular { path: PathBuf },
     #[error("{path} is not a WebAssembly core module (bad header)")]
     NotWasm { path: PathBuf },
+    #[error("{path} cannot run on the grid's nodes")]
+    BadModule {
+        path: PathBuf,
+        #[source]
+        reason: crate::wasm::ModuleError,
+    },
+    #[error("{path} is a folder: name it {name:?} in `inputs` to pack everything in it")]
+    FolderWithoutSlash { path: PathBuf, name: String },
+    #[error("the input folder {path} holds no file")]
+    EmptyFolder { path: PathBuf },
+    #[error("the input folder {path} holds more than {max} files")]
+    TooManyFiles { path: PathBuf, max: usize },
+    #[error("{path} cannot be packed: its name {name:?} breaks the bundle's path rules")]
+    BadName {
+        path: PathBuf,
+        name: String,
+        #[source]
+        reason: PathError,
+    },
     #[error("building the bundle")]
     Build(#[from] BuildError),
 }
@@ -1192,12 +1279,75 @@ pub fn pack_dir(
             path: job_dir.join(&manifest.entry),
         });
     }
+    crate::wasm::check_module(&module).map_err(|reason| PackError::BadModule {
+        path: job_dir.join(&manifest.entry),
+        reason,
+    })?;
     builder.add(MANIFEST, manifest_bytes)?;
     builder.add(&manifest.entry, module)?;
     for input in &manifest.inputs {
+        if input.ends_with('/') {
+            for name in folder_files(job_dir, input, limits.max_entries)? {
+                let data = read_regular(&name, limits.max_total_bytes)?;
+                builder.add(&name, data)?;
+            }
+            continue;
+        }
+        let path = job_dir.join(input);
+        if std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
+            return Err(PackError::FolderWithoutSlash {
+                path,
+                name: format!("{input}/"),
+            });
+        }
         let data = read_regular(input, limits.max_total_bytes)?;
         builder.add(input, data)?;
     }
     let bytes = builder.sign(key, signer_name, signed_at)?;
     Ok((bytes, manifest))
+}
+
+/// The bundle names of every file under the input folder `folder` (`data/`, relative to
+/// `job_dir`), in name order, walking sub-folders. A symbolic link, a name that breaks the
+/// path rules, an empty folder or more than `max` files is an error.
+fn folder_files(job_dir: &Path, folder: &str, max: usize) -> Result<Vec<String>, PackError> {
+    let root = job_dir.join(folder);
+    let meta = std::fs::symlink_metadata(&root).map_err(|e| FileError::io("reading", &root, e))?;
+    if !meta.is_dir() {
+        return Err(PackError::NotRegular { path: root });
+    }
+    let mut names = Vec::new();
+    let mut pending = vec![folder.trim_end_matches('/').to_owned()];
+    while let Some(dir) = pending.pop() {
+        let path = job_dir.join(&dir);
+        let listing = std::fs::read_dir(&path).map_err(|e| FileError::io("listing", &path, e))?;
+        for item in listing {
+            let item = item.map_err(|e| FileError::io("listing", &path, e))?;
+            let name = format!("{dir}/{}", item.file_name().to_string_lossy());
+            let file = item.path();
+            paths::check_entry_name(&name).map_err(|reason| PackError::BadName {
+                path: file.clone(),
+                name: name.clone(),
+                reason,
+            })?;
+            let kind = item
+                .file_type()
+                .map_err(|e| FileError::io("reading", &file, e))?;
+            if kind.is_dir() {
+                pending.push(name);
+            } else if kind.is_file() {
+                names.push(name);
+                if names.len() > max {
+                    return Err(PackError::TooManyFiles { path: root, max });
+                }
+            } else {
+                return Err(PackError::NotRegular { path: file });
+            }
+        }
+    }
+    if names.is_empty() {
+        return Err(PackError::EmptyFolder { path: root });
+    }
+    names.sort();
+    Ok(names)
 }

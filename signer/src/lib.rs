@@ -27,6 +27,7 @@ pub mod keys;
 pub mod manifest;
 pub mod paths;
 pub mod request;
+pub mod wasm;
 pub mod zipfmt;
 pub mod zipread;
 

@@ -115,9 +115,15 @@ pub struct Manifest {
     pub description: String,
     /// Bundle path of the WebAssembly module to run.
     pub entry: String,
-    /// Bundle paths of input files, visible read-only to the job at the same paths.
+    /// Bundle paths of input files, visible read-only to the job at the same paths. An item
+    /// ending in `/` names a folder: every file under it is in the bundle (packed
+    /// recursively, each one signed) and the folder is visible at the same path.
     #[serde(default)]
     pub inputs: Vec<String>,
+    /// An input file (named in `inputs`, or a file inside a folder named there) that is the
+    /// program's standard input. Without it, standard input is empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdin: Option<String>,
     /// Arguments after argv\[0\] (which is the job name).
     #[serde(default)]
     pub args: Vec<String>,
@@ -138,12 +144,13 @@ pub struct Manifest {
 }
 
 /// The fields of [`Manifest`], as they are spelled in `manifest.json`.
-pub const MANIFEST_FIELDS: [&str; 11] = [
+pub const MANIFEST_FIELDS: [&str; 12] = [
     "format",
     "name",
     "description",
     "entry",
     "inputs",
+    "stdin",
     "args",
     "env",
     "tasks",
@@ -300,7 +307,9 @@ impl Manifest {
         self.limits.check()
     }
 
-    /// `entry` and `inputs`: valid entry names, not reserved, no name twice.
+    /// `entry`, `inputs` and `stdin`: valid entry names (a folder input: one followed by
+    /// `/`), not reserved, no name twice, no input inside another input folder, and `stdin`
+    /// one of the input files or inside one of the input folders.
     fn check_files(&self) -> Result<(), ManifestError> {
         if let Err(e) = paths::check_entry_name(&self.entry) {
             return bad("entry", e.to_string());
@@ -314,23 +323,81 @@ impl Manifest {
                 format!("has more than {} items", paths::MAX_ENTRIES),
             );
         }
-        let mut seen = std::collections::HashSet::new();
-        seen.insert(self.entry.to_ascii_lowercase());
+        // Lower case: bundle names are unique without regard to case.
+        let mut files = std::collections::HashSet::new();
+        let mut folders: Vec<String> = Vec::new();
+        files.insert(self.entry.to_ascii_lowercase());
         for input in &self.inputs {
-            if let Err(e) = paths::check_entry_name(input) {
-                return bad("inputs", e.to_string());
+            let (path, folder) = match input.strip_suffix('/') {
+                Some(p) => (p, true),
+                None => (input.as_str(), false),
+            };
+            if let Err(e) = paths::check_entry_name(path) {
+                return bad("inputs", format!("{input:?}: {e}"));
             }
-            if input == paths::MANIFEST || input == paths::SIGNATURE {
+            if path == paths::MANIFEST || path == paths::SIGNATURE {
                 return bad("inputs", format!("{input:?} is a reserved name"));
             }
-            if !seen.insert(input.to_ascii_lowercase()) {
+            let lower = path.to_ascii_lowercase();
+            if files.contains(&lower) || folders.contains(&lower) {
                 return bad(
                     "inputs",
                     format!("{input:?} is named twice (or is the entry module)"),
                 );
             }
+            if folder {
+                folders.push(lower);
+            } else {
+                files.insert(lower);
+            }
+        }
+        // No input (nor the module) inside a folder input, and no folder inside another.
+        for f in &folders {
+            let prefix = format!("{f}/");
+            let inside = files
+                .iter()
+                .chain(folders.iter())
+                .find(|other| other.starts_with(&prefix));
+            if let Some(other) = inside {
+                return bad(
+                    "inputs",
+                    format!(
+                        "{other:?} is inside the folder input \"{f}/\", which holds it already"
+                    ),
+                );
+            }
+        }
+        if let Some(stdin) = &self.stdin {
+            if let Err(e) = paths::check_entry_name(stdin) {
+                return bad("stdin", format!("{stdin:?}: {e}"));
+            }
+            if !self.is_input_file(stdin) {
+                return bad(
+                    "stdin",
+                    format!(
+                        "{stdin:?} must be one of the input files, or a file inside an input folder"
+                    ),
+                );
+            }
         }
         Ok(())
+    }
+
+    /// Whether `name` is a file this manifest's `inputs` name: one of the files, or a path
+    /// inside one of the folders.
+    pub fn is_input_file(&self, name: &str) -> bool {
+        self.inputs.iter().any(|i| match i.strip_suffix('/') {
+            Some(_) => name.starts_with(i.as_str()),
+            None => i == name,
+        })
+    }
+
+    /// The folder inputs, each with its trailing `/`.
+    pub fn input_folders(&self) -> impl Iterator<Item = &str> {
+        self.inputs
+            .iter()
+            .filter(|i| i.ends_with('/'))
+            .map(String::as_str)
     }
 
     /// `args` and `env`: counts, sizes, no NUL, env key syntax, and their total size.
@@ -560,6 +627,47 @@ mod tests {
     }
 
     #[test]
+    fn folder_inputs_and_stdin() {
+        let m = parse(&serde_json::json!({"format":1,"name":"j","entry":"j.wasm",
+            "inputs":["data/","problem.smt2"],"stdin":"data/sub/in.txt"}))
+        .unwrap();
+        assert!(m.is_input_file("problem.smt2"));
+        assert!(m.is_input_file("data/sub/in.txt"));
+        assert!(!m.is_input_file("data"));
+        assert!(!m.is_input_file("datax/in.txt"));
+        assert_eq!(m.input_folders().collect::<Vec<_>>(), ["data/"]);
+        let refused = [
+            (
+                serde_json::json!(["data/", "data/a.txt"]),
+                None,
+                "inside the folder",
+            ),
+            (
+                serde_json::json!(["data/", "data/sub/"]),
+                None,
+                "inside the folder",
+            ),
+            (serde_json::json!(["data/", "DATA"]), None, "named twice"),
+            (serde_json::json!(["j.wasm/"]), None, "named twice"),
+            (serde_json::json!(["a//"]), None, "inputs"),
+            (serde_json::json!(["/"]), None, "inputs"),
+            (
+                serde_json::json!(["a.txt"]),
+                Some("b.txt"),
+                "must be one of the input",
+            ),
+            (serde_json::json!(["data/"]), Some("data/"), "stdin"),
+            (serde_json::json!(["a.txt"]), Some("../a.txt"), "stdin"),
+        ];
+        for (inputs, stdin, why) in refused {
+            let doc = serde_json::json!({"format":1,"name":"j","entry":"j.wasm",
+                "inputs":inputs,"stdin":stdin});
+            let e = parse(&doc).expect_err(&doc.to_string()).to_string();
+            assert!(e.contains(why), "{doc}: {e}");
+        }
+    }
+
+    #[test]
     fn unknown_fields_have_their_own_error() {
         let cases = [
             (
@@ -608,9 +716,10 @@ mod tests {
 
     #[test]
     fn field_lists_match_the_structs() {
-        // Every field serialised (description is skipped when empty).
+        // Every field serialised (description and stdin are skipped when empty).
         let m = Manifest {
             description: "d".into(),
+            stdin: Some("in.txt".into()),
             ..parse(&minimal()).unwrap()
         };
         let v = serde_json::to_value(&m).unwrap();

@@ -202,9 +202,7 @@ fn check_error(resp: Response, status: u16, code: &str) {
 }
 
 fn wasm() -> Vec<u8> {
-    let mut m = rjs_signer::bundle::WASM_HEADER.to_vec();
-    m.extend_from_slice(&[0, 5, 4, b'n', b'o', b't', b'e']);
-    m
+    rjs_signer::wasm::empty_command(b"note")
 }
 
 fn bundle(key: &KeyPair, tasks: u32, filler: usize) -> Vec<u8> {

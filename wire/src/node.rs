@@ -26,6 +26,11 @@ pub const CONTROL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Time a lookup waits for the node's decision (`accepted` or `refused`) after the bundle:
 /// the node may be asking its owner (prompt timeouts should stay below this).
 pub const DECISION_TIMEOUT: Duration = Duration::from_secs(120);
+/// How often a node compiling a job's module says so ([`FromNode::Compiling`]).
+pub const PROGRESS_INTERVAL: Duration = Duration::from_secs(2);
+/// How long a lookup waits for the next [`FromNode::Compiling`] (or `running`, or the answer)
+/// after one: several missed intervals mean the node is gone.
+pub const PROGRESS_TIMEOUT: Duration = Duration::from_secs(15);
 /// Time a connection may stay idle between jobs.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -64,6 +69,26 @@ pub enum FromNode {
     },
     /// Verified, trusted, within limits: the job is running.
     Accepted,
+    /// Between `accepted` and `answer`: the node is compiling the job's module (or waiting
+    /// for another of its slots that is). Sent every [`PROGRESS_INTERVAL`] while that lasts,
+    /// so the lookup waits for compilation within the node's `limit_ms`, not the job's time
+    /// limit.
+    Compiling {
+        /// Compiling so far, milliseconds.
+        elapsed_ms: u64,
+        /// The module's size, bytes.
+        module_bytes: u64,
+        /// The node's compile limit (`rjs-compute serve --compile-timeout`), milliseconds: past
+        /// it the node stops and answers `limit: compile`.
+        limit_ms: u64,
+        /// How long the whole compilation should take at the speed this node last compiled
+        /// at, milliseconds; absent before its first compilation.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        estimate_ms: Option<u64>,
+    },
+    /// After `compiling`: the module is ready and the program starts; the job's time limit
+    /// counts from now.
+    Running,
     /// The job ended; the answer archive (`size` bytes) follows as a data frame.
     Answer {
         outcome: String,

@@ -21,6 +21,7 @@ pub struct Overrides {
     pub listen: Option<SocketAddr>,
     pub unknown_authors: Option<UnknownAuthorPolicy>,
     pub prompt_timeout_secs: Option<u64>,
+    pub compile_timeout_secs: Option<u64>,
     pub only_when_idle: Option<bool>,
     pub idle_load_per_core: Option<f64>,
     /// `Some(false)`: `--no-announce`.
@@ -86,6 +87,10 @@ pub struct ConfigArgs {
     /// Seconds the owner has to answer the trust prompt [default: 60].
     #[arg(long, value_name = "SECS")]
     pub prompt_timeout: Option<u64>,
+    /// Seconds compiling a job's module may take, apart from the job's own time limit
+    /// [default: 600].
+    #[arg(long, value_name = "SECS")]
+    pub compile_timeout: Option<u64>,
     /// Take jobs only while the PC is idle.
     #[arg(long)]
     pub only_when_idle: bool,
@@ -125,6 +130,7 @@ impl ConfigArgs {
             listen: self.listen,
             unknown_authors: self.unknown_authors,
             prompt_timeout_secs: self.prompt_timeout,
+            compile_timeout_secs: self.compile_timeout,
             only_when_idle: self.only_when_idle.then_some(true),
             idle_load_per_core: self.idle_load_per_core,
             scratch_dir: self.scratch_dir.clone(),

@@ -21,6 +21,7 @@ pub(super) struct FileConfig {
     pub(super) listen: Option<SocketAddr>,
     pub(super) unknown_authors: Option<UnknownAuthorPolicy>,
     pub(super) prompt_timeout_secs: Option<u64>,
+    pub(super) compile_timeout_secs: Option<u64>,
     #[serde(default)]
     pub(super) limits: FileLimits,
     pub(super) idle: Option<IdlePolicy>,

@@ -143,6 +143,9 @@ pub struct NodeConfig {
     pub unknown_authors: UnknownAuthorPolicy,
     /// How long the owner has to answer the trust prompt (default 60 s).
     pub prompt_timeout: Duration,
+    /// How long compiling a job's module may take (default 600 s); not counted in the job's
+    /// own time limit.
+    pub compile_timeout: Duration,
     pub idle: IdlePolicy,
     /// Address of the job server (default `0.0.0.0:7443`).
     pub listen: SocketAddr,

@@ -171,6 +171,14 @@ pub(super) fn resolve(
             || 60,
         )
         .check(|&s, _| between(&s, 1, MAX_PROMPT_TIMEOUT_SECS).map_err(|e| e + " seconds"))?;
+    let compile_secs = src
+        .take(
+            names("--compile-timeout", "compile_timeout_secs"),
+            o.compile_timeout_secs,
+            file.compile_timeout_secs,
+            || crate::sandbox::DEFAULT_COMPILE_TIMEOUT.as_secs(),
+        )
+        .check(|&s, _| between(&s, 1, 24 * 3600).map_err(|e| e + " seconds"))?;
 
     let mut idle = file.idle.unwrap_or_default();
     if let Some(on) = o.only_when_idle {
@@ -220,6 +228,7 @@ pub(super) fn resolve(
         limits,
         unknown_authors,
         prompt_timeout: Duration::from_secs(prompt_secs),
+        compile_timeout: Duration::from_secs(compile_secs),
         idle,
         listen,
         tls,

@@ -35,6 +35,30 @@ use std::time::Duration;
 
 pub use protocol::ModuleSource;
 pub use supervisor::{Sandbox, SandboxStats, Slot, TaskTimings};
+
+/// Where a task is ([`Sandbox::run_watched`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskPhase {
+    /// Getting its scratch directory and worker ready.
+    Preparing,
+    /// Its module is being compiled (by its worker, or by another slot's first): neither its
+    /// CPU-time limit nor its wall-clock backstop counts yet.
+    Compiling {
+        since: std::time::Instant,
+        module_bytes: u64,
+    },
+    /// The program runs; its limits count.
+    Running,
+}
+
+impl TaskPhase {
+    fn compiling(task: &crate::job::TaskSpec) -> TaskPhase {
+        TaskPhase::Compiling {
+            since: std::time::Instant::now(),
+            module_bytes: task.module.len() as u64,
+        }
+    }
+}
 pub use worker::worker_main;
 
 /// The subcommand (argv\[1\]) that makes the `rjs-compute` binary a sandbox worker.
@@ -94,7 +118,7 @@ pub struct SandboxConfig {
     /// How often a running task's `out/` is measured.
     pub poll_interval: Duration,
     /// How long compiling (or loading) a module may take before the worker is killed and the
-    /// task ends with `Limit{Time}`; counted in neither the task's CPU-time limit nor its
+    /// task ends with `Limit{Compile}`; counted in neither the task's CPU-time limit nor its
     /// wall-clock backstop.
     pub compile_timeout: Duration,
     /// How long a new worker may take to say hello.
@@ -109,11 +133,16 @@ pub struct SandboxConfig {
     pub nice: i32,
 }
 
+/// How long compiling a module may take by default ([`SandboxConfig::compile_timeout`]):
+/// real programs are big (a 69 MB module took 70–100 s on a 2-core PC), and a slower PC must
+/// still run them.
+pub const DEFAULT_COMPILE_TIMEOUT: Duration = Duration::from_secs(600);
+
 /// The workers' default nice value ([`SandboxConfig::nice`]).
 pub const DEFAULT_NICE: i32 = 10;
 
 impl SandboxConfig {
-    /// Defaults: one slot per CPU, 1 GiB max memory, 900 out files, 50 ms polling, 120 s to
+    /// Defaults: one slot per CPU, 1 GiB max memory, 900 out files, 50 ms polling, 10 min to
     /// compile, 30 s to start a worker, 32 modules in each worker's memory.
     pub fn new(work_dir: impl Into<PathBuf>) -> SandboxConfig {
         SandboxConfig {
@@ -126,7 +155,7 @@ impl SandboxConfig {
             max_memory_bytes: 1 << 30,
             max_out_files: 900,
             poll_interval: Duration::from_millis(50),
-            compile_timeout: Duration::from_secs(120),
+            compile_timeout: DEFAULT_COMPILE_TIMEOUT,
             worker_start_timeout: Duration::from_secs(30),
             module_cache_entries: 32,
             nice: DEFAULT_NICE,

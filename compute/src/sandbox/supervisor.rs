@@ -20,6 +20,7 @@ use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command};
 use tokio::sync::{Mutex, OwnedMutexGuard, OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinHandle;
 
+use super::TaskPhase;
 use super::protocol::{
     self, DoneReply, Frame, FromWorker, KIND_BLOB, MAX_BLOB_FROM_WORKER, ModuleSource,
     PROTOCOL_VERSION, RunRequest, ToWorker, WorkerInit,
@@ -159,6 +160,8 @@ struct Inner {
     max_out_files: usize,
     poll_interval: Duration,
     compile_timeout: Duration,
+    /// Bytes per second the last compilation ran at (0: none yet).
+    compile_rate: AtomicU64,
     start_timeout: Duration,
     module_cache_entries: usize,
     nice: i32,
@@ -272,6 +275,8 @@ struct Progress<'a> {
     first_use: Option<OwnedMutexGuard<()>>,
     /// Where the module came from and how long loading it took, µs (from `Started`).
     loaded: Option<(ModuleSource, u64)>,
+    /// Where the task is, for whoever watches it.
+    phase: &'a watch::Sender<TaskPhase>,
 }
 
 impl Progress<'_> {
@@ -430,6 +435,7 @@ impl Sandbox {
             max_out_files: config.max_out_files.max(1),
             poll_interval: config.poll_interval,
             compile_timeout: config.compile_timeout,
+            compile_rate: AtomicU64::new(0),
             start_timeout: config.worker_start_timeout,
             module_cache_entries: config.module_cache_entries.max(1),
             nice: config.nice,
@@ -475,6 +481,19 @@ impl Sandbox {
 
     /// [`run`](Self::run), also returning where the time went.
     pub async fn run_timed(&self, slot: Slot, task: TaskSpec) -> (TaskResult, TaskTimings) {
+        self.run_watched(slot, task, watch::channel(TaskPhase::Preparing).0)
+            .await
+    }
+
+    /// [`run_timed`](Self::run_timed), telling `phase` where the task is: compiling its
+    /// module (or waiting for another slot that is), then running. The job server tells the
+    /// lookup, so that a long compilation is never taken for a lost node.
+    pub async fn run_watched(
+        &self,
+        slot: Slot,
+        task: TaskSpec,
+        phase: watch::Sender<TaskPhase>,
+    ) -> (TaskResult, TaskTimings) {
         if !Arc::ptr_eq(&slot.owner, &self.inner) {
             return (
                 crash_result("the slot belongs to another sandbox".into()),
@@ -482,7 +501,7 @@ impl Sandbox {
             );
         }
         let inner = self.inner.clone();
-        match tokio::spawn(inner.run_task(slot, task)).await {
+        match tokio::spawn(inner.run_task(slot, task, phase)).await {
             Ok(r) => r,
             Err(e) => {
                 self.inner.counters.crashes.fetch_add(1, Ordering::Relaxed);
@@ -526,6 +545,18 @@ impl Sandbox {
     /// `rjs-scratch-<id>` in [`SandboxConfig::scratch_in`](super::SandboxConfig)).
     pub fn scratch_dir(&self) -> &Path {
         &self.inner.scratch_dir
+    }
+
+    /// How long compiling a module may take here ([`SandboxConfig::compile_timeout`](super::SandboxConfig)).
+    pub fn compile_timeout(&self) -> Duration {
+        self.inner.compile_timeout
+    }
+
+    /// How long compiling a module of `module_bytes` should take, at the speed this sandbox
+    /// last compiled at; `None` before its first compilation.
+    pub fn compile_estimate(&self, module_bytes: u64) -> Option<Duration> {
+        let rate = self.inner.compile_rate.load(Ordering::Relaxed);
+        (rate > 0).then(|| Duration::from_secs_f64(module_bytes as f64 / rate as f64))
     }
 
     /// The compiled-module cache directory the workers use
@@ -604,6 +635,8 @@ impl Inner {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
+            // Compiling a module uses every core the node lends (one per slot), no more.
+            .env("RAYON_NUM_THREADS", self.slots.to_string())
             .kill_on_drop(true)
             // Its own process group: a terminal's Ctrl-C reaches the node, which decides.
             .process_group(0);
@@ -688,7 +721,12 @@ impl Inner {
         }
     }
 
-    async fn run_task(self: Arc<Self>, slot: Slot, task: TaskSpec) -> (TaskResult, TaskTimings) {
+    async fn run_task(
+        self: Arc<Self>,
+        slot: Slot,
+        task: TaskSpec,
+        phase: watch::Sender<TaskPhase>,
+    ) -> (TaskResult, TaskTimings) {
         let t0 = Instant::now();
         self.counters.tasks.fetch_add(1, Ordering::Relaxed);
         let mut limits = task.limits;
@@ -710,7 +748,7 @@ impl Inner {
 
         let mut timings = TaskTimings::default();
         let outcome = self
-            .run_module(&mut worker, &task, &limits, &scratch, &mut timings)
+            .run_module(&mut worker, &task, &limits, &scratch, &mut timings, &phase)
             .await;
 
         // A worker that is not kept is dead before its out/ is read and emptied, so nothing
@@ -833,19 +871,33 @@ impl Inner {
         limits: &Limits,
         scratch: &Scratch,
         timings: &mut TaskTimings,
+        phase: &watch::Sender<TaskPhase>,
     ) -> Outcome {
         let sha = task.module_sha256;
         let first_use = if lock(&self.compiled).contains(&sha) {
             None
         } else {
             let m = lock(&self.first_use).entry(sha).or_default().clone();
-            Some(m.lock_owned().await)
+            let free = m.clone().try_lock_owned();
+            match free {
+                Ok(guard) => Some(guard),
+                Err(_) => {
+                    // Another slot is compiling it: to the lookup, this task is compiling.
+                    phase.send_replace(TaskPhase::compiling(task));
+                    Some(m.lock_owned().await)
+                }
+            }
         };
         let was_first_use = first_use.is_some();
         let (outcome, loaded) = self
-            .exchange(worker, task, limits, scratch, first_use)
+            .exchange(worker, task, limits, scratch, first_use, phase)
             .await;
         if let Some((source, load_us)) = loaded {
+            if source == ModuleSource::Compiled && load_us > 0 {
+                let rate = (task.module.len() as u128 * 1_000_000 / u128::from(load_us)).max(1);
+                self.compile_rate
+                    .store(u64::try_from(rate).unwrap_or(u64::MAX), Ordering::Relaxed);
+            }
             let counter = match source {
                 ModuleSource::Compiled => &self.counters.compiled,
                 ModuleSource::Disk => &self.counters.disk,
@@ -1044,6 +1096,7 @@ impl Inner {
         limits: &Limits,
         scratch: &Scratch,
         first_use: Option<OwnedMutexGuard<()>>,
+        phase: &watch::Sender<TaskPhase>,
     ) -> (Outcome, Option<(ModuleSource, u64)>) {
         let request = ToWorker::Run(Box::new(RunRequest {
             module_sha256: task.module_sha256.to_string(),
@@ -1068,6 +1121,7 @@ impl Inner {
             started: None,
             first_use,
             loaded: None,
+            phase,
         };
         let mut closing = self.closing.subscribe();
         let mut poll = tokio::time::interval_at(
@@ -1133,6 +1187,9 @@ impl Inner {
     ) -> ControlFlow<Outcome> {
         match serde_json::from_slice::<FromWorker>(json) {
             Ok(FromWorker::NeedModule) if p.started.is_none() => {
+                if !matches!(*p.phase.borrow(), TaskPhase::Compiling { .. }) {
+                    p.phase.send_replace(TaskPhase::compiling(p.task));
+                }
                 let sent =
                     protocol::write_frame_async(&mut worker.stdin, KIND_BLOB, &p.task.module).await;
                 if let Err(e) = sent {
@@ -1150,6 +1207,7 @@ impl Inner {
                 p.first_use.take();
                 p.loaded = Some((module_source, load_us));
                 p.start(worker, cpu_us);
+                p.phase.send_replace(TaskPhase::Running);
                 Continue(())
             }
             Ok(FromWorker::Done(reply)) => Break(self.finish(worker, reply, p.limits, wall).await),
@@ -1176,9 +1234,12 @@ impl Inner {
         let Some(run) = p.started else {
             self.kill(worker).await;
             return Break(Outcome::Killed {
-                limit: LimitKind::Time,
+                limit: LimitKind::Compile,
                 message: format!(
-                    "compiling the module took longer than {} s",
+                    "compiling the module ({:.1} MB) took longer than this node's compile \
+                     limit of {} s (rjs-compute serve --compile-timeout); the job's own time \
+                     limit had not started",
+                    p.task.module.len() as f64 / 1e6,
                     self.compile_timeout.as_secs()
                 ),
                 wall: Duration::ZERO,

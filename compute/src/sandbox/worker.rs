@@ -262,11 +262,17 @@ struct State {
     limiter: Limiter,
 }
 
-/// `StoreLimits` plus a record of whether a memory growth was refused: with
-/// `trap_on_grow_failure` the resulting error is not a `wasmtime::Trap`, so the flag is the
-/// reliable way to tell a memory-limit stop from any other failure.
+/// The task's resource limits: `StoreLimits` plus a record of whether a memory growth was
+/// refused (with `trap_on_grow_failure` the resulting error is not a `wasmtime::Trap`, so the
+/// flag is the reliable way to tell a memory-limit stop from any other failure). Memory is
+/// limited in total: a module with several memories (multi-memory) and a GC heap share one
+/// `memory_bytes`.
 struct Limiter {
     inner: StoreLimits,
+    /// `limits.memory_bytes`.
+    memory_limit: usize,
+    /// Bytes of every memory so far.
+    memory_total: usize,
     memory_refused: Option<usize>,
 }
 
@@ -277,9 +283,23 @@ impl ResourceLimiter for Limiter {
         desired: usize,
         maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        let r = self.inner.memory_growing(current, desired, maximum);
-        if !matches!(r, Ok(true)) {
-            self.memory_refused.get_or_insert(desired);
+        let total = self
+            .memory_total
+            .saturating_sub(current)
+            .saturating_add(desired);
+        let r = if total > self.memory_limit {
+            // As `StoreLimits` does with `trap_on_grow_failure`: the task ends there.
+            Err(wasmtime::format_err!(
+                "forcing trap when growing memories to {total} bytes in all"
+            ))
+        } else {
+            self.inner.memory_growing(current, desired, maximum)
+        };
+        match r {
+            Ok(true) => self.memory_total = total,
+            _ => {
+                self.memory_refused.get_or_insert(total);
+            }
         }
         r
     }
@@ -383,16 +403,24 @@ impl std::hash::Hasher for ShaHasher {
 }
 
 pub(crate) fn engine_config(max_memory_bytes: u64) -> Config {
+    use rjs_signer::wasm::{FEATURES, MAX_MEMORIES, MAX_TABLES};
     let mut pool = PoolingAllocationConfig::new();
     pool.total_core_instances(1)
-        .total_memories(1)
-        .total_tables(1)
-        .max_memories_per_module(1)
-        .max_tables_per_module(1)
+        .total_memories(MAX_MEMORIES)
+        .total_tables(MAX_TABLES)
+        .max_memories_per_module(MAX_MEMORIES)
+        .max_tables_per_module(MAX_TABLES)
+        // The GC heap (GC structs and arrays, exception objects) is a memory of its own,
+        // capped like a linear memory.
+        .total_gc_heaps(1)
         .table_elements(TABLE_ELEMENTS)
         .max_memory_size(usize::try_from(max_memory_bytes).unwrap_or(usize::MAX));
     let mut config = Config::new();
     config
+        // Exactly the features `rjs-sign pack`, `verify` and the web server check modules
+        // against (docs/sandbox.md, "WebAssembly features").
+        .wasm_features(wasmtime::WasmFeatures::all(), false)
+        .wasm_features(FEATURES, true)
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
         // Native speed: no fuel, no epoch checks. Time is enforced by killing the process.
         .consume_fuel(false)
@@ -592,10 +620,12 @@ impl Worker {
                         .memory_size(memory)
                         .table_elements(TABLE_ELEMENTS)
                         .instances(1)
-                        .memories(1)
-                        .tables(1)
+                        .memories(rjs_signer::wasm::MAX_MEMORIES as usize)
+                        .tables(rjs_signer::wasm::MAX_TABLES as usize)
                         .trap_on_grow_failure(true)
                         .build(),
+                    memory_limit: memory,
+                    memory_total: 0,
                     memory_refused: None,
                 };
                 let mut store = Store::new(&self.engine, State { wasi, limiter });
@@ -819,4 +849,57 @@ impl Drop for FsizeLimit {
 /// Turns a wasmtime error into the reason sent to the supervisor: `what: cause: …`.
 fn failed(what: &'static str) -> impl FnOnce(wasmtime::Error) -> String {
     move |e| format!("{what}: {}", rjs_cmd::chain(e.as_ref()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rjs_signer::wasm::{WASI_MODULE, WASI_P1, WasiType};
+
+    /// The table `rjs-sign pack`, `verify` and the web server check imports against is
+    /// exactly what the sandbox links: same names, same signatures.
+    #[test]
+    fn the_signers_wasi_table_is_what_the_sandbox_links() {
+        let engine = Engine::new(&engine_config(1 << 26)).unwrap();
+        let mut linker: Linker<State> = Linker::new(&engine);
+        wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |s: &mut State| &mut s.wasi).unwrap();
+        let mut store = Store::new(
+            &engine,
+            State {
+                wasi: WasiCtxBuilder::new().build_p1(),
+                limiter: Limiter {
+                    inner: StoreLimitsBuilder::new().build(),
+                    memory_limit: 1 << 26,
+                    memory_total: 0,
+                    memory_refused: None,
+                },
+            },
+        );
+        let kind = |t: &wasmtime::ValType| match t {
+            wasmtime::ValType::I32 => WasiType::I32,
+            wasmtime::ValType::I64 => WasiType::I64,
+            other => panic!("unexpected WASI type {other}"),
+        };
+        let mut linked: Vec<(String, Vec<WasiType>, Vec<WasiType>)> = Vec::new();
+        let items: Vec<(String, String, wasmtime::Extern)> = linker
+            .iter(&mut store)
+            .map(|(m, n, e)| (m.to_owned(), n.to_owned(), e))
+            .collect();
+        for (module, name, item) in items {
+            assert_eq!(module, WASI_MODULE, "{module}::{name}");
+            let ty = item.into_func().unwrap().ty(&store);
+            linked.push((
+                name,
+                ty.params().map(|t| kind(&t)).collect(),
+                ty.results().map(|t| kind(&t)).collect(),
+            ));
+        }
+        linked.sort();
+        let mut table: Vec<(String, Vec<WasiType>, Vec<WasiType>)> = WASI_P1
+            .iter()
+            .map(|(n, p, r)| (n.to_string(), p.to_vec(), r.to_vec()))
+            .collect();
+        table.sort();
+        assert_eq!(linked, table);
+    }
 }

@@ -45,6 +45,13 @@ pub struct ServeCommand {
     /// How long a job no node will take is held and retried before it is given back.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     park: Duration,
+    /// Time added to a job's time limit while waiting for its answer.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    answer_margin: Duration,
+    /// Longest compilation of a job's module waited for (a node states its own compile
+    /// limit; the lower of the two holds).
+    #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
+    max_compile: Duration,
 }
 
 impl ServeCommand {
@@ -88,6 +95,8 @@ impl ServeCommand {
         cfg.groups = self.groups;
         cfg.prefetch = self.prefetch;
         cfg.park = self.park;
+        cfg.answer_margin = self.answer_margin;
+        cfg.max_compile = self.max_compile;
         cfg
     }
 }

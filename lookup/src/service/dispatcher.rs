@@ -86,8 +86,10 @@ pub(super) fn start_lanes(shared: &Arc<Shared>, n: &NodeView, addr: SocketAddr) 
     let slots = n.total_slots.clamp(1, 256);
     let tasks = (0..slots)
         .map(|_| {
-            let client = NodeClient::new(n.node_id.clone(), addr, shared.node_tls.clone())
+            let mut client = NodeClient::new(n.node_id.clone(), addr, shared.node_tls.clone())
                 .with_peer_check(shared.peer_check.clone());
+            client.answer_margin = shared.cfg.answer_margin;
+            client.max_compile = shared.cfg.max_compile;
             tokio::spawn(lane(shared.clone(), client, rx.clone()))
         })
         .collect();

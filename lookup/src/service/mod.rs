@@ -89,6 +89,11 @@ pub struct ServeConfig {
     pub refusal_ttl: Duration,
     /// Nodes a job may be lost with before it is reported failed to the web server.
     pub max_losses: u32,
+    /// Time added to a job's time limit while waiting for its answer (start-up, archive).
+    pub answer_margin: Duration,
+    /// Longest compilation of a job's module waited for (a node states its own limit; the
+    /// lower holds).
+    pub max_compile: Duration,
 }
 
 impl ServeConfig {
@@ -106,6 +111,8 @@ impl ServeConfig {
             park: Duration::from_secs(60),
             refusal_ttl: Duration::from_secs(30),
             max_losses: 3,
+            answer_margin: crate::dispatch::DEFAULT_ANSWER_MARGIN,
+            max_compile: crate::dispatch::DEFAULT_MAX_COMPILE,
         }
     }
 

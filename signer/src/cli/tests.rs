@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rjs_signer::bundle::{BundleBuilder, WASM_HEADER, hex};
+use rjs_signer::bundle::{BundleBuilder, hex};
 use rjs_signer::request::RequestAuth;
 use rjs_signer::{KeyPair, keys};
 use rjs_wire::api::{JobList, JobRef, JobState, JobView, UploadResponse, WhoAmI};
@@ -235,9 +235,8 @@ impl Author {
         let manifest = json!({"format": 1, "name": name, "entry": "job.wasm", "tasks": 3});
         b.add("manifest.json", serde_json::to_vec(&manifest).unwrap())
             .unwrap();
-        let mut wasm = WASM_HEADER.to_vec();
-        wasm.extend_from_slice(b"\x00\x05\x04note");
-        b.add("job.wasm", wasm).unwrap();
+        b.add("job.wasm", rjs_signer::wasm::empty_command(b"note"))
+            .unwrap();
         let bytes = b.sign(&self.key, "alice", rjs_signer::unix_now()).unwrap();
         let path = self.dir.join(format!("{name}.rjs"));
         std::fs::write(&path, &bytes).unwrap();

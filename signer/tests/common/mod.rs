@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
-use rjs_signer::bundle::{BUNDLE_DOMAIN, SignatureDoc, SignedEntry, WASM_HEADER};
+use rjs_signer::bundle::{BUNDLE_DOMAIN, SignatureDoc, SignedEntry};
 use rjs_signer::paths::SIGNATURE;
 use rjs_signer::zipfmt::{self, EntryMeta, LOCAL_HEADER_LEN, Method};
 use rjs_signer::zipread;
@@ -24,12 +24,7 @@ pub fn key(n: u8) -> KeyPair {
 
 /// A tiny but well-formed WebAssembly core module: the header plus one custom section.
 pub fn wasm_module() -> Vec<u8> {
-    let mut m = WASM_HEADER.to_vec();
-    let payload = b"\x04noteRJS test module";
-    m.push(0); // custom section id
-    m.push(payload.len() as u8);
-    m.extend_from_slice(payload);
-    m
+    rjs_signer::wasm::empty_command(b"RJS test module")
 }
 
 pub fn manifest_json(entry: &str, inputs: &[&str]) -> Vec<u8> {

@@ -127,7 +127,7 @@ pub fn sha_hex(b: &[u8]) -> String {
     rjs_signer::bundle::hex(&Sha256::digest(b))
 }
 
-/// A signed bundle of `tasks` tasks (a header-only module: the web server never runs it).
+/// A signed bundle of `tasks` tasks (a module that does nothing: the web server never runs it).
 /// `name` makes bundles differ.
 pub fn bundle(key: &KeyPair, name: &str, tasks: u32) -> Vec<u8> {
     let mut b = BundleBuilder::new();
@@ -135,9 +135,8 @@ pub fn bundle(key: &KeyPair, name: &str, tasks: u32) -> Vec<u8> {
         serde_json::json!({"format": 1, "name": name, "entry": "job.wasm", "tasks": tasks});
     b.add("manifest.json", manifest.to_string().into_bytes())
         .unwrap();
-    let mut wasm = rjs_signer::bundle::WASM_HEADER.to_vec();
-    wasm.extend_from_slice(&[0, 5, 4, b'n', b'o', b't', b'e']);
-    b.add("job.wasm", wasm).unwrap();
+    b.add("job.wasm", rjs_signer::wasm::empty_command(b"note"))
+        .unwrap();
     b.sign(key, "bench", rjs_signer::unix_now()).unwrap()
 }
 

@@ -159,7 +159,7 @@ pub async fn upload(call: AuthorCall<'_>, payload: &mut web::Payload) -> Reply {
 
 /// Verifies an uploaded bundle and that the uploader signed it; its manifest's name, tasks and
 /// group. Verified from a read-only map of the synced temporary file: never read into memory
-/// whole (see `BlobWriter::map_written`).
+/// whole (see `BlobWriter::map_written`); only the module is inflated, to validate it.
 fn verify_upload(
     writer: &mut BlobWriter,
     limits: &VerifyLimits,
@@ -168,7 +168,7 @@ fn verify_upload(
     let mapped = writer
         .map_written()
         .map_err(|e| ApiError::internal("reading back the upload", &e))?;
-    let signed = rjs_signer::verify_signed(&mapped, limits).map_err(|e| {
+    let refused = |e: rjs_signer::VerifyError| {
         ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid-bundle",
@@ -178,7 +178,8 @@ fn verify_upload(
                 rjs_cmd::chain(&e)
             ),
         )
-    })?;
+    };
+    let signed = rjs_signer::verify_signed(&mapped, limits).map_err(refused)?;
     let signer = signed.signer();
     if signer.public_key != uploader.auth.key {
         return Err(ApiError::forbidden(
@@ -189,6 +190,9 @@ fn verify_upload(
             ),
         ));
     }
+    // The module, inflated and validated as a node would before compiling it: a module no
+    // node could run is refused now, not after every node has tried it.
+    signed.module().map_err(refused)?;
     let manifest = signed.manifest();
     Ok((
         manifest.name.clone(),
