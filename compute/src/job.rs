@@ -63,8 +63,14 @@ pub struct TaskSpec {
     pub inputs: Arc<Vec<(String, Vec<u8>)>>,
     /// Arguments after argv\[0\].
     pub args: Vec<String>,
-    /// The manifest's env; the sandbox adds `RJS_TASK_INDEX` and `RJS_TASK_COUNT`.
+    /// The manifest's env; the sandbox adds `RJS_TASK_INDEX`, `RJS_TASK_COUNT` and
+    /// (unless the manifest sets it) `TMPDIR=/tmp`.
     pub env: Vec<(String, String)>,
+    /// The input file (bundle path) that is the program's standard input; `None`: empty.
+    pub stdin: Option<String>,
+    /// The manifest's `outputs`: patterns of the files the program promises to write
+    /// under `out/`; the answer records each one no file matches.
+    pub outputs: Vec<String>,
     pub task_index: u32,
     pub task_count: u32,
     pub limits: Limits,
@@ -95,6 +101,8 @@ impl TaskSpec {
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
+            stdin: manifest.stdin.clone(),
+            outputs: manifest.outputs.clone(),
             task_index,
             task_count: manifest.tasks,
             limits: manifest.limits,

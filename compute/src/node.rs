@@ -275,6 +275,7 @@ impl Node {
             task.task_count,
             task.limits,
         );
+        let outputs = task.outputs.clone();
         let started_at = rjs_signer::unix_now();
         let mut result = self.sandbox.run_watched(slot, task, phase).await.0;
         let finished_at = rjs_signer::unix_now().max(started_at);
@@ -299,6 +300,8 @@ impl Node {
             result.limits_hit.push(*limit);
         }
         let output_bytes: u64 = result.out_files.iter().map(|(_, d)| d.len() as u64).sum();
+        let names: Vec<&str> = result.out_files.iter().map(|(n, _)| n.as_str()).collect();
+        let missing_outputs = rjs_signer::manifest::missing_outputs(&outputs, &names);
         let doc = ResultDoc {
             format: answer::RESULT_FORMAT,
             bundle_sha256,
@@ -317,6 +320,7 @@ impl Node {
             stdout_bytes: result.stdout.len() as u64,
             stderr_bytes: result.stderr.len() as u64,
             output_bytes,
+            missing_outputs,
         };
         let outcome = doc.summary();
         let key = self.identity.key.clone();

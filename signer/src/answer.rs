@@ -169,6 +169,22 @@ impl Ending {
     }
 }
 
+/// `line` followed by `, missing output: a` (or `, missing outputs: a, b`), cut to
+/// [`MAX_SUMMARY`] bytes with `…` when too long.
+fn with_missing(line: String, missing: &[String]) -> String {
+    let what = if missing.len() == 1 {
+        "missing output"
+    } else {
+        "missing outputs"
+    };
+    let full = format!("{line}, {what}: {}", missing.join(", "));
+    if full.len() <= MAX_SUMMARY {
+        full
+    } else {
+        format!("{}…", clip(&full, MAX_SUMMARY - '…'.len_utf8()))
+    }
+}
+
 /// The longest prefix of `s` of at most `max` bytes that ends on a character boundary.
 fn clip(s: &str, max: usize) -> &str {
     let mut cut = max.min(s.len());
@@ -247,6 +263,10 @@ pub struct ResultDoc {
     pub stderr_bytes: u64,
     /// Bytes of all out files together.
     pub output_bytes: u64,
+    /// The manifest's `outputs` patterns that no returned file under `out/` matches, in the
+    /// manifest's order (absent when every declared output came back).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing_outputs: Vec<String>,
 }
 
 /// Why a `result.json` is refused.
@@ -283,7 +303,11 @@ impl ResultDoc {
     /// `rjs-sign verify-answer`): how the task ended and every other limit it hit, e.g.
     /// `exit 3 (limit hit: output)`. See [`Ending::summary_with`].
     pub fn summary(&self) -> String {
-        self.ending.summary_with(&self.limits_hit)
+        let line = self.ending.summary_with(&self.limits_hit);
+        match self.missing_outputs.as_slice() {
+            [] => line,
+            missing => with_missing(line, missing),
+        }
     }
 
     /// Checks every field's bounds and that the fields agree with each other.
@@ -347,6 +371,20 @@ impl ResultDoc {
         })?;
         if self.started_at > self.finished_at {
             return bad("finished_at", "must not be before started_at".into());
+        }
+        if self.missing_outputs.len() > crate::manifest::MAX_OUTPUTS
+            || self
+                .missing_outputs
+                .iter()
+                .any(|o| !crate::manifest::valid_output_pattern(o))
+        {
+            return bad(
+                "missing_outputs",
+                format!(
+                    "must be at most {} output patterns of the manifest",
+                    crate::manifest::MAX_OUTPUTS
+                ),
+            );
         }
         for (field, value, limit) in [
             ("stdout_bytes", self.stdout_bytes, self.limits.stdout_bytes),

@@ -459,10 +459,7 @@ impl Manifest {
             return bad("outputs", format!("has more than {MAX_OUTPUTS} patterns"));
         }
         for o in &self.outputs {
-            let pattern_ok = !o.is_empty()
-                && o.len() <= MAX_OUTPUT_PATTERN
-                && paths::check_entry_name(&o.replace(['*', '?'], "x")).is_ok();
-            if !pattern_ok {
+            if !valid_output_pattern(o) {
                 return bad(
                     "outputs",
                     format!("{o:?} must be a relative path pattern (letters, digits, . _ - / * ?)"),
@@ -476,6 +473,59 @@ impl Manifest {
     pub fn group_matches(&self, node_group: &str) -> bool {
         node_serves(node_group, &self.group)
     }
+}
+
+/// Whether `o` is a valid `outputs` pattern: at most [`MAX_OUTPUT_PATTERN`] bytes, an entry
+/// name once `*` and `?` are taken for letters.
+pub fn valid_output_pattern(o: &str) -> bool {
+    !o.is_empty()
+        && o.len() <= MAX_OUTPUT_PATTERN
+        && paths::check_entry_name(&o.replace(['*', '?'], "x")).is_ok()
+}
+
+/// The `outputs` patterns that none of `files` (paths relative to `out/`) matches, in
+/// order: what the answer reports missing.
+pub fn missing_outputs(patterns: &[String], files: &[&str]) -> Vec<String> {
+    patterns
+        .iter()
+        .filter(|p| !files.iter().any(|f| output_matches(p, f)))
+        .cloned()
+        .collect()
+}
+
+/// Whether `path` (relative to `out/`) matches the `outputs` pattern: `*` stands for any run
+/// of characters but `/`, `?` for one character but `/`, anything else for itself.
+pub fn output_matches(pattern: &str, path: &str) -> bool {
+    let (p, s): (Vec<char>, Vec<char>) = (pattern.chars().collect(), path.chars().collect());
+    // Classic wildcard matching with one backtrack point (the last `*`).
+    let (mut pi, mut si) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while si < s.len() {
+        match p.get(pi) {
+            Some('*') => {
+                star = Some((pi, si));
+                pi += 1;
+            }
+            Some('?') if s[si] != '/' => {
+                pi += 1;
+                si += 1;
+            }
+            Some(&c) if c != '*' && c != '?' && c == s[si] => {
+                pi += 1;
+                si += 1;
+            }
+            _ => match star {
+                // The star takes one more character, never a `/`.
+                Some((sp, ss)) if s[ss] != '/' => {
+                    star = Some((sp, ss + 1));
+                    pi = sp + 1;
+                    si = ss + 1;
+                }
+                _ => return false,
+            },
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
 }
 
 /// Whether a node serving `node_group` may run a job of `job_group`: the job's group is the
@@ -624,6 +674,28 @@ mod tests {
             parse(&serde_json::json!({"format":7,"name":"j","entry":"j.wasm","new":true})),
             Err(ManifestError::UnknownVersion(7))
         ));
+    }
+
+    #[test]
+    fn output_patterns_match_like_shell_globs_within_one_folder() {
+        for (p, f, want) in [
+            ("speech.wav", "speech.wav", true),
+            ("speech.wav", "speech.wa", false),
+            ("*.png", "tile-3.png", true),
+            ("*.png", "img/tile.png", false),
+            ("img/*.png", "img/tile.png", true),
+            ("tile-?.png", "tile-3.png", true),
+            ("tile-?.png", "tile-33.png", false),
+            ("*", "a", true),
+            ("a*b*c", "axxbyyc", true),
+            ("a*b*c", "axxbyy", false),
+            ("*/x", "a/b/x", false),
+        ] {
+            assert_eq!(output_matches(p, f), want, "{p} ~ {f}");
+        }
+        let patterns = vec!["*.png".to_string(), "speech.wav".to_string()];
+        assert_eq!(missing_outputs(&patterns, &["a.png"]), ["speech.wav"]);
+        assert!(missing_outputs(&patterns, &["a.png", "speech.wav"]).is_empty());
     }
 
     #[test]

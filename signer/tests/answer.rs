@@ -81,6 +81,7 @@ fn result_doc() -> ResultDoc {
         stdout_bytes: 0,
         stderr_bytes: 0,
         output_bytes: 0,
+        missing_outputs: vec![],
     }
 }
 

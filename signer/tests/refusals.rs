@@ -1182,7 +1182,7 @@ fn deflated_module_header_is_checked_without_full_inflation() {
     ];
     assert_refused(&sign_parts(&parts, &key(1)), "not-wasm", Some("job.wasm"));
     // A valid deflated module is accepted (the header is read through the deflate stream).
-    let module = [wasm_module(), input_data().repeat(8)].concat();
+    let module = rjs_signer::wasm::empty_command(&input_data().repeat(8));
     let parts = vec![
         Part::deflated("job.wasm", &module),
         Part::stored(MANIFEST, &manifest_json("job.wasm", &[])),
@@ -1191,6 +1191,50 @@ fn deflated_module_header_is_checked_without_full_inflation() {
         verify(&sign_parts(&parts, &key(1))).unwrap().module(),
         &module[..]
     );
+    // A module with the header but not valid after it passes the header check and is
+    // refused once inflated, for what the nodes would refuse it for.
+    let module = [wasm_module(), input_data().repeat(8)].concat();
+    let parts = vec![
+        Part::deflated("job.wasm", &module),
+        Part::stored(MANIFEST, &manifest_json("job.wasm", &[])),
+    ];
+    let b = sign_parts(&parts, &key(1));
+    assert!(rjs_signer::verify_signed(&b, &VerifyLimits::default()).is_ok());
+    assert_refused(&b, "bad-module", Some("job.wasm"));
+}
+
+#[test]
+fn folder_inputs_cover_every_file_under_them_and_nothing_else() {
+    let manifest = serde_json::to_vec(&serde_json::json!({"format": 1, "name": "j",
+        "entry": "job.wasm", "inputs": ["data/"], "stdin": "data/sub/b.txt"}))
+    .unwrap();
+    let parts = vec![
+        Part::stored("data/a.txt", b"a"),
+        Part::stored("data/sub/b.txt", b"b"),
+        Part::stored("job.wasm", &wasm_module()),
+        Part::stored(MANIFEST, &manifest),
+    ];
+    let v = verify(&sign_parts(&parts, &key(1))).unwrap();
+    let names: Vec<&str> = v.inputs().iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["data/a.txt", "data/sub/b.txt"]);
+    // A file beside the folder is still undeclared.
+    let mut more = parts.clone();
+    more.insert(2, Part::stored("datax.txt", b"x"));
+    assert_refused(&sign_parts(&more, &key(1)), "undeclared-entry", Some("datax.txt"));
+    // A folder with nothing in the bundle.
+    let empty = vec![
+        Part::stored("job.wasm", &wasm_module()),
+        Part::stored(MANIFEST, &manifest_json("job.wasm", &["data/"])),
+    ];
+    assert_refused(&sign_parts(&empty, &key(1)), "missing-input", Some("data/"));
+    // A file and a folder of one name cannot both be written.
+    let clash = vec![
+        Part::stored("data", b"file"),
+        Part::stored("data/a.txt", b"a"),
+        Part::stored("job.wasm", &wasm_module()),
+        Part::stored(MANIFEST, &manifest_json("job.wasm", &["data", "data/a.txt"])),
+    ];
+    assert_refused(&sign_parts(&clash, &key(1)), "file-folder-clash", Some("data/a.txt"));
 }
 
 #[test]

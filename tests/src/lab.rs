@@ -90,6 +90,7 @@ impl<'a> Lab<'a> {
             stdout_bytes: spec.stdout.len() as u64,
             stderr_bytes: spec.stderr.len() as u64,
             output_bytes: spec.files.iter().map(|(_, d)| d.len() as u64).sum(),
+            missing_outputs: vec![],
         };
         let bytes = build_answer(
             &result,

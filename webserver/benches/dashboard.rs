@@ -60,6 +60,7 @@ fn real_answer(node: &KeyPair, bundle_id: &str, task: u32, tasks: u32) -> Vec<u8
         stdout_bytes: 6,
         stderr_bytes: 0,
         output_bytes: out[0].1.len() as u64,
+        missing_outputs: vec![],
     };
     build_answer(&result, b"hello\n", b"", &out, node, 1_800_000_001).unwrap()
 }

@@ -16,7 +16,7 @@ use std::future::Future;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Bumped whenever a message changes; the supervisor refuses a worker that speaks another one.
-pub(crate) const PROTOCOL_VERSION: u32 = 3;
+pub(crate) const PROTOCOL_VERSION: u32 = 4;
 
 pub(crate) const KIND_JSON: u8 = b'J';
 pub(crate) const KIND_BLOB: u8 = b'B';
@@ -82,6 +82,10 @@ pub(crate) struct RunRequest {
     pub input_dir: PathBuf,
     /// Host directory shown read-write at guest `out`.
     pub out_dir: PathBuf,
+    /// Host directory shown read-write at guest `/tmp` (`TMPDIR`).
+    pub tmp_dir: PathBuf,
+    /// The input file (a path under `input_dir`) that is the program's standard input.
+    pub stdin: Option<String>,
 }
 
 /// Worker → supervisor.

@@ -70,7 +70,24 @@ pub(crate) fn slot_dir(base: &Path, index: usize) -> PathBuf {
 /// (the directory of an earlier task that could not be emptied, or nothing) is moved aside
 /// and removed first. Blocking.
 pub(crate) fn fresh_slot_dir(base: &Path, index: usize) -> io::Result<PathBuf> {
-    let dir = slot_dir(base, index);
+    fresh_dir(base, slot_dir(base, index))
+}
+
+/// The temporary directory of slot `index`'s tasks under `base`: the guest's `/tmp`
+/// (`TMPDIR`), emptied after every task that wrote there. What it holds counts against the
+/// task's output limit but is never returned.
+pub(crate) fn tmp_dir(base: &Path, index: usize) -> PathBuf {
+    base.join(format!("tmp-{index}"))
+}
+
+/// Makes slot `index`'s temporary directory a fresh, empty private directory (as
+/// [`fresh_slot_dir`]). Blocking.
+pub(crate) fn fresh_tmp_dir(base: &Path, index: usize) -> io::Result<PathBuf> {
+    fresh_dir(base, tmp_dir(base, index))
+}
+
+/// Makes `dir` (in `base`) a fresh, empty private directory. Blocking.
+fn fresh_dir(base: &Path, dir: PathBuf) -> io::Result<PathBuf> {
     match fs::symlink_metadata(&dir) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
@@ -90,7 +107,7 @@ pub(crate) fn fresh_slot_dir(base: &Path, index: usize) -> io::Result<PathBuf> {
 }
 
 /// Whether `dir` is an empty directory.
-fn is_empty_dir(dir: &Path) -> bool {
+pub(crate) fn is_empty_dir(dir: &Path) -> bool {
     fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_none())
 }
 
@@ -151,8 +168,10 @@ struct InputEntry {
 pub(crate) struct Scratch {
     /// Its guest `.`.
     pub input: InputLease,
-    /// Its guest `out` (the only directory made for the task alone).
+    /// Its guest `out`.
     pub out_dir: PathBuf,
+    /// Its guest `/tmp` (`TMPDIR`).
+    pub tmp_dir: PathBuf,
 }
 
 /// The input directory one task uses; give it back with [`InputDirs::release`].

@@ -413,6 +413,8 @@ impl Sandbox {
                 for slot in 0..slots {
                     scratch::fresh_slot_dir(&s, slot)
                         .map_err(dir_error("creating", &scratch::slot_dir(&s, slot)))?;
+                    scratch::fresh_tmp_dir(&s, slot)
+                        .map_err(dir_error("creating", &scratch::tmp_dir(&s, slot)))?;
                 }
                 let inputs = InputDirs::open(&i).map_err(dir_error("preparing", &i))?;
                 Ok((s, inputs))
@@ -810,6 +812,7 @@ impl Inner {
                 return Ok(Scratch {
                     input,
                     out_dir: scratch::slot_dir(&self.scratch_dir, index),
+                    tmp_dir: scratch::tmp_dir(&self.scratch_dir, index),
                 });
             }
             other => other,
@@ -827,7 +830,11 @@ impl Inner {
                 scratch::fresh_slot_dir(&inner.scratch_dir, index)
             };
             match out_dir {
-                Ok(out_dir) => Ok(Scratch { input, out_dir }),
+                Ok(out_dir) => Ok(Scratch {
+                    input,
+                    out_dir,
+                    tmp_dir: scratch::tmp_dir(&inner.scratch_dir, index),
+                }),
                 Err(e) => {
                     for dir in inner.inputs.release(input) {
                         scratch::remove(&dir);
@@ -929,15 +936,21 @@ impl Inner {
         max_bytes: u64,
         reaped: bool,
     ) -> Option<Finished> {
-        let Scratch { input, out_dir } = scratch;
+        let Scratch {
+            input,
+            out_dir,
+            tmp_dir,
+        } = scratch;
         let gone = self.inputs.release(input);
         let max_files = self.max_out_files;
+        // Most tasks leave /tmp empty: one look tells (on a RAM filesystem, inline).
+        let tmp_used = !(self.scratch_inline && scratch::is_empty_dir(&tmp_dir));
         let small = if self.scratch_inline && gone.is_empty() && reaped {
             scratch::finish_small(&out_dir, max_bytes, max_files)
         } else {
             None
         };
-        if small.as_ref().is_some_and(|done| done.emptied) {
+        if !tmp_used && small.as_ref().is_some_and(|done| done.emptied) {
             return small;
         }
         let base = self.scratch_dir.clone();
@@ -946,6 +959,19 @@ impl Inner {
                 Some(done) => done,
                 None => scratch::finish(&out_dir, max_bytes, max_files),
             };
+            if tmp_used && !scratch::is_empty_dir(&tmp_dir) {
+                // What the task left in /tmp counts against its output limit.
+                let tmp = scratch::usage(&tmp_dir, max_files.saturating_mul(4));
+                done.usage.bytes = done.usage.bytes.saturating_add(tmp.bytes);
+                done.usage.truncated |= tmp.truncated;
+                if let Err(e) = scratch::fresh_tmp_dir(&base, index) {
+                    tracing::error!(
+                        path = %tmp_dir.display(),
+                        error = %e,
+                        "cannot empty a slot's temporary directory"
+                    );
+                }
+            }
             for dir in gone {
                 scratch::remove(&dir);
             }
@@ -1108,6 +1134,8 @@ impl Inner {
             limits: *limits,
             input_dir: scratch.input.dir.clone(),
             out_dir: scratch.out_dir.clone(),
+            tmp_dir: scratch.tmp_dir.clone(),
+            stdin: task.stdin.clone(),
         }));
         if let Err(e) = protocol::write_json_async(&mut worker.stdin, &request).await {
             let message = format!("sending the task to the worker: {e}");
@@ -1140,7 +1168,7 @@ impl Inner {
                 frame = worker.frames.recv() => self.on_frame(worker, frame, &mut p).await,
                 _ = tokio::time::sleep_until(p.deadline) => self.on_deadline(worker, &mut p).await,
                 _ = poll.tick(), if p.started.is_some() => {
-                    self.on_poll(worker, &p, &scratch.out_dir).await
+                    self.on_poll(worker, &p, scratch).await
                 }
             };
             if let Break(outcome) = step {
@@ -1299,14 +1327,21 @@ impl Inner {
         &self,
         worker: &mut WorkerProc,
         p: &Progress<'_>,
-        out_dir: &Path,
+        scratch: &Scratch,
     ) -> ControlFlow<Outcome> {
         let limits = p.limits;
-        let dir = out_dir.to_path_buf();
+        let (dir, tmp) = (scratch.out_dir.clone(), scratch.tmp_dir.clone());
         let max_entries = self.max_out_files.saturating_mul(4);
-        let usage = tokio::task::spawn_blocking(move || scratch::usage(&dir, max_entries))
-            .await
-            .unwrap_or_default();
+        let usage = tokio::task::spawn_blocking(move || {
+            let mut usage = scratch::usage(&dir, max_entries);
+            // /tmp counts in bytes (its files are never returned).
+            let tmp = scratch::usage(&tmp, max_entries);
+            usage.bytes = usage.bytes.saturating_add(tmp.bytes);
+            usage.truncated |= tmp.truncated;
+            usage
+        })
+        .await
+        .unwrap_or_default();
         if !self.over_output(&usage, limits) {
             return Continue(());
         }
@@ -1317,7 +1352,8 @@ impl Inner {
             salvaged,
             limit: LimitKind::Output,
             message: format!(
-                "stopped: out/ reached {} bytes in {} files{} (limit {} bytes, {} files)",
+                "stopped: out/ and /tmp reached {} bytes, out/ {} files{} (limit {} bytes, {} \
+                 files)",
                 usage.bytes,
                 usage.files,
                 if usage.truncated { " or more" } else { "" },

@@ -8,7 +8,7 @@ use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Write};
 use std::num::NonZeroUsize;
 use std::os::fd::FromRawFd;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -692,6 +692,19 @@ impl Worker {
         b.envs(&req.env);
         b.env("RJS_TASK_INDEX", req.task_index.to_string());
         b.env("RJS_TASK_COUNT", req.task_count.to_string());
+        if !req.env.iter().any(|(k, _)| k == "TMPDIR") {
+            b.env("TMPDIR", "/tmp");
+        }
+        if let Some(name) = &req.stdin {
+            rjs_signer::paths::check_entry_name(name)
+                .map_err(|e| format!("standard input {name:?}: {e}"))?;
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(req.input_dir.join(name))
+                .map_err(|e| format!("opening the standard input {name:?}: {e}"))?;
+            b.stdin(wasmtime_wasi::cli::InputFile::new(file));
+        }
         b.stdout(stdout.clone());
         b.stderr(stderr.clone());
         // Preview 1 has no way to open a socket; these make the policy explicit anyway.
@@ -702,6 +715,8 @@ impl Worker {
             .map_err(failed("opening the input directory"))?;
         b.preopened_dir(&req.out_dir, "out", FsPerms::ReadWrite)
             .map_err(failed("opening the output directory"))?;
+        b.preopened_dir(&req.tmp_dir, "/tmp", FsPerms::ReadWrite)
+            .map_err(failed("opening the temporary directory"))?;
         Ok(b.build_p1())
     }
 }

@@ -79,7 +79,7 @@ pub fn refusal(bytes: &[u8]) -> VerifyError {
 /// The error a bundle is refused with under `limits` (panics if it verifies). Also checks
 /// that [`verify_signed`] (steps 1-10) agrees: it refuses with the same rule, or, if it
 /// accepts, the refusal came from extraction (a module or input that does not inflate to its
-/// signed size and CRC-32).
+/// signed size and CRC-32, or a module the sandbox could not run).
 pub fn refusal_with(bytes: &[u8], limits: &VerifyLimits) -> VerifyError {
     let full = match verify_bytes(bytes, limits) {
         Ok(b) => panic!(
@@ -96,14 +96,13 @@ pub fn refusal_with(bytes: &[u8], limits: &VerifyLimits) -> VerifyError {
         ),
         Ok(signed) => {
             assert!(
-                matches!(full, VerifyError::Corrupt { .. }),
+                matches!(full, VerifyError::Corrupt { .. } | VerifyError::BadModule { .. }),
                 "verify_signed accepted what verify_bytes refused as {}: {full}",
                 full.rule()
             );
             let name = full.entry().unwrap();
             assert!(
-                name == signed.manifest().entry
-                    || signed.manifest().inputs.iter().any(|i| i == name),
+                name == signed.manifest().entry || signed.manifest().is_input_file(name),
                 "only the module and inputs are left to extraction, not {name:?}"
             );
         }
