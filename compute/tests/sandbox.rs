@@ -105,13 +105,14 @@ fn evil_loop(time_ms: u64) -> TaskSpec {
 }
 
 /// Nothing of any task is left in a scratch directory: it holds only the slots' `slot-<i>`
-/// directories, each empty.
+/// (`out/`) and `tmp-<i>` (`/tmp`) directories, each empty.
 fn assert_scratch_dir_clean(scratch: &Path) {
     for entry in std::fs::read_dir(scratch).unwrap() {
         let entry = entry.unwrap();
         let name = entry.file_name().to_string_lossy().into_owned();
         assert!(
-            name.starts_with("slot-") && entry.file_type().unwrap().is_dir(),
+            (name.starts_with("slot-") || name.starts_with("tmp-"))
+                && entry.file_type().unwrap().is_dir(),
             "{} left in the scratch directory",
             entry.path().display()
         );
@@ -571,7 +572,7 @@ async fn evil_escape_is_blocked() {
     for what in [
         "read /etc/passwd",
         "read ../../etc/passwd",
-        "write /tmp/rjs-evil-escaped",
+        "write /var/tmp/rjs-evil-escaped",
         "connect tcp 127.0.0.1:80",
         "bind udp 0.0.0.0:0",
     ] {
@@ -583,7 +584,7 @@ async fn evil_escape_is_blocked() {
         );
     }
     assert!(!stdout.contains("ESCAPED"));
-    assert!(!Path::new("/tmp/rjs-evil-escaped").exists());
+    assert!(!Path::new("/var/tmp/rjs-evil-escaped").exists());
     assert!(r.out_files.is_empty());
     assert_hello_works(&node).await;
 }
@@ -1062,3 +1063,87 @@ async fn a_task_never_sees_an_earlier_tasks_files() {
     // The same directory all along (no directory made or removed per task).
     assert_eq!(ino(&slot_dir), first);
 }
+
+/// A module built as a current toolchain builds them (exception handling, a tail call, two
+/// memories, SIMD) runs: exit 42 is 22 from the caught exception plus 20 from the second
+/// memory, through the tail call and a SIMD lane.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_module_using_wasm3_features_runs() {
+    let node = node(1).await;
+    let module = rjs_harness::modules::modern_command();
+    rjs_signer::wasm::check_module(&module).unwrap();
+    let r = run(&node.sandbox, module_task("modern", module)).await;
+    assert_eq!(r.ending, Ending::Exit { code: 42 }, "{}", text(&r.stderr));
+    assert_eq!(r.stdout, b"caught\n");
+}
+
+/// Memories share one limit: two memories that each fit `memory_bytes` but not together stop
+/// the task at the memory limit; below it, the same module runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_memories_share_the_memory_limit() {
+    let node = node(1).await;
+    let limits = Limits {
+        memory_bytes: 64 * 65536,
+        ..Limits::default()
+    };
+    let over = TaskSpec {
+        limits,
+        ..module_task("two-memories", rjs_harness::modules::two_memories_growing(40))
+    };
+    let r = run(&node.sandbox, over).await;
+    assert_limit(&r, LimitKind::Memory);
+    let under = TaskSpec {
+        limits,
+        ..module_task("two-memories", rjs_harness::modules::two_memories_growing(20))
+    };
+    assert_eq!(run(&node.sandbox, under).await.ending, Ending::Exit { code: 0 });
+}
+
+/// The manifest's `stdin` file is the program's standard input; `TMPDIR` is a private,
+/// writable `/tmp`, emptied after the task and never returned; a folder input arrives whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stdin_tmpdir_and_folder_inputs_reach_the_program() {
+    let node = node(1).await;
+    let inputs = Arc::new(vec![
+        ("data/a.txt".to_string(), b"a".to_vec()),
+        ("data/sub/problem.smt2".to_string(), b"(check-sat)".to_vec()),
+    ]);
+    let task = TaskSpec {
+        inputs: inputs.clone(),
+        stdin: Some("data/sub/problem.smt2".into()),
+        ..probe_task(&["echo"])
+    };
+    let r = run(&node.sandbox, task).await;
+    let out = text(&r.stdout);
+    assert_eq!(r.ending, Ending::Exit { code: 0 }, "{out}{}", text(&r.stderr));
+    assert!(out.contains("stdin: (check-sat)\n"), "{out}");
+    assert!(out.contains("tmp /tmp: Ok(Ok(\"kept a while\"))"), "{out}");
+    assert!(out.contains("inputs: data/a.txt data/sub/problem.smt2\n"), "{out}");
+    assert!(r.out_files.is_empty(), "/tmp is not returned: {:?}", r.out_files);
+    let tmp = node.sandbox.scratch_dir().join("tmp-0");
+    assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0, "emptied");
+    // Without `stdin`, standard input is empty.
+    let r = run(
+        &node.sandbox,
+        TaskSpec {
+            inputs,
+            ..probe_task(&["echo"])
+        },
+    )
+    .await;
+    assert!(text(&r.stdout).contains("stdin: \n"), "{}", text(&r.stdout));
+    // /tmp counts against the output limit (1 MiB here).
+    let task = TaskSpec {
+        env: vec![("TMP_BYTES".into(), (900u32 << 10).to_string())],
+        limits: Limits {
+            output_bytes: 600 << 10,
+            ..probe_task(&[]).limits
+        },
+        ..probe_task(&["echo"])
+    };
+    let r = run(&node.sandbox, task).await;
+    assert!(r.limits_hit.contains(&LimitKind::Output), "{r:?}");
+    assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0, "emptied");
+    assert_hello_works(&node).await;
+}
+

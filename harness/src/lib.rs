@@ -31,6 +31,7 @@ pub mod forward;
 #[cfg(feature = "grid")]
 pub mod grid;
 pub mod hosts;
+pub mod modules;
 pub mod netns;
 pub mod paths;
 pub mod process;

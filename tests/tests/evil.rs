@@ -4,7 +4,7 @@
 //! signer library verifies, whose `result.json` names how it ended (the limit and its reason,
 //! or the trap); a `hello` right after is answered normally; the node's scratch directory is
 //! empty afterwards and nothing else in its data directory changed beyond the caches (the
-//! compiled module, the bundle); `/tmp/rjs-evil-escaped` never appears.
+//! compiled module, the bundle); `/var/tmp/rjs-evil-escaped` never appears.
 //!
 //! Needs the binaries (`cargo build --workspace --bins`) and the samples (`samples/build.sh`).
 
@@ -36,7 +36,7 @@ const EVIL: [&str; 5] = [
 ];
 
 /// What `evil-escape` would leave behind if it got out.
-const ESCAPED_FILE: &str = "/tmp/rjs-evil-escaped";
+const ESCAPED_FILE: &str = "/var/tmp/rjs-evil-escaped";
 
 /// Bound on one protocol step (the loop's answer takes its 2 s of CPU time and a bit).
 const STEP: Duration = Duration::from_secs(30);
@@ -112,7 +112,7 @@ fn check_evil(job: &str, v: &VerifiedAnswer) {
                 [
                     "BLOCKED: read /etc/passwd: No such file or directory (os error 44)",
                     "BLOCKED: read ../../etc/passwd: Operation not permitted (os error 63)",
-                    "BLOCKED: write /tmp/rjs-evil-escaped: Operation not permitted (os error 63)",
+                    "BLOCKED: write /var/tmp/rjs-evil-escaped: Operation not permitted (os error 63)",
                     "BLOCKED: connect tcp 127.0.0.1:80: operation not supported on this platform",
                     "BLOCKED: bind udp 0.0.0.0:0: operation not supported on this platform",
                 ],

@@ -79,6 +79,7 @@ impl Drop for Inner {
             // Only if empty: what a task still cleaning up left is emptied at the next start.
             for slot in 0..self.slots {
                 let _ = std::fs::remove_dir(scratch::slot_dir(&self.scratch_dir, slot));
+                let _ = std::fs::remove_dir(scratch::tmp_dir(&self.scratch_dir, slot));
             }
             let _ = std::fs::remove_dir(&self.scratch_dir);
         }

@@ -13,8 +13,8 @@ fn main() -> ExitCode {
     let attempts: [Attempt; 5] = [
         ("read /etc/passwd", || read("/etc/passwd")),
         ("read ../../etc/passwd", || read("../../etc/passwd")),
-        ("write /tmp/rjs-evil-escaped", || {
-            std::fs::write("/tmp/rjs-evil-escaped", b"evil-escape was here\n")
+        ("write /var/tmp/rjs-evil-escaped", || {
+            std::fs::write("/var/tmp/rjs-evil-escaped", b"evil-escape was here\n")
         }),
         ("connect tcp 127.0.0.1:80", || {
             TcpStream::connect(("127.0.0.1", 80)).map(drop)
