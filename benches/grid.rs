@@ -1288,7 +1288,7 @@ fn first_work_run(ctx: &Ctx, interval: Duration) -> Result<FirstWork> {
                     return Ok(None);
                 };
                 listed.get_or_insert(at);
-                Ok((r.busy > 0 || r.done > 0 || r.failed > 0).then_some(at))
+                Ok((r.busy > 0 || r.answers.total() > 0 || r.lost > 0).then_some(at))
             },
         )?;
         Ok(FirstWork {

@@ -592,7 +592,7 @@ fn write_out(out: &Path, png: &[u8]) -> Result<()> {
 pub fn print_panel(panel: &NodesResponse) {
     println!(
         "{:<10} {:<22} {:>7} {:>10} {:>5} {:>5} {:>6} {:>8}  GROUPS",
-        "NODE", "ADDRESS", "MFLOPS", "FREE/SLOTS", "BUSY", "DONE", "FAILED", "AGE"
+        "NODE", "ADDRESS", "MFLOPS", "FREE/SLOTS", "BUSY", "ANSWERS", "LOST", "AGE"
     );
     for r in &panel.nodes {
         let addr = match r.addresses.first() {
@@ -607,8 +607,8 @@ pub fn print_panel(panel: &NodesResponse) {
             r.mflops,
             format!("{}/{}", r.free_slots, r.total_slots),
             r.busy,
-            r.done,
-            r.failed,
+            r.answers.total(),
+            r.lost,
             r.age_ms,
             r.groups.join(",")
         );

@@ -103,6 +103,37 @@ impl Default for Limits {
     }
 }
 
+/// The largest limits a compute node accepts unless its owner changes them (`rjs-compute`'s
+/// `[limits]`): a job asking for more runs only on nodes whose owners raised them, and
+/// `rjs-sign upload` warns about it ([`Limits::above_node_defaults`]).
+pub const NODE_DEFAULT_MAX: Limits = Limits {
+    time_ms: 3_600_000,
+    memory_bytes: 1024 * 1024 * 1024,
+    output_bytes: 256 * 1024 * 1024,
+    stdout_bytes: 16 * 1024 * 1024,
+};
+
+impl Limits {
+    /// Each limit above what nodes accept by default ([`NODE_DEFAULT_MAX`]), as
+    /// `memory_bytes 2147483648 (nodes accept at most 1073741824 unless their owner allows
+    /// more)`.
+    pub fn above_node_defaults(&self) -> Vec<String> {
+        let max = NODE_DEFAULT_MAX;
+        [
+            ("time_ms", self.time_ms, max.time_ms),
+            ("memory_bytes", self.memory_bytes, max.memory_bytes),
+            ("output_bytes", self.output_bytes, max.output_bytes),
+            ("stdout_bytes", self.stdout_bytes, max.stdout_bytes),
+        ]
+        .into_iter()
+        .filter(|(_, v, m)| v > m)
+        .map(|(name, v, m)| {
+            format!("{name} {v} (nodes accept at most {m} unless their owner allows more)")
+        })
+        .collect()
+    }
+}
+
 /// The parsed and validated `manifest.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -201,8 +201,10 @@ pub fn upload_raw(author: &AuthorClient, bundle: &[u8]) -> Result<reqwest::block
     Ok(rb.send()?)
 }
 
-/// A minimal valid WebAssembly module (just the header).
-pub const EMPTY_WASM: &[u8] = &[0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00];
+/// The smallest module the grid accepts: a command whose `_start` does nothing.
+pub fn empty_wasm() -> Vec<u8> {
+    rjs_signer::wasm::empty_command(&[])
+}
 
 /// A signed bundle with `tasks` tasks, named `name`, signed by `key`.
 pub fn make_bundle(key: &KeyPair, name: &str, tasks: u32) -> Vec<u8> {
@@ -214,7 +216,7 @@ pub fn make_bundle(key: &KeyPair, name: &str, tasks: u32) -> Vec<u8> {
     let mut b = rjs_signer::BundleBuilder::new();
     b.add("manifest.json", manifest.to_string().into_bytes())
         .expect("manifest entry");
-    b.add("job.wasm", EMPTY_WASM.to_vec())
+    b.add("job.wasm", empty_wasm())
         .expect("module entry");
     b.sign(key, "author", now()).expect("sign")
 }

@@ -387,7 +387,7 @@ fn eight_mandelbrot_tiles_on_two_nodes_verify_and_stitch_into_the_native_image()
     );
     let panel = grid.nodes_panel().unwrap();
     assert_eq!(
-        panel.nodes.iter().map(|r| r.done).sum::<u64>(),
+        panel.nodes.iter().map(|r| r.answers.exit_zero).sum::<u64>(),
         8,
         "{panel:?}"
     );
@@ -569,7 +569,11 @@ fn a_node_killed_mid_job_loses_nothing_and_its_jobs_move_within_the_lease_ttl() 
     assert_eq!(status.lost_total, 2, "{status:?}");
     assert_eq!(status.answers_total, 2, "{status:?}");
     let panel = grid.nodes_panel().unwrap();
-    assert_eq!(row(&panel, "node-1").map(|r| r.done), Some(2), "{panel:?}");
+    assert_eq!(
+        row(&panel, "node-1").map(|r| r.answers.exit_zero),
+        Some(2),
+        "{panel:?}"
+    );
 
     grid.stop().unwrap_or_else(|e| panic!("{e:#}"));
 }
@@ -1439,9 +1443,9 @@ fn a_node_that_does_not_trust_the_author_is_skipped_and_a_job_only_it_could_take
         row(&panel, "node-1").unwrap(),
         row(&panel, "node-2").unwrap(),
     );
-    assert_eq!((n1.done, n1.refused), (6, 0), "{panel:?}");
+    assert_eq!((n1.answers.exit_zero, n1.refused), (6, 0), "{panel:?}");
     println!("refusals by node-2: {}", n2.refused);
-    assert!(n2.refused >= 1 && n2.done == 0, "{panel:?}");
+    assert!(n2.refused >= 1 && n2.answers.total() == 0, "{panel:?}");
     assert!(grid.lookup_status().unwrap().refusals_total >= 1);
 
     // node-1 stops: nothing will take the next job.

@@ -108,7 +108,7 @@ fn big_bundle(key: &rjs_signer::KeyPair, name: &str, tasks: u32, filler: usize) 
     let mut b = rjs_signer::BundleBuilder::new();
     b.add("manifest.json", manifest.to_string().into_bytes())
         .unwrap();
-    b.add("job.wasm", EMPTY_WASM.to_vec()).unwrap();
+    b.add("job.wasm", empty_wasm()).unwrap();
     b.add("data.bin", data).unwrap();
     b.sign(key, "author", now()).unwrap()
 }

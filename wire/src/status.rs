@@ -47,11 +47,11 @@ pub struct NodeRow {
     pub groups: Vec<String>,
     /// Milliseconds since its last accepted announcement (lease renewal).
     pub age_ms: u64,
-    /// Answers it returned whose outcome was `exit 0`.
-    pub done: u64,
-    /// Answers with any other outcome, plus jobs lost with it (connection broken, lease
-    /// expired mid-job).
-    pub failed: u64,
+    /// Answers it returned, by how the job ended: a non-zero exit is an answer (a solver's
+    /// exit 10 means "sat"), not a failure.
+    pub answers: crate::api::OutcomeCounts,
+    /// Jobs that got no answer from it: lost with it (connection broken, node gone mid-job).
+    pub lost: u64,
     /// Offers it refused.
     pub refused: u64,
 }
@@ -120,6 +120,8 @@ pub struct StatusResponse {
     pub leased_total: u64,
     /// Answers received from nodes since start.
     pub answers_total: u64,
+    /// The same answers by how the jobs ended.
+    pub answers: crate::api::OutcomeCounts,
     /// Offers refused by nodes since start.
     pub refusals_total: u64,
     /// Jobs lost with their node (re-dispatched) since start.

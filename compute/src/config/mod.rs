@@ -72,11 +72,13 @@ pub struct MaxLimits {
 
 impl Default for MaxLimits {
     fn default() -> Self {
+        // The defaults authors are warned against at upload.
+        let max = rjs_signer::manifest::NODE_DEFAULT_MAX;
         MaxLimits {
-            max_time_ms: 3_600_000,
-            max_memory_bytes: 1024 * 1024 * 1024,
-            max_output_bytes: 256 * 1024 * 1024,
-            max_stdout_bytes: 16 * 1024 * 1024,
+            max_time_ms: max.time_ms,
+            max_memory_bytes: max.memory_bytes,
+            max_output_bytes: max.output_bytes,
+            max_stdout_bytes: max.stdout_bytes,
         }
     }
 }

@@ -96,7 +96,7 @@ fn render_panel(p: &NodesResponse) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<16} {:<22} {:>7} {:>9} {:>6} {:>8} {:<16} {:>6} {:>6} {:>7}",
+        "{:<16} {:<22} {:>7} {:>9} {:>6} {:>8} {:<16} {:>6} {:>6} {:>5} {:>6} {:>5} {:>7}",
         "NODE",
         "ADDRESS",
         "MFLOPS",
@@ -104,8 +104,11 @@ fn render_panel(p: &NodesResponse) -> String {
         "FREE",
         "AGE",
         "GROUPS",
-        "DONE",
-        "FAILED",
+        "EXIT0",
+        "OTHER",
+        "TRAP",
+        "LIMIT",
+        "LOST",
         "REFUSED"
     );
     for n in &p.nodes {
@@ -116,7 +119,7 @@ fn render_panel(p: &NodesResponse) -> String {
         };
         let _ = writeln!(
             out,
-            "{:<16} {:<22} {:>7} {:>9} {:>6} {:>7.1}s {:<16} {:>6} {:>6} {:>7}",
+            "{:<16} {:<22} {:>7} {:>9} {:>6} {:>7.1}s {:<16} {:>6} {:>6} {:>5} {:>6} {:>5} {:>7}",
             n.node_id,
             addr,
             n.mflops,
@@ -128,8 +131,11 @@ fn render_panel(p: &NodesResponse) -> String {
             } else {
                 n.groups.join(",")
             },
-            n.done,
-            n.failed,
+            n.answers.exit_zero,
+            n.answers.exit_other,
+            n.answers.trap,
+            n.answers.limit,
+            n.lost,
             n.refused
         );
     }

@@ -21,13 +21,14 @@ impl StatusCommand {
             return super::print_json(&s);
         }
         println!(
-            "queued {}, running {}, parked {}, spooled {}; since start: leased {}, answers {}, refusals {}, lost {}, given back {}{}",
+            "queued {}, running {}, parked {}, spooled {}; since start: leased {}, answers {} ({}), refusals {}, lost {}, given back {}{}",
             s.queued,
             s.running,
             s.parked,
             s.spooled,
             s.leased_total,
             s.answers_total,
+            s.answers.line(),
             s.refusals_total,
             s.lost_total,
             s.released_total,

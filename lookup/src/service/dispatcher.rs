@@ -135,7 +135,7 @@ pub(super) fn job_lost(
 ) {
     st.counters.lost += 1;
     if let Some(s) = st.stats.get_mut(node) {
-        s.failed += 1;
+        s.lost += 1;
     }
     let Some(job) = st.jobs.get_mut(&id) else {
         return;
@@ -286,7 +286,13 @@ pub(super) fn assign(shared: &Arc<Shared>, nodes: &[NodeView]) {
                     Some(why @ (Why::NoNodeInGroup | Why::RefusedBy { .. })) => {
                         tracing::info!(job = %id, why = %why, "parked");
                         if let Some(j) = st.jobs.get_mut(&id) {
-                            let sentence = why.sentence();
+                            let mut sentence = why.sentence();
+                            // One node's own words tell the author what to change.
+                            if let (Why::RefusedBy { .. }, Some((node, reason))) =
+                                (&why, &j.last_refusal)
+                            {
+                                sentence = format!("{sentence} {node}: {reason}");
+                            }
                             if j.told.as_deref() != Some(sentence.as_str()) {
                                 tell.push(Waiting {
                                     job_id: id.get(),

@@ -102,12 +102,6 @@ pub(super) enum Finish {
     Vanished,
 }
 
-/// Whether an answer's outcome line says the job exited with 0, whatever limits it hit on the
-/// way (`exit 0`, `exit 0 (limit hit: stdout)`): the panel counts it as done.
-pub(super) fn exited_zero(outcome: &str) -> bool {
-    outcome == "exit 0" || outcome.starts_with("exit 0 (")
-}
-
 /// Puts a job that is still ours back at the head of the queue (it was offered before the
 /// jobs behind it).
 fn requeue_first(st: &mut State, id: JobId) {
@@ -135,11 +129,8 @@ pub(super) fn finish(shared: &Arc<Shared>, node: &NodeId, id: JobId, fin: Finish
             st.pace.finished(now, took);
             let s = st.stats.entry(node.to_owned()).or_default();
             (s.unreachable, s.unreachable_at) = (0, None);
-            if exited_zero(&outcome) {
-                s.done += 1;
-            } else {
-                s.failed += 1;
-            }
+            s.answers.count(&outcome);
+            st.counters.outcomes.count(&outcome);
             st.jobs.remove(&id);
             st.remember(
                 id,
@@ -162,6 +153,7 @@ pub(super) fn finish(shared: &Arc<Shared>, node: &NodeId, id: JobId, fin: Finish
             tracing::info!(job = %id, %node, code = code.as_str(), %reason, "refused");
             if !transient && let Some(j) = st.jobs.get_mut(&id) {
                 j.refusals.insert(node.to_owned(), (code, now));
+                j.last_refusal = Some((node.to_owned(), reason));
             }
             requeue_first(&mut st, id);
         }
@@ -193,24 +185,4 @@ pub(super) fn finish(shared: &Arc<Shared>, node: &NodeId, id: JobId, fin: Finish
     drop(st);
     shared.dispatch.notify_one();
     shared.capacity.notify_one();
-}
-
-#[cfg(test)]
-mod tests {
-    use super::exited_zero;
-
-    #[test]
-    fn done_is_exit_0_with_or_without_limits_hit() {
-        assert!(exited_zero("exit 0"));
-        assert!(exited_zero("exit 0 (limit hit: stdout)"));
-        for other in [
-            "exit 01",
-            "exit 3",
-            "exit 3 (limit hit: output)",
-            "limit: time",
-            "trap: unreachable",
-        ] {
-            assert!(!exited_zero(other), "{other}");
-        }
-    }
 }

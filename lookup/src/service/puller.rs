@@ -213,6 +213,7 @@ pub(super) fn take_leases(shared: &Shared, leases: Vec<Lease>) {
                 lease,
                 place: Place::Queued,
                 refusals: HashMap::new(),
+                last_refusal: None,
                 losses: 0,
                 told: None,
             },

@@ -36,6 +36,9 @@ pub(super) struct Job {
     pub(super) place: Place,
     /// Nodes that refused it, with the code and when.
     pub(super) refusals: HashMap<NodeId, (RefusalCode, Instant)>,
+    /// The last refusal's node and reason, as the node gave it: told to the author with the
+    /// count of refusals (`memory_bytes … is above this node's maximum …`).
+    pub(super) last_refusal: Option<(NodeId, String)>,
     /// Nodes it was lost with.
     pub(super) losses: u32,
     /// The last reason it waits that the web server was told.
@@ -55,8 +58,8 @@ impl Job {
 #[derive(Debug, Default)]
 pub(super) struct NodeStats {
     pub(super) busy: u32,
-    pub(super) done: u64,
-    pub(super) failed: u64,
+    pub(super) answers: rjs_wire::api::OutcomeCounts,
+    pub(super) lost: u64,
     pub(super) refused: u64,
     /// Not offered anything until then (it was unreachable or said it was busy).
     pub(super) cool_until: Option<Instant>,
@@ -83,6 +86,7 @@ pub(super) struct Lanes {
 pub(super) struct Counters {
     pub(super) leased: u64,
     pub(super) answers: u64,
+    pub(super) outcomes: rjs_wire::api::OutcomeCounts,
     pub(super) refusals: u64,
     pub(super) lost: u64,
     pub(super) released: u64,

@@ -42,8 +42,8 @@ pub(super) fn nodes_panel(shared: &Shared) -> NodesResponse {
                 free_slots: n.total_slots.saturating_sub(busy),
                 groups: n.groups,
                 age_ms: n.age_ms,
-                done: s.map_or(0, |s| s.done),
-                failed: s.map_or(0, |s| s.failed),
+                answers: s.map(|s| s.answers).unwrap_or_default(),
+                lost: s.map_or(0, |s| s.lost),
                 refused: s.map_or(0, |s| s.refused),
                 node_id: n.node_id.into_string(),
             }
@@ -114,6 +114,7 @@ pub(super) fn status(shared: &Shared) -> StatusResponse {
         spooled,
         leased_total: st.counters.leased,
         answers_total: st.counters.answers,
+        answers: st.counters.outcomes,
         refusals_total: st.counters.refusals,
         lost_total: st.counters.lost,
         released_total: st.counters.released,

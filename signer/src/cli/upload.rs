@@ -42,6 +42,13 @@ impl UploadCommand {
                 return Ok(EXIT_REFUSED);
             }
         };
+        for above in bundle.manifest().limits.above_node_defaults() {
+            eprintln!(
+                "rjs-sign: warning: {} asks for {above}: nodes that do not allow it refuse \
+                 it, and it waits until one does (rjs-sign status says why)",
+                self.bundle.display()
+            );
+        }
         let api = settings::connect(&settings)?;
         let signer = bundle.signer();
         let mine = api.public_key();

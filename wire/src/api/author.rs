@@ -122,6 +122,37 @@ pub struct OutcomeCounts {
     pub limit: u64,
 }
 
+impl OutcomeCounts {
+    /// Counts one answer by its outcome line (`exit 0`, `exit 10`, `exit 0, missing output:
+    /// x`, `trap: …`, `limit: time`); a `crash: …` (the node's runtime failed) is none of
+    /// these and is not counted. The web server's SQL counts the same way.
+    pub fn count(&mut self, outcome: &str) {
+        let exit = outcome
+            .strip_prefix("exit ")
+            .map(|rest| rest.split([' ', ',']).next().unwrap_or(""));
+        match exit {
+            Some("0") => self.exit_zero += 1,
+            Some(_) => self.exit_other += 1,
+            None if outcome.starts_with("trap") => self.trap += 1,
+            None if outcome.starts_with("limit") => self.limit += 1,
+            None => {}
+        }
+    }
+
+    /// Answers counted.
+    pub fn total(&self) -> u64 {
+        self.exit_zero + self.exit_other + self.trap + self.limit
+    }
+
+    /// `exit 0: 3, other exit: 1, trap: 0, limit: 2`.
+    pub fn line(&self) -> String {
+        format!(
+            "exit 0: {}, other exit: {}, trap: {}, limit: {}",
+            self.exit_zero, self.exit_other, self.trap, self.limit
+        )
+    }
+}
+
 /// One submission (a run of a bundle) summed up: what `rjs-sign status` and the dashboard
 /// show without reading every job. Its cost does not depend on the number of tasks.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -191,4 +222,38 @@ pub struct DashboardLogin {
     pub expires_at: i64,
     /// Fingerprint of the key the login is for.
     pub fingerprint: String,
+}
+
+#[cfg(test)]
+mod outcome_tests {
+    use super::OutcomeCounts;
+
+    #[test]
+    fn answers_are_counted_by_how_they_ended() {
+        let mut c = OutcomeCounts::default();
+        for line in [
+            "exit 0",
+            "exit 0 (limit hit: stdout)",
+            "exit 0, missing output: speech.wav",
+            "exit 01",
+            "exit 10",
+            "exit 3 (limit hit: output)",
+            "limit: time",
+            "limit: compile",
+            "trap: unreachable",
+            "crash: the worker died",
+        ] {
+            c.count(line);
+        }
+        assert_eq!(
+            c,
+            OutcomeCounts {
+                exit_zero: 3,
+                exit_other: 3,
+                trap: 1,
+                limit: 2,
+            }
+        );
+        assert_eq!(c.total(), 9);
+    }
 }

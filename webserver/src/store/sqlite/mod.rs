@@ -237,6 +237,26 @@ CREATE TABLE sessions (
 ) WITHOUT ROWID;
 CREATE INDEX sessions_author ON sessions (author_id);
 "#,
+    // 5: an answer that exited 0 but lacks a declared output (`exit 0, missing output: x`)
+    // ended with exit 0: counted so, like `rjs_wire::api::OutcomeCounts::count`.
+    r#"
+DROP TRIGGER jobs_counts_outcome;
+CREATE TRIGGER jobs_counts_outcome AFTER UPDATE OF outcome ON jobs
+WHEN OLD.outcome IS NULL AND NEW.outcome IS NOT NULL BEGIN
+    UPDATE submission_counts
+       SET exit_zero = exit_zero + (NEW.outcome = 'exit 0' OR NEW.outcome LIKE 'exit 0 %'
+                        OR NEW.outcome LIKE 'exit 0,%'),
+           exit_other = exit_other + (NEW.outcome LIKE 'exit %'
+                        AND NOT (NEW.outcome = 'exit 0' OR NEW.outcome LIKE 'exit 0 %'
+                                 OR NEW.outcome LIKE 'exit 0,%')),
+           trapped = trapped + (NEW.outcome LIKE 'trap%'),
+           limited = limited + (NEW.outcome LIKE 'limit%'),
+           first_answer_at = coalesce(first_answer_at, NEW.updated_at),
+           last_answer_at = NEW.updated_at,
+           changed_at = NEW.updated_at
+     WHERE submission_id = NEW.submission_id;
+END;
+"#,
 ];
 
 /// Rows per table, from [`SqliteStore::row_counts`].
