@@ -1088,15 +1088,24 @@ async fn several_memories_share_the_memory_limit() {
     };
     let over = TaskSpec {
         limits,
-        ..module_task("two-memories", rjs_harness::modules::two_memories_growing(40))
+        ..module_task(
+            "two-memories",
+            rjs_harness::modules::two_memories_growing(40),
+        )
     };
     let r = run(&node.sandbox, over).await;
     assert_limit(&r, LimitKind::Memory);
     let under = TaskSpec {
         limits,
-        ..module_task("two-memories", rjs_harness::modules::two_memories_growing(20))
+        ..module_task(
+            "two-memories",
+            rjs_harness::modules::two_memories_growing(20),
+        )
     };
-    assert_eq!(run(&node.sandbox, under).await.ending, Ending::Exit { code: 0 });
+    assert_eq!(
+        run(&node.sandbox, under).await.ending,
+        Ending::Exit { code: 0 }
+    );
 }
 
 /// The manifest's `stdin` file is the program's standard input; `TMPDIR` is a private,
@@ -1115,11 +1124,23 @@ async fn stdin_tmpdir_and_folder_inputs_reach_the_program() {
     };
     let r = run(&node.sandbox, task).await;
     let out = text(&r.stdout);
-    assert_eq!(r.ending, Ending::Exit { code: 0 }, "{out}{}", text(&r.stderr));
+    assert_eq!(
+        r.ending,
+        Ending::Exit { code: 0 },
+        "{out}{}",
+        text(&r.stderr)
+    );
     assert!(out.contains("stdin: (check-sat)\n"), "{out}");
     assert!(out.contains("tmp /tmp: Ok(Ok(\"kept a while\"))"), "{out}");
-    assert!(out.contains("inputs: data/a.txt data/sub/problem.smt2\n"), "{out}");
-    assert!(r.out_files.is_empty(), "/tmp is not returned: {:?}", r.out_files);
+    assert!(
+        out.contains("inputs: data/a.txt data/sub/problem.smt2\n"),
+        "{out}"
+    );
+    assert!(
+        r.out_files.is_empty(),
+        "/tmp is not returned: {:?}",
+        r.out_files
+    );
     let tmp = node.sandbox.scratch_dir().join("tmp-0");
     assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0, "emptied");
     // Without `stdin`, standard input is empty.
@@ -1146,4 +1167,3 @@ async fn stdin_tmpdir_and_folder_inputs_reach_the_program() {
     assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0, "emptied");
     assert_hello_works(&node).await;
 }
-

@@ -7,8 +7,8 @@ use std::borrow::Cow;
 
 use wasm_encoder::{
     BlockType, Catch, CodeSection, ConstExpr, DataSection, EntityType, ExportKind, ExportSection,
-    Function, FunctionSection, ImportSection, Instruction as I, MemArg, MemorySection,
-    MemoryType, Module, TagKind, TagSection, TagType, TypeSection, ValType,
+    Function, FunctionSection, ImportSection, Instruction as I, MemArg, MemorySection, MemoryType,
+    Module, TagKind, TagSection, TagType, TypeSection, ValType,
 };
 
 const WASI: &str = "wasi_snapshot_preview1";
@@ -40,10 +40,10 @@ pub fn modern_command() -> Vec<u8> {
     let mut types = TypeSection::new();
     types.ty().function([], []); // 0: _start
     types.ty().function([ValType::I32], []); // 1: proc_exit, the tag
-    types.ty().function([ValType::I32, ValType::I32], [ValType::I32]); // 2: adders
     types
         .ty()
-        .function([ValType::I32; 4], [ValType::I32]); // 3: fd_write
+        .function([ValType::I32, ValType::I32], [ValType::I32]); // 2: adders
+    types.ty().function([ValType::I32; 4], [ValType::I32]); // 3: fd_write
     let mut imports = ImportSection::new();
     imports.import(WASI, "proc_exit", EntityType::Function(1)); // func 0
     imports.import(WASI, "fd_write", EntityType::Function(3)); // func 1
@@ -230,7 +230,11 @@ pub fn slow_to_compile(bytes: usize) -> Vec<u8> {
             .instruction(&I::LocalSet(1 + i));
     }
     for s in 0..STEPS {
-        let (a, b, c) = (1 + s % LOCALS, 1 + (s * 7 + 3) % LOCALS, 1 + (s * 13 + 5) % LOCALS);
+        let (a, b, c) = (
+            1 + s % LOCALS,
+            1 + (s * 7 + 3) % LOCALS,
+            1 + (s * 13 + 5) % LOCALS,
+        );
         body.instruction(&I::LocalGet(a))
             .instruction(&I::LocalGet(b))
             .instruction(&I::I32Mul)

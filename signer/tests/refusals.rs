@@ -1220,7 +1220,11 @@ fn folder_inputs_cover_every_file_under_them_and_nothing_else() {
     // A file beside the folder is still undeclared.
     let mut more = parts.clone();
     more.insert(2, Part::stored("datax.txt", b"x"));
-    assert_refused(&sign_parts(&more, &key(1)), "undeclared-entry", Some("datax.txt"));
+    assert_refused(
+        &sign_parts(&more, &key(1)),
+        "undeclared-entry",
+        Some("datax.txt"),
+    );
     // A folder with nothing in the bundle.
     let empty = vec![
         Part::stored("job.wasm", &wasm_module()),
@@ -1232,9 +1236,16 @@ fn folder_inputs_cover_every_file_under_them_and_nothing_else() {
         Part::stored("data", b"file"),
         Part::stored("data/a.txt", b"a"),
         Part::stored("job.wasm", &wasm_module()),
-        Part::stored(MANIFEST, &manifest_json("job.wasm", &["data", "data/a.txt"])),
+        Part::stored(
+            MANIFEST,
+            &manifest_json("job.wasm", &["data", "data/a.txt"]),
+        ),
     ];
-    assert_refused(&sign_parts(&clash, &key(1)), "file-folder-clash", Some("data/a.txt"));
+    assert_refused(
+        &sign_parts(&clash, &key(1)),
+        "file-folder-clash",
+        Some("data/a.txt"),
+    );
 }
 
 #[test]

@@ -216,7 +216,6 @@ pub fn make_bundle(key: &KeyPair, name: &str, tasks: u32) -> Vec<u8> {
     let mut b = rjs_signer::BundleBuilder::new();
     b.add("manifest.json", manifest.to_string().into_bytes())
         .expect("manifest entry");
-    b.add("job.wasm", empty_wasm())
-        .expect("module entry");
+    b.add("job.wasm", empty_wasm()).expect("module entry");
     b.sign(key, "author", now()).expect("sign")
 }

@@ -38,7 +38,8 @@ const MAX_UNKNOWN_ANSWER: u64 = 1024 * 1024 * 1024;
 #[derive(clap::Args, Debug)]
 #[command(
     after_help = "Exit status: 0 every task is done and its answer is in DIR; \
-1 some task failed; 2 an error (including --timeout running out); \
+1 some task failed (no answer), or with --require-exit-zero some answer ended otherwise than \
+exit 0; 2 an error (including --timeout running out); \
 3 some tasks are not finished yet (without --wait)."
 )]
 pub struct AnswersCommand {
@@ -55,6 +56,11 @@ pub struct AnswersCommand {
     /// With --wait: give up after this long (seconds, or e.g. 10m) [default: no limit].
     #[arg(long, value_name = "SECS", requires = "wait", value_parser = parse_timeout)]
     pub timeout: Option<Duration>,
+    /// Exit with 1 if any answer ended otherwise than with exit 0 (another exit code, a
+    /// trap, a limit), as if its task had failed: for scripts that need every program to
+    /// have succeeded.
+    #[arg(long)]
+    pub require_exit_zero: bool,
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,
@@ -343,7 +349,15 @@ impl AnswersCommand {
         } else {
             print!("{}", report.text());
         }
-        Ok(report.exit_code(self.wait))
+        let code = report.exit_code(self.wait);
+        if code == EXIT_ALL_DONE && self.require_exit_zero && report.not_exit_zero() > 0 {
+            eprintln!(
+                "rjs-sign: {} ended otherwise than with exit 0 (--require-exit-zero)",
+                plural(report.not_exit_zero(), "answer")
+            );
+            return Ok(EXIT_SOME_FAILED);
+        }
+        Ok(code)
     }
 }
 
@@ -467,6 +481,15 @@ impl Report {
             errors: tally.errors.iter().map(|(k, v)| (*k, v.clone())).collect(),
             timed_out: if timed_out { timeout } else { None },
         }
+    }
+
+    /// Answers whose outcome is not an exit 0.
+    fn not_exit_zero(&self) -> usize {
+        self.bundles
+            .iter()
+            .flat_map(|b| &b.done)
+            .filter(|(_, _, _, o)| !o.as_deref().is_some_and(rjs_wire::api::exited_zero))
+            .count()
     }
 
     fn exit_code(&self, waited: bool) -> u8 {
@@ -656,6 +679,16 @@ mod tests {
 
         let all_done = Report::new(dir, std::slice::from_ref(&done), &tally, false, None);
         assert_eq!(all_done.exit_code(true), EXIT_ALL_DONE);
+        assert_eq!(all_done.not_exit_zero(), 0);
+        // Answers that ended otherwise are done (exit 0 of the command) but counted for
+        // --require-exit-zero; a missing output still exited 0.
+        let mut sat = job(4, &a, 1, 3, JobState::Done);
+        sat.outcome = Some("exit 10".into());
+        let mut missing = job(5, &a, 2, 3, JobState::Done);
+        missing.outcome = Some("exit 0, missing output: speech.wav".into());
+        let answered = Report::new(dir, &[done.clone(), sat, missing], &tally, false, None);
+        assert_eq!(answered.exit_code(true), EXIT_ALL_DONE);
+        assert_eq!(answered.not_exit_zero(), 1);
         let with_failure = Report::new(dir, &[done.clone(), failed.clone()], &tally, false, None);
         assert_eq!(with_failure.exit_code(true), EXIT_SOME_FAILED);
         let text = with_failure.text();

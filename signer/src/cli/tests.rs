@@ -482,6 +482,7 @@ fn answers_are_downloaded_once_atomically_and_checked() {
         bundles: vec![],
         wait: false,
         timeout: None,
+        require_exit_zero: false,
         json: false,
         server: a.opts(&mock),
     };
@@ -566,6 +567,7 @@ fn answers_wait_until_finished_or_time_out() {
         bundles: vec![b.clone()],
         wait: false,
         timeout: None,
+        require_exit_zero: false,
         json: true,
         server: a.opts(&mock),
     };

@@ -96,7 +96,10 @@ pub fn refusal_with(bytes: &[u8], limits: &VerifyLimits) -> VerifyError {
         ),
         Ok(signed) => {
             assert!(
-                matches!(full, VerifyError::Corrupt { .. } | VerifyError::BadModule { .. }),
+                matches!(
+                    full,
+                    VerifyError::Corrupt { .. } | VerifyError::BadModule { .. }
+                ),
                 "verify_signed accepted what verify_bytes refused as {}: {full}",
                 full.rule()
             );

@@ -122,11 +122,23 @@ pub struct OutcomeCounts {
     pub limit: u64,
 }
 
+/// Whether an outcome line says the program exited with 0 (`exit 0`, `exit 0 (limit hit:
+/// stdout)`, `exit 0, missing output: x`).
+pub fn exited_zero(outcome: &str) -> bool {
+    outcome
+        .strip_prefix("exit 0")
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', ',']))
+}
+
 impl OutcomeCounts {
     /// Counts one answer by its outcome line (`exit 0`, `exit 10`, `exit 0, missing output:
     /// x`, `trap: …`, `limit: time`); a `crash: …` (the node's runtime failed) is none of
     /// these and is not counted. The web server's SQL counts the same way.
     pub fn count(&mut self, outcome: &str) {
+        if exited_zero(outcome) {
+            self.exit_zero += 1;
+            return;
+        }
         let exit = outcome
             .strip_prefix("exit ")
             .map(|rest| rest.split([' ', ',']).next().unwrap_or(""));
