@@ -15,7 +15,7 @@ target_dir="${CARGO_TARGET_DIR:-$root/target}"
 case "$target_dir" in /*) ;; *) target_dir="$root/$target_dir" ;; esac
 
 # job name -> folder holding its manifest.json (the module is <target>/release/<job>.wasm)
-jobs=(mandelbrot hello evil-loop evil-membomb evil-escape evil-output evil-recurse)
+jobs=(mandelbrot hello wordcount evil-loop evil-membomb evil-escape evil-output evil-recurse)
 manifest_dir() {
     case "$1" in
         evil-*) echo "$here/evil/jobs/$1" ;;
@@ -30,7 +30,7 @@ if command -v rustup >/dev/null 2>&1; then
 fi
 
 cargo build --manifest-path "$root/Cargo.toml" --release --target "$target" --bins \
-    -p rjs-sample-mandelbrot -p rjs-sample-hello -p rjs-sample-evil
+    -p rjs-sample-mandelbrot -p rjs-sample-hello -p rjs-sample-evil -p rjs-sample-wordcount
 
 mkdir -p "$out_dir"
 out_dir="$(cd "$out_dir" && pwd)"
@@ -50,6 +50,13 @@ for job in "${jobs[@]}"; do
     mkdir -p "$out_dir/$job"
     cp "$manifest" "$out_dir/$job/manifest.json"
     cp "$module" "$out_dir/$job/$entry"
+    # Input files and folders kept beside the manifest (wordcount's corpus/ and query.txt).
+    for extra in "$(dirname "$manifest")"/*; do
+        case "$(basename "$extra")" in
+            Cargo.toml | src | jobs | manifest.json) ;;
+            *) cp -R "$extra" "$out_dir/$job/" ;;
+        esac
+    done
 done
 
 echo "sample jobs ready in $out_dir:"
