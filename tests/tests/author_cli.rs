@@ -576,3 +576,129 @@ fn the_cli_refuses_foreign_signers_tampered_bundles_unknown_keys_and_plain_http(
     let cfg = std::fs::read_to_string(a.rjs_home().join("config.toml")).unwrap();
     assert!(cfg.contains(&format!("https://{}", g.ws.addr)), "{cfg}");
 }
+
+/// A module no node could run — one importing what the sandbox does not provide, one needing
+/// a feature it leaves off (threads) — is refused by `rjs-sign pack`, by `rjs-sign verify`
+/// and by the web server, with the first reason, before any node sees it. A folder input is
+/// packed whole and verifies.
+#[test]
+fn modules_the_nodes_would_refuse_are_refused_before_upload() {
+    let g = grid(&[]);
+    let a = &g.alice;
+    let key = rjs_signer::KeyPair::load(&g.alice_key).unwrap();
+    let job = |name: &str, module: &[u8]| -> PathBuf {
+        let dir = a.work().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("job.wasm"), module).unwrap();
+        std::fs::write(
+            dir.join("manifest.json"),
+            json!({"format": 1, "name": name, "entry": "job.wasm"}).to_string(),
+        )
+        .unwrap();
+        dir
+    };
+    let cases = [
+        (
+            "host-call",
+            rjs_harness::modules::importing("env", "host_call"),
+            "imports `env::host_call`, which the sandbox does not provide",
+        ),
+        (
+            "threads",
+            rjs_harness::modules::with_shared_memory(),
+            "threads",
+        ),
+        (
+            "not-wasi",
+            rjs_harness::modules::importing("wasi_snapshot_preview1", "sock_open"),
+            "sock_open",
+        ),
+    ];
+    for (name, module, why) in &cases {
+        // pack: refused, nothing written.
+        let dir = job(name, module);
+        let out = a.run(&[
+            "pack",
+            path_str(&dir),
+            "--key",
+            path_str(&g.alice_key),
+            "-o",
+            &format!("{name}.rjs"),
+        ]);
+        assert_ne!(out.code, Some(0), "{}", out.both());
+        assert!(
+            out.stderr.contains("cannot run on the grid's nodes") && out.stderr.contains(why),
+            "{name}: {}",
+            out.both()
+        );
+        assert!(!a.work().join(format!("{name}.rjs")).exists());
+
+        // A bundle signed without pack's check: verify refuses it with the rule.
+        let mut b = rjs_signer::BundleBuilder::new();
+        b.add(
+            "manifest.json",
+            json!({"format": 1, "name": name, "entry": "job.wasm"})
+                .to_string()
+                .into_bytes(),
+        )
+        .unwrap();
+        b.add("job.wasm", module.clone()).unwrap();
+        let bytes = b.sign(&key, "alice", rjs_signer::unix_now()).unwrap();
+        let path = a.work().join(format!("{name}-signed.rjs"));
+        std::fs::write(&path, &bytes).unwrap();
+        let out = a.run(&["verify", path_str(&path)]);
+        assert_ne!(out.code, Some(0), "{}", out.both());
+        assert!(
+            out.stdout.contains("REFUSED bad-module (job.wasm)") && out.stdout.contains(why),
+            "{name}: {}",
+            out.both()
+        );
+
+        // The web server refuses it too, and queues nothing.
+        let author =
+            g.ws.author(rjs_signer::KeyPair::load(&g.alice_key).unwrap())
+                .unwrap();
+        let resp = upload_raw(&author, &bytes).unwrap();
+        assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY, "{name}");
+        let body: Value = resp.json().unwrap();
+        let error = body["error"].as_str().unwrap_or_default();
+        assert_eq!(body["code"], "invalid-bundle", "{body}");
+        assert!(
+            error.contains("bad-module") && error.contains(why),
+            "{error}"
+        );
+    }
+    assert!(a.status().jobs.is_empty(), "nothing reached the queue");
+
+    // A folder input, packed whole, each file signed; it verifies.
+    let dir = job("with-data", &rjs_signer::wasm::empty_command(&[]));
+    std::fs::create_dir_all(dir.join("data/sub")).unwrap();
+    std::fs::write(dir.join("data/a.txt"), b"a").unwrap();
+    std::fs::write(dir.join("data/sub/b.txt"), b"b").unwrap();
+    let manifest = json!({"format": 1, "name": "with-data", "entry": "job.wasm",
+        "inputs": ["data/"], "stdin": "data/sub/b.txt"});
+    std::fs::write(dir.join("manifest.json"), manifest.to_string()).unwrap();
+    let pack = |out: &str| {
+        a.run(&[
+            "pack",
+            path_str(&dir),
+            "--key",
+            path_str(&g.alice_key),
+            "-o",
+            out,
+        ])
+    };
+    pack("with-data.rjs").assert_code(0, "pack with a folder input");
+    let out = a.run(&["verify", "with-data.rjs"]);
+    out.assert_code(0, "verify");
+    let out = a.run(&["inspect", "with-data.rjs"]);
+    out.assert_code(0, "inspect");
+    out.assert_stdout_has("data/sub/b.txt");
+    // Naming the folder without its slash says how to.
+    let manifest = json!({"format": 1, "name": "with-data", "entry": "job.wasm",
+        "inputs": ["data"]});
+    std::fs::write(dir.join("manifest.json"), manifest.to_string()).unwrap();
+    let out = pack("no-slash.rjs");
+    assert_ne!(out.code, Some(0), "{}", out.both());
+    assert!(out.stderr.contains("name it \"data/\""), "{}", out.both());
+}

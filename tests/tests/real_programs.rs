@@ -44,7 +44,12 @@ fn wait_final(grid: &LocalGrid, bundle: &str, tasks: usize, timeout: Duration) -
         Duration::from_millis(100),
         || grid.api().jobs(Some(bundle)).unwrap().jobs,
         |jobs| jobs.len() == tasks && jobs.iter().all(|j| j.state.is_final()),
-        |jobs| format!("bundle {bundle} not finished in {timeout:?}: {jobs:?}\n{}", logs(grid)),
+        |jobs| {
+            format!(
+                "bundle {bundle} not finished in {timeout:?}: {jobs:?}\n{}",
+                logs(grid)
+            )
+        },
     )
 }
 
@@ -118,7 +123,10 @@ fn real_programs_run_on_the_grid_and_are_told_straight() {
     copy_tree(&paths::sample("wordcount"), &promised);
     job_copy(&paths::sample("wordcount"), &promised, |m| {
         m.insert("name".into(), "promised".into());
-        m.insert("outputs".into(), serde_json::json!(["counts.txt", "summary.json"]));
+        m.insert(
+            "outputs".into(),
+            serde_json::json!(["counts.txt", "summary.json"]),
+        );
     })
     .unwrap();
     let promised = grid.upload(&grid.pack(&promised).unwrap()).unwrap();
@@ -193,7 +201,10 @@ fn real_programs_run_on_the_grid_and_are_told_straight() {
     assert_eq!(v.result().missing_outputs, ["summary.json"]);
     let (code, text) = rjs_sign(&grid, &["status", "--bundle", &promised.bundle_id]);
     assert_eq!(code, Some(0), "{text}");
-    assert!(text.contains("exit 0, missing output: summary.json"), "{text}");
+    assert!(
+        text.contains("exit 0, missing output: summary.json"),
+        "{text}"
+    );
 
     // -- The greedy job: every node refused it for its limits, and its author hears why.
     let why = poll_until(
@@ -257,7 +268,14 @@ fn real_programs_run_on_the_grid_and_are_told_straight() {
     let (code, text) = rjs_sign(
         &grid,
         &[
-            "answers", "--wait", "--timeout", "60", "-o", out, "--bundle", &modern.bundle_id,
+            "answers",
+            "--wait",
+            "--timeout",
+            "60",
+            "-o",
+            out,
+            "--bundle",
+            &modern.bundle_id,
             "--require-exit-zero",
         ],
     );
@@ -266,8 +284,15 @@ fn real_programs_run_on_the_grid_and_are_told_straight() {
     let (code, text) = rjs_sign(
         &grid,
         &[
-            "answers", "--wait", "--timeout", "60", "-o", out, "--bundle",
-            &wordcount.bundle_id, "--require-exit-zero",
+            "answers",
+            "--wait",
+            "--timeout",
+            "60",
+            "-o",
+            out,
+            "--bundle",
+            &wordcount.bundle_id,
+            "--require-exit-zero",
         ],
     );
     assert_eq!(code, Some(0), "{text}");

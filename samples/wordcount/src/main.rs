@@ -41,8 +41,8 @@ fn run() -> Result<String, (u8, String)> {
     // Per-file counts through a temporary file, then summed.
     let tmp = PathBuf::from(std::env::var("TMPDIR").unwrap_or_else(|_| "/tmp".into()));
     let scratch = tmp.join("wordcount-partial.txt");
-    let mut partial = std::fs::File::create(&scratch)
-        .map_err(io(format!("creating {}", scratch.display())))?;
+    let mut partial =
+        std::fs::File::create(&scratch).map_err(io(format!("creating {}", scratch.display())))?;
     let mut read = 0usize;
     for f in &files {
         let text = std::fs::read_to_string(f).map_err(io(format!("reading {}", f.display())))?;
