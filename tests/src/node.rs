@@ -156,7 +156,7 @@ pub fn compiled_modules(data: &Path) -> usize {
 }
 
 /// What tasks left in a node's scratch directory (`<data>/scratch`): anything but the slots'
-/// own directories (`slot-<i>`, kept between tasks), and anything inside those.
+/// own directories (`slot-<i>` and `tmp-<i>`, kept between tasks), and anything inside those.
 pub fn scratch_left(data: &Path) -> Vec<String> {
     let mut left = Vec::new();
     let Ok(entries) = std::fs::read_dir(data.join("scratch")) else {
@@ -164,7 +164,9 @@ pub fn scratch_left(data: &Path) -> Vec<String> {
     };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        let slot = name.starts_with("slot-") && e.file_type().is_ok_and(|t| t.is_dir());
+        // The slots' out/ (`slot-<i>`) and /tmp (`tmp-<i>`) directories belong there, empty.
+        let slot = (name.starts_with("slot-") || name.starts_with("tmp-"))
+            && e.file_type().is_ok_and(|t| t.is_dir());
         match std::fs::read_dir(e.path()) {
             Ok(inner) if slot => left.extend(
                 inner

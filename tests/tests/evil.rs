@@ -247,14 +247,17 @@ fn expected_addition(path: &str, entry: &Entry) -> bool {
     }
 }
 
-/// The node's scratch directory holds only its slots' directories, each empty, and nothing
+/// The node's scratch directory holds only its slots' directories (`out/` and `/tmp`), each
+/// empty, and nothing
 /// else under `data` changed between `before` and now beyond [`expected_addition`]s.
 fn assert_nothing_left_or_written(data: &Path, before: &BTreeMap<String, Entry>, after: &str) {
     let now = snapshot(data);
     for (path, entry) in &now {
         if let Some(rest) = path.strip_prefix("scratch/") {
             assert!(
-                rest.starts_with("slot-") && !rest.contains('/') && *entry == Entry::Dir,
+                (rest.starts_with("slot-") || rest.starts_with("tmp-"))
+                    && !rest.contains('/')
+                    && *entry == Entry::Dir,
                 "after {after}: {path} left in the scratch directory"
             );
             continue;
