@@ -84,11 +84,7 @@ fn main() {
         println!("validation (check_module), best of 3: {}", secs(best));
         rows.push(Row::info(
             format!("validate {real_mb:.0} MB module (pack/verify/upload)"),
-            format!(
-                "{} ({:.0} MB/s)",
-                secs(best),
-                real_mb / best.as_secs_f64()
-            ),
+            format!("{} ({:.0} MB/s)", secs(best), real_mb / best.as_secs_f64()),
         ));
 
         let dir = tempfile::tempdir().expect("tempdir");
@@ -113,7 +109,11 @@ fn main() {
         );
         rows.push(Row::info(
             format!("compile {real_mb:.0} MB module, 2 slots (first task)"),
-            format!("{} ({:.1} MB/s)", secs(compile), real_mb / compile.as_secs_f64()),
+            format!(
+                "{} ({:.1} MB/s)",
+                secs(compile),
+                real_mb / compile.as_secs_f64()
+            ),
         ));
         let (_, again, wall) = run(&sandbox, task(module.clone()));
         assert_eq!(again.module, Some(ModuleSource::Memory));
@@ -127,7 +127,11 @@ fn main() {
         assert_eq!(disk.module, Some(ModuleSource::Disk));
         rows.push(Row::info(
             format!("{real_mb:.0} MB module after a node restart (disk cache)"),
-            format!("{} (load {})", secs(wall), secs(Duration::from_micros(disk.load_us))),
+            format!(
+                "{} (load {})",
+                secs(wall),
+                secs(Duration::from_micros(disk.load_us))
+            ),
         ));
         rt.block_on(restarted.shutdown());
     }

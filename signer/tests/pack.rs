@@ -82,16 +82,35 @@ fn read_with_zip_crate(bytes: &[u8]) -> Vec<(String, Vec<u8>)> {
     out
 }
 
+/// The bundle names of the files under `root/rel`, walking sub-folders.
+fn files_under(root: &std::path::Path, rel: &str, out: &mut Vec<String>) {
+    for e in std::fs::read_dir(root.join(rel)).unwrap() {
+        let e = e.unwrap();
+        let name = format!("{rel}/{}", e.file_name().to_string_lossy());
+        if e.file_type().unwrap().is_dir() {
+            files_under(root, &name, out);
+        } else {
+            out.push(name);
+        }
+    }
+}
+
 #[test]
 fn zip_crate_reads_every_packed_sample() {
     for (job, dir) in sample_job_dirs() {
         let (bytes, manifest) = pack_dir(&dir, &key(1), SIGNER, SIGNED_AT).unwrap();
         let files = read_with_zip_crate(&bytes);
         let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
-        let mut expected = vec![MANIFEST, manifest.entry.as_str()];
-        expected.extend(manifest.inputs.iter().map(String::as_str));
+        let mut expected = vec![MANIFEST.to_owned(), manifest.entry.clone()];
+        for input in &manifest.inputs {
+            match input.strip_suffix('/') {
+                // A folder input: every file under it.
+                Some(folder) => files_under(&dir, folder, &mut expected),
+                None => expected.push(input.clone()),
+            }
+        }
         expected.sort();
-        expected.push(SIGNATURE);
+        expected.push(SIGNATURE.to_owned());
         assert_eq!(names, expected, "{job}");
         for (name, data) in &files {
             if name == SIGNATURE {

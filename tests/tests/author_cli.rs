@@ -701,4 +701,21 @@ fn modules_the_nodes_would_refuse_are_refused_before_upload() {
     let out = pack("no-slash.rjs");
     assert_ne!(out.code, Some(0), "{}", out.both());
     assert!(out.stderr.contains("name it \"data/\""), "{}", out.both());
+
+    // Limits above what nodes accept by default: uploaded, with a warning that says so.
+    let manifest = json!({"format": 1, "name": "greedy", "entry": "job.wasm",
+        "limits": {"memory_bytes": 2u64 << 30}});
+    std::fs::write(dir.join("manifest.json"), manifest.to_string()).unwrap();
+    pack("greedy.rjs").assert_code(0, "pack greedy");
+    let out = a.run(&["upload", "greedy.rjs"]);
+    out.assert_code(0, "upload greedy");
+    assert!(
+        out.stderr.contains(
+            "warning: greedy.rjs asks for memory_bytes 2147483648 (nodes accept at most \
+             1073741824 unless their owner allows more)"
+        ),
+        "{}",
+        out.both()
+    );
+    out.assert_stdout_has("uploaded greedy");
 }

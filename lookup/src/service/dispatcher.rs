@@ -286,13 +286,7 @@ pub(super) fn assign(shared: &Arc<Shared>, nodes: &[NodeView]) {
                     Some(why @ (Why::NoNodeInGroup | Why::RefusedBy { .. })) => {
                         tracing::info!(job = %id, why = %why, "parked");
                         if let Some(j) = st.jobs.get_mut(&id) {
-                            let mut sentence = why.sentence();
-                            // One node's own words tell the author what to change.
-                            if let (Why::RefusedBy { .. }, Some((node, reason))) =
-                                (&why, &j.last_refusal)
-                            {
-                                sentence = format!("{sentence} {node}: {reason}");
-                            }
+                            let sentence = j.parked_sentence(&why);
                             if j.told.as_deref() != Some(sentence.as_str()) {
                                 tell.push(Waiting {
                                     job_id: id.get(),

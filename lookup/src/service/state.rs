@@ -47,6 +47,17 @@ pub(super) struct Job {
 
 impl Job {
     /// Who refused it, and why.
+    /// Why it is parked, as the author and `rjs-lookup why` read it: `why`'s sentence and,
+    /// when nodes refused it, the last one's own words (what to change).
+    pub(super) fn parked_sentence(&self, why: &Why) -> String {
+        match (why, &self.last_refusal) {
+            (Why::RefusedBy { .. }, Some((node, reason))) => {
+                format!("{} {node}: {reason}", why.sentence())
+            }
+            _ => why.sentence(),
+        }
+    }
+
     pub(super) fn refusal_codes(&self) -> HashMap<NodeId, RefusalCode> {
         self.refusals
             .iter()

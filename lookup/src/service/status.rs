@@ -87,7 +87,7 @@ pub(super) fn why(shared: &Shared, job: i64) -> WhyResponse {
             None,
             format!(
                 "{} Held for {} s; given back to the web server after {} s.",
-                why.sentence(),
+                j.parked_sentence(why),
                 since.elapsed().as_secs(),
                 shared.cfg.park.as_secs()
             ),
