@@ -1108,6 +1108,52 @@ async fn several_memories_share_the_memory_limit() {
     );
 }
 
+/// The GC heap counts against `memory_bytes` too: GC arrays kept alive past it stop the task
+/// at the memory limit, not at the node's maximum; below it, the same module runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gc_heap_is_held_to_the_memory_limit() {
+    let node = node(1).await;
+    let limits = Limits {
+        memory_bytes: 64 << 20,
+        ..Limits::default()
+    };
+    // 200 arrays of 1 MiB: 200 MiB.
+    let bomb = rjs_harness::modules::gc_arrays(1 << 18, 200);
+    rjs_signer::wasm::check_module(&bomb).unwrap();
+    let r = run(
+        &node.sandbox,
+        TaskSpec {
+            limits,
+            ..module_task("gc-bomb", bomb)
+        },
+    )
+    .await;
+    println!("gc bomb: {:?} {:?}", r.ending, r.limits_hit);
+    assert!(
+        matches!(
+            r.ending,
+            Ending::Limit {
+                limit: LimitKind::Memory,
+                ..
+            }
+        ),
+        "{:?}",
+        r.ending
+    );
+    // 16 arrays of 1 MiB fit.
+    let fits = rjs_harness::modules::gc_arrays(1 << 18, 16);
+    let r = run(
+        &node.sandbox,
+        TaskSpec {
+            limits,
+            ..module_task("gc-fits", fits)
+        },
+    )
+    .await;
+    assert_eq!(r.ending, Ending::Exit { code: 0 }, "{r:?}");
+    assert_hello_works(&node).await;
+}
+
 /// The manifest's `stdin` file is the program's standard input; `TMPDIR` is a private,
 /// writable `/tmp`, emptied after the task and never returned; a folder input arrives whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

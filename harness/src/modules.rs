@@ -1,14 +1,15 @@
 //! WebAssembly modules built for tests, byte by byte with `wasm-encoder` (no toolchain
 //! needed): one that uses the Wasm 3.0 features a current toolchain emits, ones the grid must
-//! refuse before any node sees them, one whose memories together pass a limit, and large ones
-//! that take long to compile but are generated in milliseconds.
+//! refuse before any node sees them, ones whose memories or GC heap pass a limit, and large
+//! ones that take long to compile but are generated in milliseconds.
 
 use std::borrow::Cow;
 
 use wasm_encoder::{
     BlockType, Catch, CodeSection, ConstExpr, DataSection, EntityType, ExportKind, ExportSection,
-    Function, FunctionSection, ImportSection, Instruction as I, MemArg, MemorySection, MemoryType,
-    Module, TagKind, TagSection, TagType, TypeSection, ValType,
+    Function, FunctionSection, HeapType, ImportSection, Instruction as I, MemArg, MemorySection,
+    MemoryType, Module, RefType, StorageType, TableSection, TableType, TagKind, TagSection,
+    TagType, TypeSection, ValType,
 };
 
 const WASI: &str = "wasi_snapshot_preview1";
@@ -184,6 +185,57 @@ pub fn two_memories_growing(pages: i32) -> Vec<u8> {
             I::End,
         ],
     )
+}
+
+/// A command that allocates GC arrays of `ints` 32-bit integers, `count` of them, each kept
+/// alive in a table: a GC-heap bomb when `ints × 4 × count` is above the job's memory limit.
+pub fn gc_arrays(ints: i32, count: i32) -> Vec<u8> {
+    let mut types = TypeSection::new();
+    types.ty().array(&StorageType::Val(ValType::I32), true); // 0
+    types.ty().function([], []); // 1
+    let mut tables = TableSection::new();
+    tables.table(TableType {
+        element_type: RefType {
+            nullable: true,
+            heap_type: HeapType::Concrete(0),
+        },
+        table64: false,
+        minimum: count as u64,
+        maximum: None,
+        shared: false,
+    });
+    let mut functions = FunctionSection::new();
+    functions.function(1);
+    let mut exports = ExportSection::new();
+    exports.export("_start", ExportKind::Func, 0);
+    let mut start = Function::new([(1, ValType::I32)]);
+    for i in [
+        I::Loop(BlockType::Empty),
+        I::LocalGet(0),
+        I::I32Const(ints),
+        I::ArrayNewDefault(0),
+        I::TableSet(0),
+        I::LocalGet(0),
+        I::I32Const(1),
+        I::I32Add,
+        I::LocalTee(0),
+        I::I32Const(count),
+        I::I32LtU,
+        I::BrIf(0),
+        I::End,
+        I::End,
+    ] {
+        start.instruction(&i);
+    }
+    let mut code = CodeSection::new();
+    code.function(&start);
+    let mut m = Module::new();
+    m.section(&types)
+        .section(&functions)
+        .section(&tables)
+        .section(&exports)
+        .section(&code);
+    m.finish()
 }
 
 /// A command `(type (func)) (func (export "_start") body)` with the given memories.
