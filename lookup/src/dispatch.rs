@@ -365,17 +365,28 @@ impl NodeClient {
         offer: &JobOffer,
         time_limit: Duration,
     ) -> Result<JobOutcome, DispatchError> {
+        self.run_job_watched(offer, time_limit, &mut |_| {}).await
+    }
+
+    /// [`run_job`](Self::run_job), telling `on_progress` what the node says while the job
+    /// is under way (compiling its module, then running).
+    pub async fn run_job_watched(
+        &mut self,
+        offer: &JobOffer,
+        time_limit: Duration,
+        on_progress: &mut (dyn FnMut(Progress) + Send),
+    ) -> Result<JobOutcome, DispatchError> {
         let reused = self.conn.is_some();
         if !reused {
             self.connect().await?;
         }
-        match self.attempt(offer, time_limit).await {
+        match self.attempt(offer, time_limit, on_progress).await {
             // A reused connection the node had already closed (idle timeout): nothing was
             // received about this offer, so offer it once more on a fresh connection.
             Err(Step::BeforeReply(e)) if reused && !matches!(e, FrameError::Timeout(_)) => {
                 self.conn = None;
                 self.connect().await?;
-                self.attempt(offer, time_limit)
+                self.attempt(offer, time_limit, on_progress)
                     .await
                     .map_err(|e| self.lost(e))
             }
@@ -419,6 +430,7 @@ impl NodeClient {
         &mut self,
         offer: &JobOffer,
         time_limit: Duration,
+        on_progress: &mut (dyn FnMut(Progress) + Send),
     ) -> Result<JobOutcome, Step> {
         let s = self
             .conn
@@ -466,8 +478,14 @@ impl NodeClient {
                     elapsed_ms,
                     module_bytes,
                     limit_ms,
-                    ..
+                    estimate_ms,
                 } => {
+                    on_progress(Progress::Compiling {
+                        elapsed: Duration::from_millis(elapsed_ms),
+                        module_bytes,
+                        limit: Duration::from_millis(limit_ms),
+                        estimate: estimate_ms.map(Duration::from_millis),
+                    });
                     let bound = Duration::from_millis(limit_ms).min(self.max_compile);
                     if Duration::from_millis(elapsed_ms) > bound + self.answer_margin {
                         return Err(Step::After(format!(
@@ -479,7 +497,10 @@ impl NodeClient {
                     }
                     wait = PROGRESS_TIMEOUT;
                 }
-                FromNode::Running => wait = time_limit + self.answer_margin,
+                FromNode::Running => {
+                    on_progress(Progress::Running);
+                    wait = time_limit + self.answer_margin;
+                }
                 other => break other,
             }
         };
@@ -507,6 +528,21 @@ impl NodeClient {
             other => Err(Step::After(format!("expected an answer, got {other:?}"))),
         }
     }
+}
+
+/// What a node says about a job between `accepted` and its answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    /// It is compiling the job's module: for `elapsed` so far, within its `limit`; `estimate`:
+    /// how long the whole compilation should take at its last speed.
+    Compiling {
+        elapsed: Duration,
+        module_bytes: u64,
+        limit: Duration,
+        estimate: Option<Duration>,
+    },
+    /// The program started (after compiling).
+    Running,
 }
 
 /// Where a job attempt failed.

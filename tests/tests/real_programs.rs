@@ -156,6 +156,25 @@ fn real_programs_run_on_the_grid_and_are_told_straight() {
     );
     let slow_started = Instant::now();
     let slow = grid.upload(&grid.pack(&slow).unwrap()).unwrap();
+    // While it compiles, the lab admin sees so (`rjs-lookup why`).
+    let compiling = poll_until(
+        Duration::from_secs(60),
+        Duration::from_millis(100),
+        || {
+            slow.jobs
+                .iter()
+                .map(|j| grid.why(j.id).map(|w| w.why).unwrap_or_default())
+                .find(|w| w.contains("compiling its"))
+        },
+        Option::is_some,
+        |_| {
+            format!(
+                "the lookup never said a slow job was compiling\n{}",
+                logs(&grid)
+            )
+        },
+    );
+    println!("rjs-lookup why, while it compiles: {}", compiling.unwrap());
 
     // -- The modern module answered exit 42, and the panel counts it as an answer.
     let jobs = wait_final(&grid, &modern.bundle_id, 1, Duration::from_secs(60));

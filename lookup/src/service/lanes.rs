@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 
 use super::dispatcher::{job_lost, report_failure};
 use super::state::{Place, Shared, State, unreachable_backoff};
-use crate::dispatch::{DispatchError, JobOffer, JobOutcome, NodeClient, NodeId};
+use crate::dispatch::{DispatchError, JobOffer, JobOutcome, NodeClient, NodeId, Progress};
 
 /// How long a keepalive ping may take.
 const PING_TIMEOUT: Duration = Duration::from_secs(5);
@@ -63,7 +63,18 @@ pub(super) async fn lane(
             task: lease.task,
         };
         let offered = Instant::now();
-        let result = client.run_job(&offer, bundle.time_limit).await;
+        let watched = shared.clone();
+        let mut on_progress = move |p: Progress| {
+            if let Some(j) = watched.lock().jobs.get_mut(&id) {
+                j.compiling = match p {
+                    Progress::Compiling { .. } => Some((p, Instant::now())),
+                    Progress::Running => None,
+                };
+            }
+        };
+        let result = client
+            .run_job_watched(&offer, bundle.time_limit, &mut on_progress)
+            .await;
         if result.is_ok() {
             shared.alive(&node);
         }

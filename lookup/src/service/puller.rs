@@ -214,6 +214,7 @@ pub(super) fn take_leases(shared: &Shared, leases: Vec<Lease>) {
                 place: Place::Queued,
                 refusals: HashMap::new(),
                 last_refusal: None,
+                compiling: None,
                 losses: 0,
                 told: None,
             },

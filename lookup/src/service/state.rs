@@ -39,6 +39,8 @@ pub(super) struct Job {
     /// The last refusal's node and reason, as the node gave it: told to the author with the
     /// count of refusals (`memory_bytes … is above this node's maximum …`).
     pub(super) last_refusal: Option<(NodeId, String)>,
+    /// While its node compiles its module: what the node last said, and when.
+    pub(super) compiling: Option<(crate::dispatch::Progress, Instant)>,
     /// Nodes it was lost with.
     pub(super) losses: u32,
     /// The last reason it waits that the web server was told.

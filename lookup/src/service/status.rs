@@ -8,7 +8,7 @@ use rjs_wire::status::{
 };
 
 use super::state::{Place, Shared};
-use crate::dispatch::NodeId;
+use crate::dispatch::{NodeId, Progress};
 
 /// Answers status requests from the shared state.
 pub(super) fn shared_status(shared: Arc<Shared>) -> crate::status::Handler {
@@ -80,7 +80,28 @@ pub(super) fn why(shared: &Shared, job: i64) -> WhyResponse {
         Place::Running { node } => answer(
             JobWhere::Running,
             Some(node.to_string()),
-            format!("Running on {node}."),
+            match j.compiling {
+                Some((
+                    Progress::Compiling {
+                        elapsed,
+                        module_bytes,
+                        limit,
+                        estimate,
+                    },
+                    at,
+                )) => format!(
+                    "Running on {node}: compiling its {:.1} MB module, {} s so far{} (the \
+                     node's compile limit: {} s; not counted in the job's time limit).",
+                    module_bytes as f64 / 1e6,
+                    (elapsed + at.elapsed()).as_secs(),
+                    estimate.map_or(String::new(), |e| format!(
+                        ", about {} s in all",
+                        e.as_secs()
+                    )),
+                    limit.as_secs()
+                ),
+                _ => format!("Running on {node}."),
+            },
         ),
         Place::Parked { why, since } => answer(
             JobWhere::Parked,
