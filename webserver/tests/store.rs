@@ -1284,6 +1284,35 @@ mod views {
         assert!(f.store.submission(bob, sub).unwrap().is_none());
     }
 
+    /// The store counts outcomes as `OutcomeCounts::count` does (the lookup's panel): an exit
+    /// 0 with a missing output or a limit hit on the way is an exit 0; `exit 01`, `exit 10`
+    /// are other exits; a compile limit is a limit.
+    #[test]
+    fn outcome_counts_agree_with_the_wire_rule() {
+        let f = fixture();
+        let lines = [
+            "exit 0",
+            "exit 0 (limit hit: stdout)",
+            "exit 0, missing output: speech.wav",
+            "exit 10",
+            "exit 3 (limit hit: output)",
+            "trap: unreachable",
+            "limit: compile",
+        ];
+        let jobs = f.jobs::<7>("/");
+        let sub = view(&f.store, f.author, jobs[0]).submission_id;
+        lease(&f.store, f.lookup, 7, T0 + 30, T0 + 1).unwrap();
+        let mut want = rjs_wire::api::OutcomeCounts::default();
+        for (i, (job, line)) in jobs.iter().zip(lines).enumerate() {
+            let mut a = answer(f.lookup, *job, "a", T0 + 2 + i as i64);
+            a.outcome = line;
+            f.store.record_answer(&a).unwrap();
+            want.count(line);
+        }
+        assert_eq!(summary(&f, sub).outcomes, want);
+        assert_eq!((want.exit_zero, want.exit_other), (3, 2));
+    }
+
     #[test]
     fn submissions_filter_by_state_and_name_and_page_newest_first() {
         let f = fixture();
