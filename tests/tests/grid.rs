@@ -28,10 +28,10 @@ use rjs_e2e::browser::Browser;
 use rjs_harness::grid::flood::{self as grid_flood, FloodPlan};
 use rjs_harness::grid::{
     AUTHOR, GridOptions, JobWhere, LocalGrid, NodeOptions, NodeRow, NodesResponse, WhyResponse,
-    prepare_dir,
+    prepare_dir, states as grid_states,
 };
 use rjs_harness::wait::poll_until;
-use rjs_harness::{netns, paths, process};
+use rjs_harness::{netns, paths};
 use rjs_sample_mandelbrot as mandelbrot;
 use rjs_signer::answer::{AnswerLimits, Ending, VerifiedAnswer, verify_answer};
 use rjs_signer::{KeyPair, PublicKey};
@@ -224,53 +224,6 @@ fn node_ttl(grid: &LocalGrid) -> Duration {
     grid.options().announce_interval * 3
 }
 
-/// The end of each process's log, for a failure message.
-fn logs(grid: &LocalGrid) -> String {
-    let mut names = vec!["lookup".to_owned(), "webserver".to_owned()];
-    names.extend((0..grid.node_count()).map(|i| grid.node_id(i).unwrap().to_owned()));
-    names
-        .iter()
-        .map(|n| process::tail_note(&grid.dir().join("logs").join(format!("{n}.log"))))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-/// `3 done on node-1, 1 leased` …
-fn summary(jobs: &[JobView]) -> String {
-    let mut by: BTreeMap<String, usize> = BTreeMap::new();
-    for j in jobs {
-        let key = match &j.node {
-            Some(n) => format!("{} on {n}", j.state.as_str()),
-            None => j.state.as_str().to_owned(),
-        };
-        *by.entry(key).or_default() += 1;
-    }
-    by.iter()
-        .map(|(k, n)| format!("{n} {k}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// Waits until the web server has all `tasks` jobs of `bundle` done or failed; returns them
-/// in task order.
-fn wait_final(grid: &LocalGrid, bundle: &str, tasks: usize, timeout: Duration) -> Vec<JobView> {
-    let mut jobs = poll_until(
-        timeout,
-        Duration::from_millis(50),
-        || grid.api().jobs(Some(bundle)).unwrap().jobs,
-        |jobs| jobs.len() == tasks && jobs.iter().all(|j| j.state.is_final()),
-        |jobs| {
-            format!(
-                "the {tasks} jobs of bundle {bundle} did not all finish within {timeout:?}: {}\n{}",
-                summary(jobs),
-                logs(grid)
-            )
-        },
-    );
-    jobs.sort_by_key(|j| j.task);
-    jobs
-}
-
 /// Fetches job `job`'s answer from the web server and checks it completely: done with exit
 /// 0, it verifies (canonical layout, every entry, the node's signature), it was signed with
 /// the own key of the node the web server names, and it is this job's (bundle, task).
@@ -365,7 +318,7 @@ fn eight_mandelbrot_tiles_on_two_nodes_verify_and_stitch_into_the_native_image()
     let job = paths::sample("mandelbrot");
     let up = grid.upload(&grid.pack(&job).unwrap()).unwrap();
     assert_eq!((up.tasks, up.jobs.len(), up.created), (8, 8, true));
-    let jobs = wait_final(&grid, &up.bundle_id, 8, Duration::from_secs(60));
+    let jobs = grid.wait_final(&up.bundle_id, 8, Duration::from_secs(60));
 
     let tiles_dir = dir.path().join("tiles");
     std::fs::create_dir_all(&tiles_dir).unwrap();
@@ -383,7 +336,7 @@ fn eight_mandelbrot_tiles_on_two_nodes_verify_and_stitch_into_the_native_image()
         nodes_of(&jobs),
         BTreeSet::from(["node-1", "node-2"]),
         "both nodes compute tiles: {}",
-        summary(&jobs)
+        grid_states(&jobs)
     );
     let panel = grid.nodes_panel().unwrap();
     assert_eq!(
@@ -506,7 +459,7 @@ fn a_node_killed_mid_job_loses_nothing_and_its_jobs_move_within_the_lease_ttl() 
             format!(
                 "the jobs are not both running on node-2: {:?}\n{}",
                 ids.iter().map(|&id| grid.why(id)).collect::<Vec<_>>(),
-                logs(&grid)
+                grid.log_tails()
             )
         },
     );
@@ -542,7 +495,7 @@ fn a_node_killed_mid_job_loses_nothing_and_its_jobs_move_within_the_lease_ttl() 
             killed_at.elapsed() < Duration::from_secs(15),
             "the jobs of the killed node did not move to node-1: {:?}\n{}",
             ids.iter().map(|&id| grid.why(id)).collect::<Vec<_>>(),
-            logs(&grid)
+            grid.log_tails()
         );
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -557,7 +510,7 @@ fn a_node_killed_mid_job_loses_nothing_and_its_jobs_move_within_the_lease_ttl() 
     let left = (ttl + Duration::from_secs(2)).saturating_sub(killed_at.elapsed());
     wait_panel(&grid, "node-2 dropped", left, |p| ids_eq(p, &["node-1"]));
 
-    let jobs = wait_final(&grid, &up.bundle_id, 2, Duration::from_secs(30));
+    let jobs = grid.wait_final(&up.bundle_id, 2, Duration::from_secs(30));
     for job in &jobs {
         let v = checked_answer(&grid, job);
         println!("task {} took {} ms on node-1", job.task, v.result().wall_ms);
@@ -831,7 +784,7 @@ fn run_hello(grid: &LocalGrid, dir: &Path, who: &str, tasks: u32, allowed: &[&st
     let job = hello(&dir.join(who), who, tasks);
     let up = grid.upload(&grid.pack(&job).unwrap()).unwrap();
     assert_eq!(up.jobs.len(), tasks as usize);
-    let jobs = wait_final(grid, &up.bundle_id, tasks as usize, Duration::from_secs(30));
+    let jobs = grid.wait_final(&up.bundle_id, tasks as usize, Duration::from_secs(30));
     check_hello(grid, &jobs, who);
     for job in &jobs {
         assert!(
@@ -862,7 +815,7 @@ fn run_hello_until(
         assert!(
             start.elapsed() < Duration::from_secs(20),
             "the lookup never tried the impostor in {round} bundles: the test proves nothing\n{}",
-            logs(grid)
+            grid.log_tails()
         );
         std::thread::sleep(Duration::from_millis(300));
     }
@@ -1234,8 +1187,7 @@ fn a_lookup_killed_mid_run_and_restarted_loses_no_job_and_answers_each_once() {
     let kill = kill_lookup_with_answers_in_spool(&mut grid, &up, TASKS);
 
     grid.start_lookup().unwrap();
-    let jobs = wait_final(
-        &grid,
+    let jobs = grid.wait_final(
         &up.bundle_id,
         TASKS as usize,
         lease + Duration::from_secs(25),
@@ -1246,7 +1198,7 @@ fn a_lookup_killed_mid_run_and_restarted_loses_no_job_and_answers_each_once() {
     assert!(
         jobs.iter().all(|j| j.state == JobState::Done),
         "{}",
-        summary(&jobs)
+        grid_states(&jobs)
     );
     assert_eq!(
         jobs.iter().map(|j| j.task).collect::<Vec<_>>(),
@@ -1294,8 +1246,8 @@ fn kill_lookup_with_answers_in_spool(
         |jobs| {
             format!(
                 "half the jobs not done within 30 s: {}\n{}",
-                summary(jobs),
-                logs(grid)
+                grid_states(jobs),
+                grid.log_tails()
             )
         },
     );
@@ -1337,7 +1289,7 @@ fn kill_lookup_with_answers_in_spool(
         "lookup killed with {done_at_kill}+ of {tasks} done and {spooled} answers spooled \
          ({} of them never reached the web server): {}",
         in_spool.len(),
-        summary(&at_kill)
+        grid_states(&at_kill)
     );
     assert!(
         !in_spool.is_empty() && in_spool.len() as u64 <= spooled,
@@ -1464,7 +1416,7 @@ fn a_node_that_does_not_trust_the_author_is_skipped_and_a_job_only_it_could_take
         Duration::from_millis(50),
         || grid.why(id).unwrap(),
         |w| w.state == JobWhere::Parked,
-        |w| format!("job {id} not parked: {w:?}\n{}", logs(&grid)),
+        |w| format!("job {id} not parked: {w:?}\n{}", grid.log_tails()),
     );
     println!("rjs-lookup why {id}: {}", why.why);
     assert!(
@@ -1491,7 +1443,7 @@ fn a_node_that_does_not_trust_the_author_is_skipped_and_a_job_only_it_could_take
 
     // node-1 back: the parked job runs on it.
     grid.start_node(0).unwrap();
-    let jobs = wait_final(&grid, &up.bundle_id, 1, Duration::from_secs(20));
+    let jobs = grid.wait_final(&up.bundle_id, 1, Duration::from_secs(20));
     check_hello(&grid, &jobs, "second");
     assert_eq!(jobs[0].node.as_deref(), Some("node-1"));
     let why = grid.why(id).unwrap();

@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 
 use rjs_harness::grid::{GridOptions, LocalGrid, NodeOptions, job_copy};
 use rjs_harness::wait::poll_until;
-use rjs_harness::{modules, netns, paths, process};
+use rjs_harness::{modules, netns, paths};
 use rjs_signer::answer::{AnswerLimits, verify_answer};
-use rjs_wire::api::{JobState, JobView};
+use rjs_wire::api::JobState;
 
 const REAL_PROGRAMS: &str = "real_programs_run_on_the_grid_and_are_told_straight";
 
@@ -26,32 +26,6 @@ const REAL_PROGRAMS: &str = "real_programs_run_on_the_grid_and_are_told_straight
 const ANSWER_MARGIN: &str = "2s";
 /// The slow module: about this much code (≈ 4–8 s to compile on 2 cores, generated in ms).
 const SLOW_MODULE_BYTES: usize = 8 << 20;
-
-fn logs(grid: &LocalGrid) -> String {
-    let mut names = vec!["lookup".to_owned(), "webserver".to_owned()];
-    names.extend((0..grid.node_count()).map(|i| grid.node_id(i).unwrap().to_owned()));
-    names
-        .iter()
-        .map(|n| process::tail_note(&grid.dir().join("logs").join(format!("{n}.log"))))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-/// The jobs of `bundle` once all `tasks` are done or failed.
-fn wait_final(grid: &LocalGrid, bundle: &str, tasks: usize, timeout: Duration) -> Vec<JobView> {
-    poll_until(
-        timeout,
-        Duration::from_millis(100),
-        || grid.api().jobs(Some(bundle)).unwrap().jobs,
-        |jobs| jobs.len() == tasks && jobs.iter().all(|j| j.state.is_final()),
-        |jobs| {
-            format!(
-                "bundle {bundle} not finished in {timeout:?}: {jobs:?}\n{}",
-                logs(grid)
-            )
-        },
-    )
-}
 
 /// A job folder holding `module` as `job.wasm` with the given manifest fields.
 fn module_job(dir: &Path, name: &str, module: &[u8], extra: serde_json::Value) -> PathBuf {
@@ -170,14 +144,14 @@ fn real_programs_run_on_the_grid_and_are_told_straight() {
         |_| {
             format!(
                 "the lookup never said a slow job was compiling\n{}",
-                logs(&grid)
+                grid.log_tails()
             )
         },
     );
     println!("rjs-lookup why, while it compiles: {}", compiling.unwrap());
 
     // -- The modern module answered exit 42, and the panel counts it as an answer.
-    let jobs = wait_final(&grid, &modern.bundle_id, 1, Duration::from_secs(60));
+    let jobs = grid.wait_final(&modern.bundle_id, 1, Duration::from_secs(60));
     assert_eq!(jobs[0].state, JobState::Done, "{jobs:?}");
     assert_eq!(jobs[0].outcome.as_deref(), Some("exit 42"), "{jobs:?}");
     let answer = grid.api().answer_bytes(jobs[0].id).unwrap();
@@ -186,7 +160,7 @@ fn real_programs_run_on_the_grid_and_are_told_straight() {
 
     // -- wordcount read its stdin and every file of its folder; its temporary file stayed
     //    behind on the node.
-    let jobs = wait_final(&grid, &wordcount.bundle_id, 1, Duration::from_secs(60));
+    let jobs = grid.wait_final(&wordcount.bundle_id, 1, Duration::from_secs(60));
     assert_eq!(jobs[0].outcome.as_deref(), Some("exit 0"), "{jobs:?}");
     let v = verify_answer(
         &grid.api().answer_bytes(jobs[0].id).unwrap(),
@@ -206,7 +180,7 @@ fn real_programs_run_on_the_grid_and_are_told_straight() {
     assert!(v.result().missing_outputs.is_empty());
 
     // -- The declared output it did not write: in the outcome, result.json and status.
-    let jobs = wait_final(&grid, &promised.bundle_id, 1, Duration::from_secs(60));
+    let jobs = grid.wait_final(&promised.bundle_id, 1, Duration::from_secs(60));
     assert_eq!(
         jobs[0].outcome.as_deref(),
         Some("exit 0, missing output: summary.json"),
@@ -231,7 +205,12 @@ fn real_programs_run_on_the_grid_and_are_told_straight() {
         Duration::from_millis(200),
         || grid.api().jobs(Some(&greedy.bundle_id)).unwrap().jobs,
         |jobs| jobs.first().is_some_and(|j| j.waiting.is_some()),
-        |jobs| format!("no reason reached the author: {jobs:?}\n{}", logs(&grid)),
+        |jobs| {
+            format!(
+                "no reason reached the author: {jobs:?}\n{}",
+                grid.log_tails()
+            )
+        },
     );
     let reason = why[0].waiting.clone().unwrap();
     println!("greedy job waits: {reason}");
@@ -244,14 +223,14 @@ fn real_programs_run_on_the_grid_and_are_told_straight() {
     assert!(text.contains("waiting: Refused by 1 node"), "{text}");
 
     // -- The slow module: answered once per task, nothing lost, compiled once on the node.
-    let jobs = wait_final(&grid, &slow.bundle_id, 2, Duration::from_secs(150));
+    let jobs = grid.wait_final(&slow.bundle_id, 2, Duration::from_secs(150));
     let took = slow_started.elapsed();
     for j in &jobs {
         assert_eq!(
             (j.state, j.outcome.as_deref(), j.attempts),
             (JobState::Done, Some("exit 0"), 0),
             "{jobs:?}\n{}",
-            logs(&grid)
+            grid.log_tails()
         );
     }
     let status = grid.lookup_status().unwrap();
@@ -268,7 +247,7 @@ fn real_programs_run_on_the_grid_and_are_told_straight() {
         took > Duration::from_secs(3),
         "the module compiled in {took:?}: too fast to show anything; make it bigger"
     );
-    assert_eq!(status.lost_total, 0, "{status:?}\n{}", logs(&grid));
+    assert_eq!(status.lost_total, 0, "{status:?}\n{}", grid.log_tails());
     let lookup_log =
         std::fs::read_to_string(grid.dir().join("logs").join("lookup.log")).unwrap_or_default();
     assert!(!lookup_log.contains("job lost"), "{lookup_log}");
@@ -284,36 +263,26 @@ fn real_programs_run_on_the_grid_and_are_told_straight() {
     // -- answers --wait --require-exit-zero: the modern job's exit 42 makes it exit 1.
     let out = dir.path().join("answers");
     let out = out.to_str().unwrap();
-    let (code, text) = rjs_sign(
-        &grid,
-        &[
-            "answers",
-            "--wait",
-            "--timeout",
-            "60",
-            "-o",
-            out,
-            "--bundle",
-            &modern.bundle_id,
-            "--require-exit-zero",
-        ],
-    );
+    let answers = |bundle: &str| {
+        rjs_sign(
+            &grid,
+            &[
+                "answers",
+                "--wait",
+                "--timeout",
+                "60",
+                "-o",
+                out,
+                "--bundle",
+                bundle,
+                "--require-exit-zero",
+            ],
+        )
+    };
+    let (code, text) = answers(&modern.bundle_id);
     assert_eq!(code, Some(1), "{text}");
     assert!(text.contains("--require-exit-zero"), "{text}");
-    let (code, text) = rjs_sign(
-        &grid,
-        &[
-            "answers",
-            "--wait",
-            "--timeout",
-            "60",
-            "-o",
-            out,
-            "--bundle",
-            &wordcount.bundle_id,
-            "--require-exit-zero",
-        ],
-    );
+    let (code, text) = answers(&wordcount.bundle_id);
     assert_eq!(code, Some(0), "{text}");
 
     grid.stop().unwrap();

@@ -779,6 +779,44 @@ impl LocalGrid {
         Ok(self.api.jobs(None)?)
     }
 
+    /// The end of each process's log (lookup, web server, every node), for a failure
+    /// message.
+    pub fn log_tails(&self) -> String {
+        let mut names = vec!["lookup".to_owned(), "webserver".to_owned()];
+        names.extend(self.nodes.iter().map(|n| n.id.clone()));
+        names
+            .iter()
+            .map(|n| process::tail_note(&self.opts.dir.join("logs").join(format!("{n}.log"))))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// The jobs of `bundle`, in task order, once all `tasks` of them are done or failed.
+    /// Panics after `timeout`, with the jobs' states and the logs' tails.
+    pub fn wait_final(&self, bundle: &str, tasks: usize, timeout: Duration) -> Vec<JobView> {
+        let mut jobs = crate::wait::poll_until(
+            timeout,
+            Duration::from_millis(50),
+            || {
+                self.api
+                    .jobs(Some(bundle))
+                    .map(|l| l.jobs)
+                    .unwrap_or_default()
+            },
+            |jobs| jobs.len() == tasks && jobs.iter().all(|j| j.state.is_final()),
+            |jobs| {
+                format!(
+                    "the {tasks} jobs of bundle {bundle} did not all finish within \
+                     {timeout:?}: {}\n{}",
+                    states(jobs),
+                    self.log_tails()
+                )
+            },
+        );
+        jobs.sort_by_key(|j| j.task);
+        jobs
+    }
+
     /// Downloads the answer of every done job into `out_dir/<name>-<bundle id prefix>/task-<N>.zip`
     /// (for a bundle submitted more than once, the newest job of each task); answers already
     /// there are not downloaded again. Returns them by bundle and task.
@@ -1072,6 +1110,22 @@ fn write_bench(node_dir: &Path, mflops: f64) -> Result<()> {
     json.push(b'\n');
     rjs_signer::fsutil::write_atomic(&path, &json, 0o644)
         .with_context(|| format!("writing {}", path.display()))
+}
+
+/// `3 done on node-1, 1 leased` …: where a list of jobs stands.
+pub fn states(jobs: &[JobView]) -> String {
+    let mut by: std::collections::BTreeMap<String, usize> = Default::default();
+    for j in jobs {
+        let key = match &j.node {
+            Some(n) => format!("{} on {n}", j.state.as_str()),
+            None => j.state.as_str().to_owned(),
+        };
+        *by.entry(key).or_default() += 1;
+    }
+    by.iter()
+        .map(|(k, n)| format!("{n} {k}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Copies the job folder `src` (its files) into `dst` (created), its `manifest.json` changed
