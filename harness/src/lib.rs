@@ -34,6 +34,7 @@ pub mod hosts;
 pub mod modules;
 pub mod netns;
 pub mod paths;
+pub mod postgres;
 pub mod process;
 pub mod procstat;
 pub mod report;
