@@ -19,7 +19,15 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(bundle) = verify_bytes(data, &limits) {
         // Anything that verifies must be internally consistent.
         assert!(bundle.module().starts_with(&rjs_signer::bundle::WASM_HEADER));
-        assert_eq!(bundle.inputs().len(), bundle.manifest().inputs.len());
+        // Every input extracted is one the manifest names (a file, or one inside a folder),
+        // and the module passed the sandbox's checks.
+        assert!(
+            bundle
+                .inputs()
+                .iter()
+                .all(|(name, _)| bundle.manifest().is_input_file(name))
+        );
+        assert!(rjs_signer::wasm::check_module(bundle.module()).is_ok());
         let _ = rjs_cmd::time::unix_time(bundle.signer().signed_at);
     }
 });
