@@ -1,5 +1,8 @@
-//! The SQLite store against the `Store` trait's contract: every job state transition,
-//! submissions, accounts, nonces, and concurrent leasing from separate connections.
+//! The store's conformance suite: the `Store` trait's contract — every job state transition,
+//! submissions, accounts, nonces, answers, the dashboard's views, and concurrent leasing from
+//! separate handles — written once against `dyn Store` and run against every backend
+//! ([`conformance!`]). The SQLite backend's own matters (WAL, migrating old files, corrupt
+//! rows written behind its back) are tested apart, at the end.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -8,16 +11,86 @@ use std::time::Duration;
 
 use rjs_webserver::store::sqlite::SqliteStore;
 use rjs_webserver::store::{
-    AnswerOutcome, AnswerTarget, NewAnswer, NewSubmission, RequestNonce, Store, StoreError,
+    AnswerOutcome, AnswerTarget, JobCursor, JobFilter, NewAnswer, NewSession, NewSubmission,
+    RequestNonce, Store, StoreError, Subject, SubmissionFilter, Views,
 };
 use rjs_wire::api::JobState;
 
 const T0: i64 = 1_800_000_000;
 const MAX_ATTEMPTS: u32 = 3;
 
+/// A kind of store the suite runs against.
+trait Backend: Sync {
+    /// A new, empty database of this kind.
+    fn create(&self) -> Db;
+}
+
+/// One database: more handles to it (as separate processes or servers would have) come from
+/// [`Db::open`].
+struct Db {
+    open: Box<dyn Fn() -> Arc<dyn Store> + Send + Sync>,
+    /// Runs one SQL statement behind the store's back (valid on every backend): a `SELECT`'s
+    /// first column of its first row, or the rows another statement changed.
+    sql: Box<dyn Fn(&str) -> i64 + Send + Sync>,
+    /// What keeps the database alive (a temporary folder, a server).
+    _keep: Box<dyn std::any::Any + Send + Sync>,
+}
+
+impl Db {
+    fn open(&self) -> Arc<dyn Store> {
+        (self.open)()
+    }
+
+    fn sql(&self, statement: &str) -> i64 {
+        (self.sql)(statement)
+    }
+}
+
+/// SQLite in a temporary folder.
+struct Sqlite;
+
+impl Backend for Sqlite {
+    fn create(&self) -> Db {
+        let dir = tempfile::tempdir().unwrap();
+        let path = db_path(&dir);
+        let raw_path = path.clone();
+        Db {
+            open: Box::new(move || Arc::new(SqliteStore::open(&path).unwrap()) as Arc<dyn Store>),
+            sql: Box::new(move |statement| {
+                let c = raw(&raw_path);
+                if statement
+                    .trim_start()
+                    .to_ascii_uppercase()
+                    .starts_with("SELECT")
+                {
+                    c.query_row(statement, [], |r| r.get(0)).unwrap()
+                } else {
+                    c.execute(statement, []).unwrap() as i64
+                }
+            }),
+            _keep: Box::new(dir),
+        }
+    }
+}
+
+/// Runs each named test (`fn name(b: &dyn Backend)`) against every backend: one `#[test]` per
+/// test and backend, in a module named after the backend.
+macro_rules! conformance {
+    ($($test:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[test]
+                fn $test() {
+                    super::$test(&super::Sqlite)
+                }
+            )*
+        }
+    };
+}
+
 struct Fixture {
-    _dir: tempfile::TempDir,
-    store: SqliteStore,
+    db: Db,
+    store: Arc<dyn Store>,
     author: i64,
     lookup: i64,
 }
@@ -26,13 +99,13 @@ fn db_path(dir: &tempfile::TempDir) -> std::path::PathBuf {
     dir.path().join("rjs.db")
 }
 
-fn fixture() -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(&db_path(&dir)).unwrap();
+fn fixture(b: &dyn Backend) -> Fixture {
+    let db = b.create();
+    let store = db.open();
     let author = store.add_author("alice", "a-key", "a-fp", T0).unwrap().id;
     let lookup = store.add_lookup("lab", "lab-cert", T0).unwrap().id;
     Fixture {
-        _dir: dir,
+        db,
         store,
         author,
         lookup,
@@ -48,7 +121,7 @@ impl Fixture {
     /// Alice submits bundle 1 (`N` tasks in `group`) at `T0`: its jobs' ids.
     fn jobs<const N: usize>(&self, group: &str) -> [i64; N] {
         let sub = submit(
-            &self.store,
+            &*self.store,
             self.author,
             &bundle_id(1),
             N as u32,
@@ -64,7 +137,7 @@ impl Fixture {
 /// Leases up to `max` queued jobs of any group to `lookup` until `until`, at `now`, with
 /// [`MAX_ATTEMPTS`].
 fn lease(
-    store: &SqliteStore,
+    store: &dyn Store,
     lookup: i64,
     max: u32,
     until: i64,
@@ -78,7 +151,7 @@ fn bundle_id(n: u32) -> String {
 }
 
 fn submit(
-    store: &SqliteStore,
+    store: &dyn Store,
     author: i64,
     bundle: &str,
     tasks: u32,
@@ -114,7 +187,7 @@ fn answer<'a>(lookup: i64, job: i64, sha: &'a str, now: i64) -> NewAnswer<'a> {
     }
 }
 
-fn view(store: &SqliteStore, author: i64, job: i64) -> rjs_wire::api::JobView {
+fn view(store: &dyn Store, author: i64, job: i64) -> rjs_wire::api::JobView {
     store
         .jobs_of_author(author, None)
         .unwrap()
@@ -123,7 +196,7 @@ fn view(store: &SqliteStore, author: i64, job: i64) -> rjs_wire::api::JobView {
         .unwrap()
 }
 
-fn counts(store: &SqliteStore) -> [u64; 4] {
+fn counts(store: &dyn Store) -> [u64; 4] {
     let c = store.count_by_state().unwrap();
     let get = |s| c.iter().find(|(st, _)| *st == s).map_or(0, |(_, n)| *n);
     [
@@ -174,17 +247,15 @@ fn open_sets_up_wal_and_schema_and_refuses_newer_schema() {
     }
 }
 
-#[test]
-fn concurrent_first_opens_migrate_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = db_path(&dir);
+fn concurrent_first_opens_migrate_once(b: &dyn Backend) {
+    let db = Arc::new(b.create());
     let barrier = Arc::new(Barrier::new(4));
     let handles: Vec<_> = (0..4)
         .map(|i| {
-            let (path, barrier) = (path.clone(), Arc::clone(&barrier));
+            let (db, barrier) = (Arc::clone(&db), Arc::clone(&barrier));
             std::thread::spawn(move || {
                 barrier.wait();
-                let s = SqliteStore::open(&path).unwrap();
+                let s = db.open();
                 s.add_author(&format!("a{i}"), &format!("k{i}"), "f", T0)
                     .unwrap();
             })
@@ -193,24 +264,21 @@ fn concurrent_first_opens_migrate_once() {
     for h in handles {
         h.join().unwrap();
     }
-    let s = SqliteStore::open(&path).unwrap();
-    assert_eq!(s.list_authors().unwrap().len(), 4);
+    assert_eq!(db.open().list_authors().unwrap().len(), 4);
 }
 
-#[test]
-fn data_survives_reopen() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = db_path(&dir);
+fn data_survives_reopen(b: &dyn Backend) {
+    let db = b.create();
     let (author, lookup, jobs) = {
-        let s = SqliteStore::open(&path).unwrap();
+        let s = db.open();
         let a = s.add_author("alice", "k", "f", T0).unwrap().id;
         let l = s.add_lookup("lab", "c", T0).unwrap().id;
-        let sub = submit(&s, a, &bundle_id(1), 3, "/compute", false, T0);
-        lease(&s, l, 1, T0 + 60, T0).unwrap();
+        let sub = submit(&*s, a, &bundle_id(1), 3, "/compute", false, T0);
+        lease(&*s, l, 1, T0 + 60, T0).unwrap();
         (a, l, sub.jobs)
     };
-    let s = SqliteStore::open(&path).unwrap();
-    assert_eq!(counts(&s), [2, 1, 0, 0]);
+    let s = db.open();
+    assert_eq!(counts(&*s), [2, 1, 0, 0]);
     let (renewed, _) = s.renew(lookup, &[jobs[0].0], T0 + 120, T0 + 1).unwrap();
     assert_eq!(renewed, vec![jobs[0].0]);
     assert_eq!(s.jobs_of_author(author, None).unwrap().len(), 3);
@@ -218,10 +286,9 @@ fn data_survives_reopen() {
 
 // ------------------------------------------------------------------ accounts
 
-#[test]
-fn authors_unique_remove_and_reenrol() {
-    let f = fixture();
-    let s = &f.store;
+fn authors_unique_remove_and_reenrol(b: &dyn Backend) {
+    let f = fixture(b);
+    let s = &*f.store;
     assert!(matches!(
         s.add_author("alice", "other-key", "x", T0),
         Err(StoreError::Exists(_))
@@ -259,10 +326,9 @@ fn authors_unique_remove_and_reenrol() {
     );
 }
 
-#[test]
-fn lookups_unique_and_revoke() {
-    let f = fixture();
-    let s = &f.store;
+fn lookups_unique_and_revoke(b: &dyn Backend) {
+    let f = fixture(b);
+    let s = &*f.store;
     assert!(matches!(
         s.add_lookup("lab", "new-cert", T0),
         Err(StoreError::Exists(_))
@@ -303,10 +369,9 @@ fn lookups_unique_and_revoke() {
     assert!(all[0].revoked && !all[1].revoked);
 }
 
-#[test]
-fn nonce_replay_is_caught_and_expired_nonces_pruned() {
-    let f = fixture();
-    let s = &f.store;
+fn nonce_replay_is_caught_and_expired_nonces_pruned(b: &dyn Backend) {
+    let f = fixture(b);
+    let s = &*f.store;
     let bob = s.add_author("bob", "b-key", "b-fp", T0).unwrap().id;
     assert!(s.use_nonce(f.author, "n1", T0 + 600, T0).unwrap());
     assert!(!s.use_nonce(f.author, "n1", T0 + 600, T0 + 1).unwrap());
@@ -316,19 +381,15 @@ fn nonce_replay_is_caught_and_expired_nonces_pruned() {
     assert!(s.use_nonce(f.author, "n2", T0 + 600, T0).unwrap());
     // Past its expiry a nonce is pruned (the timestamp window refuses such a request anyway).
     assert!(s.use_nonce(f.author, "n1", T0 + 2000, T0 + 601).unwrap());
-    let c = raw(s.path());
-    let left: i64 = c
-        .query_row("SELECT count(*) FROM nonces", [], |r| r.get(0))
-        .unwrap();
+    let left = f.db.sql("SELECT count(*) FROM nonces");
     assert_eq!(left, 1, "only the fresh n1 is kept");
 }
 
 // ------------------------------------------------------------------ submissions
 
-#[test]
-fn submit_dedupes_and_resubmit_queues_a_new_set() {
-    let f = fixture();
-    let s = &f.store;
+fn submit_dedupes_and_resubmit_queues_a_new_set(b: &dyn Backend) {
+    let f = fixture(b);
+    let s = &*f.store;
     let b = bundle_id(7);
     assert!(!s.bundle_exists(&b).unwrap());
     let first = submit(s, f.author, &b, 3, "/compute", false, T0);
@@ -388,20 +449,19 @@ fn submit_dedupes_and_resubmit_queues_a_new_set() {
 
 // ------------------------------------------------------------------ job lifecycle
 
-#[test]
-fn lease_renew_release_fail_answer() {
-    let f = fixture();
+fn lease_renew_release_fail_answer(b: &dyn Backend) {
+    let f = fixture(b);
     let other = f.other_lookup();
     let [j0, j1, j2] = f.jobs("/compute/light");
     lease_then_renew(&f, other, [j0, j1, j2]);
     release_then_fail(&f, other, [j0, j1, j2]);
     answer_then_nothing_more(&f, j0);
-    assert_eq!(counts(&f.store), [0, 2, 1, 0]);
+    assert_eq!(counts(&*f.store), [0, 2, 1, 0]);
 }
 
 /// Lab leases two of the three jobs, `other` the third; lab renews.
 fn lease_then_renew(f: &Fixture, other: i64, [j0, j1, j2]: [i64; 3]) {
-    let s = &f.store;
+    let s = &*f.store;
     // queued -> leased
     let leases = lease(s, f.lookup, 2, T0 + 60, T0).unwrap();
     assert_eq!(leases.len(), 2);
@@ -430,7 +490,7 @@ fn lease_then_renew(f: &Fixture, other: i64, [j0, j1, j2]: [i64; 3]) {
 
 /// Lab gives `j1` back and leases it again; fails `j0` once (queued again, leased again).
 fn release_then_fail(f: &Fixture, other: i64, [j0, j1, j2]: [i64; 3]) {
-    let s = &f.store;
+    let s = &*f.store;
     // release: leased -> queued, attempt not counted; only what this lookup holds.
     assert_eq!(
         s.release(f.lookup, &[j1, j2], &[], T0 + 31).unwrap(),
@@ -474,7 +534,7 @@ fn release_then_fail(f: &Fixture, other: i64, [j0, j1, j2]: [i64; 3]) {
 
 /// Lab answers `j0` (which it holds): done; no renew, release or failure of it after that.
 fn answer_then_nothing_more(f: &Fixture, j0: i64) {
-    let s = &f.store;
+    let s = &*f.store;
     // leased -> done
     assert!(matches!(
         s.answer_of(f.author, j0),
@@ -519,10 +579,9 @@ fn answer_then_nothing_more(f: &Fixture, j0: i64) {
     ));
 }
 
-#[test]
-fn answer_recorded_twice_is_stored_once() {
-    let f = fixture();
-    let s = &f.store;
+fn answer_recorded_twice_is_stored_once(b: &dyn Backend) {
+    let f = fixture(b);
+    let s = &*f.store;
     let other = f.other_lookup();
     let [j] = f.jobs("/compute");
     lease(s, f.lookup, 1, T0 + 60, T0).unwrap();
@@ -559,10 +618,9 @@ fn answer_recorded_twice_is_stored_once() {
     assert_eq!(counts(s), [0, 0, 1, 0]);
 }
 
-#[test]
-fn answers_are_taken_only_from_the_holder_or_last_holder_of_the_lease() {
-    let f = fixture();
-    let s = &f.store;
+fn answers_are_taken_only_from_the_holder_or_last_holder_of_the_lease(b: &dyn Backend) {
+    let f = fixture(b);
+    let s = &*f.store;
     let other = f.other_lookup();
     let [released, leased, failed, expired, never] = f.jobs("/compute");
     let sha = "cd".repeat(32);
@@ -656,10 +714,9 @@ fn answers_are_taken_only_from_the_holder_or_last_holder_of_the_lease() {
     assert_eq!(counts(s), [0, 0, 5, 0]);
 }
 
-#[test]
-fn attempts_reach_max_then_failed_with_last_reason() {
-    let f = fixture();
-    let s = &f.store;
+fn attempts_reach_max_then_failed_with_last_reason(b: &dyn Backend) {
+    let f = fixture(b);
+    let s = &*f.store;
     let [j] = f.jobs("/compute");
     let reasons = ["node lost", "refused by every node", "worker crashed"];
     for (i, reason) in reasons.iter().enumerate() {
@@ -688,10 +745,9 @@ fn attempts_reach_max_then_failed_with_last_reason() {
     assert_eq!(counts(s), [0, 0, 0, 1]);
 }
 
-#[test]
-fn expired_leases_come_back() {
-    let f = fixture();
-    let s = &f.store;
+fn expired_leases_come_back(b: &dyn Backend) {
+    let f = fixture(b);
+    let s = &*f.store;
     let other = f.other_lookup();
     let [j0, j1] = f.jobs("/compute");
     lease(s, f.lookup, 2, T0 + 10, T0).unwrap();
@@ -756,10 +812,9 @@ fn expired_leases_come_back() {
     assert_eq!(counts(s), [0, 0, 1, 1]);
 }
 
-#[test]
-fn an_expired_lease_can_still_be_failed_or_released_until_requeued() {
-    let f = fixture();
-    let s = &f.store;
+fn an_expired_lease_can_still_be_failed_or_released_until_requeued(b: &dyn Backend) {
+    let f = fixture(b);
+    let s = &*f.store;
     let sub = submit(s, f.author, &bundle_id(1), 2, "/compute", false, T0);
     lease(s, f.lookup, 2, T0 + 10, T0).unwrap();
     assert_eq!(
@@ -774,10 +829,9 @@ fn an_expired_lease_can_still_be_failed_or_released_until_requeued() {
     assert_eq!(counts(s), [2, 0, 0, 0]);
 }
 
-#[test]
-fn groups_filter_by_path_prefix() {
-    let f = fixture();
-    let s = &f.store;
+fn groups_filter_by_path_prefix(b: &dyn Backend) {
+    let f = fixture(b);
+    let s = &*f.store;
     let groups = [
         "/compute",
         "/compute/light",
@@ -838,18 +892,19 @@ fn groups_filter_by_path_prefix() {
 
 /// Four "lookup processes", each with its own connection to the same file, race to lease
 /// 2,000 queued jobs: every job is leased exactly once.
-/// `pause` between a lookup's batches lets the others in (SQLite's busy handler is not fair:
-/// without it one connection can take every batch in a row).
+/// Each lookup leases through its own handle, as separate web servers would. `pause` between a
+/// lookup's batches lets the others in (SQLite's busy handler is not fair: without it one
+/// connection can take every batch in a row).
 fn race(
+    b: &dyn Backend,
     batch: impl Fn(usize, usize) -> u32 + Send + Sync + 'static,
     pause: Duration,
     min_winners: usize,
 ) {
     const JOBS: u32 = 2_000;
     const THREADS: usize = 4;
-    let dir = tempfile::tempdir().unwrap();
-    let path = db_path(&dir);
-    let setup = SqliteStore::open(&path).unwrap();
+    let db = Arc::new(b.create());
+    let setup = db.open();
     let author = setup.add_author("alice", "k", "f", T0).unwrap().id;
     let mut lookups = Vec::new();
     for i in 0..THREADS {
@@ -860,7 +915,7 @@ fn race(
                 .id,
         );
     }
-    submit(&setup, author, &bundle_id(1), JOBS, "/compute", false, T0);
+    submit(&*setup, author, &bundle_id(1), JOBS, "/compute", false, T0);
     assert_eq!(setup.queued_count().unwrap(), JOBS as u64);
 
     let barrier = Arc::new(Barrier::new(THREADS));
@@ -869,11 +924,11 @@ fn race(
         .iter()
         .enumerate()
         .map(|(t, &lookup)| {
-            let path = path.clone();
+            let db = Arc::clone(&db);
             let barrier = Arc::clone(&barrier);
             let batch = Arc::clone(&batch);
             std::thread::spawn(move || {
-                let store = SqliteStore::open(&path).unwrap();
+                let store = db.open();
                 barrier.wait();
                 let mut mine = Vec::new();
                 for round in 0.. {
@@ -909,30 +964,37 @@ fn race(
     }
     assert_eq!(total, JOBS as usize, "no job leased twice");
     assert_eq!(all.len(), JOBS as usize, "every job leased");
-    assert_eq!(counts(&setup), [0, JOBS as u64, 0, 0]);
+    assert_eq!(counts(&*setup), [0, JOBS as u64, 0, 0]);
     assert!(winners >= min_winners, "only {winners} lookups got jobs");
 }
 
-#[test]
-fn concurrent_leasing_in_small_batches_leases_each_job_once() {
+fn concurrent_leasing_in_small_batches_leases_each_job_once(b: &dyn Backend) {
     race(
+        b,
         |t, round| 1 + ((t * 7 + round * 13) % 64) as u32,
         Duration::from_millis(2),
         2,
     );
 }
 
-#[test]
-fn concurrent_leasing_of_the_whole_queue_at_once_leases_each_job_once() {
-    race(|_, _| 2_000, Duration::ZERO, 1);
+fn concurrent_leasing_of_the_whole_queue_at_once_leases_each_job_once(b: &dyn Backend) {
+    race(b, |_, _| 2_000, Duration::ZERO, 1);
 }
 
 // ------------------------------------------------------------------ corrupt data
 
 #[test]
 fn corrupt_rows_give_errors_not_panics() {
-    let f = fixture();
-    let s = &f.store;
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&db_path(&dir)).unwrap();
+    let s = &store;
+    let author = s.add_author("alice", "a-key", "a-fp", T0).unwrap().id;
+    let lookup = s.add_lookup("lab", "lab-cert", T0).unwrap().id;
+    struct F {
+        author: i64,
+        lookup: i64,
+    }
+    let f = F { author, lookup };
     let sub = submit(s, f.author, &bundle_id(1), 2, "/compute", false, T0);
     let j = sub.jobs[0].0;
     let c = raw(s.path());
@@ -980,10 +1042,9 @@ fn inline_answer<'a>(lookup: i64, job: i64, sha: &'a str, bytes: &'a [u8]) -> Ne
     }
 }
 
-#[test]
-fn record_answers_records_each_in_one_transaction() {
-    let f = fixture();
-    let s = &f.store;
+fn record_answers_records_each_in_one_transaction(b: &dyn Backend) {
+    let f = fixture(b);
+    let s = &*f.store;
     let sub = submit(s, f.author, &bundle_id(1), 4, "/compute", false, T0);
     let j: Vec<i64> = sub.jobs.iter().map(|(id, _)| *id).collect();
     lease(s, f.lookup, 4, T0 + 60, T0).unwrap();
@@ -1038,12 +1099,10 @@ fn record_answers_records_each_in_one_transaction() {
 
     // A failure in the middle of the transaction rolls all of it back: a (corrupt) leftover
     // inline row makes the second answer's insert fail, the first is not kept either.
-    let c = raw(s.path());
-    c.execute(
-        "INSERT INTO answer_data (job_id, bytes) VALUES (?1, x'00')",
-        [j[3]],
-    )
-    .unwrap();
+    f.db.sql(&format!(
+        "INSERT INTO answer_data (job_id, bytes) VALUES ({}, '')",
+        j[3]
+    ));
     assert!(matches!(
         s.record_answers(&[
             inline_answer(f.lookup, j[2], &sha_a, b"PK"),
@@ -1159,10 +1218,9 @@ fn older_databases_are_migrated_keeping_their_answers_and_lease_holders() {
 
 // ------------------------------------------------------------------ nonces with uploads
 
-#[test]
-fn an_upload_records_its_nonce_with_the_submission_or_nothing() {
-    let f = fixture();
-    let s = &f.store;
+fn an_upload_records_its_nonce_with_the_submission_or_nothing(b: &dyn Backend) {
+    let f = fixture(b);
+    let s = &*f.store;
     let sub = |bundle: &str, nonce: &'static str, now: i64| {
         s.submit(&NewSubmission {
             author_id: f.author,
@@ -1183,20 +1241,16 @@ fn an_upload_records_its_nonce_with_the_submission_or_nothing() {
     let first = sub(&bundle_id(1), "n1", T0).unwrap();
     assert!(first.created);
     assert!(s.nonce_used(f.author, "n1", T0 + 1).unwrap());
-    let before = s.row_counts().unwrap();
-    assert_eq!(
-        (
-            before.nonces,
-            before.bundles,
-            before.submissions,
-            before.jobs
-        ),
-        (1, 1, 1, 2)
-    );
+    let rows = || {
+        ["nonces", "bundles", "submissions", "jobs"]
+            .map(|table| f.db.sql(&format!("SELECT count(*) FROM {table}")))
+    };
+    let before = rows();
+    assert_eq!(before, [1, 1, 1, 2]);
     // The same nonce again, even for another bundle: refused, nothing recorded.
     for b in [bundle_id(1), bundle_id(2)] {
         assert!(matches!(sub(&b, "n1", T0 + 2), Err(StoreError::Replayed)));
-        assert_eq!(s.row_counts().unwrap(), before);
+        assert_eq!(rows(), before);
     }
     assert!(!s.bundle_exists(&bundle_id(2)).unwrap());
     // A nonce used by a read (`use_nonce`) counts too, and the other way round.
@@ -1214,371 +1268,386 @@ fn an_upload_records_its_nonce_with_the_submission_or_nothing() {
     // Past its expiry a nonce is unused (and pruned by the next upload).
     assert!(!s.nonce_used(f.author, "n1", T0 + 601).unwrap());
     sub(&bundle_id(3), "n4", T0 + 700).unwrap();
-    assert_eq!(s.row_counts().unwrap().nonces, 1);
+    assert_eq!(rows()[0], 1);
 }
 
 // ---------------------------------------------------------------- views (dashboard, summaries)
 
-mod views {
-    use super::*;
-    use rjs_webserver::store::{
-        JobCursor, JobFilter, NewSession, Sessions, Subject, SubmissionFilter, Views,
-    };
+// ------------------------------------------------------------------ views and sessions
 
-    fn summary(f: &Fixture, id: i64) -> rjs_wire::api::SubmissionSummary {
-        f.store.submission(f.author, id).unwrap().unwrap()
-    }
-
-    #[test]
-    fn summaries_follow_every_transition_without_reading_the_jobs() {
-        let f = fixture();
-        let [j0, j1, j2, j3] = f.jobs::<4>("/");
-        let sub = view(&f.store, f.author, j0).submission_id;
-        let s = summary(&f, sub);
-        assert_eq!(
-            (s.states.queued, s.tasks, s.name.as_str()),
-            (4, 4, "mandelbrot")
-        );
-        lease(&f.store, f.lookup, 4, T0 + 30, T0 + 1).unwrap();
-        assert_eq!(summary(&f, sub).states.leased, 4);
-        let mut a = answer(f.lookup, j0, "a0", T0 + 2);
-        f.store.record_answer(&a).unwrap();
-        a = answer(f.lookup, j1, "a1", T0 + 3);
-        a.outcome = "exit 3";
-        f.store.record_answer(&a).unwrap();
-        a = answer(f.lookup, j2, "a2", T0 + 4);
-        a.outcome = "trap: unreachable";
-        f.store.record_answer(&a).unwrap();
-        f.store.fail(f.lookup, j3, "node lost", 1, T0 + 5).unwrap();
-        let s = summary(&f, sub);
-        assert_eq!(
-            (
-                s.states.queued,
-                s.states.leased,
-                s.states.done,
-                s.states.failed
-            ),
-            (0, 0, 3, 1)
-        );
-        assert_eq!(
-            (
-                s.outcomes.exit_zero,
-                s.outcomes.exit_other,
-                s.outcomes.trap,
-                s.outcomes.limit
-            ),
-            (1, 1, 1, 0)
-        );
-        assert_eq!(
-            (s.first_answer_at, s.last_answer_at),
-            (Some(T0 + 2), Some(T0 + 4))
-        );
-        assert!(s.is_finished());
-        // A duplicate answer changes no count.
-        f.store
-            .record_answer(&answer(f.lookup, j0, "again", T0 + 6))
-            .unwrap();
-        assert_eq!(summary(&f, sub), s);
-        // Nobody else sees it.
-        let bob = f.store.add_author("bob", "b-key", "b-fp", T0).unwrap().id;
-        assert!(f.store.submission(bob, sub).unwrap().is_none());
-    }
-
-    /// The store counts outcomes as `OutcomeCounts::count` does (the lookup's panel): an exit
-    /// 0 with a missing output or a limit hit on the way is an exit 0; `exit 01`, `exit 10`
-    /// are other exits; a compile limit is a limit.
-    #[test]
-    fn outcome_counts_agree_with_the_wire_rule() {
-        let f = fixture();
-        let lines = [
-            "exit 0",
-            "exit 0 (limit hit: stdout)",
-            "exit 0, missing output: speech.wav",
-            "exit 10",
-            "exit 3 (limit hit: output)",
-            "trap: unreachable",
-            "limit: compile",
-        ];
-        let jobs = f.jobs::<7>("/");
-        let sub = view(&f.store, f.author, jobs[0]).submission_id;
-        lease(&f.store, f.lookup, 7, T0 + 30, T0 + 1).unwrap();
-        let mut want = rjs_wire::api::OutcomeCounts::default();
-        for (i, (job, line)) in jobs.iter().zip(lines).enumerate() {
-            let mut a = answer(f.lookup, *job, "a", T0 + 2 + i as i64);
-            a.outcome = line;
-            f.store.record_answer(&a).unwrap();
-            want.count(line);
-        }
-        assert_eq!(summary(&f, sub).outcomes, want);
-        assert_eq!((want.exit_zero, want.exit_other), (3, 2));
-    }
-
-    #[test]
-    fn submissions_filter_by_state_and_name_and_page_newest_first() {
-        let f = fixture();
-        for n in 1..=5u32 {
-            submit(
-                &f.store,
-                f.author,
-                &bundle_id(n),
-                2,
-                "/",
-                false,
-                T0 + i64::from(n),
-            );
-        }
-        let all = |filter: SubmissionFilter<'_>| f.store.submissions(f.author, &filter).unwrap();
-        let page = all(SubmissionFilter {
-            limit: 2,
-            ..Default::default()
-        });
-        assert_eq!(
-            page.iter().map(|s| s.bundle_id.clone()).collect::<Vec<_>>(),
-            [bundle_id(5), bundle_id(4)]
-        );
-        let next = all(SubmissionFilter {
-            limit: 10,
-            before: Some(page[1].id),
-            ..Default::default()
-        });
-        assert_eq!(next.len(), 3);
-        assert_eq!(
-            all(SubmissionFilter {
-                limit: 10,
-                name: Some("DELBR"),
-                ..Default::default()
-            })
-            .len(),
-            5
-        );
-        assert!(
-            all(SubmissionFilter {
-                limit: 10,
-                name: Some("%"),
-                ..Default::default()
-            })
-            .is_empty()
-        );
-        assert!(
-            all(SubmissionFilter {
-                limit: 10,
-                state: Some(JobState::Done),
-                ..Default::default()
-            })
-            .is_empty()
-        );
-        let b3 = bundle_id(3);
-        assert_eq!(
-            all(SubmissionFilter {
-                limit: 10,
-                bundle: Some(&b3),
-                ..Default::default()
-            })
-            .len(),
-            1
-        );
-    }
-
-    #[test]
-    fn job_pages_are_stable_and_cover_every_job_once() {
-        let f = fixture();
-        submit(&f.store, f.author, &bundle_id(1), 7, "/", false, T0);
-        submit(&f.store, f.author, &bundle_id(2), 5, "/", false, T0 + 1);
-        let mut seen = Vec::new();
-        let mut after = None;
-        loop {
-            let page = f
-                .store
-                .jobs_page(
-                    f.author,
-                    &JobFilter {
-                        after,
-                        limit: 3,
-                        ..Default::default()
-                    },
-                )
-                .unwrap();
-            seen.extend(page.iter().map(|j| (j.bundle_id.clone(), j.task)));
-            match page.last() {
-                Some(j) if page.len() == 3 => {
-                    after = Some(JobCursor {
-                        submission_id: j.submission_id,
-                        task: j.task,
-                    });
-                    let c = after.unwrap();
-                    assert_eq!(JobCursor::decode(&c.encode()), Some(c));
-                }
-                _ => break,
-            }
-        }
-        assert_eq!(seen.len(), 12);
-        assert_eq!(seen[0], (bundle_id(2), 0), "newest submission first");
-        assert_eq!(seen[5], (bundle_id(1), 0));
-        assert_eq!(seen.iter().collect::<HashSet<_>>().len(), 12);
-        assert!(JobCursor::decode("1.x").is_none() && JobCursor::decode("").is_none());
-    }
-
-    #[test]
-    fn the_change_feed_numbers_changes_and_tells_why_jobs_wait() {
-        let f = fixture();
-        let [j0, j1] = f.jobs::<2>("/");
-        let start = f.store.change_seq().unwrap();
-        lease(&f.store, f.lookup, 2, T0 + 30, T0 + 1).unwrap();
-        let held = f
-            .store
-            .set_waiting(
-                f.lookup,
-                &[
-                    (j0, "No node serves this job's group.".into()),
-                    (999, "x".into()),
-                ],
-                T0 + 2,
-            )
-            .unwrap();
-        assert_eq!(held, vec![j0]);
-        let changes = f.store.changes(f.author, None, start, 100).unwrap();
-        // Each job once, at its newest change: j1 (leased), then j0 (leased, then its reason).
-        assert_eq!(changes.len(), 2, "{changes:?}");
-        assert_eq!(changes[0].1.id, j1);
-        assert!(changes.windows(2).all(|w| w[0].0 < w[1].0));
-        let last = changes.last().unwrap();
-        assert_eq!(last.1.id, j0);
-        assert_eq!(
-            last.1.waiting.as_deref(),
-            Some("No node serves this job's group.")
-        );
-        assert_eq!(last.1.leased_by.as_deref(), Some("lab"));
-        // Released with a reason: queued, the reason kept for the author; an answer clears it.
-        f.store
-            .release(
-                f.lookup,
-                &[j1],
-                &[(j1, "every node refused it".into())],
-                T0 + 3,
-            )
-            .unwrap();
-        let v = f.store.job(f.author, j1).unwrap().unwrap();
-        assert_eq!(
-            (v.state, v.waiting.as_deref(), v.leased_by),
-            (JobState::Queued, Some("every node refused it"), None)
-        );
-        f.store
-            .record_answer(&answer(f.lookup, j0, "a", T0 + 4))
-            .unwrap();
-        assert_eq!(f.store.job(f.author, j0).unwrap().unwrap().waiting, None);
-        let bob = f.store.add_author("bob", "b-key", "b-fp", T0).unwrap().id;
-        assert!(f.store.changes(bob, None, 0, 100).unwrap().is_empty());
-        assert!(f.store.job(bob, j0).unwrap().is_none());
-    }
-
-    #[test]
-    fn a_login_token_is_used_once_expires_and_ends_with_its_author() {
-        let f = fixture();
-        let s = &f.store;
-        s.add_login_token("t1", Some(f.author), T0 + 60, T0)
-            .unwrap();
-        // Peeking (the GET of the login page) changes nothing.
-        for _ in 0..3 {
-            assert!(
-                matches!(s.peek_login_token("t1", T0 + 1).unwrap(), Some(Subject::Author(a)) if a.name == "alice")
-            );
-        }
-        let session = |hash| NewSession {
-            hash,
-            now: T0 + 2,
-            expires_at: T0 + 1000,
-        };
-        assert!(s.login("t1", &session("s1")).unwrap().is_some());
-        assert!(
-            s.login("t1", &session("s2")).unwrap().is_none(),
-            "a token works once"
-        );
-        assert!(s.peek_login_token("t1", T0 + 3).unwrap().is_none());
-        // Expired tokens are refused.
-        s.add_login_token("t2", Some(f.author), T0 + 60, T0)
-            .unwrap();
-        assert!(s.peek_login_token("t2", T0 + 61).unwrap().is_none());
-        assert!(
-            s.login(
-                "t2",
-                &NewSession {
-                    hash: "s3",
-                    now: T0 + 61,
-                    expires_at: T0 + 999
-                }
-            )
-            .unwrap()
-            .is_none()
-        );
-        // Sessions: idle and absolute expiry, logout.
-        assert!(s.session("s1", T0 + 10, 100).unwrap().is_some());
-        assert!(
-            s.session("s1", T0 + 500, 100).unwrap().is_none(),
-            "idle too long"
-        );
-        s.add_login_token("t3", Some(f.author), T0 + 60, T0)
-            .unwrap();
-        s.login("t3", &session("s4")).unwrap().unwrap();
-        assert!(
-            s.session("s4", T0 + 1001, 10_000).unwrap().is_none(),
-            "past its end"
-        );
-        s.add_login_token("t4", Some(f.author), T0 + 60, T0)
-            .unwrap();
-        s.login("t4", &session("s5")).unwrap().unwrap();
-        assert!(s.end_session("s5").unwrap());
-        assert!(s.session("s5", T0 + 3, 100).unwrap().is_none());
-        // Removing the author ends their sessions and tokens at once.
-        s.add_login_token("t5", Some(f.author), T0 + 60, T0)
-            .unwrap();
-        s.login("t5", &session("s6")).unwrap().unwrap();
-        s.add_login_token("t6", Some(f.author), T0 + 60, T0)
-            .unwrap();
-        s.remove_author("alice").unwrap();
-        assert!(s.session("s6", T0 + 3, 100).unwrap().is_none());
-        assert!(s.peek_login_token("t6", T0 + 3).unwrap().is_none());
-        // The administrator's token.
-        s.add_login_token("admin", None, T0 + 60, T0).unwrap();
-        assert_eq!(
-            s.login("admin", &session("s7")).unwrap(),
-            Some(Subject::Admin)
-        );
-        assert_eq!(
-            s.session("s7", T0 + 3, 100).unwrap().unwrap().subject,
-            Subject::Admin
-        );
-    }
-
-    #[test]
-    fn counts_of_a_database_from_before_the_dashboard_are_filled_in() {
-        // A database made by schema version 3 with jobs in every state, migrated on open.
-        let dir = tempfile::tempdir().unwrap();
-        let path = db_path(&dir);
-        {
-            let mut conn = rusqlite::Connection::open(&path).unwrap();
-            let tx = conn.transaction().unwrap();
-            for step in &SqliteStore::migration_steps()[..3] {
-                tx.execute_batch(step).unwrap();
-            }
-            tx.pragma_update(None, "user_version", 3).unwrap();
-            tx.execute_batch(&format!(
-                "INSERT INTO authors (name, public_key, fingerprint, created_at) VALUES ('a', 'k', 'f', {T0});
-                 INSERT INTO bundles (id, author_id, name, tasks, grp, size, created_at)
-                     VALUES ('{b}', 1, 'old', 3, '/', 1, {T0});
-                 INSERT INTO submissions (bundle_id, author_id, created_at) VALUES ('{b}', 1, {T0});
-                 INSERT INTO jobs (submission_id, bundle_id, author_id, task, tasks, grp, state, outcome, answer_sha256, created_at, updated_at)
-                     VALUES (1, '{b}', 1, 0, 3, '/', 'done', 'exit 0', 'x', {T0}, {t1}),
-                            (1, '{b}', 1, 1, 3, '/', 'failed', NULL, NULL, {T0}, {T0}),
-                            (1, '{b}', 1, 2, 3, '/', 'queued', NULL, NULL, {T0}, {T0});",
-                b = bundle_id(9),
-                t1 = T0 + 5
-            ))
-            .unwrap();
-            tx.commit().unwrap();
-        }
-        let store = SqliteStore::open(&path).unwrap();
-        let s = store.submission(1, 1).unwrap().unwrap();
-        assert_eq!((s.states.done, s.states.failed, s.states.queued), (1, 1, 1));
-        assert_eq!((s.outcomes.exit_zero, s.first_answer_at), (1, Some(T0 + 5)));
-    }
+fn summary(f: &Fixture, id: i64) -> rjs_wire::api::SubmissionSummary {
+    f.store.submission(f.author, id).unwrap().unwrap()
 }
+
+fn summaries_follow_every_transition_without_reading_the_jobs(b: &dyn Backend) {
+    let f = fixture(b);
+    let [j0, j1, j2, j3] = f.jobs::<4>("/");
+    let sub = view(&*f.store, f.author, j0).submission_id;
+    let s = summary(&f, sub);
+    assert_eq!(
+        (s.states.queued, s.tasks, s.name.as_str()),
+        (4, 4, "mandelbrot")
+    );
+    lease(&*f.store, f.lookup, 4, T0 + 30, T0 + 1).unwrap();
+    assert_eq!(summary(&f, sub).states.leased, 4);
+    let mut a = answer(f.lookup, j0, "a0", T0 + 2);
+    f.store.record_answer(&a).unwrap();
+    a = answer(f.lookup, j1, "a1", T0 + 3);
+    a.outcome = "exit 3";
+    f.store.record_answer(&a).unwrap();
+    a = answer(f.lookup, j2, "a2", T0 + 4);
+    a.outcome = "trap: unreachable";
+    f.store.record_answer(&a).unwrap();
+    f.store.fail(f.lookup, j3, "node lost", 1, T0 + 5).unwrap();
+    let s = summary(&f, sub);
+    assert_eq!(
+        (
+            s.states.queued,
+            s.states.leased,
+            s.states.done,
+            s.states.failed
+        ),
+        (0, 0, 3, 1)
+    );
+    assert_eq!(
+        (
+            s.outcomes.exit_zero,
+            s.outcomes.exit_other,
+            s.outcomes.trap,
+            s.outcomes.limit
+        ),
+        (1, 1, 1, 0)
+    );
+    assert_eq!(
+        (s.first_answer_at, s.last_answer_at),
+        (Some(T0 + 2), Some(T0 + 4))
+    );
+    assert!(s.is_finished());
+    // A duplicate answer changes no count.
+    f.store
+        .record_answer(&answer(f.lookup, j0, "again", T0 + 6))
+        .unwrap();
+    assert_eq!(summary(&f, sub), s);
+    // Nobody else sees it.
+    let bob = f.store.add_author("bob", "b-key", "b-fp", T0).unwrap().id;
+    assert!(f.store.submission(bob, sub).unwrap().is_none());
+}
+
+/// The store counts outcomes as `OutcomeCounts::count` does (the lookup's panel): an exit
+/// 0 with a missing output or a limit hit on the way is an exit 0; `exit 01`, `exit 10`
+/// are other exits; a compile limit is a limit.
+fn outcome_counts_agree_with_the_wire_rule(b: &dyn Backend) {
+    let f = fixture(b);
+    let lines = [
+        "exit 0",
+        "exit 0 (limit hit: stdout)",
+        "exit 0, missing output: speech.wav",
+        "exit 10",
+        "exit 3 (limit hit: output)",
+        "trap: unreachable",
+        "limit: compile",
+    ];
+    let jobs = f.jobs::<7>("/");
+    let sub = view(&*f.store, f.author, jobs[0]).submission_id;
+    lease(&*f.store, f.lookup, 7, T0 + 30, T0 + 1).unwrap();
+    let mut want = rjs_wire::api::OutcomeCounts::default();
+    for (i, (job, line)) in jobs.iter().zip(lines).enumerate() {
+        let mut a = answer(f.lookup, *job, "a", T0 + 2 + i as i64);
+        a.outcome = line;
+        f.store.record_answer(&a).unwrap();
+        want.count(line);
+    }
+    assert_eq!(summary(&f, sub).outcomes, want);
+    assert_eq!((want.exit_zero, want.exit_other), (3, 2));
+}
+
+fn submissions_filter_by_state_and_name_and_page_newest_first(b: &dyn Backend) {
+    let f = fixture(b);
+    for n in 1..=5u32 {
+        submit(
+            &*f.store,
+            f.author,
+            &bundle_id(n),
+            2,
+            "/",
+            false,
+            T0 + i64::from(n),
+        );
+    }
+    let all = |filter: SubmissionFilter<'_>| f.store.submissions(f.author, &filter).unwrap();
+    let page = all(SubmissionFilter {
+        limit: 2,
+        ..Default::default()
+    });
+    assert_eq!(
+        page.iter().map(|s| s.bundle_id.clone()).collect::<Vec<_>>(),
+        [bundle_id(5), bundle_id(4)]
+    );
+    let next = all(SubmissionFilter {
+        limit: 10,
+        before: Some(page[1].id),
+        ..Default::default()
+    });
+    assert_eq!(next.len(), 3);
+    assert_eq!(
+        all(SubmissionFilter {
+            limit: 10,
+            name: Some("DELBR"),
+            ..Default::default()
+        })
+        .len(),
+        5
+    );
+    assert!(
+        all(SubmissionFilter {
+            limit: 10,
+            name: Some("%"),
+            ..Default::default()
+        })
+        .is_empty()
+    );
+    assert!(
+        all(SubmissionFilter {
+            limit: 10,
+            state: Some(JobState::Done),
+            ..Default::default()
+        })
+        .is_empty()
+    );
+    let b3 = bundle_id(3);
+    assert_eq!(
+        all(SubmissionFilter {
+            limit: 10,
+            bundle: Some(&b3),
+            ..Default::default()
+        })
+        .len(),
+        1
+    );
+}
+
+fn job_pages_are_stable_and_cover_every_job_once(b: &dyn Backend) {
+    let f = fixture(b);
+    submit(&*f.store, f.author, &bundle_id(1), 7, "/", false, T0);
+    submit(&*f.store, f.author, &bundle_id(2), 5, "/", false, T0 + 1);
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = f
+            .store
+            .jobs_page(
+                f.author,
+                &JobFilter {
+                    after,
+                    limit: 3,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        seen.extend(page.iter().map(|j| (j.bundle_id.clone(), j.task)));
+        match page.last() {
+            Some(j) if page.len() == 3 => {
+                after = Some(JobCursor {
+                    submission_id: j.submission_id,
+                    task: j.task,
+                });
+                let c = after.unwrap();
+                assert_eq!(JobCursor::decode(&c.encode()), Some(c));
+            }
+            _ => break,
+        }
+    }
+    assert_eq!(seen.len(), 12);
+    assert_eq!(seen[0], (bundle_id(2), 0), "newest submission first");
+    assert_eq!(seen[5], (bundle_id(1), 0));
+    assert_eq!(seen.iter().collect::<HashSet<_>>().len(), 12);
+    assert!(JobCursor::decode("1.x").is_none() && JobCursor::decode("").is_none());
+}
+
+fn the_change_feed_numbers_changes_and_tells_why_jobs_wait(b: &dyn Backend) {
+    let f = fixture(b);
+    let [j0, j1] = f.jobs::<2>("/");
+    let start = f.store.change_seq().unwrap();
+    lease(&*f.store, f.lookup, 2, T0 + 30, T0 + 1).unwrap();
+    let held = f
+        .store
+        .set_waiting(
+            f.lookup,
+            &[
+                (j0, "No node serves this job's group.".into()),
+                (999, "x".into()),
+            ],
+            T0 + 2,
+        )
+        .unwrap();
+    assert_eq!(held, vec![j0]);
+    let changes = f.store.changes(f.author, None, start, 100).unwrap();
+    // Each job once, at its newest change: j1 (leased), then j0 (leased, then its reason).
+    assert_eq!(changes.len(), 2, "{changes:?}");
+    assert_eq!(changes[0].1.id, j1);
+    assert!(changes.windows(2).all(|w| w[0].0 < w[1].0));
+    let last = changes.last().unwrap();
+    assert_eq!(last.1.id, j0);
+    assert_eq!(
+        last.1.waiting.as_deref(),
+        Some("No node serves this job's group.")
+    );
+    assert_eq!(last.1.leased_by.as_deref(), Some("lab"));
+    // Released with a reason: queued, the reason kept for the author; an answer clears it.
+    f.store
+        .release(
+            f.lookup,
+            &[j1],
+            &[(j1, "every node refused it".into())],
+            T0 + 3,
+        )
+        .unwrap();
+    let v = f.store.job(f.author, j1).unwrap().unwrap();
+    assert_eq!(
+        (v.state, v.waiting.as_deref(), v.leased_by),
+        (JobState::Queued, Some("every node refused it"), None)
+    );
+    f.store
+        .record_answer(&answer(f.lookup, j0, "a", T0 + 4))
+        .unwrap();
+    assert_eq!(f.store.job(f.author, j0).unwrap().unwrap().waiting, None);
+    let bob = f.store.add_author("bob", "b-key", "b-fp", T0).unwrap().id;
+    assert!(f.store.changes(bob, None, 0, 100).unwrap().is_empty());
+    assert!(f.store.job(bob, j0).unwrap().is_none());
+}
+
+fn a_login_token_is_used_once_expires_and_ends_with_its_author(b: &dyn Backend) {
+    let f = fixture(b);
+    let s = &*f.store;
+    s.add_login_token("t1", Some(f.author), T0 + 60, T0)
+        .unwrap();
+    // Peeking (the GET of the login page) changes nothing.
+    for _ in 0..3 {
+        assert!(
+            matches!(s.peek_login_token("t1", T0 + 1).unwrap(), Some(Subject::Author(a)) if a.name == "alice")
+        );
+    }
+    let session = |hash| NewSession {
+        hash,
+        now: T0 + 2,
+        expires_at: T0 + 1000,
+    };
+    assert!(s.login("t1", &session("s1")).unwrap().is_some());
+    assert!(
+        s.login("t1", &session("s2")).unwrap().is_none(),
+        "a token works once"
+    );
+    assert!(s.peek_login_token("t1", T0 + 3).unwrap().is_none());
+    // Expired tokens are refused.
+    s.add_login_token("t2", Some(f.author), T0 + 60, T0)
+        .unwrap();
+    assert!(s.peek_login_token("t2", T0 + 61).unwrap().is_none());
+    assert!(
+        s.login(
+            "t2",
+            &NewSession {
+                hash: "s3",
+                now: T0 + 61,
+                expires_at: T0 + 999
+            }
+        )
+        .unwrap()
+        .is_none()
+    );
+    // Sessions: idle and absolute expiry, logout.
+    assert!(s.session("s1", T0 + 10, 100).unwrap().is_some());
+    assert!(
+        s.session("s1", T0 + 500, 100).unwrap().is_none(),
+        "idle too long"
+    );
+    s.add_login_token("t3", Some(f.author), T0 + 60, T0)
+        .unwrap();
+    s.login("t3", &session("s4")).unwrap().unwrap();
+    assert!(
+        s.session("s4", T0 + 1001, 10_000).unwrap().is_none(),
+        "past its end"
+    );
+    s.add_login_token("t4", Some(f.author), T0 + 60, T0)
+        .unwrap();
+    s.login("t4", &session("s5")).unwrap().unwrap();
+    assert!(s.end_session("s5").unwrap());
+    assert!(s.session("s5", T0 + 3, 100).unwrap().is_none());
+    // Removing the author ends their sessions and tokens at once.
+    s.add_login_token("t5", Some(f.author), T0 + 60, T0)
+        .unwrap();
+    s.login("t5", &session("s6")).unwrap().unwrap();
+    s.add_login_token("t6", Some(f.author), T0 + 60, T0)
+        .unwrap();
+    s.remove_author("alice").unwrap();
+    assert!(s.session("s6", T0 + 3, 100).unwrap().is_none());
+    assert!(s.peek_login_token("t6", T0 + 3).unwrap().is_none());
+    // The administrator's token.
+    s.add_login_token("admin", None, T0 + 60, T0).unwrap();
+    assert_eq!(
+        s.login("admin", &session("s7")).unwrap(),
+        Some(Subject::Admin)
+    );
+    assert_eq!(
+        s.session("s7", T0 + 3, 100).unwrap().unwrap().subject,
+        Subject::Admin
+    );
+}
+
+#[test]
+fn counts_of_a_database_from_before_the_dashboard_are_filled_in() {
+    // A database made by schema version 3 with jobs in every state, migrated on open.
+    let dir = tempfile::tempdir().unwrap();
+    let path = db_path(&dir);
+    {
+        let mut conn = rusqlite::Connection::open(&path).unwrap();
+        let tx = conn.transaction().unwrap();
+        for step in &SqliteStore::migration_steps()[..3] {
+            tx.execute_batch(step).unwrap();
+        }
+        tx.pragma_update(None, "user_version", 3).unwrap();
+        tx.execute_batch(&format!(
+            "INSERT INTO authors (name, public_key, fingerprint, created_at) VALUES ('a', 'k', 'f', {T0});
+             INSERT INTO bundles (id, author_id, name, tasks, grp, size, created_at)
+                 VALUES ('{b}', 1, 'old', 3, '/', 1, {T0});
+             INSERT INTO submissions (bundle_id, author_id, created_at) VALUES ('{b}', 1, {T0});
+             INSERT INTO jobs (submission_id, bundle_id, author_id, task, tasks, grp, state, outcome, answer_sha256, created_at, updated_at)
+                 VALUES (1, '{b}', 1, 0, 3, '/', 'done', 'exit 0', 'x', {T0}, {t1}),
+                        (1, '{b}', 1, 1, 3, '/', 'failed', NULL, NULL, {T0}, {T0}),
+                        (1, '{b}', 1, 2, 3, '/', 'queued', NULL, NULL, {T0}, {T0});",
+            b = bundle_id(9),
+            t1 = T0 + 5
+        ))
+        .unwrap();
+        tx.commit().unwrap();
+    }
+    let store = SqliteStore::open(&path).unwrap();
+    let s = store.submission(1, 1).unwrap().unwrap();
+    assert_eq!((s.states.done, s.states.failed, s.states.queued), (1, 1, 1));
+    assert_eq!((s.outcomes.exit_zero, s.first_answer_at), (1, Some(T0 + 5)));
+}
+
+conformance!(
+    concurrent_first_opens_migrate_once,
+    data_survives_reopen,
+    authors_unique_remove_and_reenrol,
+    lookups_unique_and_revoke,
+    nonce_replay_is_caught_and_expired_nonces_pruned,
+    submit_dedupes_and_resubmit_queues_a_new_set,
+    lease_renew_release_fail_answer,
+    answer_recorded_twice_is_stored_once,
+    answers_are_taken_only_from_the_holder_or_last_holder_of_the_lease,
+    attempts_reach_max_then_failed_with_last_reason,
+    expired_leases_come_back,
+    an_expired_lease_can_still_be_failed_or_released_until_requeued,
+    groups_filter_by_path_prefix,
+    concurrent_leasing_in_small_batches_leases_each_job_once,
+    concurrent_leasing_of_the_whole_queue_at_once_leases_each_job_once,
+    record_answers_records_each_in_one_transaction,
+    an_upload_records_its_nonce_with_the_submission_or_nothing,
+    summaries_follow_every_transition_without_reading_the_jobs,
+    outcome_counts_agree_with_the_wire_rule,
+    submissions_filter_by_state_and_name_and_page_newest_first,
+    job_pages_are_stable_and_cover_every_job_once,
+    the_change_feed_numbers_changes_and_tells_why_jobs_wait,
+    a_login_token_is_used_once_expires_and_ends_with_its_author,
+);
