@@ -15,13 +15,16 @@ rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup comp
 # - the dashboard's browser tests drive Debian's chromium through its chromedriver (the two
 #   packages are version-locked); never a browser download;
 # - the multi-host tests (tests/tests/wan.rs) build hosts with iproute2 and make loss and
-#   partitions with iptables.
+#   partitions with iptables;
+# - the PostgreSQL store's tests start throw-away clusters of Debian's postgresql server
+#   (rjs_harness::postgres).
 missing=()
 if ! [ -x /usr/bin/chromium ] || ! [ -x /usr/bin/chromedriver ]; then
     missing+=(chromium chromium-driver)
 fi
 command -v ip >/dev/null || missing+=(iproute2)
 command -v iptables >/dev/null || missing+=(iptables)
+ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || missing+=(postgresql)
 if [ ${#missing[@]} -gt 0 ]; then
     apt-get update
     DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]}"

@@ -131,6 +131,30 @@ impl Postgres {
         Ok(())
     }
 
+    /// Runs `sql` in database `db` with `psql` as the superuser (behind the back of whatever
+    /// uses the database); its output, unaligned, one row per line.
+    pub fn psql(&self, db: &str, sql: &str) -> Result<String> {
+        let out = self.run(
+            "psql",
+            &[
+                "-h",
+                path_str(self.socket_dir())?,
+                "-U",
+                "postgres",
+                "-d",
+                db,
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-Atc",
+                sql,
+            ],
+        )?;
+        if !out.status.success() {
+            bail!("psql: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     /// Stops the server as a crash would (`pg_ctl stop -m immediate`: no checkpoint, every
     /// connection cut), so that a test sees what its clients do when the database goes away.
     pub fn kill(&mut self) -> Result<()> {
@@ -273,28 +297,11 @@ mod tests {
         }
         let mut pg = Postgres::start().unwrap();
         pg.create_db("rjs").unwrap();
-        let psql = |pg: &Postgres, sql: &str| {
-            pg.run(
-                "psql",
-                &[
-                    "-h",
-                    path_str(pg.socket_dir()).unwrap(),
-                    "-U",
-                    "postgres",
-                    "-d",
-                    "rjs",
-                    "-Atc",
-                    sql,
-                ],
-            )
-            .unwrap()
-        };
-        let out = psql(&pg, "select 1 + 1");
-        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "2");
+        assert_eq!(pg.psql("rjs", "select 1 + 1").unwrap().trim(), "2");
         pg.kill().unwrap();
-        assert!(!psql(&pg, "select 1").status.success());
+        assert!(pg.psql("rjs", "select 1").is_err());
         pg.restart().unwrap();
-        assert!(psql(&pg, "select 1").status.success());
+        assert_eq!(pg.psql("rjs", "select 1").unwrap().trim(), "1");
         let dir = pg.socket_dir().to_owned();
         drop(pg);
         assert!(!dir.exists());

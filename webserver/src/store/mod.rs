@@ -11,6 +11,7 @@
 //! the blob store first and the metadata store records their SHA-256.
 
 pub mod blobs;
+pub mod postgres;
 pub mod sessions;
 pub mod sqlite;
 pub mod views;
