@@ -324,11 +324,8 @@ async fn tell_progress<S: AsyncWrite + Unpin, T>(
         tokio::select! {
             done = &mut execute => return Ok(done),
             _ = tick.tick() => {
-                let phase = *watched.borrow_and_update();
-                if told_compiling && phase == TaskPhase::Running {
-                    write_msg(s, &FromNode::Running, t.io).await?;
-                    return Ok(execute.await);
-                }
+                // Not marked seen: the move to `Running` is the `changed` arm's to tell.
+                let phase = *watched.borrow();
                 if let TaskPhase::Compiling { since, module_bytes } = phase {
                     let sandbox = &node.sandbox;
                     let msg = FromNode::Compiling {

@@ -208,7 +208,7 @@ fn unknown_field(doc: &serde_json::Value) -> Option<String> {
 }
 
 /// A field name from an outsider's document, made safe and short for a one-line message.
-fn shown_field(field: &str) -> String {
+pub(crate) fn shown_field(field: &str) -> String {
     const MAX: usize = 64;
     let escaped: String = field.escape_debug().collect();
     if escaped.chars().count() > MAX {

@@ -8,6 +8,7 @@
 //! the nodes would refuse, with the first reason, before any node compiles it. Why each
 //! feature is on or off: `docs/sandbox.md`, "WebAssembly features".
 
+use crate::manifest::shown_field;
 use wasmparser::{
     CompositeInnerType, Payload, ValType, Validator, WasmFeatures,
     types::{EntityType, TypesRef},
@@ -176,15 +177,15 @@ pub fn check_module(bytes: &[u8]) -> Result<ModuleInfo, ModuleError> {
             .flatten();
         let Some((_, params, results)) = expected else {
             return Err(ModuleError::UnknownImport {
-                module: shown(module),
-                name: shown(name),
+                module: shown_field(module),
+                name: shown_field(name),
             });
         };
         let expected = signature(params, results);
         let found = entity(&types, ty);
         if found != expected {
             return Err(ModuleError::ImportType {
-                name: name.to_owned(),
+                name: shown_field(name),
                 found,
                 expected,
             });
@@ -261,15 +262,6 @@ fn explain(e: &wasmparser::BinaryReaderError) -> String {
         ""
     };
     format!("{message} (at byte offset {:#x}){hint}", e.offset())
-}
-
-/// A name from an outsider's module, made safe and short for a one-line message.
-fn shown(s: &str) -> String {
-    let escaped: String = s.escape_debug().collect();
-    match escaped.char_indices().nth(64) {
-        Some((cut, _)) => format!("{}…", &escaped[..cut]),
-        None => escaped,
-    }
 }
 
 /// `(i32, i64) -> (i32)`: a function type as messages show it.

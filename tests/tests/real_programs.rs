@@ -94,7 +94,6 @@ fn real_programs_run_on_the_grid_and_are_told_straight() {
         .unwrap();
     // The same program declaring an output it never writes.
     let promised = jobs_dir.join("wordcount-promised");
-    copy_tree(&paths::sample("wordcount"), &promised);
     job_copy(&paths::sample("wordcount"), &promised, |m| {
         m.insert("name".into(), "promised".into());
         m.insert(
@@ -286,17 +285,4 @@ fn real_programs_run_on_the_grid_and_are_told_straight() {
     assert_eq!(code, Some(0), "{text}");
 
     grid.stop().unwrap();
-}
-
-/// Copies the folders of `src` into `dst` (files are copied by `job_copy`).
-fn copy_tree(src: &Path, dst: &Path) {
-    std::fs::create_dir_all(dst).unwrap();
-    for e in std::fs::read_dir(src).unwrap() {
-        let e = e.unwrap();
-        if e.file_type().unwrap().is_dir() {
-            copy_tree(&e.path(), &dst.join(e.file_name()));
-        } else if !dst.join(e.file_name()).exists() {
-            std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
-        }
-    }
 }

@@ -1128,21 +1128,14 @@ pub fn states(jobs: &[JobView]) -> String {
         .join(", ")
 }
 
-/// Copies the job folder `src` (its files) into `dst` (created), its `manifest.json` changed
-/// by `edit` (e.g. another task count).
+/// Copies the job folder `src` (its files, and its input folders whole) into `dst`
+/// (created), its `manifest.json` changed by `edit` (e.g. another task count).
 pub fn job_copy(
     src: &Path,
     dst: &Path,
     edit: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>),
 ) -> Result<()> {
-    std::fs::create_dir_all(dst).with_context(|| format!("creating {}", dst.display()))?;
-    for entry in std::fs::read_dir(src).with_context(|| format!("reading {}", src.display()))? {
-        let entry = entry?;
-        if entry.file_type()?.is_file() {
-            std::fs::copy(entry.path(), dst.join(entry.file_name()))
-                .with_context(|| format!("copying {}", entry.path().display()))?;
-        }
-    }
+    copy_tree(src, dst)?;
     let path = dst.join("manifest.json");
     let mut manifest: serde_json::Value = serde_json::from_slice(
         &std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
@@ -1155,6 +1148,22 @@ pub fn job_copy(
     );
     std::fs::write(&path, serde_json::to_vec_pretty(&manifest)?)
         .with_context(|| format!("writing {}", path.display()))
+}
+
+/// Copies the regular files and folders under `src` into `dst` (created).
+fn copy_tree(src: &Path, dst: &Path) -> Result<()> {
+    std::fs::create_dir_all(dst).with_context(|| format!("creating {}", dst.display()))?;
+    for entry in std::fs::read_dir(src).with_context(|| format!("reading {}", src.display()))? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            copy_tree(&entry.path(), &dst.join(entry.file_name()))?;
+        } else if kind.is_file() {
+            std::fs::copy(entry.path(), dst.join(entry.file_name()))
+                .with_context(|| format!("copying {}", entry.path().display()))?;
+        }
+    }
+    Ok(())
 }
 
 /// The text after `marker` in `line`.

@@ -350,10 +350,11 @@ impl AnswersCommand {
             print!("{}", report.text());
         }
         let code = report.exit_code(self.wait);
-        if code == EXIT_ALL_DONE && self.require_exit_zero && report.not_exit_zero() > 0 {
+        let not_zero = report.not_exit_zero();
+        if code == EXIT_ALL_DONE && self.require_exit_zero && not_zero > 0 {
             eprintln!(
                 "rjs-sign: {} ended otherwise than with exit 0 (--require-exit-zero)",
-                plural(report.not_exit_zero(), "answer")
+                plural(not_zero, "answer")
             );
             return Ok(EXIT_SOME_FAILED);
         }

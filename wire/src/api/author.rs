@@ -137,17 +137,12 @@ impl OutcomeCounts {
     pub fn count(&mut self, outcome: &str) {
         if exited_zero(outcome) {
             self.exit_zero += 1;
-            return;
-        }
-        let exit = outcome
-            .strip_prefix("exit ")
-            .map(|rest| rest.split([' ', ',']).next().unwrap_or(""));
-        match exit {
-            Some("0") => self.exit_zero += 1,
-            Some(_) => self.exit_other += 1,
-            None if outcome.starts_with("trap") => self.trap += 1,
-            None if outcome.starts_with("limit") => self.limit += 1,
-            None => {}
+        } else if outcome.starts_with("exit ") {
+            self.exit_other += 1;
+        } else if outcome.starts_with("trap") {
+            self.trap += 1;
+        } else if outcome.starts_with("limit") {
+            self.limit += 1;
         }
     }
 
