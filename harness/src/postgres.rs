@@ -11,6 +11,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -253,6 +254,48 @@ impl Postgres {
             .env_remove("PGHOST");
         cmd.output()
             .with_context(|| format!("running {}", exe.display()))
+    }
+}
+
+/// The process's shared server (see [`Postgres::shared`]).
+static SHARED: OnceLock<Result<Postgres, String>> = OnceLock::new();
+
+/// Stops the shared server and removes its folder when the process exits (statics are never
+/// dropped).
+extern "C" fn stop_shared() {
+    if let Some(Ok(pg)) = SHARED.get() {
+        let data = pg.data_dir();
+        if let Ok(data) = path_str(&data) {
+            let _ = pg.run(
+                "pg_ctl",
+                &["-D", data, "-m", "immediate", "-w", "-t", "30", "stop"],
+            );
+        }
+        let _ = std::fs::remove_dir_all(pg.dir.path());
+    }
+}
+
+impl Postgres {
+    /// One server for the whole process (a test binary whose tests each take a database of
+    /// their own), started at the first call and stopped when the process exits.
+    pub fn shared() -> Result<&'static Postgres> {
+        let pg = SHARED.get_or_init(|| {
+            let pg = Postgres::start().map_err(|e| format!("{e:#}"))?;
+            // SAFETY: registers a plain function with no arguments.
+            unsafe { libc::atexit(stop_shared) };
+            Ok(pg)
+        });
+        pg.as_ref().map_err(|e| anyhow::anyhow!("{e}"))
+    }
+
+    /// A new empty database on this server, named `<prefix>_<n>` (n counts up in this
+    /// process); its name.
+    pub fn fresh_db(&self, prefix: &str) -> Result<String> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("{prefix}_{n}");
+        self.create_db(&name)?;
+        Ok(name)
     }
 }
 

@@ -9,6 +9,7 @@ use std::path::Path;
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
+use rjs_webserver::store::postgres::{PgClock, PgOptions, PgStore};
 use rjs_webserver::store::sqlite::SqliteStore;
 use rjs_webserver::store::{
     AnswerOutcome, AnswerTarget, JobCursor, JobFilter, NewAnswer, NewSession, NewSubmission,
@@ -73,6 +74,46 @@ impl Backend for Sqlite {
     }
 }
 
+/// PostgreSQL: one throw-away server for the whole test binary
+/// ([`rjs_harness::postgres::Postgres::shared`]), a new database per [`Db`]. Its handles read
+/// the caller's clock ([`PgClock::Caller`]), as the suite drives time; the database's own
+/// clock is tested in `tests/postgres.rs`.
+struct Postgres;
+
+impl Backend for Postgres {
+    fn create(&self) -> Db {
+        let pg = rjs_harness::postgres::Postgres::shared()
+            .expect("starting PostgreSQL (scripts/test.sh installs Debian's postgresql)");
+        let name = pg.fresh_db("conformance").unwrap();
+        let url = pg.url(&name);
+        Db {
+            open: Box::new(move || {
+                let mut opts = PgOptions::new(url.clone());
+                opts.clock = PgClock::Caller;
+                opts.max_connections = 4;
+                Arc::new(PgStore::connect(&opts).unwrap()) as Arc<dyn Store>
+            }),
+            sql: Box::new(move |statement| {
+                let upper = statement.trim_start().to_ascii_uppercase();
+                let query = if upper.starts_with("SELECT") {
+                    statement.to_owned()
+                } else {
+                    format!(
+                        "WITH changed AS ({statement} RETURNING 1) SELECT count(*) FROM changed"
+                    )
+                };
+                let out = pg.psql(&name, &query).unwrap();
+                match out.trim() {
+                    "t" => 1,
+                    "f" => 0,
+                    n => n.parse().unwrap_or_else(|e| panic!("{query}: {n:?}: {e}")),
+                }
+            }),
+            _keep: Box::new(()),
+        }
+    }
+}
+
 /// Runs each named test (`fn name(b: &dyn Backend)`) against every backend: one `#[test]` per
 /// test and backend, in a module named after the backend.
 macro_rules! conformance {
@@ -82,6 +123,14 @@ macro_rules! conformance {
                 #[test]
                 fn $test() {
                     super::$test(&super::Sqlite)
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[test]
+                fn $test() {
+                    super::$test(&super::Postgres)
                 }
             )*
         }
@@ -981,6 +1030,195 @@ fn concurrent_leasing_of_the_whole_queue_at_once_leases_each_job_once(b: &dyn Ba
     race(b, |_, _| 2_000, Duration::ZERO, 1);
 }
 
+/// Four handles (four web servers) post the same answers for 300 jobs at once, singly and in
+/// batches, in different orders: each job is answered once, its counts move once, and the
+/// change feed shows it done once.
+fn duplicate_answers_racing_through_separate_handles_are_stored_once(b: &dyn Backend) {
+    const JOBS: u32 = 300;
+    const THREADS: usize = 4;
+    let f = fixture(b);
+    let sub = submit(&*f.store, f.author, &bundle_id(1), JOBS, "/c", false, T0);
+    let ids: Vec<i64> = sub.jobs.iter().map(|j| j.0).collect();
+    assert_eq!(
+        lease(&*f.store, f.lookup, JOBS, T0 + 600, T0)
+            .unwrap()
+            .len(),
+        JOBS as usize
+    );
+    let seq_before = f.store.change_seq().unwrap();
+    let db = Arc::new(f.db);
+    let barrier = Arc::new(Barrier::new(THREADS));
+    let handles: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let (db, barrier, ids) = (Arc::clone(&db), Arc::clone(&barrier), ids.clone());
+            let lookup = f.lookup;
+            std::thread::spawn(move || {
+                let store = db.open();
+                let sha = format!("{t:064x}");
+                let mut order = ids;
+                if t % 2 == 1 {
+                    order.reverse();
+                }
+                barrier.wait();
+                let mut stored = Vec::new();
+                if t < 2 {
+                    for id in order {
+                        let outcome = store.record_answer(&answer(lookup, id, &sha, T0 + 5));
+                        if outcome.unwrap() == AnswerOutcome::Stored {
+                            stored.push(id);
+                        }
+                    }
+                } else {
+                    for chunk in order.chunks(32) {
+                        let batch: Vec<_> = chunk
+                            .iter()
+                            .map(|&id| answer(lookup, id, &sha, T0 + 5))
+                            .collect();
+                        let outcomes = store.record_answers(&batch).unwrap();
+                        for (id, o) in chunk.iter().zip(outcomes) {
+                            match o.unwrap() {
+                                AnswerOutcome::Stored => stored.push(*id),
+                                AnswerOutcome::Duplicate => {}
+                                other => panic!("job {id}: {other:?}"),
+                            }
+                        }
+                    }
+                }
+                stored
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for h in handles {
+        all.extend(h.join().unwrap());
+    }
+    all.sort_unstable();
+    assert_eq!(all, ids, "every job stored exactly once");
+    let store = db.open();
+    assert_eq!(counts(&*store), [0, 0, JOBS as u64, 0]);
+    let summary = store
+        .submission(f.author, sub_id(&*store, f.author))
+        .unwrap()
+        .unwrap();
+    assert_eq!(summary.states.done, JOBS as u64);
+    assert_eq!(
+        summary.outcomes.exit_zero, JOBS as u64,
+        "each answer counted once"
+    );
+    let changes = store.changes(f.author, None, seq_before, 10_000).unwrap();
+    assert_eq!(changes.len(), JOBS as usize, "one change per job");
+    let seqs: HashSet<u64> = changes.iter().map(|c| c.0).collect();
+    assert_eq!(seqs.len(), JOBS as usize, "each change its own number");
+    // (Numbers may have gaps: SQLite takes one for each answer tried.)
+    assert!(store.change_seq().unwrap() >= seq_before + JOBS as u64);
+}
+
+/// The newest submission of `author`.
+fn sub_id(store: &dyn Store, author: i64) -> i64 {
+    store
+        .submissions(
+            author,
+            &SubmissionFilter {
+                limit: 1,
+                ..Default::default()
+            },
+        )
+        .unwrap()[0]
+        .id
+}
+
+/// While one handle expires leases, the last holder's late answers race another lookup
+/// leasing the requeued jobs: every job ends either answered by the last holder (and not
+/// leased again) or leased by the other lookup (and that late answer refused), never both.
+fn expiry_late_answers_and_new_leases_racing_agree(b: &dyn Backend) {
+    const JOBS: u32 = 400;
+    let f = fixture(b);
+    let other = f.other_lookup();
+    let sub = submit(&*f.store, f.author, &bundle_id(1), JOBS, "/c", false, T0);
+    let ids: Vec<i64> = sub.jobs.iter().map(|j| j.0).collect();
+    assert_eq!(
+        lease(&*f.store, f.lookup, JOBS, T0 + 60, T0).unwrap().len(),
+        JOBS as usize
+    );
+    let later = T0 + 120; // every lease has ended
+    let db = Arc::new(f.db);
+    let barrier = Arc::new(Barrier::new(3));
+    let expirer = {
+        let (db, barrier) = (Arc::clone(&db), Arc::clone(&barrier));
+        std::thread::spawn(move || {
+            let store = db.open();
+            barrier.wait();
+            store.expire_leases(later, MAX_ATTEMPTS).unwrap()
+        })
+    };
+    let answerer = {
+        let (db, barrier, ids) = (Arc::clone(&db), Arc::clone(&barrier), ids.clone());
+        let lookup = f.lookup;
+        std::thread::spawn(move || {
+            let store = db.open();
+            let sha = "ab".repeat(32);
+            barrier.wait();
+            let mut stored = HashSet::new();
+            for id in ids {
+                match store
+                    .record_answer(&answer(lookup, id, &sha, later))
+                    .unwrap()
+                {
+                    AnswerOutcome::Stored => {
+                        stored.insert(id);
+                    }
+                    AnswerOutcome::NotLeased => {}
+                    AnswerOutcome::Duplicate => panic!("job {id} answered twice"),
+                }
+            }
+            stored
+        })
+    };
+    let leaser = {
+        let (db, barrier) = (Arc::clone(&db), Arc::clone(&barrier));
+        std::thread::spawn(move || {
+            let store = db.open();
+            barrier.wait();
+            let mut mine = HashSet::new();
+            for _ in 0..200 {
+                for l in lease(&*store, other, 16, later + 600, later).unwrap() {
+                    assert!(mine.insert(l.job_id), "job {} leased twice", l.job_id);
+                }
+            }
+            mine
+        })
+    };
+    expirer.join().unwrap();
+    let stored = answerer.join().unwrap();
+    let mut leased = leaser.join().unwrap();
+    let store = db.open();
+    // What the leaser did not reach is still queued: lease the rest now.
+    loop {
+        let got = lease(&*store, other, 1_000, later + 600, later).unwrap();
+        if got.is_empty() {
+            break;
+        }
+        leased.extend(got.iter().map(|l| l.job_id));
+    }
+    assert!(
+        stored.is_disjoint(&leased),
+        "a job both answered and leased again"
+    );
+    assert_eq!(
+        stored.len() + leased.len(),
+        JOBS as usize,
+        "every job accounted for"
+    );
+    assert_eq!(
+        counts(&*store),
+        [0, leased.len() as u64, stored.len() as u64, 0]
+    );
+    for id in &leased {
+        let v = view(&*store, f.author, *id);
+        assert_eq!(v.attempts, 1, "job {id}: the expired lease counted once");
+    }
+}
+
 // ------------------------------------------------------------------ corrupt data
 
 #[test]
@@ -1650,4 +1888,6 @@ conformance!(
     job_pages_are_stable_and_cover_every_job_once,
     the_change_feed_numbers_changes_and_tells_why_jobs_wait,
     a_login_token_is_used_once_expires_and_ends_with_its_author,
+    duplicate_answers_racing_through_separate_handles_are_stored_once,
+    expiry_late_answers_and_new_leases_racing_agree,
 );

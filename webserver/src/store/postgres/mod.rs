@@ -1,22 +1,50 @@
 //! The metadata store on PostgreSQL, for a grid of several web servers sharing one database
-//! (`docs/scale-out.md`, being written with issue 14).
+//! (`docs/scale-out.md`).
 //!
-//! **In progress.** What is here and tested: connecting (a `deadpool-postgres` pool of
-//! `tokio-postgres` connections, TLS through rustls for a remote database), and the schema
-//! migrated once however many servers start at the same moment (under a transaction-scoped
-//! advisory lock). The `Store` trait's implementation follows; until then `serve` does not
-//! offer this backend.
-//!
-//! The `Store` trait is synchronous (its calls run on actix's blocking pool or the answer
-//! committer's thread), the driver asynchronous: the store owns a small tokio runtime of its
-//! own, which drives the pool's connections, and each call blocks on it.
+//! - **Connections.** A `deadpool-postgres` pool of `tokio-postgres` connections; TLS through
+//!   rustls when the URL asks for it (`sslmode=require`), with the CA given in [`PgOptions`].
+//!   Every statement has a time limit (`statement_timeout`), so does an idle transaction, the
+//!   connection attempt and the wait for a pooled connection.
+//! - **Synchronous over asynchronous.** The `Store` trait is synchronous (its calls run on
+//!   actix's blocking pool or the answer committer's thread); the store owns a small tokio
+//!   runtime that drives the pool's connections, and each call blocks on it. No transaction
+//!   is held across an HTTP exchange: each trait call is one transaction, begun and committed
+//!   inside the call.
+//! - **One job, one holder.** Leasing is one statement per batch (`FOR UPDATE SKIP LOCKED`:
+//!   two servers leasing at once take different jobs, never wait for each other). Every
+//!   answer, renewal, release and failure report is an `UPDATE … WHERE` on the holder
+//!   (`lease_lookup` / `last_lookup`), which PostgreSQL re-checks on the row's newest version
+//!   after waiting for a concurrent writer (read committed): two lookups never hold one job, an
+//!   answer is taken once, whichever server each request reaches.
+//! - **The database's clock.** In production ([`PgClock::Database`]) every time the store
+//!   compares or records is the database's (`now()` of the transaction), never a web
+//!   server's: a caller's `until`/`expires_at` are taken as durations from the caller's `now`
+//!   and laid onto the database's clock, so servers whose clocks disagree still agree on
+//!   when a lease ends. [`PgClock::Caller`] takes the caller's times as they are (the
+//!   conformance suite drives the clock so).
+//! - **The change feed.** Its numbers come from one counter row, taken as the last statement
+//!   of a transaction (numbers committed in order; see `schema`).
+//! - **Retries.** A transaction PostgreSQL aborted for a deadlock or a serialization failure,
+//!   or one that could not begin because its pooled connection had died (the database
+//!   restarted), is run again (a few times). A failure at `COMMIT` is not retried: whether it
+//!   committed is unknown, and the caller reports the error.
+//! - **Wake-ups.** Transactions that queue jobs `NOTIFY rjs_queued`; [`PgStore::queue_hint`]
+//!   is woken by a `LISTEN`ing connection, so a lookup's event stream on one server hears of
+//!   jobs queued through another (polling stays the truth: see `server::queue`).
 
 mod schema;
+mod sessions;
+mod store;
+mod views;
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use rjs_wire::api::{JobState, JobView};
+use tokio_postgres::Row;
+use tokio_postgres::error::SqlState;
 
 use super::StoreError;
 
@@ -24,6 +52,15 @@ use super::StoreError;
 pub const MAX_CONNECTIONS: usize = 16;
 /// The advisory lock every server takes to migrate (any constant shared by all of them).
 const MIGRATION_LOCK: i64 = 0x524a_535f_5343_4845; // "RJS_SCHE"
+/// The channel of queue wake-ups.
+const QUEUE_CHANNEL: &str = "rjs_queued";
+/// Times a transaction is tried when PostgreSQL aborted it (deadlock, serialization) or its
+/// connection was found dead before it began.
+const ATTEMPTS: u32 = 5;
+/// Longest a statement may run.
+const STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest a whole store call may take (waiting for a connection, retries included).
+const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl From<tokio_postgres::Error> for StoreError {
     fn from(e: tokio_postgres::Error) -> Self {
@@ -37,18 +74,30 @@ impl From<deadpool_postgres::PoolError> for StoreError {
     }
 }
 
+/// Whose clock the store reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PgClock {
+    /// The database's (`now()`): what production uses, so that every web server agrees.
+    #[default]
+    Database,
+    /// The `now` each call is given (tests that drive the clock).
+    Caller,
+}
+
 /// How to reach the database.
 #[derive(Clone)]
 pub struct PgOptions {
     /// A `postgres://` URL (a Unix socket folder as `?host=/path`).
     pub url: String,
     /// The TLS client used when the URL's `sslmode` asks for TLS (ignored on a Unix socket);
-    /// `None`: the web server's default (no roots but the ones given later, so TLS to a
-    /// remote database needs its CA configured).
+    /// `None`: no trusted roots, so TLS to a remote database needs its CA configured.
     pub tls: Option<Arc<rustls::ClientConfig>>,
     /// How long taking a connection from the pool may wait (the database down, or every
     /// connection busy) before the call fails.
     pub wait: Duration,
+    pub clock: PgClock,
+    /// Connections kept at most.
+    pub max_connections: usize,
 }
 
 impl PgOptions {
@@ -57,6 +106,8 @@ impl PgOptions {
             url: url.into(),
             tls: None,
             wait: Duration::from_secs(10),
+            clock: PgClock::Database,
+            max_connections: MAX_CONNECTIONS,
         }
     }
 }
@@ -65,21 +116,57 @@ impl PgOptions {
 pub struct PgStore {
     rt: tokio::runtime::Runtime,
     pool: Pool,
+    clock: PgClock,
+    /// Woken when a transaction (of any server) queued jobs.
+    queue_hint: Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for PgStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PgStore").finish_non_exhaustive()
+        f.debug_struct("PgStore")
+            .field("clock", &self.clock)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A transaction of the store's.
+type Tx<'a> = deadpool_postgres::Transaction<'a>;
+
+/// The time of one call: the store's `now` and the shift from the caller's clock to it.
+#[derive(Debug, Clone, Copy)]
+struct Clock {
+    now: i64,
+    shift: i64,
+}
+
+impl Clock {
+    /// A caller's absolute time (`until`, `expires_at`) on the store's clock.
+    fn at(&self, caller_time: i64) -> i64 {
+        caller_time.saturating_add(self.shift)
     }
 }
 
 impl PgStore {
     /// Connects and brings the schema up to date (refusing a newer one).
     pub fn connect(opts: &PgOptions) -> Result<PgStore, StoreError> {
-        let config: tokio_postgres::Config = opts
+        let mut config: tokio_postgres::Config = opts
             .url
             .parse()
             .map_err(|e| StoreError::Backend(Box::new(e)))?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(opts.wait);
+        }
+        config.keepalives(true);
+        config.keepalives_idle(Duration::from_secs(30));
+        if config.get_options().is_none() {
+            config.options(format!(
+                "-c statement_timeout={} -c idle_in_transaction_session_timeout={} \
+                 -c lock_timeout={}",
+                STATEMENT_TIMEOUT.as_millis(),
+                CALL_TIMEOUT.as_millis(),
+                STATEMENT_TIMEOUT.as_millis()
+            ));
+        }
         let tls = match &opts.tls {
             Some(c) => (**c).clone(),
             None => rustls::ClientConfig::builder()
@@ -88,8 +175,8 @@ impl PgStore {
         };
         let tls = tokio_postgres_rustls::MakeRustlsConnect::new(tls);
         let manager = Manager::from_config(
-            config,
-            tls,
+            config.clone(),
+            tls.clone(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -103,15 +190,25 @@ impl PgStore {
         let pool = {
             let _guard = rt.enter();
             Pool::builder(manager)
-                .max_size(MAX_CONNECTIONS)
+                .max_size(opts.max_connections.max(1))
                 .runtime(Runtime::Tokio1)
                 .wait_timeout(Some(opts.wait))
                 .create_timeout(Some(opts.wait))
+                .recycle_timeout(Some(opts.wait))
                 .build()
                 .map_err(|e| StoreError::Backend(Box::new(e)))?
         };
-        let store = PgStore { rt, pool };
+        let queue_hint = Arc::new(tokio::sync::Notify::new());
+        let store = PgStore {
+            rt,
+            pool,
+            clock: opts.clock,
+            queue_hint: queue_hint.clone(),
+        };
         store.migrate()?;
+        store
+            .rt
+            .spawn(listen_for_queued(config, tls, queue_hint, opts.wait));
         Ok(store)
     }
 
@@ -122,19 +219,24 @@ impl PgStore {
 
     /// The schema version of the database.
     pub fn database_version(&self) -> Result<i64, StoreError> {
-        self.rt.block_on(async {
-            let client = self.pool.get().await?;
-            let row = client
+        self.read(async |tx| {
+            let row = tx
                 .query_one("SELECT version FROM schema_version", &[])
                 .await?;
-            Ok(row.get::<_, i32>(0) as i64)
+            Ok(i64::from(row.try_get::<_, i32>(0)?))
         })
+    }
+
+    /// Woken (as a hint: it may also fire for nothing, and polling stays the truth) when a
+    /// transaction of any server sharing the database queued jobs.
+    pub fn queue_hint(&self) -> Arc<tokio::sync::Notify> {
+        self.queue_hint.clone()
     }
 
     /// Applies the steps the database lacks, all in one transaction that holds the migration
     /// lock: several servers starting at once migrate once, one after another.
     fn migrate(&self) -> Result<(), StoreError> {
-        self.rt.block_on(async {
+        self.call(async {
             let mut client = self.pool.get().await?;
             let tx = client.transaction().await?;
             tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
@@ -150,7 +252,7 @@ impl PgStore {
             let version: i32 = tx
                 .query_one("SELECT version FROM schema_version", &[])
                 .await?
-                .get(0);
+                .try_get(0)?;
             let known = schema::MIGRATIONS.len();
             let version = usize::try_from(version).map_err(|_| {
                 StoreError::Schema(format!("the database has schema version {version}"))
@@ -175,4 +277,287 @@ impl PgStore {
             Ok(())
         })
     }
+
+    /// Runs `fut` on the store's runtime, within [`CALL_TIMEOUT`].
+    fn call<T>(&self, fut: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
+        self.rt.block_on(async {
+            tokio::time::timeout(CALL_TIMEOUT, fut)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(StoreError::Backend(
+                        format!(
+                            "the database did not answer within {} s",
+                            CALL_TIMEOUT.as_secs()
+                        )
+                        .into(),
+                    ))
+                })
+        })
+    }
+
+    /// Runs `f` in one read-write transaction, committed if it succeeds (tried again if
+    /// PostgreSQL aborted it, see the module's notes).
+    fn write<T>(&self, f: impl AsyncFn(&Tx<'_>) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        self.transact(false, f)
+    }
+
+    /// Runs `f` in one read-only transaction.
+    fn read<T>(&self, f: impl AsyncFn(&Tx<'_>) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        self.transact(true, f)
+    }
+
+    fn transact<T>(
+        &self,
+        read_only: bool,
+        f: impl AsyncFn(&Tx<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.call(async {
+            let mut attempt = 1;
+            loop {
+                let mut client = self.pool.get().await?;
+                let tx = match client
+                    .build_transaction()
+                    .read_only(read_only)
+                    .start()
+                    .await
+                {
+                    Ok(tx) => tx,
+                    // Nothing was done: a dead pooled connection (it is not returned to the
+                    // pool), try another.
+                    Err(e) if attempt < ATTEMPTS && e.is_closed() => {
+                        attempt += 1;
+                        continue;
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                match f(&tx).await {
+                    Ok(value) => {
+                        tx.commit().await?;
+                        return Ok(value);
+                    }
+                    Err(e) if attempt < ATTEMPTS && retryable(&e) => {
+                        drop(tx);
+                        attempt += 1;
+                        // A deadlock's other party goes on meanwhile.
+                        tokio::time::sleep(Duration::from_millis(2 << attempt)).await;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        })
+    }
+
+    /// The time of a call made with the caller's `now`: the database's in
+    /// [`PgClock::Database`] (the transaction's start), else the caller's.
+    async fn clock(&self, tx: &Tx<'_>, caller_now: i64) -> Result<Clock, StoreError> {
+        let now = match self.clock {
+            PgClock::Caller => caller_now,
+            PgClock::Database => tx
+                .query_one("SELECT floor(extract(epoch FROM now()))::bigint", &[])
+                .await?
+                .try_get(0)?,
+        };
+        Ok(Clock {
+            now,
+            shift: now.saturating_sub(caller_now),
+        })
+    }
+}
+
+/// Whether a transaction failed in a way that running it again may cure: PostgreSQL aborted
+/// it (deadlock, serialization failure), or its connection died before it committed (the
+/// transaction was rolled back with it).
+fn retryable(e: &StoreError) -> bool {
+    let StoreError::Backend(source) = e else {
+        return false;
+    };
+    let Some(e) = source.downcast_ref::<tokio_postgres::Error>() else {
+        return false;
+    };
+    e.is_closed()
+        || matches!(
+            e.code(),
+            Some(c) if *c == SqlState::T_R_DEADLOCK_DETECTED
+                || *c == SqlState::T_R_SERIALIZATION_FAILURE
+        )
+}
+
+/// Keeps one connection `LISTEN`ing on [`QUEUE_CHANNEL`], waking `hint` at each notification
+/// (and once after each reconnection, since notifications sent meanwhile were lost).
+async fn listen_for_queued(
+    config: tokio_postgres::Config,
+    tls: tokio_postgres_rustls::MakeRustlsConnect,
+    hint: Arc<tokio::sync::Notify>,
+    pause: Duration,
+) {
+    use futures_util::StreamExt as _;
+    loop {
+        match config.connect(tls.clone()).await {
+            Ok((client, mut connection)) => {
+                let mut messages =
+                    futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+                let statement = format!("LISTEN {QUEUE_CHANNEL}");
+                let listen = client.batch_execute(&statement);
+                // The connection must be polled for the LISTEN to complete.
+                let mut listen = std::pin::pin!(listen);
+                let listened = loop {
+                    tokio::select! {
+                        r = &mut listen => break r,
+                        m = messages.next() => if m.is_none() { break Ok(()) },
+                    }
+                };
+                if let Err(e) = listened {
+                    tracing::warn!(error = %rjs_cmd::chain(&e), "listening for queued jobs");
+                } else {
+                    hint.notify_one();
+                    while let Some(message) = messages.next().await {
+                        match message {
+                            Ok(tokio_postgres::AsyncMessage::Notification(_)) => hint.notify_one(),
+                            Ok(_) => {}
+                            Err(e) => {
+                                tracing::warn!(error = %rjs_cmd::chain(&e),
+                                               "the queue listener's connection failed");
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %rjs_cmd::chain(&e), "connecting the queue listener")
+            }
+        }
+        tokio::time::sleep(pause.min(Duration::from_secs(2))).await;
+    }
+}
+
+// ------------------------------------------------------------------ row helpers
+
+/// A value read from the database that does not fit its Rust type.
+fn bad_value(what: String) -> StoreError {
+    StoreError::Backend(what.into())
+}
+
+fn get_u32(r: &Row, idx: usize) -> Result<u32, StoreError> {
+    let v: i64 = r.try_get(idx)?;
+    u32::try_from(v).map_err(|_| bad_value(format!("column {idx}: {v} is out of range")))
+}
+
+fn get_u64(r: &Row, idx: usize) -> Result<u64, StoreError> {
+    let v: i64 = r.try_get(idx)?;
+    u64::try_from(v).map_err(|_| bad_value(format!("column {idx}: {v} is out of range")))
+}
+
+fn get_opt_u64(r: &Row, idx: usize) -> Result<Option<u64>, StoreError> {
+    let v: Option<i64> = r.try_get(idx)?;
+    v.map(|v| u64::try_from(v).map_err(|_| bad_value(format!("column {idx}: {v} is out of range"))))
+        .transpose()
+}
+
+fn get_state(r: &Row, idx: usize) -> Result<JobState, StoreError> {
+    let s: &str = r.try_get(idx)?;
+    JobState::parse(s).ok_or_else(|| bad_value(format!("unknown job state {s:?}")))
+}
+
+fn to_i64(v: u64, what: &str) -> Result<i64, StoreError> {
+    i64::try_from(v)
+        .map_err(|_| bad_value(format!("{what} {v} does not fit in a database integer")))
+}
+
+const VIEW_COLS: &str = "j.id, j.bundle_id, b.name, j.task, j.tasks, j.state, j.attempts, \
+                         j.reason, j.outcome, j.node, j.answer_bytes, j.created_at, j.updated_at, \
+                         j.submission_id, j.wait_reason, \
+                         (SELECT l.name FROM lookups l WHERE l.id = j.lease_lookup)";
+
+fn view_from_row(r: &Row) -> Result<JobView, StoreError> {
+    Ok(JobView {
+        id: r.try_get(0)?,
+        submission_id: r.try_get(13)?,
+        waiting: r.try_get(14)?,
+        leased_by: r.try_get(15)?,
+        bundle_id: r.try_get(1)?,
+        name: r.try_get(2)?,
+        task: get_u32(r, 3)?,
+        tasks: get_u32(r, 4)?,
+        state: get_state(r, 5)?,
+        attempts: get_u32(r, 6)?,
+        reason: r.try_get(7)?,
+        outcome: r.try_get(8)?,
+        node: r.try_get(9)?,
+        answer_bytes: get_opt_u64(r, 10)?,
+        created_at: r.try_get(11)?,
+        updated_at: r.try_get(12)?,
+    })
+}
+
+/// Every row of `sql` (a cached statement), mapped.
+async fn all_rows<T>(
+    tx: &Tx<'_>,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    map: impl Fn(&Row) -> Result<T, StoreError>,
+) -> Result<Vec<T>, StoreError> {
+    let stmt = tx.prepare_cached(sql).await?;
+    tx.query(&stmt, params).await?.iter().map(map).collect()
+}
+
+/// The row of `sql` (a cached statement) mapped, if there is one.
+async fn optional_row<T>(
+    tx: &Tx<'_>,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    map: impl FnOnce(&Row) -> Result<T, StoreError>,
+) -> Result<Option<T>, StoreError> {
+    let stmt = tx.prepare_cached(sql).await?;
+    tx.query_opt(&stmt, params)
+        .await?
+        .as_ref()
+        .map(map)
+        .transpose()
+}
+
+/// The first column of the one row of `sql` (a cached statement).
+async fn one_value<T: for<'a> tokio_postgres::types::FromSql<'a>>(
+    tx: &Tx<'_>,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Result<T, StoreError> {
+    let stmt = tx.prepare_cached(sql).await?;
+    Ok(tx.query_one(&stmt, params).await?.try_get(0)?)
+}
+
+/// Runs `sql` (a cached statement); the rows it changed.
+async fn execute(
+    tx: &Tx<'_>,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Result<u64, StoreError> {
+    let stmt = tx.prepare_cached(sql).await?;
+    Ok(tx.execute(&stmt, params).await?)
+}
+
+/// Numbers the changes of these jobs (in this order) from the change counter. The LAST
+/// statement of a transaction that changes jobs: the counter row stays locked until the
+/// transaction commits, so numbers are committed in order.
+async fn number_changes(tx: &Tx<'_>, job_ids: &[i64]) -> Result<(), StoreError> {
+    if job_ids.is_empty() {
+        return Ok(());
+    }
+    let n = job_ids.len() as i64;
+    execute(
+        tx,
+        "WITH c AS (UPDATE change_counter SET seq = seq + $1 RETURNING seq - $1 AS base)
+         UPDATE jobs j SET change_seq = c.base + o.ord
+         FROM c, unnest($2::bigint[]) WITH ORDINALITY AS o(id, ord)
+         WHERE j.id = o.id",
+        &[&n, &job_ids],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Wakes every server's queue listener when this transaction commits (jobs were queued).
+async fn notify_queued(tx: &Tx<'_>) -> Result<(), StoreError> {
+    execute(tx, "SELECT pg_notify($1, '')", &[&QUEUE_CHANNEL]).await?;
+    Ok(())
 }

@@ -1,7 +1,7 @@
 //! The PostgreSQL schema, as numbered steps (`schema_version` holds the last applied). The
 //! same tables as the SQLite store's (`sqlite::MIGRATIONS` after its step 5), written for
-//! PostgreSQL: identities for ids, `boolean` flags, `bytea` answers, a sequence for the
-//! change feed, and PL/pgSQL triggers for the per-submission counts.
+//! PostgreSQL: identities for ids, `boolean` flags, `bytea` answers, a counter row for the
+//! change feed taken last in each transaction, and PL/pgSQL triggers for the per-submission counts.
 
 /// Schema steps: step `i` takes `schema_version` from `i` to `i + 1`. Append only.
 pub(super) const MIGRATIONS: &[&str] = &[
@@ -54,10 +54,15 @@ CREATE TABLE submissions (
 );
 CREATE INDEX submissions_author_bundle ON submissions (author_id, bundle_id, id);
 
--- The change feed's numbers: one per statement that changes what the feed shows. Gaps
--- (a rolled-back number) are harmless; numbers are handed out in commit order only roughly,
--- which the feed tolerates by reading behind its cursor (see `views`).
-CREATE SEQUENCE change_seq;
+-- The change feed's counter: the last number given to a change. A transaction that changes
+-- jobs the feed shows takes its numbers from this row as its LAST statement and holds the
+-- row's lock until it commits, so numbers become visible in order (a reader that saw number n
+-- has seen every number below it): the feed never misses a change that committed late.
+CREATE TABLE change_counter (
+    one BOOLEAN PRIMARY KEY DEFAULT true CHECK (one),
+    seq BIGINT  NOT NULL
+);
+INSERT INTO change_counter (seq) VALUES (0);
 
 CREATE TABLE jobs (
     id            BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,

@@ -1,0 +1,1020 @@
+//! [`Store`] on PostgreSQL: the same rules as `sqlite` (the conformance suite holds both to
+//! them), written so that several web servers may run each call at the same moment.
+
+use std::collections::HashSet;
+
+use rjs_signer::manifest::node_serves;
+use rjs_wire::api::{JobState, JobView, Lease};
+use tokio_postgres::Row;
+use tokio_postgres::error::SqlState;
+
+use super::{
+    PgStore, Tx, VIEW_COLS, all_rows, bad_value, execute, get_state, get_u32, get_u64,
+    notify_queued, number_changes, one_value, optional_row, to_i64, view_from_row,
+};
+use crate::store::sqlite::LEASE_EXPIRED;
+use crate::store::{
+    AnswerOutcome, AnswerRef, AnswerTarget, Author, INLINE_ANSWER_MAX, LookupServer, NewAnswer,
+    NewSubmission, Store, StoreError, Submission,
+};
+
+pub(super) const AUTHOR_COLS: &str = "id, name, public_key, fingerprint, created_at, removed";
+
+pub(super) fn author_from_row(r: &Row) -> Result<Author, StoreError> {
+    Ok(Author {
+        id: r.try_get(0)?,
+        name: r.try_get(1)?,
+        public_key: r.try_get(2)?,
+        fingerprint: r.try_get(3)?,
+        created_at: r.try_get(4)?,
+        removed: r.try_get(5)?,
+    })
+}
+
+const LOOKUP_COLS: &str = "id, name, cert_sha256, created_at, revoked";
+
+fn lookup_from_row(r: &Row) -> Result<LookupServer, StoreError> {
+    Ok(LookupServer {
+        id: r.try_get(0)?,
+        name: r.try_get(1)?,
+        cert_sha256: r.try_get(2)?,
+        created_at: r.try_get(3)?,
+        revoked: r.try_get(4)?,
+    })
+}
+
+/// The columns every lease query returns, in this order (`j` the job).
+const LEASE_COLUMNS: &str = "j.id, j.bundle_id, j.task, j.tasks, j.grp, j.attempts, \
+     (SELECT a.fingerprint FROM authors a WHERE a.id = j.author_id), j.lease_until";
+
+/// A [`Lease`] from a row of [`LEASE_COLUMNS`] (the attempt it will be is one more than those
+/// counted).
+fn lease_row(r: &Row) -> Result<Lease, StoreError> {
+    Ok(Lease {
+        job_id: r.try_get(0)?,
+        bundle_id: r.try_get(1)?,
+        task: get_u32(r, 2)?,
+        tasks: get_u32(r, 3)?,
+        group: r.try_get(4)?,
+        attempt: get_u32(r, 5)?.saturating_add(1),
+        author_fingerprint: r.try_get(6)?,
+        lease_until: r.try_get(7)?,
+    })
+}
+
+fn is_unique_violation(e: &tokio_postgres::Error) -> bool {
+    e.code() == Some(&SqlState::UNIQUE_VIOLATION)
+}
+
+/// Runs an `INSERT … RETURNING id`; a unique-constraint violation (a race with the checks
+/// before it) is `Exists(what)`.
+async fn insert_unique(
+    tx: &Tx<'_>,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    what: impl FnOnce() -> String,
+) -> Result<i64, StoreError> {
+    let stmt = tx.prepare_cached(sql).await?;
+    // A violation aborts the transaction: the caller returns the error, which rolls it back.
+    match tx.query_one(&stmt, params).await {
+        Ok(row) => Ok(row.try_get(0)?),
+        Err(e) if is_unique_violation(&e) => Err(StoreError::Exists(what())),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Refuses with `Exists(what)` if the `SELECT EXISTS (…)` query `sql` finds a row for `value`.
+async fn refuse_taken(
+    tx: &Tx<'_>,
+    sql: &str,
+    value: &str,
+    what: impl FnOnce() -> String,
+) -> Result<(), StoreError> {
+    if one_value::<bool>(tx, sql, &[&value]).await? {
+        return Err(StoreError::Exists(what()));
+    }
+    Ok(())
+}
+
+/// Records a request nonce (pruning expired ones first); false if this author used it
+/// before.
+async fn insert_nonce(
+    tx: &Tx<'_>,
+    author_id: i64,
+    nonce: &str,
+    expires_at: i64,
+    now: i64,
+) -> Result<bool, StoreError> {
+    execute(tx, "DELETE FROM nonces WHERE expires_at < $1", &[&now]).await?;
+    let n = execute(
+        tx,
+        "INSERT INTO nonces (author_id, nonce, expires_at) VALUES ($1, $2, $3)
+         ON CONFLICT (author_id, nonce) DO NOTHING",
+        &[&author_id, &nonce, &expires_at],
+    )
+    .await?;
+    Ok(n == 1)
+}
+
+/// Ids in first-seen order, without repeats.
+fn dedup(ids: &[i64]) -> Vec<i64> {
+    let mut seen = HashSet::with_capacity(ids.len());
+    ids.iter().copied().filter(|id| seen.insert(*id)).collect()
+}
+
+/// The node groups a lease asks for, normalised as [`node_serves`] reads them; `None` means
+/// any group (no groups given, or one of them is the root).
+fn group_filter(groups: &[String]) -> Option<Vec<&str>> {
+    if groups.is_empty() {
+        return None;
+    }
+    let mut out: Vec<&str> = Vec::with_capacity(groups.len());
+    for g in groups {
+        let g = g.trim_end_matches('/');
+        if g.is_empty() {
+            return None;
+        }
+        if !out.contains(&g) {
+            out.push(g);
+        }
+    }
+    Some(out)
+}
+
+/// Requeues (attempts + 1, reason "lease expired") or fails the jobs whose lease ended before
+/// `now`; returns how many were requeued. Jobs another transaction is changing right now are
+/// skipped (the next pass takes them), so no server waits for another here.
+async fn expire_in(tx: &Tx<'_>, now: i64, max_attempts: u32) -> Result<u64, StoreError> {
+    let rows = tx
+        .query(
+            &tx.prepare_cached(
+                "WITH expired AS (
+                     SELECT id FROM jobs WHERE state = 'leased' AND lease_until < $1
+                     ORDER BY id FOR UPDATE SKIP LOCKED)
+                 UPDATE jobs j
+                    SET state = CASE WHEN j.attempts + 1 >= $2 THEN 'failed' ELSE 'queued' END,
+                        attempts = j.attempts + 1, reason = $3, lease_lookup = NULL,
+                        lease_until = NULL, updated_at = $1
+                   FROM expired WHERE j.id = expired.id
+                 RETURNING j.id, j.state",
+            )
+            .await?,
+            &[&now, &i64::from(max_attempts), &LEASE_EXPIRED],
+        )
+        .await?;
+    let mut ids = Vec::with_capacity(rows.len());
+    let mut requeued = 0;
+    for r in &rows {
+        ids.push(r.try_get::<_, i64>(0)?);
+        if get_state(r, 1)? == JobState::Queued {
+            requeued += 1;
+        }
+    }
+    ids.sort_unstable();
+    if requeued > 0 {
+        notify_queued(tx).await?;
+    }
+    number_changes(tx, &ids).await?;
+    Ok(requeued)
+}
+
+/// Checks an answer before any write: sizes fit, an inline archive is as long as announced and
+/// small enough.
+fn check_answer(a: &NewAnswer<'_>) -> Result<i64, StoreError> {
+    let size = to_i64(a.size, "answer size")?;
+    if let Some(bytes) = a.inline
+        && (bytes.len() as u64 != a.size || a.size > INLINE_ANSWER_MAX)
+    {
+        return Err(StoreError::Conflict(format!(
+            "inline answer for job {}: {} bytes, announced {} (at most {INLINE_ANSWER_MAX})",
+            a.job_id,
+            bytes.len(),
+            a.size
+        )));
+    }
+    Ok(size)
+}
+
+/// What an answer from `lookup_id` for `job_id` would be (see [`Store::answer_targets`]).
+async fn target_in(tx: &Tx<'_>, lookup_id: i64, job_id: i64) -> Result<AnswerTarget, StoreError> {
+    let row: Option<(bool, Option<i64>)> = optional_row(
+        tx,
+        "SELECT answer_sha256 IS NOT NULL, last_lookup FROM jobs WHERE id = $1",
+        &[&job_id],
+        |r| Ok((r.try_get(0)?, r.try_get(1)?)),
+    )
+    .await?;
+    Ok(match row {
+        None => AnswerTarget::Missing,
+        Some((_, last)) if last != Some(lookup_id) => AnswerTarget::NotLeased,
+        Some((true, _)) => AnswerTarget::Answered,
+        Some((false, _)) => AnswerTarget::Open,
+    })
+}
+
+/// Records one answer inside `tx` (see [`Store::record_answer`]): a conditional update on the
+/// last holder, so that of two answers racing (through two servers) one is stored and the
+/// other, re-checked on the row's newest version, is a duplicate. Returns the outcome and
+/// whether the job changed.
+async fn record_in(
+    tx: &Tx<'_>,
+    a: &NewAnswer<'_>,
+    size: i64,
+    now: i64,
+) -> Result<AnswerOutcome, StoreError> {
+    let n = execute(
+        tx,
+        "UPDATE jobs SET state = 'done', outcome = $1, node = $2, answer_sha256 = $3,
+                answer_bytes = $4, answer_lookup = $5, lease_lookup = NULL,
+                lease_until = NULL, updated_at = $6, wait_reason = NULL
+         WHERE id = $7 AND answer_sha256 IS NULL AND last_lookup = $5",
+        &[
+            &a.outcome,
+            &a.node,
+            &a.sha256,
+            &size,
+            &a.lookup_id,
+            &now,
+            &a.job_id,
+        ],
+    )
+    .await?;
+    if n == 1 {
+        if let Some(bytes) = a.inline {
+            execute(
+                tx,
+                "INSERT INTO answer_data (job_id, bytes) VALUES ($1, $2)",
+                &[&a.job_id, &bytes],
+            )
+            .await?;
+        }
+        return Ok(AnswerOutcome::Stored);
+    }
+    match target_in(tx, a.lookup_id, a.job_id).await? {
+        AnswerTarget::Missing => Err(StoreError::NotFound(format!("job {}", a.job_id))),
+        AnswerTarget::NotLeased => Ok(AnswerOutcome::NotLeased),
+        AnswerTarget::Answered => Ok(AnswerOutcome::Duplicate),
+        AnswerTarget::Open => Err(StoreError::Conflict(format!(
+            "job {} changed while its answer was recorded",
+            a.job_id
+        ))),
+    }
+}
+
+/// Takes the row locks of these jobs in id order, before a transaction changes several of
+/// them in another order: two such transactions (two servers) then never deadlock.
+async fn lock_in_order(tx: &Tx<'_>, job_ids: &[i64]) -> Result<(), StoreError> {
+    if job_ids.len() > 1 {
+        execute(
+            tx,
+            "SELECT 1 FROM jobs WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+            &[&job_ids],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Checks that the lookup exists and is not revoked.
+async fn active_lookup(tx: &Tx<'_>, lookup_id: i64) -> Result<(), StoreError> {
+    let revoked: Option<bool> = optional_row(
+        tx,
+        "SELECT revoked FROM lookups WHERE id = $1",
+        &[&lookup_id],
+        |r| Ok(r.try_get(0)?),
+    )
+    .await?;
+    match revoked {
+        None => Err(StoreError::NotFound(format!("lookup server {lookup_id}"))),
+        Some(true) => Err(StoreError::Revoked(format!("lookup server {lookup_id}"))),
+        Some(false) => Ok(()),
+    }
+}
+
+impl Store for PgStore {
+    // ---------------------------------------------------------------- authors
+
+    fn add_author(
+        &self,
+        name: &str,
+        public_key: &str,
+        fingerprint: &str,
+        now: i64,
+    ) -> Result<Author, StoreError> {
+        let name_exists = || format!("author {name:?}");
+        self.write(async |tx| {
+            let t = self.clock(tx, now).await?.now;
+            refuse_taken(
+                tx,
+                "SELECT EXISTS (SELECT 1 FROM authors WHERE name = $1 AND NOT removed)",
+                name,
+                name_exists,
+            )
+            .await?;
+            refuse_taken(
+                tx,
+                "SELECT EXISTS (SELECT 1 FROM authors WHERE public_key = $1 AND NOT removed)",
+                public_key,
+                || format!("an author with key {public_key}"),
+            )
+            .await?;
+            let id = insert_unique(
+                tx,
+                "INSERT INTO authors (name, public_key, fingerprint, created_at)
+                 VALUES ($1, $2, $3, $4) RETURNING id",
+                &[&name, &public_key, &fingerprint, &t],
+                name_exists,
+            )
+            .await?;
+            Ok(Author {
+                id,
+                name: name.to_owned(),
+                public_key: public_key.to_owned(),
+                fingerprint: fingerprint.to_owned(),
+                created_at: t,
+                removed: false,
+            })
+        })
+    }
+
+    fn remove_author(&self, name: &str) -> Result<(), StoreError> {
+        self.write(async |tx| {
+            let id: Option<i64> = optional_row(
+                tx,
+                "UPDATE authors SET removed = true WHERE name = $1 AND NOT removed RETURNING id",
+                &[&name],
+                |r| Ok(r.try_get(0)?),
+            )
+            .await?;
+            let Some(id) = id else {
+                return Err(StoreError::NotFound(format!("author {name:?}")));
+            };
+            super::sessions::end_all_of(tx, id).await
+        })
+    }
+
+    fn list_authors(&self) -> Result<Vec<Author>, StoreError> {
+        let sql = format!("SELECT {AUTHOR_COLS} FROM authors ORDER BY id");
+        self.read(async |tx| all_rows(tx, &sql, &[], author_from_row).await)
+    }
+
+    fn author_by_key(&self, public_key: &str) -> Result<Option<Author>, StoreError> {
+        let sql =
+            format!("SELECT {AUTHOR_COLS} FROM authors WHERE public_key = $1 AND NOT removed");
+        self.read(async |tx| optional_row(tx, &sql, &[&public_key], author_from_row).await)
+    }
+
+    fn nonce_used(&self, author_id: i64, nonce: &str, now: i64) -> Result<bool, StoreError> {
+        self.read(async |tx| {
+            let t = self.clock(tx, now).await?.now;
+            one_value(
+                tx,
+                "SELECT EXISTS (SELECT 1 FROM nonces
+                                WHERE author_id = $1 AND nonce = $2 AND expires_at >= $3)",
+                &[&author_id, &nonce, &t],
+            )
+            .await
+        })
+    }
+
+    fn use_nonce(
+        &self,
+        author_id: i64,
+        nonce: &str,
+        expires_at: i64,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        self.write(async |tx| {
+            let c = self.clock(tx, now).await?;
+            insert_nonce(tx, author_id, nonce, c.at(expires_at), c.now).await
+        })
+    }
+
+    // ---------------------------------------------------------------- lookup servers
+
+    fn add_lookup(
+        &self,
+        name: &str,
+        cert_sha256: &str,
+        now: i64,
+    ) -> Result<LookupServer, StoreError> {
+        let name_exists = || format!("lookup server {name:?}");
+        self.write(async |tx| {
+            let t = self.clock(tx, now).await?.now;
+            refuse_taken(
+                tx,
+                "SELECT EXISTS (SELECT 1 FROM lookups WHERE name = $1 AND NOT revoked)",
+                name,
+                name_exists,
+            )
+            .await?;
+            refuse_taken(
+                tx,
+                "SELECT EXISTS (SELECT 1 FROM lookups WHERE cert_sha256 = $1)",
+                cert_sha256,
+                || format!("a lookup server with certificate {cert_sha256}"),
+            )
+            .await?;
+            let id = insert_unique(
+                tx,
+                "INSERT INTO lookups (name, cert_sha256, created_at) VALUES ($1, $2, $3)
+                 RETURNING id",
+                &[&name, &cert_sha256, &t],
+                name_exists,
+            )
+            .await?;
+            Ok(LookupServer {
+                id,
+                name: name.to_owned(),
+                cert_sha256: cert_sha256.to_owned(),
+                created_at: t,
+                revoked: false,
+            })
+        })
+    }
+
+    fn revoke_lookup(&self, name: &str) -> Result<(), StoreError> {
+        self.write(async |tx| {
+            let n = execute(
+                tx,
+                "UPDATE lookups SET revoked = true WHERE name = $1 AND NOT revoked",
+                &[&name],
+            )
+            .await?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("lookup server {name:?}")));
+            }
+            Ok(())
+        })
+    }
+
+    fn list_lookups(&self) -> Result<Vec<LookupServer>, StoreError> {
+        let sql = format!("SELECT {LOOKUP_COLS} FROM lookups ORDER BY id");
+        self.read(async |tx| all_rows(tx, &sql, &[], lookup_from_row).await)
+    }
+
+    fn lookup_by_cert(&self, cert_sha256: &str) -> Result<Option<LookupServer>, StoreError> {
+        let sql =
+            format!("SELECT {LOOKUP_COLS} FROM lookups WHERE cert_sha256 = $1 AND NOT revoked");
+        self.read(async |tx| optional_row(tx, &sql, &[&cert_sha256], lookup_from_row).await)
+    }
+
+    // ---------------------------------------------------------------- author side
+
+    fn submit(&self, s: &NewSubmission<'_>) -> Result<Submission, StoreError> {
+        let size = to_i64(s.size, "bundle size")?;
+        let tasks = i64::from(s.tasks);
+        self.write(async |tx| {
+            let c = self.clock(tx, s.now).await?;
+            if let Some(n) = &s.nonce {
+                // First, so that a replay records nothing (the transaction rolls back).
+                if !insert_nonce(tx, s.author_id, n.nonce, c.at(n.expires_at), c.now).await? {
+                    return Err(StoreError::Replayed);
+                }
+            }
+            if !s.resubmit {
+                // Serialises this author's submissions of this bundle (two servers receiving
+                // the same upload at once record one submission).
+                execute(
+                    tx,
+                    "SELECT pg_advisory_xact_lock(hashtextextended($1 || '/' || $2::text, 0))",
+                    &[&s.bundle_id, &s.author_id.to_string()],
+                )
+                .await?;
+                let earlier: Option<i64> = optional_row(
+                    tx,
+                    "SELECT id FROM submissions WHERE author_id = $1 AND bundle_id = $2
+                     ORDER BY id DESC LIMIT 1",
+                    &[&s.author_id, &s.bundle_id],
+                    |r| Ok(r.try_get(0)?),
+                )
+                .await?;
+                if let Some(submission_id) = earlier {
+                    return Ok(Submission {
+                        created: false,
+                        jobs: jobs_of_submission(tx, submission_id).await?,
+                    });
+                }
+            }
+            execute(
+                tx,
+                "INSERT INTO bundles (id, author_id, name, tasks, grp, size, created_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING",
+                &[
+                    &s.bundle_id,
+                    &s.author_id,
+                    &s.name,
+                    &tasks,
+                    &s.group,
+                    &size,
+                    &c.now,
+                ],
+            )
+            .await?;
+            let submission_id: i64 = one_value(
+                tx,
+                "INSERT INTO submissions (bundle_id, author_id, created_at) VALUES ($1, $2, $3)
+                 RETURNING id",
+                &[&s.bundle_id, &s.author_id, &c.now],
+            )
+            .await?;
+            // Its counts: every job queued (the state and outcome triggers keep them).
+            execute(
+                tx,
+                "INSERT INTO submission_counts (submission_id, queued, changed_at)
+                 VALUES ($1, $2, $3)",
+                &[&submission_id, &tasks, &c.now],
+            )
+            .await?;
+            let jobs = all_rows(
+                tx,
+                "INSERT INTO jobs (submission_id, bundle_id, author_id, task, tasks, grp, state,
+                                   created_at, updated_at)
+                 SELECT $1, $2, $3, t, $4::bigint, $5, 'queued', $6, $6
+                 FROM generate_series(0, $4::bigint - 1) AS t ORDER BY t
+                 RETURNING id, task",
+                &[
+                    &submission_id,
+                    &s.bundle_id,
+                    &s.author_id,
+                    &tasks,
+                    &s.group,
+                    &c.now,
+                ],
+                |r| Ok((r.try_get(0)?, get_u32(r, 1)?)),
+            )
+            .await?;
+            let mut jobs: Vec<(i64, u32)> = jobs;
+            jobs.sort_unstable_by_key(|j| j.1);
+            if !jobs.is_empty() {
+                notify_queued(tx).await?;
+            }
+            Ok(Submission {
+                created: true,
+                jobs,
+            })
+        })
+    }
+
+    fn bundle_exists(&self, bundle_id: &str) -> Result<bool, StoreError> {
+        self.read(async |tx| {
+            one_value(
+                tx,
+                "SELECT EXISTS (SELECT 1 FROM bundles WHERE id = $1)",
+                &[&bundle_id],
+            )
+            .await
+        })
+    }
+
+    fn jobs_of_author(
+        &self,
+        author_id: i64,
+        bundle_id: Option<&str>,
+    ) -> Result<Vec<JobView>, StoreError> {
+        let sql = format!(
+            "SELECT {VIEW_COLS} FROM jobs j JOIN bundles b ON b.id = j.bundle_id
+             WHERE j.author_id = $1 AND ($2::text IS NULL OR j.bundle_id = $2)
+             ORDER BY j.submission_id DESC, j.task"
+        );
+        self.read(async |tx| all_rows(tx, &sql, &[&author_id, &bundle_id], view_from_row).await)
+    }
+
+    fn answer_of(&self, author_id: i64, job_id: i64) -> Result<AnswerRef, StoreError> {
+        self.read(async |tx| {
+            type Found = (Option<String>, Option<i64>, Option<Vec<u8>>);
+            let found: Option<Found> = optional_row(
+                tx,
+                "SELECT j.answer_sha256, j.answer_bytes, d.bytes
+                 FROM jobs j LEFT JOIN answer_data d ON d.job_id = j.id
+                 WHERE j.id = $1 AND j.author_id = $2",
+                &[&job_id, &author_id],
+                |r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)),
+            )
+            .await?;
+            match found {
+                Some((Some(sha256), Some(size), inline)) => {
+                    let size = u64::try_from(size)
+                        .map_err(|_| bad_value(format!("job {job_id}'s answer size {size}")))?;
+                    if let Some(bytes) = &inline
+                        && bytes.len() as u64 != size
+                    {
+                        return Err(bad_value(format!(
+                            "job {job_id}'s inline answer has {} bytes, recorded {size}",
+                            bytes.len()
+                        )));
+                    }
+                    Ok(AnswerRef {
+                        sha256,
+                        size,
+                        inline,
+                    })
+                }
+                Some((Some(_), None, _)) => Err(bad_value(format!(
+                    "job {job_id} has an answer without a size"
+                ))),
+                _ => Err(StoreError::NotFound(format!("answer of job {job_id}"))),
+            }
+        })
+    }
+
+    // ---------------------------------------------------------------- lookup side
+
+    fn lease(
+        &self,
+        lookup_id: i64,
+        max: u32,
+        groups: &[String],
+        until: i64,
+        now: i64,
+        max_attempts: u32,
+    ) -> Result<Vec<Lease>, StoreError> {
+        let filter = group_filter(groups);
+        // The group test is `node_serves`'s: the job's group (without a trailing '/') is
+        // empty, equals the node's, or lies above it at a '/'.
+        let sql = format!(
+            "WITH picked AS (
+                 SELECT id FROM jobs
+                 WHERE state = 'queued'
+                   AND ($1::text[] IS NULL OR EXISTS (
+                        SELECT 1 FROM unnest($1::text[]) AS g(node)
+                        WHERE rtrim(grp, '/') = '' OR g.node = rtrim(grp, '/')
+                           OR left(g.node, length(rtrim(grp, '/')) + 1) = rtrim(grp, '/') || '/'))
+                 ORDER BY id LIMIT $2
+                 FOR UPDATE SKIP LOCKED)
+             UPDATE jobs j SET state = 'leased', lease_lookup = $3, last_lookup = $3,
+                    lease_until = $4, updated_at = $5
+             FROM picked WHERE j.id = picked.id
+             RETURNING {LEASE_COLUMNS}"
+        );
+        self.write(async |tx| {
+            let c = self.clock(tx, now).await?;
+            active_lookup(tx, lookup_id).await?;
+            expire_in(tx, c.now, max_attempts).await?;
+            if max == 0 {
+                return Ok(Vec::new());
+            }
+            let mut leases = all_rows(
+                tx,
+                &sql,
+                &[&filter, &i64::from(max), &lookup_id, &c.at(until), &c.now],
+                lease_row,
+            )
+            .await?;
+            leases.sort_unstable_by_key(|l| l.job_id);
+            if let Some(g) = &filter
+                && let Some(l) = leases
+                    .iter()
+                    .find(|l| !g.iter().any(|node| node_serves(node, &l.group)))
+            {
+                // The SQL above is `node_serves`; a difference is a bug: lease nothing.
+                return Err(StoreError::Conflict(format!(
+                    "job {} of group {:?} matched groups {g:?} in SQL but not in Rust",
+                    l.job_id, l.group
+                )));
+            }
+            let ids: Vec<i64> = leases.iter().map(|l| l.job_id).collect();
+            number_changes(tx, &ids).await?;
+            Ok(leases)
+        })
+    }
+
+    fn held(
+        &self,
+        lookup_id: i64,
+        after: i64,
+        max: u32,
+        until: i64,
+        now: i64,
+    ) -> Result<Vec<Lease>, StoreError> {
+        let sql = format!(
+            "WITH held AS (
+                 SELECT id FROM jobs
+                 WHERE state = 'leased' AND lease_lookup = $1 AND lease_until >= $2 AND id > $3
+                 ORDER BY id LIMIT $4 FOR UPDATE)
+             UPDATE jobs j SET lease_until = $5, updated_at = $2
+             FROM held WHERE j.id = held.id
+             RETURNING {LEASE_COLUMNS}"
+        );
+        self.write(async |tx| {
+            let c = self.clock(tx, now).await?;
+            let mut held = all_rows(
+                tx,
+                &sql,
+                &[&lookup_id, &c.now, &after, &i64::from(max), &c.at(until)],
+                lease_row,
+            )
+            .await?;
+            held.sort_unstable_by_key(|l| l.job_id);
+            Ok(held)
+        })
+    }
+
+    fn renew(
+        &self,
+        lookup_id: i64,
+        job_ids: &[i64],
+        until: i64,
+        now: i64,
+    ) -> Result<(Vec<i64>, Vec<i64>), StoreError> {
+        let ids = dedup(job_ids);
+        self.write(async |tx| {
+            let c = self.clock(tx, now).await?;
+            let renewed: HashSet<i64> = all_rows(
+                tx,
+                "UPDATE jobs SET lease_until = $1, updated_at = $2
+                 WHERE id = ANY($3) AND state = 'leased' AND lease_lookup = $4
+                   AND lease_until >= $2
+                 RETURNING id",
+                &[&c.at(until), &c.now, &ids, &lookup_id],
+                |r| Ok(r.try_get::<_, i64>(0)?),
+            )
+            .await?
+            .into_iter()
+            .collect();
+            Ok(ids.iter().copied().partition(|id| renewed.contains(id)))
+        })
+    }
+
+    fn release(
+        &self,
+        lookup_id: i64,
+        job_ids: &[i64],
+        waiting: &[(i64, String)],
+        now: i64,
+    ) -> Result<Vec<i64>, StoreError> {
+        let ids = dedup(job_ids);
+        let reasons: Vec<Option<&str>> = ids
+            .iter()
+            .map(|id| {
+                waiting
+                    .iter()
+                    .find(|(j, _)| j == id)
+                    .map(|(_, w)| w.as_str())
+            })
+            .collect();
+        let mut in_order = ids.clone();
+        in_order.sort_unstable();
+        self.write(async |tx| {
+            let c = self.clock(tx, now).await?;
+            lock_in_order(tx, &in_order).await?;
+            let released: HashSet<i64> = all_rows(
+                tx,
+                "UPDATE jobs j SET state = 'queued', lease_lookup = NULL, lease_until = NULL,
+                        updated_at = $1, wait_reason = r.why
+                 FROM unnest($2::bigint[], $3::text[]) AS r(id, why)
+                 WHERE j.id = r.id AND j.state = 'leased' AND j.lease_lookup = $4
+                 RETURNING j.id",
+                &[&c.now, &ids, &reasons, &lookup_id],
+                |r| Ok(r.try_get::<_, i64>(0)?),
+            )
+            .await?
+            .into_iter()
+            .collect();
+            let released: Vec<i64> = ids
+                .iter()
+                .copied()
+                .filter(|id| released.contains(id))
+                .collect();
+            if !released.is_empty() {
+                notify_queued(tx).await?;
+            }
+            let mut numbered = released.clone();
+            numbered.sort_unstable();
+            number_changes(tx, &numbered).await?;
+            Ok(released)
+        })
+    }
+
+    fn set_waiting(
+        &self,
+        lookup_id: i64,
+        waiting: &[(i64, String)],
+        now: i64,
+    ) -> Result<Vec<i64>, StoreError> {
+        let mut seen = HashSet::new();
+        let (ids, reasons): (Vec<i64>, Vec<&str>) = waiting
+            .iter()
+            .filter(|(id, _)| seen.insert(*id))
+            .map(|(id, why)| (*id, why.as_str()))
+            .unzip();
+        self.write(async |tx| {
+            let c = self.clock(tx, now).await?;
+            lock_in_order(tx, &ids).await?;
+            let mut changed: Vec<i64> = all_rows(
+                tx,
+                "UPDATE jobs j SET wait_reason = r.why, updated_at = $1
+                 FROM unnest($2::bigint[], $3::text[]) AS r(id, why)
+                 WHERE j.id = r.id AND j.state = 'leased' AND j.lease_lookup = $4
+                   AND j.wait_reason IS DISTINCT FROM r.why
+                 RETURNING j.id",
+                &[&c.now, &ids, &reasons, &lookup_id],
+                |r| Ok(r.try_get::<_, i64>(0)?),
+            )
+            .await?;
+            let held: HashSet<i64> = all_rows(
+                tx,
+                "SELECT id FROM jobs WHERE id = ANY($1) AND state = 'leased' AND lease_lookup = $2",
+                &[&ids, &lookup_id],
+                |r| Ok(r.try_get::<_, i64>(0)?),
+            )
+            .await?
+            .into_iter()
+            .collect();
+            changed.sort_unstable();
+            number_changes(tx, &changed).await?;
+            Ok(ids.iter().copied().filter(|id| held.contains(id)).collect())
+        })
+    }
+
+    fn fail(
+        &self,
+        lookup_id: i64,
+        job_id: i64,
+        reason: &str,
+        max_attempts: u32,
+        now: i64,
+    ) -> Result<(JobState, u32), StoreError> {
+        self.write(async |tx| {
+            let c = self.clock(tx, now).await?;
+            let row: Option<(JobState, Option<i64>, u32)> = optional_row(
+                tx,
+                "SELECT state, lease_lookup, attempts FROM jobs WHERE id = $1 FOR UPDATE",
+                &[&job_id],
+                |r| Ok((get_state(r, 0)?, r.try_get(1)?, get_u32(r, 2)?)),
+            )
+            .await?;
+            let Some((state, holder, attempts)) = row else {
+                return Err(StoreError::NotFound(format!("job {job_id}")));
+            };
+            // A lease past its end still counts as held until it is requeued or re-leased.
+            if state != JobState::Leased || holder != Some(lookup_id) {
+                return Err(StoreError::Conflict(format!(
+                    "job {job_id} is not leased by this lookup server (it is {})",
+                    state.as_str()
+                )));
+            }
+            let attempts = attempts.saturating_add(1);
+            let new_state = if attempts >= max_attempts {
+                JobState::Failed
+            } else {
+                JobState::Queued
+            };
+            execute(
+                tx,
+                "UPDATE jobs SET state = $1, attempts = $2, reason = $3, lease_lookup = NULL,
+                        lease_until = NULL, updated_at = $4
+                 WHERE id = $5",
+                &[
+                    &new_state.as_str(),
+                    &i64::from(attempts),
+                    &reason,
+                    &c.now,
+                    &job_id,
+                ],
+            )
+            .await?;
+            if new_state == JobState::Queued {
+                notify_queued(tx).await?;
+            }
+            number_changes(tx, &[job_id]).await?;
+            Ok((new_state, attempts))
+        })
+    }
+
+    fn record_answer(&self, a: &NewAnswer<'_>) -> Result<AnswerOutcome, StoreError> {
+        let size = check_answer(a)?;
+        self.write(async |tx| {
+            let c = self.clock(tx, a.now).await?;
+            let outcome = record_in(tx, a, size, c.now).await?;
+            if outcome == AnswerOutcome::Stored {
+                number_changes(tx, &[a.job_id]).await?;
+            }
+            Ok(outcome)
+        })
+    }
+
+    fn answer_targets(
+        &self,
+        lookup_id: i64,
+        job_ids: &[i64],
+    ) -> Result<Vec<AnswerTarget>, StoreError> {
+        self.read(async |tx| {
+            let rows: Vec<(i64, bool, Option<i64>)> = all_rows(
+                tx,
+                "SELECT id, answer_sha256 IS NOT NULL, last_lookup FROM jobs WHERE id = ANY($1)",
+                &[&job_ids],
+                |r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)),
+            )
+            .await?;
+            Ok(job_ids
+                .iter()
+                .map(|id| match rows.iter().find(|r| r.0 == *id) {
+                    None => AnswerTarget::Missing,
+                    Some((_, _, last)) if *last != Some(lookup_id) => AnswerTarget::NotLeased,
+                    Some((_, true, _)) => AnswerTarget::Answered,
+                    Some((_, false, _)) => AnswerTarget::Open,
+                })
+                .collect())
+        })
+    }
+
+    fn blob_referenced(&self, sha256: &str) -> Result<bool, StoreError> {
+        self.read(async |tx| {
+            one_value(
+                tx,
+                "SELECT EXISTS (SELECT 1 FROM bundles WHERE id = $1)
+                     OR EXISTS (SELECT 1 FROM jobs WHERE answer_sha256 = $1)",
+                &[&sha256],
+            )
+            .await
+        })
+    }
+
+    fn record_answers(
+        &self,
+        answers: &[NewAnswer<'_>],
+    ) -> Result<Vec<Result<AnswerOutcome, StoreError>>, StoreError> {
+        let sizes = answers
+            .iter()
+            .map(check_answer)
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut ids: Vec<i64> = answers.iter().map(|a| a.job_id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        self.write(async |tx| {
+            let now = answers.first().map_or(0, |a| a.now);
+            let c = self.clock(tx, now).await?;
+            lock_in_order(tx, &ids).await?;
+            let mut out = Vec::with_capacity(answers.len());
+            let mut stored = Vec::new();
+            for (a, size) in answers.iter().zip(&sizes) {
+                match record_in(tx, a, *size, c.at(a.now)).await {
+                    Err(StoreError::NotFound(m)) => out.push(Err(StoreError::NotFound(m))),
+                    Err(e) => return Err(e),
+                    Ok(o) => {
+                        if o == AnswerOutcome::Stored {
+                            stored.push(a.job_id);
+                        }
+                        out.push(Ok(o))
+                    }
+                }
+            }
+            stored.sort_unstable();
+            number_changes(tx, &stored).await?;
+            Ok(out)
+        })
+    }
+
+    fn expire_leases(&self, now: i64, max_attempts: u32) -> Result<u64, StoreError> {
+        self.write(async |tx| {
+            let c = self.clock(tx, now).await?;
+            expire_in(tx, c.now, max_attempts).await
+        })
+    }
+
+    fn queued_count(&self) -> Result<u64, StoreError> {
+        self.read(async |tx| {
+            let n: i64 =
+                one_value(tx, "SELECT count(*) FROM jobs WHERE state = 'queued'", &[]).await?;
+            u64::try_from(n).map_err(|_| bad_value(format!("count {n}")))
+        })
+    }
+
+    fn count_by_state(&self) -> Result<Vec<(JobState, u64)>, StoreError> {
+        let counted: Vec<(JobState, u64)> = self.read(async |tx| {
+            all_rows(
+                tx,
+                "SELECT state, count(*) FROM jobs GROUP BY state",
+                &[],
+                |r| Ok((get_state(r, 0)?, get_u64(r, 1)?)),
+            )
+            .await
+        })?;
+        Ok([
+            JobState::Queued,
+            JobState::Leased,
+            JobState::Done,
+            JobState::Failed,
+        ]
+        .into_iter()
+        .map(|s| {
+            let n = counted.iter().find(|(c, _)| *c == s).map_or(0, |(_, n)| *n);
+            (s, n)
+        })
+        .collect())
+    }
+}
+
+async fn jobs_of_submission(
+    tx: &Tx<'_>,
+    submission_id: i64,
+) -> Result<Vec<(i64, u32)>, StoreError> {
+    all_rows(
+        tx,
+        "SELECT id, task FROM jobs WHERE submission_id = $1 ORDER BY task",
+        &[&submission_id],
+        |r| Ok((r.try_get(0)?, get_u32(r, 1)?)),
+    )
+    .await
+}
