@@ -1,8 +1,10 @@
 //! A throw-away PostgreSQL server for tests and benchmarks: Debian's `postgresql` package,
 //! a cluster made by `initdb` in a temporary folder, listening only on a Unix socket in that
-//! folder (no TCP unless asked for a loopback port), `fsync=off`. `initdb` refuses to run as
-//! root, so as root the cluster belongs to the `postgres` user and every server command runs
-//! through `runuser -u postgres`. Stopped (immediately) and removed on drop.
+//! folder (no TCP unless asked for a loopback port), `fsync=off` (commits still reach the WAL
+//! before they return, so a killed server loses nothing committed; only an OS crash could).
+//! `initdb` refuses to run as root, so as root the cluster belongs to the `postgres` user and
+//! every server command runs through `runuser -u postgres`. Stopped (immediately) and removed
+//! on drop.
 //!
 //! ```no_run
 //! let pg = rjs_harness::postgres::Postgres::start().unwrap();
@@ -174,7 +176,7 @@ impl Postgres {
             None => "-c listen_addresses=''".to_owned(),
         };
         let opts = format!(
-            "-k {} {listen} -c fsync=off -c synchronous_commit=off -c full_page_writes=off \
+            "-k {} {listen} -c fsync=off -c full_page_writes=off \
              -c max_connections=200",
             path_str(self.socket_dir())?
         );

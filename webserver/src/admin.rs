@@ -2,6 +2,7 @@
 //! what it did; the binary prints it. Nothing here prints or returns a secret.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rjs_signer::fsutil::{self, FileError};
 use rjs_signer::keys::{self, KeyError, PublicKey};
@@ -9,8 +10,26 @@ use rjs_signer::keys::{self, KeyError, PublicKey};
 use crate::datadir::DataDir;
 use crate::pki::{self, PkiError};
 use crate::store::blobs::{BlobError, BlobStore};
-use crate::store::sqlite::SqliteStore;
+use crate::store::config::StoreConfig;
 use crate::store::{Author, LookupServer, Store, StoreError, now};
+
+/// What the administration commands act on: a data directory (CA, certificates, and with the
+/// default store its database) and where the metadata store is.
+#[derive(Debug, Clone)]
+pub struct Site {
+    pub dir: PathBuf,
+    pub store: StoreConfig,
+}
+
+impl Site {
+    /// A data directory with its own SQLite store.
+    pub fn local(dir: impl AsRef<Path>) -> Site {
+        Site {
+            dir: dir.as_ref().to_owned(),
+            store: StoreConfig::Sqlite,
+        }
+    }
+}
 
 /// Hosts the server certificate names when `init` is given none.
 pub const DEFAULT_HOSTS: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
@@ -36,7 +55,7 @@ pub enum AdminError {
     Key(#[source] KeyError),
     #[error("opening the database {path}")]
     OpenDb {
-        path: PathBuf,
+        path: String,
         #[source]
         source: StoreError,
     },
@@ -81,7 +100,8 @@ pub struct InitReport {
 /// `init`: creates the data directory, the CA, the server certificate for `hosts` (the
 /// defaults if empty), the database and the blob store. Refuses a directory that already has
 /// a CA.
-pub fn init(dir: &Path, hosts: &[String]) -> Result<InitReport, AdminError> {
+pub fn init(site: &Site, hosts: &[String]) -> Result<InitReport, AdminError> {
+    let dir = site.dir.as_path();
     let hosts: Vec<String> = if hosts.is_empty() {
         DEFAULT_HOSTS.iter().map(|h| (*h).to_owned()).collect()
     } else {
@@ -116,7 +136,7 @@ pub fn init(dir: &Path, hosts: &[String]) -> Result<InitReport, AdminError> {
     fsutil::write_atomic(&data.server_cert(), server.cert_pem.as_bytes(), 0o644)?;
     fsutil::write_atomic(&data.ca_cert(), ca.cert_pem.as_bytes(), 0o644)?;
 
-    open_store(&data)?;
+    open_store(&data, &site.store)?;
     let blobs = BlobStore::open(&data.blobs()).map_err(|source| AdminError::OpenBlobs {
         path: data.blobs(),
         source,
@@ -141,10 +161,16 @@ pub fn init(dir: &Path, hosts: &[String]) -> Result<InitReport, AdminError> {
     })
 }
 
-/// The data directory of an initialized server (its CA certificate exists).
-pub fn existing(dir: &Path) -> Result<DataDir, AdminError> {
+/// The data directory of an initialized server (its CA certificate exists, and its database
+/// when the store is the data directory's).
+pub fn existing(site: &Site) -> Result<DataDir, AdminError> {
+    let dir = site.dir.as_path();
     let data = DataDir::new(dir);
-    for f in [data.ca_cert(), data.db()] {
+    let mut needed = vec![data.ca_cert()];
+    if site.store == StoreConfig::Sqlite {
+        needed.push(data.db());
+    }
+    for f in needed {
         if !f.is_file() {
             return Err(AdminError::NotInitialized {
                 dir: dir.display().to_string(),
@@ -158,16 +184,16 @@ pub fn existing(dir: &Path) -> Result<DataDir, AdminError> {
     Ok(data)
 }
 
-/// Opens the database of a data directory.
-pub fn open_store(data: &DataDir) -> Result<SqliteStore, AdminError> {
-    SqliteStore::open(&data.db()).map_err(|source| AdminError::OpenDb {
-        path: data.db(),
+/// Opens the metadata store of a data directory (its SQLite file, or the shared database).
+pub fn open_store(data: &DataDir, store: &StoreConfig) -> Result<Arc<dyn Store>, AdminError> {
+    store.open(&data.db()).map_err(|source| AdminError::OpenDb {
+        path: store.describe(&data.db()),
         source,
     })
 }
 
-fn store_of(dir: &Path) -> Result<SqliteStore, AdminError> {
-    open_store(&existing(dir)?)
+fn store_of(site: &Site) -> Result<Arc<dyn Store>, AdminError> {
+    open_store(&existing(site)?, &site.store)
 }
 
 fn store_err(what: impl Into<String>) -> impl FnOnce(StoreError) -> AdminError {
@@ -177,11 +203,11 @@ fn store_err(what: impl Into<String>) -> impl FnOnce(StoreError) -> AdminError {
 
 /// One call on the store of the data directory `dir`; its failure is reported as `what`.
 fn with_store<T>(
-    dir: &Path,
+    site: &Site,
     what: impl Into<String>,
-    call: impl FnOnce(&SqliteStore) -> Result<T, StoreError>,
+    call: impl FnOnce(&dyn Store) -> Result<T, StoreError>,
 ) -> Result<T, AdminError> {
-    call(&store_of(dir)?).map_err(store_err(what))
+    call(&*store_of(site)?).map_err(store_err(what))
 }
 
 fn pki_err(what: &'static str) -> impl FnOnce(PkiError) -> AdminError {
@@ -190,10 +216,10 @@ fn pki_err(what: &'static str) -> impl FnOnce(PkiError) -> AdminError {
 
 /// `author add NAME --key KEY`: enrolls an author. `key` is a public key file, a
 /// `rjs-ed25519 …` line or a bare base64 key.
-pub fn author_add(dir: &Path, name: &str, key: &str) -> Result<Author, AdminError> {
+pub fn author_add(site: &Site, name: &str, key: &str) -> Result<Author, AdminError> {
     check_name(name)?;
     let (key, _) = PublicKey::load_or_parse(key).map_err(AdminError::Key)?;
-    with_store(dir, format!("adding author {name:?}"), |s| {
+    with_store(site, format!("adding author {name:?}"), |s| {
         s.add_author(
             name,
             &key.to_base64(),
@@ -204,13 +230,13 @@ pub fn author_add(dir: &Path, name: &str, key: &str) -> Result<Author, AdminErro
 }
 
 /// `author list`: every author, removed ones included (flagged).
-pub fn author_list(dir: &Path) -> Result<Vec<Author>, AdminError> {
-    with_store(dir, "listing authors", |s| s.list_authors())
+pub fn author_list(site: &Site) -> Result<Vec<Author>, AdminError> {
+    with_store(site, "listing authors", |s| s.list_authors())
 }
 
 /// `author remove NAME`: the author can no longer authenticate (their jobs stay).
-pub fn author_remove(dir: &Path, name: &str) -> Result<(), AdminError> {
-    with_store(dir, format!("removing author {name:?}"), |s| {
+pub fn author_remove(site: &Site, name: &str) -> Result<(), AdminError> {
+    with_store(site, format!("removing author {name:?}"), |s| {
         s.remove_author(name)
     })
 }
@@ -218,11 +244,11 @@ pub fn author_remove(dir: &Path, name: &str) -> Result<(), AdminError> {
 /// `dashboard-link --admin`: a one-time administrator login for the dashboard, valid
 /// [`LOGIN_TOKEN_TTL`](crate::server::author::LOGIN_TOKEN_TTL) seconds; returns its path
 /// (`/dashboard/login?token=…`). Only the token's hash is stored.
-pub fn admin_login(dir: &Path) -> Result<String, AdminError> {
+pub fn admin_login(site: &Site) -> Result<String, AdminError> {
     let token = crate::dashboard::secret::Secret::new();
     let hash = token.hash();
     let now = crate::store::now();
-    with_store(dir, "recording an administrator login".to_owned(), |s| {
+    with_store(site, "recording an administrator login".to_owned(), |s| {
         crate::store::Sessions::add_login_token(
             s,
             &hash,
@@ -258,10 +284,10 @@ fn load_ca(data: &DataDir) -> Result<pki::Ca, AdminError> {
 
 /// `lookup add NAME -o FILE`: issues a client certificate to a lookup server, writes the
 /// credentials file (see [`crate::pki`] for its format) and records the certificate's SHA-256.
-pub fn lookup_add(dir: &Path, name: &str, out: &Path) -> Result<LookupAdded, AdminError> {
+pub fn lookup_add(site: &Site, name: &str, out: &Path) -> Result<LookupAdded, AdminError> {
     check_name(name)?;
-    let data = existing(dir)?;
-    let store = open_store(&data)?;
+    let data = existing(site)?;
+    let store = open_store(&data, &site.store)?;
     let taken = store
         .list_lookups()
         .map_err(store_err("listing lookup servers"))?
@@ -297,13 +323,13 @@ pub fn lookup_add(dir: &Path, name: &str, out: &Path) -> Result<LookupAdded, Adm
 }
 
 /// `lookup list`.
-pub fn lookup_list(dir: &Path) -> Result<Vec<LookupServer>, AdminError> {
-    with_store(dir, "listing lookup servers", |s| s.list_lookups())
+pub fn lookup_list(site: &Site) -> Result<Vec<LookupServer>, AdminError> {
+    with_store(site, "listing lookup servers", |s| s.list_lookups())
 }
 
 /// `lookup revoke NAME`: its certificate is refused from the next request on (no restart).
-pub fn lookup_revoke(dir: &Path, name: &str) -> Result<(), AdminError> {
-    with_store(dir, format!("revoking lookup server {name:?}"), |s| {
+pub fn lookup_revoke(site: &Site, name: &str) -> Result<(), AdminError> {
+    with_store(site, format!("revoking lookup server {name:?}"), |s| {
         s.revoke_lookup(name)
     })
 }
@@ -321,7 +347,8 @@ mod tests {
     fn init_add_revoke() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("ws");
-        let report = init(&dir, &[]).unwrap();
+        let site = Site::local(&dir);
+        let report = init(&site, &[]).unwrap();
         assert_eq!(report.hosts, DEFAULT_HOSTS);
         assert_eq!(report.ca_cert, dir.join("ca.pem"));
         assert_eq!(mode(&dir), 0o700);
@@ -332,27 +359,27 @@ mod tests {
         // A second init refuses to overwrite the CA.
         let ca_before = std::fs::read(dir.join("ca.pem")).unwrap();
         assert!(matches!(
-            init(&dir, &[]),
+            init(&site, &[]),
             Err(AdminError::AlreadyInitialized(_))
         ));
         assert_eq!(std::fs::read(dir.join("ca.pem")).unwrap(), ca_before);
 
         // Authors.
         let key = rjs_signer::KeyPair::from_secret([7; 32]).public();
-        let a = author_add(&dir, "alice", &key.to_line("alice")).unwrap();
+        let a = author_add(&site, "alice", &key.to_line("alice")).unwrap();
         assert_eq!(a.fingerprint, key.fingerprint().to_string());
         assert!(
-            author_add(&dir, "alice2", &key.to_base64()).is_err(),
+            author_add(&site, "alice2", &key.to_base64()).is_err(),
             "same key twice"
         );
-        assert!(author_add(&dir, "bad name", &key.to_base64()).is_err());
-        assert_eq!(author_list(&dir).unwrap().len(), 1);
-        author_remove(&dir, "alice").unwrap();
-        assert!(author_list(&dir).unwrap()[0].removed);
+        assert!(author_add(&site, "bad name", &key.to_base64()).is_err());
+        assert_eq!(author_list(&site).unwrap().len(), 1);
+        author_remove(&site, "alice").unwrap();
+        assert!(author_list(&site).unwrap()[0].removed);
 
         // Lookups.
         let out = tmp.path().join("lab.creds");
-        let added = lookup_add(&dir, "lab", &out).unwrap();
+        let added = lookup_add(&site, "lab", &out).unwrap();
         assert_eq!(mode(&out), 0o600);
         let creds = pki::parse_creds(&std::fs::read(&out).unwrap()).unwrap();
         assert_eq!(
@@ -366,22 +393,22 @@ mod tests {
         });
         // Existing output and duplicate names are refused, leaving the file alone.
         assert!(matches!(
-            lookup_add(&dir, "lab2", &out),
+            lookup_add(&site, "lab2", &out),
             Err(AdminError::OutputExists(_))
         ));
         let out2 = tmp.path().join("lab-again.creds");
-        assert!(lookup_add(&dir, "lab", &out2).is_err());
+        assert!(lookup_add(&site, "lab", &out2).is_err());
         assert!(!out2.exists());
-        lookup_revoke(&dir, "lab").unwrap();
-        assert!(lookup_list(&dir).unwrap()[0].revoked);
-        assert!(lookup_revoke(&dir, "lab").is_err());
+        lookup_revoke(&site, "lab").unwrap();
+        assert!(lookup_list(&site).unwrap()[0].revoked);
+        assert!(lookup_revoke(&site, "lab").is_err());
     }
 
     #[test]
     fn commands_need_an_initialized_dir() {
         let tmp = tempfile::tempdir().unwrap();
         assert!(matches!(
-            author_list(tmp.path()),
+            author_list(&Site::local(tmp.path())),
             Err(AdminError::NotInitialized { .. })
         ));
     }

@@ -43,7 +43,7 @@ impl Server {
     fn start_with(max_bundle: u64, max_answer: u64, max_attempts: u32) -> Server {
         let tmp = tempfile::tempdir().unwrap();
         let data = tmp.path().join("ws");
-        admin::init(&data, &[]).unwrap();
+        admin::init(&admin::Site::local(&data), &[]).unwrap();
         let mut config = server::ServeConfig::new(&data);
         config.max_bundle = max_bundle;
         config.max_answer = max_answer;
@@ -88,7 +88,7 @@ impl Server {
     /// Enrols a lookup; its credentials (parse the file again for a second copy).
     fn lookup_creds(&self, name: &str) -> pki::Creds {
         let out = self.data.join(format!("{name}.creds"));
-        admin::lookup_add(&self.data, name, &out).unwrap();
+        admin::lookup_add(&admin::Site::local(&self.data), name, &out).unwrap();
         pki::parse_creds(&std::fs::read(&out).unwrap()).unwrap()
     }
 
@@ -239,7 +239,7 @@ fn author_api() {
     jobs(&alice, &id);
 
     // A removed author can no longer authenticate.
-    admin::author_remove(&srv.data, "alice").unwrap();
+    admin::author_remove(&admin::Site::local(&srv.data), "alice").unwrap();
     check_error(
         alice.send("GET", "/api/v1/whoami", vec![]),
         401,
@@ -273,7 +273,12 @@ fn enrolment_and_request_signatures(srv: &Server, alice: &Author<'_>, key: &KeyP
         401,
         "unknown-author",
     );
-    admin::author_add(&srv.data, "alice", &key.public().to_base64()).unwrap();
+    admin::author_add(
+        &admin::Site::local(&srv.data),
+        "alice",
+        &key.public().to_base64(),
+    )
+    .unwrap();
     let r = alice.send("GET", "/api/v1/whoami", vec![]);
     assert_eq!(r.status().as_u16(), 200);
     let who: Value = r.json().unwrap();
@@ -430,7 +435,12 @@ fn lookup_api() {
     let srv = Server::start(1024 * 1024, 2);
     const SECRET: [u8; 32] = [3; 32];
     let key = KeyPair::from_secret(SECRET);
-    admin::author_add(&srv.data, "bob", &key.public().to_base64()).unwrap();
+    admin::author_add(
+        &admin::Site::local(&srv.data),
+        "bob",
+        &key.public().to_base64(),
+    )
+    .unwrap();
     let bob = Author {
         srv: &srv,
         http: srv.client(None),
@@ -461,7 +471,7 @@ fn lookup_api() {
     an_expired_lease_is_queued_again(&srv, &lab2, &mut events, j4);
 
     // Revocation takes effect at once.
-    admin::lookup_revoke(&srv.data, "lab2").unwrap();
+    admin::lookup_revoke(&admin::Site::local(&srv.data), "lab2").unwrap();
     let one = || json!({"max": 1, "lease_secs": 60});
     check_error(
         post(&lab2, &srv, "/lookup/v1/lease", one()),
@@ -690,7 +700,12 @@ fn only_its_author_sees_the_answer(srv: &Server, bob: &Author<'_>, job: i64) {
     assert_eq!(done["answer_bytes"], 13);
     // Another author does not.
     let eve_key = KeyPair::from_secret([4; 32]);
-    admin::author_add(&srv.data, "eve", &eve_key.public().to_base64()).unwrap();
+    admin::author_add(
+        &admin::Site::local(&srv.data),
+        "eve",
+        &eve_key.public().to_base64(),
+    )
+    .unwrap();
     let eve = Author {
         srv,
         http: srv.client(None),
@@ -766,7 +781,12 @@ struct Leased<'a> {
 
 fn leased(srv: &Server, tasks: u32) -> Leased<'_> {
     let key = KeyPair::from_secret([9; 32]);
-    admin::author_add(&srv.data, "carol", &key.public().to_base64()).unwrap();
+    admin::author_add(
+        &admin::Site::local(&srv.data),
+        "carol",
+        &key.public().to_base64(),
+    )
+    .unwrap();
     let author = Author {
         srv,
         http: srv.client(None),
@@ -1255,7 +1275,7 @@ fn answer_batches_need_an_enrolled_unrevoked_lookup() {
         403,
         "not-a-lookup",
     );
-    admin::lookup_revoke(&srv.data, "lab").unwrap();
+    admin::lookup_revoke(&admin::Site::local(&srv.data), "lab").unwrap();
     check_error(
         post_batch(&l.lab, &srv, body.clone()),
         403,
@@ -1502,7 +1522,7 @@ fn every_lookup_route_refuses_clients_without_an_enrolled_unrevoked_certificate(
         json!({"max": 1, "lease_secs": 600}),
     );
     assert_eq!(r["leases"][0]["job_id"], l.jobs[2]);
-    admin::lookup_revoke(&srv.data, "gone").unwrap();
+    admin::lookup_revoke(&admin::Site::local(&srv.data), "gone").unwrap();
 
     let stray = srv.client(Some(srv.stray_creds()));
     let other_ca = pki::new_ca().unwrap();
@@ -1590,7 +1610,12 @@ fn an_oversized_upload_streamed_without_a_length_is_refused_before_it_is_sent() 
     // Bundles up to 1 MiB; the client means to send 16 MiB, in chunks, without a length.
     let srv = Server::start(1024 * 1024, 3);
     let key = KeyPair::from_secret([5; 32]);
-    admin::author_add(&srv.data, "dana", &key.public().to_base64()).unwrap();
+    admin::author_add(
+        &admin::Site::local(&srv.data),
+        "dana",
+        &key.public().to_base64(),
+    )
+    .unwrap();
     let dana = Author {
         srv: &srv,
         http: srv.client(None),
@@ -1844,7 +1869,12 @@ fn summaries_pages_and_the_change_feed_of_the_author_api() {
 
     // Another author sees none of it; a bad reason is refused and changes nothing.
     let bob = KeyPair::from_secret([8; 32]);
-    admin::author_add(&srv.data, "bob", &bob.public().to_base64()).unwrap();
+    admin::author_add(
+        &admin::Site::local(&srv.data),
+        "bob",
+        &bob.public().to_base64(),
+    )
+    .unwrap();
     let bob = Author {
         srv: &srv,
         http: srv.client(None),

@@ -4,22 +4,50 @@
 //! schema is refused. (The store's behaviour is the conformance suite's, `tests/store.rs`.)
 
 use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
 
-use rjs_harness::postgres::{Postgres, bin_dir};
-use rjs_webserver::store::StoreError;
+use rjs_harness::postgres::Postgres;
 use rjs_webserver::store::postgres::{PgOptions, PgStore};
+use rjs_webserver::store::{NewSubmission, Store, StoreError};
 
-fn server() -> Option<Postgres> {
-    if let Err(e) = bin_dir() {
-        println!("SKIP: {e:#}");
-        return None;
-    }
-    Some(Postgres::start().expect("starting PostgreSQL"))
+fn server() -> Postgres {
+    Postgres::start().expect("starting PostgreSQL (scripts/test.sh installs Debian's postgresql)")
+}
+
+/// A store on a new database of the shared server, with the database's clock.
+fn store_on(pg: &Postgres) -> (String, PgStore) {
+    let db = pg.fresh_db("pgtest").unwrap();
+    let store = PgStore::connect(&PgOptions::new(pg.url(&db))).unwrap();
+    (db, store)
+}
+
+/// Alice, a lookup and `tasks` queued jobs; (author, lookup).
+fn queue(store: &dyn Store, tasks: u32, now: i64) -> (i64, i64) {
+    let author = store.add_author("alice", "key", "fp", now).unwrap().id;
+    let lookup = store.add_lookup("lab", "cert", now).unwrap().id;
+    store
+        .submit(&NewSubmission {
+            author_id: author,
+            bundle_id: &"ab".repeat(32),
+            name: "job",
+            tasks,
+            group: "",
+            size: 1,
+            resubmit: false,
+            now,
+            nonce: None,
+        })
+        .unwrap();
+    (author, lookup)
+}
+
+fn unix_now() -> i64 {
+    rjs_webserver::store::now()
 }
 
 #[test]
 fn servers_starting_together_migrate_once_and_a_newer_schema_is_refused() {
-    let Some(pg) = server() else { return };
+    let pg = server();
     pg.create_db("rjs").unwrap();
     let url = pg.url("rjs");
     let barrier = Arc::new(Barrier::new(4));
@@ -51,4 +79,85 @@ fn servers_starting_together_migrate_once_and_a_newer_schema_is_refused() {
         Err(StoreError::Schema(msg)) => assert!(msg.contains("newer"), "{msg}"),
         other => panic!("expected a schema error, got {other:?}"),
     }
+}
+
+/// Leases end by the database's clock: a web server whose clock is a day behind (or ahead)
+/// leases for the time it asked, counted on the database's clock, and cannot expire another
+/// server's lease early by its own clock.
+#[test]
+fn leases_end_by_the_database_clock_not_a_web_servers() {
+    let pg = Postgres::shared().unwrap();
+    let (_, store) = store_on(pg);
+    let day = 86_400;
+    let skewed = unix_now() - day; // this server's clock is a day late
+    let (_, lookup) = queue(&store, 2, skewed);
+    let leases = store.lease(lookup, 1, &[], skewed + 60, skewed, 3).unwrap();
+    let until = leases[0].lease_until;
+    let real = unix_now();
+    assert!(
+        (real + 55..=real + 65).contains(&until),
+        "lease_until {until} is 60 s on the database's clock ({real})"
+    );
+    // A server a day ahead expires nothing: the lease has 60 s left by the database's clock.
+    assert_eq!(store.expire_leases(real + day, 3).unwrap(), 0);
+    let (renewed, lost) = store
+        .renew(lookup, &[leases[0].job_id], skewed + 120, skewed)
+        .unwrap();
+    assert_eq!((renewed.len(), lost.len()), (1, 0));
+}
+
+/// The database restarts (as after a crash): the store's next calls succeed on new
+/// connections, and nothing committed is lost.
+#[test]
+fn the_store_reconnects_after_the_database_restarts() {
+    let mut pg = server();
+    pg.create_db("rjs").unwrap();
+    let store = PgStore::connect(&PgOptions::new(pg.url("rjs"))).unwrap();
+    let now = unix_now();
+    let (_, lookup) = queue(&store, 10, now);
+    let leased = store.lease(lookup, 4, &[], now + 600, now, 3).unwrap();
+    assert_eq!(leased.len(), 4);
+    pg.kill().unwrap();
+    assert!(store.queued_count().is_err(), "the database is down");
+    pg.restart().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let queued = loop {
+        match store.queued_count() {
+            Ok(n) => break n,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("not yet: {}", rjs_cmd::chain(&e));
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => panic!("no reconnection: {}", rjs_cmd::chain(&e)),
+        }
+    };
+    assert_eq!(queued, 6);
+    let ids: Vec<i64> = leased.iter().map(|l| l.job_id).collect();
+    let (renewed, _) = store.renew(lookup, &ids, now + 900, now).unwrap();
+    assert_eq!(renewed, ids, "the leases survived the restart");
+}
+
+/// Jobs queued through one server wake the other's listener (LISTEN/NOTIFY).
+#[test]
+fn a_submission_through_one_server_wakes_the_others() {
+    let pg = Postgres::shared().unwrap();
+    let (db, a) = store_on(pg);
+    let b = PgStore::connect(&PgOptions::new(pg.url(&db))).unwrap();
+    let hint = b.queue_hint().expect("PostgreSQL gives hints");
+    // The listener's first wake-up (its connection is up) comes first.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(10), hint.notified())
+            .await
+            .expect("the listener connected");
+    });
+    queue(&a, 3, unix_now());
+    rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(10), hint.notified())
+            .await
+            .expect("woken by the other server's submission");
+    });
 }

@@ -96,13 +96,18 @@ pub struct Data {
 
 impl Data {
     pub fn init(dir: &Path, lookups: usize) -> Data {
-        admin::init(dir, &[]).unwrap();
+        admin::init(&admin::Site::local(&dir), &[]).unwrap();
         let key = KeyPair::generate();
-        admin::author_add(dir, "bench", &key.public().to_base64()).unwrap();
+        admin::author_add(
+            &admin::Site::local(&dir),
+            "bench",
+            &key.public().to_base64(),
+        )
+        .unwrap();
         let lookups = (0..lookups)
             .map(|i| {
                 let path = dir.join(format!("lab-{i}.creds"));
-                admin::lookup_add(dir, &format!("lab-{i}"), &path).unwrap();
+                admin::lookup_add(&admin::Site::local(&dir), &format!("lab-{i}"), &path).unwrap();
                 pki::parse_creds(&std::fs::read(&path).unwrap()).unwrap()
             })
             .collect();

@@ -34,15 +34,15 @@ impl AuthorCommand {
     pub fn run(self) -> anyhow::Result<()> {
         match self {
             AuthorCommand::Add { name, key, data } => {
-                let a = admin::author_add(&data.data, &name, &key)?;
+                let a = admin::author_add(&data.site()?, &name, &key)?;
                 println!("added author {} ({})", a.name, a.fingerprint);
             }
             AuthorCommand::List { data } => {
-                let authors = admin::author_list(&data.data)?;
+                let authors = admin::author_list(&data.site()?)?;
                 print_roster("no authors", authors.iter().map(author_line));
             }
             AuthorCommand::Remove { name, data } => {
-                admin::author_remove(&data.data, &name)?;
+                admin::author_remove(&data.site()?, &name)?;
                 println!("removed author {name}");
             }
         }

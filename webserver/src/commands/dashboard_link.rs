@@ -23,7 +23,7 @@ pub struct DashboardLinkCommand {
 impl DashboardLinkCommand {
     pub fn run(self) -> anyhow::Result<()> {
         debug_assert!(self.admin);
-        let path = admin::admin_login(&self.data.data)?;
+        let path = admin::admin_login(&self.data.site()?)?;
         println!("{}{path}", self.url.trim_end_matches('/'));
         Ok(())
     }

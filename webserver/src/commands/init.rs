@@ -17,7 +17,7 @@ pub struct InitCommand {
 
 impl InitCommand {
     pub fn run(self) -> anyhow::Result<()> {
-        let r = admin::init(&self.data.data, &self.hosts)?;
+        let r = admin::init(&self.data.site()?, &self.hosts)?;
         println!("initialized {}", r.dir.display());
         println!("server certificate for: {}", r.hosts.join(", "));
         println!(

@@ -36,7 +36,7 @@ impl LookupCommand {
     pub fn run(self) -> anyhow::Result<()> {
         match self {
             LookupCommand::Add { name, output, data } => {
-                let r = admin::lookup_add(&data.data, &name, &output)?;
+                let r = admin::lookup_add(&data.site()?, &name, &output)?;
                 println!(
                     "added lookup server {} (certificate SHA-256 {})",
                     r.lookup.name, r.lookup.cert_sha256
@@ -47,11 +47,11 @@ impl LookupCommand {
                 );
             }
             LookupCommand::List { data } => {
-                let lookups = admin::lookup_list(&data.data)?;
+                let lookups = admin::lookup_list(&data.site()?)?;
                 print_roster("no lookup servers", lookups.iter().map(lookup_line));
             }
             LookupCommand::Revoke { name, data } => {
-                admin::lookup_revoke(&data.data, &name)?;
+                admin::lookup_revoke(&data.site()?, &name)?;
                 println!("revoked lookup server {name}");
             }
         }

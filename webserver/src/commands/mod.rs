@@ -9,7 +9,10 @@ mod serve;
 
 use std::path::PathBuf;
 
+use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
+use rjs_webserver::admin::Site;
+use rjs_webserver::store::config::StoreConfig;
 use rjs_webserver::store::{Author, LookupServer};
 
 #[derive(Parser)]
@@ -23,12 +26,45 @@ pub struct Cli {
     command: Command,
 }
 
-/// `--data DIR`, shared by every subcommand.
+/// `--data DIR` and where the metadata store is, shared by every subcommand.
 #[derive(Args)]
 struct Data {
     /// The server's data directory (created by `init`).
     #[arg(long, value_name = "DIR", env = "RJS_WEBSERVER_DATA")]
     data: PathBuf,
+    /// Where the metadata is: `sqlite` (the data directory's rjs.db) or a PostgreSQL URL,
+    /// `postgres://USER@HOST[:PORT]/DB[?sslmode=require]`, shared by several web servers.
+    /// No password in it (see --store-password-file and RJS_STORE_PASSWORD).
+    #[arg(
+        long,
+        value_name = "STORE",
+        env = "RJS_STORE",
+        default_value = "sqlite"
+    )]
+    store: String,
+    /// A file (readable by its owner only) holding the PostgreSQL password.
+    #[arg(long, value_name = "FILE", env = "RJS_STORE_PASSWORD_FILE")]
+    store_password_file: Option<PathBuf>,
+    /// The PostgreSQL server's CA certificate (PEM), for `sslmode=require`.
+    #[arg(long, value_name = "FILE", env = "RJS_STORE_CA")]
+    store_ca: Option<PathBuf>,
+}
+
+impl Data {
+    /// The data directory and its store, checked.
+    fn site(&self) -> anyhow::Result<Site> {
+        let store = StoreConfig::parse(
+            &self.store,
+            self.store_password_file.as_deref(),
+            std::env::var(rjs_webserver::store::config::PASSWORD_ENV).ok(),
+            self.store_ca.as_deref(),
+        )
+        .context("--store")?;
+        Ok(Site {
+            dir: self.data.clone(),
+            store,
+        })
+    }
 }
 
 #[derive(Subcommand)]

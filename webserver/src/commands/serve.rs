@@ -32,7 +32,9 @@ pub struct ServeCommand {
 impl ServeCommand {
     pub fn run(self) -> anyhow::Result<()> {
         rjs_cmd::logging::init("info");
-        let mut config = server::ServeConfig::new(self.data.data);
+        let site = self.data.site()?;
+        let mut config = server::ServeConfig::new(site.dir);
+        config.store = site.store;
         config.listen = self.listen;
         config.max_bundle = self.max_bundle;
         config.max_answer = self.max_answer;

@@ -22,6 +22,8 @@ const CAPACITY: usize = 64;
 #[derive(Clone)]
 pub struct Events {
     tx: broadcast::Sender<u64>,
+    /// The count of the last event sent.
+    last: std::sync::Arc<std::sync::atomic::AtomicU64>,
     shutdown: watch::Receiver<bool>,
     keepalive: Duration,
 }
@@ -37,6 +39,7 @@ impl Events {
         let (tx, _) = broadcast::channel(CAPACITY);
         Events {
             tx,
+            last: Default::default(),
             shutdown,
             keepalive,
         }
@@ -44,8 +47,15 @@ impl Events {
 
     /// Jobs were queued: `queued` are queued now.
     pub fn notify(&self, queued: u64) {
+        self.last
+            .store(queued, std::sync::atomic::Ordering::Relaxed);
         // No receiver is not an error.
         let _ = self.tx.send(queued);
+    }
+
+    /// The count the last event told (0 before any).
+    pub fn last_sent(&self) -> u64 {
+        self.last.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// How many streams are connected.

@@ -7,7 +7,8 @@
 //!   connection's extensions and check it against the store on every request.
 //! * The store is synchronous: every call runs on actix's blocking pool (`web::block`), except
 //!   answers, which one committer thread records for many requests at a time (`commit`).
-//! * A background task requeues expired leases every second and tells the event stream.
+//! * A background task requeues expired leases every second and tells the event stream;
+//!   another tells it of jobs queued through other servers sharing the store (`queue`).
 //! * SIGTERM/SIGINT: event streams end, in-flight requests get [`SHUTDOWN_GRACE`] to finish,
 //!   then [`run`] returns `Ok`.
 
@@ -22,6 +23,7 @@ mod events;
 mod listen;
 mod lookup;
 mod pins;
+mod queue;
 pub(crate) mod route;
 pub(crate) mod validate;
 
@@ -41,9 +43,10 @@ pub use events::Events;
 pub use listen::PRE_AUTH_LIMITS;
 pub use lookup::PeerCert;
 
-use crate::admin::{self, AdminError};
+use crate::admin::{self, AdminError, Site};
 use crate::store::Store;
 use crate::store::blobs::{BlobError, BlobStore};
+use crate::store::config::StoreConfig;
 
 /// Default listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
@@ -75,6 +78,8 @@ pub struct ServeConfig {
     pub max_attempts: u32,
     /// HTTP workers; None: one per available core.
     pub workers: Option<usize>,
+    /// Where the metadata store is (default: the data directory's SQLite file).
+    pub store: StoreConfig,
 }
 
 impl ServeConfig {
@@ -86,6 +91,7 @@ impl ServeConfig {
             max_answer: DEFAULT_MAX_BODY,
             max_attempts: DEFAULT_MAX_ATTEMPTS,
             workers: None,
+            store: StoreConfig::Sqlite,
         }
     }
 }
@@ -371,7 +377,11 @@ fn open(config: &ServeConfig) -> Result<Opened, ServeError> {
     if config.workers == Some(0) {
         return Err(ServeError::Config("--workers must be at least 1".into()));
     }
-    let data = admin::existing(&config.data)?;
+    let site = Site {
+        dir: config.data.clone(),
+        store: config.store.clone(),
+    };
+    let data = admin::existing(&site)?;
     let ca = rjs_wire::tls::load_certs(&data.ca_cert())?;
     let [ca_cert] = &ca[..] else {
         return Err(ServeError::Config(format!(
@@ -387,14 +397,13 @@ fn open(config: &ServeConfig) -> Result<Opened, ServeError> {
         rjs_wire::tls::server_config(chain, key, rjs_wire::tls::ClientAuth::Optional(&ca))?;
     // actix adds the ALPN protocols (h2, http/1.1) itself.
     tls.alpn_protocols.clear();
-    let store = admin::open_store(&data)?;
+    let store = admin::open_store(&data, &site.store)?;
     let blobs = BlobStore::open(&data.blobs()).map_err(ServeError::Blobs)?;
     let cleaned = blobs.clean_tmp().map_err(ServeError::Blobs)?;
     if cleaned > 0 {
         tracing::info!(removed = cleaned, "removed interrupted uploads");
     }
     let (stop_tx, stop_rx) = watch::channel(false);
-    let store: Arc<dyn Store> = Arc::new(store);
     let answers = commit::AnswerCommitter::start(store.clone()).map_err(ServeError::Run)?;
     let (changes, poller) = changes::Changes::new(store.clone(), stop_rx.clone());
     let state = AppState {
@@ -456,6 +465,7 @@ pub async fn serve(
         stop,
     )
     .map_err(ServeError::Run)?;
+    actix_web::rt::spawn(queue::watch_queue(state.clone(), stop_rx.clone()));
     actix_web::rt::spawn(expiry_task(state.clone(), stop_rx));
     actix_web::rt::spawn(poller);
     ready(&addrs);

@@ -1,5 +1,5 @@
-//! The web server's store: metadata behind the [`Store`] trait (SQLite now; PostgreSQL can be
-//! added as another implementation without touching the handlers) and file contents in the
+//! The web server's store: metadata behind the [`Store`] trait (SQLite in the data directory by
+//! default, or PostgreSQL shared by several web servers: [`config`]) and file contents in the
 //! content-addressed [`blobs::BlobStore`].
 //!
 //! Every method commits before it returns `Ok`: a handler acknowledges only what is durable.
@@ -11,6 +11,7 @@
 //! the blob store first and the metadata store records their SHA-256.
 
 pub mod blobs;
+pub mod config;
 pub mod postgres;
 pub mod sessions;
 pub mod sqlite;
@@ -329,4 +330,11 @@ pub trait Store: Views + Sessions + Send + Sync + 'static {
     fn queued_count(&self) -> Result<u64, StoreError>;
     /// Jobs by state (for tests and the admin CLI).
     fn count_by_state(&self) -> Result<Vec<(JobState, u64)>, StoreError>;
+
+    /// Woken (a hint: it may fire for nothing, and may miss nothing only together with
+    /// polling) when jobs were queued through another process sharing the store; None if the
+    /// backend cannot tell (the server then only polls).
+    fn queue_hint(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        None
+    }
 }

@@ -89,6 +89,8 @@ pub enum PgClock {
 pub struct PgOptions {
     /// A `postgres://` URL (a Unix socket folder as `?host=/path`).
     pub url: String,
+    /// The password, when it is not in the URL (it should not be: see `store::config`).
+    pub password: Option<String>,
     /// The TLS client used when the URL's `sslmode` asks for TLS (ignored on a Unix socket);
     /// `None`: no trusted roots, so TLS to a remote database needs its CA configured.
     pub tls: Option<Arc<rustls::ClientConfig>>,
@@ -104,6 +106,7 @@ impl PgOptions {
     pub fn new(url: impl Into<String>) -> PgOptions {
         PgOptions {
             url: url.into(),
+            password: None,
             tls: None,
             wait: Duration::from_secs(10),
             clock: PgClock::Database,
@@ -153,6 +156,9 @@ impl PgStore {
             .url
             .parse()
             .map_err(|e| StoreError::Backend(Box::new(e)))?;
+        if let Some(p) = &opts.password {
+            config.password(p.as_bytes());
+        }
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(opts.wait);
         }
@@ -225,12 +231,6 @@ impl PgStore {
                 .await?;
             Ok(i64::from(row.try_get::<_, i32>(0)?))
         })
-    }
-
-    /// Woken (as a hint: it may also fire for nothing, and polling stays the truth) when a
-    /// transaction of any server sharing the database queued jobs.
-    pub fn queue_hint(&self) -> Arc<tokio::sync::Notify> {
-        self.queue_hint.clone()
     }
 
     /// Applies the steps the database lacks, all in one transaction that holds the migration

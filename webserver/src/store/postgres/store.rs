@@ -1004,6 +1004,10 @@ impl Store for PgStore {
         })
         .collect())
     }
+
+    fn queue_hint(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        Some(self.queue_hint.clone())
+    }
 }
 
 async fn jobs_of_submission(
