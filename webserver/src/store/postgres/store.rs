@@ -939,29 +939,111 @@ impl Store for PgStore {
             .iter()
             .map(check_answer)
             .collect::<Result<Vec<_>, _>>()?;
-        let mut ids: Vec<i64> = answers.iter().map(|a| a.job_id).collect();
-        ids.sort_unstable();
-        ids.dedup();
+        // The first answer for each job is tried; a later one for the same job gets what
+        // the first got, a stored answer making it a duplicate.
+        let mut seen = HashSet::with_capacity(answers.len());
+        let first: Vec<usize> = (0..answers.len())
+            .filter(|&i| seen.insert(answers[i].job_id))
+            .collect();
+        let picked: Vec<&NewAnswer<'_>> = first.iter().map(|&i| &answers[i]).collect();
+        let ids: Vec<i64> = picked.iter().map(|a| a.job_id).collect();
+        let lookups: Vec<i64> = picked.iter().map(|a| a.lookup_id).collect();
+        let sizes: Vec<i64> = first.iter().map(|&i| sizes[i]).collect();
+        let outcomes: Vec<&str> = picked.iter().map(|a| a.outcome).collect();
+        let nodes: Vec<&str> = picked.iter().map(|a| a.node).collect();
+        let shas: Vec<&str> = picked.iter().map(|a| a.sha256).collect();
+        let mut in_order = ids.clone();
+        in_order.sort_unstable();
         self.write(async |tx| {
             let now = answers.first().map_or(0, |a| a.now);
             let c = self.clock(tx, now).await?;
-            lock_in_order(tx, &ids).await?;
-            let mut out = Vec::with_capacity(answers.len());
-            let mut stored = Vec::new();
-            for (a, size) in answers.iter().zip(&sizes) {
-                match record_in(tx, a, *size, c.at(a.now)).await {
-                    Err(StoreError::NotFound(m)) => out.push(Err(StoreError::NotFound(m))),
-                    Err(e) => return Err(e),
-                    Ok(o) => {
-                        if o == AnswerOutcome::Stored {
-                            stored.push(a.job_id);
-                        }
-                        out.push(Ok(o))
-                    }
+            let times: Vec<i64> = picked.iter().map(|a| c.at(a.now)).collect();
+            lock_in_order(tx, &in_order).await?;
+            // One statement for the whole batch, conditional on each job's last holder.
+            let stored: HashSet<i64> = all_rows(
+                tx,
+                "UPDATE jobs j SET state = 'done', outcome = a.outcome, node = a.node,
+                        answer_sha256 = a.sha, answer_bytes = a.size, answer_lookup = a.lookup,
+                        lease_lookup = NULL, lease_until = NULL, updated_at = a.at,
+                        wait_reason = NULL
+                 FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bigint[],
+                             $6::bigint[], $7::bigint[])
+                      AS a(id, outcome, node, sha, size, lookup, at)
+                 WHERE j.id = a.id AND j.answer_sha256 IS NULL AND j.last_lookup = a.lookup
+                 RETURNING j.id",
+                &[&ids, &outcomes, &nodes, &shas, &sizes, &lookups, &times],
+                |r| Ok(r.try_get::<_, i64>(0)?),
+            )
+            .await?
+            .into_iter()
+            .collect();
+            // Why the others were not stored.
+            let others: Vec<i64> = ids
+                .iter()
+                .copied()
+                .filter(|id| !stored.contains(id))
+                .collect();
+            let found: Vec<(i64, bool, Option<i64>)> = if others.is_empty() {
+                Vec::new()
+            } else {
+                all_rows(
+                    tx,
+                    "SELECT id, answer_sha256 IS NOT NULL, last_lookup FROM jobs
+                     WHERE id = ANY($1)",
+                    &[&others],
+                    |r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)),
+                )
+                .await?
+            };
+            let mut inline_ids = Vec::new();
+            let mut inline_bytes: Vec<&[u8]> = Vec::new();
+            for a in &picked {
+                if let Some(bytes) = a.inline
+                    && stored.contains(&a.job_id)
+                {
+                    inline_ids.push(a.job_id);
+                    inline_bytes.push(bytes);
                 }
             }
-            stored.sort_unstable();
-            number_changes(tx, &stored).await?;
+            if !inline_ids.is_empty() {
+                execute(
+                    tx,
+                    "INSERT INTO answer_data (job_id, bytes)
+                     SELECT * FROM unnest($1::bigint[], $2::bytea[])",
+                    &[&inline_ids, &inline_bytes],
+                )
+                .await?;
+            }
+            let mut told = HashSet::with_capacity(answers.len());
+            let mut out = Vec::with_capacity(answers.len());
+            for a in answers {
+                let again = !told.insert(a.job_id);
+                let result = if stored.contains(&a.job_id) {
+                    Ok(if again {
+                        AnswerOutcome::Duplicate
+                    } else {
+                        AnswerOutcome::Stored
+                    })
+                } else {
+                    match found.iter().find(|f| f.0 == a.job_id) {
+                        None => Err(StoreError::NotFound(format!("job {}", a.job_id))),
+                        Some((_, _, last)) if *last != Some(a.lookup_id) => {
+                            Ok(AnswerOutcome::NotLeased)
+                        }
+                        Some((_, true, _)) => Ok(AnswerOutcome::Duplicate),
+                        Some((_, false, _)) => {
+                            return Err(StoreError::Conflict(format!(
+                                "job {} changed while its answer was recorded",
+                                a.job_id
+                            )));
+                        }
+                    }
+                };
+                out.push(result);
+            }
+            let mut numbered: Vec<i64> = stored.iter().copied().collect();
+            numbered.sort_unstable();
+            number_changes(tx, &numbered).await?;
             Ok(out)
         })
     }
