@@ -8,6 +8,7 @@
 pub mod discovery;
 pub mod dispatch;
 pub mod enrol;
+pub mod failover;
 pub mod service;
 pub mod spool;
 pub mod status;

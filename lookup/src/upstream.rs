@@ -3,8 +3,18 @@
 //! kept; the `jobs` event stream with reconnection; a content-addressed bundle cache; and the
 //! [`Poller`] that wakes the dispatcher on an event or on a jittered timer, backing off while
 //! the web server is down.
+//!
+//! The client may be given several web servers sharing one store ([`crate::failover`]): every
+//! request goes to the current one, and a failure that says it is gone or unwell
+//! ([`UpstreamError::warrants_failover`]) makes the next one current. A request that is safe to
+//! send twice is sent again at once to the next server; one that is not (a lease, a failure
+//! report, a release) only when it surely never reached the first
+//! ([`UpstreamError::never_sent`]); everything else is retried by its caller's backoff, which
+//! then reaches the new current server.
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rjs_cmd::chain;
@@ -18,6 +28,8 @@ use rjs_wire::creds::parse_creds;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
+use crate::failover::{Rotation, WebServerListError, WebServers};
+
 /// Errors talking to the web server. `Display` names the operation and URL; the cause is in
 /// `source()` (print with [`rjs_cmd::chain`]).
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +42,8 @@ pub enum UpstreamError {
     },
     #[error("building the HTTPS client")]
     Client(#[source] reqwest::Error),
+    #[error("the web server list")]
+    WebServers(#[source] WebServerListError),
     #[error("{what} {url}")]
     Transport {
         what: &'static str,
@@ -104,6 +118,24 @@ impl UpstreamError {
         matches!(self, UpstreamError::Transport { .. })
     }
 
+    /// The web server is gone or unwell, and another may serve: no answer at all (refused,
+    /// reset, timed out, a TLS failure), or a gateway's or an overloaded server's 502, 503 or
+    /// 504. A 500 is a fault of this request's handling, not of the server as such; 4xx are
+    /// this lookup's.
+    pub fn warrants_failover(&self) -> bool {
+        match self {
+            UpstreamError::Transport { .. } => true,
+            UpstreamError::Status { status, .. } => matches!(status, 502..=504),
+            _ => false,
+        }
+    }
+
+    /// The request surely never reached the web server: the connection (TCP or TLS) could
+    /// not be made. Sending it to another server cannot do anything twice.
+    pub fn never_sent(&self) -> bool {
+        matches!(self, UpstreamError::Transport { source, .. } if source.is_connect())
+    }
+
     /// The HTTP status, if the web server answered with an error.
     pub fn status(&self) -> Option<u16> {
         match self {
@@ -172,13 +204,28 @@ pub enum AnswerAck {
     Duplicate,
 }
 
-/// The lookup API client. Cheap to clone (one shared connection pool).
+/// The lookup API client. Cheap to clone (one shared connection pool, one shared
+/// [`Rotation`] of web servers).
 #[derive(Clone)]
 pub struct WebServerClient {
     http: reqwest::Client,
-    base: String,
+    servers: Arc<Rotation>,
     cache_dir: PathBuf,
     timeouts: Timeouts,
+}
+
+/// Whether a request that failed at one web server is sent again at once to the next
+/// ([`WebServerClient::call`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Retry {
+    /// Never (its caller retries, or the heartbeat's next ask does).
+    Never,
+    /// Only if it never reached the first ([`UpstreamError::never_sent`]): sending it twice
+    /// could do twice what it does (lease more jobs, count an attempt twice, give back a job
+    /// leased again since).
+    IfUnsent,
+    /// Whenever the first failed (reads, and writes whose repetition changes nothing).
+    Always,
 }
 
 use rjs_signer::bundle::hex;
@@ -233,10 +280,23 @@ async fn read_json<T: serde::de::DeserializeOwned>(
 }
 
 impl WebServerClient {
-    /// `base`: `https://host:port`; `creds`: the `lookup add` file; `cache_dir`: where bundles
-    /// are kept under their SHA-256 (created if missing).
+    /// One web server: `base` is `https://host:port`; `creds` the `lookup add` file;
+    /// `cache_dir` where bundles are kept under their SHA-256 (created if missing).
     pub fn new(
         base: &str,
+        creds: &Path,
+        cache_dir: &Path,
+        timeouts: Timeouts,
+    ) -> Result<Self, UpstreamError> {
+        let servers = WebServers::parse(&[base]).map_err(UpstreamError::WebServers)?;
+        Self::with_webservers(servers, creds, cache_dir, timeouts)
+    }
+
+    /// Several web servers on one store, used one at a time, the first first
+    /// ([`crate::failover`]). They share one CA and one server certificate, so one TLS
+    /// configuration (and one connection pool) serves them all.
+    pub fn with_webservers(
+        servers: WebServers,
         creds: &Path,
         cache_dir: &Path,
         timeouts: Timeouts,
@@ -266,18 +326,64 @@ impl WebServerClient {
         rjs_signer::fsutil::create_private_dir(cache_dir).map_err(UpstreamError::Cache)?;
         Ok(WebServerClient {
             http,
-            base: base.trim_end_matches('/').to_owned(),
+            servers: Arc::new(Rotation::new(servers)),
             cache_dir: cache_dir.to_owned(),
             timeouts,
         })
     }
 
-    pub fn base(&self) -> &str {
-        &self.base
+    /// The current web server's base URL.
+    pub fn base(&self) -> String {
+        self.servers.current().1
     }
 
-    fn url(&self, path: &str) -> String {
-        format!("{}{LOOKUP_PREFIX}{path}", self.base)
+    /// The web servers, which one is current, the failovers so far.
+    pub fn servers(&self) -> &Rotation {
+        &self.servers
+    }
+
+    /// A request to server `index` failed with `e`: fails over if `e` says the server is
+    /// gone or unwell (logged once per move, with the cause chain). True when another
+    /// server is current now (moved by this failure or an earlier one).
+    fn failed(&self, index: usize, e: &UpstreamError) -> bool {
+        if e.warrants_failover()
+            && let Some(f) = self.servers.fail_over(index, &chain(e))
+        {
+            tracing::warn!(
+                from = %f.from,
+                to = %f.to,
+                failovers = self.servers.view().failovers,
+                error = %f.cause,
+                "web server failed; failing over to the next one"
+            );
+        }
+        self.servers.current().0 != index
+    }
+
+    /// Runs `attempt` against the current web server; on a failure that moves to another
+    /// server, runs it once more there if `retry` allows.
+    async fn call<T, F, Fut>(&self, retry: Retry, mut attempt: F) -> Result<T, UpstreamError>
+    where
+        F: FnMut(String) -> Fut,
+        Fut: Future<Output = Result<T, UpstreamError>>,
+    {
+        let (index, base) = self.servers.current();
+        let first = attempt(base).await;
+        let Err(e) = &first else { return first };
+        let again = match retry {
+            Retry::Never => false,
+            Retry::IfUnsent => e.never_sent(),
+            Retry::Always => true,
+        };
+        if !self.failed(index, e) || !again {
+            return first;
+        }
+        let (index, base) = self.servers.current();
+        let second = attempt(base).await;
+        if let Err(e) = &second {
+            self.failed(index, e);
+        }
+        second
     }
 
     async fn send(
@@ -316,28 +422,44 @@ impl WebServerClient {
 
     async fn post_json<Req: serde::Serialize, Resp: serde::de::DeserializeOwned>(
         &self,
+        retry: Retry,
         what: &'static str,
         path: &str,
         body: &Req,
     ) -> Result<Resp, UpstreamError> {
-        let url = self.url(path);
-        let resp = self
-            .send(what, &url, self.http.post(&url).json(body))
-            .await?;
-        read_json(resp, what, &url).await
+        self.call(retry, |base| async move {
+            let url = format!("{base}{LOOKUP_PREFIX}{path}");
+            let resp = self
+                .send(what, &url, self.http.post(&url).json(body))
+                .await?;
+            read_json(resp, what, &url).await
+        })
+        .await
     }
 
     /// `GET /healthz`: checks that the web server answers; returns the HTTP version the
     /// (kept) connection speaks.
     pub async fn ping(&self) -> Result<reqwest::Version, UpstreamError> {
-        let url = format!("{}/healthz", self.base);
-        let resp = self
-            .send("checking the web server at", &url, self.http.get(&url))
-            .await?;
-        Ok(resp.version())
+        self.ping_within(self.timeouts.request).await
     }
 
-    /// Leases up to `max` queued jobs for nodes of `groups` (all if empty).
+    /// [`WebServerClient::ping`] with its own timeout: a web server that does not answer
+    /// within it is failed over like one that refuses the connection.
+    pub async fn ping_within(&self, timeout: Duration) -> Result<reqwest::Version, UpstreamError> {
+        self.call(Retry::Never, |base| async move {
+            let url = format!("{base}/healthz");
+            let what = "checking the web server at";
+            let resp = self
+                .send(what, &url, self.http.get(&url).timeout(timeout))
+                .await?;
+            Ok(resp.version())
+        })
+        .await
+    }
+
+    /// Leases up to `max` queued jobs for nodes of `groups` (all if empty). Sent to a second
+    /// server only if it never reached the first: a lease whose response was lost leased
+    /// jobs all the same, which only `held` brings back.
     pub async fn lease(
         &self,
         max: u32,
@@ -349,7 +471,8 @@ impl WebServerClient {
             groups: groups.to_vec(),
             lease_secs,
         };
-        self.post_json("leasing jobs from", "/lease", &req).await
+        self.post_json(Retry::IfUnsent, "leasing jobs from", "/lease", &req)
+            .await
     }
 
     /// The jobs the web server says this lookup holds, with an id above `after` (at most
@@ -365,7 +488,7 @@ impl WebServerClient {
             max,
             lease_secs,
         };
-        self.post_json("reading the jobs held at", "/held", &req)
+        self.post_json(Retry::Always, "reading the jobs held at", "/held", &req)
             .await
     }
 
@@ -374,7 +497,8 @@ impl WebServerClient {
             job_ids: ids.to_vec(),
             lease_secs: secs,
         };
-        self.post_json("renewing leases at", "/renew", &req).await
+        self.post_json(Retry::Always, "renewing leases at", "/renew", &req)
+            .await
     }
 
     pub async fn release(&self, ids: &[i64]) -> Result<ReleaseResponse, UpstreamError> {
@@ -391,13 +515,14 @@ impl WebServerClient {
             job_ids: ids.to_vec(),
             waiting,
         };
-        self.post_json("releasing leases at", "/release", &req)
+        self.post_json(Retry::IfUnsent, "releasing leases at", "/release", &req)
             .await
     }
 
     /// Tells the web server why held jobs are parked (for their authors).
     pub async fn waiting(&self, jobs: Vec<Waiting>) -> Result<WaitingResponse, UpstreamError> {
         self.post_json(
+            Retry::Always,
             "telling why jobs wait to",
             "/waiting",
             &WaitingRequest { jobs },
@@ -410,6 +535,7 @@ impl WebServerClient {
             reason: reason.to_owned(),
         };
         self.post_json(
+            Retry::IfUnsent,
             "reporting a failure to",
             &format!("/jobs/{job_id}/failure"),
             &req,
@@ -417,7 +543,8 @@ impl WebServerClient {
         .await
     }
 
-    /// Uploads an answer; `201 stored` and `200 duplicate` are both success.
+    /// Uploads an answer; `201 stored` and `200 duplicate` are both success. Not sent again
+    /// here: the answer relay retries (sending it twice is safe).
     pub async fn post_answer(
         &self,
         job_id: i64,
@@ -426,7 +553,8 @@ impl WebServerClient {
         bytes: Vec<u8>,
     ) -> Result<AnswerAck, UpstreamError> {
         let what = "uploading an answer to";
-        let url = self.url(&format!("/jobs/{job_id}/answer"));
+        let (index, base) = self.servers.current();
+        let url = format!("{base}{LOOKUP_PREFIX}/jobs/{job_id}/answer");
         let rb = self
             .http
             .put(&url)
@@ -434,25 +562,34 @@ impl WebServerClient {
             .header(H_NODE, node)
             .header(reqwest::header::CONTENT_TYPE, "application/zip")
             .body(bytes);
-        let resp = self.send(what, &url, rb).await?;
-        let status = resp.status();
-        let body: AnswerResponse = read_json(resp, what, &url).await?;
-        Ok(match (status.as_u16(), body.status.as_str()) {
-            (201, _) | (_, "stored") => AnswerAck::Stored,
-            _ => AnswerAck::Duplicate,
-        })
+        let result = async {
+            let resp = self.send(what, &url, rb).await?;
+            let status = resp.status();
+            let body: AnswerResponse = read_json(resp, what, &url).await?;
+            Ok(match (status.as_u16(), body.status.as_str()) {
+                (201, _) | (_, "stored") => AnswerAck::Stored,
+                _ => AnswerAck::Duplicate,
+            })
+        }
+        .await;
+        if let Err(e) = &result {
+            self.failed(index, e);
+        }
+        result
     }
 
     /// `POST /lookup/v1/answers`: uploads several answers in one request, recorded by the
     /// web server in one transaction. Returns each job's acknowledgement in request order;
     /// `None` for a job the web server does not know or that another lookup server holds or
-    /// held last (refused for good).
+    /// held last (refused for good). Not sent again here: the answer relay retries (a batch
+    /// sent twice stores nothing twice).
     pub async fn post_answers(
         &self,
         answers: &[(i64, &str, &str, &[u8])],
     ) -> Result<Vec<(i64, Option<AnswerAck>)>, UpstreamError> {
         let what = "uploading answers to";
-        let url = self.url("/answers");
+        let (index, base) = self.servers.current();
+        let url = format!("{base}{LOOKUP_PREFIX}/answers");
         let mut body = Vec::with_capacity(answers.iter().map(|a| a.3.len() + 128).sum());
         for (job_id, outcome, node, bytes) in answers {
             let header = rjs_wire::api::AnswerBatchHeader {
@@ -476,8 +613,18 @@ impl WebServerClient {
                 rjs_wire::api::ANSWERS_CONTENT_TYPE,
             )
             .body(body);
-        let resp = self.send(what, &url, rb).await?;
-        let r: rjs_wire::api::AnswerBatchResponse = read_json(resp, what, &url).await?;
+        let result = async {
+            let resp = self.send(what, &url, rb).await?;
+            read_json::<rjs_wire::api::AnswerBatchResponse>(resp, what, &url).await
+        }
+        .await;
+        let r = match result {
+            Ok(r) => r,
+            Err(e) => {
+                self.failed(index, &e);
+                return Err(e);
+            }
+        };
         use rjs_wire::api::AnswerBatchStatus as S;
         Ok(r.results
             .into_iter()
@@ -504,7 +651,6 @@ impl WebServerClient {
             return Err(UpstreamError::BadBundleId(bundle_id.to_owned()));
         }
         let what = "fetching a bundle from";
-        let url = self.url(&format!("/bundles/{bundle_id}"));
         let path = self.cache_path(bundle_id);
         let cached = {
             let p = path.clone();
@@ -520,19 +666,28 @@ impl WebServerClient {
             .await
             .unwrap_or(false)
         };
-        let mut rb = self.http.get(&url);
-        if cached {
-            rb = rb.header(reqwest::header::IF_NONE_MATCH, format!("\"{bundle_id}\""));
-        }
-        let resp = self.send(what, &url, rb).await?;
-        if resp.status() == reqwest::StatusCode::NOT_MODIFIED && cached {
+        let (url, bytes) = self
+            .call(Retry::Always, |base| async move {
+                let url = format!("{base}{LOOKUP_PREFIX}/bundles/{bundle_id}");
+                let mut rb = self.http.get(&url);
+                if cached {
+                    rb = rb.header(reqwest::header::IF_NONE_MATCH, format!("\"{bundle_id}\""));
+                }
+                let resp = self.send(what, &url, rb).await?;
+                if resp.status() == reqwest::StatusCode::NOT_MODIFIED && cached {
+                    return Ok((url, None));
+                }
+                let limit = rjs_signer::VerifyLimits::default().max_bundle_bytes;
+                let bytes = read_body(resp, limit, what, &url).await?;
+                Ok((url, Some(bytes)))
+            })
+            .await?;
+        let Some(bytes) = bytes else {
             return Ok(CachedBundle {
                 path,
                 from_cache: true,
             });
-        }
-        let limit = rjs_signer::VerifyLimits::default().max_bundle_bytes;
-        let bytes = read_body(resp, limit, what, &url).await?;
+        };
         let got = hex(&Sha256::digest(&bytes));
         if got != bundle_id {
             return Err(UpstreamError::Digest {
@@ -552,15 +707,30 @@ impl WebServerClient {
         })
     }
 
-    /// Opens the `jobs` event stream once and forwards its events to `tx` until it ends or
-    /// fails. Returns Ok when the stream ended cleanly, or when `tx` was closed.
+    /// Opens the `jobs` event stream of the current web server once and forwards its events
+    /// to `tx` until it ends or fails. Returns Ok when the stream ended cleanly, or when `tx`
+    /// was closed.
     pub async fn stream_events_once(
         &self,
         tx: &mpsc::Sender<JobsEvent>,
     ) -> Result<(), UpstreamError> {
+        let (index, base) = self.servers.current();
+        let result = self.stream_events_from(&base, tx).await;
+        if let Err(e) = &result {
+            self.failed(index, e);
+        }
+        result
+    }
+
+    async fn stream_events_from(
+        &self,
+        base: &str,
+        tx: &mpsc::Sender<JobsEvent>,
+    ) -> Result<(), UpstreamError> {
         let what = "reading the job events from";
-        let url = self.url("/events");
-        // No total timeout: idle detection is below.
+        let url = format!("{base}{LOOKUP_PREFIX}/events");
+        // No total timeout: idle detection is below (the connection is bounded by the
+        // connect timeout).
         let mut resp = self
             .http
             .get(&url)
@@ -613,18 +783,32 @@ impl WebServerClient {
     }
 
     /// The `jobs` events, forever: a background task reconnects with jittered, capped
-    /// exponential backoff (reset after a stream that delivered). Drop the receiver (or abort
-    /// the returned handle) to stop it.
+    /// exponential backoff (reset after a stream that delivered), and at once to the new
+    /// current web server when another failure failed over (its own failures wait for the
+    /// backoff, so a list of dead servers is not dialled in a loop). Drop the receiver (or
+    /// abort the returned handle) to stop it.
     pub fn events(&self) -> (mpsc::Receiver<JobsEvent>, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(16);
         let me = self.clone();
+        let mut moved = self.servers.subscribe();
         let task = tokio::spawn(async move {
             let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
             while !tx.is_closed() {
                 let started = std::time::Instant::now();
-                match me.stream_events_once(&tx).await {
-                    Ok(()) => {}
-                    Err(e) => tracing::debug!(error = %chain(&e), "event stream"),
+                moved.borrow_and_update();
+                let outcome = tokio::select! {
+                    biased;
+                    r = me.stream_events_once(&tx) => Some(r),
+                    _ = moved.changed() => None,
+                };
+                match outcome {
+                    // Another request failed over while the stream ran: follow it now.
+                    None => {
+                        backoff.reset();
+                        continue;
+                    }
+                    Some(Ok(())) => {}
+                    Some(Err(e)) => tracing::debug!(error = %chain(&e), "event stream"),
                 }
                 if started.elapsed() > Duration::from_secs(10) {
                     backoff.reset();
@@ -632,7 +816,12 @@ impl WebServerClient {
                 if tx.is_closed() {
                     break;
                 }
-                tokio::time::sleep(backoff.next_delay()).await;
+                // Its own failover (if any) is seen; a later one cuts the wait short.
+                moved.borrow_and_update();
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff.next_delay()) => {}
+                    _ = moved.changed() => {}
+                }
             }
         });
         (rx, task)
@@ -875,6 +1064,27 @@ mod tests {
         }
         b.reset();
         assert!(b.next_delay() <= Duration::from_millis(150));
+    }
+
+    #[test]
+    fn only_a_gone_or_unwell_server_is_failed_over() {
+        let status = |status| UpstreamError::Status {
+            what: "leasing jobs from",
+            url: "https://a:1/lookup/v1/lease".into(),
+            status,
+            code: "?".into(),
+            message: String::new(),
+        };
+        for s in [502, 503, 504] {
+            assert!(status(s).warrants_failover(), "{s}");
+            assert!(!status(s).never_sent(), "{s}");
+        }
+        // A 500 is about the request; 4xx are this lookup's; 429/408 ask to slow down.
+        for s in [500, 400, 401, 403, 404, 408, 409, 429] {
+            assert!(!status(s).warrants_failover(), "{s}");
+        }
+        let e = UpstreamError::BadBundleId("x".into());
+        assert!(!e.warrants_failover() && !e.never_sent());
     }
 
     #[tokio::test]

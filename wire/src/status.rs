@@ -77,6 +77,12 @@ pub struct Drops {
 pub struct NodesResponse {
     pub nodes: Vec<NodeRow>,
     pub drops: Drops,
+    /// The web server the lookup talks to now (empty from a lookup that predates it).
+    #[serde(default)]
+    pub webserver: String,
+    /// Moves from a failed web server to the next since start.
+    #[serde(default)]
+    pub failovers: u64,
 }
 
 /// Where a job is, as the lookup sees it.
@@ -133,6 +139,30 @@ pub struct StatusResponse {
     /// For how long, in whole seconds, when it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream_down_secs: Option<u64>,
+    /// The web server the lookup talks to now, one of `webservers` (empty from a lookup that
+    /// predates it).
+    #[serde(default)]
+    pub webserver: String,
+    /// Every web server the lookup was given, in order.
+    #[serde(default)]
+    pub webservers: Vec<String>,
+    /// Moves from a failed web server to the next since start.
+    #[serde(default)]
+    pub failovers: u64,
+    /// The last of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failover: Option<FailoverRow>,
+}
+
+/// One move from a failed web server to the next ([`StatusResponse::last_failover`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailoverRow {
+    pub from: String,
+    pub to: String,
+    /// The failure, with its cause chain.
+    pub cause: String,
+    /// Whole seconds since.
+    pub secs_ago: u64,
 }
 
 /// An error answer: `{"error":"…"}`.

@@ -142,6 +142,15 @@ fn render_panel(p: &NodesResponse) -> String {
     if p.nodes.is_empty() {
         let _ = writeln!(out, "(no live node)");
     }
+    if !p.webserver.is_empty() {
+        let _ = writeln!(
+            out,
+            "web server: {} ({} failover{})",
+            p.webserver,
+            p.failovers,
+            if p.failovers == 1 { "" } else { "s" }
+        );
+    }
     let d = &p.drops;
     let dropped = d.unsigned + d.malformed + d.unknown_key + d.bad_signature + d.stale + d.replay;
     if dropped > 0 {

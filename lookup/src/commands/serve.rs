@@ -4,17 +4,19 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use rjs_lookup::discovery::DiscoveryConfig;
+use rjs_lookup::failover::WebServers;
 use rjs_lookup::service::{ServeConfig, Service};
 
 #[derive(clap::Args)]
 pub struct ServeCommand {
     #[arg(long, value_name = "DIR")]
     data: PathBuf,
-    /// The web server's URL (https://HOST:PORT).
-    #[arg(long, value_name = "URL")]
-    webserver: String,
+    /// A web server's URL (https://HOST:PORT). Repeatable (at most 16): web servers sharing
+    /// one store, used one at a time, the next when the current one fails.
+    #[arg(long = "webserver", value_name = "URL", required = true)]
+    webservers: Vec<String>,
     /// The credentials file from `rjs-webserver lookup add` (client certificate, web server CA, key).
     #[arg(long, value_name = "FILE")]
     creds: PathBuf,
@@ -56,7 +58,7 @@ pub struct ServeCommand {
 
 impl ServeCommand {
     pub fn run(self) -> Result<()> {
-        let cfg = self.config();
+        let cfg = self.config()?;
         let rt = super::runtime()?;
         rt.block_on(async {
             let service = Service::start(cfg).await?;
@@ -74,7 +76,8 @@ impl ServeCommand {
         Ok(())
     }
 
-    fn config(self) -> ServeConfig {
+    fn config(self) -> Result<ServeConfig> {
+        let webservers = WebServers::parse(&self.webservers).context("--webserver")?;
         let mut discovery = DiscoveryConfig::with_interval(self.announce_interval);
         if let Some(ttl) = self.ttl {
             discovery.ttl = ttl;
@@ -87,7 +90,7 @@ impl ServeCommand {
                     .collect(),
             );
         }
-        let mut cfg = ServeConfig::new(self.data, self.webserver, self.creds);
+        let mut cfg = ServeConfig::new(self.data, webservers, self.creds);
         cfg.enrol_listen = self.enrol_listen;
         cfg.discovery = discovery;
         cfg.poll = self.poll;
@@ -97,6 +100,6 @@ impl ServeCommand {
         cfg.park = self.park;
         cfg.answer_margin = self.answer_margin;
         cfg.max_compile = self.max_compile;
-        cfg
+        Ok(cfg)
     }
 }

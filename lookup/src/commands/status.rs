@@ -38,6 +38,38 @@ impl StatusCommand {
                 _ => String::new(),
             }
         );
+        if let Some(line) = webserver_line(&s) {
+            println!("{line}");
+        }
         Ok(())
     }
+}
+
+/// `web server https://b:8443 (2 of 2); 1 failover, the last 12 s ago from https://a:8443:
+/// <cause>`; None from a lookup that does not say.
+fn webserver_line(s: &StatusResponse) -> Option<String> {
+    if s.webserver.is_empty() {
+        return None;
+    }
+    let mut line = format!("web server {}", s.webserver);
+    if s.webservers.len() > 1 {
+        let pos = s.webservers.iter().position(|w| *w == s.webserver);
+        line.push_str(&format!(
+            " ({} of {})",
+            pos.map_or("?".to_owned(), |p| (p + 1).to_string()),
+            s.webservers.len()
+        ));
+        line.push_str(&format!(
+            "; {} failover{}",
+            s.failovers,
+            if s.failovers == 1 { "" } else { "s" }
+        ));
+        if let Some(f) = &s.last_failover {
+            line.push_str(&format!(
+                ", the last {} s ago from {}: {}",
+                f.secs_ago, f.from, f.cause
+            ));
+        }
+    }
+    Some(line)
 }

@@ -7,6 +7,13 @@
 //! waits for the link: the answer relay first (its backoff is cut short), then the puller,
 //! which leases again only once the answers kept during the outage are on their way
 //! ([`ANSWERS_FIRST`]).
+//!
+//! With several web servers ([`crate::failover`]), every ask goes to the current one, and a
+//! failure that fails over is followed at once by an ask of the next one (unless the
+//! heartbeat's own ask failed: then it waits its interval, so a list of dead servers is
+//! asked in turn, one per interval, not in a loop). A failover also starts a reclaim
+//! ([`after_failover`]): a lease whose response was lost with the server that failed leased
+//! jobs on the shared store, which the next server lists as held here.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -34,7 +41,7 @@ impl Shared {
         st.down_since = Some(Instant::now());
         drop(st);
         tracing::warn!(
-            webserver = self.client.base(),
+            webserver = %self.client.base(),
             error = why,
             "web server unreachable; nodes go on with the jobs held, answers wait in the spool"
         );
@@ -50,7 +57,7 @@ impl Shared {
         let down_for = since.elapsed();
         drop(st);
         tracing::info!(
-            webserver = self.client.base(),
+            webserver = %self.client.base(),
             down_for = ?down_for,
             "web server reachable again; relaying answers first"
         );
@@ -84,16 +91,50 @@ impl Shared {
 
 /// The heartbeat task.
 pub(super) async fn heartbeat(shared: Arc<Shared>) {
+    let mut moved = shared.client.servers().subscribe();
     loop {
-        match tokio::time::timeout(HEARTBEAT_TIMEOUT, shared.client.ping()).await {
-            Ok(Ok(_)) => shared.upstream_ok(),
-            Ok(Err(e)) if e.is_unreachable() => shared.upstream_failed(&chain(&e)),
+        // The request's own timeout fails over a server that does not answer; the outer one
+        // only bounds what the request's does not (e.g. a slow name lookup).
+        let asked = tokio::time::timeout(
+            HEARTBEAT_TIMEOUT + Duration::from_millis(250),
+            shared.client.ping_within(HEARTBEAT_TIMEOUT),
+        )
+        .await;
+        let ok = match asked {
+            Ok(Ok(_)) => true,
+            Ok(Err(e)) if e.is_unreachable() => {
+                shared.upstream_failed(&chain(&e));
+                false
+            }
             // It answered, if only with an error status: reachable.
-            Ok(Err(_)) => shared.upstream_ok(),
-            Err(_) => shared.upstream_failed(&format!(
-                "no answer to GET /healthz within {HEARTBEAT_TIMEOUT:?}"
-            )),
+            Ok(Err(_)) => true,
+            Err(_) => {
+                shared.upstream_failed(&format!(
+                    "no answer to GET /healthz within {HEARTBEAT_TIMEOUT:?}"
+                ));
+                false
+            }
+        };
+        if ok {
+            shared.upstream_ok();
         }
-        tokio::time::sleep(HEARTBEAT).await;
+        // A failover of its own ask (if any) is no reason to ask again at once.
+        moved.borrow_and_update();
+        tokio::select! {
+            _ = tokio::time::sleep(HEARTBEAT) => {}
+            // Another request failed over: ask the new current server now.
+            _ = moved.changed(), if ok => {}
+        }
+    }
+}
+
+/// After each failover: reclaim (jobs leased through the server left whose lease response
+/// was lost are listed as held by the next; the reclaimer queues them at once instead of
+/// leaving them idle until their leases lapse), and let the puller look again.
+pub(super) async fn after_failover(shared: Arc<Shared>) {
+    let mut moved = shared.client.servers().subscribe();
+    while moved.changed().await.is_ok() {
+        shared.reclaim.notify_one();
+        shared.capacity.notify_one();
     }
 }

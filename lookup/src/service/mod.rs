@@ -53,10 +53,11 @@ use tokio::task::JoinHandle;
 use crate::discovery::{Browser, DiscoveryConfig, MARKS_FILE};
 use crate::dispatch::{PeerCheck, Scheduler};
 use crate::enrol;
+use crate::failover::WebServers;
 use crate::spool::{AnswerSpool, RelayOptions};
 use crate::upstream::{Timeouts, WebServerClient};
 use dispatcher::dispatcher;
-use health::heartbeat;
+use health::{after_failover, heartbeat};
 use puller::{puller, reclaimer, renewer};
 use state::{Shared, State, wire_ids};
 use status::shared_status;
@@ -66,8 +67,9 @@ use status::shared_status;
 pub struct ServeConfig {
     /// The lookup's data directory (`rjs-lookup init`).
     pub data: PathBuf,
-    /// The web server's base URL (`https://host:port`).
-    pub webserver: String,
+    /// The web servers (`https://host:port`), one store behind them all: the first is used
+    /// first, the next when it fails ([`crate::failover`]).
+    pub webservers: WebServers,
     /// The `rjs-webserver lookup add` credentials file.
     pub creds: PathBuf,
     /// Where the enrolment endpoint listens.
@@ -97,10 +99,10 @@ pub struct ServeConfig {
 }
 
 impl ServeConfig {
-    pub fn new(data: PathBuf, webserver: String, creds: PathBuf) -> Self {
+    pub fn new(data: PathBuf, webservers: WebServers, creds: PathBuf) -> Self {
         ServeConfig {
             data,
-            webserver,
+            webservers,
             creds,
             enrol_listen: SocketAddr::from(([0, 0, 0, 0], 7450)),
             discovery: DiscoveryConfig::default(),
@@ -148,8 +150,8 @@ impl Service {
 
         let node_tls = enrol::node_client_tls(&data)?;
 
-        let client = WebServerClient::new(
-            &cfg.webserver,
+        let client = WebServerClient::with_webservers(
+            cfg.webservers.clone(),
             &cfg.creds,
             &data.join("bundles"),
             Timeouts::default(),
@@ -199,6 +201,7 @@ impl Service {
         let tasks = vec![
             spool.spawn_relay(client, RelayOptions::default()),
             tokio::spawn(heartbeat(shared.clone())),
+            tokio::spawn(after_failover(shared.clone())),
             tokio::spawn(reclaimer(shared.clone())),
             tokio::spawn(puller(shared.clone())),
             tokio::spawn(renewer(shared.clone())),

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use rjs_cmd::chain;
 use rjs_wire::api::{Lease, LeaseResponse, MAX_BATCH};
 use rjs_wire::ids::JobId;
+use rjs_wire::status::JobWhere;
 use tokio::task::JoinSet;
 
 use super::state::{Job, MAX_PARKED, Place, Shared, wire_ids};
@@ -116,7 +117,7 @@ pub(super) async fn puller(shared: Arc<Shared>) {
                         if (resp.leases.len() as u64) < want {
                             drained = true;
                         }
-                        take_leases(&shared, resp.leases);
+                        let _ = take_leases(&shared, resp.leases, Taken::Leased);
                     }
                     // No answer at all: the link (a web server that answers with a failure
                     // is reachable, and leases nothing: back off to the timer below).
@@ -126,6 +127,11 @@ pub(super) async fn puller(shared: Arc<Shared>) {
                         shared.reclaim.notify_one();
                     }
                     Err(e) => {
+                        // A 5xx: the store may have leased the jobs before the failure (a
+                        // gateway's 502/504 in particular); `held` tells.
+                        if e.is_transient() {
+                            shared.reclaim.notify_one();
+                        }
                         tracing::warn!(error = %chain(&e), "the web server refused to lease jobs");
                         drained = true;
                     }
@@ -197,15 +203,37 @@ fn give_back_surplus(shared: &Arc<Shared>) {
     });
 }
 
-/// Adds freshly leased (or reclaimed) jobs to the queue.
-pub(super) fn take_leases(shared: &Shared, leases: Vec<Lease>) {
-    let n = leases.len();
+/// How jobs came to [`take_leases`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Taken {
+    /// A lease response: jobs that were queued at the web server.
+    Leased,
+    /// The web server's list of the jobs held here ([`reclaim`]).
+    Held,
+}
+
+/// Adds freshly leased (or reclaimed) jobs to the queue. A reclaimed job this lookup has
+/// answered since the list was read is not taken: its answer was spooled after the list was
+/// read and relayed before the spool was looked at (neither held nor spooled here any more,
+/// yet answered), which would run it once more for nothing.
+/// Returns how many it took.
+pub(super) fn take_leases(shared: &Shared, leases: Vec<Lease>, how: Taken) -> usize {
+    let mut n = 0usize;
     let mut st = shared.lock();
     for lease in leases {
         let id = JobId::from(lease.job_id);
         if st.jobs.contains_key(&id) {
             continue;
         }
+        if how == Taken::Held
+            && st
+                .history
+                .get(&id)
+                .is_some_and(|p| p.place == JobWhere::Answered)
+        {
+            continue;
+        }
+        n += 1;
         st.counters.leased += 1;
         st.jobs.insert(
             id,
@@ -226,6 +254,7 @@ pub(super) fn take_leases(shared: &Shared, leases: Vec<Lease>) {
         tracing::debug!(jobs = n, "leased");
         shared.dispatch.notify_one();
     }
+    n
 }
 
 /// The reclaimer: at start, after the web server was unreachable, and after a lease request
@@ -271,8 +300,7 @@ async fn reclaim(shared: &Arc<Shared>) {
             .into_iter()
             .filter(|l| !answered.contains(&l.job_id))
             .collect();
-        taken += fresh.len();
-        take_leases(shared, fresh);
+        taken += take_leases(shared, fresh, Taken::Held);
         if !full {
             break;
         }

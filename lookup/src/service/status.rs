@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use rjs_wire::ids::JobId;
 use rjs_wire::status::{
-    JobWhere, NodeRow, NodesResponse, StatusRequest, StatusResponse, WhyResponse,
+    FailoverRow, JobWhere, NodeRow, NodesResponse, StatusRequest, StatusResponse, WhyResponse,
 };
 
 use super::state::{Place, Shared};
@@ -49,7 +49,13 @@ pub(super) fn nodes_panel(shared: &Shared) -> NodesResponse {
             }
         })
         .collect();
-    NodesResponse { nodes: rows, drops }
+    let servers = shared.client.servers().view();
+    NodesResponse {
+        nodes: rows,
+        drops,
+        webserver: servers.current,
+        failovers: servers.failovers,
+    }
 }
 
 pub(super) fn why(shared: &Shared, job: i64) -> WhyResponse {
@@ -127,6 +133,7 @@ pub(super) fn why(shared: &Shared, job: i64) -> WhyResponse {
 
 pub(super) fn status(shared: &Shared) -> StatusResponse {
     let spooled = shared.spool.pending_count() as u64;
+    let servers = shared.client.servers().view();
     let st = shared.lock();
     StatusResponse {
         queued: st.count(|p| matches!(p, Place::Queued)),
@@ -141,5 +148,14 @@ pub(super) fn status(shared: &Shared) -> StatusResponse {
         released_total: st.counters.released,
         upstream_down: st.down_since.is_some(),
         upstream_down_secs: st.down_since.map(|t| t.elapsed().as_secs()),
+        webserver: servers.current,
+        webservers: servers.urls,
+        failovers: servers.failovers,
+        last_failover: servers.last.map(|f| FailoverRow {
+            secs_ago: f.at.elapsed().as_secs(),
+            from: f.from,
+            to: f.to,
+            cause: f.cause,
+        }),
     }
 }

@@ -1,0 +1,301 @@
+//! A lookup given several web servers on one store (`docs/lookup-server.md`, "Several web
+//! servers"): the client fails over in list order when the current one is gone, sends again
+//! at once only what is safe to send twice, comes back round to a server it left, and the
+//! event stream follows; `rjs-lookup serve` refuses a bad list with the reason. Against the
+//! real `rjs-webserver serve` (two processes on one data directory) on loopback.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use rjs_e2e::{LookupCreds, Managed, WebServer, bin, make_bundle, spawn_listening, upload_raw};
+use rjs_lookup::failover::WebServers;
+use rjs_lookup::upstream::{Timeouts, WebServerClient};
+use rjs_signer::KeyPair;
+use rjs_signer::client::{AuthorClient, ServerUrl};
+use rjs_wire::api::UploadResponse;
+
+/// Two web servers on one data directory (one SQLite store, CA, certificate, blob folder),
+/// an author and an enrolled lookup.
+struct Two {
+    first: WebServer,
+    /// The second `serve` process and its address.
+    second: Option<(Managed, String)>,
+    creds: LookupCreds,
+    /// The author, through the first and through the second.
+    author: AuthorClient,
+    author_second: AuthorClient,
+    tmp: tempfile::TempDir,
+}
+
+fn two() -> Two {
+    let mut first = WebServer::init().unwrap();
+    let creds = first.add_lookup("lk1").unwrap();
+    let secret: [u8; 32] = rand::random();
+    let public = KeyPair::from_secret(secret).public().to_base64();
+    first
+        .admin(&["author", "add", "alice", "--key", &public])
+        .unwrap();
+    first.start().unwrap();
+    let author = first.author(KeyPair::from_secret(secret)).unwrap();
+    let second = spawn_listening(
+        Command::new(bin("rjs-webserver"))
+            .arg("serve")
+            .arg("--data")
+            .arg(first.data())
+            .args(["--listen", "127.0.0.1:0"])
+            .stderr(Stdio::inherit()),
+        "listening on https://",
+    )
+    .unwrap();
+    let author_second = AuthorClient::with_ca_file(
+        ServerUrl::parse(&format!("https://{}", second.1)).unwrap(),
+        &first.ca_pem(),
+        KeyPair::from_secret(secret),
+    )
+    .unwrap();
+    Two {
+        first,
+        second: Some(second),
+        creds,
+        author,
+        author_second,
+        tmp: tempfile::tempdir().unwrap(),
+    }
+}
+
+impl Two {
+    fn urls(&self) -> [String; 2] {
+        let second = &self.second.as_ref().unwrap().1;
+        [
+            format!("https://{}", self.first.addr),
+            format!("https://{second}"),
+        ]
+    }
+
+    fn client(&self, urls: &[String]) -> WebServerClient {
+        WebServerClient::with_webservers(
+            WebServers::parse(urls).unwrap(),
+            &self.creds.path,
+            &self.tmp.path().join("cache"),
+            Timeouts {
+                connect: Duration::from_secs(2),
+                request: Duration::from_secs(10),
+                events_idle: Duration::from_secs(45),
+                keepalive: Duration::from_secs(2),
+            },
+        )
+        .unwrap()
+    }
+
+    /// Uploads a bundle of `tasks` tasks through the first web server, or the second.
+    fn upload_to(&self, second: bool, tasks: u32) -> UploadResponse {
+        let a = if second {
+            &self.author_second
+        } else {
+            &self.author
+        };
+        let r = upload_raw(a, &make_bundle(a.key(), "t", tasks)).unwrap();
+        assert_eq!(r.status().as_u16(), 201);
+        r.json().unwrap()
+    }
+}
+
+/// `https://127.0.0.1:PORT` where nothing listens (connection refused).
+fn closed_port_url() -> String {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    drop(l);
+    format!("https://127.0.0.1:{port}")
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn a_server_killed_is_left_for_the_next_and_what_it_leased_is_held_there() {
+    let mut env = two();
+    let up = env.upload_to(false, 4);
+    let ids: Vec<i64> = up.jobs.iter().map(|j| j.id).collect();
+    let [a, b] = env.urls();
+    let rt = rt();
+    let c = env.client(&[a.clone(), b.clone()]);
+    rt.block_on(async {
+        // Through the first: it leases from the shared store.
+        let leased = c.lease(2, &[], 60).await.unwrap();
+        assert_eq!(leased.leases.len(), 2);
+        assert_eq!(c.servers().view().failovers, 0);
+        assert_eq!(c.base(), a);
+    });
+
+    // The first dies (its lease response could as well have been lost with it).
+    env.first.kill9();
+    rt.block_on(async {
+        // `held` is safe to send twice: the failure moves to the second and it is sent there
+        // at once; the second lists the jobs leased through the first (one store, one
+        // lookup identity).
+        let held = c.held(None, 500, 60).await.unwrap();
+        let mut got: Vec<i64> = held.leases.iter().map(|l| l.job_id).collect();
+        got.sort_unstable();
+        assert_eq!(got.len(), 2);
+        assert!(got.iter().all(|id| ids.contains(id)));
+        let v = c.servers().view();
+        assert_eq!(
+            (v.current.as_str(), v.index, v.failovers),
+            (b.as_str(), 1, 1)
+        );
+        let last = v.last.unwrap();
+        assert_eq!(
+            (last.from.as_str(), last.to.as_str()),
+            (a.as_str(), b.as_str())
+        );
+        assert!(
+            last.cause
+                .starts_with(&format!("reading the jobs held at {a}/lookup/v1/held: ")),
+            "{}",
+            last.cause
+        );
+        // Everything else goes to the second now: the rest of the jobs, and renewals of all.
+        let more = c.lease(10, &[], 60).await.unwrap();
+        assert_eq!(more.leases.len(), 2);
+        let r = c.renew(&ids, 60).await.unwrap();
+        assert_eq!(r.renewed.len(), 4, "{r:?}");
+        let f = c.fetch_bundle(&up.bundle_id).await.unwrap();
+        assert!(!f.from_cache);
+        assert_eq!(c.servers().view().failovers, 1);
+    });
+    if let Some((mut p, _)) = env.second.take() {
+        p.kill9();
+    }
+}
+
+#[test]
+fn a_lease_that_never_reached_a_server_goes_to_the_next_at_once() {
+    let env = two();
+    env.upload_to(false, 3);
+    let [_, b] = env.urls();
+    let dead = closed_port_url();
+    let rt = rt();
+    let c = env.client(&[dead.clone(), b.clone()]);
+    rt.block_on(async {
+        // Connection refused: the request never reached the first, so even a lease (not safe
+        // to send twice) is sent to the next at once.
+        let leased = c.lease(10, &[], 60).await.unwrap();
+        assert_eq!(leased.leases.len(), 3);
+        let v = c.servers().view();
+        assert_eq!((v.current.as_str(), v.failovers), (b.as_str(), 1));
+        assert!(v.last.unwrap().cause.contains(&dead));
+    });
+}
+
+#[test]
+fn a_server_left_is_tried_again_when_the_others_fail() {
+    let mut env = two();
+    let [a, _] = env.urls();
+    let (d1, d2) = (closed_port_url(), closed_port_url());
+    let rt = rt();
+    // [first, dead, dead]: each failed ask (the heartbeat's: never sent again at once) moves
+    // one step, in list order, and round to the first again.
+    let c = env.client(&[a.clone(), d1.clone(), d2.clone()]);
+    rt.block_on(async { c.ping().await.unwrap() });
+    env.first.kill9();
+    let mut order = Vec::new();
+    rt.block_on(async {
+        for _ in 0..2 {
+            assert!(c.ping().await.is_err());
+            order.push(c.base());
+        }
+    });
+    // Back on its address while the others are still dead.
+    env.first.start().unwrap();
+    rt.block_on(async {
+        assert!(c.ping().await.is_err());
+        order.push(c.base());
+        c.ping().await.unwrap();
+    });
+    assert_eq!(order, [d1, d2, a]);
+    assert_eq!(c.servers().view().failovers, 3);
+}
+
+#[test]
+fn the_event_stream_follows_the_failover() {
+    let env = two();
+    let [_, b] = env.urls();
+    let rt = rt();
+    let c = env.client(&[closed_port_url(), b.clone()]);
+    let (mut rx, task) = rt.block_on(async { c.events() });
+    // The first connection is refused; the stream opens on the second with the current count.
+    let first = rt
+        .block_on(async { tokio::time::timeout(Duration::from_secs(10), rx.recv()).await })
+        .expect("first event within 10 s")
+        .expect("stream open");
+    assert_eq!(first.queued, 0);
+    assert_eq!(c.base(), b);
+    // (A web server's `jobs` events are of its own process's changes: the upload goes
+    // through the second. The lookup's polling covers the others'.)
+    env.upload_to(true, 2);
+    let ev = rt
+        .block_on(async { tokio::time::timeout(Duration::from_secs(10), rx.recv()).await })
+        .expect("an event within 10 s")
+        .expect("stream open");
+    assert!(ev.queued >= 2, "{ev:?}");
+    task.abort();
+}
+
+fn lookup_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_rjs-lookup"))
+}
+
+/// `rjs-lookup serve` with these `--webserver` values: its exit code and standard error.
+fn serve_with(urls: &[&str]) -> (Option<i32>, String) {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(lookup_bin());
+    cmd.arg("serve")
+        .arg("--data")
+        .arg(tmp.path().join("lookup"))
+        .arg("--creds")
+        .arg(tmp.path().join("none.creds"));
+    for u in urls {
+        cmd.args(["--webserver", u]);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn serve_refuses_a_bad_web_server_list_with_the_reason() {
+    let (code, err) = serve_with(&[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--webserver <URL>"), "{err}");
+
+    let (code, err) = serve_with(&["http://grid:8080"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("--webserver: web server URL \"http://grid:8080\": only https:// is allowed"),
+        "{err}"
+    );
+
+    let (code, err) = serve_with(&["https://grid:8443", "https://GRID:8443/"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("is given twice"), "{err}");
+
+    let many: Vec<String> = (0..17).map(|i| format!("https://w{i}:1")).collect();
+    let refs: Vec<&str> = many.iter().map(String::as_str).collect();
+    let (code, err) = serve_with(&refs);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("17 web servers given; at most 16"), "{err}");
+
+    // A good list gets past the check: what fails is the (missing) data directory.
+    let (code, err) = serve_with(&["https://a:1", "https://b:1"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(!err.contains("--webserver"), "{err}");
+}
