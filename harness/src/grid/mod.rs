@@ -89,6 +89,11 @@ pub struct GridOptions {
     /// loopback]. The multi-host tests put the lookup and each node on a host of their own
     /// ([`crate::hosts::Lan`]) and the web server behind a WAN link.
     pub placement: Placement,
+    /// More `rjs-webserver serve` processes on the first one's data directory (one store,
+    /// CA, certificate and blob folder: several stateless web servers), each on a loopback
+    /// port of its own, logging to `logs/webserver-2.log`, …; the lookup is given every web
+    /// server's URL (`--webserver` repeated), the first one's first [default: 0].
+    pub extra_webservers: usize,
 }
 
 /// A process's host: a named network namespace, the address it listens on there and the
@@ -184,6 +189,7 @@ impl GridOptions {
             node_options: Vec::new(),
             lookup_args: Vec::new(),
             placement: Placement::default(),
+            extra_webservers: 0,
         }
     }
 
@@ -206,6 +212,7 @@ impl std::fmt::Debug for GridOptions {
             .field("node_options", &self.node_options)
             .field("lookup_args", &self.lookup_args)
             .field("placement", &self.placement)
+            .field("extra_webservers", &self.extra_webservers)
             .finish_non_exhaustive()
     }
 }
@@ -242,6 +249,8 @@ pub struct LocalGrid {
     bins: Bins,
     webserver: Option<Managed>,
     webserver_url: String,
+    /// [`GridOptions::extra_webservers`]: each process and its URL.
+    extra_webservers: Vec<(Managed, String)>,
     lookup: Option<Managed>,
     enrol_addr: Option<String>,
     status_socket: Option<PathBuf>,
@@ -287,6 +296,12 @@ impl LocalGrid {
         let api = AuthorClient::with_ca_file(server, &ca, author)?;
         let mut grid = LocalGrid::new(opts, bins, webserver, webserver_url, api);
         // From here on, an error drops `grid`, which stops what was started.
+        for i in 0..grid.opts.extra_webservers {
+            let log = format!("webserver-{}.log", i + 2);
+            let (proc, url) = serve_webserver_as(&grid.opts, &grid.bins, "127.0.0.1:0", &log)?;
+            grid.step(&format!("web server {} listening on {url}", i + 2));
+            grid.extra_webservers.push((proc, url));
+        }
 
         // 2. The lookup server.
         let mut init = Command::new(&grid.bins.lookup);
@@ -332,6 +347,7 @@ impl LocalGrid {
             bins,
             webserver: Some(webserver),
             webserver_url,
+            extra_webservers: Vec::new(),
             lookup: None,
             enrol_addr: None,
             status_socket: None,
@@ -366,6 +382,14 @@ impl LocalGrid {
     /// `https://127.0.0.1:PORT`.
     pub fn webserver_url(&self) -> &str {
         &self.webserver_url
+    }
+
+    /// Every web server's URL: the first one's, then those of
+    /// [`GridOptions::extra_webservers`] (one store behind them all).
+    pub fn webserver_urls(&self) -> Vec<String> {
+        std::iter::once(self.webserver_url.clone())
+            .chain(self.extra_webservers.iter().map(|(_, u)| u.clone()))
+            .collect()
     }
 
     /// The web server's CA certificate.
@@ -484,8 +508,11 @@ impl LocalGrid {
             .arg("--data")
             .arg(&l)
             .arg("--webserver")
-            .arg(url)
-            .arg("--creds")
+            .arg(url);
+        for (_, more) in &self.extra_webservers {
+            cmd.arg("--webserver").arg(more);
+        }
+        cmd.arg("--creds")
             .arg(&creds)
             .args(["--enrol-listen", &enrol_listen, "--interface", interface])
             .arg("--announce-interval")
@@ -783,6 +810,7 @@ impl LocalGrid {
     /// message.
     pub fn log_tails(&self) -> String {
         let mut names = vec!["lookup".to_owned(), "webserver".to_owned()];
+        names.extend((0..self.extra_webservers.len()).map(|i| format!("webserver-{}", i + 2)));
         names.extend(self.nodes.iter().map(|n| n.id.clone()));
         names
             .iter()
@@ -878,6 +906,9 @@ impl LocalGrid {
             }
         }
         if let Some(p) = self.webserver.as_mut() {
+            procs.push(p);
+        }
+        for (p, _) in self.extra_webservers.iter_mut() {
             procs.push(p);
         }
         let mut signalled = vec![false; procs.len()];
@@ -1024,6 +1055,17 @@ fn serve_webserver(opts: &GridOptions, bins: &Bins) -> Result<(Managed, String)>
         .webserver_listen
         .as_deref()
         .unwrap_or("127.0.0.1:0");
+    serve_webserver_as(opts, bins, listen, "webserver.log")
+}
+
+/// Starts `rjs-webserver serve` of the grid's web server data on `listen`, logging to
+/// `logs/<log>`; returns it and its URL.
+fn serve_webserver_as(
+    opts: &GridOptions,
+    bins: &Bins,
+    listen: &str,
+    log: &str,
+) -> Result<(Managed, String)> {
     let mut serve = Command::new(&bins.webserver);
     serve
         .arg("serve")
@@ -1033,7 +1075,7 @@ fn serve_webserver(opts: &GridOptions, bins: &Bins) -> Result<(Managed, String)>
     let (webserver, line) = process::spawn_ready(
         "web server",
         serve,
-        &opts.dir.join("logs").join("webserver.log"),
+        &opts.dir.join("logs").join(log),
         "listening on ",
         opts.start_timeout,
     )?;
