@@ -73,3 +73,42 @@ fn webserver_line(s: &StatusResponse) -> Option<String> {
     }
     Some(line)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rjs_wire::status::FailoverRow;
+
+    fn status() -> StatusResponse {
+        serde_json::from_str(
+            r#"{"queued":0,"running":0,"parked":0,"spooled":0,"leased_total":0,
+                "answers_total":0,"answers":{"exit_zero":0,"exit_other":0,"trap":0,"limit":0},
+                "refusals_total":0,"lost_total":0,"released_total":0,"upstream_down":false}"#,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn the_web_server_line_names_the_current_one_and_the_last_failover() {
+        // A lookup that predates the fields: no line.
+        assert_eq!(webserver_line(&status()), None);
+        let mut s = status();
+        s.webserver = "https://a:1".into();
+        s.webservers = vec![s.webserver.clone()];
+        assert_eq!(webserver_line(&s).unwrap(), "web server https://a:1");
+        s.webservers.push("https://b:1".into());
+        s.webserver = "https://b:1".into();
+        s.failovers = 1;
+        s.last_failover = Some(FailoverRow {
+            from: "https://a:1".into(),
+            to: "https://b:1".into(),
+            cause: "checking the web server at https://a:1/healthz: connection refused".into(),
+            secs_ago: 12,
+        });
+        assert_eq!(
+            webserver_line(&s).unwrap(),
+            "web server https://b:1 (2 of 2); 1 failover, the last 12 s ago from https://a:1: \
+             checking the web server at https://a:1/healthz: connection refused"
+        );
+    }
+}
