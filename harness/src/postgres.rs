@@ -51,6 +51,8 @@ pub struct Postgres {
     /// The loopback TCP port, if it listens on one.
     port: Option<u16>,
     running: bool,
+    /// Whether commits are flushed to disk (`fsync`), as in production.
+    durable: bool,
 }
 
 impl Postgres {
@@ -61,6 +63,15 @@ impl Postgres {
 
     /// [`start`](Self::start), also listening on `127.0.0.1:port`.
     pub fn start_with(port: Option<u16>) -> Result<Postgres> {
+        Postgres::start_as(port, false)
+    }
+
+    /// [`start`](Self::start) with `fsync` on, as a production server runs (benchmarks).
+    pub fn start_durable() -> Result<Postgres> {
+        Postgres::start_as(None, true)
+    }
+
+    fn start_as(port: Option<u16>, durable: bool) -> Result<Postgres> {
         let bin = bin_dir()?;
         // SAFETY: geteuid cannot fail.
         let as_postgres = unsafe { libc::geteuid() } == 0;
@@ -79,6 +90,7 @@ impl Postgres {
             as_postgres,
             port,
             running: false,
+            durable,
         };
         let data = pg.data_dir();
         let out = pg.run(
@@ -175,9 +187,13 @@ impl Postgres {
             Some(p) => format!("-c listen_addresses=127.0.0.1 -p {p}"),
             None => "-c listen_addresses=''".to_owned(),
         };
+        let fast = if self.durable {
+            ""
+        } else {
+            "-c fsync=off -c full_page_writes=off"
+        };
         let opts = format!(
-            "-k {} {listen} -c fsync=off -c full_page_writes=off \
-             -c max_connections=200",
+            "-k {} {listen} {fast} -c max_connections=200",
             path_str(self.socket_dir())?
         );
         let log = self.dir.path().join("server.log");

@@ -30,10 +30,16 @@ pub struct Server {
 
 impl Server {
     pub fn start(data: &std::path::Path, log: &std::path::Path) -> Server {
+        Server::start_with(data, log, &[])
+    }
+
+    /// [`start`](Self::start) with more arguments for `serve` (e.g. `--store URL`).
+    pub fn start_with(data: &std::path::Path, log: &std::path::Path, args: &[&str]) -> Server {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_rjs-webserver"));
         cmd.args(["serve", "--data"])
             .arg(data)
             .args(["--listen", "127.0.0.1:0"])
+            .args(args)
             .stderr(std::fs::File::create(log).unwrap());
         let (proc, addr) = spawn_listening(&mut cmd, "listening on https://").unwrap();
         let port = addr.rsplit(':').next().unwrap();
@@ -96,18 +102,19 @@ pub struct Data {
 
 impl Data {
     pub fn init(dir: &Path, lookups: usize) -> Data {
-        admin::init(&admin::Site::local(&dir), &[]).unwrap();
+        Data::init_at(&admin::Site::local(dir), lookups)
+    }
+
+    /// [`init`](Self::init) with the site's store (e.g. PostgreSQL).
+    pub fn init_at(site: &admin::Site, lookups: usize) -> Data {
+        let dir = site.dir.as_path();
+        admin::init(site, &[]).unwrap();
         let key = KeyPair::generate();
-        admin::author_add(
-            &admin::Site::local(&dir),
-            "bench",
-            &key.public().to_base64(),
-        )
-        .unwrap();
+        admin::author_add(site, "bench", &key.public().to_base64()).unwrap();
         let lookups = (0..lookups)
             .map(|i| {
                 let path = dir.join(format!("lab-{i}.creds"));
-                admin::lookup_add(&admin::Site::local(&dir), &format!("lab-{i}"), &path).unwrap();
+                admin::lookup_add(site, &format!("lab-{i}"), &path).unwrap();
                 pki::parse_creds(&std::fs::read(&path).unwrap()).unwrap()
             })
             .collect();

@@ -22,8 +22,9 @@
 //!   and laid onto the database's clock, so servers whose clocks disagree still agree on
 //!   when a lease ends. [`PgClock::Caller`] takes the caller's times as they are (the
 //!   conformance suite drives the clock so).
-//! - **The change feed.** Its numbers come from one counter row, taken as the last statement
-//!   of a transaction (numbers committed in order; see `schema`).
+//! - **The change feed.** Its numbers come from one counter row, taken in the statement that
+//!   changes the jobs (the last of its transaction), so they are committed in order (see
+//!   `schema` and [`changing_jobs`]).
 //! - **Retries.** A transaction PostgreSQL aborted for a deadlock or a serialization failure,
 //!   or one that could not begin because its pooled connection had died (the database
 //!   restarted), is run again (a few times). A failure at `COMMIT` is not retried: whether it
@@ -117,7 +118,8 @@ impl PgOptions {
 
 /// The store on PostgreSQL.
 pub struct PgStore {
-    rt: tokio::runtime::Runtime,
+    /// Always `Some` but in `drop` (which shuts it down without blocking).
+    rt: Option<tokio::runtime::Runtime>,
     pool: Pool,
     clock: PgClock,
     /// Woken when a transaction (of any server) queued jobs.
@@ -149,9 +151,36 @@ impl Clock {
     }
 }
 
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        // Dropping a runtime blocks, which an async context (a server's) forbids.
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// Whether this thread runs a tokio runtime (where blocking on another is forbidden).
+fn in_async_context() -> bool {
+    tokio::runtime::Handle::try_current().is_ok()
+}
+
+/// Runs `f` on a thread of its own and waits for it (for blocking work asked for from an
+/// async context); a panic there is raised here.
+fn on_own_thread<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| match s.spawn(f).join() {
+        Ok(v) => v,
+        Err(panic) => std::panic::resume_unwind(panic),
+    })
+}
+
 impl PgStore {
-    /// Connects and brings the schema up to date (refusing a newer one).
+    /// Connects and brings the schema up to date (refusing a newer one). Blocks; from an async
+    /// context it does so on a thread of its own.
     pub fn connect(opts: &PgOptions) -> Result<PgStore, StoreError> {
+        if in_async_context() {
+            return on_own_thread(|| PgStore::connect(opts));
+        }
         let mut config: tokio_postgres::Config = opts
             .url
             .parse()
@@ -206,14 +235,14 @@ impl PgStore {
         };
         let queue_hint = Arc::new(tokio::sync::Notify::new());
         let store = PgStore {
-            rt,
+            rt: Some(rt),
             pool,
             clock: opts.clock,
             queue_hint: queue_hint.clone(),
         };
         store.migrate()?;
         store
-            .rt
+            .runtime()?
             .spawn(listen_for_queued(config, tls, queue_hint, opts.wait));
         Ok(store)
     }
@@ -278,9 +307,15 @@ impl PgStore {
         })
     }
 
+    fn runtime(&self) -> Result<&tokio::runtime::Runtime, StoreError> {
+        self.rt
+            .as_ref()
+            .ok_or_else(|| StoreError::Backend("the store is closed".into()))
+    }
+
     /// Runs `fut` on the store's runtime, within [`CALL_TIMEOUT`].
     fn call<T>(&self, fut: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
-        self.rt.block_on(async {
+        self.runtime()?.block_on(async {
             tokio::time::timeout(CALL_TIMEOUT, fut)
                 .await
                 .unwrap_or_else(|_| {
@@ -297,19 +332,39 @@ impl PgStore {
 
     /// Runs `f` in one read-write transaction, committed if it succeeds (tried again if
     /// PostgreSQL aborted it, see the module's notes).
-    fn write<T>(&self, f: impl AsyncFn(&Tx<'_>) -> Result<T, StoreError>) -> Result<T, StoreError> {
+    fn write<T: Send>(
+        &self,
+        f: impl AsyncFn(&Tx<'_>) -> Result<T, StoreError> + Sync,
+    ) -> Result<T, StoreError> {
         self.transact(false, f)
     }
 
     /// Runs `f` in one read-only transaction.
-    fn read<T>(&self, f: impl AsyncFn(&Tx<'_>) -> Result<T, StoreError>) -> Result<T, StoreError> {
+    fn read<T: Send>(
+        &self,
+        f: impl AsyncFn(&Tx<'_>) -> Result<T, StoreError> + Sync,
+    ) -> Result<T, StoreError> {
         self.transact(true, f)
     }
 
-    fn transact<T>(
+    /// Runs `f` in one transaction. The store's calls are meant for blocking threads; one made
+    /// from an async context runs on a thread of its own rather than panic.
+    fn transact<T: Send>(
         &self,
         read_only: bool,
-        f: impl AsyncFn(&Tx<'_>) -> Result<T, StoreError>,
+        f: impl AsyncFn(&Tx<'_>) -> Result<T, StoreError> + Sync,
+    ) -> Result<T, StoreError> {
+        if in_async_context() {
+            on_own_thread(|| self.run_transaction(read_only, &f))
+        } else {
+            self.run_transaction(read_only, &f)
+        }
+    }
+
+    fn run_transaction<T>(
+        &self,
+        read_only: bool,
+        f: &impl AsyncFn(&Tx<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         self.call(async {
             let mut attempt = 1;
@@ -352,10 +407,9 @@ impl PgStore {
     async fn clock(&self, tx: &Tx<'_>, caller_now: i64) -> Result<Clock, StoreError> {
         let now = match self.clock {
             PgClock::Caller => caller_now,
-            PgClock::Database => tx
-                .query_one("SELECT floor(extract(epoch FROM now()))::bigint", &[])
-                .await?
-                .try_get(0)?,
+            PgClock::Database => {
+                one_value(tx, "SELECT floor(extract(epoch FROM now()))::bigint", &[]).await?
+            }
         };
         Ok(Clock {
             now,
@@ -536,24 +590,77 @@ async fn execute(
     Ok(tx.execute(&stmt, params).await?)
 }
 
-/// Numbers the changes of these jobs (in this order) from the change counter. The LAST
-/// statement of a transaction that changes jobs: the counter row stays locked until the
-/// transaction commits, so numbers are committed in order.
-async fn number_changes(tx: &Tx<'_>, job_ids: &[i64]) -> Result<(), StoreError> {
-    if job_ids.is_empty() {
-        return Ok(());
-    }
-    let n = job_ids.len() as i64;
-    execute(
-        tx,
-        "WITH c AS (UPDATE change_counter SET seq = seq + $1 RETURNING seq - $1 AS base)
-         UPDATE jobs j SET change_seq = c.base + o.ord
-         FROM c, unnest($2::bigint[]) WITH ORDINALITY AS o(id, ord)
-         WHERE j.id = o.id",
-        &[&n, &job_ids],
+/// One statement that changes the jobs `target` selects, numbers each change from the change
+/// counter and keeps their submissions' counts: `UPDATE jobs j SET {set} … RETURNING
+/// {returning}` (`j` the job as changed).
+///
+/// `target` is a query over `jobs` that locks the jobs it selects (`FOR UPDATE`) and returns
+/// their `id`, their `state AS old_state` and `outcome AS old_outcome` as it locked them, and
+/// any per-job values `set` reads as `t.<column>`.
+///
+/// - Change numbers: the counter row is locked only when there is a job to change, and stays
+///   locked until the transaction commits, so numbers are committed in order; a transaction
+///   should run such a statement last (or nearly: the lock is held until `COMMIT`).
+/// - Counts: one update of each submission's row per statement, from the old and new states
+///   and outcomes (the same rules as SQLite's triggers and `rjs_wire::api::OutcomeCounts`).
+fn changing_jobs(target: &str, set: &str, returning: &str) -> String {
+    format!(
+        "WITH target AS ({target}),
+              numbered AS (SELECT t.*, row_number() OVER (ORDER BY t.id) AS rn FROM target t),
+              counter AS (UPDATE change_counter SET seq = seq + (SELECT count(*) FROM target)
+                          WHERE EXISTS (SELECT 1 FROM target)
+                          RETURNING seq - (SELECT count(*) FROM target) AS base),
+              changed AS (UPDATE jobs j
+                             SET {set}, change_seq = (SELECT base FROM counter) + t.rn
+                          FROM numbered t WHERE j.id = t.id
+                          RETURNING j.*, t.old_state, t.old_outcome),
+              counted AS (
+                  UPDATE submission_counts c
+                     SET queued = c.queued + d.queued, leased = c.leased + d.leased,
+                         done = c.done + d.done, failed = c.failed + d.failed,
+                         exit_zero = c.exit_zero + d.exit_zero,
+                         exit_other = c.exit_other + d.exit_other,
+                         trapped = c.trapped + d.trapped, limited = c.limited + d.limited,
+                         first_answer_at = CASE WHEN d.answered > 0
+                                                THEN coalesce(c.first_answer_at, d.first_answer)
+                                                ELSE c.first_answer_at END,
+                         last_answer_at = CASE WHEN d.answered > 0 THEN d.last_answer
+                                               ELSE c.last_answer_at END,
+                         changed_at = d.changed_at
+                    FROM (SELECT submission_id,
+                                 sum((state = 'queued')::int - (old_state = 'queued')::int)
+                                     AS queued,
+                                 sum((state = 'leased')::int - (old_state = 'leased')::int)
+                                     AS leased,
+                                 sum((state = 'done')::int - (old_state = 'done')::int) AS done,
+                                 sum((state = 'failed')::int - (old_state = 'failed')::int)
+                                     AS failed,
+                                 count(*) FILTER (WHERE old_outcome IS NULL AND outcome IS NOT NULL)
+                                     AS answered,
+                                 count(*) FILTER (WHERE old_outcome IS NULL
+                                                    AND rjs_exit_zero(outcome)) AS exit_zero,
+                                 count(*) FILTER (WHERE old_outcome IS NULL
+                                                    AND outcome LIKE 'exit %'
+                                                    AND NOT rjs_exit_zero(outcome))
+                                     AS exit_other,
+                                 count(*) FILTER (WHERE old_outcome IS NULL
+                                                    AND outcome LIKE 'trap%') AS trapped,
+                                 count(*) FILTER (WHERE old_outcome IS NULL
+                                                    AND outcome LIKE 'limit%') AS limited,
+                                 min(updated_at) FILTER (WHERE old_outcome IS NULL
+                                                           AND outcome IS NOT NULL)
+                                     AS first_answer,
+                                 max(updated_at) FILTER (WHERE old_outcome IS NULL
+                                                           AND outcome IS NOT NULL)
+                                     AS last_answer,
+                                 max(updated_at) AS changed_at
+                            FROM changed
+                           WHERE old_state IS DISTINCT FROM state
+                              OR (old_outcome IS NULL AND outcome IS NOT NULL)
+                           GROUP BY submission_id) AS d
+                   WHERE c.submission_id = d.submission_id)
+         SELECT {returning} FROM changed j"
     )
-    .await?;
-    Ok(())
 }
 
 /// Wakes every server's queue listener when this transaction commits (jobs were queued).

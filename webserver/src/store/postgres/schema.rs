@@ -1,7 +1,8 @@
 //! The PostgreSQL schema, as numbered steps (`schema_version` holds the last applied). The
 //! same tables as the SQLite store's (`sqlite::MIGRATIONS` after its step 5), written for
 //! PostgreSQL: identities for ids, `boolean` flags, `bytea` answers, a counter row for the
-//! change feed taken last in each transaction, and PL/pgSQL triggers for the per-submission counts.
+//! change feed and per-submission counts kept by the statements that change
+//! jobs.
 
 /// Schema steps: step `i` takes `schema_version` from `i` to `i + 1`. Append only.
 pub(super) const MIGRATIONS: &[&str] = &[
@@ -75,15 +76,18 @@ CREATE TABLE jobs (
     state         TEXT   NOT NULL CHECK (state IN ('queued', 'leased', 'done', 'failed')),
     attempts      BIGINT NOT NULL DEFAULT 0 CHECK (attempts >= 0),
     reason        TEXT,
-    lease_lookup  BIGINT REFERENCES lookups (id),
+    -- The lookups a job names (lease_lookup, answer_lookup, last_lookup) have no foreign key:
+    -- lookup rows are never deleted (a revoked one stays), and the check would cost an index
+    -- probe per job in every lease and answer, the hottest statements of all.
+    lease_lookup  BIGINT,
     -- Unix seconds of the database's clock (`now()`), never a web server's.
     lease_until   BIGINT,
     outcome       TEXT,
     node          TEXT,
     answer_sha256 TEXT,
     answer_bytes  BIGINT CHECK (answer_bytes >= 0),
-    answer_lookup BIGINT REFERENCES lookups (id),
-    last_lookup   BIGINT REFERENCES lookups (id),
+    answer_lookup BIGINT,
+    last_lookup   BIGINT,
     wait_reason   TEXT,
     change_seq    BIGINT NOT NULL DEFAULT 0,
     created_at    BIGINT NOT NULL,
@@ -92,9 +96,12 @@ CREATE TABLE jobs (
     CHECK ((state = 'leased') = (lease_lookup IS NOT NULL AND lease_until IS NOT NULL)),
     CHECK (state <> 'done' OR answer_sha256 IS NOT NULL)
 );
-CREATE INDEX jobs_state ON jobs (state, id);
+-- Partial indexes for the hot paths: a job enters each only while in that state, so a lease or
+-- an answer updates fewer indexes.
+CREATE INDEX jobs_queued ON jobs (id) WHERE state = 'queued';
+CREATE INDEX jobs_leased_by ON jobs (lease_lookup, id) WHERE state = 'leased';
 CREATE INDEX jobs_author ON jobs (author_id, submission_id DESC, task);
-CREATE INDEX jobs_lease_until ON jobs (state, lease_until);
+CREATE INDEX jobs_lease_until ON jobs (lease_until) WHERE state = 'leased';
 CREATE INDEX jobs_answer_sha256 ON jobs (answer_sha256) WHERE answer_sha256 IS NOT NULL;
 CREATE INDEX jobs_author_change ON jobs (author_id, change_seq);
 CREATE INDEX jobs_author_bundle ON jobs (author_id, bundle_id, submission_id DESC, task);
@@ -124,38 +131,10 @@ CREATE FUNCTION rjs_exit_zero(outcome TEXT) RETURNS BOOLEAN
     LANGUAGE sql IMMUTABLE
     AS $$ SELECT outcome = 'exit 0' OR outcome LIKE 'exit 0 %' OR outcome LIKE 'exit 0,%' $$;
 
-CREATE FUNCTION rjs_count_state() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    UPDATE submission_counts
-       SET queued = queued + (NEW.state = 'queued')::int - (OLD.state = 'queued')::int,
-           leased = leased + (NEW.state = 'leased')::int - (OLD.state = 'leased')::int,
-           done = done + (NEW.state = 'done')::int - (OLD.state = 'done')::int,
-           failed = failed + (NEW.state = 'failed')::int - (OLD.state = 'failed')::int,
-           changed_at = NEW.updated_at
-     WHERE submission_id = NEW.submission_id;
-    RETURN NULL;
-END $$;
-CREATE TRIGGER jobs_counts_state AFTER UPDATE OF state ON jobs
-    FOR EACH ROW WHEN (OLD.state IS DISTINCT FROM NEW.state)
-    EXECUTE FUNCTION rjs_count_state();
-
-CREATE FUNCTION rjs_count_outcome() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    UPDATE submission_counts
-       SET exit_zero = exit_zero + rjs_exit_zero(NEW.outcome)::int,
-           exit_other = exit_other
-                        + (NEW.outcome LIKE 'exit %' AND NOT rjs_exit_zero(NEW.outcome))::int,
-           trapped = trapped + (NEW.outcome LIKE 'trap%')::int,
-           limited = limited + (NEW.outcome LIKE 'limit%')::int,
-           first_answer_at = coalesce(first_answer_at, NEW.updated_at),
-           last_answer_at = NEW.updated_at,
-           changed_at = NEW.updated_at
-     WHERE submission_id = NEW.submission_id;
-    RETURN NULL;
-END $$;
-CREATE TRIGGER jobs_counts_outcome AFTER UPDATE OF outcome ON jobs
-    FOR EACH ROW WHEN (OLD.outcome IS NULL AND NEW.outcome IS NOT NULL)
-    EXECUTE FUNCTION rjs_count_outcome();
+-- The counts follow every change of a job's state or outcome in the statement that makes it
+-- (`postgres::changing_jobs`): one update of the submission's row per statement, not one per
+-- job (a lease of 32 jobs would otherwise update that row, which every server's transactions
+-- on the submission touch, 32 times).
 
 -- Dashboard logins, shared by every web server: a session made on one is good on all.
 CREATE TABLE login_tokens (

@@ -9,8 +9,8 @@ use tokio_postgres::Row;
 use tokio_postgres::error::SqlState;
 
 use super::{
-    PgStore, Tx, VIEW_COLS, all_rows, bad_value, execute, get_state, get_u32, get_u64,
-    notify_queued, number_changes, one_value, optional_row, to_i64, view_from_row,
+    PgStore, Tx, VIEW_COLS, all_rows, bad_value, changing_jobs, execute, get_state, get_u32,
+    get_u64, notify_queued, one_value, optional_row, to_i64, view_from_row,
 };
 use crate::store::sqlite::LEASE_EXPIRED;
 use crate::store::{
@@ -145,36 +145,26 @@ fn group_filter(groups: &[String]) -> Option<Vec<&str>> {
 /// `now`; returns how many were requeued. Jobs another transaction is changing right now are
 /// skipped (the next pass takes them), so no server waits for another here.
 async fn expire_in(tx: &Tx<'_>, now: i64, max_attempts: u32) -> Result<u64, StoreError> {
-    let rows = tx
-        .query(
-            &tx.prepare_cached(
-                "WITH expired AS (
-                     SELECT id FROM jobs WHERE state = 'leased' AND lease_until < $1
-                     ORDER BY id FOR UPDATE SKIP LOCKED)
-                 UPDATE jobs j
-                    SET state = CASE WHEN j.attempts + 1 >= $2 THEN 'failed' ELSE 'queued' END,
-                        attempts = j.attempts + 1, reason = $3, lease_lookup = NULL,
-                        lease_until = NULL, updated_at = $1
-                   FROM expired WHERE j.id = expired.id
-                 RETURNING j.id, j.state",
-            )
-            .await?,
-            &[&now, &i64::from(max_attempts), &LEASE_EXPIRED],
-        )
-        .await?;
-    let mut ids = Vec::with_capacity(rows.len());
-    let mut requeued = 0;
-    for r in &rows {
-        ids.push(r.try_get::<_, i64>(0)?);
-        if get_state(r, 1)? == JobState::Queued {
-            requeued += 1;
-        }
-    }
-    ids.sort_unstable();
+    let sql = changing_jobs(
+        "SELECT id, state AS old_state, outcome AS old_outcome FROM jobs
+         WHERE state = 'leased' AND lease_until < $1
+         ORDER BY id FOR UPDATE SKIP LOCKED",
+        "state = CASE WHEN j.attempts + 1 >= $2 THEN 'failed' ELSE 'queued' END,
+         attempts = j.attempts + 1, reason = $3, lease_lookup = NULL, lease_until = NULL,
+         updated_at = $1",
+        "j.state",
+    );
+    let states = all_rows(
+        tx,
+        &sql,
+        &[&now, &i64::from(max_attempts), &LEASE_EXPIRED],
+        |r| get_state(r, 0),
+    )
+    .await?;
+    let requeued = states.iter().filter(|s| **s == JobState::Queued).count() as u64;
     if requeued > 0 {
         notify_queued(tx).await?;
     }
-    number_changes(tx, &ids).await?;
     Ok(requeued)
 }
 
@@ -222,12 +212,18 @@ async fn record_in(
     size: i64,
     now: i64,
 ) -> Result<AnswerOutcome, StoreError> {
-    let n = execute(
+    let sql = changing_jobs(
+        "SELECT id, state AS old_state, outcome AS old_outcome FROM jobs
+         WHERE id = $7 AND answer_sha256 IS NULL AND last_lookup = $5
+         FOR UPDATE",
+        "state = 'done', outcome = $1, node = $2, answer_sha256 = $3, answer_bytes = $4,
+         answer_lookup = $5, lease_lookup = NULL, lease_until = NULL, updated_at = $6,
+         wait_reason = NULL",
+        "j.id",
+    );
+    let n = all_rows(
         tx,
-        "UPDATE jobs SET state = 'done', outcome = $1, node = $2, answer_sha256 = $3,
-                answer_bytes = $4, answer_lookup = $5, lease_lookup = NULL,
-                lease_until = NULL, updated_at = $6, wait_reason = NULL
-         WHERE id = $7 AND answer_sha256 IS NULL AND last_lookup = $5",
+        &sql,
         &[
             &a.outcome,
             &a.node,
@@ -237,8 +233,10 @@ async fn record_in(
             &now,
             &a.job_id,
         ],
+        |_| Ok(()),
     )
-    .await?;
+    .await?
+    .len();
     if n == 1 {
         if let Some(bytes) = a.inline {
             execute(
@@ -259,20 +257,6 @@ async fn record_in(
             a.job_id
         ))),
     }
-}
-
-/// Takes the row locks of these jobs in id order, before a transaction changes several of
-/// them in another order: two such transactions (two servers) then never deadlock.
-async fn lock_in_order(tx: &Tx<'_>, job_ids: &[i64]) -> Result<(), StoreError> {
-    if job_ids.len() > 1 {
-        execute(
-            tx,
-            "SELECT 1 FROM jobs WHERE id = ANY($1) ORDER BY id FOR UPDATE",
-            &[&job_ids],
-        )
-        .await?;
-    }
-    Ok(())
 }
 
 /// Checks that the lookup exists and is not revoked.
@@ -632,20 +616,18 @@ impl Store for PgStore {
         let filter = group_filter(groups);
         // The group test is `node_serves`'s: the job's group (without a trailing '/') is
         // empty, equals the node's, or lies above it at a '/'.
-        let sql = format!(
-            "WITH picked AS (
-                 SELECT id FROM jobs
-                 WHERE state = 'queued'
-                   AND ($1::text[] IS NULL OR EXISTS (
-                        SELECT 1 FROM unnest($1::text[]) AS g(node)
-                        WHERE rtrim(grp, '/') = '' OR g.node = rtrim(grp, '/')
-                           OR left(g.node, length(rtrim(grp, '/')) + 1) = rtrim(grp, '/') || '/'))
-                 ORDER BY id LIMIT $2
-                 FOR UPDATE SKIP LOCKED)
-             UPDATE jobs j SET state = 'leased', lease_lookup = $3, last_lookup = $3,
-                    lease_until = $4, updated_at = $5
-             FROM picked WHERE j.id = picked.id
-             RETURNING {LEASE_COLUMNS}"
+        let sql = changing_jobs(
+            "SELECT id, state AS old_state, outcome AS old_outcome FROM jobs
+             WHERE state = 'queued'
+               AND ($1::text[] IS NULL OR EXISTS (
+                    SELECT 1 FROM unnest($1::text[]) AS g(node)
+                    WHERE rtrim(grp, '/') = '' OR g.node = rtrim(grp, '/')
+                       OR left(g.node, length(rtrim(grp, '/')) + 1) = rtrim(grp, '/') || '/'))
+             ORDER BY id LIMIT $2
+             FOR UPDATE SKIP LOCKED",
+            "state = 'leased', lease_lookup = $3, last_lookup = $3, lease_until = $4,
+             updated_at = $5",
+            LEASE_COLUMNS,
         );
         self.write(async |tx| {
             let c = self.clock(tx, now).await?;
@@ -673,8 +655,6 @@ impl Store for PgStore {
                     l.job_id, l.group
                 )));
             }
-            let ids: Vec<i64> = leases.iter().map(|l| l.job_id).collect();
-            number_changes(tx, &ids).await?;
             Ok(leases)
         })
     }
@@ -753,24 +733,25 @@ impl Store for PgStore {
                     .map(|(_, w)| w.as_str())
             })
             .collect();
-        let mut in_order = ids.clone();
-        in_order.sort_unstable();
+        let sql = changing_jobs(
+            "SELECT j.id, j.state AS old_state, j.outcome AS old_outcome, r.why
+             FROM jobs j JOIN unnest($2::bigint[], $3::text[]) AS r(id, why)
+                 ON j.id = r.id
+             WHERE j.state = 'leased' AND j.lease_lookup = $4
+             ORDER BY j.id FOR UPDATE OF j",
+            "state = 'queued', lease_lookup = NULL, lease_until = NULL, updated_at = $1,
+             wait_reason = t.why",
+            "j.id",
+        );
         self.write(async |tx| {
             let c = self.clock(tx, now).await?;
-            lock_in_order(tx, &in_order).await?;
-            let released: HashSet<i64> = all_rows(
-                tx,
-                "UPDATE jobs j SET state = 'queued', lease_lookup = NULL, lease_until = NULL,
-                        updated_at = $1, wait_reason = r.why
-                 FROM unnest($2::bigint[], $3::text[]) AS r(id, why)
-                 WHERE j.id = r.id AND j.state = 'leased' AND j.lease_lookup = $4
-                 RETURNING j.id",
-                &[&c.now, &ids, &reasons, &lookup_id],
-                |r| Ok(r.try_get::<_, i64>(0)?),
-            )
-            .await?
-            .into_iter()
-            .collect();
+            let released: HashSet<i64> =
+                all_rows(tx, &sql, &[&c.now, &ids, &reasons, &lookup_id], |r| {
+                    Ok(r.try_get::<_, i64>(0)?)
+                })
+                .await?
+                .into_iter()
+                .collect();
             let released: Vec<i64> = ids
                 .iter()
                 .copied()
@@ -779,9 +760,6 @@ impl Store for PgStore {
             if !released.is_empty() {
                 notify_queued(tx).await?;
             }
-            let mut numbered = released.clone();
-            numbered.sort_unstable();
-            number_changes(tx, &numbered).await?;
             Ok(released)
         })
     }
@@ -798,31 +776,29 @@ impl Store for PgStore {
             .filter(|(id, _)| seen.insert(*id))
             .map(|(id, why)| (*id, why.as_str()))
             .unzip();
+        let sql = changing_jobs(
+            "SELECT j.id, j.state AS old_state, j.outcome AS old_outcome, r.why
+             FROM jobs j JOIN unnest($2::bigint[], $3::text[]) AS r(id, why)
+                 ON j.id = r.id
+             WHERE j.state = 'leased' AND j.lease_lookup = $4
+               AND j.wait_reason IS DISTINCT FROM r.why
+             ORDER BY j.id FOR UPDATE OF j",
+            "wait_reason = t.why, updated_at = $1",
+            "j.id",
+        );
         self.write(async |tx| {
             let c = self.clock(tx, now).await?;
-            lock_in_order(tx, &ids).await?;
-            let mut changed: Vec<i64> = all_rows(
-                tx,
-                "UPDATE jobs j SET wait_reason = r.why, updated_at = $1
-                 FROM unnest($2::bigint[], $3::text[]) AS r(id, why)
-                 WHERE j.id = r.id AND j.state = 'leased' AND j.lease_lookup = $4
-                   AND j.wait_reason IS DISTINCT FROM r.why
-                 RETURNING j.id",
-                &[&c.now, &ids, &reasons, &lookup_id],
-                |r| Ok(r.try_get::<_, i64>(0)?),
-            )
-            .await?;
             let held: HashSet<i64> = all_rows(
                 tx,
-                "SELECT id FROM jobs WHERE id = ANY($1) AND state = 'leased' AND lease_lookup = $2",
+                "SELECT id FROM jobs WHERE id = ANY($1) AND state = 'leased' AND lease_lookup = $2
+                 ORDER BY id FOR UPDATE",
                 &[&ids, &lookup_id],
                 |r| Ok(r.try_get::<_, i64>(0)?),
             )
             .await?
             .into_iter()
             .collect();
-            changed.sort_unstable();
-            number_changes(tx, &changed).await?;
+            all_rows(tx, &sql, &[&c.now, &ids, &reasons, &lookup_id], |_| Ok(())).await?;
             Ok(ids.iter().copied().filter(|id| held.contains(id)).collect())
         })
     }
@@ -860,11 +836,18 @@ impl Store for PgStore {
             } else {
                 JobState::Queued
             };
-            execute(
+            if new_state == JobState::Queued {
+                notify_queued(tx).await?;
+            }
+            let sql = changing_jobs(
+                "SELECT id, state AS old_state, outcome AS old_outcome FROM jobs WHERE id = $5",
+                "state = $1, attempts = $2, reason = $3, lease_lookup = NULL,
+                 lease_until = NULL, updated_at = $4",
+                "j.id",
+            );
+            all_rows(
                 tx,
-                "UPDATE jobs SET state = $1, attempts = $2, reason = $3, lease_lookup = NULL,
-                        lease_until = NULL, updated_at = $4
-                 WHERE id = $5",
+                &sql,
                 &[
                     &new_state.as_str(),
                     &i64::from(attempts),
@@ -872,12 +855,9 @@ impl Store for PgStore {
                     &c.now,
                     &job_id,
                 ],
+                |_| Ok(()),
             )
             .await?;
-            if new_state == JobState::Queued {
-                notify_queued(tx).await?;
-            }
-            number_changes(tx, &[job_id]).await?;
             Ok((new_state, attempts))
         })
     }
@@ -886,11 +866,7 @@ impl Store for PgStore {
         let size = check_answer(a)?;
         self.write(async |tx| {
             let c = self.clock(tx, a.now).await?;
-            let outcome = record_in(tx, a, size, c.now).await?;
-            if outcome == AnswerOutcome::Stored {
-                number_changes(tx, &[a.job_id]).await?;
-            }
-            Ok(outcome)
+            record_in(tx, a, size, c.now).await
         })
     }
 
@@ -952,25 +928,27 @@ impl Store for PgStore {
         let outcomes: Vec<&str> = picked.iter().map(|a| a.outcome).collect();
         let nodes: Vec<&str> = picked.iter().map(|a| a.node).collect();
         let shas: Vec<&str> = picked.iter().map(|a| a.sha256).collect();
-        let mut in_order = ids.clone();
-        in_order.sort_unstable();
+        // One statement for the whole batch, conditional on each job's last holder; rows
+        // locked in id order (two servers' batches never deadlock).
+        let sql = changing_jobs(
+            "SELECT a.*, j.state AS old_state, j.outcome AS old_outcome FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[],
+                                    $5::bigint[], $6::bigint[], $7::bigint[])
+                             AS a(id, outcome, node, sha, size, lookup, at)
+                 JOIN jobs j ON j.id = a.id
+             WHERE j.answer_sha256 IS NULL AND j.last_lookup = a.lookup
+             ORDER BY a.id FOR UPDATE OF j",
+            "state = 'done', outcome = t.outcome, node = t.node, answer_sha256 = t.sha,
+             answer_bytes = t.size, answer_lookup = t.lookup, lease_lookup = NULL,
+             lease_until = NULL, updated_at = t.at, wait_reason = NULL",
+            "j.id",
+        );
         self.write(async |tx| {
             let now = answers.first().map_or(0, |a| a.now);
             let c = self.clock(tx, now).await?;
             let times: Vec<i64> = picked.iter().map(|a| c.at(a.now)).collect();
-            lock_in_order(tx, &in_order).await?;
-            // One statement for the whole batch, conditional on each job's last holder.
             let stored: HashSet<i64> = all_rows(
                 tx,
-                "UPDATE jobs j SET state = 'done', outcome = a.outcome, node = a.node,
-                        answer_sha256 = a.sha, answer_bytes = a.size, answer_lookup = a.lookup,
-                        lease_lookup = NULL, lease_until = NULL, updated_at = a.at,
-                        wait_reason = NULL
-                 FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bigint[],
-                             $6::bigint[], $7::bigint[])
-                      AS a(id, outcome, node, sha, size, lookup, at)
-                 WHERE j.id = a.id AND j.answer_sha256 IS NULL AND j.last_lookup = a.lookup
-                 RETURNING j.id",
+                &sql,
                 &[&ids, &outcomes, &nodes, &shas, &sizes, &lookups, &times],
                 |r| Ok(r.try_get::<_, i64>(0)?),
             )
@@ -1041,9 +1019,6 @@ impl Store for PgStore {
                 };
                 out.push(result);
             }
-            let mut numbered: Vec<i64> = stored.iter().copied().collect();
-            numbered.sort_unstable();
-            number_changes(tx, &numbered).await?;
             Ok(out)
         })
     }
