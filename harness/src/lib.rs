@@ -35,6 +35,7 @@ pub mod modules;
 pub mod netns;
 pub mod paths;
 pub mod postgres;
+pub mod s3;
 pub mod process;
 pub mod procstat;
 pub mod report;
