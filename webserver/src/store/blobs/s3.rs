@@ -330,6 +330,9 @@ impl S3Blobs {
                     .into(),
             ));
         }
+        // reqwest's rustls has no provider of its own: the process's is ring (as everywhere in
+        // the project); install it if nothing has yet, else reqwest panics building a client.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let mut options = ClientOptions::new()
             .with_connect_timeout(CONNECT_TIMEOUT)
             .with_allow_http(plain_http);
