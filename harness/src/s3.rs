@@ -50,7 +50,14 @@ impl S3Server {
         let stderr = log.reopen().context("opening the S3 server's log")?;
         let stdout = log.reopen().context("opening the S3 server's log")?;
         let child = Command::new("python3")
-            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+            .args([
+                "-m",
+                "moto.server",
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr)
@@ -150,7 +157,12 @@ impl S3Server {
             .split(' ')
             .nth(1)
             .and_then(|s| s.parse().ok())
-            .with_context(|| format!("no HTTP status in {:?}", text.chars().take(80).collect::<String>()))?;
+            .with_context(|| {
+                format!(
+                    "no HTTP status in {:?}",
+                    text.chars().take(80).collect::<String>()
+                )
+            })?;
         let body = match response.windows(4).position(|w| w == b"\r\n\r\n") {
             Some(i) => response[i + 4..].to_vec(),
             None => Vec::new(),

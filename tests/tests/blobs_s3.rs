@@ -92,11 +92,7 @@ fn bundles_and_answers_go_through_the_bucket() {
         .send()
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
-    assert_eq!(
-        r.content_length(),
-        Some(bytes.len() as u64),
-        "a sized body"
-    );
+    assert_eq!(r.content_length(), Some(bytes.len() as u64), "a sized body");
     let got = r.bytes().unwrap();
     assert!(got[..] == bytes[..], "the bundle came back changed");
 

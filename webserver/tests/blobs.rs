@@ -152,7 +152,10 @@ fn write_commit_read(b: &dyn Backend) {
     }
     assert_eq!(&w.map_written().unwrap()[..], &data[..]);
     let (name, size) = w.commit().unwrap();
-    assert_eq!((name.as_str(), size), (sha(&data).as_str(), data.len() as u64));
+    assert_eq!(
+        (name.as_str(), size),
+        (sha(&data).as_str(), data.len() as u64)
+    );
     assert!(blobs.exists(&name).unwrap());
     assert_eq!(blobs.read(&name, size).unwrap(), data);
     assert!(matches!(
@@ -242,9 +245,7 @@ fn huge_blob_streams(b: &dyn Backend) {
         .collect();
     assert_eq!(back, expected);
     assert!(largest <= 8 * 1024 * 1024, "a chunk of {largest} bytes");
-    eprintln!(
-        "65 MiB blob: commit {up:?}, streamed read {down:?}, largest chunk {largest} bytes"
-    );
+    eprintln!("65 MiB blob: commit {up:?}, streamed read {down:?}, largest chunk {largest} bytes");
     // The size limit of a whole read is kept without reading it all.
     assert!(matches!(
         blobs.read(&name, 1024),
@@ -268,8 +269,14 @@ fn create_only_same_content(b: &dyn Backend) {
     assert!(touched > first, "{touched:?} vs {first:?}");
     if let Some(s3) = as_s3(b) {
         let keys = s3.server.keys(&s3.bucket, "grid/blobs-test/").unwrap();
-        assert!(keys.contains(&format!("grid/blobs-test/blobs/{name}")), "{keys:?}");
-        assert!(keys.contains(&format!("grid/blobs-test/touch/{name}")), "{keys:?}");
+        assert!(
+            keys.contains(&format!("grid/blobs-test/blobs/{name}")),
+            "{keys:?}"
+        );
+        assert!(
+            keys.contains(&format!("grid/blobs-test/touch/{name}")),
+            "{keys:?}"
+        );
     }
 }
 

@@ -42,7 +42,12 @@ pub struct ServeCommand {
 #[derive(Args)]
 struct BlobArgs {
     /// `folder` (blobs/ in the data directory) or `s3://BUCKET[/PREFIX]`.
-    #[arg(long, value_name = "WHERE", env = "RJS_BLOBS", default_value = "folder")]
+    #[arg(
+        long,
+        value_name = "WHERE",
+        env = "RJS_BLOBS",
+        default_value = "folder"
+    )]
     blobs: String,
     /// The S3 endpoint of a non-AWS server (`https://host:port`); default: AWS.
     #[arg(long, value_name = "URL", env = "RJS_S3_ENDPOINT")]
@@ -112,8 +117,7 @@ impl ServeCommand {
         config.workers = self.workers.map(usize::from);
         config.blobs = self.blobs.location()?;
         config.blob_grace = self.blobs.blob_grace;
-        config.blob_sweep_every =
-            Some(self.blobs.blob_sweep_every).filter(|d| !d.is_zero());
+        config.blob_sweep_every = Some(self.blobs.blob_sweep_every).filter(|d| !d.is_zero());
         server::run(config)?;
         Ok(())
     }

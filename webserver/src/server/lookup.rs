@@ -18,7 +18,7 @@ use rjs_wire::api::{
 
 use super::AppState;
 use super::body::{
-    Received, WRITE_BATCH, blocking, check_declared_length, blob_body, discard_body, next_chunk,
+    Received, WRITE_BATCH, blob_body, blocking, check_declared_length, discard_body, next_chunk,
     read_limited, receive_answer, sha256_hex, start_blob, write_to_blob,
 };
 use super::commit::{Ready, Recorded};

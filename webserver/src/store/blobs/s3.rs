@@ -210,7 +210,7 @@ impl S3Credentials {
         }
         if creds.access_key_id.is_empty() || creds.secret_access_key.is_empty() {
             return Err(bad(
-                "access_key_id and secret_access_key are both needed".into(),
+                "access_key_id and secret_access_key are both needed".into()
             ));
         }
         Ok(creds)
@@ -304,7 +304,9 @@ impl S3Blobs {
     /// Builds the clients (nothing is sent yet: see [`check`](Self::check)).
     pub fn open(config: S3Config) -> Result<S3Blobs, BlobError> {
         if config.part_size < 5 * 1024 * 1024 {
-            return Err(BlobError::Config("the part size must be at least 5 MiB".into()));
+            return Err(BlobError::Config(
+                "the part size must be at least 5 MiB".into(),
+            ));
         }
         let plain_http = config
             .endpoint
@@ -529,7 +531,11 @@ impl S3Blobs {
 
     /// When the blob was last created or touched (None: no such blob).
     pub fn last_touched(&self, sha256: &str) -> Result<Option<SystemTime>, BlobError> {
-        let (store, key, touch) = (self.store.clone(), self.blob_key(sha256), self.touch_key(sha256));
+        let (store, key, touch) = (
+            self.store.clone(),
+            self.blob_key(sha256),
+            self.touch_key(sha256),
+        );
         let name = sha256.to_owned();
         self.run(async move {
             let blob = match store.head(&key).await {
@@ -550,7 +556,11 @@ impl S3Blobs {
     /// Ok(false) if the deadline passed first (the blob is then kept, as far as this
     /// collector knows).
     pub fn delete_before(&self, sha256: &str, deadline: Instant) -> Result<bool, BlobError> {
-        let (store, key, touch) = (self.store.clone(), self.blob_key(sha256), self.touch_key(sha256));
+        let (store, key, touch) = (
+            self.store.clone(),
+            self.blob_key(sha256),
+            self.touch_key(sha256),
+        );
         let name = sha256.to_owned();
         self.run(async move {
             let Some(left) = deadline.checked_duration_since(Instant::now()) else {
@@ -731,11 +741,9 @@ impl Upload {
             .await
             .map_err(local_io("reading", &self.path))?;
         if bytes.len() as u64 != self.size {
-            return Err(local_io("reading", &self.path)(std::io::Error::other(format!(
-                "{} bytes, {} written",
-                bytes.len(),
-                self.size
-            ))));
+            return Err(local_io("reading", &self.path)(std::io::Error::other(
+                format!("{} bytes, {} written", bytes.len(), self.size),
+            )));
         }
         Ok(PutPayload::from(bytes))
     }
@@ -808,10 +816,9 @@ impl Upload {
             wait_part(Some(part), &self.name).await?;
         }
         if sent != self.size {
-            return Err(local_io("reading", &self.path)(std::io::Error::other(format!(
-                "{sent} bytes, {} written",
-                self.size
-            ))));
+            return Err(local_io("reading", &self.path)(std::io::Error::other(
+                format!("{sent} bytes, {} written", self.size),
+            )));
         }
         Ok(())
     }
@@ -837,11 +844,21 @@ mod tests {
     #[test]
     fn urls_and_endpoints() {
         let c = S3Config::from_url("s3://my-bucket/grid/prod/").unwrap();
-        assert_eq!((c.bucket.as_str(), c.prefix.as_str()), ("my-bucket", "grid/prod"));
+        assert_eq!(
+            (c.bucket.as_str(), c.prefix.as_str()),
+            ("my-bucket", "grid/prod")
+        );
         assert_eq!(c.url(), "s3://my-bucket/grid/prod");
         let c = S3Config::from_url("s3://bucket").unwrap();
         assert_eq!(c.prefix, "");
-        for bad in ["http://b/x", "s3://", "s3://B/x", "s3://b", "s3://bkt/../x", "s3://bkt/a//b"] {
+        for bad in [
+            "http://b/x",
+            "s3://",
+            "s3://B/x",
+            "s3://b",
+            "s3://bkt/../x",
+            "s3://bkt/a//b",
+        ] {
             assert!(S3Config::from_url(bad).is_err(), "{bad}");
         }
         assert!(loopback_endpoint("http://127.0.0.1:9000"));
