@@ -78,10 +78,8 @@ impl S3Server {
                     self.log_text()
                 );
             }
-            if let Ok((status, _)) = self.request("GET", "/", &[]) {
-                if status == 200 {
-                    return Ok(());
-                }
+            if matches!(self.request("GET", "/", &[]), Ok((200, _))) {
+                return Ok(());
             }
             if Instant::now() > deadline {
                 bail!(

@@ -4,8 +4,7 @@
 //! `object_store` is async; the blob store's interface is blocking (its callers run on the
 //! blocking pool, as they do for the folder). Every request runs on a small runtime of this
 //! backend's own, so the HTTP connection pool lives on one runtime whatever thread asks, and
-//! blocking callers wait for it with a oneshot channel (which panics if called from async
-//! code: a misuse shows up at once instead of stalling a worker).
+//! blocking callers wait for it on a channel (callers keep to the blocking pool, as for files).
 //!
 //! Writes are create-only (`If-None-Match: *`, see [`S3Config::conditional_put`]); a blob that
 //! already exists holds the same bytes, so "already exists" is success. Its age is then
@@ -401,7 +400,8 @@ impl S3Blobs {
         &self.config
     }
 
-    /// Runs `fut` on this backend's runtime and waits for it (blocking: never from async code).
+    /// Runs `fut` on this backend's runtime and waits for it (blocking: keep it off async
+    /// workers but for the start-up check).
     fn run<T: Send + 'static>(
         &self,
         fut: impl Future<Output = Result<T, BlobError>> + Send + 'static,
@@ -409,11 +409,13 @@ impl S3Blobs {
         let Some(rt) = self.rt.0.as_ref() else {
             return Err(BlobError::Config("the S3 runtime is shut down".into()));
         };
-        let (tx, rx) = tokio::sync::oneshot::channel();
+        // A std channel: waiting on it is plain blocking, allowed on any thread (the start-up
+        // check runs on the server's main thread, inside its runtime).
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
         rt.spawn(async move {
             let _ = tx.send(fut.await);
         });
-        rx.blocking_recv().unwrap_or_else(|_| {
+        rx.recv().unwrap_or_else(|_| {
             Err(BlobError::Config(
                 "an S3 request was cancelled (runtime shut down)".into(),
             ))
