@@ -30,6 +30,17 @@ if [ ${#missing[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]}"
 fi
 
+# The S3 blob store's tests start a throw-away moto server on loopback (rjs_harness::s3):
+# PyPI's moto with its server extra, installed where missing.
+if ! python3 -c 'import moto.server' >/dev/null 2>&1; then
+    command -v pip3 >/dev/null || {
+        apt-get update
+        DEBIAN_FRONTEND=noninteractive apt-get install -y python3-pip
+    }
+    python3 -m pip install --quiet 'moto[server]' ||
+        python3 -m pip install --quiet --break-system-packages 'moto[server]'
+fi
+
 samples/build.sh
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings

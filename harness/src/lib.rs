@@ -38,6 +38,7 @@ pub mod postgres;
 pub mod process;
 pub mod procstat;
 pub mod report;
+pub mod s3;
 pub mod signals;
 pub mod wait;
 pub mod wan;

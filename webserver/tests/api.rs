@@ -21,6 +21,9 @@ use reqwest::blocking::{Client, Response};
 use rjs_harness::data::noise;
 use rjs_signer::request::RequestAuth;
 use rjs_signer::{BundleBuilder, KeyPair};
+use rjs_webserver::store::blobs::BlobStore;
+use rjs_webserver::store::blobs::gc::{NoPins, SweepOptions};
+use rjs_webserver::store::sqlite::SqliteStore;
 use rjs_webserver::{admin, pki, server};
 use rustls_pki_types::CertificateDer;
 use serde_json::{Value, json};
@@ -1364,8 +1367,9 @@ fn a_duplicate_or_refused_large_answer_leaves_no_blob() {
     assert_eq!(states(&srv), [0, 3, 1, 0]);
 
     // Two large answers for one job at once (both pass the first check, both are received
-    // into blobs): one is stored, the other acknowledged as a duplicate, and only the stored
-    // one's blob stays.
+    // into blobs): one is stored, the other acknowledged as a duplicate; the duplicate's blob
+    // is left to the collector, which removes it (and only it) once past its grace period.
+    let mut droppeds = Vec::new();
     for &job in &j[1..] {
         let bodies = [
             answer_bytes(job, 900 * 1024),
@@ -1391,10 +1395,19 @@ fn a_duplicate_or_refused_large_answer_leaves_no_blob() {
         };
         assert_eq!(&stored, kept);
         assert!(blob_exists(&srv, kept));
-        assert!(
-            !blob_exists(&srv, dropped),
-            "the duplicate's blob of job {job}"
-        );
+        droppeds.push(dropped.clone());
+    }
+    // A sweep as the server's collector makes it, with no grace period left.
+    let blobs = BlobStore::open(&srv.data.join("blobs")).unwrap();
+    let store = SqliteStore::open(&srv.data.join("rjs.db")).unwrap();
+    let opts = SweepOptions {
+        grace: Duration::ZERO,
+        ..SweepOptions::default()
+    };
+    let report = blobs.sweep(&store, &NoPins, &opts, &mut None).unwrap();
+    assert_eq!(report.removed, 3, "{report:?}");
+    for dropped in &droppeds {
+        assert!(!blob_exists(&srv, dropped), "a duplicate's blob");
     }
     assert_eq!(srv.blob_files(), blobs_before + 4);
     assert_eq!(srv.tmp_files(), 0);

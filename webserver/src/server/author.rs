@@ -14,13 +14,13 @@ use super::auth::{
     Authed, authenticate, check_body, check_nonce_unused, finish, nonce_expiry, replayed,
 };
 use super::body::{
-    blocking, check_declared_length, file_body, read_limited, sha256_hex, start_blob,
+    blob_body, blocking, check_declared_length, read_limited, sha256_hex, start_blob,
     stream_to_blob,
 };
 use super::error::ApiError;
 use super::route::{Call, Caller, Reply};
 use super::validate;
-use crate::store::blobs::BlobWriter;
+use crate::store::blobs::{BlobRead, BlobWriter};
 use crate::store::{
     JobCursor, JobFilter, NewSubmission, RequestNonce, StoreError, SubmissionFilter, now,
 };
@@ -69,8 +69,8 @@ struct UploadQuery {
 /// Leaves no trace unless it succeeds: the body goes to a temporary file, the nonce is only
 /// checked (not recorded) before verification, and the blob is committed only once every
 /// check has passed, then recorded with the nonce in one transaction. If that transaction
-/// fails (a replay that raced this request, a store error), the blob is removed again unless
-/// something else refers to or is committing the same content.
+/// fails (a replay that raced this request, a store error), the blob is left to the
+/// collector, which removes it once nothing refers to it and its grace period is over.
 pub async fn upload(call: AuthorCall<'_>, payload: &mut web::Payload) -> Reply {
     let (req, state, authed) = (call.req, call.state, call.caller);
     let UploadQuery { resubmit } = query(req)?;
@@ -82,7 +82,6 @@ pub async fn upload(call: AuthorCall<'_>, payload: &mut web::Payload) -> Reply {
     check_nonce_unused(state, &authed).await?;
 
     let store = state.store.clone();
-    let blobs = state.blobs.clone();
     let pins = state.pins.clone();
     let who = authed.clone();
     let nonce_expires = nonce_expiry(&authed);
@@ -118,7 +117,7 @@ pub async fn upload(call: AuthorCall<'_>, payload: &mut web::Payload) -> Reply {
                 s
             }
             Err(e) => {
-                pin.release_unreferenced(store.as_ref(), &blobs);
+                drop(pin);
                 return Err(match e {
                     StoreError::Replayed => replayed(),
                     e => ApiError::internal("recording the bundle", &e),
@@ -488,7 +487,7 @@ pub async fn answer(call: AuthorCall<'_>, payload: &mut web::Payload) -> Reply {
             Some(bytes) => Ok(AnswerBody::Inline(bytes)),
             None => blobs
                 .open_blob(&answer.sha256)
-                .map(|(file, size)| AnswerBody::File(file, size))
+                .map(AnswerBody::Blob)
                 .map_err(|e| ApiError::internal("opening the answer", &e)),
         }
     })
@@ -500,7 +499,7 @@ pub async fn answer(call: AuthorCall<'_>, payload: &mut web::Payload) -> Reply {
     ));
     Ok(match body {
         AnswerBody::Inline(bytes) => response.body(bytes),
-        AnswerBody::File(file, size) => response.body(file_body(file, size)),
+        AnswerBody::Blob(blob) => response.body(blob_body(blob)),
     })
 }
 
@@ -508,8 +507,8 @@ pub async fn answer(call: AuthorCall<'_>, payload: &mut web::Payload) -> Reply {
 enum AnswerBody {
     /// Kept in the metadata store.
     Inline(Vec<u8>),
-    /// A blob file and its size.
-    File(std::fs::File, u64),
+    /// A blob, from the folder or the object store.
+    Blob(BlobRead),
 }
 
 /// `GET /api/v1/whoami`.

@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt as _;
 
 use super::error::ApiError;
-use crate::store::blobs::{BlobError, BlobStore, BlobWriter};
+use crate::store::blobs::{BlobError, BlobRead, BlobStore, BlobWriter};
 
 /// Longest pause between two chunks of a request body before the request is refused.
 pub const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -275,13 +275,38 @@ pub async fn receive_answer(
     Ok(Received::Memory(buf))
 }
 
-/// A blob file as a response body of known length, read in chunks.
+/// A blob as a response body of known length: a file read in chunks, or a download from the
+/// object store passed on chunk by chunk as the client takes them.
+pub fn blob_body(
+    blob: BlobRead,
+) -> SizedStream<impl futures_util::Stream<Item = Result<Bytes, std::io::Error>>> {
+    use futures_util::future::Either;
+    match blob {
+        BlobRead::File(file, size) => SizedStream::new(size, Either::Left(file_chunks(file, size))),
+        BlobRead::Stream(stream) => {
+            let chunks = futures_util::stream::unfold(stream.rx, |mut rx| async move {
+                rx.recv().await.map(|chunk| (chunk, rx))
+            });
+            SizedStream::new(stream.size, Either::Right(chunks))
+        }
+    }
+}
+
+/// A file as a response body of known length, read in chunks.
 pub fn file_body(
     file: std::fs::File,
     size: u64,
 ) -> SizedStream<impl futures_util::Stream<Item = Result<Bytes, std::io::Error>>> {
+    SizedStream::new(size, file_chunks(file, size))
+}
+
+/// The first `size` bytes of a file in chunks.
+fn file_chunks(
+    file: std::fs::File,
+    size: u64,
+) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> {
     let file = tokio::fs::File::from_std(file);
-    let stream = futures_util::stream::unfold((file, size), |(mut file, remaining)| async move {
+    futures_util::stream::unfold((file, size), |(mut file, remaining)| async move {
         if remaining == 0 {
             return None;
         }
@@ -301,6 +326,5 @@ pub fn file_body(
             }
             Err(e) => Some((Err(e), (file, 0))),
         }
-    });
-    SizedStream::new(size, stream)
+    })
 }

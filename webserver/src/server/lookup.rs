@@ -18,7 +18,7 @@ use rjs_wire::api::{
 
 use super::AppState;
 use super::body::{
-    Received, WRITE_BATCH, blocking, check_declared_length, discard_body, file_body, next_chunk,
+    Received, WRITE_BATCH, blob_body, blocking, check_declared_length, discard_body, next_chunk,
     read_limited, receive_answer, sha256_hex, start_blob, write_to_blob,
 };
 use super::commit::{Ready, Recorded};
@@ -26,7 +26,7 @@ use super::error::ApiError;
 use super::pins::{BlobPin, BlobPins};
 use super::route::{Call, Caller, Reply};
 use super::validate;
-use crate::store::blobs::{BlobStore, BlobWriter};
+use crate::store::blobs::BlobWriter;
 use crate::store::{
     AnswerOutcome, AnswerTarget, INLINE_ANSWER_MAX, LookupServer, Store, StoreError, now,
 };
@@ -388,10 +388,9 @@ const HASH_INLINE: usize = 256 * 1024;
 /// answers, only for jobs this lookup may still answer (a job that does not exist, is not
 /// this lookup's, or already has an answer gets its result at once and no blob). Each
 /// committed blob is pinned (see `pins`). If committing fails, the blobs committed before
-/// are released again.
+/// are unpinned (the collector removes them once unreferenced and old).
 fn prepare(
     store: &dyn Store,
-    blobs: &BlobStore,
     pins: &Arc<BlobPins>,
     lookup_id: i64,
     incoming: Vec<Incoming>,
@@ -435,7 +434,7 @@ fn prepare(
                     Ok((sha, size)) => (sha, size, None, Some(pin)),
                     Err(e) => {
                         failed = Some(ApiError::internal("storing the answer", &e));
-                        pin.release_unreferenced(store, blobs);
+                        drop(pin);
                         break;
                     }
                 }
@@ -454,11 +453,8 @@ fn prepare(
         ));
     }
     if let Some(e) = failed {
-        for p in out {
-            if let Prepared::Ready(_, Some(pin)) = p {
-                pin.release_unreferenced(store, blobs);
-            }
-        }
+        // The blobs committed before are unpinned (dropped with `out`) and left to the
+        // collector.
         return Err(e);
     }
     Ok(out)
@@ -467,7 +463,7 @@ fn prepare(
 /// Stores answers: [`prepare`], then records them through the group committer. One result
 /// per answer, in order: the outcome, or None for an unknown job (nothing stored for it). A
 /// blob committed for an answer that was not stored after all (a duplicate or a lost lease
-/// that raced it, a failed transaction) is removed again unless something refers to it.
+/// that raced it, a failed transaction) is left to the collector (`store::blobs::gc`).
 async fn store_answers(
     state: &AppState,
     lookup_id: i64,
@@ -483,16 +479,10 @@ async fn store_answers(
         })
         .is_some_and(|sum| sum <= HASH_INLINE);
     let prepared = if small {
-        prepare(
-            state.store.as_ref(),
-            &state.blobs,
-            &state.pins,
-            lookup_id,
-            incoming,
-        )?
+        prepare(state.store.as_ref(), &state.pins, lookup_id, incoming)?
     } else {
-        let (store, blobs, pins) = (state.store.clone(), state.blobs.clone(), state.pins.clone());
-        blocking(move || prepare(store.as_ref(), &blobs, &pins, lookup_id, incoming)).await?
+        let (store, pins) = (state.store.clone(), state.pins.clone());
+        blocking(move || prepare(store.as_ref(), &pins, lookup_id, incoming)).await?
     };
     let mut slots: Vec<Option<Recorded>> = Vec::with_capacity(prepared.len());
     let mut answers: Vec<Ready> = Vec::new();
@@ -515,29 +505,9 @@ async fn store_answers(
             .count();
         state.activity.answers_stored(stored as u64, now());
     }
-    // Pins of stored answers go now (their blobs are referenced); the others' blobs may be
-    // unreferenced.
-    let unrecorded: Vec<BlobPin> = match &recorded {
-        Ok(results) => pins
-            .into_iter()
-            .enumerate()
-            .filter_map(|(i, pin)| {
-                let pin = pin?;
-                (results.get(i) != Some(&Some(AnswerOutcome::Stored))).then_some(pin)
-            })
-            .collect(),
-        Err(_) => pins.into_iter().flatten().collect(),
-    };
-    if !unrecorded.is_empty() {
-        let (store, blobs) = (state.store.clone(), state.blobs.clone());
-        blocking(move || {
-            for pin in unrecorded {
-                pin.release_unreferenced(store.as_ref(), &blobs);
-            }
-            Ok(())
-        })
-        .await?;
-    }
+    // The answers are recorded (their blobs referenced) or refused (their blobs left to the
+    // collector): unpin.
+    drop(pins);
     let mut recorded = recorded?.into_iter();
     slots
         .into_iter()
@@ -831,14 +801,14 @@ pub async fn bundle(call: LookupCall<'_>, payload: &mut web::Payload) -> Reply {
         None => HttpResponse::NotModified()
             .insert_header((header::ETAG, etag_value))
             .finish(),
-        Some((file, size)) => HttpResponse::Ok()
+        Some(blob) => HttpResponse::Ok()
             .content_type("application/octet-stream")
             .insert_header((header::ETAG, etag_value))
             .insert_header((
                 header::CACHE_CONTROL,
                 "private, max-age=31536000, immutable",
             ))
-            .body(file_body(file, size)),
+            .body(blob_body(blob)),
     })
 }
 

@@ -45,7 +45,8 @@ pub use lookup::PeerCert;
 
 use crate::admin::{self, AdminError, Site};
 use crate::store::Store;
-use crate::store::blobs::{BlobError, BlobStore};
+use crate::store::blobs::gc::{self, SweepOptions};
+use crate::store::blobs::{BlobError, BlobLocation, BlobStore};
 use crate::store::config::StoreConfig;
 
 /// Default listen address.
@@ -66,6 +67,9 @@ pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 pub const SHUTDOWN_GRACE: u64 = 10;
 /// Interval of the lease-expiry task.
 pub const EXPIRY_INTERVAL: Duration = Duration::from_secs(1);
+/// Default time between two sweeps of the blob collector (each ±25 %, so that servers
+/// sharing a bucket spread theirs).
+pub const DEFAULT_BLOB_SWEEP_EVERY: Duration = Duration::from_secs(10 * 60);
 
 /// Settings of `serve`.
 #[derive(Debug, Clone)]
@@ -80,6 +84,12 @@ pub struct ServeConfig {
     pub workers: Option<usize>,
     /// Where the metadata store is (default: the data directory's SQLite file).
     pub store: StoreConfig,
+    /// Where blobs are kept (default: `blobs/` in the data directory).
+    pub blobs: BlobLocation,
+    /// Unreferenced blobs younger than this are kept.
+    pub blob_grace: Duration,
+    /// Time between two sweeps of the blob collector; None: no collection.
+    pub blob_sweep_every: Option<Duration>,
 }
 
 impl ServeConfig {
@@ -92,6 +102,9 @@ impl ServeConfig {
             max_attempts: DEFAULT_MAX_ATTEMPTS,
             workers: None,
             store: StoreConfig::Sqlite,
+            blobs: BlobLocation::Folder,
+            blob_grace: gc::DEFAULT_GRACE,
+            blob_sweep_every: Some(DEFAULT_BLOB_SWEEP_EVERY),
         }
     }
 }
@@ -321,6 +334,47 @@ pub fn app(
         .default_service(web::to(not_found))
 }
 
+/// Sweeps the blob store every `every` (±25 %) until `stop` turns true: a bounded batch of
+/// blobs each time, going round the whole store over successive sweeps (`store::blobs::gc`).
+async fn sweep_task(
+    state: web::Data<AppState>,
+    mut stop: watch::Receiver<bool>,
+    every: Duration,
+    opts: SweepOptions,
+) {
+    let mut cursor: Option<String> = None;
+    loop {
+        let jitter = rand::random_range(0.75..1.25);
+        let wait = every.mul_f64(jitter).max(Duration::from_millis(10));
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            r = stop.changed() => if r.is_err() || *stop.borrow() { return },
+        }
+        let (store, blobs, pins) = (state.store.clone(), state.blobs.clone(), state.pins.clone());
+        let mut c = cursor.take();
+        let result = web::block(move || {
+            let r = blobs.sweep(store.as_ref(), pins.as_ref(), &opts, &mut c);
+            (r, c)
+        })
+        .await;
+        match result {
+            Ok((Ok(report), c)) => {
+                cursor = c;
+                if report.removed > 0 {
+                    tracing::info!(?report, "blob sweep");
+                } else {
+                    tracing::debug!(?report, "blob sweep");
+                }
+            }
+            Ok((Err(e), c)) => {
+                cursor = c;
+                tracing::error!(error = %rjs_cmd::chain(&e), "sweeping blobs")
+            }
+            Err(e) => tracing::error!(error = %rjs_cmd::report::Chain(&e), "sweeping blobs"),
+        }
+    }
+}
+
 /// Requeues expired leases every [`EXPIRY_INTERVAL`] until `stop` turns true.
 async fn expiry_task(state: web::Data<AppState>, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(EXPIRY_INTERVAL);
@@ -398,7 +452,8 @@ fn open(config: &ServeConfig) -> Result<Opened, ServeError> {
     // actix adds the ALPN protocols (h2, http/1.1) itself.
     tls.alpn_protocols.clear();
     let store = admin::open_store(&data, &site.store)?;
-    let blobs = BlobStore::open(&data.blobs()).map_err(ServeError::Blobs)?;
+    let blobs = BlobStore::open_at(&data.blobs(), &config.blobs).map_err(ServeError::Blobs)?;
+    tracing::info!(blobs = %blobs.describe(), "blob store");
     let cleaned = blobs.clean_tmp().map_err(ServeError::Blobs)?;
     if cleaned > 0 {
         tracing::info!(removed = cleaned, "removed interrupted uploads");
@@ -466,6 +521,13 @@ pub async fn serve(
     )
     .map_err(ServeError::Run)?;
     actix_web::rt::spawn(queue::watch_queue(state.clone(), stop_rx.clone()));
+    if let Some(every) = config.blob_sweep_every {
+        let opts = SweepOptions {
+            grace: config.blob_grace,
+            ..SweepOptions::default()
+        };
+        actix_web::rt::spawn(sweep_task(state.clone(), stop_rx.clone(), every, opts));
+    }
     actix_web::rt::spawn(expiry_task(state.clone(), stop_rx));
     actix_web::rt::spawn(poller);
     ready(&addrs);

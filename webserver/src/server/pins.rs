@@ -1,21 +1,19 @@
-//! Blobs committed by requests that have not recorded them yet ("pinned"), so that removing
-//! an unreferenced blob never races with a request about to reference the same content.
+//! Blobs committed by requests that have not recorded them yet ("pinned"), so that the
+//! garbage collector never removes a blob that a request in this process is about to refer to.
 //!
 //! A blob is shared by content: two answers (or an answer and a bundle) with the same bytes
-//! are one file. When a request commits a blob and then learns that its answer is not
-//! recorded (a duplicate that raced with the first answer, a lease lost meanwhile, a failed
-//! transaction), the blob may be unreferenced and should go, unless another request
-//! committed the same content and is about to record it. Every request pins a blob's name
-//! before committing it and unpins it once its answer (or bundle) is recorded or refused; a
-//! blob is removed only while no request pins it and the store has no reference to it, both
-//! checked under one lock that pinning also takes. This works within one server process
-//! (the blob store belongs to one `serve`).
+//! are one blob. Every request pins a blob's name before committing it and unpins it once its
+//! answer (or bundle) is recorded or refused. A blob committed for nothing (a duplicate that
+//! raced with the first answer, a lease lost meanwhile, a failed transaction) stays until the
+//! collector (`store::blobs::gc`) finds it unreferenced and older than the grace period; the
+//! collector checks the pins, the store's references and removes the blob under the lock that
+//! pinning takes, so within one process it never races with a commit of the same content.
+//! Across servers sharing a bucket the grace period and touches do that (see `gc`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::store::Store;
-use crate::store::blobs::BlobStore;
+use crate::store::blobs::gc::{GcError, Pins};
 
 /// The set of pinned blob names with their pin counts.
 #[derive(Debug, Default)]
@@ -27,7 +25,7 @@ pub struct BlobPins {
 #[derive(Debug)]
 pub struct BlobPin {
     pins: Arc<BlobPins>,
-    /// None once unpinned by [`BlobPin::release_unreferenced`].
+    /// None once unpinned.
     sha256: Option<String>,
 }
 
@@ -61,39 +59,21 @@ fn unpin(map: &mut HashMap<String, usize>, sha256: &str) {
     }
 }
 
-impl BlobPin {
-    /// Unpins the blob and removes it if no other request pins it and the store does not
-    /// refer to it (its content was committed for nothing). Blocking (store and file system).
-    /// Returns whether it was removed; a failure leaves the blob (harmless: unreferenced) and
-    /// is only logged.
-    pub fn release_unreferenced(mut self, store: &dyn Store, blobs: &BlobStore) -> bool {
-        let Some(sha) = self.sha256.take() else {
-            return false;
-        };
-        let mut map = self.pins.lock();
-        unpin(&mut map, &sha);
-        if map.contains_key(&sha) {
-            return false; // another request committed the same content and will record it
+impl Pins for BlobPins {
+    fn unless_pinned(
+        &self,
+        sha256: &str,
+        remove: &mut dyn FnMut() -> Result<bool, GcError>,
+    ) -> Option<Result<bool, GcError>> {
+        let map = self.lock();
+        if map.contains_key(sha256) {
+            return None;
         }
         // Still under the lock: nobody can pin (and so commit) this content until the
-        // blob is gone; a later commit of it then writes the file anew.
-        match store.blob_referenced(&sha) {
-            Ok(false) => {}
-            Ok(true) => return false,
-            Err(e) => {
-                tracing::warn!(blob = %sha, error = %rjs_cmd::chain(&e),
-                               "checking whether an unrecorded blob is referenced; kept");
-                return false;
-            }
-        }
-        match blobs.remove(&sha) {
-            Ok(removed) => removed,
-            Err(e) => {
-                tracing::warn!(blob = %sha, error = %rjs_cmd::chain(&e),
-                               "removing an unreferenced blob; kept");
-                false
-            }
-        }
+        // collector is done with it; a later commit of it then stores it anew.
+        let removed = remove();
+        drop(map);
+        Some(removed)
     }
 }
 
@@ -108,35 +88,41 @@ impl Drop for BlobPin {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Store;
+    use crate::store::blobs::BlobStore;
+    use crate::store::blobs::gc::SweepOptions;
     use crate::store::sqlite::SqliteStore;
+    use std::time::Duration;
 
     #[test]
-    fn a_blob_goes_only_when_unpinned_and_unreferenced() {
+    fn the_collector_keeps_pinned_and_referenced_blobs() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("rjs.db")).unwrap();
         let blobs = BlobStore::open(&dir.path().join("blobs")).unwrap();
         let pins = Arc::new(BlobPins::default());
+        let now = SweepOptions {
+            grace: Duration::ZERO,
+            batch: 100,
+        };
         let (sha, _) = blobs.put(b"same content").unwrap();
 
-        // Two requests committed the same content; the first gives up on it while the
-        // second has not recorded it yet: the blob stays.
+        // Two requests committed the same content; one gives up on it while the other has
+        // not recorded it yet: the blob stays.
         let first = pins.pin(&sha);
         let second = pins.pin(&sha);
-        assert!(!first.release_unreferenced(&store, &blobs));
+        drop(first);
+        let report = blobs.sweep(&store, pins.as_ref(), &now, &mut None).unwrap();
+        assert_eq!((report.pinned, report.removed), (1, 0));
         assert!(blobs.exists(&sha).unwrap());
-        assert!(pins.is_pinned(&sha));
         // The second gives up too: nothing refers to it, it goes.
-        assert!(second.release_unreferenced(&store, &blobs));
+        drop(second);
+        assert!(!pins.is_pinned(&sha));
+        let report = blobs.sweep(&store, pins.as_ref(), &now, &mut None).unwrap();
+        assert_eq!(report.removed, 1);
         assert!(!blobs.exists(&sha).unwrap());
-        assert!(!pins.is_pinned(&sha));
-
-        // A pin dropped (its answer was recorded) just unpins.
-        let (sha, _) = blobs.put(b"kept").unwrap();
-        drop(pins.pin(&sha));
-        assert!(!pins.is_pinned(&sha));
-        assert!(blobs.exists(&sha).unwrap());
 
         // Referenced by a bundle: kept.
+        let (sha, _) = blobs.put(b"kept").unwrap();
         let author = store.add_author("a", "k", "f", 1).unwrap().id;
         store
             .submit(&crate::store::NewSubmission {
@@ -151,7 +137,9 @@ mod tests {
                 nonce: None,
             })
             .unwrap();
-        assert!(!pins.pin(&sha).release_unreferenced(&store, &blobs));
+        let report = blobs.sweep(&store, pins.as_ref(), &now, &mut None).unwrap();
+        assert_eq!((report.referenced, report.removed), (1, 0));
         assert!(blobs.exists(&sha).unwrap());
+        assert!(store.blob_referenced(&sha).unwrap());
     }
 }

@@ -1,6 +1,17 @@
-//! Content-addressed file store for bundles and answer archives.
+//! Content-addressed store for bundles and answer archives: one interface, two backends.
 //!
-//! Layout under the store's directory (all 0700, files 0600):
+//! Every upload is spooled to a temporary file in the store's local directory (hashed while
+//! written, checked from the file), then committed to the backend:
+//!
+//! - the folder (the default): renamed into `blobs/ab/<sha256>` below;
+//! - S3-compatible object storage ([`s3`]): streamed from the file to the object
+//!   `<prefix>/blobs/<sha256>`, create-only, multipart above a part size.
+//!
+//! Reads stream from either ([`BlobStore::open_blob`]). Unreferenced blobs are removed only
+//! by the garbage collector ([`gc`]), never on the spot, and only once they are older than a
+//! grace period, so that several web servers can share one bucket.
+//!
+//! The folder's layout under the store's directory (all 0700, files 0600):
 //!
 //! ```text
 //! blobs/ab/abcdef…   a blob, named by the SHA-256 (64 lowercase hex digits) of its contents
@@ -9,16 +20,25 @@
 //!
 //! A blob appears only by `rename` of a complete, fsynced temporary file (then the directory
 //! is fsynced too), so a reader never sees a partial blob and a crash mid-upload leaves only a
-//! file in `tmp/`, which [`BlobStore::clean_tmp`] removes at start-up. Blob names are always
-//! validated before a path is built from them.
+//! file in `tmp/`, which [`BlobStore::clean_tmp`] removes at start-up once it is stale. Blob
+//! names are always validated before a path is built from them.
+
+pub mod gc;
+pub mod s3;
 
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
 
 use rjs_signer::bundle::hex;
 use rjs_signer::fsutil::{self, FileError};
 use sha2::{Digest, Sha256};
+
+/// An upload's temporary file not written to for this long was interrupted (see
+/// [`BlobStore::clean_tmp`]): longer than any upload waits between two chunks.
+pub const STALE_UPLOAD: std::time::Duration = std::time::Duration::from_secs(15 * 60);
 
 /// Buffer between upload chunks and the temporary file.
 const WRITE_BUFFER: usize = 64 * 1024;
@@ -29,8 +49,8 @@ pub enum BlobError {
     /// A blob name that is not 64 lowercase hex digits (never used to build a path).
     #[error("invalid blob name {0:?} (64 lowercase hex digits expected)")]
     BadName(String),
-    #[error("blob {sha256} not found ({path})")]
-    NotFound { sha256: String, path: PathBuf },
+    #[error("blob {sha256} not found ({location})")]
+    NotFound { sha256: String, location: String },
     /// The contents exceed the limit; nothing of it is kept.
     #[error("more than {limit} bytes")]
     TooLarge { limit: u64 },
@@ -40,6 +60,17 @@ pub enum BlobError {
     /// A file operation failed (naming the path).
     #[error(transparent)]
     File(FileError),
+    /// A request to the object store failed.
+    #[error("{what} blob {name} in the object store")]
+    Remote {
+        what: &'static str,
+        name: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The object store's configuration is unusable.
+    #[error("blob store configuration: {0}")]
+    Config(String),
 }
 
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> BlobError + 'a {
@@ -88,6 +119,15 @@ fn create_private_dir(dir: &Path, recursive: bool) -> Result<bool, BlobError> {
     }
 }
 
+/// Sets a blob file's modification time (its age for the collector) to now.
+fn touch(path: &Path) -> Result<(), BlobError> {
+    File::options()
+        .write(true)
+        .open(path)
+        .and_then(|f| f.set_modified(SystemTime::now()))
+        .map_err(io_err("touching", path))
+}
+
 /// Makes a directory's entries (a rename or a new file) durable.
 fn sync_dir(dir: &Path) -> Result<(), BlobError> {
     File::open(dir)
@@ -95,12 +135,39 @@ fn sync_dir(dir: &Path) -> Result<(), BlobError> {
         .map_err(io_err("syncing directory", dir))
 }
 
-/// The content-addressed directory.
+/// The content-addressed store: a folder, or a bucket with a local folder for spooling.
 #[derive(Debug, Clone)]
 pub struct BlobStore {
     root: PathBuf,
     blobs: PathBuf,
     tmp: PathBuf,
+    /// The bucket; None: the blobs are in `blobs/`.
+    remote: Option<Arc<s3::S3Blobs>>,
+}
+
+/// A blob opened for reading, with its size.
+#[derive(Debug)]
+pub enum BlobRead {
+    File(File, u64),
+    Stream(s3::BlobStream),
+}
+
+impl BlobRead {
+    pub fn size(&self) -> u64 {
+        match self {
+            BlobRead::File(_, size) => *size,
+            BlobRead::Stream(s) => s.size,
+        }
+    }
+}
+
+/// Where blobs go: `--blobs folder` or `--blobs s3://bucket/prefix`.
+#[derive(Debug, Clone, Default)]
+pub enum BlobLocation {
+    /// `blobs/` in the data directory.
+    #[default]
+    Folder,
+    S3(Box<s3::S3Config>),
 }
 
 impl BlobStore {
@@ -112,10 +179,36 @@ impl BlobStore {
             root: dir.to_owned(),
             blobs: dir.join("blobs"),
             tmp: dir.join("tmp"),
+            remote: None,
         };
         create_private_dir(&store.blobs, false)?;
         create_private_dir(&store.tmp, false)?;
         Ok(store)
+    }
+
+    /// Opens the store at `location`, spooling uploads (and keeping folder blobs) in `dir`.
+    /// A bucket is checked to answer.
+    pub fn open_at(dir: &Path, location: &BlobLocation) -> Result<Self, BlobError> {
+        let mut store = Self::open(dir)?;
+        if let BlobLocation::S3(config) = location {
+            let remote = s3::S3Blobs::open((**config).clone())?;
+            remote.check()?;
+            store.remote = Some(Arc::new(remote));
+        }
+        Ok(store)
+    }
+
+    /// Where the blobs are, for messages: the folder or `s3://bucket/prefix`.
+    pub fn describe(&self) -> String {
+        match &self.remote {
+            Some(r) => r.config().url(),
+            None => self.blobs.display().to_string(),
+        }
+    }
+
+    /// Whether the blobs are in an object store.
+    pub fn is_remote(&self) -> bool {
+        self.remote.is_some()
     }
 
     /// The store's directory.
@@ -137,6 +230,10 @@ impl BlobStore {
 
     /// Whether the blob is stored.
     pub fn exists(&self, sha256_hex: &str) -> Result<bool, BlobError> {
+        if let Some(remote) = &self.remote {
+            check_name(sha256_hex)?;
+            return Ok(remote.head(sha256_hex)?.is_some());
+        }
         let path = self.path_of(sha256_hex)?;
         match fs::metadata(&path) {
             Ok(m) => Ok(m.is_file()),
@@ -145,31 +242,39 @@ impl BlobStore {
         }
     }
 
-    /// Opens a blob for reading; returns the file and its size.
-    pub fn open_blob(&self, sha256_hex: &str) -> Result<(File, u64), BlobError> {
+    /// Opens a blob for reading: a file, or a download streaming in chunks. Blocking.
+    pub fn open_blob(&self, sha256_hex: &str) -> Result<BlobRead, BlobError> {
+        if let Some(remote) = &self.remote {
+            check_name(sha256_hex)?;
+            return remote.open_stream(sha256_hex).map(BlobRead::Stream);
+        }
         let path = self.path_of(sha256_hex)?;
         let file = File::open(&path).map_err(|e| {
             if e.kind() == io::ErrorKind::NotFound {
                 BlobError::NotFound {
                     sha256: sha256_hex.to_owned(),
-                    path: path.clone(),
+                    location: path.display().to_string(),
                 }
             } else {
                 io_err("opening", &path)(e)
             }
         })?;
         let size = file.metadata().map_err(io_err("reading", &path))?.len();
-        Ok((file, size))
+        Ok(BlobRead::File(file, size))
     }
 
     /// Reads a whole blob, refusing one larger than `limit` bytes (without reading past it).
     pub fn read(&self, sha256_hex: &str, limit: u64) -> Result<Vec<u8>, BlobError> {
+        if let Some(remote) = &self.remote {
+            check_name(sha256_hex)?;
+            return remote.read(sha256_hex, limit);
+        }
         let path = self.path_of(sha256_hex)?;
         fsutil::read_bounded(&path, limit).map_err(|e| match e {
             FileError::Io { source, .. } if source.kind() == io::ErrorKind::NotFound => {
                 BlobError::NotFound {
                     sha256: sha256_hex.to_owned(),
-                    path: path.clone(),
+                    location: path.display().to_string(),
                 }
             }
             e => e.into(),
@@ -198,9 +303,14 @@ impl BlobStore {
         w.commit()
     }
 
-    /// Removes a blob (one nothing refers to any more); Ok(false) if it was not there. The
-    /// shard directory is synced so that the removal is durable.
+    /// Removes a blob at once, whatever its age; Ok(false) if it was not there. The shard
+    /// directory is synced so that the removal is durable. Only for tests and tools: the
+    /// server removes blobs through the collector ([`gc`]).
     pub fn remove(&self, sha256_hex: &str) -> Result<bool, BlobError> {
+        if let Some(remote) = &self.remote {
+            check_name(sha256_hex)?;
+            return remote.delete(sha256_hex);
+        }
         let path = self.path_of(sha256_hex)?;
         match fs::remove_file(&path) {
             Ok(()) => {}
@@ -213,10 +323,16 @@ impl BlobStore {
         Ok(true)
     }
 
-    /// Removes every file left in `tmp/` (uploads interrupted by a crash). Only for start-up:
-    /// it would also remove the temporary files of uploads in progress. Returns how many were
-    /// removed.
+    /// Removes the files left in `tmp/` by uploads that were interrupted (a crash): those not
+    /// written to for [`STALE_UPLOAD`]. Several servers may share the folder (one data
+    /// directory), so an upload another server is writing now is left alone. Returns how many
+    /// were removed.
     pub fn clean_tmp(&self) -> Result<usize, BlobError> {
+        self.clean_tmp_older_than(STALE_UPLOAD)
+    }
+
+    /// [`clean_tmp`](Self::clean_tmp) with another age.
+    pub fn clean_tmp_older_than(&self, age: std::time::Duration) -> Result<usize, BlobError> {
         let mut removed = 0;
         let entries = fs::read_dir(&self.tmp).map_err(io_err("listing", &self.tmp))?;
         for entry in entries {
@@ -225,6 +341,13 @@ impl BlobStore {
             let kind = entry.file_type().map_err(io_err("inspecting", &path))?;
             if kind.is_dir() {
                 continue; // never created by us: leave it to the operator
+            }
+            let written = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .map_err(io_err("inspecting", &path))?;
+            if written.elapsed().is_ok_and(|a| a < age) {
+                continue; // being written (by this server or another)
             }
             match fs::remove_file(&path) {
                 Ok(()) => removed += 1,
@@ -337,7 +460,8 @@ impl BlobWriter {
     /// That cannot happen here: the temporary file is private to this server (in `tmp/`,
     /// mode 0600 in a 0700 directory, a random name), only this writer writes it and it
     /// writes nothing more while the map lives (the map borrows the writer mutably), and
-    /// [`BlobStore::clean_tmp`] runs only at start-up. The map's length is checked against
+    /// [`BlobStore::clean_tmp`] removes only files not written to for [`STALE_UPLOAD`]
+    /// (longer than a request may stall). The map's length is checked against
     /// the bytes written.
     pub fn map_written(&mut self) -> Result<MappedUpload<'_>, BlobError> {
         self.sync()?;
@@ -390,13 +514,19 @@ impl BlobWriter {
         drop(file);
 
         let sha256 = self.sha256_hex();
+        if let Some(remote) = self.store.remote.clone() {
+            // Streamed from the file; the file goes when the writer is dropped.
+            remote.commit_file(&self.tmp_path, &sha256, self.size)?;
+            return Ok((sha256, self.size));
+        }
         let dest = self.store.path_of(&sha256)?;
         let shard = dest
             .parent()
             .map(Path::to_owned)
             .unwrap_or_else(|| self.store.blobs.clone());
         if fs::symlink_metadata(&dest).is_ok() {
-            // Same contents already stored: keep the existing blob.
+            // Same contents already stored: keep the existing blob, young again (see `gc`).
+            touch(&dest)?;
             fs::remove_file(&self.tmp_path).map_err(io_err("removing", &self.tmp_path))?;
             self.tmp_live = false;
             return Ok((sha256, self.size));
@@ -521,8 +651,7 @@ mod tests {
             store.read(&name, size - 1),
             Err(BlobError::TooLarge { .. })
         ));
-        let (_, len) = store.open_blob(&name).unwrap();
-        assert_eq!(len, size);
+        assert_eq!(store.open_blob(&name).unwrap().size(), size);
         assert_eq!(tmp_entries(&store), 0);
         #[cfg(unix)]
         {
@@ -639,7 +768,13 @@ mod tests {
         fs::write(store.tmp_dir().join("stray"), b"x").unwrap();
         assert_eq!(tmp_entries(&store), 2);
         let reopened = BlobStore::open(dir.path()).unwrap();
-        assert_eq!(reopened.clean_tmp().unwrap(), 2);
+        // Written just now: maybe another server's upload in progress, kept.
+        assert_eq!(reopened.clean_tmp().unwrap(), 0);
+        assert_eq!(tmp_entries(&reopened), 2);
+        // Once stale, removed.
+        let stale = std::time::Duration::from_millis(50);
+        std::thread::sleep(stale * 2);
+        assert_eq!(reopened.clean_tmp_older_than(stale).unwrap(), 2);
         assert_eq!(tmp_entries(&reopened), 0);
         assert_eq!(reopened.clean_tmp().unwrap(), 0);
         assert_eq!(fs::read_dir(dir.path().join("blobs")).unwrap().count(), 0);
