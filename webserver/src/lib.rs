@@ -14,6 +14,7 @@
 pub mod admin;
 pub mod dashboard;
 pub mod datadir;
+pub mod envfile;
 pub mod pki;
 pub mod server;
 pub mod store;

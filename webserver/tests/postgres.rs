@@ -161,3 +161,95 @@ fn a_submission_through_one_server_wakes_the_others() {
             .expect("woken by the other server's submission");
     });
 }
+
+/// The admin commands through the real binary on a shared store, configured by a file (as a
+/// systemd EnvironmentFile): `init` migrates the database and makes no SQLite file; an author
+/// added through one data directory is listed through another (a second server's); a
+/// configuration file others can read, and a password in the URL, are refused.
+#[test]
+fn the_admin_commands_work_on_the_shared_store_configured_by_a_file() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::process::Command;
+    let pg = Postgres::shared().unwrap();
+    let db = pg.fresh_db("cli").unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("webserver.env");
+    std::fs::write(&config, format!("# shared\nRJS_STORE={}\n", pg.url(&db))).unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_rjs-webserver"))
+            .args(args)
+            .env_remove("RJS_STORE")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let a = tmp.path().join("a");
+    let b = tmp.path().join("b");
+    let cfg = config.to_str().unwrap();
+    let (code, _, err) = run(&["init", "--data", a.to_str().unwrap(), "--config", cfg]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        !a.join("rjs.db").exists(),
+        "no SQLite file with a shared store"
+    );
+    let key = rjs_signer::KeyPair::generate().public().to_base64();
+    let (code, out, err) = run(&[
+        "author",
+        "add",
+        "alice",
+        "--key",
+        &key,
+        "--data",
+        a.to_str().unwrap(),
+        "--config",
+        cfg,
+    ]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    // A second server's data directory: the same CA files copied, the same store.
+    std::fs::create_dir(&b).unwrap();
+    for f in ["ca.pem", "server.pem", "server-key.pem"] {
+        std::fs::copy(a.join(f), b.join(f)).unwrap();
+    }
+    let (code, out, err) = run(&[
+        "author",
+        "list",
+        "--data",
+        b.to_str().unwrap(),
+        "--config",
+        cfg,
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("alice"), "{out}");
+    // Without the file: b's own (missing) SQLite store.
+    let (code, _, err) = run(&["author", "list", "--data", b.to_str().unwrap()]);
+    assert_ne!(code, Some(0));
+    assert!(err.contains("not an initialized"), "{err}");
+
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, _, err) = run(&[
+        "author",
+        "list",
+        "--data",
+        b.to_str().unwrap(),
+        "--config",
+        cfg,
+    ]);
+    assert_ne!(code, Some(0));
+    assert!(err.contains("readable by its owner only"), "{err}");
+
+    let (code, _, err) = run(&[
+        "author",
+        "list",
+        "--data",
+        b.to_str().unwrap(),
+        "--store",
+        "postgres://rjs:hunter2@127.0.0.1/rjs",
+    ]);
+    assert_ne!(code, Some(0));
+    assert!(err.contains("carries a password"), "{err}");
+}

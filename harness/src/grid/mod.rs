@@ -94,6 +94,10 @@ pub struct GridOptions {
     /// port of its own, logging to `logs/webserver-2.log`, …; the lookup is given every web
     /// server's URL (`--webserver` repeated), the first one's first [default: 0].
     pub extra_webservers: usize,
+    /// Environment of every `rjs-webserver` command (`init`, `author add`, `lookup add`,
+    /// `serve`): e.g. `RJS_STORE` for a shared PostgreSQL store, `RJS_BLOBS` and the S3
+    /// settings for an object store [default: none].
+    pub webserver_env: Vec<(String, String)>,
 }
 
 /// A process's host: a named network namespace, the address it listens on there and the
@@ -190,6 +194,7 @@ impl GridOptions {
             lookup_args: Vec::new(),
             placement: Placement::default(),
             extra_webservers: 0,
+            webserver_env: Vec::new(),
         }
     }
 
@@ -213,6 +218,14 @@ impl std::fmt::Debug for GridOptions {
             .field("lookup_args", &self.lookup_args)
             .field("placement", &self.placement)
             .field("extra_webservers", &self.extra_webservers)
+            .field(
+                "webserver_env",
+                &self
+                    .webserver_env
+                    .iter()
+                    .map(|(k, _)| k)
+                    .collect::<Vec<_>>(),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -552,6 +565,19 @@ impl LocalGrid {
     pub fn kill_webserver(&mut self, signal: i32) -> Result<Option<ExitStatus>> {
         let p = self.webserver.as_mut();
         signal_and_wait(p, "the web server", signal, self.opts.stop_timeout)
+    }
+
+    /// Sends `signal` to web server `n` (2, 3, …: the [`GridOptions::extra_webservers`]; 1
+    /// is [`LocalGrid::kill_webserver`]'s); for SIGTERM, SIGINT and SIGKILL also waits for its
+    /// exit and returns the status.
+    pub fn kill_extra_webserver(&mut self, n: usize, signal: i32) -> Result<Option<ExitStatus>> {
+        let Some((p, _)) = n
+            .checked_sub(2)
+            .and_then(|i| self.extra_webservers.get_mut(i))
+        else {
+            bail!("there is no web server {n}");
+        };
+        signal_and_wait(Some(p), "a web server", signal, self.opts.stop_timeout)
     }
 
     /// Starts the web server again after [`LocalGrid::kill_webserver`], on the address it
@@ -1014,7 +1040,12 @@ fn setup_run(opts: &GridOptions, name: &str, cmd: &mut Command) -> Result<String
 /// [`AUTHOR`], and the lookup [`LOOKUP_NAME`] with its credentials. Returns the author's key.
 fn init_webserver(opts: &GridOptions, bins: &Bins) -> Result<KeyPair> {
     let w = opts.dir.join("webserver");
-    let mut init = Command::new(&bins.webserver);
+    let webserver = || {
+        let mut c = Command::new(&bins.webserver);
+        c.envs(opts.webserver_env.iter().map(|(k, v)| (k, v)));
+        c
+    };
+    let mut init = webserver();
     init.arg("init")
         .arg("--data")
         .arg(&w)
@@ -1029,7 +1060,7 @@ fn init_webserver(opts: &GridOptions, bins: &Bins) -> Result<KeyPair> {
     setup_run(
         opts,
         "rjs-webserver author add",
-        Command::new(&bins.webserver)
+        webserver()
             .args(["author", "add", AUTHOR, "--key"])
             .arg(&files.public)
             .arg("--data")
@@ -1039,7 +1070,7 @@ fn init_webserver(opts: &GridOptions, bins: &Bins) -> Result<KeyPair> {
     setup_run(
         opts,
         "rjs-webserver lookup add",
-        Command::new(&bins.webserver)
+        webserver()
             .args(["lookup", "add", LOOKUP_NAME, "-o"])
             .arg(&creds)
             .arg("--data")
@@ -1068,6 +1099,7 @@ fn serve_webserver_as(
 ) -> Result<(Managed, String)> {
     let mut serve = Command::new(&bins.webserver);
     serve
+        .envs(opts.webserver_env.iter().map(|(k, v)| (k, v)))
         .arg("serve")
         .arg("--data")
         .arg(opts.dir.join("webserver"))

@@ -24,7 +24,15 @@ use rjs_webserver::store::{Author, LookupServer};
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// A configuration file: lines of NAME=VALUE naming the environment variables the flags
+    /// read (RJS_STORE, RJS_BLOBS, RJS_S3_…, AWS_…), as a systemd EnvironmentFile; readable by
+    /// its owner only. Flags and the environment win over it.
+    #[arg(long, global = true, value_name = "FILE", env = CONFIG_ENV)]
+    config: Option<PathBuf>,
 }
+
+/// The environment variable naming the configuration file.
+pub const CONFIG_ENV: &str = "RJS_WEBSERVER_CONFIG";
 
 /// `--data DIR` and where the metadata store is, shared by every subcommand.
 #[derive(Args)]
