@@ -53,6 +53,8 @@ pub struct Postgres {
     running: bool,
     /// Whether commits are flushed to disk (`fsync`), as in production.
     durable: bool,
+    /// The certificate and key files the server offers TLS with, if it does.
+    tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl Postgres {
@@ -69,6 +71,28 @@ impl Postgres {
     /// [`start`](Self::start) with `fsync` on, as a production server runs (benchmarks).
     pub fn start_durable() -> Result<Postgres> {
         Postgres::start_as(None, true)
+    }
+
+    /// A server on `127.0.0.1:port` that also offers TLS with this certificate and key
+    /// (PEM), as a remote database would (clients then connect with `sslmode=require`).
+    pub fn start_tls(port: u16, cert_pem: &str, key_pem: &str) -> Result<Postgres> {
+        let mut pg = Postgres::start_as(Some(port), false)?;
+        pg.stop_mode("fast")?;
+        let cert = pg.dir.path().join("server.crt");
+        let key = pg.dir.path().join("server.key");
+        for (path, pem) in [(&cert, cert_pem), (&key, key_pem)] {
+            std::fs::write(path, pem).with_context(|| format!("writing {}", path.display()))?;
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                .with_context(|| format!("protecting {}", path.display()))?;
+            if pg.as_postgres {
+                std::os::unix::fs::chown(path, Some(uid("postgres")?), None)
+                    .with_context(|| format!("giving {} to postgres", path.display()))?;
+            }
+        }
+        pg.tls = Some((cert, key));
+        pg.start_server()?;
+        Ok(pg)
     }
 
     fn start_as(port: Option<u16>, durable: bool) -> Result<Postgres> {
@@ -91,6 +115,7 @@ impl Postgres {
             port,
             running: false,
             durable,
+            tls: None,
         };
         let data = pg.data_dir();
         let out = pg.run(
@@ -192,8 +217,16 @@ impl Postgres {
         } else {
             "-c fsync=off -c full_page_writes=off"
         };
+        let tls = match &self.tls {
+            Some((cert, key)) => format!(
+                "-c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+                path_str(cert)?,
+                path_str(key)?
+            ),
+            None => String::new(),
+        };
         let opts = format!(
-            "-k {} {listen} {fast} -c max_connections=200",
+            "-k {} {listen} {fast} {tls} -c max_connections=200",
             path_str(self.socket_dir())?
         );
         let log = self.dir.path().join("server.log");
@@ -270,6 +303,11 @@ impl Postgres {
             .current_dir(self.dir.path())
             .env_remove("PGDATA")
             .env_remove("PGHOST");
+        // The socket's name carries the port: the client programs must know it.
+        match self.port {
+            Some(p) => cmd.env("PGPORT", p.to_string()),
+            None => cmd.env_remove("PGPORT"),
+        };
         cmd.output()
             .with_context(|| format!("running {}", exe.display()))
     }

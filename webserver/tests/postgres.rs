@@ -253,3 +253,52 @@ fn the_admin_commands_work_on_the_shared_store_configured_by_a_file() {
     assert_ne!(code, Some(0));
     assert!(err.contains("carries a password"), "{err}");
 }
+
+/// A database reached over the network: TLS (rustls) checked against the CA given with
+/// `--store-ca`, the connections really encrypted (`pg_stat_ssl`), and a server whose
+/// certificate another CA signed refused.
+#[test]
+fn a_remote_database_is_reached_over_tls_checked_against_its_ca() {
+    use rjs_webserver::store::config::StoreConfig;
+    let ca = rjs_webserver::pki::new_ca().unwrap();
+    let issued =
+        rjs_webserver::pki::issue_server(&ca, &["127.0.0.1".into(), "localhost".into()]).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let pg = Postgres::start_tls(port, &issued.cert_pem, &issued.key_pem).unwrap();
+    pg.create_db("rjs").unwrap();
+    let url = format!("{}?sslmode=require", pg.url("rjs"));
+    let tmp = tempfile::tempdir().unwrap();
+    let ca_file = tmp.path().join("db-ca.pem");
+    std::fs::write(&ca_file, &ca.cert_pem).unwrap();
+    let unused = tmp.path().join("unused.db");
+
+    let store = StoreConfig::parse(&url, None, None, Some(&ca_file))
+        .unwrap()
+        .open(&unused)
+        .unwrap();
+    store.add_author("alice", "key", "fp", unix_now()).unwrap();
+    assert_eq!(store.list_authors().unwrap().len(), 1);
+    let encrypted: i64 = pg
+        .psql("rjs", "SELECT count(*) FROM pg_stat_ssl WHERE ssl")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(encrypted >= 1, "the store's connections use TLS");
+    assert!(!unused.exists());
+
+    let other = rjs_webserver::pki::new_ca().unwrap();
+    let other_file = tmp.path().join("other-ca.pem");
+    std::fs::write(&other_file, &other.cert_pem).unwrap();
+    let refused = StoreConfig::parse(&url, None, None, Some(&other_file))
+        .unwrap()
+        .open(&unused)
+        .map(|_| ())
+        .unwrap_err();
+    let chain = rjs_cmd::chain(&refused);
+    assert!(chain.to_lowercase().contains("certificate"), "{chain}");
+}

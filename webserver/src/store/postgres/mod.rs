@@ -7,9 +7,12 @@
 //!   connection attempt and the wait for a pooled connection.
 //! - **Synchronous over asynchronous.** The `Store` trait is synchronous (its calls run on
 //!   actix's blocking pool or the answer committer's thread); the store owns a small tokio
-//!   runtime that drives the pool's connections, and each call blocks on it. No transaction
-//!   is held across an HTTP exchange: each trait call is one transaction, begun and committed
-//!   inside the call.
+//!   runtime that drives the pool's connections, and each call blocks on it (so a call must
+//!   not be made from an async task; `connect`, made at start-up, moves to a thread of its
+//!   own when it is). No transaction is held across an HTTP exchange: each trait call is one
+//!   transaction, begun and committed inside the call; the hot ones (a lease, a batch of
+//!   answers) are one statement, a transaction by itself, without `BEGIN`/`COMMIT` round
+//!   trips; reads are single statements outside any transaction.
 //! - **One job, one holder.** Leasing is one statement per batch (`FOR UPDATE SKIP LOCKED`:
 //!   two servers leasing at once take different jobs, never wait for each other). Every
 //!   answer, renewal, release and failure report is an `UPDATE … WHERE` on the holder
@@ -42,7 +45,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use rjs_wire::api::{JobState, JobView};
 use tokio_postgres::Row;
 use tokio_postgres::error::SqlState;
@@ -124,6 +127,8 @@ pub struct PgStore {
     clock: PgClock,
     /// Woken when a transaction (of any server) queued jobs.
     queue_hint: Arc<tokio::sync::Notify>,
+    /// The clock second at which this store last requeued expired leases (see `lease`).
+    expired_at: std::sync::atomic::AtomicI64,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -160,7 +165,8 @@ impl Drop for PgStore {
     }
 }
 
-/// Whether this thread runs a tokio runtime (where blocking on another is forbidden).
+/// Whether this thread has a tokio runtime's context (an async task's, where blocking on
+/// another runtime is forbidden, or a `spawn_blocking` thread's, where it is not).
 fn in_async_context() -> bool {
     tokio::runtime::Handle::try_current().is_ok()
 }
@@ -217,7 +223,7 @@ impl PgStore {
             },
         );
         let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
+            .worker_threads(1)
             .thread_name("rjs-pg")
             .enable_all()
             .build()
@@ -239,6 +245,7 @@ impl PgStore {
             pool,
             clock: opts.clock,
             queue_hint: queue_hint.clone(),
+            expired_at: std::sync::atomic::AtomicI64::new(i64::MIN),
         };
         store.migrate()?;
         store
@@ -336,46 +343,67 @@ impl PgStore {
         &self,
         f: impl AsyncFn(&Tx<'_>) -> Result<T, StoreError> + Sync,
     ) -> Result<T, StoreError> {
-        self.transact(false, f)
+        self.run_transaction(&f)
     }
 
-    /// Runs `f` in one read-only transaction.
+    /// Runs `f`'s reads on a pooled connection, each statement on its own (no transaction:
+    /// under read committed a transaction would give its statements no common snapshot
+    /// anyway, and would cost two more round trips). Tried again on a connection found dead.
     fn read<T: Send>(
         &self,
-        f: impl AsyncFn(&Tx<'_>) -> Result<T, StoreError> + Sync,
+        f: impl AsyncFn(&deadpool_postgres::Client) -> Result<T, StoreError> + Sync,
     ) -> Result<T, StoreError> {
-        self.transact(true, f)
+        self.call(async {
+            let mut attempt = 1;
+            loop {
+                let client = self.pool.get().await?;
+                match f(&client).await {
+                    Err(e) if attempt < ATTEMPTS && retryable(&e) => attempt += 1,
+                    result => return result,
+                }
+            }
+        })
     }
 
-    /// Runs `f` in one transaction. The store's calls are meant for blocking threads; one made
-    /// from an async context runs on a thread of its own rather than panic.
-    fn transact<T: Send>(
+    /// Runs `f`, one statement that is a transaction of its own (autocommit: no `BEGIN` and
+    /// `COMMIT` round trips), on a pooled connection. Tried again only if PostgreSQL aborted
+    /// it (deadlock, serialization failure): a connection lost during it leaves unknown
+    /// whether it committed, so that is the caller's error.
+    fn single<T: Send>(
         &self,
-        read_only: bool,
-        f: impl AsyncFn(&Tx<'_>) -> Result<T, StoreError> + Sync,
+        f: impl AsyncFn(&deadpool_postgres::Client) -> Result<T, StoreError> + Sync,
     ) -> Result<T, StoreError> {
-        if in_async_context() {
-            on_own_thread(|| self.run_transaction(read_only, &f))
-        } else {
-            self.run_transaction(read_only, &f)
+        self.call(async {
+            let mut attempt = 1;
+            loop {
+                let client = self.pool.get().await?;
+                match f(&client).await {
+                    Err(e) if attempt < ATTEMPTS && aborted(&e) => attempt += 1,
+                    result => return result,
+                }
+            }
+        })
+    }
+
+    /// The caller's `now` for a statement that reads the clock as
+    /// `coalesce($n::bigint, <the database's now>)`: None (the database's) in
+    /// [`PgClock::Database`].
+    fn caller_clock(&self, caller_now: i64) -> Option<i64> {
+        match self.clock {
+            PgClock::Caller => Some(caller_now),
+            PgClock::Database => None,
         }
     }
 
     fn run_transaction<T>(
         &self,
-        read_only: bool,
         f: &impl AsyncFn(&Tx<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         self.call(async {
             let mut attempt = 1;
             loop {
                 let mut client = self.pool.get().await?;
-                let tx = match client
-                    .build_transaction()
-                    .read_only(read_only)
-                    .start()
-                    .await
-                {
+                let tx = match client.transaction().await {
                     Ok(tx) => tx,
                     // Nothing was done: a dead pooled connection (it is not returned to the
                     // pool), try another.
@@ -404,17 +432,26 @@ impl PgStore {
 
     /// The time of a call made with the caller's `now`: the database's in
     /// [`PgClock::Database`] (the transaction's start), else the caller's.
-    async fn clock(&self, tx: &Tx<'_>, caller_now: i64) -> Result<Clock, StoreError> {
-        let now = match self.clock {
+    async fn clock(&self, tx: &impl GenericClient, caller_now: i64) -> Result<Clock, StoreError> {
+        let db_now = match self.clock {
             PgClock::Caller => caller_now,
             PgClock::Database => {
                 one_value(tx, "SELECT floor(extract(epoch FROM now()))::bigint", &[]).await?
             }
         };
-        Ok(Clock {
+        Ok(self.clock_at(db_now, caller_now))
+    }
+
+    /// The time of a call, the database's clock reading `db_now`.
+    fn clock_at(&self, db_now: i64, caller_now: i64) -> Clock {
+        let now = match self.clock {
+            PgClock::Caller => caller_now,
+            PgClock::Database => db_now,
+        };
+        Clock {
             now,
             shift: now.saturating_sub(caller_now),
-        })
+        }
     }
 }
 
@@ -422,18 +459,27 @@ impl PgStore {
 /// it (deadlock, serialization failure), or its connection died before it committed (the
 /// transaction was rolled back with it).
 fn retryable(e: &StoreError) -> bool {
-    let StoreError::Backend(source) = e else {
+    aborted(e) || pg_error(e).is_some_and(|e| e.is_closed())
+}
+
+fn pg_error(e: &StoreError) -> Option<&tokio_postgres::Error> {
+    match e {
+        StoreError::Backend(source) => source.downcast_ref::<tokio_postgres::Error>(),
+        _ => None,
+    }
+}
+
+/// Whether PostgreSQL aborted a transaction that may simply run again (deadlock,
+/// serialization failure).
+fn aborted(e: &StoreError) -> bool {
+    let Some(e) = pg_error(e) else {
         return false;
     };
-    let Some(e) = source.downcast_ref::<tokio_postgres::Error>() else {
-        return false;
-    };
-    e.is_closed()
-        || matches!(
-            e.code(),
-            Some(c) if *c == SqlState::T_R_DEADLOCK_DETECTED
-                || *c == SqlState::T_R_SERIALIZATION_FAILURE
-        )
+    matches!(
+        e.code(),
+        Some(c) if *c == SqlState::T_R_DEADLOCK_DETECTED
+            || *c == SqlState::T_R_SERIALIZATION_FAILURE
+    )
 }
 
 /// Keeps one connection `LISTEN`ing on [`QUEUE_CHANNEL`], waking `hint` at each notification
@@ -546,7 +592,7 @@ fn view_from_row(r: &Row) -> Result<JobView, StoreError> {
 
 /// Every row of `sql` (a cached statement), mapped.
 async fn all_rows<T>(
-    tx: &Tx<'_>,
+    tx: &impl GenericClient,
     sql: &str,
     params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     map: impl Fn(&Row) -> Result<T, StoreError>,
@@ -557,7 +603,7 @@ async fn all_rows<T>(
 
 /// The row of `sql` (a cached statement) mapped, if there is one.
 async fn optional_row<T>(
-    tx: &Tx<'_>,
+    tx: &impl GenericClient,
     sql: &str,
     params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     map: impl FnOnce(&Row) -> Result<T, StoreError>,
@@ -572,7 +618,7 @@ async fn optional_row<T>(
 
 /// The first column of the one row of `sql` (a cached statement).
 async fn one_value<T: for<'a> tokio_postgres::types::FromSql<'a>>(
-    tx: &Tx<'_>,
+    tx: &impl GenericClient,
     sql: &str,
     params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
 ) -> Result<T, StoreError> {
@@ -582,7 +628,7 @@ async fn one_value<T: for<'a> tokio_postgres::types::FromSql<'a>>(
 
 /// Runs `sql` (a cached statement); the rows it changed.
 async fn execute(
-    tx: &Tx<'_>,
+    tx: &impl GenericClient,
     sql: &str,
     params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
 ) -> Result<u64, StoreError> {
@@ -604,6 +650,12 @@ async fn execute(
 /// - Counts: one update of each submission's row per statement, from the old and new states
 ///   and outcomes (the same rules as SQLite's triggers and `rjs_wire::api::OutcomeCounts`).
 fn changing_jobs(target: &str, set: &str, returning: &str) -> String {
+    changing_jobs_and(target, set, returning, "")
+}
+
+/// [`changing_jobs`], with more common table expressions (`, name AS (…)`) run in the same
+/// statement (they may read `target`: every job it selects is changed).
+fn changing_jobs_and(target: &str, set: &str, returning: &str, also: &str) -> String {
     format!(
         "WITH target AS ({target}),
               numbered AS (SELECT t.*, row_number() OVER (ORDER BY t.id) AS rn FROM target t),
@@ -659,12 +711,13 @@ fn changing_jobs(target: &str, set: &str, returning: &str) -> String {
                               OR (old_outcome IS NULL AND outcome IS NOT NULL)
                            GROUP BY submission_id) AS d
                    WHERE c.submission_id = d.submission_id)
+              {also}
          SELECT {returning} FROM changed j"
     )
 }
 
 /// Wakes every server's queue listener when this transaction commits (jobs were queued).
-async fn notify_queued(tx: &Tx<'_>) -> Result<(), StoreError> {
+async fn notify_queued(tx: &impl GenericClient) -> Result<(), StoreError> {
     execute(tx, "SELECT pg_notify($1, '')", &[&QUEUE_CHANNEL]).await?;
     Ok(())
 }

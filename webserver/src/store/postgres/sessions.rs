@@ -3,15 +3,16 @@
 //! all; a logout through one ends it on all). The rules are `sqlite::sessions`'.
 
 use super::store::{AUTHOR_COLS, author_from_row};
-use super::{PgStore, Tx, execute, optional_row};
+use super::{PgStore, execute, optional_row};
 use crate::store::StoreError;
 use crate::store::sessions::{NewSession, Session, Sessions, Subject};
+use deadpool_postgres::GenericClient;
 
 /// A session's last use is written at most this often (seconds).
 const TOUCH_EVERY: i64 = 60;
 
 /// Deletes an author's login tokens and sessions (inside the transaction that removes them).
-pub(super) async fn end_all_of(tx: &Tx<'_>, author_id: i64) -> Result<(), StoreError> {
+pub(super) async fn end_all_of(tx: &impl GenericClient, author_id: i64) -> Result<(), StoreError> {
     execute(
         tx,
         "DELETE FROM login_tokens WHERE author_id = $1",
@@ -29,7 +30,10 @@ pub(super) async fn end_all_of(tx: &Tx<'_>, author_id: i64) -> Result<(), StoreE
 
 /// The subject of a row's `author_id` (None: the administrator); None if the author was
 /// removed.
-async fn subject(tx: &Tx<'_>, author_id: Option<i64>) -> Result<Option<Subject>, StoreError> {
+async fn subject(
+    tx: &impl GenericClient,
+    author_id: Option<i64>,
+) -> Result<Option<Subject>, StoreError> {
     let Some(id) = author_id else {
         return Ok(Some(Subject::Admin));
     };
@@ -40,7 +44,11 @@ async fn subject(tx: &Tx<'_>, author_id: Option<i64>) -> Result<Option<Subject>,
 }
 
 /// The unexpired token's author id (`Some(None)` for the administrator).
-async fn token(tx: &Tx<'_>, hash: &str, now: i64) -> Result<Option<Option<i64>>, StoreError> {
+async fn token(
+    tx: &impl GenericClient,
+    hash: &str,
+    now: i64,
+) -> Result<Option<Option<i64>>, StoreError> {
     optional_row(
         tx,
         "SELECT author_id FROM login_tokens WHERE hash = $1 AND expires_at >= $2",

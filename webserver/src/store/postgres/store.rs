@@ -3,14 +3,14 @@
 
 use std::collections::HashSet;
 
-use rjs_signer::manifest::node_serves;
+use deadpool_postgres::GenericClient;
 use rjs_wire::api::{JobState, JobView, Lease};
 use tokio_postgres::Row;
 use tokio_postgres::error::SqlState;
 
 use super::{
-    PgStore, Tx, VIEW_COLS, all_rows, bad_value, changing_jobs, execute, get_state, get_u32,
-    get_u64, notify_queued, one_value, optional_row, to_i64, view_from_row,
+    Clock, PgStore, VIEW_COLS, all_rows, bad_value, changing_jobs, changing_jobs_and, execute,
+    get_state, get_u32, get_u64, notify_queued, one_value, optional_row, to_i64, view_from_row,
 };
 use crate::store::sqlite::LEASE_EXPIRED;
 use crate::store::{
@@ -69,7 +69,7 @@ fn is_unique_violation(e: &tokio_postgres::Error) -> bool {
 /// Runs an `INSERT … RETURNING id`; a unique-constraint violation (a race with the checks
 /// before it) is `Exists(what)`.
 async fn insert_unique(
-    tx: &Tx<'_>,
+    tx: &impl GenericClient,
     sql: &str,
     params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     what: impl FnOnce() -> String,
@@ -85,7 +85,7 @@ async fn insert_unique(
 
 /// Refuses with `Exists(what)` if the `SELECT EXISTS (…)` query `sql` finds a row for `value`.
 async fn refuse_taken(
-    tx: &Tx<'_>,
+    tx: &impl GenericClient,
     sql: &str,
     value: &str,
     what: impl FnOnce() -> String,
@@ -99,7 +99,7 @@ async fn refuse_taken(
 /// Records a request nonce (pruning expired ones first); false if this author used it
 /// before.
 async fn insert_nonce(
-    tx: &Tx<'_>,
+    tx: &impl GenericClient,
     author_id: i64,
     nonce: &str,
     expires_at: i64,
@@ -144,7 +144,11 @@ fn group_filter(groups: &[String]) -> Option<Vec<&str>> {
 /// Requeues (attempts + 1, reason "lease expired") or fails the jobs whose lease ended before
 /// `now`; returns how many were requeued. Jobs another transaction is changing right now are
 /// skipped (the next pass takes them), so no server waits for another here.
-async fn expire_in(tx: &Tx<'_>, now: i64, max_attempts: u32) -> Result<u64, StoreError> {
+async fn expire_in(
+    tx: &impl GenericClient,
+    now: i64,
+    max_attempts: u32,
+) -> Result<u64, StoreError> {
     let sql = changing_jobs(
         "SELECT id, state AS old_state, outcome AS old_outcome FROM jobs
          WHERE state = 'leased' AND lease_until < $1
@@ -186,7 +190,11 @@ fn check_answer(a: &NewAnswer<'_>) -> Result<i64, StoreError> {
 }
 
 /// What an answer from `lookup_id` for `job_id` would be (see [`Store::answer_targets`]).
-async fn target_in(tx: &Tx<'_>, lookup_id: i64, job_id: i64) -> Result<AnswerTarget, StoreError> {
+async fn target_in(
+    tx: &impl GenericClient,
+    lookup_id: i64,
+    job_id: i64,
+) -> Result<AnswerTarget, StoreError> {
     let row: Option<(bool, Option<i64>)> = optional_row(
         tx,
         "SELECT answer_sha256 IS NOT NULL, last_lookup FROM jobs WHERE id = $1",
@@ -207,7 +215,7 @@ async fn target_in(tx: &Tx<'_>, lookup_id: i64, job_id: i64) -> Result<AnswerTar
 /// other, re-checked on the row's newest version, is a duplicate. Returns the outcome and
 /// whether the job changed.
 async fn record_in(
-    tx: &Tx<'_>,
+    tx: &impl GenericClient,
     a: &NewAnswer<'_>,
     size: i64,
     now: i64,
@@ -259,19 +267,26 @@ async fn record_in(
     }
 }
 
-/// Checks that the lookup exists and is not revoked.
-async fn active_lookup(tx: &Tx<'_>, lookup_id: i64) -> Result<(), StoreError> {
-    let revoked: Option<bool> = optional_row(
+/// Checks that the lookup exists and is not revoked, and reads the clock, in one round trip.
+async fn active_lookup(
+    store: &PgStore,
+    tx: &impl GenericClient,
+    lookup_id: i64,
+    caller_now: i64,
+) -> Result<Clock, StoreError> {
+    let (db_now, revoked): (i64, Option<bool>) = optional_row(
         tx,
-        "SELECT revoked FROM lookups WHERE id = $1",
+        "SELECT floor(extract(epoch FROM now()))::bigint,
+                (SELECT revoked FROM lookups WHERE id = $1)",
         &[&lookup_id],
-        |r| Ok(r.try_get(0)?),
+        |r| Ok((r.try_get(0)?, r.try_get(1)?)),
     )
-    .await?;
+    .await?
+    .ok_or_else(|| bad_value("no clock".into()))?;
     match revoked {
         None => Err(StoreError::NotFound(format!("lookup server {lookup_id}"))),
         Some(true) => Err(StoreError::Revoked(format!("lookup server {lookup_id}"))),
-        Some(false) => Ok(()),
+        Some(false) => Ok(store.clock_at(db_now, caller_now)),
     }
 }
 
@@ -614,49 +629,56 @@ impl Store for PgStore {
         max_attempts: u32,
     ) -> Result<Vec<Lease>, StoreError> {
         let filter = group_filter(groups);
-        // The group test is `node_serves`'s: the job's group (without a trailing '/') is
-        // empty, equals the node's, or lies above it at a '/'.
+        // One statement, a transaction of its own. The group test is `node_serves`'s (the
+        // conformance suite holds the two together): the job's group (without a trailing
+        // '/') is empty, equals the node's, or lies above it at a '/'. The clock is the
+        // database's (`$5` NULL) or the caller's.
         let sql = changing_jobs(
             "SELECT id, state AS old_state, outcome AS old_outcome FROM jobs
              WHERE state = 'queued'
+               AND EXISTS (SELECT 1 FROM lookups WHERE id = $3 AND NOT revoked)
                AND ($1::text[] IS NULL OR EXISTS (
                     SELECT 1 FROM unnest($1::text[]) AS g(node)
                     WHERE rtrim(grp, '/') = '' OR g.node = rtrim(grp, '/')
                        OR left(g.node, length(rtrim(grp, '/')) + 1) = rtrim(grp, '/') || '/'))
              ORDER BY id LIMIT $2
              FOR UPDATE SKIP LOCKED",
-            "state = 'leased', lease_lookup = $3, last_lookup = $3, lease_until = $4,
-             updated_at = $5",
+            "state = 'leased', lease_lookup = $3, last_lookup = $3,
+             lease_until = coalesce($5::bigint, floor(extract(epoch FROM now()))::bigint) + $4,
+             updated_at = coalesce($5::bigint, floor(extract(epoch FROM now()))::bigint)",
             LEASE_COLUMNS,
         );
-        self.write(async |tx| {
-            let c = self.clock(tx, now).await?;
-            active_lookup(tx, lookup_id).await?;
-            expire_in(tx, c.now, max_attempts).await?;
-            if max == 0 {
-                return Ok(Vec::new());
-            }
-            let mut leases = all_rows(
-                tx,
-                &sql,
-                &[&filter, &i64::from(max), &lookup_id, &c.at(until), &c.now],
-                lease_row,
-            )
-            .await?;
+        // Expired leases first: once per second and store is enough (a lease that ended
+        // before this second was requeued by the last pass, unless another transaction held
+        // its job then, and the expiry task comes back within a second).
+        let last = self
+            .expired_at
+            .swap(now, std::sync::atomic::Ordering::Relaxed);
+        if last != now {
+            self.expire_leases(now, max_attempts)?;
+        }
+        let leases = if max == 0 {
+            Vec::new()
+        } else {
+            let duration = until.saturating_sub(now);
+            let at = self.caller_clock(now);
+            let mut leases = self.single(async |c| {
+                all_rows(
+                    c,
+                    &sql,
+                    &[&filter, &i64::from(max), &lookup_id, &duration, &at],
+                    lease_row,
+                )
+                .await
+            })?;
             leases.sort_unstable_by_key(|l| l.job_id);
-            if let Some(g) = &filter
-                && let Some(l) = leases
-                    .iter()
-                    .find(|l| !g.iter().any(|node| node_serves(node, &l.group)))
-            {
-                // The SQL above is `node_serves`; a difference is a bug: lease nothing.
-                return Err(StoreError::Conflict(format!(
-                    "job {} of group {:?} matched groups {g:?} in SQL but not in Rust",
-                    l.job_id, l.group
-                )));
-            }
-            Ok(leases)
-        })
+            leases
+        };
+        if leases.is_empty() {
+            // Nothing leased: say why if the lookup may not lease.
+            self.read(async |c| active_lookup(self, c, lookup_id, now).await)?;
+        }
+        Ok(leases)
     }
 
     fn held(
@@ -928,99 +950,87 @@ impl Store for PgStore {
         let outcomes: Vec<&str> = picked.iter().map(|a| a.outcome).collect();
         let nodes: Vec<&str> = picked.iter().map(|a| a.node).collect();
         let shas: Vec<&str> = picked.iter().map(|a| a.sha256).collect();
-        // One statement for the whole batch, conditional on each job's last holder; rows
-        // locked in id order (two servers' batches never deadlock).
-        let sql = changing_jobs(
-            "SELECT a.*, j.state AS old_state, j.outcome AS old_outcome FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[],
-                                    $5::bigint[], $6::bigint[], $7::bigint[])
-                             AS a(id, outcome, node, sha, size, lookup, at)
+        let times: Vec<Option<i64>> = picked.iter().map(|a| self.caller_clock(a.now)).collect();
+        let inline: Vec<Option<&[u8]>> = picked.iter().map(|a| a.inline).collect();
+        // One statement for the whole batch (a transaction of its own), conditional on each
+        // job's last holder; rows locked in id order (two servers' batches never deadlock);
+        // the archives kept inline are written by the same statement.
+        let sql = changing_jobs_and(
+            "SELECT a.*, j.state AS old_state, j.outcome AS old_outcome
+             FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bigint[],
+                         $6::bigint[], $7::bigint[], $8::bytea[])
+                  AS a(id, outcome, node, sha, size, lookup, at, bytes)
                  JOIN jobs j ON j.id = a.id
              WHERE j.answer_sha256 IS NULL AND j.last_lookup = a.lookup
              ORDER BY a.id FOR UPDATE OF j",
             "state = 'done', outcome = t.outcome, node = t.node, answer_sha256 = t.sha,
              answer_bytes = t.size, answer_lookup = t.lookup, lease_lookup = NULL,
-             lease_until = NULL, updated_at = t.at, wait_reason = NULL",
+             lease_until = NULL,
+             updated_at = coalesce(t.at, floor(extract(epoch FROM now()))::bigint),
+             wait_reason = NULL",
             "j.id",
+            ", inlined AS (INSERT INTO answer_data (job_id, bytes)
+                           SELECT id, bytes FROM target WHERE bytes IS NOT NULL)",
         );
-        self.write(async |tx| {
-            let now = answers.first().map_or(0, |a| a.now);
-            let c = self.clock(tx, now).await?;
-            let times: Vec<i64> = picked.iter().map(|a| c.at(a.now)).collect();
-            let stored: HashSet<i64> = all_rows(
-                tx,
-                &sql,
-                &[&ids, &outcomes, &nodes, &shas, &sizes, &lookups, &times],
-                |r| Ok(r.try_get::<_, i64>(0)?),
-            )
-            .await?
+        let stored: HashSet<i64> = self
+            .single(async |c| {
+                all_rows(
+                    c,
+                    &sql,
+                    &[
+                        &ids, &outcomes, &nodes, &shas, &sizes, &lookups, &times, &inline,
+                    ],
+                    |r| Ok(r.try_get::<_, i64>(0)?),
+                )
+                .await
+            })?
             .into_iter()
             .collect();
-            // Why the others were not stored.
-            let others: Vec<i64> = ids
-                .iter()
-                .copied()
-                .filter(|id| !stored.contains(id))
-                .collect();
-            let found: Vec<(i64, bool, Option<i64>)> = if others.is_empty() {
-                Vec::new()
-            } else {
+        // Why the others were not stored.
+        let others: Vec<i64> = ids
+            .iter()
+            .copied()
+            .filter(|id| !stored.contains(id))
+            .collect();
+        let found: Vec<(i64, bool, Option<i64>)> = if others.is_empty() {
+            Vec::new()
+        } else {
+            self.read(async |c| {
                 all_rows(
-                    tx,
+                    c,
                     "SELECT id, answer_sha256 IS NOT NULL, last_lookup FROM jobs
                      WHERE id = ANY($1)",
                     &[&others],
                     |r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)),
                 )
-                .await?
-            };
-            let mut inline_ids = Vec::new();
-            let mut inline_bytes: Vec<&[u8]> = Vec::new();
-            for a in &picked {
-                if let Some(bytes) = a.inline
-                    && stored.contains(&a.job_id)
-                {
-                    inline_ids.push(a.job_id);
-                    inline_bytes.push(bytes);
-                }
-            }
-            if !inline_ids.is_empty() {
-                execute(
-                    tx,
-                    "INSERT INTO answer_data (job_id, bytes)
-                     SELECT * FROM unnest($1::bigint[], $2::bytea[])",
-                    &[&inline_ids, &inline_bytes],
-                )
-                .await?;
-            }
-            let mut told = HashSet::with_capacity(answers.len());
-            let mut out = Vec::with_capacity(answers.len());
-            for a in answers {
-                let again = !told.insert(a.job_id);
-                let result = if stored.contains(&a.job_id) {
-                    Ok(if again {
-                        AnswerOutcome::Duplicate
-                    } else {
-                        AnswerOutcome::Stored
-                    })
+                .await
+            })?
+        };
+        let mut told = HashSet::with_capacity(answers.len());
+        let mut out = Vec::with_capacity(answers.len());
+        for a in answers {
+            let again = !told.insert(a.job_id);
+            let result = if stored.contains(&a.job_id) {
+                Ok(if again {
+                    AnswerOutcome::Duplicate
                 } else {
-                    match found.iter().find(|f| f.0 == a.job_id) {
-                        None => Err(StoreError::NotFound(format!("job {}", a.job_id))),
-                        Some((_, _, last)) if *last != Some(a.lookup_id) => {
-                            Ok(AnswerOutcome::NotLeased)
-                        }
-                        Some((_, true, _)) => Ok(AnswerOutcome::Duplicate),
-                        Some((_, false, _)) => {
-                            return Err(StoreError::Conflict(format!(
-                                "job {} changed while its answer was recorded",
-                                a.job_id
-                            )));
-                        }
+                    AnswerOutcome::Stored
+                })
+            } else {
+                match found.iter().find(|f| f.0 == a.job_id) {
+                    None => Err(StoreError::NotFound(format!("job {}", a.job_id))),
+                    Some((_, _, last)) if *last != Some(a.lookup_id) => {
+                        Ok(AnswerOutcome::NotLeased)
                     }
-                };
-                out.push(result);
-            }
-            Ok(out)
-        })
+                    Some((_, true, _)) => Ok(AnswerOutcome::Duplicate),
+                    // Open, yet not stored: it changed between the two statements (leased
+                    // anew by this very lookup): try it once more on its own.
+                    Some((_, false, _)) => self.record_answer(a),
+                }
+            };
+            out.push(result);
+        }
+        Ok(out)
     }
 
     fn expire_leases(&self, now: i64, max_attempts: u32) -> Result<u64, StoreError> {
@@ -1068,7 +1078,7 @@ impl Store for PgStore {
 }
 
 async fn jobs_of_submission(
-    tx: &Tx<'_>,
+    tx: &impl GenericClient,
     submission_id: i64,
 ) -> Result<Vec<(i64, u32)>, StoreError> {
     all_rows(
