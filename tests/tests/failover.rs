@@ -8,17 +8,16 @@
 //! Needs the binaries and the sample jobs: `cargo build --workspace --bins` and
 //! `samples/build.sh` (as `scripts/test.sh` does).
 
-use std::collections::BTreeSet;
 use std::os::unix::process::ExitStatusExt;
 use std::time::{Duration, Instant};
 
 use rjs_harness::grid::{
-    AuthorClient, GridOptions, LocalGrid, NodeOptions, job_copy, states as grid_states,
+    AuthorClient, GridOptions, LocalGrid, NodeOptions, check_hello_answers, job_copy,
+    states as grid_states,
 };
 use rjs_harness::wait::poll_until;
 use rjs_harness::{netns, paths};
 use rjs_signer::KeyPair;
-use rjs_signer::answer::{AnswerLimits, Ending, verify_answer};
 use rjs_signer::client::ServerUrl;
 use rjs_wire::api::{JobState, JobView};
 
@@ -128,60 +127,21 @@ fn the_first_of_two_web_servers_killed_mid_run_every_task_is_answered_once() {
         },
     );
     let took = killed_at.elapsed();
-    jobs.sort_by_key(|j| j.task);
     println!(
         "all {TASKS} done {took:?} after the kill ({} were left)",
         TASKS as usize - done_at_kill
     );
 
-    // Every task once, done, by a node, never run again after a lapsed lease.
-    assert_eq!(
-        jobs.iter().map(|j| j.task).collect::<Vec<_>>(),
-        (0..TASKS).collect::<Vec<_>>()
-    );
-    assert_eq!(
-        jobs.iter().map(|j| j.id).collect::<BTreeSet<_>>().len(),
-        TASKS as usize
-    );
+    // Every task once, done, by a node, never run again after a lapsed lease; each answer
+    // this task's, signed by the node named, read through the second.
     for j in &jobs {
-        assert_eq!(j.state, JobState::Done, "{j:?}");
-        assert_eq!(j.outcome.as_deref(), Some("exit 0"), "{j:?}");
         assert_eq!(j.attempts, 0, "a job waited for its lease to lapse: {j:?}");
     }
-    // Each answer is this task's, signed by the node named, read through the second.
-    for j in &jobs {
-        let bytes = second.answer_bytes(j.id).unwrap();
-        let v = verify_answer(&bytes, &AnswerLimits::default())
-            .unwrap_or_else(|e| panic!("job {}: {}", j.id, rjs_cmd::chain(&e)));
-        let r = v.result();
-        assert_eq!(
-            (
-                r.task_index,
-                r.bundle_sha256.as_str(),
-                Some(r.node_id.as_str())
-            ),
-            (j.task, bundle.as_str(), j.node.as_deref()),
-            "job {}",
-            j.id
-        );
-        assert_eq!(r.ending, Ending::Exit { code: 0 }, "job {}", j.id);
-        assert_eq!(
-            String::from_utf8_lossy(v.stdout()).trim(),
-            format!("hello, failover from task {}/{TASKS}", j.task),
-            "job {}",
-            j.id
-        );
-    }
+    check_hello_answers(&second, &mut jobs, &bundle, "failover", TASKS);
 
     // The lookup says where it is and how it got there; no answer is left behind, and the
     // nodes answered each job once (none ran twice).
-    let status = poll_until(
-        Duration::from_secs(10),
-        Duration::from_millis(50),
-        || grid.lookup_status().unwrap(),
-        |s| s.spooled == 0 && s.queued == 0 && s.running == 0,
-        |s| format!("the lookup did not settle: {s:?}"),
-    );
+    let status = grid.settled_lookup_status(Duration::from_secs(10));
     println!("lookup after the failover: {status:?}");
     assert_eq!(status.webserver, urls[1], "{status:?}");
     assert!(status.failovers >= 1, "{status:?}");

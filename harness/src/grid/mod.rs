@@ -754,6 +754,18 @@ impl LocalGrid {
         self.lookup_json(&["why", &job.to_string()])
     }
 
+    /// The lookup's status once nothing is left in it (no answer spooled, no job queued or
+    /// running), within `within`; panics otherwise (a test's check).
+    pub fn settled_lookup_status(&self, within: Duration) -> StatusResponse {
+        crate::wait::poll_until(
+            within,
+            Duration::from_millis(50),
+            || self.lookup_status().unwrap_or_else(|e| panic!("{e:#}")),
+            |s| s.spooled == 0 && s.queued == 0 && s.running == 0,
+            |s| format!("the lookup did not settle: {s:?}"),
+        )
+    }
+
     /// The lookup's counters (`rjs-lookup status --data L --json`).
     pub fn lookup_status(&self) -> Result<StatusResponse> {
         self.lookup_json(&["status"])
@@ -1184,6 +1196,56 @@ fn write_bench(node_dir: &Path, mflops: f64) -> Result<()> {
     json.push(b'\n');
     rjs_signer::fsutil::write_atomic(&path, &json, 0o644)
         .with_context(|| format!("writing {}", path.display()))
+}
+
+/// Checks that `jobs` (sorted here by task) are every task of `bundle` (`0..tasks`) once,
+/// each done with exit 0, and that each answer, read through `client`, verifies, is that
+/// task's, names the node the job names and printed `hello, GREETING from task I/TASKS` (the
+/// `hello` sample run with `args: [GREETING]`). A test's check: panics, naming the job, on
+/// the first difference.
+pub fn check_hello_answers(
+    client: &AuthorClient,
+    jobs: &mut [JobView],
+    bundle: &str,
+    greeting: &str,
+    tasks: u32,
+) {
+    use rjs_signer::answer::{AnswerLimits, Ending, verify_answer};
+    jobs.sort_by_key(|j| j.task);
+    assert_eq!(
+        jobs.iter().map(|j| j.task).collect::<Vec<_>>(),
+        (0..tasks).collect::<Vec<_>>(),
+        "every task once"
+    );
+    let ids: std::collections::BTreeSet<i64> = jobs.iter().map(|j| j.id).collect();
+    assert_eq!(ids.len(), tasks as usize, "one job per task");
+    for j in jobs.iter() {
+        assert_eq!(j.state, rjs_wire::api::JobState::Done, "{j:?}");
+        assert_eq!(j.outcome.as_deref(), Some("exit 0"), "{j:?}");
+        let bytes = client
+            .answer_bytes(j.id)
+            .unwrap_or_else(|e| panic!("job {}'s answer: {}", j.id, rjs_cmd::chain(&e)));
+        let v = verify_answer(&bytes, &AnswerLimits::default())
+            .unwrap_or_else(|e| panic!("job {}: {}", j.id, rjs_cmd::chain(&e)));
+        let r = v.result();
+        assert_eq!(
+            (
+                r.task_index,
+                r.bundle_sha256.as_str(),
+                Some(r.node_id.as_str())
+            ),
+            (j.task, bundle, j.node.as_deref()),
+            "job {}",
+            j.id
+        );
+        assert_eq!(r.ending, Ending::Exit { code: 0 }, "job {}", j.id);
+        assert_eq!(
+            String::from_utf8_lossy(v.stdout()).trim(),
+            format!("hello, {greeting} from task {}/{tasks}", j.task),
+            "job {}",
+            j.id
+        );
+    }
 }
 
 /// `3 done on node-1, 1 leased` …: where a list of jobs stands.

@@ -353,16 +353,7 @@ impl PgStore {
         &self,
         f: impl AsyncFn(&deadpool_postgres::Client) -> Result<T, StoreError> + Sync,
     ) -> Result<T, StoreError> {
-        self.call(async {
-            let mut attempt = 1;
-            loop {
-                let client = self.pool.get().await?;
-                match f(&client).await {
-                    Err(e) if attempt < ATTEMPTS && retryable(&e) => attempt += 1,
-                    result => return result,
-                }
-            }
-        })
+        self.on_connection(f, retryable)
     }
 
     /// Runs `f`, one statement that is a transaction of its own (autocommit: no `BEGIN` and
@@ -373,12 +364,21 @@ impl PgStore {
         &self,
         f: impl AsyncFn(&deadpool_postgres::Client) -> Result<T, StoreError> + Sync,
     ) -> Result<T, StoreError> {
+        self.on_connection(f, aborted)
+    }
+
+    /// Runs `f` on a pooled connection, again (a few times) while it fails as `again` says.
+    fn on_connection<T: Send>(
+        &self,
+        f: impl AsyncFn(&deadpool_postgres::Client) -> Result<T, StoreError> + Sync,
+        again: fn(&StoreError) -> bool,
+    ) -> Result<T, StoreError> {
         self.call(async {
             let mut attempt = 1;
             loop {
                 let client = self.pool.get().await?;
                 match f(&client).await {
-                    Err(e) if attempt < ATTEMPTS && aborted(&e) => attempt += 1,
+                    Err(e) if attempt < ATTEMPTS && again(&e) => attempt += 1,
                     result => return result,
                 }
             }
@@ -558,16 +558,6 @@ fn get_state(r: &Row, idx: usize) -> Result<JobState, StoreError> {
     let s: &str = r.try_get(idx)?;
     JobState::parse(s).ok_or_else(|| bad_value(format!("unknown job state {s:?}")))
 }
-
-fn to_i64(v: u64, what: &str) -> Result<i64, StoreError> {
-    i64::try_from(v)
-        .map_err(|_| bad_value(format!("{what} {v} does not fit in a database integer")))
-}
-
-const VIEW_COLS: &str = "j.id, j.bundle_id, b.name, j.task, j.tasks, j.state, j.attempts, \
-                         j.reason, j.outcome, j.node, j.answer_bytes, j.created_at, j.updated_at, \
-                         j.submission_id, j.wait_reason, \
-                         (SELECT l.name FROM lookups l WHERE l.id = j.lease_lookup)";
 
 fn view_from_row(r: &Row) -> Result<JobView, StoreError> {
     Ok(JobView {

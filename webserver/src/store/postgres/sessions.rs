@@ -2,14 +2,14 @@
 //! secret, shared by every web server of the grid (a session started through one is good on
 //! all; a logout through one ends it on all). The rules are `sqlite::sessions`'.
 
-use super::store::{AUTHOR_COLS, author_from_row};
+use super::store::author_from_row;
 use super::{PgStore, execute, optional_row};
 use crate::store::StoreError;
+use crate::store::rules::AUTHOR_COLS;
 use crate::store::sessions::{NewSession, Session, Sessions, Subject};
 use deadpool_postgres::GenericClient;
 
-/// A session's last use is written at most this often (seconds).
-const TOUCH_EVERY: i64 = 60;
+use crate::store::rules::SESSION_TOUCH_EVERY as TOUCH_EVERY;
 
 /// Deletes an author's login tokens and sessions (inside the transaction that removes them).
 pub(super) async fn end_all_of(tx: &impl GenericClient, author_id: i64) -> Result<(), StoreError> {

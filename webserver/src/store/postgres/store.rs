@@ -9,16 +9,17 @@ use tokio_postgres::Row;
 use tokio_postgres::error::SqlState;
 
 use super::{
-    Clock, PgStore, VIEW_COLS, all_rows, bad_value, changing_jobs, changing_jobs_and, execute,
-    get_state, get_u32, get_u64, notify_queued, one_value, optional_row, to_i64, view_from_row,
+    Clock, PgStore, all_rows, bad_value, changing_jobs, changing_jobs_and, execute, get_state,
+    get_u32, get_u64, notify_queued, one_value, optional_row, view_from_row,
 };
-use crate::store::sqlite::LEASE_EXPIRED;
+use crate::store::rules::{
+    AUTHOR_COLS, LEASE_EXPIRED, LOOKUP_COLS, VIEW_COLS, answer_target, check_answer, dedup,
+    group_filter, refused_answer, to_i64,
+};
 use crate::store::{
-    AnswerOutcome, AnswerRef, AnswerTarget, Author, INLINE_ANSWER_MAX, LookupServer, NewAnswer,
-    NewSubmission, Store, StoreError, Submission,
+    AnswerOutcome, AnswerRef, AnswerTarget, Author, LookupServer, NewAnswer, NewSubmission, Store,
+    StoreError, Submission,
 };
-
-pub(super) const AUTHOR_COLS: &str = "id, name, public_key, fingerprint, created_at, removed";
 
 pub(super) fn author_from_row(r: &Row) -> Result<Author, StoreError> {
     Ok(Author {
@@ -30,8 +31,6 @@ pub(super) fn author_from_row(r: &Row) -> Result<Author, StoreError> {
         removed: r.try_get(5)?,
     })
 }
-
-const LOOKUP_COLS: &str = "id, name, cert_sha256, created_at, revoked";
 
 fn lookup_from_row(r: &Row) -> Result<LookupServer, StoreError> {
     Ok(LookupServer {
@@ -116,31 +115,6 @@ async fn insert_nonce(
     Ok(n == 1)
 }
 
-/// Ids in first-seen order, without repeats.
-fn dedup(ids: &[i64]) -> Vec<i64> {
-    let mut seen = HashSet::with_capacity(ids.len());
-    ids.iter().copied().filter(|id| seen.insert(*id)).collect()
-}
-
-/// The node groups a lease asks for, normalised as [`node_serves`] reads them; `None` means
-/// any group (no groups given, or one of them is the root).
-fn group_filter(groups: &[String]) -> Option<Vec<&str>> {
-    if groups.is_empty() {
-        return None;
-    }
-    let mut out: Vec<&str> = Vec::with_capacity(groups.len());
-    for g in groups {
-        let g = g.trim_end_matches('/');
-        if g.is_empty() {
-            return None;
-        }
-        if !out.contains(&g) {
-            out.push(g);
-        }
-    }
-    Some(out)
-}
-
 /// Requeues (attempts + 1, reason "lease expired") or fails the jobs whose lease ended before
 /// `now`; returns how many were requeued. Jobs another transaction is changing right now are
 /// skipped (the next pass takes them), so no server waits for another here.
@@ -172,23 +146,6 @@ async fn expire_in(
     Ok(requeued)
 }
 
-/// Checks an answer before any write: sizes fit, an inline archive is as long as announced and
-/// small enough.
-fn check_answer(a: &NewAnswer<'_>) -> Result<i64, StoreError> {
-    let size = to_i64(a.size, "answer size")?;
-    if let Some(bytes) = a.inline
-        && (bytes.len() as u64 != a.size || a.size > INLINE_ANSWER_MAX)
-    {
-        return Err(StoreError::Conflict(format!(
-            "inline answer for job {}: {} bytes, announced {} (at most {INLINE_ANSWER_MAX})",
-            a.job_id,
-            bytes.len(),
-            a.size
-        )));
-    }
-    Ok(size)
-}
-
 /// What an answer from `lookup_id` for `job_id` would be (see [`Store::answer_targets`]).
 async fn target_in(
     tx: &impl GenericClient,
@@ -202,12 +159,7 @@ async fn target_in(
         |r| Ok((r.try_get(0)?, r.try_get(1)?)),
     )
     .await?;
-    Ok(match row {
-        None => AnswerTarget::Missing,
-        Some((_, last)) if last != Some(lookup_id) => AnswerTarget::NotLeased,
-        Some((true, _)) => AnswerTarget::Answered,
-        Some((false, _)) => AnswerTarget::Open,
-    })
+    Ok(answer_target(lookup_id, row))
 }
 
 /// Records one answer inside `tx` (see [`Store::record_answer`]): a conditional update on the
@@ -256,15 +208,7 @@ async fn record_in(
         }
         return Ok(AnswerOutcome::Stored);
     }
-    match target_in(tx, a.lookup_id, a.job_id).await? {
-        AnswerTarget::Missing => Err(StoreError::NotFound(format!("job {}", a.job_id))),
-        AnswerTarget::NotLeased => Ok(AnswerOutcome::NotLeased),
-        AnswerTarget::Answered => Ok(AnswerOutcome::Duplicate),
-        AnswerTarget::Open => Err(StoreError::Conflict(format!(
-            "job {} changed while its answer was recorded",
-            a.job_id
-        ))),
-    }
+    refused_answer(target_in(tx, a.lookup_id, a.job_id).await?, a.job_id)
 }
 
 /// Checks that the lookup exists and is not revoked, and reads the clock, in one round trip.
@@ -907,11 +851,9 @@ impl Store for PgStore {
             .await?;
             Ok(job_ids
                 .iter()
-                .map(|id| match rows.iter().find(|r| r.0 == *id) {
-                    None => AnswerTarget::Missing,
-                    Some((_, _, last)) if *last != Some(lookup_id) => AnswerTarget::NotLeased,
-                    Some((_, true, _)) => AnswerTarget::Answered,
-                    Some((_, false, _)) => AnswerTarget::Open,
+                .map(|id| {
+                    let job = rows.iter().find(|r| r.0 == *id).map(|r| (r.1, r.2));
+                    answer_target(lookup_id, job)
                 })
                 .collect())
         })
@@ -1017,15 +959,12 @@ impl Store for PgStore {
                     AnswerOutcome::Stored
                 })
             } else {
-                match found.iter().find(|f| f.0 == a.job_id) {
-                    None => Err(StoreError::NotFound(format!("job {}", a.job_id))),
-                    Some((_, _, last)) if *last != Some(a.lookup_id) => {
-                        Ok(AnswerOutcome::NotLeased)
-                    }
-                    Some((_, true, _)) => Ok(AnswerOutcome::Duplicate),
+                let job = found.iter().find(|f| f.0 == a.job_id).map(|f| (f.1, f.2));
+                match answer_target(a.lookup_id, job) {
                     // Open, yet not stored: it changed between the two statements (leased
                     // anew by this very lookup): try it once more on its own.
-                    Some((_, false, _)) => self.record_answer(a),
+                    AnswerTarget::Open => self.record_answer(a),
+                    target => refused_answer(target, a.job_id),
                 }
             };
             out.push(result);

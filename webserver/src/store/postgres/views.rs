@@ -5,20 +5,13 @@ use rjs_wire::api::{JobState, JobView, OutcomeCounts, StateCounts, SubmissionSum
 use tokio_postgres::Row;
 
 use super::{
-    PgStore, VIEW_COLS, all_rows, get_state, get_u32, get_u64, one_value, optional_row,
-    view_from_row,
+    PgStore, all_rows, get_state, get_u32, get_u64, one_value, optional_row, view_from_row,
 };
 use crate::store::StoreError;
+use crate::store::rules::{SUMMARY_COLS, SUMMARY_FROM, VIEW_COLS, contains_pattern};
 use crate::store::views::{
     AuthorActivity, JobFilter, LookupActivity, Overview, SubmissionFilter, Views,
 };
-
-const SUMMARY_COLS: &str = "s.id, s.bundle_id, b.name, b.grp, b.tasks, s.created_at, \
-     c.queued, c.leased, c.done, c.failed, c.exit_zero, c.exit_other, c.trapped, c.limited, \
-     c.first_answer_at, c.last_answer_at, c.changed_at";
-
-const SUMMARY_FROM: &str = "submissions s JOIN bundles b ON b.id = s.bundle_id \
-     JOIN submission_counts c ON c.submission_id = s.id";
 
 fn summary_from_row(r: &Row) -> Result<SubmissionSummary, StoreError> {
     Ok(SubmissionSummary {
@@ -44,21 +37,6 @@ fn summary_from_row(r: &Row) -> Result<SubmissionSummary, StoreError> {
         last_answer_at: r.try_get(15)?,
         changed_at: r.try_get(16)?,
     })
-}
-
-/// `ILIKE` pattern matching names that contain `needle` literally (case-insensitive for
-/// ASCII, as SQLite's `LIKE`).
-fn contains_pattern(needle: &str) -> String {
-    let mut p = String::with_capacity(needle.len() + 2);
-    p.push('%');
-    for c in needle.chars() {
-        if matches!(c, '%' | '_' | '\\') {
-            p.push('\\');
-        }
-        p.push(c);
-    }
-    p.push('%');
-    p
 }
 
 impl Views for PgStore {

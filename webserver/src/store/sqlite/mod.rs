@@ -28,9 +28,13 @@ use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehav
 mod sessions;
 mod views;
 
+use super::rules::{
+    AUTHOR_COLS, LOOKUP_COLS, VIEW_COLS, answer_target, check_answer, dedup, group_filter,
+    refused_answer, to_i64,
+};
 use super::{
-    AnswerOutcome, AnswerRef, AnswerTarget, Author, INLINE_ANSWER_MAX, LookupServer, NewAnswer,
-    NewSubmission, Store, StoreError, Submission,
+    AnswerOutcome, AnswerRef, AnswerTarget, Author, LookupServer, NewAnswer, NewSubmission, Store,
+    StoreError, Submission,
 };
 
 impl From<rusqlite::Error> for StoreError {
@@ -42,8 +46,7 @@ impl From<rusqlite::Error> for StoreError {
 /// How long a writer waits for another connection's write lock before giving up.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Reason recorded when a lease ran out without renewal.
-pub const LEASE_EXPIRED: &str = "lease expired";
+pub use super::rules::LEASE_EXPIRED;
 
 /// Schema steps: step `i` takes `user_version` from `i` to `i + 1`. Append only; never edit a
 /// step that has shipped.
@@ -481,14 +484,6 @@ fn get_state(row: &Row<'_>, idx: usize) -> rusqlite::Result<JobState> {
         .ok_or_else(|| conversion_error(idx, Type::Text, format!("unknown job state {s:?}")))
 }
 
-fn to_i64(v: u64, what: &str) -> Result<i64, StoreError> {
-    i64::try_from(v).map_err(|e| {
-        StoreError::from(rusqlite::Error::ToSqlConversionFailure(
-            format!("{what} {v} does not fit in a database integer: {e}").into(),
-        ))
-    })
-}
-
 fn is_unique_violation(e: &rusqlite::Error) -> bool {
     matches!(
         e.sqlite_extended_error_code(),
@@ -575,8 +570,6 @@ fn insert_nonce(
     Ok(n == 1)
 }
 
-const AUTHOR_COLS: &str = "id, name, public_key, fingerprint, created_at, removed";
-
 fn author_from_row(row: &Row<'_>) -> rusqlite::Result<Author> {
     Ok(Author {
         id: row.get(0)?,
@@ -588,8 +581,6 @@ fn author_from_row(row: &Row<'_>) -> rusqlite::Result<Author> {
     })
 }
 
-const LOOKUP_COLS: &str = "id, name, cert_sha256, created_at, revoked";
-
 fn lookup_from_row(row: &Row<'_>) -> rusqlite::Result<LookupServer> {
     Ok(LookupServer {
         id: row.get(0)?,
@@ -599,11 +590,6 @@ fn lookup_from_row(row: &Row<'_>) -> rusqlite::Result<LookupServer> {
         revoked: row.get(4)?,
     })
 }
-
-const VIEW_COLS: &str = "j.id, j.bundle_id, b.name, j.task, j.tasks, j.state, j.attempts, \
-                         j.reason, j.outcome, j.node, j.answer_bytes, j.created_at, j.updated_at, \
-                         j.submission_id, j.wait_reason, \
-                         (SELECT l.name FROM lookups l WHERE l.id = j.lease_lookup)";
 
 fn view_from_row(row: &Row<'_>) -> rusqlite::Result<JobView> {
     Ok(JobView {
@@ -634,31 +620,6 @@ fn next_seq(tx: &Transaction<'_>) -> Result<i64, StoreError> {
     Ok(tx
         .prepare_cached("UPDATE change_counter SET seq = seq + 1 WHERE id = 1 RETURNING seq")?
         .query_row([], |r| r.get(0))?)
-}
-
-/// Ids in first-seen order, without repeats.
-fn dedup(ids: &[i64]) -> Vec<i64> {
-    let mut seen = HashSet::with_capacity(ids.len());
-    ids.iter().copied().filter(|id| seen.insert(*id)).collect()
-}
-
-/// The node groups a lease asks for, normalised as [`node_serves`] reads them; `None` means
-/// any group (no groups given, or one of them is the root).
-fn group_filter(groups: &[String]) -> Option<Vec<&str>> {
-    if groups.is_empty() {
-        return None;
-    }
-    let mut out: Vec<&str> = Vec::with_capacity(groups.len());
-    for g in groups {
-        let g = g.trim_end_matches('/');
-        if g.is_empty() {
-            return None;
-        }
-        if !out.contains(&g) {
-            out.push(g);
-        }
-    }
-    Some(out)
 }
 
 /// Requeues (attempts + 1, reason "lease expired") or fails the jobs whose lease ended before
@@ -701,23 +662,6 @@ fn jobs_of_submission(
     )
 }
 
-/// Checks an answer before any write: sizes fit, an inline archive is as long as announced and
-/// small enough.
-fn check_answer(a: &NewAnswer<'_>) -> Result<i64, StoreError> {
-    let size = to_i64(a.size, "answer size")?;
-    if let Some(bytes) = a.inline
-        && (bytes.len() as u64 != a.size || a.size > INLINE_ANSWER_MAX)
-    {
-        return Err(StoreError::Conflict(format!(
-            "inline answer for job {}: {} bytes, announced {} (at most {INLINE_ANSWER_MAX})",
-            a.job_id,
-            bytes.len(),
-            a.size
-        )));
-    }
-    Ok(size)
-}
-
 /// What an answer from `lookup_id` for `job_id` would be (see [`Store::answer_targets`]).
 fn target_in(
     tx: &Transaction<'_>,
@@ -730,12 +674,7 @@ fn target_in(
         [job_id],
         |r| Ok((r.get(0)?, r.get(1)?)),
     )?;
-    Ok(match row {
-        None => AnswerTarget::Missing,
-        Some((_, last)) if last != Some(lookup_id) => AnswerTarget::NotLeased,
-        Some((true, _)) => AnswerTarget::Answered,
-        Some((false, _)) => AnswerTarget::Open,
-    })
+    Ok(answer_target(lookup_id, row))
 }
 
 /// Records one answer inside `tx` (see [`Store::record_answer`]); `size` from [`check_answer`].
@@ -770,15 +709,7 @@ fn record_in(
         }
         return Ok(AnswerOutcome::Stored);
     }
-    match target_in(tx, a.lookup_id, a.job_id)? {
-        AnswerTarget::Missing => Err(StoreError::NotFound(format!("job {}", a.job_id))),
-        AnswerTarget::NotLeased => Ok(AnswerOutcome::NotLeased),
-        AnswerTarget::Answered => Ok(AnswerOutcome::Duplicate),
-        AnswerTarget::Open => Err(StoreError::Conflict(format!(
-            "job {} changed while its answer was recorded",
-            a.job_id
-        ))),
-    }
+    refused_answer(target_in(tx, a.lookup_id, a.job_id)?, a.job_id)
 }
 
 /// The columns every lease query selects, in this order.

@@ -5,13 +5,12 @@
 
 use rusqlite::{Transaction, params};
 
-use super::{AUTHOR_COLS, SqliteStore, author_from_row, optional_row};
+use super::{SqliteStore, author_from_row, optional_row};
 use crate::store::StoreError;
+use crate::store::rules::AUTHOR_COLS;
 use crate::store::sessions::{NewSession, Session, Sessions, Subject};
 
-/// A session's last use is written at most this often (seconds): reading a page must not
-/// cost a disk write each time.
-const TOUCH_EVERY: i64 = 60;
+use crate::store::rules::SESSION_TOUCH_EVERY as TOUCH_EVERY;
 
 /// Deletes an author's login tokens and sessions (inside the transaction that removes them).
 pub(super) fn end_all_of(tx: &Transaction<'_>, author_id: i64) -> Result<(), StoreError> {

@@ -5,18 +5,12 @@
 use rjs_wire::api::{JobState, JobView, OutcomeCounts, StateCounts, SubmissionSummary};
 use rusqlite::{Row, params};
 
-use super::{SqliteStore, VIEW_COLS, all_rows, get_state, get_u64, optional_row, view_from_row};
+use super::{SqliteStore, all_rows, get_state, get_u64, optional_row, view_from_row};
 use crate::store::StoreError;
+use crate::store::rules::{SUMMARY_COLS, SUMMARY_FROM, VIEW_COLS, contains_pattern};
 use crate::store::views::{
     AuthorActivity, JobFilter, LookupActivity, Overview, SubmissionFilter, Views,
 };
-
-const SUMMARY_COLS: &str = "s.id, s.bundle_id, b.name, b.grp, b.tasks, s.created_at, \
-     c.queued, c.leased, c.done, c.failed, c.exit_zero, c.exit_other, c.trapped, c.limited, \
-     c.first_answer_at, c.last_answer_at, c.changed_at";
-
-const SUMMARY_FROM: &str = "submissions s JOIN bundles b ON b.id = s.bundle_id \
-     JOIN submission_counts c ON c.submission_id = s.id";
 
 fn summary_from_row(r: &Row<'_>) -> rusqlite::Result<SubmissionSummary> {
     Ok(SubmissionSummary {
@@ -42,20 +36,6 @@ fn summary_from_row(r: &Row<'_>) -> rusqlite::Result<SubmissionSummary> {
         last_answer_at: r.get(15)?,
         changed_at: r.get(16)?,
     })
-}
-
-/// `LIKE` pattern matching names that contain `needle` literally.
-fn contains_pattern(needle: &str) -> String {
-    let mut p = String::with_capacity(needle.len() + 2);
-    p.push('%');
-    for c in needle.chars() {
-        if matches!(c, '%' | '_' | '\\') {
-            p.push('\\');
-        }
-        p.push(c);
-    }
-    p.push('%');
-    p
 }
 
 impl Views for SqliteStore {
