@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 
-use super::{AnswerOutcome, AnswerTarget, INLINE_ANSWER_MAX, NewAnswer, StoreError};
+use super::{AnswerOutcome, AnswerRef, AnswerTarget, INLINE_ANSWER_MAX, NewAnswer, StoreError};
 
 /// Reason recorded when a lease ran out without renewal.
 pub const LEASE_EXPIRED: &str = "lease expired";
@@ -78,6 +78,37 @@ pub(crate) fn check_answer(a: &NewAnswer<'_>) -> Result<i64, StoreError> {
         )));
     }
     Ok(size)
+}
+
+/// A job's answer as the store found it: its SHA-256, its size and its archive if kept
+/// inline (`None`: no such job of the author's).
+pub(crate) type FoundAnswer = (Option<String>, Option<i64>, Option<Vec<u8>>);
+
+/// Where job `job_id`'s answer is, from what the store found ([`FoundAnswer`]): `NotFound` if
+/// the job is not the author's or has no answer; an error if the row contradicts itself.
+pub(crate) fn answer_ref(job_id: i64, found: Option<FoundAnswer>) -> Result<AnswerRef, StoreError> {
+    let bad = |what: String| StoreError::Backend(what.into());
+    match found {
+        Some((Some(sha256), Some(size), inline)) => {
+            let size = u64::try_from(size)
+                .map_err(|_| bad(format!("job {job_id}'s answer has size {size}")))?;
+            if let Some(bytes) = &inline
+                && bytes.len() as u64 != size
+            {
+                return Err(bad(format!(
+                    "job {job_id}'s inline answer has {} bytes, recorded {size}",
+                    bytes.len()
+                )));
+            }
+            Ok(AnswerRef {
+                sha256,
+                size,
+                inline,
+            })
+        }
+        Some((Some(_), None, _)) => Err(bad(format!("job {job_id} has an answer without a size"))),
+        _ => Err(StoreError::NotFound(format!("answer of job {job_id}"))),
+    }
 }
 
 /// What an answer that changed nothing was, from what it would have been

@@ -13,8 +13,8 @@ use super::{
     get_u32, get_u64, notify_queued, one_value, optional_row, view_from_row,
 };
 use crate::store::rules::{
-    AUTHOR_COLS, LEASE_EXPIRED, LOOKUP_COLS, VIEW_COLS, answer_target, check_answer, dedup,
-    group_filter, refused_answer, to_i64,
+    AUTHOR_COLS, FoundAnswer, LEASE_EXPIRED, LOOKUP_COLS, VIEW_COLS, answer_ref, answer_target,
+    check_answer, dedup, group_filter, refused_answer, to_i64,
 };
 use crate::store::{
     AnswerOutcome, AnswerRef, AnswerTarget, Author, LookupServer, NewAnswer, NewSubmission, Store,
@@ -525,8 +525,7 @@ impl Store for PgStore {
 
     fn answer_of(&self, author_id: i64, job_id: i64) -> Result<AnswerRef, StoreError> {
         self.read(async |tx| {
-            type Found = (Option<String>, Option<i64>, Option<Vec<u8>>);
-            let found: Option<Found> = optional_row(
+            let found: Option<FoundAnswer> = optional_row(
                 tx,
                 "SELECT j.answer_sha256, j.answer_bytes, d.bytes
                  FROM jobs j LEFT JOIN answer_data d ON d.job_id = j.id
@@ -535,29 +534,7 @@ impl Store for PgStore {
                 |r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)),
             )
             .await?;
-            match found {
-                Some((Some(sha256), Some(size), inline)) => {
-                    let size = u64::try_from(size)
-                        .map_err(|_| bad_value(format!("job {job_id}'s answer size {size}")))?;
-                    if let Some(bytes) = &inline
-                        && bytes.len() as u64 != size
-                    {
-                        return Err(bad_value(format!(
-                            "job {job_id}'s inline answer has {} bytes, recorded {size}",
-                            bytes.len()
-                        )));
-                    }
-                    Ok(AnswerRef {
-                        sha256,
-                        size,
-                        inline,
-                    })
-                }
-                Some((Some(_), None, _)) => Err(bad_value(format!(
-                    "job {job_id} has an answer without a size"
-                ))),
-                _ => Err(StoreError::NotFound(format!("answer of job {job_id}"))),
-            }
+            answer_ref(job_id, found)
         })
     }
 

@@ -29,8 +29,8 @@ mod sessions;
 mod views;
 
 use super::rules::{
-    AUTHOR_COLS, LOOKUP_COLS, VIEW_COLS, answer_target, check_answer, dedup, group_filter,
-    refused_answer, to_i64,
+    AUTHOR_COLS, FoundAnswer, LOOKUP_COLS, VIEW_COLS, answer_ref, answer_target, check_answer,
+    dedup, group_filter, refused_answer, to_i64,
 };
 use super::{
     AnswerOutcome, AnswerRef, AnswerTarget, Author, LookupServer, NewAnswer, NewSubmission, Store,
@@ -983,8 +983,7 @@ impl Store for SqliteStore {
 
     fn answer_of(&self, author_id: i64, job_id: i64) -> Result<AnswerRef, StoreError> {
         self.read(|tx| {
-            type Found = (Option<String>, Option<i64>, Option<Vec<u8>>);
-            let found: Option<Found> = optional_row(
+            let found: Option<FoundAnswer> = optional_row(
                 tx,
                 "SELECT j.answer_sha256, j.answer_bytes, d.bytes
                  FROM jobs j LEFT JOIN answer_data d ON d.job_id = j.id
@@ -992,36 +991,7 @@ impl Store for SqliteStore {
                 params![job_id, author_id],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )?;
-            match found {
-                Some((Some(sha256), Some(size), inline)) => {
-                    let size = u64::try_from(size).map_err(|_| {
-                        StoreError::from(rusqlite::Error::IntegralValueOutOfRange(1, size))
-                    })?;
-                    if let Some(bytes) = &inline
-                        && bytes.len() as u64 != size
-                    {
-                        return Err(StoreError::from(conversion_error(
-                            2,
-                            Type::Blob,
-                            format!(
-                                "job {job_id}'s inline answer has {} bytes, recorded {size}",
-                                bytes.len()
-                            ),
-                        )));
-                    }
-                    Ok(AnswerRef {
-                        sha256,
-                        size,
-                        inline,
-                    })
-                }
-                Some((Some(_), None, _)) => Err(StoreError::from(conversion_error(
-                    1,
-                    Type::Null,
-                    format!("job {job_id} has an answer without a size"),
-                ))),
-                _ => Err(StoreError::NotFound(format!("answer of job {job_id}"))),
-            }
+            answer_ref(job_id, found)
         })
     }
 
