@@ -40,6 +40,21 @@ use sha2::{Digest, Sha256};
 /// [`BlobStore::clean_tmp`]): longer than any upload waits between two chunks.
 pub const STALE_UPLOAD: std::time::Duration = std::time::Duration::from_secs(15 * 60);
 
+/// The process that writes an upload's temporary file (`up-<pid>-<random>`), if the name says.
+fn upload_writer(name: &std::ffi::OsStr) -> Option<u32> {
+    name.to_str()?
+        .strip_prefix("up-")?
+        .split_once('-')?
+        .0
+        .parse()
+        .ok()
+}
+
+/// Whether process `pid` exists (on this host).
+fn process_alive(pid: u32) -> bool {
+    Path::new("/proc").join(pid.to_string()).exists()
+}
+
 /// Buffer between upload chunks and the temporary file.
 const WRITE_BUFFER: usize = 64 * 1024;
 
@@ -323,15 +338,17 @@ impl BlobStore {
         Ok(true)
     }
 
-    /// Removes the files left in `tmp/` by uploads that were interrupted (a crash): those not
-    /// written to for [`STALE_UPLOAD`]. Several servers may share the folder (one data
-    /// directory), so an upload another server is writing now is left alone. Returns how many
-    /// were removed.
+    /// Removes the files left in `tmp/` by uploads that were interrupted (a crash), at
+    /// start-up: those of a process that is gone (a temporary file is named after the process
+    /// writing it, `up-<pid>-…`), or of this process's pid (an earlier process with the same
+    /// pid: this one has written nothing yet), or not written to for [`STALE_UPLOAD`].
+    /// Several servers may share the folder (one data directory on one host), so an upload
+    /// another live server is writing is left alone. Returns how many were removed.
     pub fn clean_tmp(&self) -> Result<usize, BlobError> {
         self.clean_tmp_older_than(STALE_UPLOAD)
     }
 
-    /// [`clean_tmp`](Self::clean_tmp) with another age.
+    /// [`clean_tmp`](Self::clean_tmp) with another age for uploads of live processes.
     pub fn clean_tmp_older_than(&self, age: std::time::Duration) -> Result<usize, BlobError> {
         let mut removed = 0;
         let entries = fs::read_dir(&self.tmp).map_err(io_err("listing", &self.tmp))?;
@@ -346,8 +363,10 @@ impl BlobStore {
                 .metadata()
                 .and_then(|m| m.modified())
                 .map_err(io_err("inspecting", &path))?;
-            if written.elapsed().is_ok_and(|a| a < age) {
-                continue; // being written (by this server or another)
+            let writer_alive = upload_writer(&entry.file_name())
+                .is_some_and(|pid| pid != std::process::id() && process_alive(pid));
+            if writer_alive && written.elapsed().is_ok_and(|a| a < age) {
+                continue; // being written by another server
             }
             match fs::remove_file(&path) {
                 Ok(()) => removed += 1,
@@ -768,13 +787,17 @@ mod tests {
         fs::write(store.tmp_dir().join("stray"), b"x").unwrap();
         assert_eq!(tmp_entries(&store), 2);
         let reopened = BlobStore::open(dir.path()).unwrap();
-        // Written just now: maybe another server's upload in progress, kept.
-        assert_eq!(reopened.clean_tmp().unwrap(), 0);
-        assert_eq!(tmp_entries(&reopened), 2);
-        // Once stale, removed.
+        // Another live server's upload in progress (pid 1 is alive: init), kept while fresh.
+        fs::write(store.tmp_dir().join("up-1-0123456789abcdef"), b"x").unwrap();
+        // A dead process's (no such pid), removed at once.
+        fs::write(store.tmp_dir().join("up-4294967294-0123456789abcdef"), b"x").unwrap();
+        // This pid's (an earlier process's) and a stray file: removed.
+        assert_eq!(reopened.clean_tmp().unwrap(), 3);
+        assert_eq!(tmp_entries(&reopened), 1);
+        // Once stale, the live server's too.
         let stale = std::time::Duration::from_millis(50);
         std::thread::sleep(stale * 2);
-        assert_eq!(reopened.clean_tmp_older_than(stale).unwrap(), 2);
+        assert_eq!(reopened.clean_tmp_older_than(stale).unwrap(), 1);
         assert_eq!(tmp_entries(&reopened), 0);
         assert_eq!(reopened.clean_tmp().unwrap(), 0);
         assert_eq!(fs::read_dir(dir.path().join("blobs")).unwrap().count(), 0);
