@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rjs_compute::job::{ModuleHash, TaskResult, TaskSpec};
-use rjs_compute::sandbox::{ModuleSource, Sandbox, SandboxConfig, SandboxError};
+use rjs_compute::sandbox::{ModuleSource, Sandbox, SandboxConfig, SandboxError, TaskPhase};
 use rjs_harness::paths;
 use rjs_signer::Limits;
 use rjs_signer::answer::{Ending, LimitKind};
@@ -983,7 +983,19 @@ async fn a_sleeping_job_is_stopped_by_the_wall_clock_backstop() {
     };
     let backstop = rjs_compute::sandbox::wall_limit(limit);
     assert_eq!(backstop, Duration::from_millis(limit + 5000));
-    let (r, elapsed) = run_printed(&node.sandbox, "sleeper", task).await;
+    // Timed from the moment it runs: compiling it (slow while other tests here hog the
+    // cores) counts against neither its limit nor its backstop.
+    let (phase, mut watched) = tokio::sync::watch::channel(TaskPhase::Preparing);
+    let running_at = tokio::spawn(async move {
+        watched
+            .wait_for(|p| matches!(p, TaskPhase::Running))
+            .await
+            .map(|_| Instant::now())
+    });
+    let slot = node.sandbox.acquire().await.expect("a slot");
+    let (r, _) = node.sandbox.run_watched(slot, task, phase).await;
+    let elapsed = running_at.await.unwrap().expect("it ran").elapsed();
+    println!("sleeper: {r:?} after {elapsed:?} running");
     assert_limit(&r, LimitKind::Time);
     let message = limit_message(&r);
     assert!(message.starts_with("wall-time: "), "{message}");
