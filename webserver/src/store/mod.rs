@@ -13,6 +13,7 @@
 pub mod blobs;
 pub mod config;
 pub mod postgres;
+pub(crate) mod rows;
 pub mod rules;
 pub mod sessions;
 pub mod sqlite;

@@ -46,11 +46,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use rjs_wire::api::{JobState, JobView};
+
 use tokio_postgres::Row;
 use tokio_postgres::error::SqlState;
 
 use super::StoreError;
+use super::rows::Columns;
 
 /// Connections a store keeps at most.
 pub const MAX_CONNECTIONS: usize = 16;
@@ -538,46 +539,26 @@ fn bad_value(what: String) -> StoreError {
     StoreError::Backend(what.into())
 }
 
-fn get_u32(r: &Row, idx: usize) -> Result<u32, StoreError> {
-    let v: i64 = r.try_get(idx)?;
-    u32::try_from(v).map_err(|_| bad_value(format!("column {idx}: {v} is out of range")))
-}
-
-fn get_u64(r: &Row, idx: usize) -> Result<u64, StoreError> {
-    let v: i64 = r.try_get(idx)?;
-    u64::try_from(v).map_err(|_| bad_value(format!("column {idx}: {v} is out of range")))
-}
-
-fn get_opt_u64(r: &Row, idx: usize) -> Result<Option<u64>, StoreError> {
-    let v: Option<i64> = r.try_get(idx)?;
-    v.map(|v| u64::try_from(v).map_err(|_| bad_value(format!("column {idx}: {v} is out of range"))))
-        .transpose()
-}
-
-fn get_state(r: &Row, idx: usize) -> Result<JobState, StoreError> {
-    let s: &str = r.try_get(idx)?;
-    JobState::parse(s).ok_or_else(|| bad_value(format!("unknown job state {s:?}")))
-}
-
-fn view_from_row(r: &Row) -> Result<JobView, StoreError> {
-    Ok(JobView {
-        id: r.try_get(0)?,
-        submission_id: r.try_get(13)?,
-        waiting: r.try_get(14)?,
-        leased_by: r.try_get(15)?,
-        bundle_id: r.try_get(1)?,
-        name: r.try_get(2)?,
-        task: get_u32(r, 3)?,
-        tasks: get_u32(r, 4)?,
-        state: get_state(r, 5)?,
-        attempts: get_u32(r, 6)?,
-        reason: r.try_get(7)?,
-        outcome: r.try_get(8)?,
-        node: r.try_get(9)?,
-        answer_bytes: get_opt_u64(r, 10)?,
-        created_at: r.try_get(11)?,
-        updated_at: r.try_get(12)?,
-    })
+impl Columns for Row {
+    type Error = StoreError;
+    fn int(&self, idx: usize) -> Result<i64, StoreError> {
+        Ok(self.try_get(idx)?)
+    }
+    fn opt_int(&self, idx: usize) -> Result<Option<i64>, StoreError> {
+        Ok(self.try_get(idx)?)
+    }
+    fn text(&self, idx: usize) -> Result<String, StoreError> {
+        Ok(self.try_get(idx)?)
+    }
+    fn opt_text(&self, idx: usize) -> Result<Option<String>, StoreError> {
+        Ok(self.try_get(idx)?)
+    }
+    fn flag(&self, idx: usize) -> Result<bool, StoreError> {
+        Ok(self.try_get(idx)?)
+    }
+    fn invalid(&self, idx: usize, why: String) -> StoreError {
+        bad_value(format!("column {idx}: {why}"))
+    }
 }
 
 /// Every row of `sql` (a cached statement), mapped.

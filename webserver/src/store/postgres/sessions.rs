@@ -2,9 +2,9 @@
 //! secret, shared by every web server of the grid (a session started through one is good on
 //! all; a logout through one ends it on all). The rules are `sqlite::sessions`'.
 
-use super::store::author_from_row;
 use super::{PgStore, execute, optional_row};
 use crate::store::StoreError;
+use crate::store::rows::author_from_row;
 use crate::store::rules::AUTHOR_COLS;
 use crate::store::sessions::{NewSession, Session, Sessions, Subject};
 use deadpool_postgres::GenericClient;

@@ -9,9 +9,10 @@ use tokio_postgres::Row;
 use tokio_postgres::error::SqlState;
 
 use super::{
-    Clock, PgStore, all_rows, bad_value, changing_jobs, changing_jobs_and, execute, get_state,
-    get_u32, get_u64, notify_queued, one_value, optional_row, view_from_row,
+    Clock, PgStore, all_rows, bad_value, changing_jobs, changing_jobs_and, execute, notify_queued,
+    one_value, optional_row,
 };
+use crate::store::rows::{Columns, author_from_row, lookup_from_row, view_from_row};
 use crate::store::rules::{
     AUTHOR_COLS, FoundAnswer, LEASE_EXPIRED, LOOKUP_COLS, VIEW_COLS, answer_ref, answer_target,
     check_answer, dedup, group_filter, refused_answer, to_i64,
@@ -20,27 +21,6 @@ use crate::store::{
     AnswerOutcome, AnswerRef, AnswerTarget, Author, LookupServer, NewAnswer, NewSubmission, Store,
     StoreError, Submission,
 };
-
-pub(super) fn author_from_row(r: &Row) -> Result<Author, StoreError> {
-    Ok(Author {
-        id: r.try_get(0)?,
-        name: r.try_get(1)?,
-        public_key: r.try_get(2)?,
-        fingerprint: r.try_get(3)?,
-        created_at: r.try_get(4)?,
-        removed: r.try_get(5)?,
-    })
-}
-
-fn lookup_from_row(r: &Row) -> Result<LookupServer, StoreError> {
-    Ok(LookupServer {
-        id: r.try_get(0)?,
-        name: r.try_get(1)?,
-        cert_sha256: r.try_get(2)?,
-        created_at: r.try_get(3)?,
-        revoked: r.try_get(4)?,
-    })
-}
 
 /// The columns every lease query returns, in this order (`j` the job).
 const LEASE_COLUMNS: &str = "j.id, j.bundle_id, j.task, j.tasks, j.grp, j.attempts, \
@@ -52,10 +32,10 @@ fn lease_row(r: &Row) -> Result<Lease, StoreError> {
     Ok(Lease {
         job_id: r.try_get(0)?,
         bundle_id: r.try_get(1)?,
-        task: get_u32(r, 2)?,
-        tasks: get_u32(r, 3)?,
+        task: r.small(2)?,
+        tasks: r.small(3)?,
         group: r.try_get(4)?,
-        attempt: get_u32(r, 5)?.saturating_add(1),
+        attempt: r.small(5)?.saturating_add(1),
         author_fingerprint: r.try_get(6)?,
         lease_until: r.try_get(7)?,
     })
@@ -136,7 +116,7 @@ async fn expire_in(
         tx,
         &sql,
         &[&now, &i64::from(max_attempts), &LEASE_EXPIRED],
-        |r| get_state(r, 0),
+        |r| r.state(0),
     )
     .await?;
     let requeued = states.iter().filter(|s| **s == JobState::Queued).count() as u64;
@@ -484,7 +464,7 @@ impl Store for PgStore {
                     &s.group,
                     &c.now,
                 ],
-                |r| Ok((r.try_get(0)?, get_u32(r, 1)?)),
+                |r| Ok((r.try_get(0)?, r.small(1)?)),
             )
             .await?;
             let mut jobs: Vec<(i64, u32)> = jobs;
@@ -760,7 +740,7 @@ impl Store for PgStore {
                 tx,
                 "SELECT state, lease_lookup, attempts FROM jobs WHERE id = $1 FOR UPDATE",
                 &[&job_id],
-                |r| Ok((get_state(r, 0)?, r.try_get(1)?, get_u32(r, 2)?)),
+                |r| Ok((r.state(0)?, r.try_get(1)?, r.small(2)?)),
             )
             .await?;
             let Some((state, holder, attempts)) = row else {
@@ -970,7 +950,7 @@ impl Store for PgStore {
                 tx,
                 "SELECT state, count(*) FROM jobs GROUP BY state",
                 &[],
-                |r| Ok((get_state(r, 0)?, get_u64(r, 1)?)),
+                |r| Ok((r.state(0)?, r.count(1)?)),
             )
             .await
         })?;
@@ -1001,7 +981,7 @@ async fn jobs_of_submission(
         tx,
         "SELECT id, task FROM jobs WHERE submission_id = $1 ORDER BY task",
         &[&submission_id],
-        |r| Ok((r.try_get(0)?, get_u32(r, 1)?)),
+        |r| Ok((r.try_get(0)?, r.small(1)?)),
     )
     .await
 }

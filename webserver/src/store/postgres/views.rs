@@ -1,43 +1,15 @@
 //! [`Views`] on PostgreSQL: the same reads as `sqlite::views` (summaries from
 //! `submission_counts`, pages by keyset, changes by `change_seq`).
 
-use rjs_wire::api::{JobState, JobView, OutcomeCounts, StateCounts, SubmissionSummary};
-use tokio_postgres::Row;
+use rjs_wire::api::{JobState, JobView, SubmissionSummary};
 
-use super::{
-    PgStore, all_rows, get_state, get_u32, get_u64, one_value, optional_row, view_from_row,
-};
+use super::{PgStore, all_rows, one_value, optional_row};
 use crate::store::StoreError;
+use crate::store::rows::{Columns, summary_from_row, view_from_row};
 use crate::store::rules::{SUMMARY_COLS, SUMMARY_FROM, VIEW_COLS, contains_pattern};
 use crate::store::views::{
     AuthorActivity, JobFilter, LookupActivity, Overview, SubmissionFilter, Views,
 };
-
-fn summary_from_row(r: &Row) -> Result<SubmissionSummary, StoreError> {
-    Ok(SubmissionSummary {
-        id: r.try_get(0)?,
-        bundle_id: r.try_get(1)?,
-        name: r.try_get(2)?,
-        group: r.try_get(3)?,
-        tasks: get_u32(r, 4)?,
-        created_at: r.try_get(5)?,
-        states: StateCounts {
-            queued: get_u64(r, 6)?,
-            leased: get_u64(r, 7)?,
-            done: get_u64(r, 8)?,
-            failed: get_u64(r, 9)?,
-        },
-        outcomes: OutcomeCounts {
-            exit_zero: get_u64(r, 10)?,
-            exit_other: get_u64(r, 11)?,
-            trap: get_u64(r, 12)?,
-            limit: get_u64(r, 13)?,
-        },
-        first_answer_at: r.try_get(14)?,
-        last_answer_at: r.try_get(15)?,
-        changed_at: r.try_get(16)?,
-    })
-}
 
 impl Views for PgStore {
     fn submissions(
@@ -159,7 +131,7 @@ impl Views for PgStore {
         let limit = i64::from(limit);
         self.read(async |tx| {
             all_rows(tx, &sql, &[&author_id, &since, &submission, &limit], |r| {
-                Ok((get_u64(r, 16)?, view_from_row(r)?))
+                Ok((r.count(16)?, view_from_row(r)?))
             })
             .await
         })
@@ -180,8 +152,8 @@ impl Views for PgStore {
                         name: r.try_get(1)?,
                         revoked: r.try_get(2)?,
                         created_at: r.try_get(3)?,
-                        held: get_u64(r, 4)?,
-                        relayed: get_u64(r, 5)?,
+                        held: r.count(4)?,
+                        relayed: r.count(5)?,
                     })
                 },
             )
@@ -191,7 +163,7 @@ impl Views for PgStore {
                 "SELECT grp, state, count(*) FROM jobs WHERE state IN ('queued', 'leased')
                  GROUP BY grp, state ORDER BY grp, state",
                 &[],
-                |r| Ok((r.try_get(0)?, get_state(r, 1)?, get_u64(r, 2)?)),
+                |r| Ok((r.try_get(0)?, r.state(1)?, r.count(2)?)),
             )
             .await?;
             let authors = all_rows(
@@ -208,9 +180,9 @@ impl Views for PgStore {
                         name: r.try_get(0)?,
                         fingerprint: r.try_get(1)?,
                         removed: r.try_get(2)?,
-                        submissions: get_u64(r, 3)?,
-                        jobs: get_u64(r, 4)?,
-                        finished: get_u64(r, 5)?,
+                        submissions: r.count(3)?,
+                        jobs: r.count(4)?,
+                        finished: r.count(5)?,
                     })
                 },
             )

@@ -28,6 +28,7 @@ use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehav
 mod sessions;
 mod views;
 
+use super::rows::{Columns, author_from_row, lookup_from_row, view_from_row};
 use super::rules::{
     AUTHOR_COLS, FoundAnswer, LOOKUP_COLS, VIEW_COLS, answer_ref, answer_target, check_answer,
     dedup, group_filter, refused_answer, to_i64,
@@ -368,11 +369,7 @@ impl SqliteStore {
     pub fn row_counts(&self) -> Result<RowCounts, StoreError> {
         self.read(|tx| {
             let count = |table: &str| -> Result<u64, StoreError> {
-                Ok(
-                    tx.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| {
-                        get_u64(r, 0)
-                    })?,
-                )
+                Ok(tx.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.count(0))?)
             };
             Ok(RowCounts {
                 authors: count("authors")?,
@@ -463,25 +460,27 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
 
 // ------------------------------------------------------------------ row helpers
 
-fn conversion_error(idx: usize, ty: Type, msg: String) -> rusqlite::Error {
-    rusqlite::Error::FromSqlConversionFailure(idx, ty, msg.into())
-}
-
-fn get_u64(row: &Row<'_>, idx: usize) -> rusqlite::Result<u64> {
-    let v: i64 = row.get(idx)?;
-    u64::try_from(v).map_err(|_| rusqlite::Error::IntegralValueOutOfRange(idx, v))
-}
-
-fn get_opt_u64(row: &Row<'_>, idx: usize) -> rusqlite::Result<Option<u64>> {
-    let v: Option<i64> = row.get(idx)?;
-    v.map(|v| u64::try_from(v).map_err(|_| rusqlite::Error::IntegralValueOutOfRange(idx, v)))
-        .transpose()
-}
-
-fn get_state(row: &Row<'_>, idx: usize) -> rusqlite::Result<JobState> {
-    let s: String = row.get(idx)?;
-    JobState::parse(&s)
-        .ok_or_else(|| conversion_error(idx, Type::Text, format!("unknown job state {s:?}")))
+impl Columns for Row<'_> {
+    type Error = rusqlite::Error;
+    fn int(&self, idx: usize) -> rusqlite::Result<i64> {
+        self.get(idx)
+    }
+    fn opt_int(&self, idx: usize) -> rusqlite::Result<Option<i64>> {
+        self.get(idx)
+    }
+    fn text(&self, idx: usize) -> rusqlite::Result<String> {
+        self.get(idx)
+    }
+    fn opt_text(&self, idx: usize) -> rusqlite::Result<Option<String>> {
+        self.get(idx)
+    }
+    fn flag(&self, idx: usize) -> rusqlite::Result<bool> {
+        self.get(idx)
+    }
+    fn invalid(&self, idx: usize, why: String) -> rusqlite::Error {
+        let ty = self.get_ref(idx).map_or(Type::Null, |v| v.data_type());
+        rusqlite::Error::FromSqlConversionFailure(idx, ty, why.into())
+    }
 }
 
 fn is_unique_violation(e: &rusqlite::Error) -> bool {
@@ -568,48 +567,6 @@ fn insert_nonce(
         )?
         .execute(params![author_id, nonce, expires_at])?;
     Ok(n == 1)
-}
-
-fn author_from_row(row: &Row<'_>) -> rusqlite::Result<Author> {
-    Ok(Author {
-        id: row.get(0)?,
-        name: row.get(1)?,
-        public_key: row.get(2)?,
-        fingerprint: row.get(3)?,
-        created_at: row.get(4)?,
-        removed: row.get(5)?,
-    })
-}
-
-fn lookup_from_row(row: &Row<'_>) -> rusqlite::Result<LookupServer> {
-    Ok(LookupServer {
-        id: row.get(0)?,
-        name: row.get(1)?,
-        cert_sha256: row.get(2)?,
-        created_at: row.get(3)?,
-        revoked: row.get(4)?,
-    })
-}
-
-fn view_from_row(row: &Row<'_>) -> rusqlite::Result<JobView> {
-    Ok(JobView {
-        id: row.get(0)?,
-        submission_id: row.get(13)?,
-        waiting: row.get(14)?,
-        leased_by: row.get(15)?,
-        bundle_id: row.get(1)?,
-        name: row.get(2)?,
-        task: row.get(3)?,
-        tasks: row.get(4)?,
-        state: get_state(row, 5)?,
-        attempts: row.get(6)?,
-        reason: row.get(7)?,
-        outcome: row.get(8)?,
-        node: row.get(9)?,
-        answer_bytes: get_opt_u64(row, 10)?,
-        created_at: row.get(11)?,
-        updated_at: row.get(12)?,
-    })
 }
 
 /// The next number of the change sequence (migration 4), for one statement that changes a
@@ -795,13 +752,13 @@ impl Store for SqliteStore {
 
     fn list_authors(&self) -> Result<Vec<Author>, StoreError> {
         let sql = format!("SELECT {AUTHOR_COLS} FROM authors ORDER BY id");
-        self.read(|tx| all_rows(tx, &sql, [], author_from_row))
+        self.read(|tx| all_rows(tx, &sql, [], |r| author_from_row(r)))
     }
 
     fn author_by_key(&self, public_key: &str) -> Result<Option<Author>, StoreError> {
         let sql =
             format!("SELECT {AUTHOR_COLS} FROM authors WHERE public_key = ?1 AND removed = 0");
-        self.read(|tx| optional_row(tx, &sql, [public_key], author_from_row))
+        self.read(|tx| optional_row(tx, &sql, [public_key], |r| author_from_row(r)))
     }
 
     fn nonce_used(&self, author_id: i64, nonce: &str, now: i64) -> Result<bool, StoreError> {
@@ -876,13 +833,13 @@ impl Store for SqliteStore {
 
     fn list_lookups(&self) -> Result<Vec<LookupServer>, StoreError> {
         let sql = format!("SELECT {LOOKUP_COLS} FROM lookups ORDER BY id");
-        self.read(|tx| all_rows(tx, &sql, [], lookup_from_row))
+        self.read(|tx| all_rows(tx, &sql, [], |r| lookup_from_row(r)))
     }
 
     fn lookup_by_cert(&self, cert_sha256: &str) -> Result<Option<LookupServer>, StoreError> {
         let sql =
             format!("SELECT {LOOKUP_COLS} FROM lookups WHERE cert_sha256 = ?1 AND revoked = 0");
-        self.read(|tx| optional_row(tx, &sql, [cert_sha256], lookup_from_row))
+        self.read(|tx| optional_row(tx, &sql, [cert_sha256], |r| lookup_from_row(r)))
     }
 
     // ---------------------------------------------------------------- author side
@@ -978,7 +935,11 @@ impl Store for SqliteStore {
              WHERE j.author_id = ?1 AND (?2 IS NULL OR j.bundle_id = ?2)
              ORDER BY j.submission_id DESC, j.task"
         );
-        self.read(|tx| all_rows(tx, &sql, params![author_id, bundle_id], view_from_row))
+        self.read(|tx| {
+            all_rows(tx, &sql, params![author_id, bundle_id], |r| {
+                view_from_row(r)
+            })
+        })
     }
 
     fn answer_of(&self, author_id: i64, job_id: i64) -> Result<AnswerRef, StoreError> {
@@ -1196,7 +1157,7 @@ impl Store for SqliteStore {
                 tx,
                 "SELECT state, lease_lookup, attempts FROM jobs WHERE id = ?1",
                 [job_id],
-                |r| Ok((get_state(r, 0)?, r.get(1)?, r.get(2)?)),
+                |r| Ok((r.state(0)?, r.get(1)?, r.get(2)?)),
             )?;
             let Some((state, holder, attempts)) = row else {
                 return Err(StoreError::NotFound(format!("job {job_id}")));
@@ -1289,7 +1250,7 @@ impl Store for SqliteStore {
         self.read(|tx| {
             Ok(tx
                 .prepare_cached("SELECT count(*) FROM jobs WHERE state = 'queued'")?
-                .query_row([], |r| get_u64(r, 0))?)
+                .query_row([], |r| r.count(0))?)
         })
     }
 
@@ -1299,7 +1260,7 @@ impl Store for SqliteStore {
                 tx,
                 "SELECT state, count(*) FROM jobs GROUP BY state",
                 [],
-                |r| Ok((get_state(r, 0)?, get_u64(r, 1)?)),
+                |r| Ok((r.state(0)?, r.count(1)?)),
             )
         })?;
         Ok([

@@ -5,8 +5,9 @@
 
 use rusqlite::{Transaction, params};
 
-use super::{SqliteStore, author_from_row, optional_row};
+use super::{SqliteStore, optional_row};
 use crate::store::StoreError;
+use crate::store::rows::author_from_row;
 use crate::store::rules::AUTHOR_COLS;
 use crate::store::sessions::{NewSession, Session, Sessions, Subject};
 
@@ -28,7 +29,7 @@ fn subject(tx: &Transaction<'_>, author_id: Option<i64>) -> Result<Option<Subjec
         return Ok(Some(Subject::Admin));
     };
     let sql = format!("SELECT {AUTHOR_COLS} FROM authors WHERE id = ?1 AND removed = 0");
-    Ok(optional_row(tx, &sql, [id], author_from_row)?.map(Subject::Author))
+    Ok(optional_row(tx, &sql, [id], |r| author_from_row(r))?.map(Subject::Author))
 }
 
 /// The unexpired token's author id (`Some(None)` for the administrator).

@@ -2,41 +2,16 @@
 //! pages of jobs by keyset (`jobs_author`, `jobs_author_bundle`, `jobs_submission_state`
 //! indexes), changes by `change_seq` (`jobs_author_change`).
 
-use rjs_wire::api::{JobState, JobView, OutcomeCounts, StateCounts, SubmissionSummary};
-use rusqlite::{Row, params};
+use rjs_wire::api::{JobState, JobView, SubmissionSummary};
+use rusqlite::params;
 
-use super::{SqliteStore, all_rows, get_state, get_u64, optional_row, view_from_row};
+use super::{SqliteStore, all_rows, optional_row};
 use crate::store::StoreError;
+use crate::store::rows::{Columns, summary_from_row, view_from_row};
 use crate::store::rules::{SUMMARY_COLS, SUMMARY_FROM, VIEW_COLS, contains_pattern};
 use crate::store::views::{
     AuthorActivity, JobFilter, LookupActivity, Overview, SubmissionFilter, Views,
 };
-
-fn summary_from_row(r: &Row<'_>) -> rusqlite::Result<SubmissionSummary> {
-    Ok(SubmissionSummary {
-        id: r.get(0)?,
-        bundle_id: r.get(1)?,
-        name: r.get(2)?,
-        group: r.get(3)?,
-        tasks: r.get(4)?,
-        created_at: r.get(5)?,
-        states: StateCounts {
-            queued: get_u64(r, 6)?,
-            leased: get_u64(r, 7)?,
-            done: get_u64(r, 8)?,
-            failed: get_u64(r, 9)?,
-        },
-        outcomes: OutcomeCounts {
-            exit_zero: get_u64(r, 10)?,
-            exit_other: get_u64(r, 11)?,
-            trap: get_u64(r, 12)?,
-            limit: get_u64(r, 13)?,
-        },
-        first_answer_at: r.get(14)?,
-        last_answer_at: r.get(15)?,
-        changed_at: r.get(16)?,
-    })
-}
 
 impl Views for SqliteStore {
     fn submissions(
@@ -64,7 +39,7 @@ impl Views for SqliteStore {
                 tx,
                 &sql,
                 params![author_id, f.bundle, name, f.before, f.limit],
-                summary_from_row,
+                |r| summary_from_row(r),
             )
         })
     }
@@ -78,12 +53,9 @@ impl Views for SqliteStore {
             "SELECT {SUMMARY_COLS} FROM {SUMMARY_FROM} WHERE s.id = ?1 AND s.author_id = ?2"
         );
         self.read(|tx| {
-            optional_row(
-                tx,
-                &sql,
-                params![submission_id, author_id],
-                summary_from_row,
-            )
+            optional_row(tx, &sql, params![submission_id, author_id], |r| {
+                summary_from_row(r)
+            })
         })
     }
 
@@ -141,7 +113,7 @@ impl Views for SqliteStore {
                     f.limit,
                     changed_after
                 ],
-                view_from_row,
+                |r| view_from_row(r),
             )
         })
     }
@@ -151,14 +123,14 @@ impl Views for SqliteStore {
             "SELECT {VIEW_COLS} FROM jobs j JOIN bundles b ON b.id = j.bundle_id
              WHERE j.id = ?1 AND j.author_id = ?2"
         );
-        self.read(|tx| optional_row(tx, &sql, params![job_id, author_id], view_from_row))
+        self.read(|tx| optional_row(tx, &sql, params![job_id, author_id], |r| view_from_row(r)))
     }
 
     fn change_seq(&self) -> Result<u64, StoreError> {
         self.read(|tx| {
             Ok(tx
                 .prepare_cached("SELECT seq FROM change_counter WHERE id = 1")?
-                .query_row([], |r| get_u64(r, 0))?)
+                .query_row([], |r| r.count(0))?)
         })
     }
 
@@ -181,7 +153,7 @@ impl Views for SqliteStore {
                 tx,
                 &sql,
                 params![author_id, since, submission, limit],
-                |r| Ok((get_u64(r, 16)?, view_from_row(r)?)),
+                |r| Ok((r.count(16)?, view_from_row(r)?)),
             )
         })
     }
@@ -201,8 +173,8 @@ impl Views for SqliteStore {
                         name: r.get(1)?,
                         revoked: r.get(2)?,
                         created_at: r.get(3)?,
-                        held: get_u64(r, 4)?,
-                        relayed: get_u64(r, 5)?,
+                        held: r.count(4)?,
+                        relayed: r.count(5)?,
                     })
                 },
             )?;
@@ -211,7 +183,7 @@ impl Views for SqliteStore {
                 "SELECT grp, state, count(*) FROM jobs WHERE state IN ('queued', 'leased')
                  GROUP BY grp, state ORDER BY grp, state",
                 [],
-                |r| Ok((r.get(0)?, get_state(r, 1)?, get_u64(r, 2)?)),
+                |r| Ok((r.get(0)?, r.state(1)?, r.count(2)?)),
             )?;
             let authors = all_rows(
                 tx,
@@ -227,9 +199,9 @@ impl Views for SqliteStore {
                         name: r.get(0)?,
                         fingerprint: r.get(1)?,
                         removed: r.get(2)?,
-                        submissions: get_u64(r, 3)?,
-                        jobs: get_u64(r, 4)?,
-                        finished: get_u64(r, 5)?,
+                        submissions: r.count(3)?,
+                        jobs: r.count(4)?,
+                        finished: r.count(5)?,
                     })
                 },
             )?;
