@@ -12,13 +12,10 @@ use std::os::unix::process::ExitStatusExt;
 use std::time::{Duration, Instant};
 
 use rjs_harness::grid::{
-    AuthorClient, GridOptions, LocalGrid, NodeOptions, check_hello_answers, job_copy,
-    states as grid_states,
+    AuthorClient, GridOptions, LocalGrid, check_hello_answers, hello_job, states as grid_states,
 };
+use rjs_harness::netns;
 use rjs_harness::wait::poll_until;
-use rjs_harness::{netns, paths};
-use rjs_signer::KeyPair;
-use rjs_signer::client::ServerUrl;
 use rjs_wire::api::{JobState, JobView};
 
 const KILLED: &str = "the_first_of_two_web_servers_killed_mid_run_every_task_is_answered_once";
@@ -36,18 +33,7 @@ fn the_first_of_two_web_servers_killed_mid_run_every_task_is_answered_once() {
     const TASKS: u32 = 300;
     let lease = Duration::from_secs(10);
     let dir = tempfile::tempdir().unwrap();
-    let mut opts = GridOptions::new(dir.path().join("grid"));
-    opts.nodes = 2;
-    opts.slots_per_node = 2;
-    opts.node_options = vec![
-        NodeOptions {
-            mflops: Some(1000.0),
-            ..NodeOptions::default()
-        };
-        2
-    ];
-    opts.extra_webservers = 1;
-    opts.lookup_args = vec!["--lease".into(), format!("{}s", lease.as_secs())];
+    let opts = GridOptions::several_webservers(dir.path().join("grid"), 2, lease);
     let mut grid = LocalGrid::start(opts).unwrap_or_else(|e| panic!("starting the grid: {e:#}"));
     let urls = grid.webserver_urls();
     assert_eq!(urls.len(), 2);
@@ -62,20 +48,10 @@ fn the_first_of_two_web_servers_killed_mid_run_every_task_is_answered_once() {
     assert_eq!(grid.nodes_panel().unwrap().webserver, urls[0]);
 
     // The author, through the second web server (the first will die).
-    let key = KeyPair::load(&grid.author_key_path()).unwrap();
-    let second = AuthorClient::with_ca_file(
-        ServerUrl::parse(&urls[1]).unwrap(),
-        &grid.webserver_ca(),
-        key,
-    )
-    .unwrap();
+    let second = grid.author_client_at(1).unwrap();
 
     let job = dir.path().join("hello-many");
-    job_copy(&paths::sample("hello"), &job, |m| {
-        m.insert("args".into(), serde_json::json!(["failover"]));
-        m.insert("tasks".into(), TASKS.into());
-    })
-    .unwrap();
+    hello_job(&job, "failover", TASKS).unwrap();
     let up = grid.upload(&grid.pack(&job).unwrap()).unwrap();
     assert_eq!(up.jobs.len(), TASKS as usize);
     let bundle = up.bundle_id.clone();

@@ -11,14 +11,12 @@ use std::os::unix::process::ExitStatusExt;
 use std::time::{Duration, Instant};
 
 use rjs_harness::grid::{
-    AuthorClient, GridOptions, LocalGrid, NodeOptions, check_hello_answers, job_copy, states,
+    AuthorClient, GridOptions, LocalGrid, check_hello_answers, hello_job, states,
 };
+use rjs_harness::netns;
 use rjs_harness::postgres::Postgres;
 use rjs_harness::s3::{self, S3Server};
 use rjs_harness::wait::poll_until;
-use rjs_harness::{netns, paths};
-use rjs_signer::KeyPair;
-use rjs_signer::client::ServerUrl;
 
 const THREE: &str = "three_web_servers_one_killed_and_the_database_restarted_every_task_once";
 const BUCKET: &str = "rjs-grid";
@@ -42,18 +40,7 @@ fn three_web_servers_one_killed_and_the_database_restarted_every_task_once() {
     s3.create_bucket(BUCKET).unwrap();
 
     let dir = tempfile::tempdir().unwrap();
-    let mut opts = GridOptions::new(dir.path().join("grid"));
-    opts.nodes = 2;
-    opts.slots_per_node = 2;
-    opts.node_options = vec![
-        NodeOptions {
-            mflops: Some(1000.0),
-            ..NodeOptions::default()
-        };
-        2
-    ];
-    opts.extra_webservers = 2;
-    opts.lookup_args = vec!["--lease".into(), format!("{}s", lease.as_secs())];
+    let mut opts = GridOptions::several_webservers(dir.path().join("grid"), 3, lease);
     let mut env: Vec<(String, String)> = vec![
         ("RJS_STORE".into(), pg.url("rjs")),
         ("RJS_BLOBS".into(), format!("s3://{BUCKET}/grid")),
@@ -70,22 +57,13 @@ fn three_web_servers_one_killed_and_the_database_restarted_every_task_once() {
     // No SQLite file: the store is PostgreSQL's.
     assert!(!grid.dir().join("webserver").join("rjs.db").exists());
 
-    let through = |n: usize| {
-        AuthorClient::with_ca_file(
-            ServerUrl::parse(&urls[n]).unwrap(),
-            &grid.webserver_ca(),
-            KeyPair::load(&grid.author_key_path()).unwrap(),
-        )
-        .unwrap()
-    };
-    let (second, third) = (through(1), through(2));
+    let (second, third) = (
+        grid.author_client_at(1).unwrap(),
+        grid.author_client_at(2).unwrap(),
+    );
 
     let job = dir.path().join("hello-many");
-    job_copy(&paths::sample("hello"), &job, |m| {
-        m.insert("args".into(), serde_json::json!(["scale-out"]));
-        m.insert("tasks".into(), TASKS.into());
-    })
-    .unwrap();
+    hello_job(&job, "scale-out", TASKS).unwrap();
     let packed = grid.pack(&job).unwrap();
     let bundle_bytes = std::fs::read(&packed).unwrap();
     let up = third.upload(bundle_bytes, false).unwrap();

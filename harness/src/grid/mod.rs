@@ -198,6 +198,24 @@ impl GridOptions {
         }
     }
 
+    /// A grid for failover tests: `webservers` web servers on one store (the first and
+    /// [`extra_webservers`](Self::extra_webservers)), a lookup leasing for `lease` and
+    /// given all of their URLs, two nodes of two slots each at a fixed 1,000 MFLOPS.
+    pub fn several_webservers(dir: impl Into<PathBuf>, webservers: usize, lease: Duration) -> Self {
+        let mut opts = GridOptions::new(dir);
+        opts.slots_per_node = 2;
+        opts.node_options = vec![
+            NodeOptions {
+                mflops: Some(1000.0),
+                ..NodeOptions::default()
+            };
+            opts.nodes
+        ];
+        opts.extra_webservers = webservers.saturating_sub(1);
+        opts.lookup_args = vec!["--lease".into(), format!("{}s", lease.as_secs())];
+        opts
+    }
+
     /// The settings of node `i` (0-based).
     pub fn node(&self, i: usize) -> NodeOptions {
         self.node_options.get(i).cloned().unwrap_or_default()
@@ -403,6 +421,24 @@ impl LocalGrid {
         std::iter::once(self.webserver_url.clone())
             .chain(self.extra_webservers.iter().map(|(_, u)| u.clone()))
             .collect()
+    }
+
+    /// The author's API client through web server `n` of [`webserver_urls`](Self::webserver_urls)
+    /// (0-based), trusting the grid's CA.
+    pub fn author_client_at(&self, n: usize) -> Result<AuthorClient> {
+        let urls = self.webserver_urls();
+        let url = urls
+            .get(n)
+            .with_context(|| format!("no web server {n}: the grid has {}", urls.len()))?;
+        let server =
+            ServerUrl::parse(url).with_context(|| format!("the web server's URL {url:?}"))?;
+        let key = KeyPair::load(&self.author_key_path())
+            .with_context(|| format!("loading {}", self.author_key_path().display()))?;
+        Ok(AuthorClient::with_ca_file(
+            server,
+            &self.webserver_ca(),
+            key,
+        )?)
     }
 
     /// The web server's CA certificate.
@@ -1262,6 +1298,14 @@ pub fn states(jobs: &[JobView]) -> String {
         .map(|(k, n)| format!("{n} {k}"))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// A copy of the `hello` sample in `dst` with `tasks` tasks, each greeting `arg`.
+pub fn hello_job(dst: &Path, arg: &str, tasks: u32) -> Result<()> {
+    job_copy(&paths::sample("hello"), dst, |m| {
+        m.insert("args".into(), serde_json::json!([arg]));
+        m.insert("tasks".into(), tasks.into());
+    })
 }
 
 /// Copies the job folder `src` (its files, and its input folders whole) into `dst`
