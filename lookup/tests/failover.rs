@@ -79,11 +79,11 @@ impl Two {
             WebServers::parse(urls).unwrap(),
             &self.creds.path,
             &self.tmp.path().join("cache"),
+            // Quicker to give up than a real lookup's.
             Timeouts {
                 connect: Duration::from_secs(2),
                 request: Duration::from_secs(10),
-                events_idle: Duration::from_secs(45),
-                keepalive: Duration::from_secs(2),
+                ..Timeouts::default()
             },
         )
         .unwrap()

@@ -32,11 +32,11 @@ fn setup() -> Env {
 }
 
 fn timeouts() -> Timeouts {
+    // Quicker to give up than a real lookup's.
     Timeouts {
         connect: Duration::from_secs(2),
         request: Duration::from_secs(10),
-        events_idle: Duration::from_secs(45),
-        keepalive: Duration::from_secs(2),
+        ..Timeouts::default()
     }
 }
 

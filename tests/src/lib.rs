@@ -206,6 +206,23 @@ pub fn empty_wasm() -> Vec<u8> {
     rjs_signer::wasm::empty_command(&[])
 }
 
+/// A signed bundle of `tasks` tasks named `name`, carrying `filler` bytes of incompressible
+/// data (a distinct bundle each call).
+pub fn big_bundle(key: &KeyPair, name: &str, tasks: u32, filler: usize) -> Vec<u8> {
+    let manifest = serde_json::json!({
+        "format": 1, "name": name, "entry": "job.wasm", "tasks": tasks,
+        "inputs": ["data.bin"],
+    });
+    let mut data = vec![0u8; filler];
+    rand::fill(&mut data[..]);
+    let mut b = rjs_signer::BundleBuilder::new();
+    b.add("manifest.json", manifest.to_string().into_bytes())
+        .expect("manifest entry");
+    b.add("job.wasm", empty_wasm()).expect("module entry");
+    b.add("data.bin", data).expect("data entry");
+    b.sign(key, "author", now()).expect("sign")
+}
+
 /// A signed bundle with `tasks` tasks, named `name`, signed by `key`.
 pub fn make_bundle(key: &KeyPair, name: &str, tasks: u32) -> Vec<u8> {
     let manifest = serde_json::json!({

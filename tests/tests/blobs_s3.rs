@@ -13,22 +13,6 @@ use serde_json::json;
 
 const BUCKET: &str = "rjs-e2e";
 
-/// A bundle of about `filler` bytes of random input.
-fn bundle(key: &rjs_signer::KeyPair, filler: usize) -> Vec<u8> {
-    let manifest = json!({
-        "format": 1, "name": "s3-job", "entry": "job.wasm", "tasks": 1,
-        "inputs": ["data.bin"],
-    });
-    let mut data = vec![0u8; filler];
-    rand::fill(&mut data[..]);
-    let mut b = rjs_signer::BundleBuilder::new();
-    b.add("manifest.json", manifest.to_string().into_bytes())
-        .unwrap();
-    b.add("job.wasm", empty_wasm()).unwrap();
-    b.add("data.bin", data).unwrap();
-    b.sign(key, "author", now()).unwrap()
-}
-
 #[test]
 fn bundles_and_answers_go_through_the_bucket() {
     let s3 = S3Server::start().unwrap();
@@ -66,7 +50,7 @@ fn bundles_and_answers_go_through_the_bucket() {
     ];
     ws.start().unwrap();
     // 10 MiB of random input: more than one 8 MiB part.
-    let bytes = bundle(&key, 10 * 1024 * 1024);
+    let bytes = big_bundle(&key, "s3-job", 1, 10 * 1024 * 1024);
     let author = ws.author(key).unwrap();
     let up = author.upload(bytes.clone(), false).unwrap();
     assert_eq!(up.bundle_id, sha256_hex(&bytes));

@@ -97,22 +97,6 @@ fn trace(ws: &WebServer) -> Trace {
     }
 }
 
-/// A signed bundle of `tasks` tasks carrying `filler` bytes of incompressible data.
-fn big_bundle(key: &rjs_signer::KeyPair, name: &str, tasks: u32, filler: usize) -> Vec<u8> {
-    let manifest = json!({
-        "format": 1, "name": name, "entry": "job.wasm", "tasks": tasks,
-        "inputs": ["data.bin"],
-    });
-    let mut data = vec![0u8; filler];
-    rand::fill(&mut data[..]);
-    let mut b = rjs_signer::BundleBuilder::new();
-    b.add("manifest.json", manifest.to_string().into_bytes())
-        .unwrap();
-    b.add("job.wasm", empty_wasm()).unwrap();
-    b.add("data.bin", data).unwrap();
-    b.sign(key, "author", now()).unwrap()
-}
-
 /// A hand-written HTTP/1.1 connection over TLS (for bodies sent in part, or slowly).
 struct Raw;
 

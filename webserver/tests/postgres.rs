@@ -215,14 +215,17 @@ fn the_admin_commands_work_on_the_shared_store_configured_by_a_file() {
     for f in ["ca.pem", "server.pem", "server-key.pem"] {
         std::fs::copy(a.join(f), b.join(f)).unwrap();
     }
-    let (code, out, err) = run(&[
-        "author",
-        "list",
-        "--data",
-        b.to_str().unwrap(),
-        "--config",
-        cfg,
-    ]);
+    let list_b_with_config = || {
+        run(&[
+            "author",
+            "list",
+            "--data",
+            b.to_str().unwrap(),
+            "--config",
+            cfg,
+        ])
+    };
+    let (code, out, err) = list_b_with_config();
     assert_eq!(code, Some(0), "{err}");
     assert!(out.contains("alice"), "{out}");
     // Without the file: b's own (missing) SQLite store.
@@ -231,14 +234,7 @@ fn the_admin_commands_work_on_the_shared_store_configured_by_a_file() {
     assert!(err.contains("not an initialized"), "{err}");
 
     std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let (code, _, err) = run(&[
-        "author",
-        "list",
-        "--data",
-        b.to_str().unwrap(),
-        "--config",
-        cfg,
-    ]);
+    let (code, _, err) = list_b_with_config();
     assert_ne!(code, Some(0));
     assert!(err.contains("readable by its owner only"), "{err}");
 
