@@ -51,6 +51,13 @@ pub enum UpstreamError {
         #[source]
         source: reqwest::Error,
     },
+    /// Connected, but no response came within `after` (a hung server).
+    #[error("{what} {url}: no response within {after:?}")]
+    NoResponse {
+        what: &'static str,
+        url: String,
+        after: Duration,
+    },
     #[error("{what} {url}: {status} {code}: {message}")]
     Status {
         what: &'static str,
@@ -115,7 +122,10 @@ impl UpstreamError {
     /// No answer came back at all (the link, not the web server): transient, and without a
     /// status. A web server that answers with a failure is reachable.
     pub fn is_unreachable(&self) -> bool {
-        matches!(self, UpstreamError::Transport { .. })
+        matches!(
+            self,
+            UpstreamError::Transport { .. } | UpstreamError::NoResponse { .. }
+        )
     }
 
     /// The web server is gone or unwell, and another may serve: no answer at all (refused,
@@ -124,7 +134,7 @@ impl UpstreamError {
     /// this lookup's.
     pub fn warrants_failover(&self) -> bool {
         match self {
-            UpstreamError::Transport { .. } => true,
+            UpstreamError::Transport { .. } | UpstreamError::NoResponse { .. } => true,
             UpstreamError::Status { status, .. } => matches!(status, 502..=504),
             _ => false,
         }
@@ -346,9 +356,17 @@ impl WebServerClient {
     /// gone or unwell (logged once per move, with the cause chain). True when another
     /// server is current now (moved by this failure or an earlier one).
     fn failed(&self, index: usize, e: &UpstreamError) -> bool {
-        if e.warrants_failover()
-            && let Some(f) = self.servers.fail_over(index, &chain(e))
-        {
+        if e.warrants_failover() {
+            self.fail_over(index, &chain(e));
+        }
+        self.servers.current().0 != index
+    }
+
+    /// Server `index` (of [`Rotation::current`]) is gone or unwell for `cause`, as a caller
+    /// found out on its own (a deadline of its own passed): the next one becomes current, as
+    /// after a request's transport error.
+    pub fn fail_over(&self, index: usize, cause: &str) {
+        if let Some(f) = self.servers.fail_over(index, cause) {
             tracing::warn!(
                 from = %f.from,
                 to = %f.to,
@@ -357,7 +375,6 @@ impl WebServerClient {
                 "web server failed; failing over to the next one"
             );
         }
-        self.servers.current().0 != index
     }
 
     /// Runs `attempt` against the current web server; on a failure that moves to another
@@ -392,9 +409,13 @@ impl WebServerClient {
         url: &str,
         rb: reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, UpstreamError> {
-        let resp = rb
-            .timeout(self.timeouts.request)
-            .send()
+        // The request's own timeout if it set one (the heartbeat's is shorter), else the
+        // client's.
+        let mut req = rb.build().map_err(UpstreamError::transport(what, url))?;
+        req.timeout_mut().get_or_insert(self.timeouts.request);
+        let resp = self
+            .http
+            .execute(req)
             .await
             .map_err(UpstreamError::transport(what, url))?;
         let status = resp.status();
@@ -729,15 +750,23 @@ impl WebServerClient {
     ) -> Result<(), UpstreamError> {
         let what = "reading the job events from";
         let url = format!("{base}{LOOKUP_PREFIX}/events");
-        // No total timeout: idle detection is below (the connection is bounded by the
-        // connect timeout).
-        let mut resp = self
+        // No total timeout (the stream stays open): the response's head must come within the
+        // request timeout, and silence after it is detected below.
+        let sent = self
             .http
             .get(&url)
             .header(reqwest::header::ACCEPT, "text/event-stream")
-            .send()
-            .await
-            .map_err(UpstreamError::transport(what, &url))?;
+            .send();
+        let mut resp = match tokio::time::timeout(self.timeouts.request, sent).await {
+            Ok(r) => r.map_err(UpstreamError::transport(what, &url))?,
+            Err(_) => {
+                return Err(UpstreamError::NoResponse {
+                    what,
+                    url,
+                    after: self.timeouts.request,
+                });
+            }
+        };
         if !resp.status().is_success() {
             let status = resp.status().as_u16();
             return Err(UpstreamError::Status {

@@ -4,12 +4,13 @@
 //! event stream follows; `rjs-lookup serve` refuses a bad list with the reason. Against the
 //! real `rjs-webserver serve` (two processes on one data directory) on loopback.
 
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rjs_e2e::{LookupCreds, Managed, WebServer, bin, make_bundle, spawn_listening, upload_raw};
+use rjs_harness::wan::WanLink;
 use rjs_lookup::failover::WebServers;
 use rjs_lookup::upstream::{Timeouts, WebServerClient};
 use rjs_signer::KeyPair;
@@ -75,14 +76,19 @@ impl Two {
     }
 
     fn client(&self, urls: &[String]) -> WebServerClient {
+        self.client_within(urls, Duration::from_secs(10))
+    }
+
+    /// A client whose requests give up after `request` (and connecting after 2 s: quicker
+    /// than a real lookup's).
+    fn client_within(&self, urls: &[String], request: Duration) -> WebServerClient {
         WebServerClient::with_webservers(
             WebServers::parse(urls).unwrap(),
             &self.creds.path,
             &self.tmp.path().join("cache"),
-            // Quicker to give up than a real lookup's.
             Timeouts {
                 connect: Duration::from_secs(2),
-                request: Duration::from_secs(10),
+                request,
                 ..Timeouts::default()
             },
         )
@@ -246,6 +252,63 @@ fn the_event_stream_follows_the_failover() {
         .expect("stream open");
     assert!(ev.queued >= 2, "{ev:?}");
     task.abort();
+}
+
+/// A server that stops answering on a connection already made (a hung process, or a link that
+/// holds every byte): the heartbeat's short deadline, not the request timeout, fails it over,
+/// and the event stream gives up on a response head that never comes.
+#[test]
+fn a_server_that_stops_answering_is_failed_over_within_the_deadlines() {
+    let env = two();
+    let [a, b] = env.urls();
+    let first: SocketAddr = a.trim_start_matches("https://").parse().unwrap();
+    // The first server behind a link that can be made to hold every byte.
+    let link = WanLink::start("127.0.0.1:0".parse().unwrap(), first, Duration::ZERO).unwrap();
+    let via = format!("https://{}", link.addr());
+    let rt = rt();
+    let request = Duration::from_secs(4);
+    // The lookup service's heartbeat deadline.
+    let heartbeat = Duration::from_millis(1500);
+    let c = env.client_within(&[via.clone(), b.clone()], request);
+    rt.block_on(async {
+        c.ping()
+            .await
+            .expect("the first server answers through the link");
+        link.set_one_way(Duration::from_secs(60));
+        let t0 = Instant::now();
+        let e = c.ping_within(heartbeat).await.unwrap_err();
+        let took = t0.elapsed();
+        println!("hung ping: {} after {took:?}", rjs_cmd::chain(&e));
+        assert!(e.is_unreachable(), "{e:?}");
+        assert!(
+            took >= heartbeat && took < heartbeat + Duration::from_secs(1),
+            "the heartbeat's deadline, not the request timeout ({request:?}): {took:?}"
+        );
+        assert_eq!(c.base(), b, "failed over");
+        c.ping().await.expect("the second server answers");
+    });
+
+    // The event stream, through the link again, with a new client.
+    link.set_one_way(Duration::ZERO);
+    let c = env.client_within(&[via.clone(), b.clone()], request);
+    let (tx, _rx) = tokio::sync::mpsc::channel(8);
+    rt.block_on(async {
+        c.ping()
+            .await
+            .expect("the first server answers through the link");
+        link.set_one_way(Duration::from_secs(60));
+        let t0 = Instant::now();
+        let r = tokio::time::timeout(request * 3, c.stream_events_once(&tx))
+            .await
+            .expect("the event stream gave up by itself");
+        let took = t0.elapsed();
+        let e = r.unwrap_err();
+        println!("hung event stream: {} after {took:?}", rjs_cmd::chain(&e));
+        assert!(e.is_unreachable(), "{e:?}");
+        assert!(took < request + Duration::from_secs(1), "{took:?}");
+        assert_eq!(c.base(), b, "failed over");
+    });
+    drop(link);
 }
 
 fn lookup_bin() -> PathBuf {

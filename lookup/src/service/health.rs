@@ -94,7 +94,9 @@ pub(super) async fn heartbeat(shared: Arc<Shared>) {
     let mut moved = shared.client.servers().subscribe();
     loop {
         // The request's own timeout fails over a server that does not answer; the outer one
-        // only bounds what the request's does not (e.g. a slow name lookup).
+        // only bounds what the request's does not (e.g. a slow name lookup), and fails over
+        // the server asked all the same.
+        let (asked_index, _) = shared.client.servers().current();
         let asked = tokio::time::timeout(
             HEARTBEAT_TIMEOUT + Duration::from_millis(250),
             shared.client.ping_within(HEARTBEAT_TIMEOUT),
@@ -109,9 +111,9 @@ pub(super) async fn heartbeat(shared: Arc<Shared>) {
             // It answered, if only with an error status: reachable.
             Ok(Err(_)) => true,
             Err(_) => {
-                shared.upstream_failed(&format!(
-                    "no answer to GET /healthz within {HEARTBEAT_TIMEOUT:?}"
-                ));
+                let cause = format!("no answer to GET /healthz within {HEARTBEAT_TIMEOUT:?}");
+                shared.client.fail_over(asked_index, &cause);
+                shared.upstream_failed(&cause);
                 false
             }
         };
