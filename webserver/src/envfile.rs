@@ -38,10 +38,19 @@ pub fn read(path: &Path) -> Result<Vec<(String, String)>, EnvFileError> {
         }
     }
     let bytes = fsutil::read_bounded(path, MAX_FILE)?;
-    parse(
-        &String::from_utf8_lossy(&bytes),
-        &path.display().to_string(),
-    )
+    let file = path.display().to_string();
+    // The line of the first byte that is not UTF-8 (its value is not shown: it may be a
+    // secret).
+    let text = String::from_utf8(bytes).map_err(|e| {
+        let at = e.utf8_error().valid_up_to();
+        let line = 1 + e.as_bytes()[..at].iter().filter(|b| **b == b'\n').count();
+        EnvFileError::Line {
+            file: file.clone(),
+            line,
+            why: "not UTF-8 text".into(),
+        }
+    })?;
+    parse(&text, &file)
 }
 
 /// Parses `NAME=VALUE` lines (`#` comments and blank lines skipped; a value may be quoted
@@ -77,6 +86,11 @@ pub fn parse(text: &str, file: &str) -> Result<Vec<(String, String)>, EnvFileErr
             .iter()
             .find_map(|q| value.strip_prefix(*q).and_then(|v| v.strip_suffix(*q)))
             .unwrap_or(value);
+        // A NUL byte cannot be in the environment (and setting one would panic, printing
+        // the value).
+        if value.contains('\0') {
+            return Err(bad(format!("{name}'s value holds a NUL byte")));
+        }
         out.push((name.to_owned(), value.to_owned()));
     }
     Ok(out)
@@ -111,6 +125,7 @@ mod tests {
             "RJS_STORE",
             "rjs_store=x",
             "=x",
+            "RJS_STORE_PASSWORD=s3\0cret",
         ] {
             assert!(
                 matches!(parse(bad, "f"), Err(EnvFileError::Line { line: 1, .. })),
@@ -129,5 +144,10 @@ mod tests {
         assert!(matches!(read(&f), Err(EnvFileError::Open(_))));
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
         assert_eq!(read(&f).unwrap().len(), 1);
+        // Bytes that are not UTF-8 are refused with their line, not changed.
+        std::fs::write(&f, b"RJS_STORE=sqlite\nRJS_STORE_PASSWORD=s3\xffcret\n").unwrap();
+        let e = read(&f).unwrap_err();
+        assert!(matches!(e, EnvFileError::Line { line: 2, .. }), "{e:?}");
+        assert!(!e.to_string().contains("cret"), "{e}");
     }
 }

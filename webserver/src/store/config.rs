@@ -56,7 +56,8 @@ impl std::fmt::Debug for PgConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error(
-        "unknown store {0:?}: `sqlite` (the data directory's file) or a postgres:// URL expected"
+        "unknown store (scheme {0:?}): `sqlite` (the data directory's file) or a postgres:// \
+         URL expected"
     )]
     Unknown(String),
     #[error("invalid PostgreSQL URL")]
@@ -77,6 +78,8 @@ pub enum ConfigError {
     OpenPasswordFile(PathBuf),
     #[error("{0} is empty")]
     EmptyPassword(PathBuf),
+    #[error("{path} cannot be a password: {why}")]
+    BadPassword { path: PathBuf, why: &'static str },
     #[error("{what} is only for a PostgreSQL store (--store postgres://…)")]
     NotPostgres { what: &'static str },
     #[error(transparent)]
@@ -106,16 +109,27 @@ impl StoreConfig {
             return Ok(StoreConfig::Sqlite);
         }
         if !(spec.starts_with("postgres://") || spec.starts_with("postgresql://")) {
-            return Err(ConfigError::Unknown(spec.chars().take(80).collect()));
+            // Only the scheme: the rest of a mistyped URL may hold a password.
+            let scheme = spec.split_once(':').map_or("", |(scheme, _)| scheme);
+            return Err(ConfigError::Unknown(scheme.chars().take(20).collect()));
         }
         let config: tokio_postgres::Config = spec.parse().map_err(ConfigError::Url)?;
         if config.get_password().is_some() {
             return Err(ConfigError::PasswordInUrl);
         }
-        let remote = config.get_hosts().iter().find_map(|h| match h {
-            Host::Tcp(name) if !is_loopback(name) => Some(name.clone()),
-            _ => None,
-        });
+        // A `hostaddr` is where the connection really goes (the host name then only
+        // names the server for TLS).
+        let remote = config
+            .get_hostaddrs()
+            .iter()
+            .find(|ip| !ip.is_loopback())
+            .map(IpAddr::to_string)
+            .or_else(|| {
+                config.get_hosts().iter().find_map(|h| match h {
+                    Host::Tcp(name) if !is_loopback(name) => Some(name.clone()),
+                    _ => None,
+                })
+            });
         let tls = config.get_ssl_mode() == SslMode::Require;
         if let Some(host) = remote
             && !tls
@@ -195,8 +209,17 @@ fn read_password(path: &Path) -> Result<String, ConfigError> {
         }
     }
     let bytes = fsutil::read_bounded(path, MAX_PASSWORD_FILE)?;
-    let text = String::from_utf8_lossy(&bytes);
+    let text = String::from_utf8(bytes).map_err(|_| ConfigError::BadPassword {
+        path: path.to_owned(),
+        why: "it is not UTF-8 text",
+    })?;
     let password = text.trim_end_matches(['\n', '\r']).to_owned();
+    if password.contains(['\0', '\n', '\r']) {
+        return Err(ConfigError::BadPassword {
+            path: path.to_owned(),
+            why: "it holds more than one line, or a NUL byte",
+        });
+    }
     if password.is_empty() {
         return Err(ConfigError::EmptyPassword(path.to_owned()));
     }
@@ -251,6 +274,21 @@ mod tests {
         // Loopback and a Unix socket may go without TLS.
         parse("postgres://rjs@127.0.0.1:5432/rjs").unwrap();
         parse("postgres://rjs@localhost/rjs?host=/run/postgresql").unwrap();
+        // The address connected to is hostaddr's when one is given, whatever the host name.
+        assert!(matches!(
+            parse("postgres://rjs@localhost/rjs?hostaddr=10.0.0.5&sslmode=disable"),
+            Err(ConfigError::Plaintext { host }) if host == "10.0.0.5"
+        ));
+        parse("postgres://rjs@db.example/rjs?hostaddr=127.0.0.1").unwrap_err();
+        parse("postgres://rjs@localhost/rjs?hostaddr=127.0.0.1").unwrap();
+    }
+
+    #[test]
+    fn a_mistyped_url_is_not_echoed_past_its_scheme() {
+        let e = parse("postgress://rjs:hunter2@db/rjs").unwrap_err();
+        let shown = rjs_cmd::chain(&e);
+        assert!(shown.contains("\"postgress\""), "{shown}");
+        assert!(!shown.contains("hunter2"), "{shown}");
     }
 
     #[test]
@@ -272,5 +310,12 @@ mod tests {
             panic!("postgres expected")
         };
         assert_eq!(pg.password.as_deref(), Some("s3cret"), "the file wins");
+        // Not text, or two lines: refused, the content not shown.
+        for bad in [&b"s3cret\xff\n"[..], b"s3cret\nmore\n", b"s3\0cret"] {
+            std::fs::write(&file, bad).unwrap();
+            let e = StoreConfig::parse(url, Some(&file), None, None).unwrap_err();
+            assert!(matches!(e, ConfigError::BadPassword { .. }), "{e:?}");
+            assert!(!e.to_string().contains("cret"), "{e}");
+        }
     }
 }

@@ -198,17 +198,15 @@ impl PgStore {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(opts.wait);
         }
+        // A connection whose peer is gone without a word (a partition, a database host
+        // lost) is found dead within about 30 s, not the system's 15 min.
         config.keepalives(true);
         config.keepalives_idle(Duration::from_secs(30));
-        if config.get_options().is_none() {
-            config.options(format!(
-                "-c statement_timeout={} -c idle_in_transaction_session_timeout={} \
-                 -c lock_timeout={}",
-                STATEMENT_TIMEOUT.as_millis(),
-                CALL_TIMEOUT.as_millis(),
-                STATEMENT_TIMEOUT.as_millis()
-            ));
-        }
+        config.keepalives_interval(Duration::from_secs(5));
+        config.keepalives_retries(3);
+        config.tcp_user_timeout(Duration::from_secs(30));
+        let options = session_options(config.get_options());
+        config.options(options);
         let tls = match &opts.tls {
             Some(c) => (**c).clone(),
             None => rustls::ClientConfig::builder()
@@ -321,20 +319,22 @@ impl PgStore {
             .ok_or_else(|| StoreError::Backend("the store is closed".into()))
     }
 
-    /// Runs `fut` on the store's runtime, within [`CALL_TIMEOUT`].
+    /// Runs `fut` on the store's runtime, within [`CALL_TIMEOUT`]. A call that runs out of
+    /// time closes the idle connections (the one it used among them): one that hangs is not
+    /// handed out again.
     fn call<T>(&self, fut: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
-        self.runtime()?.block_on(async {
-            tokio::time::timeout(CALL_TIMEOUT, fut)
-                .await
-                .unwrap_or_else(|_| {
-                    Err(StoreError::Backend(
-                        format!(
-                            "the database did not answer within {} s",
-                            CALL_TIMEOUT.as_secs()
-                        )
-                        .into(),
-                    ))
-                })
+        let done = self
+            .runtime()?
+            .block_on(async { tokio::time::timeout(CALL_TIMEOUT, fut).await });
+        done.unwrap_or_else(|_| {
+            self.pool.retain(|_, _| false);
+            Err(StoreError::Backend(
+                format!(
+                    "the database did not answer within {} s",
+                    CALL_TIMEOUT.as_secs()
+                )
+                .into(),
+            ))
         })
     }
 
@@ -483,6 +483,21 @@ fn aborted(e: &StoreError) -> bool {
     )
 }
 
+/// The options each session starts with: the URL's own (`given`), then the server-side
+/// limits, which come last so that they win.
+fn session_options(given: Option<&str>) -> String {
+    let limits = format!(
+        "-c statement_timeout={} -c idle_in_transaction_session_timeout={} -c lock_timeout={}",
+        STATEMENT_TIMEOUT.as_millis(),
+        CALL_TIMEOUT.as_millis(),
+        STATEMENT_TIMEOUT.as_millis()
+    );
+    match given {
+        Some(given) if !given.trim().is_empty() => format!("{given} {limits}"),
+        _ => limits,
+    }
+}
+
 /// Keeps one connection `LISTEN`ing on [`QUEUE_CHANNEL`], waking `hint` at each notification
 /// (and once after each reconnection, since notifications sent meanwhile were lost).
 async fn listen_for_queued(
@@ -501,15 +516,29 @@ async fn listen_for_queued(
                 let listen = client.batch_execute(&statement);
                 // The connection must be polled for the LISTEN to complete.
                 let mut listen = std::pin::pin!(listen);
-                let listened = loop {
-                    tokio::select! {
-                        r = &mut listen => break r,
-                        m = messages.next() => if m.is_none() { break Ok(()) },
+                let listened = tokio::time::timeout(STATEMENT_TIMEOUT, async {
+                    loop {
+                        tokio::select! {
+                            r = &mut listen => break r,
+                            m = messages.next() => if m.is_none() { break Ok(()) },
+                        }
+                    }
+                })
+                .await;
+                let listening = match listened {
+                    Ok(Ok(())) => true,
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %rjs_cmd::chain(&e), "listening for queued jobs");
+                        false
+                    }
+                    Err(_) => {
+                        tracing::warn!(
+                            "listening for queued jobs: no answer within {STATEMENT_TIMEOUT:?}"
+                        );
+                        false
                     }
                 };
-                if let Err(e) = listened {
-                    tracing::warn!(error = %rjs_cmd::chain(&e), "listening for queued jobs");
-                } else {
+                if listening {
                     hint.notify_one();
                     while let Some(message) = messages.next().await {
                         match message {
@@ -691,4 +720,21 @@ fn changing_jobs_and(target: &str, set: &str, returning: &str, also: &str) -> St
 async fn notify_queued(tx: &impl GenericClient) -> Result<(), StoreError> {
     execute(tx, "SELECT pg_notify($1, '')", &[&QUEUE_CHANNEL]).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_limits_come_after_a_urls_own_options() {
+        let mine = session_options(None);
+        assert!(mine.contains("-c statement_timeout="), "{mine}");
+        let url: tokio_postgres::Config =
+            "postgres://rjs@127.0.0.1/rjs?options=-c%20statement_timeout%3D0"
+                .parse()
+                .unwrap();
+        let both = session_options(url.get_options());
+        assert_eq!(both, format!("-c statement_timeout=0 {mine}"));
+    }
 }
