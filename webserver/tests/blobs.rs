@@ -7,11 +7,11 @@
 use std::io::Read;
 use std::path::Path;
 use std::sync::{Arc, Barrier};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use rjs_harness::s3::{self as moto, S3Server};
 use rjs_webserver::store::blobs::gc::{NoPins, SweepOptions};
-use rjs_webserver::store::blobs::s3::{S3Config, S3Credentials};
+use rjs_webserver::store::blobs::s3::{S3Config, S3Credentials, TOUCH_SETTLE};
 use rjs_webserver::store::blobs::{BlobError, BlobLocation, BlobRead, BlobStore};
 use rjs_webserver::store::sqlite::SqliteStore;
 use rjs_webserver::store::{NewSubmission, Store};
@@ -64,6 +64,9 @@ impl S3 {
             secret_access_key: moto::SECRET_ACCESS_KEY.into(),
             session_token: None,
         };
+        // The contract's graces are seconds: every reuse touches
+        // (`a_fresh_blob_is_reused_without_a_touch` tests the default).
+        c.reuse_fresh = Duration::ZERO;
         c
     }
 }
@@ -404,4 +407,45 @@ fn collector_sweeps_in_bounded_batches(b: &dyn Backend) {
     for n in &names {
         assert!(!blobs.exists(n).unwrap());
     }
+}
+
+/// On S3, content stored (or touched) a moment ago is reused as it is: no touch, no settle
+/// wait; once older than the window, a reuse touches it again.
+#[test]
+fn a_fresh_blob_is_reused_without_a_touch() {
+    let backend = s3();
+    let s3 = backend.as_s3().unwrap();
+    let spool = tempfile::tempdir().unwrap();
+    let mut config = s3.config();
+    config.reuse_fresh = rjs_webserver::store::blobs::s3::REUSE_FRESH;
+    let blobs =
+        BlobStore::open_at(spool.path(), &BlobLocation::S3(Box::new(config.clone()))).unwrap();
+    let (name, _) = blobs.put(b"hot content").unwrap();
+    let t0 = Instant::now();
+    for _ in 0..5 {
+        assert_eq!(blobs.put(b"hot content").unwrap().0, name);
+    }
+    let took = t0.elapsed();
+    assert!(took < TOUCH_SETTLE, "five reuses took {took:?}");
+    let touch = format!("grid/blobs-test/touch/{name}");
+    assert!(
+        !s3.server
+            .keys(&s3.bucket, "grid/")
+            .unwrap()
+            .contains(&touch)
+    );
+
+    // A window of one second, passed: the reuse touches and waits.
+    config.reuse_fresh = Duration::from_secs(1);
+    let blobs = BlobStore::open_at(spool.path(), &BlobLocation::S3(Box::new(config))).unwrap();
+    std::thread::sleep(Duration::from_millis(1200));
+    let t0 = Instant::now();
+    blobs.put(b"hot content").unwrap();
+    assert!(t0.elapsed() >= TOUCH_SETTLE);
+    assert!(
+        s3.server
+            .keys(&s3.bucket, "grid/")
+            .unwrap()
+            .contains(&touch)
+    );
 }

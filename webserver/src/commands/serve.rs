@@ -7,8 +7,8 @@ use anyhow::Context as _;
 use clap::Args;
 use rjs_cmd::units::nonzero_size_arg;
 use rjs_webserver::server;
-use rjs_webserver::store::blobs::BlobLocation;
 use rjs_webserver::store::blobs::s3::{S3Config, S3Credentials};
+use rjs_webserver::store::blobs::{BlobLocation, gc};
 
 use super::Data;
 
@@ -71,9 +71,9 @@ struct BlobArgs {
     /// The server lacks `If-None-Match: *` on PUT: check with HEAD before creating.
     #[arg(long, env = "RJS_S3_NO_CONDITIONAL_PUT")]
     s3_no_conditional_put: bool,
-    /// Unreferenced blobs younger than this are kept (e.g. `1h`, `30m`).
+    /// Unreferenced blobs younger than this are kept (e.g. `1h`, `30m`; at least `10m`).
     #[arg(long, value_name = "DURATION", env = "RJS_BLOB_GRACE", default_value = "1h",
-          value_parser = humantime::parse_duration)]
+          value_parser = grace_arg)]
     blob_grace: Duration,
     /// Time between sweeps of the blob collector (`0`: never sweep).
     #[arg(long, value_name = "DURATION", env = "RJS_BLOB_SWEEP_EVERY", default_value = "10m",
@@ -123,4 +123,17 @@ impl ServeCommand {
         server::run(config)?;
         Ok(())
     }
+}
+
+/// A blob grace period: a duration of at least [`gc::MIN_GRACE`].
+fn grace_arg(text: &str) -> Result<Duration, String> {
+    let grace = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if grace < gc::MIN_GRACE {
+        return Err(format!(
+            "at least {} (uploads reuse a blob stored in the last {} without touching it)",
+            humantime::format_duration(gc::MIN_GRACE),
+            humantime::format_duration(rjs_webserver::store::blobs::s3::REUSE_FRESH)
+        ));
+    }
+    Ok(grace)
 }

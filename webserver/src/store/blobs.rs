@@ -86,6 +86,13 @@ pub enum BlobError {
     /// The object store's configuration is unusable.
     #[error("blob store configuration: {0}")]
     Config(String),
+    /// Setting up the object store's client failed (`what`, for the reason in `source`).
+    #[error("blob store configuration: {what}")]
+    Setup {
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> BlobError + 'a {

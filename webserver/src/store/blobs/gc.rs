@@ -35,6 +35,11 @@ use std::time::{Duration, Instant, SystemTime};
 use super::{BlobError, BlobStore, check_name, io_err, s3};
 use crate::store::{Store, StoreError};
 
+/// The shortest grace period a server accepts: the uploader's reuse of a fresh blob
+/// ([`super::s3::REUSE_FRESH`]) and its request's time to record its row must fit well
+/// within it.
+pub const MIN_GRACE: Duration = Duration::from_secs(600);
+
 /// Unreferenced blobs younger than this are kept.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(60 * 60);
 /// Blobs looked at in one sweep.

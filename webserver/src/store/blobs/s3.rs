@@ -53,6 +53,13 @@ pub const DELETE_WINDOW: Duration = Duration::from_secs(2);
 /// before the touch has sent its DELETE by then.
 pub const TOUCH_SETTLE: Duration = Duration::from_secs(3);
 
+/// A blob found already stored that was created or touched less than this long ago is
+/// reused as it is: a collector removes only blobs older than the grace period (at least
+/// [`super::gc::MIN_GRACE`]), so it stays for minutes more, and the request records its row
+/// within seconds. Hot content (the same answer many times over) costs two HEADs, not a touch
+/// and a 3 s wait each time.
+pub const REUSE_FRESH: Duration = Duration::from_secs(120);
+
 /// Where and how to reach the bucket.
 #[derive(Clone)]
 pub struct S3Config {
@@ -73,6 +80,9 @@ pub struct S3Config {
     /// blobs create-only. Off: HEAD, then PUT only if absent (same bytes either way).
     pub conditional_put: bool,
     pub part_size: usize,
+    /// A blob found stored that was created or touched less than this long ago is reused
+    /// without a touch ([`REUSE_FRESH`]; zero: always touch).
+    pub reuse_fresh: Duration,
 }
 
 impl std::fmt::Debug for S3Config {
@@ -80,7 +90,13 @@ impl std::fmt::Debug for S3Config {
         // Never the credentials.
         f.debug_struct("S3Config")
             .field("url", &self.url())
-            .field("endpoint", &self.endpoint)
+            .field(
+                "endpoint",
+                &self.endpoint.as_deref().map(|e| match check_endpoint(e) {
+                    Ok(url) => url.to_string(),
+                    Err(_) => "(unusable, not shown)".to_owned(),
+                }),
+            )
             .field("region", &self.region)
             .field("path_style", &self.path_style)
             .finish_non_exhaustive()
@@ -141,6 +157,7 @@ impl S3Config {
             credentials: S3Credentials::default(),
             conditional_put: true,
             part_size: DEFAULT_PART_SIZE,
+            reuse_fresh: REUSE_FRESH,
         })
     }
 
@@ -172,7 +189,8 @@ impl S3Credentials {
     /// too). On Unix it must be a regular file readable by its owner only (mode 0600 or 0400).
     pub fn from_file(path: &FsPath) -> Result<S3Credentials, BlobError> {
         let bad = |why: String| BlobError::Config(format!("{}: {why}", path.display()));
-        let meta = std::fs::metadata(path).map_err(|e| bad(e.to_string()))?;
+        let meta = std::fs::metadata(path)
+            .map_err(|e| BlobError::File(rjs_signer::fsutil::FileError::io("reading", path, e)))?;
         if !meta.is_file() {
             return Err(bad("not a regular file".into()));
         }
@@ -186,8 +204,7 @@ impl S3Credentials {
                 )));
             }
         }
-        let text = rjs_signer::fsutil::read_bounded(path, 64 * 1024)
-            .map_err(|e| bad(rjs_cmd::chain(&e)))?;
+        let text = rjs_signer::fsutil::read_bounded(path, 64 * 1024).map_err(BlobError::File)?;
         let text = String::from_utf8(text).map_err(|_| bad("not UTF-8".into()))?;
         let mut creds = S3Credentials::default();
         for (n, line) in text.lines().enumerate() {
@@ -216,21 +233,41 @@ impl S3Credentials {
     }
 }
 
-/// Whether `endpoint` (a URL) names a loopback host.
-fn loopback_endpoint(endpoint: &str) -> bool {
-    let Some(rest) = endpoint.split_once("://").map(|(_, r)| r) else {
-        return false;
-    };
-    let authority = rest.split('/').next().unwrap_or_default();
-    let host = if let Some(v6) = authority.strip_prefix('[') {
-        v6.split(']').next().unwrap_or_default()
-    } else {
-        authority.rsplit_once(':').map_or(authority, |(h, _)| h)
-    };
-    host == "localhost"
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
+/// An endpoint as given: `http(s)://host[:port][/path]`, with no user name or password (keys
+/// never go in a URL), query or fragment. The error does not repeat it (it may hold a key).
+fn check_endpoint(endpoint: &str) -> Result<reqwest::Url, BlobError> {
+    let bad = |why: &str| BlobError::Config(format!("the S3 endpoint {why}"));
+    let url = reqwest::Url::parse(endpoint).map_err(|e| BlobError::Setup {
+        what: "the S3 endpoint is not a URL".into(),
+        source: Box::new(e),
+    })?;
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(bad(
+            "carries credentials: give the keys in a credentials file or AWS_* variables",
+        ));
+    }
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(bad("must be an https:// URL"));
+    }
+    if url.host().is_none() {
+        return Err(bad("names no host"));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(bad("must have no query or fragment"));
+    }
+    Ok(url)
+}
+
+/// Whether `url` names a loopback host.
+fn loopback_endpoint(url: &reqwest::Url) -> bool {
+    match url.domain() {
+        Some(name) => name == "localhost",
+        None => url
+            .host_str()
+            .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
+            .and_then(|h| h.parse::<std::net::IpAddr>().ok())
+            .is_some_and(|ip| ip.is_loopback()),
+    }
 }
 
 /// The tokio runtime the requests run on; shut down without waiting when dropped (it may be
@@ -263,7 +300,10 @@ impl std::fmt::Debug for S3Blobs {
     }
 }
 
-fn remote(what: &'static str, name: &str) -> impl FnOnce(object_store::Error) -> BlobError {
+fn remote<E: std::error::Error + Send + Sync + 'static>(
+    what: &'static str,
+    name: &str,
+) -> impl FnOnce(E) -> BlobError {
     let name = name.to_owned();
     move |source| BlobError::Remote {
         what,
@@ -307,20 +347,17 @@ impl S3Blobs {
                 "the part size must be at least 5 MiB".into(),
             ));
         }
-        let plain_http = config
-            .endpoint
-            .as_deref()
-            .is_some_and(|e| e.starts_with("http://"));
-        if plain_http {
-            let endpoint = config.endpoint.as_deref().unwrap_or_default();
+        let endpoint = config.endpoint.as_deref().map(check_endpoint).transpose()?;
+        let plain_http = endpoint.as_ref().is_some_and(|u| u.scheme() == "http");
+        if let Some(url) = endpoint.as_ref().filter(|_| plain_http) {
             if !config.allow_http {
                 return Err(BlobError::Config(format!(
-                    "endpoint {endpoint} is plain HTTP: only https:// is allowed"
+                    "endpoint {url} is plain HTTP: only https:// is allowed"
                 )));
             }
-            if !loopback_endpoint(endpoint) {
+            if !loopback_endpoint(url) {
                 return Err(BlobError::Config(format!(
-                    "plain HTTP is allowed only to a loopback endpoint, not {endpoint}"
+                    "plain HTTP is allowed only to a loopback endpoint, not {url}"
                 )));
             }
         }
@@ -338,11 +375,12 @@ impl S3Blobs {
             .with_connect_timeout(CONNECT_TIMEOUT)
             .with_allow_http(plain_http);
         if let Some(ca) = &config.ca_file {
-            let pem = rjs_signer::fsutil::read_bounded(ca, 1024 * 1024)
-                .map_err(|e| BlobError::Config(rjs_cmd::chain(&e)))?;
-            let certs = object_store::Certificate::from_pem_bundle(&pem).map_err(|e| {
-                BlobError::Config(format!("{}: {}", ca.display(), rjs_cmd::chain(&e)))
-            })?;
+            let pem = rjs_signer::fsutil::read_bounded(ca, 1024 * 1024).map_err(BlobError::File)?;
+            let certs =
+                object_store::Certificate::from_pem_bundle(&pem).map_err(|e| BlobError::Setup {
+                    what: format!("the CA certificates in {}", ca.display()),
+                    source: Box::new(e),
+                })?;
             options = options.with_no_system_certificates(true);
             for cert in certs {
                 options = options.with_root_certificate(cert);
@@ -374,7 +412,10 @@ impl S3Blobs {
             if let Some(endpoint) = &config.endpoint {
                 b = b.with_endpoint(endpoint);
             }
-            b.build().map_err(|e| BlobError::Config(rjs_cmd::chain(&e)))
+            b.build().map_err(|e| BlobError::Setup {
+                what: "building the S3 client".into(),
+                source: Box::new(e),
+            })
         };
         let store = build(options.clone().with_timeout(REQUEST_TIMEOUT))?;
         let reads = build(
@@ -387,7 +428,10 @@ impl S3Blobs {
             .thread_name("rjs-s3")
             .enable_all()
             .build()
-            .map_err(|e| BlobError::Config(format!("starting the S3 runtime: {e}")))?;
+            .map_err(|e| BlobError::Setup {
+                what: "starting the S3 runtime".into(),
+                source: Box::new(e),
+            })?;
         Ok(S3Blobs {
             rt: Runtime(Some(rt)),
             store: Arc::new(store),
@@ -527,6 +571,7 @@ impl S3Blobs {
             size,
             part_size: self.config.part_size,
             conditional: self.config.conditional_put,
+            reuse_fresh: self.config.reuse_fresh,
         };
         self.run(async move { this.commit().await })
     }
@@ -687,6 +732,7 @@ struct Upload {
     size: u64,
     part_size: usize,
     conditional: bool,
+    reuse_fresh: Duration,
 }
 
 impl Upload {
@@ -715,6 +761,9 @@ impl Upload {
         if created {
             return Ok(Committed::Created);
         }
+        if !self.reuse_fresh.is_zero() && self.fresh().await? {
+            return Ok(Committed::Existed);
+        }
         // Already stored: make it young again, let any collector that saw it old finish,
         // and make sure it is still there (else store it again).
         self.store
@@ -727,6 +776,29 @@ impl Upload {
             self.upload().await?;
         }
         Ok(Committed::Existed)
+    }
+
+    /// Whether the blob is there, created or touched within `reuse_fresh` (a time ahead of
+    /// this clock counts as fresh, as the collector counts it young).
+    async fn fresh(&self) -> Result<bool, BlobError> {
+        let mut latest = None;
+        for key in [&self.key, &self.touch] {
+            match self.store.head(key).await {
+                Ok(meta) => {
+                    let t = SystemTime::from(meta.last_modified);
+                    latest = Some(latest.map_or(t, |l: SystemTime| l.max(t)));
+                }
+                Err(object_store::Error::NotFound { .. }) if key == &self.touch => {}
+                // The blob itself gone: not fresh (the touch path stores it again).
+                Err(object_store::Error::NotFound { .. }) => return Ok(false),
+                Err(e) => return Err(remote("checking", &self.name)(e)),
+            }
+        }
+        Ok(latest.is_some_and(|t| {
+            SystemTime::now()
+                .duration_since(t)
+                .map_or(true, |age| age < self.reuse_fresh)
+        }))
     }
 
     async fn exists(&self) -> Result<bool, BlobError> {
@@ -835,7 +907,7 @@ async fn wait_part(
     };
     match part.await {
         Ok(r) => r.map_err(remote("uploading a part of", name)),
-        Err(e) => Err(BlobError::Config(format!("a part upload task failed: {e}"))),
+        Err(e) => Err(remote("uploading a part of", name)(e)),
     }
 }
 
@@ -863,11 +935,24 @@ mod tests {
         ] {
             assert!(S3Config::from_url(bad).is_err(), "{bad}");
         }
-        assert!(loopback_endpoint("http://127.0.0.1:9000"));
-        assert!(loopback_endpoint("http://localhost:9000/"));
-        assert!(loopback_endpoint("http://[::1]:9000"));
-        assert!(!loopback_endpoint("http://10.0.0.1:9000"));
-        assert!(!loopback_endpoint("http://s3.example:80"));
+        let loopback = |e: &str| loopback_endpoint(&check_endpoint(e).unwrap());
+        assert!(loopback("http://127.0.0.1:9000"));
+        assert!(loopback("http://localhost:9000/"));
+        assert!(loopback("http://[::1]:9000"));
+        assert!(!loopback("http://10.0.0.1:9000"));
+        assert!(!loopback("http://s3.example:80"));
+        // What is before an @ is a user name, not the host.
+        assert!(check_endpoint("http://localhost:9000@evil.example/").is_err());
+        let e = check_endpoint("https://AKID:SECRETKEY@s3.example").unwrap_err();
+        assert!(!e.to_string().contains("SECRETKEY"), "{e}");
+        for bad in [
+            "s3.example",
+            "ftp://s3.example",
+            "https://s3.example/?x=1",
+            "https://s3.example/#f",
+        ] {
+            assert!(check_endpoint(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
