@@ -13,6 +13,9 @@ use super::AppState;
 
 /// How often the queued count is read without a hint.
 pub const POLL: Duration = Duration::from_secs(2);
+/// The least time between two counts a hint asked for: hints that come faster (a busy grid
+/// queues and requeues all the time) are answered together, not by a count each.
+pub const HINT_GAP: Duration = Duration::from_millis(250);
 
 /// Tells this server's event streams about jobs queued elsewhere, until `stop`.
 pub async fn watch_queue(state: web::Data<AppState>, mut stop: watch::Receiver<bool>) {
@@ -20,6 +23,7 @@ pub async fn watch_queue(state: web::Data<AppState>, mut stop: watch::Receiver<b
     let mut tick = tokio::time::interval(POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last: Option<u64> = None;
+    let mut counted_at: Option<tokio::time::Instant> = None;
     loop {
         let hinted = tokio::select! {
             _ = tick.tick() => false,
@@ -35,6 +39,10 @@ pub async fn watch_queue(state: web::Data<AppState>, mut stop: watch::Receiver<b
             last = None;
             continue;
         }
+        if hinted && let Some(at) = counted_at {
+            tokio::time::sleep_until(at + HINT_GAP).await;
+        }
+        counted_at = Some(tokio::time::Instant::now());
         let store = state.store.clone();
         match web::block(move || store.queued_count()).await {
             Ok(Ok(queued)) => {

@@ -1,7 +1,7 @@
 //! [`Store`] on PostgreSQL: the same rules as `sqlite` (the conformance suite holds both to
 //! them), written so that several web servers may run each call at the same moment.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use deadpool_postgres::GenericClient;
 use rjs_wire::api::{JobState, JobView, Lease};
@@ -647,15 +647,8 @@ impl Store for PgStore {
         now: i64,
     ) -> Result<Vec<i64>, StoreError> {
         let ids = dedup(job_ids);
-        let reasons: Vec<Option<&str>> = ids
-            .iter()
-            .map(|id| {
-                waiting
-                    .iter()
-                    .find(|(j, _)| j == id)
-                    .map(|(_, w)| w.as_str())
-            })
-            .collect();
+        let waiting: HashMap<i64, &str> = waiting.iter().map(|(j, w)| (*j, w.as_str())).collect();
+        let reasons: Vec<Option<&str>> = ids.iter().map(|id| waiting.get(id).copied()).collect();
         let sql = changing_jobs(
             "SELECT j.id, j.state AS old_state, j.outcome AS old_outcome, r.why
              FROM jobs j JOIN unnest($2::bigint[], $3::text[]) AS r(id, why)
@@ -799,17 +792,19 @@ impl Store for PgStore {
         job_ids: &[i64],
     ) -> Result<Vec<AnswerTarget>, StoreError> {
         self.read(async |tx| {
-            let rows: Vec<(i64, bool, Option<i64>)> = all_rows(
+            let rows: HashMap<i64, (bool, Option<i64>)> = all_rows(
                 tx,
                 "SELECT id, answer_sha256 IS NOT NULL, last_lookup FROM jobs WHERE id = ANY($1)",
                 &[&job_ids],
-                |r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)),
+                |r| Ok((r.try_get(0)?, (r.try_get(1)?, r.try_get(2)?))),
             )
-            .await?;
+            .await?
+            .into_iter()
+            .collect();
             Ok(job_ids
                 .iter()
                 .map(|id| {
-                    let job = rows.iter().find(|r| r.0 == *id).map(|r| (r.1, r.2));
+                    let job = rows.get(id).copied();
                     answer_target(lookup_id, job)
                 })
                 .collect())
@@ -891,8 +886,8 @@ impl Store for PgStore {
             .copied()
             .filter(|id| !stored.contains(id))
             .collect();
-        let found: Vec<(i64, bool, Option<i64>)> = if others.is_empty() {
-            Vec::new()
+        let found: HashMap<i64, (bool, Option<i64>)> = if others.is_empty() {
+            HashMap::new()
         } else {
             self.read(async |c| {
                 all_rows(
@@ -900,9 +895,10 @@ impl Store for PgStore {
                     "SELECT id, answer_sha256 IS NOT NULL, last_lookup FROM jobs
                      WHERE id = ANY($1)",
                     &[&others],
-                    |r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)),
+                    |r| Ok((r.try_get(0)?, (r.try_get(1)?, r.try_get(2)?))),
                 )
                 .await
+                .map(|rows| rows.into_iter().collect())
             })?
         };
         let mut told = HashSet::with_capacity(answers.len());
@@ -916,7 +912,7 @@ impl Store for PgStore {
                     AnswerOutcome::Stored
                 })
             } else {
-                let job = found.iter().find(|f| f.0 == a.job_id).map(|f| (f.1, f.2));
+                let job = found.get(&a.job_id).copied();
                 match answer_target(a.lookup_id, job) {
                     // Open, yet not stored: it changed between the two statements (leased
                     // anew by this very lookup): try it once more on its own.

@@ -14,7 +14,7 @@
 //! `last_lookup` is the lookup of the job's current or last lease (set by `lease`, never
 //! cleared): the only one whose answer is taken.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
@@ -1100,9 +1100,11 @@ impl Store for SqliteStore {
                         updated_at = ?1, wait_reason = ?4, change_seq = ?5
                  WHERE id = ?2 AND state = 'leased' AND lease_lookup = ?3",
             )?;
+            let waiting: HashMap<i64, &str> =
+                waiting.iter().map(|(j, w)| (*j, w.as_str())).collect();
             let mut released = Vec::new();
             for id in dedup(job_ids) {
-                let why = waiting.iter().find(|(j, _)| *j == id).map(|(_, w)| w);
+                let why = waiting.get(&id);
                 let seq = next_seq(tx)?;
                 if update.execute(params![now, id, lookup_id, why, seq])? == 1 {
                     released.push(id);
