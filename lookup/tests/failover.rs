@@ -10,6 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rjs_e2e::{LookupCreds, Managed, WebServer, bin, make_bundle, spawn_listening, upload_raw};
+use rjs_harness::postgres::Postgres;
 use rjs_harness::wan::WanLink;
 use rjs_lookup::failover::WebServers;
 use rjs_lookup::upstream::{Timeouts, WebServerClient};
@@ -309,6 +310,109 @@ fn a_server_that_stops_answering_is_failed_over_within_the_deadlines() {
         assert_eq!(c.base(), b, "failed over");
     });
     drop(link);
+}
+
+/// Two web servers on one PostgreSQL store, the first connecting as a role of its own. The
+/// first loses its database (its role may no longer log in; its connections are ended): it
+/// answers 503 `store-unavailable`, `/healthz` included, and the lookup fails over to the
+/// second, which leases the jobs. Once the database is back within its reach, the first is
+/// ready again.
+#[test]
+fn a_server_that_lost_its_database_is_failed_over() {
+    let pg = Postgres::shared().expect("PostgreSQL (scripts/test.sh installs it)");
+    let db = pg.fresh_db("lost").unwrap();
+    let role = format!("{db}_a");
+    pg.psql(&db, &format!("CREATE ROLE {role} LOGIN SUPERUSER"))
+        .unwrap();
+    let url = pg.url(&db);
+    let url_a = url.replacen("postgres@", &format!("{role}@"), 1);
+    assert_ne!(url, url_a);
+
+    // The second (listed second) through the superuser; the first as the role.
+    let store = |u: &str| vec![("RJS_STORE".to_owned(), u.to_owned())];
+    let mut second = WebServer::init_with_env(store(&url)).unwrap();
+    let creds = second.add_lookup("lk1").unwrap();
+    let key = second.add_author("alice").unwrap();
+    second.start().unwrap();
+    let first = spawn_listening(
+        second
+            .command()
+            .env("RJS_STORE", &url_a)
+            .arg("serve")
+            .arg("--data")
+            .arg(second.data())
+            .args(["--listen", "127.0.0.1:0"])
+            .stderr(Stdio::inherit()),
+        "listening on https://",
+    )
+    .unwrap();
+    let (a, b) = (format!("https://{}", first.1), second.url(""));
+    let anon = second.anon_client().unwrap();
+    let healthz = |base: &str| {
+        let r = anon.get(format!("{base}/healthz")).send().unwrap();
+        let retry = r.headers().get("retry-after").cloned();
+        (r.status().as_u16(), retry, r.text().unwrap_or_default())
+    };
+    assert_eq!(healthz(&a).0, 200);
+    let author = second.author(key).unwrap();
+    let up = upload_raw(&author, &make_bundle(author.key(), "t", 3)).unwrap();
+    assert_eq!(up.status().as_u16(), 201);
+
+    let tmp = tempfile::tempdir().unwrap();
+    let client = || {
+        WebServerClient::with_webservers(
+            WebServers::parse(&[a.clone(), b.clone()]).unwrap(),
+            &creds.path,
+            &tmp.path().join("cache"),
+            Timeouts {
+                connect: Duration::from_secs(2),
+                request: Duration::from_secs(10),
+                ..Timeouts::default()
+            },
+        )
+        .unwrap()
+    };
+    let rt = rt();
+    let c = client();
+    rt.block_on(async { c.ping().await.expect("the first server is ready") });
+
+    // The first loses its database.
+    pg.psql(
+        &db,
+        &format!(
+            "ALTER ROLE {role} NOLOGIN; \
+             SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE usename = '{role}'"
+        ),
+    )
+    .unwrap();
+    let (status, retry, body) = healthz(&a);
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("store-unavailable"), "{body}");
+    assert_eq!(retry.unwrap(), "5");
+    assert_eq!(healthz(&b).0, 200, "the second still reaches it");
+
+    rt.block_on(async {
+        // The heartbeat's ask fails the first over.
+        let e = c.ping().await.unwrap_err();
+        assert_eq!(e.status(), Some(503), "{e:?}");
+        assert_eq!(c.base(), b);
+        // A lease asked of the first: refused with 503, and the next goes to the second.
+        let c = client();
+        let e = c.lease(8, &[], 60).await.unwrap_err();
+        assert!(e.warrants_failover(), "{e:?}");
+        assert_eq!(c.base(), b);
+        let leased = c.lease(8, &[], 60).await.unwrap();
+        assert_eq!(leased.leases.len(), 3);
+    });
+
+    // Back within its reach: ready again, on new connections.
+    pg.psql(&db, &format!("ALTER ROLE {role} LOGIN")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while healthz(&a).0 != 200 {
+        assert!(Instant::now() < deadline, "the first did not reconnect");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(first);
 }
 
 fn lookup_bin() -> PathBuf {

@@ -47,6 +47,8 @@ pub struct WebServer {
     pub proc: Option<Managed>,
     pub addr: String,
     pub extra_args: Vec<String>,
+    /// Environment of every command run for it (`RJS_STORE` for a shared store, …).
+    pub env: Vec<(String, String)>,
 }
 
 impl WebServer {
@@ -59,29 +61,32 @@ impl WebServer {
 
     /// `rjs-webserver init` in a fresh temporary directory.
     pub fn init() -> Result<Self> {
+        Self::init_with_env(Vec::new())
+    }
+
+    /// [`init`](Self::init) with `env` set for every command (e.g. `RJS_STORE`).
+    pub fn init_with_env(env: Vec<(String, String)>) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let ws = WebServer {
             dir,
             proc: None,
             addr: String::new(),
             extra_args: Vec::new(),
+            env,
         };
-        run_ok(
-            Command::new(bin("rjs-webserver"))
-                .arg("init")
-                .arg("--data")
-                .arg(ws.data()),
-        )?;
+        run_ok(ws.command().arg("init").arg("--data").arg(ws.data()))?;
         Ok(ws)
     }
 
+    /// `rjs-webserver` with this server's environment.
+    pub fn command(&self) -> Command {
+        let mut c = Command::new(bin("rjs-webserver"));
+        c.envs(self.env.iter().map(|(k, v)| (k, v)));
+        c
+    }
+
     pub fn admin(&self, args: &[&str]) -> Result<String> {
-        run_ok(
-            Command::new(bin("rjs-webserver"))
-                .args(args)
-                .arg("--data")
-                .arg(self.data()),
-        )
+        run_ok(self.command().args(args).arg("--data").arg(self.data()))
     }
 
     /// Enrols an author with a fresh key; returns the key.
@@ -112,7 +117,7 @@ impl WebServer {
             self.addr.clone()
         };
         let (proc, addr) = spawn_listening(
-            Command::new(bin("rjs-webserver"))
+            self.command()
                 .arg("serve")
                 .arg("--data")
                 .arg(self.data())

@@ -1220,6 +1220,7 @@ fn init_from_the_command_line_makes_a_private_directory_and_prints_nothing_secre
         proc: None,
         addr: String::new(),
         extra_args: Vec::new(),
+        env: Vec::new(),
     };
     ws.start().unwrap();
     let mut raw = Raw::connect_as(&ws, None, "example.test").unwrap();

@@ -104,11 +104,13 @@ pub(super) async fn heartbeat(shared: Arc<Shared>) {
         .await;
         let ok = match asked {
             Ok(Ok(_)) => true,
-            Ok(Err(e)) if e.is_unreachable() => {
+            // No answer, or a gateway's or the server's own "unavailable" (502–504: its
+            // database out of reach, say): down; the request failed it over already.
+            Ok(Err(e)) if e.warrants_failover() => {
                 shared.upstream_failed(&chain(&e));
                 false
             }
-            // It answered, if only with an error status: reachable.
+            // It answered, if only with another error status: reachable.
             Ok(Err(_)) => true,
             Err(_) => {
                 let cause = format!("no answer to GET /healthz within {HEARTBEAT_TIMEOUT:?}");

@@ -58,8 +58,28 @@ impl ApiError {
         )
     }
 
+    /// The database is out of this server's reach (a [`StoreError::Unavailable`]): 503, so
+    /// that a lookup or a load balancer turns to another web server of the grid.
+    pub fn store_unavailable(what: &str) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store-unavailable",
+            format!(
+                "this web server cannot reach its database while {what}: try another one, or later"
+            ),
+        )
+    }
+
     /// A server-side failure: logged with its whole cause chain, answered with `what` only.
+    /// A store that cannot be reached is [`store_unavailable`](Self::store_unavailable).
     pub fn internal(what: &str, err: &(dyn std::error::Error + 'static)) -> Self {
+        if err
+            .downcast_ref::<StoreError>()
+            .is_some_and(StoreError::is_unavailable)
+        {
+            tracing::warn!(error = %rjs_cmd::chain(err), "{what}");
+            return Self::store_unavailable(what);
+        }
         tracing::error!(error = %rjs_cmd::chain(err), "{what}");
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -104,7 +124,11 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        HttpResponse::build(self.status).json(ErrorBody {
+        let mut response = HttpResponse::build(self.status);
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response.insert_header((actix_web::http::header::RETRY_AFTER, "5"));
+        }
+        response.json(ErrorBody {
             error: self.message.clone(),
             code: self.code.to_owned(),
         })
@@ -122,5 +146,20 @@ mod tests {
         assert_eq!(e.status, StatusCode::INTERNAL_SERVER_ERROR);
         assert_eq!(e.code, "internal");
         assert!(!e.message.contains("/secret"), "{}", e.message);
+    }
+
+    #[test]
+    fn an_unreachable_store_is_503() {
+        let cause = StoreError::Unavailable(Box::new(std::io::Error::other("refused")));
+        let e = ApiError::internal("leasing jobs", &cause);
+        assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(e.code, "store-unavailable");
+        let other = StoreError::Backend(Box::new(std::io::Error::other("syntax")));
+        assert_eq!(
+            ApiError::internal("leasing jobs", &other).status,
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+        let r = e.error_response();
+        assert_eq!(r.headers().get("retry-after").unwrap(), "5");
     }
 }

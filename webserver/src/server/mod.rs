@@ -215,8 +215,13 @@ pub fn on_connect(io: &dyn Any, ext: &mut Extensions) {
     }
 }
 
-async fn healthz() -> HttpResponse {
-    HttpResponse::Ok().content_type("text/plain").body("ok")
+/// Ready: the server answers and reaches its database (a trivial read); else 503
+/// `store-unavailable`, so that lookups and load balancers turn to another web server.
+async fn healthz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    state
+        .store_call("checking the database", |store| store.check())
+        .await?;
+    Ok(HttpResponse::Ok().content_type("text/plain").body("ok"))
 }
 
 async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {

@@ -167,6 +167,12 @@ pub enum StoreError {
     /// handlers never depend on one.
     #[error("database error")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync + 'static>),
+    /// The database cannot be reached (connecting failed, the connection was lost, the
+    /// server is shutting down or starting, no answer in time). Another web server of the
+    /// grid may reach it. (A connection lost while committing leaves unknown whether the
+    /// change was made, as any lost response does.)
+    #[error("the database cannot be reached")]
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync + 'static>),
     #[error("database schema: {0}")]
     Schema(String),
     #[error("migrating the database to schema version {version}")]
@@ -175,6 +181,13 @@ pub enum StoreError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync + 'static>,
     },
+}
+
+impl StoreError {
+    /// Whether the database could not be reached ([`StoreError::Unavailable`]).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
 }
 
 /// Metadata store. Implementations are safe to share between threads; every mutating call is
@@ -330,6 +343,8 @@ pub trait Store: Views + Sessions + Send + Sync + 'static {
     fn expire_leases(&self, now: i64, max_attempts: u32) -> Result<u64, StoreError>;
     /// Jobs currently queued.
     fn queued_count(&self) -> Result<u64, StoreError>;
+    /// Reaches the database with a trivial read (`GET /healthz`).
+    fn check(&self) -> Result<(), StoreError>;
     /// Jobs by state (for tests and the admin CLI).
     fn count_by_state(&self) -> Result<Vec<(JobState, u64)>, StoreError>;
 

@@ -69,13 +69,40 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl From<tokio_postgres::Error> for StoreError {
     fn from(e: tokio_postgres::Error) -> Self {
-        StoreError::Backend(Box::new(e))
+        if unreachable(&e) {
+            StoreError::Unavailable(Box::new(e))
+        } else {
+            StoreError::Backend(Box::new(e))
+        }
     }
+}
+
+/// Whether `e` says the database cannot be reached rather than that a statement failed:
+/// the connection is closed or failed (an I/O error underneath: refused, reset, timed out,
+/// TLS), or the server refuses for now — a connection exception (class 08), too many
+/// connections (53300), or shutting down, starting up or restarting (class 57P).
+fn unreachable(e: &tokio_postgres::Error) -> bool {
+    if e.is_closed() {
+        return true;
+    }
+    if let Some(code) = e.code() {
+        let c = code.code();
+        return c.starts_with("08") || c.starts_with("57P") || c == "53300";
+    }
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        if c.is::<std::io::Error>() {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
 
 impl From<deadpool_postgres::PoolError> for StoreError {
     fn from(e: deadpool_postgres::PoolError) -> Self {
-        StoreError::Backend(Box::new(e))
+        // No connection to be had: the wait timed out, connecting failed, the pool closed.
+        StoreError::Unavailable(Box::new(e))
     }
 }
 
@@ -328,7 +355,7 @@ impl PgStore {
             .block_on(async { tokio::time::timeout(CALL_TIMEOUT, fut).await });
         done.unwrap_or_else(|_| {
             self.pool.retain(|_, _| false);
-            Err(StoreError::Backend(
+            Err(StoreError::Unavailable(
                 format!(
                     "the database did not answer within {} s",
                     CALL_TIMEOUT.as_secs()
@@ -465,7 +492,9 @@ fn retryable(e: &StoreError) -> bool {
 
 fn pg_error(e: &StoreError) -> Option<&tokio_postgres::Error> {
     match e {
-        StoreError::Backend(source) => source.downcast_ref::<tokio_postgres::Error>(),
+        StoreError::Backend(source) | StoreError::Unavailable(source) => {
+            source.downcast_ref::<tokio_postgres::Error>()
+        }
         _ => None,
     }
 }

@@ -940,6 +940,13 @@ impl Store for PgStore {
         })
     }
 
+    fn check(&self) -> Result<(), StoreError> {
+        self.read(async |tx| {
+            let _: i32 = one_value(tx, "SELECT 1", &[]).await?;
+            Ok(())
+        })
+    }
+
     fn count_by_state(&self) -> Result<Vec<(JobState, u64)>, StoreError> {
         let counted: Vec<(JobState, u64)> = self.read(async |tx| {
             all_rows(

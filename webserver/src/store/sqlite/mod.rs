@@ -1256,6 +1256,10 @@ impl Store for SqliteStore {
         })
     }
 
+    fn check(&self) -> Result<(), StoreError> {
+        self.read(|tx| Ok(tx.query_row("SELECT 1", [], |_| Ok(()))?))
+    }
+
     fn count_by_state(&self) -> Result<Vec<(JobState, u64)>, StoreError> {
         let counted: Vec<(JobState, u64)> = self.read(|tx| {
             all_rows(
