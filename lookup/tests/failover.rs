@@ -6,10 +6,10 @@
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use rjs_e2e::{LookupCreds, Managed, WebServer, bin, make_bundle, spawn_listening, upload_raw};
+use rjs_e2e::{LookupCreds, Managed, WebServer, make_bundle, upload_raw};
 use rjs_harness::postgres::Postgres;
 use rjs_harness::wan::WanLink;
 use rjs_lookup::failover::WebServers;
@@ -41,16 +41,7 @@ fn two() -> Two {
         .unwrap();
     first.start().unwrap();
     let author = first.author(KeyPair::from_secret(secret)).unwrap();
-    let second = spawn_listening(
-        Command::new(bin("rjs-webserver"))
-            .arg("serve")
-            .arg("--data")
-            .arg(first.data())
-            .args(["--listen", "127.0.0.1:0"])
-            .stderr(Stdio::inherit()),
-        "listening on https://",
-    )
-    .unwrap();
+    let second = first.serve_another(&[]).unwrap();
     let author_second = AuthorClient::with_ca_file(
         ServerUrl::parse(&format!("https://{}", second.1)).unwrap(),
         &first.ca_pem(),
@@ -334,18 +325,7 @@ fn a_server_that_lost_its_database_is_failed_over() {
     let creds = second.add_lookup("lk1").unwrap();
     let key = second.add_author("alice").unwrap();
     second.start().unwrap();
-    let first = spawn_listening(
-        second
-            .command()
-            .env("RJS_STORE", &url_a)
-            .arg("serve")
-            .arg("--data")
-            .arg(second.data())
-            .args(["--listen", "127.0.0.1:0"])
-            .stderr(Stdio::inherit()),
-        "listening on https://",
-    )
-    .unwrap();
+    let first = second.serve_another(&[("RJS_STORE", &url_a)]).unwrap();
     let (a, b) = (format!("https://{}", first.1), second.url(""));
     let anon = second.anon_client().unwrap();
     let healthz = |base: &str| {

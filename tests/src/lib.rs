@@ -136,6 +136,20 @@ impl WebServer {
         format!("https://{}{path}", self.addr)
     }
 
+    /// Another `serve` process on this data directory (one store, CA and certificate: a
+    /// second stateless web server), on an ephemeral loopback port, with `env` on top of
+    /// this server's; the process and its address.
+    pub fn serve_another(&self, env: &[(&str, &str)]) -> Result<(Managed, String)> {
+        let mut cmd = self.command();
+        cmd.envs(env.iter().copied())
+            .arg("serve")
+            .arg("--data")
+            .arg(self.data())
+            .args(["--listen", "127.0.0.1:0"])
+            .stderr(Stdio::inherit());
+        spawn_listening(&mut cmd, "listening on https://")
+    }
+
     /// An HTTPS client trusting only this server's CA (no client certificate).
     pub fn anon_client(&self) -> Result<reqwest::blocking::Client> {
         client(&self.ca_pem(), None)
