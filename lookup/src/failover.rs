@@ -186,6 +186,15 @@ impl Rotation {
         (i, self.urls[i].clone())
     }
 
+    /// The servers other than `index`, in list order from the one after it: (index, URL).
+    pub fn others(&self, index: usize) -> Vec<(usize, String)> {
+        let n = self.urls.len();
+        (1..n)
+            .map(|k| (index + k) % n)
+            .map(|i| (i, self.urls[i].clone()))
+            .collect()
+    }
+
     /// How many web servers the list has.
     pub fn len(&self) -> usize {
         self.urls.len()
@@ -201,11 +210,15 @@ impl Rotation {
     /// list becomes current and the move is returned. Otherwise (one server only, or another
     /// failure moved already) nothing changes.
     pub fn fail_over(&self, from: usize, cause: &str) -> Option<Failover> {
+        self.fail_over_to(from, (from + 1) % self.urls.len().max(1), cause)
+    }
+
+    /// [`fail_over`](Self::fail_over) to server `to` (found ready) rather than the next.
+    pub fn fail_over_to(&self, from: usize, to: usize, cause: &str) -> Option<Failover> {
         let mut g = self.lock();
-        if g.current != from || self.urls.len() < 2 {
+        if g.current != from || to == from || to >= self.urls.len() {
             return None;
         }
-        let to = (from + 1) % self.urls.len();
         g.current = to;
         g.failovers += 1;
         let f = Failover {

@@ -135,9 +135,19 @@ impl UpstreamError {
     pub fn warrants_failover(&self) -> bool {
         match self {
             UpstreamError::Transport { .. } | UpstreamError::NoResponse { .. } => true,
-            UpstreamError::Status { status, .. } => matches!(status, 502..=504),
+            UpstreamError::Status { status, .. } => {
+                matches!(status, 502..=504) && !self.store_unavailable()
+            }
             _ => false,
         }
+    }
+
+    /// The web server answered that it cannot reach its database (`503 store-unavailable`):
+    /// alive, and perhaps every server of the grid is in the same state (the database is
+    /// down). A request does not fail over on it; the heartbeat moves to another server only
+    /// if that one is ready ([`WebServerClient::heartbeat`]).
+    pub fn store_unavailable(&self) -> bool {
+        matches!(self, UpstreamError::Status { status: 503, code, .. } if code == "store-unavailable")
     }
 
     /// The request surely never reached the web server: the connection (TCP or TLS) could
@@ -366,7 +376,12 @@ impl WebServerClient {
     /// found out on its own (a deadline of its own passed): the next one becomes current, as
     /// after a request's transport error.
     pub fn fail_over(&self, index: usize, cause: &str) {
-        if let Some(f) = self.servers.fail_over(index, cause) {
+        self.fail_over_to(index, (index + 1) % self.servers.len().max(1), cause);
+    }
+
+    /// [`fail_over`](Self::fail_over) to server `to` of the list.
+    fn fail_over_to(&self, index: usize, to: usize, cause: &str) {
+        if let Some(f) = self.servers.fail_over_to(index, to, cause) {
             tracing::warn!(
                 from = %f.from,
                 to = %f.to,
@@ -476,6 +491,37 @@ impl WebServerClient {
             Ok(resp.version())
         })
         .await
+    }
+
+    /// The heartbeat's ask: [`ping_within`](Self::ping_within) `timeout`. A current server
+    /// that answers it cannot reach its database is left for the first other server of the
+    /// list (in order) whose `/healthz` answers 200 within `timeout`, if any: when the
+    /// database is down for all of them, the lookup stays where it is.
+    pub async fn heartbeat(&self, timeout: Duration) -> Result<reqwest::Version, UpstreamError> {
+        let (index, _) = self.servers.current();
+        let asked = self.ping_within(timeout).await;
+        if let Err(e) = &asked
+            && e.store_unavailable()
+        {
+            for (other, base) in self.servers.others(index) {
+                if self.ready(&base, timeout).await {
+                    self.fail_over_to(index, other, &chain(e));
+                    break;
+                }
+            }
+        }
+        asked
+    }
+
+    /// Whether the web server at `base` answers `GET /healthz` with a success within
+    /// `timeout`.
+    async fn ready(&self, base: &str, timeout: Duration) -> bool {
+        let url = format!("{base}/healthz");
+        let asked = self.http.get(&url).timeout(timeout).send();
+        matches!(
+            tokio::time::timeout(timeout, asked).await,
+            Ok(Ok(r)) if r.status().is_success()
+        )
     }
 
     /// Leases up to `max` queued jobs for nodes of `groups` (all if empty). Sent to a second
@@ -1114,6 +1160,17 @@ mod tests {
         }
         let e = UpstreamError::BadBundleId("x".into());
         assert!(!e.warrants_failover() && !e.never_sent());
+        // A web server's own word that its database is out of reach: the heartbeat's to
+        // weigh (another server may be no better), not a request's.
+        let store = UpstreamError::Status {
+            what: "leasing jobs from",
+            url: "https://a:1/lookup/v1/lease".into(),
+            status: 503,
+            code: "store-unavailable".into(),
+            message: String::new(),
+        };
+        assert!(store.store_unavailable() && !store.warrants_failover());
+        assert!(!status(503).store_unavailable());
     }
 
     #[tokio::test]

@@ -303,25 +303,38 @@ fn a_server_that_stops_answering_is_failed_over_within_the_deadlines() {
     drop(link);
 }
 
-/// Two web servers on one PostgreSQL store, the first connecting as a role of its own. The
-/// first loses its database (its role may no longer log in; its connections are ended): it
-/// answers 503 `store-unavailable`, `/healthz` included, and the lookup fails over to the
-/// second, which leases the jobs. Once the database is back within its reach, the first is
-/// ready again.
+/// Two web servers on one PostgreSQL store, each connecting as a role of its own. The first
+/// loses its database (its role may no longer log in; its connections are ended): it answers
+/// 503 `store-unavailable`, `/healthz` included; a request refused so does not fail over,
+/// but the heartbeat's ask moves the lookup to the second, which it finds ready, and which
+/// leases the jobs. When the database is out of reach of both, the heartbeat stays where it
+/// is (no failover back and forth). Once the database is back, both are ready again.
 #[test]
 fn a_server_that_lost_its_database_is_failed_over() {
     let pg = Postgres::shared().expect("PostgreSQL (scripts/test.sh installs it)");
     let db = pg.fresh_db("lost").unwrap();
-    let role = format!("{db}_a");
-    pg.psql(&db, &format!("CREATE ROLE {role} LOGIN SUPERUSER"))
-        .unwrap();
     let url = pg.url(&db);
-    let url_a = url.replacen("postgres@", &format!("{role}@"), 1);
-    assert_ne!(url, url_a);
+    let as_role = |role: &str| {
+        pg.psql(&db, &format!("CREATE ROLE {role} LOGIN SUPERUSER"))
+            .unwrap();
+        url.replacen("postgres@", &format!("{role}@"), 1)
+    };
+    let (role_a, role_b) = (format!("{db}_a"), format!("{db}_b"));
+    let (url_a, url_b) = (as_role(&role_a), as_role(&role_b));
+    let lose = |role: &str| {
+        pg.psql(
+            &db,
+            &format!(
+                "ALTER ROLE {role} NOLOGIN; \
+                 SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                 WHERE usename = '{role}'"
+            ),
+        )
+        .unwrap();
+    };
 
-    // The second (listed second) through the superuser; the first as the role.
     let store = |u: &str| vec![("RJS_STORE".to_owned(), u.to_owned())];
-    let mut second = WebServer::init_with_env(store(&url)).unwrap();
+    let mut second = WebServer::init_with_env(store(&url_b)).unwrap();
     let creds = second.add_lookup("lk1").unwrap();
     let key = second.add_author("alice").unwrap();
     second.start().unwrap();
@@ -339,32 +352,23 @@ fn a_server_that_lost_its_database_is_failed_over() {
     assert_eq!(up.status().as_u16(), 201);
 
     let tmp = tempfile::tempdir().unwrap();
-    let client = || {
-        WebServerClient::with_webservers(
-            WebServers::parse(&[a.clone(), b.clone()]).unwrap(),
-            &creds.path,
-            &tmp.path().join("cache"),
-            Timeouts {
-                connect: Duration::from_secs(2),
-                request: Duration::from_secs(10),
-                ..Timeouts::default()
-            },
-        )
-        .unwrap()
-    };
-    let rt = rt();
-    let c = client();
-    rt.block_on(async { c.ping().await.expect("the first server is ready") });
-
-    // The first loses its database.
-    pg.psql(
-        &db,
-        &format!(
-            "ALTER ROLE {role} NOLOGIN; \
-             SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE usename = '{role}'"
-        ),
+    let c = WebServerClient::with_webservers(
+        WebServers::parse(&[a.clone(), b.clone()]).unwrap(),
+        &creds.path,
+        &tmp.path().join("cache"),
+        Timeouts {
+            connect: Duration::from_secs(2),
+            request: Duration::from_secs(10),
+            ..Timeouts::default()
+        },
     )
     .unwrap();
+    let heartbeat = Duration::from_millis(1500);
+    let rt = rt();
+    rt.block_on(async { c.heartbeat(heartbeat).await.expect("the first is ready") });
+
+    // The first loses its database.
+    lose(&role_a);
     let (status, retry, body) = healthz(&a);
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("store-unavailable"), "{body}");
@@ -372,24 +376,43 @@ fn a_server_that_lost_its_database_is_failed_over() {
     assert_eq!(healthz(&b).0, 200, "the second still reaches it");
 
     rt.block_on(async {
-        // The heartbeat's ask fails the first over.
-        let e = c.ping().await.unwrap_err();
+        // A lease asked of the first: refused with 503, and no failover on that alone.
+        let e = c.lease(8, &[], 60).await.unwrap_err();
+        assert!(e.store_unavailable(), "{e:?}");
+        assert_eq!(c.base(), a);
+        // The heartbeat finds the second ready and moves there; it leases the jobs.
+        let e = c.heartbeat(heartbeat).await.unwrap_err();
         assert_eq!(e.status(), Some(503), "{e:?}");
         assert_eq!(c.base(), b);
-        // A lease asked of the first: refused with 503, and the next goes to the second.
-        let c = client();
-        let e = c.lease(8, &[], 60).await.unwrap_err();
-        assert!(e.warrants_failover(), "{e:?}");
-        assert_eq!(c.base(), b);
+        assert_eq!(c.servers().view().failovers, 1);
         let leased = c.lease(8, &[], 60).await.unwrap();
         assert_eq!(leased.leases.len(), 3);
     });
 
-    // Back within its reach: ready again, on new connections.
-    pg.psql(&db, &format!("ALTER ROLE {role} LOGIN")).unwrap();
+    // Both lose it: the heartbeat stays on the second, however often it asks.
+    lose(&role_b);
+    rt.block_on(async {
+        for _ in 0..3 {
+            let e = c.heartbeat(heartbeat).await.unwrap_err();
+            assert!(e.store_unavailable(), "{e:?}");
+        }
+    });
+    assert_eq!(c.base(), b);
+    assert_eq!(
+        c.servers().view().failovers,
+        1,
+        "no failover between two servers alike"
+    );
+
+    // Back within their reach: ready again, on new connections.
+    pg.psql(
+        &db,
+        &format!("ALTER ROLE {role_a} LOGIN; ALTER ROLE {role_b} LOGIN"),
+    )
+    .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
-    while healthz(&a).0 != 200 {
-        assert!(Instant::now() < deadline, "the first did not reconnect");
+    while healthz(&a).0 != 200 || healthz(&b).0 != 200 {
+        assert!(Instant::now() < deadline, "a server did not reconnect");
         std::thread::sleep(Duration::from_millis(200));
     }
     drop(first);

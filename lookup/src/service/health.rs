@@ -99,14 +99,14 @@ pub(super) async fn heartbeat(shared: Arc<Shared>) {
         let (asked_index, _) = shared.client.servers().current();
         let asked = tokio::time::timeout(
             HEARTBEAT_TIMEOUT + Duration::from_millis(250),
-            shared.client.ping_within(HEARTBEAT_TIMEOUT),
+            shared.client.heartbeat(HEARTBEAT_TIMEOUT),
         )
         .await;
         let ok = match asked {
             Ok(Ok(_)) => true,
-            // No answer, or a gateway's or the server's own "unavailable" (502–504: its
-            // database out of reach, say): down; the request failed it over already.
-            Ok(Err(e)) if e.warrants_failover() => {
+            // No answer, a gateway's 502–504, or the server's own word that it cannot reach
+            // its database: down (the ask failed it over where another server does better).
+            Ok(Err(e)) if e.warrants_failover() || e.store_unavailable() => {
                 shared.upstream_failed(&chain(&e));
                 false
             }
