@@ -353,16 +353,18 @@ fn collector_keeps_young_and_referenced(b: &dyn Backend) {
     let r = blobs.sweep(&store, &NoPins, &hour, &mut None).unwrap();
     assert_eq!((r.examined, r.young, r.removed), (3, 3, 0));
 
-    // A 4-second grace (more than S3's settle time after a touch): wait it out, then commit
-    // `reused` again (a second server's upload).
-    let short = SweepOptions {
-        grace: Duration::from_secs(4),
-        ..SweepOptions::default()
-    };
+    // Let the three age 4.3 s, then commit `reused` again (a second server's upload; on S3
+    // it touches the blob and waits its settle time, longer on a busy machine).
     std::thread::sleep(Duration::from_millis(4300));
     let before = SystemTime::now();
     blobs.put(b"committed again later").unwrap();
     assert!(blobs.last_touched(&reused).unwrap().unwrap() + Duration::from_secs(1) >= before);
+    // A grace 2 s longer than the touch's age (S3 times are whole seconds), which the
+    // orphan, 4.3 s older than the touch, has outlived whatever the commit took.
+    let short = SweepOptions {
+        grace: before.elapsed().unwrap_or_default() + Duration::from_secs(2),
+        ..SweepOptions::default()
+    };
     let r = blobs.sweep(&store, &NoPins, &short, &mut None).unwrap();
     assert_eq!((r.removed, r.referenced, r.young), (1, 1, 1), "{r:?}");
     assert!(!blobs.exists(&orphan).unwrap());
