@@ -1816,6 +1816,34 @@ fn summaries_pages_and_the_change_feed_of_the_author_api() {
         );
     }
 
+    // A name filter is text: too long or with a control character (which PostgreSQL's text
+    // could not even hold) is refused the same way on every backend; LIKE's own characters
+    // are matched literally.
+    let too_long = "x".repeat(201);
+    for bad in [
+        "name=%00",
+        "name=a%0Ab",
+        "name=%7F",
+        &format!("name={too_long}"),
+    ] {
+        check_error(
+            a.send("GET", &format!("/api/v1/submissions?{bad}"), vec![]),
+            400,
+            "bad-request",
+        );
+    }
+    for (filter, found) in [("%25", 0), ("_", 0), ("\\", 0), ("ob", 1), ("", 1)] {
+        let subs: Value = a
+            .send("GET", &format!("/api/v1/submissions?name={filter}"), vec![])
+            .json()
+            .unwrap();
+        assert_eq!(
+            subs["submissions"].as_array().map(Vec::len),
+            Some(found),
+            "{filter}"
+        );
+    }
+
     // The summary: all leased; one job, with why it waits once its lookup says.
     let subs: Value = a.send("GET", "/api/v1/submissions", vec![]).json().unwrap();
     let s = &subs["submissions"][0];

@@ -14,7 +14,7 @@ use super::answers::{
 };
 use super::session::Viewer;
 use super::{Nav, Reply, render};
-use crate::server::author::{MAX_NAME_FILTER, paged, state_param};
+use crate::server::author::{paged, state_param};
 use crate::server::body::blocking;
 use crate::server::error::ApiError;
 use crate::server::route::Call;
@@ -167,11 +167,7 @@ pub async fn submissions(call: Call<'_, Viewer>, _: &mut web::Payload) -> Reply 
     let author = call.caller.author_id()?;
     let q: ListQuery = query(call.req)?;
     let state = state_param(Some(&q.state))?;
-    if q.name.len() > MAX_NAME_FILTER {
-        return Err(ApiError::bad_request(format!(
-            "name: at most {MAX_NAME_FILTER} bytes"
-        )));
-    }
+    crate::server::validate::name_filter(&q.name)?;
     let (name, before) = (q.name.clone(), q.before);
     let rows = call
         .state

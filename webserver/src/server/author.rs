@@ -312,9 +312,6 @@ struct SubmissionsQuery {
     limit: Option<u32>,
 }
 
-/// Longest name filter, bytes.
-pub const MAX_NAME_FILTER: usize = 200;
-
 /// `GET /api/v1/submissions[?bundle=<id>][&state=<s>][&name=<text>][&before=<id>][&limit=<n>]`:
 /// the author's submissions summed up (counts by state and outcome), newest first.
 pub async fn submissions(call: AuthorCall<'_>, payload: &mut web::Payload) -> Reply {
@@ -323,10 +320,8 @@ pub async fn submissions(call: AuthorCall<'_>, payload: &mut web::Payload) -> Re
     if let Some(b) = &q.bundle {
         validate::bundle_id(b)?;
     }
-    if q.name.as_ref().is_some_and(|n| n.len() > MAX_NAME_FILTER) {
-        return Err(ApiError::bad_request(format!(
-            "name filter: at most {MAX_NAME_FILTER} bytes"
-        )));
+    if let Some(n) = &q.name {
+        validate::name_filter(n)?;
     }
     let job_state = state_param(q.state.as_deref())?;
     let limit = limit_param(q.limit, MAX_SUBMISSIONS_PAGE)?;

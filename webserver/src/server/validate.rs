@@ -44,6 +44,24 @@ pub fn reason(s: &str) -> bool {
     !s.trim().is_empty() && s.len() <= MAX_REASON && !s.chars().any(char::is_control)
 }
 
+/// Longest name filter (`?name=` of the submission lists), bytes.
+pub const MAX_NAME_FILTER: usize = 200;
+
+/// A name filter: at most [`MAX_NAME_FILTER`] bytes of text without control characters
+/// (PostgreSQL's text refuses a NUL byte: refused here, before any store is asked, it gets
+/// the same clear answer on every backend).
+pub fn name_filter(s: &str) -> Result<&str, ApiError> {
+    if s.len() > MAX_NAME_FILTER {
+        return Err(ApiError::bad_request(format!(
+            "name filter: at most {MAX_NAME_FILTER} bytes"
+        )));
+    }
+    if s.chars().any(char::is_control) {
+        return Err(ApiError::bad_request("name filter: no control characters"));
+    }
+    Ok(s)
+}
+
 /// The one value of a header, as UTF-8 text. Missing: None. Repeated or not UTF-8: error.
 pub fn single_header<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, ApiError> {
     let mut values = headers.get_all(name);
