@@ -39,6 +39,9 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 /// Downloads have no total limit (a slow client reads a 64 MiB bundle slowly) but no read
 /// may wait longer than this.
 const READ_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// A download's client must take each chunk within this long: one that stops reading (and
+/// keeps its connection open) lets go of the object store's connection then.
+const SEND_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Retries of a failed request, and the time they may take in all.
 const RETRIES: usize = 3;
 const RETRY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -528,7 +531,7 @@ impl S3Blobs {
             };
             let size = got.meta.size;
             let (tx, rx) = tokio::sync::mpsc::channel(STREAM_BUFFER);
-            tokio::spawn(pump(got.into_stream(), size, tx));
+            tokio::spawn(pump(got.into_stream(), size, tx, SEND_IDLE_TIMEOUT));
             Ok(BlobStream { size, rx })
         })
     }
@@ -683,12 +686,15 @@ pub struct BlobStream {
 }
 
 /// Moves an object's chunks into `tx` as the receiver takes them; stops when the receiver
-/// goes. An error, a read idle for too long, or a length other than `size` ends the stream
-/// with an error (the response is then cut short, which the client sees).
+/// goes, or takes no chunk for `send_idle` (a client that stopped reading: the object's
+/// body is dropped, the response cut short). An error, a read idle for too long, or a length
+/// other than `size` ends the stream with an error (the response is then cut short, which
+/// the client sees).
 async fn pump(
     mut stream: futures_util::stream::BoxStream<'static, object_store::Result<Bytes>>,
     size: u64,
     tx: tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
+    send_idle: Duration,
 ) {
     let mut total = 0u64;
     loop {
@@ -716,7 +722,8 @@ async fn pump(
             }
         };
         let failed = item.is_err();
-        if tx.send(item).await.is_err() || failed {
+        let sent = tokio::time::timeout(send_idle, tx.send(item)).await;
+        if !matches!(sent, Ok(Ok(()))) || failed {
             return;
         }
     }
@@ -914,6 +921,39 @@ async fn wait_part(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn chunks(n: usize) -> futures_util::stream::BoxStream<'static, object_store::Result<Bytes>> {
+        Box::pin(futures_util::stream::iter(
+            (0..n).map(|_| Ok(Bytes::from_static(b"0123456789"))),
+        ))
+    }
+
+    #[tokio::test]
+    async fn a_download_whose_client_stops_reading_lets_go() {
+        // A client that takes one chunk, then none: the pump gives up after its idle limit
+        // (its sender dropped: the channel ends), though the object had more to give.
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+        let pumping = tokio::spawn(pump(chunks(100), 1000, tx, Duration::from_millis(200)));
+        assert!(rx.recv().await.is_some_and(|c| c.is_ok()));
+        tokio::time::timeout(Duration::from_secs(5), pumping)
+            .await
+            .expect("the pump stops by itself")
+            .unwrap();
+        let mut left = 0;
+        while rx.recv().await.is_some() {
+            left += 1;
+        }
+        assert!(left <= 1, "{left} chunks were buffered");
+
+        // A client that reads gets every byte, and the stream ends.
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+        tokio::spawn(pump(chunks(100), 1000, tx, Duration::from_millis(200)));
+        let mut got = 0;
+        while let Some(chunk) = rx.recv().await {
+            got += chunk.unwrap().len();
+        }
+        assert_eq!(got, 1000);
+    }
 
     #[test]
     fn urls_and_endpoints() {

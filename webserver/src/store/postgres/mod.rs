@@ -537,7 +537,16 @@ async fn listen_for_queued(
 ) {
     use futures_util::StreamExt as _;
     loop {
-        match config.connect(tls.clone()).await {
+        // tokio-postgres's connect_timeout covers the TCP connect only, not the TLS handshake
+        // and the login after it: a peer that accepts and then says nothing would hold the
+        // listener for ever.
+        let connected =
+            match tokio::time::timeout(STATEMENT_TIMEOUT, config.connect(tls.clone())).await {
+                Ok(Ok(connected)) => Ok(connected),
+                Ok(Err(e)) => Err(rjs_cmd::chain(&e).to_string()),
+                Err(_) => Err(format!("no answer within {STATEMENT_TIMEOUT:?}")),
+            };
+        match connected {
             Ok((client, mut connection)) => {
                 let mut messages =
                     futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
@@ -582,9 +591,7 @@ async fn listen_for_queued(
                     }
                 }
             }
-            Err(e) => {
-                tracing::debug!(error = %rjs_cmd::chain(&e), "connecting the queue listener")
-            }
+            Err(e) => tracing::debug!(error = %e, "connecting the queue listener"),
         }
         tokio::time::sleep(pause.min(Duration::from_secs(2))).await;
     }
