@@ -517,11 +517,9 @@ impl WebServerClient {
     /// `timeout`.
     async fn ready(&self, base: &str, timeout: Duration) -> bool {
         let url = format!("{base}/healthz");
-        let asked = self.http.get(&url).timeout(timeout).send();
-        matches!(
-            tokio::time::timeout(timeout, asked).await,
-            Ok(Ok(r)) if r.status().is_success()
-        )
+        // The request's timeout covers connecting, TLS and the response head.
+        let asked = self.http.get(&url).timeout(timeout).send().await;
+        asked.is_ok_and(|r| r.status().is_success())
     }
 
     /// Leases up to `max` queued jobs for nodes of `groups` (all if empty). Sent to a second

@@ -246,6 +246,16 @@ fn the_event_stream_follows_the_failover() {
     task.abort();
 }
 
+/// Checks that `c`'s first server answers through `link`, then makes the link hold every byte
+/// (the connection stays open); returns when it started holding.
+async fn hang_after_a_ping(c: &WebServerClient, link: &WanLink) -> Instant {
+    c.ping()
+        .await
+        .expect("the first server answers through the link");
+    link.set_one_way(Duration::from_secs(60));
+    Instant::now()
+}
+
 /// A server that stops answering on a connection already made (a hung process, or a link that
 /// holds every byte): the heartbeat's short deadline, not the request timeout, fails it over,
 /// and the event stream gives up on a response head that never comes.
@@ -263,11 +273,7 @@ fn a_server_that_stops_answering_is_failed_over_within_the_deadlines() {
     let heartbeat = Duration::from_millis(1500);
     let c = env.client_within(&[via.clone(), b.clone()], request);
     rt.block_on(async {
-        c.ping()
-            .await
-            .expect("the first server answers through the link");
-        link.set_one_way(Duration::from_secs(60));
-        let t0 = Instant::now();
+        let t0 = hang_after_a_ping(&c, &link).await;
         let e = c.ping_within(heartbeat).await.unwrap_err();
         let took = t0.elapsed();
         println!("hung ping: {} after {took:?}", rjs_cmd::chain(&e));
@@ -285,11 +291,7 @@ fn a_server_that_stops_answering_is_failed_over_within_the_deadlines() {
     let c = env.client_within(&[via.clone(), b.clone()], request);
     let (tx, _rx) = tokio::sync::mpsc::channel(8);
     rt.block_on(async {
-        c.ping()
-            .await
-            .expect("the first server answers through the link");
-        link.set_one_way(Duration::from_secs(60));
-        let t0 = Instant::now();
+        let t0 = hang_after_a_ping(&c, &link).await;
         let r = tokio::time::timeout(request * 3, c.stream_events_once(&tx))
             .await
             .expect("the event stream gave up by itself");

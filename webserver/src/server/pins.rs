@@ -37,8 +37,7 @@ struct State {
 #[derive(Debug)]
 pub struct BlobPin {
     pins: Arc<BlobPins>,
-    /// None once unpinned.
-    sha256: Option<String>,
+    sha256: String,
 }
 
 impl BlobPins {
@@ -60,7 +59,7 @@ impl BlobPins {
         *state.pinned.entry(sha256.to_owned()).or_insert(0) += 1;
         BlobPin {
             pins: self.clone(),
-            sha256: Some(sha256.to_owned()),
+            sha256: sha256.to_owned(),
         }
     }
 
@@ -105,13 +104,11 @@ impl Pins for BlobPins {
 
 impl Drop for BlobPin {
     fn drop(&mut self) {
-        if let Some(sha) = self.sha256.take() {
-            let mut state = self.pins.lock();
-            if let Some(n) = state.pinned.get_mut(&sha) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    state.pinned.remove(&sha);
-                }
+        let mut state = self.pins.lock();
+        if let Some(n) = state.pinned.get_mut(&self.sha256) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                state.pinned.remove(&self.sha256);
             }
         }
     }
